@@ -1,0 +1,210 @@
+"""Backends: where arrays live and which code computes on them.
+
+    cpu   NumPy arrays, NumPy algorithms (the reference)
+    sim   NumPy arrays, the hand-written CUDA kernels compiled for the CPU
+          (gpunet._C_sim); test-only: it is how kernels are checked without a GPU
+    cuda  CuPy arrays, the hand-written CUDA kernels (gpunet._C), cuBLAS GEMMs
+    cupy  CuPy arrays, the reference algorithms run by CuPy (no extension)
+
+Ops receive a `Backend` and branch on `be.kern`: None means "array-level
+algorithm on be.xp" (cpu, cupy), otherwise the kernel module (sim, cuda).  So
+sim and cuda run the same Python glue, and sim tests cover the GPU code path.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("gpunet")
+
+NAMES = ("cpu", "sim", "cuda", "cupy")
+_cache: dict[tuple[str, int], "Backend"] = {}
+
+
+class Backend:
+    """One backend on one device. Use `get_backend(device)`, not the constructor."""
+
+    def __init__(self, name: str, index: int = 0):
+        self.name = name
+        self.index = index
+        self.xp = np
+        self.kern = None
+        if name == "sim":
+            self.kern = _import_kernels("gpunet._C_sim")
+        elif name in ("cuda", "cupy"):
+            import cupy
+            self.xp = cupy
+            if name == "cuda":
+                self.kern = _import_kernels("gpunet._C")
+
+    @property
+    def device(self) -> str:
+        return self.name if self.index == 0 or self.name in ("cpu", "sim") else f"{self.name}:{self.index}"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.name in ("cuda", "cupy")
+
+    def __repr__(self):
+        return f"Backend({self.device!r})"
+
+    def stream(self) -> int:
+        """Pointer of the stream kernels launch on: CuPy's current stream (0 on sim)."""
+        if self.on_gpu:
+            return self.xp.cuda.get_current_stream().ptr
+        return 0
+
+    def use_device(self):
+        """Context manager making this backend's GPU the current one (no-op on the host)."""
+        if self.on_gpu:
+            return self.xp.cuda.Device(self.index)
+        return _NullContext()
+
+    def synchronize(self):
+        if self.on_gpu:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def owns(self, x) -> bool:
+        """True when `x` is an array of this backend's kind (and device)."""
+        if self.xp is np:
+            return isinstance(x, np.ndarray)
+        return isinstance(x, self.xp.ndarray) and x.device.id == self.index
+
+    def asarray(self, x, dtype=None):
+        """Move/convert `x` onto this backend (copies only when needed)."""
+        if self.xp is np:
+            if not isinstance(x, np.ndarray) and hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+                x = x.get()
+            return np.ascontiguousarray(x, dtype=dtype)
+        with self.xp.cuda.Device(self.index):
+            return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _import_kernels(modname: str):
+    return importlib.import_module(modname)
+
+
+def _probe(name: str) -> tuple[bool, str]:
+    """(available, reason) for one backend, without raising."""
+    if name == "cpu":
+        return True, f"NumPy {np.__version__}"
+    if name == "sim":
+        try:
+            _import_kernels("gpunet._C_sim")
+        except ImportError as e:
+            return False, f"extension gpunet._C_sim not built ({e})"
+        return True, "CUDA kernels on the CPU through the bundled runtime (for tests)"
+    try:
+        import cupy
+    except ImportError:
+        return False, "CuPy is not installed (pip install gpunet[cuda12] or gpunet[cuda13])"
+    try:
+        ndev = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CuPy imports without a GPU but cannot talk to one
+        return False, f"CuPy {cupy.__version__} is installed but finds no GPU ({type(e).__name__}: {e})"
+    if ndev == 0:
+        return False, f"CuPy {cupy.__version__} is installed but finds no GPU"
+    if name == "cupy":
+        return True, f"CuPy {cupy.__version__}, {ndev} GPU(s)"
+    try:
+        kern = _import_kernels("gpunet._C")
+    except ImportError as e:
+        return False, f"extension gpunet._C not built (was nvcc on PATH at install time?) ({e})"
+    if kern.device_count() == 0:
+        return False, f"gpunet._C sees no GPU ({kern.device_error()})"
+    return True, f"gpunet._C kernels, {ndev} GPU(s)"
+
+
+def backends() -> dict[str, dict]:
+    """Every backend with whether it is available here and why (not)."""
+    out = {}
+    for name in NAMES:
+        ok, why = _probe(name)
+        out[name] = {"available": ok, "reason": why}
+    return out
+
+
+def _parse(device) -> tuple[str, int]:
+    if isinstance(device, Backend):
+        return device.name, device.index
+    if not isinstance(device, str):
+        raise TypeError(f"device: expected a string such as 'cpu', 'cuda' or 'cuda:1', got {type(device).__name__}")
+    name, _, idx = device.partition(":")
+    if name not in NAMES + ("auto",):
+        raise ValueError(f"device: expected one of {', '.join(NAMES + ('auto',))} (optionally ':<index>'), got {device!r}")
+    if idx and not idx.isdigit():
+        raise ValueError(f"device: index after ':' must be a non-negative integer, got {device!r}")
+    return name, int(idx or 0)
+
+
+def get_backend(device="auto") -> Backend:
+    """The Backend for a device string ('cpu', 'sim', 'cuda', 'cuda:1', 'cupy', 'auto').
+
+    'auto' (and None) honour the GPUNET_DEVICE environment variable, then pick
+    cuda, cupy, cpu in that order and log the choice and the reason.
+    """
+    if device is None:
+        device = "auto"
+    name, index = _parse(device)
+    if name == "auto":
+        forced = os.environ.get("GPUNET_DEVICE")
+        if forced:
+            return get_backend(forced)
+        for cand in ("cuda", "cupy", "cpu"):
+            ok, why = _probe(cand)
+            if ok:
+                log.info("gpunet: auto picked backend %r: %s", cand, why)
+                return get_backend(cand)
+            log.info("gpunet: auto skipped backend %r: %s", cand, why)
+    key = (name, index)
+    if key not in _cache:
+        ok, why = _probe(name)
+        if not ok:
+            raise RuntimeError(f"backend {name!r} is not available: {why}")
+        be = Backend(name, index)
+        if be.on_gpu and index >= be.xp.cuda.runtime.getDeviceCount():
+            raise ValueError(f"device: {device!r} asks for GPU {index}, but only "
+                             f"{be.xp.cuda.runtime.getDeviceCount()} GPU(s) are present")
+        _cache[key] = be
+    return _cache[key]
+
+
+def backend_of(x) -> Backend:
+    """The natural backend of an array: cpu for NumPy, cuda (else cupy) for CuPy."""
+    if isinstance(x, np.ndarray):
+        return get_backend("cpu")
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        name = "cuda" if _probe("cuda")[0] else "cupy"
+        return get_backend(f"{name}:{x.device.id}")
+    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(x).__module__}.{type(x).__name__}")
+
+
+def asarray(x, device="cpu", dtype=None):
+    """`x` (list, NumPy, CuPy, anything array-like) as an array of `device`'s backend."""
+    return get_backend(device).asarray(x, dtype=dtype)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy copy (or view, for NumPy input) of any backend array or scalar."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return x.get()
+    return np.asarray(x)
+
+
+def synchronize(device="auto"):
+    """Wait for all work queued on `device`'s current stream."""
+    get_backend(device).synchronize()

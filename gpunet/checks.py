@@ -1,0 +1,73 @@
+"""Input validation shared by every op: each failure names the argument, what
+was expected and what was received, and happens before any work is done."""
+from __future__ import annotations
+
+import numpy as np
+
+# NaN/Inf scans cost a pass over the data and, on a GPU, a device->host sync;
+# they are on by default on host backends and opt-in on GPU ones.
+_finite = {"host": True, "gpu": False}
+
+
+def set_finite_checks(host: bool | None = None, gpu: bool | None = None):
+    """Turn the NaN/Inf input scan on or off for host (cpu/sim) and GPU backends."""
+    if host is not None:
+        _finite["host"] = bool(host)
+    if gpu is not None:
+        _finite["gpu"] = bool(gpu)
+
+
+def _kind(x) -> str:
+    t = type(x)
+    return f"{t.__module__}.{t.__name__}" if t.__module__ not in ("builtins",) else t.__name__
+
+
+def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integer: bool = False):
+    """Check that `x` is an array of backend `be` with the given rank and dtype.
+
+    ndim: an int or a tuple of allowed ints. dtype: the required floating dtype
+    (usually the module's). integer=True instead requires an integer dtype.
+    """
+    if not be.owns(x):
+        want = "numpy.ndarray" if be.xp is np else f"cupy.ndarray on GPU {be.index}"
+        where = ""
+        if hasattr(x, "device") and hasattr(x, "__cuda_array_interface__"):
+            where = f" on GPU {x.device.id}"
+        raise TypeError(f"{name}: expected a {want} for backend {be.device!r}, got {_kind(x)}{where}"
+                        " (move it with gpunet.asarray(x, device=...))")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            shape = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name}: expected a {shape} array, got shape {tuple(x.shape)}")
+    if integer:
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected an integer array (class indices), got dtype {x.dtype}")
+        return x
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype} "
+                        f"(convert the input, or the module with .to({x.dtype.name}))")
+    if finite and x.dtype.kind == "f" and _finite["gpu" if be.on_gpu else "host"]:
+        if not bool(be.xp.isfinite(x).all()):
+            bad = int((~be.xp.isfinite(x)).sum())
+            raise ValueError(f"{name}: contains {bad} NaN/Inf value(s) of {x.size}")
+    return x
+
+
+def same_shape(a, b, name_a: str, name_b: str):
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name_b}: expected the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+def pair(v, name: str, minimum: int = 1) -> tuple[int, int]:
+    """An int or a 2-tuple of ints, each >= minimum, as a 2-tuple."""
+    vals = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if vals is None or len(vals) != 2 or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and a >= minimum for a in vals):
+        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
+    return int(vals[0]), int(vals[1])

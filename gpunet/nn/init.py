@@ -1,0 +1,79 @@
+"""Weight initialisation, as torch.nn.init, drawing from gpunet's seeded
+generator (`gpunet.manual_seed`). Functions take a Parameter (or array) and
+return a new NumPy array of its shape; `Module.to` moves it afterwards."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..random import generator
+
+
+def _fans(shape) -> tuple[int, int]:
+    if len(shape) < 2:
+        raise ValueError(f"fan-in/fan-out need an array of at least 2 dims, got shape {tuple(shape)}")
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    if nonlinearity in ("linear", "conv2d", "sigmoid", "identity"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        slope = 0.01 if param is None else param
+        return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"nonlinearity: unsupported {nonlinearity!r}")
+
+
+def uniform(shape, low: float, high: float, dtype=np.float32) -> np.ndarray:
+    return generator().uniform(low, high, size=shape).astype(dtype)
+
+
+def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=np.float32) -> np.ndarray:
+    return generator().normal(mean, std, size=shape).astype(dtype)
+
+
+def xavier_uniform(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:
+    fan_in, fan_out = _fans(shape)
+    a = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return uniform(shape, -a, a, dtype)
+
+
+def xavier_normal(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:
+    fan_in, fan_out = _fans(shape)
+    return normal(shape, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), dtype)
+
+
+def kaiming_uniform(shape, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
+                    dtype=np.float32) -> np.ndarray:
+    fan_in, fan_out = _fans(shape)
+    fan = fan_in if mode == "fan_in" else fan_out
+    bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan)
+    return uniform(shape, -bound, bound, dtype)
+
+
+def kaiming_normal(shape, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
+                   dtype=np.float32) -> np.ndarray:
+    fan_in, fan_out = _fans(shape)
+    fan = fan_in if mode == "fan_in" else fan_out
+    return normal(shape, 0.0, calculate_gain(nonlinearity, a) / math.sqrt(fan), dtype)
+
+
+def fan_in_uniform(shape, fan_in: int, dtype=np.float32) -> np.ndarray:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for biases (and for
+    RNN/LSTM weights with fan_in = hidden_size)."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return uniform(shape, -bound, bound, dtype)
+
+
+def default_weight(shape, dtype=np.float32) -> np.ndarray:
+    """PyTorch's Linear/Conv default: kaiming_uniform with a = sqrt(5), i.e.
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return kaiming_uniform(shape, a=math.sqrt(5), dtype=dtype)

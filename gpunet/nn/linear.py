@@ -1,0 +1,38 @@
+"""Linear (fully connected) layer."""
+from .. import checks
+from ..ops import linear as ops
+from . import init
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """y = x W^T + b, W of shape (out_features, in_features) as in PyTorch.
+    Input (..., in_features); output (..., out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features = checks.positive_int(in_features, "in_features")
+        self.out_features = checks.positive_int(out_features, "out_features")
+        self.weight = Parameter(init.default_weight((out_features, in_features), self.dtype))
+        self.bias = Parameter(init.fan_in_uniform((out_features,), in_features, self.dtype)) if bias else None
+
+    def forward(self, x):
+        be = self.backend
+        checks.array(be, x, "input", dtype=self.dtype)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input: expected last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
+        y, x2 = ops.linear_forward(be, x, self.weight.data, None if self.bias is None else self.bias.data)
+        self.save(x2)
+        return y
+
+    def backward(self, dy):
+        x2 = self.saved()
+        checks.array(self.backend, dy, "grad_output", dtype=self.dtype, finite=False)
+        dx, dw, db = ops.linear_backward(self.backend, x2, self.weight.data, self.bias is not None, dy)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,280 @@
+"""Module and Parameter: the stateful layer API with explicit backward passes.
+
+A forward call saves what its backward needs on a per-module stack; `backward`
+pops it.  A stack (not a single slot) is what makes a module used twice in one
+forward pass (shared weights, a cell unrolled over time) backpropagate through
+every use, in reverse order, with the parameter gradients summed.  Eval mode
+keeps only the latest forward (inference loops must not grow memory), and
+`gpunet.no_grad()` saves nothing at all.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..backend import Backend, get_backend, to_numpy
+
+_grad_enabled = [True]
+
+
+@contextmanager
+def no_grad():
+    """Within this block forward passes save nothing for backward."""
+    prev = _grad_enabled[0]
+    _grad_enabled[0] = False
+    try:
+        yield
+    finally:
+        _grad_enabled[0] = prev
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled[0]
+
+
+_default_dtype = [np.dtype(np.float32)]
+
+
+def get_default_dtype() -> np.dtype:
+    return _default_dtype[0]
+
+
+def set_default_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+    _default_dtype[0] = dtype
+
+
+class Parameter:
+    """A trainable array (`data`) and its accumulated gradient (`grad`, None until
+    a backward pass adds to it). Optimizers update `data` in place."""
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = data
+        self.grad = None
+        self.requires_grad = requires_grad
+
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+
+    def accumulate(self, g):
+        """Add `g` into `grad` (the gradient of a parameter used several times is the sum)."""
+        if not self.requires_grad:
+            return
+        if self.grad is None:
+            self.grad = g.copy() if g.base is not None or g is self.data else g
+        else:
+            self.grad += g
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class. Subclasses implement `forward(*inputs)` and `backward(*grads)`,
+    calling `self.save(...)` in forward and `self.saved()` in backward."""
+
+    def __init__(self):
+        object.__setattr__(self, "_params", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_ctx", [])
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "backend", get_backend("cpu"))
+        object.__setattr__(self, "dtype", get_default_dtype())
+
+    # ------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._params[name] = value
+            self._modules.pop(name, None)
+        elif isinstance(value, Module):
+            self._modules[name] = value
+            self._params.pop(name, None)
+        elif name in self._params:
+            if value is not None:
+                raise TypeError(f"{name}: assign a Parameter (or None), got {type(value).__name__}")
+            self._params[name] = None
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value):
+        """A non-trainable array saved in state_dict (e.g. BatchNorm's running mean)."""
+        self._buffers[name] = None
+        object.__setattr__(self, name, value)
+
+    # ------------------------------------------------------------ forward/backward
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, *grads):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def save(self, *ctx):
+        """Keep what backward needs (see the module docstring for the policy)."""
+        if not _grad_enabled[0]:
+            return
+        if not self.training:
+            self._ctx.clear()
+        self._ctx.append(ctx)
+
+    def saved(self):
+        if not self._ctx:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a matching forward "
+                               "(or the forward ran under gpunet.no_grad())")
+        ctx = self._ctx.pop()
+        return ctx if len(ctx) != 1 else ctx[0]
+
+    # ------------------------------------------------------------ traversal
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = ""):
+        """(name, Parameter) pairs, PyTorch's names; a parameter shared by two
+        submodules is listed once."""
+        seen = set()
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._params.items():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = ""):
+        for mname, m in self.named_modules(prefix):
+            for bname in m._buffers:
+                buf = getattr(m, bname)
+                if buf is not None:
+                    yield (f"{mname}.{bname}" if mname else bname), buf
+
+    def zero_grad(self):
+        """Drop accumulated gradients and anything saved by forward passes."""
+        for m in self.modules():
+            m._ctx.clear()
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # ------------------------------------------------------------ device/dtype
+    def to(self, device=None, dtype=None):
+        """Move parameters and buffers to a device ('cpu', 'sim', 'cuda:0', a
+        Backend) and/or cast floating arrays to a dtype; `m.to(np.float64)` works
+        too. Returns self."""
+        if device is not None and not isinstance(device, (str, Backend)):
+            device, dtype = None, device
+        be = get_backend(device) if device is not None else None
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            if dtype not in (np.float32, np.float64):
+                raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+        for m in self.modules():
+            target = be or m.backend
+            for p in m._params.values():
+                if p is not None:
+                    p.data = _convert(p.data, target, dtype)
+                    p.grad = None if p.grad is None else _convert(p.grad, target, dtype)
+            for bname in m._buffers:
+                buf = getattr(m, bname)
+                if buf is not None:
+                    object.__setattr__(m, bname, _convert(buf, target, dtype, cast=buf.dtype.kind == "f"))
+            object.__setattr__(m, "backend", target)
+            if dtype is not None:
+                object.__setattr__(m, "dtype", dtype)
+            m._ctx.clear()
+        return self
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """NumPy copies of every parameter and buffer under PyTorch's keys."""
+        out = OrderedDict()
+        for mname, m in self.named_modules():
+            for pname, p in m._params.items():
+                if p is not None:
+                    out[f"{mname}.{pname}" if mname else pname] = np.array(to_numpy(p.data))
+            for bname in m._buffers:
+                buf = getattr(m, bname)
+                if buf is not None:
+                    out[f"{mname}.{bname}" if mname else bname] = np.array(to_numpy(buf))
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays (NumPy, CuPy or anything np.asarray takes) into parameters
+        and buffers, converting to this module's device and dtype. Shapes must
+        match; with strict=True the key sets must match too."""
+        own = {}
+        for mname, m in self.named_modules():
+            for pname, p in m._params.items():
+                if p is not None:
+                    own[f"{mname}.{pname}" if mname else pname] = (m, pname, True)
+            for bname in m._buffers:
+                own[f"{mname}.{bname}" if mname else bname] = (m, bname, False)
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for key, (m, name, is_param) in own.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(to_numpy(state_dict[key]))
+            current = m._params[name].data if is_param else getattr(m, name)
+            if current is not None and tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"load_state_dict: key {key!r} expected shape {tuple(current.shape)}, "
+                                 f"got {tuple(value.shape)}")
+            dtype = current.dtype if current is not None else None
+            arr = m.backend.asarray(value, dtype=dtype)
+            if is_param:
+                m._params[name].data = arr
+                m._params[name].grad = None
+            else:
+                object.__setattr__(m, name, arr)
+        return self
+
+    # ------------------------------------------------------------ printing
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _convert(x, be: Backend, dtype, cast: bool = True):
+    if dtype is not None and cast:
+        return be.asarray(x, dtype=dtype)
+    if be.owns(x):
+        return x
+    return be.asarray(x)
