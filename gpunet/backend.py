@@ -51,6 +51,14 @@ class Backend:
     def __repr__(self):
         return f"Backend({self.device!r})"
 
+    # A Backend is a process-wide singleton holding modules: copies of a model
+    # share it rather than trying to copy it.
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return get_backend, (self.device,)
+
     def stream(self) -> int:
         """Pointer of the stream kernels launch on: CuPy's current stream (0 on sim)."""
         if self.on_gpu:
