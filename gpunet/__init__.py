@@ -1,10 +1,13 @@
 """gpunet: neural networks on NVIDIA GPUs with hand-written CUDA kernels, a
 CuPy fallback and a NumPy reference backend. See README.md."""
-from . import checks, nn
+from . import checks, functional, nn, optim, perceptron, regularization
 from .backend import Backend, asarray, backend_of, backends, get_backend, synchronize, to_numpy
 from .checks import set_finite_checks
 from .gradcheck import gradcheck
 from .nn.module import get_default_dtype, is_grad_enabled, no_grad, set_default_dtype
 from .random import manual_seed
+from .serialization import load, save
+from . import data, train
+from .train import evaluate, fit
 
 __version__ = "0.1.0"

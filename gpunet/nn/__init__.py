@@ -1,5 +1,17 @@
 """Layers with forward and explicit backward passes (PyTorch's names and layouts)."""
-from . import init
+from . import init, utils
 from .container import Residual, Sequential
+from .conv import Conv2d
+from .pooling import AvgPool2d, MaxPool2d
+from .activation import (GELU, Heaviside, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Sign, Softmax,
+                         Softplus, Softsign, Tanh)
+from .flatten import Flatten
 from .linear import Linear
+from .loss import (BCEWithLogitsLoss, CrossEntropyLoss, HingeLoss, MSELoss, MultiMarginLoss,
+                   PerceptronLoss)
 from .module import Module, Parameter, no_grad
+from .dropout import Dropout
+from .embedding import Embedding
+from .rnn import LSTM, RNN, LSTMCell, RNNCell
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .attention import MultiheadAttention, ScaledDotProductAttention

@@ -1,0 +1,129 @@
+// activation.cpp -- Python bindings of csrc/kernels/activation.cu; the
+// reference example of the convention in csrc/common/binding.h.
+#include <climits>
+#include <string>
+
+#include "bindings/families.h"
+#include "common/binding.h"
+#include "kernels/activation.h"
+
+namespace gpunet {
+namespace {
+
+struct ActName {
+  const char* name;
+  Act act;
+};
+constexpr ActName kActs[] = {
+    {"relu", Act::Relu}, {"leaky_relu", Act::LeakyRelu}, {"sigmoid", Act::Sigmoid}, {"tanh", Act::Tanh},
+    {"softsign", Act::Softsign}, {"gelu", Act::Gelu}, {"softplus", Act::Softplus},
+};
+
+// ValueError listing the valid kinds; also rejects a softplus beta of 0
+// (the formula divides by it).
+Act parse_kind(const std::string& kind, float alpha) {
+  for (const auto& a : kActs) {
+    if (kind != a.name) continue;
+    if (a.act == Act::Softplus && alpha == 0.f)
+      throw py::value_error("softplus: beta (passed as alpha) must be nonzero");
+    return a.act;
+  }
+  std::string valid;
+  for (const auto& a : kActs) valid += std::string(valid.empty() ? "" : ", ") + a.name;
+  throw py::value_error("unknown activation kind '" + kind + "'; valid kinds: " + valid);
+}
+
+// y viewed as (outer, C, inner) with C = len(b): returns outer, or raises.
+int64_t outer_extent(const View& y, const char* y_name, int64_t channels, int64_t inner) {
+  if (inner < 1) throw py::value_error("argument 'inner': must be >= 1 but got " + std::to_string(inner));
+  if (channels > INT_MAX)  // one block per channel in bias_grad
+    throw py::value_error("at most " + std::to_string(INT_MAX) + " channels, got " + std::to_string(channels));
+  const int64_t row = channels * inner;
+  if (row == 0 ? y.numel() != 0 : y.numel() % row != 0)
+    throw py::value_error(detail::arg(y_name) + "expected (N, C, inner) elements with C = " + std::to_string(channels) +
+                          " and inner = " + std::to_string(inner) + ", i.e. a multiple of " + std::to_string(row) +
+                          ", but got shape " + detail::shape_str(y.shape));
+  return row == 0 ? 0 : y.numel() / row;
+}
+
+}  // namespace
+
+void bind_activation(py::module_& m) {
+  m.def(
+      "act_forward",
+      [](const std::string& kind, py::handle x_obj, py::handle y_obj, float alpha, float beta,
+         std::uintptr_t stream) {
+        const Act act = parse_kind(kind, alpha);
+        const View x = as_array(x_obj, "x", "float32");
+        const View y = as_array(y_obj, "y", "float32");
+        require_writable(y, "y");
+        require_same_shape(x, "x", y, "y");
+        auto guard = vouch({x, y});
+        act_forward(act, x.ptr<float>(), y.ptr<float>(), x.numel(), alpha, beta, as_stream(stream));
+        check_launch("act_forward(" + kind + ")");
+      },
+      py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("alpha"), py::arg("beta"), py::arg("stream"),
+      "y = f(x) elementwise; float32, C-contiguous, same shape; y may be x (in place).\n"
+      "kind: relu, leaky_relu, sigmoid, tanh, softsign, gelu (exact erf form), softplus.\n"
+      "alpha: negative_slope for leaky_relu, beta for softplus; beta: threshold for\n"
+      "softplus (x where alpha*x > beta). Unused parameters are ignored.");
+  m.def(
+      "act_backward",
+      [](const std::string& kind, py::handle x_obj, py::handle y_obj, py::handle dy_obj, py::handle dx_obj,
+         float alpha, float beta, std::uintptr_t stream) {
+        const Act act = parse_kind(kind, alpha);
+        const bool uses_y = act_backward_uses_output(act);
+        const char* in_name = uses_y ? "y" : "x";
+        const View in = as_array(uses_y ? y_obj : x_obj, in_name, "float32");
+        const View dy = as_array(dy_obj, "dy", "float32");
+        const View dx = as_array(dx_obj, "dx", "float32");
+        require_writable(dx, "dx");
+        require_same_shape(in, in_name, dy, "dy");
+        require_same_shape(in, in_name, dx, "dx");
+        auto guard = vouch({in, dy, dx});
+        act_backward(act, in.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), in.numel(), alpha, beta,
+                     as_stream(stream));
+        check_launch("act_backward(" + kind + ")");
+      },
+      py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("dx"), py::arg("alpha"), py::arg("beta"),
+      py::arg("stream"),
+      "dx = dy * f'(x) elementwise; alpha, beta as in act_forward. relu, sigmoid and\n"
+      "tanh read the forward output y (x is ignored and may be None); the others read\n"
+      "the input x (y is ignored and may be None). See act_backward_input(kind).");
+  m.def(
+      "act_backward_input",
+      [](const std::string& kind) { return act_backward_uses_output(parse_kind(kind, 1.f)) ? "y" : "x"; },
+      py::arg("kind"), "'y' if act_backward(kind, ...) reads the forward output, 'x' if it reads the input.");
+  m.def(
+      "bias_add",
+      [](py::handle y_obj, py::handle b_obj, int64_t inner, std::uintptr_t stream) {
+        const View y = as_array(y_obj, "y", "float32");
+        const View b = as_array(b_obj, "b", "float32");
+        require_writable(y, "y");
+        require_ndim(b, "b", 1);
+        const int64_t outer = outer_extent(y, "y", b.shape[0], inner);
+        auto guard = vouch({y, b});
+        bias_add(y.ptr<float>(), b.ptr<float>(), outer, b.shape[0], inner, as_stream(stream));
+        check_launch("bias_add");
+      },
+      py::arg("y"), py::arg("b"), py::arg("inner"), py::arg("stream"),
+      "y[n, c, i] += b[c] in place, y a contiguous float32 array of N*C*inner elements\n"
+      "(Linear: y (N, C), inner=1; Conv2d: y (N, C, H, W), inner=H*W), b float32 (C,).");
+  m.def(
+      "bias_grad",
+      [](py::handle dy_obj, py::handle db_obj, int64_t inner, std::uintptr_t stream) {
+        const View dy = as_array(dy_obj, "dy", "float32");
+        const View db = as_array(db_obj, "db", "float32");
+        require_writable(db, "db");
+        require_ndim(db, "db", 1);
+        const int64_t outer = outer_extent(dy, "dy", db.shape[0], inner);
+        auto guard = vouch({dy, db});
+        bias_grad(dy.ptr<float>(), db.ptr<float>(), outer, db.shape[0], inner, as_stream(stream));
+        check_launch("bias_grad");
+      },
+      py::arg("dy"), py::arg("db"), py::arg("inner"), py::arg("stream"),
+      "db[c] = sum of dy[n, c, i] over n and i (overwrites db); dy as y of bias_add,\n"
+      "db float32 (C,). Deterministic: the same bits on every run.");
+}
+
+}  // namespace gpunet

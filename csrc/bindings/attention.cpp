@@ -1,0 +1,140 @@
+// attention.cpp -- Python bindings of csrc/kernels/attention.cu.
+#include <climits>
+#include <string>
+
+#include "bindings/families.h"
+#include "common/binding.h"
+#include "kernels/attention.h"
+
+namespace gpunet {
+namespace {
+
+struct Dims {
+  int64_t batch, L, S;
+  int E, Ev;
+};
+
+// q (B, L, E), k (B, S, E), v (B, S, Ev); E, Ev in 1..128.
+Dims check_qkv(const View& q, const View& k, const View& v) {
+  require_ndim(q, "q", 3);
+  require_ndim(k, "k", 3);
+  require_ndim(v, "v", 3);
+  const int64_t B = q.shape[0], L = q.shape[1], E = q.shape[2], S = k.shape[1], Ev = v.shape[2];
+  require_shape(k, "k", {B, S, E});
+  require_shape(v, "v", {B, S, Ev});
+  if (E < 1 || E > kAttnMaxHeadDim || Ev < 1 || Ev > kAttnMaxHeadDim)
+    throw py::value_error("arguments 'q', 'v': head dims must be in 1.." + std::to_string(kAttnMaxHeadDim) +
+                          ", got E=" + std::to_string(E) + ", Ev=" + std::to_string(Ev));
+  const int64_t rows = (L > S ? L : S) + 31;
+  if (B * (rows / 32) > INT_MAX)
+    throw py::value_error("argument 'q': batch * ceil(max(L, S) / 32) exceeds the grid limit, got shape " +
+                          detail::shape_str(q.shape));
+  return {B, L, S, (int)E, (int)Ev};
+}
+
+// The optional additive mask: None, or a float32 contiguous array indexed
+// through the strides; every index the kernels can form must be inside it.
+AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, const Dims& d,
+                    std::unique_ptr<View>& keep) {
+  if (inner < 1 || d.batch % inner != 0)
+    throw py::value_error("argument 'inner': expected a divisor of the batch size " + std::to_string(d.batch) +
+                          ", got " + std::to_string(inner));
+  AttnBias b;
+  b.inner = inner;
+  if (bias_obj.is_none()) return b;
+  keep = std::make_unique<View>(as_array(bias_obj, "bias", "float32"));
+  if (so < 0 || si < 0 || sr < 0)
+    throw py::value_error("bias strides must be >= 0, got outer=" + std::to_string(so) + ", inner=" +
+                          std::to_string(si) + ", row=" + std::to_string(sr));
+  const int64_t last = (d.batch / inner - 1) * so + (inner - 1) * si + (d.L - 1) * sr + (d.S - 1);
+  if (last >= keep->numel())
+    throw py::value_error("argument 'bias': the strides reach element " + std::to_string(last) + " but it has " +
+                          std::to_string(keep->numel()) + " (shape " + detail::shape_str(keep->shape) + ")");
+  b.ptr = keep->ptr<float>();
+  b.stride_outer = so;
+  b.stride_inner = si;
+  b.stride_row = sr;
+  return b;
+}
+
+}  // namespace
+
+void bind_attention(py::module_& m) {
+  m.def(
+      "attention_forward",
+      [](py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so, int64_t si,
+         int64_t sr, int64_t inner, bool causal, float scale, py::handle out_obj, py::handle lse_obj,
+         std::uintptr_t stream) {
+        const View q = as_array(q_obj, "q", "float32");
+        const View k = as_array(k_obj, "k", "float32");
+        const View v = as_array(v_obj, "v", "float32");
+        const Dims d = check_qkv(q, k, v);
+        std::unique_ptr<View> bias_view;
+        const AttnBias bias = check_bias(bias_obj, so, si, sr, inner, d, bias_view);
+        const View out = as_array(out_obj, "out", "float32");
+        const View lse = as_array(lse_obj, "lse", "float32");
+        require_shape(out, "out", {d.batch, d.L, d.Ev});
+        require_shape(lse, "lse", {d.batch, d.L});
+        require_writable(out, "out");
+        require_writable(lse, "lse");
+        const View none;
+        auto guard = vouch({q, k, v, out, lse, bias_view ? *bias_view : none});
+        attention_forward(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), bias, causal, scale, out.ptr<float>(),
+                          lse.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
+        check_launch("attention_forward");
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("bias_stride_outer"),
+      py::arg("bias_stride_inner"), py::arg("bias_stride_row"), py::arg("inner"), py::arg("causal"),
+      py::arg("scale"), py::arg("out"), py::arg("lse"), py::arg("stream"),
+      "Flash attention forward: out = softmax(q k^T * scale + bias) v, float32, C-contiguous.\n"
+      "q (B, L, E), k (B, S, E), v (B, S, Ev), E and Ev <= 128; out (B, L, Ev) and lse (B, L)\n"
+      "(log-sum-exp of each query's scores) are written. bias: None or an additive float32 mask\n"
+      "read as bias[(b // inner)*stride_outer + (b % inner)*stride_inner + i*stride_row + j]\n"
+      "(strides in elements, 0 to broadcast). causal: query i sees keys j <= i.");
+  m.def(
+      "attention_backward",
+      [](py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle out_obj, py::handle dout_obj,
+         py::handle lse_obj, py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, bool causal,
+         float scale, py::handle dq_obj, py::handle dk_obj, py::handle dv_obj, py::handle delta_obj,
+         std::uintptr_t stream) {
+        const View q = as_array(q_obj, "q", "float32");
+        const View k = as_array(k_obj, "k", "float32");
+        const View v = as_array(v_obj, "v", "float32");
+        const Dims d = check_qkv(q, k, v);
+        std::unique_ptr<View> bias_view;
+        const AttnBias bias = check_bias(bias_obj, so, si, sr, inner, d, bias_view);
+        const View out = as_array(out_obj, "out", "float32");
+        const View dout = as_array(dout_obj, "dout", "float32");
+        const View lse = as_array(lse_obj, "lse", "float32");
+        const View dq = as_array(dq_obj, "dq", "float32");
+        const View dk = as_array(dk_obj, "dk", "float32");
+        const View dv = as_array(dv_obj, "dv", "float32");
+        const View delta = as_array(delta_obj, "delta", "float32");
+        require_shape(out, "out", {d.batch, d.L, d.Ev});
+        require_same_shape(out, "out", dout, "dout");
+        require_shape(lse, "lse", {d.batch, d.L});
+        require_same_shape(q, "q", dq, "dq");
+        require_same_shape(k, "k", dk, "dk");
+        require_same_shape(v, "v", dv, "dv");
+        require_shape(delta, "delta", {d.batch, d.L});
+        require_writable(dq, "dq");
+        require_writable(dk, "dk");
+        require_writable(dv, "dv");
+        require_writable(delta, "delta");
+        const View none;
+        auto guard = vouch({q, k, v, out, dout, lse, dq, dk, dv, delta, bias_view ? *bias_view : none});
+        attention_backward(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), out.ptr<float>(), dout.ptr<float>(),
+                           lse.ptr<float>(), bias, causal, scale, dq.ptr<float>(), dk.ptr<float>(), dv.ptr<float>(),
+                           delta.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
+        check_launch("attention_backward");
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("bias"),
+      py::arg("bias_stride_outer"), py::arg("bias_stride_inner"), py::arg("bias_stride_row"), py::arg("inner"),
+      py::arg("causal"), py::arg("scale"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("delta"),
+      py::arg("stream"),
+      "Flash attention backward: writes dq, dk, dv (shapes of q, k, v) from the forward's q, k, v,\n"
+      "out, lse, the same bias/causal/scale, and dout. delta (B, L) is a float32 workspace.\n"
+      "Scores are recomputed tile by tile; no atomics, so the result is bitwise reproducible.");
+}
+
+}  // namespace gpunet

@@ -1,0 +1,143 @@
+// lstm.cpp -- Python bindings of csrc/kernels/lstm.cu (LSTM and RNN cell steps).
+// Optional arrays (biases, missing gradients) are passed as None.
+#include <optional>
+#include <string>
+
+#include "bindings/families.h"
+#include "common/binding.h"
+#include "kernels/lstm.h"
+
+namespace gpunet {
+namespace {
+
+// A float32 C-contiguous array of exactly `shape`.
+View shaped(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  View v = as_array(obj, name, "float32");
+  require_shape(v, name, shape);
+  return v;
+}
+
+View output(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  View v = shaped(obj, name, shape);
+  require_writable(v, name);
+  return v;
+}
+
+// None, or a float32 C-contiguous array of exactly `shape`.
+std::optional<View> optional(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  if (obj.is_none()) return std::nullopt;
+  return shaped(obj, name, shape);
+}
+
+const float* ptr_or_null(const std::optional<View>& v) { return v ? v->ptr<float>() : nullptr; }
+
+// (B, H) from the 2-d state array that fixes them.
+std::pair<int64_t, int64_t> state_dims(const View& v, const char* name) {
+  require_ndim(v, name, 2);
+  return {v.shape[0], v.shape[1]};
+}
+
+// The simulator must vouch for every array a kernel touches; optional ones only when given.
+struct Guards {
+  std::vector<std::unique_ptr<Vouch>> held;
+  void add(const View& v) { held.push_back(std::make_unique<Vouch>(Vouch({v}))); }
+  void add(const std::optional<View>& v) {
+    if (v) add(*v);
+  }
+};
+
+}  // namespace
+
+void bind_lstm(py::module_& m) {
+  m.def(
+      "lstm_cell_forward",
+      [](py::handle xg_o, py::handle hg_o, py::handle bhh_o, py::handle cprev_o, py::handle gates_o, py::handle h_o,
+         py::handle c_o, std::uintptr_t stream) {
+        const View c_prev = as_array(cprev_o, "c_prev", "float32");
+        const auto [B, H] = state_dims(c_prev, "c_prev");
+        const View xg = shaped(xg_o, "xg", {B, 4 * H});
+        const View hg = shaped(hg_o, "hg", {B, 4 * H});
+        const auto b_hh = optional(bhh_o, "b_hh", {4 * H});
+        const View gates = output(gates_o, "gates", {B, 4 * H});
+        const View h = output(h_o, "h", {B, H});
+        const View c = output(c_o, "c", {B, H});
+        Guards g;
+        for (const View* v : {&xg, &hg, &c_prev, &gates, &h, &c}) g.add(*v);
+        g.add(b_hh);
+        lstm_cell_forward(xg.ptr<float>(), hg.ptr<float>(), ptr_or_null(b_hh), c_prev.ptr<float>(),
+                          gates.ptr<float>(), h.ptr<float>(), c.ptr<float>(), B, H, as_stream(stream));
+        check_launch("lstm_cell_forward");
+      },
+      py::arg("xg"), py::arg("hg"), py::arg("b_hh"), py::arg("c_prev"), py::arg("gates"), py::arg("h"), py::arg("c"),
+      py::arg("stream"),
+      "One LSTM step. xg = x W_ih^T + b_ih and hg = h_prev W_hh^T, (B, 4H) float32, gate\n"
+      "blocks i, f, g, o; b_hh (4H,) or None; c_prev (B, H). Writes the activated gates\n"
+      "(B, 4H; may be xg itself), h and c (B, H).");
+  m.def(
+      "lstm_cell_backward",
+      [](py::handle gates_o, py::handle cprev_o, py::handle c_o, py::handle dy_o, py::handle dh_o, py::handle dc_o,
+         py::handle dgates_o, py::handle dcprev_o, std::uintptr_t stream) {
+        const View c_prev = as_array(cprev_o, "c_prev", "float32");
+        const auto [B, H] = state_dims(c_prev, "c_prev");
+        const View gates = shaped(gates_o, "gates", {B, 4 * H});
+        const View c = shaped(c_o, "c", {B, H});
+        const auto dy = optional(dy_o, "dy", {B, H});
+        const auto dh = optional(dh_o, "dh_next", {B, H});
+        const auto dc = optional(dc_o, "dc_next", {B, H});
+        const View dgates = output(dgates_o, "dgates", {B, 4 * H});
+        const View dc_prev = output(dcprev_o, "dc_prev", {B, H});
+        Guards g;
+        for (const View* v : {&gates, &c_prev, &c, &dgates, &dc_prev}) g.add(*v);
+        g.add(dy);
+        g.add(dh);
+        g.add(dc);
+        lstm_cell_backward(gates.ptr<float>(), c_prev.ptr<float>(), c.ptr<float>(), ptr_or_null(dy), ptr_or_null(dh),
+                           ptr_or_null(dc), dgates.ptr<float>(), dc_prev.ptr<float>(), B, H, as_stream(stream));
+        check_launch("lstm_cell_backward");
+      },
+      py::arg("gates"), py::arg("c_prev"), py::arg("c"), py::arg("dy"), py::arg("dh_next"), py::arg("dc_next"),
+      py::arg("dgates"), py::arg("dc_prev"), py::arg("stream"),
+      "Backward of one LSTM step from the saved activated gates (B, 4H), c_prev and c (B, H).\n"
+      "dy, dh_next, dc_next (B, H) or None (zero). Writes the pre-activation gate\n"
+      "gradients dgates (B, 4H) and dc_prev (B, H; may be dc_next itself).");
+  m.def(
+      "rnn_cell_forward",
+      [](py::handle xg_o, py::handle hg_o, py::handle bhh_o, py::handle h_o, bool relu, std::uintptr_t stream) {
+        const View xg = as_array(xg_o, "xg", "float32");
+        const auto [B, H] = state_dims(xg, "xg");
+        const View hg = shaped(hg_o, "hg", {B, H});
+        const auto b_hh = optional(bhh_o, "b_hh", {H});
+        const View h = output(h_o, "h", {B, H});
+        Guards g;
+        for (const View* v : {&xg, &hg, &h}) g.add(*v);
+        g.add(b_hh);
+        rnn_cell_forward(xg.ptr<float>(), hg.ptr<float>(), ptr_or_null(b_hh), h.ptr<float>(), B, H, relu,
+                         as_stream(stream));
+        check_launch("rnn_cell_forward");
+      },
+      py::arg("xg"), py::arg("hg"), py::arg("b_hh"), py::arg("h"), py::arg("relu"), py::arg("stream"),
+      "One Elman RNN step h = act(xg + hg + b_hh), act relu (relu=True) or tanh; xg, hg, h\n"
+      "(B, H) float32 (h may be xg itself), b_hh (H,) or None.");
+  m.def(
+      "rnn_cell_backward",
+      [](py::handle h_o, py::handle dy_o, py::handle dh_o, py::handle dpre_o, bool relu, std::uintptr_t stream) {
+        const View h = as_array(h_o, "h", "float32");
+        const auto [B, H] = state_dims(h, "h");
+        const auto dy = optional(dy_o, "dy", {B, H});
+        const auto dh = optional(dh_o, "dh_next", {B, H});
+        const View dpre = output(dpre_o, "dpre", {B, H});
+        Guards g;
+        g.add(h);
+        g.add(dpre);
+        g.add(dy);
+        g.add(dh);
+        rnn_cell_backward(h.ptr<float>(), ptr_or_null(dy), ptr_or_null(dh), dpre.ptr<float>(), B, H, relu,
+                          as_stream(stream));
+        check_launch("rnn_cell_backward");
+      },
+      py::arg("h"), py::arg("dy"), py::arg("dh_next"), py::arg("dpre"), py::arg("relu"), py::arg("stream"),
+      "dpre = (dy + dh_next) * act'(h) for one RNN step from its output h (B, H) float32;\n"
+      "dy and dh_next (B, H) or None.");
+}
+
+}  // namespace gpunet

@@ -1,0 +1,155 @@
+// pool.cpp -- Python bindings of csrc/kernels/pool.cu (max and average pooling).
+#include <climits>
+#include <string>
+
+#include "bindings/families.h"
+#include "common/binding.h"
+#include "kernels/pool.h"
+
+namespace gpunet {
+namespace {
+
+void require_at_least(int64_t v, int64_t lo, const char* name) {
+  if (v < lo)
+    throw py::value_error(detail::arg(name) + "must be >= " + std::to_string(lo) + " but got " + std::to_string(v));
+}
+
+// Output extent along one axis: the caller's (taken from the output array)
+// must be what PyTorch gives with ceil_mode False or True.
+void check_extent(int64_t out, int64_t in, int k, int s, int p, int d, const char* out_name, const char* axis) {
+  const int64_t room = in + 2 * (int64_t)p - (int64_t)d * (k - 1) - 1;
+  if (room < 0)
+    throw py::value_error(std::string("the dilated ") + axis + " window " + std::to_string((int64_t)d * (k - 1) + 1) +
+                          " is larger than the padded input " + std::to_string(in) + " + 2*" + std::to_string(p));
+  const int64_t floor_out = room / s + 1;
+  int64_t ceil_out = (room + s - 1) / s + 1;
+  if ((ceil_out - 1) * s >= in + p) --ceil_out;  // no window may start in the right padding
+  if (out != floor_out && out != ceil_out)
+    throw py::value_error(detail::arg(out_name) + "output " + axis + " " + std::to_string(out) + " does not match " +
+                          "the input " + axis + " " + std::to_string(in) + " and window: expected " +
+                          std::to_string(floor_out) +
+                          (ceil_out != floor_out ? " (or " + std::to_string(ceil_out) + " with ceil_mode)" : ""));
+}
+
+// Geometry from the input-side array `in` (n, c, h, w), the output-side array
+// `out` (n, c, oh, ow) and the window, or ValueError naming the argument.
+PoolShape pool_shape(const View& in, const char* in_name, const View& out, const char* out_name, int kh, int kw, int sh,
+                     int sw, int ph, int pw, int dh, int dw) {
+  require_ndim(in, in_name, 4);
+  require_ndim(out, out_name, 4);
+  if (in.shape[0] != out.shape[0] || in.shape[1] != out.shape[1])
+    throw py::value_error(detail::arg(out_name) + "expected the batch and channel extents of '" + in_name + "' " +
+                          detail::shape_str(in.shape) + " but got shape " + detail::shape_str(out.shape));
+  require_at_least(kh, 1, "kh");
+  require_at_least(kw, 1, "kw");
+  require_at_least(sh, 1, "sh");
+  require_at_least(sw, 1, "sw");
+  require_at_least(ph, 0, "ph");
+  require_at_least(pw, 0, "pw");
+  require_at_least(dh, 1, "dh");
+  require_at_least(dw, 1, "dw");
+  if (2 * (int64_t)ph > (int64_t)dh * (kh - 1) + 1 || 2 * (int64_t)pw > (int64_t)dw * (kw - 1) + 1)
+    throw py::value_error("padding (" + std::to_string(ph) + ", " + std::to_string(pw) +
+                          ") must be at most half the dilated window");
+  // arg holds an int32 index into a plane, and window arithmetic is int
+  if (in.shape[2] * in.shape[3] > INT_MAX || in.shape[2] + 2 * (int64_t)ph > INT_MAX / 2 ||
+      in.shape[3] + 2 * (int64_t)pw > INT_MAX / 2)
+    throw py::value_error(detail::arg(in_name) + "planes of more than 2^31 - 1 elements are not supported, got " +
+                          detail::shape_str(in.shape));
+  check_extent(out.shape[2], in.shape[2], kh, sh, ph, dh, out_name, "height");
+  check_extent(out.shape[3], in.shape[3], kw, sw, pw, dw, out_name, "width");
+  return PoolShape{in.shape[0] * in.shape[1], in.shape[2], in.shape[3], out.shape[2], out.shape[3],
+                   kh, kw, sh, sw, ph, pw, dh, dw};
+}
+
+void require_disjoint(const View& a, const char* a_name, const View& b, const char* b_name) {
+  const char* pa = a.ptr<char>();
+  const char* pb = b.ptr<char>();
+  if (pa < pb + b.nbytes() && pb < pa + a.nbytes())
+    throw py::value_error(detail::arg(b_name) + "must not overlap '" + a_name + "' in memory");
+}
+
+}  // namespace
+
+void bind_pool(py::module_& m) {
+  m.def(
+      "maxpool2d_forward",
+      [](py::handle x_obj, py::handle y_obj, py::handle arg_obj, int kh, int kw, int sh, int sw, int ph, int pw,
+         int dh, int dw, std::uintptr_t stream) {
+        const View x = as_array(x_obj, "x", "float32");
+        const View y = as_array(y_obj, "y", "float32");
+        const View arg = as_array(arg_obj, "arg", "int32");
+        require_writable(y, "y");
+        require_writable(arg, "arg");
+        const PoolShape s = pool_shape(x, "x", y, "y", kh, kw, sh, sw, ph, pw, dh, dw);
+        require_same_shape(y, "y", arg, "arg");
+        require_disjoint(x, "x", y, "y");
+        require_disjoint(x, "x", arg, "arg");
+        require_disjoint(y, "y", arg, "arg");
+        auto guard = vouch({x, y, arg});
+        maxpool2d_forward(x.ptr<float>(), y.ptr<float>(), arg.ptr<int32_t>(), s, as_stream(stream));
+        check_launch("maxpool2d_forward");
+      },
+      py::arg("x"), py::arg("y"), py::arg("arg"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+      py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("stream"),
+      "Max pooling: x float32 (N, C, H, W) -> y float32 (N, C, OH, OW) and arg int32\n"
+      "(N, C, OH, OW), the index h*W + w in its plane of the first maximum of each\n"
+      "window. OH, OW are y's and must be PyTorch's (floor or ceil_mode).");
+  m.def(
+      "maxpool2d_backward",
+      [](py::handle dy_obj, py::handle arg_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,
+         int dh, int dw, std::uintptr_t stream) {
+        const View dy = as_array(dy_obj, "dy", "float32");
+        const View arg = as_array(arg_obj, "arg", "int32");
+        const View dx = as_array(dx_obj, "dx", "float32");
+        require_writable(dx, "dx");
+        const PoolShape s = pool_shape(dx, "dx", dy, "dy", kh, kw, sh, sw, ph, pw, dh, dw);
+        require_same_shape(dy, "dy", arg, "arg");
+        require_disjoint(dy, "dy", dx, "dx");
+        require_disjoint(arg, "arg", dx, "dx");
+        auto guard = vouch({dy, arg, dx});
+        maxpool2d_backward(dy.ptr<float>(), arg.ptr<int32_t>(), dx.ptr<float>(), s, as_stream(stream));
+        check_launch("maxpool2d_backward");
+      },
+      py::arg("dy"), py::arg("arg"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+      py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("stream"),
+      "dx (N, C, H, W) (overwritten) = sum of dy over the windows whose arg (from\n"
+      "maxpool2d_forward) is that element. Deterministic (a gather, no atomics).");
+  m.def(
+      "avgpool2d_forward",
+      [](py::handle x_obj, py::handle y_obj, int kh, int kw, int sh, int sw, int ph, int pw, bool count_include_pad,
+         std::uintptr_t stream) {
+        const View x = as_array(x_obj, "x", "float32");
+        const View y = as_array(y_obj, "y", "float32");
+        require_writable(y, "y");
+        const PoolShape s = pool_shape(x, "x", y, "y", kh, kw, sh, sw, ph, pw, 1, 1);
+        require_disjoint(x, "x", y, "y");
+        auto guard = vouch({x, y});
+        avgpool2d_forward(x.ptr<float>(), y.ptr<float>(), s, count_include_pad, as_stream(stream));
+        check_launch("avgpool2d_forward");
+      },
+      py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("count_include_pad"), py::arg("stream"),
+      "Average pooling: x float32 (N, C, H, W) -> y float32 (N, C, OH, OW), each window's\n"
+      "sum divided by its size clipped to the padded input (count_include_pad) or to\n"
+      "the input (PyTorch's AvgPool2d).");
+  m.def(
+      "avgpool2d_backward",
+      [](py::handle dy_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,
+         bool count_include_pad, std::uintptr_t stream) {
+        const View dy = as_array(dy_obj, "dy", "float32");
+        const View dx = as_array(dx_obj, "dx", "float32");
+        require_writable(dx, "dx");
+        const PoolShape s = pool_shape(dx, "dx", dy, "dy", kh, kw, sh, sw, ph, pw, 1, 1);
+        require_disjoint(dy, "dy", dx, "dx");
+        auto guard = vouch({dy, dx});
+        avgpool2d_backward(dy.ptr<float>(), dx.ptr<float>(), s, count_include_pad, as_stream(stream));
+        check_launch("avgpool2d_backward");
+      },
+      py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("count_include_pad"), py::arg("stream"),
+      "dx (N, C, H, W) (overwritten) = sum over the windows containing each element of\n"
+      "dy / divisor. Deterministic (a gather, no atomics).");
+}
+
+}  // namespace gpunet

@@ -1,0 +1,28 @@
+// conv.h -- host API of csrc/kernels/conv.cu (algorithms there).
+//
+// Launchers take device pointers, launch on `stream` and return at once; the
+// caller checks the launch (check_launch in binding.h).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gpunet {
+
+// One convolution over a chunk of `n` images: input (n, c, h, w), kernel
+// kh x kw with stride, zero padding and dilation, output oh x ow.
+struct ConvShape {
+  int64_t n, c, h, w;
+  int kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t oh, ow;
+};
+
+// cols (c*kh*kw, n*oh*ow) from x (n, c, h, w): row (ci, i, j), column
+// (ni, y, x) holds x[ni, ci, y*sh - ph + i*dh, x*sw - pw + j*dw], 0 outside.
+void im2col(const float* x, float* cols, const ConvShape& s, cudaStream_t stream);
+
+// dx (n, c, h, w) = the sum of every entry of dcols (c*kh*kw, n*oh*ow) whose
+// im2col source is that element (overwrites dx).
+void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stream);
+
+}  // namespace gpunet

@@ -1,0 +1,47 @@
+// optim.h -- host API of csrc/kernels/optim.cu (algorithms and launch shape there).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace gpunet {
+
+// One row of the multi-tensor table: a tensor of the parameter group, its
+// buffers and its per-tensor scalars. The binding fills these on the host;
+// the launcher copies them into a device workspace of n rows.
+struct OptimTensor {
+  float* param;        // updated in place
+  const float* grad;
+  float* state0;       // SGD: momentum buffer (null without momentum); Adam: exp_avg
+  float* state1;       // Adam: exp_avg_sq; SGD: null
+  int64_t begin;       // index of the tensor's first element in the concatenated index space
+  float scalar0;       // SGD: 1 when the momentum buffer is fresh (the step copies d into it), else 0
+                       // Adam: step_size = lr / (1 - beta1^t)
+  float scalar1;       // Adam: sqrt(1 - beta2^t); SGD: unused
+};
+static_assert(sizeof(OptimTensor) == 48, "OptimTensor layout");
+
+struct SgdHyper {
+  float lr, momentum, one_minus_dampening, weight_decay;
+  bool nesterov;
+};
+
+// Differences such as 1 - beta1 are rounded from double on the host, as
+// PyTorch passes them to its float kernels.
+struct AdamHyper {
+  float one_minus_beta1, beta2, one_minus_beta2, eps;
+  float weight_decay;  // L2 term added to the gradient (Adam); 0 for AdamW
+  float decay;         // 1 - lr * weight_decay (AdamW); 1 for Adam
+};
+
+// Both: `rows` are the group's non-empty tensors in order, rows[k].begin the
+// running sum of the sizes before k, `total` the sum of all sizes. `table`
+// is device memory for rows.size() rows; it is written (cudaMemcpyAsync on
+// `stream`) and then read by ONE kernel launch. No launch when total == 0.
+void sgd_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const SgdHyper& h,
+               cudaStream_t stream);
+void adam_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const AdamHyper& h,
+                cudaStream_t stream);
+
+}  // namespace gpunet

@@ -1,0 +1,18 @@
+// testing.h -- host API of csrc/kernels/testing.cu. TEST-ONLY: these kernels
+// exist for tests/test_extension.py and are not used by gpunet itself.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gpunet {
+
+// One block sums x[0..n) into out[0]. racy = true: the same kernel with one
+// __syncthreads() missing.
+void block_sum(const float* x, float* out, int64_t n, bool racy, cudaStream_t stream);
+
+// Launches a kernel with 2048 threads per block (the limit is 1024), so that
+// the launch-error path can be tested on any machine.
+void invalid_launch(cudaStream_t stream);
+
+}  // namespace gpunet

@@ -1,0 +1,188 @@
+"""Console command: `python -m gpunet` (installed as `gpunet-train`).
+
+    python -m gpunet backends
+    python -m gpunet train --model digits_cnn --dataset digits --epochs 15 --out runs/digits
+
+`train` splits the data into train/validation/test, trains with a checkpoint
+after every epoch (rerunning the same command resumes), restores the weights
+of the lowest validation loss when --patience is given, and prints the test
+accuracy and where the checkpoint and the learning-curve plot went.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import data, models, nn, optim
+from .backend import backends, get_backend
+from .random import manual_seed
+from .train import evaluate, fit
+
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+TOKEN_DATASETS = ("text", "sort", "reverse")
+TOKEN_MODELS = ("char_lstm", "transformer")
+OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop}
+
+
+def _split(dataset, val: float, test: float, seed: int):
+    return data.random_split(dataset, [1.0 - val - test, val, test], seed=seed)
+
+
+def load_dataset(args) -> tuple[tuple, dict, str]:
+    """((train, val, test), model kwargs the data implies, a description)."""
+    name = args.dataset
+    if name == "digits":
+        splits = data.digits_splits(val=0.1, test=0.2, seed=args.seed)
+        return splits, {"in_channels": 1, "image_size": 8, "num_classes": 10}, "scikit-learn digits, 8x8"
+    if name in ("mnist", "fashion_mnist"):
+        if not args.data:
+            raise SystemExit(f"--dataset {name} needs --data DIR holding the four IDX files "
+                             "(train-images-idx3-ubyte[.gz], ...)")
+        x, y = data.load_mnist(args.data, "train")
+        xt, yt = data.load_mnist(args.data, "test")
+        train, val = data.random_split(data.TensorDataset(x, y), [0.9, 0.1], seed=args.seed)
+        return (train, val, data.TensorDataset(xt, yt)), \
+            {"in_channels": 1, "image_size": 28, "num_classes": 10}, f"{name} from {args.data}"
+    if name == "cifar10":
+        if args.data:
+            x, y = data.load_cifar10(args.data, train=True)
+            xt, yt = data.load_cifar10(args.data, train=False)
+            train, val = data.random_split(data.TensorDataset(x, y), [0.9, 0.1], seed=args.seed)
+            desc = f"CIFAR-10 from {args.data}"
+            splits = (train, val, data.TensorDataset(xt, yt))
+        else:
+            x, y = data.synthetic_cifar(12000, seed=args.seed)
+            splits = _split(data.TensorDataset(x, y), 0.1, 0.1, args.seed)
+            desc = "SYNTHETIC CIFAR-shaped gratings (no --data given; not real CIFAR-10)"
+        return splits, {"in_channels": 3, "image_size": 32, "num_classes": 10}, desc
+    if name == "text":
+        if not args.data:
+            raise SystemExit("--dataset text needs --data FILE (any UTF-8 text file)")
+        ds = data.CharDataset.from_file(args.data, args.seq_len)
+        return _split(ds, 0.1, 0.1, args.seed), {"vocab_size": ds.vocab_size, "max_len": args.seq_len}, \
+            f"characters of {args.data} ({ds.vocab_size} distinct)"
+    x, y = data.digit_sequences(12000, args.seq_len, task=name, seed=args.seed)
+    return _split(data.TensorDataset(x, y), 0.1, 0.1, args.seed), \
+        {"vocab_size": 10, "max_len": args.seq_len}, f"{name} random digit sequences of length {args.seq_len}"
+
+
+def check_pairing(model: str, dataset: str):
+    """Token models need token data and image models image data: say so before loading anything."""
+    if model in TOKEN_MODELS and dataset not in TOKEN_DATASETS:
+        raise SystemExit(f"--model {model} needs a token dataset ({', '.join(TOKEN_DATASETS)})")
+    if model not in TOKEN_MODELS and dataset in TOKEN_DATASETS:
+        raise SystemExit(f"--model {model} needs an image dataset ({', '.join(IMAGE_DATASETS)})")
+
+
+def build_model(name: str, shape: dict):
+    """The named model with the sizes the dataset implies."""
+    if name == "char_lstm":
+        return models.create(name, vocab_size=shape["vocab_size"])
+    if name == "transformer":
+        return models.create(name, vocab_size=shape["vocab_size"], max_len=shape["max_len"])
+    if name == "mlp":
+        side = shape["image_size"]
+        return models.create(name, in_features=shape["in_channels"] * side * side, num_classes=shape["num_classes"])
+    return models.create(name, **shape)
+
+
+def train(args) -> dict:
+    check_pairing(args.model, args.dataset)
+    manual_seed(args.seed)
+    be = get_backend(args.device)
+    (train_set, val_set, test_set), shape, desc = load_dataset(args)
+    model = build_model(args.model, shape).to(be)
+    n_params = sum(p.size for p in model.parameters())
+    print(f"gpunet: {args.model} ({n_params:,} parameters) on {desc}; device {be.device}; "
+          f"{len(train_set)} train / {len(val_set)} validation / {len(test_set)} test samples", flush=True)
+    opt_cls = OPTIMIZERS[args.optimizer]
+    kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
+    if args.optimizer == "sgd":
+        kwargs["momentum"] = 0.9
+    optimizer = opt_cls(model.parameters(), **kwargs)
+    scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs) if args.cosine else None
+    loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, device=be)
+    val_loader = data.DataLoader(val_set, 512, device=be)
+    test_loader = data.DataLoader(test_set, 512, device=be)
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = os.path.join(args.out, "checkpoint.npz")
+    plot = os.path.join(args.out, "curves.png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
+        plot = None
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    history = fit(model, loss_fn, optimizer, loader, val_loader, epochs=args.epochs,
+                  early_stopping_patience=args.patience, checkpoint_path=checkpoint, resume=not args.no_resume,
+                  plot_path=plot, scheduler=scheduler, clip_grad_norm=args.clip, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    result = evaluate(model, loss_fn, test_loader)
+    summary = {"model": args.model, "dataset": args.dataset, "device": be.device, "epochs": len(history.epochs),
+               "seconds": round(seconds, 2), "test_loss": result["loss"], "test_accuracy": result.get("accuracy"),
+               "checkpoint": checkpoint, "plot": plot}
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"test accuracy {result.get('accuracy', float('nan')):.4f}  test loss {result['loss']:.4f}  "
+          f"({len(test_set)} samples; trained {seconds:.1f}s)")
+    print(f"checkpoint: {checkpoint}")
+    if plot:
+        print(f"learning curves: {plot}")
+    return summary
+
+
+def print_backends():
+    rows = backends()
+    width = max(len(n) for n in rows)
+    for name, info in rows.items():
+        mark = "yes" if info["available"] else "no "
+        print(f"{name:<{width}}  {mark}  {info['reason']}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpunet", description="gpunet: train the example models, list backends.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("backends", help="which backends work on this machine, and why not")
+    t = sub.add_parser("train", help="train a named model on a dataset",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--model", choices=sorted(models.MODELS), default="digits_cnn")
+    t.add_argument("--dataset", choices=IMAGE_DATASETS + TOKEN_DATASETS, default="digits")
+    t.add_argument("--data", help="directory (mnist, fashion_mnist, cifar10) or text file (text)")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, cupy, sim or auto")
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--cosine", action="store_true", help="cosine learning-rate decay over the epochs")
+    t.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this value")
+    t.add_argument("--patience", type=int, default=None, help="early stopping patience (epochs)")
+    t.add_argument("--seq-len", type=int, default=32, help="sequence length (text, sort, reverse)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/run", help="directory for checkpoint.npz, curves.png, summary.json")
+    t.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "backends":
+        print_backends()
+        return 0
+    if args.seq_len < 1 or args.epochs < 0 or args.batch_size < 1:
+        raise SystemExit("--seq-len and --batch-size must be positive, --epochs non-negative")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""python -m gpunet.bench --help"""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""Validate-then-time: the core of the benchmark.
+
+A `Case` is one op (or training step) at one shape. It knows its FLOPs and
+the fewest bytes it must move, makes float64 NumPy inputs and weights
+(`setup`), and builds a `Runner` for an implementation (`impls["gpunet"]`,
+`impls["torch"]`). A `Target` is an implementation on a device at a dtype:
+gpunet's cpu/sim/cupy/cuda backends, or PyTorch on cpu/cuda.
+
+For every case `run_case`:
+  1. runs the reference once (PyTorch in float64 when installed, else
+     gpunet's cpu backend in float64) and keeps its outputs;
+  2. for each target, runs one step and compares every output (forward
+     result, input and parameter gradients, loss, updated weights) with the
+     reference, normwise: max|a - r| / max|r| <= case.rtol. A target that
+     fails is reported "invalid" and never timed;
+  3. warms up, then repeats the step (at least `min_reps` times, until the
+     time budget or `max_reps`), cycling through several copies of the
+     inputs whose total exceeds the last-level cache, so no repetition reads
+     inputs left in cache by the previous one (weights and optimizer state are
+     not rotated: a real training step reads them from memory too);
+  4. times each repetition with CUDA events on the GPU (cupy.cuda.Event for
+     gpunet, torch.cuda.Event for PyTorch) and with the host clock on the CPU,
+     where every call is synchronous, and reports median, min, max and the
+     quartiles.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+# ---------------------------------------------------------------- targets
+class Target:
+    """One implementation to validate and time: framework 'gpunet' (device =
+    backend name cpu/sim/cupy/cuda) or 'torch' (device cpu/cuda)."""
+
+    def __init__(self, framework: str, device: str, dtype=np.float32):
+        self.framework = framework
+        self.device = device
+        self.dtype = np.dtype(dtype)
+        if framework == "gpunet":
+            from ..backend import get_backend
+            self.be = get_backend(device)
+        else:
+            import torch
+            self.torch = torch
+            self.tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[self.dtype]
+
+    @property
+    def name(self) -> str:
+        return self.device if self.framework == "gpunet" else f"torch-{self.device}"
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device in ("cuda", "cupy")
+
+    def with_dtype(self, dtype) -> "Target":
+        return Target(self.framework, self.device, dtype)
+
+    def array(self, a: np.ndarray):
+        """A native array (NumPy/CuPy/torch tensor) holding `a`; floating
+        arrays take the target's dtype, integer arrays keep theirs."""
+        float_ = a.dtype.kind == "f"
+        if self.framework == "gpunet":
+            return self.be.asarray(a, dtype=self.dtype if float_ else None)
+        t = self.torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(self.device, dtype=self.tdtype if float_ else None).contiguous()
+
+    def host(self, x) -> np.ndarray:
+        if self.framework == "torch":
+            return x.detach().cpu().numpy()
+        from ..backend import to_numpy
+        return np.asarray(to_numpy(x))
+
+    def sync(self):
+        if self.framework == "gpunet":
+            self.be.synchronize()
+        elif self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def event_pair(self):
+        """(start, end) CUDA events on the current stream and a function giving
+        the seconds between them once `end` has completed."""
+        if self.framework == "torch":
+            ev = self.torch.cuda.Event
+            return ev(enable_timing=True), ev(enable_timing=True), lambda s, e: s.elapsed_time(e) / 1e3
+        import cupy
+        return cupy.cuda.Event(), cupy.cuda.Event(), lambda s, e: cupy.cuda.get_elapsed_time(s, e) / 1e3
+
+    def free_memory(self):
+        """Give cached device memory back between cases (the next case's
+        copies should not compete with this one's leftovers)."""
+        gc.collect()
+        if self.framework == "gpunet" and self.be.on_gpu:
+            self.be.xp.get_default_memory_pool().free_all_blocks()
+        elif self.framework == "torch" and self.device == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- cases
+@dataclass
+class Spec:
+    """A case's float64 data: `state` (weights, by PyTorch state_dict key, or
+    anything the builders share) and `inputs` (what each step reads and what
+    gets rotated: several copies cycle through the repetitions)."""
+    state: dict
+    inputs: dict
+
+
+@dataclass
+class Runner:
+    """`step(i)` runs one iteration on input copy i % copies; `outputs()`
+    returns native arrays from the latest step, by name, for validation."""
+    step: Callable[[int], None]
+    outputs: Callable[[], dict]
+
+
+@dataclass
+class Case:
+    op: str                 # family and pass, e.g. "conv2d.fwdbwd"; what --ops matches
+    shape: str              # the shape in words, e.g. "(64,3,32,32)->32 k3 p1"
+    flops: float            # floating-point operations per step
+    bytes: float            # fewest bytes a step must move to/from memory
+    setup: Callable[[np.random.Generator], Spec]
+    impls: dict             # "gpunet"/"torch" -> builder(target, state, copies) -> Runner
+    rtol: float = 1e-4      # normwise tolerance against the float64 reference
+    sweep: tuple | None = None   # (sweep name, x value) when the case is a point of a scaling sweep
+    rotate: bool = True     # False when the step mutates its inputs (optimizer state)
+    needs: Callable[[], str | None] = lambda: None   # reason the case cannot run here, or None
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.op} {self.shape}"
+
+
+@dataclass
+class Policy:
+    """How long to warm up and how many repetitions to time."""
+    min_reps: int
+    max_reps: int
+    budget_s: float          # stop timing after this much wall time (once min_reps are done)
+    warmup_s: float
+    min_warmup: int
+    cache_bytes: int         # last-level cache: rotated inputs must exceed it
+    memory_budget: int       # at most this many bytes of input copies
+
+
+@dataclass
+class Platform:
+    """Targets that run the same shapes against the same reference and share
+    measured ceilings and one file set (e.g. gpunet cpu + torch cpu)."""
+    label: str                  # "cpu", "sim", "gpu-nvidia-h100..." (file-name stem)
+    size: str                   # shape set: "quick", "cpu" or "gpu"
+    targets: list
+    reference: Target
+    policy: Policy
+    ceilings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- validation
+def compare(outputs: dict, reference: dict, rtol: float) -> tuple[float, str | None]:
+    """(worst normwise error, None if within rtol else a readable reason)."""
+    worst, problem = 0.0, None
+    for key, ref in reference.items():
+        if key not in outputs:
+            return math.inf, f"{key}: missing from the outputs"
+        a = np.asarray(outputs[key], dtype=np.float64)
+        r = np.asarray(ref, dtype=np.float64)
+        if a.shape != r.shape:
+            return math.inf, f"{key}: shape {a.shape}, expected {r.shape}"
+        if not np.isfinite(a).all():
+            return math.inf, f"{key}: {int((~np.isfinite(a)).sum())} non-finite values"
+        if a.size == 0:
+            continue
+        diff = np.abs(a - r)
+        scale = float(np.abs(r).max())
+        err = float(diff.max()) / (scale if scale > 0 else 1.0)
+        if err > worst:
+            worst = err
+            if err > rtol:
+                i = np.unravel_index(int(diff.argmax()), a.shape)
+                problem = (f"{key}: normwise error {err:.3g} > rtol {rtol:.3g}; worst at index "
+                           f"{tuple(int(t) for t in i)}: got {a[i]:.6g}, expected {r[i]:.6g}")
+    return worst, problem
+
+
+def host_outputs(target: Target, runner: Runner) -> dict:
+    return {k: target.host(v) for k, v in runner.outputs().items()}
+
+
+# ---------------------------------------------------------------- timing
+def copies_for(spec: Spec, case: Case, policy: Policy) -> int:
+    """How many input copies to cycle so their total exceeds the cache three
+    times over (at least 2, at most 16, within the memory budget)."""
+    if not case.rotate:
+        return 1
+    # floats are timed in float32, half their float64 size here
+    size = sum(a.nbytes // 2 if a.dtype.kind == "f" else a.nbytes for a in spec.inputs.values())
+    if size == 0:
+        return 1
+    n = min(16, max(2, math.ceil(3 * policy.cache_bytes / size)))
+    while n > 1 and n * size > policy.memory_budget:
+        n -= 1
+    return n
+
+
+def time_steps(target: Target, step: Callable[[int], None], policy: Policy, first: int = 1) -> np.ndarray:
+    """Seconds per repetition, after warming up."""
+    i = first
+    t0 = time.perf_counter()
+    while i - first < policy.min_warmup or (time.perf_counter() - t0 < policy.warmup_s and i - first < 1000):
+        step(i)
+        i += 1
+    target.sync()
+    times: list[float] = []
+    t0 = time.perf_counter()
+    if target.on_gpu:
+        # Record a batch of event pairs, then wait once: no host sync between
+        # repetitions, and the host clock only decides when to stop.
+        batch = 1
+        while len(times) < policy.max_reps:
+            pairs = []
+            for _ in range(min(batch, policy.max_reps - len(times))):
+                start, end, elapsed = target.event_pair()
+                start.record()
+                step(i)
+                end.record()
+                pairs.append((start, end))
+                i += 1
+            pairs[-1][1].synchronize()
+            times += [elapsed(s, e) for s, e in pairs]
+            if len(times) >= policy.min_reps and time.perf_counter() - t0 > policy.budget_s:
+                break
+            batch = min(2 * batch, 32)
+    else:
+        while len(times) < policy.max_reps:
+            s = time.perf_counter()
+            step(i)
+            times.append(time.perf_counter() - s)
+            i += 1
+            if len(times) >= policy.min_reps and time.perf_counter() - t0 > policy.budget_s:
+                break
+    return np.asarray(times)
+
+
+def summary(times: np.ndarray) -> dict:
+    p25, med, p75 = np.percentile(times, [25, 50, 75])
+    return {"reps": int(times.size), "median_s": float(med), "min_s": float(times.min()),
+            "max_s": float(times.max()), "p25_s": float(p25), "p75_s": float(p75)}
+
+
+# ---------------------------------------------------------------- one case
+def _error(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+
+
+def _prepare(target: Target, case: Case, spec: Spec, n: int) -> Runner:
+    builder = case.impls.get(target.framework)
+    if builder is None:
+        raise LookupError(f"no {target.framework} implementation")
+    copies = [{k: target.array(a) for k, a in spec.inputs.items()} for _ in range(n)]
+    return builder(target, spec.state, copies)
+
+
+def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[dict]:
+    """Validate and time `case` on every target of `platform`; one result
+    dict per target (status ok / invalid / error / skipped)."""
+    base = {"op": case.op, "shape": case.shape, "name": case.name, "flops": case.flops, "bytes": case.bytes,
+            "sweep": list(case.sweep) if case.sweep else None, "rtol": case.rtol, "note": case.note}
+    results = [dict(base, target=t.name, status="skipped") for t in platform.targets]
+    reason = case.needs()
+    if reason:
+        for r in results:
+            r["reason"] = reason
+        return results
+    spec = case.setup(np.random.default_rng(seed))
+    ref = platform.reference
+    try:
+        runner = _prepare(ref, case, spec, 1)
+        runner.step(0)
+        reference = host_outputs(ref, runner)
+        del runner
+    except Exception as e:  # noqa: BLE001 - reported, not raised: one broken op must not stop the suite
+        for r in results:
+            r.update(status="error", reason=f"reference ({ref.name} float64) failed: {_error(e)}")
+        log(f"  reference {ref.name} failed on {case.name}:\n{traceback.format_exc()}")
+        return results
+    finally:
+        ref.free_memory()
+    n = copies_for(spec, case, platform.policy)
+    for target, r in zip(platform.targets, results):
+        r["copies"] = n
+        if case.impls.get(target.framework) is None:
+            r["reason"] = f"no {target.framework} implementation"
+            continue
+        try:
+            runner = _prepare(target, case, spec, n)
+            runner.step(0)
+            err, problem = compare(host_outputs(target, runner), reference, case.rtol)
+            r["err"] = err
+            if problem:
+                r.update(status="invalid", reason=f"validation failed, not timed: {problem}")
+            else:
+                r.update(status="ok", **summary(time_steps(target, runner.step, platform.policy)))
+            del runner
+        except Exception as e:  # noqa: BLE001
+            r.update(status="error", reason=_error(e))
+        finally:
+            target.free_memory()
+    _derive(results, platform)
+    return results
+
+
+def _derive(results: list[dict], platform: Platform):
+    """Roofline floor, fraction of it, achieved rates and the ratio to PyTorch."""
+    peak, bw = platform.ceilings.get("flops"), platform.ceilings.get("bandwidth")
+    torch_time = next((r["median_s"] for r in results if r["target"].startswith("torch") and r["status"] == "ok"),
+                      None)
+    for r in results:
+        if r["status"] != "ok":
+            continue
+        t = r["median_s"]
+        r["gflops"] = r["flops"] / t / 1e9
+        r["gbps"] = r["bytes"] / t / 1e9
+        if peak and bw:
+            r["floor_s"] = max(r["flops"] / peak, r["bytes"] / bw)
+            r["roofline_fraction"] = r["floor_s"] / t
+            r["bound"] = "compute" if r["flops"] / peak >= r["bytes"] / bw else "memory"
+        if torch_time and not r["target"].startswith("torch"):
+            r["ratio_to_torch"] = t / torch_time

@@ -1,0 +1,422 @@
+"""Op-level cases: one kernel family at one shape, gpunet's module against the
+same computation in PyTorch, forward (fwd) or forward + backward (fwdbwd).
+
+Shapes per size ("quick": tiny, the CI smoke test; "cpu": a 2-core machine in
+minutes; "gpu": the issue's shapes):
+
+  op              gpu                              cpu                        
+  linear          8192x4096 -> 4096                2048x1024 -> 1024          
+  conv2d          (64,64,56,56)->64, (64,256,14,14)->256, 3x3 pad 1
+                                                   (64,3,32,32)->32, (32,64,16,16)->64
+  maxpool/avgpool 3x3/2 pad 1 on (64,64,112,112)   (16,64,56,56)
+  softmax, xent   8192x50257, 65536x1024           512x50257, 8192x1024
+  lstm            seq 100 batch 64 in 512 hid 512  the same
+  attention       b 8, 12 heads, seq 1024, d 64    seq 256 (causal and not)
+  layer_norm      8192x768                         8192x768
+  adam            25.2M params in 48 tensors       the same
+
+Scaling sweeps (time against one size, the rest fixed): softmax row length,
+conv2d batch size, attention sequence length, LSTM sequence length.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import roofline as rl
+from .harness import Case, Runner, Spec
+
+F32 = rl.F32
+
+
+# ---------------------------------------------------------------- shared plumbing
+def gpunet_has(*names: str):
+    """A Case.needs check: the reason gpunet lacks one of `names` ('nn.LSTM'), or None."""
+    def check():
+        import gpunet
+        for name in names:
+            obj = gpunet
+            for part in name.split("."):
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    return f"gpunet.{name} does not exist yet"
+        return None
+    return check
+
+
+def load_torch_state(tm, state: dict):
+    """Load gpunet's state_dict (NumPy, PyTorch keys) into a torch module;
+    buffers torch has and gpunet does not (num_batches_tracked) may be missing."""
+    import torch
+    missing, unexpected = tm.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
+                                             strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise KeyError(f"state_dict mismatch with torch: missing {missing}, unexpected {unexpected}")
+
+
+def module_state(make) -> dict:
+    """A gpunet module's initial weights in float64, by PyTorch key."""
+    return {k: v.astype(np.float64) for k, v in make().state_dict().items()}
+
+
+def gpunet_module(make, fwd, bwd, backward: bool):
+    """Builder: y = fwd(m, inputs); with backward, grads = bwd(m, dy) (a dict
+    of input gradients) and every parameter's grad is an output too."""
+    def build(target, state, copies):
+        import gpunet
+        m = make().to(target.be, target.dtype)
+        if state:
+            m.load_state_dict(state)
+        last = {}
+
+        def step(i):
+            c = copies[i % len(copies)]
+            if backward:
+                m.zero_grad()
+                last["out"] = fwd(m, c)
+                last.update(bwd(m, c["dy"]))
+            else:
+                with gpunet.no_grad():
+                    last["out"] = fwd(m, c)
+
+        def outputs():
+            out = dict(last)
+            if backward:
+                out.update({f"grad.{k}": p.grad for k, p in m.named_parameters()})
+            return out
+        return Runner(step, outputs)
+    return build
+
+
+def torch_module(make, fwd, grads: tuple, backward: bool):
+    """Builder for the torch side: make(torch) -> nn.Module or None (stateless),
+    fwd(tm, inputs) -> output; `grads` names the inputs that get gradients."""
+    def build(target, state, copies):
+        torch = target.torch
+        tm = make(torch)
+        if tm is not None:
+            load_torch_state(tm, state)
+            tm.to(target.device, target.tdtype)
+        if backward:
+            for c in copies:
+                for g in grads:
+                    c[g].requires_grad_(True)
+        last = {}
+
+        def step(i):
+            c = copies[i % len(copies)]
+            if backward:
+                for g in grads:
+                    c[g].grad = None
+                if tm is not None:
+                    tm.zero_grad(set_to_none=True)
+                y = fwd(tm, c)
+                y.backward(c["dy"])
+                last.update(out=y, c=c)
+            else:
+                with torch.no_grad():
+                    last["out"] = fwd(tm, c)
+
+        def outputs():
+            out = {"out": last["out"]}
+            if backward:
+                out.update({f"grad_{g}": last["c"][g].grad for g in grads})
+                if tm is not None:
+                    out.update({f"grad.{k}": p.grad for k, p in tm.named_parameters()})
+            return out
+        return Runner(step, outputs)
+    return build
+
+
+def normal_inputs(**shapes):
+    """setup(rng) input maker: standard normal arrays of the given shapes."""
+    return lambda rng: {k: rng.standard_normal(s) for k, s in shapes.items()}
+
+
+def fmt(shape) -> str:
+    return "(" + ",".join(str(s) for s in shape) + ")"
+
+
+# ---------------------------------------------------------------- linear
+def linear_cases(size):
+    m, k, n = {"quick": (32, 24, 16), "cpu": (2048, 1024, 1024), "gpu": (8192, 4096, 4096)}[size]
+    import gpunet.nn as gnn
+
+    def make():
+        return gnn.Linear(k, n)
+    return [Case(
+        "linear.fwdbwd", f"{m}x{k} -> {n}", 3 * rl.linear_flops(m, k, n) + m * n,
+        F32 * (3 * m * k + 3 * n * k + 2 * m * n + 2 * n),
+        lambda rng: Spec(module_state(make), normal_inputs(x=(m, k), dy=(m, n))(rng)),
+        {"gpunet": gpunet_module(make, lambda mod, c: mod(c["x"]), lambda mod, dy: {"grad_x": mod.backward(dy)},
+                                 True),
+         "torch": torch_module(lambda t: t.nn.Linear(k, n), lambda tm, c: tm(c["x"]), ("x",), True)},
+        note="the GEMM-backed layer: y = x W^T + b, then dx, dW, db")]
+
+
+# ---------------------------------------------------------------- conv2d
+def conv_case(n, ci, h, w, co, backward, sweep=None):
+    import gpunet.nn as gnn
+    ho, wo = rl.conv_out(h, 3, 1, 1), rl.conv_out(w, 3, 1, 1)
+    fl = rl.conv_flops(n, ci, co, ho, wo, 3, 3)
+    x, y, wt = n * ci * h * w, n * co * ho * wo, co * ci * 9
+    if backward:
+        flops, nbytes = 3 * fl + 2 * y, F32 * (3 * x + 2 * y + 3 * wt + 2 * co)
+    else:
+        flops, nbytes = fl + y, F32 * (x + y + wt + co)
+
+    def make():
+        return gnn.Conv2d(ci, co, 3, padding=1)
+    shapes = dict(x=(n, ci, h, w), dy=(n, co, ho, wo)) if backward else dict(x=(n, ci, h, w))
+    return Case(
+        f"conv2d.{'fwdbwd' if backward else 'fwd'}", f"{fmt((n, ci, h, w))}->{co} k3 p1", flops, nbytes,
+        lambda rng: Spec(module_state(make), normal_inputs(**shapes)(rng)),
+        {"gpunet": gpunet_module(make, lambda m, c: m(c["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, backward),
+         "torch": torch_module(lambda t: t.nn.Conv2d(ci, co, 3, padding=1), lambda tm, c: tm(c["x"]), ("x",),
+                               backward)},
+        sweep=sweep, needs=gpunet_has("nn.Conv2d"))
+
+
+def conv_cases(size):
+    shapes = {"quick": [(2, 3, 6, 5, 4)], "cpu": [(64, 3, 32, 32, 32), (32, 64, 16, 16, 64)],
+              "gpu": [(64, 64, 56, 56, 64), (64, 256, 14, 14, 256)]}[size]
+    cases = []
+    for s in shapes:
+        cases.append(conv_case(*s, backward=False))
+        cases.append(conv_case(*s, backward=True))
+    # batch-size sweep on the first shape (its own point is the main fwdbwd case)
+    base = shapes[0]
+    for n in {"quick": [1, 4], "cpu": [16, 32, 128], "gpu": [8, 16, 32, 128]}[size]:
+        cases.append(conv_case(n, *base[1:], backward=True, sweep=("conv2d batch size", n)))
+    cases[1].sweep = ("conv2d batch size", base[0])
+    return cases
+
+
+# ---------------------------------------------------------------- pooling
+def pool_case(kind, shape):
+    import gpunet.nn as gnn
+    n, c, h, w = shape
+    ho, wo = rl.conv_out(h, 3, 2, 1), rl.conv_out(w, 3, 2, 1)
+    x, y = n * c * h * w, n * c * ho * wo
+    if kind == "max":
+        # forward writes the argmax (one int32 per output) that backward reads
+        flops, nbytes = 10.0 * y, F32 * (2 * x + 4 * y)
+    else:
+        flops, nbytes = 19.0 * y, F32 * (2 * x + 2 * y)
+    cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[kind]
+
+    def make():
+        return getattr(gnn, cls)(3, 2, 1)
+    return Case(
+        f"{kind}pool2d.fwdbwd", f"{fmt(shape)} 3x3/2 p1", flops, nbytes,
+        lambda rng: Spec({}, normal_inputs(x=shape, dy=(n, c, ho, wo))(rng)),
+        {"gpunet": gpunet_module(make, lambda m, c_: m(c_["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
+         "torch": torch_module(lambda t: getattr(t.nn, cls)(3, 2, 1), lambda tm, c_: tm(c_["x"]), ("x",), True)},
+        needs=gpunet_has(f"nn.{cls}"))
+
+
+def pool_cases(size):
+    shape = {"quick": (2, 3, 9, 8), "cpu": (16, 64, 56, 56), "gpu": (64, 64, 112, 112)}[size]
+    return [pool_case("max", shape), pool_case("avg", shape)]
+
+
+# ---------------------------------------------------------------- softmax, cross-entropy
+def softmax_case(rows, cols, sweep=None):
+    import gpunet.nn as gnn
+    return Case(
+        "softmax.fwd", f"{rows}x{cols}", 5.0 * rows * cols, F32 * 2 * rows * cols,
+        lambda rng: Spec({}, normal_inputs(x=(rows, cols))(rng)),
+        {"gpunet": gpunet_module(lambda: gnn.Softmax(dim=-1), lambda m, c: m(c["x"]), None, False),
+         "torch": torch_module(lambda t: None, lambda tm, c: c["x"].softmax(-1), (), False)},
+        sweep=sweep, needs=gpunet_has("nn.Softmax"))
+
+
+def cross_entropy_case(rows, cols):
+    import gpunet.nn as gnn
+
+    def setup(rng):
+        return Spec({}, {"x": rng.standard_normal((rows, cols)), "t": rng.integers(0, cols, rows)})
+
+    def fwd(m, c):
+        return m(c["x"], c["t"])
+
+    def build_gpunet(target, state, copies):
+        crit = gnn.CrossEntropyLoss().to(target.be, target.dtype)
+        last = {}
+
+        def step(i):
+            c = copies[i % len(copies)]
+            last["loss"] = fwd(crit, c)
+            last["grad_x"] = crit.backward()
+        return Runner(step, lambda: dict(last))
+
+    def build_torch(target, state, copies):
+        F = target.torch.nn.functional
+        for c in copies:
+            c["x"].requires_grad_(True)
+        last = {}
+
+        def step(i):
+            c = copies[i % len(copies)]
+            c["x"].grad = None
+            loss = F.cross_entropy(c["x"], c["t"])
+            loss.backward()
+            last.update(loss=loss, c=c)
+        return Runner(step, lambda: {"loss": last["loss"], "grad_x": last["c"]["x"].grad})
+    # fewest bytes: a fused kernel reads the logits once and writes dlogits once
+    return Case("cross_entropy.fwdbwd", f"{rows}x{cols}", 8.0 * rows * cols, F32 * 2 * rows * cols + 8 * rows,
+                setup, {"gpunet": build_gpunet, "torch": build_torch}, needs=gpunet_has("nn.CrossEntropyLoss"),
+                note="mean softmax cross-entropy on class indices: loss and dlogits")
+
+
+def softmax_cases(size):
+    shapes = {"quick": [(4, 33), (5, 8)], "cpu": [(512, 50257), (8192, 1024)],
+              "gpu": [(8192, 50257), (65536, 1024)]}[size]
+    cases = [softmax_case(*shapes[0], sweep=("softmax row length", shapes[0][1])), softmax_case(*shapes[1])]
+    cases += [cross_entropy_case(*s) for s in shapes]
+    rows = shapes[0][0]
+    for cols in {"quick": [7], "cpu": [128, 1024, 8192], "gpu": [128, 1024, 4096, 16384]}[size]:
+        cases.append(softmax_case(rows, cols, sweep=("softmax row length", cols)))
+    return cases
+
+
+# ---------------------------------------------------------------- LSTM
+def lstm_case(t, n, i, h, sweep=None):
+    import gpunet.nn as gnn
+
+    def make():
+        return gnn.LSTM(i, h)
+    gates = 4 * h * (i + h)
+    nbytes = F32 * (2 * t * n * i + 2 * t * n * h + 2 * 5 * t * n * h + 3 * gates + 2 * 8 * h)
+    return Case(
+        "lstm.fwdbwd", f"seq {t} batch {n} in {i} hidden {h}", rl.lstm_flops(t, n, i, h, True), nbytes,
+        lambda rng: Spec(module_state(make), normal_inputs(x=(t, n, i), dy=(t, n, h))(rng)),
+        {"gpunet": gpunet_module(make, lambda m, c: m(c["x"])[0], lambda m, dy: {"grad_x": m.backward(dy)}, True),
+         "torch": torch_module(lambda tt: tt.nn.LSTM(i, h), lambda tm, c: tm(c["x"])[0], ("x",), True)},
+        rtol=3e-4, sweep=sweep, needs=gpunet_has("nn.LSTM"),
+        note="one layer, time-major, zero initial state; output gradient only")
+
+
+def lstm_cases(size):
+    t, n, i, h = {"quick": (3, 2, 5, 4), "cpu": (100, 64, 512, 512), "gpu": (100, 64, 512, 512)}[size]
+    cases = [lstm_case(t, n, i, h, sweep=("LSTM sequence length", t))]
+    for tt in {"quick": [2], "cpu": [10, 25, 50], "gpu": [25, 50, 200]}[size]:
+        cases.append(lstm_case(tt, n, i, h, sweep=("LSTM sequence length", tt)))
+    return cases
+
+
+# ---------------------------------------------------------------- attention
+def attention_case(b, heads, seq, d, causal, sweep=None):
+    import gpunet.nn as gnn
+    shape = (b, heads, seq, d)
+    nbytes = F32 * b * heads * (seq * d * 12 + 2 * seq)
+
+    def fwd(m, c):
+        return m(c["q"], c["k"], c["v"], is_causal=causal)
+
+    def bwd(m, dy):
+        dq, dk, dv = m.backward(dy)
+        return {"grad_q": dq, "grad_k": dk, "grad_v": dv}
+
+    def tfwd(tm, c):
+        import torch
+        return torch.nn.functional.scaled_dot_product_attention(c["q"], c["k"], c["v"], is_causal=causal)
+    return Case(
+        f"attention{'.causal' if causal else ''}.fwdbwd", f"batch {b} heads {heads} seq {seq} d {d}",
+        rl.attention_flops(b, heads, seq, seq, d, causal, True), nbytes,
+        lambda rng: Spec({}, normal_inputs(q=shape, k=shape, v=shape, dy=shape)(rng)),
+        {"gpunet": gpunet_module(gnn.ScaledDotProductAttention, fwd, bwd, True),
+         "torch": torch_module(lambda t: None, tfwd, ("q", "k", "v"), True)},
+        sweep=sweep, needs=gpunet_has("nn.ScaledDotProductAttention"),
+        note="scaled_dot_product_attention, scale 1/sqrt(d)")
+
+
+def attention_cases(size):
+    b, heads, seq, d = {"quick": (1, 2, 5, 3), "cpu": (8, 12, 256, 64), "gpu": (8, 12, 1024, 64)}[size]
+    cases = [attention_case(b, heads, seq, d, False, sweep=("attention sequence length", seq)),
+             attention_case(b, heads, seq, d, True)]
+    for s in {"quick": [8], "cpu": [64, 128, 512], "gpu": [256, 512, 2048]}[size]:
+        cases.append(attention_case(b, heads, s, d, False, sweep=("attention sequence length", s)))
+    return cases
+
+
+# ---------------------------------------------------------------- LayerNorm
+def layer_norm_cases(size):
+    import gpunet.nn as gnn
+    rows, cols = {"quick": (5, 7), "cpu": (8192, 768), "gpu": (8192, 768)}[size]
+
+    def make():
+        return gnn.LayerNorm(cols)
+
+    def setup(rng):
+        # random affine weights, so an implementation that ignores them fails
+        state = {"weight": 1 + 0.1 * rng.standard_normal(cols), "bias": 0.1 * rng.standard_normal(cols)}
+        return Spec(state, normal_inputs(x=(rows, cols), dy=(rows, cols))(rng))
+    mn = rows * cols
+    return [Case(
+        "layer_norm.fwdbwd", f"{rows}x{cols}", 20.0 * mn, F32 * (5 * mn + 4 * rows + 5 * cols), setup,
+        {"gpunet": gpunet_module(make, lambda m, c: m(c["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
+         "torch": torch_module(lambda t: t.nn.LayerNorm(cols), lambda tm, c: tm(c["x"]), ("x",), True)},
+        needs=gpunet_has("nn.LayerNorm"))]
+
+
+# ---------------------------------------------------------------- Adam
+def torch_adam(torch, params, lr):
+    """torch.optim.Adam, fused when this torch supports it on the device (the
+    fairest match for gpunet's fused update), else its default."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr), "default"
+
+
+def adam_cases(size):
+    import gpunet
+    from gpunet.nn import Parameter
+    big, count = {"quick": (4, 2), "cpu": (1024, 24), "gpu": (1024, 24)}[size]
+    shapes = [(big, big)] * count + [(big,)] * count
+    nparams = sum(int(np.prod(s)) for s in shapes)
+    lr = 1e-3
+
+    def setup(rng):
+        state = {}
+        for j, s in enumerate(shapes):
+            state[f"p{j}"] = 0.02 * rng.standard_normal(s)
+            state[f"g{j}"] = rng.standard_normal(s)
+        return Spec(state, {})
+
+    def build_gpunet(target, state, copies):
+        params = []
+        for j in range(len(shapes)):
+            p = Parameter(target.array(state[f"p{j}"]))
+            p.grad = target.array(state[f"g{j}"])
+            params.append(p)
+        start = [p.data.copy() for p in params]
+        opt = gpunet.optim.Adam(params, lr=lr, device=target.be)
+        return Runner(lambda i: opt.step(),
+                      lambda: {f"delta{j}": p.data - s for j, (p, s) in enumerate(zip(params, start))})
+
+    def build_torch(target, state, copies):
+        torch = target.torch
+        params = []
+        for j in range(len(shapes)):
+            p = target.array(state[f"p{j}"]).requires_grad_(True)
+            p.grad = target.array(state[f"g{j}"])
+            params.append(p)
+        start = [p.detach().clone() for p in params]
+        opt, _ = torch_adam(torch, params, lr)
+        return Runner(lambda i: opt.step(),
+                      lambda: {f"delta{j}": p.detach() - s for j, (p, s) in enumerate(zip(params, start))})
+    return [Case("adam.step", f"{nparams / 1e6:.1f}M params in {len(shapes)} tensors",
+                 rl.ADAM_FLOPS_PER_PARAM * nparams, rl.adam_bytes(nparams), setup,
+                 {"gpunet": build_gpunet, "torch": build_torch}, rotate=False, needs=gpunet_has("optim.Adam"),
+                 note="one Adam update (lr 1e-3); validated on the first step's change of every parameter; "
+                      "torch uses fused=True where it supports it")]
+
+
+FAMILIES = (linear_cases, conv_cases, pool_cases, softmax_cases, lstm_cases, attention_cases, layer_norm_cases,
+            adam_cases)
+
+
+def op_cases(size: str) -> list[Case]:
+    return [c for family in FAMILIES for c in family(size)]

@@ -1,0 +1,128 @@
+"""The roofline: what each op must compute and move, and what the machine can
+do, measured on the spot.
+
+FLOP and byte models count float32 (4-byte) elements. "Bytes" is the fewest a
+step must move between the processor and memory: every input read once, every
+output written once, intermediates that the backward pass must read (saved
+statistics, indices) counted once each way; caches are assumed to hold
+nothing between kernels. A step's floor is max(FLOPs / peak FLOP rate,
+bytes / memory bandwidth); results are reported as floor / measured time.
+
+Ceilings:
+  host  NumPy float32 GEMM (BLAS with the benchmark's thread count) and a
+        multi-threaded NumPy copy of a buffer far larger than the last-level
+        cache (bandwidth = 2 x size / time: one read, one write);
+  GPU   CuPy float32 GEMM (cuBLAS, TF32 off) and a device-to-device copy of a
+        large buffer, both timed with CUDA events.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+F32 = 4
+
+
+# ---------------------------------------------------------------- op models
+def linear_flops(m: int, k: int, n: int) -> float:
+    """y = x W^T + b: (m, k) x (k, n)."""
+    return 2.0 * m * k * n + m * n
+
+
+def conv_out(size: int, k: int, stride: int = 1, pad: int = 0) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def conv_flops(n, ci, co, ho, wo, kh, kw) -> float:
+    """Direct convolution forward: one multiply-add per weight per output pixel."""
+    return 2.0 * n * co * ho * wo * ci * kh * kw
+
+
+def attention_flops(b, h, l, s, d, causal: bool, backward: bool) -> float:
+    """QK^T and PV forward (4 b h l s d); backward dV, dP, dQ, dK (8 b h l s d)
+    without recomputing the scores. Causal keeps the (l + 1) / 2l of the
+    pairs on or below the diagonal (for l == s)."""
+    pairs = b * h * l * s * ((l + 1) / (2 * l) if causal else 1.0)
+    return pairs * d * (12 if backward else 4) + pairs * 5
+
+
+def lstm_flops(t, n, i, h, backward: bool) -> float:
+    """Input and recurrent GEMMs (8 h (i + h) per row per step) plus about 30
+    elementwise ops per hidden unit per step; backward twice the GEMMs."""
+    gemm = 2.0 * t * n * 4 * h * (i + h)
+    cell = 30.0 * t * n * h
+    return gemm * (3 if backward else 1) + cell * (2 if backward else 1)
+
+
+def adam_bytes(params: int) -> float:
+    """Read p, g, m, v; write p, m, v."""
+    return 7.0 * F32 * params
+
+
+ADAM_FLOPS_PER_PARAM = 12.0
+
+
+# ---------------------------------------------------------------- ceilings
+def _best(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def host_ceilings(threads: int, quick: bool) -> dict:
+    """NumPy float32 GEMM rate and multi-threaded copy bandwidth (best of a few)."""
+    n = 512 if quick else 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    gemm_s = _best(lambda: a @ a, 2 if quick else 5)
+    size = (16 if quick else 512) * 2 ** 20
+    src = np.ones(size // F32, np.float32)
+    dst = np.empty_like(src)
+    bounds = np.linspace(0, src.size, threads + 1).astype(int)
+    parts = list(zip(bounds[:-1], bounds[1:]))
+    with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL while copying
+        copy_s = _best(lambda: list(pool.map(lambda p: np.copyto(dst[p[0]:p[1]], src[p[0]:p[1]]), parts)),
+                       2 if quick else 5)
+    return {"flops": 2.0 * n ** 3 / gemm_s, "bandwidth": 2.0 * size / copy_s,
+            "how": f"NumPy float32 {n}x{n} GEMM ({threads} BLAS threads); {threads}-thread NumPy copy of "
+                   f"{size >> 20} MiB (2 x size / time); best of several"}
+
+
+def gpu_ceilings(quick: bool) -> dict:
+    """cuBLAS float32 GEMM rate (TF32 off) and device-to-device copy bandwidth,
+    timed with CUDA events (best of a few)."""
+    import cupy
+
+    def timed(fn, reps):
+        fn()
+        best = float("inf")
+        for _ in range(reps):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            best = min(best, cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        return best
+
+    n = 1024 if quick else 8192
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    c = cupy.empty_like(a)
+    gemm_s = timed(lambda: cupy.matmul(a, a, out=c), 3 if quick else 10)
+    del a, c
+    size = (64 if quick else 2048) * 2 ** 20
+    src = cupy.ones(size // F32, cupy.float32)
+    dst = cupy.empty_like(src)
+    copy_s = timed(lambda: cupy.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, size,
+                                                         cupy.cuda.runtime.memcpyDeviceToDevice,
+                                                         cupy.cuda.get_current_stream().ptr), 3 if quick else 10)
+    del src, dst
+    cupy.get_default_memory_pool().free_all_blocks()
+    return {"flops": 2.0 * n ** 3 / gemm_s, "bandwidth": 2.0 * size / copy_s,
+            "how": f"cuBLAS float32 {n}x{n} GEMM via cupy.matmul (TF32 off); device-to-device memcpy of "
+                   f"{size >> 20} MiB (2 x size / time); CUDA events, best of several"}

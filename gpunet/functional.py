@@ -1,0 +1,104 @@
+"""Functional forms (forward only, no state, nothing saved for backward):
+`gpunet.functional.softmax(x, dim=-1)` and friends, as torch.nn.functional.
+They run on the natural backend of `x` (cpu for NumPy arrays; cuda, else cupy,
+for CuPy arrays); pass `device=` to pick another (e.g. 'sim' for NumPy arrays
+through the kernels). For training, use the modules in gpunet.nn, which keep
+what their explicit backward needs."""
+from __future__ import annotations
+
+from .backend import backend_of, get_backend
+from .ops import activation as _act
+from .ops import softmax as _softmax
+
+
+def _backend(x, device):
+    be = backend_of(x) if device is None else get_backend(device)
+    if not be.owns(x):
+        raise TypeError(f"x: expected an array of backend {be.device!r}, got {type(x).__module__}.{type(x).__name__}")
+    return be
+
+
+# ---------------------------------------------------------------- softmax
+def _check_dim(x, dim):
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim: expected a dimension of the {x.ndim}-D input (in [{-x.ndim}, {x.ndim - 1}]), got {dim}")
+
+
+def softmax(x, dim: int = -1, beta: float = 1.0, *, device=None):
+    """e^{beta x_i} / sum_j e^{beta x_j} along `dim` (stable for any beta)."""
+    be = _backend(x, device)
+    _check_dim(x, dim)
+    return _softmax.softmax_forward(be, x, dim, beta)[0]
+
+
+def log_softmax(x, dim: int = -1, beta: float = 1.0, *, device=None):
+    """beta x_i - log sum_j e^{beta x_j} along `dim`."""
+    be = _backend(x, device)
+    _check_dim(x, dim)
+    return _softmax.softmax_forward(be, x, dim, beta, log=True)[0]
+
+
+# ---------------------------------------------------------------- activations
+def _activation(kind, x, device, **params):
+    return _act.act_forward(_backend(x, device), kind, x, **params)[0]
+
+
+def relu(x, *, device=None):
+    return _activation("relu", x, device)
+
+
+def leaky_relu(x, negative_slope: float = 0.01, *, device=None):
+    return _activation("leaky_relu", x, device, negative_slope=float(negative_slope))
+
+
+def sigmoid(x, *, device=None):
+    return _activation("sigmoid", x, device)
+
+
+def tanh(x, *, device=None):
+    return _activation("tanh", x, device)
+
+
+def softsign(x, *, device=None):
+    return _activation("softsign", x, device)
+
+
+def gelu(x, approximate: str = "none", *, device=None):
+    return _activation("gelu", x, device, approximate=approximate)
+
+
+def softplus(x, beta: float = 1.0, threshold: float = 20.0, *, device=None):
+    return _activation("softplus", x, device, beta=float(beta), threshold=float(threshold))
+
+
+def heaviside(x, *, device=None):
+    """H(x) = 0 for x < 0, 1 for x >= 0."""
+    return _activation("heaviside", x, device)
+
+
+def sign(x, *, device=None):
+    """-1, 0, +1 for x < 0, x = 0, x > 0."""
+    return _activation("sign", x, device)
+
+
+# ---------------------------------------------------------------- attention
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale=None, *, device=None):
+    """softmax(query keyᵀ·scale + mask) value, as
+    torch.nn.functional.scaled_dot_product_attention (same argument order).
+    query (..., L, E), key (..., S, E), value (..., S, Ev) with equal batch
+    dims; attn_mask bool (True = take part) or additive float, broadcastable
+    to (..., L, S); scale defaults to 1/sqrt(E). Forward only: for the
+    backward use gpunet.nn.ScaledDotProductAttention, whose backward(dout)
+    returns (dq, dk, dv). dropout_p: only 0.0 is supported."""
+    from .nn.attention import ScaledDotProductAttention
+    from .nn.module import no_grad
+    if dropout_p != 0.0:
+        raise ValueError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
+    be = backend_of(query) if device is None else get_backend(device)
+    op = ScaledDotProductAttention().to(be)
+    dtype = getattr(query, "dtype", None)
+    if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
+        op.to(dtype)  # else the input check names query's dtype
+    with no_grad():
+        return op(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)

@@ -1,0 +1,230 @@
+"""Loss modules. `loss = crit(input, target)` returns a 0-d backend array (an
+array shaped like the per-element loss for reduction='none'); `crit.backward(grad=1.0)`
+returns d loss / d input. Targets get no gradient. Class weights and pos_weight
+are buffers, so `crit.to(device)` moves them and state_dict has PyTorch's keys.
+Arguments after the first PyTorch-positional ones are keyword-only, so code
+written for PyTorch either means the same here or fails loudly."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import checks
+from ..ops import loss as ops
+from .module import Module
+
+
+def _scan_values(be) -> bool:
+    """Whether to check target values (class ranges, +-1 labels): always on host
+    backends; on GPUs only with the finite checks on, since it syncs the device."""
+    return checks._finite["gpu" if be.on_gpu else "host"]
+
+
+class _Loss(Module):
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in ops.REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {', '.join(map(repr, ops.REDUCTIONS))}, got {reduction!r}")
+        self.reduction = reduction
+
+    def _class_weight(self, weight, name: str):
+        """Store an optional per-class weight vector as a buffer on this module's backend."""
+        if weight is not None:
+            weight = self.backend.asarray(weight, dtype=self.dtype)
+            if weight.ndim != 1:
+                raise ValueError(f"{name}: expected a 1-D array of per-class weights, got shape {tuple(weight.shape)}")
+        self.register_buffer(name, weight)
+
+    def _check_pair(self, x, t):
+        """input and a floating target of the same shape and dtype."""
+        be = self.backend
+        checks.array(be, x, "input", dtype=self.dtype)
+        checks.array(be, t, "target", dtype=self.dtype)
+        checks.same_shape(x, t, "input", "target")
+
+    def _check_signs(self, t):
+        if _scan_values(self.backend) and not bool(((t == 1) | (t == -1)).all()):
+            bad = float(t[(t != 1) & (t != -1)][0])
+            raise ValueError(f"target: expected labels in {{-1, 1}}, got {bad!r}")
+
+    def forward(self, input, target):
+        loss, ctx = self.compute(input, target)
+        self.save(ctx, tuple(loss.shape))
+        return loss
+
+    def backward(self, grad=1.0):
+        ctx, loss_shape = self.saved()
+        return self.gradient(ctx, self._grad(grad, loss_shape))
+
+    def _grad(self, grad, loss_shape):
+        be = self.backend
+        if self.reduction == "none":
+            checks.array(be, grad, "grad", dtype=self.dtype, finite=False)
+            if tuple(grad.shape) != loss_shape:
+                raise ValueError(f"grad: expected the loss's shape {loss_shape} (reduction='none'), "
+                                 f"got {tuple(grad.shape)}")
+            return grad
+        if be.owns(grad) and grad.ndim == 0:
+            return grad.astype(self.dtype, copy=False)
+        if np.ndim(grad) == 0 and isinstance(grad, (int, float, np.number, np.ndarray)) and not isinstance(grad, bool):
+            return float(grad)
+        raise TypeError(f"grad: expected a scalar (the gradient of the reduced loss), got {type(grad).__name__}"
+                        f" of shape {np.shape(grad)}")
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
+
+
+class MSELoss(_Loss):
+    """(input - target)^2 per element. half=True gives 1/2 (input - target)^2, the
+    lecture notes' 1/2 ||t - z||^2 (with reduction='sum'), whose gradient is
+    exactly z - t."""
+
+    def __init__(self, reduction: str = "mean", half: bool = False):
+        super().__init__(reduction)
+        self.half = bool(half)
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        return ops.mse_forward(self.backend, x, t, self.reduction, self.half)
+
+    def gradient(self, ctx, grad):
+        return ops.mse_backward(self.backend, ctx, grad)
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy on class indices, fused with log-softmax, as
+    torch.nn.CrossEntropyLoss: input (C,), (N, C) or (N, C, d1, ...) logits,
+    target (), (N,) or (N, d1, ...) integer class indices in [0, C) or
+    ignore_index. weight: per-class weights (C,); label_smoothing in [0, 1]
+    mixes eps/C of the uniform distribution into the target."""
+
+    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0):
+        super().__init__(reduction)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        self._class_weight(weight, "weight")
+
+    def compute(self, x, t):
+        be = self.backend
+        checks.array(be, x, "input", dtype=self.dtype)
+        if x.ndim == 0:
+            raise ValueError("input: expected (C,), (N, C) or (N, C, d1, ...) logits, got a 0-D array")
+        checks.array(be, t, "target", integer=True)
+        expect = () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
+        if tuple(t.shape) != expect:
+            raise ValueError(f"target: expected shape {expect} (class indices) for input of shape "
+                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
+        c = x.shape[0] if x.ndim == 1 else x.shape[1]
+        if self.weight is not None and tuple(self.weight.shape) != (c,):
+            raise ValueError(f"weight: expected shape ({c},) (one weight per class), got {tuple(self.weight.shape)}")
+        if _scan_values(be):
+            bad = ((t < 0) | (t >= c)) & (t != self.ignore_index)
+            if bool(bad.any()):
+                raise ValueError(f"target: class indices must be in [0, {c}) or equal ignore_index="
+                                 f"{self.ignore_index}, got {int(t[bad].reshape(-1)[0])}")
+        return ops.cross_entropy_forward(be, x, t, self.reduction, self.weight, self.ignore_index,
+                                         self.label_smoothing)
+
+    def gradient(self, ctx, grad):
+        return ops.cross_entropy_backward(self.backend, ctx, grad)
+
+    def extra_repr(self):
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}")
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on logits: -w (p t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))),
+    computed stably from x. weight broadcasts against the input; pos_weight (the
+    weight p of positive examples, one per class) broadcasts along the last axis."""
+
+    def __init__(self, weight=None, *, reduction: str = "mean", pos_weight=None):
+        super().__init__(reduction)
+        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+            self.register_buffer(name, None if value is None else self.backend.asarray(value, dtype=self.dtype))
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        for name in ("weight", "pos_weight"):
+            w = getattr(self, name)
+            if w is not None and np.broadcast_shapes(tuple(w.shape), tuple(x.shape)) != tuple(x.shape):
+                raise ValueError(f"{name}: shape {tuple(w.shape)} does not broadcast to the input's {tuple(x.shape)}")
+        return ops.bce_with_logits_forward(self.backend, x, t, self.reduction, self.weight, self.pos_weight)
+
+    def gradient(self, ctx, grad):
+        return ops.bce_with_logits_backward(self.backend, ctx, grad)
+
+
+class HingeLoss(_Loss):
+    """Binary hinge [margin - t y]_+ with labels t in {-1, 1} (the SVM loss for
+    margin=1). Input and target of the same shape."""
+
+    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.margin = float(margin)
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        self._check_signs(t)
+        return ops.hinge_forward(self.backend, x, t, self.reduction, self.margin)
+
+    def gradient(self, ctx, grad):
+        return ops.hinge_backward(self.backend, ctx, grad)
+
+
+class PerceptronLoss(_Loss):
+    """The perceptron criterion max(0, -t z) with labels t in {-1, 1}: zero for
+    correctly classified points; gradient descent on it with reduction='sum' and
+    one example at a time is Rosenblatt's rule w <- w + eta t x."""
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        self._check_signs(t)
+        return ops.perceptron_forward(self.backend, x, t, self.reduction)
+
+    def gradient(self, ctx, grad):
+        return ops.perceptron_backward(self.backend, ctx, grad)
+
+
+class MultiMarginLoss(_Loss):
+    """Multi-class hinge as torch.nn.MultiMarginLoss: for input row x (C classes)
+    and target y, sum_{i != y} w_y max(0, margin - x_y + x_i)^p / C; 'mean'
+    averages over rows. Input (C,) or (N, C), target () or (N,) class indices; p in {1, 2}."""
+
+    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, *, reduction: str = "mean"):
+        super().__init__(reduction)
+        if p not in (1, 2):
+            raise ValueError(f"p: only 1 and 2 are supported, got {p!r}")
+        self.p = int(p)
+        self.margin = float(margin)
+        self._class_weight(weight, "weight")
+
+    def compute(self, x, t):
+        be = self.backend
+        checks.array(be, x, "input", ndim=(1, 2), dtype=self.dtype)
+        checks.array(be, t, "target", integer=True)
+        if tuple(t.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"target: expected shape {tuple(x.shape[:-1])} for input of shape {tuple(x.shape)}, "
+                             f"got {tuple(t.shape)}")
+        c = x.shape[-1]
+        if self.weight is not None and tuple(self.weight.shape) != (c,):
+            raise ValueError(f"weight: expected shape ({c},) (one weight per class), got {tuple(self.weight.shape)}")
+        if _scan_values(be) and bool(((t < 0) | (t >= c)).any()):
+            raise ValueError(f"target: class indices must be in [0, {c}), got {int(t[(t < 0) | (t >= c)][0])}")
+        loss, ctx = ops.multi_margin_forward(be, x.reshape(-1, c), t.reshape(-1).astype(np.int64, copy=False),
+                                             self.reduction, self.p, self.margin, self.weight)
+        return (loss.reshape(t.shape) if self.reduction == "none" else loss), (ctx, x.shape)
+
+    def gradient(self, ctx, grad):
+        inner, shape = ctx
+        if self.reduction == "none":
+            grad = grad.reshape(-1)
+        return ops.multi_margin_backward(self.backend, inner, grad).reshape(shape)
+
+    def extra_repr(self):
+        return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}"

@@ -1,0 +1,158 @@
+"""LayerNorm, BatchNorm1d and BatchNorm2d (PyTorch's arguments, parameters and buffers)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import checks
+from ..ops import norm as ops
+from .module import Module, Parameter
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps: expected a non-negative number, got {eps!r}")
+    return float(eps)
+
+
+def _check_grad(be, dy, shape, dtype):
+    checks.array(be, dy, "grad_output", dtype=dtype, finite=False)
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(f"grad_output: expected the forward output's shape {tuple(shape)}, got {tuple(dy.shape)}")
+
+
+class LayerNorm(Module):
+    """Normalises each sample over its last len(normalized_shape) axes:
+    y = (x - mean)/sqrt(var + eps)·weight + bias, var biased as in PyTorch.
+    weight/bias have shape normalized_shape (ones/zeros initially)."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        if not shape or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape):
+            raise ValueError(f"normalized_shape: expected a positive int or a non-empty tuple of them, "
+                             f"got {normalized_shape!r}")
+        self.normalized_shape = tuple(int(s) for s in shape)
+        self.eps = _check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.weight = Parameter(np.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        be = self.backend
+        checks.array(be, x, "input", dtype=self.dtype)
+        nd = len(self.normalized_shape)
+        if x.ndim < nd or tuple(x.shape[x.ndim - nd:]) != self.normalized_shape:
+            raise ValueError(f"input: expected trailing dimensions normalized_shape={self.normalized_shape}, "
+                             f"got shape {tuple(x.shape)}")
+        y, ctx = ops.layer_norm_forward(be, x, None if self.weight is None else self.weight.data,
+                                        None if self.bias is None else self.bias.data,
+                                        int(np.prod(self.normalized_shape)), self.eps)
+        self.save(ctx, x.shape)
+        return y
+
+    def backward(self, dy):
+        ctx, shape = self.saved()
+        _check_grad(self.backend, dy, shape, self.dtype)
+        dx, dw, db = ops.layer_norm_backward(self.backend, ctx, dy)
+        if self.weight is not None:
+            self.weight.accumulate(dw.reshape(self.normalized_shape))
+        if self.bias is not None:
+            self.bias.accumulate(db.reshape(self.normalized_shape))
+        return dx
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class _BatchNorm(Module):
+    """Per-channel normalisation of (N, C, *) input. Training: batch statistics
+    (biased variance), and running_mean/running_var move towards the batch's
+    mean and *unbiased* variance by `momentum` (momentum=None: cumulative
+    average over num_batches_tracked batches), as PyTorch. Eval: running
+    statistics. Without track_running_stats the batch statistics are used in
+    both modes and there are no buffers."""
+
+    _ndims: tuple = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True):
+        super().__init__()
+        self.num_features = checks.positive_int(num_features, "num_features")
+        self.eps = _check_eps(eps)
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                                     or not 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum: expected a number in [0, 1] or None, got {momentum!r}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        C = self.num_features
+        self.weight = Parameter(np.ones(C, self.dtype)) if affine else None
+        self.bias = Parameter(np.zeros(C, self.dtype)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, self.dtype))
+            self.register_buffer("running_var", np.ones(C, self.dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def forward(self, x):
+        be = self.backend
+        checks.array(be, x, "input", ndim=self._ndims, dtype=self.dtype)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"input: expected {self.num_features} channels (num_features) on axis 1, "
+                             f"got shape {tuple(x.shape)}")
+        use_batch = self.training or not self.track_running_stats
+        if use_batch:
+            mean, var, n = ops.batch_norm_stats(be, x)
+            if n <= 1 and self.training:
+                raise ValueError(f"input: expected more than 1 value per channel when training, "
+                                 f"got shape {tuple(x.shape)}")
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, n)
+        else:
+            mean, var = self.running_mean, self.running_var
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        y, ctx = ops.batch_norm_forward(be, x, w, b, mean, var, self.eps)
+        self.save(ctx, use_batch, x.shape)
+        return y
+
+    def _update_running_stats(self, mean, var, n: int):
+        self.num_batches_tracked += 1
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (n / (n - 1))
+        self.running_mean *= 1.0 - factor
+        self.running_mean += factor * mean
+        self.running_var *= 1.0 - factor
+        self.running_var += factor * unbiased
+
+    def backward(self, dy):
+        ctx, use_batch, shape = self.saved()
+        _check_grad(self.backend, dy, shape, self.dtype)
+        dx, dw, db = ops.batch_norm_backward(self.backend, ctx, dy, use_batch)
+        if self.weight is not None:
+            self.weight.accumulate(dw)
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L) input."""
+    _ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) input."""
+    _ndims = (4,)

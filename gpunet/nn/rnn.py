@@ -1,0 +1,353 @@
+"""Recurrent layers: RNNCell, LSTMCell, RNN, LSTM (PyTorch's names, arguments,
+parameter names, shapes and gate order i, f, g, o).
+
+Inputs are time-major (L, N, features) unless batch_first=True (N, L, features);
+an unbatched sequence (L, features) works too (cells: (N, features) or (features,)).
+
+Backward returns gradients matching the forward's arguments: only the input
+gradient when no initial state was passed, otherwise `(d_input, d_state)` with
+d_state shaped like the state that was passed, e.g. LSTM:
+`lstm.backward(d_output, (d_h_n, d_c_n))` -> `d_input` or `(d_input, (d_h_0, d_c_0))`;
+any output gradient may be None (zero). Outputs are views of what backward
+needs: do not modify them in place.
+
+A cell called several times in one forward pass (a Python loop over time)
+backpropagates through every call: call backward once per forward call, in
+reverse order; the parameter gradients add up.
+"""
+from .. import checks
+from ..ops import rnn as ops
+from . import init
+from .module import Module, Parameter
+
+
+def _check_size(v, name):
+    return checks.positive_int(v, name)
+
+
+def _check_nonlinearity(nonlinearity):
+    if nonlinearity not in ops.NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def _param(shape, hidden_size, dtype):
+    """PyTorch's recurrent init: U(-1/sqrt(H), 1/sqrt(H)) for weights and biases."""
+    return Parameter(init.fan_in_uniform(shape, hidden_size, dtype))
+
+
+def _check_state(m, s, name, expected):
+    """A state array of exactly the shape `expected`."""
+    checks.array(m.backend, s, name, dtype=m.dtype)
+    if tuple(s.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(s.shape)}")
+    return s
+
+
+def _check_grad(m, g, name, expected):
+    """An output gradient (None means zero) of exactly the shape `expected`."""
+    if g is None:
+        return None
+    checks.array(m.backend, g, name, dtype=m.dtype, finite=False)
+    if tuple(g.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)} (the output's), got {tuple(g.shape)}")
+    return m.backend.xp.ascontiguousarray(g)
+
+
+def _lstm_state_pair(hx, name):
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{name}: expected a pair (h, c) of arrays, got {type(hx).__name__}")
+    return hx
+
+
+# ---------------------------------------------------------------- cells
+class _Cell(Module):
+    """Shared by RNNCell and LSTMCell: parameters, input checks, one step as a
+    sequence of length 1 through the layer ops."""
+
+    gates = 1
+
+    def __init__(self, input_size, hidden_size, bias):
+        super().__init__()
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        gh = self.gates * self.hidden_size
+        self.weight_ih = _param((gh, self.input_size), self.hidden_size, self.dtype)
+        self.weight_hh = _param((gh, self.hidden_size), self.hidden_size, self.dtype)
+        self.bias_ih = _param((gh,), self.hidden_size, self.dtype) if bias else None
+        self.bias_hh = _param((gh,), self.hidden_size, self.dtype) if bias else None
+
+    def _weights(self):
+        b_ih = None if self.bias_ih is None else self.bias_ih.data
+        b_hh = None if self.bias_hh is None else self.bias_hh.data
+        return self.weight_ih.data, self.weight_hh.data, b_ih, b_hh
+
+    def _input(self, x):
+        """(x as (1, N, I), batched, state shape)."""
+        checks.array(self.backend, x, "input", ndim=(1, 2), dtype=self.dtype)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected last dimension input_size={self.input_size}, "
+                             f"got shape {tuple(x.shape)}")
+        batched = x.ndim == 2
+        x3 = self.backend.xp.ascontiguousarray(x.reshape((1, -1, self.input_size)))
+        state_shape = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
+        return x3, batched, state_shape
+
+    def _state(self, s, name, state_shape):
+        """A state (N, H) or (H,) as given, or zeros, as a (N, H) array."""
+        if s is None:
+            s = self.backend.xp.zeros(state_shape, dtype=self.dtype)
+        return _check_state(self, s, name, state_shape).reshape(-1, self.hidden_size)
+
+    def _accumulate(self, dw_ih, dw_hh, db):
+        self.weight_ih.accumulate(dw_ih)
+        self.weight_hh.accumulate(dw_hh)
+        if db is not None:
+            self.bias_ih.accumulate(db)
+            self.bias_hh.accumulate(db.copy())
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias_ih is not None}"
+
+
+class RNNCell(_Cell):
+    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+    forward(input (N, I) or (I,), hx=None (N, H)) -> h' (N, H);
+    backward(d_h') -> d_input, or (d_input, d_hx) when hx was given."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+        _check_nonlinearity(nonlinearity)
+        super().__init__(input_size, hidden_size, bias)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        x3, batched, shape = self._input(input)
+        h0 = self._state(hx, "hx", shape)
+        out, _, ctx = ops.rnn_forward(self.backend, x3, *self._weights(), h0, self.nonlinearity)
+        self.save(ctx, hx is not None, shape)
+        return out[0].reshape(shape)
+
+    def backward(self, grad_output):
+        ctx, has_state, shape = self.saved()
+        dh = _check_grad(self, grad_output, "grad_output", shape)
+        w_ih, w_hh = self.weight_ih.data, self.weight_hh.data
+        dout = None if dh is None else dh.reshape(1, -1, self.hidden_size)
+        dx, dh0, dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, None)
+        self._accumulate(dw_ih, dw_hh, db)
+        dx = dx.reshape(shape[:-1] + (self.input_size,))
+        return (dx, dh0.reshape(shape)) if has_state else dx
+
+    def extra_repr(self):
+        return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
+
+
+class LSTMCell(_Cell):
+    """One LSTM step (gates i, f, g, o): c' = f*c + i*g, h' = o*tanh(c').
+    forward(input (N, I) or (I,), hx=None or (h, c) each (N, H)) -> (h', c');
+    backward(d_h', d_c'=None) -> d_input, or (d_input, (d_h, d_c)) when hx was given."""
+
+    gates = 4
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        super().__init__(input_size, hidden_size, bias)
+
+    def forward(self, input, hx=None):
+        x3, batched, shape = self._input(input)
+        h, c = (None, None) if hx is None else _lstm_state_pair(hx, "hx")
+        h0, c0 = self._state(h, "hx[0]", shape), self._state(c, "hx[1]", shape)
+        _, h1, c1, ctx = ops.lstm_forward(self.backend, x3, *self._weights(), h0, c0)
+        self.save(ctx, hx is not None, shape)
+        return h1.reshape(shape), c1.reshape(shape)
+
+    def backward(self, grad_h, grad_c=None):
+        ctx, has_state, shape = self.saved()
+        dh = _check_grad(self, grad_h, "grad_h", shape)
+        dc = _check_grad(self, grad_c, "grad_c", shape)
+        flat = (lambda a: None if a is None else a.reshape(-1, self.hidden_size))
+        dx, dh0, dc0, dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctx, self.weight_ih.data,
+                                                           self.weight_hh.data, None, flat(dh), flat(dc))
+        self._accumulate(dw_ih, dw_hh, db)
+        dx = dx.reshape(shape[:-1] + (self.input_size,))
+        return (dx, (dh0.reshape(shape), dc0.reshape(shape))) if has_state else dx
+
+
+# ---------------------------------------------------------------- multi-layer sequences
+class _Recurrent(Module):
+    """Shared by RNN and LSTM: per-layer parameters weight_ih_l{k}, weight_hh_l{k},
+    bias_ih_l{k}, bias_hh_l{k}; input/state layout conversions and checks."""
+
+    gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first):
+        super().__init__()
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.num_layers = _check_size(num_layers, "num_layers")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        H, gh = self.hidden_size, self.gates * self.hidden_size
+        for k in range(self.num_layers):
+            fan = self.input_size if k == 0 else H
+            setattr(self, f"weight_ih_l{k}", _param((gh, fan), H, self.dtype))
+            setattr(self, f"weight_hh_l{k}", _param((gh, H), H, self.dtype))
+            if self.bias:
+                setattr(self, f"bias_ih_l{k}", _param((gh,), H, self.dtype))
+                setattr(self, f"bias_hh_l{k}", _param((gh,), H, self.dtype))
+
+    def _layer(self, k):
+        """(w_ih, w_hh, b_ih, b_hh) arrays of layer k (biases None without bias)."""
+        w_ih, w_hh = getattr(self, f"weight_ih_l{k}").data, getattr(self, f"weight_hh_l{k}").data
+        if not self.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, getattr(self, f"bias_ih_l{k}").data, getattr(self, f"bias_hh_l{k}").data
+
+    def _accumulate(self, k, dw_ih, dw_hh, db):
+        getattr(self, f"weight_ih_l{k}").accumulate(dw_ih)
+        getattr(self, f"weight_hh_l{k}").accumulate(dw_hh)
+        if db is not None:
+            getattr(self, f"bias_ih_l{k}").accumulate(db)
+            getattr(self, f"bias_hh_l{k}").accumulate(db.copy())
+
+    def _sequence(self, x):
+        """(x as a contiguous time-major (T, N, I), layout) with layout = (batched, T, N)."""
+        checks.array(self.backend, x, "input", ndim=(2, 3), dtype=self.dtype)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected last dimension input_size={self.input_size}, "
+                             f"got shape {tuple(x.shape)}")
+        batched = x.ndim == 3
+        if not batched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, N = x.shape[0], x.shape[1]
+        if T == 0 or N == 0:
+            raise ValueError(f"input: expected at least one timestep and one sequence, got shape {tuple(x.shape)}")
+        return self.backend.xp.ascontiguousarray(x), (batched, T, N)
+
+    def _state_shape(self, layout):
+        batched, _, N = layout
+        return (self.num_layers, N, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+
+    def _initial(self, s, name, layout):
+        """A state given by the user as (num_layers, N, H), or zeros."""
+        batched, _, N = layout
+        if s is None:
+            return self.backend.xp.zeros((self.num_layers, N, self.hidden_size), dtype=self.dtype)
+        s = _check_state(self, s, name, self._state_shape(layout))
+        return s if batched else s[:, None, :]
+
+    def _to_user(self, y, layout):
+        """A time-major (T, N, F) array in the caller's layout."""
+        batched = layout[0]
+        if not batched:
+            return y[:, 0]
+        return self.backend.xp.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    def _from_user(self, g, name, layout):
+        """An output gradient (None allowed) as a contiguous time-major (T, N, H)."""
+        batched, T, N = layout
+        expected = (T, self.hidden_size) if not batched else (N, T, self.hidden_size) if self.batch_first \
+            else (T, N, self.hidden_size)
+        g = _check_grad(self, g, name, expected)
+        if g is None:
+            return None
+        g = g[:, None, :] if not batched else g.transpose(1, 0, 2) if self.batch_first else g
+        return self.backend.xp.ascontiguousarray(g)
+
+    def _state_grad(self, g, name, layout):
+        g = _check_grad(self, g, name, self._state_shape(layout))
+        if g is None:
+            return [None] * self.num_layers
+        return list(g if layout[0] else g[:, None, :])
+
+    def _state_out(self, states, layout):
+        s = self.backend.xp.stack(states)
+        return s if layout[0] else s[:, 0]
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        return s
+
+
+class RNN(_Recurrent):
+    """Multi-layer Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+    forward(input, h_0=None (num_layers, N, H)) -> (output (L, N, H), h_n);
+    backward(d_output, d_h_n=None) -> d_input, or (d_input, d_h_0) when h_0 was given."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False):
+        _check_nonlinearity(nonlinearity)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input, hx=None):
+        x, layout = self._sequence(input)
+        h0 = self._initial(hx, "h_0", layout)
+        ctxs, h_n = [], []
+        for k in range(self.num_layers):
+            x, h, ctx = ops.rnn_forward(self.backend, x, *self._layer(k), h0[k], self.nonlinearity)
+            ctxs.append(ctx)
+            h_n.append(h)
+        self.save(ctxs, hx is not None, layout)
+        return self._to_user(x, layout), self._state_out(h_n, layout)
+
+    def backward(self, grad_output=None, grad_h_n=None):
+        ctxs, has_state, layout = self.saved()
+        dout = self._from_user(grad_output, "grad_output", layout)
+        dh_n = self._state_grad(grad_h_n, "grad_h_n", layout)
+        dh0 = [None] * self.num_layers
+        for k in range(self.num_layers - 1, -1, -1):
+            w_ih, w_hh, _, _ = self._layer(k)
+            dout, dh0[k], dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctxs[k], w_ih, w_hh, dout, dh_n[k])
+            self._accumulate(k, dw_ih, dw_hh, db)
+        dx = self._to_user(dout, layout)
+        return (dx, self._state_out(dh0, layout)) if has_state else dx
+
+    def extra_repr(self):
+        return super().extra_repr() + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
+
+
+class LSTM(_Recurrent):
+    """Multi-layer LSTM (gates i, f, g, o): c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t).
+    forward(input, hx=None or (h_0, c_0) each (num_layers, N, H)) -> (output, (h_n, c_n));
+    backward(d_output, (d_h_n, d_c_n)=None) -> d_input, or (d_input, (d_h_0, d_c_0))
+    when hx was given."""
+
+    gates = 4
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first)
+
+    def forward(self, input, hx=None):
+        x, layout = self._sequence(input)
+        h, c = (None, None) if hx is None else _lstm_state_pair(hx, "hx")
+        h0, c0 = self._initial(h, "h_0", layout), self._initial(c, "c_0", layout)
+        ctxs, h_n, c_n = [], [], []
+        for k in range(self.num_layers):
+            x, hk, ck, ctx = ops.lstm_forward(self.backend, x, *self._layer(k), h0[k], c0[k])
+            ctxs.append(ctx)
+            h_n.append(hk)
+            c_n.append(ck)
+        self.save(ctxs, hx is not None, layout)
+        return self._to_user(x, layout), (self._state_out(h_n, layout), self._state_out(c_n, layout))
+
+    def backward(self, grad_output=None, grad_state=None):
+        ctxs, has_state, layout = self.saved()
+        dout = self._from_user(grad_output, "grad_output", layout)
+        g_h, g_c = (None, None) if grad_state is None else _lstm_state_pair(grad_state, "grad_state")
+        dh_n = self._state_grad(g_h, "grad_state[0]", layout)
+        dc_n = self._state_grad(g_c, "grad_state[1]", layout)
+        dh0, dc0 = [None] * self.num_layers, [None] * self.num_layers
+        for k in range(self.num_layers - 1, -1, -1):
+            w_ih, w_hh, _, _ = self._layer(k)
+            dout, dh0[k], dc0[k], dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctxs[k], w_ih, w_hh,
+                                                                        dout, dh_n[k], dc_n[k])
+            self._accumulate(k, dw_ih, dw_hh, db)
+        dx = self._to_user(dout, layout)
+        if not has_state:
+            return dx
+        return dx, (self._state_out(dh0, layout), self._state_out(dc0, layout))

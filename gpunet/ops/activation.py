@@ -1,0 +1,172 @@
+"""Elementwise activations: forward and explicit derivative.
+
+Each activation is a pair of array-level functions written against `xp`
+(NumPy or CuPy): `forward(xp, x, **params) -> y` and
+`derivative(xp, x, y, **params) -> dy/dx`. On kernel backends (sim, cuda) the
+float32 case goes to the hand-written elementwise kernels `act_forward` /
+`act_backward` (csrc/kernels/activation.cu) instead.
+
+Conventions where the lecture notes disagree (see SEEDS.md):
+  heaviside(z) = 0 for z < 0 and 1 for z >= 0, so H(0) = 1;
+  sign(z) = -1, 0, +1 for z < 0, z = 0, z > 0, so sign(0) = 0.
+Both are piecewise constant: their derivative is zero almost everywhere and
+undefined at 0, so they have no backward (perceptrons train with the
+Rosenblatt rule / PerceptronLoss on the pre-activation instead).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_TANH_C = 0.044715
+# erf: power series below this |t|, continued fraction for erfc above it
+_ERF_SPLIT = 2.5
+_ERF_TERMS = 40
+
+
+class NoGradientError(RuntimeError):
+    """Raised by the backward of an activation that has no useful gradient."""
+
+
+# ---------------------------------------------------------------- special functions
+def _erf_series(xp, t):
+    """erf(t) for |t| <= _ERF_SPLIT: 2/sqrt(pi) e^{-t^2} sum_n (2t^2)^n t / (2n+1)!!.
+    Every term has the sign of t, so there is no cancellation."""
+    t2 = t * t
+    term = t
+    total = t
+    for n in range(1, _ERF_TERMS):
+        term = term * (2 * t2) / (2 * n + 1)
+        total = total + term
+    return (2 / math.sqrt(math.pi)) * xp.exp(-t2) * total
+
+
+def _erfc_cf(xp, a):
+    """erfc(a) for a >= _ERF_SPLIT by the continued fraction
+    e^{-a^2}/sqrt(pi) / (a + (1/2)/(a + 1/(a + (3/2)/(a + ...)))), evaluated backwards."""
+    f = a
+    for k in range(_ERF_TERMS, 0, -1):
+        f = a + (k / 2) / f
+    return xp.exp(-a * a) / (math.sqrt(math.pi) * f)
+
+
+def normal_cdf(xp, x):
+    """Phi(x) = (1 + erf(x/sqrt 2))/2, accurate to a few ulps of float64 in both
+    tails (the lower tail comes from erfc, not from 1 - erf). NumPy has no erf;
+    CuPy's scipy-compatible one is used when running on CuPy."""
+    if xp is not np:
+        from cupyx.scipy.special import erfc
+        return 0.5 * erfc(-x / _SQRT_2)
+    t = x / _SQRT_2
+    a = xp.abs(t)
+    inner = _erf_series(xp, xp.clip(t, -_ERF_SPLIT, _ERF_SPLIT))
+    tail = _erfc_cf(xp, xp.maximum(a, _ERF_SPLIT))
+    outer = xp.where(t > 0, 1 - 0.5 * tail, 0.5 * tail)
+    return xp.where(a <= _ERF_SPLIT, 0.5 * (1 + inner), outer).astype(x.dtype, copy=False)
+
+
+def sigmoid(xp, x):
+    """1/(1 + e^{-x}) without overflow: exp only ever sees -|x|."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# ---------------------------------------------------------------- the activations
+def _gelu_forward(xp, x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x ** 3)))
+    return x * normal_cdf(xp, x)
+
+
+def _gelu_derivative(xp, x, y, approximate="none"):
+    if approximate == "tanh":
+        th = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x ** 3))
+        inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
+        return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * inner
+    return normal_cdf(xp, x) + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+
+
+def _softplus_forward(xp, x, beta=1.0, threshold=20.0):
+    # above the threshold softplus(x) = x to float precision; below it exp cannot overflow
+    bx = beta * x
+    return xp.where(bx > threshold, x, xp.log1p(xp.exp(xp.minimum(bx, threshold))) / beta)
+
+
+def _softplus_derivative(xp, x, y, beta=1.0, threshold=20.0):
+    bx = beta * x
+    return xp.where(bx > threshold, 1.0, sigmoid(xp, bx))
+
+
+FORWARD = {
+    "relu": lambda xp, x: xp.maximum(x, 0),
+    "leaky_relu": lambda xp, x, negative_slope=0.01: xp.where(x > 0, x, negative_slope * x),
+    "sigmoid": sigmoid,
+    "tanh": lambda xp, x: xp.tanh(x),
+    "softsign": lambda xp, x: x / (1 + xp.abs(x)),
+    "gelu": _gelu_forward,
+    "softplus": _softplus_forward,
+    "heaviside": lambda xp, x: (x >= 0).astype(x.dtype),
+    "sign": lambda xp, x: xp.sign(x),
+}
+
+# derivative(xp, x, y, **params): whichever of the input x and output y is cheaper
+DERIVATIVE = {
+    "relu": lambda xp, x, y: (x > 0).astype(x.dtype),
+    "leaky_relu": lambda xp, x, y, negative_slope=0.01: xp.where(x > 0, 1.0, negative_slope).astype(x.dtype),
+    "sigmoid": lambda xp, x, y: y * (1 - y),
+    "tanh": lambda xp, x, y: 1 - y * y,
+    "softsign": lambda xp, x, y: 1 / (1 + xp.abs(x)) ** 2,
+    "gelu": _gelu_derivative,
+    "softplus": _softplus_derivative,
+}
+
+KINDS = tuple(FORWARD)
+
+
+# activations with a kernel in csrc/kernels/activation.cu, and how their
+# parameters map onto the kernels' (alpha, beta)
+_KERNEL_PARAMS = {
+    "relu": lambda: (0.0, 0.0),
+    "leaky_relu": lambda negative_slope=0.01: (negative_slope, 0.0),
+    "sigmoid": lambda: (0.0, 0.0),
+    "tanh": lambda: (0.0, 0.0),
+    "softsign": lambda: (0.0, 0.0),
+    "gelu": lambda approximate="none": (0.0, 0.0),
+    "softplus": lambda beta=1.0, threshold=20.0: (beta, threshold),
+}
+
+
+def _uses_kernel(be, kind, x, params) -> bool:
+    """Kernel backends run float32 activations that have a kernel (gelu only in
+    its exact form); everything else takes the array-level path."""
+    return (be.kern is not None and x.dtype == np.float32 and kind in _KERNEL_PARAMS
+            and params.get("approximate", "none") == "none")
+
+
+def act_forward(be, kind: str, x, **params):
+    """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
+    if _uses_kernel(be, kind, x, params):
+        x = be.xp.ascontiguousarray(x)
+        y = be.xp.empty_like(x)
+        be.kern.act_forward(kind, x, y, *_KERNEL_PARAMS[kind](**params), be.stream())
+    else:
+        y = FORWARD[kind](be.xp, x, **params).astype(x.dtype, copy=False)
+    return y, (kind, params, x, y)
+
+
+def act_backward(be, ctx, dy):
+    """dx = dy * kind'(x). Raises NoGradientError for heaviside and sign."""
+    kind, params, x, y = ctx
+    if kind not in DERIVATIVE:
+        raise NoGradientError(f"{kind}: the derivative is 0 everywhere except at 0, where it is undefined; "
+                              "there is no useful gradient to backpropagate")
+    if _uses_kernel(be, kind, x, params):
+        dx = be.xp.empty_like(x)
+        be.kern.act_backward(kind, x, y, be.xp.ascontiguousarray(dy), dx, *_KERNEL_PARAMS[kind](**params),
+                             be.stream())
+        return dx
+    return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)

@@ -1,0 +1,234 @@
+"""Scaled dot-product attention: out = softmax(q kᵀ·scale + bias) v.
+
+Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev) with the same leading
+(batch) axes; out (..., L, Ev). `bias` is an additive float mask broadcastable
+to (..., L, S) (-inf removes a key); `causal` keeps key j for query i only when
+j <= i (PyTorch's top-left aligned tril(ones(L, S))). A query row whose keys are
+all removed gets output 0 and zero gradients (as torch's
+scaled_dot_product_attention; its MultiheadAttention slow path gives NaN).
+
+Backward, with P the attention probabilities and dO the output gradient:
+    dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP - rowsum(dO ∘ O)),
+    dQ = dS K·scale,  dK = dSᵀ Q·scale.
+(rowsum(dP ∘ P) = rowsum(dO ∘ O), which lets the kernels skip P.)
+
+Array path (cpu, cupy, float64 anywhere, head dims above 128): the L×S
+probabilities are materialised and saved for backward.
+Kernel path (sim, cuda; float32, head dims up to 128): flash attention
+(csrc/kernels/attention.cu) -- tiles of queries and keys with an online
+softmax; the forward saves only the per-row log-sum-exp (B·L floats) and the
+backward recomputes the scores tile by tile, without float atomics, so two
+backward runs give bit-identical gradients. Every mask kind (boolean, additive,
+key padding, causal) runs in the kernels: the additive bias is read through
+broadcast strides, never expanded over the heads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KERNEL_MAX_HEAD_DIM = 128
+
+
+class AttentionContext:
+    """What backward needs. `probs` is set on the array path; `lse` (per-row
+    log-sum-exp of the scaled, masked scores) on the kernel path."""
+
+    __slots__ = ("q", "k", "v", "bias", "causal", "scale", "out", "lse", "probs", "bias_layout")
+
+    def __init__(self, q, k, v, bias, causal, scale, out, lse=None, probs=None, bias_layout=None):
+        self.q, self.k, self.v, self.bias, self.causal, self.scale = q, k, v, bias, causal, scale
+        self.out, self.lse, self.probs, self.bias_layout = out, lse, probs, bias_layout
+
+
+# ---------------------------------------------------------------- validation and masks
+def check_inputs(q, k, v, name_q="query", name_k="key", name_v="value"):
+    """Shape checks shared by the functional API and the modules (dtype and
+    device are checked by the caller with gpunet.checks)."""
+    if q.ndim < 2:
+        raise ValueError(f"{name_q}: expected (..., L, E) with at least 2 dims, got shape {tuple(q.shape)}")
+    for name, a in ((name_k, k), (name_v, v)):
+        if a.ndim != q.ndim or tuple(a.shape[:-2]) != tuple(q.shape[:-2]):
+            raise ValueError(f"{name}: expected the batch dims of {name_q} {tuple(q.shape[:-2])} followed by "
+                             f"(S, features), got shape {tuple(a.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"{name_k}: expected last dim E={q.shape[-1]} (the {name_q} feature size), "
+                         f"got shape {tuple(k.shape)}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{name_v}: expected S={k.shape[-2]} rows (the {name_k} sequence length), "
+                         f"got shape {tuple(v.shape)}")
+    if 0 in q.shape or 0 in k.shape or 0 in v.shape:
+        raise ValueError(f"{name_q}/{name_k}/{name_v}: empty arrays are not supported, got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+
+
+def additive_mask(be, mask, dtype, name: str, true_means_keep: bool = True):
+    """A boolean or float mask as an additive float mask of `dtype`.
+    Boolean: torch's scaled_dot_product_attention keeps True positions
+    (true_means_keep=True); its MultiheadAttention masks True positions out
+    (true_means_keep=False)."""
+    xp = be.xp
+    if mask.dtype == np.bool_:
+        keep = mask if true_means_keep else ~mask
+        return xp.where(keep, 0.0, -np.inf).astype(dtype)
+    if mask.dtype.kind == "f":
+        return mask.astype(dtype, copy=False)
+    raise TypeError(f"{name}: expected a bool or floating mask, got dtype {mask.dtype}")
+
+
+def check_broadcast(mask_shape, target_shape, name: str):
+    """Raise unless an array of mask_shape broadcasts to exactly target_shape."""
+    ok = len(mask_shape) <= len(target_shape) and all(
+        m in (1, t) for m, t in zip(mask_shape[::-1], target_shape[::-1]))
+    if not ok:
+        raise ValueError(f"{name}: shape {tuple(mask_shape)} does not broadcast to the attention scores' shape "
+                         f"{tuple(target_shape)} (batch..., L, S)")
+
+
+# ---------------------------------------------------------------- forward
+def _use_kernel(be, q, v) -> bool:
+    return (be.kern is not None and q.dtype == np.float32
+            and max(q.shape[-1], v.shape[-1]) <= KERNEL_MAX_HEAD_DIM)
+
+
+def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
+    """Returns (out, ctx). `bias`: additive mask broadcastable to (..., L, S),
+    in q's dtype, or None. `scale` defaults to 1/sqrt(E)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if _use_kernel(be, q, v):
+        layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
+        out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
+        return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
+    p = _probs_from_scores(be, _scores(be, q, k, bias, causal, scale))
+    out = be.xp.matmul(p, v)
+    return out, AttentionContext(q, k, v, bias, causal, scale, out, probs=p)
+
+
+def _scores(be, q, k, bias, causal, scale):
+    """q kᵀ·scale + bias, with causal positions set to -inf: (..., L, S)."""
+    xp = be.xp
+    s = xp.matmul(q, xp.swapaxes(k, -1, -2))
+    s *= scale
+    if bias is not None:
+        s = s + bias
+    if causal:
+        L, S = s.shape[-2:]
+        s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
+    return s
+
+
+def _probs_from_scores(be, s):
+    """Row softmax of s; rows that are -inf everywhere give all zeros."""
+    xp = be.xp
+    m = s.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0.0)
+    p = xp.exp(s - m)
+    total = p.sum(axis=-1, keepdims=True)
+    p /= xp.where(total > 0, total, 1.0)
+    return p
+
+
+def attention_probs(be, ctx):
+    """The attention probabilities P (..., L, S) of a forward pass: saved on the
+    array path, recomputed from the log-sum-exp on the kernel path (only when
+    asked for, e.g. MultiheadAttention(need_weights=True))."""
+    if ctx.probs is not None:
+        return ctx.probs
+    xp = be.xp
+    s = _scores(be, ctx.q, ctx.k, ctx.bias, ctx.causal, ctx.scale)
+    lse = ctx.lse.reshape(s.shape[:-1] + (1,))
+    return xp.where(xp.isfinite(lse), xp.exp(s - xp.where(xp.isfinite(lse), lse, 0.0)), 0.0).astype(s.dtype)
+
+
+# ---------------------------------------------------------------- backward
+def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
+    """(dq, dk, dv). `dprobs`: an extra gradient flowing into P (..., L, S),
+    e.g. from MultiheadAttention's returned attention weights; it takes the
+    array path (P is materialised anyway in that case)."""
+    if ctx.lse is not None and dprobs is None:
+        return _kernel_backward(be, ctx, dout)
+    xp = be.xp
+    p = attention_probs(be, ctx)
+    dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
+    dp = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
+    if dprobs is not None:
+        dp = dp + dprobs
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    dq = xp.matmul(ds, ctx.k)
+    dq *= ctx.scale
+    dk = xp.matmul(xp.swapaxes(ds, -1, -2), ctx.q)
+    dk *= ctx.scale
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------- kernel glue
+def _batch(q):
+    """Leading axes of q collapsed to (outer, inner): the bias strides are
+    given per level, so a mask broadcast over heads (inner) or batch (outer)
+    is read in place."""
+    batch = tuple(q.shape[:-2])
+    inner = batch[-1] if batch else 1
+    outer = int(np.prod(batch[:-1])) if len(batch) > 1 else 1
+    return batch, outer, inner
+
+
+def _bias_layout(be, bias, batch, L, S):
+    batch = tuple(batch)
+    """(array, stride_outer, stride_inner, stride_row) in elements such that
+    bias[o, h, i, j] is array.flat[o·so + h·si + i·sr + j]."""
+    xp = be.xp
+    nb = len(batch)
+    b = bias.reshape((1,) * (nb + 2 - bias.ndim) + tuple(bias.shape))
+    if b.shape[-1] != S:
+        b = xp.broadcast_to(b, b.shape[:-1] + (S,))
+    outer_shape = b.shape[:max(nb - 1, 0)]
+    if any(d == 1 for d in outer_shape) and any(d != 1 for d in outer_shape):
+        # mixed broadcast over several outer axes: one stride cannot walk it
+        b = xp.broadcast_to(b, tuple(batch[:-1]) + b.shape[nb - 1:])
+        outer_shape = tuple(batch[:-1])
+    b = xp.ascontiguousarray(b, dtype=np.float32)
+    strides = [int(np.prod(b.shape[d + 1:])) for d in range(b.ndim)]
+    sr = 0 if b.shape[-2] == 1 else S
+    si = 0 if nb == 0 or b.shape[nb - 1] == 1 else strides[nb - 1]
+    so = 0 if nb < 2 or all(d == 1 for d in outer_shape) else strides[nb - 2]
+    return b, so, si, sr
+
+
+def _kernel_forward(be, q, k, v, layout, causal, scale):
+    xp = be.xp
+    batch, outer, inner = _batch(q)
+    L, E = q.shape[-2:]
+    S, Ev = v.shape[-2:]
+    B = outer * inner
+    q3 = xp.ascontiguousarray(q).reshape(B, L, E)
+    k3 = xp.ascontiguousarray(k).reshape(B, S, E)
+    v3 = xp.ascontiguousarray(v).reshape(B, S, Ev)
+    out = xp.empty((B, L, Ev), q.dtype)
+    lse = xp.empty((B, L), q.dtype)
+    b, so, si, sr = layout if layout is not None else (None, 0, 0, 0)
+    be.kern.attention_forward(q3, k3, v3, b, so, si, sr, inner, bool(causal), scale, out, lse, be.stream())
+    return out.reshape(batch + (L, Ev)), lse.reshape(batch + (L,))
+
+
+def _kernel_backward(be, ctx, dout):
+    xp = be.xp
+    q, k, v = ctx.q, ctx.k, ctx.v
+    batch, outer, inner = _batch(q)
+    L, E = q.shape[-2:]
+    S, Ev = v.shape[-2:]
+    B = outer * inner
+    q3 = xp.ascontiguousarray(q).reshape(B, L, E)
+    k3 = xp.ascontiguousarray(k).reshape(B, S, E)
+    v3 = xp.ascontiguousarray(v).reshape(B, S, Ev)
+    o3 = ctx.out.reshape(B, L, Ev)
+    do3 = xp.ascontiguousarray(dout).reshape(B, L, Ev)
+    lse = ctx.lse.reshape(B, L)
+    b, so, si, sr = ctx.bias_layout if ctx.bias_layout is not None else (None, 0, 0, 0)
+    dq = xp.empty_like(q3)
+    dk = xp.empty_like(k3)
+    dv = xp.empty_like(v3)
+    delta = xp.empty((B, L), q.dtype)
+    be.kern.attention_backward(q3, k3, v3, o3, do3, lse, b, so, si, sr, inner, bool(ctx.causal), ctx.scale,
+                               dq, dk, dv, delta, be.stream())
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)

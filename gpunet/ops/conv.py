@@ -1,0 +1,224 @@
+"""2-D convolution as im2col + GEMM (Caffe's scheme), forward and backward.
+
+Column layout, shared by the array path and the kernels: row r = (c, i, j)
+(input channel, kernel row, kernel column; c outermost, so group g owns the
+contiguous rows [g*Kg, (g+1)*Kg) with Kg = C/groups*kh*kw), column
+q = (n, oh, ow). Then for every group
+
+    y_g (Og, n*L)  = W_g (Og, Kg) @ cols_g (Kg, n*L)         forward
+    dW_g           = dy_g (Og, n*L) @ cols_g^T               weight gradient
+    dcols_g        = W_g^T @ dy_g                             -> col2im -> dx
+
+one (batched-over-groups) GEMM over all images at once; only the (O, n, L)
+-> (n, O, L) reordering of y and dy costs an extra pass.
+
+Array path (cpu, cupy): the whole batch at once; a row of ones is appended to
+each group's columns and the bias to W, so the forward GEMM adds the bias and
+the weight-gradient GEMM produces the bias gradient for free. im2col and
+col2im loop over the kh*kw kernel offsets, each a strided slice copy/add over
+every image and channel.
+
+Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
+reused workspace per backend, sized so a chunk's columns stay under
+WORKSPACE_BYTES; the GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to
+the bias_add/bias_grad kernels. Backward recomputes each chunk's columns
+instead of keeping them, so memory stays at one workspace.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .linear import bias_add, bias_grad
+
+# Largest column matrix (bytes) the kernel path builds at once; the batch is
+# split into chunks below it. Tests lower it to force chunking.
+WORKSPACE_BYTES = 256 << 20
+
+_workspaces: dict = {}
+
+
+class Geometry(NamedTuple):
+    """Static shape facts of one convolution call."""
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    groups: int
+    oh: int
+    ow: int
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """floor((size + 2p - d(k-1) - 1)/s) + 1, i.e. (W - F + 2P)/S + 1 for d = 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> Geometry:
+    kh, kw = w_shape[2], w_shape[3]
+    return Geometry(kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups,
+                    out_size(x_shape[2], kh, stride[0], padding[0], dilation[0]),
+                    out_size(x_shape[3], kw, stride[1], padding[1], dilation[1]))
+
+
+def _tap(g: Geometry, i: int, j: int):
+    """Slices of the padded input read by kernel offset (i, j) for every output pixel."""
+    r0, c0 = i * g.dh, j * g.dw
+    return (slice(r0, r0 + g.sh * (g.oh - 1) + 1, g.sh), slice(c0, c0 + g.sw * (g.ow - 1) + 1, g.sw))
+
+
+# ---------------------------------------------------------------- array path (cpu, cupy)
+def _im2col_array(xp, x, g: Geometry, ones_row: bool):
+    """(groups, Kg [+1 row of ones], N*L) columns of the whole batch."""
+    n, c = x.shape[:2]
+    cg = c // g.groups
+    if g.ph or g.pw:
+        xpad = xp.zeros((n, c, x.shape[2] + 2 * g.ph, x.shape[3] + 2 * g.pw), dtype=x.dtype)
+        xpad[:, :, g.ph:g.ph + x.shape[2], g.pw:g.pw + x.shape[3]] = x
+    else:
+        xpad = x
+    kg = cg * g.kh * g.kw
+    cols = xp.empty((g.groups, kg + ones_row, n * g.oh * g.ow), dtype=x.dtype)
+    # per-group view: with the ones row the groups' blocks are not adjacent
+    taps = cols[:, :kg].reshape(g.groups, cg, g.kh, g.kw, n, g.oh, g.ow)
+    xg = xpad.reshape(n, g.groups, cg, xpad.shape[2], xpad.shape[3])
+    for i in range(g.kh):
+        for j in range(g.kw):
+            taps[:, :, i, j] = xg[(slice(None),) * 3 + _tap(g, i, j)].transpose(1, 2, 0, 3, 4)
+    if ones_row:
+        cols[:, kg] = 1
+    return cols
+
+
+def _col2im_array(xp, dcols, x_shape, g: Geometry):
+    """Sum every column entry back onto the input pixel it was copied from."""
+    n, c, h, w = x_shape
+    # accumulate in (C, N, H, W) order, the order of the column rows, so each
+    # kernel offset adds one contiguous block; reorder to NCHW once at the end
+    acc = xp.zeros((c, n, h + 2 * g.ph, w + 2 * g.pw), dtype=dcols.dtype)
+    taps = dcols.reshape(c, g.kh, g.kw, n, g.oh, g.ow)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            acc[(slice(None), slice(None)) + _tap(g, i, j)] += taps[:, i, j]
+    return xp.ascontiguousarray(acc[:, :, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3))
+
+
+def _forward_array(be, x, w, b, g: Geometry):
+    xp = be.xp
+    n, o = x.shape[0], w.shape[0]
+    og = o // g.groups
+    cols = _im2col_array(xp, x, g, ones_row=b is not None)
+    wg = w.reshape(g.groups, og, -1)
+    if b is not None:
+        wg = xp.concatenate([wg, b.reshape(g.groups, og, 1)], axis=2)
+    y = xp.matmul(wg, cols)  # (groups, Og, N*L) = (O, N, L)
+    out = xp.empty((n, o, g.oh, g.ow), dtype=x.dtype)
+    out.reshape(n, o, -1)[...] = y.reshape(o, n, -1).transpose(1, 0, 2)
+    return out, cols
+
+
+def _backward_array(be, ctx, dy):
+    xp = be.xp
+    cols, w, has_bias, x_shape, g = ctx
+    n, o = dy.shape[:2]
+    og = o // g.groups
+    kg = w.shape[1] * g.kh * g.kw
+    dyg = xp.ascontiguousarray(dy.reshape(n, g.groups, og, -1).transpose(1, 2, 0, 3)).reshape(g.groups, og, -1)
+    dwx = xp.matmul(dyg, cols.transpose(0, 2, 1))  # (groups, Og, Kg [+1: the bias gradient])
+    dw = dwx[:, :, :kg].reshape(w.shape)
+    db = dwx[:, :, kg].reshape(o) if has_bias else None
+    dcols = xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg)
+    return _col2im_array(xp, dcols, x_shape, g), dw, db
+
+
+# ---------------------------------------------------------------- kernel path (sim, cuda)
+def _workspace(be, elements: int, dtype):
+    """A flat scratch array of at least `elements`, reused across calls (grown when short)."""
+    key = (be.name, be.index, np.dtype(dtype))
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < elements:
+        buf = be.xp.empty(elements, dtype=dtype)
+        _workspaces[key] = buf
+    return buf[:elements]
+
+
+def _chunk(n: int, k: int, spatial: int, itemsize: int) -> int:
+    """Images per chunk so the (k, chunk*spatial) columns fit WORKSPACE_BYTES (at least 1)."""
+    return max(1, min(n, WORKSPACE_BYTES // max(1, k * spatial * itemsize)))
+
+
+def _kernel_args(g: Geometry):
+    return g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw
+
+
+def _forward_kernels(be, x, w, b, g: Geometry):
+    xp, kern = be.xp, be.kern
+    n, o = x.shape[0], w.shape[0]
+    og, k, spatial = o // g.groups, w[0].size * g.groups, g.oh * g.ow
+    kg = k // g.groups
+    wg = w.reshape(g.groups, og, kg)
+    y = xp.empty((n, o, g.oh, g.ow), dtype=x.dtype)
+    step = _chunk(n, k, spatial, x.dtype.itemsize)
+    for n0 in range(0, n, step):
+        nb = min(step, n - n0)
+        cols = _workspace(be, k * nb * spatial, x.dtype).reshape(k, nb * spatial)
+        kern.im2col(x[n0:n0 + nb], cols, *_kernel_args(g), be.stream())
+        yc = xp.matmul(wg, cols.reshape(g.groups, kg, -1))  # (O, nb, L)
+        y[n0:n0 + nb].reshape(nb, o, -1)[...] = yc.reshape(o, nb, -1).transpose(1, 0, 2)
+    if b is not None:
+        bias_add(be, y, b, spatial)
+    return y, x
+
+
+def _backward_kernels(be, ctx, dy):
+    xp, kern = be.xp, be.kern
+    x, w, has_bias, _, g = ctx
+    n, o = dy.shape[:2]
+    og, k, spatial = o // g.groups, w[0].size * g.groups, g.oh * g.ow
+    kg = k // g.groups
+    wt = w.reshape(g.groups, og, kg).transpose(0, 2, 1)
+    dy = xp.ascontiguousarray(dy)
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    dw = None
+    step = _chunk(n, k, spatial, x.dtype.itemsize)
+    for n0 in range(0, n, step):
+        nb = min(step, n - n0)
+        cols = _workspace(be, k * nb * spatial, x.dtype).reshape(g.groups, kg, nb * spatial)
+        kern.im2col(x[n0:n0 + nb], cols.reshape(k, -1), *_kernel_args(g), be.stream())
+        dyg = xp.ascontiguousarray(dy[n0:n0 + nb].reshape(nb, g.groups, og, -1).transpose(1, 2, 0, 3))
+        dyg = dyg.reshape(g.groups, og, -1)
+        part = xp.matmul(dyg, cols.transpose(0, 2, 1))
+        if dw is None:
+            dw = part
+        else:
+            dw += part
+        xp.matmul(wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
+        kern.col2im(cols.reshape(k, -1), dx[n0:n0 + nb], *_kernel_args(g), be.stream())
+    db = bias_grad(be, dy, o, spatial) if has_bias else None
+    return dx, dw.reshape(w.shape), db
+
+
+# ---------------------------------------------------------------- entry points
+def _uses_kernels(be, a) -> bool:
+    # the kernels are float32; other dtypes take the array path on every backend
+    return be.kern is not None and a.dtype == np.float32
+
+
+def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
+    """x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None; stride, padding,
+    dilation are (h, w) pairs. Returns y (N, O, OH, OW) and the backward context."""
+    g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    kernels = _uses_kernels(be, x)
+    y, saved = (_forward_kernels if kernels else _forward_array)(be, x, w, b, g)
+    return y, (kernels, saved, w, b is not None, tuple(x.shape), g)
+
+
+def conv2d_backward(be, ctx, dy):
+    """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
+    kernels, *rest = ctx
+    return (_backward_kernels if kernels else _backward_array)(be, rest, dy)

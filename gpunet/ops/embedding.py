@@ -1,0 +1,47 @@
+"""Embedding lookup: out[n] = weight[idx[n]] and its deterministic backward.
+
+The weight gradient sums the output gradients of every position that looked
+up the same row. Float atomics would make that sum's order (and so its last
+bits) vary run to run; instead the positions are sorted by row (a stable sort,
+so positions of one row stay in input order) and each row sums its own
+contiguous run in that fixed order: bit-identical gradients on every run.
+cpu/cupy reduce the runs with add.reduceat; sim/cuda pass the sorted order
+and a CSR row pointer to a kernel (csrc/kernels/embedding.cu).
+"""
+
+
+def embedding_forward(be, weight, idx):
+    """weight (V, D), idx integer array of any shape (already range-checked)
+    -> out idx.shape + (D,), and the flat int64 indices backward needs."""
+    xp = be.xp
+    flat = xp.ascontiguousarray(idx.reshape(-1), dtype=xp.int64)
+    D = weight.shape[1]
+    if be.kern is None:
+        out = xp.take(weight, flat, axis=0)
+    else:
+        out = xp.empty((flat.size, D), dtype=weight.dtype)
+        be.kern.embedding_forward(weight, flat, out, be.stream())
+    return out.reshape(tuple(idx.shape) + (D,)), flat
+
+
+def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
+    """d weight (V, D) from the flat indices and dy (..., D); the padding row
+    (if any) gets zero."""
+    xp = be.xp
+    D = dy.shape[-1]
+    dy2 = xp.ascontiguousarray(dy.reshape(-1, D))
+    order = xp.argsort(flat, kind="stable")
+    rows = flat[order]
+    if be.kern is None:
+        dw = xp.zeros((num_embeddings, D), dtype=dy.dtype)
+        if flat.size:
+            uniq, starts = xp.unique(rows, return_index=True)
+            dw[uniq] = xp.add.reduceat(dy2[order], starts, axis=0)
+        if padding_idx is not None:
+            dw[padding_idx] = 0
+        return dw
+    row_ptr = xp.searchsorted(rows, xp.arange(num_embeddings + 1, dtype=xp.int64)).astype(xp.int64)
+    dw = xp.empty((num_embeddings, D), dtype=dy.dtype)
+    pad = -1 if padding_idx is None else padding_idx
+    be.kern.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
+    return dw

@@ -1,0 +1,217 @@
+"""Loss functions: forward to a per-element loss, a reduction, and the explicit
+gradient with respect to the input (targets get none).
+
+Reductions follow PyTorch: 'none' keeps the per-element losses, 'sum' adds
+them, 'mean' divides the sum by the number of elements, except where noted
+(cross-entropy: by the summed target-class weights of the non-ignored rows;
+multi-margin: by the number of rows). `grad` in the backward functions is the
+gradient of whatever consumed the loss: a scalar (or 0-d array) for 'sum' and
+'mean', an array shaped like the loss for 'none'.
+
+Cross-entropy is fused with log-softmax. On kernel backends (sim, cuda;
+float32) it runs csrc/kernels/softmax.cu: the forward writes only the per-row
+loss and log-sum-exp, the backward recomputes the probabilities from the
+logits and that log-sum-exp, so no (rows, classes) probability array is ever
+stored. (N, C, d...) inputs are brought to (N*d..., C) rows by moving the class
+axis last (one transposing copy each way, none for (N, C)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .activation import sigmoid
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(xp, per_elem, reduction, denom):
+    """The reduced loss as a 0-d array (or per_elem itself for 'none')."""
+    if reduction == "none":
+        return per_elem
+    total = per_elem.sum()
+    return xp.asarray(total / denom if reduction == "mean" else total, dtype=per_elem.dtype)
+
+
+def _scale(reduction, grad, denom):
+    """d loss / d per_elem: grad spread over the elements, divided for 'mean'."""
+    return grad / denom if reduction == "mean" else grad
+
+
+# ---------------------------------------------------------------- MSE
+def mse_forward(be, x, t, reduction: str, half: bool):
+    """(x - t)^2 per element, times 1/2 when `half` (the notes' 1/2 ||t - z||^2)."""
+    d = x - t
+    per = d * d
+    if half:
+        per *= 0.5
+    return _reduce(be.xp, per, reduction, x.size), (d, reduction, half)
+
+
+def mse_backward(be, ctx, grad):
+    d, reduction, half = ctx
+    return ((1.0 if half else 2.0) * _scale(reduction, grad, d.size) * d).astype(d.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- BCE with logits
+def bce_with_logits_forward(be, x, t, reduction: str, weight=None, pos_weight=None):
+    """-(p t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) * weight, with p = pos_weight
+    (broadcast along the last axis). Written with softplus(-x) = -log sigmoid(x) =
+    log1p(e^{-|x|}) + max(-x, 0), which never overflows."""
+    xp = be.xp
+    sp_neg = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)
+    sp_pos = sp_neg + x  # softplus(x) = softplus(-x) + x
+    pt = t if pos_weight is None else pos_weight * t
+    per = pt * sp_neg + (1 - t) * sp_pos
+    if weight is not None:
+        per = per * weight
+    per = per.astype(x.dtype, copy=False)
+    return _reduce(xp, per, reduction, x.size), (x, t, reduction, weight, pos_weight)
+
+
+def bce_with_logits_backward(be, ctx, grad):
+    x, t, reduction, weight, pos_weight = ctx
+    xp = be.xp
+    pt = t if pos_weight is None else pos_weight * t
+    # d/dx [pt softplus(-x) + (1 - t) softplus(x)] = -pt sigmoid(-x) + (1 - t) sigmoid(x)
+    g = (1 - t) * sigmoid(xp, x) - pt * sigmoid(xp, -x)
+    if weight is not None:
+        g = g * weight
+    return (g * _scale(reduction, grad, x.size)).astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- hinge, perceptron
+def hinge_forward(be, x, t, reduction: str, margin: float = 1.0):
+    """[margin - t x]_+ per element, t in {-1, 1} (the SVM loss for margin 1)."""
+    h = margin - t * x
+    per = be.xp.maximum(h, 0).astype(x.dtype, copy=False)
+    return _reduce(be.xp, per, reduction, x.size), (h > 0, t, reduction)
+
+
+def hinge_backward(be, ctx, grad):
+    active, t, reduction = ctx
+    return (-t * active * _scale(reduction, grad, t.size)).astype(t.dtype, copy=False)
+
+
+def perceptron_forward(be, x, t, reduction: str):
+    """max(0, -t x): the perceptron criterion, zero for correctly classified points
+    (a hinge with margin 0); its gradient step is Rosenblatt's rule."""
+    return hinge_forward(be, x, t, reduction, margin=0.0)
+
+
+perceptron_backward = hinge_backward
+
+
+# ---------------------------------------------------------------- multi-class hinge
+def multi_margin_forward(be, x, t, reduction: str, p: int = 1, margin: float = 1.0, weight=None):
+    """PyTorch's MultiMarginLoss: for each row n with target y,
+    sum_{i != y} w_y max(0, margin - x_y + x_i)^p / C ; 'mean' divides by the rows.
+    x (N, C), t (N,) integer."""
+    xp = be.xp
+    n, c = x.shape
+    xt = xp.take_along_axis(x, t[:, None], axis=1)
+    h = margin - xt + x
+    active = (h > 0) & (xp.arange(c)[None, :] != t[:, None])
+    hp = xp.where(active, h, 0)
+    terms = hp if p == 1 else hp * hp
+    wy = 1.0 if weight is None else weight[t][:, None]
+    per = (terms * wy).sum(axis=1) / c
+    return _reduce(xp, per.astype(x.dtype, copy=False), reduction, n), (hp, t, wy, reduction, p)
+
+
+def multi_margin_backward(be, ctx, grad):
+    hp, t, wy, reduction, p = ctx
+    xp = be.xp
+    n, c = hp.shape
+    scale = _scale(reduction, grad, n)
+    if reduction == "none":
+        scale = scale[:, None]
+    dterm = (hp > 0) * 1.0 if p == 1 else 2 * hp
+    g = dterm * wy * scale / c
+    # x_y enters every active term with a minus sign
+    g[xp.arange(n), t] = -g.sum(axis=1)
+    return g.astype(hp.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- cross-entropy
+def _as_rows(xp, x, t):
+    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C) and (rows,)."""
+    if x.ndim == 1:
+        return x[None, :], t.reshape(1)
+    if x.ndim == 2:
+        return x, t
+    return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, x.shape[1]), t.reshape(-1)
+
+
+def _from_rows(xp, d2, shape):
+    if len(shape) <= 2:
+        return d2.reshape(shape)
+    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    return xp.ascontiguousarray(xp.moveaxis(d2.reshape(moved), -1, 1))
+
+
+def _uses_kernel(be, x) -> bool:
+    return be.kern is not None and x.dtype == np.float32
+
+
+def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100,
+                          label_smoothing: float = 0.0):
+    """Cross-entropy of softmax(x) along the class axis (axis 1; axis 0 for a single
+    (C,) row) against class indices t, as torch.nn.CrossEntropyLoss. With smoothing
+    eps the target distribution is (1 - eps) onehot(t) + eps / C, and with class
+    weights w each row's loss is sum_c a_c (lse - x_c) with a_c = (1 - eps) w_t [c = t]
+    + eps / C * w_c. Rows whose target is ignore_index contribute 0 and do not count
+    in the mean (all rows ignored: NaN, as in PyTorch)."""
+    xp = be.xp
+    x2, t1 = _as_rows(xp, x, t)
+    rows, c = x2.shape
+    valid = t1 != ignore_index
+    ts = xp.where(valid, t1, 0).astype(np.int64, copy=False)
+    wt = valid.astype(x.dtype) if weight is None else weight[ts] * valid
+    if _uses_kernel(be, x2):
+        per = xp.empty(rows, dtype=x2.dtype)
+        lse = xp.empty(rows, dtype=x2.dtype)
+        be.kern.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
+                                      per, lse, int(ignore_index), float(label_smoothing), be.stream())
+    else:
+        m = x2.max(axis=1, keepdims=True)
+        lse = (xp.log(xp.exp(x2 - m).sum(axis=1, keepdims=True)) + m)[:, 0]
+        xt = xp.take_along_axis(x2, ts[:, None], axis=1)[:, 0]
+        per = wt * (lse - xt)
+        if label_smoothing:
+            w_row = 1.0 if weight is None else weight[None, :]
+            smooth = ((lse[:, None] - x2) * w_row).sum(axis=1) * valid
+            per = (1 - label_smoothing) * per + (label_smoothing / c) * smooth
+        per = per.astype(x.dtype, copy=False)
+    denom = wt.sum()
+    loss = _reduce(xp, per, reduction, denom)
+    if reduction == "none":
+        loss = loss.reshape(t.shape)
+    return loss, (x2, ts, valid, wt, lse, denom, t1, x.shape, reduction, weight, ignore_index, label_smoothing)
+
+
+def cross_entropy_backward(be, ctx, grad):
+    x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
+    xp = be.xp
+    rows, c = x2.shape
+    scale = _scale(reduction, grad, denom)
+    scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=x2.dtype), (rows,))
+    if _uses_kernel(be, x2):
+        dx2 = xp.empty_like(x2)
+        weight_sum = _weight_arg(xp, None if weight is None else weight.sum(keepdims=True))
+        be.kern.cross_entropy_backward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
+                                       weight_sum, lse, xp.ascontiguousarray(scale, dtype=x2.dtype), dx2,
+                                       int(ignore_index), float(eps), be.stream())
+        return _from_rows(xp, dx2, shape)
+    # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
+    p = xp.exp(x2 - lse[:, None])
+    w_row = xp.ones((1, c), dtype=x2.dtype) if weight is None else weight[None, :]
+    a_sum = (1 - eps) * wt + (eps / c) * w_row.sum() * valid
+    dx2 = a_sum[:, None] * p - (eps / c) * w_row * valid[:, None]
+    dx2[xp.arange(rows), ts] -= (1 - eps) * wt
+    dx2 *= scale[:, None]
+    return _from_rows(xp, dx2.astype(x2.dtype, copy=False), shape)
+
+
+def _weight_arg(xp, weight):
+    """The kernels' optional class weights: an empty array stands for 'none'."""
+    return xp.empty(0, dtype=np.float32) if weight is None else xp.ascontiguousarray(weight, dtype=np.float32)

@@ -1,0 +1,171 @@
+"""2-D max and average pooling, forward and backward, with PyTorch's semantics:
+padding (at most half the window) pads with -inf for max and 0 for average,
+ceil_mode adds a last partial window only when it starts inside the input or
+the left padding, and the average divides by the window clipped to the padded
+input (count_include_pad=True) or to the input itself (False).
+
+Array path (cpu, cupy): a loop over the kh*kw window offsets, each a strided
+slice of the padded input covering every output pixel. Max pooling keeps the
+offset of the first maximum in row-major window order (strict '>'), so ties
+go to the first index and backward routes each gradient to exactly one input.
+
+Kernel path (sim, cuda, float32): forward is one thread per output pixel (max
+saves the arg-max as an int32 index into the input plane); backward is one
+thread per input pixel gathering from the windows that contain it, so it needs
+no atomics and sums in a fixed order.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Window(NamedTuple):
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    oh: int
+    ow: int
+
+
+def pool_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    span = dilation * (kernel - 1) + 1
+    room = size + 2 * padding - span
+    out = (room + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window would start in the right padding
+    return out
+
+
+def window(x_shape, kernel, stride, padding, dilation, ceil_mode) -> Window:
+    oh = pool_out_size(x_shape[2], kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_out_size(x_shape[3], kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    return Window(kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], oh, ow)
+
+
+def _padded(xp, x, win: Window, fill):
+    """x padded by `fill` so that every window of every output pixel lies inside."""
+    n, c, h, w = x.shape
+    hp = max(h + 2 * win.ph, (win.oh - 1) * win.sh + win.dh * (win.kh - 1) + 1)
+    wp = max(w + 2 * win.pw, (win.ow - 1) * win.sw + win.dw * (win.kw - 1) + 1)
+    if (hp, wp) == (h, w):
+        return x
+    out = xp.full((n, c, hp, wp), fill, dtype=x.dtype)
+    out[:, :, win.ph:win.ph + h, win.pw:win.pw + w] = x
+    return out
+
+
+def _taps(win: Window):
+    """((i*kw + j), slices of the padded input) for each window offset (i, j), row-major."""
+    for i in range(win.kh):
+        for j in range(win.kw):
+            r0, c0 = i * win.dh, j * win.dw
+            yield i * win.kw + j, (slice(None), slice(None),
+                                   slice(r0, r0 + win.sh * (win.oh - 1) + 1, win.sh),
+                                   slice(c0, c0 + win.sw * (win.ow - 1) + 1, win.sw))
+
+
+def _unpad(xp, dpad, x_shape, win: Window):
+    h, w = x_shape[2:]
+    return xp.ascontiguousarray(dpad[:, :, win.ph:win.ph + h, win.pw:win.pw + w])
+
+
+def _uses_kernels(be, a) -> bool:
+    # the kernels are float32; other dtypes take the array path on every backend
+    return be.kern is not None and a.dtype == np.float32
+
+
+def _kernel_args(win: Window):
+    return win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, win.dh, win.dw
+
+
+# ---------------------------------------------------------------- max pooling
+def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context."""
+    xp = be.xp
+    win = window(x.shape, kernel, stride, padding, dilation, ceil_mode)
+    if _uses_kernels(be, x):
+        y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+        arg = xp.empty(y.shape, dtype=np.int32)
+        be.kern.maxpool2d_forward(x, y, arg, *_kernel_args(win), be.stream())
+        return y, (True, arg, x.shape, win)
+    xpad = _padded(xp, x, win, -np.inf)
+    taps = _taps(win)
+    _, first = next(taps)
+    y = xpad[first].copy()
+    arg = xp.zeros(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
+    for k, sl in taps:
+        v = xpad[sl]
+        # strict '>': the first maximum in window order wins ties; a NaN
+        # replaces the running maximum (PyTorch's rule, kept by the kernels)
+        better = (v > y) | xp.isnan(v)
+        xp.copyto(y, v, where=better)
+        xp.copyto(arg, k, where=better)
+    return y, (False, arg, x.shape, win)
+
+
+def maxpool2d_backward(be, ctx, dy):
+    """Each output gradient goes to the input element its forward picked."""
+    xp = be.xp
+    kernels, arg, x_shape, win = ctx
+    if kernels:
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        be.kern.maxpool2d_backward(xp.ascontiguousarray(dy), arg, dx, *_kernel_args(win), be.stream())
+        return dx
+    dpad = _padded(xp, xp.zeros(x_shape, dtype=dy.dtype), win, 0)
+    zero = xp.zeros((), dtype=dy.dtype)
+    for k, sl in _taps(win):
+        dpad[sl] += xp.where(arg == k, dy, zero)
+    return _unpad(xp, dpad, x_shape, win)
+
+
+# ---------------------------------------------------------------- average pooling
+def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
+    """(OH, OW) window sizes PyTorch divides by: the window clipped to the padded
+    input, and further to the input itself when padding is not counted."""
+    def axis(size, out, k, s, p):
+        start = np.arange(out) * s - p
+        end = np.minimum(start + k, size + p)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        return end - start
+    d = np.outer(axis(x_shape[2], win.oh, win.kh, win.sh, win.ph), axis(x_shape[3], win.ow, win.kw, win.sw, win.pw))
+    return xp.asarray(d.astype(dtype))
+
+
+def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
+    xp = be.xp
+    win = window(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
+    if _uses_kernels(be, x):
+        y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+        be.kern.avgpool2d_forward(x, y, *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
+        return y, (True, x.shape, win, count_include_pad)
+    xpad = _padded(xp, x, win, 0)
+    taps = _taps(win)
+    y = xpad[next(taps)[1]].copy()
+    for _, sl in taps:
+        y += xpad[sl]
+    y /= _divisor(xp, x.shape, win, count_include_pad, x.dtype)
+    return y, (False, x.shape, win, count_include_pad)
+
+
+def avgpool2d_backward(be, ctx, dy):
+    """Each input element receives dy/divisor from every window that contains it."""
+    xp = be.xp
+    kernels, x_shape, win, count_include_pad = ctx
+    if kernels:
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        be.kern.avgpool2d_backward(xp.ascontiguousarray(dy), dx, *_kernel_args(win)[:6], bool(count_include_pad),
+                                   be.stream())
+        return dx
+    share = dy / _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
+    dpad = _padded(xp, xp.zeros(x_shape, dtype=dy.dtype), win, 0)
+    for _, sl in _taps(win):
+        dpad[sl] += share
+    return _unpad(xp, dpad, x_shape, win)

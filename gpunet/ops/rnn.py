@@ -1,0 +1,184 @@
+"""Recurrent layers: the Elman RNN and the LSTM, one layer over a whole sequence.
+
+Layout: x (T, B, I) time-major, states (B, H); weights as PyTorch: w_ih (G·H, I),
+w_hh (G·H, H), biases (G·H,), with G = 4 gate blocks in the order i, f, g, o for
+the LSTM and G = 1 for the RNN.
+
+    forward   ONE GEMM x (T·B, I) @ w_ih^T for every timestep's input projection,
+              then per step one GEMM h_{t-1} @ w_hh^T and the elementwise cell
+    backward  per step the elementwise cell backward (-> pre-activation gate
+              gradients dG_t) and one GEMM dG_t @ w_hh for dh_{t-1}; at the end
+              ONE GEMM each for dx = dG w_ih, dw_ih = dG^T x, dw_hh = dG^T h_prev
+              over all timesteps, and one reduction for the biases
+
+On cpu/cupy the cell is array code on be.xp (both biases are folded into the
+input projection); on sim/cuda it is one fused kernel per step
+(csrc/kernels/lstm.cu), which adds b_hh itself. The cell saves the activated
+gates in place of the input projection, and the LSTM keeps every c_t and h_t.
+"""
+from .linear import bias_add, bias_grad
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+# ---------------------------------------------------------------- helpers
+def _sigmoid_(xp, v):
+    """v <- sigmoid(v) in place, as 0.5·tanh(v/2) + 0.5 (no exp overflow)."""
+    xp.multiply(v, 0.5, out=v)
+    xp.tanh(v, out=v)
+    v *= 0.5
+    v += 0.5
+
+
+def _input_projection(be, x2, w_ih, b_ih, b_hh):
+    """(T·B, G·H) = x2 @ w_ih^T plus the biases this backend folds in here."""
+    g = be.xp.matmul(x2, w_ih.T)
+    if b_ih is not None:
+        if be.kern is None:
+            g += b_ih + b_hh
+        else:
+            bias_add(be, g, b_ih)  # b_hh is added by the cell kernel
+    return g
+
+
+def _weight_grads(be, dG, x2, hs, w_ih, has_bias):
+    """The per-sequence GEMMs of backward: dx, dw_ih, dw_hh and the bias grads."""
+    xp = be.xp
+    T, B, GH = dG.shape
+    dG2 = dG.reshape(T * B, GH)
+    dx = xp.matmul(dG2, w_ih).reshape(T, B, w_ih.shape[1])
+    dw_ih = xp.matmul(dG2.T, x2)
+    dw_hh = xp.matmul(dG2.T, hs[:T].reshape(T * B, hs.shape[-1]))
+    db = bias_grad(be, dG2, GH) if has_bias else None
+    return dx, dw_ih, dw_hh, db
+
+
+# ---------------------------------------------------------------- LSTM
+def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+    """One LSTM layer. x (T, B, I), h0 and c0 (B, H); biases both given or both None.
+    Returns (out (T, B, H), h_n, c_n, ctx); out is a view of the saved states."""
+    xp = be.xp
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    x2 = x.reshape(T * B, -1)
+    gates = _input_projection(be, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
+    hs = xp.empty((T + 1, B, H), dtype=x.dtype)
+    cs = xp.empty((T + 1, B, H), dtype=x.dtype)
+    hs[0] = h0
+    cs[0] = c0
+    tanh_c = xp.empty((T, B, H), dtype=x.dtype) if be.kern is None else None
+    w_hh_t = w_hh.T
+    for t in range(T):
+        hg = xp.matmul(hs[t], w_hh_t)
+        if be.kern is None:
+            g = gates[t]
+            g += hg
+            _sigmoid_(xp, g[:, :2 * H])
+            xp.tanh(g[:, 2 * H:3 * H], out=g[:, 2 * H:3 * H])
+            _sigmoid_(xp, g[:, 3 * H:])
+            i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+            xp.multiply(f, cs[t], out=cs[t + 1])
+            cs[t + 1] += i * gg
+            xp.tanh(cs[t + 1], out=tanh_c[t])
+            xp.multiply(o, tanh_c[t], out=hs[t + 1])
+        else:
+            be.kern.lstm_cell_forward(gates[t], hg, b_hh, cs[t], gates[t], hs[t + 1], cs[t + 1], be.stream())
+    ctx = (x2, hs, cs, gates, tanh_c, b_ih is not None)
+    return hs[1:], hs[T], cs[T], ctx
+
+
+def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
+    """Backward through time of one LSTM layer. dout (T, B, H), dh_n, dc_n (B, H);
+    any of them may be None (zero). Returns dx, dh0, dc0, dw_ih, dw_hh, db where
+    db is the gradient of b_ih and of b_hh alike (None without biases)."""
+    xp = be.xp
+    x2, hs, cs, gates, tanh_c, has_bias = ctx
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    dG = xp.empty_like(gates)
+    dh, dc = dh_n, dc_n
+    for t in range(T - 1, -1, -1):
+        dy = None if dout is None else dout[t]
+        if be.kern is None:
+            dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
+        else:
+            dc_prev = dc if dc is not None else xp.empty((B, H), dtype=gates.dtype)
+            be.kern.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_prev, be.stream())
+            dc = dc_prev
+        dh = xp.matmul(dG[t], w_hh)
+    dx, dw_ih, dw_hh, db = _weight_grads(be, dG, x2, hs, w_ih, has_bias)
+    return dx, dh, dc, dw_ih, dw_hh, db
+
+
+def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
+    """One step of LSTM backward as array code: writes the pre-activation gate
+    gradients into dg (B, 4H) and returns dc_prev. dy, dh, dc may be None."""
+    H = c_prev.shape[-1]
+    i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+    dh = _sum_or_zeros(xp, dy, dh, c_prev)
+    dc_t = dh * o * (1 - tanh_c * tanh_c)
+    if dc is not None:
+        dc_t += dc
+    xp.multiply(dh * tanh_c, o * (1 - o), out=dg[:, 3 * H:])
+    xp.multiply(dc_t * gg, i * (1 - i), out=dg[:, :H])
+    xp.multiply(dc_t * c_prev, f * (1 - f), out=dg[:, H:2 * H])
+    xp.multiply(dc_t * i, 1 - gg * gg, out=dg[:, 2 * H:3 * H])
+    return dc_t * f
+
+
+def _sum_or_zeros(xp, a, b, like):
+    """a + b where either may be None (zero)."""
+    if a is None and b is None:
+        return xp.zeros_like(like)
+    if a is None or b is None:
+        return a if b is None else b
+    return a + b
+
+
+# ---------------------------------------------------------------- Elman RNN
+def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
+    """One RNN layer h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act tanh or
+    relu. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
+    xp = be.xp
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    relu = nonlinearity == "relu"
+    x2 = x.reshape(T * B, -1)
+    hs = xp.empty((T + 1, B, H), dtype=x.dtype)
+    hs[0] = h0
+    hs[1:] = _input_projection(be, x2, w_ih, b_ih, b_hh).reshape(T, B, H)
+    w_hh_t = w_hh.T
+    for t in range(T):
+        hg = xp.matmul(hs[t], w_hh_t)
+        h = hs[t + 1]
+        if be.kern is None:
+            h += hg
+            if relu:
+                xp.maximum(h, 0, out=h)
+            else:
+                xp.tanh(h, out=h)
+        else:
+            be.kern.rnn_cell_forward(h, hg, b_hh, h, relu, be.stream())
+    ctx = (x2, hs, relu, b_ih is not None)
+    return hs[1:], hs[T], ctx
+
+
+def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
+    """Backward through time of one RNN layer; dout (T, B, H) and dh_n (B, H) may be
+    None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None)."""
+    xp = be.xp
+    x2, hs, relu, has_bias = ctx
+    T = hs.shape[0] - 1
+    dG = xp.empty_like(hs[1:])
+    dh = dh_n
+    for t in range(T - 1, -1, -1):
+        dy = None if dout is None else dout[t]
+        h = hs[t + 1]
+        if be.kern is None:
+            d = _sum_or_zeros(xp, dy, dh, h)
+            xp.multiply(d, (h > 0) if relu else 1 - h * h, out=dG[t])
+        else:
+            be.kern.rnn_cell_backward(h, dy, dh, dG[t], relu, be.stream())
+        dh = xp.matmul(dG[t], w_hh)
+    dx, dw_ih, dw_hh, db = _weight_grads(be, dG, x2, hs, w_ih, has_bias)
+    return dx, dh, dw_ih, dw_hh, db

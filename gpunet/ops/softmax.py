@@ -1,0 +1,80 @@
+"""Softmax and log-softmax with inverse temperature beta:
+
+    softmax(z)_i = e^{beta z_i} / sum_j e^{beta z_j}
+    log_softmax(z)_i = beta z_i - log sum_j e^{beta z_j}
+
+Stability: the row is shifted by its max before exponentiating, and the shift
+is taken on z itself, not on beta*z: beta*(z_i - max z) <= 0 cannot overflow
+for any beta >= 0, however large beta or the logits are (for beta < 0 the min
+of z plays the max's role). So 1e4 logits at beta = 1e4 give exact one-hot
+rows, never inf/inf = NaN.
+
+Backward (y the output, g the incoming gradient, sums along `dim`):
+    softmax:      dz = beta * y * (g - sum(g * y))
+    log_softmax:  dz = beta * (g - e^y * sum(g))
+
+Kernel backends (sim, cuda; float32) run csrc/kernels/softmax.cu along the
+last axis. Softmax along another axis there is computed by moving that axis
+last (one transposing copy in, one out); the saved output stays in that
+moved layout so backward transposes only the incoming gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _shifted(xp, x, dim, beta):
+    """beta * (x - shift) <= 0, the shift being the max (beta >= 0) or min of x."""
+    shift = x.max(axis=dim, keepdims=True) if beta >= 0 else x.min(axis=dim, keepdims=True)
+    return beta * (x - shift)
+
+
+def _uses_kernel(be, x) -> bool:
+    return be.kern is not None and x.dtype == np.float32
+
+
+def _to_last(xp, a, dim):
+    """`a` with axis `dim` moved last, as a contiguous array."""
+    return xp.ascontiguousarray(xp.moveaxis(a, dim, -1))
+
+
+def _from_last(xp, a, dim):
+    """Inverse of _to_last (contiguous, so the next layer's kernels can take it)."""
+    return xp.ascontiguousarray(xp.moveaxis(a, -1, dim))
+
+
+def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
+    """(log-)softmax of x along `dim`. Returns (y, ctx)."""
+    xp = be.xp
+    dim = dim % x.ndim
+    if _uses_kernel(be, x):
+        xl = _to_last(xp, x, dim)
+        yl = xp.empty_like(xl)
+        cols = xl.shape[-1]
+        be.kern.softmax_forward(xl.reshape(-1, cols), yl.reshape(-1, cols), float(beta), bool(log), be.stream())
+        return _from_last(xp, yl, dim), (yl, dim, beta, log)
+    z = _shifted(xp, x, dim, beta)
+    if log:
+        y = z - xp.log(xp.exp(z).sum(axis=dim, keepdims=True))
+    else:
+        e = xp.exp(z)
+        y = e / e.sum(axis=dim, keepdims=True)
+    return y.astype(x.dtype, copy=False), (y, dim, beta, log)
+
+
+def softmax_backward(be, ctx, dy):
+    """Gradient of the (log-)softmax input given the output gradient dy."""
+    y, dim, beta, log = ctx
+    xp = be.xp
+    if _uses_kernel(be, y):
+        dyl = _to_last(xp, dy, dim)
+        dxl = xp.empty_like(dyl)
+        cols = y.shape[-1]
+        be.kern.softmax_backward(y.reshape(-1, cols), dyl.reshape(-1, cols), dxl.reshape(-1, cols),
+                                 float(beta), bool(log), be.stream())
+        return _from_last(xp, dxl, dim)
+    if log:
+        dx = beta * (dy - xp.exp(y) * dy.sum(axis=dim, keepdims=True))
+    else:
+        dx = beta * y * (dy - (dy * y).sum(axis=dim, keepdims=True))
+    return dx.astype(y.dtype, copy=False)

@@ -1,0 +1,183 @@
+"""Optimizer base class: parameter groups, per-parameter state, zero_grad and
+state_dict with PyTorch's structure and semantics.
+
+An optimizer updates `p.data` IN PLACE (never rebinding it), so a module, its
+optimizer and anything else holding the array keep seeing the same buffer, and
+the fused CUDA update (one kernel launch per group on sim/cuda) and the array
+code (cpu/cupy) write the same memory.
+
+Which backend runs the update: by default the one the arrays belong to (NumPy
+arrays -> 'cpu', CuPy arrays -> 'cuda' when gpunet._C is built, else 'cupy').
+NumPy arrays are also what the test-only 'sim' backend uses, so pass
+`device='sim'` (or `device=model.device`) to run the CUDA kernels on the CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Backend, backend_of, get_backend, to_numpy
+from ..nn.module import Parameter
+
+
+def _kind(x) -> str:
+    t = type(x)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+
+
+class Optimizer:
+    """Base class. Subclasses pass their hyperparameter defaults, validate a
+    group in `_check_group` and update one group's parameters in `_update`."""
+
+    def __init__(self, params, defaults: dict, device=None):
+        self.defaults = dict(defaults)
+        self.device = None if device is None else get_backend(device)
+        self.state: dict[Parameter, dict] = {}
+        self.param_groups: list[dict] = []
+        if isinstance(params, Parameter):
+            raise TypeError("params: expected an iterable of Parameters or of dicts (parameter groups), "
+                            "got a single Parameter (wrap it in a list)")
+        if isinstance(params, dict):
+            raise TypeError("params: expected an iterable of Parameters or of dicts, got a dict "
+                            "(pass a list of parameter groups: [{'params': ...}])")
+        groups = list(params)
+        if not groups:
+            raise ValueError("params: the optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------ groups
+    def add_param_group(self, group: dict):
+        """Add a group: a dict with 'params' and optional hyperparameter overrides."""
+        gi = len(self.param_groups)
+        if not isinstance(group, dict):
+            raise TypeError(f"param_groups[{gi}]: expected a dict with a 'params' entry, got {_kind(group)}")
+        if "params" not in group:
+            raise ValueError(f"param_groups[{gi}]: the dict has no 'params' entry (keys: {sorted(group)})")
+        params = group["params"]
+        params = [params] if isinstance(params, Parameter) else list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"param_groups[{gi}]['params'][{i}]: expected a gpunet Parameter "
+                                f"(model.parameters()), got {_kind(p)}")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"param_groups[{gi}]: a parameter appears twice in the group")
+        taken = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in taken for p in params):
+            raise ValueError(f"param_groups[{gi}]: some parameters appear in more than one parameter group")
+        group = dict(group, params=params)
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._check_group(group, f"param_groups[{gi}]")
+        self.param_groups.append(group)
+
+    def _check_group(self, group: dict, where: str):
+        if not isinstance(group["lr"], (int, float)) or group["lr"] < 0:
+            raise ValueError(f"{where}: lr: expected a non-negative number, got {group['lr']!r}")
+
+    # ------------------------------------------------------------ stepping
+    def zero_grad(self, set_to_none: bool = True):
+        """Clear every parameter's gradient (drop it, or fill it with zeros in place)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient (those whose grad is
+        None are skipped, as in PyTorch). `closure`, if given, is called first
+        (it should run forward and backward) and its result is returned."""
+        loss = closure() if closure is not None else None
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                be = self._backend_for(group, params, gi)
+                self._update(group, params, be)
+        return loss
+
+    def _update(self, group: dict, params: list, be: Backend):
+        raise NotImplementedError(f"{type(self).__name__} does not implement _update")
+
+    def _backend_for(self, group: dict, params: list, gi: int) -> Backend:
+        """The backend running this group's update; checks every parameter and
+        gradient lives there and that gradients match their parameters."""
+        be = self.device or backend_of(params[0].data)
+        index = {id(p): i for i, p in enumerate(group["params"])}
+        for p in params:
+            where = f"param_groups[{gi}]['params'][{index[id(p)]}]"
+            for what, x in (("data", p.data), ("grad", p.grad)):
+                if not be.owns(x):
+                    raise TypeError(f"{where}.{what}: expected an array of backend {be.device!r}, got {_kind(x)} "
+                                    "(move the model before creating the optimizer, or pass device=...)")
+            if tuple(p.grad.shape) != tuple(p.data.shape) or p.grad.dtype != p.data.dtype:
+                raise ValueError(f"{where}.grad: expected shape {tuple(p.data.shape)} and dtype {p.data.dtype} "
+                                 f"(those of the parameter), got {tuple(p.grad.shape)} {p.grad.dtype}")
+        return be
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """{'state': {index: {name: value}}, 'param_groups': [{hyperparameters...,
+        'params': [index, ...]}]}: parameters are numbered across groups in order,
+        arrays are NumPy copies. `gpunet.save` writes it to disk."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append(packed)
+        state = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    state[index[id(p)]] = {k: np.array(to_numpy(v)) if hasattr(v, "shape") else v
+                                           for k, v in self.state[p].items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore hyperparameters and state saved by `state_dict` (possibly from
+        another backend): arrays are moved to each parameter's backend and dtype.
+        Group count, group sizes and state shapes must match this optimizer."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            got = sorted(state_dict) if isinstance(state_dict, dict) else _kind(state_dict)
+            raise ValueError(f"load_state_dict: expected a dict with keys 'state' and 'param_groups', got {got}")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: the state dict has {len(saved_groups)} parameter group(s), "
+                             f"this optimizer has {len(self.param_groups)}")
+        by_index = {}
+        for gi, (mine, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(mine["params"]):
+                raise ValueError(f"load_state_dict: param_groups[{gi}] has {len(saved['params'])} parameter(s) "
+                                 f"in the state dict, {len(mine['params'])} in this optimizer")
+            for j, (idx, p) in enumerate(zip(saved["params"], mine["params"])):
+                by_index[idx] = (p, f"param_groups[{gi}]['params'][{j}]")
+        new_state = {}
+        for idx, entry in state_dict["state"].items():
+            if idx not in by_index:
+                raise ValueError(f"load_state_dict: state[{idx!r}] belongs to no parameter of any group")
+            p, where = by_index[idx]
+            be = self.device or backend_of(p.data)
+            restored = {}
+            for key, value in entry.items():
+                if hasattr(value, "shape"):
+                    if tuple(value.shape) != tuple(p.data.shape):
+                        raise ValueError(f"load_state_dict: state[{idx}][{key!r}] has shape {tuple(value.shape)}, "
+                                         f"but {where} has shape {tuple(p.data.shape)}")
+                    value = be.asarray(to_numpy(value), dtype=p.data.dtype)
+                restored[key] = value
+            new_state[p] = restored
+        for mine, saved in zip(self.param_groups, saved_groups):
+            mine.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines.extend(f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params")
+        return "\n".join(lines) + "\n)"

@@ -1,0 +1,42 @@
+"""RMSprop, as torch.optim.RMSprop."""
+from __future__ import annotations
+
+from ..ops import optim as ops
+from .optimizer import Optimizer
+
+
+class RMSprop(Optimizer):
+    """s = alpha*s + (1-alpha)*g^2, p -= lr * g / (sqrt(s) + eps) (g includes
+    weight_decay * p). centered=True divides by sqrt(s - a^2) + eps with
+    a the running mean of g; momentum > 0 accumulates buf = momentum*buf +
+    g/denom and steps by lr*buf. State: 'step', 'square_avg' (+ 'grad_avg',
+    'momentum_buffer'). `device`: see gpunet.optim.Optimizer."""
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, *, device=None):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered), device)
+
+    def _check_group(self, group, where):
+        super()._check_group(group, where)
+        for key in ("alpha", "eps", "weight_decay", "momentum"):
+            if not isinstance(group[key], (int, float)) or group[key] < 0:
+                raise ValueError(f"{where}: {key}: expected a non-negative number, got {group[key]!r}")
+
+    def _update(self, group, params, be):
+        zeros = be.xp.zeros_like
+        for p in params:
+            state = self.state.setdefault(p, {})
+            if not state:
+                state.update(step=0, square_avg=zeros(p.data))
+            if group["centered"] and "grad_avg" not in state:
+                state["grad_avg"] = zeros(p.data)
+            if group["momentum"] and "momentum_buffer" not in state:
+                state["momentum_buffer"] = zeros(p.data)
+            state["step"] += 1
+        states = [self.state[p] for p in params]
+        ops.rmsprop(be, [p.data for p in params], [p.grad for p in params], [s["square_avg"] for s in states],
+                    [s["grad_avg"] for s in states] if group["centered"] else None,
+                    [s.get("momentum_buffer") for s in states],
+                    lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
+                    weight_decay=group["weight_decay"], momentum=group["momentum"])

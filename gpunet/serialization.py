@@ -1,0 +1,172 @@
+"""Checkpoints: `gpunet.save(obj, path)` and `gpunet.load(path)`.
+
+`obj` is a model's state_dict, an optimizer's or a scheduler's, or any nest of
+dicts (str or int keys), lists and tuples holding arrays (NumPy or CuPy),
+NumPy scalars, and None/bool/int/float/str, e.g.
+{"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}.
+
+Format: an uncompressed NumPy .npz archive (a zip of .npy files), readable
+without gpunet and without pickle:
+  - every array is an entry named by its path in the nest, components joined
+    by "/" ("model/conv1.weight", "optimizer/state/0/exp_avg"; "%" and "/"
+    inside a component are written %25 and %2F);
+  - the entry "__manifest__" is UTF-8 JSON (as a uint8 array):
+    {"format": "gpunet.save", "version": 1, "tree": NODE}, where NODE is
+    {"t": "dict"|"odict", "items": [[key, NODE], ...]}, {"t": "list"|"tuple",
+    "items": [NODE, ...]}, {"t": "array", "key": entry, "dtype": str, "shape": [...]},
+    {"t": "npscalar", ...same as array, 0-d}, or {"t": "value", "v": JSON value}.
+Loading returns NumPy arrays (load_state_dict methods move them to the
+module's or optimizer's device); dicts keep their key order and key types.
+
+Writes are atomic: the archive goes to a temporary file in the target's
+directory, is flushed and fsync'ed, then os.replace'd over the target, so a
+crash or error mid-write leaves the previous file intact and no temporary file
+behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+
+from .backend import to_numpy
+
+MANIFEST = "__manifest__"
+FORMAT, VERSION = "gpunet.save", 1
+
+
+def _component(key) -> str:
+    return str(key).replace("%", "%25").replace("/", "%2F")
+
+
+def _encode(obj, path: list, arrays: dict):
+    """The manifest node for `obj`; arrays are added to `arrays` by entry name."""
+    where = "/".join(_component(c) for c in path) or "<root>"
+    if isinstance(obj, dict):
+        items = []
+        for key, value in obj.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise TypeError(f"save: dict key {key!r} at {where!r} is a {type(key).__name__}; "
+                                "only str and int keys can be saved")
+            items.append([key, _encode(value, path + [key], arrays)])
+        return {"t": "odict" if isinstance(obj, OrderedDict) else "dict", "items": items}
+    if isinstance(obj, (list, tuple)):
+        return {"t": type(obj).__name__ if type(obj) in (list, tuple) else "list",
+                "items": [_encode(v, path + [i], arrays) for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"t": "value", "v": obj}
+    is_scalar = isinstance(obj, np.generic)
+    if is_scalar or hasattr(obj, "__array_interface__") or hasattr(obj, "__cuda_array_interface__"):
+        arr = np.asarray(to_numpy(obj))
+        if arr.dtype.hasobject:
+            raise TypeError(f"save: the array at {where!r} has dtype object, which cannot be saved without pickle")
+        if where in arrays or where == MANIFEST:
+            raise ValueError(f"save: cannot store an array under the entry name {where!r}")
+        arrays[where] = arr
+        return {"t": "npscalar" if is_scalar else "array", "key": where, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    raise TypeError(f"save: cannot save a {type(obj).__module__}.{type(obj).__name__} at {where!r} (supported: "
+                    "dict, list, tuple, arrays, NumPy scalars, None, bool, int, float, str; "
+                    "save a module's or optimizer's state_dict(), not the object)")
+
+
+def save(obj, path):
+    """Write `obj` (see the module docstring) to `path` atomically, as .npz."""
+    path = os.fspath(path)
+    arrays: dict[str, np.ndarray] = {}
+    tree = _encode(obj, [], arrays)
+    manifest = json.dumps({"format": FORMAT, "version": VERSION, "tree": tree}, allow_nan=True)
+    arrays[MANIFEST] = np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str):
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _decode(node, arrays: dict, path: str):
+    kind = node.get("t") if isinstance(node, dict) else None
+    if kind in ("dict", "odict"):
+        out = OrderedDict() if kind == "odict" else {}
+        for key, child in node["items"]:
+            out[key] = _decode(child, arrays, f"{path}/{key}")
+        return out
+    if kind in ("list", "tuple"):
+        items = [_decode(child, arrays, f"{path}/{i}") for i, child in enumerate(node["items"])]
+        return items if kind == "list" else tuple(items)
+    if kind == "value":
+        return node["v"]
+    if kind in ("array", "npscalar"):
+        key = node["key"]
+        if key not in arrays:
+            raise ValueError(f"the manifest refers to entry {key!r}, which the archive does not contain")
+        arr = arrays[key]
+        if arr.dtype.str != node["dtype"] or list(arr.shape) != node["shape"]:
+            raise ValueError(f"entry {key!r} holds {arr.dtype.str} {list(arr.shape)}, but the manifest says "
+                             f"{node['dtype']} {node['shape']}")
+        return arr[()] if kind == "npscalar" else arr
+    raise ValueError(f"the manifest has an unknown node at {path or '<root>'!r}: {node!r:.200}")
+
+
+def load(path):
+    """Read a file written by `save`; arrays come back as NumPy arrays. A file
+    that is missing, damaged (truncated, not an .npz, no manifest, an entry
+    unreadable) or inconsistent raises an error naming the path and the entry."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load: no such file: {path!r}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"load: {path!r} is not a readable .npz archive (damaged, truncated, or not written "
+                         f"by gpunet.save): {type(e).__name__}: {e}") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"load: {path!r} holds a single .npy array, not a gpunet.save archive")
+    with archive:
+        arrays = {}
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+                raise ValueError(f"load: {path!r}: entry {key!r} is damaged: {type(e).__name__}: {e}") from e
+    if MANIFEST not in arrays:
+        raise ValueError(f"load: {path!r} has no {MANIFEST!r} entry, so it was not written by gpunet.save "
+                         f"(entries: {sorted(arrays)[:10]})")
+    try:
+        manifest = json.loads(arrays.pop(MANIFEST).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"load: {path!r}: the {MANIFEST!r} entry is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "tree" not in manifest:
+        raise ValueError(f"load: {path!r}: the {MANIFEST!r} entry is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise ValueError(f"load: {path!r} is format version {manifest.get('version')!r}; "
+                         f"this gpunet reads version {VERSION}")
+    try:
+        return _decode(manifest["tree"], arrays, "")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"load: {path!r}: {e}") from e

@@ -1,0 +1,416 @@
+"""Training loop: `fit`, `evaluate` and the `Trainer` behind them.
+
+A step is: batch (already on the device, the next one copying) -> forward ->
+loss -> backward -> optional gradient clipping -> optimizer step. Running
+sums of the loss and of correct predictions stay on the device as 0-d arrays;
+they come back as Python floats only every `log_every` steps (for the progress
+bar) and at the end of an epoch, so the GPU never waits on the host inside
+the step.
+
+Batches are tuples `(inputs..., target)`: every element but the last is passed
+to the model. "accuracy" means argmax over axis 1 of the output equals an
+integer target (CrossEntropyLoss's layout: (N, C) or (N, C, d1, ...)).
+
+Checkpoints (gpunet.save, written atomically) hold the model, optimizer,
+scheduler, history, early-stopping state, the epoch and gpunet's random state,
+so `fit(..., checkpoint_path=p)` interrupted and rerun continues where it
+stopped and ends with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import random as gpurandom
+from .backend import get_backend, to_numpy
+from .nn.module import no_grad
+from .nn.utils import clip_grad_norm_
+
+METRICS = ("loss", "accuracy")
+
+
+class History:
+    """Per-epoch learning curves: `history["val_loss"]` is a list with one
+    value per epoch; keys are the metric names, their "val_" twins, "lr",
+    "seconds" and "samples_per_s". `best_epoch` is the 1-based epoch of the
+    lowest validation loss (None without validation)."""
+
+    def __init__(self):
+        self.epochs: list[int] = []
+        self.history: dict[str, list[float]] = {}
+        self.best_epoch: int | None = None
+        self.stopped_early = False
+
+    def append(self, epoch: int, values: dict):
+        self.epochs.append(epoch)
+        for k, v in values.items():
+            self.history.setdefault(k, []).append(float(v))
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __contains__(self, key):
+        return key in self.history
+
+    def last(self, key, default=None):
+        vals = self.history.get(key)
+        return vals[-1] if vals else default
+
+    def state_dict(self) -> dict:
+        return {"epochs": list(self.epochs), "history": {k: list(v) for k, v in self.history.items()},
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early}
+
+    def load_state_dict(self, state: dict):
+        self.epochs = [int(e) for e in state["epochs"]]
+        self.history = {k: [float(x) for x in v] for k, v in state["history"].items()}
+        self.best_epoch = None if state["best_epoch"] is None else int(state["best_epoch"])
+        self.stopped_early = bool(state["stopped_early"])
+
+    def __repr__(self):
+        last = ", ".join(f"{k}={v[-1]:.4g}" for k, v in self.history.items() if v)
+        return f"History(epochs={len(self.epochs)}, {last})"
+
+
+# ---------------------------------------------------------------- device-side helpers
+def _correct(out, target):
+    """Number of correct class predictions as a 0-d device array, or None when
+    the target is not class indices matching the output's layout."""
+    if target.dtype.kind not in "iu" or out.ndim != target.ndim + 1 or out.ndim < 2:
+        return None
+    return (out.argmax(axis=1) == target).sum()
+
+
+def _rng_state() -> dict:
+    s = gpurandom._state
+    return {"seed": s["seed"], "offset": s["offset"], "generator": s["rng"].bit_generator.state}
+
+
+def _set_rng_state(state: dict):
+    s = gpurandom._state
+    s["seed"], s["offset"] = int(state["seed"]), int(state["offset"])
+    s["rng"] = np.random.default_rng(s["seed"])
+    s["rng"].bit_generator.state = state["generator"]
+
+
+# ---------------------------------------------------------------- progress output
+class _Progress:
+    """A tqdm bar on a terminal (when tqdm is installed), plain lines otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.use_tqdm = False
+        if enabled and sys.stderr.isatty():
+            try:
+                import tqdm  # noqa: F401
+                self.use_tqdm = True
+            except ImportError:
+                pass
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int):
+        if self.use_tqdm:
+            from tqdm import tqdm
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                            dynamic_ncols=True)
+
+    def update(self, steps: int, loss: float | None, samples_per_s: float):
+        if self.bar is not None:
+            self.bar.update(steps)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{samples_per_s:,.0f}")
+
+    def end_epoch(self, line: str):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.write(line)
+
+    def write(self, line: str):
+        if not self.enabled:
+            return
+        if self.use_tqdm:
+            from tqdm import tqdm
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+
+
+# ---------------------------------------------------------------- the trainer
+class Trainer:
+    """Holds a model, its loss and optimizer on one backend; `train_epoch` and
+    `evaluate` run one pass over a DataLoader. `fit` drives it over epochs."""
+
+    def __init__(self, model, loss_fn, optimizer, device=None, metrics=METRICS, clip_grad_norm=None,
+                 log_every: int = 50):
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"metrics: unknown {unknown}; available: {list(METRICS)}")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm: expected a positive number or None, got {clip_grad_norm!r}")
+        self.be = get_backend(device) if device is not None else model.backend
+        self.model = model.to(self.be)
+        self.loss_fn = loss_fn.to(self.be) if hasattr(loss_fn, "to") else loss_fn
+        self.optimizer = optimizer
+        self.metrics = tuple(metrics)
+        self.clip_grad_norm = clip_grad_norm
+        self.log_every = int(log_every)
+
+    def _batches(self, loader, epoch):
+        if hasattr(loader, "iter_epoch"):
+            return loader.iter_epoch(epoch, self.be)
+        return ((tuple(self.be.asarray(a) for a in batch)) for batch in loader)
+
+    def _step_outputs(self, batch):
+        *inputs, target = batch
+        out = self.model(*inputs)
+        loss = self.loss_fn(out, target)
+        return out, target, loss
+
+    def train_epoch(self, loader, epoch: int = 0, progress: _Progress | None = None) -> dict:
+        """One pass of optimizer steps over `loader`; returns the epoch's mean
+        loss (and accuracy), and its throughput."""
+        self.model.train()
+        params = list(self.model.parameters())
+        sums = _Sums(self.metrics)
+        start, since_log = time.perf_counter(), 0
+        for step, batch in enumerate(self._batches(loader, epoch), 1):
+            self.model.zero_grad()
+            out, target, loss = self._step_outputs(batch)
+            self.model.backward(self.loss_fn.backward())
+            if self.clip_grad_norm is not None:
+                clip_grad_norm_(params, self.clip_grad_norm)
+            self.optimizer.step()
+            sums.add(out, target, loss)
+            since_log += 1
+            if progress is not None and (step % self.log_every == 0):
+                rate = sums.count / (time.perf_counter() - start)
+                progress.update(since_log, sums.mean_loss(), rate)  # mean_loss syncs: only every log_every
+                since_log = 0
+        result = sums.result()  # syncs once
+        seconds = time.perf_counter() - start
+        if progress is not None and since_log:
+            progress.update(since_log, result.get("loss"), sums.count / max(seconds, 1e-9))
+        result["seconds"] = seconds
+        result["samples_per_s"] = sums.count / max(seconds, 1e-9)
+        return result
+
+    def evaluate(self, loader, epoch: int = 0) -> dict:
+        """Mean loss (and accuracy) over `loader` in eval mode under no_grad."""
+        was_training = self.model.training
+        self.model.eval()
+        sums = _Sums(self.metrics)
+        try:
+            with no_grad():
+                for batch in self._batches(loader, epoch):
+                    sums.add(*self._step_outputs(batch))
+        finally:
+            self.model.train(was_training)
+        return sums.result()
+
+
+class _Sums:
+    """Running sums of loss x samples and correct predictions, on the device."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self.loss = 0.0
+        self.correct = 0
+        self.count = 0
+        self.positions = 0
+        self.has_accuracy = "accuracy" in metrics
+
+    def add(self, out, target, loss):
+        n = int(target.shape[0]) if target.ndim else 1
+        self.loss = self.loss + loss * n  # 0-d device arithmetic: no sync
+        self.count += n
+        if self.has_accuracy:
+            c = _correct(out, target)
+            if c is None:
+                self.has_accuracy = False  # regression-style targets: accuracy is undefined
+            else:
+                self.correct = self.correct + c
+                self.positions += int(target.size)
+
+    def mean_loss(self) -> float:
+        return float(to_numpy(self.loss)) / max(self.count, 1)
+
+    def result(self) -> dict:
+        out = {}
+        if "loss" in self.metrics:
+            out["loss"] = self.mean_loss()
+        if self.has_accuracy and self.positions:
+            out["accuracy"] = float(to_numpy(self.correct)) / self.positions
+        return out
+
+
+def evaluate(model, loss_fn, loader, device=None, metrics=METRICS) -> dict:
+    """{'loss': mean loss, 'accuracy': fraction correct} of `model` over
+    `loader`, in eval mode under gpunet.no_grad() (nothing saved for backward)."""
+    trainer = Trainer(model, loss_fn, optimizer=None, device=device, metrics=metrics)
+    return trainer.evaluate(loader)
+
+
+# ---------------------------------------------------------------- fit
+def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 10, device=None,
+        metrics=METRICS, early_stopping_patience: int | None = None, checkpoint_path=None, resume: bool = True,
+        plot_path=None, scheduler=None, clip_grad_norm: float | None = None, progress: bool = True,
+        log_every: int = 50) -> History:
+    """Train `model` for `epochs` epochs and return its History.
+
+    device: move model and loss there (default: where the model is). Create the
+      optimizer before or after; it holds the Parameters, which move with the model.
+    early_stopping_patience: stop after this many epochs without a lower
+      validation loss, then restore the weights of the best epoch (needs val_loader).
+    checkpoint_path: after every epoch save model, optimizer, scheduler, history
+      and RNG state there (atomically: a crash never leaves half a file);
+      with resume=True an existing checkpoint is loaded and training continues.
+    plot_path: write learning curves (train/val loss and accuracy per epoch)
+      as a PNG; needs matplotlib.
+    scheduler: stepped once per epoch; one whose step() takes `metrics`
+      (ReduceLROnPlateau) gets the validation loss (training loss without validation).
+    clip_grad_norm: clip the global gradient norm before each optimizer step.
+    progress: a tqdm bar with live loss and samples/s on a terminal, plain
+      lines otherwise; False prints nothing.
+    """
+    epochs = int(epochs)
+    if epochs < 0:
+        raise ValueError(f"epochs: expected a non-negative integer, got {epochs}")
+    if early_stopping_patience is not None:
+        if val_loader is None:
+            raise ValueError("early_stopping_patience: needs a val_loader (it watches the validation loss)")
+        if isinstance(early_stopping_patience, bool) or int(early_stopping_patience) < 1:
+            raise ValueError(f"early_stopping_patience: expected a positive integer or None, "
+                             f"got {early_stopping_patience!r}")
+    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every)
+    report = _Progress(progress)
+    history = History()
+    best = {"loss": math.inf, "state": None, "bad_epochs": 0}
+    start_epoch = 0
+    if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
+        start_epoch = _load_checkpoint(checkpoint_path, trainer, scheduler, history, best)
+        report.write(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+
+    for epoch in range(start_epoch, epochs):
+        if history.stopped_early:
+            break
+        report.start_epoch(epoch + 1, epochs, len(train_loader))
+        values = trainer.train_epoch(train_loader, epoch, report)
+        if val_loader is not None:
+            values.update({f"val_{k}": v for k, v in trainer.evaluate(val_loader, epoch).items()})
+        values["lr"] = optimizer.param_groups[0]["lr"]
+        history.append(epoch + 1, values)
+        _step_scheduler(scheduler, values)
+
+        if val_loader is not None and values["val_loss"] < best["loss"]:
+            best.update(loss=values["val_loss"], bad_epochs=0)
+            history.best_epoch = epoch + 1
+            if early_stopping_patience is not None:
+                best["state"] = trainer.model.state_dict()
+        elif val_loader is not None:
+            best["bad_epochs"] += 1
+        if early_stopping_patience is not None and best["bad_epochs"] >= early_stopping_patience:
+            history.stopped_early = True
+
+        report.end_epoch(_epoch_line(epoch + 1, epochs, values))
+        if checkpoint_path is not None:
+            _save_checkpoint(checkpoint_path, epoch + 1, trainer, scheduler, history, best)
+    if history.stopped_early:
+        report.write(f"early stopping: no lower validation loss for {early_stopping_patience} epochs")
+    if early_stopping_patience is not None and best["state"] is not None:
+        trainer.model.load_state_dict(best["state"])
+        report.write(f"restored the weights of epoch {history.best_epoch} (val_loss {best['loss']:.4f})")
+    if plot_path is not None:
+        plot_history(history, plot_path)
+    return history
+
+
+def _epoch_line(epoch, epochs, values) -> str:
+    parts = [f"epoch {epoch}/{epochs}"]
+    for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if k in values:
+            parts.append(f"{k} {values[k]:.4f}")
+    parts.append(f"{values['samples_per_s']:,.0f} samples/s")
+    parts.append(f"{values['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def _step_scheduler(scheduler, values):
+    if scheduler is None:
+        return
+    if "metrics" in inspect.signature(scheduler.step).parameters:
+        scheduler.step(values.get("val_loss", values.get("loss")))
+    else:
+        scheduler.step()
+
+
+def _save_checkpoint(path, epoch, trainer, scheduler, history, best):
+    from .serialization import save
+    state = {
+        "epoch": epoch,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "history": history.state_dict(),
+        "best": {"loss": best["loss"], "bad_epochs": best["bad_epochs"], "state": best["state"]},
+        "rng": _rng_state(),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save(state, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path, trainer, scheduler, history, best) -> int:
+    from .serialization import load
+    state = load(path)
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    history.load_state_dict(state["history"])
+    best.update(copy.deepcopy(state["best"]))
+    _set_rng_state(state["rng"])
+    return int(state["epoch"])
+
+
+def load_checkpoint_weights(model, path):
+    """Load only the model weights of a checkpoint written by `fit`."""
+    from .serialization import load
+    model.load_state_dict(load(path)["model"])
+    return model
+
+
+# ---------------------------------------------------------------- plots
+def plot_history(history: History, path):
+    """Learning curves as a PNG: loss (train and validation) and, when
+    recorded, accuracy, per epoch. Needs matplotlib (Agg backend, no display)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as e:
+        raise ImportError("plot_path needs matplotlib: pip install matplotlib  "
+                          "(or: pip install gpunet[examples])") from e
+    panels = [k for k in ("loss", "accuracy") if k in history]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        ax.plot(history.epochs, history[key], "o-", label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(history.epochs, history[f"val_{key}"], "s-", label=f"validation {key}")
+        if history.best_epoch is not None:
+            ax.axvline(history.best_epoch, color="grey", linestyle=":", label="lowest validation loss")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,186 @@
+"""Activations: naive-loop forward, float64 gradcheck, PyTorch parity, the
+perceptron's step functions, bad input, and the elementwise kernels on the
+kernel backends (sim/cuda) against the float64 reference."""
+import math
+
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import functional as F
+from gpunet import nn
+from gpunet.ops.activation import NoGradientError
+from gpunet.testing import assert_close
+
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+# (id, module factory, scalar reference f(v), torch module factory)
+ACTIVATIONS = [
+    ("relu", nn.ReLU, lambda v: max(v, 0.0), lambda t: t.nn.ReLU()),
+    ("leaky_relu", lambda: nn.LeakyReLU(0.2), lambda v: v if v > 0 else 0.2 * v, lambda t: t.nn.LeakyReLU(0.2)),
+    ("sigmoid", nn.Sigmoid, lambda v: 1 / (1 + math.exp(-v)), lambda t: t.nn.Sigmoid()),
+    ("tanh", nn.Tanh, math.tanh, lambda t: t.nn.Tanh()),
+    ("softsign", nn.Softsign, lambda v: v / (1 + abs(v)), lambda t: t.nn.Softsign()),
+    ("gelu", nn.GELU, lambda v: v * 0.5 * (1 + math.erf(v / math.sqrt(2))), lambda t: t.nn.GELU()),
+    ("gelu_tanh", lambda: nn.GELU("tanh"),
+     lambda v: 0.5 * v * (1 + math.tanh(SQRT_2_OVER_PI * (v + 0.044715 * v ** 3))),
+     lambda t: t.nn.GELU(approximate="tanh")),
+    ("softplus", lambda: nn.Softplus(beta=2.0, threshold=5.0),
+     lambda v: v if 2 * v > 5 else math.log1p(math.exp(2 * v)) / 2, lambda t: t.nn.Softplus(beta=2.0, threshold=5.0)),
+]
+IDS = [a[0] for a in ACTIVATIONS]
+STEP = [("heaviside", nn.Heaviside, lambda v: 0.0 if v < 0 else 1.0),
+        ("sign", nn.Sign, lambda v: float((v > 0) - (v < 0)))]
+
+
+def make(factory, dtype=np.float64, device="cpu"):
+    return factory().to(device, dtype)
+
+
+def sample(shape, rng, dtype=np.float64):
+    """Normal values spread to cover softplus's threshold, plus exact zeros."""
+    x = 3 * rng.standard_normal(shape)
+    x.reshape(-1)[::7] = 0.0
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("name,factory,ref,_", ACTIVATIONS + [s + (None,) for s in STEP],
+                         ids=IDS + [s[0] for s in STEP])
+def test_forward_matches_naive_loop(name, factory, ref, _, rng):
+    x = sample((3, 5), rng)
+    y = make(factory)(x)
+    expected = np.array([ref(float(v)) for v in x.reshape(-1)]).reshape(x.shape)
+    np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-15)
+    assert y.dtype == np.float64 and y.shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 4)])
+@pytest.mark.parametrize("name,factory,ref,_", ACTIVATIONS, ids=IDS)
+def test_gradcheck(name, factory, ref, _, shape, rng):
+    x = rng.standard_normal(shape) * 2
+    res = gpunet.gradcheck(make(factory), (x,))
+    assert res.checked + res.skipped_kinks == x.size and res.checked >= x.size - 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,factory,ref,torch_factory", ACTIVATIONS, ids=IDS)
+def test_against_torch(name, factory, ref, torch_factory, dtype, rng):
+    torch = pytest.importorskip("torch")
+    x = sample((4, 9), rng, dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    m = make(factory, dtype)
+    y = m(x)
+    dx = m.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch_factory(torch)(xt)
+    yt.backward(torch.tensor(dy))
+    tol = {} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    assert_close(y, yt.detach().numpy(), name=f"{name} forward", **tol)
+    assert_close(dx, xt.grad.numpy(), name=f"{name} backward", **tol)
+    assert y.dtype == dtype and dx.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_softplus_gelu_stable_at_extremes(dtype):
+    x = np.array([-1e4, -800.0, -30.0, 0.0, 30.0, 800.0, 1e4], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        s = make(nn.Sigmoid, dtype)(x)
+        sp = make(nn.Softplus, dtype)(x)
+        g = make(nn.GELU, dtype)(x)
+    np.testing.assert_array_equal(s[[0, 1, 5, 6]], [0, 0, 1, 1])
+    assert s[3] == 0.5
+    np.testing.assert_allclose(sp[4:], x[4:])
+    assert (sp[:2] >= 0).all() and sp[0] == 0
+    np.testing.assert_allclose(g, np.where(x > 0, x, 0), atol=1e-6)
+
+
+def test_gelu_tail_is_accurate():
+    # Phi(-10) = 7.62e-24: the lower tail must come from erfc, not from 1 - erf
+    y = make(nn.GELU)(np.array([-10.0, -5.0]))
+    np.testing.assert_allclose(y, [-10 * 0.5 * math.erfc(10 / math.sqrt(2)), -5 * 0.5 * math.erfc(5 / math.sqrt(2))],
+                               rtol=1e-12)
+
+
+# ---------------------------------------------------------------- perceptron step functions
+def test_step_functions_document_their_value_at_zero():
+    x = np.array([-2.0, -0.0, 0.0, 1e-30, 3.0])
+    np.testing.assert_array_equal(make(nn.Heaviside)(x), [0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(make(nn.Sign)(x), [-1, 0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("factory", [nn.Heaviside, nn.Sign])
+def test_step_functions_refuse_backward(factory):
+    m = make(factory)
+    m(np.zeros(3))
+    with pytest.raises(NoGradientError, match="no useful gradient"):
+        m.backward(np.ones(3))
+
+
+@pytest.mark.parametrize("w,b,expected", [((1.0, 0.0, 1.0), -1.0, 1.0),    # H(0) = 1
+                                           ((1.0, 0.5, -1.0), 0.0, 0.0)])  # H(-0.5) = 0
+def test_perceptron_worked_examples(w, b, expected):
+    lin = nn.Linear(3, 1).to(np.float64)
+    lin.load_state_dict({"weight": np.array([w]), "bias": np.array([b])})
+    net = nn.Sequential(lin, nn.Heaviside().to(np.float64))
+    assert net(np.array([[0.0, 1.0, 1.0]]))[0, 0] == expected
+
+
+def test_identity_passes_through():
+    m = nn.Identity(3, unused=True)
+    x = np.arange(4.0)
+    assert m(x) is x and m.backward(x) is x
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_inputs_are_named():
+    m = make(nn.Tanh)
+    with pytest.raises(TypeError, match="input.*float64.*float32"):
+        m(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="input.*NaN"):
+        m(np.array([0.0, np.nan]))
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        m.backward(np.zeros(3))
+    m(np.zeros(3))
+    with pytest.raises(ValueError, match="grad_output"):
+        m.backward(np.zeros(4))
+    with pytest.raises(ValueError, match="approximate"):
+        nn.GELU("fast")
+    with pytest.raises(ValueError, match="beta"):
+        nn.Softplus(beta=0)
+
+
+def test_functional_matches_modules(rng):
+    x = sample((3, 4), rng)
+    np.testing.assert_array_equal(F.relu(x), make(nn.ReLU)(x))
+    np.testing.assert_array_equal(F.leaky_relu(x, 0.2), make(ACTIVATIONS[1][1])(x))
+    np.testing.assert_array_equal(F.sigmoid(x), make(nn.Sigmoid)(x))
+    np.testing.assert_array_equal(F.tanh(x), make(nn.Tanh)(x))
+    np.testing.assert_array_equal(F.softsign(x), make(nn.Softsign)(x))
+    np.testing.assert_array_equal(F.gelu(x, "tanh"), make(ACTIVATIONS[6][1])(x))
+    np.testing.assert_array_equal(F.softplus(x, 2.0, 5.0), make(ACTIVATIONS[7][1])(x))
+    np.testing.assert_array_equal(F.heaviside(x), make(nn.Heaviside)(x))
+    np.testing.assert_array_equal(F.sign(x), make(nn.Sign)(x))
+
+
+# ---------------------------------------------------------------- kernels
+KERNEL_ACTS = [a for a in ACTIVATIONS if a[0] != "gelu_tanh"]  # tanh-GELU has no kernel
+
+
+@pytest.mark.parametrize("n", [1, 7, 33, 1001])
+@pytest.mark.parametrize("name,factory,ref,_", KERNEL_ACTS, ids=[a[0] for a in KERNEL_ACTS])
+def test_kernel_matches_reference(name, factory, ref, _, n, kernel_device, schedule, rng):
+    """float32 kernels (odd lengths, and a misaligned view for the scalar path)
+    against the float64 reference, forward and backward."""
+    x64 = sample((n + 1,), rng)
+    dy64 = rng.standard_normal(n + 1)
+    be = gpunet.get_backend(kernel_device)
+    m = make(factory, np.float32, kernel_device)
+    for sl in (slice(0, n), slice(1, n + 1)):  # x[1:] starts 4 bytes past a 16-byte boundary
+        x = be.asarray(x64.astype(np.float32))[sl]
+        y = m(x)
+        dx = m.backward(be.asarray(dy64[sl].astype(np.float32)))
+        ref_m = make(factory)
+        y_ref = ref_m(x64[sl].astype(np.float32).astype(np.float64))
+        dx_ref = ref_m.backward(dy64[sl].astype(np.float32).astype(np.float64))
+        assert_close(y, y_ref, name=f"{name} forward on {kernel_device}")
+        assert_close(dx, dx_ref, name=f"{name} backward on {kernel_device}")

@@ -1,0 +1,98 @@
+"""Embedding: lookup values, the (deterministic) weight gradient with repeated
+indices and padding_idx, PyTorch parity, bad input, and kernel parity."""
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import nn
+from gpunet.testing import assert_close
+
+
+def _naive_grad(idx, dy, vocab, padding_idx=None):
+    """The weight gradient by an explicit loop over positions (the oracle)."""
+    dw = np.zeros((vocab, dy.shape[-1]))
+    for i, g in zip(idx.reshape(-1), dy.reshape(-1, dy.shape[-1])):
+        if i != padding_idx:
+            dw[i] += g
+    return dw
+
+
+def test_forward_is_a_row_lookup(rng):
+    emb = nn.Embedding(10, 3)
+    idx = rng.integers(0, 10, size=(4, 5))
+    out = emb(idx)
+    assert out.shape == (4, 5, 3) and out.dtype == np.float32
+    assert np.array_equal(out, emb.weight.data[idx])
+
+
+@pytest.mark.parametrize("padding_idx", [None, 2, -1])
+def test_backward_sums_repeated_indices(padding_idx, rng):
+    emb = nn.Embedding(6, 4, padding_idx=padding_idx).to(np.float64)
+    idx = np.array([[0, 2, 2, 5], [5, 5, 1, 2], [0, 0, 0, 3]])
+    emb(idx)
+    dy = rng.standard_normal((3, 4, 4))
+    assert emb.backward(dy) is None
+    pad = None if padding_idx is None else padding_idx % 6
+    assert_close(emb.weight.grad, _naive_grad(idx, dy, 6, pad), name="d weight")
+    if pad is not None:
+        assert not emb.weight.grad[pad].any()
+
+
+def test_gradcheck(rng):
+    # (no padding_idx: its row deliberately gets no gradient, unlike the finite difference)
+    emb = nn.Embedding(5, 3).to(np.float64)
+    gpunet.gradcheck(emb, (np.array([[1, 4, 1], [0, 3, 1]]),))
+
+
+def test_padding_row_starts_at_zero_and_init_is_standard_normal():
+    emb = nn.Embedding(200, 50, padding_idx=7)
+    w = emb.weight.data
+    assert not w[7].any()
+    rest = np.delete(w, 7, axis=0)
+    assert abs(rest.mean()) < 0.03 and abs(rest.std() - 1) < 0.03
+    assert emb.padding_idx == 7 and nn.Embedding(5, 2, padding_idx=-2).padding_idx == 3
+
+
+def test_backward_is_deterministic(rng):
+    emb = nn.Embedding(7, 5)
+    idx = rng.integers(0, 7, size=300)
+    dy = rng.standard_normal((300, 5)).astype(np.float32)
+    grads = []
+    for _ in range(2):
+        emb.zero_grad()
+        emb(idx)
+        emb.backward(dy)
+        grads.append(emb.weight.grad.copy())
+    assert np.array_equal(grads[0], grads[1])
+
+
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.Embedding(9, 4, padding_idx=0)
+    ours = nn.Embedding(9, 4, padding_idx=0)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    idx = rng.integers(0, 9, size=(6, 7))
+    out = ours(idx)
+    tout = theirs(torch.tensor(idx))
+    assert_close(out, tout.detach().numpy(), name="output")
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    ours.backward(dy)
+    tout.backward(torch.tensor(dy))
+    assert_close(ours.weight.grad, theirs.weight.grad.numpy(), name="d weight")
+
+
+def test_bad_input():
+    emb = nn.Embedding(5, 3)
+    with pytest.raises(ValueError, match=r"input.*\[0, 5\).*got 5"):
+        emb(np.array([0, 5]))
+    with pytest.raises(ValueError, match=r"input.*got -1"):
+        emb(np.array([[-1, 2]]))
+    with pytest.raises(TypeError, match="input.*integer"):
+        emb(np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="padding_idx"):
+        nn.Embedding(5, 3, padding_idx=5)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        nn.Embedding(5, 0)
+    emb(np.array([1, 2]))
+    with pytest.raises(ValueError, match="grad_output.*shape"):
+        emb.backward(np.zeros((3, 3), np.float32))

@@ -1,0 +1,296 @@
+"""RNNCell, LSTMCell, RNN, LSTM: gradients against finite differences, values
+and gradients against PyTorch, the character-model example, bad input, and
+kernel parity (sim/cuda against cpu)."""
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import nn
+from gpunet.testing import assert_close
+
+
+def _f64(*shape, rng):
+    return rng.standard_normal(shape)
+
+
+# ---------------------------------------------------------------- gradcheck (float64)
+@pytest.mark.parametrize("layers,T,batch_first,state,bias", [
+    (1, 1, False, True, True),
+    (1, 3, False, False, False),
+    (2, 4, True, True, True),
+    (2, 3, False, False, True),
+])
+def test_lstm_gradcheck(layers, T, batch_first, state, bias, rng):
+    lstm = nn.LSTM(3, 4, num_layers=layers, bias=bias, batch_first=batch_first).to(np.float64)
+    x = _f64(*((2, T, 3) if batch_first else (T, 2, 3)), rng=rng)
+    inputs = (x, (_f64(layers, 2, 4, rng=rng), _f64(layers, 2, 4, rng=rng))) if state else (x,)
+    # the random projection covers output, h_n and c_n: all three gradients flow back
+    gpunet.gradcheck(lstm, inputs)
+
+
+def test_lstm_gradcheck_unbatched(rng):
+    lstm = nn.LSTM(2, 3, num_layers=2).to(np.float64)
+    gpunet.gradcheck(lstm, (_f64(4, 2, rng=rng), (_f64(2, 3, rng=rng), _f64(2, 3, rng=rng))))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("layers,T,batch_first,state,bias", [
+    (1, 1, False, True, True),
+    (2, 4, True, True, False),
+    (2, 3, False, False, True),
+])
+def test_rnn_gradcheck(nonlinearity, layers, T, batch_first, state, bias, rng):
+    rnn = nn.RNN(3, 4, layers, nonlinearity, bias, batch_first).to(np.float64)
+    x = _f64(*((2, T, 3) if batch_first else (T, 2, 3)), rng=rng)
+    inputs = (x, _f64(layers, 2, 4, rng=rng)) if state else (x,)
+    gpunet.gradcheck(rnn, inputs)
+
+
+@pytest.mark.parametrize("state", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cells_gradcheck(state, batched, rng):
+    lead = (3,) if batched else ()
+    x = _f64(*lead, 4, rng=rng)
+    lstm = nn.LSTMCell(4, 5).to(np.float64)
+    rnn = nn.RNNCell(4, 5, nonlinearity="tanh").to(np.float64)
+    gpunet.gradcheck(lstm, (x, (_f64(*lead, 5, rng=rng), _f64(*lead, 5, rng=rng))) if state else (x,))
+    gpunet.gradcheck(rnn, (x, _f64(*lead, 5, rng=rng)) if state else (x,))
+
+
+def test_cell_without_bias_gradcheck(rng):
+    cell = nn.LSTMCell(2, 3, bias=False).to(np.float64)
+    assert [n for n, _ in cell.named_parameters()] == ["weight_ih", "weight_hh"]
+    gpunet.gradcheck(cell, (_f64(2, 2, rng=rng), (_f64(2, 3, rng=rng), _f64(2, 3, rng=rng))))
+
+
+class _Unrolled(nn.Module):
+    """An LSTMCell applied in a Python loop over time: the same parameters used T times."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x, hx):
+        h, c = hx
+        outs = []
+        for t in range(x.shape[0]):
+            h, c = self.cell(x[t], (h, c))
+            outs.append(h)
+        return np.stack(outs), (h, c)
+
+    def backward(self, dout, dstate):
+        dh, dc = dstate
+        dxs = []
+        for t in range(dout.shape[0] - 1, -1, -1):
+            dx, (dh, dc) = self.cell.backward(dout[t] + dh, dc)
+            dxs.append(dx)
+        return np.stack(dxs[::-1]), (dh, dc)
+
+
+def test_cell_in_python_loop_matches_lstm(rng):
+    """A cell used T times must backpropagate through every use; the result is
+    exactly an LSTM layer with the same weights."""
+    cell = nn.LSTMCell(3, 4).to(np.float64)
+    lstm = nn.LSTM(3, 4).to(np.float64)
+    lstm.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+    loop = _Unrolled(cell)
+    x, h0, c0 = _f64(5, 2, 3, rng=rng), _f64(2, 4, rng=rng), _f64(2, 4, rng=rng)
+    out, (h, c) = loop(x, (h0, c0))
+    ref, (hn, cn) = lstm(x, (h0[None], c0[None]))
+    assert_close(out, ref, name="output")
+    assert_close(c, cn[0], name="c_n")
+    dout, dh, dc = _f64(5, 2, 4, rng=rng), _f64(2, 4, rng=rng), _f64(2, 4, rng=rng)
+    dx, (dh0, dc0) = loop.backward(dout, (dh, dc))
+    rdx, (rdh0, rdc0) = lstm.backward(dout, (dh[None], dc[None]))
+    assert_close(dx, rdx, name="d input")
+    assert_close(dh0, rdh0[0], name="d h_0")
+    assert_close(dc0, rdc0[0], name="d c_0")
+    for name, p in cell.named_parameters():
+        assert_close(p.grad, dict(lstm.named_parameters())[f"{name}_l0"].grad, name=f"{name}.grad")
+    gpunet.gradcheck(loop, (x[:3], (h0, c0)))
+
+
+def test_missing_output_grads_are_zero(rng):
+    lstm = nn.LSTM(3, 4, num_layers=2)
+    x = rng.standard_normal((3, 2, 3)).astype(np.float32)
+    out, (h, _) = lstm(x)
+    lstm.zero_grad()
+    dout, dh, zero_out, zero = np.ones_like(out), np.ones_like(h), np.zeros_like(out), np.zeros_like(h)
+    for given, explicit in (((dout,), (dout, (zero, zero))), ((None, (dh, None)), (zero_out, (dh, zero)))):
+        lstm(x)
+        ref = lstm.backward(*explicit)
+        lstm(x)
+        assert_close(lstm.backward(*given), ref, name="d input with missing gradients")
+
+
+# ---------------------------------------------------------------- against PyTorch
+def _torch_pair(torch, ours, theirs):
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    return ours
+
+
+def _compare_params(ours, theirs):
+    tp = dict(theirs.named_parameters())
+    assert sorted(n for n, _ in ours.named_parameters()) == sorted(tp)
+    for n, p in ours.named_parameters():
+        assert_close(p.grad, tp[n].grad.numpy(), tol_scale=10, name=f"{n}.grad")
+
+
+@pytest.mark.parametrize("layers,batch_first,bias,state", [(1, False, True, True), (2, True, True, False),
+                                                           (2, False, False, True)])
+def test_lstm_matches_torch(layers, batch_first, bias, state, rng):
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first)
+    ours = _torch_pair(torch, nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first), theirs)
+    x = rng.standard_normal((3, 6, 5) if batch_first else (6, 3, 5)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((layers, 3, 7)).astype(np.float32) for _ in range(2))
+    tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    out, (h, c) = ours(x, (h0, c0)) if state else ours(x)
+    tout, (th, tc) = theirs(tx, (th0, tc0)) if state else theirs(tx)
+    for a, b, n in ((out, tout, "output"), (h, th, "h_n"), (c, tc, "c_n")):
+        assert_close(a, b.detach().numpy(), name=n)
+    g = [rng.standard_normal(a.shape).astype(np.float32) for a in (out, h, c)]
+    grads = ours.backward(g[0], (g[1], g[2]))
+    torch.autograd.backward([tout, th, tc], [torch.tensor(a) for a in g])
+    if state:
+        dx, (dh0, dc0) = grads
+        assert_close(dh0, th0.grad.numpy(), tol_scale=10, name="d h_0")
+        assert_close(dc0, tc0.grad.numpy(), tol_scale=10, name="d c_0")
+    else:
+        dx = grads
+    assert_close(dx, tx.grad.numpy(), tol_scale=10, name="d input")
+    _compare_params(ours, theirs)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_matches_torch(nonlinearity, rng):
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.RNN(4, 6, 2, nonlinearity, batch_first=True)
+    ours = _torch_pair(torch, nn.RNN(4, 6, 2, nonlinearity, batch_first=True), theirs)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    h0 = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    tx, th0 = torch.tensor(x, requires_grad=True), torch.tensor(h0, requires_grad=True)
+    out, h = ours(x, h0)
+    tout, th = theirs(tx, th0)
+    assert_close(out, tout.detach().numpy(), name="output")
+    assert_close(h, th.detach().numpy(), name="h_n")
+    g, gh = rng.standard_normal(out.shape).astype(np.float32), rng.standard_normal(h.shape).astype(np.float32)
+    dx, dh0 = ours.backward(g, gh)
+    torch.autograd.backward([tout, th], [torch.tensor(g), torch.tensor(gh)])
+    assert_close(dx, tx.grad.numpy(), tol_scale=10, name="d input")
+    assert_close(dh0, th0.grad.numpy(), tol_scale=10, name="d h_0")
+    _compare_params(ours, theirs)
+
+
+def test_cells_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((4, 5)).astype(np.float32) for _ in range(2))
+    theirs = torch.nn.LSTMCell(3, 5)
+    ours = _torch_pair(torch, nn.LSTMCell(3, 5), theirs)
+    tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    h, c = ours(x, (h0, c0))
+    th, tc = theirs(tx, (th0, tc0))
+    assert_close(h, th.detach().numpy(), name="h")
+    assert_close(c, tc.detach().numpy(), name="c")
+    gh, gc = rng.standard_normal(h.shape).astype(np.float32), rng.standard_normal(c.shape).astype(np.float32)
+    dx, (dh, dc) = ours.backward(gh, gc)
+    torch.autograd.backward([th, tc], [torch.tensor(gh), torch.tensor(gc)])
+    for a, b, n in ((dx, tx, "d input"), (dh, th0, "d h"), (dc, tc0, "d c")):
+        assert_close(a, b.grad.numpy(), tol_scale=10, name=n)
+    _compare_params(ours, theirs)
+
+    theirs = torch.nn.RNNCell(3, 5, nonlinearity="relu")
+    ours = _torch_pair(torch, nn.RNNCell(3, 5, nonlinearity="relu"), theirs)
+    tx = torch.tensor(x, requires_grad=True)
+    h = ours(x)
+    th = theirs(tx)
+    assert_close(h, th.detach().numpy(), name="rnn cell h")
+    dx = ours.backward(gh)
+    th.backward(torch.tensor(gh))
+    assert_close(dx, tx.grad.numpy(), tol_scale=10, name="rnn cell d input")
+    _compare_params(ours, theirs)
+
+
+def test_state_dict_keys_and_init():
+    lstm = nn.LSTM(3, 16, num_layers=2, bias=True)
+    assert list(lstm.state_dict()) == [f"{w}_{kind}_l{k}" for k in range(2) for w, kind in
+                                       (("weight", "ih"), ("weight", "hh"), ("bias", "ih"), ("bias", "hh"))]
+    assert lstm.weight_ih_l0.shape == (64, 3) and lstm.weight_ih_l1.shape == (64, 16)
+    bound = 1 / np.sqrt(16)
+    for _, p in lstm.named_parameters():
+        assert np.abs(p.data).max() <= bound and np.abs(p.data).max() > 0.8 * bound
+
+
+# ---------------------------------------------------------------- the seeds' character model
+class CharModel(nn.Module):
+    """Embedding (or one-hot) -> LSTM/RNN -> Linear: next-character logits (T, vocab)."""
+
+    def __init__(self, vocab, hidden, kind):
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, 8) if kind == "lstm" else None
+        self.rnn = nn.LSTM(8, hidden) if kind == "lstm" else nn.RNN(vocab, hidden)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, ids):
+        x = self.embed(ids[:, None]) if self.embed is not None else np.eye(self.vocab, dtype=np.float32)[ids][:, None]
+        out, _ = self.rnn(x)
+        return self.head(out[:, 0])
+
+    def backward(self, dlogits):
+        dx = self.rnn.backward(self.head.backward(dlogits)[:, None])
+        if self.embed is not None:
+            self.embed.backward(dx)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_hello_character_model(kind):
+    vocab = "helo"
+    ids = np.array([vocab.index(ch) for ch in "hello"])
+    inputs, targets = ids[:-1], ids[1:]  # "hell" -> "ello"
+    model = CharModel(len(vocab), 16, kind)
+    crit = nn.CrossEntropyLoss()
+    opt = gpunet.optim.Adam(model.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        model.zero_grad()
+        loss = float(crit(model(inputs), targets))
+        first = loss if first is None else first
+        model.backward(crit.backward())
+        opt.step()
+    predicted = "".join(vocab[i] for i in model(inputs).argmax(axis=1))
+    assert predicted == "ello", f"predicted {predicted!r}; loss {first:.3f} -> {loss:.3f}"
+    assert loss < 0.1 * first
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_input():
+    lstm = nn.LSTM(3, 4, num_layers=2)
+    x = np.zeros((5, 2, 3), np.float32)
+    with pytest.raises(ValueError, match="input.*input_size=3"):
+        lstm(np.zeros((5, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="input.*2-D or 3-D"):
+        lstm(np.zeros((5, 2, 1, 3), np.float32))
+    with pytest.raises(TypeError, match="input.*float32"):
+        lstm(x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"h_0.*\(2, 2, 4\).*\(1, 2, 4\)"):
+        lstm(x, (np.zeros((1, 2, 4), np.float32), np.zeros((2, 2, 4), np.float32)))
+    with pytest.raises(ValueError, match=r"c_0.*\(2, 2, 4\)"):
+        lstm(x, (np.zeros((2, 2, 4), np.float32), np.zeros((2, 3, 4), np.float32)))
+    with pytest.raises(TypeError, match="hx.*pair"):
+        lstm(x, np.zeros((2, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="input.*timestep"):
+        lstm(np.zeros((0, 2, 3), np.float32))
+    out, _ = lstm(x)
+    with pytest.raises(ValueError, match="grad_output.*shape"):
+        lstm.backward(out[:1])
+    with pytest.raises(ValueError, match="hidden_size"):
+        nn.LSTM(3, 0)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        nn.RNN(3, 4, nonlinearity="sigmoid")
+    cell = nn.RNNCell(3, 4)
+    with pytest.raises(ValueError, match=r"hx.*\(2, 4\)"):
+        cell(np.zeros((2, 3), np.float32), np.zeros((3, 4), np.float32))
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        cell.backward(np.zeros((2, 4), np.float32))

@@ -1,0 +1,171 @@
+"""Softmax / LogSoftmax with inverse temperature beta: naive loops, gradcheck,
+PyTorch parity, the seeds' facts (K = 2 closed form, winner takes all),
+stability for huge logits and beta, and the softmax kernels (warp-per-row and
+online block-per-row) on the kernel backends against the float64 reference."""
+import math
+
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import functional as F
+from gpunet import nn
+from gpunet.testing import assert_close
+
+
+def module(cls, dim=-1, beta=1.0, dtype=np.float64, device="cpu"):
+    return cls(dim=dim, beta=beta).to(device, dtype)
+
+
+def naive_softmax(x, dim, beta, log):
+    """One row at a time with Python floats, along `dim`."""
+    moved = np.moveaxis(x, dim, -1)
+    out = np.empty_like(moved)
+    for idx in np.ndindex(moved.shape[:-1]):
+        row = [beta * float(v) for v in moved[idx]]
+        m = max(row)
+        total = sum(math.exp(v - m) for v in row)
+        out[idx] = [v - m - math.log(total) if log else math.exp(v - m) / total for v in row]
+    return np.moveaxis(out, -1, dim)
+
+
+CASES = [((3, 5), -1, 1.0), ((2, 3, 4), 1, 2.5), ((4, 3), 0, -0.7), ((2, 6), 1, 40.0)]
+
+
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+@pytest.mark.parametrize("shape,dim,beta", CASES)
+def test_forward_matches_naive_loop(cls, shape, dim, beta, rng):
+    x = rng.standard_normal(shape)
+    y = module(cls, dim, beta)(x)
+    np.testing.assert_allclose(y, naive_softmax(x, dim, beta, cls is nn.LogSoftmax), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+@pytest.mark.parametrize("shape,dim,beta", CASES)
+def test_gradcheck(cls, shape, dim, beta, rng):
+    x = rng.standard_normal(shape) * (0.1 if abs(beta) > 10 else 1.0)  # large beta: keep some mass off the max
+    gpunet.gradcheck(module(cls, dim, beta), (x,))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls,torch_fn", [(nn.Softmax, "softmax"), (nn.LogSoftmax, "log_softmax")])
+@pytest.mark.parametrize("shape,dim,beta", CASES)
+def test_against_torch(cls, torch_fn, shape, dim, beta, dtype, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    m = module(cls, dim, beta, dtype)
+    y = m(x)
+    dx = m.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = getattr(torch, torch_fn)(beta * xt, dim=dim)
+    yt.backward(torch.tensor(dy))
+    tol = {"tol_scale": abs(beta)} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    assert_close(y, yt.detach().numpy(), name="forward", **tol)
+    assert_close(dx, xt.grad.numpy(), name="backward", **tol)
+
+
+# ---------------------------------------------------------------- the seeds' facts
+@pytest.mark.parametrize("beta", [0.5, 1.0, 3.0, -2.0])
+def test_two_classes_is_a_logistic(beta, rng):
+    z = rng.standard_normal((6, 2))
+    y = module(nn.Softmax, beta=beta)(z)
+    np.testing.assert_allclose(y[:, 0], 1 / (1 + np.exp(beta * (z[:, 1] - z[:, 0]))), rtol=1e-14)
+
+
+def test_winner_takes_all_as_beta_grows():
+    z = np.array([[0.3, 1.2, 1.1, -0.4]])
+    top = [module(nn.Softmax, beta=b)(z)[0, 1] for b in (0.0, 1.0, 10.0, 100.0, 1e4)]
+    assert top[0] == 0.25  # beta = 0: uniform
+    assert all(a < b for a, b in zip(top, top[1:-1]))
+    np.testing.assert_array_equal(module(nn.Softmax, beta=1e4)(z), [[0, 1, 0, 0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [1.0, 1e4, -1e4])
+def test_huge_logits_and_beta_stay_finite(beta, dtype):
+    z = np.array([[1e4, -1e4, 9999.0, 0.0], [-3e4, -3e4, -3e4, -3e4]], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        p = module(nn.Softmax, beta=beta, dtype=dtype)(z)
+        lp = module(nn.LogSoftmax, beta=beta, dtype=dtype)(z)
+    assert np.isfinite(p).all() and np.isfinite(lp).all()
+    z64 = z.astype(np.float64)
+    np.testing.assert_allclose(p, naive_softmax(z64, -1, beta, log=False), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(lp, naive_softmax(z64, -1, beta, log=True), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(p[1], [0.25] * 4)
+
+
+def test_functional_forms(rng):
+    x = rng.standard_normal((3, 4, 5))
+    np.testing.assert_array_equal(F.softmax(x, 1, beta=2.0), module(nn.Softmax, 1, 2.0)(x))
+    np.testing.assert_array_equal(F.log_softmax(x), module(nn.LogSoftmax)(x))
+    with pytest.raises(ValueError, match="dim"):
+        F.softmax(x, 3)
+
+
+def test_bad_inputs(rng):
+    m = module(nn.Softmax, dim=2)
+    with pytest.raises(ValueError, match="dim"):
+        m(rng.standard_normal((3, 4)))
+    with pytest.raises(TypeError, match="dim"):
+        nn.Softmax(dim=1.0)
+    with pytest.raises(ValueError, match="input.*NaN"):
+        module(nn.Softmax)(np.array([[0.0, np.nan]]))
+    with pytest.raises(TypeError, match="input"):
+        module(nn.Softmax)(np.zeros((2, 2), np.float32))
+    m = module(nn.LogSoftmax)
+    m(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="grad_output"):
+        m.backward(np.zeros((3, 2)))
+
+
+# ---------------------------------------------------------------- kernels
+@pytest.mark.parametrize("cols", [1, 31, 33, 1000, 1024, 1025, 3000])
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+def test_kernel_rows(cls, cols, kernel_device, schedule, rng):
+    """Warp-per-row (cols <= 1024) and online block-per-row kernels, several rows,
+    beta != 1, against the float64 reference."""
+    rows = 3 if cols > 1024 else 5
+    x = (4 * rng.standard_normal((rows, cols))).astype(np.float32)
+    x[1] += 50.0  # a row with a large common offset
+    dy = rng.standard_normal((rows, cols)).astype(np.float32)
+    for beta in (1.0, 2.5, -0.75):
+        check_kernel(cls, x, dy, -1, beta, kernel_device)
+
+
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+@pytest.mark.parametrize("cols", [40, 1500])
+def test_kernel_large_logits_and_beta(cls, cols, kernel_device, schedule, rng):
+    x = (1e4 * rng.standard_normal((2, cols))).astype(np.float32)
+    x[1] = 1e4
+    x[1, 7] = 1e4 + 1
+    dy = rng.standard_normal((2, cols)).astype(np.float32)
+    for beta in (1.0, 1e3):
+        y = check_kernel(cls, x, dy, -1, beta, kernel_device)
+        assert np.isfinite(gpunet.to_numpy(y)).all()
+
+
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_kernel_non_last_dim(cls, dim, kernel_device, schedule, rng):
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    dy = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    check_kernel(cls, x, dy, dim, 1.5, kernel_device)
+
+
+def check_kernel(cls, x, dy, dim, beta, device):
+    be = gpunet.get_backend(device)
+    m = module(cls, dim, beta, np.float32, device)
+    y = m(be.asarray(x))
+    dx = m.backward(be.asarray(dy))
+    ref = module(cls, dim, beta)
+    y_ref = ref(x.astype(np.float64))
+    dx_ref = ref.backward(dy.astype(np.float64))
+    # rounding of x itself is amplified by |beta| * |x| in the exponent
+    scale = max(1.0, abs(beta) * float(np.abs(x).max()) / 64)
+    atol = 1e-5 * scale
+    assert_close(y, y_ref, name=f"{cls.__name__} forward beta={beta} on {device}", rtol=1e-5, atol=atol)
+    assert_close(dx, dx_ref, name=f"{cls.__name__} backward beta={beta} on {device}", rtol=1e-5,
+                 atol=atol * max(1.0, abs(beta)))
+    assert y.dtype == np.float32 and y.shape == x.shape and be.owns(y)
+    return y
