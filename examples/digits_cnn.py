@@ -25,7 +25,7 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size
     train, val, test = digits_splits(val=0.1, test=0.2, seed=seed)
     width = 32
     if quick:  # a narrower net for a few epochs: seconds on a laptop, still well above 90%
-        epochs, width = 4, 16
+        epochs, width = 6, 16
     model = models.digits_cnn(in_channels=1, image_size=8, num_classes=10, width=width).to(device)
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=lr)

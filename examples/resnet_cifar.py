@@ -63,8 +63,9 @@ def load(data_dir, quick: bool, train_size: int, seed: int):
                 f"CIFAR-10 from {data_dir}")
     size = 16 if quick else 32
     n = train_size
-    x, y = synthetic_cifar(n + 2000, image_size=size, seed=seed)
-    train, val, test = random_split(TensorDataset(x, y), [n, 1000, 1000], seed=seed)
+    held_out = 400 if quick else 1000
+    x, y = synthetic_cifar(n + 2 * held_out, image_size=size, seed=seed)
+    train, val, test = random_split(TensorDataset(x, y), [n, held_out, held_out], seed=seed)
     return train, val, test, size, f"SYNTHETIC CIFAR-shaped data ({size}x{size} gratings; pass --data for real CIFAR-10)"
 
 
@@ -73,7 +74,7 @@ def main(device: str = "auto", quick: bool = False, data: str = None, epochs: in
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     if quick:
-        data, epochs, width, train_size = None, 4, 8, 1000
+        data, epochs, width, train_size = None, 4, 8, 800
     train, val, test, size, desc = load(data, quick, train_size, seed)
     model = models.resnet_small(in_channels=3, image_size=size, num_classes=10, width=width).to(device)
     loss_fn = nn.CrossEntropyLoss()

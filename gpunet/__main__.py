@@ -11,13 +11,12 @@ accuracy and where the checkpoint and the learning-curve plot went.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import sys
 import time
-
-import numpy as np
 
 from . import data, models, nn, optim
 from .backend import backends, get_backend
@@ -106,16 +105,16 @@ def train(args) -> dict:
     if args.optimizer == "sgd":
         kwargs["momentum"] = 0.9
     optimizer = opt_cls(model.parameters(), **kwargs)
-    scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs) if args.cosine else None
+    scheduler = None
+    if args.schedule == "cosine":
+        scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, device=be)
     val_loader = data.DataLoader(val_set, 512, device=be)
     test_loader = data.DataLoader(test_set, 512, device=be)
     os.makedirs(args.out, exist_ok=True)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     plot = os.path.join(args.out, "curves.png")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
         plot = None
     loss_fn = nn.CrossEntropyLoss()
@@ -161,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--cosine", action="store_true", help="cosine learning-rate decay over the epochs")
+    t.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning rate: cosine decay to 0 over the epochs, or constant")
     t.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this value")
     t.add_argument("--patience", type=int, default=None, help="early stopping patience (epochs)")
     t.add_argument("--seq-len", type=int, default=32, help="sequence length (text, sort, reverse)")

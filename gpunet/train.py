@@ -18,7 +18,7 @@ stopped and ends with the same weights as an uninterrupted run.
 """
 from __future__ import annotations
 
-import copy
+import importlib.util
 import inspect
 import math
 import os
@@ -107,11 +107,7 @@ class _Progress:
         self.bar = None
         self.use_tqdm = False
         if enabled and sys.stderr.isatty():
-            try:
-                import tqdm  # noqa: F401
-                self.use_tqdm = True
-            except ImportError:
-                pass
+            self.use_tqdm = importlib.util.find_spec("tqdm") is not None
 
     def start_epoch(self, epoch: int, epochs: int, steps: int):
         if self.use_tqdm:
@@ -372,7 +368,7 @@ def _load_checkpoint(path, trainer, scheduler, history, best) -> int:
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     history.load_state_dict(state["history"])
-    best.update(copy.deepcopy(state["best"]))
+    best.update(state["best"])
     _set_rng_state(state["rng"])
     return int(state["epoch"])
 

@@ -326,3 +326,13 @@ def test_binding_rejects_bad_arguments(kern):
         ro.flags.writeable = False
         with pytest.raises(ValueError, match="'dx'.*read-only"):
             k.col2im(cols, ro, *args, st)
+
+
+def test_empty_batch(device):
+    """A batch of zero images gives empty outputs and zero parameter gradients (as torch)."""
+    be = gpunet.get_backend(device)
+    conv = Conv2d(4, 6, 3, groups=2).to(be)
+    y = conv(be.asarray(np.zeros((0, 4, 5, 5), np.float32)))
+    assert y.shape == (0, 6, 3, 3)
+    assert conv.backward(be.xp.zeros(y.shape, np.float32)).shape == (0, 4, 5, 5)
+    assert not gpunet.to_numpy(conv.weight.grad).any() and not gpunet.to_numpy(conv.bias.grad).any()

@@ -93,3 +93,34 @@ def test_bad_arguments():
     drop(np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="grad_output.*shape"):
         drop.backward(np.zeros(4, np.float32))
+
+
+# ---------------------------------------------------------------- kernel parity (sim/cuda vs cpu)
+@pytest.mark.parametrize("shape,p", [((1,), 0.5), ((7, 143), 0.25), ((2, 3, 5), 0.9)])  # tails, odd sizes
+def test_masks_identical_on_every_backend(kernel_device, schedule, shape, p, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    out = {}
+    for dev in ("cpu", kernel_device):
+        be = gpunet.get_backend(dev)
+        gpunet.manual_seed(2 ** 40 + 5)
+        drop = nn.Dropout(p).to(dev)
+        drop(be.asarray(x))  # a first call, so the compared one starts at a nonzero offset
+        y = drop(be.asarray(x))
+        out[dev] = (gpunet.to_numpy(y), gpunet.to_numpy(drop.backward(be.asarray(dy))))
+    assert np.array_equal(out["cpu"][0], out[kernel_device][0]), "forward differs"
+    assert np.array_equal(out["cpu"][1], out[kernel_device][1]), "backward differs"
+
+
+def test_misaligned_input_on_kernel_backend(kernel_device, rng):
+    """A view starting one float in takes the scalar path of the kernel: same mask."""
+    be = gpunet.get_backend(kernel_device)
+    base = rng.standard_normal(1001).astype(np.float32)
+    ys = []
+    for dev in ("cpu", kernel_device):
+        gpunet.manual_seed(9)
+        ys.append(gpunet.to_numpy(nn.Dropout(0.5).to(dev)(gpunet.get_backend(dev).asarray(base)[1:])))
+    assert np.array_equal(ys[0], ys[1])
+    if be.kern is not None:
+        with pytest.raises(ValueError, match="threshold"):
+            be.kern.dropout_apply(be.asarray(base), be.asarray(base), 0, 0, 2 ** 32 + 1, 1.0, be.stream())

@@ -91,7 +91,7 @@ void bind_softmax(py::module_& m) {
         require_writable(loss, "loss");
         require_writable(lse, "lse");
         require_shape(loss, "loss", {rows});
-        require_shape(lse, "lse", {rows});
+        require_shape(lse, "lse", {rows, 2});
         auto guard = vouch({x, t, w, loss, lse});
         cross_entropy_forward(x.ptr<float>(), t.ptr<int64_t>(), weight, loss.ptr<float>(), lse.ptr<float>(), rows,
                               (int)cols, ignore_index, eps, as_stream(stream));
@@ -101,8 +101,8 @@ void bind_softmax(py::module_& m) {
       py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("stream"),
       "Per-row softmax cross-entropy: logits float32 (rows, C), target int64 (rows,),\n"
       "weight float32 (C,) or empty (0,) for none; writes loss (rows,) (0 for\n"
-      "ignore_index rows, NaN for out-of-range targets) and lse (rows,), the row's\n"
-      "log-sum-exp. No probabilities are stored.");
+      "ignore_index rows, NaN for out-of-range targets) and lse (rows, 2), the row's\n"
+      "log-sum-exp as (max, log sum exp(logits - max)). No probabilities are stored.");
   m.def(
       "cross_entropy_backward",
       [](py::handle x_obj, py::handle t_obj, py::handle w_obj, py::handle ws_obj, py::handle lse_obj,
@@ -118,7 +118,7 @@ void bind_softmax(py::module_& m) {
         const View lse = as_array(lse_obj, "lse", "float32");
         const View dloss = as_array(dloss_obj, "dloss", "float32");
         const View dx = as_rows(dx_obj, "dlogits");
-        require_shape(lse, "lse", {rows});
+        require_shape(lse, "lse", {rows, 2});
         require_shape(dloss, "dloss", {rows});
         require_writable(dx, "dlogits");
         require_same_shape(x, "logits", dx, "dlogits");

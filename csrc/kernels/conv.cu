@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) col2im_kernel(const float* __restric
         const Index ox = rx / s.sw;
         if (ox >= ow) continue;
         const Index row = (c * s.kh + i) * s.kw + j;
-        if (i + j < s.kh + s.kw - 2) sum += dcols[row * row_len + (img * oh + oy) * ow + ox];
+        sum += dcols[row * row_len + (img * oh + oy) * ow + ox];
       }
     }
     dx[e] = sum;

@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) maxpool_forward_kernel(const float* 
         const Index xx = ox * s.sw - s.pw + (Index)j * s.dw;
         if (xx < 0 || xx >= w) continue;
         const float v = src[yy * w + xx];
-        if (best_at < 0 || v >= best || isnan(v)) {
+        if (best_at < 0 || v > best || isnan(v)) {
           best = v;
           best_at = (int32_t)(yy * w + xx);
         }

@@ -25,8 +25,8 @@
 //                     + 1 exp per element (2 exp on the block path).
 //   softmax_backward  read y, dy, write dx: 12n bytes (block path: 20n at
 //                     worst). ~4 FLOPs per element (+1 exp for log-softmax).
-//   cross_entropy_forward   read logits once: 4n bytes + 16 per row (target,
-//                     loss, lse). The block path merges all row statistics
+//   cross_entropy_forward   read logits once: 4n bytes + 20 per row (target,
+//                     loss, lse pair). The block path merges all row statistics
 //                     online, so it is single-pass too. ~6 FLOPs + 1 exp / element.
 //   cross_entropy_backward  elementwise, grid-stride: read logits, write
 //                     dlogits: 8n bytes (per-row values come from cache).
@@ -35,9 +35,13 @@
 //
 // Cross-entropy with label smoothing eps and class weights w: row loss
 // sum_c a_c (lse - x_c) with a_c = (1 - eps) w_t [c = t] + eps / C w_c. The
-// smoothing term is accumulated as sum_c w_c (x_c - ref) with ref the row max
-// (warp path) or the row's first logit (block path), so that large common
-// offsets of the logits do not cancel catastrophically in ws lse - sum w x.
+// log-sum-exp is kept as the pair (m, l) = (row max, log sum exp(x - m)) whose
+// sum it is: a float32 lse of logits near 1e4 is only good to ~1e-3, while
+// (x - m) - l keeps full precision, in the loss and in the backward's
+// probabilities exp((x - m) - l). The smoothing term is accumulated as
+// sum_c w_c (x_c - ref) with ref the row max (warp path) or the row's first
+// logit (block path), so that large common offsets of the logits do not
+// cancel catastrophically.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -221,15 +225,16 @@ __global__ void __launch_bounds__(kRowBlock)
 }
 
 // ------------------------------------------------------------ cross-entropy forward
-// The row's loss from its statistics: lse, and (eps > 0) ws = sum_c w_c and
-// wd = sum_c w_c (x_c - ref). Reads the target logit directly.
-__device__ __forceinline__ float xent_row_loss(const float* xr, int64_t t, const float* weight, float lse, float ref,
-                                               float ws, float wd, int cols, int64_t ignore_index, float eps) {
+// The row's loss from its statistics: lse = m + l, and (eps > 0) ws = sum_c w_c
+// and wd = sum_c w_c (x_c - ref). Reads the target logit directly.
+__device__ __forceinline__ float xent_row_loss(const float* xr, int64_t t, const float* weight, float m, float l,
+                                               float ref, float ws, float wd, int cols, int64_t ignore_index,
+                                               float eps) {
   if (t == ignore_index) return 0.f;
   if (t < 0 || t >= cols) return NAN;  // Python validates; never read out of bounds
   const float wt = weight ? weight[t] : 1.f;
-  float loss = (1.f - eps) * wt * (lse - xr[t]);
-  if (eps > 0.f) loss += eps / cols * (ws * (lse - ref) - wd);  // sum_c w_c (lse - x_c)
+  float loss = (1.f - eps) * wt * ((m - xr[t]) + l);
+  if (eps > 0.f) loss += eps / cols * (ws * ((m - ref) + l) - wd);  // sum_c w_c (lse - x_c)
   return loss;
 }
 
@@ -268,9 +273,10 @@ __global__ void __launch_bounds__(kWarpBlock)
     wd = warp_reduce_sum(wd);
   }
   if (lane == 0) {
-    const float row_lse = m + logf(s);
-    lse[row] = row_lse;
-    loss[row] = xent_row_loss(xr, target[row], weight, row_lse, m, ws, wd, cols, ignore_index, eps);
+    const float l = logf(s);
+    lse[2 * row] = m;
+    lse[2 * row + 1] = l;
+    loss[row] = xent_row_loss(xr, target[row], weight, m, l, m, ws, wd, cols, ignore_index, eps);
   }
 }
 
@@ -298,9 +304,10 @@ __global__ void __launch_bounds__(kRowBlock)
       wd = block_reduce_sum<kRowBlock>(wd);
     }
     if (threadIdx.x == 0) {
-      const float row_lse = a.m + logf(a.s);
-      lse[row] = row_lse;
-      loss[row] = xent_row_loss(xr, target[row], weight, row_lse, ref, ws, wd, cols, ignore_index, eps);
+      const float l = logf(a.s);
+      lse[2 * row] = a.m;
+      lse[2 * row + 1] = l;
+      loss[row] = xent_row_loss(xr, target[row], weight, a.m, l, ref, ws, wd, cols, ignore_index, eps);
     }
   }
 }
@@ -328,7 +335,7 @@ __global__ void __launch_bounds__(kThreads)
       float a = eps_c * (weight ? weight[c] : 1.f);  // target distribution a_c
       if (c == t) a += (1.f - eps) * wt;
       const float a_sum = (1.f - eps) * wt + eps_c * ws;
-      g = dloss[row] * (a_sum * expf(x[i] - lse[row]) - a);
+      g = dloss[row] * (a_sum * expf((x[i] - lse[2 * row]) - lse[2 * row + 1]) - a);
     }
     dx[i] = g;
   }

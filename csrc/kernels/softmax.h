@@ -23,12 +23,14 @@ void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, 
 // optional class weights (nullptr: all 1) and label smoothing eps:
 //   loss[r] = sum_c a_c (lse[r] - logits[r, c]),  a_c = (1 - eps) w_t [c == t] + eps / cols * w_c
 // 0 where target == ignore_index, NaN where the target is out of range.
-// Also writes lse[r] = log sum_c exp(logits[r, c]) for the backward.
+// Also writes the row's log-sum-exp for the backward as the pair
+// lse[r, 0] = m = max_c logits[r, c], lse[r, 1] = log sum_c exp(logits[r, c] - m)
+// (lse = m + l, split so that large logits keep float32 precision).
 void cross_entropy_forward(const float* logits, const int64_t* target, const float* weight, float* loss, float* lse,
                            int64_t rows, int cols, int64_t ignore_index, float eps, cudaStream_t stream);
 
-// dlogits[r, c] = dloss[r] * ((sum_k a_k) * exp(logits[r, c] - lse[r]) - a_c), the
-// probabilities recomputed from logits and lse. weight_sum points to
+// dlogits[r, c] = dloss[r] * ((sum_k a_k) * exp((logits[r, c] - m) - l) - a_c), the
+// probabilities recomputed from the logits and the forward's (m, l) pairs. weight_sum points to
 // sum_c weight[c] (one float; unused when weight is nullptr).
 void cross_entropy_backward(const float* logits, const int64_t* target, const float* weight, const float* weight_sum,
                             const float* lse, const float* dloss, float* dlogits, int64_t rows, int cols,

@@ -116,18 +116,26 @@ def cases(size: str):
 
 
 def run_platform(plat: Platform, args, threads: int, deadline: float | None) -> tuple[dict, bool]:
+    """Validate and time every selected case on one platform. The JSON and
+    Markdown are rewritten after every case, so a run cut short (a hard time
+    limit, a crash) still leaves what it measured."""
     from . import roofline
     from .harness import run_case
-    from .report import progress_line, table
+    from .report import progress_line, table, write_all
     gpu = plat.label.startswith("gpu")
-    mode = envmod.math_mode(torch_gpu=gpu)
-    env = envmod.environment(threads, gpu, mode)
+    mode = envmod.math_mode(not args.no_torch)
+    env = envmod.environment(threads, gpu, mode, not args.no_torch)
     quick = plat.size == "quick"
     if plat.label != "sim":
         plat.ceilings = roofline.gpu_ceilings(quick) if gpu else roofline.host_ceilings(threads, quick)
         print(f"[{plat.label}] ceilings: {plat.ceilings['flops'] / 1e9:.1f} GFLOP/s, "
               f"{plat.ceilings['bandwidth'] / 1e9:.1f} GB/s ({plat.ceilings['how']})", flush=True)
+    timer = ("CUDA events (cupy.cuda.Event for gpunet, torch.cuda.Event for PyTorch), synchronised once per "
+             "batch of repetitions" if gpu else "Host clock (time.perf_counter) around each synchronous step")
     results = []
+    report = {"label": plat.label, "size": plat.size, "environment": env, "ceilings": plat.ceilings,
+              "policy": vars(plat.policy), "reference": f"{plat.reference.name} in float64", "timer": timer,
+              "targets": [t.name for t in plat.targets], "results": results}
     for case in cases(plat.size):
         if not selected(args.ops, case.name, case.op):
             continue
@@ -140,12 +148,8 @@ def run_platform(plat: Platform, args, threads: int, deadline: float | None) -> 
         rs = run_case(case, plat, seed=args.seed)
         print(progress_line(plat.label, rs), flush=True)
         results += rs
+        write_all(report, Path(args.out), with_plots=False)
     print(f"\n== {plat.label} ({plat.size} shapes, {threads} threads) ==\n{table(results)}\n", flush=True)
-    timer = ("CUDA events (cupy.cuda.Event for gpunet, torch.cuda.Event for PyTorch), synchronised once per "
-             "batch of repetitions" if gpu else "Host clock (time.perf_counter) around each synchronous step")
-    report = {"label": plat.label, "size": plat.size, "environment": env, "ceilings": plat.ceilings,
-              "policy": vars(plat.policy), "reference": f"{plat.reference.name} in float64", "timer": timer,
-              "targets": [t.name for t in plat.targets], "results": results}
     failed = any(r["status"] in ("invalid", "error") for r in results)
     return report, failed
 
@@ -153,7 +157,7 @@ def run_platform(plat: Platform, args, threads: int, deadline: float | None) -> 
 def main(argv=None) -> int:
     args = parse_args(argv)
     envmod.disable_tf32()  # before CuPy creates a cuBLAS handle
-    threads = envmod.set_threads(args.threads)
+    threads = envmod.set_threads(args.threads, not args.no_torch)
     devices, msgs = choose_devices(args.device)
     for m in msgs:
         print(f"skipping {m}", file=sys.stderr)

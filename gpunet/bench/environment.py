@@ -27,7 +27,7 @@ def torch_module():
     return torch
 
 
-def set_threads(threads: int | None) -> int:
+def set_threads(threads: int | None, with_torch: bool = True) -> int:
     """Make NumPy's BLAS and PyTorch use the same number of threads; returns it.
     Default: the BLAS pool's current size."""
     try:
@@ -41,7 +41,7 @@ def set_threads(threads: int | None) -> int:
     else:  # read by OpenBLAS/MKL at load time: only effective before NumPy is imported
         for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
             os.environ[var] = str(threads)
-    torch = torch_module()
+    torch = torch_module() if with_torch else None
     if torch is not None:
         torch.set_num_threads(threads)
     return threads
@@ -58,15 +58,14 @@ def blas_threads(threadpool_info=None) -> int:
     return os.cpu_count() or 1
 
 
-def math_mode(torch_gpu: bool) -> dict:
+def math_mode(with_torch: bool = True) -> dict:
     """TF32 off in CuPy (CUPY_TF32=0) and PyTorch; returns what is in force."""
     mode = {"dtype": "float32", "CUPY_TF32": os.environ.get("CUPY_TF32", "unset")}
-    torch = torch_module()
+    torch = torch_module() if with_torch else None
     if torch is not None:
         torch.set_float32_matmul_precision("highest")
-        if torch_gpu:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         mode.update(torch_float32_matmul_precision=torch.get_float32_matmul_precision(),
                     torch_cuda_matmul_allow_tf32=bool(torch.backends.cuda.matmul.allow_tf32),
                     torch_cudnn_allow_tf32=bool(torch.backends.cudnn.allow_tf32))
@@ -127,7 +126,7 @@ def gpu_info() -> dict:
     props = rt.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     info = {"gpu": name, "compute_capability": f"{props['major']}.{props['minor']}",
-            "gpu_memory_bytes": int(props["totalGlobalMem"]), "l2_cache_bytes": int(props["l2CacheSize"]),
+            "gpu_memory_bytes": int(props["totalGlobalMem"]), "l2_cache_bytes": int(props.get("l2CacheSize", 0)),
             "sm_count": int(props["multiProcessorCount"]),
             "cuda_driver_api": _cuda_version(rt.driverGetVersion()),
             "cuda_runtime": _cuda_version(rt.runtimeGetVersion()), "cupy": cupy.__version__}
@@ -145,7 +144,7 @@ def _cuda_version(v: int) -> str:
     return f"{v // 1000}.{v % 1000 // 10}"
 
 
-def environment(threads: int, gpu: bool, mode: dict) -> dict:
+def environment(threads: int, gpu: bool, mode: dict, with_torch: bool = True) -> dict:
     """Everything needed to interpret (and reproduce) a result file."""
     from .. import __version__
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -158,7 +157,7 @@ def environment(threads: int, gpu: bool, mode: dict) -> dict:
                        for i in threadpool_info() if i.get("user_api") == "blas"]
     except ImportError:
         pass
-    torch = torch_module()
+    torch = torch_module() if with_torch else None
     env["torch"] = torch.__version__ if torch is not None else None
     if torch is not None:
         env["torch_threads"] = torch.get_num_threads()

@@ -1,7 +1,7 @@
 """Validate-then-time: the core of the benchmark.
 
 A `Case` is one op (or training step) at one shape. It knows its FLOPs and
-the fewest bytes it must move, makes float64 NumPy inputs and weights
+the fewest bytes it must move, makes NumPy inputs and weights
 (`setup`), and builds a `Runner` for an implementation (`impls["gpunet"]`,
 `impls["torch"]`). A `Target` is an implementation on a device at a dtype:
 gpunet's cpu/sim/cupy/cuda backends, or PyTorch on cpu/cuda.
@@ -95,18 +95,24 @@ class Target:
 
     def free_memory(self):
         """Give cached device memory back between cases (the next case's
-        copies should not compete with this one's leftovers)."""
-        gc.collect()
-        if self.framework == "gpunet" and self.be.on_gpu:
+        copies should not compete with this one's leftovers). Host arrays go
+        when their last reference does; a full gc.collect would cost a third
+        of a second with PyTorch loaded, so only young generations are swept."""
+        if not self.on_gpu:
+            return
+        gc.collect(1)
+        if self.framework == "gpunet":
             self.be.xp.get_default_memory_pool().free_all_blocks()
-        elif self.framework == "torch" and self.device == "cuda":
+        else:
             self.torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- cases
 @dataclass
 class Spec:
-    """A case's float64 data: `state` (weights, by PyTorch state_dict key, or
+    """A case's data as NumPy arrays holding float32-representable values
+    (each target casts them to its dtype, so the float64 reference sees
+    exactly the timed inputs): `state` (weights by PyTorch state_dict key, or
     anything the builders share) and `inputs` (what each step reads and what
     gets rotated: several copies cycle through the repetitions)."""
     state: dict
@@ -116,9 +122,11 @@ class Spec:
 @dataclass
 class Runner:
     """`step(i)` runs one iteration on input copy i % copies; `outputs()`
-    returns native arrays from the latest step, by name, for validation."""
+    returns native arrays from the latest step, by name, for validation;
+    `info` says which variant ran where that varies (e.g. torch's fused Adam)."""
     step: Callable[[int], None]
     outputs: Callable[[], dict]
+    info: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -201,8 +209,7 @@ def copies_for(spec: Spec, case: Case, policy: Policy) -> int:
     times over (at least 2, at most 16, within the memory budget)."""
     if not case.rotate:
         return 1
-    # floats are timed in float32, half their float64 size here
-    size = sum(a.nbytes // 2 if a.dtype.kind == "f" else a.nbytes for a in spec.inputs.values())
+    size = sum(a.size * 4 if a.dtype.kind == "f" else a.nbytes for a in spec.inputs.values())  # timed in float32
     if size == 0:
         return 1
     n = min(16, max(2, math.ceil(3 * policy.cache_bytes / size)))
@@ -306,6 +313,8 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
             runner.step(0)
             err, problem = compare(host_outputs(target, runner), reference, case.rtol)
             r["err"] = err
+            if runner.info:
+                r["info"] = runner.info
             if problem:
                 r.update(status="invalid", reason=f"validation failed, not timed: {problem}")
             else:

@@ -1,16 +1,18 @@
 """Model-level cases: one whole training step (zero_grad, forward, softmax
-cross-entropy, backward, Adam update) of four small networks, built twice
-with the same parameter names (gpunet and PyTorch) and the same weights.
+cross-entropy, backward, Adam update) of the four networks in gpunet.models,
+against a PyTorch mirror with the same parameter names and the same weights.
 
-  digits_cnn       conv-relu-pool x2, MLP head on 8x8 single-channel digits
-  resnet_cifar     CIFAR-shaped (3x32x32) CNN with BatchNorm and two residual blocks
-  char_lstm        embedding -> LSTM -> linear over characters
-  transformer      embedding -> pre-LN causal self-attention block + MLP block -> LN -> linear
+  digits_cnn     (conv 3x3 -> ReLU -> max-pool 2) x 2 -> Linear, 1x8x8 digits
+  resnet_small   CIFAR-shaped (3x32x32): conv stem, 3 stages of residual basic
+                 blocks with BatchNorm (batch statistics), average pool, Linear
+  char_lstm      Embedding -> LSTM (batch_first) -> Linear, per-position loss
+  transformer    Embedding + learned positions -> one pre-LayerNorm block
+                 (multi-head self-attention, 4x GELU MLP) -> LayerNorm -> Linear
 
 Validation compares the loss and every parameter gradient of the first step
-(gradients survive the optimizer step). FLOPs count the GEMMs, convolutions
-and attention (forward x 3 for the step); bytes are a lower bound: each
-parameter read by forward and backward, its gradient written, and the Adam
+(gradients survive the optimizer step). FLOPs count the convolutions, GEMMs
+and attention (forward x 3 for the step). Bytes are a lower bound: each
+parameter read by forward and backward, its gradient written, the Adam
 update's 7 accesses, plus the batch.
 """
 from __future__ import annotations
@@ -24,90 +26,18 @@ from .ops import gpunet_has, load_torch_state, torch_adam
 LR = 1e-3
 
 
-# ---------------------------------------------------------------- the networks, both frameworks
-def digits_cnn(nn):
-    """nn: gpunet.nn or torch.nn (same layer names and arguments)."""
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, 10))
+# ---------------------------------------------------------------- PyTorch mirrors of gpunet.models
+def torch_digits_cnn(torch, width: int, image_size: int = 8):
+    nn, side = torch.nn, image_size // 4
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(2 * width * side * side, 10))
 
 
-def resnet_cifar(nn, residual):
-    def block(c):
-        return residual(nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)))
-    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-                         block(32), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                         block(64), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.AvgPool2d(8), nn.Flatten(), nn.Linear(64, 10))
-
-
-def gpunet_models():
-    """The gpunet side: the two sequence models need explicit backward passes."""
-    import gpunet.nn as gnn
-
-    class CharLSTM(gnn.Module):
-        def __init__(self, vocab, embed, hidden):
-            super().__init__()
-            self.emb = gnn.Embedding(vocab, embed)
-            self.lstm = gnn.LSTM(embed, hidden)
-            self.head = gnn.Linear(hidden, vocab)
-
-        def forward(self, idx):  # (T, N) -> logits (T*N, vocab)
-            out, _ = self.lstm(self.emb(idx))
-            logits = self.head(out)
-            self.save(logits.shape)
-            return logits.reshape(-1, logits.shape[-1])
-
-        def backward(self, dlogits):
-            dh = self.head.backward(dlogits.reshape(self.saved()))
-            self.emb.backward(self.lstm.backward(dh))
-
-    class SelfAttention(gnn.Module):
-        """Causal multi-head self-attention: x -> attn(x, x, x); dx sums the
-        query, key and value gradients."""
-
-        def __init__(self, embed, heads):
-            super().__init__()
-            self.attn = gnn.MultiheadAttention(embed, heads, batch_first=True)
-
-        def forward(self, x):
-            xp, t = self.backend.xp, x.shape[1]
-            mask = xp.triu(xp.ones((t, t), dtype=bool), 1)
-            return self.attn(x, x, x, need_weights=False, attn_mask=mask, is_causal=True)[0]
-
-        def backward(self, dy):
-            dq, dk, dv = self.attn.backward(dy)
-            return dq + dk + dv
-
-    class Transformer(gnn.Module):
-        def __init__(self, vocab, embed, heads):
-            super().__init__()
-            self.tok = gnn.Embedding(vocab, embed)
-            self.blocks = gnn.Sequential(
-                gnn.Residual(gnn.Sequential(gnn.LayerNorm(embed), SelfAttention(embed, heads))),
-                gnn.Residual(gnn.Sequential(gnn.LayerNorm(embed), gnn.Linear(embed, 4 * embed), gnn.GELU(),
-                                            gnn.Linear(4 * embed, embed))))
-            self.ln_f = gnn.LayerNorm(embed)
-            self.head = gnn.Linear(embed, vocab)
-
-        def forward(self, idx):  # (N, T) -> logits (N*T, vocab)
-            logits = self.head(self.ln_f(self.blocks(self.tok(idx))))
-            self.save(logits.shape)
-            return logits.reshape(-1, logits.shape[-1])
-
-        def backward(self, dlogits):
-            d = self.ln_f.backward(self.head.backward(dlogits.reshape(self.saved())))
-            self.tok.backward(self.blocks.backward(d))
-
-    return CharLSTM, Transformer
-
-
-def torch_models(torch):
+def torch_resnet_small(torch, width: int, image_size: int):
     nn = torch.nn
 
-    class Residual(nn.Module):
+    class Residual(nn.Module):  # gpunet.nn.Residual: y = x + fn(x)
         def __init__(self, fn):
             super().__init__()
             self.fn = fn
@@ -115,52 +45,79 @@ def torch_models(torch):
         def forward(self, x):
             return x + self.fn(x)
 
+    def cbr(cin, cout, stride=1):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    layers = cbr(3, width)
+    for stage in range(3):
+        c = width * 2 ** stage
+        if stage:
+            layers += cbr(c // 2, c, stride=2)
+        body = nn.Sequential(*cbr(c, c), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        layers += [Residual(body), nn.ReLU()]
+    layers += [nn.AvgPool2d(image_size // 4), nn.Flatten(), nn.Linear(4 * width, 10)]
+    return nn.Sequential(*layers)
+
+
+def torch_char_lstm(torch, vocab, embed, hidden):
+    nn = torch.nn
+
     class CharLSTM(nn.Module):
-        def __init__(self, vocab, embed, hidden):
+        def __init__(self):
             super().__init__()
-            self.emb = nn.Embedding(vocab, embed)
-            self.lstm = nn.LSTM(embed, hidden)
+            self.embed = nn.Embedding(vocab, embed)
+            self.lstm = nn.LSTM(embed, hidden, batch_first=True)
             self.head = nn.Linear(hidden, vocab)
 
-        def forward(self, idx):
-            logits = self.head(self.lstm(self.emb(idx))[0])
-            return logits.reshape(-1, logits.shape[-1])
+        def forward(self, tokens):  # (N, T) -> (N, V, T), as gpunet.models
+            return self.head(self.lstm(self.embed(tokens))[0]).transpose(1, 2)
+    return CharLSTM()
 
-    class SelfAttention(nn.Module):
-        def __init__(self, embed, heads):
+
+def torch_transformer(torch, vocab, max_len, dim, heads):
+    nn = torch.nn
+
+    class Positions(nn.Module):
+        def __init__(self):
             super().__init__()
-            self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
+            self.weight = nn.Parameter(torch.zeros(max_len, dim))
 
         def forward(self, x):
-            t = x.shape[1]
-            mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
-            return self.attn(x, x, x, need_weights=False, attn_mask=mask, is_causal=True)[0]
+            return x + self.weight[:x.shape[1]]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1 = nn.LayerNorm(dim)
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.ln2 = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+        def forward(self, x):
+            h = self.ln1(x)
+            x = x + self.attn(h, h, h, need_weights=False)[0]
+            return x + self.mlp(self.ln2(x))
 
     class Transformer(nn.Module):
-        def __init__(self, vocab, embed, heads):
+        def __init__(self):
             super().__init__()
-            self.tok = nn.Embedding(vocab, embed)
-            self.blocks = nn.Sequential(
-                Residual(nn.Sequential(nn.LayerNorm(embed), SelfAttention(embed, heads))),
-                Residual(nn.Sequential(nn.LayerNorm(embed), nn.Linear(embed, 4 * embed), nn.GELU(),
-                                       nn.Linear(4 * embed, embed))))
-            self.ln_f = nn.LayerNorm(embed)
-            self.head = nn.Linear(embed, vocab)
+            self.embed = nn.Embedding(vocab, dim)
+            self.pos = Positions()
+            self.blocks = nn.Sequential(Block())
+            self.ln_f = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, vocab)
 
-        def forward(self, idx):
-            logits = self.head(self.ln_f(self.blocks(self.tok(idx))))
-            return logits.reshape(-1, logits.shape[-1])
-
-    return Residual, CharLSTM, Transformer
+        def forward(self, tokens):
+            return self.head(self.ln_f(self.blocks(self.pos(self.embed(tokens))))).transpose(1, 2)
+    return Transformer()
 
 
 # ---------------------------------------------------------------- training-step cases
-def step_case(name, shape, flops, nparams, batch_bytes, make_gpunet, make_torch, make_batch, needs=(), rtol=1e-3,
+def step_case(name, shape, flops, batch_bytes, make_gpunet, make_torch, make_batch, needs=(), rtol=1e-3,
               note=""):
-    """One training step. make_gpunet() -> gpunet Module (float32, cpu);
-    make_torch(torch) -> the same network in torch; make_batch(rng) -> {"x", "t"}."""
+    """One training step. make_gpunet() -> a gpunet.models network (float32,
+    cpu); make_torch(torch) -> its mirror; make_batch(rng) -> {"x", "t"}."""
     def setup(rng):
-        state = {k: v.astype(np.float64) for k, v in make_gpunet().state_dict().items()}
+        state = dict(make_gpunet().state_dict())
         return Spec(state, make_batch(rng))
 
     def build_gpunet(target, state, copies):
@@ -187,7 +144,7 @@ def step_case(name, shape, flops, nparams, batch_bytes, make_gpunet, make_torch,
         model = make_torch(torch)
         load_torch_state(model, state)
         model.to(target.device, target.tdtype)
-        opt, _ = torch_adam(torch, list(model.parameters()), LR)
+        opt, variant = torch_adam(torch, list(model.parameters()), LR)
         last = {}
 
         def step(i):
@@ -200,71 +157,84 @@ def step_case(name, shape, flops, nparams, batch_bytes, make_gpunet, make_torch,
 
         def outputs():
             return {"loss": last["loss"], **{f"grad.{k}": p.grad for k, p in model.named_parameters()}}
-        return Runner(step, outputs)
-    nbytes = rl.F32 * 10 * nparams + batch_bytes
+        return Runner(step, outputs, {"adam": variant})
+    nbytes = rl.F32 * 10 * param_count(make_gpunet) + batch_bytes
     return Case(f"train.{name}", shape, flops, nbytes, setup, {"gpunet": build_gpunet, "torch": build_torch},
                 rtol=rtol, needs=gpunet_has("nn.CrossEntropyLoss", "optim.Adam", *needs), note=note)
 
 
-def _count(make) -> int:
-    return sum(int(np.prod(v.shape)) for v in make().state_dict().values())
+def param_count(make) -> int:
+    try:
+        return sum(int(np.prod(v.shape)) for v in make().state_dict().values())
+    except ImportError:  # gpunet.models lacks this network: the case reports it as skipped
+        return 0
 
 
 def digits_case(size):
-    import gpunet.nn as gnn
-    n = {"quick": 4, "cpu": 256, "gpu": 4096}[size]
-    fwd = n * (rl.conv_flops(1, 1, 16, 8, 8, 3, 3) + rl.conv_flops(1, 16, 32, 4, 4, 3, 3)
-               + rl.linear_flops(1, 128, 64) + rl.linear_flops(1, 64, 10))
-    make = lambda: digits_cnn(gnn)  # noqa: E731
-    return step_case("digits_cnn", f"batch {n} of 1x8x8", 3 * fwd, _count(make), n * (64 * 4 + 8),
-                     make, lambda torch: digits_cnn(torch.nn),
-                     lambda rng: {"x": rng.random((n, 1, 8, 8)), "t": rng.integers(0, 10, n)},
-                     needs=("nn.Conv2d", "nn.MaxPool2d", "nn.Flatten"),
-                     note="synthetic digits-shaped batch; 2 conv + 2 linear layers")
+    n, width = {"quick": (4, 4), "cpu": (256, 32), "gpu": (4096, 32)}[size]
+    fwd = n * (rl.conv_flops(1, 1, width, 8, 8, 3, 3) + rl.conv_flops(1, width, 2 * width, 4, 4, 3, 3)
+               + rl.linear_flops(1, 2 * width * 4, 10))
+
+    def make():
+        from gpunet.models import digits_cnn
+        return digits_cnn(width=width)
+    return step_case("digits_cnn", f"batch {n} of 1x8x8 width {width}", 3 * fwd, n * (64 * 4 + 8), make,
+                     lambda torch: torch_digits_cnn(torch, width),
+                     lambda rng: {"x": rng.random((n, 1, 8, 8), dtype=np.float32),
+                                  "t": rng.integers(0, 10, n)},
+                     needs=("models.digits_cnn",), note="random digits-shaped batch")
+
+
+def resnet_flops(n, w, side):
+    """Forward FLOPs of gpunet.models.resnet_small (one block per stage)."""
+    f = rl.conv_flops(n, 3, w, side, side, 3, 3)
+    for stage in range(3):
+        c, s = w * 2 ** stage, side >> stage
+        if stage:
+            f += rl.conv_flops(n, c // 2, c, s, s, 3, 3)
+        f += 2 * rl.conv_flops(n, c, c, s, s, 3, 3)
+    return f + rl.linear_flops(n, 4 * w, 10)
 
 
 def resnet_case(size):
-    import gpunet.nn as gnn
-    n = {"quick": 2, "cpu": 32, "gpu": 256}[size]
-    fwd = n * (rl.conv_flops(1, 3, 32, 32, 32, 3, 3) + 2 * rl.conv_flops(1, 32, 32, 32, 32, 3, 3)
-               + rl.conv_flops(1, 32, 64, 16, 16, 3, 3) + 2 * rl.conv_flops(1, 64, 64, 16, 16, 3, 3)
-               + rl.linear_flops(1, 64, 10))
-    make = lambda: resnet_cifar(gnn, gnn.Residual)  # noqa: E731
-    return step_case("resnet_cifar", f"batch {n} of 3x32x32", 3 * fwd, _count(make), n * (3 * 32 * 32 * 4 + 8),
-                     make, lambda torch: resnet_cifar(torch.nn, torch_models(torch)[0]),
-                     lambda rng: {"x": rng.standard_normal((n, 3, 32, 32)), "t": rng.integers(0, 10, n)},
-                     needs=("nn.Conv2d", "nn.BatchNorm2d", "nn.Residual", "nn.MaxPool2d", "nn.AvgPool2d"),
-                     note="5 convs with BatchNorm (batch statistics), 2 residual blocks, 10 classes")
+    n, width, side = {"quick": (2, 4, 8), "cpu": (64, 16, 32), "gpu": (256, 64, 32)}[size]
+
+    def make():
+        from gpunet.models import resnet_small
+        return resnet_small(image_size=side, width=width)
+    return step_case("resnet_small", f"batch {n} of 3x{side}x{side} width {width}", 3 * resnet_flops(n, width, side),
+                     n * (3 * side * side * 4 + 8), make, lambda torch: torch_resnet_small(torch, width, side),
+                     lambda rng: {"x": rng.standard_normal((n, 3, side, side), dtype=np.float32),
+                                  "t": rng.integers(0, 10, n)},
+                     needs=("models.resnet_small",), note="BatchNorm in training mode (batch statistics)")
 
 
 def char_lstm_case(size):
-    t, n, e, h, v = {"quick": (4, 2, 3, 5, 7), "cpu": (50, 32, 64, 256, 96), "gpu": (100, 64, 128, 512, 96)}[size]
+    n, t, e, h, v = {"quick": (2, 4, 3, 5, 7), "cpu": (32, 50, 64, 256, 96), "gpu": (64, 100, 128, 512, 96)}[size]
     flops = rl.lstm_flops(t, n, e, h, True) + 3 * rl.linear_flops(t * n, h, v)
 
     def make():
-        return gpunet_models()[0](v, e, h)
-    return step_case("char_lstm", f"seq {t} batch {n} embed {e} hidden {h} vocab {v}", flops, _count(make),
-                     t * n * 16, make, lambda torch: torch_models(torch)[1](v, e, h),
-                     lambda rng: {"x": rng.integers(0, v, (t, n)), "t": rng.integers(0, v, t * n)},
-                     needs=("nn.Embedding", "nn.LSTM"),
-                     note="next-character loss over every position")
+        from gpunet.models import CharLSTM
+        return CharLSTM(v, e, h)
+    return step_case("char_lstm", f"batch {n} seq {t} embed {e} hidden {h} vocab {v}", flops, t * n * 16, make,
+                     lambda torch: torch_char_lstm(torch, v, e, h),
+                     lambda rng: {"x": rng.integers(0, v, (n, t)), "t": rng.integers(0, v, (n, t))},
+                     needs=("models.CharLSTM",), note="next-character loss at every position")
 
 
 def transformer_case(size):
-    n, t, e, heads, v = {"quick": (2, 6, 8, 2, 11), "cpu": (4, 128, 256, 4, 512),
+    n, t, d, heads, v = {"quick": (2, 6, 8, 2, 11), "cpu": (4, 128, 256, 4, 512),
                          "gpu": (8, 1024, 768, 12, 4096)}[size]
-    tokens = n * t
-    fwd = (tokens * (2 * 3 * e * e + 2 * e * e + 2 * 8 * e * e + 2 * e * v)
-           + rl.attention_flops(n, heads, t, t, e // heads, True, False))
-    flops = 3 * fwd
+    fwd = n * t * (2 * 3 * d * d + 2 * d * d + 2 * 8 * d * d + 2 * d * v) \
+        + rl.attention_flops(n, heads, t, t, d // heads, False, False)
 
     def make():
-        return gpunet_models()[1](v, e, heads)
-    return step_case("transformer", f"batch {n} seq {t} embed {e} heads {heads} vocab {v}", flops, _count(make),
-                     tokens * 16, make, lambda torch: torch_models(torch)[2](v, e, heads),
-                     lambda rng: {"x": rng.integers(0, v, (n, t)), "t": rng.integers(0, v, tokens)},
-                     needs=("nn.Embedding", "nn.MultiheadAttention", "nn.LayerNorm", "nn.GELU"),
-                     note="one pre-LayerNorm block (causal attention + 4x GELU MLP), next-token loss")
+        from gpunet.models import Transformer
+        return Transformer(v, t, d, heads, num_layers=1)
+    return step_case("transformer", f"batch {n} seq {t} dim {d} heads {heads} vocab {v}", 3 * fwd, n * t * 16, make,
+                     lambda torch: torch_transformer(torch, v, t, d, heads),
+                     lambda rng: {"x": rng.integers(0, v, (n, t)), "t": rng.integers(0, v, (n, t))},
+                     needs=("models.Transformer",), note="one block, bidirectional attention, per-token loss")
 
 
 def model_cases(size: str) -> list[Case]:

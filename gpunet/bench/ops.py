@@ -4,8 +4,8 @@ same computation in PyTorch, forward (fwd) or forward + backward (fwdbwd).
 Shapes per size ("quick": tiny, the CI smoke test; "cpu": a 2-core machine in
 minutes; "gpu": the issue's shapes):
 
-  op              gpu                              cpu                        
-  linear          8192x4096 -> 4096                2048x1024 -> 1024          
+  op              gpu                              cpu
+  linear          8192x4096 -> 4096                2048x1024 -> 1024
   conv2d          (64,64,56,56)->64, (64,256,14,14)->256, 3x3 pad 1
                                                    (64,3,32,32)->32, (32,64,16,16)->64
   maxpool/avgpool 3x3/2 pad 1 on (64,64,112,112)   (16,64,56,56)
@@ -13,6 +13,9 @@ minutes; "gpu": the issue's shapes):
   lstm            seq 100 batch 64 in 512 hid 512  the same
   attention       b 8, 12 heads, seq 1024, d 64    seq 256 (causal and not)
   layer_norm      8192x768                         8192x768
+  batch_norm2d    (64,64,56,56)                    (16,64,56,56)
+  gelu            8192x3072                        2048x3072
+  embedding       vocab 50257 dim 768, 8x1024      vocab 8192 dim 256, 8x512
   adam            25.2M params in 48 tensors       the same
 
 Scaling sweeps (time against one size, the rest fixed): softmax row length,
@@ -55,8 +58,8 @@ def load_torch_state(tm, state: dict):
 
 
 def module_state(make) -> dict:
-    """A gpunet module's initial weights in float64, by PyTorch key."""
-    return {k: v.astype(np.float64) for k, v in make().state_dict().items()}
+    """A gpunet module's initial weights and buffers, by PyTorch key."""
+    return dict(make().state_dict())
 
 
 def gpunet_module(make, fwd, bwd, backward: bool):
@@ -129,8 +132,9 @@ def torch_module(make, fwd, grads: tuple, backward: bool):
 
 
 def normal_inputs(**shapes):
-    """setup(rng) input maker: standard normal arrays of the given shapes."""
-    return lambda rng: {k: rng.standard_normal(s) for k, s in shapes.items()}
+    """setup(rng) input maker: standard normal float32 arrays of the given shapes
+    (float32 values, so the float64 reference sees exactly the timed inputs)."""
+    return lambda rng: {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
 
 
 def fmt(shape) -> str:
@@ -235,7 +239,7 @@ def cross_entropy_case(rows, cols):
     import gpunet.nn as gnn
 
     def setup(rng):
-        return Spec({}, {"x": rng.standard_normal((rows, cols)), "t": rng.integers(0, cols, rows)})
+        return Spec({}, {"x": rng.standard_normal((rows, cols), dtype=np.float32), "t": rng.integers(0, cols, rows)})
 
     def fwd(m, c):
         return m(c["x"], c["t"])
@@ -350,7 +354,8 @@ def layer_norm_cases(size):
 
     def setup(rng):
         # random affine weights, so an implementation that ignores them fails
-        state = {"weight": 1 + 0.1 * rng.standard_normal(cols), "bias": 0.1 * rng.standard_normal(cols)}
+        state = {"weight": 1 + 0.1 * rng.standard_normal(cols, dtype=np.float32),
+                 "bias": 0.1 * rng.standard_normal(cols, dtype=np.float32)}
         return Spec(state, normal_inputs(x=(rows, cols), dy=(rows, cols))(rng))
     mn = rows * cols
     return [Case(
@@ -381,8 +386,8 @@ def adam_cases(size):
     def setup(rng):
         state = {}
         for j, s in enumerate(shapes):
-            state[f"p{j}"] = 0.02 * rng.standard_normal(s)
-            state[f"g{j}"] = rng.standard_normal(s)
+            state[f"p{j}"] = 0.02 * rng.standard_normal(s, dtype=np.float32)
+            state[f"g{j}"] = rng.standard_normal(s, dtype=np.float32)
         return Spec(state, {})
 
     def build_gpunet(target, state, copies):
@@ -404,9 +409,10 @@ def adam_cases(size):
             p.grad = target.array(state[f"g{j}"])
             params.append(p)
         start = [p.detach().clone() for p in params]
-        opt, _ = torch_adam(torch, params, lr)
+        opt, variant = torch_adam(torch, params, lr)
         return Runner(lambda i: opt.step(),
-                      lambda: {f"delta{j}": p.detach() - s for j, (p, s) in enumerate(zip(params, start))})
+                      lambda: {f"delta{j}": p.detach() - s for j, (p, s) in enumerate(zip(params, start))},
+                      {"adam": variant})
     return [Case("adam.step", f"{nparams / 1e6:.1f}M params in {len(shapes)} tensors",
                  rl.ADAM_FLOPS_PER_PARAM * nparams, rl.adam_bytes(nparams), setup,
                  {"gpunet": build_gpunet, "torch": build_torch}, rotate=False, needs=gpunet_has("optim.Adam"),
@@ -414,8 +420,66 @@ def adam_cases(size):
                       "torch uses fused=True where it supports it")]
 
 
+# ---------------------------------------------------------------- GELU, embedding, BatchNorm2d
+def gelu_cases(size):
+    import gpunet.nn as gnn
+    rows, cols = {"quick": (3, 10), "cpu": (2048, 3072), "gpu": (8192, 3072)}[size]
+    mn = rows * cols
+    return [Case(
+        "gelu.fwdbwd", f"{rows}x{cols}", 45.0 * mn, F32 * 5 * mn,
+        lambda rng: Spec({}, normal_inputs(x=(rows, cols), dy=(rows, cols))(rng)),
+        {"gpunet": gpunet_module(gnn.GELU, lambda m, c: m(c["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
+         "torch": torch_module(lambda t: t.nn.GELU(), lambda tm, c: tm(c["x"]), ("x",), True)},
+        needs=gpunet_has("nn.GELU"), note="exact (erf) GELU; bytes: x, y; then x, dy, dx")]
+
+
+def embedding_cases(size):
+    import gpunet.nn as gnn
+    vocab, dim, n, t = {"quick": (11, 4, 2, 5), "cpu": (8192, 256, 8, 512), "gpu": (50257, 768, 8, 1024)}[size]
+
+    def make():
+        return gnn.Embedding(vocab, dim)
+
+    def setup(rng):
+        return Spec(module_state(make), {"idx": rng.integers(0, vocab, (n, t)),
+                                         "dy": rng.standard_normal((n, t, dim), dtype=np.float32)})
+
+    def bwd(m, dy):
+        m.backward(dy)
+        return {}
+    tokens = n * t
+    # the dense weight gradient is written whole, zeros included
+    return [Case(
+        "embedding.fwdbwd", f"vocab {vocab} dim {dim}, {n}x{t} tokens", float(tokens * dim),
+        F32 * (3 * tokens * dim + vocab * dim) + 8 * tokens, setup,
+        {"gpunet": gpunet_module(make, lambda m, c: m(c["idx"]), bwd, True),
+         "torch": torch_module(lambda t_: t_.nn.Embedding(vocab, dim), lambda tm, c: tm(c["idx"]), (), True)},
+        needs=gpunet_has("nn.Embedding"), note="gather rows; backward scatters-adds into a dense weight gradient")]
+
+
+def batch_norm_cases(size):
+    import gpunet.nn as gnn
+    shape = {"quick": (3, 4, 5, 6), "cpu": (16, 64, 56, 56), "gpu": (64, 64, 56, 56)}[size]
+    c = shape[1]
+
+    def make():
+        return gnn.BatchNorm2d(c)
+
+    def setup(rng):
+        state = module_state(make)
+        state.update(weight=1 + 0.1 * rng.standard_normal(c, dtype=np.float32),
+                     bias=0.1 * rng.standard_normal(c, dtype=np.float32))
+        return Spec(state, normal_inputs(x=shape, dy=shape)(rng))
+    numel = int(np.prod(shape))
+    return [Case(
+        "batch_norm2d.fwdbwd", fmt(shape), 15.0 * numel, F32 * 5 * numel, setup,
+        {"gpunet": gpunet_module(make, lambda m, c_: m(c_["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
+         "torch": torch_module(lambda t: t.nn.BatchNorm2d(c), lambda tm, c_: tm(c_["x"]), ("x",), True)},
+        needs=gpunet_has("nn.BatchNorm2d"), note="training mode (batch statistics); bytes: x, y; then x, dy, dx")]
+
+
 FAMILIES = (linear_cases, conv_cases, pool_cases, softmax_cases, lstm_cases, attention_cases, layer_norm_cases,
-            adam_cases)
+            batch_norm_cases, gelu_cases, embedding_cases, adam_cases)
 
 
 def op_cases(size: str) -> list[Case]:

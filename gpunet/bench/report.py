@@ -137,7 +137,9 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {target} | " + ", ".join(f"{x:g}: {_ms(t)}" for x, t in pts)
                              + f" | {'' if k is None else f'~x^{k:.2f}'} |")
             lines.append("")
-    notes = {r["name"]: r["note"] for r in results if r.get("note")}
+    notes = {r["op"]: r["note"] for r in results if r.get("note")}
+    notes.update({f"{r['name']} [{r['target']}]": ", ".join(f"{k}: {v}" for k, v in r["info"].items())
+                  for r in results if r.get("info")})
     if notes:
         lines += ["", "## Case notes", ""] + [f"- {k}: {v}" for k, v in notes.items()]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,13 @@ def _scan_values(be) -> bool:
     return checks._finite["gpu" if be.on_gpu else "host"]
 
 
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
 class _Loss(Module):
     def __init__(self, reduction: str = "mean"):
         super().__init__()
@@ -152,7 +159,7 @@ class BCEWithLogitsLoss(_Loss):
         self._check_pair(x, t)
         for name in ("weight", "pos_weight"):
             w = getattr(self, name)
-            if w is not None and np.broadcast_shapes(tuple(w.shape), tuple(x.shape)) != tuple(x.shape):
+            if w is not None and not _broadcasts_to(w.shape, x.shape):
                 raise ValueError(f"{name}: shape {tuple(w.shape)} does not broadcast to the input's {tuple(x.shape)}")
         return ops.bce_with_logits_forward(self.backend, x, t, self.reduction, self.weight, self.pos_weight)
 

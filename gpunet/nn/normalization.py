@@ -92,10 +92,8 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", np.zeros(C, self.dtype))
             self.register_buffer("running_var", np.ones(C, self.dtype))
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        else:  # plain attributes: no buffers, so no state_dict keys (as torch)
+            self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def reset_running_stats(self):
         if self.track_running_stats:

@@ -22,7 +22,9 @@ Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace per backend, sized so a chunk's columns stay under
 WORKSPACE_BYTES; the GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to
 the bias_add/bias_grad kernels. Backward recomputes each chunk's columns
-instead of keeping them, so memory stays at one workspace.
+instead of keeping them, so memory stays at one workspace (it lives until the
+process ends; work queued on one stream at a time may share it, as CuPy's
+current stream orders every use).
 """
 from __future__ import annotations
 
@@ -118,7 +120,8 @@ def _forward_array(be, x, w, b, g: Geometry):
         wg = xp.concatenate([wg, b.reshape(g.groups, og, 1)], axis=2)
     y = xp.matmul(wg, cols)  # (groups, Og, N*L) = (O, N, L)
     out = xp.empty((n, o, g.oh, g.ow), dtype=x.dtype)
-    out.reshape(n, o, -1)[...] = y.reshape(o, n, -1).transpose(1, 0, 2)
+    spatial = g.oh * g.ow
+    out.reshape(n, o, spatial)[...] = y.reshape(o, n, spatial).transpose(1, 0, 2)
     return out, cols
 
 
@@ -126,9 +129,10 @@ def _backward_array(be, ctx, dy):
     xp = be.xp
     cols, w, has_bias, x_shape, g = ctx
     n, o = dy.shape[:2]
-    og = o // g.groups
+    og, spatial = o // g.groups, g.oh * g.ow
     kg = w.shape[1] * g.kh * g.kw
-    dyg = xp.ascontiguousarray(dy.reshape(n, g.groups, og, -1).transpose(1, 2, 0, 3)).reshape(g.groups, og, -1)
+    dyg = xp.ascontiguousarray(dy.reshape(n, g.groups, og, spatial).transpose(1, 2, 0, 3))
+    dyg = dyg.reshape(g.groups, og, n * spatial)
     dwx = xp.matmul(dyg, cols.transpose(0, 2, 1))  # (groups, Og, Kg [+1: the bias gradient])
     dw = dwx[:, :, :kg].reshape(w.shape)
     db = dwx[:, :, kg].reshape(o) if has_bias else None
@@ -168,8 +172,8 @@ def _forward_kernels(be, x, w, b, g: Geometry):
         nb = min(step, n - n0)
         cols = _workspace(be, k * nb * spatial, x.dtype).reshape(k, nb * spatial)
         kern.im2col(x[n0:n0 + nb], cols, *_kernel_args(g), be.stream())
-        yc = xp.matmul(wg, cols.reshape(g.groups, kg, -1))  # (O, nb, L)
-        y[n0:n0 + nb].reshape(nb, o, -1)[...] = yc.reshape(o, nb, -1).transpose(1, 0, 2)
+        yc = xp.matmul(wg, cols.reshape(g.groups, kg, nb * spatial))  # (O, nb, L)
+        y[n0:n0 + nb].reshape(nb, o, spatial)[...] = yc.reshape(o, nb, spatial).transpose(1, 0, 2)
     if b is not None:
         bias_add(be, y, b, spatial)
     return y, x
@@ -184,21 +188,17 @@ def _backward_kernels(be, ctx, dy):
     wt = w.reshape(g.groups, og, kg).transpose(0, 2, 1)
     dy = xp.ascontiguousarray(dy)
     dx = xp.empty(x.shape, dtype=x.dtype)
-    dw = None
+    dw = xp.zeros((g.groups, og, kg), dtype=x.dtype)
     step = _chunk(n, k, spatial, x.dtype.itemsize)
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
         cols = _workspace(be, k * nb * spatial, x.dtype).reshape(g.groups, kg, nb * spatial)
-        kern.im2col(x[n0:n0 + nb], cols.reshape(k, -1), *_kernel_args(g), be.stream())
-        dyg = xp.ascontiguousarray(dy[n0:n0 + nb].reshape(nb, g.groups, og, -1).transpose(1, 2, 0, 3))
-        dyg = dyg.reshape(g.groups, og, -1)
-        part = xp.matmul(dyg, cols.transpose(0, 2, 1))
-        if dw is None:
-            dw = part
-        else:
-            dw += part
+        kern.im2col(x[n0:n0 + nb], cols.reshape(k, nb * spatial), *_kernel_args(g), be.stream())
+        dyg = xp.ascontiguousarray(dy[n0:n0 + nb].reshape(nb, g.groups, og, spatial).transpose(1, 2, 0, 3))
+        dyg = dyg.reshape(g.groups, og, nb * spatial)
+        dw += xp.matmul(dyg, cols.transpose(0, 2, 1))
         xp.matmul(wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
-        kern.col2im(cols.reshape(k, -1), dx[n0:n0 + nb], *_kernel_args(g), be.stream())
+        kern.col2im(cols.reshape(k, nb * spatial), dx[n0:n0 + nb], *_kernel_args(g), be.stream())
     db = bias_grad(be, dy, o, spatial) if has_bias else None
     return dx, dw.reshape(w.shape), db
 

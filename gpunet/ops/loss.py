@@ -8,11 +8,12 @@ multi-margin: by the number of rows). `grad` in the backward functions is the
 gradient of whatever consumed the loss: a scalar (or 0-d array) for 'sum' and
 'mean', an array shaped like the loss for 'none'.
 
-Cross-entropy is fused with log-softmax. On kernel backends (sim, cuda;
-float32) it runs csrc/kernels/softmax.cu: the forward writes only the per-row
-loss and log-sum-exp, the backward recomputes the probabilities from the
-logits and that log-sum-exp, so no (rows, classes) probability array is ever
-stored. (N, C, d...) inputs are brought to (N*d..., C) rows by moving the class
+Cross-entropy is fused with log-softmax. The forward keeps only each row's
+log-sum-exp, as the pair (m, l) = (row max, log sum exp(x - m)) whose sum it
+is (in float32 an lse near 1e4 is only good to ~1e-3; (x - m) - l is exact to
+rounding); the backward recomputes the probabilities exp((x - m) - l) from
+the logits, so no (rows, classes) probability array is ever stored. On
+kernel backends (sim, cuda; float32) both run csrc/kernels/softmax.cu. (N, C, d...) inputs are brought to (N*d..., C) rows by moving the class
 axis last (one transposing copy each way, none for (N, C)).
 """
 from __future__ import annotations
@@ -29,7 +30,10 @@ def _reduce(xp, per_elem, reduction, denom):
     if reduction == "none":
         return per_elem
     total = per_elem.sum()
-    return xp.asarray(total / denom if reduction == "mean" else total, dtype=per_elem.dtype)
+    if reduction == "mean":
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 = NaN when nothing counts, as in PyTorch
+            total = total / denom
+    return xp.asarray(total, dtype=per_elem.dtype)
 
 
 def _scale(reduction, grad, denom):
@@ -169,17 +173,17 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     wt = valid.astype(x.dtype) if weight is None else weight[ts] * valid
     if _uses_kernel(be, x2):
         per = xp.empty(rows, dtype=x2.dtype)
-        lse = xp.empty(rows, dtype=x2.dtype)
+        lse = xp.empty((rows, 2), dtype=x2.dtype)
         be.kern.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
                                       per, lse, int(ignore_index), float(label_smoothing), be.stream())
     else:
         m = x2.max(axis=1, keepdims=True)
-        lse = (xp.log(xp.exp(x2 - m).sum(axis=1, keepdims=True)) + m)[:, 0]
-        xt = xp.take_along_axis(x2, ts[:, None], axis=1)[:, 0]
-        per = wt * (lse - xt)
+        lse = xp.concatenate([m, xp.log(xp.exp(x2 - m).sum(axis=1, keepdims=True))], axis=1)
+        neg_logp = (m - x2) + lse[:, 1:]  # lse - x, as (m - x) + l
+        per = wt * xp.take_along_axis(neg_logp, ts[:, None], axis=1)[:, 0]
         if label_smoothing:
             w_row = 1.0 if weight is None else weight[None, :]
-            smooth = ((lse[:, None] - x2) * w_row).sum(axis=1) * valid
+            smooth = (neg_logp * w_row).sum(axis=1) * valid
             per = (1 - label_smoothing) * per + (label_smoothing / c) * smooth
         per = per.astype(x.dtype, copy=False)
     denom = wt.sum()
@@ -203,7 +207,7 @@ def cross_entropy_backward(be, ctx, grad):
                                        int(ignore_index), float(eps), be.stream())
         return _from_rows(xp, dx2, shape)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
-    p = xp.exp(x2 - lse[:, None])
+    p = xp.exp((x2 - lse[:, :1]) - lse[:, 1:])
     w_row = xp.ones((1, c), dtype=x2.dtype) if weight is None else weight[None, :]
     a_sum = (1 - eps) * wt + (eps / c) * w_row.sum() * valid
     dx2 = a_sum[:, None] * p - (eps / c) * w_row * valid[:, None]

@@ -1,0 +1,156 @@
+"""The benchmark suite: the --quick smoke run writes its reports, and the
+harness refuses to time an implementation that fails validation."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpunet.bench import cli, harness, ops
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = {"linear", "conv2d", "maxpool2d", "avgpool2d", "softmax", "cross_entropy", "lstm", "attention",
+            "layer_norm", "batch_norm2d", "gelu", "embedding", "adam", "train"}
+
+
+def quick_policy():
+    return harness.Policy(min_reps=3, max_reps=3, budget_s=0.0, warmup_s=0.0, min_warmup=1,
+                          cache_bytes=1 << 16, memory_budget=1 << 24)
+
+
+def cpu_platform():
+    """gpunet cpu, checked against gpunet cpu in float64 (no torch needed)."""
+    return harness.Platform("cpu", "quick", [harness.Target("gpunet", "cpu")],
+                            harness.Target("gpunet", "cpu", np.float64), quick_policy(),
+                            {"flops": 1e10, "bandwidth": 1e10})
+
+
+def linear_case():
+    return ops.linear_cases("quick")[0]
+
+
+def test_quick_smoke_run_writes_reports(tmp_path):
+    """`python -m gpunet.bench --quick` on the CPU: every case validated and
+    timed (gpunet and PyTorch when installed), JSON/Markdown (and PNGs with
+    matplotlib) written with the environment."""
+    cmd = [sys.executable, "-m", "gpunet.bench", "--quick", "--device", "cpu", "--threads", "1",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (js,) = tmp_path.glob("cpu-*-quick.json")
+    report = json.loads(js.read_text())
+    assert js.with_suffix(".md").exists()
+    env = report["environment"]
+    for key in ("date", "numpy", "cpu", "threads", "commit", "math_mode"):
+        assert key in env
+    assert env["threads"] == 1
+    assert report["ceilings"]["flops"] > 0 and report["ceilings"]["bandwidth"] > 0
+    results = report["results"]
+    assert {r["op"].split(".")[0] for r in results} == FAMILIES
+    for r in results:
+        assert r["status"] == "ok", r
+        assert r["reps"] >= 3 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert 0 < r["roofline_fraction"] and r["err"] <= r["rtol"]
+    torch_ok = any(r["target"] == "torch-cpu" for r in results)
+    if torch_ok:
+        assert all("ratio_to_torch" in r for r in results if r["target"] == "cpu")
+    assert {r["sweep"][0] for r in results if r["sweep"]} == {
+        "softmax row length", "conv2d batch size", "attention sequence length", "LSTM sequence length"}
+    pytest.importorskip("matplotlib")
+    for kind in ("ratio", "roofline", "scaling") if torch_ok else ("roofline", "scaling"):
+        assert (tmp_path / f"{js.stem}-{kind}.png").stat().st_size > 0
+
+
+def test_run_py_lists_cases():
+    proc = subprocess.run([sys.executable, "bench/run.py", "--list", "--quick", "--no-torch", "--device", "cpu",
+                           "--ops", "conv2d.fwd"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines and all(line.startswith("[cpu] conv2d.fwd") for line in lines)
+
+
+def test_wrong_implementation_is_not_timed():
+    """A Linear whose float32 output is off by 1% fails validation against the
+    float64 reference: reported invalid, with the worst element named, and
+    its step never runs past validation."""
+    case = linear_case()
+    right = case.impls["gpunet"]
+    calls = []
+
+    def wrong(target, state, copies):
+        runner = right(target, state, copies)
+        if target.dtype == np.float64:  # the float64 run is the reference
+            return runner
+
+        def step(i):
+            calls.append(i)
+            runner.step(i)
+
+        def outputs():
+            out = runner.outputs()
+            out["out"] = out["out"] * 1.01
+            return out
+        return harness.Runner(step, outputs)
+    case.impls = {"gpunet": wrong}
+    (r,) = harness.run_case(case, cpu_platform())
+    assert r["status"] == "invalid"
+    assert "validation failed" in r["reason"] and "out:" in r["reason"] and "worst at index" in r["reason"]
+    assert "median_s" not in r and "ratio_to_torch" not in r
+    assert calls == [0]
+
+
+def test_correct_implementation_is_timed():
+    (r,) = harness.run_case(linear_case(), cpu_platform())
+    assert r["status"] == "ok"
+    assert r["err"] < 1e-5 and r["reps"] == 3 and r["copies"] >= 2
+    assert r["floor_s"] == pytest.approx(max(r["flops"], r["bytes"]) / 1e10)
+    assert r["roofline_fraction"] == pytest.approx(r["floor_s"] / r["median_s"])
+
+
+def test_raising_implementation_is_reported_not_raised():
+    case = linear_case()
+
+    def broken(target, state, copies):
+        raise RuntimeError("kernel launch failed")
+    case.impls = {"gpunet": broken}
+    (r,) = harness.run_case(case, cpu_platform())
+    assert r["status"] == "error" and "kernel launch failed" in r["reason"]
+
+
+def test_cli_exit_status_and_report_show_failure(tmp_path, monkeypatch):
+    case = linear_case()
+    right = case.impls["gpunet"]
+
+    def forgets_bias_grad(target, state, copies):
+        runner = right(target, state, copies)
+        if target.dtype == np.float64:
+            return runner
+        return harness.Runner(runner.step, lambda: {k: v for k, v in runner.outputs().items() if k != "grad.bias"})
+    case.impls = {"gpunet": forgets_bias_grad}
+    monkeypatch.setattr(cli, "cases", lambda size: [case])
+    code = cli.main(["--quick", "--device", "cpu", "--no-torch", "--no-plots", "--out", str(tmp_path)])
+    assert code == 1
+    (js,) = tmp_path.glob("cpu-*-quick.json")
+    (r,) = json.loads(js.read_text())["results"]
+    assert r["status"] == "invalid" and "grad.bias: missing" in r["reason"]
+    assert "INVALID" in js.with_suffix(".md").read_text()
+
+
+def test_compare_is_normwise_and_strict_about_shape_and_nan():
+    ref = {"y": np.array([1000.0, 1.0])}
+    # error 1e-3 on the small entry is tiny against the largest (normwise)
+    assert harness.compare({"y": np.array([1000.0, 1.001])}, ref, 1e-5)[1] is None
+    err, why = harness.compare({"y": np.array([1001.0, 1.0])}, ref, 1e-4)
+    assert err == pytest.approx(1e-3) and "worst at index (0,)" in why
+    assert harness.compare({"y": np.array([1000.0])}, ref, 1.0)[0] == math.inf
+    assert "non-finite" in harness.compare({"y": np.array([np.nan, 1.0])}, ref, 1.0)[1]
+
+
+def test_case_filter():
+    assert cli.selected(None, "conv2d.fwd (1,2)", "conv2d.fwd")
+    assert cli.selected(["CONV2D"], "conv2d.fwd (1,2)", "conv2d.fwd")
+    assert cli.selected(["train.*"], "train.char_lstm batch 2", "train.char_lstm")
+    assert not cli.selected(["lstm"], "conv2d.fwd (1,2)", "conv2d.fwd")
