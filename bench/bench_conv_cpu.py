@@ -34,14 +34,18 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
-def median_ms(fn, reps: int) -> float:
-    fn()  # warm up (allocator, BLAS thread pool)
-    times = []
+def median_ms(fns, reps: int) -> list[float]:
+    """Median wall time of each function; the functions alternate within every
+    rep so that a change in machine load affects them alike."""
+    for fn in fns:
+        fn()  # warm up (allocator, BLAS thread pool)
+    times = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [float(np.median(t)) * 1e3 for t in times]
 
 
 def main():
@@ -88,8 +92,7 @@ def main():
         theirs = theirs.numpy()
         assert_close(ours, theirs, atol=1e-5 * float(np.abs(theirs).max()), name=f"grad {name}")
 
-    t_ours = median_ms(step_gpunet, args.reps)
-    t_torch = median_ms(step_torch, args.reps)
+    t_ours, t_torch = median_ms([step_gpunet, step_torch], args.reps)
     print(f"Conv2d({c}, {args.out_channels}, 3, padding=1) fwd+bwd on {tuple(args.shape)} float32, "
           f"{threads} thread(s), median of {args.reps}")
     print(f"  gpunet cpu : {t_ours:8.3f} ms")

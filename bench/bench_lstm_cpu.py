@@ -7,14 +7,12 @@ PyTorch before timing.
 
     python bench/bench_lstm_cpu.py [--reps 5] [--threads N] [--seq 100 --batch 64 --input 512 --hidden 512]
 """
-from __future__ import annotations
-
 import argparse
 
 import numpy as np
 
 import gpunet
-from bench_conv_cpu import blas_threads, median_ms
+from bench_conv_cpu import blas_threads, median_ms  # the CPU benchmarks' shared timing helpers
 from gpunet.nn import LSTM
 from gpunet.testing import assert_close
 
@@ -65,8 +63,7 @@ def main():
         theirs = dict(ref.named_parameters())[name].grad.numpy()
         assert_close(p.grad, theirs, atol=1e-5 * float(np.abs(theirs).max()), name=f"grad {name}")
 
-    t_ours = median_ms(step_gpunet, args.reps)
-    t_torch = median_ms(step_torch, args.reps)
+    t_ours, t_torch = median_ms([step_gpunet, step_torch], args.reps)
     flops = 2 * 3 * T * B * 4 * H * (I + H)  # forward GEMMs and the two backward ones, x, w_ih and w_hh
     print(f"LSTM({I}, {H}) fwd+bwd, seq {T}, batch {B}, float32, {threads} thread(s), median of {args.reps}")
     print(f"  gpunet cpu : {t_ours:9.2f} ms   ({flops / t_ours / 1e6:.1f} GFLOP/s of GEMM work)")

@@ -8,7 +8,7 @@ a SYNTHETIC CIFAR-shaped task (coloured gratings whose class is their
 orientation and palette, see gpunet.data.synthetic_cifar) and says so: that
 checks the whole pipeline runs and learns, it is not a CIFAR-10 result.
 
-    python examples/resnet_cifar.py [--device cpu|sim|cuda|cupy|auto] [--data DIR] [--epochs 10] [--quick]
+    python examples/resnet_cifar.py [--device cpu|sim|cuda|cupy|auto] [--data DIR] [--epochs 6] [--quick]
 """
 import argparse
 import time
@@ -69,8 +69,8 @@ def load(data_dir, quick: bool, train_size: int, seed: int):
     return train, val, test, size, f"SYNTHETIC CIFAR-shaped data ({size}x{size} gratings; pass --data for real CIFAR-10)"
 
 
-def main(device: str = "auto", quick: bool = False, data: str = None, epochs: int = 10, batch_size: int = 64,
-         lr: float = 2e-3, width: int = 16, train_size: int = 8000, seed: int = 0) -> dict:
+def main(device: str = "auto", quick: bool = False, data: str = None, epochs: int = 6, batch_size: int = 64,
+         lr: float = 2e-3, width: int = 16, train_size: int = 4000, seed: int = 0) -> dict:
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     if quick:
@@ -100,11 +100,11 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic run; asserts >= 85%% test accuracy")
     ap.add_argument("--data", default=None, help="CIFAR-10 binary directory (cifar-10-batches-bin)")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--width", type=int, default=16, help="channels of the first stage (then 2x, 4x)")
-    ap.add_argument("--train-size", type=int, default=8000, help="synthetic training images")
+    ap.add_argument("--train-size", type=int, default=4000, help="synthetic training images")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     main(args.device, args.quick, args.data, args.epochs, args.batch_size, args.lr, args.width, args.train_size,

@@ -2,6 +2,7 @@
 
     python -m gpunet backends
     python -m gpunet train --model digits_cnn --dataset digits --epochs 15 --out runs/digits
+    gpunet-train --model digits_cnn --dataset digits      (the same; "train" is implied)
 
 `train` splits the data into train/validation/test, trains with a checkpoint
 after every epoch (rerunning the same command resumes), restores the weights
@@ -173,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "train")  # `gpunet-train --model ...` means `gpunet train --model ...`
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "backends":

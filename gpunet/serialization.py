@@ -57,9 +57,9 @@ def _encode(obj, path: list, arrays: dict):
     if isinstance(obj, (list, tuple)):
         return {"t": type(obj).__name__ if type(obj) in (list, tuple) else "list",
                 "items": [_encode(v, path + [i], arrays) for i, v in enumerate(obj)]}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    is_scalar = isinstance(obj, np.generic)  # before the plain values: np.float64 is a float
+    if not is_scalar and (obj is None or isinstance(obj, (bool, int, float, str))):
         return {"t": "value", "v": obj}
-    is_scalar = isinstance(obj, np.generic)
     if is_scalar or hasattr(obj, "__array_interface__") or hasattr(obj, "__cuda_array_interface__"):
         arr = np.asarray(to_numpy(obj))
         if arr.dtype.hasobject:

@@ -153,7 +153,7 @@ class Trainer:
         self.model = model.to(self.be)
         self.loss_fn = loss_fn.to(self.be) if hasattr(loss_fn, "to") else loss_fn
         self.optimizer = optimizer
-        self.metrics = tuple(metrics)
+        self.metrics = tuple(dict.fromkeys(("loss",) + tuple(metrics)))  # the loss is always tracked
         self.clip_grad_norm = clip_grad_norm
         self.log_every = int(log_every)
 
@@ -237,9 +237,7 @@ class _Sums:
         return float(to_numpy(self.loss)) / max(self.count, 1)
 
     def result(self) -> dict:
-        out = {}
-        if "loss" in self.metrics:
-            out["loss"] = self.mean_loss()
+        out = {"loss": self.mean_loss()}
         if self.has_accuracy and self.positions:
             out["accuracy"] = float(to_numpy(self.correct)) / self.positions
         return out
@@ -261,6 +259,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
 
     device: move model and loss there (default: where the model is). Create the
       optimizer before or after; it holds the Parameters, which move with the model.
+    metrics: the loss is always recorded; "accuracy" adds the fraction of
+      correct class predictions (skipped for non-class targets).
     early_stopping_patience: stop after this many epochs without a lower
       validation loss, then restore the weights of the best epoch (needs val_loader).
     checkpoint_path: after every epoch save model, optimizer, scheduler, history
@@ -295,7 +295,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     for epoch in range(start_epoch, epochs):
         if history.stopped_early:
             break
-        report.start_epoch(epoch + 1, epochs, len(train_loader))
+        report.start_epoch(epoch + 1, epochs, len(train_loader) if hasattr(train_loader, "__len__") else None)
         values = trainer.train_epoch(train_loader, epoch, report)
         if val_loader is not None:
             values.update({f"val_{k}": v for k, v in trainer.evaluate(val_loader, epoch).items()})

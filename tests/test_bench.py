@@ -154,3 +154,21 @@ def test_case_filter():
     assert cli.selected(["CONV2D"], "conv2d.fwd (1,2)", "conv2d.fwd")
     assert cli.selected(["train.*"], "train.char_lstm batch 2", "train.char_lstm")
     assert not cli.selected(["lstm"], "conv2d.fwd (1,2)", "conv2d.fwd")
+
+
+def test_each_target_gets_its_own_copy_of_the_weights():
+    """A builder that updates its weights in place (as an optimizer does) must
+    not change what the reference or the next target starts from."""
+    def setup(rng):
+        return harness.Spec({"w": np.arange(3, dtype=np.float32)}, {})
+
+    def build(target, state, copies):
+        w = state["w"]
+
+        def step(i):
+            w += 1  # in place, like an optimizer step
+        return harness.Runner(step, lambda: {"w": w})
+    case = harness.Case("inplace.step", "3", 3.0, 24.0, setup, {"gpunet": build}, rotate=False)
+    plat = cpu_platform()
+    plat.targets = [harness.Target("gpunet", "cpu"), harness.Target("gpunet", "cpu")]
+    assert [r["status"] for r in harness.run_case(case, plat)] == ["ok", "ok"]

@@ -87,14 +87,24 @@ def test_dataloader_shuffle_is_seeded_and_new_each_epoch():
     np.testing.assert_array_equal(next(iter(DataLoader(ds, 50, shuffle=True)))[0], a)
 
 
-def test_dataloader_moves_batches_to_device(device):
+def test_dataloader_moves_batches_to_device(device, rng):
+    """Batches arrive on the device with the right contents, also while the
+    previous batch is still being computed on (the GPU prefetch overlaps them)."""
     be = gpunet.get_backend(device)
-    ds = TensorDataset(np.ones((5, 3), np.float32), np.arange(5))
-    for x, y in DataLoader(ds, batch_size=2, shuffle=True, seed=0, device=device):
-        assert be.owns(x) and be.owns(y)
-        assert x.dtype == np.float32 and y.dtype == np.int64
-    got = np.concatenate([gpunet.to_numpy(b[1]) for b in DataLoader(ds, 2, shuffle=True, seed=0, device=device)])
-    np.testing.assert_array_equal(np.sort(got), np.arange(5))
+    x = rng.standard_normal((37, 3, 4)).astype(np.float32)
+    y = np.arange(37)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, seed=0, device=device)
+    for epoch in range(2):
+        host = list(loader.host_batches(epoch))
+        for (xb, yb), (hx, hy) in zip(loader.iter_epoch(epoch), host):
+            assert be.owns(xb) and be.owns(yb)
+            assert xb.dtype == np.float32 and yb.dtype == np.int64
+            busy = be.xp.matmul(xb, be.xp.swapaxes(xb, 1, 2)).sum()  # queue work that reads the batch
+            np.testing.assert_array_equal(gpunet.to_numpy(xb), hx)
+            np.testing.assert_array_equal(gpunet.to_numpy(yb), hy)
+            assert np.isfinite(float(gpunet.to_numpy(busy)))
+        got = np.concatenate([hy for _, hy in host])
+        np.testing.assert_array_equal(np.sort(got), y)
 
 
 def test_dataloader_bad_arguments():

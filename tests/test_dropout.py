@@ -6,7 +6,6 @@ import pytest
 import gpunet
 from gpunet import nn
 from gpunet.ops import dropout as ops
-from gpunet.testing import assert_close
 
 M64 = 2 ** 64
 

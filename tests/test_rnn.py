@@ -124,7 +124,8 @@ def test_missing_output_grads_are_zero(rng):
 
 
 # ---------------------------------------------------------------- against PyTorch
-def _torch_pair(torch, ours, theirs):
+def _load_torch(ours, theirs):
+    """Copy a torch module's weights into ours (the state_dict keys must match)."""
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
     return ours
 
@@ -141,7 +142,7 @@ def _compare_params(ours, theirs):
 def test_lstm_matches_torch(layers, batch_first, bias, state, rng):
     torch = pytest.importorskip("torch")
     theirs = torch.nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first)
-    ours = _torch_pair(torch, nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first), theirs)
+    ours = _load_torch(nn.LSTM(5, 7, num_layers=layers, bias=bias, batch_first=batch_first), theirs)
     x = rng.standard_normal((3, 6, 5) if batch_first else (6, 3, 5)).astype(np.float32)
     h0, c0 = (rng.standard_normal((layers, 3, 7)).astype(np.float32) for _ in range(2))
     tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
@@ -166,7 +167,7 @@ def test_lstm_matches_torch(layers, batch_first, bias, state, rng):
 def test_rnn_matches_torch(nonlinearity, rng):
     torch = pytest.importorskip("torch")
     theirs = torch.nn.RNN(4, 6, 2, nonlinearity, batch_first=True)
-    ours = _torch_pair(torch, nn.RNN(4, 6, 2, nonlinearity, batch_first=True), theirs)
+    ours = _load_torch(nn.RNN(4, 6, 2, nonlinearity, batch_first=True), theirs)
     x = rng.standard_normal((3, 5, 4)).astype(np.float32)
     h0 = rng.standard_normal((2, 3, 6)).astype(np.float32)
     tx, th0 = torch.tensor(x, requires_grad=True), torch.tensor(h0, requires_grad=True)
@@ -187,7 +188,7 @@ def test_cells_match_torch(rng):
     x = rng.standard_normal((4, 3)).astype(np.float32)
     h0, c0 = (rng.standard_normal((4, 5)).astype(np.float32) for _ in range(2))
     theirs = torch.nn.LSTMCell(3, 5)
-    ours = _torch_pair(torch, nn.LSTMCell(3, 5), theirs)
+    ours = _load_torch(nn.LSTMCell(3, 5), theirs)
     tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
     h, c = ours(x, (h0, c0))
     th, tc = theirs(tx, (th0, tc0))
@@ -201,7 +202,7 @@ def test_cells_match_torch(rng):
     _compare_params(ours, theirs)
 
     theirs = torch.nn.RNNCell(3, 5, nonlinearity="relu")
-    ours = _torch_pair(torch, nn.RNNCell(3, 5, nonlinearity="relu"), theirs)
+    ours = _load_torch(nn.RNNCell(3, 5, nonlinearity="relu"), theirs)
     tx = torch.tensor(x, requires_grad=True)
     h = ours(x)
     th = theirs(tx)
@@ -341,6 +342,17 @@ def test_lstm_backward_is_deterministic(kernel_device, schedule, rng):
         assert np.array_equal(a, b)
 
 
+def test_backward_leaves_output_gradients_untouched(kernel_device, rng):
+    be = gpunet.get_backend(kernel_device)
+    lstm = nn.LSTM(3, 4).to(kernel_device)
+    out, (h, c) = lstm(be.asarray(_f32(rng, 2, 3, 3)))
+    grads = [be.asarray(_f32(rng, *a.shape)) for a in (out, h, c)]
+    kept = [gpunet.to_numpy(g).copy() for g in grads]
+    lstm.backward(grads[0], (grads[1], grads[2]))
+    for g, k in zip(grads, kept):
+        assert np.array_equal(gpunet.to_numpy(g), k)
+
+
 def test_cell_kernel_bindings_reject_bad_arrays(kernel_device):
     be = gpunet.get_backend(kernel_device)
     if be.kern is None:
@@ -403,7 +415,7 @@ def test_language_model_training_parity(kernel_device):
             losses.append(float(gpunet.to_numpy(crit(model(be.asarray(ids)), be.asarray(target)))))
             model.backward(crit.backward())
             opt.step()
-        results[dev] = (np.array(losses), model.state_dict())
+        results[dev] = (np.array(losses, dtype=np.float32), model.state_dict())
     ref_losses, ref_state = results["cpu"]
     losses, state_dev = results[kernel_device]
     assert ref_losses[-1] < ref_losses[0]

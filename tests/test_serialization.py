@@ -44,7 +44,7 @@ def test_round_trip_of_a_training_checkpoint(tmp_path, rng):
     opt.step()
     ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "epoch": 7, "best": 0.25, "name": "run/1 %x", "done": False, "note": None, "nan": float("nan"),
-            "history": [1.0, 0.5], "seed": np.int64(3), "mask": np.array([True, False]),
+            "history": [1.0, 0.5], "seed": np.int64(3), "loss": np.float64(0.125), "mask": np.array([True, False]),
             "ints": np.arange(6, dtype=np.int32).reshape(2, 3), "odd/key%": {1: np.zeros(0), "1x": (2, 3.5)}}
     gpunet.save(ckpt, tmp_path / "ckpt.npz")
     back = gpunet.load(tmp_path / "ckpt.npz")

@@ -222,7 +222,7 @@ def test_console_train_digits_and_resume(tmp_path, capsys):
     assert "test accuracy" in out and f"checkpoint: {out_dir / 'checkpoint.npz'}" in out
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["test_accuracy"] > 0.8
-    assert main(args) == 0  # rerun: everything is in the checkpoint, nothing to train
+    assert main(args[1:]) == 0  # rerun, as `gpunet-train --model ...`: all in the checkpoint, nothing to train
     out = capsys.readouterr().out
     assert "resumed" in out and "epoch 1/2" not in out
     assert json.loads((out_dir / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]

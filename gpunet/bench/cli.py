@@ -80,7 +80,8 @@ def policy(size: str, gpu: bool) -> Policy:
     if gpu:
         return Policy(min_reps=10, max_reps=200, budget_s=0.5, warmup_s=0.1, min_warmup=3, cache_bytes=cache,
                       memory_budget=budget)
-    return Policy(min_reps=5, max_reps=50, budget_s=1.0, warmup_s=0.2, min_warmup=1, cache_bytes=cache,
+    # CPU: steps of a second or more get 3 repetitions (the 10-minute budget on 2 cores), fast ones many
+    return Policy(min_reps=3, max_reps=50, budget_s=1.0, warmup_s=0.2, min_warmup=1, cache_bytes=cache,
                   memory_budget=budget)
 
 

@@ -274,7 +274,10 @@ def _prepare(target: Target, case: Case, spec: Spec, n: int) -> Runner:
     if builder is None:
         raise LookupError(f"no {target.framework} implementation")
     copies = [{k: target.array(a) for k, a in spec.inputs.items()} for _ in range(n)]
-    return builder(target, spec.state, copies)
+    # each target its own copy of the weights: a builder may hand them to code
+    # that keeps the arrays and updates them in place (an optimizer step)
+    state = {k: np.array(v) for k, v in spec.state.items()}
+    return builder(target, state, copies)
 
 
 def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[dict]:

@@ -62,9 +62,16 @@ def module_state(make) -> dict:
     return dict(make().state_dict())
 
 
+def as_outputs(y) -> dict:
+    """A forward's result as named outputs: a dict as is (its "out" is what the
+    output gradient flows into), anything else as "out"."""
+    return y if isinstance(y, dict) else {"out": y}
+
+
 def gpunet_module(make, fwd, bwd, backward: bool):
-    """Builder: y = fwd(m, inputs); with backward, grads = bwd(m, dy) (a dict
-    of input gradients) and every parameter's grad is an output too."""
+    """Builder: y = fwd(m, inputs) (an array or a dict, see as_outputs); with
+    backward, grads = bwd(m, dy) (a dict of input gradients) and every
+    parameter's grad is an output too."""
     def build(target, state, copies):
         import gpunet
         m = make().to(target.be, target.dtype)
@@ -76,11 +83,11 @@ def gpunet_module(make, fwd, bwd, backward: bool):
             c = copies[i % len(copies)]
             if backward:
                 m.zero_grad()
-                last["out"] = fwd(m, c)
+                last.update(as_outputs(fwd(m, c)))
                 last.update(bwd(m, c["dy"]))
             else:
                 with gpunet.no_grad():
-                    last["out"] = fwd(m, c)
+                    last.update(as_outputs(fwd(m, c)))
 
         def outputs():
             out = dict(last)
@@ -113,15 +120,15 @@ def torch_module(make, fwd, grads: tuple, backward: bool):
                     c[g].grad = None
                 if tm is not None:
                     tm.zero_grad(set_to_none=True)
-                y = fwd(tm, c)
-                y.backward(c["dy"])
-                last.update(out=y, c=c)
+                ys = as_outputs(fwd(tm, c))
+                ys["out"].backward(c["dy"])
+                last.update(ys, c=c)
             else:
                 with torch.no_grad():
-                    last["out"] = fwd(tm, c)
+                    last.update(as_outputs(fwd(tm, c)))
 
         def outputs():
-            out = {"out": last["out"]}
+            out = {k: v for k, v in last.items() if k != "c"}
             if backward:
                 out.update({f"grad_{g}": last["c"][g].grad for g in grads})
                 if tm is not None:
@@ -290,15 +297,19 @@ def lstm_case(t, n, i, h, sweep=None):
 
     def make():
         return gnn.LSTM(i, h)
+    def run(m, c):
+        out, (h_n, c_n) = m(c["x"])
+        return {"out": out, "h_n": h_n, "c_n": c_n}
     gates = 4 * h * (i + h)
     nbytes = F32 * (2 * t * n * i + 2 * t * n * h + 2 * 5 * t * n * h + 3 * gates + 2 * 8 * h)
     return Case(
         "lstm.fwdbwd", f"seq {t} batch {n} in {i} hidden {h}", rl.lstm_flops(t, n, i, h, True), nbytes,
         lambda rng: Spec(module_state(make), normal_inputs(x=(t, n, i), dy=(t, n, h))(rng)),
-        {"gpunet": gpunet_module(make, lambda m, c: m(c["x"])[0], lambda m, dy: {"grad_x": m.backward(dy)}, True),
-         "torch": torch_module(lambda tt: tt.nn.LSTM(i, h), lambda tm, c: tm(c["x"])[0], ("x",), True)},
+        {"gpunet": gpunet_module(make, run, lambda m, dy: {"grad_x": m.backward(dy)}, True),
+         "torch": torch_module(lambda tt: tt.nn.LSTM(i, h), run, ("x",), True)},
         rtol=3e-4, sweep=sweep, needs=gpunet_has("nn.LSTM"),
-        note="one layer, time-major, zero initial state; output gradient only")
+        note="one layer, time-major, zero initial state; checks output, h_n, c_n and all gradients "
+             "(the output gradient only flows back)")
 
 
 def lstm_cases(size):

@@ -281,9 +281,9 @@ class MultiheadAttention(Module):
             else:
                 for p, d in zip((self.q_proj_weight, self.k_proj_weight, self.v_proj_weight), dws):
                     p.accumulate(d)
-            if self.in_proj_bias is not None:
-                g3 = xp.concatenate([g.reshape(-1, E) for g in grads], axis=1)
-                self.in_proj_bias.accumulate(linear_ops.bias_grad(be, g3, 3 * E))
+            if self.in_proj_bias is not None:  # per projection: query and key lengths may differ
+                self.in_proj_bias.accumulate(xp.concatenate(
+                    [linear_ops.bias_grad(be, xp.ascontiguousarray(g.reshape(-1, E)), E) for g in grads]))
         return tuple(self._from_nle(g, batched) for g in dx)
 
     def extra_repr(self):

@@ -35,7 +35,8 @@ class Dropout(Module):
         ctx, shape = self.saved()
         checks.array(self.backend, grad_output, "grad_output", dtype=self.dtype, finite=False)
         if tuple(grad_output.shape) != tuple(shape):
-            raise ValueError(f"grad_output: expected shape {tuple(shape)} (the output's), got {tuple(grad_output.shape)}")
+            raise ValueError(f"grad_output: expected shape {tuple(shape)} (the output's), "
+                             f"got {tuple(grad_output.shape)}")
         if ctx is None:
             return grad_output
         return ops.dropout_backward(self.backend, ctx, grad_output)

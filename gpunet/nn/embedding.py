@@ -48,7 +48,8 @@ class Embedding(Module):
         flat, shape = self.saved()
         checks.array(self.backend, grad_output, "grad_output", dtype=self.dtype, finite=False)
         if tuple(grad_output.shape) != tuple(shape):
-            raise ValueError(f"grad_output: expected shape {tuple(shape)} (the output's), got {tuple(grad_output.shape)}")
+            raise ValueError(f"grad_output: expected shape {tuple(shape)} (the output's), "
+                             f"got {tuple(grad_output.shape)}")
         self.weight.accumulate(ops.embedding_backward(self.backend, flat, grad_output, self.num_embeddings,
                                                       self.padding_idx))
         return None

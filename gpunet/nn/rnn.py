@@ -21,10 +21,6 @@ from . import init
 from .module import Module, Parameter
 
 
-def _check_size(v, name):
-    return checks.positive_int(v, name)
-
-
 def _check_nonlinearity(nonlinearity):
     if nonlinearity not in ops.NONLINEARITIES:
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
@@ -68,8 +64,8 @@ class _Cell(Module):
 
     def __init__(self, input_size, hidden_size, bias):
         super().__init__()
-        self.input_size = _check_size(input_size, "input_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.input_size = checks.positive_int(input_size, "input_size")
+        self.hidden_size = checks.positive_int(hidden_size, "hidden_size")
         gh = self.gates * self.hidden_size
         self.weight_ih = _param((gh, self.input_size), self.hidden_size, self.dtype)
         self.weight_hh = _param((gh, self.hidden_size), self.hidden_size, self.dtype)
@@ -82,15 +78,13 @@ class _Cell(Module):
         return self.weight_ih.data, self.weight_hh.data, b_ih, b_hh
 
     def _input(self, x):
-        """(x as (1, N, I), batched, state shape)."""
+        """(x as a length-1 sequence (1, N, I), the state shape (N, H) or (H,))."""
         checks.array(self.backend, x, "input", ndim=(1, 2), dtype=self.dtype)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected last dimension input_size={self.input_size}, "
                              f"got shape {tuple(x.shape)}")
-        batched = x.ndim == 2
         x3 = self.backend.xp.ascontiguousarray(x.reshape((1, -1, self.input_size)))
-        state_shape = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
-        return x3, batched, state_shape
+        return x3, x.shape[:-1] + (self.hidden_size,)
 
     def _state(self, s, name, state_shape):
         """A state (N, H) or (H,) as given, or zeros, as a (N, H) array."""
@@ -120,7 +114,7 @@ class RNNCell(_Cell):
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
-        x3, batched, shape = self._input(input)
+        x3, shape = self._input(input)
         h0 = self._state(hx, "hx", shape)
         out, _, ctx = ops.rnn_forward(self.backend, x3, *self._weights(), h0, self.nonlinearity)
         self.save(ctx, hx is not None, shape)
@@ -151,7 +145,7 @@ class LSTMCell(_Cell):
         super().__init__(input_size, hidden_size, bias)
 
     def forward(self, input, hx=None):
-        x3, batched, shape = self._input(input)
+        x3, shape = self._input(input)
         h, c = (None, None) if hx is None else _lstm_state_pair(hx, "hx")
         h0, c0 = self._state(h, "hx[0]", shape), self._state(c, "hx[1]", shape)
         _, h1, c1, ctx = ops.lstm_forward(self.backend, x3, *self._weights(), h0, c0)
@@ -179,9 +173,9 @@ class _Recurrent(Module):
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first):
         super().__init__()
-        self.input_size = _check_size(input_size, "input_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
-        self.num_layers = _check_size(num_layers, "num_layers")
+        self.input_size = checks.positive_int(input_size, "input_size")
+        self.hidden_size = checks.positive_int(hidden_size, "hidden_size")
+        self.num_layers = checks.positive_int(num_layers, "num_layers")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         H, gh = self.hidden_size, self.gates * self.hidden_size

@@ -124,9 +124,6 @@ DERIVATIVE = {
     "softplus": _softplus_derivative,
 }
 
-KINDS = tuple(FORWARD)
-
-
 # activations with a kernel in csrc/kernels/activation.cu, and how their
 # parameters map onto the kernels' (alpha, beta)
 _KERNEL_PARAMS = {

@@ -123,7 +123,8 @@ def _probs_from_scores(be, s):
     xp = be.xp
     m = s.max(axis=-1, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0.0)
-    p = xp.exp(s - m)
+    p = s - m
+    xp.exp(p, out=p)
     total = p.sum(axis=-1, keepdims=True)
     p /= xp.where(total > 0, total, 1.0)
     return p
@@ -152,9 +153,13 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     p = attention_probs(be, ctx)
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
     dp = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
-    if dprobs is not None:
-        dp = dp + dprobs
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    if dprobs is None:  # rowsum(dP ∘ P) = rowsum(dO ∘ O): L·Ev work instead of L·S
+        dp -= (dout * ctx.out).sum(axis=-1, keepdims=True)
+    else:
+        dp += dprobs
+        dp -= (dp * p).sum(axis=-1, keepdims=True)
+    ds = dp
+    ds *= p
     dq = xp.matmul(ds, ctx.k)
     dq *= ctx.scale
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), ctx.q)

@@ -96,15 +96,16 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
     T, B, H4 = gates.shape
     H = H4 // 4
     dG = xp.empty_like(gates)
+    # the kernel updates dc in place in this buffer (never in the caller's dc_n)
+    dc_buf = xp.empty((B, H), dtype=gates.dtype) if be.kern is not None else None
     dh, dc = dh_n, dc_n
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         if be.kern is None:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         else:
-            dc_prev = dc if dc is not None else xp.empty((B, H), dtype=gates.dtype)
-            be.kern.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_prev, be.stream())
-            dc = dc_prev
+            be.kern.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf, be.stream())
+            dc = dc_buf
         dh = xp.matmul(dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, dG, x2, hs, w_ih, has_bias)
     return dx, dh, dc, dw_ih, dw_hh, db
