@@ -62,8 +62,7 @@ def main():
     for name, g, t in zip(("dq", "dk", "dv"), grads, (tq, tk, tv)):
         assert_close(g, t.grad.numpy(), tol_scale=16, name=name)
 
-    ms_g = median_ms(step_gpunet, args.reps)
-    ms_t = median_ms(step_torch, args.reps)
+    ms_g, ms_t = median_ms([step_gpunet, step_torch], args.reps)
     B, H, L, E = shape
     # 6 GEMMs of 2·L·L·E per (batch, head): q kᵀ and P v forward; dP, dV, dQ, dK backward
     flops = 12 * B * H * L * L * E

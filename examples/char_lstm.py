@@ -8,7 +8,7 @@ Part 2 trains the same architecture on a text file (default: a short story
 written for this repository, examples/data/lighthouse.txt) to predict the next
 character, holds out the last 10% of the text for validation, and samples.
 
-    python examples/char_lstm.py [--device cpu|sim|cuda|cupy|auto] [--text FILE] [--epochs 30] [--quick]
+    python examples/char_lstm.py [--device cpu|sim|cuda|cupy|auto] [--text FILE] [--epochs 20] [--quick]
 """
 import argparse
 import os
@@ -34,8 +34,8 @@ def hello(device) -> str:
     return sample
 
 
-def main(device: str = "auto", quick: bool = False, text: str = DEFAULT_TEXT, epochs: int = 30,
-         seq_len: int = 64, hidden: int = 192, batch_size: int = 64, lr: float = 5e-3, seed: int = 0) -> dict:
+def main(device: str = "auto", quick: bool = False, text: str = DEFAULT_TEXT, epochs: int = 20,
+         seq_len: int = 64, hidden: int = 128, batch_size: int = 64, lr: float = 5e-3, seed: int = 0) -> dict:
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     sample_hello = hello(device)
@@ -77,9 +77,9 @@ if __name__ == "__main__":
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="hello + a short run; asserts it beats the baseline")
     ap.add_argument("--text", default=DEFAULT_TEXT, help="a UTF-8 text file to learn")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=192)
+    ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,12 @@ def set_finite_checks(host: bool | None = None, gpu: bool | None = None):
         _finite["gpu"] = bool(gpu)
 
 
+def finite_checks_enabled(be) -> bool:
+    """Whether data-dependent input scans (NaN/Inf, index ranges) run on `be`:
+    they cost a device sync on a GPU, so there they are opt-in."""
+    return _finite["gpu" if be.on_gpu else "host"]
+
+
 def _kind(x) -> str:
     t = type(x)
     return f"{t.__module__}.{t.__name__}" if t.__module__ not in ("builtins",) else t.__name__
@@ -47,7 +53,7 @@ def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integ
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype} "
                         f"(convert the input, or the module with .to({x.dtype.name}))")
-    if finite and x.dtype.kind == "f" and _finite["gpu" if be.on_gpu else "host"]:
+    if finite and x.dtype.kind == "f" and finite_checks_enabled(be):
         if not bool(be.xp.isfinite(x).all()):
             bad = int((~be.xp.isfinite(x)).sum())
             raise ValueError(f"{name}: contains {bad} NaN/Inf value(s) of {x.size}")

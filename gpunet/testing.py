@@ -30,8 +30,8 @@ def assert_close(actual, expected, *, rtol=None, atol=None, tol_scale: float = 1
     """Raise AssertionError unless |actual - expected| <= atol + rtol·|expected|
     elementwise; the message names the worst element, its index, both values
     and the relative error. Arrays of any backend; compared in float64."""
-    a = np.asarray(to_numpy(actual), dtype=np.float64)
-    e = np.asarray(to_numpy(expected), dtype=np.float64)
+    a = np.array(to_numpy(actual), dtype=np.float64, ndmin=1)
+    e = np.array(to_numpy(expected), dtype=np.float64, ndmin=1)
     if a.shape != e.shape:
         raise AssertionError(f"{name}: shape {a.shape} differs from expected {e.shape}")
     dt = np.result_type(getattr(actual, "dtype", np.float64), getattr(expected, "dtype", np.float64))

@@ -163,6 +163,26 @@ def test_sdpa_kernel_parity(kernel_device, schedule, B, H, L, S, E, Ev, kind, rn
     _sdpa_parity(kernel_device, B, H, L, S, E, Ev, kind, rng)
 
 
+def test_sdpa_kernel_parity_mixed_broadcast_mask(kernel_device, rng):
+    """A mask broadcast over some of several leading axes (here the middle
+    one of three): the glue cannot walk it with one outer stride and expands it."""
+    batch, L, S = (2, 3, 2), 5, 6
+    q, k, v = _qkv(rng, batch, L, S, 8, 8)
+    mask = rng.random((2, 1, 2, L, S)) > 0.3
+    mask[..., 0] = True
+    dout = rng.standard_normal(batch + (L, 8))
+    ref = nn.ScaledDotProductAttention().to(np.float64)
+    out64 = ref(q, k, v, attn_mask=mask)
+    grads64 = ref.backward(dout)
+    be = gpunet.get_backend(kernel_device)
+    m = nn.ScaledDotProductAttention().to(be)
+    out = m(*(be.asarray(a, np.float32) for a in (q, k, v)), attn_mask=be.asarray(mask))
+    grads = m.backward(be.asarray(dout, np.float32))
+    assert_close(out, out64, tol_scale=4, name="output")
+    for name, g, g64 in zip(("dq", "dk", "dv"), grads, grads64):
+        assert_close(g, g64, tol_scale=8, name=name)
+
+
 def test_sdpa_large_head_dim_falls_back(kernel_device, rng):
     """Head dims above the kernels' 128 take the array path on kernel backends."""
     _sdpa_parity(kernel_device, 1, 1, 3, 4, 130, 2, None, rng)
@@ -370,6 +390,7 @@ MHA_KERNEL_CASES = [  # N, L, S, E, H, masks, self-attention
     (2, 17, 17, 32, 2, "", True),
     (1, 9, 20, 24, 3, "kpm", False),
     (2, 5, 7, 16, 1, "am float", False),
+    (2, 6, 6, 16, 2, "kpm causal", True),
 ]
 
 
@@ -382,15 +403,18 @@ def test_mha_kernel_parity(kernel_device, schedule, N, L, S, E, H, masks, self_a
     if self_attn:
         k = v = q
     kpm, am = _mha_masks(masks, rng, N, H, L, S)
+    causal = "causal" in masks
+    if causal:  # the kernels apply the causal mask and the key padding bias together
+        am = ~np.tril(np.ones((L, S), bool))
     dout = rng.standard_normal((N, L, E))
     be = gpunet.get_backend(kernel_device)
     dev = copy.deepcopy(ref).to(be, np.float32)
-    out64, w64 = ref(q, k, v, key_padding_mask=kpm, attn_mask=am)
+    out64, w64 = ref(q, k, v, key_padding_mask=kpm, attn_mask=am, is_causal=causal)
     grads64 = ref.backward(dout)
     f32 = lambda a: None if a is None else be.asarray(a, None if a.dtype == bool else np.float32)
     qd = f32(q)
     kd, vd = (qd, qd) if self_attn else (f32(k), f32(v))
-    out, w = dev(qd, kd, vd, key_padding_mask=f32(kpm), attn_mask=f32(am))
+    out, w = dev(qd, kd, vd, key_padding_mask=f32(kpm), attn_mask=f32(am), is_causal=causal)
     grads = dev.backward(f32(dout))
     assert_close(out, out64, tol_scale=8, name="attn_output")
     assert_close(w, w64, tol_scale=8, name="attn_weights")

@@ -166,7 +166,7 @@ def test_each_target_gets_its_own_copy_of_the_weights():
         w = state["w"]
 
         def step(i):
-            w += 1  # in place, like an optimizer step
+            w[...] += 1  # in place, like an optimizer step
         return harness.Runner(step, lambda: {"w": w})
     case = harness.Case("inplace.step", "3", 3.0, 24.0, setup, {"gpunet": build}, rotate=False)
     plat = cpu_platform()

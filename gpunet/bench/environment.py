@@ -93,6 +93,14 @@ def last_level_cache() -> int:
     return best or 32 * 2 ** 20
 
 
+def load_average() -> list | None:
+    """1, 5 and 15-minute load averages: other work on a shared machine makes timings noisy."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def available_memory() -> int:
     try:
         m = re.search(r"^MemAvailable:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
@@ -150,7 +158,7 @@ def environment(threads: int, gpu: bool, mode: dict, with_torch: bool = True) ->
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "gpunet": __version__, **git_commit(), "python": platform.python_version(),
            "numpy": np.__version__, "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "threads": threads,
-           "last_level_cache_bytes": last_level_cache(), "math_mode": mode}
+           "last_level_cache_bytes": last_level_cache(), "math_mode": mode, "load_average_at_start": load_average()}
     try:
         from threadpoolctl import threadpool_info
         env["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}

@@ -73,10 +73,12 @@ class Target:
         return t.to(self.device, dtype=self.tdtype if float_ else None).contiguous()
 
     def host(self, x) -> np.ndarray:
+        """A NumPy copy (never a view: the reference's outputs must not change
+        when a later step writes into the arrays they came from)."""
         if self.framework == "torch":
-            return x.detach().cpu().numpy()
+            return np.array(x.detach().cpu().numpy())
         from ..backend import to_numpy
-        return np.asarray(to_numpy(x))
+        return np.array(to_numpy(x))
 
     def sync(self):
         if self.framework == "gpunet":
@@ -327,13 +329,14 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
             r.update(status="error", reason=_error(e))
         finally:
             target.free_memory()
-    _derive(results, platform)
+    derive(results, platform.ceilings)
     return results
 
 
-def _derive(results: list[dict], platform: Platform):
-    """Roofline floor, fraction of it, achieved rates and the ratio to PyTorch."""
-    peak, bw = platform.ceilings.get("flops"), platform.ceilings.get("bandwidth")
+def derive(results: list[dict], ceilings: dict):
+    """For one case's results: roofline floor, fraction of it, achieved rates
+    and the ratio to PyTorch."""
+    peak, bw = ceilings.get("flops"), ceilings.get("bandwidth")
     torch_time = next((r["median_s"] for r in results if r["target"].startswith("torch") and r["status"] == "ok"),
                       None)
     for r in results:

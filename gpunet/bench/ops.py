@@ -23,6 +23,8 @@ conv2d batch size, attention sequence length, LSTM sequence length.
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from . import roofline as rl
@@ -35,13 +37,14 @@ F32 = rl.F32
 def gpunet_has(*names: str):
     """A Case.needs check: the reason gpunet lacks one of `names` ('nn.LSTM'), or None."""
     def check():
-        import gpunet
         for name in names:
-            obj = gpunet
-            for part in name.split("."):
-                obj = getattr(obj, part, None)
-                if obj is None:
-                    return f"gpunet.{name} does not exist yet"
+            module, _, attr = name.rpartition(".")
+            try:
+                obj = importlib.import_module(f"gpunet.{module}")
+            except ImportError:
+                return f"gpunet.{module} does not exist yet"
+            if getattr(obj, attr, None) is None:
+                return f"gpunet.{name} does not exist yet"
         return None
     return check
 

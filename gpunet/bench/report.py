@@ -84,15 +84,21 @@ def stem(label: str, date: str, quick: bool) -> str:
 
 
 def write_json(path: Path, report: dict):
-    path.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    path.write_text(json.dumps(_plain(report), indent=1, allow_nan=False) + "\n")
 
 
-def _jsonable(v):
+def _plain(v):
+    """JSON-ready: NumPy scalars as Python numbers, non-finite floats (an
+    error that could not be measured) as null."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     if isinstance(v, (np.integer, np.floating)):
-        return v.item()
+        v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+        return None
+    return v
 
 
 def markdown(report: dict) -> str:

@@ -16,7 +16,7 @@ from .module import Module
 def _scan_values(be) -> bool:
     """Whether to check target values (class ranges, +-1 labels): always on host
     backends; on GPUs only with the finite checks on, since it syncs the device."""
-    return checks._finite["gpu" if be.on_gpu else "host"]
+    return checks.finite_checks_enabled(be)
 
 
 def _broadcasts_to(shape, target) -> bool:
