@@ -246,7 +246,7 @@ class Module:
         for key, (m, name, is_param) in own.items():
             if key not in state_dict:
                 continue
-            value = np.asarray(to_numpy(state_dict[key]))
+            value = np.array(to_numpy(state_dict[key]))  # a copy: training must not write into the caller's dict
             current = m._params[name].data if is_param else getattr(m, name)
             if current is not None and tuple(value.shape) != tuple(current.shape):
                 raise ValueError(f"load_state_dict: key {key!r} expected shape {tuple(current.shape)}, "
