@@ -50,14 +50,17 @@ def set_default_dtype(dtype):
 
 class Parameter:
     """A trainable array (`data`) and its accumulated gradient (`grad`, None until
-    a backward pass adds to it). Optimizers update `data` in place."""
+    a backward pass adds to it). Optimizers update `data` in place. `backend` is
+    set by `Module.to`: NumPy arrays alone cannot tell cpu from sim, and the
+    optimizer runs its update where the parameter lives."""
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ("data", "grad", "requires_grad", "backend")
 
     def __init__(self, data, requires_grad: bool = True):
         self.data = data
         self.grad = None
         self.requires_grad = requires_grad
+        self.backend = None
 
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
@@ -199,6 +202,7 @@ class Module:
             for p in m._params.values():
                 if p is not None:
                     p.data = _convert(p.data, target, dtype)
+                    p.backend = target
                     p.grad = None if p.grad is None else _convert(p.grad, target, dtype)
             for bname in m._buffers:
                 buf = getattr(m, bname)

@@ -6,10 +6,10 @@ optimizer and anything else holding the array keep seeing the same buffer, and
 the fused CUDA update (one kernel launch per group on sim/cuda) and the array
 code (cpu/cupy) write the same memory.
 
-Which backend runs the update: by default the one the arrays belong to (NumPy
-arrays -> 'cpu', CuPy arrays -> 'cuda' when gpunet._C is built, else 'cupy').
-NumPy arrays are also what the test-only 'sim' backend uses, so pass
-`device='sim'` (or `device=model.device`) to run the CUDA kernels on the CPU.
+Which backend runs the update: `device=` if given, else the backend the
+parameters were moved to with `Module.to` (Parameter.backend), else the one the
+arrays belong to (NumPy -> 'cpu', CuPy -> 'cuda' when gpunet._C is built,
+else 'cupy').
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class Optimizer:
     def _backend_for(self, group: dict, params: list, gi: int) -> Backend:
         """The backend running this group's update; checks every parameter and
         gradient lives there and that gradients match their parameters."""
-        be = self.device or backend_of(params[0].data)
+        be = self._backend_of(params[0])
         index = {id(p): i for i, p in enumerate(group["params"])}
         for p in params:
             where = f"param_groups[{gi}]['params'][{index[id(p)]}]"
@@ -118,6 +118,9 @@ class Optimizer:
                 raise ValueError(f"{where}.grad: expected shape {tuple(p.data.shape)} and dtype {p.data.dtype} "
                                  f"(those of the parameter), got {tuple(p.grad.shape)} {p.grad.dtype}")
         return be
+
+    def _backend_of(self, p: Parameter) -> Backend:
+        return self.device or p.backend or backend_of(p.data)
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -161,7 +164,7 @@ class Optimizer:
             if idx not in by_index:
                 raise ValueError(f"load_state_dict: state[{idx!r}] belongs to no parameter of any group")
             p, where = by_index[idx]
-            be = self.device or backend_of(p.data)
+            be = self._backend_of(p)
             restored = {}
             for key, value in entry.items():
                 if hasattr(value, "shape"):
