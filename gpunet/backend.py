@@ -86,9 +86,9 @@ class Backend:
         if self.xp is np:
             if not isinstance(x, np.ndarray) and hasattr(x, "get") and type(x).__module__.startswith("cupy"):
                 x = x.get()
-            return np.ascontiguousarray(x, dtype=dtype)
+            return np.asarray(x, dtype=dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         with self.xp.cuda.Device(self.index):
-            return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+            return self.xp.asarray(x, dtype=dtype, order="C")
 
 
 class _NullContext:
