@@ -55,14 +55,15 @@ class CMakeBuild(build_ext):
 
     def finalize_options(self):
         super().finalize_options()
+        self.skip_reason = None
         self.nvcc = None
         if os.environ.get("GPUNET_SKIP_CUDA", "0") not in ("", "0"):
-            self.say("gpunet: GPUNET_SKIP_CUDA is set, CUDA extension gpunet._C skipped")
+            self.skip_reason = "GPUNET_SKIP_CUDA is set"
         else:
             self.nvcc = find_nvcc()
             if self.nvcc is None:
-                self.say("gpunet: nvcc not found, CUDA extension gpunet._C skipped")
-        if self.nvcc is None:
+                self.skip_reason = "nvcc not found"
+        if self.skip_reason:
             self.extensions = [e for e in self.extensions if e.name != CUDA_EXT]
         self.cmake_done = False
 
@@ -72,12 +73,17 @@ class CMakeBuild(build_ext):
         print(msg, file=sys.stderr, flush=True)
 
     def run(self):
-        if self.nvcc is None and self.inplace:
-            # An editable install must not keep importing kernels from an old build.
-            stale = ROOT / self.get_ext_filename(CUDA_EXT)
-            if stale.exists():
-                self.say(f"gpunet: removing stale {stale.relative_to(ROOT)}")
-                stale.unlink()
+        if self.skip_reason:
+            self.say(f"gpunet: {self.skip_reason}, CUDA extension gpunet._C skipped")
+            # A module from an earlier build must not be installed (build_lib)
+            # or imported (editable/--inplace) in place of the skipped one.
+            stale = [Path(self.build_lib) / self.get_ext_filename(CUDA_EXT)]
+            if self.inplace:
+                stale.append(ROOT / self.get_ext_filename(CUDA_EXT))
+            for path in stale:
+                if path.exists():
+                    self.say(f"gpunet: removing stale {path}")
+                    path.unlink()
         super().run()
 
     def build_extension(self, ext):

@@ -9,12 +9,21 @@
 Ops receive a `Backend` and branch on `be.kern`: None means "array-level
 algorithm on be.xp" (cpu, cupy), otherwise the kernel module (sim, cuda).  So
 sim and cuda run the same Python glue, and sim tests cover the GPU code path.
+On cupy, a few hot spots (activation backward, LSTM cell, cross-entropy,
+optimizer updates, col2im, embedding backward) run CuPy-compiled fusions from
+gpunet/ops/cupy_fused.py instead of chains of array operations.
+
+Where a kernel backend's op has no kernel for a case (float64, a head dim
+above the attention kernel's, BatchNorm) it runs the array path and says so:
+`fallbacks()` counts (op, reason) and a DEBUG log line names each one.
+GPU memory comes from CuPy's memory pool on cuda and cupy alike.
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -22,6 +31,7 @@ log = logging.getLogger("gpunet")
 
 NAMES = ("cpu", "sim", "cuda", "cupy")
 _cache: dict[tuple[str, int], "Backend"] = {}
+_fallbacks: Counter = Counter()
 
 
 class Backend:
@@ -72,8 +82,10 @@ class Backend:
         return _NullContext()
 
     def synchronize(self):
+        """Wait for all work queued on this backend's GPU, on every stream (as torch.cuda.synchronize)."""
         if self.on_gpu:
-            self.xp.cuda.get_current_stream().synchronize()
+            with self.xp.cuda.Device(self.index):
+                self.xp.cuda.runtime.deviceSynchronize()
 
     def owns(self, x) -> bool:
         """True when `x` is an array of this backend's kind (and device)."""
@@ -88,6 +100,8 @@ class Backend:
                 x = x.get()
             return np.asarray(x, dtype=dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         with self.xp.cuda.Device(self.index):
+            if isinstance(x, self.xp.ndarray) and x.device.id != self.index:
+                x = x.copy()  # CuPy's copy lands on the current device; asarray would keep it where it is
             return self.xp.asarray(x, dtype=dtype, order="C")
 
 
@@ -113,25 +127,34 @@ def _probe(name: str) -> tuple[bool, str]:
         except ImportError as e:
             return False, f"extension gpunet._C_sim not built ({e})"
         return True, "CUDA kernels on the CPU through the bundled runtime (for tests)"
-    try:
-        import cupy
-    except ImportError:
-        return False, "CuPy is not installed (pip install gpunet[cuda12] or gpunet[cuda13])"
-    try:
-        ndev = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # CuPy imports without a GPU but cannot talk to one
-        return False, f"CuPy {cupy.__version__} is installed but finds no GPU ({type(e).__name__}: {e})"
-    if ndev == 0:
-        return False, f"CuPy {cupy.__version__} is installed but finds no GPU"
+    ok, why, ndev = _probe_cupy()
     if name == "cupy":
-        return True, f"CuPy {cupy.__version__}, {ndev} GPU(s)"
+        return ok, why
     try:
         kern = _import_kernels("gpunet._C")
     except ImportError as e:
-        return False, f"extension gpunet._C not built (was nvcc on PATH at install time?) ({e})"
+        missing = f"extension gpunet._C not built (was nvcc on PATH at install time?) ({e})"
+        return False, missing if ok else f"{why}; {missing}"
+    if not ok:
+        return False, why
     if kern.device_count() == 0:
         return False, f"gpunet._C sees no GPU ({kern.device_error()})"
     return True, f"gpunet._C kernels, {ndev} GPU(s)"
+
+
+def _probe_cupy() -> tuple[bool, str, int]:
+    """(usable, reason, GPU count) for CuPy, without raising."""
+    try:
+        import cupy
+    except ImportError:
+        return False, "CuPy is not installed (pip install gpunet[cuda12] or gpunet[cuda13])", 0
+    try:
+        ndev = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CuPy imports without a GPU but cannot talk to one
+        return False, f"CuPy {cupy.__version__} is installed but finds no GPU ({type(e).__name__}: {e})", 0
+    if ndev == 0:
+        return False, f"CuPy {cupy.__version__} is installed but finds no GPU", 0
+    return True, f"CuPy {cupy.__version__}, {ndev} GPU(s)", ndev
 
 
 def backends() -> dict[str, dict]:
@@ -167,7 +190,8 @@ def get_backend(device="auto") -> Backend:
     name, index = _parse(device)
     if name == "auto":
         forced = os.environ.get("GPUNET_DEVICE")
-        if forced:
+        if forced and forced != "auto":
+            log.info("gpunet: GPUNET_DEVICE=%s forces the backend", forced)
             return get_backend(forced)
         for cand in ("cuda", "cupy", "cpu"):
             ok, why = _probe(cand)
@@ -214,5 +238,24 @@ def to_numpy(x) -> np.ndarray:
 
 
 def synchronize(device="auto"):
-    """Wait for all work queued on `device`'s current stream."""
+    """Wait for all work queued on `device`'s GPU (every stream); a no-op on the host backends."""
     get_backend(device).synchronize()
+
+
+def fallback(be: Backend, op: str, reason: str):
+    """Record that `op` on a kernel backend (sim, cuda) ran the array path
+    instead of its kernels, and log it at DEBUG. Ops call this at each point
+    where they leave the kernels, so no fallback is silent."""
+    if be.kern is None:
+        return
+    _fallbacks[(op, reason)] += 1
+    log.debug("gpunet: %s op %s fell back to the array path: %s", be.name, op, reason)
+
+
+def fallbacks() -> Counter:
+    """How often each (op, reason) fell back from the kernels to the array path."""
+    return Counter(_fallbacks)
+
+
+def reset_fallbacks():
+    _fallbacks.clear()

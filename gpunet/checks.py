@@ -37,8 +37,9 @@ def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integ
     if not be.owns(x):
         want = "numpy.ndarray" if be.xp is np else f"cupy.ndarray on GPU {be.index}"
         where = ""
-        if hasattr(x, "device") and hasattr(x, "__cuda_array_interface__"):
-            where = f" on GPU {x.device.id}"
+        if hasattr(x, "__cuda_array_interface__"):
+            dev = getattr(x, "device", None)  # CuPy: device.id; PyTorch: device.index
+            where = f" on GPU {getattr(dev, 'id', getattr(dev, 'index', '?'))}"
         raise TypeError(f"{name}: expected a {want} for backend {be.device!r}, got {_kind(x)}{where}"
                         " (move it with gpunet.asarray(x, device=...))")
     if ndim is not None:

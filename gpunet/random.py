@@ -25,3 +25,16 @@ def next_philox_offset(n: int) -> tuple[int, int]:
     off = _state["offset"]
     _state["offset"] = off + int(n)
     return _state["seed"], off
+
+
+def get_state() -> dict:
+    """Everything needed to continue the random streams exactly (for resuming)."""
+    return {"seed": _state["seed"], "offset": _state["offset"],
+            "generator": _state["rng"].bit_generator.state}
+
+
+def set_state(state: dict):
+    """Restore what `get_state` returned."""
+    rng = np.random.default_rng(int(state["seed"]))
+    rng.bit_generator.state = state["generator"]
+    _state.update(seed=int(state["seed"]), offset=int(state["offset"]), rng=rng)

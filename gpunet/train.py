@@ -86,18 +86,6 @@ def _correct(out, target):
     return (out.argmax(axis=1) == target).sum()
 
 
-def _rng_state() -> dict:
-    s = gpurandom._state
-    return {"seed": s["seed"], "offset": s["offset"], "generator": s["rng"].bit_generator.state}
-
-
-def _set_rng_state(state: dict):
-    s = gpurandom._state
-    s["seed"], s["offset"] = int(state["seed"]), int(state["offset"])
-    s["rng"] = np.random.default_rng(s["seed"])
-    s["rng"].bit_generator.state = state["generator"]
-
-
 # ---------------------------------------------------------------- progress output
 class _Progress:
     """A tqdm bar on a terminal (when tqdm is installed), plain lines otherwise."""
@@ -354,7 +342,7 @@ def _save_checkpoint(path, epoch, trainer, scheduler, history, best):
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "history": history.state_dict(),
         "best": {"loss": best["loss"], "bad_epochs": best["bad_epochs"], "state": best["state"]},
-        "rng": _rng_state(),
+        "rng": gpurandom.get_state(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save(state, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
@@ -369,7 +357,7 @@ def _load_checkpoint(path, trainer, scheduler, history, best) -> int:
         scheduler.load_state_dict(state["scheduler"])
     history.load_state_dict(state["history"])
     best.update(state["best"])
-    _set_rng_state(state["rng"])
+    gpurandom.set_state(state["rng"])
     return int(state["epoch"])
 
 

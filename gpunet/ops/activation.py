@@ -78,13 +78,13 @@ def sigmoid(xp, x):
 # ---------------------------------------------------------------- the activations
 def _gelu_forward(xp, x, approximate="none"):
     if approximate == "tanh":
-        return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x ** 3)))
+        return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)))
     return x * normal_cdf(xp, x)
 
 
 def _gelu_derivative(xp, x, y, approximate="none"):
     if approximate == "tanh":
-        th = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x ** 3))
+        th = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))
         inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
         return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * inner
     return normal_cdf(xp, x) + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
