@@ -113,13 +113,28 @@ class CMakeBuild(build_ext):
             archs = os.environ.get("GPUNET_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
             config += [f"-DCMAKE_CUDA_COMPILER={self.nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        log_path = build_dir / "build.log"
         try:
-            subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *config], check=True)
-            subprocess.run(["cmake", "--build", str(build_dir), "--parallel", jobs], check=True)
+            with open(log_path, "w") as log:
+                self.run_logged(["cmake", "-S", str(ROOT), "-B", str(build_dir), *config], log)
+                self.run_logged(["cmake", "--build", str(build_dir), "--parallel", jobs], log)
         except subprocess.CalledProcessError as e:
             hint = ("" if self.nvcc is None else
                     " To install without the CUDA extension, set GPUNET_SKIP_CUDA=1.")
-            raise RuntimeError(f"gpunet: the CMake build failed ({e}); see the compiler output above.{hint}") from e
+            raise RuntimeError(f"gpunet: the CMake build failed ({e}); see the compiler output above "
+                               f"or {log_path}.{hint}") from e
+        self.say(f"gpunet: build log (with the ptxas register/spill report) in {log_path}")
+
+    def run_logged(self, cmd, log):
+        """Run `cmd`, echoing its output and keeping it in the build log: pip
+        hides build output without -v, and the ptxas report is worth keeping."""
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            log.write(line)
+        if proc.wait():
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
 setup(
