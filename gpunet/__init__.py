@@ -4,6 +4,7 @@ from . import checks, functional, nn, optim, perceptron, regularization
 from .backend import Backend, asarray, backend_of, backends, get_backend, synchronize, to_numpy
 from .checks import set_finite_checks
 from .gradcheck import gradcheck
+from .interop import from_dlpack, to_dlpack
 from .nn.module import get_default_dtype, is_grad_enabled, no_grad, set_default_dtype
 from .random import manual_seed
 from .serialization import load, save

@@ -201,7 +201,7 @@ def compare_training(make_model, make_loss, make_optimizer, batches, devices=("c
             model.backward(crit.backward())
             opt.step()
             losses.append(float(to_numpy(loss)))
-        results[dev] = (np.array(losses), model.state_dict())
+        results[dev] = (np.array(losses, dtype=model.dtype), model.state_dict())
     ref_dev = devices[0]
     for dev in devices[1:]:
         tag = f"training on {dev} vs {ref_dev}"

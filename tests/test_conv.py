@@ -177,6 +177,28 @@ def test_matches_torch(cfg, rng):
         assert_close(conv.bias.grad, ref.bias.grad.numpy(), tol_scale=4, name="grad bias")
 
 
+def test_stack_matches_torch(device, rng):
+    """Conv layers of different sizes share the scratch workspaces: forward
+    through all, then backward through all, must not mix their columns."""
+    torch = pytest.importorskip("torch")
+    from gpunet.nn import Sequential
+    refs = [torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Conv2d(4, 8, 3, stride=2, groups=2),
+            torch.nn.Conv2d(8, 3, 1)]
+    model = Sequential(Conv2d(2, 4, 3, padding=1), Conv2d(4, 8, 3, stride=2, groups=2), Conv2d(8, 3, 1))
+    model.load_state_dict({k: v.detach().numpy() for k, v in torch.nn.Sequential(*refs).state_dict().items()})
+    be = gpunet.get_backend(device)
+    model.to(be)
+    x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = torch.nn.Sequential(*refs)(xt)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.from_numpy(dy))
+    assert_close(model(be.asarray(x)), yt.detach().numpy(), tol_scale=4, name="output")
+    assert_close(model.backward(be.asarray(dy)), xt.grad.numpy(), tol_scale=4, name="grad input")
+    for (name, p), ref in zip(model.named_parameters(), torch.nn.Sequential(*refs).parameters()):
+        assert_close(p.grad, ref.grad.numpy(), tol_scale=4, name=name)
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,match", [
     (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), "in_channels.*multiple of groups=2"),

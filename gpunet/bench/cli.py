@@ -80,8 +80,8 @@ def policy(size: str, gpu: bool) -> Policy:
     if gpu:
         return Policy(min_reps=10, max_reps=200, budget_s=0.5, warmup_s=0.1, min_warmup=3, cache_bytes=cache,
                       memory_budget=budget)
-    # CPU: steps of a second or more get 3 repetitions (the 10-minute budget on 2 cores), fast ones many
-    return Policy(min_reps=3, max_reps=50, budget_s=1.0, warmup_s=0.2, min_warmup=1, cache_bytes=cache,
+    # CPU: steps of a second or more get 5 repetitions (the 10-minute budget on 2 cores), fast ones many
+    return Policy(min_reps=5, max_reps=50, budget_s=2.0, warmup_s=0.2, min_warmup=1, cache_bytes=cache,
                   memory_budget=budget)
 
 
@@ -131,9 +131,11 @@ def run_platform(plat: Platform, args, threads: int, deadline: float | None) -> 
     def measure_ceilings():
         if plat.label == "sim":  # the simulator has no meaningful roofline
             return
-        found = roofline.gpu_ceilings(quick) if gpu else roofline.host_ceilings(threads, quick)
+        torch = None if args.no_torch else envmod.torch_module()
+        found = roofline.gpu_ceilings(quick) if gpu else roofline.host_ceilings(threads, quick, torch)
         for key in ("flops", "bandwidth"):  # keep the best: other load on the machine only lowers them
             plat.ceilings[key] = max(plat.ceilings.get(key, 0.0), found[key])
+        plat.ceilings.setdefault("measured", []).append({k: v for k, v in found.items() if k != "how"})
         plat.ceilings["how"] = found["how"] + "; the better of the measurements before and after the cases"
         print(f"[{plat.label}] ceilings: {plat.ceilings['flops'] / 1e9:.1f} GFLOP/s, "
               f"{plat.ceilings['bandwidth'] / 1e9:.1f} GB/s ({found['how']})", flush=True)

@@ -112,6 +112,11 @@ def markdown(report: dict) -> str:
     if ceil:
         lines += [f"- peak float32 GEMM: {ceil['flops'] / 1e9:.1f} GFLOP/s",
                   f"- memory bandwidth: {ceil['bandwidth'] / 1e9:.1f} GB/s", f"- how: {ceil['how']}"]
+        for i, m in enumerate(ceil.get("measured", [])):
+            by = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in m.get("flops_by", {}).items())
+            bw = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in m.get("bandwidth_by", {}).items())
+            lines.append(f"- measurement {i + 1}: {m['flops'] / 1e9:.1f} GFLOP/s" + (f" ({by})" if by else "")
+                         + f", {m['bandwidth'] / 1e9:.1f} GB/s" + (f" ({bw})" if bw else ""))
     else:
         lines.append("- not measured for this platform (no roofline fractions)")
     p = report["policy"]
@@ -123,8 +128,10 @@ def markdown(report: dict) -> str:
               f"{p['max_reps']} timed repetitions (time budget {p['budget_s']} s per implementation), cycling "
               f"input copies whose total exceeds {p['cache_bytes'] >> 20} MiB of cache. "
               f"{report['timer']}. Roofline: floor = max(FLOPs / peak, bytes / bandwidth); the table shows "
-              "floor / median time and which term bounds it. `vs torch` = gpunet time / PyTorch time (below 1: "
-              "gpunet is faster).", ""]
+              "floor / median time and which term bounds it (com: compute, mem: memory). A fraction above 100% "
+              "means the implementation did less than the model counts (e.g. Winograd convolution needs fewer "
+              "multiplications than the direct one) or the ceilings were measured while the machine was busier. "
+              "`vs torch` = gpunet time / PyTorch time (below 1: gpunet is faster).", ""]
     lines += ["## Results", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row_cells(r)) + " |" for r in results]
     lines += ["", "## Summary per op (gpunet)", "", "| case | impl | vs torch | roofline |", "|---|---|---|---|"]

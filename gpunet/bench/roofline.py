@@ -9,9 +9,10 @@ nothing between kernels. A step's floor is max(FLOPs / peak FLOP rate,
 bytes / memory bandwidth); results are reported as floor / measured time.
 
 Ceilings:
-  host  NumPy float32 GEMM (BLAS with the benchmark's thread count) and a
-        multi-threaded NumPy copy of a buffer far larger than the last-level
-        cache (bandwidth = 2 x size / time: one read, one write);
+  host  float32 GEMM (NumPy's BLAS, and PyTorch's when installed: the larger)
+        with the benchmark's thread count, and a multi-threaded copy of a
+        buffer far larger than the last-level cache (bandwidth = 2 x size /
+        time: one read, one write), NumPy's and PyTorch's, the larger;
   GPU   CuPy float32 GEMM (cuBLAS, TF32 off) and a device-to-device copy of a
         large buffer, both timed with CUDA events.
 """
@@ -75,22 +76,32 @@ def _best(fn, reps: int) -> float:
     return best
 
 
-def host_ceilings(threads: int, quick: bool) -> dict:
-    """NumPy float32 GEMM rate and multi-threaded copy bandwidth (best of a few)."""
+def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
+    """Float32 GEMM rate and copy bandwidth with `threads` threads, best of a
+    few: NumPy's (BLAS; a threaded copy) and, when given, PyTorch's (its own
+    BLAS may use wider vector units than NumPy's), the larger of each."""
     n = 512 if quick else 2048
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    gemm_s = _best(lambda: a @ a, 2 if quick else 5)
+    reps = 2 if quick else 8
     size = (16 if quick else 512) * 2 ** 20
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     src = np.ones(size // F32, np.float32)
     dst = np.empty_like(src)
     bounds = np.linspace(0, src.size, threads + 1).astype(int)
     parts = list(zip(bounds[:-1], bounds[1:]))
     with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL while copying
-        copy_s = _best(lambda: list(pool.map(lambda p: np.copyto(dst[p[0]:p[1]], src[p[0]:p[1]]), parts)),
-                       2 if quick else 5)
-    return {"flops": 2.0 * n ** 3 / gemm_s, "bandwidth": 2.0 * size / copy_s,
-            "how": f"NumPy float32 {n}x{n} GEMM ({threads} BLAS threads); {threads}-thread NumPy copy of "
-                   f"{size >> 20} MiB (2 x size / time); best of several"}
+        copy_s = {"numpy": _best(lambda: list(pool.map(lambda p: np.copyto(dst[p[0]:p[1]], src[p[0]:p[1]]),
+                                                       parts)), reps)}
+    gemm_s = {"numpy": _best(lambda: a @ a, reps)}
+    if torch is not None:
+        ta, tsrc, tdst = torch.from_numpy(a), torch.from_numpy(src), torch.from_numpy(dst)
+        gemm_s["torch"] = _best(lambda: ta @ ta, reps)
+        copy_s["torch"] = _best(lambda: tdst.copy_(tsrc), reps)
+    flops = {k: 2.0 * n ** 3 / t for k, t in gemm_s.items()}
+    bandwidth = {k: 2.0 * size / t for k, t in copy_s.items()}
+    return {"flops": max(flops.values()), "bandwidth": max(bandwidth.values()), "flops_by": flops,
+            "bandwidth_by": bandwidth,
+            "how": f"float32 {n}x{n} GEMM and a copy of {size >> 20} MiB (bandwidth = 2 x size / time) with "
+                   f"{threads} thread(s), by {' and '.join(gemm_s)}, best of {reps}; the larger of each"}
 
 
 def gpu_ceilings(quick: bool) -> dict:

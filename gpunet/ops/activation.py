@@ -4,7 +4,8 @@ Each activation is a pair of array-level functions written against `xp`
 (NumPy or CuPy): `forward(xp, x, **params) -> y` and
 `derivative(xp, x, y, **params) -> dy/dx`. On kernel backends (sim, cuda) the
 float32 case goes to the hand-written elementwise kernels `act_forward` /
-`act_backward` (csrc/kernels/activation.cu) instead.
+`act_backward` (csrc/kernels/activation.cu) instead; on cupy every backward
+is one fused ElementwiseKernel (ops/cupy_fused.py).
 
 Conventions where the lecture notes disagree (see SEEDS.md):
   heaviside(z) = 0 for z < 0 and 1 for z >= 0, so H(0) = 1;
@@ -18,6 +19,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ..backend import fallback
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -140,8 +143,17 @@ _KERNEL_PARAMS = {
 def _uses_kernel(be, kind, x, params) -> bool:
     """Kernel backends run float32 activations that have a kernel (gelu only in
     its exact form); everything else takes the array-level path."""
-    return (be.kern is not None and x.dtype == np.float32 and kind in _KERNEL_PARAMS
-            and params.get("approximate", "none") == "none")
+    if be.kern is None:
+        return False
+    if x.dtype != np.float32:
+        fallback(be, kind, f"dtype {x.dtype} (the kernels are float32)")
+    elif kind not in _KERNEL_PARAMS:
+        fallback(be, kind, "no kernel for this activation")
+    elif params.get("approximate", "none") != "none":
+        fallback(be, kind, f"no kernel for approximate={params['approximate']!r}")
+    else:
+        return True
+    return False
 
 
 def act_forward(be, kind: str, x, **params):
@@ -166,4 +178,7 @@ def act_backward(be, ctx, dy):
         be.kern.act_backward(kind, x, y, be.xp.ascontiguousarray(dy), dx, *_KERNEL_PARAMS[kind](**params),
                              be.stream())
         return dx
+    if be.name == "cupy" and dy.dtype == x.dtype:
+        from . import cupy_fused
+        return cupy_fused.act_backward(kind, params, x, y, dy)
     return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)

@@ -28,6 +28,8 @@ import math
 
 import numpy as np
 
+from ..backend import fallback
+
 KERNEL_MAX_HEAD_DIM = 128
 
 
@@ -88,8 +90,15 @@ def check_broadcast(mask_shape, target_shape, name: str):
 
 # ---------------------------------------------------------------- forward
 def _use_kernel(be, q, v) -> bool:
-    return (be.kern is not None and q.dtype == np.float32
-            and max(q.shape[-1], v.shape[-1]) <= KERNEL_MAX_HEAD_DIM)
+    if be.kern is None:
+        return False
+    if q.dtype != np.float32:
+        fallback(be, "attention", f"dtype {q.dtype} (the kernels are float32)")
+    elif max(q.shape[-1], v.shape[-1]) > KERNEL_MAX_HEAD_DIM:
+        fallback(be, "attention", f"head dim {max(q.shape[-1], v.shape[-1])} > {KERNEL_MAX_HEAD_DIM}")
+    else:
+        return True
+    return False
 
 
 def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
@@ -149,6 +158,8 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     array path (P is materialised anyway in that case)."""
     if ctx.lse is not None and dprobs is None:
         return _kernel_backward(be, ctx, dout)
+    if ctx.lse is not None:
+        fallback(be, "attention backward", "a gradient flows into the attention weights (need_weights)")
     xp = be.xp
     p = attention_probs(be, ctx)
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)

@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backend import fallback
 from .linear import bias_add, bias_grad
 
 # Largest column matrix (bytes) the kernel path builds at once; the batch is
@@ -74,9 +75,25 @@ def _tap(g: Geometry, i: int, j: int):
     return (slice(r0, r0 + g.sh * (g.oh - 1) + 1, g.sh), slice(c0, c0 + g.sw * (g.ow - 1) + 1, g.sw))
 
 
+# ---------------------------------------------------------------- scratch memory
+def _workspace(be, name: str, elements: int, dtype):
+    """A flat scratch array of at least `elements`, one per (backend, dtype,
+    name), reused across calls and grown when short. Reuse matters on the host
+    too: a fresh multi-megabyte array costs a page fault per 4 KiB on first
+    touch, which took longer than the GEMMs it fed."""
+    key = (be.name, be.index, np.dtype(dtype), name)
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < elements:
+        buf = be.xp.empty(elements, dtype=dtype)
+        _workspaces[key] = buf
+    return buf[:elements]
+
+
 # ---------------------------------------------------------------- array path (cpu, cupy)
-def _im2col_array(xp, x, g: Geometry, ones_row: bool):
-    """(groups, Kg [+1 row of ones], N*L) columns of the whole batch."""
+def _im2col_array(be, x, g: Geometry, ones_row: bool):
+    """(groups, Kg [+1 row of ones], N*L) columns of the whole batch, in the
+    "cols" workspace."""
+    xp = be.xp
     n, c = x.shape[:2]
     cg = c // g.groups
     if g.ph or g.pw:
@@ -85,7 +102,8 @@ def _im2col_array(xp, x, g: Geometry, ones_row: bool):
     else:
         xpad = x
     kg = cg * g.kh * g.kw
-    cols = xp.empty((g.groups, kg + ones_row, n * g.oh * g.ow), dtype=x.dtype)
+    shape = (g.groups, kg + ones_row, n * g.oh * g.ow)
+    cols = _workspace(be, "cols", shape[0] * shape[1] * shape[2], x.dtype).reshape(shape)
     # per-group view: with the ones row the groups' blocks are not adjacent
     taps = cols[:, :kg].reshape(g.groups, cg, g.kh, g.kw, n, g.oh, g.ow)
     xg = xpad.reshape(n, g.groups, cg, xpad.shape[2], xpad.shape[3])
@@ -113,44 +131,38 @@ def _col2im_array(xp, dcols, x_shape, g: Geometry):
 def _forward_array(be, x, w, b, g: Geometry):
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
-    og = o // g.groups
-    cols = _im2col_array(xp, x, g, ones_row=b is not None)
+    og, spatial = o // g.groups, g.oh * g.ow
+    cols = _im2col_array(be, x, g, ones_row=b is not None)
     wg = w.reshape(g.groups, og, -1)
     if b is not None:
         wg = xp.concatenate([wg, b.reshape(g.groups, og, 1)], axis=2)
-    y = xp.matmul(wg, cols)  # (groups, Og, N*L) = (O, N, L)
+    y = _workspace(be, "gemm", o * n * spatial, x.dtype).reshape(g.groups, og, n * spatial)
+    xp.matmul(wg, cols, out=y)  # (groups, Og, N*L) = (O, N, L)
     out = xp.empty((n, o, g.oh, g.ow), dtype=x.dtype)
-    spatial = g.oh * g.ow
     out.reshape(n, o, spatial)[...] = y.reshape(o, n, spatial).transpose(1, 0, 2)
-    return out, cols
+    return out, x
 
 
 def _backward_array(be, ctx, dy):
     xp = be.xp
-    cols, w, has_bias, x_shape, g = ctx
+    x, w, has_bias, x_shape, g = ctx
     n, o = dy.shape[:2]
     og, spatial = o // g.groups, g.oh * g.ow
     kg = w.shape[1] * g.kh * g.kw
-    dyg = xp.ascontiguousarray(dy.reshape(n, g.groups, og, spatial).transpose(1, 2, 0, 3))
+    cols = _im2col_array(be, x, g, ones_row=has_bias)  # recomputed: cheaper than keeping them
+    dyg = _workspace(be, "gemm", o * n * spatial, dy.dtype)
+    dyg.reshape(o, n, spatial)[...] = dy.reshape(n, o, spatial).transpose(1, 0, 2)
     dyg = dyg.reshape(g.groups, og, n * spatial)
     dwx = xp.matmul(dyg, cols.transpose(0, 2, 1))  # (groups, Og, Kg [+1: the bias gradient])
     dw = dwx[:, :, :kg].reshape(w.shape)
     db = dwx[:, :, kg].reshape(o) if has_bias else None
-    dcols = xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg)
+    # the column gradient overwrites the columns, which are no longer needed
+    dcols = _workspace(be, "cols", g.groups * kg * n * spatial, dy.dtype).reshape(g.groups, kg, n * spatial)
+    xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg, out=dcols)
     return _col2im_array(xp, dcols, x_shape, g), dw, db
 
 
 # ---------------------------------------------------------------- kernel path (sim, cuda)
-def _workspace(be, elements: int, dtype):
-    """A flat scratch array of at least `elements`, reused across calls (grown when short)."""
-    key = (be.name, be.index, np.dtype(dtype))
-    buf = _workspaces.get(key)
-    if buf is None or buf.size < elements:
-        buf = be.xp.empty(elements, dtype=dtype)
-        _workspaces[key] = buf
-    return buf[:elements]
-
-
 def _chunk(n: int, k: int, spatial: int, itemsize: int) -> int:
     """Images per chunk so the (k, chunk*spatial) columns fit WORKSPACE_BYTES (at least 1)."""
     return max(1, min(n, WORKSPACE_BYTES // max(1, k * spatial * itemsize)))
@@ -170,7 +182,7 @@ def _forward_kernels(be, x, w, b, g: Geometry):
     step = _chunk(n, k, spatial, x.dtype.itemsize)
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
-        cols = _workspace(be, k * nb * spatial, x.dtype).reshape(k, nb * spatial)
+        cols = _workspace(be, "cols", k * nb * spatial, x.dtype).reshape(k, nb * spatial)
         kern.im2col(x[n0:n0 + nb], cols, *_kernel_args(g), be.stream())
         yc = xp.matmul(wg, cols.reshape(g.groups, kg, nb * spatial))  # (O, nb, L)
         y[n0:n0 + nb].reshape(nb, o, spatial)[...] = yc.reshape(o, nb, spatial).transpose(1, 0, 2)
@@ -192,7 +204,7 @@ def _backward_kernels(be, ctx, dy):
     step = _chunk(n, k, spatial, x.dtype.itemsize)
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
-        cols = _workspace(be, k * nb * spatial, x.dtype).reshape(g.groups, kg, nb * spatial)
+        cols = _workspace(be, "cols", k * nb * spatial, x.dtype).reshape(g.groups, kg, nb * spatial)
         kern.im2col(x[n0:n0 + nb], cols.reshape(k, nb * spatial), *_kernel_args(g), be.stream())
         dyg = xp.ascontiguousarray(dy[n0:n0 + nb].reshape(nb, g.groups, og, spatial).transpose(1, 2, 0, 3))
         dyg = dyg.reshape(g.groups, og, nb * spatial)
@@ -206,6 +218,8 @@ def _backward_kernels(be, ctx, dy):
 # ---------------------------------------------------------------- entry points
 def _uses_kernels(be, a) -> bool:
     # the kernels are float32; other dtypes take the array path on every backend
+    if be.kern is not None and a.dtype != np.float32:
+        fallback(be, "conv2d", f"dtype {a.dtype} (the kernels are float32)")
     return be.kern is not None and a.dtype == np.float32
 
 

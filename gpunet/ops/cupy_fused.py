@@ -61,7 +61,7 @@ _ACT_BACKWARD = {
         const T cdf = T(0.5) * erfc(-x / {_lit(_SQRT_2)});
         dx = dy * (cdf + x * {_lit(_INV_SQRT_2PI)} * exp(T(-0.5) * x * x));"""),
     "gelu_tanh": ("x", f"""
-        const T th = tanh({_lit(_SQRT_2_OVER_PI)} * (x + {_lit(_GELU_TANH_C)} * (x * x * x)));
+        const T th = tanh({_lit(_SQRT_2_OVER_PI)} * (x + {_lit(_GELU_TANH_C)} * x * x * x));
         const T inner = {_lit(_SQRT_2_OVER_PI)} * (T(1) + {_lit(3 * _GELU_TANH_C)} * x * x);
         dx = dy * (T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * inner);"""),
     "softplus": ("x", f"""

@@ -5,9 +5,13 @@ up the same row. Float atomics would make that sum's order (and so its last
 bits) vary run to run; instead the positions are sorted by row (a stable sort,
 so positions of one row stay in input order) and each row sums its own
 contiguous run in that fixed order: bit-identical gradients on every run.
-cpu/cupy reduce the runs with add.reduceat; sim/cuda pass the sorted order
-and a CSR row pointer to a kernel (csrc/kernels/embedding.cu).
+cpu reduces the runs with add.reduceat; sim/cuda pass the sorted order and a
+CSR row pointer to a kernel (csrc/kernels/embedding.cu), and cupy passes them
+to a CuPy RawKernel doing the same sums (ops/cupy_fused.py: CuPy's reduceat
+subtracts prefix sums, which is neither exact nor run-ordered, and the unique()
+the NumPy path needs would be a device sync).
 """
+from . import cupy_fused
 
 
 def embedding_forward(be, weight, idx):
@@ -32,7 +36,7 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     dy2 = xp.ascontiguousarray(dy.reshape(-1, D))
     order = xp.argsort(flat, kind="stable")
     rows = flat[order]
-    if be.kern is None:
+    if be.kern is None and be.name != "cupy":
         dw = xp.zeros((num_embeddings, D), dtype=dy.dtype)
         if flat.size:
             uniq, starts = xp.unique(rows, return_index=True)
@@ -43,5 +47,8 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     row_ptr = xp.searchsorted(rows, xp.arange(num_embeddings + 1, dtype=xp.int64)).astype(xp.int64)
     dw = xp.empty((num_embeddings, D), dtype=dy.dtype)
     pad = -1 if padding_idx is None else padding_idx
-    be.kern.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
+    if be.kern is None:
+        cupy_fused.embedding_backward(dy2, order, row_ptr, dw, pad)
+    else:
+        be.kern.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
     return dw

@@ -13,13 +13,17 @@ log-sum-exp, as the pair (m, l) = (row max, log sum exp(x - m)) whose sum it
 is (in float32 an lse near 1e4 is only good to ~1e-3; (x - m) - l is exact to
 rounding); the backward recomputes the probabilities exp((x - m) - l) from
 the logits, so no (rows, classes) probability array is ever stored. On
-kernel backends (sim, cuda; float32) both run csrc/kernels/softmax.cu. (N, C, d...) inputs are brought to (N*d..., C) rows by moving the class
-axis last (one transposing copy each way, none for (N, C)).
+kernel backends (sim, cuda; float32) both run csrc/kernels/softmax.cu; on cupy
+they are CuPy fusions of the same formulas (ops/cupy_fused.py). (N, C, d...)
+inputs are brought to (N*d..., C) rows by moving the class axis last (one
+transposing copy each way, none for (N, C)).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..backend import fallback
+from . import cupy_fused
 from .activation import sigmoid
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -154,6 +158,8 @@ def _from_rows(xp, d2, shape):
 
 
 def _uses_kernel(be, x) -> bool:
+    if be.kern is not None and x.dtype != np.float32:
+        fallback(be, "cross_entropy", f"dtype {x.dtype} (the kernels are float32)")
     return be.kern is not None and x.dtype == np.float32
 
 
@@ -176,6 +182,9 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
         lse = xp.empty((rows, 2), dtype=x2.dtype)
         be.kern.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
                                       per, lse, int(ignore_index), float(label_smoothing), be.stream())
+    elif be.name == "cupy":
+        per, lse = cupy_fused.cross_entropy_forward(x2, ts, wt, valid, weight, label_smoothing)
+        per = per.astype(x.dtype, copy=False)
     else:
         m = x2.max(axis=1, keepdims=True)
         lse = xp.concatenate([m, xp.log(xp.exp(x2 - m).sum(axis=1, keepdims=True))], axis=1)
@@ -198,6 +207,8 @@ def cross_entropy_backward(be, ctx, grad):
     xp = be.xp
     rows, c = x2.shape
     scale = _scale(reduction, grad, denom)
+    if be.name == "cupy":
+        return _from_rows(xp, cupy_fused.cross_entropy_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
     scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=x2.dtype), (rows,))
     if _uses_kernel(be, x2):
         dx2 = xp.empty_like(x2)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import fallback
+
 # the parameter-gradient kernel sums rows in at most this many chunks
 # (deterministic two-pass reduction: chunk partials, then a fixed-order sum)
 _LN_MAX_CHUNKS = 128
@@ -23,6 +25,8 @@ _LN_CHUNK_ROWS = 32
 
 
 def _kernel_ok(be, x) -> bool:
+    if be.kern is not None and x.dtype != np.float32:
+        fallback(be, "layer_norm", f"dtype {x.dtype} (the kernels are float32)")
     return be.kern is not None and x.dtype == np.float32
 
 
@@ -87,6 +91,7 @@ def _channel_view(x):
 def batch_norm_stats(be, x):
     """Per-channel mean and biased variance of x (N, C, *) over N and the
     spatial axes, and the number of values per channel."""
+    fallback(be, "batch_norm", "no kernel (batch norm is array code on every backend)")
     x3 = _channel_view(x)
     mean = x3.mean(axis=(0, 2))
     xc = x3 - mean[None, :, None]

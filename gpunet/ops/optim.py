@@ -8,7 +8,9 @@ run as ONE fused kernel launch over all tensors of the group
 (csrc/kernels/optim.cu, "multi-tensor apply": the binding writes a table of
 pointers and sizes into a small device workspace and the kernel grid-strides
 over the concatenated index space). RMSprop and Rprop use the array code on
-every backend (on cuda, CuPy runs it).
+every backend (on cuda, CuPy runs it). cupy: SGD and Adam/AdamW run one CuPy
+ElementwiseKernel per tensor (ops/cupy_fused.py), the array code's formulas
+in one pass over each parameter's arrays.
 """
 from __future__ import annotations
 
@@ -16,9 +18,17 @@ import math
 
 import numpy as np
 
+from ..backend import fallback
+from . import cupy_fused
+
 
 def _fused(be, params) -> bool:
-    return be.kern is not None and all(p.dtype == np.float32 for p in params)
+    if be.kern is None:
+        return False
+    if not all(p.dtype == np.float32 for p in params):
+        fallback(be, "optimizer update", "float64 parameters (the fused kernels are float32)")
+        return False
+    return True
 
 
 def _table(be, n: int):
@@ -38,6 +48,10 @@ def sgd(be, params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay
     if _fused(be, params):
         be.kern.sgd_multi(params, _contiguous(be, grads), bufs if momentum else [], list(fresh) if momentum else [],
                           _table(be, len(params)), lr, momentum, dampening, weight_decay, nesterov, be.stream())
+        return
+    if be.name == "cupy":
+        cupy_fused.sgd(params, grads, bufs, fresh, lr=lr, momentum=momentum, dampening=dampening,
+                       weight_decay=weight_decay, nesterov=nesterov)
         return
     for p, g, buf, new in zip(params, grads, bufs, fresh):
         if weight_decay:
@@ -68,6 +82,10 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                            [s for s, _ in scalars], [c for _, c in scalars], _table(be, len(params)),
                            lr, beta1, beta2, eps, weight_decay, decoupled, be.stream())
         return
+    if be.name == "cupy":
+        cupy_fused.adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                        weight_decay=weight_decay, decoupled=decoupled)
+        return
     for p, g, m, v, (step_size, bc2_sqrt) in zip(params, grads, exp_avgs, exp_avg_sqs, scalars):
         if weight_decay:
             if decoupled:
@@ -84,6 +102,7 @@ def rmsprop(be, params, grads, square_avgs, grad_avgs, bufs, *, lr, alpha, eps, 
     """s = alpha*s + (1-alpha)*g^2; centered (grad_avgs given): a = alpha*a + (1-alpha)*g,
     denom = sqrt(s - a^2) + eps, else sqrt(s) + eps; with momentum buf = momentum*buf
     + g/denom and p -= lr*buf, else p -= lr*g/denom."""
+    fallback(be, "rmsprop", "no fused kernel")
     xp = be.xp
     for i, (p, g, s) in enumerate(zip(params, grads, square_avgs)):
         if weight_decay:
@@ -113,6 +132,7 @@ def rprop(be, params, grads, prevs, step_sizes, prev_deltas, *, etaminus, etaplu
     with the zeroed g. With backtracking (Rprop+): where s < 0 the previous
     weight change is undone instead, elsewhere p += delta = -sign(g)*step, and
     delta is remembered."""
+    fallback(be, "rprop", "no fused kernel")
     xp = be.xp
     for i, (p, g, prev, step) in enumerate(zip(params, grads, prevs, step_sizes)):
         prod = g * prev

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backend import fallback
+
 
 class Window(NamedTuple):
     kh: int
@@ -78,6 +80,8 @@ def _unpad(xp, dpad, x_shape, win: Window):
 
 def _uses_kernels(be, a) -> bool:
     # the kernels are float32; other dtypes take the array path on every backend
+    if be.kern is not None and a.dtype != np.float32:
+        fallback(be, "pool2d", f"dtype {a.dtype} (the kernels are float32)")
     return be.kern is not None and a.dtype == np.float32
 
 

@@ -11,11 +11,14 @@ the LSTM and G = 1 for the RNN.
               ONE GEMM each for dx = dG w_ih, dw_ih = dG^T x, dw_hh = dG^T h_prev
               over all timesteps, and one reduction for the biases
 
-On cpu/cupy the cell is array code on be.xp (both biases are folded into the
-input projection); on sim/cuda it is one fused kernel per step
-(csrc/kernels/lstm.cu), which adds b_hh itself. The cell saves the activated
-gates in place of the input projection, and the LSTM keeps every c_t and h_t.
+On cpu the cell is array code on be.xp (both biases are folded into the
+input projection); cupy runs the same formulas as one CuPy ElementwiseKernel
+per step and direction (ops/cupy_fused.py); on sim/cuda it is one fused kernel
+per step (csrc/kernels/lstm.cu), which adds b_hh itself. The cell saves the
+activated gates in place of the input projection, and the LSTM keeps every c_t
+and h_t.
 """
+from . import cupy_fused
 from .linear import bias_add, bias_grad
 
 NONLINEARITIES = ("tanh", "relu")
@@ -70,7 +73,9 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     w_hh_t = w_hh.T
     for t in range(T):
         hg = xp.matmul(hs[t], w_hh_t)
-        if be.kern is None:
+        if be.name == "cupy":
+            cupy_fused.lstm_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], hs[t + 1])
+        elif be.kern is None:
             g = gates[t]
             g += hg
             _sigmoid_(xp, g[:, :2 * H])
@@ -101,7 +106,9 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
     dh, dc = dh_n, dc_n
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
-        if be.kern is None:
+        if be.name == "cupy":
+            dc = cupy_fused.lstm_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
+        elif be.kern is None:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         else:
             be.kern.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf, be.stream())

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import fallback
+
 
 def _shifted(xp, x, dim, beta):
     """beta * (x - shift) <= 0, the shift being the max (beta >= 0) or min of x."""
@@ -30,6 +32,8 @@ def _shifted(xp, x, dim, beta):
 
 
 def _uses_kernel(be, x) -> bool:
+    if be.kern is not None and x.dtype != np.float32:
+        fallback(be, "softmax", f"dtype {x.dtype} (the kernels are float32)")
     return be.kern is not None and x.dtype == np.float32
 
 

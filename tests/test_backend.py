@@ -1,0 +1,246 @@
+"""Backend selection and device handling, with the machine faked: CuPy missing,
+CuPy without a GPU, CuPy with n GPUs, the extension missing or seeing no GPU.
+Checks the reasons `backends()` gives, what 'auto' picks and logs, the
+GPUNET_DEVICE override, device indices, wrong-device errors, and the
+per-op fallback counter (on sim)."""
+import logging
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import backend as B
+from gpunet import checks, nn
+
+
+class FakeCupyArray:
+    """Stands in for a cupy.ndarray living on one GPU."""
+    __module__ = "cupy"
+    __cuda_array_interface__ = {}
+    dtype, ndim = np.dtype(np.float32), 1
+
+    def __init__(self, gpu: int):
+        self.device = types.SimpleNamespace(id=gpu)
+
+
+FakeCupyArray.__name__ = "ndarray"
+
+
+def fake_cupy(gpus=1, error=None):
+    """A module that imports like CuPy and reports `gpus` devices (or raises `error`)."""
+    mod = types.ModuleType("cupy")
+    mod.__version__ = "99.0"
+    mod.ndarray = FakeCupyArray
+    synced = []
+
+    def count():
+        if error is not None:
+            raise error
+        return gpus
+
+    class Device:
+        def __init__(self, i=0):
+            self.id = i
+
+        def __enter__(self):
+            synced.append(("enter", self.id))
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    mod.cuda = types.SimpleNamespace(
+        Device=Device,
+        runtime=types.SimpleNamespace(getDeviceCount=count, deviceSynchronize=lambda: synced.append("sync")))
+    mod.synced = synced
+    return mod
+
+
+@pytest.fixture
+def machine(monkeypatch, caplog):
+    """machine(cupy=None | fake module, ext=None | GPU count the extension sees):
+    fakes what is installed; backends are created afresh."""
+    monkeypatch.setattr(B, "_cache", {})
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    caplog.set_level(logging.INFO, logger="gpunet")
+    real_import = B._import_kernels
+
+    def setup(cupy=None, ext=None):
+        monkeypatch.setitem(sys.modules, "cupy", cupy)  # None: `import cupy` raises ImportError
+
+        def import_kernels(name):
+            if name != "gpunet._C":
+                return real_import(name)
+            if ext is None:
+                raise ImportError("No module named 'gpunet._C'")
+            return types.SimpleNamespace(device_count=lambda: ext, device_error=lambda: "no CUDA-capable device")
+
+        monkeypatch.setattr(B, "_import_kernels", import_kernels)
+        return cupy
+
+    return setup
+
+
+# ---------------------------------------------------------------- reasons
+def test_reasons_without_cupy(machine):
+    machine(cupy=None)
+    info = gpunet.backends()
+    assert info["cpu"]["available"]
+    assert not info["cupy"]["available"] and "CuPy is not installed" in info["cupy"]["reason"]
+    assert "cuda13" in info["cupy"]["reason"]  # says how to get it
+    assert not info["cuda"]["available"]
+    assert "CuPy is not installed" in info["cuda"]["reason"]
+    assert "extension gpunet._C not built" in info["cuda"]["reason"]
+
+
+@pytest.mark.parametrize("cupy_args,detail", [
+    (dict(error=RuntimeError("cudaErrorInsufficientDriver")), "cudaErrorInsufficientDriver"),
+    (dict(gpus=0), "finds no GPU"),
+])
+def test_reasons_cupy_without_a_device(machine, cupy_args, detail):
+    machine(cupy=fake_cupy(**cupy_args), ext=1)
+    info = gpunet.backends()
+    for name in ("cupy", "cuda"):
+        assert not info[name]["available"]
+        assert "CuPy 99.0 is installed but finds no GPU" in info[name]["reason"]
+        assert detail in info[name]["reason"]
+
+
+def test_reasons_extension_missing(machine):
+    machine(cupy=fake_cupy(gpus=2), ext=None)
+    info = gpunet.backends()
+    assert info["cupy"] == {"available": True, "reason": "CuPy 99.0, 2 GPU(s)"}
+    assert not info["cuda"]["available"]
+    assert info["cuda"]["reason"].startswith("extension gpunet._C not built")
+
+
+def test_reasons_extension_sees_no_gpu(machine):
+    machine(cupy=fake_cupy(gpus=1), ext=0)
+    info = gpunet.backends()["cuda"]
+    assert not info["available"] and "gpunet._C sees no GPU (no CUDA-capable device)" in info["reason"]
+
+
+# ---------------------------------------------------------------- auto
+@pytest.mark.parametrize("cupy_args,ext,picked,skipped", [
+    (None, None, "cpu", {"cuda": "CuPy is not installed", "cupy": "CuPy is not installed"}),
+    (dict(gpus=0), 1, "cpu", {"cuda": "finds no GPU", "cupy": "finds no GPU"}),
+    (dict(gpus=1), None, "cupy", {"cuda": "extension gpunet._C not built"}),
+    (dict(gpus=1), 1, "cuda", {}),
+])
+def test_auto_picks_cuda_then_cupy_then_cpu_and_says_why(machine, caplog, cupy_args, ext, picked, skipped):
+    machine(cupy=None if cupy_args is None else fake_cupy(**cupy_args), ext=ext)
+    be = gpunet.get_backend("auto")
+    assert be.name == picked
+    assert gpunet.get_backend(None) is be
+    messages = [r.getMessage() for r in caplog.records if r.name == "gpunet"]
+    assert any(m.startswith(f"gpunet: auto picked backend {picked!r}: ") for m in messages), messages
+    for name, why in skipped.items():
+        assert any(m.startswith(f"gpunet: auto skipped backend {name!r}: ") and why in m for m in messages), messages
+
+
+def test_environment_variable_forces_a_backend(machine, monkeypatch, caplog):
+    machine(cupy=fake_cupy(gpus=2), ext=2)
+    monkeypatch.setenv("GPUNET_DEVICE", "cpu")
+    assert gpunet.get_backend("auto").name == "cpu"
+    assert any("GPUNET_DEVICE=cpu forces the backend" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("GPUNET_DEVICE", "cupy:1")
+    assert gpunet.get_backend().device == "cupy:1"
+    monkeypatch.setenv("GPUNET_DEVICE", "auto")
+    assert gpunet.get_backend().name == "cuda"
+    monkeypatch.setenv("GPUNET_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="'tpu'"):
+        gpunet.get_backend()
+
+
+def test_environment_cannot_conjure_a_missing_backend(machine, monkeypatch):
+    machine(cupy=None)
+    monkeypatch.setenv("GPUNET_DEVICE", "cupy")
+    with pytest.raises(RuntimeError, match="backend 'cupy' is not available: CuPy is not installed"):
+        gpunet.get_backend()
+
+
+def test_argument_forces_a_backend(machine):
+    machine(cupy=fake_cupy(gpus=1), ext=1)
+    assert gpunet.get_backend("cupy").name == "cupy"
+    assert gpunet.get_backend("cpu").name == "cpu"
+    machine(cupy=None)
+    B._cache.clear()
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available: CuPy is not installed"):
+        gpunet.get_backend("cuda")
+
+
+@pytest.mark.parametrize("device,error,match", [
+    ("cuda:x", ValueError, "non-negative integer"),
+    ("gpu", ValueError, "expected one of cpu, sim, cuda, cupy"),
+    (3, TypeError, "got int"),
+])
+def test_bad_device_strings(device, error, match):
+    with pytest.raises(error, match=match):
+        gpunet.get_backend(device)
+
+
+# ---------------------------------------------------------------- device indices
+def test_device_index_beyond_the_gpus_present(machine):
+    machine(cupy=fake_cupy(gpus=1), ext=1)
+    for device in ("cupy:1", "cuda:1"):
+        with pytest.raises(ValueError, match=f"'{device}' asks for GPU 1, but only 1 GPU"):
+            gpunet.get_backend(device)
+        with pytest.raises(ValueError, match="asks for GPU 1"):
+            nn.Linear(2, 2).to(device)
+    assert gpunet.get_backend("cupy:0").device == "cupy"  # index 0 is the plain name
+
+
+def test_wrong_device_error_names_both(machine):
+    machine(cupy=fake_cupy(gpus=2), ext=None)
+    gpu1 = gpunet.get_backend("cupy:1")
+    with pytest.raises(TypeError, match=r"input: expected a cupy.ndarray on GPU 1 for backend 'cupy:1', "
+                                        r"got cupy.ndarray on GPU 0 \(move it with gpunet.asarray"):
+        checks.array(gpu1, FakeCupyArray(0), "input")
+    assert checks.array(gpu1, FakeCupyArray(1), "input") is not None
+    with pytest.raises(TypeError, match="expected a cupy.ndarray on GPU 1 .* got numpy.ndarray"):
+        checks.array(gpu1, np.zeros(3), "input")
+    with pytest.raises(TypeError, match="expected a numpy.ndarray for backend 'cpu', got cupy.ndarray on GPU 1"):
+        checks.array(gpunet.get_backend("cpu"), FakeCupyArray(1), "input")
+
+
+def test_wrong_device_error_for_a_foreign_gpu_tensor():
+    class TorchLike:  # a CUDA tensor of another framework: device.index, not device.id
+        __cuda_array_interface__ = {}
+        device = types.SimpleNamespace(index=3)
+    with pytest.raises(TypeError, match="got .*TorchLike on GPU 3"):
+        checks.array(gpunet.get_backend("cpu"), TorchLike(), "input")
+
+
+def test_synchronize_waits_for_the_whole_device(machine):
+    cupy = machine(cupy=fake_cupy(gpus=2), ext=None)
+    gpunet.synchronize("cpu")  # host backends: nothing to wait for
+    gpunet.synchronize("cupy:1")
+    assert cupy.synced == [("enter", 1), "sync"]
+
+
+# ---------------------------------------------------------------- fallback counter
+def test_fallbacks_are_counted_and_logged(caplog, rng):
+    if not gpunet.backends()["sim"]["available"]:
+        pytest.skip(f"backend 'sim' unavailable: {gpunet.backends()['sim']['reason']}")
+    from gpunet.ops import attention
+    caplog.set_level(logging.DEBUG, logger="gpunet")
+    B.reset_fallbacks()
+    sim, cpu = gpunet.get_backend("sim"), gpunet.get_backend("cpu")
+    x64 = rng.standard_normal((2, 5))
+    gpunet.functional.softmax(x64, device="sim")
+    q = rng.standard_normal((1, 3, 130)).astype(np.float32)
+    attention.sdpa_forward(sim, q, q, q)
+    nn.BatchNorm1d(5).to("sim")(x64.astype(np.float32))
+    gpunet.functional.softmax(x64, device="cpu")  # the array path is cpu's own: no fallback
+    attention.sdpa_forward(cpu, q, q, q)
+    counts = B.fallbacks()
+    assert counts == {
+        ("softmax", "dtype float64 (the kernels are float32)"): 1,
+        ("attention", "head dim 130 > 128"): 1,
+        ("batch_norm", "no kernel (batch norm is array code on every backend)"): 1,
+    }
+    assert "gpunet: sim op attention fell back to the array path: head dim 130 > 128" in caplog.messages
+    B.reset_fallbacks()
+    assert not B.fallbacks()
