@@ -252,6 +252,17 @@ def fallback(be: Backend, op: str, reason: str):
     log.debug("gpunet: %s op %s fell back to the array path: %s", be.name, op, reason)
 
 
+def array_backend(be: Backend, op: str, dtype) -> Backend:
+    """`be`, or, when `be` runs kernels but has none for `dtype` (they are
+    float32), the backend running the array path on the same arrays (sim ->
+    cpu, cuda -> cupy on the same GPU), recording the fallback. For ops whose
+    array path is written against `be` as a whole."""
+    if be.kern is None or np.dtype(dtype) == np.float32:
+        return be
+    fallback(be, op, f"dtype {np.dtype(dtype)} (the kernels are float32)")
+    return get_backend("cpu" if be.name == "sim" else f"cupy:{be.index}")
+
+
 def fallbacks() -> Counter:
     """How often each (op, reason) fell back from the kernels to the array path."""
     return Counter(_fallbacks)

@@ -13,6 +13,7 @@ import pytest
 import gpunet
 from gpunet import backend as B
 from gpunet import checks, nn
+from gpunet.testing import compare_module
 
 
 class FakeCupyArray:
@@ -244,3 +245,20 @@ def test_fallbacks_are_counted_and_logged(caplog, rng):
     assert "gpunet: sim op attention fell back to the array path: head dim 130 > 128" in caplog.messages
     B.reset_fallbacks()
     assert not B.fallbacks()
+
+
+@pytest.mark.parametrize("device", ["sim", "cuda"])
+@pytest.mark.parametrize("op,make,x", [
+    ("lstm", lambda: nn.LSTM(3, 4, num_layers=2), np.linspace(-1, 1, 12).reshape(2, 2, 3)),
+    ("rnn", lambda: nn.RNNCell(3, 4), np.linspace(-1, 1, 6).reshape(2, 3)),
+    ("linear", lambda: nn.Linear(3, 4), np.linspace(-1, 1, 6).reshape(2, 3)),
+    ("embedding", lambda: nn.Embedding(5, 3, padding_idx=1), np.array([1, 2, 2, 4])),
+])
+def test_float64_runs_the_array_path_on_kernel_backends(device, op, make, x):
+    """The kernels are float32: a float64 model on sim/cuda runs the array path
+    (cpu's on sim, CuPy's on cuda) instead of failing, and says so."""
+    if not gpunet.backends()[device]["available"]:
+        pytest.skip(f"backend {device!r} unavailable: {gpunet.backends()[device]['reason']}")
+    B.reset_fallbacks()
+    compare_module(make().to(np.float64), (x,), devices=("cpu", device))
+    assert B.fallbacks()[(op, "dtype float64 (the kernels are float32)")] >= 2  # forward and backward

@@ -13,11 +13,12 @@ For every case `run_case`:
      result, input and parameter gradients, loss, updated weights) with the
      reference, normwise: max|a - r| / max|r| <= case.rtol. A target that
      fails is reported "invalid" and never timed;
-  3. warms up, then repeats the step (at least `min_reps` times, until the
-     time budget or `max_reps`), cycling through several copies of the
-     inputs whose total exceeds the last-level cache, so no repetition reads
-     inputs left in cache by the previous one (weights and optimizer state are
-     not rotated: a real training step reads them from memory too);
+  3. warms every valid target up, then repeats their steps in alternating
+     blocks (at least `min_reps` times each, until the time budget or
+     `max_reps`), cycling through several copies of the inputs whose total
+     exceeds the last-level cache, so no repetition reads inputs left in
+     cache by the previous one (weights and optimizer state are not rotated:
+     a real training step reads them from memory too);
   4. times each repetition with CUDA events on the GPU (cupy.cuda.Event for
      gpunet, torch.cuda.Event for PyTorch) and with the host clock on the CPU,
      where every call is synchronous, and reports median, min, max and the
@@ -220,43 +221,61 @@ def copies_for(spec: Spec, case: Case, policy: Policy) -> int:
     return n
 
 
-def time_steps(target: Target, step: Callable[[int], None], policy: Policy, first: int = 1) -> np.ndarray:
-    """Seconds per repetition, after warming up."""
-    i = first
-    t0 = time.perf_counter()
-    while i - first < policy.min_warmup or (time.perf_counter() - t0 < policy.warmup_s and i - first < 1000):
-        step(i)
-        i += 1
-    target.sync()
-    times: list[float] = []
-    t0 = time.perf_counter()
-    if target.on_gpu:
-        # Record a batch of event pairs, then wait once: no host sync between
-        # repetitions, and the host clock only decides when to stop.
-        batch = 1
-        while len(times) < policy.max_reps:
+class Timed:
+    """One validated implementation being timed: its step, the next input
+    copy index and the repetition times so far (seconds)."""
+
+    def __init__(self, target: Target, step: Callable[[int], None]):
+        self.target, self.step, self.i, self.times = target, step, 1, []  # step(0) was the validation run
+
+    def warm_up(self, policy: Policy) -> float:
+        """Run the warm-up; returns the seconds one step took at its end."""
+        t0 = time.perf_counter()
+        n = 0
+        while n < policy.min_warmup or (time.perf_counter() - t0 < policy.warmup_s and n < 1000):
+            self.step(self.i)
+            self.i += 1
+            n += 1
+        self.target.sync()
+        return (time.perf_counter() - t0) / n
+
+    def block(self, reps: int):
+        """Time `reps` repetitions: on the GPU with an event pair around each and
+        one wait at the end of the block (no host sync between repetitions); on
+        the CPU, where every step is synchronous, with the host clock."""
+        if self.target.on_gpu:
             pairs = []
-            for _ in range(min(batch, policy.max_reps - len(times))):
-                start, end, elapsed = target.event_pair()
+            for _ in range(reps):
+                start, end, elapsed = self.target.event_pair()
                 start.record()
-                step(i)
+                self.step(self.i)
                 end.record()
                 pairs.append((start, end))
-                i += 1
+                self.i += 1
             pairs[-1][1].synchronize()
-            times += [elapsed(s, e) for s, e in pairs]
-            if len(times) >= policy.min_reps and time.perf_counter() - t0 > policy.budget_s:
-                break
-            batch = min(2 * batch, 32)
-    else:
-        while len(times) < policy.max_reps:
-            s = time.perf_counter()
-            step(i)
-            times.append(time.perf_counter() - s)
-            i += 1
-            if len(times) >= policy.min_reps and time.perf_counter() - t0 > policy.budget_s:
-                break
-    return np.asarray(times)
+            self.times += [elapsed(a, b) for a, b in pairs]
+        else:
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                self.step(self.i)
+                self.times.append(time.perf_counter() - t0)
+                self.i += 1
+
+
+def time_interleaved(timed: list[Timed], policy: Policy, block_s: float = 0.1):
+    """Warm every implementation up, then time them in alternating blocks of
+    about `block_s` each, so a slow spell on a shared machine falls on all of
+    them rather than on whichever ran then. Stops when each has min_reps and
+    the budget (budget_s per implementation) is spent, or max_reps."""
+    sizes = [max(1, min(policy.max_reps, int(block_s / max(t.warm_up(policy), 1e-9)))) for t in timed]
+    t0 = time.perf_counter()
+    while True:
+        for t, size in zip(timed, sizes):
+            if len(t.times) < policy.max_reps:
+                t.block(min(size, policy.max_reps - len(t.times)))
+        spent = time.perf_counter() - t0 > policy.budget_s * len(timed)
+        if all(len(t.times) >= policy.max_reps or (spent and len(t.times) >= policy.min_reps) for t in timed):
+            return
 
 
 def summary(times: np.ndarray) -> dict:
@@ -308,6 +327,7 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
     finally:
         ref.free_memory()
     n = copies_for(spec, case, platform.policy)
+    timed, timed_results = [], []
     for target, r in zip(platform.targets, results):
         r["copies"] = n
         if case.impls.get(target.framework) is None:
@@ -317,17 +337,28 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
             runner = _prepare(target, case, spec, n)
             runner.step(0)
             err, problem = compare(host_outputs(target, runner), reference, case.rtol)
-            r["err"] = err
+            r["err"] = err if math.isfinite(err) else None
             if runner.info:
                 r["info"] = runner.info
             if problem:
                 r.update(status="invalid", reason=f"validation failed, not timed: {problem}")
             else:
-                r.update(status="ok", **summary(time_steps(target, runner.step, platform.policy)))
-            del runner
+                timed.append(Timed(target, runner.step))
+                timed_results.append(r)
         except Exception as e:  # noqa: BLE001
             r.update(status="error", reason=_error(e))
         finally:
+            runner = None
+    try:
+        time_interleaved(timed, platform.policy)
+        for t, r in zip(timed, timed_results):
+            r.update(status="ok", **summary(np.asarray(t.times)))
+    except Exception as e:  # noqa: BLE001
+        for r in timed_results:
+            r.update(status="error", reason=f"while timing: {_error(e)}")
+    finally:
+        timed = None
+        for target in platform.targets:
             target.free_memory()
     derive(results, platform.ceilings)
     return results

@@ -17,12 +17,15 @@ make several passes over memory run as one CuPy-compiled kernel instead.
                           add.reduceat is a difference of prefix sums: inexact)
 
 Each function computes what the array path of its op computes, from the same
-formulas in the same order (the array path is the documentation); only the
-rounding of contracted multiply-adds may differ. T is the arrays' dtype, so
-float32 and float64 both run here. Kernels are built on first use: importing
-this module imports neither CuPy nor compiles anything, and CuPy caches the
-compiled binaries (per device, and on disk). Every kernel launches on CuPy's
-current stream and allocates from its memory pool.
+formulas (the array path is the documentation); only rounding may differ:
+multiply-adds the compiler contracts, and the order in which sums add their
+terms (the reductions, the embedding rows). T is the arrays' dtype, so float32
+and float64 both run here (on the cuda backend, float64 LSTMs and embeddings
+come here through backend.array_backend, as its kernels are float32).
+Kernels are built on first use: importing this module imports neither CuPy
+nor compiles anything, and CuPy caches the compiled binaries (per device, and
+on disk). Every kernel launches on CuPy's current stream and allocates from
+its memory pool.
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from ..backend import array_backend
+
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
@@ -46,6 +48,7 @@ def random_bits(xp, seed: int, offset: int, n: int):
 
 def dropout_forward(be, x, p: float, seed: int, offset: int):
     """Training-mode dropout of x with drop probability p in [0, 1]. Returns (y, ctx)."""
+    be = array_backend(be, "dropout", x.dtype)
     xp = be.xp
     if p == 1.0:  # everything dropped (PyTorch returns zeros); no scale to apply
         return xp.zeros_like(x), ("zero",)

@@ -11,12 +11,14 @@ to a CuPy RawKernel doing the same sums (ops/cupy_fused.py: CuPy's reduceat
 subtracts prefix sums, which is neither exact nor run-ordered, and the unique()
 the NumPy path needs would be a device sync).
 """
+from ..backend import array_backend
 from . import cupy_fused
 
 
 def embedding_forward(be, weight, idx):
     """weight (V, D), idx integer array of any shape (already range-checked)
     -> out idx.shape + (D,), and the flat int64 indices backward needs."""
+    be = array_backend(be, "embedding", weight.dtype)
     xp = be.xp
     flat = xp.ascontiguousarray(idx.reshape(-1), dtype=xp.int64)
     D = weight.shape[1]
@@ -31,6 +33,7 @@ def embedding_forward(be, weight, idx):
 def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     """d weight (V, D) from the flat indices and dy (..., D); the padding row
     (if any) gets zero."""
+    be = array_backend(be, "embedding", dy.dtype)
     xp = be.xp
     D = dy.shape[-1]
     dy2 = xp.ascontiguousarray(dy.reshape(-1, D))

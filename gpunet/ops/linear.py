@@ -1,6 +1,8 @@
 """Fully connected layer y = x W^T + b (PyTorch layout: W is (out, in)).
 The GEMMs go to BLAS (NumPy) or cuBLAS (CuPy); the bias add and the bias
-gradient reduction are kernels on sim/cuda."""
+gradient reduction are kernels on sim/cuda (float32; other dtypes run the
+array path)."""
+from ..backend import array_backend
 
 
 def bias_add(be, y, b, inner: int = 1):
@@ -25,6 +27,7 @@ def bias_grad(be, dy, channels: int, inner: int = 1):
 
 def linear_forward(be, x, w, b):
     """x (..., in) -> y (..., out). Leading axes are flattened into one GEMM."""
+    be = array_backend(be, "linear", x.dtype)
     x2 = x.reshape(-1, x.shape[-1])
     y = be.xp.matmul(x2, w.T)
     if b is not None:
@@ -34,6 +37,7 @@ def linear_forward(be, x, w, b):
 
 def linear_backward(be, x2, w, has_bias: bool, dy):
     """Returns dx (shaped like dy with in features), dw, db (None without bias)."""
+    be = array_backend(be, "linear", dy.dtype)
     dy2 = be.xp.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))
     dx = be.xp.matmul(dy2, w).reshape(dy.shape[:-1] + (w.shape[1],))
     dw = be.xp.matmul(dy2.T, x2)

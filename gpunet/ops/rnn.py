@@ -14,10 +14,11 @@ the LSTM and G = 1 for the RNN.
 On cpu the cell is array code on be.xp (both biases are folded into the
 input projection); cupy runs the same formulas as one CuPy ElementwiseKernel
 per step and direction (ops/cupy_fused.py); on sim/cuda it is one fused kernel
-per step (csrc/kernels/lstm.cu), which adds b_hh itself. The cell saves the
-activated gates in place of the input projection, and the LSTM keeps every c_t
-and h_t.
+per step (csrc/kernels/lstm.cu), which adds b_hh itself (float32; other dtypes
+take cpu's or cupy's path there). The cell saves the activated gates in place
+of the input projection, and the LSTM keeps every c_t and h_t.
 """
+from ..backend import array_backend
 from . import cupy_fused
 from .linear import bias_add, bias_grad
 
@@ -60,6 +61,7 @@ def _weight_grads(be, dG, x2, hs, w_ih, has_bias):
 def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     """One LSTM layer. x (T, B, I), h0 and c0 (B, H); biases both given or both None.
     Returns (out (T, B, H), h_n, c_n, ctx); out is a view of the saved states."""
+    be = array_backend(be, "lstm", x.dtype)
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -96,6 +98,7 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
     """Backward through time of one LSTM layer. dout (T, B, H), dh_n, dc_n (B, H);
     any of them may be None (zero). Returns dx, dh0, dc0, dw_ih, dw_hh, db where
     db is the gradient of b_ih and of b_hh alike (None without biases)."""
+    be = array_backend(be, "lstm", ctx[1].dtype)
     xp = be.xp
     x2, hs, cs, gates, tanh_c, has_bias = ctx
     T, B, H4 = gates.shape
@@ -147,6 +150,7 @@ def _sum_or_zeros(xp, a, b, like):
 def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     """One RNN layer h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act tanh or
     relu. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
+    be = array_backend(be, "rnn", x.dtype)
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -174,6 +178,7 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
 def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     """Backward through time of one RNN layer; dout (T, B, H) and dh_n (B, H) may be
     None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None)."""
+    be = array_backend(be, "rnn", ctx[1].dtype)
     xp = be.xp
     x2, hs, relu, has_bias = ctx
     T = hs.shape[0] - 1
