@@ -13,8 +13,8 @@ For every case `run_case`:
      result, input and parameter gradients, loss, updated weights) with the
      reference, normwise: max|a - r| / max|r| <= case.rtol. A target that
      fails is reported "invalid" and never timed;
-  3. warms every valid target up, then repeats their steps in alternating
-     blocks (at least `min_reps` times each, until the time budget or
+  3. times every valid target in two alternating rounds, each after a
+     warm-up (at least `min_reps` repetitions each, until the time budget or
      `max_reps`), cycling through several copies of the inputs whose total
      exceeds the last-level cache, so no repetition reads inputs left in
      cache by the previous one (weights and optimizer state are not rotated:
@@ -228,8 +228,7 @@ class Timed:
     def __init__(self, target: Target, step: Callable[[int], None]):
         self.target, self.step, self.i, self.times = target, step, 1, []  # step(0) was the validation run
 
-    def warm_up(self, policy: Policy) -> float:
-        """Run the warm-up; returns the seconds one step took at its end."""
+    def warm_up(self, policy: Policy):
         t0 = time.perf_counter()
         n = 0
         while n < policy.min_warmup or (time.perf_counter() - t0 < policy.warmup_s and n < 1000):
@@ -237,7 +236,6 @@ class Timed:
             self.i += 1
             n += 1
         self.target.sync()
-        return (time.perf_counter() - t0) / n
 
     def block(self, reps: int):
         """Time `reps` repetitions: on the GPU with an event pair around each and
@@ -261,21 +259,30 @@ class Timed:
                 self.times.append(time.perf_counter() - t0)
                 self.i += 1
 
+    def run_for(self, seconds: float, min_total: int, max_total: int):
+        """Time repetitions until `seconds` have passed and `min_total` are
+        recorded, or `max_total` are (GPU blocks grow 1, 2, 4, ... 32)."""
+        t0 = time.perf_counter()
+        batch = 1
+        while len(self.times) < max_total:
+            self.block(min(batch, max_total - len(self.times)))
+            if len(self.times) >= min_total and time.perf_counter() - t0 > seconds:
+                return
+            if self.target.on_gpu:
+                batch = min(2 * batch, 32)
 
-def time_interleaved(timed: list[Timed], policy: Policy, block_s: float = 0.1):
-    """Warm every implementation up, then time them in alternating blocks of
-    about `block_s` each, so a slow spell on a shared machine falls on all of
-    them rather than on whichever ran then. Stops when each has min_reps and
-    the budget (budget_s per implementation) is spent, or max_reps."""
-    sizes = [max(1, min(policy.max_reps, int(block_s / max(t.warm_up(policy), 1e-9)))) for t in timed]
-    t0 = time.perf_counter()
-    while True:
-        for t, size in zip(timed, sizes):
-            if len(t.times) < policy.max_reps:
-                t.block(min(size, policy.max_reps - len(t.times)))
-        spent = time.perf_counter() - t0 > policy.budget_s * len(timed)
-        if all(len(t.times) >= policy.max_reps or (spent and len(t.times) >= policy.min_reps) for t in timed):
-            return
+
+def time_interleaved(timed: list[Timed], policy: Policy, rounds: int = 2):
+    """Time every implementation in `rounds` alternating rounds, so a slow
+    spell on a shared machine is less likely to fall on one of them alone.
+    Each round starts with a warm-up, which also lets the previous
+    framework's idle worker threads (OpenBLAS, OpenMP spin for a while after
+    their last job) stop competing for the cores."""
+    for k in range(1, rounds + 1):
+        for t in timed:
+            t.warm_up(policy)
+            t.run_for(policy.budget_s / rounds, math.ceil(policy.min_reps * k / rounds),
+                      math.ceil(policy.max_reps * k / rounds))
 
 
 def summary(times: np.ndarray) -> dict:
