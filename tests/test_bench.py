@@ -172,3 +172,42 @@ def test_each_target_gets_its_own_copy_of_the_weights():
     plat = cpu_platform()
     plat.targets = [harness.Target("gpunet", "cpu"), harness.Target("gpunet", "cpu")]
     assert [r["status"] for r in harness.run_case(case, plat)] == ["ok", "ok"]
+
+
+class _FakeEvent:
+    def record(self):
+        import time
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class _EventTarget(harness.Target):
+    """The cpu backend timed through the GPU code path (event pairs, one wait
+    per block), with host-clock events standing in for CUDA events."""
+    on_gpu = True
+    synced = 0
+
+    def event_pair(self):
+        return _FakeEvent(), _FakeEvent(), lambda s, e: e.t - s.t
+
+    def sync(self):
+        self.synced += 1
+
+    def free_memory(self):
+        pass
+
+
+def test_gpu_timing_path_records_an_event_pair_per_repetition():
+    policy = harness.Policy(min_reps=5, max_reps=9, budget_s=0.0, warmup_s=0.0, min_warmup=2,
+                            cache_bytes=1 << 16, memory_budget=1 << 24)
+    target = _EventTarget("gpunet", "cpu")
+    steps = []
+    timed = harness.Timed(target, steps.append)
+    harness.time_interleaved([timed], policy)
+    # two rounds, each a 2-step warm-up then blocks of 1, 2, 4... until the
+    # round's minimum (3, then 5 in all): 1 + 2, then 1 + 2 more
+    assert len(timed.times) == 6 and all(t >= 0 for t in timed.times)
+    assert steps == list(range(1, 6 + 2 * 2 + 1))
+    assert target.synced == 2

@@ -61,9 +61,6 @@ class Target:
     def on_gpu(self) -> bool:
         return self.device in ("cuda", "cupy")
 
-    def with_dtype(self, dtype) -> "Target":
-        return Target(self.framework, self.device, dtype)
-
     def array(self, a: np.ndarray):
         """A native array (NumPy/CuPy/torch tensor) holding `a`; floating
         arrays take the target's dtype, integer arrays keep theirs."""

@@ -201,12 +201,19 @@ def plots(report: dict, base: Path) -> list[Path]:
         written.append(_save(fig, plt, base.with_name(base.name + "-roofline.png")))
     sw = sweeps(results)
     if sw:
-        fig, axes = plt.subplots(1, len(sw), figsize=(4.5 * len(sw), 4), squeeze=False)
-        for ax, (name, per) in zip(axes[0], sw.items()):
+        cols = min(2, len(sw))
+        rows = math.ceil(len(sw) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+        for ax in axes.flat[len(sw):]:
+            ax.set_visible(False)
+        for ax, (name, per) in zip(axes.flat, sw.items()):
+            xs = sorted({p[0] for pts in per.values() for p in pts})
             for target, pts in per.items():
                 ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], "o-", label=target)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
             ax.set_xlabel(name)
             ax.set_ylabel("median ms")
             ax.legend(fontsize=7)
@@ -217,7 +224,7 @@ def plots(report: dict, base: Path) -> list[Path]:
 
 def _save(fig, plt, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -104,36 +104,46 @@ def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
                    f"{threads} thread(s), by {' and '.join(gemm_s)}, best of {reps}; the larger of each"}
 
 
+def _gpu_best(fn, reps: int) -> float:
+    """Best time of `fn` in seconds, with CUDA events on the current stream."""
+    import cupy
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, cupy.cuda.get_elapsed_time(start, end) / 1e3)
+    return best
+
+
+def _gpu_gemm_rate(n: int, reps: int) -> float:
+    import cupy
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    c = cupy.empty_like(a)
+    return 2.0 * n ** 3 / _gpu_best(lambda: cupy.matmul(a, a, out=c), reps)
+
+
+def _gpu_copy_bandwidth(size: int, reps: int) -> float:
+    import cupy
+    src = cupy.ones(size // F32, cupy.float32)
+    dst = cupy.empty_like(src)
+    rt = cupy.cuda.runtime
+    return 2.0 * size / _gpu_best(lambda: rt.memcpyAsync(dst.data.ptr, src.data.ptr, size, rt.memcpyDeviceToDevice,
+                                                         cupy.cuda.get_current_stream().ptr), reps)
+
+
 def gpu_ceilings(quick: bool) -> dict:
     """cuBLAS float32 GEMM rate (TF32 off) and device-to-device copy bandwidth,
     timed with CUDA events (best of a few)."""
     import cupy
-
-    def timed(fn, reps):
-        fn()
-        best = float("inf")
-        for _ in range(reps):
-            start, end = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            best = min(best, cupy.cuda.get_elapsed_time(start, end) / 1e3)
-        return best
-
     n = 1024 if quick else 8192
-    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
-    c = cupy.empty_like(a)
-    gemm_s = timed(lambda: cupy.matmul(a, a, out=c), 3 if quick else 10)
-    del a, c
     size = (64 if quick else 2048) * 2 ** 20
-    src = cupy.ones(size // F32, cupy.float32)
-    dst = cupy.empty_like(src)
-    copy_s = timed(lambda: cupy.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, size,
-                                                         cupy.cuda.runtime.memcpyDeviceToDevice,
-                                                         cupy.cuda.get_current_stream().ptr), 3 if quick else 10)
-    del src, dst
+    reps = 3 if quick else 10
+    flops, bandwidth = _gpu_gemm_rate(n, reps), _gpu_copy_bandwidth(size, reps)
     cupy.get_default_memory_pool().free_all_blocks()
-    return {"flops": 2.0 * n ** 3 / gemm_s, "bandwidth": 2.0 * size / copy_s,
+    return {"flops": flops, "bandwidth": bandwidth,
             "how": f"cuBLAS float32 {n}x{n} GEMM via cupy.matmul (TF32 off); device-to-device memcpy of "
-                   f"{size >> 20} MiB (2 x size / time); CUDA events, best of several"}
+                   f"{size >> 20} MiB (2 x size / time); CUDA events, best of {reps}"}
