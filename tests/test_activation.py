@@ -184,3 +184,15 @@ def test_kernel_matches_reference(name, factory, ref, _, n, kernel_device, sched
         dx_ref = ref_m.backward(dy64[sl].astype(np.float32).astype(np.float64))
         assert_close(y, y_ref, name=f"{name} forward on {kernel_device}")
         assert_close(dx, dx_ref, name=f"{name} backward on {kernel_device}")
+
+
+def test_normal_cdf_without_scipy_matches_scipy(monkeypatch):
+    """The series/continued-fraction fallback (used when SciPy is absent) agrees
+    with SciPy's erfc to float64 rounding over both tails."""
+    special = pytest.importorskip("scipy.special")
+    from gpunet.ops import activation as act
+    x = np.linspace(-30, 30, 2001)
+    monkeypatch.setattr(act, "_scipy_erfc", lambda: None)
+    ours = act.normal_cdf(np, x)
+    ref = 0.5 * special.erfc(-x / np.sqrt(2))
+    np.testing.assert_allclose(ours, ref, rtol=2e-12, atol=1e-300)

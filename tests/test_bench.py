@@ -211,3 +211,19 @@ def test_gpu_timing_path_records_an_event_pair_per_repetition():
     assert len(timed.times) == 6 and all(t >= 0 for t in timed.times)
     assert steps == list(range(1, 6 + 2 * 2 + 1))
     assert target.synced == 2
+
+
+def test_sim_device_runs_the_kernel_path(tmp_path):
+    """--device sim: the CUDA kernels on the CPU simulator, validated like any
+    backend; no roofline (the simulator's speed means nothing)."""
+    import gpunet
+    if not gpunet.backends()["sim"]["available"]:
+        pytest.skip(gpunet.backends()["sim"]["reason"])
+    code = cli.main(["--quick", "--device", "sim", "--no-torch", "--no-plots", "--ops", "softmax.fwd 4x33",
+                     "layer_norm", "--out", str(tmp_path)])
+    assert code == 0
+    (js,) = tmp_path.glob("sim-*-quick.json")
+    report = json.loads(js.read_text())
+    assert report["ceilings"] == {} and report["targets"] == ["sim"]
+    assert [r["status"] for r in report["results"]] == ["ok", "ok"]
+    assert all("roofline_fraction" not in r for r in report["results"])

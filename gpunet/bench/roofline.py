@@ -9,10 +9,11 @@ nothing between kernels. A step's floor is max(FLOPs / peak FLOP rate,
 bytes / memory bandwidth); results are reported as floor / measured time.
 
 Ceilings:
-  host  float32 GEMM (NumPy's BLAS, and PyTorch's when installed: the larger)
-        with the benchmark's thread count, and a multi-threaded copy of a
-        buffer far larger than the last-level cache (bandwidth = 2 x size /
-        time: one read, one write), NumPy's and PyTorch's, the larger;
+  host  float32 GEMM (NumPy's BLAS; PyTorch's BLAS and oneDNN when installed:
+        the largest) with the benchmark's thread count, and multi-threaded
+        copies and in-place scalings of a buffer far larger than the
+        last-level cache (bandwidth = 2 x size / time: one read, one write;
+        the largest);
   GPU   CuPy float32 GEMM (cuBLAS, TF32 off) and a device-to-device copy of a
         large buffer, both timed with CUDA events.
 """
@@ -78,30 +79,44 @@ def _best(fn, reps: int) -> float:
 
 def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
     """Float32 GEMM rate and copy bandwidth with `threads` threads, best of a
-    few: NumPy's (BLAS; a threaded copy) and, when given, PyTorch's (its own
-    BLAS may use wider vector units than NumPy's), the larger of each."""
+    few: NumPy's (BLAS; a threaded copy) and, when given, PyTorch's (its
+    BLAS, and oneDNN through a 1x1 convolution: either may use wider vector
+    units than NumPy's BLAS), the largest of each."""
     n = 512 if quick else 2048
     reps = 2 if quick else 8
     size = (16 if quick else 512) * 2 ** 20
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
     src = np.ones(size // F32, np.float32)
     dst = np.empty_like(src)
     bounds = np.linspace(0, src.size, threads + 1).astype(int)
     parts = list(zip(bounds[:-1], bounds[1:]))
-    with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL while copying
-        copy_s = {"numpy": _best(lambda: list(pool.map(lambda p: np.copyto(dst[p[0]:p[1]], src[p[0]:p[1]]),
-                                                       parts)), reps)}
-    gemm_s = {"numpy": _best(lambda: a @ a, reps)}
+    with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL in these loops
+        copy_s = {"numpy copy": _best(lambda: list(pool.map(lambda p: np.copyto(dst[p[0]:p[1]], src[p[0]:p[1]]),
+                                                            parts)), reps),
+                  # in place: each line is read then written, so unlike a copy to
+                  # fresh lines there is no hidden read-for-ownership of the target
+                  "numpy in-place scale": _best(lambda: list(pool.map(
+                      lambda p: np.multiply(src[p[0]:p[1]], 1.0, out=src[p[0]:p[1]]), parts)), reps)}
+    flops = {"numpy": 2.0 * n ** 3 / _best(lambda: a @ a, reps)}
     if torch is not None:
         ta, tsrc, tdst = torch.from_numpy(a), torch.from_numpy(src), torch.from_numpy(dst)
-        gemm_s["torch"] = _best(lambda: ta @ ta, reps)
-        copy_s["torch"] = _best(lambda: tdst.copy_(tsrc), reps)
-    flops = {k: 2.0 * n ** 3 / t for k, t in gemm_s.items()}
+        flops["torch"] = 2.0 * n ** 3 / _best(lambda: ta @ ta, reps)
+        copy_s["torch copy"] = _best(lambda: tdst.copy_(tsrc), reps)
+        # a 1x1 convolution is a GEMM that PyTorch hands to oneDNN, whose JIT
+        # kernels may use wider vector units than either BLAS
+        c, hw = n // 2, 16
+        x = torch.from_numpy(rng.standard_normal((8, c, hw, hw), dtype=np.float32))
+        w = torch.from_numpy(rng.standard_normal((c, c, 1, 1), dtype=np.float32))
+        with torch.no_grad():
+            flops["torch 1x1 conv"] = 2.0 * 8 * hw * hw * c * c / _best(lambda: torch.nn.functional.conv2d(x, w),
+                                                                        reps)
     bandwidth = {k: 2.0 * size / t for k, t in copy_s.items()}
     return {"flops": max(flops.values()), "bandwidth": max(bandwidth.values()), "flops_by": flops,
             "bandwidth_by": bandwidth,
-            "how": f"float32 {n}x{n} GEMM and a copy of {size >> 20} MiB (bandwidth = 2 x size / time) with "
-                   f"{threads} thread(s), by {' and '.join(gemm_s)}, best of {reps}; the larger of each"}
+            "how": f"float32 {n}x{n}x{n} GEMM (NumPy, PyTorch) and 1x1 convolution of (8, {n // 2}, 16, 16) "
+                   f"(PyTorch/oneDNN); copy and in-place scale of {size >> 20} MiB (bandwidth = 2 x size / time); "
+                   f"{threads} thread(s), best of {reps}; the largest of each"}
 
 
 def _gpu_best(fn, reps: int) -> float:

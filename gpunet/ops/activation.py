@@ -16,6 +16,7 @@ Rosenblatt rule / PerceptronLoss on the pre-activation instead).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -57,13 +58,27 @@ def _erfc_cf(xp, a):
     return xp.exp(-a * a) / (math.sqrt(math.pi) * f)
 
 
+@functools.lru_cache(maxsize=None)
+def _scipy_erfc():
+    """SciPy's erfc when SciPy is installed (an optional dependency), else None."""
+    try:
+        from scipy.special import erfc
+    except ImportError:
+        return None
+    return erfc
+
+
 def normal_cdf(xp, x):
-    """Phi(x) = (1 + erf(x/sqrt 2))/2, accurate to a few ulps of float64 in both
-    tails (the lower tail comes from erfc, not from 1 - erf). NumPy has no erf;
-    CuPy's scipy-compatible one is used when running on CuPy."""
+    """Phi(x) = erfc(-x/sqrt 2)/2, accurate to a few ulps of float64 in both
+    tails (the lower tail comes from erfc, not from 1 - erf). NumPy has no erf:
+    SciPy's (or CuPy's) is used when present; otherwise a series and a
+    continued fraction, about 80 array passes, so ~100x slower."""
     if xp is not np:
         from cupyx.scipy.special import erfc
         return 0.5 * erfc(-x / _SQRT_2)
+    erfc = _scipy_erfc()
+    if erfc is not None:
+        return (0.5 * erfc(-x / _SQRT_2)).astype(x.dtype, copy=False)
     t = x / _SQRT_2
     a = xp.abs(t)
     inner = _erf_series(xp, xp.clip(t, -_ERF_SPLIT, _ERF_SPLIT))
