@@ -5,7 +5,7 @@ up the same row. Float atomics would make that sum's order (and so its last
 bits) vary run to run; instead the positions are sorted by row (a stable sort,
 so positions of one row stay in input order) and each row sums its own
 contiguous run in that fixed order: bit-identical gradients on every run.
-cpu reduces the runs with add.reduceat; sim/cuda pass the sorted order and a
+cpu adds the runs level by level (_run_sums); sim/cuda pass the sorted order and a
 CSR row pointer to a kernel (csrc/kernels/embedding.cu), and cupy passes them
 to a CuPy RawKernel doing the same sums (ops/cupy_fused.py: CuPy's reduceat
 subtracts prefix sums, which is neither exact nor run-ordered, and the unique()
@@ -13,6 +13,10 @@ the NumPy path needs would be a device sync).
 """
 from ..backend import array_backend
 from . import cupy_fused
+
+# runs up to this long are summed level by level (one vectorised add per
+# position in the run); the rest of a longer run goes through add.reduceat
+_LEVELS = 16
 
 
 def embedding_forward(be, weight, idx):
@@ -43,7 +47,7 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
         dw = xp.zeros((num_embeddings, D), dtype=dy.dtype)
         if flat.size:
             uniq, starts = xp.unique(rows, return_index=True)
-            dw[uniq] = xp.add.reduceat(dy2[order], starts, axis=0)
+            _add_runs(xp, dw, uniq, dy2, order, starts)
         if padding_idx is not None:
             dw[padding_idx] = 0
         return dw
@@ -55,3 +59,26 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     else:
         be.kern.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
     return dw
+
+
+
+def _add_runs(xp, dw, uniq, dy2, order, starts):
+    """dw[uniq[r]] = sum of the dy2 rows order[starts[r]:starts[r+1]] (the last
+    run ends at len(order)), added in that order like the kernel's loop. Level
+    k adds the k-th row of every run that long in one vectorised step, reading
+    dy2 in place (runs are mostly short, and add.reduceat along axis 0 is ~40x
+    slower per row); rows past _LEVELS in a run go through add.reduceat."""
+    lengths = xp.diff(starts, append=len(order))
+    dw[uniq] = xp.take(dy2, order[starts], axis=0)
+    live = xp.nonzero(lengths > 1)[0]
+    for k in range(1, _LEVELS):
+        live = live[lengths[live] > k]
+        if not live.size:
+            return
+        dw[uniq[live]] += xp.take(dy2, order[starts[live] + k], axis=0)
+    long = live[lengths[live] > _LEVELS]
+    if long.size:
+        tail = lengths[long] - _LEVELS
+        offsets = xp.cumsum(tail) - tail
+        rows = xp.repeat(starts[long] + _LEVELS - offsets, tail) + xp.arange(int(tail.sum()))
+        dw[uniq[long]] += xp.add.reduceat(xp.take(dy2, order[rows], axis=0), offsets, axis=0)

@@ -187,10 +187,14 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
         per = per.astype(x.dtype, copy=False)
     else:
         m = x2.max(axis=1, keepdims=True)
-        lse = xp.concatenate([m, xp.log(xp.exp(x2 - m).sum(axis=1, keepdims=True))], axis=1)
-        neg_logp = (m - x2) + lse[:, 1:]  # lse - x, as (m - x) + l
-        per = wt * xp.take_along_axis(neg_logp, ts[:, None], axis=1)[:, 0]
+        e = x2 - m
+        xp.exp(e, out=e)
+        lse = xp.concatenate([m, xp.log(e.sum(axis=1, keepdims=True))], axis=1)
+        # lse - x, as (m - x) + l: at the targets only, unless smoothing needs every class
+        x_t = xp.take_along_axis(x2, ts[:, None], axis=1)
+        per = wt * ((m - x_t) + lse[:, 1:])[:, 0]
         if label_smoothing:
+            neg_logp = (m - x2) + lse[:, 1:]
             w_row = 1.0 if weight is None else weight[None, :]
             smooth = (neg_logp * w_row).sum(axis=1) * valid
             per = (1 - label_smoothing) * per + (label_smoothing / c) * smooth
@@ -218,13 +222,18 @@ def cross_entropy_backward(be, ctx, grad):
                                        int(ignore_index), float(eps), be.stream())
         return _from_rows(xp, dx2, shape)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
-    p = xp.exp((x2 - lse[:, :1]) - lse[:, 1:])
+    # p = softmax(x), built in dx2's memory; every later step is in place
+    dx2 = x2 - lse[:, :1]
+    dx2 -= lse[:, 1:]
+    xp.exp(dx2, out=dx2)
     w_row = xp.ones((1, c), dtype=x2.dtype) if weight is None else weight[None, :]
     a_sum = (1 - eps) * wt + (eps / c) * w_row.sum() * valid
-    dx2 = a_sum[:, None] * p - (eps / c) * w_row * valid[:, None]
+    dx2 *= a_sum[:, None]
+    if eps:
+        dx2 -= (eps / c) * w_row * valid[:, None]
     dx2[xp.arange(rows), ts] -= (1 - eps) * wt
     dx2 *= scale[:, None]
-    return _from_rows(xp, dx2.astype(x2.dtype, copy=False), shape)
+    return _from_rows(xp, dx2, shape)
 
 
 def _weight_arg(xp, weight):

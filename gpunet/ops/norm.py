@@ -30,6 +30,15 @@ def _kernel_ok(be, x) -> bool:
     return be.kern is not None and x.dtype == np.float32
 
 
+def _row_blocks(be, M: int, C: int):
+    """Row slices the array path works through one at a time. On the host,
+    blocks of about 1 MiB keep each block's temporaries in cache and reuse
+    their memory (whole-array temporaries cost a page fault per 4 KiB on
+    every call); on a GPU one block, as each slice is a kernel launch."""
+    rows = M if be.on_gpu else max(1, (1 << 18) // max(C, 1))
+    return [slice(s, min(s + rows, M)) for s in range(0, M, rows)]
+
+
 # ---------------------------------------------------------------- layer norm
 def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     """x (..., *normalized_shape) with prod(normalized_shape) = normalized_size.
@@ -47,14 +56,22 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
         rstd = xp.empty(M, x.dtype)
         be.kern.layernorm_forward(x2, w, b, y, mean, rstd, float(eps), be.stream())
     else:
-        mean = x2.mean(axis=1)
-        xc = x2 - mean[:, None]
-        rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=1) + eps)
-        y = xc * rstd[:, None]
-        if weight is not None:
-            y *= weight.reshape(C)
-        if bias is not None:
-            y += bias.reshape(C)
+        # row sums as a matrix-vector product (BLAS) and sums of squares with
+        # einsum: no squared temporary; y's own memory holds x - mean
+        ones = xp.ones(C, x2.dtype)
+        y = xp.empty_like(x2)
+        mean = xp.empty(M, x2.dtype)
+        rstd = xp.empty(M, x2.dtype)
+        for rows in _row_blocks(be, M, C):
+            yb = y[rows]
+            mean[rows] = (x2[rows] @ ones) / C
+            xp.subtract(x2[rows], mean[rows, None], out=yb)
+            rstd[rows] = 1.0 / xp.sqrt(xp.einsum("ij,ij->i", yb, yb) / C + eps)
+            yb *= rstd[rows, None]
+            if weight is not None:
+                yb *= weight.reshape(C)
+            if bias is not None:
+                yb += bias.reshape(C)
     return y.reshape(x.shape), (x2, mean, rstd, weight, bias is not None)
 
 
@@ -74,11 +91,29 @@ def layer_norm_backward(be, ctx, dy):
         partial = xp.empty((2, chunks, C), x2.dtype)
         be.kern.layernorm_backward(x2, w, mean, rstd, dy2, dx, dw, db, partial, be.stream())
     else:
-        xhat = (x2 - mean[:, None]) * rstd[:, None]
-        g = dy2 * weight.reshape(C) if weight is not None else dy2
-        dx = rstd[:, None] * (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1, keepdims=True))
-        dw = (dy2 * xhat).sum(axis=0)
-        db = dy2.sum(axis=0)
+        ones = xp.ones(C, x2.dtype)
+        dx = xp.empty_like(x2)
+        dw = xp.zeros(C, x2.dtype)
+        db = xp.ones(M, dy2.dtype) @ dy2 if has_bias else None
+        for rows in _row_blocks(be, M, C):
+            xhat = x2[rows] - mean[rows, None]
+            xhat *= rstd[rows, None]
+            if weight is not None:
+                dw += xp.einsum("ij,ij->j", dy2[rows], xhat)
+            # g = dy·w goes into dx's block; then in place
+            # dx = rstd·g - (rstd·mean(g·xhat))·xhat - rstd·mean(g)
+            g = dx[rows]
+            if weight is not None:
+                xp.multiply(dy2[rows], weight.reshape(C), out=g)
+            else:
+                g[...] = dy2[rows]
+            r = rstd[rows]
+            g_mean = (g @ ones) / C
+            gx_mean = xp.einsum("ij,ij->i", g, xhat) / C
+            g *= r[:, None]
+            xhat *= (r * gx_mean)[:, None]
+            g -= xhat
+            g -= (r * g_mean)[:, None]
     return dx.reshape(dy.shape), (dw if weight is not None else None), (db if has_bias else None)
 
 
@@ -88,15 +123,23 @@ def _channel_view(x):
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
+def _channel_sum(xp, a3):
+    """Per-channel sum of (N, C, inner): a matrix-vector product over the
+    contiguous inner axis (BLAS), then a sum over N."""
+    return (a3 @ xp.ones(a3.shape[2], a3.dtype)).sum(axis=0)
+
+
 def batch_norm_stats(be, x):
     """Per-channel mean and biased variance of x (N, C, *) over N and the
     spatial axes, and the number of values per channel."""
     fallback(be, "batch_norm", "no kernel (batch norm is array code on every backend)")
+    xp = be.xp
     x3 = _channel_view(x)
-    mean = x3.mean(axis=(0, 2))
+    count = x3.shape[0] * x3.shape[2]
+    mean = _channel_sum(xp, x3) / count
     xc = x3 - mean[None, :, None]
-    var = (xc * xc).mean(axis=(0, 2))
-    return mean, var, x3.shape[0] * x3.shape[2]
+    var = xp.einsum("nci,nci->c", xc, xc) / count
+    return mean, var, count
 
 
 def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
@@ -105,29 +148,41 @@ def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     xp = be.xp
     x3 = _channel_view(x)
     rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = (x3 - mean[None, :, None]) * rstd[None, :, None]
-    y = xhat
-    if weight is not None:
-        y = y * weight[None, :, None]
+    scale = rstd if weight is None else weight * rstd
+    y = x3 - mean[None, :, None]
+    y *= scale[None, :, None]
     if bias is not None:
-        y = y + bias[None, :, None]
-    return y.reshape(x.shape), (xhat, rstd, weight, bias is not None)
+        y += bias[None, :, None]
+    # x, not xhat, is saved (as layer norm does): no second full-size array;
+    # the statistics are copied, as running ones change in place
+    return y.reshape(x.shape), (x3, mean.copy(), rstd, weight, bias is not None)
 
 
 def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     """dx, dweight, dbias. batch_stats: the forward normalised with the batch's
     own statistics, so the gradient also flows through mean and variance:
         dx = rstd·(g - mean(g) - xhat·mean(g·xhat)),  g = dy·w, means over N and space;
-    otherwise (running statistics) the forward was affine: dx = g·rstd."""
-    xhat, rstd, weight, has_bias = ctx
+    otherwise (running statistics) the forward was affine: dx = g·rstd.
+    With w per channel, mean(g) = w·mean(dy) and mean(g·xhat) = w·mean(dy·xhat):
+    the sums that give db and dw, so g itself is never formed."""
+    x3, mean, rstd, weight, has_bias = ctx
+    xp = be.xp
     dy3 = _channel_view(dy)
-    g = dy3 * weight[None, :, None] if weight is not None else dy3
+    count = dy3.shape[0] * dy3.shape[2]
+    # xhat is rebuilt in what becomes dx's memory
+    dx = x3 - mean[None, :, None]
+    dx *= rstd[None, :, None]
+    dy_sum = _channel_sum(xp, dy3)
+    dyx_sum = xp.einsum("nci,nci->c", dy3, dx)
+    w_rstd = rstd if weight is None else weight * rstd
     if batch_stats:
-        g_mean = g.mean(axis=(0, 2), keepdims=True)
-        gx_mean = (g * xhat).mean(axis=(0, 2), keepdims=True)
-        dx = rstd[None, :, None] * (g - g_mean - xhat * gx_mean)
+        # dx = w·rstd·(dy - mean(dy) - xhat·mean(dy·xhat))
+        dx *= (dyx_sum / count)[None, :, None]
+        xp.subtract(dy3, dx, out=dx)
+        dx -= (dy_sum / count)[None, :, None]
+        dx *= w_rstd[None, :, None]
     else:
-        dx = g * rstd[None, :, None]
-    dw = (dy3 * xhat).sum(axis=(0, 2)) if weight is not None else None
-    db = dy3.sum(axis=(0, 2)) if has_bias else None
+        xp.multiply(dy3, w_rstd[None, :, None], out=dx)
+    dw = dyx_sum if weight is not None else None
+    db = dy_sum if has_bias else None
     return dx.reshape(dy.shape), dw, db

@@ -6,8 +6,9 @@ input (count_include_pad=True) or to the input itself (False).
 
 Array path (cpu, cupy): a loop over the kh*kw window offsets, each a strided
 slice of the padded input covering every output pixel. Max pooling keeps the
-offset of the first maximum in row-major window order (strict '>'), so ties
-go to the first index and backward routes each gradient to exactly one input.
+offset of the first maximum in row-major window order, so ties go to the
+first index (a NaN window picks its last NaN, as the kernels do) and backward
+routes each gradient to exactly one input.
 
 Kernel path (sim, cuda, float32): forward is one thread per output pixel (max
 saves the arg-max as an int32 index into the input plane); backward is one
@@ -51,14 +52,21 @@ def window(x_shape, kernel, stride, padding, dilation, ceil_mode) -> Window:
     return Window(kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], oh, ow)
 
 
-def _padded(xp, x, win: Window, fill):
-    """x padded by `fill` so that every window of every output pixel lies inside."""
-    n, c, h, w = x.shape
+def _padded_shape(x_shape, win: Window):
+    """The shape of the input padded so that every window of every output pixel lies inside."""
+    n, c, h, w = x_shape
     hp = max(h + 2 * win.ph, (win.oh - 1) * win.sh + win.dh * (win.kh - 1) + 1)
     wp = max(w + 2 * win.pw, (win.ow - 1) * win.sw + win.dw * (win.kw - 1) + 1)
-    if (hp, wp) == (h, w):
+    return n, c, hp, wp
+
+
+def _padded(xp, x, win: Window, fill):
+    """x padded by `fill` to _padded_shape."""
+    n, c, h, w = x.shape
+    shape = _padded_shape(x.shape, win)
+    if shape == x.shape:
         return x
-    out = xp.full((n, c, hp, wp), fill, dtype=x.dtype)
+    out = xp.full(shape, fill, dtype=x.dtype)
     out[:, :, win.ph:win.ph + h, win.pw:win.pw + w] = x
     return out
 
@@ -71,6 +79,27 @@ def _taps(win: Window):
             yield i * win.kw + j, (slice(None), slice(None),
                                    slice(r0, r0 + win.sh * (win.oh - 1) + 1, win.sh),
                                    slice(c0, c0 + win.sw * (win.ow - 1) + 1, win.sw))
+
+
+def _inside(count: int, start: int, stride: int, size: int):
+    """Outputs o in [0, count) read input start + o*stride along one axis: the
+    slice of those outputs whose input lies in [0, size), and of those inputs."""
+    lo = max(0, (stride - 1 - start) // stride)
+    hi = min(count, (size - 1 - start) // stride + 1)
+    if hi <= lo:
+        return slice(0, 0), slice(0, 0)
+    return slice(lo, hi), slice(start + lo * stride, start + (hi - 1) * stride + 1, stride)
+
+
+def _taps_inside(win: Window, x_shape):
+    """(i*kw + j, output slices, input slices) for each window offset (i, j),
+    row-major, clipped to the outputs whose tap lies inside the unpadded input."""
+    h, w = x_shape[2:]
+    for i in range(win.kh):
+        oi, xi = _inside(win.oh, i * win.dh - win.ph, win.sh, h)
+        for j in range(win.kw):
+            oj, xj = _inside(win.ow, j * win.dw - win.pw, win.sw, w)
+            yield i * win.kw + j, (slice(None), slice(None), oi, oj), (slice(None), slice(None), xi, xj)
 
 
 def _unpad(xp, dpad, x_shape, win: Window):
@@ -100,17 +129,33 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
         be.kern.maxpool2d_forward(x, y, arg, *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
     xpad = _padded(xp, x, win, -np.inf)
-    taps = _taps(win)
-    _, first = next(taps)
-    y = xpad[first].copy()
+    taps = list(_taps(win))
+    # the maximum first (np.maximum propagates NaN, PyTorch's rule), then the
+    # arg-max: each tap adds its index where it equals the maximum and no
+    # earlier tap did (ties go to the first index). Arithmetic on masks, as
+    # masked writes (copyto where=) are branchy and ~10x slower
+    y = xpad[taps[0][1]].copy()
+    for _, sl in taps[1:]:
+        xp.maximum(y, xpad[sl], out=y)
     arg = xp.zeros(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
+    found = xp.zeros(y.shape, dtype=bool)
+    hit = xp.empty(y.shape, dtype=bool)
+    first = xp.empty(y.shape, dtype=bool)
+    picked = xp.empty_like(arg)
     for k, sl in taps:
-        v = xpad[sl]
-        # strict '>': the first maximum in window order wins ties; a NaN
-        # replaces the running maximum (PyTorch's rule, kept by the kernels)
-        better = (v > y) | xp.isnan(v)
-        xp.copyto(y, v, where=better)
-        xp.copyto(arg, k, where=better)
+        xp.equal(xpad[sl], y, out=hit)
+        xp.greater(hit, found, out=first)  # hit and not found
+        xp.multiply(first, k, out=picked)
+        arg += picked
+        found |= hit
+    # (on a GPU, asking whether any NaN exists would cost a device sync: the
+    # pass below is cheaper than that, so it always runs there)
+    if xp is not np or xp.isnan(y).any():
+        # a NaN equals nothing: like the kernels ('v > best || isnan(v)'),
+        # the last NaN in window order is the one picked
+        for k, sl in taps:
+            xp.isnan(xpad[sl], out=hit)
+            xp.copyto(arg, k, where=hit)
     return y, (False, arg, x.shape, win)
 
 
@@ -122,11 +167,20 @@ def maxpool2d_backward(be, ctx, dy):
         dx = xp.empty(x_shape, dtype=dy.dtype)
         be.kern.maxpool2d_backward(xp.ascontiguousarray(dy), arg, dx, *_kernel_args(win), be.stream())
         return dx
-    dpad = _padded(xp, xp.zeros(x_shape, dtype=dy.dtype), win, 0)
-    zero = xp.zeros((), dtype=dy.dtype)
-    for k, sl in _taps(win):
-        dpad[sl] += xp.where(arg == k, dy, zero)
-    return _unpad(xp, dpad, x_shape, win)
+    # taps in the padding are skipped: their gradient would be cut off anyway
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    hit = xp.empty(dy.shape, dtype=bool)
+    routed = xp.empty(dy.shape, dtype=dy.dtype)
+    # dy where this tap was picked, else 0: multiplying dy's bits (as unsigned
+    # integers) by the 0/1 mask is exact for any dy (a float multiply would
+    # spread a non-finite dy as inf·0 = NaN) and branch-free
+    bits = np.dtype(f"u{dy.dtype.itemsize}")
+    dy_bits, routed_bits = xp.ascontiguousarray(dy).view(bits), routed.view(bits)
+    for k, out_sl, x_sl in _taps_inside(win, x_shape):
+        xp.equal(arg, k, out=hit)
+        xp.multiply(dy_bits, hit, out=routed_bits)
+        dx[x_sl] += routed[out_sl]
+    return dx
 
 
 # ---------------------------------------------------------------- average pooling

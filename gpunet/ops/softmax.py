@@ -26,9 +26,13 @@ from ..backend import fallback
 
 
 def _shifted(xp, x, dim, beta):
-    """beta * (x - shift) <= 0, the shift being the max (beta >= 0) or min of x."""
+    """beta * (x - shift) <= 0, the shift being the max (beta >= 0) or min of x,
+    as a new array (callers work in it in place)."""
     shift = x.max(axis=dim, keepdims=True) if beta >= 0 else x.min(axis=dim, keepdims=True)
-    return beta * (x - shift)
+    z = x - shift
+    if beta != 1:
+        z *= beta
+    return z
 
 
 def _uses_kernel(be, x) -> bool:
@@ -57,13 +61,13 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
         cols = xl.shape[-1]
         be.kern.softmax_forward(xl.reshape(-1, cols), yl.reshape(-1, cols), float(beta), bool(log), be.stream())
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
-    z = _shifted(xp, x, dim, beta)
+    y = _shifted(xp, x, dim, beta)
     if log:
-        y = z - xp.log(xp.exp(z).sum(axis=dim, keepdims=True))
+        y -= xp.log(xp.exp(y).sum(axis=dim, keepdims=True))
     else:
-        e = xp.exp(z)
-        y = e / e.sum(axis=dim, keepdims=True)
-    return y.astype(x.dtype, copy=False), (y, dim, beta, log)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=dim, keepdims=True)
+    return y, (y, dim, beta, log)
 
 
 def softmax_backward(be, ctx, dy):
@@ -77,8 +81,15 @@ def softmax_backward(be, ctx, dy):
         be.kern.softmax_backward(y.reshape(-1, cols), dyl.reshape(-1, cols), dxl.reshape(-1, cols),
                                  float(beta), bool(log), be.stream())
         return _from_last(xp, dxl, dim)
+    # one temporary, reused in place
     if log:
-        dx = beta * (dy - xp.exp(y) * dy.sum(axis=dim, keepdims=True))
+        dx = xp.exp(y)
+        dx *= dy.sum(axis=dim, keepdims=True)
+        xp.subtract(dy, dx, out=dx)
     else:
-        dx = beta * y * (dy - (dy * y).sum(axis=dim, keepdims=True))
-    return dx.astype(y.dtype, copy=False)
+        dx = dy * y
+        xp.subtract(dy, dx.sum(axis=dim, keepdims=True), out=dx)
+        dx *= y
+    if beta != 1:
+        dx *= beta
+    return dx
