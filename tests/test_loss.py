@@ -361,3 +361,15 @@ def check_cross_entropy(x, t, kw, device):
     assert_close(loss, loss_ref, name=f"cross-entropy {kw} on {device}", rtol=1e-5, atol=1e-5)
     assert_close(dx, dx_ref, name=f"cross-entropy grad {kw} on {device}", rtol=1e-5, atol=1e-6)
     assert be.owns(dx) and dx.dtype == np.float32 and dx.shape == x.shape
+
+
+def test_loss_follows_a_gpu_input_without_to(kernel_device, rng):
+    """Like PyTorch's, a loss created without .to() works on GPU arrays (it moves
+    itself); on sim it stays where it is, NumPy being the input either way."""
+    x = gpunet.asarray(rng.standard_normal((4, 5)).astype(np.float32), device=kernel_device)
+    t = gpunet.asarray(rng.integers(0, 5, 4), device=kernel_device)
+    crit = nn.CrossEntropyLoss(weight=np.arange(1, 6, dtype=np.float32))
+    loss = crit(x, t)
+    ref = nn.CrossEntropyLoss(weight=np.arange(1, 6, dtype=np.float32))(gpunet.to_numpy(x), gpunet.to_numpy(t))
+    _assert_close(loss, ref)
+    assert crit.backend.owns(crit.backward())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import checks
+from ..backend import backend_of
 from ..ops import loss as ops
 from .module import Module
 
@@ -54,9 +55,19 @@ class _Loss(Module):
             raise ValueError(f"target: expected labels in {{-1, 1}}, got {bad!r}")
 
     def forward(self, input, target):
+        self._follow(input)
         loss, ctx = self.compute(input, target)
         self.save(ctx, tuple(loss.shape))
         return loss
+
+    def _follow(self, x):
+        """A loss holds no trainable state, so (as in PyTorch) it needs no `.to`:
+        given a GPU array while on the host, or an array of another GPU, it
+        moves itself, class weights included, to the input's backend. NumPy
+        input leaves it where it is (cpu or sim both take NumPy arrays)."""
+        if self.backend.owns(x) or isinstance(x, np.ndarray) or not hasattr(x, "__cuda_array_interface__"):
+            return
+        self.to(backend_of(x))
 
     def backward(self, grad=1.0):
         ctx, loss_shape = self.saved()
