@@ -38,13 +38,6 @@ ConvShape conv_shape(const View& img, const char* img_name, int kh, int kw, int 
   return s;
 }
 
-// The kernels read one array while writing the other (__restrict__).
-void require_disjoint(const View& a, const char* a_name, const View& b, const char* b_name) {
-  const char* pa = a.ptr<char>();
-  const char* pb = b.ptr<char>();
-  if (pa < pb + b.nbytes() && pb < pa + a.nbytes())
-    throw py::value_error(detail::arg(b_name) + "must not overlap '" + a_name + "' in memory");
-}
 
 }  // namespace
 

@@ -62,12 +62,6 @@ PoolShape pool_shape(const View& in, const char* in_name, const View& out, const
                    kh, kw, sh, sw, ph, pw, dh, dw};
 }
 
-void require_disjoint(const View& a, const char* a_name, const View& b, const char* b_name) {
-  const char* pa = a.ptr<char>();
-  const char* pb = b.ptr<char>();
-  if (pa < pb + b.nbytes() && pb < pa + a.nbytes())
-    throw py::value_error(detail::arg(b_name) + "must not overlap '" + a_name + "' in memory");
-}
 
 }  // namespace
 

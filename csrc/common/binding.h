@@ -220,6 +220,15 @@ inline void require_same_shape(const View& a, const char* a_name, const View& b,
                           detail::shape_str(a.shape) + " but got " + detail::shape_str(b.shape));
 }
 
+// Kernels take their pointers __restrict__: an output must not share memory
+// with another argument.
+inline void require_disjoint(const View& a, const char* a_name, const View& b, const char* b_name) {
+  const char* pa = a.ptr<char>();
+  const char* pb = b.ptr<char>();
+  if (pa < pb + b.nbytes() && pb < pa + a.nbytes())
+    throw py::value_error(detail::arg(b_name) + "must not overlap '" + a_name + "' in memory");
+}
+
 // The common case in one call: an array of this build's kind, of `dtype`,
 // C-contiguous.
 inline View as_array(py::handle obj, const char* name, const char* dtype) {
