@@ -8,24 +8,12 @@
 namespace gpunet {
 namespace {
 
-void require_at_least(int64_t v, int64_t lo, const char* name) {
-  if (v < lo)
-    throw py::value_error(detail::arg(name) + "must be >= " + std::to_string(lo) + " but got " + std::to_string(v));
-}
-
 // The images' geometry from `img` (n, c, h, w) and the kernel parameters, or
 // ValueError naming the bad argument.
 ConvShape conv_shape(const View& img, const char* img_name, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
                      int dw) {
   require_ndim(img, img_name, 4);
-  require_at_least(kh, 1, "kh");
-  require_at_least(kw, 1, "kw");
-  require_at_least(sh, 1, "sh");
-  require_at_least(sw, 1, "sw");
-  require_at_least(ph, 0, "ph");
-  require_at_least(pw, 0, "pw");
-  require_at_least(dh, 1, "dh");
-  require_at_least(dw, 1, "dw");
+  require_window(kh, kw, sh, sw, ph, pw, dh, dw);
   ConvShape s{img.shape[0], img.shape[1], img.shape[2], img.shape[3], kh, kw, sh, sw, ph, pw, dh, dw, 0, 0};
   const int64_t room_h = s.h + 2 * (int64_t)ph - (int64_t)dh * (kh - 1) - 1;
   const int64_t room_w = s.w + 2 * (int64_t)pw - (int64_t)dw * (kw - 1) - 1;

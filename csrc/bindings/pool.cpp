@@ -9,11 +9,6 @@
 namespace gpunet {
 namespace {
 
-void require_at_least(int64_t v, int64_t lo, const char* name) {
-  if (v < lo)
-    throw py::value_error(detail::arg(name) + "must be >= " + std::to_string(lo) + " but got " + std::to_string(v));
-}
-
 // Output extent along one axis: the caller's (taken from the output array)
 // must be what PyTorch gives with ceil_mode False or True.
 void check_extent(int64_t out, int64_t in, int k, int s, int p, int d, const char* out_name, const char* axis) {
@@ -40,14 +35,7 @@ PoolShape pool_shape(const View& in, const char* in_name, const View& out, const
   if (in.shape[0] != out.shape[0] || in.shape[1] != out.shape[1])
     throw py::value_error(detail::arg(out_name) + "expected the batch and channel extents of '" + in_name + "' " +
                           detail::shape_str(in.shape) + " but got shape " + detail::shape_str(out.shape));
-  require_at_least(kh, 1, "kh");
-  require_at_least(kw, 1, "kw");
-  require_at_least(sh, 1, "sh");
-  require_at_least(sw, 1, "sw");
-  require_at_least(ph, 0, "ph");
-  require_at_least(pw, 0, "pw");
-  require_at_least(dh, 1, "dh");
-  require_at_least(dw, 1, "dw");
+  require_window(kh, kw, sh, sw, ph, pw, dh, dw);
   if (2 * (int64_t)ph > (int64_t)dh * (kh - 1) + 1 || 2 * (int64_t)pw > (int64_t)dw * (kw - 1) + 1)
     throw py::value_error("padding (" + std::to_string(ph) + ", " + std::to_string(pw) +
                           ") must be at most half the dilated window");

@@ -220,6 +220,24 @@ inline void require_same_shape(const View& a, const char* a_name, const View& b,
                           detail::shape_str(a.shape) + " but got " + detail::shape_str(b.shape));
 }
 
+inline void require_at_least(int64_t v, int64_t lo, const char* name) {
+  if (v < lo)
+    throw py::value_error(detail::arg(name) + "must be >= " + std::to_string(lo) + " but got " + std::to_string(v));
+}
+
+// A 2-D sliding window (convolution, pooling): kernel sizes, strides and
+// dilations >= 1, padding >= 0.
+inline void require_window(int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw) {
+  require_at_least(kh, 1, "kh");
+  require_at_least(kw, 1, "kw");
+  require_at_least(sh, 1, "sh");
+  require_at_least(sw, 1, "sw");
+  require_at_least(ph, 0, "ph");
+  require_at_least(pw, 0, "pw");
+  require_at_least(dh, 1, "dh");
+  require_at_least(dw, 1, "dw");
+}
+
 // Kernels take their pointers __restrict__: an output must not share memory
 // with another argument.
 inline void require_disjoint(const View& a, const char* a_name, const View& b, const char* b_name) {
