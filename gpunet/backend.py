@@ -6,16 +6,24 @@
     cuda  CuPy arrays, the hand-written CUDA kernels (gpunet._C), cuBLAS GEMMs
     cupy  CuPy arrays, the reference algorithms run by CuPy (no extension)
 
-Ops receive a `Backend` and branch on `be.kern`: None means "array-level
-algorithm on be.xp" (cpu, cupy), otherwise the kernel module (sim, cuda).  So
-sim and cuda run the same Python glue, and sim tests cover the GPU code path.
-On cupy, a few hot spots (activation backward, LSTM cell, cross-entropy,
-optimizer updates, col2im, embedding backward) run CuPy-compiled fusions from
-gpunet/ops/cupy_fused.py instead of chains of array operations.
+A Backend states what it can do, and gpunet.dispatch.path decides from that,
+per op call, which code runs; ops never test a backend's name:
 
-Where a kernel backend's op has no kernel for a case (float64, a head dim
-above the attention kernel's, BatchNorm) it runs the array path and says so:
-`fallbacks()` counts (op, reason) and a DEBUG log line names each one.
+    kernels        the compiled kernel module (gpunet._C_sim on sim, gpunet._C
+                   on cuda), None on cpu and cupy
+    kernel_dtypes  the dtypes those kernels take (float32)
+    fused          whether CuPy fusions can run (cupy, cuda): the hot spots of
+                   the array path (activation backward, LSTM cell,
+                   cross-entropy, optimizer updates, col2im, embedding
+                   backward) as one CuPy-compiled kernel each, beside their op
+
+So sim and cuda run the same Python glue, and sim tests cover the GPU code path.
+Where a kernel backend has no kernel for a call (a dtype other than float32,
+a head dim above the attention kernel's, BatchNorm, RMSprop/Rprop) the call
+runs what a backend without kernels on the same arrays runs: on cuda the CuPy
+fusion where the op has one, else the array path on CuPy, on the same GPU (as
+the cupy backend does); on sim the array path on NumPy (as cpu does).
+`fallbacks()` counts each such (op, reason) and a DEBUG log line names it.
 GPU memory comes from CuPy's memory pool on cuda and cupy alike.
 """
 from __future__ import annotations
@@ -41,14 +49,19 @@ class Backend:
         self.name = name
         self.index = index
         self.xp = np
-        self.kern = None
+        self.kernels = None
+        self.kernel_dtypes = frozenset()
+        self.fused = False
         if name == "sim":
-            self.kern = _import_kernels("gpunet._C_sim")
+            self.kernels = CountingKernels(_import_kernels("gpunet._C_sim"))
         elif name in ("cuda", "cupy"):
             import cupy
             self.xp = cupy
+            self.fused = True
             if name == "cuda":
-                self.kern = _import_kernels("gpunet._C")
+                self.kernels = _import_kernels("gpunet._C")
+        if self.kernels is not None:
+            self.kernel_dtypes = frozenset({np.dtype(np.float32)})
 
     @property
     def device(self) -> str:
@@ -103,6 +116,28 @@ class Backend:
             if isinstance(x, self.xp.ndarray) and x.device.id != self.index:
                 x = x.copy()  # CuPy's copy lands on the current device; asarray would keep it where it is
             return self.xp.asarray(x, dtype=dtype, order="C")
+
+
+class CountingKernels:
+    """The sim backend's kernel module behind a per-name call counter, so a
+    test can tell that the kernels ran rather than an array path computing
+    the same numbers (sim is test-only: the cuda backend calls gpunet._C
+    directly)."""
+
+    def __init__(self, module):
+        self._module = module
+        self.calls: Counter = Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        setattr(self, name, counted)  # later look-ups skip __getattr__
+        return counted
 
 
 class _NullContext:
@@ -243,24 +278,13 @@ def synchronize(device="auto"):
 
 
 def fallback(be: Backend, op: str, reason: str):
-    """Record that `op` on a kernel backend (sim, cuda) ran the array path
-    instead of its kernels, and log it at DEBUG. Ops call this at each point
-    where they leave the kernels, so no fallback is silent."""
-    if be.kern is None:
+    """Record that `op` on a kernel backend (sim, cuda) ran something other
+    than its kernels, and log it at DEBUG. gpunet.dispatch.path calls this
+    for every such decision, so no fallback is silent."""
+    if be.kernels is None:
         return
     _fallbacks[(op, reason)] += 1
     log.debug("gpunet: %s op %s fell back to the array path: %s", be.name, op, reason)
-
-
-def array_backend(be: Backend, op: str, dtype) -> Backend:
-    """`be`, or, when `be` runs kernels but has none for `dtype` (they are
-    float32), the backend running the array path on the same arrays (sim ->
-    cpu, cuda -> cupy on the same GPU), recording the fallback. For ops whose
-    array path is written against `be` as a whole."""
-    if be.kern is None or np.dtype(dtype) == np.float32:
-        return be
-    fallback(be, op, f"dtype {np.dtype(dtype)} (the kernels are float32)")
-    return get_backend("cpu" if be.name == "sim" else f"cupy:{be.index}")
 
 
 def fallbacks() -> Counter:

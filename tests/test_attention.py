@@ -200,21 +200,21 @@ def test_sdpa_kernel_backward_deterministic(kernel_device, rng):
 
 def test_sdpa_binding_rejects_bad_arguments(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip("no compiled kernels on this backend")
     xp = be.xp
     q = xp.zeros((2, 3, 129), np.float32)
     out, lse = xp.empty((2, 3, 129), np.float32), xp.empty((2, 3), np.float32)
     with pytest.raises(ValueError, match="head dims"):
-        be.kern.attention_forward(q, q, q, None, 0, 0, 0, 1, False, 1.0, out, lse, be.stream())
+        be.kernels.attention_forward(q, q, q, None, 0, 0, 0, 1, False, 1.0, out, lse, be.stream())
     q = xp.zeros((2, 3, 8), np.float32)
     out = xp.empty((2, 3, 8), np.float32)
     with pytest.raises(ValueError, match="bias"):  # strides reaching past the mask's end
-        be.kern.attention_forward(q, q, q, xp.zeros(5, np.float32), 0, 0, 3, 1, False, 1.0, out, lse, be.stream())
+        be.kernels.attention_forward(q, q, q, xp.zeros(5, np.float32), 0, 0, 3, 1, False, 1.0, out, lse, be.stream())
     with pytest.raises(ValueError, match="inner"):
-        be.kern.attention_forward(q, q, q, None, 0, 0, 0, 3, False, 1.0, out, lse, be.stream())
+        be.kernels.attention_forward(q, q, q, None, 0, 0, 0, 3, False, 1.0, out, lse, be.stream())
     with pytest.raises(ValueError, match="'k'"):
-        be.kern.attention_forward(q, xp.zeros((2, 3, 7), np.float32), q, None, 0, 0, 0, 1, False, 1.0, out, lse,
+        be.kernels.attention_forward(q, xp.zeros((2, 3, 7), np.float32), q, None, 0, 0, 0, 1, False, 1.0, out, lse,
                                   be.stream())
 
 

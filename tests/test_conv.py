@@ -299,7 +299,7 @@ def test_float64_on_kernel_device_uses_the_array_path(kernel_device, rng):
 @pytest.fixture
 def kern(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip(f"{kernel_device} runs no compiled kernels")
     return be
 
@@ -311,17 +311,17 @@ def test_im2col_col2im_adjoint(kern, rng):
     args = (3, 2, 2, 1, 1, 0, 1, 2)  # kh kw sh sw ph pw dh dw
     oh, ow = (5 + 2 - 2 - 1) // 2 + 1, (4 - 2 - 1) // 1 + 1
     cols = xp.empty((3 * 3 * 2, 2 * oh * ow), dtype=np.float32)
-    kern.kern.im2col(x, cols, *args, kern.stream())
+    kern.kernels.im2col(x, cols, *args, kern.stream())
     c = xp.asarray(rng.standard_normal(cols.shape).astype(np.float32))
     dx = xp.empty(x.shape, dtype=np.float32)
-    kern.kern.col2im(c, dx, *args, kern.stream())
+    kern.kernels.col2im(c, dx, *args, kern.stream())
     lhs = float(gpunet.to_numpy(cols).astype(np.float64).ravel() @ gpunet.to_numpy(c).astype(np.float64).ravel())
     rhs = float(gpunet.to_numpy(x).astype(np.float64).ravel() @ gpunet.to_numpy(dx).astype(np.float64).ravel())
     assert lhs == pytest.approx(rhs, rel=1e-5)
 
 
 def test_binding_rejects_bad_arguments(kern):
-    xp, k, st = kern.xp, kern.kern, kern.stream()
+    xp, k, st = kern.xp, kern.kernels, kern.stream()
     args = (3, 3, 1, 1, 1, 1, 1, 1)
     x = xp.zeros((2, 3, 4, 4), dtype=np.float32)
     cols = xp.zeros((27, 32), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The cupy backend's fused kernels (gpunet/ops/cupy_fused.py) against the cpu
+"""The CuPy fusions (beside their ops in gpunet/ops) against the cpu
 reference: activation backward, LSTM cell, softmax cross-entropy, SGD/Adam/
 AdamW, col2im and embedding backward; plus streams and device indices.
 
@@ -14,7 +14,6 @@ import pytest
 import gpunet
 from gpunet import nn, optim
 from gpunet.ops import conv as conv_ops
-from gpunet.ops import cupy_fused
 from gpunet.testing import assert_close, compare_module, compare_training, tolerances
 
 _status = gpunet.backends()["cupy"]
@@ -30,9 +29,10 @@ def test_import_compiles_nothing():
             "    def find_spec(self, name, path=None, target=None):\n"
             "        assert name.split('.')[0] not in ('cupy', 'cupyx'), 'importing gpunet imports ' + name\n"
             "sys.meta_path.insert(0, NoCupy())\n"
-            "import gpunet, gpunet.ops.cupy_fused as f\n"
-            "built = [k.__name__ for k in (f._act_backward_kernel, f._lstm_kernels, f._ce_kernels, "
-            "f._optim_kernels, f._raw_kernel) if k.cache_info().currsize]\n"
+            "import gpunet\n"
+            "from gpunet.ops import activation, cupy_kernels, loss, optim, rnn\n"
+            "built = [k.__name__ for k in (activation._fused_backward_kernel, rnn._fused_cell_kernels, "
+            "loss._fused_kernels, optim._fused_kernels, cupy_kernels._raw_kernel) if k.cache_info().currsize]\n"
             "assert not built, built\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -158,7 +158,7 @@ def test_col2im_sums_in_the_array_path_order(geometry, rng):
     kg = w_shape[1] * g.kh * g.kw
     dcols = rng.standard_normal((g.groups, kg, x_shape[0] * g.oh * g.ow)).astype(np.float32)
     ref = conv_ops._col2im_array(np, dcols, x_shape, g)
-    got = cupy_fused.col2im(gpunet.asarray(dcols, device="cupy"), x_shape, g)
+    got = conv_ops._col2im_fused(gpunet.asarray(dcols, device="cupy"), x_shape, g)
     np.testing.assert_array_equal(gpunet.to_numpy(got), ref)
 
 

@@ -120,6 +120,6 @@ def test_misaligned_input_on_kernel_backend(kernel_device, rng):
         gpunet.manual_seed(9)
         ys.append(gpunet.to_numpy(nn.Dropout(0.5).to(dev)(gpunet.get_backend(dev).asarray(base)[1:])))
     assert np.array_equal(ys[0], ys[1])
-    if be.kern is not None:
+    if be.kernels is not None:
         with pytest.raises(ValueError, match="threshold"):
-            be.kern.dropout_apply(be.asarray(base), be.asarray(base), 0, 0, 2 ** 32 + 1, 1.0, be.stream())
+            be.kernels.dropout_apply(be.asarray(base), be.asarray(base), 0, 0, 2 ** 32 + 1, 1.0, be.stream())

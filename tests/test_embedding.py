@@ -124,16 +124,16 @@ def test_kernel_backward_is_deterministic(kernel_device, schedule, rng):
 
 def test_kernel_bindings_reject_bad_arrays(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip(f"{kernel_device} runs the array-level algorithm, no kernel bindings")
     xp = be.xp
     w, out = xp.zeros((5, 3), dtype=xp.float32), xp.zeros((4, 3), dtype=xp.float32)
     with pytest.raises(TypeError, match="idx.*int64"):
-        be.kern.embedding_forward(w, xp.zeros(4, dtype=xp.int32), out, be.stream())
+        be.kernels.embedding_forward(w, xp.zeros(4, dtype=xp.int32), out, be.stream())
     with pytest.raises(ValueError, match="out.*shape"):
-        be.kern.embedding_forward(w, xp.zeros(3, dtype=xp.int64), out, be.stream())
+        be.kernels.embedding_forward(w, xp.zeros(3, dtype=xp.int64), out, be.stream())
     order, row_ptr = xp.zeros(4, dtype=xp.int64), xp.zeros(6, dtype=xp.int64)
     with pytest.raises(ValueError, match="padding_idx"):
-        be.kern.embedding_backward(out, order, row_ptr, w, 5, be.stream())
+        be.kernels.embedding_backward(out, order, row_ptr, w, 5, be.stream())
     with pytest.raises(ValueError, match="row_ptr.*shape"):
-        be.kern.embedding_backward(out, order, row_ptr[:5], w, -1, be.stream())
+        be.kernels.embedding_backward(out, order, row_ptr[:5], w, -1, be.stream())

@@ -144,15 +144,15 @@ def test_layernorm_bad_input():
 
 def test_layernorm_binding_rejects_bad_shapes(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip("no compiled kernels on this backend")
     xp = be.xp
     x = xp.zeros((3, 5), np.float32)
     with pytest.raises(ValueError, match="weight"):
-        be.kern.layernorm_forward(x, xp.ones(4, np.float32), xp.zeros(5, np.float32), xp.empty_like(x),
+        be.kernels.layernorm_forward(x, xp.ones(4, np.float32), xp.zeros(5, np.float32), xp.empty_like(x),
                                   xp.empty(3, np.float32), xp.empty(3, np.float32), 1e-5, be.stream())
     with pytest.raises(TypeError, match="x"):
-        be.kern.layernorm_forward(x.astype(np.float64), xp.ones(5, np.float32), xp.zeros(5, np.float32),
+        be.kernels.layernorm_forward(x.astype(np.float64), xp.ones(5, np.float32), xp.zeros(5, np.float32),
                                   xp.empty_like(x), xp.empty(3, np.float32), xp.empty(3, np.float32), 1e-5,
                                   be.stream())
 

@@ -7,6 +7,7 @@ import pytest
 
 import gpunet
 from gpunet import nn, optim
+from gpunet.backend import CountingKernels
 from gpunet.nn.module import Parameter
 from gpunet.testing import assert_close
 
@@ -451,30 +452,13 @@ def test_fused_update_matches_cpu(config, kernel_device, schedule, rng):
             assert_close(a, b, name=f"{kernel_device} step {k + 1}, param {i} {KERNEL_SHAPES[i]}")
 
 
-class _CountingKernels:
-    """Proxy of the kernel module counting calls by name."""
-
-    def __init__(self, kern):
-        self._kern, self.calls = kern, {}
-
-    def __getattr__(self, name):
-        attr = getattr(self._kern, name)
-        if not callable(attr):
-            return attr
-
-        def counted(*args, **kwargs):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return attr(*args, **kwargs)
-        return counted
-
-
 @pytest.mark.parametrize("name,kernel", [("SGD", "sgd_multi"), ("Adam", "adam_multi"), ("AdamW", "adam_multi")])
 def test_one_launch_per_group(name, kernel, kernel_device, monkeypatch, rng):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip(f"{kernel_device} runs the array code, not the kernels")
-    proxy = _CountingKernels(be.kern)
-    monkeypatch.setattr(be, "kern", proxy)
+    proxy = CountingKernels(be.kernels)
+    monkeypatch.setattr(be, "kernels", proxy)
     params = [Parameter(gpunet.asarray(rng.standard_normal(s).astype(np.float32), device=kernel_device))
               for s in [(7,), (3, 3), (1,)]]
     opt = getattr(optim, name)([dict(params=params[:2]), dict(params=params[2:], lr=0.5)], lr=0.1,
@@ -497,9 +481,9 @@ def test_float64_on_kernel_backend_uses_array_code(kernel_device, rng):
 
 def test_binding_validates_arguments(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip(f"{kernel_device} has no kernel module")
-    xp, k = be.xp, be.kern
+    xp, k = be.xp, be.kernels
     p, g = xp.zeros(5, xp.float32), xp.ones(5, xp.float32)
     table = xp.empty(4 * k.OPTIM_TABLE_ENTRY_BYTES, xp.uint8)
     sgd = dict(lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, stream=be.stream())

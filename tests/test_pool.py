@@ -238,13 +238,13 @@ def test_kernel_one_element_edges(kernel_device, cls, rng):
 @pytest.fixture
 def kern(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip(f"{kernel_device} runs no compiled kernels")
     return be
 
 
 def test_binding_rejects_bad_arguments(kern):
-    xp, k, st = kern.xp, kern.kern, kern.stream()
+    xp, k, st = kern.xp, kern.kernels, kern.stream()
     win = (2, 2, 2, 2, 0, 0, 1, 1)  # kh kw sh sw ph pw dh dw
     x = xp.zeros((2, 3, 4, 4), dtype=np.float32)
     y = xp.zeros((2, 3, 2, 2), dtype=np.float32)

@@ -355,18 +355,18 @@ def test_backward_leaves_output_gradients_untouched(kernel_device, rng):
 
 def test_cell_kernel_bindings_reject_bad_arrays(kernel_device):
     be = gpunet.get_backend(kernel_device)
-    if be.kern is None:
+    if be.kernels is None:
         pytest.skip(f"{kernel_device} runs the array-level algorithm, no kernel bindings")
     xp = be.xp
     z = lambda *s: xp.zeros(s, dtype=xp.float32)  # noqa: E731
     with pytest.raises(ValueError, match="xg.*shape"):
-        be.kern.lstm_cell_forward(z(2, 12), z(2, 20), None, z(2, 5), z(2, 20), z(2, 5), z(2, 5), be.stream())
+        be.kernels.lstm_cell_forward(z(2, 12), z(2, 20), None, z(2, 5), z(2, 20), z(2, 5), z(2, 5), be.stream())
     with pytest.raises(TypeError, match="b_hh.*float32"):
-        be.kern.lstm_cell_forward(z(2, 20), z(2, 20), xp.zeros(20), z(2, 5), z(2, 20), z(2, 5), z(2, 5), be.stream())
+        be.kernels.lstm_cell_forward(z(2, 20), z(2, 20), xp.zeros(20), z(2, 5), z(2, 20), z(2, 5), z(2, 5), be.stream())
     with pytest.raises(ValueError, match="dc_next.*shape"):
-        be.kern.lstm_cell_backward(z(2, 20), z(2, 5), z(2, 5), None, None, z(5, 2), z(2, 20), z(2, 5), be.stream())
+        be.kernels.lstm_cell_backward(z(2, 20), z(2, 5), z(2, 5), None, None, z(5, 2), z(2, 20), z(2, 5), be.stream())
     with pytest.raises(ValueError, match="contiguous"):
-        be.kern.rnn_cell_forward(z(4, 2).T, z(2, 4), None, z(2, 4), False, be.stream())
+        be.kernels.rnn_cell_forward(z(4, 2).T, z(2, 4), None, z(2, 4), False, be.stream())
 
 
 class LanguageModel(nn.Module):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .. import checks
+from ..dispatch import path
 from ..ops import attention as ops
 from ..ops import linear as linear_ops
 from . import init
@@ -273,7 +274,7 @@ class MultiheadAttention(Module):
             g3 = xp.concatenate([g.reshape(-1, E) for g in grads], axis=1)
             self.in_proj_weight.accumulate(xp.matmul(g3.T, saved_x[0]))
             if self.in_proj_bias is not None:
-                self.in_proj_bias.accumulate(linear_ops.bias_grad(be, g3, 3 * E))
+                self.in_proj_bias.accumulate(linear_ops.bias_grad(be, g3, 3 * E, path(be, "linear", g3.dtype)))
         else:
             dws = [xp.matmul(g.reshape(-1, E).T, x2) for g, x2 in zip(grads, saved_x)]
             if self._qkv_same_embed_dim:
@@ -283,7 +284,8 @@ class MultiheadAttention(Module):
                     p.accumulate(d)
             if self.in_proj_bias is not None:  # per projection: query and key lengths may differ
                 self.in_proj_bias.accumulate(xp.concatenate(
-                    [linear_ops.bias_grad(be, xp.ascontiguousarray(g.reshape(-1, E)), E) for g in grads]))
+                    [linear_ops.bias_grad(be, xp.ascontiguousarray(g.reshape(-1, E)), E, path(be, "linear", g.dtype))
+                     for g in grads]))
         return tuple(self._from_nle(g, batched) for g in dx)
 
     def extra_repr(self):

@@ -4,8 +4,9 @@ Each activation is a pair of array-level functions written against `xp`
 (NumPy or CuPy): `forward(xp, x, **params) -> y` and
 `derivative(xp, x, y, **params) -> dy/dx`. On kernel backends (sim, cuda) the
 float32 case goes to the hand-written elementwise kernels `act_forward` /
-`act_backward` (csrc/kernels/activation.cu) instead; on cupy every backward
-is one fused ElementwiseKernel (ops/cupy_fused.py).
+`act_backward` (csrc/kernels/activation.cu) instead; where CuPy fusions run
+(gpunet.dispatch's "fused" path) every backward is one ElementwiseKernel
+(below, beside the array formulas it fuses).
 
 Conventions where the lecture notes disagree (see SEEDS.md):
   heaviside(z) = 0 for z < 0 and 1 for z >= 0, so H(0) = 1;
@@ -21,7 +22,8 @@ import math
 
 import numpy as np
 
-from ..backend import fallback
+from ..dispatch import path
+from .cupy_kernels import cupy, lit
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -155,28 +157,21 @@ _KERNEL_PARAMS = {
 }
 
 
-def _uses_kernel(be, kind, x, params) -> bool:
-    """Kernel backends run float32 activations that have a kernel (gelu only in
-    its exact form); everything else takes the array-level path."""
-    if be.kern is None:
-        return False
-    if x.dtype != np.float32:
-        fallback(be, kind, f"dtype {x.dtype} (the kernels are float32)")
-    elif kind not in _KERNEL_PARAMS:
-        fallback(be, kind, "no kernel for this activation")
-    elif params.get("approximate", "none") != "none":
-        fallback(be, kind, f"no kernel for approximate={params['approximate']!r}")
-    else:
-        return True
-    return False
+def _no_kernel(kind, params):
+    """Why the activation kernels cannot run `kind` with `params` (None: they can)."""
+    if kind not in _KERNEL_PARAMS:
+        return "no kernel for this activation"
+    if params.get("approximate", "none") != "none":
+        return f"no kernel for approximate={params['approximate']!r}"
+    return None
 
 
 def act_forward(be, kind: str, x, **params):
     """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
-    if _uses_kernel(be, kind, x, params):
+    if path(be, kind, x.dtype, unsupported=_no_kernel(kind, params)) == "kernel":
         x = be.xp.ascontiguousarray(x)
         y = be.xp.empty_like(x)
-        be.kern.act_forward(kind, x, y, *_KERNEL_PARAMS[kind](**params), be.stream())
+        be.kernels.act_forward(kind, x, y, *_KERNEL_PARAMS[kind](**params), be.stream())
     else:
         y = FORWARD[kind](be.xp, x, **params).astype(x.dtype, copy=False)
     return y, (kind, params, x, y)
@@ -188,12 +183,58 @@ def act_backward(be, ctx, dy):
     if kind not in DERIVATIVE:
         raise NoGradientError(f"{kind}: the derivative is 0 everywhere except at 0, where it is undefined; "
                               "there is no useful gradient to backpropagate")
-    if _uses_kernel(be, kind, x, params):
+    route = path(be, kind, x.dtype, fused=True, unsupported=_no_kernel(kind, params))
+    if route == "kernel":
         dx = be.xp.empty_like(x)
-        be.kern.act_backward(kind, x, y, be.xp.ascontiguousarray(dy), dx, *_KERNEL_PARAMS[kind](**params),
-                             be.stream())
+        be.kernels.act_backward(kind, x, y, be.xp.ascontiguousarray(dy), dx, *_KERNEL_PARAMS[kind](**params),
+                                be.stream())
         return dx
-    if be.name == "cupy" and dy.dtype == x.dtype:
-        from . import cupy_fused
-        return cupy_fused.act_backward(kind, params, x, y, dy)
+    if route == "fused":
+        return _fused_backward(kind, params, x, y, dy.astype(x.dtype, copy=False))
     return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- CuPy fusion of the backward
+# kind -> (the input the derivative reads, body computing dx); alpha/beta carry
+# the activation's parameters (leaky_relu: negative_slope; softplus: beta, threshold)
+_SIGMOID_OF_BX = """
+    const T e = exp(-fabs(bx));
+    s = bx >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);"""
+
+FUSED_BACKWARD = {
+    "relu": ("x", "dx = dy * (x > T(0) ? T(1) : T(0));"),
+    "leaky_relu": ("x", "dx = dy * (x > T(0) ? T(1) : alpha);"),
+    "sigmoid": ("y", "dx = dy * (y * (T(1) - y));"),
+    "tanh": ("y", "dx = dy * (T(1) - y * y);"),
+    "softsign": ("x", "const T a = T(1) + fabs(x); dx = dy * (T(1) / (a * a));"),
+    "gelu": ("x", f"""
+        const T cdf = T(0.5) * erfc(-x / {lit(_SQRT_2)});
+        dx = dy * (cdf + x * {lit(_INV_SQRT_2PI)} * exp(T(-0.5) * x * x));"""),
+    "gelu_tanh": ("x", f"""
+        const T th = tanh({lit(_SQRT_2_OVER_PI)} * (x + {lit(_GELU_TANH_C)} * x * x * x));
+        const T inner = {lit(_SQRT_2_OVER_PI)} * (T(1) + {lit(3 * _GELU_TANH_C)} * x * x);
+        dx = dy * (T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * inner);"""),
+    "softplus": ("x", f"""
+        const T bx = alpha * x;
+        T s;
+        if (bx > beta) s = T(1); else {{ {_SIGMOID_OF_BX} }}
+        dx = dy * s;"""),
+}
+
+
+@functools.cache
+def _fused_backward_kernel(key: str):
+    reads, body = FUSED_BACKWARD[key]
+    return cupy().ElementwiseKernel(f"T {reads}, T dy, T alpha, T beta", "T dx", body, f"gpunet_{key}_backward")
+
+
+def _fused_backward(kind: str, params: dict, x, y, dy):
+    """dx = dy * kind'(x), as DERIVATIVE times dy, in one pass over CuPy arrays."""
+    key = "gelu_tanh" if kind == "gelu" and params.get("approximate", "none") == "tanh" else kind
+    alpha, beta = 0.0, 0.0
+    if kind == "leaky_relu":
+        alpha = params.get("negative_slope", 0.01)
+    elif kind == "softplus":
+        alpha, beta = params.get("beta", 1.0), params.get("threshold", 20.0)
+    reads = x if FUSED_BACKWARD[key][0] == "x" else y
+    return _fused_backward_kernel(key)(reads, dy, alpha, beta)

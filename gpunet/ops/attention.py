@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from ..backend import fallback
+from ..dispatch import path
 
 KERNEL_MAX_HEAD_DIM = 128
 
@@ -89,23 +89,17 @@ def check_broadcast(mask_shape, target_shape, name: str):
 
 
 # ---------------------------------------------------------------- forward
-def _use_kernel(be, q, v) -> bool:
-    if be.kern is None:
-        return False
-    if q.dtype != np.float32:
-        fallback(be, "attention", f"dtype {q.dtype} (the kernels are float32)")
-    elif max(q.shape[-1], v.shape[-1]) > KERNEL_MAX_HEAD_DIM:
-        fallback(be, "attention", f"head dim {max(q.shape[-1], v.shape[-1])} > {KERNEL_MAX_HEAD_DIM}")
-    else:
-        return True
-    return False
+def _head_dim_limit(q, v):
+    """Why the kernels cannot take these head dims (None: they can)."""
+    d = max(q.shape[-1], v.shape[-1])
+    return f"head dim {d} > {KERNEL_MAX_HEAD_DIM}" if d > KERNEL_MAX_HEAD_DIM else None
 
 
 def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
     """Returns (out, ctx). `bias`: additive mask broadcastable to (..., L, S),
     in q's dtype, or None. `scale` defaults to 1/sqrt(E)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if _use_kernel(be, q, v):
+    if path(be, "attention", q.dtype, unsupported=_head_dim_limit(q, v)) == "kernel":
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
@@ -156,10 +150,10 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     """(dq, dk, dv). `dprobs`: an extra gradient flowing into P (..., L, S),
     e.g. from MultiheadAttention's returned attention weights; it takes the
     array path (P is materialised anyway in that case)."""
-    if ctx.lse is not None and dprobs is None:
-        return _kernel_backward(be, ctx, dout)
-    if ctx.lse is not None:
-        fallback(be, "attention backward", "a gradient flows into the attention weights (need_weights)")
+    if ctx.lse is not None:  # the forward ran the kernels, which never form P
+        why = None if dprobs is None else "a gradient flows into the attention weights (need_weights)"
+        if path(be, "attention backward", ctx.q.dtype, unsupported=why) == "kernel":
+            return _kernel_backward(be, ctx, dout)
     xp = be.xp
     p = attention_probs(be, ctx)
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
@@ -223,7 +217,7 @@ def _kernel_forward(be, q, k, v, layout, causal, scale):
     out = xp.empty((B, L, Ev), q.dtype)
     lse = xp.empty((B, L), q.dtype)
     b, so, si, sr = layout if layout is not None else (None, 0, 0, 0)
-    be.kern.attention_forward(q3, k3, v3, b, so, si, sr, inner, bool(causal), scale, out, lse, be.stream())
+    be.kernels.attention_forward(q3, k3, v3, b, so, si, sr, inner, bool(causal), scale, out, lse, be.stream())
     return out.reshape(batch + (L, Ev)), lse.reshape(batch + (L,))
 
 
@@ -245,6 +239,6 @@ def _kernel_backward(be, ctx, dout):
     dk = xp.empty_like(k3)
     dv = xp.empty_like(v3)
     delta = xp.empty((B, L), q.dtype)
-    be.kern.attention_backward(q3, k3, v3, o3, do3, lse, b, so, si, sr, inner, bool(ctx.causal), ctx.scale,
+    be.kernels.attention_backward(q3, k3, v3, o3, do3, lse, b, so, si, sr, inner, bool(ctx.causal), ctx.scale,
                                dq, dk, dv, delta, be.stream())
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)

@@ -12,11 +12,12 @@ q = (n, oh, ow). Then for every group
 one (batched-over-groups) GEMM over all images at once; only the (O, n, L)
 -> (n, O, L) reordering of y and dy costs an extra pass.
 
-Array path (cpu, cupy): the whole batch at once; a row of ones is appended to
+Array path (cpu, cupy, and every dtype the kernels do not take): the whole batch at once; a row of ones is appended to
 each group's columns and the bias to W, so the forward GEMM adds the bias and
 the weight-gradient GEMM produces the bias gradient for free. im2col and
 col2im loop over the kh*kw kernel offsets, each a strided slice copy/add over
-every image and channel.
+every image and channel; where CuPy fusions run (gpunet.dispatch's "fused"
+path), col2im is instead one gathering RawKernel (below).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace per backend, sized so a chunk's columns stay under
@@ -32,8 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import fallback
-from . import cupy_fused
+from ..dispatch import path
+from .cupy_kernels import cupy, launch
 from .linear import bias_add, bias_grad
 
 # Largest column matrix (bytes) the kernel path builds at once; the batch is
@@ -144,7 +145,7 @@ def _forward_array(be, x, w, b, g: Geometry):
     return out, x
 
 
-def _backward_array(be, ctx, dy):
+def _backward_array(be, ctx, dy, fused: bool):
     xp = be.xp
     x, w, has_bias, x_shape, g = ctx
     n, o = dy.shape[:2]
@@ -161,8 +162,56 @@ def _backward_array(be, ctx, dy):
     dcols = _workspace(be, "cols", g.groups * kg * n * spatial, dy.dtype).reshape(g.groups, kg, n * spatial)
     xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg, out=dcols)
     # On CuPy one gathering kernel replaces the kernel-offset loop's kh*kw passes.
-    dx = cupy_fused.col2im(dcols, x_shape, g) if be.name == "cupy" else _col2im_array(xp, dcols, x_shape, g)
+    dx = _col2im_fused(dcols, x_shape, g) if fused else _col2im_array(xp, dcols, x_shape, g)
     return dx, dw, db
+
+
+# dcols (C*kh*kw, N*OH*OW): row (c, i, j), column (n, oy, ox), as the column
+# layout above. Input pixel (n, c, h, w) was copied to column (oy, ox) of row
+# (c, i, j) iff h + ph = oy*sh + i*dh and w + pw = ox*sw + j*dw; the thread
+# sums those entries in (i, j) row-major order, as _col2im_array.
+_COL2IM_SOURCE = """
+extern "C" __global__ void gpunet_col2im(const T* dcols, T* dx, long long total, int N, int C, int H, int W,
+                                         int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                                         int OH, int OW) {
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)blockDim.x * gridDim.x) {
+        const int w = (int)(idx % W);
+        long long rest = idx / W;
+        const int h = (int)(rest % H);
+        rest /= H;
+        const int c = (int)(rest % C);
+        const int n = (int)(rest / C);
+        T acc = T(0);
+        for (int i = 0; i < kh; ++i) {
+            const int hh = h + ph - i * dh;
+            if (hh < 0 || hh % sh != 0 || hh / sh >= OH) continue;
+            const int oy = hh / sh;
+            for (int j = 0; j < kw; ++j) {
+                const int ww = w + pw - j * dw;
+                if (ww < 0 || ww % sw != 0 || ww / sw >= OW) continue;
+                const long long row = ((long long)c * kh + i) * kw + j;
+                acc += dcols[(row * N + n) * ((long long)OH * OW) + (long long)oy * OW + ww / sw];
+            }
+        }
+        dx[idx] = acc;
+    }
+}
+"""
+
+
+def _col2im_fused(dcols, x_shape, g: Geometry):
+    """_col2im_array as one CuPy RawKernel gather, one thread per input pixel
+    (no atomics, fixed summation order): dcols (groups, Kg, N*L) -> dx (N, C, H, W)."""
+    cp = cupy()
+    n, c, h, w = x_shape
+    dcols = cp.ascontiguousarray(dcols)
+    dx = cp.empty(x_shape, dtype=dcols.dtype)
+    i32 = np.int32
+    launch("gpunet_col2im", _COL2IM_SOURCE, dx.dtype, dx.size,
+           (dcols, dx, np.int64(dx.size), i32(n), i32(c), i32(h), i32(w), i32(g.kh), i32(g.kw), i32(g.sh),
+            i32(g.sw), i32(g.ph), i32(g.pw), i32(g.dh), i32(g.dw), i32(g.oh), i32(g.ow)))
+    return dx
 
 
 # ---------------------------------------------------------------- kernel path (sim, cuda)
@@ -176,7 +225,7 @@ def _kernel_args(g: Geometry):
 
 
 def _forward_kernels(be, x, w, b, g: Geometry):
-    xp, kern = be.xp, be.kern
+    xp, kern = be.xp, be.kernels
     n, o = x.shape[0], w.shape[0]
     og, k, spatial = o // g.groups, w[0].size * g.groups, g.oh * g.ow
     kg = k // g.groups
@@ -190,12 +239,12 @@ def _forward_kernels(be, x, w, b, g: Geometry):
         yc = xp.matmul(wg, cols.reshape(g.groups, kg, nb * spatial))  # (O, nb, L)
         y[n0:n0 + nb].reshape(nb, o, spatial)[...] = yc.reshape(o, nb, spatial).transpose(1, 0, 2)
     if b is not None:
-        bias_add(be, y, b, spatial)
+        bias_add(be, y, b, "kernel", spatial)
     return y, x
 
 
 def _backward_kernels(be, ctx, dy):
-    xp, kern = be.xp, be.kern
+    xp, kern = be.xp, be.kernels
     x, w, has_bias, _, g = ctx
     n, o = dy.shape[:2]
     og, k, spatial = o // g.groups, w[0].size * g.groups, g.oh * g.ow
@@ -214,28 +263,23 @@ def _backward_kernels(be, ctx, dy):
         dw += xp.matmul(dyg, cols.transpose(0, 2, 1))
         xp.matmul(wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
         kern.col2im(cols.reshape(k, nb * spatial), dx[n0:n0 + nb], *_kernel_args(g), be.stream())
-    db = bias_grad(be, dy, o, spatial) if has_bias else None
+    db = bias_grad(be, dy, o, "kernel", spatial) if has_bias else None
     return dx, dw.reshape(w.shape), db
 
 
 # ---------------------------------------------------------------- entry points
-def _uses_kernels(be, a) -> bool:
-    # the kernels are float32; other dtypes take the array path on every backend
-    if be.kern is not None and a.dtype != np.float32:
-        fallback(be, "conv2d", f"dtype {a.dtype} (the kernels are float32)")
-    return be.kern is not None and a.dtype == np.float32
-
-
 def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
     """x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None; stride, padding,
     dilation are (h, w) pairs. Returns y (N, O, OH, OW) and the backward context."""
     g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    kernels = _uses_kernels(be, x)
-    y, saved = (_forward_kernels if kernels else _forward_array)(be, x, w, b, g)
-    return y, (kernels, saved, w, b is not None, tuple(x.shape), g)
+    route = path(be, "conv2d", x.dtype, fused=True)  # the fusion is backward's col2im
+    y, saved = (_forward_kernels if route == "kernel" else _forward_array)(be, x, w, b, g)
+    return y, (route, saved, w, b is not None, tuple(x.shape), g)
 
 
 def conv2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
-    kernels, *rest = ctx
-    return (_backward_kernels if kernels else _backward_array)(be, rest, dy)
+    route, *rest = ctx
+    if route == "kernel":
+        return _backward_kernels(be, rest, dy)
+    return _backward_array(be, rest, dy, fused=route == "fused")

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..backend import array_backend
+from ..dispatch import path
 
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
@@ -48,20 +48,19 @@ def random_bits(xp, seed: int, offset: int, n: int):
 
 def dropout_forward(be, x, p: float, seed: int, offset: int):
     """Training-mode dropout of x with drop probability p in [0, 1]. Returns (y, ctx)."""
-    be = array_backend(be, "dropout", x.dtype)
     xp = be.xp
     if p == 1.0:  # everything dropped (PyTorch returns zeros); no scale to apply
         return xp.zeros_like(x), ("zero",)
     scale = 1.0 / (1.0 - p)
     thr = threshold(p)
-    if be.kern is None:
+    if path(be, "dropout", x.dtype) != "kernel":
         keep = random_bits(xp, seed, offset, x.size).reshape(x.shape) >= np.uint64(thr)
         y = xp.where(keep, x * x.dtype.type(scale), x.dtype.type(0))
         return y, ("mask", keep, scale)
     xc = xp.ascontiguousarray(x)
     y = xp.empty_like(xc)
     seed, offset = seed % 2 ** 64, offset % 2 ** 64  # the kernel's uint64 arithmetic wraps the same way
-    be.kern.dropout_apply(xc, y, seed, offset, thr, scale, be.stream())
+    be.kernels.dropout_apply(xc, y, seed, offset, thr, scale, be.stream())
     return y, ("counter", seed, offset, thr, scale)
 
 
@@ -77,5 +76,5 @@ def dropout_backward(be, ctx, dy):
     _, seed, offset, thr, scale = ctx
     dyc = xp.ascontiguousarray(dy)
     dx = xp.empty_like(dyc)
-    be.kern.dropout_apply(dyc, dx, seed, offset, thr, scale, be.stream())
+    be.kernels.dropout_apply(dyc, dx, seed, offset, thr, scale, be.stream())
     return dx

@@ -5,14 +5,17 @@ up the same row. Float atomics would make that sum's order (and so its last
 bits) vary run to run; instead the positions are sorted by row (a stable sort,
 so positions of one row stay in input order) and each row sums its own
 contiguous run in that fixed order: bit-identical gradients on every run.
-cpu adds the runs level by level (_run_sums); sim/cuda pass the sorted order and a
-CSR row pointer to a kernel (csrc/kernels/embedding.cu), and cupy passes them
-to a CuPy RawKernel doing the same sums (ops/cupy_fused.py: CuPy's reduceat
-subtracts prefix sums, which is neither exact nor run-ordered, and the unique()
-the NumPy path needs would be a device sync).
+The array path adds the runs level by level (_add_runs); the "kernel" path
+(sim, cuda) passes the sorted order and a CSR row pointer to a kernel
+(csrc/kernels/embedding.cu), and the "fused" path (CuPy) passes them to a
+RawKernel doing the same sums (below: CuPy's reduceat subtracts prefix sums,
+which is neither exact nor run-ordered, and the unique() the array path needs
+would be a device sync).
 """
-from ..backend import array_backend
-from . import cupy_fused
+import numpy as np
+
+from ..dispatch import path
+from .cupy_kernels import cupy, launch
 
 # runs up to this long are summed level by level (one vectorised add per
 # position in the run); the rest of a longer run goes through add.reduceat
@@ -22,28 +25,27 @@ _LEVELS = 16
 def embedding_forward(be, weight, idx):
     """weight (V, D), idx integer array of any shape (already range-checked)
     -> out idx.shape + (D,), and the flat int64 indices backward needs."""
-    be = array_backend(be, "embedding", weight.dtype)
     xp = be.xp
     flat = xp.ascontiguousarray(idx.reshape(-1), dtype=xp.int64)
     D = weight.shape[1]
-    if be.kern is None:
-        out = xp.take(weight, flat, axis=0)
-    else:
+    if path(be, "embedding", weight.dtype) == "kernel":
         out = xp.empty((flat.size, D), dtype=weight.dtype)
-        be.kern.embedding_forward(weight, flat, out, be.stream())
+        be.kernels.embedding_forward(weight, flat, out, be.stream())
+    else:
+        out = xp.take(weight, flat, axis=0)
     return out.reshape(tuple(idx.shape) + (D,)), flat
 
 
 def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     """d weight (V, D) from the flat indices and dy (..., D); the padding row
     (if any) gets zero."""
-    be = array_backend(be, "embedding", dy.dtype)
     xp = be.xp
+    route = path(be, "embedding", dy.dtype, fused=True)
     D = dy.shape[-1]
     dy2 = xp.ascontiguousarray(dy.reshape(-1, D))
     order = xp.argsort(flat, kind="stable")
     rows = flat[order]
-    if be.kern is None and be.name != "cupy":
+    if route == "array":
         dw = xp.zeros((num_embeddings, D), dtype=dy.dtype)
         if flat.size:
             uniq, starts = xp.unique(rows, return_index=True)
@@ -54,12 +56,11 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     row_ptr = xp.searchsorted(rows, xp.arange(num_embeddings + 1, dtype=xp.int64)).astype(xp.int64)
     dw = xp.empty((num_embeddings, D), dtype=dy.dtype)
     pad = -1 if padding_idx is None else padding_idx
-    if be.kern is None:
-        cupy_fused.embedding_backward(dy2, order, row_ptr, dw, pad)
+    if route == "kernel":
+        be.kernels.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
     else:
-        be.kern.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
+        _fused_backward(dy2, order, row_ptr, dw, pad)
     return dw
-
 
 
 def _add_runs(xp, dw, uniq, dy2, order, starts):
@@ -82,3 +83,29 @@ def _add_runs(xp, dw, uniq, dy2, order, starts):
         offsets = xp.cumsum(tail) - tail
         rows = xp.repeat(starts[long] + _LEVELS - offsets, tail) + xp.arange(int(tail.sum()))
         dw[uniq[long]] += xp.add.reduceat(xp.take(dy2, order[rows], axis=0), offsets, axis=0)
+
+
+# dw[v, d] = sum of dy[order[k], d] for k in [row_ptr[v], row_ptr[v+1]), in
+# order (the positions of row v, stably sorted); the padding row gets 0.
+_BACKWARD_SOURCE = """
+extern "C" __global__ void gpunet_embedding_backward(const T* dy, const long long* order, const long long* row_ptr,
+                                                     T* dw, long long V, long long D, long long pad) {
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < V * D;
+         idx += (long long)blockDim.x * gridDim.x) {
+        const long long v = idx / D, d = idx % D;
+        T acc = T(0);
+        for (long long k = row_ptr[v]; k < row_ptr[v + 1]; ++k) acc += dy[order[k] * D + d];
+        dw[idx] = v == pad ? T(0) : acc;
+    }
+}
+"""
+
+
+def _fused_backward(dy2, order, row_ptr, dw, pad: int):
+    """Fill dw (V, D) from dy2 (n, D), the stable sort order of the flat indices
+    and the CSR row pointer (V + 1) of the sorted rows (pad = -1 for none),
+    one CuPy RawKernel thread per (row, feature) summing that row's run in order."""
+    V, D = dw.shape
+    launch("gpunet_embedding_backward", _BACKWARD_SOURCE, dw.dtype, V * D,
+           (cupy().ascontiguousarray(dy2), order.astype(np.int64, copy=False), row_ptr.astype(np.int64, copy=False),
+            dw, np.int64(V), np.int64(D), np.int64(pad)))

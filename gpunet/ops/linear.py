@@ -1,45 +1,44 @@
 """Fully connected layer y = x W^T + b (PyTorch layout: W is (out, in)).
 The GEMMs go to BLAS (NumPy) or cuBLAS (CuPy); the bias add and the bias
-gradient reduction are kernels on sim/cuda (float32; other dtypes run the
-array path)."""
-from ..backend import array_backend
+gradient reduction are kernels on the "kernel" dispatch path (sim, cuda;
+float32), array code otherwise."""
+from ..dispatch import path
 
 
-def bias_add(be, y, b, inner: int = 1):
-    """y (N, C, inner...) += b[C] broadcast over N and inner, in place."""
-    if be.kern is None:
+def bias_add(be, y, b, route: str, inner: int = 1):
+    """y (N, C, inner...) += b[C] broadcast over N and inner, in place;
+    `route` is the calling op's dispatch path."""
+    if route == "kernel":
+        be.kernels.bias_add(y, b, inner, be.stream())
+    else:
         shape = (1, -1) + (1,) * (y.ndim - 2)
         y += b.reshape(shape)
-    else:
-        be.kern.bias_add(y, b, inner, be.stream())
     return y
 
 
-def bias_grad(be, dy, channels: int, inner: int = 1):
+def bias_grad(be, dy, channels: int, route: str, inner: int = 1):
     """db[c] = sum of dy over every axis but the channel axis (axis 1)."""
-    if be.kern is None:
+    if route != "kernel":
         axes = (0,) + tuple(range(2, dy.ndim))
         return dy.sum(axis=axes)
     db = be.xp.empty(channels, dtype=dy.dtype)
-    be.kern.bias_grad(be.xp.ascontiguousarray(dy), db, inner, be.stream())
+    be.kernels.bias_grad(be.xp.ascontiguousarray(dy), db, inner, be.stream())
     return db
 
 
 def linear_forward(be, x, w, b):
     """x (..., in) -> y (..., out). Leading axes are flattened into one GEMM."""
-    be = array_backend(be, "linear", x.dtype)
     x2 = x.reshape(-1, x.shape[-1])
     y = be.xp.matmul(x2, w.T)
     if b is not None:
-        bias_add(be, y, b)
+        bias_add(be, y, b, path(be, "linear", x.dtype))
     return y.reshape(x.shape[:-1] + (w.shape[0],)), x2
 
 
 def linear_backward(be, x2, w, has_bias: bool, dy):
     """Returns dx (shaped like dy with in features), dw, db (None without bias)."""
-    be = array_backend(be, "linear", dy.dtype)
     dy2 = be.xp.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))
     dx = be.xp.matmul(dy2, w).reshape(dy.shape[:-1] + (w.shape[1],))
     dw = be.xp.matmul(dy2.T, x2)
-    db = bias_grad(be, dy2, w.shape[0]) if has_bias else None
+    db = bias_grad(be, dy2, w.shape[0], path(be, "linear", dy.dtype)) if has_bias else None
     return dx, dw, db

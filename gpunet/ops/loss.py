@@ -12,19 +12,21 @@ Cross-entropy is fused with log-softmax. The forward keeps only each row's
 log-sum-exp, as the pair (m, l) = (row max, log sum exp(x - m)) whose sum it
 is (in float32 an lse near 1e4 is only good to ~1e-3; (x - m) - l is exact to
 rounding); the backward recomputes the probabilities exp((x - m) - l) from
-the logits, so no (rows, classes) probability array is ever stored. On
-kernel backends (sim, cuda; float32) both run csrc/kernels/softmax.cu; on cupy
-they are CuPy fusions of the same formulas (ops/cupy_fused.py). (N, C, d...)
+the logits, so no (rows, classes) probability array is ever stored. On the
+"kernel" dispatch path (sim, cuda; float32) both run csrc/kernels/loss.cu; on
+the "fused" path they are CuPy fusions of the same formulas (below). (N, C, d...)
 inputs are brought to (N*d..., C) rows by moving the class axis last (one
 transposing copy each way, none for (N, C)).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ..backend import fallback
-from . import cupy_fused
+from ..dispatch import path
 from .activation import sigmoid
+from .cupy_kernels import cupy
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -157,12 +159,6 @@ def _from_rows(xp, d2, shape):
     return xp.ascontiguousarray(xp.moveaxis(d2.reshape(moved), -1, 1))
 
 
-def _uses_kernel(be, x) -> bool:
-    if be.kern is not None and x.dtype != np.float32:
-        fallback(be, "cross_entropy", f"dtype {x.dtype} (the kernels are float32)")
-    return be.kern is not None and x.dtype == np.float32
-
-
 def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100,
                           label_smoothing: float = 0.0):
     """Cross-entropy of softmax(x) along the class axis (axis 1; axis 0 for a single
@@ -177,13 +173,14 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     valid = t1 != ignore_index
     ts = xp.where(valid, t1, 0).astype(np.int64, copy=False)
     wt = valid.astype(x.dtype) if weight is None else weight[ts] * valid
-    if _uses_kernel(be, x2):
+    route = path(be, "cross_entropy", x2.dtype, fused=True)
+    if route == "kernel":
         per = xp.empty(rows, dtype=x2.dtype)
         lse = xp.empty((rows, 2), dtype=x2.dtype)
-        be.kern.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
+        be.kernels.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
                                       per, lse, int(ignore_index), float(label_smoothing), be.stream())
-    elif be.name == "cupy":
-        per, lse = cupy_fused.cross_entropy_forward(x2, ts, wt, valid, weight, label_smoothing)
+    elif route == "fused":
+        per, lse = _fused_forward(x2, ts, wt, valid, weight, label_smoothing)
         per = per.astype(x.dtype, copy=False)
     else:
         m = x2.max(axis=1, keepdims=True)
@@ -203,21 +200,22 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     loss = _reduce(xp, per, reduction, denom)
     if reduction == "none":
         loss = loss.reshape(t.shape)
-    return loss, (x2, ts, valid, wt, lse, denom, t1, x.shape, reduction, weight, ignore_index, label_smoothing)
+    return loss, (route, x2, ts, valid, wt, lse, denom, t1, x.shape, reduction, weight, ignore_index,
+                  label_smoothing)
 
 
 def cross_entropy_backward(be, ctx, grad):
-    x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
+    route, x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
     xp = be.xp
     rows, c = x2.shape
     scale = _scale(reduction, grad, denom)
-    if be.name == "cupy":
-        return _from_rows(xp, cupy_fused.cross_entropy_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
+    if route == "fused":
+        return _from_rows(xp, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
     scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=x2.dtype), (rows,))
-    if _uses_kernel(be, x2):
+    if route == "kernel":
         dx2 = xp.empty_like(x2)
         weight_sum = _weight_arg(xp, None if weight is None else weight.sum(keepdims=True))
-        be.kern.cross_entropy_backward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
+        be.kernels.cross_entropy_backward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
                                        weight_sum, lse, xp.ascontiguousarray(scale, dtype=x2.dtype), dx2,
                                        int(ignore_index), float(eps), be.stream())
         return _from_rows(xp, dx2, shape)
@@ -239,3 +237,57 @@ def cross_entropy_backward(be, ctx, grad):
 def _weight_arg(xp, weight):
     """The kernels' optional class weights: an empty array stands for 'none'."""
     return xp.empty(0, dtype=np.float32) if weight is None else xp.ascontiguousarray(weight, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- CuPy fusions of cross-entropy
+@functools.cache
+def _fused_kernels():
+    cp = cupy()
+    lse = cp.ReductionKernel("T x, T m", "T l", "exp(x - m)", "a + b", "l = log(a)", "0", "gpunet_ce_lse")
+    smooth = cp.ReductionKernel("T x, T m, T l, T w", "T s", "((m - x) + l) * w", "a + b", "s = a", "0",
+                                "gpunet_ce_smooth")
+    backward = cp.ElementwiseKernel(
+        "T x, T m, T l, T a, T w, bool valid, int64 t, T ct, T s, T e, int64 C", "T dx",
+        """
+        // d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
+        T d = a * exp((x - m) - l) - (e * w) * (valid ? T(1) : T(0));
+        if (i % C == t) d -= ct;
+        dx = d * s;""", "gpunet_ce_backward")
+    return lse, smooth, backward
+
+
+def _fused_forward(x2, ts, wt, valid, weight, label_smoothing: float):
+    """Per-row losses and the (m, l) log-sum-exp pairs of cross_entropy_forward
+    for rows x2 (rows, C), without its (rows, C) temporaries: the row max, one
+    fused exp-sum-log pass (a ReductionKernel), a gather of the target logits
+    (and one fused pass for the smoothing term)."""
+    cp = cupy()
+    lse_kernel, smooth_kernel, _ = _fused_kernels()
+    m = x2.max(axis=1, keepdims=True)
+    l = lse_kernel(x2, m, axis=1, keepdims=True)
+    xt = cp.take_along_axis(x2, ts[:, None], axis=1)
+    per = wt * ((m - xt) + l)[:, 0]
+    if label_smoothing:
+        w_row = 1.0 if weight is None else weight[None, :]
+        smooth = smooth_kernel(x2, m, l, w_row, axis=1) * valid
+        c = x2.shape[1]
+        per = (1 - label_smoothing) * per + (label_smoothing / c) * smooth
+    return per, cp.concatenate([m, l], axis=1)
+
+
+def _fused_backward(x2, lse, ts, wt, valid, weight, eps: float, scale):
+    """d loss / d x2 of cross_entropy_backward in one ElementwiseKernel pass over
+    (rows, C), recomputing the probabilities. `scale` (the incoming gradient,
+    divided for 'mean') is a number, a 0-d array or one value per row."""
+    cp = cupy()
+    rows, c = x2.shape
+    w_row = cp.ones((1, c), dtype=x2.dtype) if weight is None else weight[None, :]
+    a_sum = (1 - eps) * wt + (eps / c) * w_row.sum() * valid
+    ct = (1 - eps) * wt
+    if hasattr(scale, "shape"):
+        scale = scale.astype(x2.dtype, copy=False)
+        scale = scale.reshape(rows, 1) if scale.ndim else scale
+    dx2 = cp.empty_like(x2)
+    _fused_kernels()[2](x2, lse[:, :1], lse[:, 1:], a_sum.astype(x2.dtype, copy=False)[:, None], w_row,
+                        valid[:, None], ts[:, None], ct.astype(x2.dtype, copy=False)[:, None], scale, eps / c, c, dx2)
+    return dx2

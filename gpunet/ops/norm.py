@@ -7,8 +7,8 @@ Backward, with g = dy·w:
     dx = rstd·(g - mean(g) - xhat·mean(g·xhat)),  dw = sum_rows(dy·xhat),  db = sum_rows(dy).
 The forward saves mean and rstd (M floats each), never xhat.
 
-On kernel backends (sim, cuda) float32 layer norm runs csrc/kernels/layernorm.cu;
-float64 runs the array path. Batch norm is array-level on every backend
+On the "kernel" dispatch path (sim, cuda; float32) layer norm runs
+csrc/kernels/norm.cu; other dtypes run the array path. Batch norm is array-level on every backend
 (its reductions are over all axes but the channel one: be.xp.sum does them;
 on cuda that is CuPy's reduction kernels).
 """
@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import fallback
+from ..dispatch import path
 
 # the parameter-gradient kernel sums rows in at most this many chunks
 # (deterministic two-pass reduction: chunk partials, then a fixed-order sum)
 _LN_MAX_CHUNKS = 128
 _LN_CHUNK_ROWS = 32
-
-
-def _kernel_ok(be, x) -> bool:
-    if be.kern is not None and x.dtype != np.float32:
-        fallback(be, "layer_norm", f"dtype {x.dtype} (the kernels are float32)")
-    return be.kern is not None and x.dtype == np.float32
 
 
 def _row_blocks(be, M: int, C: int):
@@ -48,13 +42,13 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     C = normalized_size
     x2 = xp.ascontiguousarray(x).reshape(-1, C)
     M = x2.shape[0]
-    if _kernel_ok(be, x):
+    if path(be, "layer_norm", x.dtype) == "kernel":
         w = xp.ones(C, x.dtype) if weight is None else weight.reshape(C)
         b = xp.zeros(C, x.dtype) if bias is None else bias.reshape(C)
         y = xp.empty_like(x2)
         mean = xp.empty(M, x.dtype)
         rstd = xp.empty(M, x.dtype)
-        be.kern.layernorm_forward(x2, w, b, y, mean, rstd, float(eps), be.stream())
+        be.kernels.layernorm_forward(x2, w, b, y, mean, rstd, float(eps), be.stream())
     else:
         # row sums as a matrix-vector product (BLAS) and sums of squares with
         # einsum: no squared temporary; y's own memory holds x - mean
@@ -82,14 +76,14 @@ def layer_norm_backward(be, ctx, dy):
     xp = be.xp
     M, C = x2.shape
     dy2 = xp.ascontiguousarray(dy).reshape(M, C)
-    if _kernel_ok(be, x2):
+    if path(be, "layer_norm", x2.dtype) == "kernel":
         w = xp.ones(C, x2.dtype) if weight is None else weight.reshape(C)
         dx = xp.empty_like(x2)
         dw = xp.empty(C, x2.dtype)
         db = xp.empty(C, x2.dtype)
         chunks = min(_LN_MAX_CHUNKS, -(-M // _LN_CHUNK_ROWS))
         partial = xp.empty((2, chunks, C), x2.dtype)
-        be.kern.layernorm_backward(x2, w, mean, rstd, dy2, dx, dw, db, partial, be.stream())
+        be.kernels.layernorm_backward(x2, w, mean, rstd, dy2, dx, dw, db, partial, be.stream())
     else:
         ones = xp.ones(C, x2.dtype)
         dx = xp.empty_like(x2)
@@ -132,7 +126,7 @@ def _channel_sum(xp, a3):
 def batch_norm_stats(be, x):
     """Per-channel mean and biased variance of x (N, C, *) over N and the
     spatial axes, and the number of values per channel."""
-    fallback(be, "batch_norm", "no kernel (batch norm is array code on every backend)")
+    path(be, "batch_norm", x.dtype, unsupported="no kernel (batch norm is array code on every backend)")
     xp = be.xp
     x3 = _channel_view(x)
     count = x3.shape[0] * x3.shape[2]

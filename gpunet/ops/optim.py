@@ -1,39 +1,37 @@
 """Parameter updates of the optimizers, one function per algorithm over a list
 of tensors (a parameter group). Every array is updated IN PLACE.
 
-cpu/cupy (be.kern is None), and float64 groups on any backend: array code on
-be.xp, one tensor at a time, following PyTorch's single-tensor algorithms
-operation by operation. sim/cuda with float32 parameters: SGD and Adam/AdamW
-run as ONE fused kernel launch over all tensors of the group
-(csrc/kernels/optim.cu, "multi-tensor apply": the binding writes a table of
-pointers and sizes into a small device workspace and the kernel grid-strides
-over the concatenated index space). RMSprop and Rprop use the array code on
-every backend (on cuda, CuPy runs it). cupy: SGD and Adam/AdamW run one CuPy
-ElementwiseKernel per tensor (ops/cupy_fused.py), the array code's formulas
-in one pass over each parameter's arrays.
+The "array" dispatch path: array code on be.xp, one tensor at a time,
+following PyTorch's single-tensor algorithms operation by operation. The
+"kernel" path (sim, cuda; float32 groups): SGD and Adam/AdamW run as ONE fused
+kernel launch over all tensors of the group (csrc/kernels/optim.cu,
+"multi-tensor apply": the binding writes a table of pointers and sizes into a
+small device workspace and the kernel grid-strides over the concatenated index
+space). The "fused" path (CuPy): SGD and Adam/AdamW run one ElementwiseKernel
+per tensor (below), the array code's formulas in one pass over each
+parameter's arrays (CuPy has no multi-tensor apply). RMSprop and Rprop use
+the array code on every backend (on cuda, CuPy runs it).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
-from ..backend import fallback
-from . import cupy_fused
+from ..dispatch import path
+from .cupy_kernels import cupy
 
 
-def _fused(be, params) -> bool:
-    if be.kern is None:
-        return False
-    if not all(p.dtype == np.float32 for p in params):
-        fallback(be, "optimizer update", "float64 parameters (the fused kernels are float32)")
-        return False
-    return True
+def _route(be, params) -> str:
+    """One path for the whole group: the multi-tensor kernels take float32 groups only."""
+    dtype = params[0].dtype if all(p.dtype == params[0].dtype for p in params) else np.float64
+    return path(be, "optimizer update", dtype, fused=True)
 
 
 def _table(be, n: int):
     """Device workspace holding the kernel's per-tensor table (n entries)."""
-    return be.xp.empty(n * be.kern.OPTIM_TABLE_ENTRY_BYTES, dtype=np.uint8)
+    return be.xp.empty(n * be.kernels.OPTIM_TABLE_ENTRY_BYTES, dtype=np.uint8)
 
 
 def _contiguous(be, arrays):
@@ -45,13 +43,14 @@ def sgd(be, params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay
     else buf = momentum*buf + (1 - dampening)*d; d = d + momentum*buf (nesterov)
     or buf. `bufs` are the momentum buffers (ignored when momentum == 0) and
     `fresh[i]` says buffer i was just created (its first step copies d)."""
-    if _fused(be, params):
-        be.kern.sgd_multi(params, _contiguous(be, grads), bufs if momentum else [], list(fresh) if momentum else [],
+    route = _route(be, params)
+    if route == "kernel":
+        be.kernels.sgd_multi(params, _contiguous(be, grads), bufs if momentum else [], list(fresh) if momentum else [],
                           _table(be, len(params)), lr, momentum, dampening, weight_decay, nesterov, be.stream())
         return
-    if be.name == "cupy":
-        cupy_fused.sgd(params, grads, bufs, fresh, lr=lr, momentum=momentum, dampening=dampening,
-                       weight_decay=weight_decay, nesterov=nesterov)
+    if route == "fused":
+        _fused_sgd(params, grads, bufs, fresh, lr=lr, momentum=momentum, dampening=dampening,
+                   weight_decay=weight_decay, nesterov=nesterov)
         return
     for p, g, buf, new in zip(params, grads, bufs, fresh):
         if weight_decay:
@@ -77,14 +76,15 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
     p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps).
     `steps[i]` is tensor i's step count t, already incremented for this update."""
     scalars = [adam_scalars(t, lr, beta1, beta2) for t in steps]
-    if _fused(be, params):
-        be.kern.adam_multi(params, _contiguous(be, grads), exp_avgs, exp_avg_sqs,
+    route = _route(be, params)
+    if route == "kernel":
+        be.kernels.adam_multi(params, _contiguous(be, grads), exp_avgs, exp_avg_sqs,
                            [s for s, _ in scalars], [c for _, c in scalars], _table(be, len(params)),
                            lr, beta1, beta2, eps, weight_decay, decoupled, be.stream())
         return
-    if be.name == "cupy":
-        cupy_fused.adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                        weight_decay=weight_decay, decoupled=decoupled)
+    if route == "fused":
+        _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                    weight_decay=weight_decay, decoupled=decoupled)
         return
     for p, g, m, v, (step_size, bc2_sqrt) in zip(params, grads, exp_avgs, exp_avg_sqs, scalars):
         if weight_decay:
@@ -102,7 +102,7 @@ def rmsprop(be, params, grads, square_avgs, grad_avgs, bufs, *, lr, alpha, eps, 
     """s = alpha*s + (1-alpha)*g^2; centered (grad_avgs given): a = alpha*a + (1-alpha)*g,
     denom = sqrt(s - a^2) + eps, else sqrt(s) + eps; with momentum buf = momentum*buf
     + g/denom and p -= lr*buf, else p -= lr*g/denom."""
-    fallback(be, "rmsprop", "no fused kernel")
+    path(be, "rmsprop", params[0].dtype, unsupported="no fused kernel")
     xp = be.xp
     for i, (p, g, s) in enumerate(zip(params, grads, square_avgs)):
         if weight_decay:
@@ -132,7 +132,7 @@ def rprop(be, params, grads, prevs, step_sizes, prev_deltas, *, etaminus, etaplu
     with the zeroed g. With backtracking (Rprop+): where s < 0 the previous
     weight change is undone instead, elsewhere p += delta = -sign(g)*step, and
     delta is remembered."""
-    fallback(be, "rprop", "no fused kernel")
+    path(be, "rprop", params[0].dtype, unsupported="no fused kernel")
     xp = be.xp
     for i, (p, g, prev, step) in enumerate(zip(params, grads, prevs, step_sizes)):
         prod = g * prev
@@ -148,3 +148,52 @@ def rprop(be, params, grads, prevs, step_sizes, prev_deltas, *, etaminus, etaplu
             delta[...] = -xp.sign(g) * step
             p += delta
         prev[...] = g
+
+
+# ---------------------------------------------------------------- CuPy fusions
+@functools.cache
+def _fused_kernels():
+    cp = cupy()
+    sgd_plain = cp.ElementwiseKernel(
+        "T g, T lr, T wd, bool decay", "T p",
+        """
+        const T d = decay ? g + wd * p : g;
+        p = p - lr * d;""", "gpunet_sgd")
+    sgd_momentum = cp.ElementwiseKernel(
+        "T g, T lr, T wd, bool decay, T momentum, T damp1, bool nesterov, bool fresh", "T p, T buf",
+        """
+        T d = decay ? g + wd * p : g;
+        buf = fresh ? d : buf * momentum + damp1 * d;
+        d = nesterov ? d + momentum * buf : buf;
+        p = p - lr * d;""", "gpunet_sgd_momentum")
+    adam_one = cp.ElementwiseKernel(
+        "T g, T shrink, T wd, int32 mode, T omb1, T b2, T omb2, T step_size, T bc2_sqrt, T eps", "T p, T m, T v",
+        """
+        T d = g;
+        if (mode == 1) p = p * shrink;      // AdamW: decoupled decay
+        else if (mode == 2) d = g + wd * p; // Adam: L2 term in the gradient
+        m = m + omb1 * (d - m);
+        v = v * b2 + omb2 * d * d;
+        p = p - step_size * (m / (sqrt(v) / bc2_sqrt + eps));""", "gpunet_adam")
+    return sgd_plain, sgd_momentum, adam_one
+
+
+def _fused_sgd(params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay, nesterov):
+    """sgd's array path, one launch per parameter."""
+    plain, with_momentum, _ = _fused_kernels()
+    decay = bool(weight_decay)
+    for p, g, buf, new in zip(params, grads, bufs, fresh):
+        if momentum:
+            with_momentum(g, lr, weight_decay, decay, momentum, 1 - dampening, bool(nesterov), bool(new), p, buf)
+        else:
+            plain(g, lr, weight_decay, decay, p)
+
+
+def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, *, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """adam's array path, one launch per parameter; `scalars` are the
+    (step_size, sqrt(bias_correction2)) pairs of adam_scalars."""
+    kernel = _fused_kernels()[2]
+    mode = 0 if not weight_decay else 1 if decoupled else 2
+    for p, g, m, v, (step_size, bc2_sqrt) in zip(params, grads, exp_avgs, exp_avg_sqs, scalars):
+        kernel(g, 1 - lr * weight_decay, weight_decay, mode, 1 - beta1, beta2, 1 - beta2, step_size, bc2_sqrt, eps,
+               p, m, v)

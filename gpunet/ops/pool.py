@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import fallback
+from ..dispatch import path
 
 
 class Window(NamedTuple):
@@ -107,13 +107,6 @@ def _unpad(xp, dpad, x_shape, win: Window):
     return xp.ascontiguousarray(dpad[:, :, win.ph:win.ph + h, win.pw:win.pw + w])
 
 
-def _uses_kernels(be, a) -> bool:
-    # the kernels are float32; other dtypes take the array path on every backend
-    if be.kern is not None and a.dtype != np.float32:
-        fallback(be, "pool2d", f"dtype {a.dtype} (the kernels are float32)")
-    return be.kern is not None and a.dtype == np.float32
-
-
 def _kernel_args(win: Window):
     return win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, win.dh, win.dw
 
@@ -123,10 +116,10 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context."""
     xp = be.xp
     win = window(x.shape, kernel, stride, padding, dilation, ceil_mode)
-    if _uses_kernels(be, x):
+    if path(be, "pool2d", x.dtype) == "kernel":
         y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
         arg = xp.empty(y.shape, dtype=np.int32)
-        be.kern.maxpool2d_forward(x, y, arg, *_kernel_args(win), be.stream())
+        be.kernels.maxpool2d_forward(x, y, arg, *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
     xpad = _padded(xp, x, win, -np.inf)
     taps = list(_taps(win))
@@ -165,7 +158,7 @@ def maxpool2d_backward(be, ctx, dy):
     kernels, arg, x_shape, win = ctx
     if kernels:
         dx = xp.empty(x_shape, dtype=dy.dtype)
-        be.kern.maxpool2d_backward(xp.ascontiguousarray(dy), arg, dx, *_kernel_args(win), be.stream())
+        be.kernels.maxpool2d_backward(xp.ascontiguousarray(dy), arg, dx, *_kernel_args(win), be.stream())
         return dx
     # taps in the padding are skipped: their gradient would be cut off anyway
     dx = xp.zeros(x_shape, dtype=dy.dtype)
@@ -201,9 +194,9 @@ def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
 def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
     xp = be.xp
     win = window(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
-    if _uses_kernels(be, x):
+    if path(be, "pool2d", x.dtype) == "kernel":
         y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-        be.kern.avgpool2d_forward(x, y, *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
+        be.kernels.avgpool2d_forward(x, y, *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
     xpad = _padded(xp, x, win, 0)
     taps = _taps(win)
@@ -220,7 +213,7 @@ def avgpool2d_backward(be, ctx, dy):
     kernels, x_shape, win, count_include_pad = ctx
     if kernels:
         dx = xp.empty(x_shape, dtype=dy.dtype)
-        be.kern.avgpool2d_backward(xp.ascontiguousarray(dy), dx, *_kernel_args(win)[:6], bool(count_include_pad),
+        be.kernels.avgpool2d_backward(xp.ascontiguousarray(dy), dx, *_kernel_args(win)[:6], bool(count_include_pad),
                                    be.stream())
         return dx
     share = dy / _divisor(xp, x_shape, win, count_include_pad, dy.dtype)

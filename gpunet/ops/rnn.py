@@ -11,15 +11,17 @@ the LSTM and G = 1 for the RNN.
               ONE GEMM each for dx = dG w_ih, dw_ih = dG^T x, dw_hh = dG^T h_prev
               over all timesteps, and one reduction for the biases
 
-On cpu the cell is array code on be.xp (both biases are folded into the
-input projection); cupy runs the same formulas as one CuPy ElementwiseKernel
-per step and direction (ops/cupy_fused.py); on sim/cuda it is one fused kernel
-per step (csrc/kernels/lstm.cu), which adds b_hh itself (float32; other dtypes
-take cpu's or cupy's path there). The cell saves the activated gates in place
-of the input projection, and the LSTM keeps every c_t and h_t.
+On the "array" dispatch path the cell is array code on be.xp (both biases
+are folded into the input projection); the "fused" path (CuPy) runs the same
+formulas as one ElementwiseKernel per step and direction (below); the
+"kernel" path (sim, cuda; float32) is one fused kernel per step
+(csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
+gates in place of the input projection, and the LSTM keeps every c_t and h_t.
 """
-from ..backend import array_backend
-from . import cupy_fused
+import functools
+
+from ..dispatch import path
+from .cupy_kernels import cupy
 from .linear import bias_add, bias_grad
 
 NONLINEARITIES = ("tanh", "relu")
@@ -34,18 +36,18 @@ def _sigmoid_(xp, v):
     v += 0.5
 
 
-def _input_projection(be, x2, w_ih, b_ih, b_hh):
-    """(T·B, G·H) = x2 @ w_ih^T plus the biases this backend folds in here."""
+def _input_projection(be, route, x2, w_ih, b_ih, b_hh):
+    """(T·B, G·H) = x2 @ w_ih^T plus the biases `route` folds in here."""
     g = be.xp.matmul(x2, w_ih.T)
     if b_ih is not None:
-        if be.kern is None:
-            g += b_ih + b_hh
+        if route == "kernel":
+            bias_add(be, g, b_ih, route)  # b_hh is added by the cell kernel
         else:
-            bias_add(be, g, b_ih)  # b_hh is added by the cell kernel
+            g += b_ih + b_hh
     return g
 
 
-def _weight_grads(be, dG, x2, hs, w_ih, has_bias):
+def _weight_grads(be, route, dG, x2, hs, w_ih, has_bias):
     """The per-sequence GEMMs of backward: dx, dw_ih, dw_hh and the bias grads."""
     xp = be.xp
     T, B, GH = dG.shape
@@ -53,7 +55,7 @@ def _weight_grads(be, dG, x2, hs, w_ih, has_bias):
     dx = xp.matmul(dG2, w_ih).reshape(T, B, w_ih.shape[1])
     dw_ih = xp.matmul(dG2.T, x2)
     dw_hh = xp.matmul(dG2.T, hs[:T].reshape(T * B, hs.shape[-1]))
-    db = bias_grad(be, dG2, GH) if has_bias else None
+    db = bias_grad(be, dG2, GH, route) if has_bias else None
     return dx, dw_ih, dw_hh, db
 
 
@@ -61,23 +63,25 @@ def _weight_grads(be, dG, x2, hs, w_ih, has_bias):
 def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     """One LSTM layer. x (T, B, I), h0 and c0 (B, H); biases both given or both None.
     Returns (out (T, B, H), h_n, c_n, ctx); out is a view of the saved states."""
-    be = array_backend(be, "lstm", x.dtype)
+    route = path(be, "lstm", x.dtype, fused=True)
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
     x2 = x.reshape(T * B, -1)
-    gates = _input_projection(be, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
+    gates = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
     hs = xp.empty((T + 1, B, H), dtype=x.dtype)
     cs = xp.empty((T + 1, B, H), dtype=x.dtype)
     hs[0] = h0
     cs[0] = c0
-    tanh_c = xp.empty((T, B, H), dtype=x.dtype) if be.kern is None else None
+    tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
     w_hh_t = w_hh.T
     for t in range(T):
         hg = xp.matmul(hs[t], w_hh_t)
-        if be.name == "cupy":
-            cupy_fused.lstm_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], hs[t + 1])
-        elif be.kern is None:
+        if route == "kernel":
+            be.kernels.lstm_cell_forward(gates[t], hg, b_hh, cs[t], gates[t], hs[t + 1], cs[t + 1], be.stream())
+        elif route == "fused":
+            _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], hs[t + 1])
+        else:
             g = gates[t]
             g += hg
             _sigmoid_(xp, g[:, :2 * H])
@@ -88,9 +92,7 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
             cs[t + 1] += i * gg
             xp.tanh(cs[t + 1], out=tanh_c[t])
             xp.multiply(o, tanh_c[t], out=hs[t + 1])
-        else:
-            be.kern.lstm_cell_forward(gates[t], hg, b_hh, cs[t], gates[t], hs[t + 1], cs[t + 1], be.stream())
-    ctx = (x2, hs, cs, gates, tanh_c, b_ih is not None)
+    ctx = (route, x2, hs, cs, gates, tanh_c, b_ih is not None)
     return hs[1:], hs[T], cs[T], ctx
 
 
@@ -98,26 +100,25 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
     """Backward through time of one LSTM layer. dout (T, B, H), dh_n, dc_n (B, H);
     any of them may be None (zero). Returns dx, dh0, dc0, dw_ih, dw_hh, db where
     db is the gradient of b_ih and of b_hh alike (None without biases)."""
-    be = array_backend(be, "lstm", ctx[1].dtype)
     xp = be.xp
-    x2, hs, cs, gates, tanh_c, has_bias = ctx
+    route, x2, hs, cs, gates, tanh_c, has_bias = ctx
     T, B, H4 = gates.shape
     H = H4 // 4
     dG = xp.empty_like(gates)
     # the kernel updates dc in place in this buffer (never in the caller's dc_n)
-    dc_buf = xp.empty((B, H), dtype=gates.dtype) if be.kern is not None else None
+    dc_buf = xp.empty((B, H), dtype=gates.dtype) if route == "kernel" else None
     dh, dc = dh_n, dc_n
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
-        if be.name == "cupy":
-            dc = cupy_fused.lstm_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
-        elif be.kern is None:
-            dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
-        else:
-            be.kern.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf, be.stream())
+        if route == "kernel":
+            be.kernels.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf, be.stream())
             dc = dc_buf
+        elif route == "fused":
+            dc = _fused_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
+        else:
+            dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         dh = xp.matmul(dG[t], w_hh)
-    dx, dw_ih, dw_hh, db = _weight_grads(be, dG, x2, hs, w_ih, has_bias)
+    dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     return dx, dh, dc, dw_ih, dw_hh, db
 
 
@@ -137,6 +138,62 @@ def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
     return dc_t * f
 
 
+# The CuPy fusion of the cell. Gates (B, 4H) in PyTorch's order i, f, g, o; the
+# loop runs over (b, j) in (B, H) and touches column j of each of the four
+# blocks of row b.
+_LSTM_INDEX = "const ptrdiff_t b = i / H, j = i % H, at = b * 4 * H + j;"
+
+
+@functools.cache
+def _fused_cell_kernels():
+    cp = cupy()
+    forward = cp.ElementwiseKernel(
+        "raw T hg, T c_prev, int64 H", "raw T gates, T c, T tanh_c, T h",
+        _LSTM_INDEX + """
+        // pre-activations (input projection + recurrent GEMM), activated in
+        // place: sigmoid(v) = tanh(v/2)/2 + 1/2 as the array path's _sigmoid_
+        const T gi = tanh((gates[at] + hg[at]) * T(0.5)) * T(0.5) + T(0.5);
+        const T gf = tanh((gates[at + H] + hg[at + H]) * T(0.5)) * T(0.5) + T(0.5);
+        const T gg = tanh(gates[at + 2 * H] + hg[at + 2 * H]);
+        const T go = tanh((gates[at + 3 * H] + hg[at + 3 * H]) * T(0.5)) * T(0.5) + T(0.5);
+        gates[at] = gi; gates[at + H] = gf; gates[at + 2 * H] = gg; gates[at + 3 * H] = go;
+        const T cc = gf * c_prev + gi * gg;
+        c = cc;
+        tanh_c = tanh(cc);
+        h = go * tanh_c;""", "gpunet_lstm_cell_forward")
+    backward = cp.ElementwiseKernel(
+        "raw T gates, T c_prev, T tanh_c, T dy, T dh, T dc, int64 H", "raw T dg, T dc_prev",
+        _LSTM_INDEX + """
+        const T gi = gates[at], gf = gates[at + H], gg = gates[at + 2 * H], go = gates[at + 3 * H];
+        const T d = dy + dh;
+        const T dct = d * go * (T(1) - tanh_c * tanh_c) + dc;
+        dg[at + 3 * H] = (d * tanh_c) * (go * (T(1) - go));
+        dg[at] = (dct * gg) * (gi * (T(1) - gi));
+        dg[at + H] = (dct * c_prev) * (gf * (T(1) - gf));
+        dg[at + 2 * H] = (dct * gi) * (T(1) - gg * gg);
+        dc_prev = dct * gf;""", "gpunet_lstm_cell_backward")
+    return forward, backward
+
+
+def _fused_cell_forward(gates, hg, c_prev, c, tanh_c, h):
+    """One step of lstm_forward's array path in one pass: gates (B, 4H) hold the
+    input projection with both biases and are overwritten with the activated
+    gates; writes c, tanh(c) and h (B, H). gates and hg must be C-contiguous."""
+    _fused_cell_kernels()[0](hg, c_prev, c_prev.shape[-1], gates, c, tanh_c, h)
+
+
+def _fused_cell_backward(gates, c_prev, tanh_c, dy, dh, dc, dg):
+    """_lstm_cell_backward_xp in one pass: writes the pre-activation gate
+    gradients into dg (B, 4H, C-contiguous) and returns dc_prev. dy, dh, dc may
+    be None (zero)."""
+    cp = cupy()
+    zero = cp.zeros((), dtype=gates.dtype)
+    dy, dh, dc = (zero if a is None else a.astype(gates.dtype, copy=False) for a in (dy, dh, dc))
+    dc_prev = cp.empty_like(c_prev)
+    _fused_cell_kernels()[1](gates, c_prev, tanh_c, dy, dh, dc, c_prev.shape[-1], dg, dc_prev)
+    return dc_prev
+
+
 def _sum_or_zeros(xp, a, b, like):
     """a + b where either may be None (zero)."""
     if a is None and b is None:
@@ -150,7 +207,7 @@ def _sum_or_zeros(xp, a, b, like):
 def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     """One RNN layer h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act tanh or
     relu. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
-    be = array_backend(be, "rnn", x.dtype)
+    route = path(be, "rnn", x.dtype)
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -158,40 +215,39 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     x2 = x.reshape(T * B, -1)
     hs = xp.empty((T + 1, B, H), dtype=x.dtype)
     hs[0] = h0
-    hs[1:] = _input_projection(be, x2, w_ih, b_ih, b_hh).reshape(T, B, H)
+    hs[1:] = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, H)
     w_hh_t = w_hh.T
     for t in range(T):
         hg = xp.matmul(hs[t], w_hh_t)
         h = hs[t + 1]
-        if be.kern is None:
+        if route == "kernel":
+            be.kernels.rnn_cell_forward(h, hg, b_hh, h, relu, be.stream())
+        else:
             h += hg
             if relu:
                 xp.maximum(h, 0, out=h)
             else:
                 xp.tanh(h, out=h)
-        else:
-            be.kern.rnn_cell_forward(h, hg, b_hh, h, relu, be.stream())
-    ctx = (x2, hs, relu, b_ih is not None)
+    ctx = (route, x2, hs, relu, b_ih is not None)
     return hs[1:], hs[T], ctx
 
 
 def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     """Backward through time of one RNN layer; dout (T, B, H) and dh_n (B, H) may be
     None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None)."""
-    be = array_backend(be, "rnn", ctx[1].dtype)
     xp = be.xp
-    x2, hs, relu, has_bias = ctx
+    route, x2, hs, relu, has_bias = ctx
     T = hs.shape[0] - 1
     dG = xp.empty_like(hs[1:])
     dh = dh_n
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         h = hs[t + 1]
-        if be.kern is None:
+        if route == "kernel":
+            be.kernels.rnn_cell_backward(h, dy, dh, dG[t], relu, be.stream())
+        else:
             d = _sum_or_zeros(xp, dy, dh, h)
             xp.multiply(d, (h > 0) if relu else 1 - h * h, out=dG[t])
-        else:
-            be.kern.rnn_cell_backward(h, dy, dh, dG[t], relu, be.stream())
         dh = xp.matmul(dG[t], w_hh)
-    dx, dw_ih, dw_hh, db = _weight_grads(be, dG, x2, hs, w_ih, has_bias)
+    dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     return dx, dh, dw_ih, dw_hh, db

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import fallback
+from ..dispatch import path
 
 
 def _shifted(xp, x, dim, beta):
@@ -33,12 +33,6 @@ def _shifted(xp, x, dim, beta):
     if beta != 1:
         z *= beta
     return z
-
-
-def _uses_kernel(be, x) -> bool:
-    if be.kern is not None and x.dtype != np.float32:
-        fallback(be, "softmax", f"dtype {x.dtype} (the kernels are float32)")
-    return be.kern is not None and x.dtype == np.float32
 
 
 def _to_last(xp, a, dim):
@@ -55,11 +49,11 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     """(log-)softmax of x along `dim`. Returns (y, ctx)."""
     xp = be.xp
     dim = dim % x.ndim
-    if _uses_kernel(be, x):
+    if path(be, "softmax", x.dtype) == "kernel":
         xl = _to_last(xp, x, dim)
         yl = xp.empty_like(xl)
         cols = xl.shape[-1]
-        be.kern.softmax_forward(xl.reshape(-1, cols), yl.reshape(-1, cols), float(beta), bool(log), be.stream())
+        be.kernels.softmax_forward(xl.reshape(-1, cols), yl.reshape(-1, cols), float(beta), bool(log), be.stream())
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
     y = _shifted(xp, x, dim, beta)
     if log:
@@ -74,11 +68,11 @@ def softmax_backward(be, ctx, dy):
     """Gradient of the (log-)softmax input given the output gradient dy."""
     y, dim, beta, log = ctx
     xp = be.xp
-    if _uses_kernel(be, y):
+    if path(be, "softmax", y.dtype) == "kernel":
         dyl = _to_last(xp, dy, dim)
         dxl = xp.empty_like(dyl)
         cols = y.shape[-1]
-        be.kern.softmax_backward(y.reshape(-1, cols), dyl.reshape(-1, cols), dxl.reshape(-1, cols),
+        be.kernels.softmax_backward(y.reshape(-1, cols), dyl.reshape(-1, cols), dxl.reshape(-1, cols),
                                  float(beta), bool(log), be.stream())
         return _from_last(xp, dxl, dim)
     # one temporary, reused in place
