@@ -12,8 +12,8 @@ import pytest
 from gpunet.bench import cli, harness, ops
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = {"linear", "conv2d", "maxpool2d", "avgpool2d", "softmax", "cross_entropy", "lstm", "attention",
-            "layer_norm", "batch_norm2d", "gelu", "embedding", "adam", "train"}
+FAMILIES = {"linear", "conv", "pool", "softmax", "loss", "rnn", "attention", "norm", "activation", "embedding",
+            "optim", "train"}
 
 
 def quick_policy():
@@ -69,7 +69,7 @@ def test_run_py_lists_cases():
                            "--ops", "conv2d.fwd"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines and all(line.startswith("[cpu] conv2d.fwd") for line in lines)
+    assert lines and all(line.startswith("[cpu] conv.conv2d.fwd") for line in lines)
 
 
 def test_wrong_implementation_is_not_timed():
@@ -150,10 +150,33 @@ def test_compare_is_normwise_and_strict_about_shape_and_nan():
 
 
 def test_case_filter():
-    assert cli.selected(None, "conv2d.fwd (1,2)", "conv2d.fwd")
-    assert cli.selected(["CONV2D"], "conv2d.fwd (1,2)", "conv2d.fwd")
+    assert cli.selected(None, "conv.conv2d.fwd (1,2)", "conv.conv2d.fwd")
+    assert cli.selected(["CONV2D"], "conv.conv2d.fwd (1,2)", "conv.conv2d.fwd")
+    assert cli.selected(["norm.*"], "norm.layer_norm.fwdbwd 4x8", "norm.layer_norm.fwdbwd")
     assert cli.selected(["train.*"], "train.char_lstm batch 2", "train.char_lstm")
-    assert not cli.selected(["lstm"], "conv2d.fwd (1,2)", "conv2d.fwd")
+    assert not cli.selected(["lstm"], "conv.conv2d.fwd (1,2)", "conv.conv2d.fwd")
+
+
+@pytest.mark.parametrize("size", ["quick", "cpu", "gpu"])
+def test_case_names_start_with_their_family(size):
+    """A case is named family.op.pass after the family's files: its kernels
+    (where it has any), its ops module and its test file; training steps are
+    train.<model> (gpunet/train.py)."""
+    from gpunet.bench import models
+    for case in ops.op_cases(size) + models.model_cases(size):
+        family = case.op.split(".")[0]
+        if family == "train":
+            assert (ROOT / "gpunet" / "train.py").is_file()
+            continue
+        assert (ROOT / "gpunet" / "ops" / f"{family}.py").is_file(), case.op
+        assert (ROOT / "tests" / f"test_{family}.py").is_file(), case.op
+    kernels = {p.stem for p in (ROOT / "csrc" / "kernels").glob("*.cu")}
+    bindings = {p.stem for p in (ROOT / "csrc" / "bindings").glob("*.cpp")}
+    ops_modules = {p.stem for p in (ROOT / "gpunet" / "ops").glob("*.py")}
+    # every kernel family has a binding and an ops module of the same name
+    # (testing.cu holds test-only kernels, bound for tests/test_extension.py)
+    assert kernels == bindings
+    assert kernels - {"testing"} <= ops_modules
 
 
 def test_each_target_gets_its_own_copy_of_the_weights():

@@ -42,6 +42,7 @@
 
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
@@ -253,6 +254,17 @@ inline View as_array(py::handle obj, const char* name, const char* dtype) {
   View v = view_of(obj, name);
   require_dtype(v, name, dtype);
   require_contiguous(v, name);
+  return v;
+}
+
+// A 2-D (rows, cols) float32 array, C-contiguous, reduced along its rows by
+// the row kernels (common/rows.cuh), which index a row's columns with int.
+inline View as_rows(py::handle obj, const char* name) {
+  const View v = as_array(obj, name, "float32");
+  require_ndim(v, name, 2);
+  if (v.shape[1] > INT_MAX)
+    throw py::value_error(detail::arg(name) + "rows longer than " + std::to_string(INT_MAX) +
+                          " are not supported, got " + detail::shape_str(v.shape));
   return v;
 }
 

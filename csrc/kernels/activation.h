@@ -26,10 +26,4 @@ void act_forward(Act act, const float* x, float* y, int64_t n, float alpha, floa
 void act_backward(Act act, const float* in, const float* dy, float* dx, int64_t n, float alpha, float beta,
                   cudaStream_t stream);
 
-// y viewed as (outer, channels, inner): y[o, c, i] += b[c], in place.
-void bias_add(float* y, const float* b, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream);
-
-// db[c] = sum over o, i of dy[o, c, i] (overwrites db); bitwise deterministic.
-void bias_grad(const float* dy, float* db, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream);
-
 }  // namespace gpunet

@@ -24,7 +24,7 @@ def parse_args(argv=None):
                          "except sim. PyTorch runs beside them (CPU, and CUDA when a GPU backend is chosen)")
     ap.add_argument("--ops", nargs="+", metavar="PATTERN",
                     help="only cases whose name contains one of these, or matches it as a glob "
-                         "(e.g. conv2d lstm 'train.*')")
+                         "(e.g. conv2d norm 'train.*')")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions: a smoke test in seconds")
     ap.add_argument("--out", default="bench/results", help="directory for the result files (default: %(default)s)")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out (no ratios; gpunet cpu is the "

@@ -131,7 +131,7 @@ class Runner:
 
 @dataclass
 class Case:
-    op: str                 # family and pass, e.g. "conv2d.fwdbwd"; what --ops matches
+    op: str                 # family.op.pass, e.g. "conv.conv2d.fwdbwd"; what --ops matches
     shape: str              # the shape in words, e.g. "(64,3,32,32)->32 k3 p1"
     flops: float            # floating-point operations per step
     bytes: float            # fewest bytes a step must move to/from memory

@@ -1,22 +1,29 @@
 """Op-level cases: one kernel family at one shape, gpunet's module against the
 same computation in PyTorch, forward (fwd) or forward + backward (fwdbwd).
 
+A case is named family.op.pass (family.pass where the op is the family's
+namesake): the family is the one name of csrc/kernels/<family>.cu,
+gpunet/ops/<family>.py and tests/test_<family>.py, so `--ops norm` runs every
+normalisation case. Results recorded before this scheme use the bare op
+names (bench/results/README.md lists them).
+
 Shapes per size ("quick": tiny, the CI smoke test; "cpu": a 2-core machine in
 minutes; "gpu": the issue's shapes):
 
-  op              gpu                              cpu
-  linear          8192x4096 -> 4096                2048x1024 -> 1024
-  conv2d          (64,64,56,56)->64, (64,256,14,14)->256, 3x3 pad 1
-                                                   (64,3,32,32)->32, (32,64,16,16)->64
-  maxpool/avgpool 3x3/2 pad 1 on (64,64,112,112)   (16,64,56,56)
-  softmax, xent   8192x50257, 65536x1024           512x50257, 8192x1024
-  lstm            seq 100 batch 64 in 512 hid 512  the same
-  attention       b 8, 12 heads, seq 1024, d 64    seq 256 (causal and not)
-  layer_norm      8192x768                         8192x768
-  batch_norm2d    (64,64,56,56)                    (16,64,56,56)
-  gelu            8192x3072                        2048x3072
-  embedding       vocab 50257 dim 768, 8x1024      vocab 8192 dim 256, 8x512
-  adam            25.2M params in 48 tensors       the same
+  case                   gpu                              cpu
+  linear                 8192x4096 -> 4096                2048x1024 -> 1024
+  conv.conv2d            (64,64,56,56)->64, (64,256,14,14)->256, 3x3 pad 1
+                                                          (64,3,32,32)->32, (32,64,16,16)->64
+  pool.max/avgpool2d     3x3/2 pad 1 on (64,64,112,112)   (16,64,56,56)
+  softmax, loss.cross_entropy
+                         8192x50257, 65536x1024           512x50257, 8192x1024
+  rnn.lstm               seq 100 batch 64 in 512 hid 512  the same
+  attention              b 8, 12 heads, seq 1024, d 64    seq 256 (causal and not)
+  norm.layer_norm        8192x768                         8192x768
+  norm.batch_norm2d      (64,64,56,56)                    (16,64,56,56)
+  activation.gelu        8192x3072                        2048x3072
+  embedding              vocab 50257 dim 768, 8x1024      vocab 8192 dim 256, 8x512
+  optim.adam             25.2M params in 48 tensors       the same
 
 Scaling sweeps (time against one size, the rest fixed): softmax row length,
 conv2d batch size, attention sequence length, LSTM sequence length.
@@ -183,7 +190,7 @@ def conv_case(n, ci, h, w, co, backward, sweep=None):
         return gnn.Conv2d(ci, co, 3, padding=1)
     shapes = dict(x=(n, ci, h, w), dy=(n, co, ho, wo)) if backward else dict(x=(n, ci, h, w))
     return Case(
-        f"conv2d.{'fwdbwd' if backward else 'fwd'}", f"{fmt((n, ci, h, w))}->{co} k3 p1", flops, nbytes,
+        f"conv.conv2d.{'fwdbwd' if backward else 'fwd'}", f"{fmt((n, ci, h, w))}->{co} k3 p1", flops, nbytes,
         lambda rng: Spec(module_state(make), normal_inputs(**shapes)(rng)),
         {"gpunet": gpunet_module(make, lambda m, c: m(c["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, backward),
          "torch": torch_module(lambda t: t.nn.Conv2d(ci, co, 3, padding=1), lambda tm, c: tm(c["x"]), ("x",),
@@ -222,7 +229,7 @@ def pool_case(kind, shape):
     def make():
         return getattr(gnn, cls)(3, 2, 1)
     return Case(
-        f"{kind}pool2d.fwdbwd", f"{fmt(shape)} 3x3/2 p1", flops, nbytes,
+        f"pool.{kind}pool2d.fwdbwd", f"{fmt(shape)} 3x3/2 p1", flops, nbytes,
         lambda rng: Spec({}, normal_inputs(x=shape, dy=(n, c, ho, wo))(rng)),
         {"gpunet": gpunet_module(make, lambda m, c_: m(c_["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
          "torch": torch_module(lambda t: getattr(t.nn, cls)(3, 2, 1), lambda tm, c_: tm(c_["x"]), ("x",), True)},
@@ -278,7 +285,7 @@ def cross_entropy_case(rows, cols):
             last.update(loss=loss, c=c)
         return Runner(step, lambda: {"loss": last["loss"], "grad_x": last["c"]["x"].grad})
     # fewest bytes: a fused kernel reads the logits once and writes dlogits once
-    return Case("cross_entropy.fwdbwd", f"{rows}x{cols}", 8.0 * rows * cols, F32 * 2 * rows * cols + 8 * rows,
+    return Case("loss.cross_entropy.fwdbwd", f"{rows}x{cols}", 8.0 * rows * cols, F32 * 2 * rows * cols + 8 * rows,
                 setup, {"gpunet": build_gpunet, "torch": build_torch}, needs=gpunet_has("nn.CrossEntropyLoss"),
                 note="mean softmax cross-entropy on class indices: loss and dlogits")
 
@@ -306,7 +313,7 @@ def lstm_case(t, n, i, h, sweep=None):
     gates = 4 * h * (i + h)
     nbytes = F32 * (2 * t * n * i + 2 * t * n * h + 2 * 5 * t * n * h + 3 * gates + 2 * 8 * h)
     return Case(
-        "lstm.fwdbwd", f"seq {t} batch {n} in {i} hidden {h}", rl.lstm_flops(t, n, i, h, True), nbytes,
+        "rnn.lstm.fwdbwd", f"seq {t} batch {n} in {i} hidden {h}", rl.lstm_flops(t, n, i, h, True), nbytes,
         lambda rng: Spec(module_state(make), normal_inputs(x=(t, n, i), dy=(t, n, h))(rng)),
         {"gpunet": gpunet_module(make, run, lambda m, dy: {"grad_x": m.backward(dy)}, True),
          "torch": torch_module(lambda tt: tt.nn.LSTM(i, h), run, ("x",), True)},
@@ -373,7 +380,7 @@ def layer_norm_cases(size):
         return Spec(state, normal_inputs(x=(rows, cols), dy=(rows, cols))(rng))
     mn = rows * cols
     return [Case(
-        "layer_norm.fwdbwd", f"{rows}x{cols}", 20.0 * mn, F32 * (5 * mn + 4 * rows + 5 * cols), setup,
+        "norm.layer_norm.fwdbwd", f"{rows}x{cols}", 20.0 * mn, F32 * (5 * mn + 4 * rows + 5 * cols), setup,
         {"gpunet": gpunet_module(make, lambda m, c: m(c["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
          "torch": torch_module(lambda t: t.nn.LayerNorm(cols), lambda tm, c: tm(c["x"]), ("x",), True)},
         needs=gpunet_has("nn.LayerNorm"))]
@@ -427,7 +434,7 @@ def adam_cases(size):
         return Runner(lambda i: opt.step(),
                       lambda: {f"delta{j}": p.detach() - s for j, (p, s) in enumerate(zip(params, start))},
                       {"adam": variant})
-    return [Case("adam.step", f"{nparams / 1e6:.1f}M params in {len(shapes)} tensors",
+    return [Case("optim.adam.step", f"{nparams / 1e6:.1f}M params in {len(shapes)} tensors",
                  rl.ADAM_FLOPS_PER_PARAM * nparams, rl.adam_bytes(nparams), setup,
                  {"gpunet": build_gpunet, "torch": build_torch}, rotate=False, needs=gpunet_has("optim.Adam"),
                  note="one Adam update (lr 1e-3); validated on the first step's change of every parameter; "
@@ -440,7 +447,7 @@ def gelu_cases(size):
     rows, cols = {"quick": (3, 10), "cpu": (2048, 3072), "gpu": (8192, 3072)}[size]
     mn = rows * cols
     return [Case(
-        "gelu.fwdbwd", f"{rows}x{cols}", 45.0 * mn, F32 * 5 * mn,
+        "activation.gelu.fwdbwd", f"{rows}x{cols}", 45.0 * mn, F32 * 5 * mn,
         lambda rng: Spec({}, normal_inputs(x=(rows, cols), dy=(rows, cols))(rng)),
         {"gpunet": gpunet_module(gnn.GELU, lambda m, c: m(c["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
          "torch": torch_module(lambda t: t.nn.GELU(), lambda tm, c: tm(c["x"]), ("x",), True)},
@@ -486,7 +493,7 @@ def batch_norm_cases(size):
         return Spec(state, normal_inputs(x=shape, dy=shape)(rng))
     numel = int(np.prod(shape))
     return [Case(
-        "batch_norm2d.fwdbwd", fmt(shape), 15.0 * numel, F32 * 5 * numel, setup,
+        "norm.batch_norm2d.fwdbwd", fmt(shape), 15.0 * numel, F32 * 5 * numel, setup,
         {"gpunet": gpunet_module(make, lambda m, c_: m(c_["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
          "torch": torch_module(lambda t: t.nn.BatchNorm2d(c), lambda tm, c_: tm(c_["x"]), ("x",), True)},
         needs=gpunet_has("nn.BatchNorm2d"), note="training mode (batch statistics); bytes: x, y; then x, dy, dx")]

@@ -1,4 +1,4 @@
-// lstm.h -- host API of csrc/kernels/lstm.cu: the elementwise steps of the
+// rnn.h -- host API of csrc/kernels/rnn.cu: the elementwise steps of the
 // LSTM and Elman RNN cells (algorithms there). The GEMMs of a step are
 // cuBLAS calls made by the Python glue (gpunet/ops/rnn.py).
 //

@@ -1,5 +1,7 @@
-// layernorm.cu -- float32 layer normalisation over the last `cols` features
-// of `rows` rows: forward, input gradient, and weight/bias gradients.
+// norm.cu -- float32 layer normalisation over the last `cols` features
+// of `rows` rows: forward, input gradient, and weight/bias gradients. (Batch
+// norm, the family's other op in gpunet/ops/norm.py, is array code on every
+// backend: its reductions run over all axes but the channel.)
 //
 // layernorm_forward_kernel
 //   Algorithm: one warp per row. Pass 1 sums the row (each lane a strided
@@ -34,7 +36,7 @@
 
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
-#include "kernels/layernorm.h"
+#include "kernels/norm.h"
 
 namespace gpunet {
 namespace {

@@ -1,9 +1,9 @@
-// layernorm.cpp -- Python bindings of csrc/kernels/layernorm.cu.
+// norm.cpp -- Python bindings of csrc/kernels/norm.cu (layer norm).
 #include <string>
 
 #include "bindings/families.h"
 #include "common/binding.h"
-#include "kernels/layernorm.h"
+#include "kernels/norm.h"
 
 namespace gpunet {
 namespace {
@@ -16,7 +16,7 @@ std::vector<int64_t> rows_cols(const View& x, const char* name) {
 
 }  // namespace
 
-void bind_layernorm(py::module_& m) {
+void bind_norm(py::module_& m) {
   m.def(
       "layernorm_forward",
       [](py::handle x_obj, py::handle w_obj, py::handle b_obj, py::handle y_obj, py::handle mean_obj,

@@ -1,4 +1,4 @@
-// layernorm.h -- host API of csrc/kernels/layernorm.cu (algorithms there).
+// norm.h -- host API of csrc/kernels/norm.cu (algorithms there).
 #pragma once
 #include <cuda_runtime.h>
 

@@ -1,11 +1,11 @@
-// lstm.cpp -- Python bindings of csrc/kernels/lstm.cu (LSTM and RNN cell steps).
+// rnn.cpp -- Python bindings of csrc/kernels/rnn.cu (LSTM and RNN cell steps).
 // Optional arrays (biases, missing gradients) are passed as None.
 #include <optional>
 #include <string>
 
 #include "bindings/families.h"
 #include "common/binding.h"
-#include "kernels/lstm.h"
+#include "kernels/rnn.h"
 
 namespace gpunet {
 namespace {
@@ -48,7 +48,7 @@ struct Guards {
 
 }  // namespace
 
-void bind_lstm(py::module_& m) {
+void bind_rnn(py::module_& m) {
   m.def(
       "lstm_cell_forward",
       [](py::handle xg_o, py::handle hg_o, py::handle bhh_o, py::handle cprev_o, py::handle gates_o, py::handle h_o,

@@ -1,4 +1,4 @@
-// lstm.cu -- the elementwise part of one LSTM / Elman RNN step, fused into one
+// rnn.cu -- the elementwise part of one LSTM / Elman RNN step, fused into one
 // kernel per direction. The Python glue (gpunet/ops/rnn.py) runs a layer as:
 // ONE cuBLAS GEMM for every timestep's input projection x W_ih^T (+ b_ih),
 // then per step one GEMM h_{t-1} W_hh^T and one cell kernel; backward per step
@@ -36,7 +36,7 @@
 #include <cuda_runtime.h>
 
 #include "common/launch.cuh"
-#include "kernels/lstm.h"
+#include "kernels/rnn.h"
 
 namespace gpunet {
 namespace {

@@ -1,0 +1,184 @@
+// loss.cu -- float32 softmax cross-entropy on class indices, fused with
+// log-softmax, forward and backward; no probabilities are ever stored.
+//
+// Cross-entropy with label smoothing eps and class weights w: row loss
+// sum_c a_c (lse - x_c) with a_c = (1 - eps) w_t [c = t] + eps / C w_c. The
+// log-sum-exp is kept as the pair (m, l) = (row max, log sum exp(x - m)) whose
+// sum it is: a float32 lse of logits near 1e4 is only good to ~1e-3, while
+// (x - m) - l keeps full precision, in the loss and in the backward's
+// probabilities exp((x - m) - l). The smoothing term is accumulated as
+// sum_c w_c (x_c - ref) with ref the row max (warp path) or the row's first
+// logit (block path), so that large common offsets of the logits do not
+// cancel catastrophically.
+//
+// cross_entropy_forward
+//   Algorithm: the row reductions of softmax (common/rows.cuh): warp per row
+//     for C <= 1024 classes (row in registers, butterfly max and sum), else
+//     block per row with the online (max, sum) state, merged by shuffles and
+//     one shared-memory round, so the block path is single-pass too. One
+//     thread per row then reads the target logit and writes loss and lse.
+//   Launch: 128 threads = 4 rows per block, ceil(rows / 4) blocks (warp
+//     path); 256 threads per block, min(rows, 65535) blocks striding over
+//     rows (block path).
+//   Traffic: read logits once: 4n bytes + 20 per row (target, loss, lse
+//     pair), n = rows * C. ~6 FLOPs + 1 exp per element.
+//
+// cross_entropy_backward
+//   Elementwise, grid-stride (int64 index over rows * C): read logits, write
+//   dlogits: 8n bytes (per-row values come from cache). ~6 FLOPs + 1 exp per
+//   element. 256 threads per block, min(ceil(n / 256), 1024) blocks.
+// Both are memory bound: the floor is bytes / DRAM bandwidth.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "common/launch.cuh"
+#include "common/reduce.cuh"
+#include "common/rows.cuh"
+#include "kernels/loss.h"
+
+namespace gpunet {
+namespace {
+
+// ------------------------------------------------------------ cross-entropy forward
+// The row's loss from its statistics: lse = m + l, and (eps > 0) ws = sum_c w_c
+// and wd = sum_c w_c (x_c - ref). Reads the target logit directly.
+__device__ __forceinline__ float xent_row_loss(const float* xr, int64_t t, const float* weight, float m, float l,
+                                               float ref, float ws, float wd, int cols, int64_t ignore_index,
+                                               float eps) {
+  if (t == ignore_index) return 0.f;
+  if (t < 0 || t >= cols) return NAN;  // Python validates; never read out of bounds
+  const float wt = weight ? weight[t] : 1.f;
+  float loss = (1.f - eps) * wt * ((m - xr[t]) + l);
+  if (eps > 0.f) loss += eps / cols * (ws * ((m - ref) + l) - wd);  // sum_c w_c (lse - x_c)
+  return loss;
+}
+
+template <int VPT>
+__global__ void __launch_bounds__(kWarpBlock)
+    xent_forward_warp(const float* __restrict__ x, const int64_t* __restrict__ target, const float* __restrict__ weight,
+                      float* __restrict__ loss, float* __restrict__ lse, int64_t rows, int cols, int64_t ignore_index,
+                      float eps) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
+  if (row >= rows) return;
+  const float* xr = x + row * cols;
+  float v[VPT];
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int c = lane + 32 * i;
+    v[i] = c < cols ? xr[c] : -INFINITY;
+    m = fmaxf(m, v[i]);
+  }
+  m = warp_reduce_max(m);
+  float s = 0.f, ws = 0.f, wd = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int c = lane + 32 * i;
+    s += expf(shifted(v[i], m, 1.f));
+    if (eps > 0.f && c < cols) {
+      const float w = weight ? weight[c] : 1.f;
+      ws += w;
+      wd += w * (v[i] - m);
+    }
+  }
+  s = warp_reduce_sum(s);
+  if (eps > 0.f) {  // uniform across the warp
+    ws = warp_reduce_sum(ws);
+    wd = warp_reduce_sum(wd);
+  }
+  if (lane == 0) {
+    const float l = logf(s);
+    lse[2 * row] = m;
+    lse[2 * row + 1] = l;
+    loss[row] = xent_row_loss(xr, target[row], weight, m, l, m, ws, wd, cols, ignore_index, eps);
+  }
+}
+
+__global__ void __launch_bounds__(kRowBlock)
+    xent_forward_block(const float* __restrict__ x, const int64_t* __restrict__ target,
+                       const float* __restrict__ weight, float* __restrict__ loss, float* __restrict__ lse,
+                       int64_t rows, int cols, int64_t ignore_index, float eps) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float* xr = x + row * cols;
+    const float ref = xr[0];
+    MaxSum a{-INFINITY, 0.f};
+    float ws = 0.f, wd = 0.f;
+    for (int c = threadIdx.x; c < cols; c += kRowBlock) {
+      const float v = xr[c];
+      online_add(a, v, 1.f);
+      if (eps > 0.f) {
+        const float w = weight ? weight[c] : 1.f;
+        ws += w;
+        wd += w * (v - ref);
+      }
+    }
+    a = block_reduce_maxsum(a, 1.f);
+    if (eps > 0.f) {  // uniform across the block
+      ws = block_reduce_sum<kRowBlock>(ws);
+      wd = block_reduce_sum<kRowBlock>(wd);
+    }
+    if (threadIdx.x == 0) {
+      const float l = logf(a.s);
+      lse[2 * row] = a.m;
+      lse[2 * row + 1] = l;
+      loss[row] = xent_row_loss(xr, target[row], weight, a.m, l, ref, ws, wd, cols, ignore_index, eps);
+    }
+  }
+}
+
+// ------------------------------------------------------------ cross-entropy backward
+__global__ void __launch_bounds__(kThreads)
+    xent_backward_kernel(const float* __restrict__ x, const int64_t* __restrict__ target,
+                         const float* __restrict__ weight, const float* __restrict__ weight_sum,
+                         const float* __restrict__ lse, const float* __restrict__ dloss, float* __restrict__ dx,
+                         int64_t rows, int cols, int64_t ignore_index, float eps) {
+  const int64_t n = rows * cols;
+  const float eps_c = eps / cols;
+  const float ws = weight ? *weight_sum : (float)cols;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / cols;
+    const int c = (int)(i - row * cols);
+    const int64_t t = target[row];
+    float g;
+    if (t == ignore_index) {
+      g = 0.f;
+    } else if (t < 0 || t >= cols) {
+      g = NAN;
+    } else {
+      const float wt = weight ? weight[t] : 1.f;
+      float a = eps_c * (weight ? weight[c] : 1.f);  // target distribution a_c
+      if (c == t) a += (1.f - eps) * wt;
+      const float a_sum = (1.f - eps) * wt + eps_c * ws;
+      g = dloss[row] * (a_sum * expf((x[i] - lse[2 * row]) - lse[2 * row + 1]) - a);
+    }
+    dx[i] = g;
+  }
+}
+
+}  // namespace
+
+void cross_entropy_forward(const float* logits, const int64_t* target, const float* weight, float* loss, float* lse,
+                           int64_t rows, int cols, int64_t ignore_index, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  if (cols > kMaxWarpCols) {
+    xent_forward_block<<<row_grid(rows), kRowBlock, 0, stream>>>(logits, target, weight, loss, lse, rows, cols,
+                                                                 ignore_index, eps);
+    return;
+  }
+  with_values_per_lane(cols, [&](auto vpt) {
+    xent_forward_warp<decltype(vpt)::value><<<warp_grid(rows), kWarpBlock, 0, stream>>>(
+        logits, target, weight, loss, lse, rows, cols, ignore_index, eps);
+  });
+}
+
+void cross_entropy_backward(const float* logits, const int64_t* target, const float* weight, const float* weight_sum,
+                            const float* lse, const float* dloss, float* dlogits, int64_t rows, int cols,
+                            int64_t ignore_index, float eps, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  xent_backward_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(logits, target, weight, weight_sum, lse, dloss,
+                                                                      dlogits, rows, cols, ignore_index, eps);
+}
+
+}  // namespace gpunet
