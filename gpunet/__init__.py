@@ -5,7 +5,7 @@ from .backend import Backend, asarray, backend_of, backends, get_backend, synchr
 from .checks import set_finite_checks
 from .gradcheck import gradcheck
 from .interop import from_dlpack, to_dlpack
-from .nn.module import get_default_dtype, is_grad_enabled, no_grad, set_default_dtype
+from .nn.module import enable_grad, get_default_dtype, is_grad_enabled, no_grad, set_default_dtype
 from .random import manual_seed
 from .serialization import load, save
 from . import data, train

@@ -263,7 +263,7 @@ def test_backward_grad_checks():
         crit.backward(np.ones(3))
     crit(np.zeros((2, 3)), np.ones((2, 3)))
     np.testing.assert_allclose(crit.backward(np.array(2.0)), np.full((2, 3), -4 / 6))
-    with pytest.raises(RuntimeError, match="without a matching forward"):
+    with pytest.raises(RuntimeError, match="no forward to differentiate"):
         crit.backward()
 
 

@@ -57,19 +57,6 @@ def test_module_used_twice_sums_both_gradient_contributions(rng):
     assert res.checked == 2 * 3 + 9 + 3
 
 
-def test_eval_mode_keeps_only_the_latest_forward(rng):
-    m = nn.Linear(3, 2).eval()
-    x = rng.standard_normal((4, 3)).astype(np.float32)
-    for _ in range(5):
-        m(x)
-    assert len(m._ctx) == 1
-    with gpunet.no_grad():
-        m.train()(x)
-    assert len(m._ctx) == 1  # nothing saved under no_grad
-    m.zero_grad()
-    assert not m._ctx
-
-
 def test_residual_adds_the_identity_path(rng):
     body = nn.Linear(4, 4).to(np.float64)
     r = nn.Residual(body)

@@ -9,7 +9,7 @@ from .flatten import Flatten
 from .linear import Linear
 from .loss import (BCEWithLogitsLoss, CrossEntropyLoss, HingeLoss, MSELoss, MultiMarginLoss,
                    PerceptronLoss)
-from .module import Module, Parameter, no_grad
+from .module import Module, Parameter, enable_grad, no_grad
 from .dropout import Dropout
 from .embedding import Embedding
 from .rnn import LSTM, RNN, LSTMCell, RNNCell

@@ -1,38 +1,23 @@
 """Module and Parameter: the stateful layer API with explicit backward passes.
 
-A forward call saves what its backward needs on a per-module stack; `backward`
-pops it.  A stack (not a single slot) is what makes a module used twice in one
-forward pass (shared weights, a cell unrolled over time) backpropagate through
-every use, in reverse order, with the parameter gradients summed.  Eval mode
-keeps only the latest forward (inference loops must not grow memory), and
-`gpunet.no_grad()` saves nothing at all.
+A forward saves what its backward needs (`self.save(...)`) in the record of
+that one call, which lives as long as the call's output does; `backward(dy)`
+finds the call that `dy` differentiates by identity (gpunet/nn/calls.py), so
+an extra forward between a forward and its backward, a module used twice, or
+two losses backpropagated in either order give the right gradients or a clear
+error, never another forward's. `gpunet.no_grad()` saves nothing at all.
 """
 from __future__ import annotations
 
+import functools
+import weakref
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import numpy as np
 
 from ..backend import Backend, get_backend, to_numpy
-
-_grad_enabled = [True]
-
-
-@contextmanager
-def no_grad():
-    """Within this block forward passes save nothing for backward."""
-    prev = _grad_enabled[0]
-    _grad_enabled[0] = False
-    try:
-        yield
-    finally:
-        _grad_enabled[0] = prev
-
-
-def is_grad_enabled() -> bool:
-    return _grad_enabled[0]
-
+from . import calls
+from .calls import enable_grad, is_grad_enabled, no_grad  # noqa: F401 (re-exported)
 
 _default_dtype = [np.dtype(np.float32)]
 
@@ -81,13 +66,26 @@ class Parameter:
 
 class Module:
     """Base class. Subclasses implement `forward(*inputs)` and `backward(*grads)`,
-    calling `self.save(...)` in forward and `self.saved()` in backward."""
+    calling `self.save(...)` in forward and `self.saved()` in backward.
+    `backward(*grads, output=y)` names the forward to differentiate when
+    several are pending (see gpunet/nn/calls.py for how it is found otherwise)."""
+
+    def __init_subclass__(cls, **kwargs):
+        # every forward and backward a subclass defines runs as one call of the
+        # module, however it is invoked (m(x), m.forward(x), super().forward(x))
+        super().__init_subclass__(**kwargs)
+        for name, run in (("forward", calls.run_forward), ("backward", calls.run_backward)):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not hasattr(fn, "__gpunet_call__"):
+                setattr(cls, name, _as_call(fn, run))
 
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
-        object.__setattr__(self, "_ctx", [])
+        object.__setattr__(self, "_calls", weakref.WeakSet())  # this module's top-level forward calls
+        object.__setattr__(self, "_latest", None)  # the latest of them, kept while its output may be dropped
+        object.__setattr__(self, "_epoch", 0)  # bumped by .to(): older calls' saved state is stale
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "backend", get_backend("cpu"))
         object.__setattr__(self, "dtype", get_default_dtype())
@@ -122,19 +120,28 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def save(self, *ctx):
-        """Keep what backward needs (see the module docstring for the policy)."""
-        if not _grad_enabled[0]:
-            return
-        if not self.training:
-            self._ctx.clear()
-        self._ctx.append(ctx)
+        """Keep what backward needs, in the record of the forward call now running
+        (nothing under gpunet.no_grad())."""
+        if calls.is_grad_enabled():
+            calls.current_forward(self).ctx = ctx
 
     def saved(self):
-        if not self._ctx:
-            raise RuntimeError(f"{type(self).__name__}.backward called without a matching forward "
-                               "(or the forward ran under gpunet.no_grad())")
-        ctx = self._ctx.pop()
+        """What the forward being differentiated saved."""
+        ctx = calls.current_backward(self).ctx
+        if ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: its forward saved nothing for backward")
         return ctx if len(ctx) != 1 else ctx[0]
+
+    # A copy or pickle of a module carries no forward calls: their saved state
+    # belongs to the original's outputs.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_calls"] = state["_latest"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__["_calls"] = weakref.WeakSet()
 
     # ------------------------------------------------------------ traversal
     def children(self):
@@ -170,12 +177,14 @@ class Module:
                 if buf is not None:
                     yield (f"{mname}.{bname}" if mname else bname), buf
 
-    def zero_grad(self):
-        """Drop accumulated gradients and anything saved by forward passes."""
-        for m in self.modules():
-            m._ctx.clear()
+    def zero_grad(self, set_to_none: bool = True):
+        """Clear every parameter's gradient (drop it, or fill it with zeros in
+        place), as in PyTorch; what pending forwards saved is kept."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad[...] = 0
 
     def train(self, mode: bool = True):
         for m in self.modules():
@@ -211,7 +220,8 @@ class Module:
             object.__setattr__(m, "backend", target)
             if dtype is not None:
                 object.__setattr__(m, "dtype", dtype)
-            m._ctx.clear()
+            object.__setattr__(m, "_epoch", m._epoch + 1)
+            object.__setattr__(m, "_latest", None)
         return self
 
     @property
@@ -274,6 +284,14 @@ class Module:
             sub = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _as_call(fn, run):
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        return run(self, fn, args, kwargs)
+    method.__gpunet_call__ = True
+    return method
 
 
 def _convert(x, be: Backend, dtype, cast: bool = True):
