@@ -1,43 +1,108 @@
 """Cross-backend comparison: run a module, a function or a training step on
 several backends and check they agree (CPU-vs-GPU parity), reporting the
-worst element readably.
+worst element readably, and check that the kernel backends ran their kernels.
 
-Tolerances come from the dtype: a float32 kernel that reorders a sum of n
-terms differs from a float64 reference by a few ulps times sqrt(n), so the
-defaults are rtol = atol = 64·eps(float32) ≈ 7.6e-6 scaled by `tol_scale`
-(kernels with long reductions pass a larger scale) and 1e-12 for float64.
+Tolerances: one rule, from the dtype's epsilon and the reduction length.
+Two computations of a value that add its n terms in different orders (or
+round a product differently) differ by about eps·sqrt(n) times the terms'
+magnitude, a few eps for n = 1; so values are compared with
+
+    rtol = atol = 16 · eps(dtype) · sqrt(max(n, 16))
+
+where n is the length of the longest reduction behind a compared value and
+dtype the coarser of the two (n = 1, the default: 64·eps, 7.6e-6 for float32
+and 1.4e-14 for float64). atol is absolute: inputs of magnitude about 1 keep
+it meaningful. Nothing else scales a tolerance.
+
+Kernel use: on sim, whose kernel module counts its calls, each parity helper
+asserts that the kernels ran (those named in `kernels`, or at least one) and
+that no op fell back to the array path unless the call names it in
+`fallbacks` (a documented fallback: float64, BatchNorm, ...); on any kernel
+backend the fallback check holds. `expect_kernels` is the same check for any
+block of code.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+from collections import Counter
 
 import numpy as np
 
+from . import backend
 from .backend import get_backend, to_numpy
 from .nn.module import Module
 
-_BASE = {np.dtype(np.float32): 64 * float(np.finfo(np.float32).eps),
-         np.dtype(np.float64): 1e-12}
+KERNEL_BACKENDS = ("sim", "cuda")
 
 
-def tolerances(dtype, tol_scale: float = 1.0) -> tuple[float, float]:
-    """(rtol, atol) for comparing arrays of `dtype` computed two ways."""
-    base = _BASE.get(np.dtype(dtype), 64 * float(np.finfo(np.float32).eps))
-    return base * tol_scale, base * tol_scale
+def tolerances(dtype, n: int = 1) -> tuple[float, float]:
+    """(rtol, atol) for values of `dtype` computed two ways, each from
+    reductions of at most n terms (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    eps = float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
+    tol = 16 * eps * math.sqrt(max(n, 16))
+    return tol, tol
 
 
-def assert_close(actual, expected, *, rtol=None, atol=None, tol_scale: float = 1.0, name: str = "value"):
+class KernelUse:
+    """What `expect_kernels` saw: `calls` counts the kernel calls made in its
+    block by name (None where the backend does not count them), `fallbacks`
+    the (op, reason) fallbacks recorded in it."""
+
+    def __init__(self):
+        self.calls: Counter | None = None
+        self.fallbacks: Counter = Counter()
+
+
+@contextlib.contextmanager
+def expect_kernels(device, kernels=None, fallbacks=()):
+    """Assert that the block, run on `device`, ran its kernels: every kernel
+    named in `kernels` was called (kernels=None: at least one, unless
+    `fallbacks` is given) where the backend counts calls (sim), and no op but
+    those named in `fallbacks` left the kernels (any kernel backend). Fails
+    when a kernel backend has no kernel module. A no-op on cpu and cupy.
+    Yields a KernelUse filled in when the block ends."""
+    be = get_backend(device)
+    use = KernelUse()
+    if be.name in KERNEL_BACKENDS and be.kernels is None:
+        raise AssertionError(f"backend {be.device!r} has no kernel module: every kernel call would be an array path")
+    counter = getattr(be.kernels, "calls", None)
+    calls_before = Counter(counter) if counter is not None else None
+    fallbacks_before = backend.fallbacks()
+    yield use
+    use.fallbacks = backend.fallbacks() - fallbacks_before
+    undocumented = {k: v for k, v in use.fallbacks.items() if k[0] not in fallbacks}
+    if undocumented:
+        raise AssertionError(f"on {be.device}: ops left the kernels without being expected to "
+                             f"(pass fallbacks=... for a documented case): {undocumented}")
+    if counter is None:
+        return
+    use.calls = counter - calls_before
+    if kernels is None:
+        if not use.calls and not fallbacks:
+            raise AssertionError(f"on {be.device}: no kernel was called (did the op take an array path?)")
+    else:
+        missing = [k for k in kernels if not use.calls[k]]
+        if missing:
+            raise AssertionError(f"on {be.device}: kernels {missing} were not called; called: {dict(use.calls)}")
+
+
+def assert_close(actual, expected, *, n: int = 1, rtol=None, atol=None, name: str = "value"):
     """Raise AssertionError unless |actual - expected| <= atol + rtol·|expected|
-    elementwise; the message names the worst element, its index, both values
-    and the relative error. Arrays of any backend; compared in float64."""
+    elementwise, with the tolerances of the coarser dtype and reduction
+    length n unless given; the message names the worst element, its index,
+    both values and the relative error. Arrays of any backend; compared in
+    float64."""
     a = np.array(to_numpy(actual), dtype=np.float64, ndmin=1)
     e = np.array(to_numpy(expected), dtype=np.float64, ndmin=1)
     if a.shape != e.shape:
         raise AssertionError(f"{name}: shape {a.shape} differs from expected {e.shape}")
-    dt = np.result_type(getattr(actual, "dtype", np.float64), getattr(expected, "dtype", np.float64))
-    if dt.kind != "f":
-        dt = np.dtype(np.float64)
-    dr, da = tolerances(np.float32 if np.float32 in (getattr(actual, "dtype", None), getattr(expected, "dtype", None)) else dt, tol_scale)
+    dtypes = [np.dtype(d) for d in (getattr(actual, "dtype", None), getattr(expected, "dtype", None))
+              if d is not None and np.dtype(d).kind == "f"]
+    coarse = max(dtypes, key=lambda d: np.finfo(d).eps, default=np.dtype(np.float64))
+    dr, da = tolerances(coarse, n)
     rtol = dr if rtol is None else rtol
     atol = da if atol is None else atol
     if a.size == 0:
@@ -103,20 +168,24 @@ def _run_module(module: Module, device, inputs, grad_outputs):
 
 
 def compare_module(module: Module, inputs, devices=("cpu", "sim"), *, grad_outputs=None, seed: int = 0,
-                   rtol=None, atol=None, tol_scale: float = 1.0) -> dict:
+                   n: int = 1, rtol=None, atol=None, kernels=None, fallbacks=()) -> dict:
     """Run `module` (copied, so the original is untouched) forward and backward
     on each device with the same inputs and output gradients, and assert that
     outputs, input gradients and parameter gradients agree with the first
-    device's. `inputs` is the tuple of forward arguments (may nest); integer
-    arrays pass through. Returns {device: (output, input_grads, param_grads)}.
+    device's within tolerances(dtype, n) (or rtol/atol), and that each device
+    ran its kernels (`kernels`, `fallbacks`: see expect_kernels). `inputs`
+    is the tuple of forward arguments (may nest); integer arrays pass
+    through. Returns {device: (output, input_grads, param_grads)}.
     """
+    tol = dict(n=n, rtol=rtol, atol=atol)
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     if grad_outputs is None:
         grad_outputs = _random_like(_to_host(_forward_only(module, devices[0], inputs)),
                                     np.random.default_rng(seed))
     results = {}
     for dev in devices:
-        out, grads, params, _ = _run_module(module, dev, inputs, grad_outputs)
+        with expect_kernels(dev, kernels, fallbacks):
+            out, grads, params, _ = _run_module(module, dev, inputs, grad_outputs)
         results[dev] = (out, grads, params)
     ref_dev = devices[0]
     first = results[ref_dev]
@@ -124,15 +193,15 @@ def compare_module(module: Module, inputs, devices=("cpu", "sim"), *, grad_outpu
         out, grads, params = results[dev]
         tag = f"{type(module).__name__} on {dev} vs {ref_dev}"
         for (path, r), (_, g) in zip(_leaves(first[0], "output", []), _leaves(out, "output", [])):
-            assert_close(g, r, rtol=rtol, atol=atol, tol_scale=tol_scale, name=f"{tag}: {path}")
+            assert_close(g, r, **tol, name=f"{tag}: {path}")
         ref_grads = first[1] if isinstance(first[1], (tuple, list)) else (first[1],)
         got_grads = grads if isinstance(grads, (tuple, list)) else (grads,)
         for (path, r), (_, g) in zip(_leaves(ref_grads, "grad_input", []), _leaves(got_grads, "grad_input", [])):
-            assert_close(g, r, rtol=rtol, atol=atol, tol_scale=tol_scale, name=f"{tag}: {path}")
+            assert_close(g, r, **tol, name=f"{tag}: {path}")
         if set(params) != set(first[2]):
             raise AssertionError(f"{tag}: parameters with gradients differ: {sorted(params)} vs {sorted(first[2])}")
-        for n in first[2]:
-            assert_close(params[n], first[2][n], rtol=rtol, atol=atol, tol_scale=tol_scale, name=f"{tag}: {n}.grad")
+        for name in first[2]:
+            assert_close(params[name], first[2][name], **tol, name=f"{tag}: {name}.grad")
     return results
 
 
@@ -149,39 +218,42 @@ def _to_host(tree):
 
 
 def compare_function(forward, backward, inputs, devices=("cpu", "sim"), *, grad_outputs=None, seed: int = 0,
-                     rtol=None, atol=None, tol_scale: float = 1.0) -> dict:
+                     n: int = 1, rtol=None, atol=None, kernels=None, fallbacks=()) -> dict:
     """Like compare_module for a stateless pair: `forward(be, *inputs) -> (out, ctx)`
     and `backward(be, ctx, grad_out) -> grads` (e.g. an op from gpunet.ops)."""
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    tol = dict(n=n, rtol=rtol, atol=atol)
     results = {}
     ref = None
     for dev in devices:
         be = get_backend(dev)
-        out, ctx = forward(be, *_move(inputs, be))
-        if grad_outputs is None:
-            grad_outputs = _random_like(_to_host(out), np.random.default_rng(seed))
-        grads = backward(be, ctx, _move(grad_outputs, be)) if backward is not None else None
+        with expect_kernels(dev, kernels, fallbacks):
+            out, ctx = forward(be, *_move(inputs, be))
+            if grad_outputs is None:
+                grad_outputs = _random_like(_to_host(out), np.random.default_rng(seed))
+            grads = backward(be, ctx, _move(grad_outputs, be)) if backward is not None else None
         results[dev] = (out, grads)
         if ref is None:
             ref = (dev, out, grads)
             continue
         tag = f"on {dev} vs {ref[0]}"
         for (p, r), (_, g) in zip(_leaves(ref[1], "output", []), _leaves(out, "output", [])):
-            assert_close(g, r, rtol=rtol, atol=atol, tol_scale=tol_scale, name=f"{tag}: {p}")
+            assert_close(g, r, **tol, name=f"{tag}: {p}")
         for (p, r), (_, g) in zip(_leaves(ref[2], "grad", []), _leaves(grads, "grad", [])):
-            assert_close(g, r, rtol=rtol, atol=atol, tol_scale=tol_scale, name=f"{tag}: {p}")
+            assert_close(g, r, **tol, name=f"{tag}: {p}")
     return results
 
 
 def compare_training(make_model, make_loss, make_optimizer, batches, devices=("cpu", "sim"), *,
-                     rtol=None, atol=None, tol_scale: float = 1.0) -> dict:
+                     n: int = 1, rtol=None, atol=None, kernels=None, fallbacks=()) -> dict:
     """Train the same model (same initial weights) for len(batches) optimizer
     steps on each device and assert that every step's loss and the final
     parameters agree with the first device's. `make_model()` builds the model
     (its weights are copied from the first build to all devices),
     `make_loss()` the criterion, `make_optimizer(params)` the optimizer;
-    `batches` is a list of (input, target) NumPy pairs. Returns
-    {device: (losses, state_dict)}."""
+    `batches` is a list of (input, target) NumPy pairs. Tolerances and
+    kernel use as compare_module. Returns {device: (losses, state_dict)}."""
+    tol = dict(n=n, rtol=rtol, atol=atol)
     proto = make_model()
     state = proto.state_dict()
     results = {}
@@ -194,20 +266,20 @@ def compare_training(make_model, make_loss, make_optimizer, batches, devices=("c
             crit.to(be)
         opt = make_optimizer(model.parameters())
         losses = []
-        for x, t in batches:
-            model.zero_grad()
-            out = model(be.asarray(x))
-            loss = crit(out, be.asarray(t))
-            model.backward(crit.backward())
-            opt.step()
-            losses.append(float(to_numpy(loss)))
+        with expect_kernels(dev, kernels, fallbacks):
+            for x, t in batches:
+                model.zero_grad()
+                out = model(be.asarray(x))
+                loss = crit(out, be.asarray(t))
+                model.backward(crit.backward())
+                opt.step()
+                losses.append(float(to_numpy(loss)))
         results[dev] = (np.array(losses, dtype=model.dtype), model.state_dict())
     ref_dev = devices[0]
     for dev in devices[1:]:
         tag = f"training on {dev} vs {ref_dev}"
-        assert_close(results[dev][0], results[ref_dev][0], rtol=rtol, atol=atol, tol_scale=tol_scale,
-                     name=f"{tag}: losses per step")
+        assert_close(results[dev][0], results[ref_dev][0], **tol, name=f"{tag}: losses per step")
         for k, v in results[ref_dev][1].items():
             if v.dtype.kind == "f":
-                assert_close(results[dev][1][k], v, rtol=rtol, atol=atol, tol_scale=tol_scale, name=f"{tag}: {k}")
+                assert_close(results[dev][1][k], v, **tol, name=f"{tag}: {k}")
     return results

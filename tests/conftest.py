@@ -1,18 +1,29 @@
 """Shared fixtures. `device` runs a test on every backend, skipping the ones
-this machine lacks with the reason; `schedule` runs a sim test under the three
-thread orders of the CPU CUDA runtime (fwd, rev, random) to expose races."""
+this machine lacks with the reason (sim is built by every install: its
+absence fails); `schedule` runs a sim test under the three thread orders of
+the CPU CUDA runtime (fwd, rev, random) to expose races.
+
+Every test that runs on sim must run kernels there, not an array path: at
+least one of the test module's KERNELS (its family's kernel names) when the
+module lists them, else any kernel; and no op may fall back from its kernels
+unless the test is marked `fallback(op, ...)` (a documented fallback) or
+`no_kernels(why)` (it checks something before any kernel could run)."""
 import numpy as np
 import pytest
 
 import gpunet
+from gpunet import testing
 
 ALL_DEVICES = ("cpu", "sim", "cuda", "cupy")
 _status = gpunet.backends()
 
 
 def require(device: str):
-    info = _status[device.split(":")[0]]
+    name = device.split(":")[0]
+    info = _status[name]
     if not info["available"]:
+        if name == "sim":
+            pytest.fail(f"backend 'sim' must be built by the install, but: {info['reason']}")
         pytest.skip(f"backend {device!r} unavailable: {info['reason']}")
 
 
@@ -50,3 +61,22 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def _on_sim(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(isinstance(v, str) and v == "sim" for v in callspec.params.values())
+
+
+@pytest.fixture(autouse=True)
+def _sim_ran_kernels(request):
+    if not _on_sim(request.node) or request.node.get_closest_marker("no_kernels"):
+        yield
+        return
+    marker = request.node.get_closest_marker("fallback")
+    allowed = marker.args if marker else ()
+    with testing.expect_kernels("sim", None, allowed) as use:
+        yield
+    family = getattr(request.module, "KERNELS", ())
+    if family and not allowed and not any(use.calls[k] for k in family):
+        pytest.fail(f"no kernel of this family {family} ran on sim; called: {dict(use.calls)}")

@@ -52,7 +52,7 @@ ACTIVATIONS = {
 def test_activation_backward(name, dtype, rng):
     x = (rng.standard_normal((7, 33)) * 3).astype(dtype)
     x[0, :3] = 0.0  # the kinks
-    compare_module(ACTIVATIONS[name]().to(dtype), (x,), devices=("cpu", "cupy"), tol_scale=2)
+    compare_module(ACTIVATIONS[name]().to(dtype), (x,), devices=("cpu", "cupy"), n=64)
 
 
 @needs_cupy
@@ -76,14 +76,14 @@ def test_lstm(state, dtype, rng):
     x = rng.standard_normal((3, 4, 5)).astype(dtype)
     inputs = (x, (rng.standard_normal((2, 3, 6)).astype(dtype), rng.standard_normal((2, 3, 6)).astype(dtype))) \
         if state else (x,)
-    compare_module(lstm, inputs, devices=("cpu", "cupy"), tol_scale=8)
+    compare_module(lstm, inputs, devices=("cpu", "cupy"), n=1024)
 
 
 @needs_cupy
 def test_lstm_cell(rng):
     cell = nn.LSTMCell(4, 7)
     x = rng.standard_normal((5, 4)).astype(np.float32)
-    compare_module(cell, (x,), devices=("cpu", "cupy"), tol_scale=4)
+    compare_module(cell, (x,), devices=("cpu", "cupy"), n=256)
 
 
 # ---------------------------------------------------------------- cross-entropy
@@ -101,7 +101,7 @@ def test_cross_entropy(weighted, smoothing, spatial, reduction, dtype, rng):
     t.reshape(-1)[::4] = -100  # ignored rows
     weight = rng.uniform(0.5, 2.0, c) if weighted else None
     crit = nn.CrossEntropyLoss(weight=weight, reduction=reduction, label_smoothing=smoothing).to(dtype)
-    compare_module(crit, (x, t), devices=("cpu", "cupy"), tol_scale=4)
+    compare_module(crit, (x, t), devices=("cpu", "cupy"), n=256)
 
 
 # ---------------------------------------------------------------- optimizers
@@ -110,7 +110,7 @@ def _train(make_optimizer, dtype, rng):
     batches = [(x.astype(dtype), t) for x, t in batches]
     make_model = lambda: nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(dtype)  # noqa: E731
     # explicit tolerances: the losses come back as Python floats, which would get float64's
-    rtol, atol = tolerances(dtype, 16)
+    rtol, atol = tolerances(dtype, n=4096)
     compare_training(make_model, lambda: nn.CrossEntropyLoss().to(dtype), make_optimizer, batches,
                      devices=("cpu", "cupy"), rtol=rtol, atol=atol)
 
@@ -142,7 +142,7 @@ def test_optimizer_updates(name, dtype, rng):
 def test_conv2d(stride, padding, dilation, groups, dtype, rng):
     conv = nn.Conv2d(6, 6, (3, 2), stride=stride, padding=padding, dilation=dilation, groups=groups).to(dtype)
     x = rng.standard_normal((2, 6, 9, 8)).astype(dtype)
-    compare_module(conv, (x,), devices=("cpu", "cupy"), tol_scale=4)
+    compare_module(conv, (x,), devices=("cpu", "cupy"), n=256)
 
 
 @needs_cupy
@@ -171,7 +171,7 @@ def test_embedding_backward(padding_idx, rng):
     emb = nn.Embedding(9, 5, padding_idx=padding_idx)
     idx = rng.integers(0, 9, (6, 13))  # many repeats; some rows never used
     dy = rng.standard_normal((6, 13, 5)).astype(np.float32)
-    first = compare_module(emb, (idx,), devices=("cpu", "cupy"), grad_outputs=dy, tol_scale=2)
+    first = compare_module(emb, (idx,), devices=("cpu", "cupy"), grad_outputs=dy, n=64)
     again = compare_module(emb, (idx,), devices=("cupy",), grad_outputs=dy)
     np.testing.assert_array_equal(gpunet.to_numpy(first["cupy"][2]["weight"]),
                                   gpunet.to_numpy(again["cupy"][2]["weight"]))
@@ -190,7 +190,7 @@ def test_runs_on_the_current_stream(rng):
         assert be.stream() == s.ptr
         out = gpu(be.asarray(x))[0]
     gpunet.synchronize("cupy")
-    assert_close(out, ref, tol_scale=4, name="LSTM output computed on a side stream")
+    assert_close(out, ref, n=256, name="LSTM output computed on a side stream")
 
 
 @needs_cupy

@@ -87,6 +87,7 @@ def test_dataloader_shuffle_is_seeded_and_new_each_epoch():
     np.testing.assert_array_equal(next(iter(DataLoader(ds, 50, shuffle=True)))[0], a)
 
 
+@pytest.mark.no_kernels("moving batches computes nothing")
 def test_dataloader_moves_batches_to_device(device, rng):
     """Batches arrive on the device with the right contents, also while the
     previous batch is still being computed on (the GPU prefetch overlaps them)."""

@@ -14,6 +14,7 @@ from gpunet import nn
     ((2, 3), 1, 1, (2, 3)),
     ((0, 3, 2), 1, -1, (0, 6)),
 ])
+@pytest.mark.no_kernels("flatten is a reshape")
 def test_shapes_and_gradient(shape, start, end, expected, device, rng):
     be = gpunet.get_backend(device)
     x = be.asarray(rng.standard_normal(shape))

@@ -363,6 +363,7 @@ def check_cross_entropy(x, t, kw, device):
     assert be.owns(dx) and dx.dtype == np.float32 and dx.shape == x.shape
 
 
+@pytest.mark.no_kernels("a loss made without .to() stays on cpu, and sim arrays are NumPy arrays")
 def test_loss_follows_a_gpu_input_without_to(kernel_device, rng):
     """Like PyTorch's, a loss created without .to() works on GPU arrays (it moves
     itself); on sim it stays where it is, NumPy being the input either way."""
