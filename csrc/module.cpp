@@ -77,17 +77,7 @@ PYBIND11_MODULE(MODULE_NAME, m) {
       py::arg("n"), "Number of OS threads that run blocks (default: CUDASIM_WORKERS or #cores).");
   m.def("reset_error", &cudasim::reset_error, "Clear the simulator's pending error.");
 #endif
-  gpunet::bind_activation(m);
-  gpunet::bind_attention(m);
-  gpunet::bind_conv(m);
-  gpunet::bind_dropout(m);
-  gpunet::bind_embedding(m);
-  gpunet::bind_linear(m);
-  gpunet::bind_loss(m);
-  gpunet::bind_norm(m);
-  gpunet::bind_optim(m);
-  gpunet::bind_pool(m);
-  gpunet::bind_rnn(m);
-  gpunet::bind_softmax(m);
-  gpunet::bind_testing(m);
+#define GPUNET_BIND(family) gpunet::bind_##family(m);
+  GPUNET_FAMILIES(GPUNET_BIND)
+#undef GPUNET_BIND
 }

@@ -32,29 +32,44 @@ Dims check_qkv(const View& q, const View& k, const View& v) {
   return {B, L, S, (int)E, (int)Ev};
 }
 
-// The optional additive mask: None, or a float32 contiguous array indexed
-// through the strides; every index the kernels can form must be inside it.
-AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, const Dims& d,
-                    std::unique_ptr<View>& keep) {
+// The optional additive mask: None (then `view` stays empty), or a float32
+// contiguous array indexed through the strides; every index the kernels can
+// form must be inside it.
+AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, const Dims& d, View& view) {
   if (inner < 1 || d.batch % inner != 0)
     throw py::value_error("argument 'inner': expected a divisor of the batch size " + std::to_string(d.batch) +
                           ", got " + std::to_string(inner));
   AttnBias b;
   b.inner = inner;
   if (bias_obj.is_none()) return b;
-  keep = std::make_unique<View>(as_array(bias_obj, "bias", "float32"));
+  view = as_array(bias_obj, "bias", "float32");
   if (so < 0 || si < 0 || sr < 0)
     throw py::value_error("bias strides must be >= 0, got outer=" + std::to_string(so) + ", inner=" +
                           std::to_string(si) + ", row=" + std::to_string(sr));
   const int64_t last = (d.batch / inner - 1) * so + (inner - 1) * si + (d.L - 1) * sr + (d.S - 1);
-  if (last >= keep->numel())
+  if (last >= view.numel())
     throw py::value_error("argument 'bias': the strides reach element " + std::to_string(last) + " but it has " +
-                          std::to_string(keep->numel()) + " (shape " + detail::shape_str(keep->shape) + ")");
-  b.ptr = keep->ptr<float>();
+                          std::to_string(view.numel()) + " (shape " + detail::shape_str(view.shape) + ")");
+  b.ptr = view.ptr<float>();
   b.stride_outer = so;
   b.stride_inner = si;
   b.stride_row = sr;
   return b;
+}
+
+// What forward and backward both read: q, k, v and the optional mask.
+struct Inputs {
+  View q, k, v;
+  View bias_view;  // empty without a mask
+  Dims d;
+  AttnBias bias;
+};
+Inputs attention_inputs(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so,
+                        int64_t si, int64_t sr, int64_t inner) {
+  const auto [q, k, v] = float32_arrays({{q_obj, "q"}, {k_obj, "k"}, {v_obj, "v"}});
+  Inputs in{q, k, v, View{}, check_qkv(q, k, v), AttnBias{}};
+  in.bias = check_bias(bias_obj, so, si, sr, inner, in.d, in.bias_view);
+  return in;
 }
 
 }  // namespace
@@ -65,22 +80,14 @@ void bind_attention(py::module_& m) {
       [](py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so, int64_t si,
          int64_t sr, int64_t inner, bool causal, float scale, py::handle out_obj, py::handle lse_obj,
          std::uintptr_t stream) {
-        const View q = as_array(q_obj, "q", "float32");
-        const View k = as_array(k_obj, "k", "float32");
-        const View v = as_array(v_obj, "v", "float32");
-        const Dims d = check_qkv(q, k, v);
-        std::unique_ptr<View> bias_view;
-        const AttnBias bias = check_bias(bias_obj, so, si, sr, inner, d, bias_view);
-        const View out = as_array(out_obj, "out", "float32");
-        const View lse = as_array(lse_obj, "lse", "float32");
+        const Inputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
+        const Dims& d = in.d;
+        const auto [out, lse] = float32_outputs({{out_obj, "out"}, {lse_obj, "lse"}});
         require_shape(out, "out", {d.batch, d.L, d.Ev});
         require_shape(lse, "lse", {d.batch, d.L});
-        require_writable(out, "out");
-        require_writable(lse, "lse");
-        const View none;
-        auto guard = vouch({q, k, v, out, lse, bias_view ? *bias_view : none});
-        attention_forward(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), bias, causal, scale, out.ptr<float>(),
-                          lse.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
+        auto guard = vouch({in.q, in.k, in.v, in.bias_view, out, lse});
+        attention_forward(in.q.ptr<float>(), in.k.ptr<float>(), in.v.ptr<float>(), in.bias, causal, scale,
+                          out.ptr<float>(), lse.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
         check_launch("attention_forward");
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("bias_stride_outer"),
@@ -97,35 +104,23 @@ void bind_attention(py::module_& m) {
          py::handle lse_obj, py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, bool causal,
          float scale, py::handle dq_obj, py::handle dk_obj, py::handle dv_obj, py::handle delta_obj,
          std::uintptr_t stream) {
-        const View q = as_array(q_obj, "q", "float32");
-        const View k = as_array(k_obj, "k", "float32");
-        const View v = as_array(v_obj, "v", "float32");
-        const Dims d = check_qkv(q, k, v);
-        std::unique_ptr<View> bias_view;
-        const AttnBias bias = check_bias(bias_obj, so, si, sr, inner, d, bias_view);
-        const View out = as_array(out_obj, "out", "float32");
-        const View dout = as_array(dout_obj, "dout", "float32");
-        const View lse = as_array(lse_obj, "lse", "float32");
-        const View dq = as_array(dq_obj, "dq", "float32");
-        const View dk = as_array(dk_obj, "dk", "float32");
-        const View dv = as_array(dv_obj, "dv", "float32");
-        const View delta = as_array(delta_obj, "delta", "float32");
+        const Inputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
+        const Dims& d = in.d;
+        const auto [out, dout, lse] = float32_arrays({{out_obj, "out"}, {dout_obj, "dout"}, {lse_obj, "lse"}});
+        const auto [dq, dk, dv, delta] =
+            float32_outputs({{dq_obj, "dq"}, {dk_obj, "dk"}, {dv_obj, "dv"}, {delta_obj, "delta"}});
         require_shape(out, "out", {d.batch, d.L, d.Ev});
         require_same_shape(out, "out", dout, "dout");
         require_shape(lse, "lse", {d.batch, d.L});
-        require_same_shape(q, "q", dq, "dq");
-        require_same_shape(k, "k", dk, "dk");
-        require_same_shape(v, "v", dv, "dv");
+        require_same_shape(in.q, "q", dq, "dq");
+        require_same_shape(in.k, "k", dk, "dk");
+        require_same_shape(in.v, "v", dv, "dv");
         require_shape(delta, "delta", {d.batch, d.L});
-        require_writable(dq, "dq");
-        require_writable(dk, "dk");
-        require_writable(dv, "dv");
-        require_writable(delta, "delta");
-        const View none;
-        auto guard = vouch({q, k, v, out, dout, lse, dq, dk, dv, delta, bias_view ? *bias_view : none});
-        attention_backward(q.ptr<float>(), k.ptr<float>(), v.ptr<float>(), out.ptr<float>(), dout.ptr<float>(),
-                           lse.ptr<float>(), bias, causal, scale, dq.ptr<float>(), dk.ptr<float>(), dv.ptr<float>(),
-                           delta.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
+        auto guard = vouch({in.q, in.k, in.v, in.bias_view, out, dout, lse, dq, dk, dv, delta});
+        attention_backward(in.q.ptr<float>(), in.k.ptr<float>(), in.v.ptr<float>(), out.ptr<float>(),
+                           dout.ptr<float>(), lse.ptr<float>(), in.bias, causal, scale, dq.ptr<float>(),
+                           dk.ptr<float>(), dv.ptr<float>(), delta.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev,
+                           as_stream(stream));
         check_launch("attention_backward");
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("bias"),

@@ -11,7 +11,9 @@ namespace gpunet {
 namespace {
 
 // y viewed as (outer, C, inner) with C = len(b): returns outer, or raises.
-int64_t outer_extent(const View& y, const char* y_name, int64_t channels, int64_t inner) {
+int64_t outer_extent(const View& y, const char* y_name, const View& b, const char* b_name, int64_t inner) {
+  require_ndim(b, b_name, 1);
+  const int64_t channels = b.shape[0];
   if (inner < 1) throw py::value_error("argument 'inner': must be >= 1 but got " + std::to_string(inner));
   if (channels > INT_MAX)  // one block per channel in bias_grad
     throw py::value_error("at most " + std::to_string(INT_MAX) + " channels, got " + std::to_string(channels));
@@ -23,39 +25,34 @@ int64_t outer_extent(const View& y, const char* y_name, int64_t channels, int64_
   return row == 0 ? 0 : y.numel() / row;
 }
 
+// bias_add(y, b, inner) and bias_grad(dy, db, inner) take the same arguments:
+// a float32 array of N*C*inner elements and a float32 (C,) vector, the array
+// written by bias_add and the vector by bias_grad.
+// launch(array, vector, outer, channels, inner, stream).
+template <class Launch>
+auto bias_binding(const char* kernel, const char* array_name, const char* vector_name, bool array_written,
+                  Launch launch) {
+  return [=](py::handle array_obj, py::handle vector_obj, int64_t inner, std::uintptr_t stream) {
+    const auto [array, vector] = float32_arrays({{array_obj, array_name}, {vector_obj, vector_name}});
+    require_writable(array_written ? array : vector, array_written ? array_name : vector_name);
+    const int64_t outer = outer_extent(array, array_name, vector, vector_name, inner);
+    auto guard = vouch({array, vector});
+    launch(array.ptr<float>(), vector.ptr<float>(), outer, vector.shape[0], inner, as_stream(stream));
+    check_launch(kernel);
+  };
+}
+
 }  // namespace
 
 void bind_linear(py::module_& m) {
-  m.def(
-      "bias_add",
-      [](py::handle y_obj, py::handle b_obj, int64_t inner, std::uintptr_t stream) {
-        const View y = as_array(y_obj, "y", "float32");
-        const View b = as_array(b_obj, "b", "float32");
-        require_writable(y, "y");
-        require_ndim(b, "b", 1);
-        const int64_t outer = outer_extent(y, "y", b.shape[0], inner);
-        auto guard = vouch({y, b});
-        bias_add(y.ptr<float>(), b.ptr<float>(), outer, b.shape[0], inner, as_stream(stream));
-        check_launch("bias_add");
-      },
-      py::arg("y"), py::arg("b"), py::arg("inner"), py::arg("stream"),
-      "y[n, c, i] += b[c] in place, y a contiguous float32 array of N*C*inner elements\n"
-      "(Linear: y (N, C), inner=1; Conv2d: y (N, C, H, W), inner=H*W), b float32 (C,).");
-  m.def(
-      "bias_grad",
-      [](py::handle dy_obj, py::handle db_obj, int64_t inner, std::uintptr_t stream) {
-        const View dy = as_array(dy_obj, "dy", "float32");
-        const View db = as_array(db_obj, "db", "float32");
-        require_writable(db, "db");
-        require_ndim(db, "db", 1);
-        const int64_t outer = outer_extent(dy, "dy", db.shape[0], inner);
-        auto guard = vouch({dy, db});
-        bias_grad(dy.ptr<float>(), db.ptr<float>(), outer, db.shape[0], inner, as_stream(stream));
-        check_launch("bias_grad");
-      },
-      py::arg("dy"), py::arg("db"), py::arg("inner"), py::arg("stream"),
-      "db[c] = sum of dy[n, c, i] over n and i (overwrites db); dy as y of bias_add,\n"
-      "db float32 (C,). Deterministic: the same bits on every run.");
+  m.def("bias_add", bias_binding("bias_add", "y", "b", true, bias_add), py::arg("y"), py::arg("b"), py::arg("inner"),
+        py::arg("stream"),
+        "y[n, c, i] += b[c] in place, y a contiguous float32 array of N*C*inner elements\n"
+        "(Linear: y (N, C), inner=1; Conv2d: y (N, C, H, W), inner=H*W), b float32 (C,).");
+  m.def("bias_grad", bias_binding("bias_grad", "dy", "db", false, bias_grad), py::arg("dy"), py::arg("db"),
+        py::arg("inner"), py::arg("stream"),
+        "db[c] = sum of dy[n, c, i] over n and i (overwrites db); dy as y of bias_add,\n"
+        "db float32 (C,). Deterministic: the same bits on every run.");
 }
 
 }  // namespace gpunet

@@ -9,24 +9,26 @@
 namespace gpunet {
 namespace {
 
-// Class indices: int64 of shape (rows,).
-View as_targets(py::handle obj, int64_t rows) {
-  const View t = as_array(obj, "target", "int64");
+// What forward and backward both read: logits float32 (rows, C) with C >= 1,
+// target int64 (rows,) and the class weights, float32 (C,) or an empty
+// array for "no weights" (then `weight` is nullptr).
+struct Inputs {
+  View x, t, w;
+  const float* weight;
+  int64_t rows, cols;
+};
+Inputs cross_entropy_inputs(py::handle x_obj, py::handle t_obj, py::handle w_obj) {
+  const View x = as_rows(x_obj, "logits");
+  const int64_t rows = x.shape[0], cols = x.shape[1];
+  if (cols == 0)
+    throw py::value_error(detail::arg("logits") + "needs at least one class (column), got shape " +
+                          detail::shape_str(x.shape));
+  const View t = as_array(t_obj, "target", "int64");
   require_shape(t, "target", {rows});
-  return t;
-}
-
-// Optional class weights: float32 (cols,), or an empty array for "no weights".
-const float* weight_ptr(const View& w, int64_t cols) {
+  const View w = as_array(w_obj, "weight", "float32");
   require_ndim(w, "weight", 1);
-  if (w.shape[0] == 0) return nullptr;
-  require_shape(w, "weight", {cols});
-  return w.ptr<float>();
-}
-
-void require_classes(const View& x, const char* name) {
-  if (x.shape[1] == 0) throw py::value_error(detail::arg(name) + "needs at least one class (column), got shape " +
-                                             detail::shape_str(x.shape));
+  if (w.shape[0] != 0) require_shape(w, "weight", {cols});
+  return {x, t, w, w.shape[0] == 0 ? nullptr : w.ptr<float>(), rows, cols};
 }
 
 }  // namespace
@@ -36,16 +38,8 @@ void bind_loss(py::module_& m) {
       "cross_entropy_forward",
       [](py::handle x_obj, py::handle t_obj, py::handle w_obj, py::handle loss_obj, py::handle lse_obj,
          int64_t ignore_index, float eps, std::uintptr_t stream) {
-        const View x = as_rows(x_obj, "logits");
-        require_classes(x, "logits");
-        const int64_t rows = x.shape[0], cols = x.shape[1];
-        const View t = as_targets(t_obj, rows);
-        const View w = as_array(w_obj, "weight", "float32");
-        const float* weight = weight_ptr(w, cols);
-        const View loss = as_array(loss_obj, "loss", "float32");
-        const View lse = as_array(lse_obj, "lse", "float32");
-        require_writable(loss, "loss");
-        require_writable(lse, "lse");
+        const auto [x, t, w, weight, rows, cols] = cross_entropy_inputs(x_obj, t_obj, w_obj);
+        const auto [loss, lse] = float32_outputs({{loss_obj, "loss"}, {lse_obj, "lse"}});
         require_shape(loss, "loss", {rows});
         require_shape(lse, "lse", {rows, 2});
         auto guard = vouch({x, t, w, loss, lse});
@@ -63,19 +57,13 @@ void bind_loss(py::module_& m) {
       "cross_entropy_backward",
       [](py::handle x_obj, py::handle t_obj, py::handle w_obj, py::handle ws_obj, py::handle lse_obj,
          py::handle dloss_obj, py::handle dx_obj, int64_t ignore_index, float eps, std::uintptr_t stream) {
-        const View x = as_rows(x_obj, "logits");
-        require_classes(x, "logits");
-        const int64_t rows = x.shape[0], cols = x.shape[1];
-        const View t = as_targets(t_obj, rows);
-        const View w = as_array(w_obj, "weight", "float32");
-        const float* weight = weight_ptr(w, cols);
-        const View ws = as_array(ws_obj, "weight_sum", "float32");
+        const auto [x, t, w, weight, rows, cols] = cross_entropy_inputs(x_obj, t_obj, w_obj);
+        const auto [ws, lse, dloss] =
+            float32_arrays({{ws_obj, "weight_sum"}, {lse_obj, "lse"}, {dloss_obj, "dloss"}});
         if (weight != nullptr) require_shape(ws, "weight_sum", {1});
-        const View lse = as_array(lse_obj, "lse", "float32");
-        const View dloss = as_array(dloss_obj, "dloss", "float32");
-        const View dx = as_rows(dx_obj, "dlogits");
         require_shape(lse, "lse", {rows, 2});
         require_shape(dloss, "dloss", {rows});
+        const View dx = as_rows(dx_obj, "dlogits");
         require_writable(dx, "dlogits");
         require_same_shape(x, "logits", dx, "dlogits");
         auto guard = vouch({x, t, w, ws, lse, dloss, dx});

@@ -28,14 +28,14 @@ void check_extent(int64_t out, int64_t in, int k, int s, int p, int d, const cha
 
 // Geometry from the input-side array `in` (n, c, h, w), the output-side array
 // `out` (n, c, oh, ow) and the window, or ValueError naming the argument.
-PoolShape pool_shape(const View& in, const char* in_name, const View& out, const char* out_name, int kh, int kw, int sh,
-                     int sw, int ph, int pw, int dh, int dw) {
+PoolShape pool_shape(const View& in, const char* in_name, const View& out, const char* out_name, const Window& win) {
   require_ndim(in, in_name, 4);
   require_ndim(out, out_name, 4);
   if (in.shape[0] != out.shape[0] || in.shape[1] != out.shape[1])
     throw py::value_error(detail::arg(out_name) + "expected the batch and channel extents of '" + in_name + "' " +
                           detail::shape_str(in.shape) + " but got shape " + detail::shape_str(out.shape));
-  require_window(kh, kw, sh, sw, ph, pw, dh, dw);
+  require_window(win);
+  const auto [kh, kw, sh, sw, ph, pw, dh, dw] = win;
   if (2 * (int64_t)ph > (int64_t)dh * (kh - 1) + 1 || 2 * (int64_t)pw > (int64_t)dw * (kw - 1) + 1)
     throw py::value_error("padding (" + std::to_string(ph) + ", " + std::to_string(pw) +
                           ") must be at most half the dilated window");
@@ -50,6 +50,28 @@ PoolShape pool_shape(const View& in, const char* in_name, const View& out, const
                    kh, kw, sh, sw, ph, pw, dh, dw};
 }
 
+// The float32 arrays every pooling call has, validated: what it reads
+// (forward: x; backward: dy) and what it writes (forward: y; backward: dx),
+// and the geometry they give with the window.
+struct PoolCall {
+  View in, out;
+  PoolShape shape;
+};
+PoolCall pool_call(Arg in, Arg out, bool forward, const Window& win) {
+  const View in_v = as_array(in.obj, in.name, "float32");
+  const auto [out_v] = float32_outputs({out});
+  const PoolShape s = forward ? pool_shape(in_v, in.name, out_v, out.name, win)
+                              : pool_shape(out_v, out.name, in_v, in.name, win);
+  require_disjoint(in_v, in.name, out_v, out.name);
+  return {in_v, out_v, s};
+}
+
+// The int32 argmax of max pooling, shaped like its output-side array.
+View as_argmax(py::handle obj, const View& like, const char* like_name) {
+  const View arg = as_array(obj, "arg", "int32");
+  require_same_shape(like, like_name, arg, "arg");
+  return arg;
+}
 
 }  // namespace
 
@@ -58,14 +80,9 @@ void bind_pool(py::module_& m) {
       "maxpool2d_forward",
       [](py::handle x_obj, py::handle y_obj, py::handle arg_obj, int kh, int kw, int sh, int sw, int ph, int pw,
          int dh, int dw, std::uintptr_t stream) {
-        const View x = as_array(x_obj, "x", "float32");
-        const View y = as_array(y_obj, "y", "float32");
-        const View arg = as_array(arg_obj, "arg", "int32");
-        require_writable(y, "y");
+        const auto [x, y, s] = pool_call({x_obj, "x"}, {y_obj, "y"}, true, Window{kh, kw, sh, sw, ph, pw, dh, dw});
+        const View arg = as_argmax(arg_obj, y, "y");
         require_writable(arg, "arg");
-        const PoolShape s = pool_shape(x, "x", y, "y", kh, kw, sh, sw, ph, pw, dh, dw);
-        require_same_shape(y, "y", arg, "arg");
-        require_disjoint(x, "x", y, "y");
         require_disjoint(x, "x", arg, "arg");
         require_disjoint(y, "y", arg, "arg");
         auto guard = vouch({x, y, arg});
@@ -81,13 +98,9 @@ void bind_pool(py::module_& m) {
       "maxpool2d_backward",
       [](py::handle dy_obj, py::handle arg_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,
          int dh, int dw, std::uintptr_t stream) {
-        const View dy = as_array(dy_obj, "dy", "float32");
-        const View arg = as_array(arg_obj, "arg", "int32");
-        const View dx = as_array(dx_obj, "dx", "float32");
-        require_writable(dx, "dx");
-        const PoolShape s = pool_shape(dx, "dx", dy, "dy", kh, kw, sh, sw, ph, pw, dh, dw);
-        require_same_shape(dy, "dy", arg, "arg");
-        require_disjoint(dy, "dy", dx, "dx");
+        const auto [dy, dx, s] =
+            pool_call({dy_obj, "dy"}, {dx_obj, "dx"}, false, Window{kh, kw, sh, sw, ph, pw, dh, dw});
+        const View arg = as_argmax(arg_obj, dy, "dy");
         require_disjoint(arg, "arg", dx, "dx");
         auto guard = vouch({dy, arg, dx});
         maxpool2d_backward(dy.ptr<float>(), arg.ptr<int32_t>(), dx.ptr<float>(), s, as_stream(stream));
@@ -101,11 +114,7 @@ void bind_pool(py::module_& m) {
       "avgpool2d_forward",
       [](py::handle x_obj, py::handle y_obj, int kh, int kw, int sh, int sw, int ph, int pw, bool count_include_pad,
          std::uintptr_t stream) {
-        const View x = as_array(x_obj, "x", "float32");
-        const View y = as_array(y_obj, "y", "float32");
-        require_writable(y, "y");
-        const PoolShape s = pool_shape(x, "x", y, "y", kh, kw, sh, sw, ph, pw, 1, 1);
-        require_disjoint(x, "x", y, "y");
+        const auto [x, y, s] = pool_call({x_obj, "x"}, {y_obj, "y"}, true, Window{kh, kw, sh, sw, ph, pw, 1, 1});
         auto guard = vouch({x, y});
         avgpool2d_forward(x.ptr<float>(), y.ptr<float>(), s, count_include_pad, as_stream(stream));
         check_launch("avgpool2d_forward");
@@ -119,11 +128,7 @@ void bind_pool(py::module_& m) {
       "avgpool2d_backward",
       [](py::handle dy_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,
          bool count_include_pad, std::uintptr_t stream) {
-        const View dy = as_array(dy_obj, "dy", "float32");
-        const View dx = as_array(dx_obj, "dx", "float32");
-        require_writable(dx, "dx");
-        const PoolShape s = pool_shape(dx, "dx", dy, "dy", kh, kw, sh, sw, ph, pw, 1, 1);
-        require_disjoint(dy, "dy", dx, "dx");
+        const auto [dy, dx, s] = pool_call({dy_obj, "dy"}, {dx_obj, "dx"}, false, Window{kh, kw, sh, sw, ph, pw, 1, 1});
         auto guard = vouch({dy, dx});
         avgpool2d_backward(dy.ptr<float>(), dx.ptr<float>(), s, count_include_pad, as_stream(stream));
         check_launch("avgpool2d_backward");

@@ -1,6 +1,6 @@
 // rnn.cpp -- Python bindings of csrc/kernels/rnn.cu (LSTM and RNN cell steps).
-// Optional arrays (biases, missing gradients) are passed as None.
-#include <optional>
+// Optional arrays (biases, missing gradients) are passed as None and reach
+// the kernels as null pointers.
 #include <string>
 
 #include "bindings/families.h"
@@ -23,28 +23,17 @@ View output(py::handle obj, const char* name, const std::vector<int64_t>& shape)
   return v;
 }
 
-// None, or a float32 C-contiguous array of exactly `shape`.
-std::optional<View> optional(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
-  if (obj.is_none()) return std::nullopt;
-  return shaped(obj, name, shape);
+// None, or a float32 C-contiguous array of exactly `shape`. None gives an
+// empty View: its ptr() is nullptr (the kernels' "absent") and vouch() takes it.
+View optional(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  return obj.is_none() ? View{} : shaped(obj, name, shape);
 }
-
-const float* ptr_or_null(const std::optional<View>& v) { return v ? v->ptr<float>() : nullptr; }
 
 // (B, H) from the 2-d state array that fixes them.
 std::pair<int64_t, int64_t> state_dims(const View& v, const char* name) {
   require_ndim(v, name, 2);
   return {v.shape[0], v.shape[1]};
 }
-
-// The simulator must vouch for every array a kernel touches; optional ones only when given.
-struct Guards {
-  std::vector<std::unique_ptr<Vouch>> held;
-  void add(const View& v) { held.push_back(std::make_unique<Vouch>(Vouch({v}))); }
-  void add(const std::optional<View>& v) {
-    if (v) add(*v);
-  }
-};
 
 }  // namespace
 
@@ -61,10 +50,8 @@ void bind_rnn(py::module_& m) {
         const View gates = output(gates_o, "gates", {B, 4 * H});
         const View h = output(h_o, "h", {B, H});
         const View c = output(c_o, "c", {B, H});
-        Guards g;
-        for (const View* v : {&xg, &hg, &c_prev, &gates, &h, &c}) g.add(*v);
-        g.add(b_hh);
-        lstm_cell_forward(xg.ptr<float>(), hg.ptr<float>(), ptr_or_null(b_hh), c_prev.ptr<float>(),
+        auto guard = vouch({xg, hg, b_hh, c_prev, gates, h, c});
+        lstm_cell_forward(xg.ptr<float>(), hg.ptr<float>(), b_hh.ptr<float>(), c_prev.ptr<float>(),
                           gates.ptr<float>(), h.ptr<float>(), c.ptr<float>(), B, H, as_stream(stream));
         check_launch("lstm_cell_forward");
       },
@@ -86,13 +73,9 @@ void bind_rnn(py::module_& m) {
         const auto dc = optional(dc_o, "dc_next", {B, H});
         const View dgates = output(dgates_o, "dgates", {B, 4 * H});
         const View dc_prev = output(dcprev_o, "dc_prev", {B, H});
-        Guards g;
-        for (const View* v : {&gates, &c_prev, &c, &dgates, &dc_prev}) g.add(*v);
-        g.add(dy);
-        g.add(dh);
-        g.add(dc);
-        lstm_cell_backward(gates.ptr<float>(), c_prev.ptr<float>(), c.ptr<float>(), ptr_or_null(dy), ptr_or_null(dh),
-                           ptr_or_null(dc), dgates.ptr<float>(), dc_prev.ptr<float>(), B, H, as_stream(stream));
+        auto guard = vouch({gates, c_prev, c, dy, dh, dc, dgates, dc_prev});
+        lstm_cell_backward(gates.ptr<float>(), c_prev.ptr<float>(), c.ptr<float>(), dy.ptr<float>(), dh.ptr<float>(),
+                           dc.ptr<float>(), dgates.ptr<float>(), dc_prev.ptr<float>(), B, H, as_stream(stream));
         check_launch("lstm_cell_backward");
       },
       py::arg("gates"), py::arg("c_prev"), py::arg("c"), py::arg("dy"), py::arg("dh_next"), py::arg("dc_next"),
@@ -108,10 +91,8 @@ void bind_rnn(py::module_& m) {
         const View hg = shaped(hg_o, "hg", {B, H});
         const auto b_hh = optional(bhh_o, "b_hh", {H});
         const View h = output(h_o, "h", {B, H});
-        Guards g;
-        for (const View* v : {&xg, &hg, &h}) g.add(*v);
-        g.add(b_hh);
-        rnn_cell_forward(xg.ptr<float>(), hg.ptr<float>(), ptr_or_null(b_hh), h.ptr<float>(), B, H, relu,
+        auto guard = vouch({xg, hg, b_hh, h});
+        rnn_cell_forward(xg.ptr<float>(), hg.ptr<float>(), b_hh.ptr<float>(), h.ptr<float>(), B, H, relu,
                          as_stream(stream));
         check_launch("rnn_cell_forward");
       },
@@ -126,12 +107,8 @@ void bind_rnn(py::module_& m) {
         const auto dy = optional(dy_o, "dy", {B, H});
         const auto dh = optional(dh_o, "dh_next", {B, H});
         const View dpre = output(dpre_o, "dpre", {B, H});
-        Guards g;
-        g.add(h);
-        g.add(dpre);
-        g.add(dy);
-        g.add(dh);
-        rnn_cell_backward(h.ptr<float>(), ptr_or_null(dy), ptr_or_null(dh), dpre.ptr<float>(), B, H, relu,
+        auto guard = vouch({h, dy, dh, dpre});
+        rnn_cell_backward(h.ptr<float>(), dy.ptr<float>(), dh.ptr<float>(), dpre.ptr<float>(), B, H, relu,
                           as_stream(stream));
         check_launch("rnn_cell_backward");
       },

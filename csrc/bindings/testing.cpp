@@ -21,18 +21,15 @@ void sum_binding(py::handle x_obj, py::handle out_obj, std::uintptr_t stream, bo
 }  // namespace
 
 void bind_testing(py::module_& m) {
-  m.def(
-      "_block_sum",
-      [](py::handle x, py::handle out, std::uintptr_t stream) { sum_binding(x, out, stream, false); },
-      py::arg("x"), py::arg("out"), py::arg("stream"),
-      "TEST-ONLY. out[0] = sum(x) by one block (shared-memory tree reduction).\n"
-      "x: float32 (n,); out: float32 (1,).");
-  m.def(
-      "_racy_block_sum",
-      [](py::handle x, py::handle out, std::uintptr_t stream) { sum_binding(x, out, stream, true); },
-      py::arg("x"), py::arg("out"), py::arg("stream"),
-      "TEST-ONLY. _block_sum with one __syncthreads() missing: a deliberate race\n"
-      "that the simulator's random schedule must expose.");
+  for (const bool racy : {false, true})
+    m.def(
+        racy ? "_racy_block_sum" : "_block_sum",
+        [racy](py::handle x, py::handle out, std::uintptr_t stream) { sum_binding(x, out, stream, racy); },
+        py::arg("x"), py::arg("out"), py::arg("stream"),
+        racy ? "TEST-ONLY. _block_sum with one __syncthreads() missing: a deliberate race\n"
+               "that the simulator's random schedule must expose."
+             : "TEST-ONLY. out[0] = sum(x) by one block (shared-memory tree reduction).\n"
+               "x: float32 (n,); out: float32 (1,).");
   m.def(
       "_invalid_launch",
       [](std::uintptr_t stream) {

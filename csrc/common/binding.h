@@ -42,6 +42,7 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
@@ -226,17 +227,22 @@ inline void require_at_least(int64_t v, int64_t lo, const char* name) {
     throw py::value_error(detail::arg(name) + "must be >= " + std::to_string(lo) + " but got " + std::to_string(v));
 }
 
-// A 2-D sliding window (convolution, pooling): kernel sizes, strides and
-// dilations >= 1, padding >= 0.
-inline void require_window(int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw) {
-  require_at_least(kh, 1, "kh");
-  require_at_least(kw, 1, "kw");
-  require_at_least(sh, 1, "sh");
-  require_at_least(sw, 1, "sw");
-  require_at_least(ph, 0, "ph");
-  require_at_least(pw, 0, "pw");
-  require_at_least(dh, 1, "dh");
-  require_at_least(dw, 1, "dw");
+// The window of a 2-D convolution or pooling, as Python passes it: kernel
+// size (kh, kw), stride (sh, sw), padding (ph, pw) and dilation (dh, dw).
+struct Window {
+  int kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+// Kernel sizes, strides and dilations >= 1, padding >= 0.
+inline void require_window(const Window& w) {
+  require_at_least(w.kh, 1, "kh");
+  require_at_least(w.kw, 1, "kw");
+  require_at_least(w.sh, 1, "sh");
+  require_at_least(w.sw, 1, "sw");
+  require_at_least(w.ph, 0, "ph");
+  require_at_least(w.pw, 0, "pw");
+  require_at_least(w.dh, 1, "dh");
+  require_at_least(w.dw, 1, "dw");
 }
 
 // Kernels take their pointers __restrict__: an output must not share memory
@@ -266,6 +272,29 @@ inline View as_rows(py::handle obj, const char* name) {
     throw py::value_error(detail::arg(name) + "rows longer than " + std::to_string(INT_MAX) +
                           " are not supported, got " + detail::shape_str(v.shape));
   return v;
+}
+
+// An array argument and its name in messages.
+struct Arg {
+  py::handle obj;
+  const char* name;
+};
+
+// Several float32, C-contiguous arrays at once, in order:
+//   const auto [x, w] = float32_arrays({{x_obj, "x"}, {w_obj, "weight"}});
+template <size_t N>
+std::array<View, N> float32_arrays(const Arg (&args)[N]) {
+  std::array<View, N> views;
+  for (size_t i = 0; i < N; ++i) views[i] = as_array(args[i].obj, args[i].name, "float32");
+  return views;
+}
+
+// The same for outputs, which must also be writable.
+template <size_t N>
+std::array<View, N> float32_outputs(const Arg (&args)[N]) {
+  std::array<View, N> views = float32_arrays(args);
+  for (size_t i = 0; i < N; ++i) require_writable(views[i], args[i].name);
+  return views;
 }
 
 inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace gpunet {
 
@@ -28,5 +29,23 @@ inline unsigned grid_for(int64_t work) {
 // float4 loads/stores need 16-byte aligned addresses. NumPy/CuPy allocations
 // are aligned, but a view such as x[1:] is not.
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Runtime bools as template parameters: with_bools(f, a, b) calls
+// f(std::bool_constant<a>{}, std::bool_constant<b>{}), so a kernel templated
+// on its flags is instantiated for each combination and launched with the
+// one asked for:
+//   with_bools([&](auto log) { kernel<decltype(log)::value><<<...>>>(...); }, log);
+template <class F>
+void with_bools(F&& f) {
+  f();
+}
+template <class F, class... Rest>
+void with_bools(F&& f, bool first, Rest... rest) {
+  static_assert((std::is_same_v<Rest, bool> && ...), "with_bools takes bools");
+  if (first)
+    with_bools([&](auto... later) { f(std::true_type{}, later...); }, rest...);
+  else
+    with_bools([&](auto... later) { f(std::false_type{}, later...); }, rest...);
+}
 
 }  // namespace gpunet

@@ -7,10 +7,11 @@
 //
 // act_forward / act_backward
 //   Algorithm: one kernel per direction, templated on the activation, so each
-//     instantiation is straight-line code without a per-element switch. A
-//     grid-stride loop over 16-byte float4 vectors when every pointer is
-//     16-byte aligned, then a scalar loop over the n % 4 tail (or over all n
-//     elements when a pointer is misaligned, e.g. a view x[1:]).
+//     instantiation is straight-line code without a per-element switch. The
+//     grid-stride loop of common/elementwise.cuh: 16-byte float4 vectors when
+//     every pointer is 16-byte aligned, then a scalar loop over the n % 4
+//     tail (or over all n elements when a pointer is misaligned, e.g. a view
+//     x[1:]). y may alias x (in-place activations).
 //   Launch: 256 threads per block, min(ceil(items / 256), 1024) blocks, where
 //     items = ceil(n / 4) (vector path) or n.
 //   Traffic: forward reads x and writes y: 8n bytes; backward reads x or y and
@@ -24,6 +25,7 @@
 //     alpha*x > beta (alpha = softplus beta, beta = threshold).
 #include <cuda_runtime.h>
 
+#include "common/elementwise.cuh"
 #include "common/launch.cuh"
 #include "kernels/activation.h"
 
@@ -80,64 +82,29 @@ __device__ __forceinline__ float act_grad(float in, float dy, float alpha, float
   }
 }
 
-// No __restrict__ on the elementwise kernels: y may alias x (in-place
-// activations). Each element is read and then written by the same thread.
 template <Act A>
 __global__ void __launch_bounds__(kThreads)
     act_forward_kernel(const float* x, float* y, int64_t n, bool vec4, float alpha, float beta) {
-  const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t step = (int64_t)gridDim.x * blockDim.x;
-  int64_t tail = 0;
-  if (vec4) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = first; i < n4; i += step) {
-      float4 v = reinterpret_cast<const float4*>(x)[i];
-      v.x = act_value<A>(v.x, alpha, beta);
-      v.y = act_value<A>(v.y, alpha, beta);
-      v.z = act_value<A>(v.z, alpha, beta);
-      v.w = act_value<A>(v.w, alpha, beta);
-      reinterpret_cast<float4*>(y)[i] = v;
-    }
-    tail = n4 * 4;
-  }
-  for (int64_t i = tail + first; i < n; i += step) y[i] = act_value<A>(x[i], alpha, beta);
+  elementwise(n, vec4, [=](int64_t, float v) { return act_value<A>(v, alpha, beta); }, y, x);
 }
 
 template <Act A>
 __global__ void __launch_bounds__(kThreads)
     act_backward_kernel(const float* in, const float* dy, float* dx, int64_t n, bool vec4, float alpha, float beta) {
-  const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t step = (int64_t)gridDim.x * blockDim.x;
-  int64_t tail = 0;
-  if (vec4) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = first; i < n4; i += step) {
-      const float4 v = reinterpret_cast<const float4*>(in)[i];
-      const float4 g = reinterpret_cast<const float4*>(dy)[i];
-      float4 r;
-      r.x = act_grad<A>(v.x, g.x, alpha, beta);
-      r.y = act_grad<A>(v.y, g.y, alpha, beta);
-      r.z = act_grad<A>(v.z, g.z, alpha, beta);
-      r.w = act_grad<A>(v.w, g.w, alpha, beta);
-      reinterpret_cast<float4*>(dx)[i] = r;
-    }
-    tail = n4 * 4;
-  }
-  for (int64_t i = tail + first; i < n; i += step) dx[i] = act_grad<A>(in[i], dy[i], alpha, beta);
+  elementwise(n, vec4, [=](int64_t, float v, float g) { return act_grad<A>(v, g, alpha, beta); }, dx, in, dy);
 }
 
 template <Act A>
 void launch_forward(const float* x, float* y, int64_t n, float alpha, float beta, cudaStream_t stream) {
-  const bool vec4 = aligned16(x) && aligned16(y);
-  act_forward_kernel<A><<<grid_for(vec4 ? (n + 3) / 4 : n), kThreads, 0, stream>>>(x, y, n, vec4, alpha, beta);
+  const bool vec4 = all_aligned16(x, y);
+  act_forward_kernel<A><<<elementwise_grid(n, vec4), kThreads, 0, stream>>>(x, y, n, vec4, alpha, beta);
 }
 
 template <Act A>
 void launch_backward(const float* in, const float* dy, float* dx, int64_t n, float alpha, float beta,
                      cudaStream_t stream) {
-  const bool vec4 = aligned16(in) && aligned16(dy) && aligned16(dx);
-  act_backward_kernel<A><<<grid_for(vec4 ? (n + 3) / 4 : n), kThreads, 0, stream>>>(in, dy, dx, n, vec4, alpha,
-                                                                                      beta);
+  const bool vec4 = all_aligned16(in, dy, dx);
+  act_backward_kernel<A><<<elementwise_grid(n, vec4), kThreads, 0, stream>>>(in, dy, dx, n, vec4, alpha, beta);
 }
 
 }  // namespace

@@ -12,15 +12,17 @@
 //     order. No mask is stored: backward calls this kernel again on dy with
 //     the same (seed, offset), trading a few integer multiplies per element
 //     for the write and re-read of a mask byte.
-//   Launch: grid-stride, 256 threads per block, min(ceil(items / 256), 1024)
-//     blocks; items = ceil(n / 4) with float4 loads/stores when x and y are
-//     16-byte aligned, else n.
+//   Launch: the grid-stride loop of common/elementwise.cuh (y may alias x),
+//     256 threads per block, min(ceil(items / 256), 1024) blocks; items =
+//     ceil(n / 4) with float4 loads/stores when x and y are 16-byte aligned,
+//     else n.
 //   Traffic: reads 4n bytes, writes 4n. Work: 3 64-bit multiplies (about 12
 //     32-bit IMADs), ~8 shifts/xors and one compare per element: close to the
 //     bandwidth floor 8n / DRAM bandwidth on an H100 (~25 integer ops per 8
 //     bytes), so the hash and the memory traffic take similar time.
 #include <cuda_runtime.h>
 
+#include "common/elementwise.cuh"
 #include "common/launch.cuh"
 #include "kernels/dropout.h"
 
@@ -39,27 +41,10 @@ __device__ __forceinline__ float keep_or_zero(float v, uint64_t seed, uint64_t c
   return splitmix64_bits(seed, counter) >= threshold ? v * scale : 0.f;
 }
 
-// No __restrict__: y may alias x.
 __global__ void __launch_bounds__(kThreads) dropout_apply_kernel(const float* x, float* y, int64_t n, uint64_t seed,
                                                                  uint64_t offset, uint64_t threshold, float scale,
                                                                  bool vec4) {
-  const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t step = (int64_t)gridDim.x * blockDim.x;
-  int64_t tail = 0;
-  if (vec4) {
-    const int64_t n4 = n / 4;
-    for (int64_t i = first; i < n4; i += step) {
-      float4 v = reinterpret_cast<const float4*>(x)[i];
-      const uint64_t k = offset + 4 * (uint64_t)i;
-      v.x = keep_or_zero(v.x, seed, k, threshold, scale);
-      v.y = keep_or_zero(v.y, seed, k + 1, threshold, scale);
-      v.z = keep_or_zero(v.z, seed, k + 2, threshold, scale);
-      v.w = keep_or_zero(v.w, seed, k + 3, threshold, scale);
-      reinterpret_cast<float4*>(y)[i] = v;
-    }
-    tail = n4 * 4;
-  }
-  for (int64_t i = tail + first; i < n; i += step) y[i] = keep_or_zero(x[i], seed, offset + i, threshold, scale);
+  elementwise(n, vec4, [=](int64_t k, float v) { return keep_or_zero(v, seed, offset + k, threshold, scale); }, y, x);
 }
 
 }  // namespace
@@ -67,9 +52,9 @@ __global__ void __launch_bounds__(kThreads) dropout_apply_kernel(const float* x,
 void dropout_apply(const float* x, float* y, int64_t n, uint64_t seed, uint64_t offset, uint64_t threshold,
                    float scale, cudaStream_t stream) {
   if (n == 0) return;
-  const bool vec4 = aligned16(x) && aligned16(y);
-  dropout_apply_kernel<<<grid_for(vec4 ? (n + 3) / 4 : n), kThreads, 0, stream>>>(x, y, n, seed, offset, threshold,
-                                                                                   scale, vec4);
+  const bool vec4 = all_aligned16(x, y);
+  dropout_apply_kernel<<<elementwise_grid(n, vec4), kThreads, 0, stream>>>(x, y, n, seed, offset, threshold, scale,
+                                                                           vec4);
 }
 
 }  // namespace gpunet

@@ -169,10 +169,12 @@ void layernorm_forward(const float* x, const float* w, const float* b, float* y,
   if (rows == 0 || cols == 0) return;
   const unsigned blocks = (unsigned)((rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock);
   const bool vec = cols % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(b) && aligned16(y);
-  if (vec)
-    layernorm_forward_kernel<true><<<blocks, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, cols, eps);
-  else
-    layernorm_forward_kernel<false><<<blocks, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, cols, eps);
+  with_bools(
+      [&](auto vec_c) {
+        layernorm_forward_kernel<decltype(vec_c)::value>
+            <<<blocks, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, cols, eps);
+      },
+      vec);
 }
 
 void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,

@@ -28,6 +28,7 @@
 
 #include <cmath>
 
+#include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "common/rows.cuh"
 #include "kernels/softmax.h"
@@ -167,19 +168,14 @@ void launch_softmax_backward(const float* y, const float* dy, float* dx, int64_t
 
 void softmax_forward(const float* x, float* y, int64_t rows, int cols, float beta, bool log, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  if (log)
-    launch_softmax_forward<true>(x, y, rows, cols, beta, stream);
-  else
-    launch_softmax_forward<false>(x, y, rows, cols, beta, stream);
+  with_bools([&](auto log_c) { launch_softmax_forward<decltype(log_c)::value>(x, y, rows, cols, beta, stream); }, log);
 }
 
 void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int cols, float beta, bool log,
                       cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  if (log)
-    launch_softmax_backward<true>(y, dy, dx, rows, cols, beta, stream);
-  else
-    launch_softmax_backward<false>(y, dy, dx, rows, cols, beta, stream);
+  with_bools(
+      [&](auto log_c) { launch_softmax_backward<decltype(log_c)::value>(y, dy, dx, rows, cols, beta, stream); }, log);
 }
 
 }  // namespace gpunet
