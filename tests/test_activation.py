@@ -12,6 +12,9 @@ from gpunet import nn
 from gpunet.ops.activation import NoGradientError
 from gpunet.testing import assert_close
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("act_forward", "act_backward")
+
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 # (id, module factory, scalar reference f(v), torch module factory)

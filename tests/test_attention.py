@@ -11,6 +11,9 @@ import gpunet.functional as F
 from gpunet import nn
 from gpunet.testing import assert_close
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("attention_forward", "attention_backward")
+
 
 class _Bound:
     """A module with fixed keyword arguments (gradcheck passes positional inputs only)."""

@@ -1,9 +1,11 @@
 """Backend selection and device handling, with the machine faked: CuPy missing,
 CuPy without a GPU, CuPy with n GPUs, the extension missing or seeing no GPU.
 Checks the reasons `backends()` gives, what 'auto' picks and logs, the
-GPUNET_DEVICE override, device indices, wrong-device errors, and the
-per-op fallback counter (on sim)."""
+GPUNET_DEVICE override, device indices, wrong-device errors, the NaN/Inf
+input-scan switch, and the per-op fallback counter (on sim)."""
 import logging
+import os
+import subprocess
 import sys
 import types
 
@@ -155,6 +157,14 @@ def test_environment_variable_forces_a_backend(machine, monkeypatch, caplog):
         gpunet.get_backend()
 
 
+def test_environment_variable_picks_the_backend_of_a_fresh_process():
+    """The real switch, read where a program starts: no faked machine."""
+    env = dict(os.environ, GPUNET_DEVICE="sim")
+    code = "import gpunet; print(gpunet.get_backend().name, gpunet.get_backend('auto').name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["sim", "sim"]
+
+
 def test_environment_cannot_conjure_a_missing_backend(machine, monkeypatch):
     machine(cupy=None)
     monkeypatch.setenv("GPUNET_DEVICE", "cupy")
@@ -263,3 +273,24 @@ def test_float64_runs_the_array_path_on_kernel_backends(device, op, make, x):
     B.reset_fallbacks()
     compare_module(make().to(np.float64), (x,), devices=("cpu", device), fallbacks=(op,))
     assert B.fallbacks()[(op, "dtype float64 (the kernels are float32)")]
+
+
+# ---------------------------------------------------------------- NaN/Inf input scans
+def test_finite_checks_switch(monkeypatch):
+    """On by default on the host, off on GPUs; set_finite_checks flips each."""
+    monkeypatch.setattr(checks, "_finite", dict(checks._finite))  # restored after the test
+    x = np.array([[0.0, np.nan]], dtype=np.float32)
+    lin = nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="input: contains 1 NaN/Inf"):
+        lin(x)
+    gpu = types.SimpleNamespace(on_gpu=True)
+    assert not checks.finite_checks_enabled(gpu)
+    gpunet.set_finite_checks(host=False)
+    assert np.isnan(lin(x)).all()  # no scan: the NaN flows through
+    assert not checks.finite_checks_enabled(gpunet.get_backend("cpu"))
+    gpunet.set_finite_checks(gpu=True)
+    assert checks.finite_checks_enabled(gpu) and not checks.finite_checks_enabled(gpunet.get_backend("cpu"))
+    gpunet.set_finite_checks(host=True, gpu=False)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        lin(x)
+    assert not checks.finite_checks_enabled(gpu)

@@ -7,6 +7,9 @@ import gpunet
 from gpunet import nn
 from gpunet.ops import dropout as ops
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("dropout_apply",)
+
 M64 = 2 ** 64
 
 

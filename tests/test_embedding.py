@@ -7,6 +7,9 @@ import gpunet
 from gpunet import nn
 from gpunet.testing import assert_close, compare_module
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("embedding_forward", "embedding_backward")
+
 
 def _naive_grad(idx, dy, vocab, padding_idx=None):
     """The weight gradient by an explicit loop over positions (the oracle)."""
@@ -105,6 +108,14 @@ def test_kernel_parity(kernel_device, schedule, dim, padding_idx, rng):
     idx = rng.integers(0, 4, size=(5, 7))  # few distinct rows: many repeats per row
     idx[0, :3] = 9
     compare_module(emb, (idx,), ("cpu", kernel_device))
+
+
+def test_kernel_parity_past_65535_rows(kernel_device, rng):
+    """A vocabulary larger than the backward kernel's 65,535 blocks: the
+    grid-stride loop gives the last rows their gradients."""
+    emb = nn.Embedding(65_537, 2)
+    idx = np.concatenate([rng.integers(0, 65_537, 40), [65_536, 65_535, 65_536, 0]])
+    compare_module(emb, (idx,), ("cpu", kernel_device), kernels=("embedding_forward", "embedding_backward"))
 
 
 def test_kernel_backward_is_deterministic(kernel_device, schedule, rng):

@@ -5,6 +5,9 @@ import pytest
 import gpunet
 from gpunet import nn, testing
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("bias_add", "bias_grad")
+
 
 @pytest.mark.parametrize("shape,inf,outf,bias", [((4, 3), 3, 2, True), ((1, 5), 5, 1, False),
                                                  ((2, 3, 7), 7, 4, True)])

@@ -11,6 +11,9 @@ from gpunet import nn
 from gpunet.regularization import l1_penalty, l2_penalty
 from gpunet.testing import assert_close as _assert_close
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("cross_entropy_forward", "cross_entropy_backward")
+
 
 def assert_close(actual, expected, **kw):
     """gpunet.testing.assert_close for 0-d losses too (compared as 1-element arrays)."""

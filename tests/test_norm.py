@@ -9,6 +9,9 @@ import gpunet
 from gpunet import nn
 from gpunet.testing import assert_close
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("layernorm_forward", "layernorm_backward")
+
 
 def _randomize(module, rng):
     """Random affine parameters, so that a wrong weight/bias gradient shows."""
@@ -103,6 +106,27 @@ def test_layernorm_kernel_parity(kernel_device, schedule, rows, width, rng):
     dy = rng.standard_normal((rows, width))
     # sums over up to ~1000 terms in float32: a few ulps times sqrt(n)
     _parity(ref, x, dy, kernel_device, n=256)
+
+
+def _near_eps_rows(rng, rows: int, width: int, eps: float = 1e-5):
+    """Rows whose variance makes eps matter: two constant rows (variance 0,
+    rstd = 1/sqrt(eps)) and rows of variance eps/4 .. 4·eps, around mean 0 (a
+    float32 mean of a large constant is off by an ulp, which rstd would
+    amplify 300-fold into the outputs). Here 1/sqrt(var + eps) and
+    look-alikes such as 1/(sqrt(var) + eps) differ by 30% and more. Values
+    are float32-exact, so the float64 reference sees the same input."""
+    x = rng.standard_normal((rows, width))
+    x /= x.std(axis=-1, keepdims=True)
+    x *= np.sqrt(eps * np.geomspace(0.25, 4.0, rows))[:, None]
+    x[0] = 0.0
+    x[1] = -2.0 ** -12
+    return x.astype(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("width", [33, 1000])
+def test_layernorm_kernel_parity_variance_near_eps(kernel_device, schedule, width, rng):
+    ref = _randomize(nn.LayerNorm(width).to(np.float64), rng)
+    _parity(ref, _near_eps_rows(rng, 6, width), rng.standard_normal((6, width)), kernel_device, n=width)
 
 
 def test_layernorm_kernel_parity_no_affine(kernel_device, rng):
@@ -248,6 +272,15 @@ def test_batchnorm_device_parity(device, cls, shape, rng):
     ref = _randomize(cls(shape[1]).to(np.float64), rng)
     dev = _parity(ref, rng.standard_normal(shape) * 2 + 1, rng.standard_normal(shape), device, n=64)
     assert_close(dev.running_var, ref.running_var, name="running_var")
+
+
+@pytest.mark.fallback("batch_norm")
+def test_batchnorm_device_parity_variance_near_eps(device, rng):
+    """Channels with variance 0 and near eps (as _near_eps_rows) reach the eps term."""
+    n, c, h, w = 4, 5, 3, 3
+    x = _near_eps_rows(rng, c, n * h * w).reshape(c, n, h, w).transpose(1, 0, 2, 3)
+    ref = _randomize(nn.BatchNorm2d(c).to(np.float64), rng)
+    _parity(ref, x, rng.standard_normal(x.shape), device, n=n * h * w)
 
 
 def test_batchnorm_bad_input():

@@ -11,6 +11,9 @@ from gpunet.backend import CountingKernels
 from gpunet.nn.module import Parameter
 from gpunet.testing import assert_close
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("sgd_multi", "adam_multi")
+
 SHAPES = [(3, 4), (5,), (1,), (2, 1, 3)]
 
 CONFIGS = [
@@ -450,6 +453,23 @@ def test_fused_update_matches_cpu(config, kernel_device, schedule, rng):
     for k, (a_step, b_step) in enumerate(zip(ours, ref)):
         for i, (a, b) in enumerate(zip(a_step, b_step)):
             assert_close(a, b, name=f"{kernel_device} step {k + 1}, param {i} {KERNEL_SHAPES[i]}")
+
+
+# A group past one sweep of the grid (1024 blocks x 256 threads = 262,144
+# elements), so each block walks several tiles, and the tiles one block walks
+# lie in different tensors: a block that reused its shared tile slot before
+# all its threads had read it would search the wrong tensors.
+BIG_SHAPES = [(1000,), (300_000,), (7,), (3, 70_000)]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_fused_update_of_a_group_past_one_grid_sweep(name, kernel_device, schedule, rng):
+    init, grads = _data(rng, np.float32, steps=1, shapes=BIG_SHAPES)
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.01)
+    ours = _run_gpunet(name, kw, init, grads, device=kernel_device)[0]
+    ref = _run_gpunet(name, kw, init, grads)[0]
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        assert_close(a, b, name=f"{kernel_device} param {i} {BIG_SHAPES[i]}")
 
 
 @pytest.mark.parametrize("name,kernel", [("SGD", "sgd_multi"), ("Adam", "adam_multi"), ("AdamW", "adam_multi")])

@@ -8,6 +8,9 @@ import gpunet
 from gpunet.nn import AvgPool2d, MaxPool2d
 from gpunet.testing import assert_close, compare_module
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
+
 
 def naive_pool(x, kind, k, s, p, d=(1, 1), ceil_mode=False, count_include_pad=True):
     """One output at a time from the definition (PyTorch's window rules)."""

@@ -8,6 +8,9 @@ import gpunet
 from gpunet import nn
 from gpunet.testing import assert_close, compare_module
 
+# the kernels a test of this family must call when it runs on sim (tests/conftest.py)
+KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "rnn_cell_forward", "rnn_cell_backward")
+
 
 def _f64(*shape, rng):
     return rng.standard_normal(shape)
