@@ -41,11 +41,40 @@ class CMakeExtension(Extension):
         self.target = name.rsplit(".", 1)[-1]
 
 
-def find_nvcc():
-    candidates = [os.environ.get("CUDACXX"), shutil.which("nvcc")]
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
+
+
+def find_nvcc(environ=os.environ):
+    candidates = [environ.get("CUDACXX"), shutil.which("nvcc", path=environ.get("PATH", os.defpath))]
     candidates += [str(Path(home) / "bin" / "nvcc") for home in
-                   (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda") if home]
+                   (environ.get("CUDA_HOME"), environ.get("CUDA_PATH"), DEFAULT_CUDA_HOME) if home]
     return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+def cuda_plan(environ=os.environ):
+    """(nvcc, None) when gpunet._C is built with that nvcc, else (None, why
+    not): GPUNET_SKIP_CUDA set to anything but "" or "0", or no nvcc found."""
+    if environ.get("GPUNET_SKIP_CUDA", "0") not in ("", "0"):
+        return None, "GPUNET_SKIP_CUDA is set"
+    nvcc = find_nvcc(environ)
+    return (nvcc, None) if nvcc else (None, "nvcc not found")
+
+
+def cmake_config(nvcc, debug: bool, out_dir: Path, environ=os.environ) -> list[str]:
+    """The CMake cache settings of a build (nvcc None: gpunet._C_sim only)."""
+    import pybind11
+
+    config = [
+        f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        f"-DCMAKE_BUILD_TYPE={'Debug' if debug else 'Release'}",
+        f"-DGPUNET_OUTPUT_DIR={out_dir}",
+        f"-DGPUNET_BUILD_CUDA={'OFF' if nvcc is None else 'ON'}",
+    ]
+    if nvcc is not None:
+        archs = environ.get("GPUNET_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
+        config += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
+    return config
 
 
 class CMakeBuild(build_ext):
@@ -55,14 +84,7 @@ class CMakeBuild(build_ext):
 
     def finalize_options(self):
         super().finalize_options()
-        self.skip_reason = None
-        self.nvcc = None
-        if os.environ.get("GPUNET_SKIP_CUDA", "0") not in ("", "0"):
-            self.skip_reason = "GPUNET_SKIP_CUDA is set"
-        else:
-            self.nvcc = find_nvcc()
-            if self.nvcc is None:
-                self.skip_reason = "nvcc not found"
+        self.nvcc, self.skip_reason = cuda_plan()
         if self.skip_reason:
             self.extensions = [e for e in self.extensions if e.name != CUDA_EXT]
         self.cmake_done = False
@@ -100,18 +122,7 @@ class CMakeBuild(build_ext):
         self.copy_file(str(built), str(dest))
 
     def run_cmake(self, build_dir: Path, out_dir: Path):
-        import pybind11
-
-        config = [
-            f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-            f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
-            f"-DGPUNET_OUTPUT_DIR={out_dir}",
-            f"-DGPUNET_BUILD_CUDA={'OFF' if self.nvcc is None else 'ON'}",
-        ]
-        if self.nvcc is not None:
-            archs = os.environ.get("GPUNET_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
-            config += [f"-DCMAKE_CUDA_COMPILER={self.nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
+        config = cmake_config(self.nvcc, self.debug, out_dir)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         build_dir.mkdir(parents=True, exist_ok=True)
         log_path = build_dir / "build.log"
@@ -137,7 +148,10 @@ class CMakeBuild(build_ext):
             raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
-setup(
-    ext_modules=[CMakeExtension("gpunet._C_sim"), CMakeExtension(CUDA_EXT)],
-    cmdclass={"build_ext": CMakeBuild},
-)
+# Guarded so that tests can import this file for cuda_plan() and
+# cmake_config(); pip and `python setup.py` run it as __main__.
+if __name__ == "__main__":
+    setup(
+        ext_modules=[CMakeExtension("gpunet._C_sim"), CMakeExtension(CUDA_EXT)],
+        cmdclass={"build_ext": CMakeBuild},
+    )

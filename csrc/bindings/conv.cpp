@@ -1,5 +1,8 @@
 // conv.cpp -- Python bindings of csrc/kernels/conv.cu (im2col, col2im).
+#include <pybind11/stl.h>
+
 #include <string>
+#include <vector>
 
 #include "bindings/families.h"
 #include "common/binding.h"
@@ -64,6 +67,24 @@ void bind_conv(py::module_& m) {
         "Adjoint of im2col: dx float32 (n, C, H, W) (overwritten) = for each element the\n"
         "sum of the dcols entries (C*kh*kw, n*OH*OW) that im2col copies it to.\n"
         "Deterministic (a gather, no atomics).");
+  m.def(
+      "_im2col_source",
+      [](const std::vector<int64_t>& x_shape, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+         int64_t e) {
+        View x;  // the geometry only: no memory is touched
+        x.shape = x_shape;
+        const ConvShape s = conv_shape(x, "x_shape", Window{kh, kw, sh, sw, ph, pw, dh, dw});
+        const int64_t total = s.c * kh * kw * s.n * s.oh * s.ow;
+        if (e < 0 || e >= total)
+          throw py::value_error("argument 'e': expected a column entry in [0, " + std::to_string(total) + "), got " +
+                                std::to_string(e));
+        return py::make_tuple(conv_index_bits(s), im2col_source_index(s, e));
+      },
+      py::arg("x_shape"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+      py::arg("dh"), py::arg("dw"), py::arg("e"),
+      "TEST-ONLY. (bits, index): the index width (32 or 64) im2col and col2im use for\n"
+      "images of x_shape (N, C, H, W) and this window, and the flat index into x that\n"
+      "im2col copies to column entry e (-1 in the padding), computed in that width.");
 }
 
 }  // namespace gpunet

@@ -1,6 +1,9 @@
 // pool.cpp -- Python bindings of csrc/kernels/pool.cu (max and average pooling).
+#include <pybind11/stl.h>
+
 #include <climits>
 #include <string>
+#include <vector>
 
 #include "bindings/families.h"
 #include "common/binding.h"
@@ -137,6 +140,19 @@ void bind_pool(py::module_& m) {
       py::arg("pw"), py::arg("count_include_pad"), py::arg("stream"),
       "dx (N, C, H, W) (overwritten) = sum over the windows containing each element of\n"
       "dy / divisor. Deterministic (a gather, no atomics).");
+  m.def(
+      "_pool_index_bits",
+      [](const std::vector<int64_t>& x_shape, const std::vector<int64_t>& y_shape, int kh, int kw, int sh, int sw,
+         int ph, int pw, int dh, int dw) {
+        View x, y;  // the geometry only: no memory is touched
+        x.shape = x_shape;
+        y.shape = y_shape;
+        return pool_index_bits(pool_shape(x, "x_shape", y, "y_shape", Window{kh, kw, sh, sw, ph, pw, dh, dw}));
+      },
+      py::arg("x_shape"), py::arg("y_shape"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+      py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
+      "TEST-ONLY. The index width (32 or 64) the pooling kernels use for input x_shape and\n"
+      "output y_shape (N, C, H, W) with this window.");
 }
 
 }  // namespace gpunet

@@ -46,7 +46,7 @@ void bind_rnn(py::module_& m) {
         const auto [B, H] = state_dims(c_prev, "c_prev");
         const View xg = shaped(xg_o, "xg", {B, 4 * H});
         const View hg = shaped(hg_o, "hg", {B, 4 * H});
-        const auto b_hh = optional(bhh_o, "b_hh", {4 * H});
+        const View b_hh = optional(bhh_o, "b_hh", {4 * H});
         const View gates = output(gates_o, "gates", {B, 4 * H});
         const View h = output(h_o, "h", {B, H});
         const View c = output(c_o, "c", {B, H});
@@ -68,9 +68,9 @@ void bind_rnn(py::module_& m) {
         const auto [B, H] = state_dims(c_prev, "c_prev");
         const View gates = shaped(gates_o, "gates", {B, 4 * H});
         const View c = shaped(c_o, "c", {B, H});
-        const auto dy = optional(dy_o, "dy", {B, H});
-        const auto dh = optional(dh_o, "dh_next", {B, H});
-        const auto dc = optional(dc_o, "dc_next", {B, H});
+        const View dy = optional(dy_o, "dy", {B, H});
+        const View dh = optional(dh_o, "dh_next", {B, H});
+        const View dc = optional(dc_o, "dc_next", {B, H});
         const View dgates = output(dgates_o, "dgates", {B, 4 * H});
         const View dc_prev = output(dcprev_o, "dc_prev", {B, H});
         auto guard = vouch({gates, c_prev, c, dy, dh, dc, dgates, dc_prev});
@@ -89,7 +89,7 @@ void bind_rnn(py::module_& m) {
         const View xg = as_array(xg_o, "xg", "float32");
         const auto [B, H] = state_dims(xg, "xg");
         const View hg = shaped(hg_o, "hg", {B, H});
-        const auto b_hh = optional(bhh_o, "b_hh", {H});
+        const View b_hh = optional(bhh_o, "b_hh", {H});
         const View h = output(h_o, "h", {B, H});
         auto guard = vouch({xg, hg, b_hh, h});
         rnn_cell_forward(xg.ptr<float>(), hg.ptr<float>(), b_hh.ptr<float>(), h.ptr<float>(), B, H, relu,
@@ -104,8 +104,8 @@ void bind_rnn(py::module_& m) {
       [](py::handle h_o, py::handle dy_o, py::handle dh_o, py::handle dpre_o, bool relu, std::uintptr_t stream) {
         const View h = as_array(h_o, "h", "float32");
         const auto [B, H] = state_dims(h, "h");
-        const auto dy = optional(dy_o, "dy", {B, H});
-        const auto dh = optional(dh_o, "dh_next", {B, H});
+        const View dy = optional(dy_o, "dy", {B, H});
+        const View dh = optional(dh_o, "dh_next", {B, H});
         const View dpre = output(dpre_o, "dpre", {B, H});
         auto guard = vouch({h, dy, dh, dpre});
         rnn_cell_backward(h.ptr<float>(), dy.ptr<float>(), dh.ptr<float>(), dpre.ptr<float>(), B, H, relu,

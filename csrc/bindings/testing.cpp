@@ -1,5 +1,7 @@
-// testing.cpp -- bindings of the TEST-ONLY kernels in csrc/kernels/testing.cu
-// (leading underscore: not part of gpunet's API).
+// testing.cpp -- bindings of the TEST-ONLY kernels and hooks in
+// csrc/kernels/testing.cu (leading underscore: not part of gpunet's API).
+#include <string>
+
 #include "bindings/families.h"
 #include "common/binding.h"
 #include "kernels/testing.h"
@@ -38,6 +40,28 @@ void bind_testing(py::module_& m) {
       },
       py::arg("stream"),
       "TEST-ONLY. Launches with 2048 threads per block; always raises RuntimeError.");
+  m.def(
+      "_launch_blocks",
+      [](const std::string& shape, int64_t n) {
+        struct Named {
+          const char* name;
+          Geometry geometry;
+        };
+        constexpr Named kShapes[] = {{"grid_stride", Geometry::GridStride},
+                                     {"elementwise", Geometry::Elementwise},
+                                     {"elementwise_vec4", Geometry::ElementwiseVec4},
+                                     {"warp_rows", Geometry::WarpRows},
+                                     {"block_rows", Geometry::BlockRows}};
+        require_at_least(n, 1, "n");
+        for (const Named& s : kShapes)
+          if (shape == s.name) return launch_blocks(s.geometry, n);
+        throw py::value_error("argument 'shape': unknown launch shape '" + shape +
+                              "'; valid: grid_stride, elementwise, elementwise_vec4, warp_rows, block_rows");
+      },
+      py::arg("shape"), py::arg("n"),
+      "TEST-ONLY. Blocks a launcher of this shape asks for n items (elements or rows):\n"
+      "grid_stride, elementwise (scalar path), elementwise_vec4 (float4 path), warp_rows\n"
+      "(a warp per row), block_rows (a block per row).");
 }
 
 }  // namespace gpunet

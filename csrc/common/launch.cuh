@@ -30,6 +30,18 @@ inline unsigned grid_for(int64_t work) {
 // are aligned, but a view such as x[1:] is not.
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
+// f(Index{}) with Index = int32_t when every flat index a kernel forms fits
+// (32-bit division and modulo are several times cheaper on the GPU), else
+// int64_t: kernels templated on their index type are launched as
+//   with_index_type(fits, [&](auto i) { using Index = decltype(i); k<Index><<<...>>>(..., (Index)n); });
+template <class F>
+void with_index_type(bool fits_int32, F&& f) {
+  if (fits_int32)
+    f(int32_t{});
+  else
+    f(int64_t{});
+}
+
 // Runtime bools as template parameters: with_bools(f, a, b) calls
 // f(std::bool_constant<a>{}, std::bool_constant<b>{}), so a kernel templated
 // on its flags is instantiated for each combination and launched with the

@@ -54,6 +54,22 @@ __device__ __forceinline__ float warp_reduce_max(float v) {
   return v;
 }
 
+// The warp-per-row kernels' load: lane l keeps u[i] = sgn * row[l + 32 i]
+// (-inf past the row's end, which every later exp turns into 0) for a row of
+// cols <= 32 VPT floats; returns the row's max, the same in every lane.
+template <int VPT>
+__device__ __forceinline__ float warp_load_row_max(const float* row, int cols, float sgn, float (&u)[VPT]) {
+  const int lane = threadIdx.x % 32;
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int c = lane + 32 * i;
+    u[i] = c < cols ? sgn * row[c] : -INFINITY;
+    m = fmaxf(m, u[i]);
+  }
+  return warp_reduce_max(m);
+}
+
 // ------------------------------------------------------------ online softmax state
 // For inputs u scaled by b >= 0: m is the running max of the u seen so far,
 // s the sum of exp(b (u - m)). An empty state is (-inf, 0). -inf inputs

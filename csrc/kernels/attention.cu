@@ -172,6 +172,35 @@ __device__ __forceinline__ void load_tile(float4* tile, const float* src, int64_
   }
 }
 
+// Where a thread of a query block (forward, dq) stands: batch entry bh, its
+// query i (row_ok: i < L) and its lane g in the row's group, and what its
+// walk over the key tiles needs: the entry's k and v, the row of the mask
+// (nullptr without one) and the end of the keys (with causal, the keys past
+// the block's last query are skipped).
+struct QueryRow {
+  int64_t bh, i;
+  int g;
+  bool row_ok;
+  const float *kb, *vb, *brow;
+  int64_t s_end;
+};
+
+__device__ __forceinline__ QueryRow query_row(const float* k, const float* v, const AttnBias& bias, int causal,
+                                              int64_t L, int64_t S, int E, int Ev, int64_t q_blocks) {
+  const int64_t bh = blockIdx.x / q_blocks;
+  const int64_t q0 = (blockIdx.x % q_blocks) * kRowsPerBlock;
+  const int64_t i = q0 + threadIdx.x / kGroup;
+  const bool row_ok = i < L;
+  return {bh,
+          i,
+          (int)(threadIdx.x % kGroup),
+          row_ok,
+          k + bh * S * E,
+          v + bh * S * Ev,
+          row_ok && bias.ptr ? bias_base(bias, bh) + i * bias.stride_row : nullptr,
+          causal ? (S < q0 + kRowsPerBlock ? S : q0 + kRowsPerBlock) : S};
+}
+
 template <int D>
 __global__ void __launch_bounds__(kAttnThreads, 1)
     attn_forward_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
@@ -181,20 +210,12 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   constexpr int D4 = D / 4;
   __shared__ float4 ks[kTileRows * D4];
   __shared__ float4 vs[kTileRows * D4];
-  const int64_t bh = blockIdx.x / q_blocks;
-  const int64_t q0 = (blockIdx.x % q_blocks) * kRowsPerBlock;
-  const int g = threadIdx.x % kGroup;
-  const int64_t i = q0 + threadIdx.x / kGroup;
-  const bool row_ok = i < L;
+  const auto [bh, i, g, row_ok, kb, vb, brow, s_end] = query_row(k, v, bias, causal, L, S, E, Ev, q_blocks);
 
   float4 qr[NC], acc[NC];
   load_row<NC>(qr, row_ok ? q + (bh * L + i) * E : nullptr, E, g);
   zero<NC>(acc);
   float m = -INFINITY, l = 0.f;
-  const float* kb = k + bh * S * E;
-  const float* vb = v + bh * S * Ev;
-  const int64_t s_end = causal ? (S < q0 + kRowsPerBlock ? S : q0 + kRowsPerBlock) : S;
-  const float* brow = row_ok && bias.ptr ? bias_base(bias, bh) + i * bias.stride_row : nullptr;
 
   for (int64_t k0 = 0; k0 < s_end; k0 += kTileRows) {
     load_tile<D>(ks, kb, k0, S, E);
@@ -320,11 +341,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   constexpr int D4 = D / 4;
   __shared__ float4 ks[kTileRows * D4];
   __shared__ float4 vs[kTileRows * D4];
-  const int64_t bh = blockIdx.x / q_blocks;
-  const int64_t q0 = (blockIdx.x % q_blocks) * kRowsPerBlock;
-  const int g = threadIdx.x % kGroup;
-  const int64_t i = q0 + threadIdx.x / kGroup;
-  const bool row_ok = i < L;
+  const auto [bh, i, g, row_ok, kb, vb, brow, s_end] = query_row(k, v, bias, causal, L, S, E, Ev, q_blocks);
 
   float4 qr[NC], dor[NC], dq_acc[NC];
   load_row<NC>(qr, row_ok ? q + (bh * L + i) * E : nullptr, E, g);
@@ -332,10 +349,6 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   zero<NC>(dq_acc);
   const float li = row_ok ? lse[bh * L + i] : -INFINITY;
   const float di = row_ok ? delta[bh * L + i] : 0.f;
-  const float* kb = k + bh * S * E;
-  const float* vb = v + bh * S * Ev;
-  const int64_t s_end = causal ? (S < q0 + kRowsPerBlock ? S : q0 + kRowsPerBlock) : S;
-  const float* brow = row_ok && bias.ptr ? bias_base(bias, bh) + i * bias.stride_row : nullptr;
 
   for (int64_t k0 = 0; k0 < s_end; k0 += kTileRows) {
     load_tile<D>(ks, kb, k0, S, E);

@@ -40,27 +40,35 @@
 namespace gpunet {
 namespace {
 
+// The flat index into x that column entry e copies, or -1 where it lies in
+// the padding: the entry decomposes as (c, i, j, image, oy, ox), ox fastest.
+template <class Index>
+__host__ __device__ __forceinline__ Index im2col_source(const ConvShape& s, Index e) {
+  const Index n = (Index)s.n, c_in = (Index)s.c, h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
+  Index t = e;
+  const Index ox = t % ow;
+  t /= ow;
+  const Index oy = t % oh;
+  t /= oh;
+  const Index img = t % n;
+  t /= n;
+  const Index j = t % s.kw;
+  t /= s.kw;
+  const Index i = t % s.kh;
+  const Index c = t / s.kh;
+  const Index y = oy * s.sh - s.ph + i * s.dh;
+  const Index xx = ox * s.sw - s.pw + j * s.dw;
+  const bool inside = y >= 0 && y < h && xx >= 0 && xx < w;
+  return inside ? ((img * c_in + c) * h + y) * w + xx : (Index)-1;
+}
+
 template <class Index>
 __global__ void __launch_bounds__(kThreads) im2col_kernel(const float* __restrict__ x, float* __restrict__ cols,
                                                           ConvShape s, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index n = (Index)s.n, c_in = (Index)s.c, h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    Index t = e;
-    const Index ox = t % ow;
-    t /= ow;
-    const Index oy = t % oh;
-    t /= oh;
-    const Index img = t % n;
-    t /= n;
-    const Index j = t % s.kw;
-    t /= s.kw;
-    const Index i = t % s.kh;
-    const Index c = t / s.kh;
-    const Index y = oy * s.sh - s.ph + i * s.dh;
-    const Index xx = ox * s.sw - s.pw + j * s.dw;
-    const bool inside = y >= 0 && y < h && xx >= 0 && xx < w;
-    cols[e] = inside ? x[((img * c_in + c) * h + y) * w + xx] : 0.f;
+    const Index src = im2col_source(s, e);
+    cols[e] = src >= 0 ? x[src] : 0.f;
   }
 }
 
@@ -99,11 +107,10 @@ __global__ void __launch_bounds__(kThreads) col2im_kernel(const float* __restric
   }
 }
 
-// Largest flat index either kernel forms: the column matrix or the input.
-int64_t max_index(const ConvShape& s) {
-  const int64_t cols = s.c * s.kh * s.kw * s.n * s.oh * s.ow;
-  const int64_t input = s.n * s.c * s.h * s.w;
-  return cols > input ? cols : input;
+// Whether every flat index either kernel forms (into the column matrix or
+// the input) fits int32.
+bool fits_int32(const ConvShape& s) {
+  return s.c * s.kh * s.kw * s.n * s.oh * s.ow <= INT_MAX && s.n * s.c * s.h * s.w <= INT_MAX;
 }
 
 }  // namespace
@@ -111,19 +118,26 @@ int64_t max_index(const ConvShape& s) {
 void im2col(const float* x, float* cols, const ConvShape& s, cudaStream_t stream) {
   const int64_t total = s.c * s.kh * s.kw * s.n * s.oh * s.ow;
   if (total == 0) return;
-  if (max_index(s) <= INT_MAX)
-    im2col_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(x, cols, s, (int32_t)total);
-  else
-    im2col_kernel<int64_t><<<grid_for(total), kThreads, 0, stream>>>(x, cols, s, total);
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    im2col_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, cols, s, (Index)total);
+  });
 }
 
 void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stream) {
   const int64_t total = s.n * s.c * s.h * s.w;
   if (total == 0) return;
-  if (max_index(s) <= INT_MAX)
-    col2im_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(dcols, dx, s, (int32_t)total);
-  else
-    col2im_kernel<int64_t><<<grid_for(total), kThreads, 0, stream>>>(dcols, dx, s, total);
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    col2im_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dcols, dx, s, (Index)total);
+  });
+}
+
+int conv_index_bits(const ConvShape& s) { return fits_int32(s) ? 32 : 64; }
+
+int64_t im2col_source_index(const ConvShape& s, int64_t e) {
+  if (fits_int32(s)) return im2col_source<int32_t>(s, (int32_t)e);
+  return im2col_source<int64_t>(s, e);
 }
 
 }  // namespace gpunet

@@ -25,4 +25,11 @@ void im2col(const float* x, float* cols, const ConvShape& s, cudaStream_t stream
 // im2col source is that element (overwrites dx).
 void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stream);
 
+// Test hooks for the index paths past 2^31 (tests/test_launch.py), which no
+// test can allocate: the width the kernels index with for s (32 or 64), and
+// the flat input index im2col reads for column entry e (-1 in the padding),
+// computed in that width by the kernel's own arithmetic.
+int conv_index_bits(const ConvShape& s);
+int64_t im2col_source_index(const ConvShape& s, int64_t e);
+
 }  // namespace gpunet

@@ -64,14 +64,7 @@ __global__ void __launch_bounds__(kWarpBlock)
   if (row >= rows) return;
   const float* xr = x + row * cols;
   float v[VPT];
-  float m = -INFINITY;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int c = lane + 32 * i;
-    v[i] = c < cols ? xr[c] : -INFINITY;
-    m = fmaxf(m, v[i]);
-  }
-  m = warp_reduce_max(m);
+  const float m = warp_load_row_max(xr, cols, 1.f, v);
   float s = 0.f, ws = 0.f, wd = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {

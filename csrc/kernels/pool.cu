@@ -167,39 +167,40 @@ bool fits_int32(const PoolShape& s) {
 void maxpool2d_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, cudaStream_t stream) {
   const int64_t total = s.planes * s.oh * s.ow;
   if (total == 0) return;
-  if (fits_int32(s))
-    maxpool_forward_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, (int32_t)total);
-  else
-    maxpool_forward_kernel<int64_t><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, total);
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    maxpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, (Index)total);
+  });
 }
 
 void maxpool2d_backward(const float* dy, const int32_t* arg, float* dx, const PoolShape& s, cudaStream_t stream) {
   const int64_t total = s.planes * s.h * s.w;
   if (total == 0) return;
-  if (fits_int32(s))
-    maxpool_backward_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, (int32_t)total);
-  else
-    maxpool_backward_kernel<int64_t><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, total);
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    maxpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, (Index)total);
+  });
 }
 
 void avgpool2d_forward(const float* x, float* y, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
   const int64_t total = s.planes * s.oh * s.ow;
   if (total == 0) return;
-  if (fits_int32(s))
-    avgpool_forward_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(x, y, s, count_include_pad,
-                                                                              (int32_t)total);
-  else
-    avgpool_forward_kernel<int64_t><<<grid_for(total), kThreads, 0, stream>>>(x, y, s, count_include_pad, total);
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    avgpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, s, count_include_pad, (Index)total);
+  });
 }
 
 void avgpool2d_backward(const float* dy, float* dx, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
   const int64_t total = s.planes * s.h * s.w;
   if (total == 0) return;
-  if (fits_int32(s))
-    avgpool_backward_kernel<int32_t><<<grid_for(total), kThreads, 0, stream>>>(dy, dx, s, count_include_pad,
-                                                                               (int32_t)total);
-  else
-    avgpool_backward_kernel<int64_t><<<grid_for(total), kThreads, 0, stream>>>(dy, dx, s, count_include_pad, total);
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    avgpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, dx, s, count_include_pad,
+                                                                             (Index)total);
+  });
 }
+
+int pool_index_bits(const PoolShape& s) { return fits_int32(s) ? 32 : 64; }
 
 }  // namespace gpunet

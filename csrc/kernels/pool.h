@@ -32,4 +32,8 @@ void avgpool2d_forward(const float* x, float* y, const PoolShape& s, bool count_
 // dx = sum over the windows containing the element of dy / divisor (overwrites dx).
 void avgpool2d_backward(const float* dy, float* dx, const PoolShape& s, bool count_include_pad, cudaStream_t stream);
 
+// Test hook for the index paths past 2^31 (tests/test_launch.py): the width
+// the kernels index with for s, 32 or 64.
+int pool_index_bits(const PoolShape& s);
+
 }  // namespace gpunet

@@ -44,16 +44,8 @@ __global__ void __launch_bounds__(kWarpBlock)
   const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
   if (row >= rows) return;  // the whole warp leaves together
   const float sgn = beta < 0.f ? -1.f : 1.f, b = fabsf(beta);
-  const float* xr = x + row * cols;
   float u[VPT];
-  float m = -INFINITY;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int c = lane + 32 * i;
-    u[i] = c < cols ? sgn * xr[c] : -INFINITY;
-    m = fmaxf(m, u[i]);
-  }
-  m = warp_reduce_max(m);
+  const float m = warp_load_row_max(x + row * cols, cols, sgn, u);
   float s = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {

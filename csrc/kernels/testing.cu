@@ -1,5 +1,5 @@
-// testing.cu -- TEST-ONLY kernels for tests/test_extension.py; nothing in
-// gpunet uses them. They prove two things about the toolchain itself:
+// testing.cu -- TEST-ONLY kernels and hooks; nothing in gpunet uses them.
+// The kernels prove two things about the toolchain itself:
 //
 // block_sum_kernel<kRacy>: one block of 256 threads sums x[0..n) into out[0].
 //   Each thread sums x[t], x[t + 256], ... into red[t] (shared memory), then a
@@ -13,8 +13,15 @@
 // noop_kernel launched with 2048 threads per block: an invalid configuration
 //   (the limit is 1024) that cudaGetLastError reports without corrupting the
 //   context, to test check_launch -> RuntimeError on GPU and simulator alike.
+//
+// launch_blocks: the grid each launch shape asks for, computed on the host by
+// the launchers' own helpers, so that geometry past 2^31 items is tested
+// without the memory such a launch would need.
 #include <cuda_runtime.h>
 
+#include "common/elementwise.cuh"
+#include "common/launch.cuh"
+#include "common/rows.cuh"
 #include "kernels/testing.h"
 
 namespace gpunet {
@@ -43,12 +50,21 @@ __global__ void noop_kernel() {}
 }  // namespace
 
 void block_sum(const float* x, float* out, int64_t n, bool racy, cudaStream_t stream) {
-  if (racy)
-    block_sum_kernel<true><<<1, kSumThreads, 0, stream>>>(x, out, n);
-  else
-    block_sum_kernel<false><<<1, kSumThreads, 0, stream>>>(x, out, n);
+  with_bools([&](auto racy_c) { block_sum_kernel<decltype(racy_c)::value><<<1, kSumThreads, 0, stream>>>(x, out, n); },
+             racy);
 }
 
 void invalid_launch(cudaStream_t stream) { noop_kernel<<<1, 2048, 0, stream>>>(); }
+
+int64_t launch_blocks(Geometry g, int64_t n) {
+  switch (g) {
+    case Geometry::GridStride: return grid_for(n);
+    case Geometry::Elementwise: return elementwise_grid(n, false);
+    case Geometry::ElementwiseVec4: return elementwise_grid(n, true);
+    case Geometry::WarpRows: return warp_grid(n);
+    case Geometry::BlockRows: return row_grid(n);
+  }
+  return 0;
+}
 
 }  // namespace gpunet
