@@ -20,6 +20,12 @@ that no op fell back to the array path unless the call names it in
 `fallbacks` (a documented fallback: float64, BatchNorm, ...); on any kernel
 backend the fallback check holds. `expect_kernels` is the same check for any
 block of code.
+
+Declared op tests: an `OpCase` states a module, its inputs, a reference and
+the reduction length once; `check_op(case, device)` then runs the three
+rings on that device (cpu: the reference and a float64 gradcheck; sim:
+float32 parity with the float64 cpu run under each thread schedule, with
+the kernel-use check; cuda/cupy: the same parity).
 """
 from __future__ import annotations
 
@@ -27,11 +33,14 @@ import contextlib
 import copy
 import math
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from . import backend
 from .backend import get_backend, to_numpy
+from .gradcheck import gradcheck
 from .nn.module import Module
 
 KERNEL_BACKENDS = ("sim", "cuda")
@@ -283,3 +292,76 @@ def compare_training(make_model, make_loss, make_optimizer, batches, devices=("c
             if v.dtype.kind == "f":
                 assert_close(results[dev][1][k], v, **tol, name=f"{tag}: {k}")
     return results
+
+
+# ---------------------------------------------------------------- declared op tests
+SCHEDULES = ("fwd", "rev", "random")
+
+
+@contextlib.contextmanager
+def schedule(name: str, seed: int = 12345):
+    """Run the block with the sim runtime's threads in order `name` (fwd, rev
+    or random): a kernel whose result depends on the order has a race."""
+    kernels = get_backend("sim").kernels
+    kernels.set_schedule(name, seed)
+    try:
+        yield
+    finally:
+        kernels.set_schedule("fwd", seed)
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One op test, declared once. `make()` builds the module, `inputs(rng)`
+    its forward arguments as float64 arrays (integer arrays pass through),
+    `n` is the longest reduction behind an output (the tolerance rule),
+    `kernels` the kernels sim must call and `fallbacks` the ops documented
+    to leave them; `reference(*inputs)`, if given, is a plain float64
+    implementation the cpu output must match; `gradcheck=False` skips the
+    finite-difference check (an op with kinks everywhere)."""
+    name: str
+    make: Callable
+    inputs: Callable
+    n: int = 1
+    kernels: tuple = ()
+    fallbacks: tuple = ()
+    reference: Callable | None = None
+    gradcheck: bool = True
+
+    def __str__(self):
+        return self.name
+
+
+def _cast(tree, dtype):
+    return _tree_map(lambda a: a.astype(dtype) if getattr(a, "dtype", np.dtype(int)).kind == "f" else a, tree)
+
+
+def check_op(case: OpCase, device, seed: int = 0):
+    """The checks of `case` on `device` (see the module docstring). Inputs
+    are rounded to float32 first, so the float64 reference sees exactly the
+    float32 run's inputs."""
+    inputs = _cast(_cast(case.inputs(np.random.default_rng(seed)), np.float32), np.float64)
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    module = case.make().to(np.float64)
+    grad_outputs = _random_like(_to_host(_forward_only(module, "cpu", inputs)), np.random.default_rng(seed + 1))
+    if get_backend(device).name == "cpu":
+        if case.reference is not None:
+            out = _forward_only(module, "cpu", inputs)
+            for (p, r), (_, g) in zip(_leaves(case.reference(*inputs), "output", []), _leaves(out, "output", [])):
+                assert_close(g, r, n=case.n, name=f"{case}: {p} vs the reference")
+        if case.gradcheck:
+            gradcheck(copy.deepcopy(module), inputs)
+        return
+    ref = _run_module(module, "cpu", inputs, grad_outputs)[:3]
+    m32 = copy.deepcopy(module).to(np.float32)
+    orders = SCHEDULES if get_backend(device).name == "sim" else (None,)
+    for order in orders:
+        with schedule(order) if order else contextlib.nullcontext():
+            with expect_kernels(device, case.kernels or None, case.fallbacks):
+                got = _run_module(m32, device, _cast(inputs, np.float32), _cast(grad_outputs, np.float32))[:3]
+        tag = f"{case} on {device}" + (f" ({order} schedule)" if order else "") + " vs float64 cpu"
+        for what, r, g in (("output", ref[0], got[0]), ("grad_input", ref[1], got[1])):
+            for (p, a), (_, b) in zip(_leaves(r, what, []), _leaves(g, what, [])):
+                assert_close(b, a, n=case.n, name=f"{tag}: {p}")
+        for name in ref[2]:
+            assert_close(got[2][name], ref[2][name], n=case.n, name=f"{tag}: {name}.grad")

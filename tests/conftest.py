@@ -40,15 +40,10 @@ def kernel_device(request):
     return request.param
 
 
-@pytest.fixture(params=["fwd", "rev", "random"])
+@pytest.fixture(params=testing.SCHEDULES)
 def schedule(request):
     """For sim tests: run under each thread schedule (no-op elsewhere)."""
-    if _status["sim"]["available"]:
-        from gpunet import _C_sim
-        _C_sim.set_schedule(request.param, 12345)
-        yield request.param
-        _C_sim.set_schedule("fwd", 12345)
-    else:
+    with testing.schedule(request.param):
         yield request.param
 
 

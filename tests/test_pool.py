@@ -6,6 +6,7 @@ import pytest
 
 import gpunet
 from gpunet.nn import AvgPool2d, MaxPool2d
+from gpunet import testing
 from gpunet.testing import assert_close, compare_module
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
@@ -113,34 +114,30 @@ def test_padding_semantics():
                                   -np.ones((2, 2)))
 
 
-# ---------------------------------------------------------------- reference correctness
-@pytest.mark.parametrize("cfg", MAX_CONFIGS)
-def test_max_forward_matches_naive_loops(cfg, rng):
-    pool = make_max(cfg).to(np.float64)
-    x = shaped(cfg, rng, dtype=np.float64)
-    expected = naive_pool(x, "max", pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
-    assert_close(pool(x), expected)
+# ---------------------------------------------------------------- declared cases: every backend
+def _naive(pool, kind):
+    """naive_pool with the module's own (normalised) arguments."""
+    if kind == "max":
+        return lambda x: naive_pool(x, "max", pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                    pool.ceil_mode)
+    return lambda x: naive_pool(x, "avg", pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode,
+                                count_include_pad=pool.count_include_pad)
 
 
-@pytest.mark.parametrize("cfg", AVG_CONFIGS)
-def test_avg_forward_matches_naive_loops(cfg, rng):
-    pool = make_avg(cfg).to(np.float64)
-    x = shaped(cfg, rng, dtype=np.float64)
-    expected = naive_pool(x, "avg", pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode,
-                          count_include_pad=pool.count_include_pad)
-    assert_close(pool(x), expected)
+def _case(kind, cfg):
+    make = (lambda: make_max(cfg)) if kind == "max" else (lambda: make_avg(cfg))
+    return testing.OpCase(f"{kind}{cfg}", make, lambda rng: (rng.standard_normal((2, 2) + cfg[-1]),),
+                          kernels=(f"{kind}pool2d_forward", f"{kind}pool2d_backward"),
+                          reference=_naive(make(), kind))
 
 
-@pytest.mark.parametrize("cfg", MAX_CONFIGS)
-def test_max_gradcheck(cfg, rng):
-    pool = make_max(cfg).to(np.float64)
-    assert gpunet.gradcheck(pool, (shaped(cfg, rng, n=1, c=2, dtype=np.float64),)).checked > 0
+CASES = [_case("max", cfg) for cfg in MAX_CONFIGS] + [_case("avg", cfg) for cfg in AVG_CONFIGS]
 
 
-@pytest.mark.parametrize("cfg", AVG_CONFIGS)
-def test_avg_gradcheck(cfg, rng):
-    pool = make_avg(cfg).to(np.float64)
-    assert gpunet.gradcheck(pool, (shaped(cfg, rng, n=1, c=2, dtype=np.float64),)).checked > 0
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_op(case, device):
+    """cpu: the naive loops and gradcheck; sim (every schedule), cuda, cupy: parity with float64 cpu."""
+    testing.check_op(case, device)
 
 
 def test_max_ties_go_to_the_first_index_in_window_order():
@@ -213,16 +210,6 @@ def test_bad_inputs(cls):
 
 
 # ---------------------------------------------------------------- kernels against the reference
-@pytest.mark.parametrize("cfg", MAX_CONFIGS)
-def test_max_kernel_parity(kernel_device, schedule, cfg, rng):
-    compare_module(make_max(cfg), (shaped(cfg, rng, n=2, c=3),), devices=("cpu", kernel_device))
-
-
-@pytest.mark.parametrize("cfg", AVG_CONFIGS)
-def test_avg_kernel_parity(kernel_device, schedule, cfg, rng):
-    compare_module(make_avg(cfg), (shaped(cfg, rng, n=2, c=3),), devices=("cpu", kernel_device))
-
-
 def test_max_kernel_ties_match_the_reference(kernel_device):
     """Integer-valued input full of ties: the kernel must pick the same element."""
     x = np.random.default_rng(5).integers(0, 3, size=(2, 2, 7, 6)).astype(np.float32)
