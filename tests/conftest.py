@@ -6,7 +6,8 @@ the CPU CUDA runtime (fwd, rev, random) to expose races.
 Every test that runs on sim must run kernels there, not an array path: at
 least one of the test module's KERNELS (its family's kernel names) when the
 module lists them, else any kernel; and no op may fall back from its kernels
-unless the test is marked `fallback(op, ...)` (a documented fallback) or
+unless the test is marked `fallback(op, ...)` or its `case` (a
+testing.OpCase) lists the op (a documented fallback), or it is marked
 `no_kernels(why)` (it checks something before any kernel could run)."""
 import numpy as np
 import pytest
@@ -70,6 +71,9 @@ def _sim_ran_kernels(request):
         return
     marker = request.node.get_closest_marker("fallback")
     allowed = marker.args if marker else ()
+    case = request.node.callspec.params.get("case")
+    if isinstance(case, testing.OpCase):  # a declared op test documents its own fallbacks
+        allowed += case.fallbacks
     with testing.expect_kernels("sim", None, allowed) as use:
         yield
     family = getattr(request.module, "KERNELS", ())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpunet
-from gpunet import nn
+from gpunet import nn, testing
 from gpunet.testing import assert_close
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
@@ -46,10 +46,24 @@ LN_CASES = [  # input shape, normalized_shape, elementwise_affine, bias
 ]
 
 
-@pytest.mark.parametrize("shape,norm,affine,bias", LN_CASES)
-def test_layernorm_gradcheck(shape, norm, affine, bias, rng):
-    m = _randomize(nn.LayerNorm(norm, elementwise_affine=affine, bias=bias).to(np.float64), rng)
-    gpunet.gradcheck(m, (rng.standard_normal(shape) * 2 + 1,))
+def _ln_case(shape, norm, affine=True, bias=True):
+    width = int(np.prod(norm))
+    return testing.OpCase(
+        f"LayerNorm{shape}norm={norm}affine={affine}bias={bias}",
+        lambda: _randomize(nn.LayerNorm(norm, elementwise_affine=affine, bias=bias), np.random.default_rng(7)),
+        lambda rng: (rng.standard_normal(shape) * 2 + 1,), n=width, kernels=KERNELS)
+
+
+# the module's shapes, then the kernels' regimes: width 1, odd widths, one
+# row per warp or per block, more rows than one block's chunk of dw/db
+LN_OP_CASES = [_ln_case(*c) for c in LN_CASES] + [
+    _ln_case((rows, width), width) for rows, width in [(3, 33), (2, 1000), (3, 1025), (70, 33), (5, 64)]]
+
+
+@pytest.mark.parametrize("case", LN_OP_CASES, ids=str)
+def test_layernorm_op(case, device):
+    """cpu: gradcheck; sim (every schedule), cuda, cupy: parity with float64 cpu."""
+    testing.check_op(case, device)
 
 
 # Width 1 is left to gradcheck: the exact input gradient is 0, and torch's
@@ -99,15 +113,6 @@ def _parity(ref, x, dy, device, n=1, params=True):
     return dev
 
 
-@pytest.mark.parametrize("rows,width", [(3, 1), (3, 33), (2, 1000), (3, 1025), (70, 33), (5, 64)])
-def test_layernorm_kernel_parity(kernel_device, schedule, rows, width, rng):
-    ref = _randomize(nn.LayerNorm(width).to(np.float64), rng)
-    x = rng.standard_normal((rows, width)) * 2 + 1
-    dy = rng.standard_normal((rows, width))
-    # sums over up to ~1000 terms in float32: a few ulps times sqrt(n)
-    _parity(ref, x, dy, kernel_device, n=256)
-
-
 def _near_eps_rows(rng, rows: int, width: int, eps: float = 1e-5):
     """Rows whose variance makes eps matter: two constant rows (variance 0,
     rstd = 1/sqrt(eps)) and rows of variance eps/4 .. 4·eps, around mean 0 (a
@@ -127,11 +132,6 @@ def _near_eps_rows(rng, rows: int, width: int, eps: float = 1e-5):
 def test_layernorm_kernel_parity_variance_near_eps(kernel_device, schedule, width, rng):
     ref = _randomize(nn.LayerNorm(width).to(np.float64), rng)
     _parity(ref, _near_eps_rows(rng, 6, width), rng.standard_normal((6, width)), kernel_device, n=width)
-
-
-def test_layernorm_kernel_parity_no_affine(kernel_device, rng):
-    ref = nn.LayerNorm((3, 7), elementwise_affine=False).to(np.float64)
-    _parity(ref, rng.standard_normal((2, 3, 7)), rng.standard_normal((2, 3, 7)), kernel_device)
 
 
 def test_layernorm_backward_deterministic(kernel_device, rng):

@@ -9,7 +9,7 @@ import pytest
 
 import gpunet
 from gpunet import functional as F
-from gpunet import nn
+from gpunet import nn, testing
 from gpunet.testing import assert_close
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
@@ -35,19 +35,22 @@ def naive_softmax(x, dim, beta, log):
 CASES = [((3, 5), -1, 1.0), ((2, 3, 4), 1, 2.5), ((4, 3), 0, -0.7), ((2, 6), 1, 40.0)]
 
 
-@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
-@pytest.mark.parametrize("shape,dim,beta", CASES)
-def test_forward_matches_naive_loop(cls, shape, dim, beta, rng):
-    x = rng.standard_normal(shape)
-    y = module(cls, dim, beta)(x)
-    np.testing.assert_allclose(y, naive_softmax(x, dim, beta, cls is nn.LogSoftmax), rtol=1e-12, atol=1e-14)
+def _case(cls, shape, dim, beta):
+    log = cls is nn.LogSoftmax
+    return testing.OpCase(
+        f"{cls.__name__}{shape}dim={dim}beta={beta}", lambda: cls(dim=dim, beta=beta),
+        # large beta: keep some probability mass off the max (and beta·x about 1)
+        lambda rng: (rng.standard_normal(shape) * (0.1 if abs(beta) > 10 else 1.0),),
+        n=shape[dim], kernels=KERNELS, reference=lambda x: naive_softmax(x, dim, beta, log))
 
 
-@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
-@pytest.mark.parametrize("shape,dim,beta", CASES)
-def test_gradcheck(cls, shape, dim, beta, rng):
-    x = rng.standard_normal(shape) * (0.1 if abs(beta) > 10 else 1.0)  # large beta: keep some mass off the max
-    gpunet.gradcheck(module(cls, dim, beta), (x,))
+OP_CASES = [_case(cls, *c) for cls in (nn.Softmax, nn.LogSoftmax) for c in CASES]
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=str)
+def test_op(case, device):
+    """cpu: the naive loop and gradcheck; sim (every schedule), cuda, cupy: parity with float64 cpu."""
+    testing.check_op(case, device)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
