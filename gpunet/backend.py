@@ -124,13 +124,16 @@ class CountingKernels:
     the same numbers (sim is test-only: the cuda backend calls gpunet._C
     directly)."""
 
+    # the runtime's controls, not kernels: they must not count as kernel calls
+    UNCOUNTED = frozenset({"schedule", "set_schedule", "set_workers", "device_count", "device_error", "reset_error"})
+
     def __init__(self, module):
         self._module = module
         self.calls: Counter = Counter()
 
     def __getattr__(self, name):
         attr = getattr(self._module, name)
-        if not callable(attr):
+        if not callable(attr) or name in self.UNCOUNTED:
             return attr
 
         def counted(*args, **kwargs):

@@ -41,6 +41,36 @@ def kernel_device(request):
     return request.param
 
 
+@pytest.fixture(params=["sim", "cuda"])
+def kb(request):
+    """A backend with compiled kernels (sim, cuda), for tests that call a
+    binding directly through kb.kernels."""
+    require(request.param)
+    return gpunet.get_backend(request.param)
+
+
+def put(be, a):
+    """A fresh copy of host array `a` on backend `be` (a new, aligned allocation)."""
+    return be.asarray(np.array(a))
+
+
+def misaligned(be, a):
+    """A C-contiguous copy of `a` on `be` whose data pointer is 4 bytes past a
+    16-byte boundary: forces a kernel's scalar (non-float4) path."""
+    view = put(be, np.zeros(a.size + 1, np.float32))[1:].reshape(a.shape)
+    view[...] = put(be, a)
+    return view
+
+
+def f32(rng, shape, scale=3.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def close(got, ref, rtol=1e-5, atol=1e-6):
+    """A kernel's float32 result against a float64 reference."""
+    np.testing.assert_allclose(gpunet.to_numpy(got).astype(np.float64), ref, rtol=rtol, atol=atol)
+
+
 @pytest.fixture(params=testing.SCHEDULES)
 def schedule(request):
     """For sim tests: run under each thread schedule (no-op elsewhere)."""

@@ -1,7 +1,9 @@
 """Activations: naive-loop forward, float64 gradcheck, PyTorch parity, the
 perceptron's step functions, bad input, and the elementwise kernels on the
-kernel backends (sim/cuda) against the float64 reference."""
+kernel backends (sim/cuda) against the float64 reference, through the modules
+and through the binding (float4 and scalar paths, argument checks)."""
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from gpunet import functional as F
 from gpunet import nn, testing
 from gpunet.ops.activation import NoGradientError
 from gpunet.testing import assert_close
+
+from conftest import close, f32, misaligned, put
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("act_forward", "act_backward")
@@ -210,3 +214,122 @@ def test_normal_cdf_without_scipy_matches_scipy(monkeypatch):
     ours = act.normal_cdf(np, x)
     ref = 0.5 * special.erfc(-x / np.sqrt(2))
     np.testing.assert_allclose(ours, ref, rtol=2e-12, atol=1e-300)
+
+
+# ---------------------------------------------------------------- the kernels through the binding
+KINDS = ("relu", "leaky_relu", "sigmoid", "tanh", "softsign", "gelu", "softplus")
+# (alpha, beta) per kind: negative_slope; softplus beta and threshold (small
+# enough that the random inputs cross it). The other kinds ignore both.
+PARAMS = {"leaky_relu": (0.1, 0.0), "softplus": (1.5, 4.0)}
+SHAPES = ((1,), (3,), (1023,), (4097,), (7, 33))
+erf = np.vectorize(math.erf)
+
+
+def ref_forward(kind, x, alpha, beta):
+    if kind == "relu":
+        return np.maximum(x, 0)
+    if kind == "leaky_relu":
+        return np.where(x > 0, x, alpha * x)
+    if kind == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if kind == "tanh":
+        return np.tanh(x)
+    if kind == "softsign":
+        return x / (1 + np.abs(x))
+    if kind == "gelu":
+        return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    return np.where(alpha * x > beta, x, np.log1p(np.exp(alpha * x)) / alpha)  # softplus
+
+
+def ref_backward(kind, x, y, dy, alpha, beta):
+    """dy * f'; relu/sigmoid/tanh from the output y, the others from x."""
+    if kind == "relu":
+        return np.where(y > 0, dy, 0)
+    if kind == "leaky_relu":
+        return np.where(x > 0, dy, alpha * dy)
+    if kind == "sigmoid":
+        return dy * y * (1 - y)
+    if kind == "tanh":
+        return dy * (1 - y * y)
+    if kind == "softsign":
+        return dy / (1 + np.abs(x)) ** 2
+    if kind == "gelu":
+        return dy * (0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
+    return np.where(alpha * x > beta, dy, dy / (1 + np.exp(-alpha * x)))  # softplus
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["float4", "scalar"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_act_forward(kb, schedule, kind, shape, aligned):
+    rng = np.random.default_rng(zlib.crc32(f"{kind}{shape}".encode()))
+    alpha, beta = PARAMS.get(kind, (0.0, 0.0))
+    x = f32(rng, shape)
+    place = (lambda a: put(kb, a)) if aligned else (lambda a: misaligned(kb, a))
+    xd, yd = place(x), place(np.full(shape, np.nan, np.float32))
+    kb.kernels.act_forward(kind, xd, yd, alpha, beta, kb.stream())
+    close(gpunet.to_numpy(yd), ref_forward(kind, x.astype(np.float64), alpha, beta))
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["float4", "scalar"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_act_backward(kb, schedule, kind, shape, aligned):
+    rng = np.random.default_rng(zlib.crc32(f"{kind}{shape}bwd".encode()))
+    alpha, beta = PARAMS.get(kind, (0.0, 0.0))
+    x = f32(rng, shape)
+    y = ref_forward(kind, x.astype(np.float64), alpha, beta).astype(np.float32)
+    dy = f32(rng, shape, 1.0)
+    place = (lambda a: put(kb, a)) if aligned else (lambda a: misaligned(kb, a))
+    dxd = place(np.full(shape, np.nan, np.float32))
+    kb.kernels.act_backward(kind, place(x), place(y), place(dy), dxd, alpha, beta, kb.stream())
+    x64, y64, dy64 = (a.astype(np.float64) for a in (x, y, dy))
+    close(gpunet.to_numpy(dxd), ref_backward(kind, x64, y64, dy64, alpha, beta))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_act_backward_ignores_the_unused_input(kb, kind):
+    """relu/sigmoid/tanh read y, the others x; the other one may be None."""
+    uses = kb.kernels.act_backward_input(kind)
+    assert uses == ("y" if kind in ("relu", "sigmoid", "tanh") else "x")
+    rng = np.random.default_rng(3)
+    alpha, beta = PARAMS.get(kind, (0.0, 0.0))
+    x = f32(rng, (64,))
+    y = ref_forward(kind, x.astype(np.float64), alpha, beta).astype(np.float32)
+    dy = f32(rng, (64,), 1.0)
+    dx = put(kb, np.zeros(64, np.float32))
+    args = (put(kb, x), None) if uses == "x" else (None, put(kb, y))
+    kb.kernels.act_backward(kind, *args, put(kb, dy), dx, alpha, beta, kb.stream())
+    close(gpunet.to_numpy(dx), ref_backward(kind, x.astype(np.float64), y.astype(np.float64), dy.astype(np.float64), alpha, beta))
+
+
+def test_act_forward_in_place(kb):
+    x = f32(np.random.default_rng(4), (1000,))
+    xd = put(kb, x)
+    kb.kernels.act_forward("gelu", xd, xd, 0.0, 0.0, kb.stream())
+    close(gpunet.to_numpy(xd), ref_forward("gelu", x.astype(np.float64), 0.0, 0.0))
+
+
+def test_softplus_torch_defaults_and_extremes(kb):
+    """beta=1, threshold=20 as torch; large |x| neither overflows nor loses the linear branch."""
+    x = np.array([-100, -30, -1, 0, 1, 19.9, 20.1, 30, 100], np.float32)
+    y, dx = put(kb, np.zeros_like(x)), put(kb, np.zeros_like(x))
+    kb.kernels.act_forward("softplus", put(kb, x), y, 1.0, 20.0, kb.stream())
+    kb.kernels.act_backward("softplus", put(kb, x), None, put(kb, np.ones_like(x)), dx, 1.0, 20.0, kb.stream())
+    x64 = x.astype(np.float64)
+    close(gpunet.to_numpy(y), ref_forward("softplus", x64, 1.0, 20.0))
+    close(gpunet.to_numpy(dx), ref_backward("softplus", x64, None, np.ones_like(x64), 1.0, 20.0))
+
+
+def test_relu_propagates_nan(kb):
+    y = put(kb, np.zeros(4, np.float32))
+    kb.kernels.act_forward("relu", put(kb, np.array([np.nan, -1, 0, 2], np.float32)), y, 0.0, 0.0, kb.stream())
+    np.testing.assert_array_equal(gpunet.to_numpy(y), [np.nan, 0, 0, 2])
+
+
+def test_rejects_unknown_kind_listing_the_valid_ones(kb):
+    x = put(kb, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="valid kinds: relu, leaky_relu, sigmoid, tanh, softsign, gelu, softplus"):
+        kb.kernels.act_forward("swish", x, x, 0.0, 0.0, kb.stream())
+    with pytest.raises(ValueError, match="softplus: beta"):
+        kb.kernels.act_forward("softplus", x, x, 0.0, 20.0, kb.stream())

@@ -1,9 +1,14 @@
-"""Linear: gradcheck, a naive loop, PyTorch, kernel parity, bad input."""
+"""Linear: gradcheck, a naive loop, PyTorch, kernel parity, bad input, and the bias
+kernels through the binding."""
+import contextlib
+
 import numpy as np
 import pytest
 
 import gpunet
 from gpunet import nn, testing
+
+from conftest import close, f32, misaligned, put
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("bias_add", "bias_grad")
@@ -76,3 +81,49 @@ def test_bad_input(rng):
         nn.Linear(0, 2)
     with pytest.raises(RuntimeError, match="no forward to differentiate"):
         nn.Linear(3, 2).backward(np.ones((1, 2), np.float32))
+
+
+# ---------------------------------------------------------------- the bias kernels through the binding
+BIAS_SHAPES = ((1, 1, 1), (3, 5, 1), (2, 3, 7), (4, 6, 16), (2, 3, 1025), (0, 4, 3))
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["float4", "scalar"])
+@pytest.mark.parametrize("n,c,inner", BIAS_SHAPES, ids=str)
+def test_bias_add(kb, schedule, n, c, inner, aligned):
+    rng = np.random.default_rng(n * 100 + c * 10 + inner)
+    y = f32(rng, (n, c, inner))
+    b = f32(rng, (c,))
+    yd = put(kb, y) if aligned else misaligned(kb, y)
+    kb.kernels.bias_add(yd, put(kb, b), inner, kb.stream())
+    close(gpunet.to_numpy(yd), y.astype(np.float64) + b[None, :, None].astype(np.float64))
+
+
+def test_bias_add_linear_and_conv_layouts(kb):
+    rng = np.random.default_rng(5)
+    lin, conv, b = f32(rng, (8, 10)), f32(rng, (2, 10, 3, 5)), f32(rng, (10,))
+    lin_d, conv_d = put(kb, lin), put(kb, conv)
+    kb.kernels.bias_add(lin_d, put(kb, b), 1, kb.stream())
+    kb.kernels.bias_add(conv_d, put(kb, b), 15, kb.stream())
+    close(gpunet.to_numpy(lin_d), lin.astype(np.float64) + b)
+    close(gpunet.to_numpy(conv_d), conv.astype(np.float64) + b[None, :, None, None])
+
+
+@pytest.mark.parametrize("n,c,inner", BIAS_SHAPES + ((64, 3, 300),), ids=str)
+def test_bias_grad(kb, schedule, n, c, inner):
+    rng = np.random.default_rng(n * 100 + c * 10 + inner + 1)
+    dy = f32(rng, (n, c, inner))
+    db = put(kb, np.full(c, np.nan, np.float32))
+    kb.kernels.bias_grad(put(kb, dy), db, inner, kb.stream())
+    close(gpunet.to_numpy(db), dy.astype(np.float64).sum(axis=(0, 2)), rtol=1e-5, atol=1e-4)
+
+
+def test_bias_grad_is_bitwise_deterministic(kb):
+    """Same bits on every run and, in the simulator, under every schedule."""
+    dy = put(kb, f32(np.random.default_rng(6), (32, 5, 97)))
+    results = []
+    for order in (testing.SCHEDULES if kb.name == "sim" else (None,)) * 2:
+        with testing.schedule(order) if order else contextlib.nullcontext():
+            db = put(kb, np.zeros(5, np.float32))
+            kb.kernels.bias_grad(dy, db, 97, kb.stream())
+        results.append(gpunet.to_numpy(db).tobytes())
+    assert len(set(results)) == 1
