@@ -17,6 +17,10 @@ from gpunet import testing
 
 ALL_DEVICES = ("cpu", "sim", "cuda", "cupy")
 _status = gpunet.backends()
+# the CuPy fusions (the "fused" dispatch path) are tested against cpu where CuPy has a GPU
+needs_cupy = pytest.mark.skipif(not _status["cupy"]["available"],
+                                reason=f"backend 'cupy' unavailable: {_status['cupy']['reason']}")
+FUSED_DTYPES = [np.float32, np.float64]
 
 
 def require(device: str):

@@ -12,9 +12,9 @@ import gpunet
 from gpunet import functional as F
 from gpunet import nn, testing
 from gpunet.ops.activation import NoGradientError
-from gpunet.testing import assert_close
+from gpunet.testing import assert_close, compare_module
 
-from conftest import close, f32, misaligned, put
+from conftest import FUSED_DTYPES, close, f32, misaligned, needs_cupy, put
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("act_forward", "act_backward")
@@ -333,3 +333,32 @@ def test_rejects_unknown_kind_listing_the_valid_ones(kb):
         kb.kernels.act_forward("swish", x, x, 0.0, 0.0, kb.stream())
     with pytest.raises(ValueError, match="softplus: beta"):
         kb.kernels.act_forward("softplus", x, x, 0.0, 20.0, kb.stream())
+
+
+# ---------------------------------------------------------------- the CuPy fusion of the backward
+FUSED_ACTIVATIONS = {
+    "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.3), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+    "softsign": nn.Softsign, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU("tanh"),
+    "softplus": lambda: nn.Softplus(beta=2.0, threshold=3.0),
+}
+
+
+@needs_cupy
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("name", list(FUSED_ACTIVATIONS))
+def test_fused_backward(name, dtype, rng):
+    x = (rng.standard_normal((7, 33)) * 3).astype(dtype)
+    x[0, :3] = 0.0  # the kinks
+    compare_module(FUSED_ACTIVATIONS[name]().to(dtype), (x,), devices=("cpu", "cupy"), n=64)
+
+
+@needs_cupy
+def test_fused_backward_strided_gradient(rng):
+    """The fused kernel takes dy through its strides (a transposed view)."""
+    from gpunet.ops.activation import act_backward, act_forward
+    be = gpunet.get_backend("cupy")
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    dy = rng.standard_normal((5, 6)).astype(np.float32).T
+    y, ctx = act_forward(be, "softsign", be.asarray(x))
+    dx = act_backward(be, ctx, be.asarray(np.ascontiguousarray(dy.T)).T)
+    assert_close(dx, dy / (1 + np.abs(x)) ** 2, name="softsign dx")

@@ -8,6 +8,8 @@ from gpunet.nn import Conv2d
 from gpunet.ops import conv as conv_ops
 from gpunet.testing import assert_close, compare_module
 
+from conftest import FUSED_DTYPES, needs_cupy
+
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("im2col", "col2im")
 
@@ -362,3 +364,32 @@ def test_empty_batch(device):
     assert y.shape == (0, 6, 3, 3)
     assert conv.backward(be.xp.zeros(y.shape, np.float32)).shape == (0, 4, 5, 5)
     assert not gpunet.to_numpy(conv.weight.grad).any() and not gpunet.to_numpy(conv.bias.grad).any()
+
+
+# ---------------------------------------------------------------- the CuPy fusion of col2im
+@needs_cupy
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (2, 1, 1, 1), ((2, 1), (1, 2), (2, 1), 2), (3, 2, 2, 3),
+])
+def test_fused_conv2d(stride, padding, dilation, groups, dtype, rng):
+    conv = Conv2d(6, 6, (3, 2), stride=stride, padding=padding, dilation=dilation, groups=groups).to(dtype)
+    x = rng.standard_normal((2, 6, 9, 8)).astype(dtype)
+    compare_module(conv, (x,), devices=("cpu", "cupy"), n=256)
+
+
+@needs_cupy
+@pytest.mark.parametrize("geometry", [
+    dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1),
+    dict(stride=(2, 3), padding=(2, 1), dilation=(1, 2), groups=2),
+])
+def test_col2im_sums_in_the_array_path_order(geometry, rng):
+    """The gather adds the same terms in the same order as conv._col2im_array: bit-identical."""
+    x_shape, w_shape = (3, 4, 7, 9), (6, 4 // geometry["groups"], 3, 3)
+    g = conv_ops.geometry(x_shape, w_shape, geometry["stride"], geometry["padding"], geometry["dilation"],
+                          geometry["groups"])
+    kg = w_shape[1] * g.kh * g.kw
+    dcols = rng.standard_normal((g.groups, kg, x_shape[0] * g.oh * g.ow)).astype(np.float32)
+    ref = conv_ops._col2im_array(np, dcols, x_shape, g)
+    got = conv_ops._col2im_fused(gpunet.asarray(dcols, device="cupy"), x_shape, g)
+    np.testing.assert_array_equal(gpunet.to_numpy(got), ref)

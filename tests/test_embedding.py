@@ -7,6 +7,8 @@ import gpunet
 from gpunet import nn
 from gpunet.testing import assert_close, compare_module
 
+from conftest import needs_cupy
+
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("embedding_forward", "embedding_backward")
 
@@ -148,3 +150,18 @@ def test_kernel_bindings_reject_bad_arrays(kernel_device):
         be.kernels.embedding_backward(out, order, row_ptr, w, 5, be.stream())
     with pytest.raises(ValueError, match="row_ptr.*shape"):
         be.kernels.embedding_backward(out, order, row_ptr[:5], w, -1, be.stream())
+
+
+# ---------------------------------------------------------------- the CuPy fusion of the backward
+@needs_cupy
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_fused_embedding_backward(padding_idx, rng):
+    """Rows sum their positions in a fixed order: equal to cpu within rounding,
+    and bit-identical from one run to the next."""
+    emb = nn.Embedding(9, 5, padding_idx=padding_idx)
+    idx = rng.integers(0, 9, (6, 13))  # many repeats; some rows never used
+    dy = rng.standard_normal((6, 13, 5)).astype(np.float32)
+    first = compare_module(emb, (idx,), devices=("cpu", "cupy"), grad_outputs=dy, n=64)
+    again = compare_module(emb, (idx,), devices=("cupy",), grad_outputs=dy)
+    np.testing.assert_array_equal(gpunet.to_numpy(first["cupy"][2]["weight"]),
+                                  gpunet.to_numpy(again["cupy"][2]["weight"]))

@@ -9,7 +9,9 @@ import pytest
 import gpunet
 from gpunet import nn
 from gpunet.regularization import l1_penalty, l2_penalty
-from gpunet.testing import assert_close as _assert_close
+from gpunet.testing import assert_close as _assert_close, compare_module
+
+from conftest import FUSED_DTYPES, needs_cupy
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("cross_entropy_forward", "cross_entropy_backward")
@@ -377,3 +379,21 @@ def test_loss_follows_a_gpu_input_without_to(kernel_device, rng):
     ref = nn.CrossEntropyLoss(weight=np.arange(1, 6, dtype=np.float32))(gpunet.to_numpy(x), gpunet.to_numpy(t))
     _assert_close(loss, ref)
     assert crit.backend.owns(crit.backward())
+
+
+# ---------------------------------------------------------------- the CuPy fusions of cross-entropy
+@needs_cupy
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted,smoothing,spatial", [
+    (False, 0.0, False), (True, 0.0, False), (False, 0.2, False), (True, 0.1, True),
+])
+def test_fused_cross_entropy(weighted, smoothing, spatial, reduction, dtype, rng):
+    c = 11
+    shape = (6, c, 2, 3) if spatial else (9, c)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    t = rng.integers(0, c, (shape[0],) + shape[2:])
+    t.reshape(-1)[::4] = -100  # ignored rows
+    weight = rng.uniform(0.5, 2.0, c) if weighted else None
+    crit = nn.CrossEntropyLoss(weight=weight, reduction=reduction, label_smoothing=smoothing).to(dtype)
+    compare_module(crit, (x, t), devices=("cpu", "cupy"), n=256)

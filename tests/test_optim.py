@@ -9,7 +9,9 @@ import gpunet
 from gpunet import nn, optim
 from gpunet.backend import CountingKernels
 from gpunet.nn.module import Parameter
-from gpunet.testing import assert_close
+from gpunet.testing import assert_close, compare_training, tolerances
+
+from conftest import FUSED_DTYPES, needs_cupy
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("sgd_multi", "adam_multi")
@@ -535,3 +537,32 @@ def test_binding_validates_arguments(kernel_device):
     with pytest.raises(ValueError, match="'beta2'"):
         k.adam_multi([p], [g], [m], [v], [0.1], [0.5], table, **dict(adam, beta2=1.0))
     assert not p.any(), "a rejected call must not have touched the parameters"
+
+
+# ---------------------------------------------------------------- the CuPy fusions of SGD and Adam
+def _train_fused(make_optimizer, dtype, rng):
+    batches = [(rng.standard_normal((8, 5)), rng.integers(0, 3, 8)) for _ in range(4)]
+    batches = [(x.astype(dtype), t) for x, t in batches]
+    make_model = lambda: nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(dtype)  # noqa: E731
+    # explicit tolerances: the losses come back as Python floats, which would get float64's
+    rtol, atol = tolerances(dtype, n=4096)
+    compare_training(make_model, lambda: nn.CrossEntropyLoss().to(dtype), make_optimizer, batches,
+                     devices=("cpu", "cupy"), rtol=rtol, atol=atol)
+
+
+FUSED_OPTIMIZERS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.1),
+    "sgd_decay": lambda p: optim.SGD(p, lr=0.1, weight_decay=0.01),
+    "momentum": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    "nesterov": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda p: optim.Adam(p, lr=0.01),
+    "adam_l2": lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1),
+    "adamw": lambda p: optim.AdamW(p, lr=0.01, weight_decay=0.1),
+}
+
+
+@needs_cupy
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("name", list(FUSED_OPTIMIZERS))
+def test_fused_optimizer_updates(name, dtype, rng):
+    _train_fused(FUSED_OPTIMIZERS[name], dtype, rng)

@@ -8,6 +8,8 @@ import gpunet
 from gpunet import nn
 from gpunet.testing import assert_close, compare_module
 
+from conftest import FUSED_DTYPES, needs_cupy
+
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "rnn_cell_forward", "rnn_cell_backward")
 
@@ -426,3 +428,22 @@ def test_language_model_training_parity(kernel_device):
     assert_close(losses, ref_losses, n=1024, name="losses per step")
     for k, v in ref_state.items():
         assert_close(state_dev[k], v, n=1024, name=k)
+
+
+# ---------------------------------------------------------------- the CuPy fusion of the LSTM cell
+@needs_cupy
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+@pytest.mark.parametrize("state", [True, False])
+def test_fused_lstm(state, dtype, rng):
+    lstm = nn.LSTM(5, 6, num_layers=2, batch_first=True).to(dtype)
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    inputs = (x, (rng.standard_normal((2, 3, 6)).astype(dtype), rng.standard_normal((2, 3, 6)).astype(dtype))) \
+        if state else (x,)
+    compare_module(lstm, inputs, devices=("cpu", "cupy"), n=1024)
+
+
+@needs_cupy
+def test_fused_lstm_cell(rng):
+    cell = nn.LSTMCell(4, 7)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    compare_module(cell, (x,), devices=("cpu", "cupy"), n=256)
