@@ -2,6 +2,7 @@
 perceptron's step functions, bad input, and the elementwise kernels on the
 kernel backends (sim/cuda) against the float64 reference, through the modules
 and through the binding (float4 and scalar paths, argument checks)."""
+import itertools
 import math
 import zlib
 
@@ -258,29 +259,33 @@ def ref_backward(kind, x, y, dy, alpha, beta):
     return np.where(alpha * x > beta, dy, dy / (1 + np.exp(-alpha * x)))  # softplus
 
 
-@pytest.mark.parametrize("aligned", [True, False], ids=["float4", "scalar"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("kind", KINDS)
+# every kind x every shape x aligned (the float4 path) or 4 bytes past (the scalar path)
+BINDING_GRID = pytest.mark.parametrize("kind,shape,aligned", list(itertools.product(KINDS, SHAPES, (True, False))))
+
+
+def _placer(kb, aligned):
+    return (lambda a: put(kb, a)) if aligned else (lambda a: misaligned(kb, a))
+
+
+@BINDING_GRID
 def test_act_forward(kb, schedule, kind, shape, aligned):
     rng = np.random.default_rng(zlib.crc32(f"{kind}{shape}".encode()))
     alpha, beta = PARAMS.get(kind, (0.0, 0.0))
     x = f32(rng, shape)
-    place = (lambda a: put(kb, a)) if aligned else (lambda a: misaligned(kb, a))
+    place = _placer(kb, aligned)
     xd, yd = place(x), place(np.full(shape, np.nan, np.float32))
     kb.kernels.act_forward(kind, xd, yd, alpha, beta, kb.stream())
     close(gpunet.to_numpy(yd), ref_forward(kind, x.astype(np.float64), alpha, beta))
 
 
-@pytest.mark.parametrize("aligned", [True, False], ids=["float4", "scalar"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("kind", KINDS)
+@BINDING_GRID
 def test_act_backward(kb, schedule, kind, shape, aligned):
     rng = np.random.default_rng(zlib.crc32(f"{kind}{shape}bwd".encode()))
     alpha, beta = PARAMS.get(kind, (0.0, 0.0))
     x = f32(rng, shape)
     y = ref_forward(kind, x.astype(np.float64), alpha, beta).astype(np.float32)
     dy = f32(rng, shape, 1.0)
-    place = (lambda a: put(kb, a)) if aligned else (lambda a: misaligned(kb, a))
+    place = _placer(kb, aligned)
     dxd = place(np.full(shape, np.nan, np.float32))
     kb.kernels.act_backward(kind, place(x), place(y), place(dy), dxd, alpha, beta, kb.stream())
     x64, y64, dy64 = (a.astype(np.float64) for a in (x, y, dy))
