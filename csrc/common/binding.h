@@ -34,6 +34,12 @@
 //   }, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("alpha"), py::arg("beta"),
 //      py::arg("stream"), "docstring");
 //
+// Several float32 arrays at once: float32_arrays({{x_obj, "x"}, {w_obj, "weight"}})
+// (inputs) and float32_outputs(...) (also writable). Convolution and pooling
+// take their window as a Window (require_window checks it). Where a forward
+// and a backward validate alike, one function builds both bindings (see
+// conv_binding in csrc/bindings/conv.cpp), so the checks are written once.
+//
 // Kernel launchers (declared in csrc/kernels/<family>.h) take raw pointers,
 // element counts and a cudaStream_t, and skip the launch when there is no
 // work (a grid of 0 blocks is a launch error).

@@ -8,10 +8,8 @@
 //     lane l keeps the elements l, l + 32, ... (VPT = values per lane, a
 //     template parameter in {1, 2, 4, 8, 16, 32}, see with_values_per_lane).
 //     kWarpRows rows per block, warp_grid(rows) blocks.
-//   cols > kMaxWarpCols          block of kRowBlock threads per row, row_grid(rows)
-//     blocks striding over the rows (at most kMaxRowBlocks, the grid's y/z
-//     limit, kept for the x dimension too so that the stride loop is exercised
-//     by moderate row counts).
+//   cols > kMaxWarpCols          block of kRowBlock threads per row,
+//     row_grid(rows) blocks: at most kMaxRowBlocks, striding over the rest.
 #pragma once
 #include <cuda_runtime.h>
 
