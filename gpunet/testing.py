@@ -316,9 +316,10 @@ class OpCase:
     its forward arguments as float64 arrays (integer arrays pass through),
     `n` is the longest reduction behind an output (the tolerance rule),
     `kernels` the kernels sim must call and `fallbacks` the ops documented
-    to leave them; `reference(*inputs)`, if given, is a plain float64
-    implementation the cpu output must match; `gradcheck=False` skips the
-    finite-difference check (an op with kinks everywhere)."""
+    to leave them; `reference(module, *inputs)`, if given, is a plain float64
+    implementation the cpu output must match (it reads the float64 module's
+    parameters and settings); `gradcheck=False` skips the finite-difference
+    check (an op with kinks everywhere)."""
     name: str
     make: Callable
     inputs: Callable
@@ -347,7 +348,7 @@ def check_op(case: OpCase, device, seed: int = 0):
     if get_backend(device).name == "cpu":
         if case.reference is not None:
             out = _forward_only(module, "cpu", inputs)
-            for (p, r), (_, g) in zip(_leaves(case.reference(*inputs), "output", []), _leaves(out, "output", [])):
+            for (p, r), (_, g) in zip(_leaves(case.reference(module, *inputs), "output", []), _leaves(out, "output", [])):
                 assert_close(g, r, n=case.n, name=f"{case}: {p} vs the reference")
         if case.gradcheck:
             gradcheck(copy.deepcopy(module), inputs)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gpunet
+from gpunet import testing
 from gpunet.nn import Conv2d
 from gpunet.ops import conv as conv_ops
 from gpunet.testing import assert_close, compare_module
@@ -110,21 +111,31 @@ def test_default_init_and_state_dict():
 
 
 # ---------------------------------------------------------------- reference correctness
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_forward_matches_naive_loops(cfg, rng):
-    conv = make_conv(cfg, np.float64)
-    x = make_input(cfg, rng, dtype=np.float64)
+def _naive(conv, x):
     b = None if conv.bias is None else conv.bias.data
-    expected = naive_conv2d(x, conv.weight.data, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-    assert_close(conv(x), expected)
+    return naive_conv2d(x, conv.weight.data, b, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_gradcheck(cfg, rng):
-    conv = make_conv(cfg, np.float64)
-    x = make_input(cfg, rng, n=2, dtype=np.float64)
-    result = gpunet.gradcheck(conv, (x,))
-    assert result.checked > 0
+def _case(name, make, shape):
+    # the longest reductions: a weight gradient's, over every image and pixel
+    return testing.OpCase(name, make, lambda rng: (rng.standard_normal(shape),), n=shape[0] * shape[2] * shape[3],
+                          kernels=KERNELS, reference=_naive)
+
+
+EDGES = [  # (input shape, Conv2d arguments)
+    ((1, 1, 1, 1), dict(kernel_size=1)),                      # one element
+    ((1, 2, 3, 4), dict(kernel_size=(3, 4))),                 # the window is the whole image: 1x1 output
+    ((2, 1, 1, 5), dict(kernel_size=(1, 2), stride=3)),       # stride skips pixels no window reads
+    ((1, 3, 5, 3), dict(kernel_size=3, padding=2, dilation=2, stride=2)),
+]
+CASES = [_case(f"cfg{i}", lambda cfg=cfg: make_conv(cfg), (2, cfg[0]) + cfg[8]) for i, cfg in enumerate(CONFIGS)] + [
+    _case(f"edge{shape}{kw}", lambda shape=shape, kw=kw: Conv2d(shape[1], 2, **kw), shape) for shape, kw in EDGES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_op(case, device):
+    """cpu: the naive loops and gradcheck; sim (every schedule), cuda, cupy: parity with float64 cpu."""
+    testing.check_op(case, device)
 
 
 def test_unbatched_input_matches_batched(rng):
@@ -249,25 +260,6 @@ def test_bad_grad_output():
 
 
 # ---------------------------------------------------------------- kernel path against the reference
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_kernel_parity(kernel_device, schedule, cfg, rng):
-    conv = make_conv(cfg)
-    x = make_input(cfg, rng, n=3)
-    compare_module(conv, (x,), devices=("cpu", kernel_device), n=256)
-
-
-@pytest.mark.parametrize("shape,kwargs", [
-    ((1, 1, 1, 1), dict(kernel_size=1)),                      # one element
-    ((1, 2, 3, 4), dict(kernel_size=(3, 4))),                 # the window is the whole image: 1x1 output
-    ((2, 1, 1, 5), dict(kernel_size=(1, 2), stride=3)),       # stride skips pixels no window reads
-    ((1, 3, 5, 3), dict(kernel_size=3, padding=2, dilation=2, stride=2)),
-])
-def test_kernel_parity_edges(kernel_device, schedule, shape, kwargs, rng):
-    conv = Conv2d(shape[1], 2, **kwargs)
-    x = rng.standard_normal(shape).astype(np.float32)
-    compare_module(conv, (x,), devices=("cpu", kernel_device), n=256)
-
-
 @pytest.mark.parametrize("limit", [1, 2000])
 def test_kernel_parity_chunked(kernel_device, monkeypatch, limit, rng):
     """A workspace limit below one image's columns (limit=1) or a few images'

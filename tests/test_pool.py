@@ -115,20 +115,18 @@ def test_padding_semantics():
 
 
 # ---------------------------------------------------------------- declared cases: every backend
-def _naive(pool, kind):
+def _naive(pool, x):
     """naive_pool with the module's own (normalised) arguments."""
-    if kind == "max":
-        return lambda x: naive_pool(x, "max", pool.kernel_size, pool.stride, pool.padding, pool.dilation,
-                                    pool.ceil_mode)
-    return lambda x: naive_pool(x, "avg", pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode,
-                                count_include_pad=pool.count_include_pad)
+    if isinstance(pool, MaxPool2d):
+        return naive_pool(x, "max", pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+    return naive_pool(x, "avg", pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode,
+                      count_include_pad=pool.count_include_pad)
 
 
 def _case(kind, cfg):
-    make = (lambda: make_max(cfg)) if kind == "max" else (lambda: make_avg(cfg))
-    return testing.OpCase(f"{kind}{cfg}", make, lambda rng: (rng.standard_normal((2, 2) + cfg[-1]),),
-                          kernels=(f"{kind}pool2d_forward", f"{kind}pool2d_backward"),
-                          reference=_naive(make(), kind))
+    return testing.OpCase(f"{kind}{cfg}", (lambda: make_max(cfg)) if kind == "max" else (lambda: make_avg(cfg)),
+                          lambda rng: (rng.standard_normal((2, 2) + cfg[-1]),),
+                          kernels=(f"{kind}pool2d_forward", f"{kind}pool2d_backward"), reference=_naive)
 
 
 CASES = [_case("max", cfg) for cfg in MAX_CONFIGS] + [_case("avg", cfg) for cfg in AVG_CONFIGS]

@@ -41,7 +41,7 @@ def _case(cls, shape, dim, beta):
         f"{cls.__name__}{shape}dim={dim}beta={beta}", lambda: cls(dim=dim, beta=beta),
         # large beta: keep some probability mass off the max (and beta·x about 1)
         lambda rng: (rng.standard_normal(shape) * (0.1 if abs(beta) > 10 else 1.0),),
-        n=shape[dim], kernels=KERNELS, reference=lambda x: naive_softmax(x, dim, beta, log))
+        n=shape[dim], kernels=KERNELS, reference=lambda m, x: naive_softmax(x, dim, beta, log))
 
 
 OP_CASES = [_case(cls, *c) for cls in (nn.Softmax, nn.LogSoftmax) for c in CASES]
