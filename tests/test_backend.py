@@ -17,6 +17,8 @@ from gpunet import backend as B
 from gpunet import checks, nn
 from gpunet.testing import compare_module
 
+from conftest import require
+
 
 class FakeCupyArray:
     """Stands in for a cupy.ndarray living on one GPU."""
@@ -233,8 +235,6 @@ def test_synchronize_waits_for_the_whole_device(machine):
 
 # ---------------------------------------------------------------- fallback counter
 def test_fallbacks_are_counted_and_logged(caplog, rng):
-    if not gpunet.backends()["sim"]["available"]:
-        pytest.skip(f"backend 'sim' unavailable: {gpunet.backends()['sim']['reason']}")
     from gpunet.ops import attention
     caplog.set_level(logging.DEBUG, logger="gpunet")
     B.reset_fallbacks()
@@ -266,10 +266,10 @@ def test_fallbacks_are_counted_and_logged(caplog, rng):
     ("embedding", lambda: nn.Embedding(5, 3, padding_idx=1), np.array([1, 2, 2, 4])),
 ])
 def test_float64_runs_the_array_path_on_kernel_backends(device, op, make, x):
-    """The kernels are float32: a float64 model on sim/cuda runs the array path
-    (cpu's on sim, CuPy's on cuda) instead of failing, and says so."""
-    if not gpunet.backends()[device]["available"]:
-        pytest.skip(f"backend {device!r} unavailable: {gpunet.backends()[device]['reason']}")
+    """The kernels are float32: a float64 model on sim/cuda runs what cpu (on
+    sim) or cupy (on cuda: its fusions, else array code) runs, instead of
+    failing, and says so."""
+    require(device)
     B.reset_fallbacks()
     compare_module(make().to(np.float64), (x,), devices=("cpu", device), fallbacks=(op,))
     assert B.fallbacks()[(op, "dtype float64 (the kernels are float32)")]
