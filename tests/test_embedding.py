@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpunet
-from gpunet import nn
+from gpunet import nn, testing
 from gpunet.testing import assert_close, compare_module
 
 from conftest import needs_cupy
@@ -41,12 +41,6 @@ def test_backward_sums_repeated_indices(padding_idx, rng):
     assert_close(emb.weight.grad, _naive_grad(idx, dy, 6, pad), name="d weight")
     if pad is not None:
         assert not emb.weight.grad[pad].any()
-
-
-def test_gradcheck(rng):
-    # (no padding_idx: its row deliberately gets no gradient, unlike the finite difference)
-    emb = nn.Embedding(5, 3).to(np.float64)
-    gpunet.gradcheck(emb, (np.array([[1, 4, 1], [0, 3, 1]]),))
 
 
 def test_padding_row_starts_at_zero_and_init_is_standard_normal():
@@ -103,13 +97,28 @@ def test_bad_input():
         emb.backward(np.zeros((3, 3), np.float32))
 
 
-# ---------------------------------------------------------------- kernel parity (sim/cuda vs cpu)
-@pytest.mark.parametrize("dim,padding_idx", [(6, None), (8, 3), (33, -1)])  # scalar path, float4 path, odd width
-def test_kernel_parity(kernel_device, schedule, dim, padding_idx, rng):
-    emb = nn.Embedding(10, dim, padding_idx=padding_idx)
+# ---------------------------------------------------------------- declared cases: every backend
+def _indices(rng):
     idx = rng.integers(0, 4, size=(5, 7))  # few distinct rows: many repeats per row
     idx[0, :3] = 9
-    compare_module(emb, (idx,), ("cpu", kernel_device))
+    return (idx,)
+
+
+def _case(dim, padding_idx):
+    return testing.OpCase(
+        f"Embedding(10, {dim}, padding_idx={padding_idx})", lambda: nn.Embedding(10, dim, padding_idx=padding_idx),
+        _indices, n=35, kernels=KERNELS, reference=lambda m, idx: m.weight.data[idx],
+        # the padding row deliberately gets no gradient, unlike the finite difference
+        gradcheck=padding_idx is None)
+
+
+CASES = [_case(6, None), _case(8, 3), _case(33, -1)]  # scalar path, float4 path, odd width
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_op(case, device):
+    """cpu: the row lookup and gradcheck; sim (every schedule), cuda, cupy: parity with float64 cpu."""
+    testing.check_op(case, device)
 
 
 def test_kernel_parity_past_65535_rows(kernel_device, rng):
