@@ -2,6 +2,7 @@
 (CMakeLists.txt):
 
   gpunet._C_sim  the CUDA kernels compiled for the CPU (csrc/sim); always built
+  gpunet._C_simcheck  the same under the simulator's race checker; always built
   gpunet._C      the CUDA kernels compiled by nvcc; built when nvcc is found
 
 Works for `pip install .` and `pip install -e .` (and `python setup.py
@@ -78,7 +79,7 @@ def cmake_config(nvcc, debug: bool, out_dir: Path, environ=os.environ) -> list[s
 
 
 class CMakeBuild(build_ext):
-    """Configure and build both modules with one CMake run, then copy each
+    """Configure and build every module with one CMake run, then copy each
     module where setuptools expects it (setuptools copies them into gpunet/
     itself for editable and --inplace builds)."""
 
@@ -152,6 +153,6 @@ class CMakeBuild(build_ext):
 # cmake_config(); pip and `python setup.py` run it as __main__.
 if __name__ == "__main__":
     setup(
-        ext_modules=[CMakeExtension("gpunet._C_sim"), CMakeExtension(CUDA_EXT)],
+        ext_modules=[CMakeExtension("gpunet._C_sim"), CMakeExtension("gpunet._C_simcheck"), CMakeExtension(CUDA_EXT)],
         cmdclass={"build_ext": CMakeBuild},
     )

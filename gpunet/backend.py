@@ -53,7 +53,7 @@ class Backend:
         self.kernel_dtypes = frozenset()
         self.fused = False
         if name == "sim":
-            self.kernels = CountingKernels(_import_kernels("gpunet._C_sim"))
+            self.kernels = CountingKernels(_import_kernels(sim_module()))
         elif name in ("cuda", "cupy"):
             import cupy
             self.xp = cupy
@@ -155,15 +155,22 @@ def _import_kernels(modname: str):
     return importlib.import_module(modname)
 
 
+def sim_module() -> str:
+    """The extension behind the sim backend: gpunet._C_sim, or with
+    GPUNET_SIM_RACECHECK=1 gpunet._C_simcheck, the same kernels under the race
+    and memory checker (csrc/sim/racecheck.cpp), where a hazard fails the launch."""
+    return "gpunet._C_simcheck" if os.environ.get("GPUNET_SIM_RACECHECK", "0") not in ("", "0") else "gpunet._C_sim"
+
+
 def _probe(name: str) -> tuple[bool, str]:
     """(available, reason) for one backend, without raising."""
     if name == "cpu":
         return True, f"NumPy {np.__version__}"
     if name == "sim":
         try:
-            _import_kernels("gpunet._C_sim")
+            _import_kernels(sim_module())
         except ImportError as e:
-            return False, f"extension gpunet._C_sim not built ({e})"
+            return False, f"extension {sim_module()} not built ({e})"
         return True, "CUDA kernels on the CPU through the bundled runtime (for tests)"
     ok, why, ndev = _probe_cupy()
     if name == "cupy":

@@ -9,6 +9,9 @@ line numbers are preserved (compiler errors, gdb and ASan point at the .cu).
               .kernel([&](auto&... a) { kernel(a...); }, "kernel")(args)
   extern __shared__ T name[];
       ->  T* name = ::cudasim::dynamic_smem<T>();
+  __shared__ T a[N], b[M];            (a static declaration starting a line)
+      ->  __shared__ T a[N], b[M]; ::cudasim::note_shared(&a, sizeof(a)); ...
+          (tells the race checker where the variable lives; a no-op elsewhere)
 
 The kernel is called from a generic lambda, not passed as a function pointer,
 so that a template kernel's arguments are deduced from the launch arguments
@@ -27,6 +30,35 @@ DYN_SMEM = re.compile(
     r"(?P<type>[A-Za-z_][\w:<>,\s\*]*?)\s*"                     # element type
     r"(?:__align__\s*\(\s*\w+\s*\)\s*)?"
     r"(?P<name>\w+)\s*\[\s*\]\s*;")
+
+
+STATIC_SMEM = re.compile(r"^(?P<decl>[ \t]*__shared__\s+[^;\n]*;)", re.M)
+
+
+def _declared_names(decl: str):
+    """The variable names of `__shared__ T a[N], b[M];` (a name is the last
+    identifier before its first '[' or '=', or at its end)."""
+    body = decl.strip()[len("__shared__"):].rstrip(";")
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(body):
+        depth += c in "[(<{"
+        depth -= c in "])>}"
+        if c == "," and depth == 0:
+            parts.append(body[start:i])
+            start = i + 1
+    parts.append(body[start:])
+    names = []
+    for part in parts:
+        head = re.split(r"[\[=]", part, maxsplit=1)[0]
+        ids = re.findall(r"[A-Za-z_]\w*", head)
+        if ids:
+            names.append(ids[-1])
+    return names
+
+
+def _note_static_smem(m) -> str:
+    notes = "".join(f" ::cudasim::note_shared(&{n}, sizeof({n}));" for n in _declared_names(m.group("decl")))
+    return m.group("decl") + notes
 
 
 def _skip_space_back(src: str, i: int) -> int:
@@ -84,7 +116,7 @@ def rewrite(src: str) -> str:
                + src[m.end():])
     src = DYN_SMEM.sub(lambda m: f"{m.group('type').strip()}* {m.group('name')} = "
                                  f"::cudasim::dynamic_smem<{m.group('type').strip()}>();", src)
-    return src
+    return STATIC_SMEM.sub(_note_static_smem, src)
 
 
 def main():

@@ -204,13 +204,20 @@ inline Config& config() {
     if (const char* s = std::getenv("CUDASIM_STRICT")) k.strict = std::atoi(s) != 0;
     if (const char* s = std::getenv("CUDASIM_STACK_KB")) k.stack_bytes = (size_t)std::atoi(s) * 1024;
     if (const char* s = std::getenv("CUDASIM_CHECK_PTRS")) k.check_ptrs = std::atoi(s) != 0;
+#if defined(CUDASIM_RACECHECK)
+    k.workers = 1;  // the checker's shadow state belongs to the launching OS thread
+#endif
     return k;
   }();
   return c;
 }
 // programmatic overrides (used by tests through the Python bindings)
 inline void set_schedule(int s, unsigned seed = 12345) { config().schedule = s; config().seed = seed; }
+#if defined(CUDASIM_RACECHECK)
+inline void set_workers(int) {}  // always one worker under the race checker
+#else
 inline void set_workers(int w) { config().workers = std::max(1, w); }
+#endif
 
 struct SimError : std::runtime_error { using std::runtime_error::runtime_error; };
 
@@ -238,6 +245,14 @@ struct Registry {
     if (it == allocs.begin()) return false;
     --it;
     return u >= it->first && u <= it->first + it->second;  // one-past-end allowed
+  }
+  bool contains_range(const void* p, size_t n) {
+    std::lock_guard<std::mutex> g(mu);
+    auto u = (uintptr_t)p;
+    auto it = allocs.upper_bound(u);
+    if (it == allocs.begin()) return false;
+    --it;
+    return u >= it->first && u + n <= it->first + it->second;
   }
 };
 inline Registry& registry() { static Registry r; return r; }
@@ -348,6 +363,25 @@ inline std::string where() {
   return b;
 }
 }  // namespace detail
+
+// ---------------------------------------------------------------- race checker hooks
+// gpunet._C_simcheck (CUDASIM_RACECHECK) compiles the kernels with the
+// compiler's access instrumentation and links csrc/sim/racecheck.cpp, which
+// records every access to shared and global memory; the runtime tells it
+// where launches, blocks and warp collectives begin and end. cu2cpp.py puts a
+// note_shared() after each static __shared__ declaration, a no-op elsewhere.
+namespace racecheck {
+#if defined(CUDASIM_RACECHECK)
+void launch_begin(const char* kname, dim3 grid, dim3 block);
+void block_begin(const detail::Block& b, void* arena, size_t arena_bytes);
+void warp_synced(unsigned warp, unsigned lanes);
+void note_shared(const void* p, size_t bytes);
+std::string launch_end();  // the hazards found, "" if none
+#else
+inline void note_shared(const void*, size_t) {}
+#endif
+}  // namespace racecheck
+inline void note_shared(const void* p, size_t bytes) { racecheck::note_shared(p, bytes); }
 }  // namespace cudasim
 
 // ---------------------------------------------------------------- built-in variables
@@ -606,6 +640,9 @@ inline void resolve_warp_ready(Block& b, WarpSync& w, unsigned widx) {
     w.part[g & 1] = w.arrived;
     for (unsigned l = 0; l < 32; ++l)
       if (w.arrived & (1u << l)) b.fibers[widx * 32 + l].st = FState::Ready;
+#if defined(CUDASIM_RACECHECK)
+    racecheck::warp_synced(widx, w.arrived);
+#endif
     w.arrived = 0;
     w.gen++;
   }
@@ -1003,6 +1040,9 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
     set_error(cudaErrorInvalidDevicePointer, e.what());
     return;
   }
+#if defined(CUDASIM_RACECHECK)
+  racecheck::launch_begin(kname, grid, block);
+#endif
   std::function<void()> body = [&args, &call] {
     auto copy = args;  // every thread gets its own copy of the parameters
     std::apply(call, copy);
@@ -1024,6 +1064,9 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
       b.dyn_smem = W.smem.data();
       std::memset(W.smem.data(), 0xFF, smem);  // poison: uninitialised reads show up as NaN
       b.dyn_smem_bytes = smem;
+#if defined(CUDASIM_RACECHECK)
+      racecheck::block_begin(b, W.smem.data(), W.smem.size());
+#endif
       run_block(W, b);
 #else
       (void)W;
@@ -1050,6 +1093,10 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
 #else
   int dummy = 0;
   work(dummy);
+#endif
+#if defined(CUDASIM_RACECHECK)
+  const std::string hazards = racecheck::launch_end();
+  if (!hazards.empty() && !first_err) set_error(cudaErrorLaunchFailure, std::string(kname) + ": " + hazards);
 #endif
   if (first_err) {
     try { std::rethrow_exception(first_err); }
@@ -1215,7 +1262,7 @@ namespace cudasim {
 class DeviceView {
  public:
   DeviceView(const void* p, size_t bytes) : p_(const_cast<void*>(p)) {
-    if (p_ != nullptr && !detail::registry().contains(p_)) {
+    if (p_ != nullptr && !detail::registry().contains_range(p_, bytes)) {  // (a view just past another is its own range)
       detail::registry().add(p_, bytes);
       owned_ = true;
     }
