@@ -110,3 +110,19 @@ def test_conv_index_hook_rejects_bad_arguments():
 ])
 def test_pool_index_width(x_shape, y_shape, bits):
     assert kern._pool_index_bits(list(x_shape), list(y_shape), 2, 2, 2, 2, 0, 0, 1, 1) == bits
+
+
+@pytest.mark.parametrize("binding", ["softmax_forward", "cross_entropy_forward"])
+def test_row_kernels_refuse_more_rows_than_a_grid_holds(binding):
+    """Past 4 (2^31 - 1) rows a warp-per-row grid would not fit: the binding
+    says so before any launch. The rows are a strided view of 4 bytes, so
+    nothing of the 34 GB it claims exists; only the shape is read. (The other
+    arguments are wrong too, so that without the check a later one is refused,
+    and still nothing runs.)"""
+    rows = WARP_ROWS * GRID_X_MAX + 1
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (rows, 1), (4, 4))
+    small = np.zeros((1, 1), np.float32)
+    args = {"softmax_forward": (x, small, 1.0, False, 0),
+            "cross_entropy_forward": (x, small, small, small, small, -100, 0.0, 0)}[binding]
+    with pytest.raises(ValueError, match=r"argument '(x|logits)': more than 8589934588 rows"):
+        getattr(kern, binding)(*args)

@@ -59,6 +59,8 @@
 #include <string>
 #include <vector>
 
+#include "common/rows.h"
+
 namespace gpunet {
 namespace py = pybind11;
 
@@ -270,13 +272,17 @@ inline View as_array(py::handle obj, const char* name, const char* dtype) {
 }
 
 // A 2-D (rows, cols) float32 array, C-contiguous, reduced along its rows by
-// the row kernels (common/rows.cuh), which index a row's columns with int.
+// the row kernels (common/rows.cuh), which index a row's columns with int
+// and launch at most kMaxRows rows.
 inline View as_rows(py::handle obj, const char* name) {
   const View v = as_array(obj, name, "float32");
   require_ndim(v, name, 2);
   if (v.shape[1] > INT_MAX)
     throw py::value_error(detail::arg(name) + "rows longer than " + std::to_string(INT_MAX) +
                           " are not supported, got " + detail::shape_str(v.shape));
+  if (v.shape[0] > kMaxRows)
+    throw py::value_error(detail::arg(name) + "more than " + std::to_string(kMaxRows) +
+                          " rows are not supported, got " + detail::shape_str(v.shape));
   return v;
 }
 

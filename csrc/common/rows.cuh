@@ -19,10 +19,10 @@
 #include <type_traits>
 
 #include "common/reduce.cuh"
+#include "common/rows.h"
 
 namespace gpunet {
 
-constexpr int kWarpRows = 4;                // rows (one per warp) per block in the warp-per-row kernels
 constexpr int kWarpBlock = 32 * kWarpRows;  // 128 threads
 constexpr int kMaxWarpCols = 32 * 32;       // longest row a warp holds in registers (32 floats per lane)
 constexpr int kRowBlock = 256;              // threads per row in the block-per-row kernels
@@ -42,7 +42,8 @@ void with_values_per_lane(int cols, F&& f) {
 }
 
 // Blocks of the warp-per-row kernels: one row per warp (64-bit arithmetic, so
-// no row count overflows before the cast; the grid's x limit is 2^31 - 1).
+// no row count overflows before the cast; within the grid's x limit for up
+// to kMaxRows rows, which the bindings check).
 inline unsigned warp_grid(int64_t rows) { return (unsigned)((rows + kWarpRows - 1) / kWarpRows); }
 // Blocks of the block-per-row kernels, which stride over the rows beyond that.
 inline unsigned row_grid(int64_t rows) { return (unsigned)std::min<int64_t>(rows, kMaxRowBlocks); }
