@@ -77,6 +77,43 @@ PYBIND11_MODULE(MODULE_NAME, m) {
       py::arg("n"), "Number of OS threads that run blocks (default: CUDASIM_WORKERS or #cores).");
   m.def("reset_error", &cudasim::reset_error, "Clear the simulator's pending error.");
 #endif
+#ifdef CUDASIM_RACECHECK
+  m.attr("checked") = true;  // the race checker and the access profile are built in
+  m.def(
+      "_profile", [](bool on) { cudasim::profile::set_enabled(on); }, py::arg("on"),
+      "Start (True: clears earlier records) or stop the access profile of this thread's launches.");
+  m.def(
+      "_profile_records",
+      [] {
+        py::list out;
+        for (const auto& r : cudasim::profile::take()) {
+          const auto& c = r.counters;
+          py::dict d;
+          d["kernel"] = r.kernel;
+          d["grid"] = py::make_tuple(r.grid.x, r.grid.y, r.grid.z);
+          d["block"] = py::make_tuple(r.block.x, r.block.y, r.block.z);
+          d["dynamic_smem_bytes"] = r.smem;
+          d["global_load_requests"] = c.global_load_requests;
+          d["global_load_sectors"] = c.global_load_sectors;
+          d["global_load_bytes"] = c.global_load_bytes;
+          d["global_store_requests"] = c.global_store_requests;
+          d["global_store_sectors"] = c.global_store_sectors;
+          d["global_store_bytes"] = c.global_store_bytes;
+          d["shared_load_requests"] = c.shared_load_requests;
+          d["shared_load_wavefronts"] = c.shared_load_wavefronts;
+          d["shared_store_requests"] = c.shared_store_requests;
+          d["shared_store_wavefronts"] = c.shared_store_wavefronts;
+          d["warp_requests"] = c.warp_requests;
+          d["lane_slots"] = c.lane_slots;
+          d["barriers"] = c.barriers;
+          d["blocks"] = c.blocks;
+          d["dram_sectors"] = c.dram_sectors;
+          out.append(d);
+        }
+        return out;
+      },
+      "The access-profile counters of each launch since the last call (csrc/sim/profile.cpp).");
+#endif
 #define GPUNET_BIND(family) gpunet::bind_##family(m);
   GPUNET_FAMILIES(GPUNET_BIND)
 #undef GPUNET_BIND

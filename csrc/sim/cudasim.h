@@ -377,7 +377,36 @@ void block_begin(const detail::Block& b, void* arena, size_t arena_bytes);
 void warp_synced(unsigned warp, unsigned lanes);
 void note_shared(const void* p, size_t bytes);
 std::string launch_end();  // the hazards found, "" if none
-#else
+#endif
+}  // namespace racecheck
+// The access profile (csrc/sim/profile.cpp) of the same build, on while
+// profile::set_enabled(true): per launch, requests, sectors, wavefronts.
+namespace profile {
+#if defined(CUDASIM_RACECHECK)
+struct Record {
+  std::string kernel;
+  dim3 grid, block;
+  size_t smem = 0;
+  struct Counters {
+    uint64_t global_load_requests = 0, global_load_sectors = 0, global_load_bytes = 0;
+    uint64_t global_store_requests = 0, global_store_sectors = 0, global_store_bytes = 0;
+    uint64_t shared_load_requests = 0, shared_load_wavefronts = 0;
+    uint64_t shared_store_requests = 0, shared_store_wavefronts = 0;
+    uint64_t warp_requests = 0, lane_slots = 0, barriers = 0, blocks = 0, dram_sectors = 0;
+  } counters;
+};
+void set_enabled(bool on);
+bool enabled();
+void launch_begin(const char* kname, dim3 grid, dim3 block, size_t smem);
+void block_begin(unsigned nthreads);
+void access(bool shared, uintptr_t addr, size_t size, bool write, const void* pc, unsigned tid);
+void block_end(unsigned barriers);
+void launch_end();
+std::vector<Record> take();  // the records of the launches since the last take()
+#endif
+}  // namespace profile
+namespace racecheck {
+#if !defined(CUDASIM_RACECHECK)
 inline void note_shared(const void*, size_t) {}
 #endif
 }  // namespace racecheck
@@ -1042,6 +1071,7 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
   }
 #if defined(CUDASIM_RACECHECK)
   racecheck::launch_begin(kname, grid, block);
+  profile::launch_begin(kname, grid, block, smem);
 #endif
   std::function<void()> body = [&args, &call] {
     auto copy = args;  // every thread gets its own copy of the parameters
@@ -1066,8 +1096,12 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
       b.dyn_smem_bytes = smem;
 #if defined(CUDASIM_RACECHECK)
       racecheck::block_begin(b, W.smem.data(), W.smem.size());
+      profile::block_begin(b.nthreads);
 #endif
       run_block(W, b);
+#if defined(CUDASIM_RACECHECK)
+      profile::block_end(b.bar_gen);
+#endif
 #else
       (void)W;
       std::vector<unsigned char> sm(smem + 16, 0xFF);
@@ -1095,6 +1129,7 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
   work(dummy);
 #endif
 #if defined(CUDASIM_RACECHECK)
+  profile::launch_end();
   const std::string hazards = racecheck::launch_end();
   if (!hazards.empty() && !first_err) set_error(cudaErrorLaunchFailure, std::string(kname) + ": " + hazards);
 #endif

@@ -154,6 +154,7 @@ bool conflict(const Access& a, const Access& b) {
 }
 
 void touch(Region& r, uintptr_t addr, size_t size, bool write, bool atomic, const void* pc) {
+  if (profile::enabled()) profile::access(r.space == kShared, addr, size, write, pc, cur->linear);
   if (r.words.empty()) r.words.resize((r.hi - r.lo + 3) / 4);
   Access now;
   now.pc = pc;

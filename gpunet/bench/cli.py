@@ -169,6 +169,10 @@ def run_platform(plat: Platform, args, threads: int, deadline: float | None) -> 
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["profile"]:  # the simulator's access profile (gpunet/bench/profile.py)
+        from .profile import main as profile_main
+        return profile_main(argv[1:])
     args = parse_args(argv)
     envmod.disable_tf32()  # before CuPy creates a cuBLAS handle
     threads = envmod.set_threads(args.threads, not args.no_torch)
