@@ -18,6 +18,9 @@ Per kernel and launch shape:
         global memory (what an ideal cache moves from DRAM, so the sector
         inefficiency is in it) at 4.8 TB/s; the simulator counts no FLOPs, so
         compute-bound kernels are under-modelled. Labelled modelled, never measured.
+
+The figures are of the accesses the host compiler emitted: a float4 read field
+by field through a reference counts as four 4-byte loads (csrc/sim/README.md).
 """
 from __future__ import annotations
 
