@@ -9,6 +9,8 @@ module lists them, else any kernel; and no op may fall back from its kernels
 unless the test is marked `fallback(op, ...)` or its `case` (a
 testing.OpCase) lists the op (a documented fallback), or it is marked
 `no_kernels(why)` (it checks something before any kernel could run)."""
+import importlib
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,16 @@ def schedule(request):
     """For sim tests: run under each thread schedule (no-op elsewhere)."""
     with testing.schedule(request.param):
         yield request.param
+
+
+@pytest.fixture(scope="session")
+def simcheck():
+    """gpunet._C_simcheck: the kernels under the race checker and the access
+    profile. Every install builds it, so its absence fails."""
+    try:
+        return importlib.import_module("gpunet._C_simcheck")
+    except ImportError as e:
+        pytest.fail(f"gpunet._C_simcheck must be built by the install, but: {e}")
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 gpunet._C_simcheck): the probe kernels of csrc/kernels/profile.cu give
 Nsight Compute's figures exactly, and `python -m gpunet.bench profile`
 writes a record for them and for every kernel family."""
-import importlib
 import json
 import subprocess
 import sys
@@ -21,14 +20,6 @@ EXACT = {  # per warp-level request
 }
 
 
-@pytest.fixture(scope="module")
-def checked():
-    try:
-        return importlib.import_module("gpunet._C_simcheck")
-    except ImportError as e:
-        pytest.fail(f"gpunet._C_simcheck must be built by the install, but: {e}")
-
-
 def probe_records(module):
     module._profile(True)
     try:
@@ -40,19 +31,19 @@ def probe_records(module):
                                                       for r in raw], None)}
 
 
-def test_probes_give_the_exact_figures(checked):
-    got = probe_records(checked)
-    assert set(got) == set(EXACT) == set(checked._profile_probes)
+def test_probes_give_the_exact_figures(simcheck):
+    got = probe_records(simcheck)
+    assert set(got) == set(EXACT) == set(simcheck._profile_probes)
     for name, figures in EXACT.items():
         for field, value in figures.items():
             assert got[name][field] == value, (name, field, got[name])
         assert got[name]["active_lanes_per_request"] == 32
 
 
-def test_profile_is_off_unless_asked(checked):
-    checked._profile(False)
-    profile.run_probes(checked)
-    assert checked._profile_records() == []
+def test_profile_is_off_unless_asked(simcheck):
+    simcheck._profile(False)
+    profile.run_probes(simcheck)
+    assert simcheck._profile_records() == []
 
 
 def test_ptxas_report_and_occupancy():

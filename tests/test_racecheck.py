@@ -1,10 +1,9 @@
 """The simulator's race checker (gpunet._C_simcheck, csrc/sim/racecheck.cpp):
 every planted hazard of csrc/kernels/racecheck.cu is reported with its kind,
 its source line and the threads involved, and raises in the caller; the fixed
-twins report nothing. The checked module is built by every install (like
+twins report nothing. The simcheck module is built by every install (like
 _C_sim), so its absence fails. The whole kernel suite runs under the checker
 with GPUNET_SIM_RACECHECK=1 (see .ci/run)."""
-import importlib
 import re
 
 import numpy as np
@@ -20,14 +19,6 @@ PROBES = {  # probe -> (what the report must say, the source line of the planted
     "uninit_shared": ("read of uninitialized shared memory", "out[0] = cache[kThreads - 1];"),
     "past_the_end": ("out-of-bounds access on (global|shared) memory", "out[kRacy ? n_out : n_out - 1]"),
 }
-
-
-@pytest.fixture(scope="module")
-def checked():
-    try:
-        return importlib.import_module("gpunet._C_simcheck")
-    except ImportError as e:
-        pytest.fail(f"gpunet._C_simcheck must be built by the install, but: {e}")
 
 
 def line_of(text: str) -> int:
@@ -46,11 +37,11 @@ def run(module, probe, racy):
 
 
 @pytest.mark.parametrize("probe", sorted(PROBES))
-def test_planted_hazard_is_reported(checked, probe, monkeypatch):
+def test_planted_hazard_is_reported(simcheck, probe, monkeypatch):
     monkeypatch.setenv("CUDASIM_QUIET", "1")
     kind, source = PROBES[probe]
     with pytest.raises(RuntimeError) as err:
-        run(checked, probe, racy=True)
+        run(simcheck, probe, racy=True)
     report = str(err.value)
     assert re.search(kind, report), report
     assert f"{KERNEL_FILE}:{line_of(source)}" in report, report
@@ -59,20 +50,20 @@ def test_planted_hazard_is_reported(checked, probe, monkeypatch):
 
 
 @pytest.mark.parametrize("probe", sorted(PROBES))
-def test_fixed_twin_is_clean(checked, probe):
-    run(checked, probe, racy=False)  # raises if the checker reports anything
+def test_fixed_twin_is_clean(simcheck, probe):
+    run(simcheck, probe, racy=False)  # raises if the checker reports anything
 
 
-def test_checker_runs_the_same_kernels(checked):
-    """The checked module computes what the plain one does."""
+def test_checker_runs_the_same_kernels(simcheck):
+    """The simcheck module computes what the plain one does."""
     from gpunet import _C_sim
     x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
     a, b = np.zeros(1, np.float32), np.zeros(1, np.float32)
     _C_sim._block_sum(x, a, 0)
-    checked._block_sum(x, b, 0)
+    simcheck._block_sum(x, b, 0)
     np.testing.assert_array_equal(a, b)
 
 
-def test_unknown_probe_is_named(checked):
+def test_unknown_probe_is_named(simcheck):
     with pytest.raises(ValueError, match="argument 'probe': expected one of missing_barrier"):
-        checked._race_probe("nope", True, np.zeros(128, np.float32), np.zeros(4, np.float32), 0)
+        simcheck._race_probe("nope", True, np.zeros(128, np.float32), np.zeros(4, np.float32), 0)
