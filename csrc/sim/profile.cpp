@@ -50,6 +50,21 @@ uint64_t sectors_of(const Request& r) {
   return s.size();
 }
 
+// Bytes the request uses: a byte read by several lanes (a broadcast) counts once.
+uint64_t distinct_bytes(const Request& r) {
+  std::vector<std::pair<uintptr_t, uintptr_t>> spans;
+  for (const auto& [a, n] : r.parts) spans.emplace_back(a, a + n);
+  std::sort(spans.begin(), spans.end());
+  uint64_t total = 0;
+  uintptr_t covered = 0;
+  for (const auto& [lo, hi] : spans) {
+    const uintptr_t from = std::max(lo, covered);
+    if (hi > from) total += hi - from;
+    covered = std::max(covered, hi);
+  }
+  return total;
+}
+
 uint64_t wavefronts_of(const Request& r, const std::vector<unsigned>& lane_of) {
   const uint32_t size = r.parts.empty() ? 4 : r.parts[0].second;
   const unsigned lanes_per_phase = size <= 4 ? 32 : size == 8 ? 16 : 8;
@@ -74,8 +89,7 @@ void finish_block() {
       std::vector<unsigned> lane_of;
       for (unsigned l = 0; l < 32; ++l)
         if (r.lanes & (1u << l)) lane_of.push_back(l);
-      uint64_t bytes = 0;
-      for (const auto& part : r.parts) bytes += part.second;
+      const uint64_t bytes = distinct_bytes(r);
       c.lane_slots += lane_of.size();
       ++c.warp_requests;
       if (r.shared) {

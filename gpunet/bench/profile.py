@@ -7,7 +7,8 @@ a MODELLED H200 time. Nothing here ran on a GPU.
 Per kernel and launch shape:
     load_sectors_per_request, store_sectors_per_request   32-byte sectors per
         warp-level global load / store (ideal: 4 for one float per lane)
-    sector_efficiency            bytes requested / bytes in the sectors touched
+    sector_efficiency            bytes used (a byte several lanes read counts
+        once) / bytes in the sectors touched
     smem_wavefronts_per_request  shared-memory wavefronts per request (1: no
         bank conflict; 32: every lane in one bank)
     active_lanes_per_request, barriers_per_block
