@@ -162,7 +162,8 @@ def kernel_base(name: str) -> str:
             depth -= 1
         elif depth == 0:
             head.append(c)
-    return "".join(head).split("::")[-1].split()[-1] if "".join(head).strip() else name
+    words = "".join(head).split("::")[-1].split()
+    return words[-1] if words else name
 
 
 def find_build_log(root: Path) -> Path | None:
