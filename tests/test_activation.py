@@ -367,3 +367,17 @@ def test_fused_backward_strided_gradient(rng):
     y, ctx = act_forward(be, "softsign", be.asarray(x))
     dx = act_backward(be, ctx, be.asarray(np.ascontiguousarray(dy.T)).T)
     assert_close(dx, dy / (1 + np.abs(x)) ** 2, name="softsign dx")
+
+
+@pytest.mark.parametrize("name,factory,ref,_", KERNEL_ACTS, ids=[a[0] for a in KERNEL_ACTS])
+def test_zero_dim_input_keeps_its_shape(name, factory, ref, _, device):
+    """A 0-d input gives a 0-d output and gradient, as on cpu and in PyTorch
+    (the kernel path once returned shape (1,))."""
+    m = make(factory, np.float32, device)
+    x = np.float32(0.75)
+    y = m(m.backend.asarray(x))
+    dx = m.backward(m.backend.asarray(np.float32(2.0)))
+    assert y.shape == () and dx.shape == ()
+    cpu = make(factory, np.float32)
+    assert_close(gpunet.to_numpy(y), cpu(np.asarray(x)))
+    assert_close(gpunet.to_numpy(dx), cpu.backward(np.asarray(np.float32(2.0))))

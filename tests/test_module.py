@@ -21,9 +21,10 @@ def test_load_state_dict_errors_name_the_key():
     m = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ValueError, match=r"'0.weight' expected shape \(3, 4\), got \(4, 3\)"):
         m.load_state_dict({"0.weight": np.zeros((4, 3)), "0.bias": np.zeros(3)})
-    with pytest.raises(KeyError, match="missing keys \\['0.bias'\\]"):
+    with pytest.raises(RuntimeError, match="missing keys \\['0.bias'\\]"):
         m.load_state_dict({"0.weight": np.zeros((3, 4))})
-    m.load_state_dict({"0.weight": np.ones((3, 4))}, strict=False)
+    missing, unexpected = m.load_state_dict({"0.weight": np.ones((3, 4)), "extra": np.zeros(1)}, strict=False)
+    assert (missing, unexpected) == (["0.bias"], ["extra"])
     assert m[0].weight.data.dtype == np.float32 and m[0].weight.data.sum() == 12
 
 
@@ -87,3 +88,16 @@ def test_asarray_and_to_numpy_round_trip():
     assert x.dtype == np.float32 and x.flags.c_contiguous
     assert gpunet.to_numpy(x) is x
     assert gpunet.asarray(np.float32(3.0)).shape == ()
+
+
+@pytest.mark.parametrize("make", [nn.CrossEntropyLoss, nn.MultiMarginLoss, nn.BCEWithLogitsLoss,
+                                  lambda: nn.CrossEntropyLoss(weight=np.ones(3)),
+                                  lambda: nn.BCEWithLogitsLoss(pos_weight=np.full(2, 3.0))])
+def test_state_dict_round_trip_with_unset_buffers(make):
+    """A buffer left None (a loss without class weights) has no key, in
+    state_dict and in what load_state_dict expects, as in PyTorch."""
+    m = make()
+    sd = m.state_dict()
+    assert all(v is not None for v in sd.values())
+    assert m.load_state_dict(sd) == ([], [])
+    assert make().load_state_dict(sd, strict=True) == ([], [])

@@ -308,3 +308,37 @@ def test_batchnorm_without_running_stats_has_no_buffers():
     m.eval()  # still normalises with the batch statistics
     y = m(np.arange(12, dtype=np.float32).reshape(4, 3))
     assert_close(y.mean(axis=0), np.zeros(3), atol=1e-6)
+
+
+@pytest.mark.fallback("batch_norm")
+@pytest.mark.no_kernels("batch norm is array code; an empty batch has nothing to launch")
+@pytest.mark.parametrize("cls,shape", [(nn.BatchNorm1d, (0, 3)), (nn.BatchNorm1d, (0, 3, 5)),
+                                       (nn.BatchNorm2d, (0, 3, 4, 4)), (nn.BatchNorm2d, (2, 3, 0, 4))])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_empty_batch_as_torch(device, cls, shape, training):
+    """An empty batch gives an empty output, an empty input gradient, zero
+    parameter gradients, and counts as a batch without moving the running
+    statistics (PyTorch's behaviour, checked against it)."""
+    torch = pytest.importorskip("torch")
+    m = cls(3).to(device).train(training)
+    tm = getattr(torch.nn, cls.__name__)(3).train(training)
+    x = np.zeros(shape, np.float32)
+    y = m(m.backend.asarray(x))
+    dx = m.backward(m.backend.asarray(np.ones(shape, np.float32)))
+    tx = torch.zeros(shape, requires_grad=True)
+    tm(tx).sum().backward()
+    assert y.shape == shape and dx.shape == shape
+    for ours, theirs in [(m.weight.grad, tm.weight.grad), (m.bias.grad, tm.bias.grad),
+                         (m.running_mean, tm.running_mean), (m.running_var, tm.running_var),
+                         (m.num_batches_tracked, tm.num_batches_tracked)]:
+        np.testing.assert_array_equal(gpunet.to_numpy(ours), theirs.numpy())
+
+
+@pytest.mark.no_kernels("an empty batch has no rows to launch over")
+def test_layernorm_empty_batch(device):
+    m = nn.LayerNorm(5).to(device)
+    y = m(m.backend.asarray(np.zeros((2, 0, 5), np.float32)))
+    dx = m.backward(m.backend.asarray(np.zeros((2, 0, 5), np.float32)))
+    assert y.shape == dx.shape == (2, 0, 5)
+    np.testing.assert_array_equal(gpunet.to_numpy(m.weight.grad), np.zeros(5))
+    np.testing.assert_array_equal(gpunet.to_numpy(m.bias.grad), np.zeros(5))

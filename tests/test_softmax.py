@@ -182,3 +182,16 @@ def check_kernel(cls, x, dy, dim, beta, device):
     assert_close(dx, dx_ref, n=n, name=f"{cls.__name__} backward beta={beta} on {device}")
     assert y.dtype == np.float32 and y.shape == x.shape and be.owns(y)
     return y
+
+
+@pytest.mark.no_kernels("a zero-size input has nothing to launch over")
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+@pytest.mark.parametrize("shape,dim", [((0, 5), -1), ((3, 0), -1), ((3, 0), 0), ((2, 0, 4), 1)])
+def test_zero_size_input(cls, shape, dim, device):
+    """Empty in, empty out, in both directions (PyTorch's behaviour); the
+    functional forms too."""
+    m = module(cls, dim=dim, dtype=np.float32, device=device)
+    x = m.backend.asarray(np.zeros(shape, np.float32))
+    assert m(x).shape == shape and m.backward(m.backend.asarray(np.zeros(shape, np.float32))).shape == shape
+    fn = F.softmax if cls is nn.Softmax else F.log_softmax
+    assert fn(x, dim=dim).shape == shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -31,6 +31,10 @@ def set_default_dtype(dtype):
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
     _default_dtype[0] = dtype
+
+
+# what load_state_dict returns, under PyTorch's field names
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Parameter:
@@ -245,18 +249,21 @@ class Module:
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy arrays (NumPy, CuPy or anything np.asarray takes) into parameters
         and buffers, converting to this module's device and dtype. Shapes must
-        match; with strict=True the key sets must match too."""
+        match; with strict=True the key sets must match too (RuntimeError).
+        Returns (missing_keys, unexpected_keys), as PyTorch."""
         own = {}
         for mname, m in self.named_modules():
             for pname, p in m._params.items():
                 if p is not None:
                     own[f"{mname}.{pname}" if mname else pname] = (m, pname, True)
             for bname in m._buffers:
-                own[f"{mname}.{bname}" if mname else bname] = (m, bname, False)
+                if getattr(m, bname) is not None:  # as state_dict: an unset buffer (a loss's weight=None) has no key
+                    own[f"{mname}.{bname}" if mname else bname] = (m, bname, False)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise RuntimeError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                               f"unexpected keys {unexpected}")
         for key, (m, name, is_param) in own.items():
             if key not in state_dict:
                 continue
@@ -272,7 +279,7 @@ class Module:
                 m._params[name].grad = None
             else:
                 object.__setattr__(m, name, arr)
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------ printing
     def extra_repr(self) -> str:

@@ -110,7 +110,7 @@ class _BatchNorm(Module):
         use_batch = self.training or not self.track_running_stats
         if use_batch:
             mean, var, n = ops.batch_norm_stats(be, x)
-            if n <= 1 and self.training:
+            if n == 1 and self.training:
                 raise ValueError(f"input: expected more than 1 value per channel when training, "
                                  f"got shape {tuple(x.shape)}")
             if self.training and self.track_running_stats:
@@ -125,6 +125,8 @@ class _BatchNorm(Module):
 
     def _update_running_stats(self, mean, var, n: int):
         self.num_batches_tracked += 1
+        if n == 0:  # an empty batch counts as a batch but moves no statistic, as in PyTorch
+            return
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         unbiased = var * (n / (n - 1))
         self.running_mean *= 1.0 - factor

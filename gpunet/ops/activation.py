@@ -169,7 +169,7 @@ def _no_kernel(kind, params):
 def act_forward(be, kind: str, x, **params):
     """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
     if path(be, kind, x.dtype, unsupported=_no_kernel(kind, params)) == "kernel":
-        x = be.xp.ascontiguousarray(x)
+        x = be.xp.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
         y = be.xp.empty_like(x)
         be.kernels.act_forward(kind, x, y, *_KERNEL_PARAMS[kind](**params), be.stream())
     else:
@@ -186,7 +186,7 @@ def act_backward(be, ctx, dy):
     route = path(be, kind, x.dtype, fused=True, unsupported=_no_kernel(kind, params))
     if route == "kernel":
         dx = be.xp.empty_like(x)
-        be.kernels.act_backward(kind, x, y, be.xp.ascontiguousarray(dy), dx, *_KERNEL_PARAMS[kind](**params),
+        be.kernels.act_backward(kind, x, y, be.xp.asarray(dy, order="C"), dx, *_KERNEL_PARAMS[kind](**params),
                                 be.stream())
         return dx
     if route == "fused":

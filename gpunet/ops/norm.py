@@ -76,6 +76,10 @@ def layer_norm_backward(be, ctx, dy):
     xp = be.xp
     M, C = x2.shape
     dy2 = xp.ascontiguousarray(dy).reshape(M, C)
+    if M == 0:  # an empty batch: no rows to launch over, and zero parameter gradients
+        zeros = xp.zeros(C, x2.dtype)
+        return dy2.reshape(dy.shape).copy(), (zeros if weight is not None else None), \
+            (zeros.copy() if has_bias else None)
     if path(be, "layer_norm", x2.dtype) == "kernel":
         w = xp.ones(C, x2.dtype) if weight is None else weight.reshape(C)
         dx = xp.empty_like(x2)
@@ -114,7 +118,10 @@ def layer_norm_backward(be, ctx, dy):
 # ---------------------------------------------------------------- batch norm
 def _channel_view(x):
     """(N, C, *spatial) -> (N, C, inner): statistics reduce over axes 0 and 2."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    inner = 1
+    for n in x.shape[2:]:
+        inner *= n
+    return x.reshape(x.shape[0], x.shape[1], inner)  # not -1: an empty batch has no size to infer
 
 
 def _channel_sum(xp, a3):
@@ -125,11 +132,14 @@ def _channel_sum(xp, a3):
 
 def batch_norm_stats(be, x):
     """Per-channel mean and biased variance of x (N, C, *) over N and the
-    spatial axes, and the number of values per channel."""
+    spatial axes, and the number of values per channel. An empty input has
+    none: mean 0 and variance 1 then, so that its (empty) output is finite."""
     path(be, "batch_norm", x.dtype, unsupported="no kernel (batch norm is array code on every backend)")
     xp = be.xp
     x3 = _channel_view(x)
     count = x3.shape[0] * x3.shape[2]
+    if count == 0:
+        return xp.zeros(x3.shape[1], x.dtype), xp.ones(x3.shape[1], x.dtype), 0
     mean = _channel_sum(xp, x3) / count
     xc = x3 - mean[None, :, None]
     var = xp.einsum("nci,nci->c", xc, xc) / count
@@ -162,7 +172,7 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     x3, mean, rstd, weight, has_bias = ctx
     xp = be.xp
     dy3 = _channel_view(dy)
-    count = dy3.shape[0] * dy3.shape[2]
+    count = max(dy3.shape[0] * dy3.shape[2], 1)  # an empty batch: sums are 0, so is every mean
     # xhat is rebuilt in what becomes dx's memory
     dx = x3 - mean[None, :, None]
     dx *= rstd[None, :, None]

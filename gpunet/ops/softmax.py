@@ -49,6 +49,9 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     """(log-)softmax of x along `dim`. Returns (y, ctx)."""
     xp = be.xp
     dim = dim % x.ndim
+    if x.size == 0:  # nothing to normalise (a zero-length row has no max to shift by)
+        y = xp.empty_like(x)
+        return y, (y, dim, beta, log)
     if path(be, "softmax", x.dtype) == "kernel":
         xl = _to_last(xp, x, dim)
         yl = xp.empty_like(xl)
@@ -68,6 +71,8 @@ def softmax_backward(be, ctx, dy):
     """Gradient of the (log-)softmax input given the output gradient dy."""
     y, dim, beta, log = ctx
     xp = be.xp
+    if y.size == 0:
+        return xp.empty_like(dy)
     if path(be, "softmax", y.dtype) == "kernel":
         dyl = _to_last(xp, dy, dim)
         dxl = xp.empty_like(dyl)
