@@ -72,6 +72,13 @@ def positive_int(v, name: str) -> int:
     return int(v)
 
 
+def positive_float(v, name: str) -> float:
+    """A finite real number > 0 (NaN and inf refused)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 < v < float("inf"):
+        raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
+    return float(v)
+
+
 def pair(v, name: str, minimum: int = 1) -> tuple[int, int]:
     """An int or a 2-tuple of ints, each >= minimum, as a 2-tuple."""
     vals = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None

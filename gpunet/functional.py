@@ -19,23 +19,23 @@ def _backend(x, device):
 
 
 # ---------------------------------------------------------------- softmax
-def _check_dim(x, dim):
-    if not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"dim: expected a dimension of the {x.ndim}-D input (in [{-x.ndim}, {x.ndim - 1}]), got {dim}")
-
-
-def softmax(x, dim: int = -1, beta: float = 1.0, *, device=None):
-    """e^{beta x_i} / sum_j e^{beta x_j} along `dim` (stable for any beta)."""
+def _softmax_call(x, dim, beta, dtype, device, log):
     be = _backend(x, device)
-    _check_dim(x, dim)
-    return _softmax.softmax_forward(be, x, dim, beta)[0]
+    dim = _softmax.resolve_dim(dim, x.ndim)
+    if dtype is not None:  # PyTorch's dtype=: the input is cast first
+        x = x.astype(dtype)
+    return _softmax.softmax_forward(be, x, dim, beta, log=log)[0]
 
 
-def log_softmax(x, dim: int = -1, beta: float = 1.0, *, device=None):
+def softmax(x, dim=None, beta: float = 1.0, *, dtype=None, device=None):
+    """e^{beta x_i} / sum_j e^{beta x_j} along `dim` (stable for any beta);
+    dim=None is PyTorch's implicit (deprecated) choice."""
+    return _softmax_call(x, dim, beta, dtype, device, log=False)
+
+
+def log_softmax(x, dim=None, beta: float = 1.0, *, dtype=None, device=None):
     """beta x_i - log sum_j e^{beta x_j} along `dim`."""
-    be = _backend(x, device)
-    _check_dim(x, dim)
-    return _softmax.softmax_forward(be, x, dim, beta, log=True)[0]
+    return _softmax_call(x, dim, beta, dtype, device, log=True)
 
 
 # ---------------------------------------------------------------- activations

@@ -240,11 +240,11 @@ def test_fallbacks_are_counted_and_logged(caplog, rng):
     B.reset_fallbacks()
     sim, cpu = gpunet.get_backend("sim"), gpunet.get_backend("cpu")
     x64 = rng.standard_normal((2, 5))
-    gpunet.functional.softmax(x64, device="sim")
+    gpunet.functional.softmax(x64, -1, device="sim")
     q = rng.standard_normal((1, 3, 130)).astype(np.float32)
     attention.sdpa_forward(sim, q, q, q)
     nn.BatchNorm1d(5).to("sim")(x64.astype(np.float32))
-    gpunet.functional.softmax(x64, device="cpu")  # the array path is cpu's own: no fallback
+    gpunet.functional.softmax(x64, -1, device="cpu")  # the array path is cpu's own: no fallback
     attention.sdpa_forward(cpu, q, q, q)
     counts = B.fallbacks()
     assert counts == {

@@ -54,8 +54,8 @@ def classes(shape, c, rng, ignore=None):
 W5 = np.array([0.5, 1.0, 2.0, 0.25, 1.75])  # exact in float32 (modules store weights in their dtype)
 CASES = [
     ("mse_mean", lambda: nn.MSELoss(), (3, 4), lambda s, r: r.standard_normal(s), lambda t: t.nn.MSELoss()),
-    ("mse_sum_half", lambda: nn.MSELoss("sum", half=True), (3, 4), lambda s, r: r.standard_normal(s), None),
-    ("mse_none", lambda: nn.MSELoss("none"), (2, 3), lambda s, r: r.standard_normal(s),
+    ("mse_sum_half", lambda: nn.MSELoss(reduction="sum", half=True), (3, 4), lambda s, r: r.standard_normal(s), None),
+    ("mse_none", lambda: nn.MSELoss(reduction="none"), (2, 3), lambda s, r: r.standard_normal(s),
      lambda t: t.nn.MSELoss(reduction="none")),
     ("ce", lambda: nn.CrossEntropyLoss(), (4, 5), lambda s, r: classes(4, 5, r), lambda t: t.nn.CrossEntropyLoss()),
     ("ce_weight_smooth_ignore", lambda: nn.CrossEntropyLoss(W5, ignore_index=-1, label_smoothing=0.2), (6, 5),
@@ -156,7 +156,7 @@ def test_forward_matches_naive_loops(rng):
     pairs = [(a, b) for a, b in zip(z.reshape(-1), y.reshape(-1))]
     assert f64(nn.MSELoss())(z, y) == pytest.approx(sum((a - b) ** 2 for a, b in pairs) / 12, rel=1e-14)
     # the notes' 1/2 ||t - z||^2 summed over outputs
-    assert f64(nn.MSELoss("sum", half=True))(z, y) == pytest.approx(0.5 * sum((a - b) ** 2 for a, b in pairs), rel=1e-14)
+    assert f64(nn.MSELoss(reduction="sum", half=True))(z, y) == pytest.approx(0.5 * sum((a - b) ** 2 for a, b in pairs), rel=1e-14)
     bce = [-(q * math.log(sigmoid(a)) + (1 - q) * math.log(1 - sigmoid(a))) for a, q in zip(z.reshape(-1), p.reshape(-1))]
     assert f64(nn.BCEWithLogitsLoss())(z, p) == pytest.approx(sum(bce) / 12, rel=1e-13)
     hinge = [max(0.0, 1 - s * a) for a, s in zip(z.reshape(-1), t.reshape(-1))]
@@ -172,7 +172,7 @@ def test_forward_matches_naive_loops(rng):
 
 def test_half_squared_error_gradient_is_z_minus_t(rng):
     z, t = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
-    crit = f64(nn.MSELoss("sum", half=True))
+    crit = f64(nn.MSELoss(reduction="sum", half=True))
     crit(z, t)
     np.testing.assert_allclose(crit.backward(), z - t, rtol=1e-15)
 
@@ -258,7 +258,7 @@ def test_other_losses_bad_inputs():
 
 
 def test_backward_grad_checks():
-    crit = f64(nn.MSELoss("none"))
+    crit = f64(nn.MSELoss(reduction="none"))
     crit(np.zeros((2, 3)), np.ones((2, 3)))
     with pytest.raises(ValueError, match="grad.*shape"):
         crit.backward(np.ones(3))

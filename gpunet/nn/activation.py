@@ -158,20 +158,18 @@ class Softmax(Module):
 
     log = False
 
-    def __init__(self, dim: int = -1, beta: float = 1.0):
+    def __init__(self, dim=None, beta: float = 1.0):
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise TypeError(f"dim: expected an int or None, got {type(dim).__name__}")
         self.dim = dim
         self.beta = float(beta)
 
     def forward(self, x):
         be = self.backend
         checks.array(be, x, "input", dtype=self.dtype)
-        if not -x.ndim <= self.dim < x.ndim:
-            raise ValueError(f"dim: expected a dimension of the {x.ndim}-D input (in [{-x.ndim}, {x.ndim - 1}]), "
-                             f"got {self.dim}")
-        y, ctx = softmax_ops.softmax_forward(be, x, self.dim, self.beta, log=self.log)
+        dim = softmax_ops.resolve_dim(self.dim, x.ndim)
+        y, ctx = softmax_ops.softmax_forward(be, x, dim, self.beta, log=self.log)
         self.save(ctx, x.shape)
         return y
 

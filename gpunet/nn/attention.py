@@ -94,16 +94,18 @@ class MultiheadAttention(Module):
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim=None, vdim=None,
-                 batch_first: bool = False):
+                 batch_first: bool = False, device=None, dtype=None):
         super().__init__()
         E = self.embed_dim = checks.positive_int(embed_dim, "embed_dim")
         H = self.num_heads = checks.positive_int(num_heads, "num_heads")
         if E % H:
             raise ValueError(f"embed_dim: must be divisible by num_heads={H}, got embed_dim={E}")
         if dropout != 0.0:
-            raise ValueError(f"dropout: only 0.0 is supported (no dropout on the attention weights), got {dropout!r}")
-        if add_bias_kv or add_zero_attn:
-            raise ValueError("add_bias_kv/add_zero_attn: not supported, must be False")
+            raise NotImplementedError(f"dropout={dropout!r}: gpunet's attention has no dropout on the attention "
+                                      "weights; only 0.0 is supported")
+        for name, value in (("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
+            if value:
+                raise NotImplementedError(f"{name}=True: not supported; only False is")
         self.head_dim = E // H
         self.dropout = 0.0
         self.batch_first = bool(batch_first)
@@ -122,6 +124,7 @@ class MultiheadAttention(Module):
         self.out_proj = Linear(E, E, bias=bias)
         if bias:
             self.out_proj.bias.data[...] = 0
+        self._place(device, dtype)
 
     # ------------------------------------------------------------ helpers
     def _proj_weights(self):

@@ -12,13 +12,15 @@ class Dropout(Module):
     are scaled by 1/(1-p), so the expectation is unchanged; p = 1 gives zeros.
     Eval (and p = 0): the identity. The mask is a pure function of
     (gpunet.manual_seed, how many numbers earlier dropout calls drew, element
-    index), identical on every backend (see gpunet.ops.dropout)."""
+    index), identical on every backend (see gpunet.ops.dropout). `inplace` is
+    accepted for PyTorch compatibility; gpunet always writes a new array."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p: dropout probability has to be between 0 and 1, got {p!r}")
         self.p = float(p)
+        self.inplace = bool(inplace)
 
     def forward(self, input):
         be = self.backend

@@ -9,12 +9,13 @@ class Linear(Module):
     """y = x W^T + b, W of shape (out_features, in_features) as in PyTorch.
     Input (..., in_features); output (..., out_features)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.in_features = checks.positive_int(in_features, "in_features")
         self.out_features = checks.positive_int(out_features, "out_features")
         self.weight = Parameter(init.default_weight((out_features, in_features), self.dtype))
         self.bias = Parameter(init.fan_in_uniform((out_features,), in_features, self.dtype)) if bias else None
+        self._place(device, dtype)
 
     def forward(self, x):
         be = self.backend

@@ -28,8 +28,16 @@ def _broadcasts_to(shape, target) -> bool:
 
 
 class _Loss(Module):
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", size_average=None, reduce=None):
         super().__init__()
+        for name, value in (("size_average", size_average), ("reduce", reduce)):
+            if value is not None and not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected a bool or None (PyTorch's deprecated argument), got {value!r}; "
+                                "pass reduction= by keyword")
+        if size_average is not None or reduce is not None:
+            # PyTorch's deprecated pair, mapped to a reduction as PyTorch maps it
+            keep, average = reduce is None or bool(reduce), size_average is None or bool(size_average)
+            reduction = "none" if not keep else "mean" if average else "sum"
         if reduction not in ops.REDUCTIONS:
             raise ValueError(f"reduction: expected one of {', '.join(map(repr, ops.REDUCTIONS))}, got {reduction!r}")
         self.reduction = reduction
@@ -97,8 +105,8 @@ class MSELoss(_Loss):
     lecture notes' 1/2 ||t - z||^2 (with reduction='sum'), whose gradient is
     exactly z - t."""
 
-    def __init__(self, reduction: str = "mean", half: bool = False):
-        super().__init__(reduction)
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", *, half: bool = False):
+        super().__init__(reduction, size_average, reduce)
         self.half = bool(half)
 
     def compute(self, x, t):
@@ -116,9 +124,9 @@ class CrossEntropyLoss(_Loss):
     ignore_index. weight: per-class weights (C,); label_smoothing in [0, 1]
     mixes eps/C of the uniform distribution into the target."""
 
-    def __init__(self, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
                  label_smoothing: float = 0.0):
-        super().__init__(reduction)
+        super().__init__(reduction, size_average, reduce)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
         if not 0.0 <= label_smoothing <= 1.0:
@@ -161,8 +169,8 @@ class BCEWithLogitsLoss(_Loss):
     computed stably from x. weight broadcasts against the input; pos_weight (the
     weight p of positive examples, one per class) broadcasts along the last axis."""
 
-    def __init__(self, weight=None, *, reduction: str = "mean", pos_weight=None):
-        super().__init__(reduction)
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean", pos_weight=None):
+        super().__init__(reduction, size_average, reduce)
         for name, value in (("weight", weight), ("pos_weight", pos_weight)):
             self.register_buffer(name, None if value is None else self.backend.asarray(value, dtype=self.dtype))
 
@@ -214,8 +222,9 @@ class MultiMarginLoss(_Loss):
     and target y, sum_{i != y} w_y max(0, margin - x_y + x_i)^p / C; 'mean'
     averages over rows. Input (C,) or (N, C), target () or (N,) class indices; p in {1, 2}."""
 
-    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, *, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, size_average=None, reduce=None,
+                 reduction: str = "mean"):
+        super().__init__(reduction, size_average, reduce)
         if p not in (1, 2):
             raise ValueError(f"p: only 1 and 2 are supported, got {p!r}")
         self.p = int(p)

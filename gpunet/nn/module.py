@@ -94,6 +94,12 @@ class Module:
         object.__setattr__(self, "backend", get_backend("cpu"))
         object.__setattr__(self, "dtype", get_default_dtype())
 
+    def _place(self, device, dtype):
+        """PyTorch's factory arguments of the constructors (device=, dtype=):
+        the parameters are made on the CPU in the default dtype, then moved."""
+        if device is not None or dtype is not None:
+            self.to(device, dtype)
+
     # ------------------------------------------------------------ registration
     def __setattr__(self, name, value):
         if isinstance(value, Parameter):

@@ -25,7 +25,8 @@ class LayerNorm(Module):
     y = (x - mean)/sqrt(var + eps)·weight + bias, var biased as in PyTorch.
     weight/bias have shape normalized_shape (ones/zeros initially)."""
 
-    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
         if not shape or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape):
@@ -36,6 +37,7 @@ class LayerNorm(Module):
         self.elementwise_affine = bool(elementwise_affine)
         self.weight = Parameter(np.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
         self.bias = Parameter(np.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
+        self._place(device, dtype)
 
     def forward(self, x):
         be = self.backend
@@ -75,7 +77,7 @@ class _BatchNorm(Module):
     _ndims: tuple = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True):
+                 track_running_stats: bool = True, device=None, dtype=None, bias: bool = True):
         super().__init__()
         self.num_features = checks.positive_int(num_features, "num_features")
         self.eps = _check_eps(eps)
@@ -87,13 +89,14 @@ class _BatchNorm(Module):
         self.track_running_stats = bool(track_running_stats)
         C = self.num_features
         self.weight = Parameter(np.ones(C, self.dtype)) if affine else None
-        self.bias = Parameter(np.zeros(C, self.dtype)) if affine else None
+        self.bias = Parameter(np.zeros(C, self.dtype)) if affine and bias else None
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(C, self.dtype))
             self.register_buffer("running_var", np.ones(C, self.dtype))
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
         else:  # plain attributes: no buffers, so no state_dict keys (as torch)
             self.running_mean = self.running_var = self.num_batches_tracked = None
+        self._place(device, dtype)
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -140,7 +143,8 @@ class _BatchNorm(Module):
         dx, dw, db = ops.batch_norm_backward(self.backend, ctx, dy, use_batch)
         if self.weight is not None:
             self.weight.accumulate(dw)
-            self.bias.accumulate(db)
+            if self.bias is not None:
+                self.bias.accumulate(db)
         return dx
 
     def extra_repr(self):

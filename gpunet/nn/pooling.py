@@ -1,4 +1,6 @@
 """2-D max and average pooling layers (see gpunet/ops/pool.py)."""
+import numpy as np
+
 from .. import checks
 from ..ops import pool as ops
 from .conv import check_window
@@ -43,17 +45,24 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     """Maximum over each (dilated) window, as torch.nn.MaxPool2d (padding counts
     as -inf). Backward routes each gradient to the window's arg-max; ties go to
-    the first element in row-major window order."""
+    the first element in row-major window order. return_indices=True returns
+    (output, indices) with PyTorch's indices (flat into each input plane, for
+    MaxUnpool2d); backward still takes the output's gradient alone."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+                 ceil_mode: bool = False):
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+        self.return_indices = bool(return_indices)
 
     def forward(self, x):
         xb, unbatched = self._input(x)
         y, ctx = ops.maxpool2d_forward(self.backend, xb, self.kernel_size, self.stride, self.padding,
                                        self.dilation, self.ceil_mode)
         self.save(ctx, unbatched, y.shape)
-        return y[0] if unbatched else y
+        if not self.return_indices:
+            return y[0] if unbatched else y
+        idx = ops.maxpool2d_indices(self.backend, ctx)
+        return (y[0], idx[0]) if unbatched else (y, idx)
 
     def backward(self, dy):
         ctx, unbatched, y_shape = self.saved()
@@ -67,23 +76,80 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """Mean over each window, as torch.nn.AvgPool2d: the divisor is the window
     clipped to the padded input, or to the input alone with
-    count_include_pad=False."""
+    count_include_pad=False; divisor_override replaces that divisor everywhere
+    (the mean kernels' output rescaled by divisor/divisor_override)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override=None):
         super().__init__(kernel_size, stride, padding, 1, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = None if divisor_override is None else \
+            checks.positive_int(divisor_override, "divisor_override")
 
     def forward(self, x):
         xb, unbatched = self._input(x)
         y, ctx = ops.avgpool2d_forward(self.backend, xb, self.kernel_size, self.stride, self.padding,
                                        self.ceil_mode, self.count_include_pad)
-        self.save(ctx, unbatched, y.shape)
+        scale = self._override_scale(xb.shape)
+        if scale is not None:
+            y *= scale
+        self.save(ctx, unbatched, y.shape, scale)
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        ctx, unbatched, y_shape = self.saved()
-        dx = ops.avgpool2d_backward(self.backend, ctx, self._grad(dy, y_shape, unbatched))
+        ctx, unbatched, y_shape, scale = self.saved()
+        dy = self._grad(dy, y_shape, unbatched)
+        dx = ops.avgpool2d_backward(self.backend, ctx, dy if scale is None else dy * scale)
         return dx[0] if unbatched else dx
+
+    def _override_scale(self, x_shape):
+        if self.divisor_override is None:
+            return None
+        return ops.divisor_override_scale(self.backend, x_shape, self.kernel_size, self.stride, self.padding,
+                                          self.ceil_mode, self.count_include_pad, self.divisor_override, self.dtype)
 
     def extra_repr(self):
         return super().extra_repr() + f", ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}"
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of MaxPool2d, as torch.nn.MaxUnpool2d: each input
+    value goes to the position its `indices` entry names (flat in each output
+    plane), every other position is zero. Output size (H-1)*stride - 2*padding
+    + kernel_size per axis, or `output_size` (its last two entries)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = checks.pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else checks.pair(stride, "stride")
+        self.padding = checks.pair(padding, "padding", minimum=0)
+
+    def forward(self, input, indices, output_size=None):
+        be = self.backend
+        checks.array(be, input, "input", ndim=(3, 4), dtype=self.dtype)
+        checks.array(be, indices, "indices", integer=True)
+        checks.same_shape(input, indices, "input", "indices")
+        if output_size is None:
+            size = tuple((n - 1) * s - 2 * p + k for n, s, p, k in
+                         zip(input.shape[-2:], self.stride, self.padding, self.kernel_size))
+        else:
+            size = tuple(int(n) for n in tuple(output_size)[-2:])
+        planes = int(np.prod(input.shape[:-2], dtype=np.int64))
+        area = size[0] * size[1]
+        flat = indices.reshape(planes, -1).astype(np.int64)
+        if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= area):
+            raise ValueError(f"indices: expected values in [0, {area}) for an output of size {size}, "
+                             f"got {int(flat.min()) if int(flat.min()) < 0 else int(flat.max())}")
+        out = be.xp.zeros((planes, area), dtype=self.dtype)
+        out[be.xp.arange(planes)[:, None], flat] = input.reshape(planes, -1)
+        self.save(flat, input.shape)
+        return out.reshape(tuple(input.shape[:-2]) + size)
+
+    def backward(self, grad_output):
+        flat, shape = self.saved()
+        checks.array(self.backend, grad_output, "grad_output", dtype=self.dtype, finite=False)
+        g = grad_output.reshape(flat.shape[0], -1)
+        return self.backend.xp.take_along_axis(g, flat, axis=1).reshape(shape)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

@@ -16,7 +16,9 @@ backpropagates through every call: call backward once per forward call, in
 reverse order; the parameter gradients add up.
 """
 from .. import checks
+from ..ops import dropout as dropout_ops
 from ..ops import rnn as ops
+from ..random import next_philox_offset
 from . import init
 from .module import Module, Parameter
 
@@ -62,7 +64,7 @@ class _Cell(Module):
 
     gates = 1
 
-    def __init__(self, input_size, hidden_size, bias):
+    def __init__(self, input_size, hidden_size, bias, device, dtype):
         super().__init__()
         self.input_size = checks.positive_int(input_size, "input_size")
         self.hidden_size = checks.positive_int(hidden_size, "hidden_size")
@@ -71,6 +73,7 @@ class _Cell(Module):
         self.weight_hh = _param((gh, self.hidden_size), self.hidden_size, self.dtype)
         self.bias_ih = _param((gh,), self.hidden_size, self.dtype) if bias else None
         self.bias_hh = _param((gh,), self.hidden_size, self.dtype) if bias else None
+        self._place(device, dtype)
 
     def _weights(self):
         b_ih = None if self.bias_ih is None else self.bias_ih.data
@@ -108,9 +111,9 @@ class RNNCell(_Cell):
     forward(input (N, I) or (I,), hx=None (N, H)) -> h' (N, H);
     backward(d_h') -> d_input, or (d_input, d_hx) when hx was given."""
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
         _check_nonlinearity(nonlinearity)
-        super().__init__(input_size, hidden_size, bias)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
@@ -141,8 +144,8 @@ class LSTMCell(_Cell):
 
     gates = 4
 
-    def __init__(self, input_size, hidden_size, bias=True):
-        super().__init__(input_size, hidden_size, bias)
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
 
     def forward(self, input, hx=None):
         x3, shape = self._input(input)
@@ -167,17 +170,28 @@ class LSTMCell(_Cell):
 # ---------------------------------------------------------------- multi-layer sequences
 class _Recurrent(Module):
     """Shared by RNN and LSTM: per-layer parameters weight_ih_l{k}, weight_hh_l{k},
-    bias_ih_l{k}, bias_hh_l{k}; input/state layout conversions and checks."""
+    bias_ih_l{k}, bias_hh_l{k}; input/state layout conversions and checks;
+    dropout on each layer's output but the last while training, as PyTorch.
+    bidirectional=True and proj_size > 0 are not supported."""
 
     gates = 1
 
-    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first):
+    def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+                 device, dtype):
         super().__init__()
         self.input_size = checks.positive_int(input_size, "input_size")
         self.hidden_size = checks.positive_int(hidden_size, "hidden_size")
         self.num_layers = checks.positive_int(num_layers, "num_layers")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+        self.dropout = float(dropout)
+        if bidirectional:
+            raise NotImplementedError("bidirectional=True: not supported yet; only bidirectional=False is")
+        if proj_size:
+            raise NotImplementedError(f"proj_size={proj_size!r}: LSTM projections are not supported; only 0 is")
+        self.bidirectional, self.proj_size = False, 0
         H, gh = self.hidden_size, self.gates * self.hidden_size
         for k in range(self.num_layers):
             fan = self.input_size if k == 0 else H
@@ -186,6 +200,21 @@ class _Recurrent(Module):
             if self.bias:
                 setattr(self, f"bias_ih_l{k}", _param((gh,), H, self.dtype))
                 setattr(self, f"bias_hh_l{k}", _param((gh,), H, self.dtype))
+        self._place(device, dtype)
+
+    def _drop(self, y, k, drops):
+        """Layer k's output as the next layer's input: dropout while training,
+        except after the last layer (the mask's ctx goes to `drops`)."""
+        ctx = None
+        if self.training and self.dropout > 0.0 and k < self.num_layers - 1:
+            seed, offset = next_philox_offset(y.size)
+            y, ctx = dropout_ops.dropout_forward(self.backend, y, self.dropout, seed, offset)
+        drops.append(ctx)
+        return y
+
+    def _undrop(self, dx, k, drops):
+        """Gradient of layer k's input back through the dropout before it."""
+        return dx if k == 0 or drops[k - 1] is None else dropout_ops.dropout_backward(self.backend, drops[k - 1], dx)
 
     def _layer(self, k):
         """(w_ih, w_hh, b_ih, b_hh) arrays of layer k (biases None without bias)."""
@@ -265,6 +294,8 @@ class _Recurrent(Module):
             s += ", bias=False"
         if self.batch_first:
             s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
         return s
 
 
@@ -273,30 +304,34 @@ class RNN(_Recurrent):
     forward(input, h_0=None (num_layers, N, H)) -> (output (L, N, H), h_n);
     backward(d_output, d_h_n=None) -> d_input, or (d_input, d_h_0) when h_0 was given."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False):
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
         _check_nonlinearity(nonlinearity)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype)
         self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
         x, layout = self._sequence(input)
         h0 = self._initial(hx, "h_0", layout)
-        ctxs, h_n = [], []
+        ctxs, h_n, drops = [], [], []
         for k in range(self.num_layers):
             x, h, ctx = ops.rnn_forward(self.backend, x, *self._layer(k), h0[k], self.nonlinearity)
+            x = self._drop(x, k, drops)
             ctxs.append(ctx)
             h_n.append(h)
-        self.save(ctxs, hx is not None, layout)
+        self.save(ctxs, drops, hx is not None, layout)
         return self._to_user(x, layout), self._state_out(h_n, layout)
 
     def backward(self, grad_output=None, grad_h_n=None):
-        ctxs, has_state, layout = self.saved()
+        ctxs, drops, has_state, layout = self.saved()
         dout = self._from_user(grad_output, "grad_output", layout)
         dh_n = self._state_grad(grad_h_n, "grad_h_n", layout)
         dh0 = [None] * self.num_layers
         for k in range(self.num_layers - 1, -1, -1):
             w_ih, w_hh, _, _ = self._layer(k)
             dout, dh0[k], dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctxs[k], w_ih, w_hh, dout, dh_n[k])
+            dout = self._undrop(dout, k, drops)
             self._accumulate(k, dw_ih, dw_hh, db)
         dx = self._to_user(dout, layout)
         return (dx, self._state_out(dh0, layout)) if has_state else dx
@@ -313,24 +348,27 @@ class LSTM(_Recurrent):
 
     gates = 4
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first)
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+                         device, dtype)
 
     def forward(self, input, hx=None):
         x, layout = self._sequence(input)
         h, c = (None, None) if hx is None else _lstm_state_pair(hx, "hx")
         h0, c0 = self._initial(h, "h_0", layout), self._initial(c, "c_0", layout)
-        ctxs, h_n, c_n = [], [], []
+        ctxs, h_n, c_n, drops = [], [], [], []
         for k in range(self.num_layers):
             x, hk, ck, ctx = ops.lstm_forward(self.backend, x, *self._layer(k), h0[k], c0[k])
+            x = self._drop(x, k, drops)
             ctxs.append(ctx)
             h_n.append(hk)
             c_n.append(ck)
-        self.save(ctxs, hx is not None, layout)
+        self.save(ctxs, drops, hx is not None, layout)
         return self._to_user(x, layout), (self._state_out(h_n, layout), self._state_out(c_n, layout))
 
     def backward(self, grad_output=None, grad_state=None):
-        ctxs, has_state, layout = self.saved()
+        ctxs, drops, has_state, layout = self.saved()
         dout = self._from_user(grad_output, "grad_output", layout)
         g_h, g_c = (None, None) if grad_state is None else _lstm_state_pair(grad_state, "grad_state")
         dh_n = self._state_grad(g_h, "grad_state[0]", layout)
@@ -340,6 +378,7 @@ class LSTM(_Recurrent):
             w_ih, w_hh, _, _ = self._layer(k)
             dout, dh0[k], dc0[k], dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctxs[k], w_ih, w_hh,
                                                                         dout, dh_n[k], dc_n[k])
+            dout = self._undrop(dout, k, drops)
             self._accumulate(k, dw_ih, dw_hh, db)
         dx = self._to_user(dout, layout)
         if not has_state:

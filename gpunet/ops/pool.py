@@ -221,3 +221,26 @@ def avgpool2d_backward(be, ctx, dy):
     for _, sl in _taps(win):
         dpad[sl] += share
     return _unpad(xp, dpad, x_shape, win)
+
+
+# ---------------------------------------------------------------- PyTorch's extra outputs and options
+def maxpool2d_indices(be, ctx):
+    """The arg-max of each window as PyTorch's return_indices gives it: the
+    flat index h*W + w into the input's (H, W) plane, int64. The kernels
+    record that index already; the array path records the window offset."""
+    xp = be.xp
+    kernels, arg, x_shape, win = ctx
+    arg = arg.astype(np.int64)
+    if kernels:
+        return arg
+    i, j = arg // win.kw, arg % win.kw
+    h = xp.arange(win.oh, dtype=np.int64)[:, None] * win.sh - win.ph + i * win.dh
+    w = xp.arange(win.ow, dtype=np.int64)[None, :] * win.sw - win.pw + j * win.dw
+    return h * x_shape[3] + w
+
+
+def divisor_override_scale(be, x_shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                           dtype):
+    """(OH, OW) factors turning each window's mean into its sum / divisor_override."""
+    win = window(x_shape, kernel, stride, padding, (1, 1), ceil_mode)
+    return _divisor(be.xp, x_shape, win, count_include_pad, dtype) / dtype.type(divisor_override)

@@ -20,9 +20,27 @@ moved layout so backward transposes only the incoming gradient.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..dispatch import path
+
+
+def resolve_dim(dim, ndim: int) -> int:
+    """`dim` checked against an ndim-D input (a 0-d input counts as one row,
+    dims -1 and 0), as a non-negative axis. dim=None is PyTorch's deprecated
+    implicit choice, with its warning: 0 for 0-, 1- and 3-D inputs, else 1."""
+    if dim is None:
+        dim = 0 if ndim in (0, 1, 3) else 1
+        warnings.warn(f"softmax: implicit dimension choice (dim={dim} for a {ndim}-D input) is deprecated in "
+                      "PyTorch; pass dim= explicitly", UserWarning, stacklevel=3)
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim: expected an int or None, got {type(dim).__name__}")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise ValueError(f"dim: expected a dimension of the {ndim}-D input (in [{-rank}, {rank - 1}]), got {dim}")
+    return int(dim) % rank
 
 
 def _shifted(xp, x, dim, beta):
@@ -48,6 +66,9 @@ def _from_last(xp, a, dim):
 def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     """(log-)softmax of x along `dim`. Returns (y, ctx)."""
     xp = be.xp
+    if x.ndim == 0:  # a row of one
+        y, ctx = softmax_forward(be, x.reshape(1), 0, beta, log)
+        return y.reshape(()), ctx
     dim = dim % x.ndim
     if x.size == 0:  # nothing to normalise (a zero-length row has no max to shift by)
         y = xp.empty_like(x)
@@ -71,6 +92,8 @@ def softmax_backward(be, ctx, dy):
     """Gradient of the (log-)softmax input given the output gradient dy."""
     y, dim, beta, log = ctx
     xp = be.xp
+    if dy.ndim == 0:
+        return softmax_backward(be, ctx, dy.reshape(1)).reshape(())
     if y.size == 0:
         return xp.empty_like(dy)
     if path(be, "softmax", y.dtype) == "kernel":

@@ -1,0 +1,248 @@
+"""PyTorch's constructor arguments on the modules gpunet shares with it: each
+accepted at PyTorch's default, and those gpunet implements matching PyTorch
+(forward, input and parameter gradients) on cpu (float64) and sim (float32).
+The sim tests run several families' kernels, so no KERNELS list: any kernel
+must run (conftest)."""
+import inspect
+import warnings
+
+import numpy as np
+import pytest
+
+import gpunet
+from gpunet import functional as F
+from gpunet import nn
+from gpunet.ops.pad import pad2d, pad2d_backward
+from gpunet.testing import assert_close
+
+torch = pytest.importorskip("torch")
+
+# the required arguments of each shared module (PyTorch's signatures take *args for RNNs)
+REQUIRED = {"Linear": (4, 3), "Conv2d": (2, 3, 3), "BatchNorm1d": (3,), "BatchNorm2d": (3,), "LayerNorm": (3,),
+            "Embedding": (5, 3), "LSTM": (3, 4), "RNN": (3, 4), "LSTMCell": (3, 4), "RNNCell": (3, 4),
+            "MultiheadAttention": (4, 2), "AvgPool2d": (2,), "MaxPool2d": (2,), "MaxUnpool2d": (2,)}
+# PyTorch's RNN/LSTM defaults (hidden behind *args in their signatures)
+RNN_DEFAULTS = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False,
+                "device": None, "dtype": None}
+SHARED = sorted(n for n in dir(nn) if isinstance(getattr(nn, n), type) and issubclass(getattr(nn, n), nn.Module)
+                and n != "Module" and isinstance(getattr(torch.nn, n, None), type))
+
+
+def torch_defaults(name):
+    if name in ("RNN", "LSTM"):
+        return dict(RNN_DEFAULTS, **({"proj_size": 0} if name == "LSTM" else {"nonlinearity": "tanh"}))
+    sig = inspect.signature(getattr(torch.nn, name).__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and not k.startswith("_")}
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_every_pytorch_default_is_accepted(name):
+    """Passing PyTorch's own defaults by keyword never raises (a TypeError for
+    an unknown argument was the common failure)."""
+    defaults = torch_defaults(name)
+    if name in ("Softmax", "LogSoftmax"):
+        defaults["dim"] = -1  # None is accepted too, with PyTorch's deprecation warning
+    getattr(nn, name)(*REQUIRED.get(name, ()), **defaults)
+
+
+def test_shared_modules_are_all_checked():
+    assert len(SHARED) >= 30 and {"LSTM", "Conv2d", "Embedding", "MultiheadAttention"} <= set(SHARED)
+
+
+@pytest.mark.parametrize("make,argument", [
+    (lambda: nn.LSTM(3, 4, bidirectional=True), "bidirectional"),
+    (lambda: nn.LSTM(3, 4, proj_size=2), "proj_size"),
+    (lambda: nn.Embedding(5, 3, sparse=True), "sparse"),
+    (lambda: nn.MultiheadAttention(4, 2, add_zero_attn=True), "add_zero_attn"),
+])
+def test_unsupported_values_name_the_argument(make, argument):
+    with pytest.raises(NotImplementedError, match=argument):
+        make()
+
+
+@pytest.mark.parametrize("name", ["Linear", "Conv2d", "LayerNorm", "Embedding", "LSTM", "LSTMCell",
+                                  "MultiheadAttention", "BatchNorm2d"])
+def test_device_and_dtype_arguments(name):
+    m = getattr(nn, name)(*REQUIRED[name], device="sim", dtype=np.float64)
+    assert m.device == "sim" and all(p.data.dtype == np.float64 for p in m.parameters())
+
+
+def test_loss_legacy_reduction_arguments():
+    x, t = np.arange(4.0).reshape(2, 2), np.zeros((2, 2))
+    for kw, reduction in [({"size_average": False}, "sum"), ({"reduce": False}, "none"),
+                          ({"size_average": True, "reduce": True}, "mean")]:
+        assert nn.MSELoss(**kw).reduction == torch.nn.MSELoss(**kw).reduction == reduction
+        np.testing.assert_allclose(nn.MSELoss(**kw).to(np.float64)(x, t), torch.nn.MSELoss(**kw)(
+            torch.from_numpy(x), torch.from_numpy(t)).numpy())
+    with pytest.raises(TypeError, match="size_average.*reduction= by keyword"):
+        nn.MSELoss("sum")  # PyTorch would silently take "sum" as size_average=True
+
+
+# ---------------------------------------------------------------- parity against PyTorch
+def _parity(ours, theirs, x, device, grads=("weight",)):
+    """forward, input gradient and parameter gradients of `ours` on `device` against torch."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    ours.to(device, dtype)
+    theirs.double()
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = theirs(tx)
+    g = np.random.default_rng(1).standard_normal(tuple(ty.shape))
+    ty.backward(torch.from_numpy(g))
+    y = ours(ours.backend.asarray(x.astype(dtype)))
+    dx = ours.backward(ours.backend.asarray(g.astype(dtype)))
+    assert_close(gpunet.to_numpy(y), ty.detach().numpy().astype(dtype))
+    assert_close(gpunet.to_numpy(dx), tx.grad.numpy().astype(dtype))
+    for name in grads:
+        assert_close(gpunet.to_numpy(getattr(ours, name).grad), getattr(theirs, name).grad.numpy().astype(dtype))
+
+
+@pytest.mark.parametrize("kw", [dict(padding="same"), dict(padding="same", dilation=2),
+                                dict(kernel_size=(2, 4), padding="same"), dict(padding="valid"),
+                                dict(padding=2, padding_mode="reflect"), dict(padding=(1, 2), padding_mode="replicate"),
+                                dict(padding=1, padding_mode="circular", stride=2),
+                                dict(kernel_size=4, padding="same", padding_mode="reflect")], ids=str)
+def test_conv2d_padding_modes_as_torch(kw, device, rng):
+    kw = dict(kw)
+    k = kw.pop("kernel_size", 3)
+    x = rng.standard_normal((2, 2, 7, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on even windows with padding='same'
+        _parity(nn.Conv2d(2, 3, k, **kw), torch.nn.Conv2d(2, 3, k, **kw), x, device, ("weight", "bias"))
+
+
+def test_conv2d_padding_errors():
+    with pytest.raises(ValueError, match="padding='same'.*stride 1"):
+        nn.Conv2d(1, 1, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding_mode"):
+        nn.Conv2d(1, 1, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match="reflect padding of 3 needs an input height of at least 4"):
+        nn.Conv2d(1, 1, 3, padding=3, padding_mode="reflect")(np.zeros((1, 1, 3, 8), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_pad2d_backward_is_the_adjoint(mode, rng):
+    """<pad(x), g> = <x, pad_backward(g)> for every mode and uneven pads."""
+    be = gpunet.get_backend("cpu")
+    x = rng.standard_normal((2, 3, 5, 6))
+    y = pad2d(be, x, (2, 1, 3, 0), mode)
+    g = rng.standard_normal(y.shape)
+    assert y.shape == (2, 3, 8, 9)
+    assert np.isclose((y * g).sum(), (x * pad2d_backward(be, g, (2, 1, 3, 0), mode)).sum(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("kw", [dict(max_norm=1.0), dict(max_norm=0.5, norm_type=1.0), dict(scale_grad_by_freq=True),
+                                dict(padding_idx=1, scale_grad_by_freq=True, max_norm=1.5)], ids=str)
+def test_embedding_options_as_torch(kw, device):
+    t = torch.nn.Embedding(6, 4, **kw).double()
+    m = nn.Embedding(6, 4, _weight=t.weight.detach().numpy().copy(), **kw)
+    dtype = np.float64 if device == "cpu" else np.float32
+    m.to(device, dtype)
+    idx = np.array([[0, 1, 1], [5, 1, 3]])
+    g = np.random.default_rng(0).standard_normal((2, 3, 4))
+    ty = t(torch.from_numpy(idx))
+    ty.backward(torch.from_numpy(g))
+    y = m(idx)
+    m.backward(m.backend.asarray(g.astype(dtype)))
+    assert_close(gpunet.to_numpy(y), ty.detach().numpy().astype(dtype))
+    assert_close(gpunet.to_numpy(m.weight.grad), t.weight.grad.numpy().astype(dtype))
+    assert_close(gpunet.to_numpy(m.weight.data), t.weight.detach().numpy().astype(dtype))  # max_norm renormed in place
+
+
+def test_embedding_frozen_weight():
+    m = nn.Embedding(3, 2, _weight=np.eye(3, 2), _freeze=True)
+    m(np.array([0, 2]))
+    m.backward(np.ones((2, 2), np.float32))
+    assert m.weight.grad is None
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.RNN])
+def test_recurrent_dropout_between_layers(cls, device, rng):
+    """num_layers=2, dropout=p is layer 0, Dropout(p), layer 1: the same masks
+    (one seeded stream), the same outputs and gradients; no dropout in eval."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    stacked = cls(3, 4, num_layers=2, dropout=0.5).to(device, dtype)
+    first, second, drop = cls(3, 4).to(device, dtype), cls(4, 4).to(device, dtype), nn.Dropout(0.5).to(device, dtype)
+    sd = stacked.state_dict()
+    first.load_state_dict({k.replace("_l0", "_l0"): v for k, v in sd.items() if k.endswith("_l0")})
+    second.load_state_dict({k.replace("_l1", "_l0"): v for k, v in sd.items() if k.endswith("_l1")})
+    x = stacked.backend.asarray(rng.standard_normal((5, 2, 3)).astype(dtype))
+    g = stacked.backend.asarray(rng.standard_normal((5, 2, 4)).astype(dtype))
+    gpunet.manual_seed(3)
+    y = stacked(x)[0]
+    dx = stacked.backward(g)
+    gpunet.manual_seed(3)
+    y_ref = second(drop(first(x)[0]))[0]
+    dx_ref = first.backward(drop.backward(second.backward(g)))
+    np.testing.assert_array_equal(gpunet.to_numpy(y), gpunet.to_numpy(y_ref))
+    np.testing.assert_array_equal(gpunet.to_numpy(dx), gpunet.to_numpy(dx_ref))
+    np.testing.assert_array_equal(gpunet.to_numpy(stacked.weight_ih_l0.grad), gpunet.to_numpy(first.weight_ih_l0.grad))
+    stacked.eval()
+    assert not np.array_equal(gpunet.to_numpy(stacked(x)[0]), gpunet.to_numpy(y))
+
+
+@pytest.mark.parametrize("shape,expected_dim", [((), 0), ((4,), 0), ((2, 4), 1), ((2, 3, 4), 0), ((2, 3, 4, 5), 1)])
+def test_softmax_implicit_dim_as_torch(shape, expected_dim, rng):
+    x = rng.standard_normal(shape)
+    with pytest.warns(UserWarning, match="implicit dimension"):
+        ours = nn.Softmax().to(np.float64)(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = torch.nn.Softmax()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-14)
+    np.testing.assert_allclose(ours, F.softmax(x, expected_dim) if shape else 1.0, rtol=1e-14)
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+def test_functional_softmax_dtype_and_zero_dim(fn, device):
+    x = np.arange(6.0, dtype=np.float64).reshape(2, 3)
+    y = getattr(F, fn)(x, 1, dtype=np.float32, device=device)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(gpunet.to_numpy(y), getattr(torch.nn.functional, fn)(
+        torch.from_numpy(x), 1, dtype=torch.float32).numpy(), rtol=1e-6)
+    z = getattr(F, fn)(np.array(2.5, np.float32), -1, device=device)
+    assert z.shape == () and float(z) == (1.0 if fn == "softmax" else 0.0)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+                                dict(kernel_size=(2, 3), stride=1)], ids=str)
+@pytest.mark.parametrize("divisor", [1, 5])
+def test_avgpool_divisor_override_as_torch(kw, divisor, device, rng):
+    x = rng.standard_normal((2, 3, 7, 8))
+    _parity(nn.AvgPool2d(divisor_override=divisor, **kw), torch.nn.AvgPool2d(divisor_override=divisor, **kw),
+            x, device, grads=())
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True)], ids=str)
+def test_maxpool_indices_and_unpool_as_torch(kw, device, rng):
+    """return_indices gives PyTorch's indices; MaxUnpool2d of them matches
+    PyTorch forward and backward (also batched-less (C, H, W) input)."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    for shape in [(2, 3, 9, 8), (3, 9, 8)]:
+        x = rng.standard_normal(shape)
+        pool = nn.MaxPool2d(return_indices=True, **kw).to(device, dtype)
+        y, idx = pool(pool.backend.asarray(x.astype(dtype)))
+        ty, tidx = torch.nn.MaxPool2d(return_indices=True, **kw)(torch.from_numpy(x))
+        np.testing.assert_array_equal(gpunet.to_numpy(idx), tidx.numpy())
+        assert_close(gpunet.to_numpy(y), ty.numpy().astype(dtype))
+        pool.backward(pool.backend.asarray(np.ones(y.shape, dtype)))  # the pooling's own backward still pairs
+        if "dilation" in kw:
+            continue  # PyTorch's unpooling takes no dilation (nor this output size)
+        unkw = {k: v for k, v in kw.items() if k in ("kernel_size", "stride", "padding")}
+        unpool = nn.MaxUnpool2d(**unkw).to(device, dtype)
+        tin = ty.detach().clone().requires_grad_()
+        tout = torch.nn.MaxUnpool2d(**unkw)(tin, tidx, output_size=shape[-2:])
+        out = unpool(y, idx, output_size=shape[-2:])
+        assert_close(gpunet.to_numpy(out), tout.detach().numpy().astype(dtype))
+        g = rng.standard_normal(tuple(tout.shape))
+        tout.backward(torch.from_numpy(g))
+        assert_close(gpunet.to_numpy(unpool.backward(unpool.backend.asarray(g.astype(dtype)))),
+                     tin.grad.numpy().astype(dtype))
+
+
+def test_maxunpool_rejects_out_of_range_indices():
+    with pytest.raises(ValueError, match=r"indices: expected values in \[0, 16\)"):
+        nn.MaxUnpool2d(2)(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 16))
