@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 # the required arguments of each shared module (PyTorch's signatures take *args for RNNs)
 REQUIRED = {"Linear": (4, 3), "Conv2d": (2, 3, 3), "BatchNorm1d": (3,), "BatchNorm2d": (3,), "LayerNorm": (3,),
-            "Embedding": (5, 3), "LSTM": (3, 4), "RNN": (3, 4), "LSTMCell": (3, 4), "RNNCell": (3, 4),
+            "Embedding": (5, 3), "LSTM": (3, 4), "RNN": (3, 4), "LSTMCell": (3, 4), "RNNCell": (3, 4), "GRU": (3, 4), "GRUCell": (3, 4),
             "MultiheadAttention": (4, 2), "AvgPool2d": (2,), "MaxPool2d": (2,), "MaxUnpool2d": (2,)}
 # PyTorch's RNN/LSTM defaults (hidden behind *args in their signatures)
 RNN_DEFAULTS = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False,
@@ -29,8 +29,9 @@ SHARED = sorted(n for n in dir(nn) if isinstance(getattr(nn, n), type) and issub
 
 
 def torch_defaults(name):
-    if name in ("RNN", "LSTM"):
-        return dict(RNN_DEFAULTS, **({"proj_size": 0} if name == "LSTM" else {"nonlinearity": "tanh"}))
+    if name in ("RNN", "LSTM", "GRU"):
+        extra = {"LSTM": {"proj_size": 0}, "RNN": {"nonlinearity": "tanh"}, "GRU": {}}[name]
+        return dict(RNN_DEFAULTS, **extra)
     sig = inspect.signature(getattr(torch.nn, name).__init__)
     return {k: p.default for k, p in sig.parameters.items()
             if p.default is not inspect.Parameter.empty and not k.startswith("_")}

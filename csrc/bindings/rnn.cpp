@@ -1,4 +1,4 @@
-// rnn.cpp -- Python bindings of csrc/kernels/rnn.cu (LSTM and RNN cell steps).
+// rnn.cpp -- Python bindings of csrc/kernels/rnn.cu (LSTM, GRU and RNN cell steps).
 // Optional arrays (biases, missing gradients) are passed as None and reach
 // the kernels as null pointers.
 #include <string>
@@ -115,6 +115,50 @@ void bind_rnn(py::module_& m) {
       py::arg("h"), py::arg("dy"), py::arg("dh_next"), py::arg("dpre"), py::arg("relu"), py::arg("stream"),
       "dpre = (dy + dh_next) * act'(h) for one RNN step from its output h (B, H) float32;\n"
       "dy and dh_next (B, H) or None.");
+  m.def(
+      "gru_cell_forward",
+      [](py::handle xg_o, py::handle hg_o, py::handle bhh_o, py::handle hprev_o, py::handle gates_o, py::handle hn_o,
+         py::handle h_o, std::uintptr_t stream) {
+        const View h_prev = as_array(hprev_o, "h_prev", "float32");
+        const auto [B, H] = state_dims(h_prev, "h_prev");
+        const View xg = shaped(xg_o, "xg", {B, 3 * H});
+        const View hg = shaped(hg_o, "hg", {B, 3 * H});
+        const View b_hh = optional(bhh_o, "b_hh", {3 * H});
+        const View gates = output(gates_o, "gates", {B, 3 * H});
+        const View hn = output(hn_o, "hn", {B, H});
+        const View h = output(h_o, "h", {B, H});
+        auto guard = vouch({xg, hg, b_hh, h_prev, gates, hn, h});
+        gru_cell_forward(xg.ptr<float>(), hg.ptr<float>(), b_hh.ptr<float>(), h_prev.ptr<float>(), gates.ptr<float>(),
+                         hn.ptr<float>(), h.ptr<float>(), B, H, as_stream(stream));
+        check_launch("gru_cell_forward");
+      },
+      py::arg("xg"), py::arg("hg"), py::arg("b_hh"), py::arg("h_prev"), py::arg("gates"), py::arg("hn"), py::arg("h"),
+      py::arg("stream"),
+      "One GRU step. xg = x W_ih^T + b_ih and hg = h_prev W_hh^T, (B, 3H) float32, gate\n"
+      "blocks r, z, n; b_hh (3H,) or None; h_prev (B, H). Writes the activated gates\n"
+      "(B, 3H; may be xg itself), hn = hg_n + b_hn and h (B, H).");
+  m.def(
+      "gru_cell_backward",
+      [](py::handle gates_o, py::handle hn_o, py::handle hprev_o, py::handle dy_o, py::handle dh_o, py::handle dxg_o,
+         py::handle dhg_o, py::handle dhprev_o, std::uintptr_t stream) {
+        const View h_prev = as_array(hprev_o, "h_prev", "float32");
+        const auto [B, H] = state_dims(h_prev, "h_prev");
+        const View gates = shaped(gates_o, "gates", {B, 3 * H});
+        const View hn = shaped(hn_o, "hn", {B, H});
+        const View dy = optional(dy_o, "dy", {B, H});
+        const View dh = optional(dh_o, "dh_next", {B, H});
+        const View dxg = output(dxg_o, "dxg", {B, 3 * H});
+        const View dhg = output(dhg_o, "dhg", {B, 3 * H});
+        const View dh_prev = output(dhprev_o, "dh_prev", {B, H});
+        auto guard = vouch({gates, hn, h_prev, dy, dh, dxg, dhg, dh_prev});
+        gru_cell_backward(gates.ptr<float>(), hn.ptr<float>(), h_prev.ptr<float>(), dy.ptr<float>(), dh.ptr<float>(),
+                          dxg.ptr<float>(), dhg.ptr<float>(), dh_prev.ptr<float>(), B, H, as_stream(stream));
+        check_launch("gru_cell_backward");
+      },
+      py::arg("gates"), py::arg("hn"), py::arg("h_prev"), py::arg("dy"), py::arg("dh_next"), py::arg("dxg"),
+      py::arg("dhg"), py::arg("dh_prev"), py::arg("stream"),
+      "Backward of one GRU step from the saved gates (B, 3H), hn and h_prev (B, H); dy and\n"
+      "dh_next (B, H) or None (zero). Writes dxg and dhg (B, 3H) and dh * z (B, H).");
 }
 
 }  // namespace gpunet

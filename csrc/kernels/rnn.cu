@@ -1,4 +1,4 @@
-// rnn.cu -- the elementwise part of one LSTM / Elman RNN step, fused into one
+// rnn.cu -- the elementwise part of one LSTM / GRU / Elman RNN step, fused into one
 // kernel per direction. The Python glue (gpunet/ops/rnn.py) runs a layer as:
 // ONE cuBLAS GEMM for every timestep's input projection x W_ih^T (+ b_ih),
 // then per step one GEMM h_{t-1} W_hh^T and one cell kernel; backward per step
@@ -31,6 +31,14 @@
 // rnn_cell_forward / rnn_cell_backward
 //   Thread per element of (B, H): h = act(xg + hg + b_hh[j]) (12 bytes read,
 //   4 written per element), dpre = (dy + dh_next) act'(h) (12 read, 4 written).
+//
+// gru_cell_forward / gru_cell_backward
+//   Thread per (b, j) as the LSTM's, over the three gate blocks r, z, n of
+//   row b. Forward reads 3 xg + 3 hg + h_prev (+ 3 b_hh, cached) = 7 floats
+//   and writes 3 gates + hn + h = 5: 48·B·H bytes, 2 expf and one tanhf.
+//   hn = hg_n + b_hn is saved because r multiplies it (backward needs it for
+//   dr). Backward reads 3 gates + hn + h_prev + dy + dh_next = 7 floats and
+//   writes 3 dxg + 3 dhg + dh_prev = 7: 56·B·H bytes, ~25 FLOPs.
 //
 // No __restrict__ on pointers that may alias (gates/xg, dc_prev/dc_next, h/xg).
 #include <cuda_runtime.h>
@@ -108,6 +116,51 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+__global__ void __launch_bounds__(kThreads)
+    gru_cell_forward_kernel(const float* xg, const float* __restrict__ hg, const float* __restrict__ b_hh,
+                            const float* __restrict__ h_prev, float* gates, float* __restrict__ hn,
+                            float* __restrict__ h, int64_t batch, int64_t hidden) {
+  const int64_t n = batch * hidden;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = e / hidden, j = e - b * hidden;
+    const int64_t row = b * 3 * hidden + j;  // column j of gate block r in row b
+    float rec[3];
+    for (int k = 0; k < 3; ++k) rec[k] = hg[row + k * hidden] + (b_hh != nullptr ? b_hh[k * hidden + j] : 0.f);
+    const float r = sigmoidf(xg[row] + rec[0]);
+    const float z = sigmoidf(xg[row + hidden] + rec[1]);
+    const float nn = tanhf(xg[row + 2 * hidden] + r * rec[2]);
+    gates[row] = r;
+    gates[row + hidden] = z;
+    gates[row + 2 * hidden] = nn;
+    hn[e] = rec[2];
+    h[e] = (1.f - z) * nn + z * h_prev[e];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    gru_cell_backward_kernel(const float* __restrict__ gates, const float* __restrict__ hn,
+                             const float* __restrict__ h_prev, const float* __restrict__ dy,
+                             const float* __restrict__ dh_next, float* __restrict__ dxg, float* __restrict__ dhg,
+                             float* __restrict__ dh_prev, int64_t batch, int64_t hidden) {
+  const int64_t n = batch * hidden;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = e / hidden, j = e - b * hidden;
+    const int64_t row = b * 3 * hidden + j;
+    const float r = gates[row], z = gates[row + hidden], nn = gates[row + 2 * hidden];
+    const float dh = (dy != nullptr ? dy[e] : 0.f) + (dh_next != nullptr ? dh_next[e] : 0.f);
+    const float dn = dh * (1.f - z) * (1.f - nn * nn);
+    const float dz = dh * (h_prev[e] - nn) * z * (1.f - z);
+    const float dr = dn * hn[e] * r * (1.f - r);
+    dxg[row] = dr;
+    dxg[row + hidden] = dz;
+    dxg[row + 2 * hidden] = dn;
+    dhg[row] = dr;
+    dhg[row + hidden] = dz;
+    dhg[row + 2 * hidden] = dn * r;
+    dh_prev[e] = dh * z;
+  }
+}
+
 }  // namespace
 
 void lstm_cell_forward(const float* xg, const float* hg, const float* b_hh, const float* c_prev, float* gates,
@@ -138,6 +191,22 @@ void rnn_cell_backward(const float* h, const float* dy, const float* dh_next, fl
   const int64_t n = batch * hidden;
   if (n == 0) return;
   rnn_cell_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(h, dy, dh_next, dpre, n, relu);
+}
+
+void gru_cell_forward(const float* xg, const float* hg, const float* b_hh, const float* h_prev, float* gates,
+                      float* hn, float* h, int64_t batch, int64_t hidden, cudaStream_t stream) {
+  const int64_t n = batch * hidden;
+  if (n == 0) return;
+  gru_cell_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(xg, hg, b_hh, h_prev, gates, hn, h, batch, hidden);
+}
+
+void gru_cell_backward(const float* gates, const float* hn, const float* h_prev, const float* dy,
+                       const float* dh_next, float* dxg, float* dhg, float* dh_prev, int64_t batch, int64_t hidden,
+                       cudaStream_t stream) {
+  const int64_t n = batch * hidden;
+  if (n == 0) return;
+  gru_cell_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(gates, hn, h_prev, dy, dh_next, dxg, dhg, dh_prev,
+                                                                 batch, hidden);
 }
 
 }  // namespace gpunet

@@ -301,30 +301,33 @@ def softmax_cases(size):
     return cases
 
 
-# ---------------------------------------------------------------- LSTM
-def lstm_case(t, n, i, h, sweep=None):
+# ---------------------------------------------------------------- LSTM and GRU
+def lstm_case(t, n, i, h, sweep=None, cls="LSTM"):
+    """One layer of nn.LSTM (4 gates, states h and c) or nn.GRU (3 gates, h)."""
     import gpunet.nn as gnn
 
+    G = 4 if cls == "LSTM" else 3
     def make():
-        return gnn.LSTM(i, h)
+        return getattr(gnn, cls)(i, h)
     def run(m, c):
-        out, (h_n, c_n) = m(c["x"])
-        return {"out": out, "h_n": h_n, "c_n": c_n}
-    gates = 4 * h * (i + h)
-    nbytes = F32 * (2 * t * n * i + 2 * t * n * h + 2 * 5 * t * n * h + 3 * gates + 2 * 8 * h)
+        out, state = m(c["x"])
+        return {"out": out, **({"h_n": state[0], "c_n": state[1]} if cls == "LSTM" else {"h_n": state})}
+    weights = G * h * (i + h)
+    # x and dx; out and dout; the saved per-step states and gates; weights, their grads and a GEMM read
+    nbytes = F32 * (2 * t * n * i + 2 * t * n * h + 2 * (G + 1) * t * n * h + 3 * weights + 2 * 2 * G * h)
     return Case(
-        "rnn.lstm.fwdbwd", f"seq {t} batch {n} in {i} hidden {h}", rl.lstm_flops(t, n, i, h, True), nbytes,
-        lambda rng: Spec(module_state(make), normal_inputs(x=(t, n, i), dy=(t, n, h))(rng)),
+        f"rnn.{cls.lower()}.fwdbwd", f"seq {t} batch {n} in {i} hidden {h}", rl.lstm_flops(t, n, i, h, True, G),
+        nbytes, lambda rng: Spec(module_state(make), normal_inputs(x=(t, n, i), dy=(t, n, h))(rng)),
         {"gpunet": gpunet_module(make, run, lambda m, dy: {"grad_x": m.backward(dy)}, True),
-         "torch": torch_module(lambda tt: tt.nn.LSTM(i, h), run, ("x",), True)},
-        rtol=3e-4, sweep=sweep, needs=gpunet_has("nn.LSTM"),
-        note="one layer, time-major, zero initial state; checks output, h_n, c_n and all gradients "
+         "torch": torch_module(lambda tt: getattr(tt.nn, cls)(i, h), run, ("x",), True)},
+        rtol=3e-4, sweep=sweep, needs=gpunet_has(f"nn.{cls}"),
+        note="one layer, time-major, zero initial state; checks output, the final states and all gradients "
              "(the output gradient only flows back)")
 
 
 def lstm_cases(size):
     t, n, i, h = {"quick": (3, 2, 5, 4), "cpu": (100, 64, 512, 512), "gpu": (100, 64, 512, 512)}[size]
-    cases = [lstm_case(t, n, i, h, sweep=("LSTM sequence length", t))]
+    cases = [lstm_case(t, n, i, h, sweep=("LSTM sequence length", t)), lstm_case(t, n, i, h, cls="GRU")]
     for tt in {"quick": [2], "cpu": [10, 25, 50], "gpu": [25, 50, 200]}[size]:
         cases.append(lstm_case(tt, n, i, h, sweep=("LSTM sequence length", tt)))
     return cases

@@ -50,10 +50,11 @@ def attention_flops(b, h, l, s, d, causal: bool, backward: bool) -> float:
     return pairs * d * (12 if backward else 4) + pairs * 5
 
 
-def lstm_flops(t, n, i, h, backward: bool) -> float:
-    """Input and recurrent GEMMs (8 h (i + h) per row per step) plus about 30
-    elementwise ops per hidden unit per step; backward twice the GEMMs."""
-    gemm = 2.0 * t * n * 4 * h * (i + h)
+def lstm_flops(t, n, i, h, backward: bool, gates: int = 4) -> float:
+    """Input and recurrent GEMMs (2·gates·h (i + h) per row per step: 4 gates
+    for the LSTM, 3 for the GRU) plus about 30 elementwise ops per hidden unit
+    per step; backward twice the GEMMs."""
+    gemm = 2.0 * t * n * gates * h * (i + h)
     cell = 30.0 * t * n * h
     return gemm * (3 if backward else 1) + cell * (2 if backward else 1)
 

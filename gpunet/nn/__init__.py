@@ -12,6 +12,6 @@ from .loss import (BCEWithLogitsLoss, CrossEntropyLoss, HingeLoss, MSELoss, Mult
 from .module import Module, Parameter, enable_grad, no_grad
 from .dropout import Dropout
 from .embedding import Embedding
-from .rnn import LSTM, RNN, LSTMCell, RNNCell
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .attention import MultiheadAttention, ScaledDotProductAttention

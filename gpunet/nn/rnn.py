@@ -95,46 +95,84 @@ class _Cell(Module):
             s = self.backend.xp.zeros(state_shape, dtype=self.dtype)
         return _check_state(self, s, name, state_shape).reshape(-1, self.hidden_size)
 
-    def _accumulate(self, dw_ih, dw_hh, db):
+    def _accumulate(self, dw_ih, dw_hh, db_ih, db_hh=None):
+        """db_hh None: the same gradient as b_ih (the LSTM's and RNN's biases are
+        added together; the GRU's are not)."""
         self.weight_ih.accumulate(dw_ih)
         self.weight_hh.accumulate(dw_hh)
-        if db is not None:
-            self.bias_ih.accumulate(db)
-            self.bias_hh.accumulate(db.copy())
+        if db_ih is not None:
+            self.bias_ih.accumulate(db_ih)
+            self.bias_hh.accumulate(db_ih.copy() if db_hh is None else db_hh)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias_ih is not None}"
 
 
-class RNNCell(_Cell):
-    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+class _ElmanSteps:
+    """The Elman layer ops for RNNCell and RNN: h' = act(x w_ih^T + b_ih + h w_hh^T + b_hh)."""
+
+    def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0):
+        return ops.rnn_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, self.nonlinearity)
+
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
+        """dx, dh0, dw_ih, dw_hh, db_ih, db_hh (None: as db_ih)."""
+        return ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n) + (None,)
+
+
+class _GRUSteps:
+    """The GRU layer ops for GRUCell and GRU (gates r, z, n)."""
+
+    gates = 3
+
+    def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0):
+        return ops.gru_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0)
+
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
+        return ops.gru_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
+
+
+class _HiddenCell(_Cell):
+    """A cell whose state is h alone (RNNCell, GRUCell).
     forward(input (N, I) or (I,), hx=None (N, H)) -> h' (N, H);
     backward(d_h') -> d_input, or (d_input, d_hx) when hx was given."""
-
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
-        _check_nonlinearity(nonlinearity)
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-        self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
         x3, shape = self._input(input)
         h0 = self._state(hx, "hx", shape)
-        out, _, ctx = ops.rnn_forward(self.backend, x3, *self._weights(), h0, self.nonlinearity)
+        out, _, ctx = self._layer_forward(x3, *self._weights(), h0)
         self.save(ctx, hx is not None, shape)
         return out[0].reshape(shape)
 
     def backward(self, grad_output):
         ctx, has_state, shape = self.saved()
         dh = _check_grad(self, grad_output, "grad_output", shape)
-        w_ih, w_hh = self.weight_ih.data, self.weight_hh.data
         dout = None if dh is None else dh.reshape(1, -1, self.hidden_size)
-        dx, dh0, dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, None)
-        self._accumulate(dw_ih, dw_hh, db)
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctx, self.weight_ih.data, self.weight_hh.data,
+                                                                   dout, None)
+        self._accumulate(dw_ih, dw_hh, db_ih, db_hh)
         dx = dx.reshape(shape[:-1] + (self.input_size,))
         return (dx, dh0.reshape(shape)) if has_state else dx
 
+
+class RNNCell(_ElmanSteps, _HiddenCell):
+    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        _check_nonlinearity(nonlinearity)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self.nonlinearity = nonlinearity
+
     def extra_repr(self):
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
+
+
+class GRUCell(_GRUSteps, _HiddenCell):
+    """r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z likewise, n = tanh(W_in x +
+    b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h, as torch.nn.GRUCell
+    (weights (3H, I) and (3H, H) in the order r, z, n)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
 
 
 class LSTMCell(_Cell):
@@ -223,12 +261,12 @@ class _Recurrent(Module):
             return w_ih, w_hh, None, None
         return w_ih, w_hh, getattr(self, f"bias_ih_l{k}").data, getattr(self, f"bias_hh_l{k}").data
 
-    def _accumulate(self, k, dw_ih, dw_hh, db):
+    def _accumulate(self, k, dw_ih, dw_hh, db_ih, db_hh=None):
         getattr(self, f"weight_ih_l{k}").accumulate(dw_ih)
         getattr(self, f"weight_hh_l{k}").accumulate(dw_hh)
-        if db is not None:
-            getattr(self, f"bias_ih_l{k}").accumulate(db)
-            getattr(self, f"bias_hh_l{k}").accumulate(db.copy())
+        if db_ih is not None:
+            getattr(self, f"bias_ih_l{k}").accumulate(db_ih)
+            getattr(self, f"bias_hh_l{k}").accumulate(db_ih.copy() if db_hh is None else db_hh)
 
     def _sequence(self, x):
         """(x as a contiguous time-major (T, N, I), layout) with layout = (batched, T, N)."""
@@ -299,24 +337,17 @@ class _Recurrent(Module):
         return s
 
 
-class RNN(_Recurrent):
-    """Multi-layer Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+class _HiddenRecurrent(_Recurrent):
+    """Layers whose state is h alone (RNN, GRU).
     forward(input, h_0=None (num_layers, N, H)) -> (output (L, N, H), h_n);
     backward(d_output, d_h_n=None) -> d_input, or (d_input, d_h_0) when h_0 was given."""
-
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
-        _check_nonlinearity(nonlinearity)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype)
-        self.nonlinearity = nonlinearity
 
     def forward(self, input, hx=None):
         x, layout = self._sequence(input)
         h0 = self._initial(hx, "h_0", layout)
         ctxs, h_n, drops = [], [], []
         for k in range(self.num_layers):
-            x, h, ctx = ops.rnn_forward(self.backend, x, *self._layer(k), h0[k], self.nonlinearity)
+            x, h, ctx = self._layer_forward(x, *self._layer(k), h0[k])
             x = self._drop(x, k, drops)
             ctxs.append(ctx)
             h_n.append(h)
@@ -330,14 +361,35 @@ class RNN(_Recurrent):
         dh0 = [None] * self.num_layers
         for k in range(self.num_layers - 1, -1, -1):
             w_ih, w_hh, _, _ = self._layer(k)
-            dout, dh0[k], dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctxs[k], w_ih, w_hh, dout, dh_n[k])
+            dout, dh0[k], dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctxs[k], w_ih, w_hh, dout, dh_n[k])
             dout = self._undrop(dout, k, drops)
-            self._accumulate(k, dw_ih, dw_hh, db)
+            self._accumulate(k, dw_ih, dw_hh, db_ih, db_hh)
         dx = self._to_user(dout, layout)
         return (dx, self._state_out(dh0, layout)) if has_state else dx
 
+
+class RNN(_ElmanSteps, _HiddenRecurrent):
+    """Multi-layer Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        _check_nonlinearity(nonlinearity)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype)
+        self.nonlinearity = nonlinearity
+
     def extra_repr(self):
         return super().extra_repr() + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else "")
+
+
+class GRU(_GRUSteps, _HiddenRecurrent):
+    """Multi-layer GRU as torch.nn.GRU (gates r, z, n; see GRUCell), with
+    PyTorch's parameters weight_ih_l{k} (3H, I), weight_hh_l{k} (3H, H) and biases."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype)
 
 
 class LSTM(_Recurrent):

@@ -1,8 +1,8 @@
-"""Recurrent layers: the Elman RNN and the LSTM, one layer over a whole sequence.
+"""Recurrent layers: the Elman RNN, the LSTM and the GRU, one layer over a whole sequence.
 
 Layout: x (T, B, I) time-major, states (B, H); weights as PyTorch: w_ih (G·H, I),
 w_hh (G·H, H), biases (G·H,), with G = 4 gate blocks in the order i, f, g, o for
-the LSTM and G = 1 for the RNN.
+the LSTM, G = 3 in the order r, z, n for the GRU, and G = 1 for the RNN.
 
     forward   ONE GEMM x (T·B, I) @ w_ih^T for every timestep's input projection,
               then per step one GEMM h_{t-1} @ w_hh^T and the elementwise cell
@@ -17,6 +17,7 @@ formulas as one ElementwiseKernel per step and direction (below); the
 "kernel" path (sim, cuda; float32) is one fused kernel per step
 (csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
 gates in place of the input projection, and the LSTM keeps every c_t and h_t.
+The GRU has the kernel and array paths only (no CuPy fusion yet).
 """
 import functools
 
@@ -251,3 +252,86 @@ def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
         dh = xp.matmul(dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     return dx, dh, dw_ih, dw_hh, db
+
+
+# ---------------------------------------------------------------- GRU
+def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
+    """One GRU layer (gate blocks r, z, n as PyTorch):
+        r = sigmoid(x w_ir^T + b_ir + h w_hr^T + b_hr), z likewise,
+        n = tanh(x w_in^T + b_in + r * (h w_hn^T + b_hn)),  h' = (1 - z) n + z h.
+    b_hn sits inside r's product, so b_hh is never folded into the input
+    projection. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
+    route = path(be, "gru", x.dtype)
+    xp = be.xp
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    x2 = x.reshape(T * B, -1)
+    gates = xp.matmul(x2, w_ih.T)
+    if b_ih is not None:
+        bias_add(be, gates, b_ih, route)
+    gates = gates.reshape(T, B, 3 * H)
+    hs = xp.empty((T + 1, B, H), dtype=x.dtype)
+    hns = xp.empty((T, B, H), dtype=x.dtype)  # h w_hn^T + b_hn, which r multiplied
+    hs[0] = h0
+    w_hh_t = w_hh.T
+    for t in range(T):
+        hg = xp.matmul(hs[t], w_hh_t)
+        g = gates[t]
+        if route == "kernel":
+            be.kernels.gru_cell_forward(g, hg, b_hh, hs[t], g, hns[t], hs[t + 1], be.stream())
+            continue
+        if b_hh is not None:
+            hg += b_hh
+        rz, n = g[:, :2 * H], g[:, 2 * H:]
+        rz += hg[:, :2 * H]
+        _sigmoid_(xp, rz)
+        hns[t] = hg[:, 2 * H:]
+        n += g[:, :H] * hns[t]
+        xp.tanh(n, out=n)
+        xp.subtract(hs[t], n, out=hs[t + 1])  # h' = n + z (h - n)
+        hs[t + 1] *= g[:, H:2 * H]
+        hs[t + 1] += n
+    return hs[1:], hs[T], (route, x2, hs, hns, gates, b_ih is not None)
+
+
+def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n):
+    """Backward through time of one GRU layer; dout (T, B, H) and dh_n (B, H)
+    may be None. Returns dx, dh0, dw_ih, dw_hh, db_ih, db_hh (biases None
+    without them): b_ih and b_hh differ in the n block, where r scales b_hn."""
+    xp = be.xp
+    route, x2, hs, hns, gates, has_bias = ctx
+    T, B, H3 = gates.shape
+    dxg, dhg = xp.empty_like(gates), xp.empty_like(gates)
+    direct = xp.empty((B, H3 // 3), dtype=gates.dtype) if route == "kernel" else None
+    dh = dh_n
+    for t in range(T - 1, -1, -1):
+        dy = None if dout is None else dout[t]
+        if route == "kernel":
+            be.kernels.gru_cell_backward(gates[t], hns[t], hs[t], dy, dh, dxg[t], dhg[t], direct, be.stream())
+            part = direct
+        else:
+            part = _gru_cell_backward_xp(xp, gates[t], hns[t], hs[t], dy, dh, dxg[t], dhg[t])
+        dh = xp.matmul(dhg[t], w_hh)
+        dh += part
+    dxg2, dhg2 = dxg.reshape(T * B, H3), dhg.reshape(T * B, H3)
+    dx = xp.matmul(dxg2, w_ih).reshape(T, B, w_ih.shape[1])
+    dw_ih = xp.matmul(dxg2.T, x2)
+    dw_hh = xp.matmul(dhg2.T, hs[:T].reshape(T * B, hs.shape[-1]))
+    db_ih = bias_grad(be, dxg2, H3, route) if has_bias else None
+    db_hh = bias_grad(be, dhg2, H3, route) if has_bias else None
+    return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _gru_cell_backward_xp(xp, g, hn, h_prev, dy, dh, dxg, dhg):
+    """One step of GRU backward as array code: writes the gradients of the
+    input projection's pre-activations into dxg and of the recurrent GEMM's
+    output into dhg (B, 3H); returns the direct part of dh_prev, dh * z."""
+    H = h_prev.shape[-1]
+    r, z, n = g[:, :H], g[:, H:2 * H], g[:, 2 * H:]
+    d = _sum_or_zeros(xp, dy, dh, h_prev)
+    xp.multiply(d * (1 - z), 1 - n * n, out=dxg[:, 2 * H:])
+    xp.multiply(d * (h_prev - n), z * (1 - z), out=dxg[:, H:2 * H])
+    xp.multiply(dxg[:, 2 * H:] * hn, r * (1 - r), out=dxg[:, :H])
+    dhg[:, :2 * H] = dxg[:, :2 * H]
+    xp.multiply(dxg[:, 2 * H:], r, out=dhg[:, 2 * H:])
+    return d * z
