@@ -52,7 +52,6 @@ def test_shared_modules_are_all_checked():
 
 
 @pytest.mark.parametrize("make,argument", [
-    (lambda: nn.LSTM(3, 4, bidirectional=True), "bidirectional"),
     (lambda: nn.LSTM(3, 4, proj_size=2), "proj_size"),
     (lambda: nn.Embedding(5, 3, sparse=True), "sparse"),
     (lambda: nn.MultiheadAttention(4, 2, add_zero_attn=True), "add_zero_attn"),
@@ -247,3 +246,44 @@ def test_maxpool_indices_and_unpool_as_torch(kw, device, rng):
 def test_maxunpool_rejects_out_of_range_indices():
     with pytest.raises(ValueError, match=r"indices: expected values in \[0, 16\)"):
         nn.MaxUnpool2d(2)(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 16))
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("layers,batch_first,state,batched", [(1, False, True, True), (2, True, False, True),
+                                                              (2, False, True, False)])
+def test_bidirectional_as_torch(cls, layers, batch_first, state, batched, device, rng):
+    """bidirectional=True: PyTorch's *_reverse parameters, outputs (forward and
+    reverse halves), final states and every gradient."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    theirs = getattr(torch.nn, cls)(3, 4, num_layers=layers, batch_first=batch_first, bidirectional=True).double()
+    ours = getattr(nn, cls)(3, 4, num_layers=layers, batch_first=batch_first, bidirectional=True)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    ours.to(device, dtype)
+    shape = ((2, 5, 3) if batch_first else (5, 2, 3)) if batched else (5, 3)
+    sshape = (2 * layers, 2, 4) if batched else (2 * layers, 4)
+    x = rng.standard_normal(shape)
+    states = [rng.standard_normal(sshape) for _ in range(2 if cls == "LSTM" else 1)]
+    tx = torch.from_numpy(x).requires_grad_()
+    tstates = [torch.from_numpy(s).requires_grad_() for s in states]
+    arr = lambda a: ours.backend.asarray(a.astype(dtype))
+    hx = None if not state else (tuple(arr(s) for s in states) if cls == "LSTM" else arr(states[0]))
+    thx = None if not state else (tuple(tstates) if cls == "LSTM" else tstates[0])
+    out, fin = ours(arr(x), hx)
+    tout, tfin = theirs(tx, thx)
+    fins, tfins = (list(fin), list(tfin)) if cls == "LSTM" else ([fin], [tfin])
+    for a, b in zip([out] + fins, [tout] + tfins):
+        assert_close(gpunet.to_numpy(a), b.detach().numpy().astype(dtype))
+    gs = [rng.standard_normal(tuple(t.shape)) for t in [tout] + tfins]
+    torch.autograd.backward([tout] + tfins, [torch.from_numpy(g) for g in gs])
+    gfin = tuple(arr(g) for g in gs[1:]) if cls == "LSTM" else arr(gs[1])
+    grads = ours.backward(arr(gs[0]), gfin)
+    dx = grads[0] if state else grads
+    assert_close(gpunet.to_numpy(dx), tx.grad.numpy().astype(dtype), n=1600)
+    if state:
+        dstates = list(grads[1]) if cls == "LSTM" else [grads[1]]
+        for a, t in zip(dstates, tstates):
+            assert_close(gpunet.to_numpy(a), t.grad.numpy().astype(dtype), n=1600)
+    tp = dict(theirs.named_parameters())
+    for n, p in ours.named_parameters():
+        assert_close(gpunet.to_numpy(p.grad), tp[n].grad.numpy().astype(dtype), n=1600, name=n)

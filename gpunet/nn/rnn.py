@@ -109,14 +109,18 @@ class _Cell(Module):
 
 
 class _ElmanSteps:
-    """The Elman layer ops for RNNCell and RNN: h' = act(x w_ih^T + b_ih + h w_hh^T + b_hh)."""
+    """The Elman layer ops for RNNCell and RNN: h' = act(x w_ih^T + b_ih + h w_hh^T + b_hh).
+    A layer op maps (x, weights, *initial states) to (out, final states, ctx),
+    its backward (ctx, w_ih, w_hh, dout, *final-state grads) to (dx, initial-
+    state grads, dw_ih, dw_hh, db_ih, db_hh) with db_hh None meaning db_ih."""
 
     def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0):
-        return ops.rnn_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, self.nonlinearity)
+        out, h, ctx = ops.rnn_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, self.nonlinearity)
+        return out, (h,), ctx
 
     def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
-        """dx, dh0, dw_ih, dw_hh, db_ih, db_hh (None: as db_ih)."""
-        return ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n) + (None,)
+        dx, dh0, dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
+        return dx, (dh0,), dw_ih, dw_hh, db, None
 
 
 class _GRUSteps:
@@ -125,10 +129,12 @@ class _GRUSteps:
     gates = 3
 
     def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0):
-        return ops.gru_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0)
+        out, h, ctx = ops.gru_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0)
+        return out, (h,), ctx
 
     def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
-        return ops.gru_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
+        return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh
 
 
 class _HiddenCell(_Cell):
@@ -147,8 +153,8 @@ class _HiddenCell(_Cell):
         ctx, has_state, shape = self.saved()
         dh = _check_grad(self, grad_output, "grad_output", shape)
         dout = None if dh is None else dh.reshape(1, -1, self.hidden_size)
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctx, self.weight_ih.data, self.weight_hh.data,
-                                                                   dout, None)
+        dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctx, self.weight_ih.data,
+                                                                      self.weight_hh.data, dout, None)
         self._accumulate(dw_ih, dw_hh, db_ih, db_hh)
         dx = dx.reshape(shape[:-1] + (self.input_size,))
         return (dx, dh0.reshape(shape)) if has_state else dx
@@ -206,13 +212,33 @@ class LSTMCell(_Cell):
 
 
 # ---------------------------------------------------------------- multi-layer sequences
+class _LSTMSteps:
+    """The LSTM layer ops in the shared form of _ElmanSteps/_GRUSteps, with the
+    state a pair (h, c) instead of h."""
+
+    gates = 4
+    state_names = ("h_0", "c_0")
+
+    def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+        out, h, c, ctx = ops.lstm_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+        return out, (h, c), ctx
+
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, dc_n):
+        dx, dh0, dc0, dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n, dc_n)
+        return dx, (dh0, dc0), dw_ih, dw_hh, db, None
+
+
 class _Recurrent(Module):
-    """Shared by RNN and LSTM: per-layer parameters weight_ih_l{k}, weight_hh_l{k},
-    bias_ih_l{k}, bias_hh_l{k}; input/state layout conversions and checks;
-    dropout on each layer's output but the last while training, as PyTorch.
-    bidirectional=True and proj_size > 0 are not supported."""
+    """Shared by RNN, GRU and LSTM: per-layer parameters weight_ih_l{k},
+    weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} (and *_reverse for the second
+    direction of a bidirectional layer), input/state layout conversions and
+    checks, dropout on each layer's output but the last while training, as
+    PyTorch. A bidirectional layer runs the same layer op on the time-reversed
+    sequence and concatenates the two outputs (forward first); states are
+    (num_layers * num_directions, N, H). proj_size > 0 is not supported."""
 
     gates = 1
+    state_names = ("h_0",)
 
     def __init__(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
                  device, dtype):
@@ -225,21 +251,92 @@ class _Recurrent(Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
-        if bidirectional:
-            raise NotImplementedError("bidirectional=True: not supported yet; only bidirectional=False is")
         if proj_size:
             raise NotImplementedError(f"proj_size={proj_size!r}: LSTM projections are not supported; only 0 is")
-        self.bidirectional, self.proj_size = False, 0
+        self.bidirectional, self.proj_size = bool(bidirectional), 0
+        self.num_directions = 2 if self.bidirectional else 1
         H, gh = self.hidden_size, self.gates * self.hidden_size
         for k in range(self.num_layers):
-            fan = self.input_size if k == 0 else H
-            setattr(self, f"weight_ih_l{k}", _param((gh, fan), H, self.dtype))
-            setattr(self, f"weight_hh_l{k}", _param((gh, H), H, self.dtype))
-            if self.bias:
-                setattr(self, f"bias_ih_l{k}", _param((gh,), H, self.dtype))
-                setattr(self, f"bias_hh_l{k}", _param((gh,), H, self.dtype))
+            fan = self.input_size if k == 0 else H * self.num_directions
+            for sfx in self._suffixes():
+                setattr(self, f"weight_ih_l{k}{sfx}", _param((gh, fan), H, self.dtype))
+                setattr(self, f"weight_hh_l{k}{sfx}", _param((gh, H), H, self.dtype))
+                if self.bias:
+                    setattr(self, f"bias_ih_l{k}{sfx}", _param((gh,), H, self.dtype))
+                    setattr(self, f"bias_hh_l{k}{sfx}", _param((gh,), H, self.dtype))
         self._place(device, dtype)
 
+    def _suffixes(self):
+        return ("", "_reverse")[:self.num_directions]
+
+    def _layer(self, k, sfx=""):
+        """(w_ih, w_hh, b_ih, b_hh) arrays of layer k, direction sfx (biases None without bias)."""
+        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        arrays = [getattr(self, f"{n}_l{k}{sfx}").data for n in names]
+        return tuple(arrays) if self.bias else (arrays[0], arrays[1], None, None)
+
+    def _accumulate(self, k, sfx, dw_ih, dw_hh, db_ih, db_hh=None):
+        """db_hh None: the same gradient as b_ih (the LSTM's and RNN's biases are
+        added together; the GRU's are not)."""
+        getattr(self, f"weight_ih_l{k}{sfx}").accumulate(dw_ih)
+        getattr(self, f"weight_hh_l{k}{sfx}").accumulate(dw_hh)
+        if db_ih is not None:
+            getattr(self, f"bias_ih_l{k}{sfx}").accumulate(db_ih)
+            getattr(self, f"bias_hh_l{k}{sfx}").accumulate(db_ih.copy() if db_hh is None else db_hh)
+
+    # ------------------------------------------------------------ forward/backward
+    def forward(self, input, hx=None):
+        x, layout = self._sequence(input)
+        given = (None,) * len(self.state_names) if hx is None else \
+            (hx,) if len(self.state_names) == 1 else _lstm_state_pair(hx, "hx")
+        states = [self._initial(s, name, layout) for s, name in zip(given, self.state_names)]
+        xp = self.backend.xp
+        ctxs, finals, drops = [], [], []
+        for k in range(self.num_layers):
+            outs = []
+            for d, sfx in enumerate(self._suffixes()):
+                at = k * self.num_directions + d
+                xin = x if d == 0 else xp.ascontiguousarray(x[::-1])
+                out, final, ctx = self._layer_forward(xin, *self._layer(k, sfx), *(s[at] for s in states))
+                outs.append(out if d == 0 else out[::-1])
+                ctxs.append(ctx)
+                finals.append(final)
+            x = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=2)
+            x = self._drop(x, k, drops)
+        self.save(ctxs, drops, hx is not None, layout)
+        return self._to_user(x, layout), self._pack([self._state_out(f, layout) for f in zip(*finals)])
+
+    def _backward(self, grad_output, grad_states, names):
+        ctxs, drops, has_state, layout = self.saved()
+        xp, H, D = self.backend.xp, self.hidden_size, self.num_directions
+        dout = self._from_user(grad_output, "grad_output", layout)
+        ds_n = [self._state_grad(g, name, layout) for g, name in zip(grad_states, names)]
+        ds0 = [None] * (self.num_layers * D)
+        for k in range(self.num_layers - 1, -1, -1):
+            dx = None
+            for d, sfx in enumerate(self._suffixes()):
+                at = k * D + d
+                g = dout if D == 1 or dout is None else dout[:, :, d * H:(d + 1) * H]
+                if g is not None and d == 1:
+                    g = g[::-1]
+                g = None if g is None else xp.ascontiguousarray(g)
+                w_ih, w_hh, _, _ = self._layer(k, sfx)
+                dxd, ds0[at], dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctxs[at], w_ih, w_hh, g,
+                                                                                *(s[at] for s in ds_n))
+                self._accumulate(k, sfx, dw_ih, dw_hh, db_ih, db_hh)
+                dxd = dxd if d == 0 else dxd[::-1]
+                dx = dxd if dx is None else dx + dxd
+            dout = self._undrop(xp.ascontiguousarray(dx), k, drops)
+        dx = self._to_user(dout, layout)
+        if not has_state:
+            return dx
+        return dx, self._pack([self._state_out(s, layout) for s in zip(*ds0)])
+
+    def _pack(self, states):
+        """The states as the user sees them: h, or the pair (h, c)."""
+        return states[0] if len(states) == 1 else tuple(states)
+
+    # ------------------------------------------------------------ dropout between layers
     def _drop(self, y, k, drops):
         """Layer k's output as the next layer's input: dropout while training,
         except after the last layer (the mask's ctx goes to `drops`)."""
@@ -254,20 +351,7 @@ class _Recurrent(Module):
         """Gradient of layer k's input back through the dropout before it."""
         return dx if k == 0 or drops[k - 1] is None else dropout_ops.dropout_backward(self.backend, drops[k - 1], dx)
 
-    def _layer(self, k):
-        """(w_ih, w_hh, b_ih, b_hh) arrays of layer k (biases None without bias)."""
-        w_ih, w_hh = getattr(self, f"weight_ih_l{k}").data, getattr(self, f"weight_hh_l{k}").data
-        if not self.bias:
-            return w_ih, w_hh, None, None
-        return w_ih, w_hh, getattr(self, f"bias_ih_l{k}").data, getattr(self, f"bias_hh_l{k}").data
-
-    def _accumulate(self, k, dw_ih, dw_hh, db_ih, db_hh=None):
-        getattr(self, f"weight_ih_l{k}").accumulate(dw_ih)
-        getattr(self, f"weight_hh_l{k}").accumulate(dw_hh)
-        if db_ih is not None:
-            getattr(self, f"bias_ih_l{k}").accumulate(db_ih)
-            getattr(self, f"bias_hh_l{k}").accumulate(db_ih.copy() if db_hh is None else db_hh)
-
+    # ------------------------------------------------------------ layouts
     def _sequence(self, x):
         """(x as a contiguous time-major (T, N, I), layout) with layout = (batched, T, N)."""
         checks.array(self.backend, x, "input", ndim=(2, 3), dtype=self.dtype)
@@ -286,13 +370,15 @@ class _Recurrent(Module):
 
     def _state_shape(self, layout):
         batched, _, N = layout
-        return (self.num_layers, N, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+        L = self.num_layers * self.num_directions
+        return (L, N, self.hidden_size) if batched else (L, self.hidden_size)
 
     def _initial(self, s, name, layout):
-        """A state given by the user as (num_layers, N, H), or zeros."""
+        """A state given by the user as (num_layers * num_directions, N, H), or zeros."""
         batched, _, N = layout
         if s is None:
-            return self.backend.xp.zeros((self.num_layers, N, self.hidden_size), dtype=self.dtype)
+            return self.backend.xp.zeros((self.num_layers * self.num_directions, N, self.hidden_size),
+                                         dtype=self.dtype)
         s = _check_state(self, s, name, self._state_shape(layout))
         return s if batched else s[:, None, :]
 
@@ -304,10 +390,10 @@ class _Recurrent(Module):
         return self.backend.xp.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
     def _from_user(self, g, name, layout):
-        """An output gradient (None allowed) as a contiguous time-major (T, N, H)."""
+        """An output gradient (None allowed) as a contiguous time-major (T, N, D*H)."""
         batched, T, N = layout
-        expected = (T, self.hidden_size) if not batched else (N, T, self.hidden_size) if self.batch_first \
-            else (T, N, self.hidden_size)
+        F = self.num_directions * self.hidden_size
+        expected = (T, F) if not batched else (N, T, F) if self.batch_first else (T, N, F)
         g = _check_grad(self, g, name, expected)
         if g is None:
             return None
@@ -317,7 +403,7 @@ class _Recurrent(Module):
     def _state_grad(self, g, name, layout):
         g = _check_grad(self, g, name, self._state_shape(layout))
         if g is None:
-            return [None] * self.num_layers
+            return [None] * (self.num_layers * self.num_directions)
         return list(g if layout[0] else g[:, None, :])
 
     def _state_out(self, states, layout):
@@ -334,38 +420,18 @@ class _Recurrent(Module):
             s += ", batch_first=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s
 
 
 class _HiddenRecurrent(_Recurrent):
     """Layers whose state is h alone (RNN, GRU).
-    forward(input, h_0=None (num_layers, N, H)) -> (output (L, N, H), h_n);
+    forward(input, h_0=None (L, N, H)) -> (output (T, N, D*H), h_n), L = num_layers * D;
     backward(d_output, d_h_n=None) -> d_input, or (d_input, d_h_0) when h_0 was given."""
 
-    def forward(self, input, hx=None):
-        x, layout = self._sequence(input)
-        h0 = self._initial(hx, "h_0", layout)
-        ctxs, h_n, drops = [], [], []
-        for k in range(self.num_layers):
-            x, h, ctx = self._layer_forward(x, *self._layer(k), h0[k])
-            x = self._drop(x, k, drops)
-            ctxs.append(ctx)
-            h_n.append(h)
-        self.save(ctxs, drops, hx is not None, layout)
-        return self._to_user(x, layout), self._state_out(h_n, layout)
-
     def backward(self, grad_output=None, grad_h_n=None):
-        ctxs, drops, has_state, layout = self.saved()
-        dout = self._from_user(grad_output, "grad_output", layout)
-        dh_n = self._state_grad(grad_h_n, "grad_h_n", layout)
-        dh0 = [None] * self.num_layers
-        for k in range(self.num_layers - 1, -1, -1):
-            w_ih, w_hh, _, _ = self._layer(k)
-            dout, dh0[k], dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctxs[k], w_ih, w_hh, dout, dh_n[k])
-            dout = self._undrop(dout, k, drops)
-            self._accumulate(k, dw_ih, dw_hh, db_ih, db_hh)
-        dx = self._to_user(dout, layout)
-        return (dx, self._state_out(dh0, layout)) if has_state else dx
+        return self._backward(grad_output, (grad_h_n,), ("grad_h_n",))
 
 
 class RNN(_ElmanSteps, _HiddenRecurrent):
@@ -392,47 +458,17 @@ class GRU(_GRUSteps, _HiddenRecurrent):
                          device, dtype)
 
 
-class LSTM(_Recurrent):
+class LSTM(_LSTMSteps, _Recurrent):
     """Multi-layer LSTM (gates i, f, g, o): c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t).
-    forward(input, hx=None or (h_0, c_0) each (num_layers, N, H)) -> (output, (h_n, c_n));
+    forward(input, hx=None or (h_0, c_0) each (L, N, H)) -> (output, (h_n, c_n));
     backward(d_output, (d_h_n, d_c_n)=None) -> d_input, or (d_input, (d_h_0, d_c_0))
     when hx was given."""
-
-    gates = 4
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
                          device, dtype)
 
-    def forward(self, input, hx=None):
-        x, layout = self._sequence(input)
-        h, c = (None, None) if hx is None else _lstm_state_pair(hx, "hx")
-        h0, c0 = self._initial(h, "h_0", layout), self._initial(c, "c_0", layout)
-        ctxs, h_n, c_n, drops = [], [], [], []
-        for k in range(self.num_layers):
-            x, hk, ck, ctx = ops.lstm_forward(self.backend, x, *self._layer(k), h0[k], c0[k])
-            x = self._drop(x, k, drops)
-            ctxs.append(ctx)
-            h_n.append(hk)
-            c_n.append(ck)
-        self.save(ctxs, drops, hx is not None, layout)
-        return self._to_user(x, layout), (self._state_out(h_n, layout), self._state_out(c_n, layout))
-
     def backward(self, grad_output=None, grad_state=None):
-        ctxs, drops, has_state, layout = self.saved()
-        dout = self._from_user(grad_output, "grad_output", layout)
-        g_h, g_c = (None, None) if grad_state is None else _lstm_state_pair(grad_state, "grad_state")
-        dh_n = self._state_grad(g_h, "grad_state[0]", layout)
-        dc_n = self._state_grad(g_c, "grad_state[1]", layout)
-        dh0, dc0 = [None] * self.num_layers, [None] * self.num_layers
-        for k in range(self.num_layers - 1, -1, -1):
-            w_ih, w_hh, _, _ = self._layer(k)
-            dout, dh0[k], dc0[k], dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctxs[k], w_ih, w_hh,
-                                                                        dout, dh_n[k], dc_n[k])
-            dout = self._undrop(dout, k, drops)
-            self._accumulate(k, dw_ih, dw_hh, db)
-        dx = self._to_user(dout, layout)
-        if not has_state:
-            return dx
-        return dx, (self._state_out(dh0, layout), self._state_out(dc0, layout))
+        g = (None, None) if grad_state is None else _lstm_state_pair(grad_state, "grad_state")
+        return self._backward(grad_output, g, ("grad_state[0]", "grad_state[1]"))
