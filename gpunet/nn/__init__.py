@@ -1,7 +1,7 @@
 """Layers with forward and explicit backward passes (PyTorch's names and layouts)."""
 from . import init, utils
 from .container import Residual, Sequential
-from .conv import Conv2d
+from .conv import Conv1d, Conv2d, ConvTranspose2d
 from .pooling import AvgPool2d, MaxPool2d, MaxUnpool2d
 from .activation import (GELU, Heaviside, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Sign, Softmax,
                          Softplus, Softsign, Tanh)

@@ -1,6 +1,10 @@
-"""2-D convolution layer (im2col + GEMM, see gpunet/ops/conv.py)."""
+"""Convolution layers: Conv2d and Conv1d (im2col + GEMM, see
+gpunet/ops/conv.py) and ConvTranspose2d (its adjoint, gpunet/ops/conv_transpose.py)."""
+import numpy as np
+
 from .. import checks
 from ..ops import conv as ops
+from ..ops import conv_transpose as ops_t
 from ..ops import pad as pad_ops
 from . import init
 from .module import Module, Parameter
@@ -102,6 +106,210 @@ class Conv2d(Module):
             s += f", padding={self.padding!r}"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+# ---------------------------------------------------------------- shared by Conv1d and ConvTranspose2d
+def _single(v, name: str, minimum: int = 1) -> int:
+    """An int or a 1-tuple of one, >= minimum (PyTorch's 1-d `_single`)."""
+    vals = (v,) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    if len(vals) != 1 or isinstance(vals[0], bool) or not isinstance(vals[0], (int, np.integer)) or vals[0] < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum} or a 1-tuple of one, got {v!r}")
+    return int(vals[0])
+
+
+def _channels(in_channels, out_channels, groups):
+    """(in_channels, out_channels, groups), both channel counts multiples of groups."""
+    groups = checks.positive_int(groups, "groups")
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if checks.positive_int(v, name) % groups:
+            raise ValueError(f"{name}: expected a multiple of groups={groups}, got {v}")
+    return int(in_channels), int(out_channels), groups
+
+
+def _check_grad(be, dy, shape, dtype):
+    checks.array(be, dy, "grad_output", dtype=dtype, finite=False)
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(f"grad_output: expected the output's shape {tuple(shape)}, got {tuple(dy.shape)}")
+
+
+class Conv1d(Module):
+    """Cross-correlation of an (N, C, L) or unbatched (C, L) input with
+    `out_channels` filters of shape (in_channels/groups, kernel_size), as
+    torch.nn.Conv1d: output length floor((L + 2p - d(k-1) - 1)/s) + 1;
+    padding 'same' (stride 1) and 'valid', every padding_mode, as Conv2d.
+    weight (out_channels, in_channels/groups, kernel_size), bias (out_channels,).
+    Runs Conv2d's path (the im2col/col2im kernels on sim and cuda) on the
+    input viewed as (N, C, 1, L) and the weight as (out, in/groups, 1, k)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
+        self.kernel_size = (_single(kernel_size, "kernel_size"),)
+        self.stride = (_single(stride, "stride"),)
+        self.dilation = (_single(dilation, "dilation"),)
+        if padding_mode not in pad_ops.MODES:
+            raise ValueError(f"padding_mode: expected one of {', '.join(map(repr, pad_ops.MODES))}, "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if padding == "same":
+            if self.stride != (1,):
+                raise ValueError(f"padding='same': only for stride 1 (the output keeps the input's length), "
+                                 f"got stride={self.stride}")
+            total = self.dilation[0] * (self.kernel_size[0] - 1)
+            self._pads = (total // 2, total - total // 2)  # an odd total pads one more on the right, as PyTorch
+        else:
+            p = 0 if padding == "valid" else _single(padding, "padding", minimum=0)
+            self._pads = (p, p)
+        self.padding = "same" if padding == "same" else self._pads[:1]
+        shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.weight = Parameter(init.default_weight(shape, self.dtype))
+        self.bias = Parameter(init.fan_in_uniform((out_channels,), shape[1] * shape[2], self.dtype)) if bias else None
+        self._place(device, dtype)
+
+    def _explicit(self):
+        """The padding the kernels cannot do themselves (a mode, or uneven): (top, bottom, left, right) or None."""
+        left, right = self._pads
+        return (0, 0, left, right) if self.padding_mode != "zeros" or left != right else None
+
+    def forward(self, input):
+        be = self.backend
+        checks.array(be, input, "input", ndim=(2, 3), dtype=self.dtype)
+        if input.shape[-2] != self.in_channels:
+            raise ValueError(f"input: expected {self.in_channels} channels (in_channels) in dim {input.ndim - 2} "
+                             f"of (N, C, L) or (C, L), got {input.shape[-2]} (shape {tuple(input.shape)})")
+        unbatched = input.ndim == 2
+        x = be.xp.ascontiguousarray((input[None] if unbatched else input)[:, :, None, :])
+        pads, padding = self._explicit(), self._pads[0]
+        if pads is not None:
+            x, padding = pad_ops.pad2d(be, x, pads, self.padding_mode), 0
+        k, d = self.kernel_size[0], self.dilation[0]
+        if d * (k - 1) + 1 > x.shape[3] + 2 * padding:
+            raise ValueError(f"input: convolution window {d * (k - 1) + 1} (kernel_size {k}, dilation {d}) is "
+                             f"larger than the padded input length; got input shape {tuple(input.shape)}")
+        y, ctx = ops.conv2d_forward(be, x, self.weight.data[:, :, None, :], None if self.bias is None else self.bias.data,
+                                    (1, self.stride[0]), (0, padding), (1, d), self.groups)
+        y = y[:, :, 0]
+        self.save(ctx, unbatched, y.shape)
+        return y[0] if unbatched else y
+
+    def backward(self, grad_output):
+        ctx, unbatched, y_shape = self.saved()
+        be = self.backend
+        _check_grad(be, grad_output, y_shape[1:] if unbatched else y_shape, self.dtype)
+        dy = grad_output[None] if unbatched else grad_output
+        dx, dw, db = ops.conv2d_backward(be, ctx, be.xp.ascontiguousarray(dy[:, :, None, :]))
+        self.weight.accumulate(dw.reshape(self.weight.shape))
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        pads = self._explicit()
+        if pads is not None:
+            dx = pad_ops.pad2d_backward(be, dx, pads, self.padding_mode)
+        return dx[0, :, 0] if unbatched else dx[:, :, 0]
+
+    def extra_repr(self):
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,):
+            s += f", padding={self.padding!r}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.dilation != (1,):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class ConvTranspose2d(Module):
+    """The transposed convolution of an (N, Cin, H, W) or unbatched (Cin, H, W)
+    input, as torch.nn.ConvTranspose2d: the gradient of a Conv2d with respect
+    to its input, output size (H-1)s - 2p + d(k-1) + output_padding + 1 per
+    axis (or forward's `output_size`). weight (in_channels,
+    out_channels/groups, kh, kw), bias (out_channels,). Only
+    padding_mode='zeros' (PyTorch has no other for it). On sim and cuda
+    forward is GEMM + the col2im kernel, backward the im2col kernel + GEMMs."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None, dtype=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
+        self.kernel_size = checks.pair(kernel_size, "kernel_size")
+        self.stride = checks.pair(stride, "stride")
+        self.padding = checks.pair(padding, "padding", minimum=0)
+        self.output_padding = checks.pair(output_padding, "output_padding", minimum=0)
+        self.dilation = checks.pair(dilation, "dilation")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode: ConvTranspose2d supports only 'zeros' (as PyTorch), got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):
+                raise ValueError(f"output_padding: expected each entry smaller than stride or dilation, got "
+                                 f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}")
+        shape = (in_channels, out_channels // groups) + self.kernel_size
+        self.weight = Parameter(init.default_weight(shape, self.dtype))
+        fan_in = shape[1] * shape[2] * shape[3]  # PyTorch's: weight.size(1) * kh * kw
+        self.bias = Parameter(init.fan_in_uniform((out_channels,), fan_in, self.dtype)) if bias else None
+        self._place(device, dtype)
+
+    def _output_padding(self, x_shape, output_size):
+        """output_padding, or the one that gives `output_size` ((H, W), or with the
+        leading (N, C)/(C) dims of the output), as PyTorch."""
+        if output_size is None:
+            return self.output_padding
+        size = tuple(int(v) for v in output_size)
+        if len(size) == len(x_shape):
+            size = size[-2:]
+        if len(size) != 2:
+            raise ValueError(f"output_size: expected 2 (or {len(x_shape)}) entries, got {tuple(output_size)}")
+        pads = []
+        for axis, want in enumerate(size):
+            low = ops_t.out_size(x_shape[-2 + axis], self.kernel_size[axis], self.stride[axis], self.padding[axis],
+                                 0, self.dilation[axis])
+            if not low <= want < low + self.stride[axis]:
+                raise ValueError(f"output_size: expected each size in [{low}, {low + self.stride[axis] - 1}] for "
+                                 f"input shape {tuple(x_shape)}, got {size}")
+            pads.append(want - low)
+        return tuple(pads)
+
+    def forward(self, input, output_size=None):
+        be = self.backend
+        checks.array(be, input, "input", ndim=(3, 4), dtype=self.dtype)
+        if input.shape[-3] != self.in_channels:
+            raise ValueError(f"input: expected {self.in_channels} channels (in_channels) in dim {input.ndim - 3} "
+                             f"of (N, C, H, W) or (C, H, W), got {input.shape[-3]} (shape {tuple(input.shape)})")
+        output_padding = self._output_padding(input.shape, output_size)
+        out = [ops_t.out_size(input.shape[-2 + a], self.kernel_size[a], self.stride[a], self.padding[a],
+                              output_padding[a], self.dilation[a]) for a in (0, 1)]
+        if min(out) < 1 or min(input.shape[-2:]) < 1:
+            raise ValueError(f"input: expected a non-empty image giving a non-empty output, got input shape "
+                             f"{tuple(input.shape)} and output size {tuple(out)}")
+        unbatched = input.ndim == 3
+        x = be.xp.ascontiguousarray(input[None] if unbatched else input)
+        y, ctx = ops_t.conv_transpose2d_forward(be, x, self.weight.data, None if self.bias is None else self.bias.data,
+                                                self.stride, self.padding, output_padding, self.dilation, self.groups)
+        self.save(ctx, unbatched, y.shape)
+        return y[0] if unbatched else y
+
+    def backward(self, grad_output):
+        ctx, unbatched, y_shape = self.saved()
+        be = self.backend
+        _check_grad(be, grad_output, y_shape[1:] if unbatched else y_shape, self.dtype)
+        dx, dw, db = ops_t.conv_transpose2d_backward(be, ctx, grad_output[None] if unbatched else grad_output)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx[0] if unbatched else dx
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
