@@ -2,7 +2,7 @@
 from . import init, utils
 from .container import Residual, Sequential
 from .conv import Conv1d, Conv2d, ConvTranspose2d
-from .pooling import AvgPool2d, MaxPool2d, MaxUnpool2d
+from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .activation import (GELU, Heaviside, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Sign, Softmax,
                          Softplus, Softsign, Tanh)
 from .flatten import Flatten

@@ -1,7 +1,9 @@
-"""2-D max and average pooling layers (see gpunet/ops/pool.py)."""
+"""2-D max and average pooling layers (see gpunet/ops/pool.py) and their
+adaptive forms (gpunet/ops/adaptive_pool.py)."""
 import numpy as np
 
 from .. import checks
+from ..ops import adaptive_pool as ops_a
 from ..ops import pool as ops
 from .conv import check_window
 from .module import Module
@@ -153,3 +155,80 @@ class MaxUnpool2d(Module):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class _AdaptivePool2d(Module):
+    """Shared by the adaptive pools: output_size an int, or a pair whose
+    entries may be None (that axis keeps the input's size); (N, C, H, W) or
+    unbatched (C, H, W) input with H, W > 0."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        pair = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
+        if len(pair) != 2 or not all(v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                   and v > 0) for v in pair):
+            raise ValueError(f"output_size: expected a positive int or a pair of positive ints or None, "
+                             f"got {output_size!r}")
+        self.output_size = output_size if isinstance(output_size, (int, np.integer)) else pair
+
+    def _input(self, x):
+        be = self.backend
+        checks.array(be, x, "input", ndim=(3, 4), dtype=self.dtype)
+        if 0 in x.shape[-3:]:
+            raise ValueError(f"input: expected non-zero sizes in every dimension but the batch, "
+                             f"got shape {tuple(x.shape)}")
+        unbatched = x.ndim == 3
+        xb = be.xp.ascontiguousarray(x[None] if unbatched else x)
+        sizes = (self.output_size,) * 2 if isinstance(self.output_size, (int, np.integer)) else self.output_size
+        return xb, unbatched, tuple(int(x.shape[-2 + a] if s is None else s) for a, s in enumerate(sizes))
+
+    _grad = _Pool2d._grad  # the same grad_output check
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Mean over PyTorch's adaptive windows (rows [floor(i*H/OH),
+    ceil((i+1)*H/OH)), columns alike), as torch.nn.AdaptiveAvgPool2d. Where the
+    output size divides the input's, AvgPool2d's path with kernel = stride =
+    input/output (its kernels on sim and cuda); otherwise array code on every
+    backend (two small GEMMs), a recorded fallback ('adaptive_pool2d')."""
+
+    def forward(self, input):
+        xb, unbatched, out = self._input(input)
+        y, ctx = ops_a.adaptive_avg_pool2d_forward(self.backend, xb, out)
+        self.save(ctx, unbatched, y.shape)
+        return y[0] if unbatched else y
+
+    def backward(self, grad_output):
+        ctx, unbatched, y_shape = self.saved()
+        dx = ops_a.adaptive_avg_pool2d_backward(self.backend, ctx, self._grad(grad_output, y_shape, unbatched))
+        return dx[0] if unbatched else dx
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Maximum over PyTorch's adaptive windows, as torch.nn.AdaptiveMaxPool2d;
+    ties go to the first element in row-major window order. return_indices=True
+    returns (output, indices), indices flat into each input plane as PyTorch's;
+    backward takes the output's gradient alone. Where the output size divides
+    the input's, MaxPool2d's path (its kernels on sim and cuda); otherwise array
+    code on every backend, a recorded fallback ('adaptive_pool2d')."""
+
+    def __init__(self, output_size, return_indices: bool = False):
+        super().__init__(output_size)
+        self.return_indices = bool(return_indices)
+
+    def forward(self, input):
+        xb, unbatched, out = self._input(input)
+        y, ctx = ops_a.adaptive_max_pool2d_forward(self.backend, xb, out)
+        self.save(ctx, unbatched, y.shape)
+        if not self.return_indices:
+            return y[0] if unbatched else y
+        idx = ops_a.adaptive_max_pool2d_indices(self.backend, ctx)
+        return (y[0], idx[0]) if unbatched else (y, idx)
+
+    def backward(self, grad_output):
+        ctx, unbatched, y_shape = self.saved()
+        dx = ops_a.adaptive_max_pool2d_backward(self.backend, ctx, self._grad(grad_output, y_shape, unbatched))
+        return dx[0] if unbatched else dx
