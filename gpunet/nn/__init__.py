@@ -13,5 +13,5 @@ from .module import Module, Parameter, enable_grad, no_grad
 from .dropout import Dropout
 from .embedding import Embedding
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .attention import MultiheadAttention, ScaledDotProductAttention

@@ -1,4 +1,4 @@
-"""LayerNorm, BatchNorm1d and BatchNorm2d (PyTorch's arguments, parameters and buffers)."""
+"""LayerNorm, GroupNorm, BatchNorm1d and BatchNorm2d (PyTorch's arguments, parameters and buffers)."""
 from __future__ import annotations
 
 import numpy as np
@@ -160,3 +160,71 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch norm over (N, C, H, W) input."""
     _ndims = (4,)
+
+
+class GroupNorm(Module):
+    """Normalises each sample's channels in num_groups groups, as
+    torch.nn.GroupNorm: for (N, C, *) input, the C/G channels of a group and
+    all their positions share one mean and (biased) variance; then the
+    per-channel affine y = xhat·weight[c] + bias[c] (ones/zeros initially).
+    Each group of each sample is one row of a layer norm without affine, so
+    the layer-norm kernels (sim, cuda; float32) normalise the (N·G, C/G·spatial)
+    rows and their backward takes g = dy·weight[c]; the affine and its
+    gradients are array code (per-channel sums)."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
+                 dtype=None):
+        super().__init__()
+        self.num_groups = checks.positive_int(num_groups, "num_groups")
+        self.num_channels = checks.positive_int(num_channels, "num_channels")
+        if num_channels % num_groups:
+            raise ValueError(f"num_channels: expected a multiple of num_groups={num_groups}, got {num_channels}")
+        self.eps = _check_eps(eps)
+        self.affine = bool(affine)
+        self.weight = Parameter(np.ones(num_channels, self.dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, self.dtype)) if affine else None
+        self._place(device, dtype)
+
+    def forward(self, input):
+        be = self.backend
+        checks.array(be, input, "input", dtype=self.dtype)
+        if input.ndim < 2 or input.shape[1] != self.num_channels:
+            raise ValueError(f"input: expected (N, {self.num_channels}, *) with num_channels={self.num_channels} "
+                             f"on axis 1, got shape {tuple(input.shape)}")
+        n, c = input.shape[:2]
+        spatial = int(np.prod(input.shape[2:], dtype=np.int64))
+        if input.size == 0:  # nothing to normalise (and no row to launch over)
+            self.save(None, None, input.shape)
+            return be.xp.zeros(input.shape, self.dtype)
+        rows = be.xp.ascontiguousarray(input).reshape(n * self.num_groups, c // self.num_groups * spatial)
+        xhat, ctx = ops.layer_norm_forward(be, rows, None, None, rows.shape[1], self.eps)
+        xhat = xhat.reshape(n, c, spatial)
+        y = xhat
+        if self.affine:
+            y = xhat * self.weight.data[:, None] + self.bias.data[:, None]
+        self.save(ctx, xhat if self.affine else None, input.shape)
+        return y.reshape(input.shape)
+
+    def backward(self, grad_output):
+        ctx, xhat, shape = self.saved()
+        be = self.backend
+        _check_grad(be, grad_output, shape, self.dtype)
+        n, c = shape[:2]
+        if ctx is None:  # an empty input: empty input gradient, zero parameter gradients
+            dx = be.xp.zeros(shape, self.dtype)
+            dw, db = be.xp.zeros(c, self.dtype), be.xp.zeros(c, self.dtype)
+        else:
+            dy = be.xp.ascontiguousarray(grad_output).reshape(n, c, -1)
+            g = dy
+            if self.affine:
+                g = dy * self.weight.data[:, None]
+                dw, db = be.xp.einsum("ncs,ncs->c", dy, xhat), dy.sum(axis=(0, 2))
+            dx, _, _ = ops.layer_norm_backward(be, ctx, g.reshape(n * self.num_groups, -1))
+            dx = dx.reshape(shape)
+        if self.affine:
+            self.weight.accumulate(dw)
+            self.bias.accumulate(db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
