@@ -241,22 +241,22 @@ def test_adaptive_pool_bad_arguments():
 
 
 # ---------------------------------------------------------------- GroupNorm
-@pytest.mark.parametrize("groups,channels,shape,affine", [(2, 4, (3, 4, 5, 6), True), (1, 4, (3, 4, 7), True),
-                                                          (2, 4, (3, 4), False), (3, 6, (2, 6, 3, 2, 2), True)],
+@pytest.mark.parametrize("groups,channels,shape,kw", [(2, 4, (3, 4, 5, 6), {}), (1, 4, (3, 4, 7), {"bias": False}),
+                                                      (2, 4, (3, 4), {"affine": False}), (3, 6, (2, 6, 3, 2, 2), {})],
                          ids=str)
-def test_groupnorm_as_torch(groups, channels, shape, affine, device, rng):
-    t = torch.nn.GroupNorm(groups, channels, affine=affine)
-    if affine:
-        with torch.no_grad():
-            t.weight.normal_()
-            t.bias.normal_()
+def test_groupnorm_as_torch(groups, channels, shape, kw, device, rng):
+    t = torch.nn.GroupNorm(groups, channels, **kw)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.normal_()
     x = rng.standard_normal(shape) * 2 + 1
     row = channels // groups * int(np.prod(shape[2:]))
-    parity(nn.GroupNorm(groups, channels, affine=affine), t, x, device, n=row, kernels=LAYERNORM)
+    parity(nn.GroupNorm(groups, channels, **kw), t, x, device, n=row, kernels=LAYERNORM)
 
 
 def test_groupnorm_layout():
     same_layout(nn.GroupNorm(2, 4), torch.nn.GroupNorm(2, 4))
+    same_layout(nn.GroupNorm(2, 4, bias=False), torch.nn.GroupNorm(2, 4, bias=False))
     assert nn.GroupNorm(2, 4, affine=False).state_dict() == {}
 
 

@@ -19,8 +19,10 @@ torch = pytest.importorskip("torch")
 
 # the required arguments of each shared module (PyTorch's signatures take *args for RNNs)
 REQUIRED = {"Linear": (4, 3), "Conv2d": (2, 3, 3), "BatchNorm1d": (3,), "BatchNorm2d": (3,), "LayerNorm": (3,),
-            "Embedding": (5, 3), "LSTM": (3, 4), "RNN": (3, 4), "LSTMCell": (3, 4), "RNNCell": (3, 4), "GRU": (3, 4), "GRUCell": (3, 4),
-            "MultiheadAttention": (4, 2), "AvgPool2d": (2,), "MaxPool2d": (2,), "MaxUnpool2d": (2,)}
+            "Embedding": (5, 3), "LSTM": (3, 4), "RNN": (3, 4), "LSTMCell": (3, 4), "RNNCell": (3, 4),
+            "GRU": (3, 4), "GRUCell": (3, 4), "MultiheadAttention": (4, 2), "AvgPool2d": (2,), "MaxPool2d": (2,),
+            "MaxUnpool2d": (2,), "Conv1d": (2, 3, 3), "ConvTranspose2d": (2, 3, 3), "AdaptiveAvgPool2d": (2,),
+            "AdaptiveMaxPool2d": (2,), "GroupNorm": (2, 4)}
 # PyTorch's RNN/LSTM defaults (hidden behind *args in their signatures)
 RNN_DEFAULTS = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False,
                 "device": None, "dtype": None}

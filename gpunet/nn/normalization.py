@@ -166,14 +166,15 @@ class GroupNorm(Module):
     """Normalises each sample's channels in num_groups groups, as
     torch.nn.GroupNorm: for (N, C, *) input, the C/G channels of a group and
     all their positions share one mean and (biased) variance; then the
-    per-channel affine y = xhat·weight[c] + bias[c] (ones/zeros initially).
+    per-channel affine y = xhat·weight[c] + bias[c] (ones/zeros initially;
+    no bias with bias=False, none of them with affine=False).
     Each group of each sample is one row of a layer norm without affine, so
     the layer-norm kernels (sim, cuda; float32) normalise the (N·G, C/G·spatial)
     rows and their backward takes g = dy·weight[c]; the affine and its
     gradients are array code (per-channel sums)."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
-                 dtype=None):
+                 dtype=None, *, bias: bool = True):
         super().__init__()
         self.num_groups = checks.positive_int(num_groups, "num_groups")
         self.num_channels = checks.positive_int(num_channels, "num_channels")
@@ -182,7 +183,7 @@ class GroupNorm(Module):
         self.eps = _check_eps(eps)
         self.affine = bool(affine)
         self.weight = Parameter(np.ones(num_channels, self.dtype)) if affine else None
-        self.bias = Parameter(np.zeros(num_channels, self.dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, self.dtype)) if affine and bias else None
         self._place(device, dtype)
 
     def forward(self, input):
@@ -201,7 +202,9 @@ class GroupNorm(Module):
         xhat = xhat.reshape(n, c, spatial)
         y = xhat
         if self.affine:
-            y = xhat * self.weight.data[:, None] + self.bias.data[:, None]
+            y = xhat * self.weight.data[:, None]
+            if self.bias is not None:
+                y += self.bias.data[:, None]
         self.save(ctx, xhat if self.affine else None, input.shape)
         return y.reshape(input.shape)
 
@@ -223,7 +226,8 @@ class GroupNorm(Module):
             dx = dx.reshape(shape)
         if self.affine:
             self.weight.accumulate(dw)
-            self.bias.accumulate(db)
+            if self.bias is not None:
+                self.bias.accumulate(db)
         return dx
 
     def extra_repr(self):
