@@ -28,6 +28,8 @@ array im2col/col2im (col2im as one CuPy gather where the fusions run).
 """
 from __future__ import annotations
 
+import math
+
 from ..dispatch import path
 from . import conv
 from .linear import bias_add, bias_grad
@@ -68,7 +70,7 @@ def _shifted(xp, a, start, size):
 def _by_group(xp, a, groups: int):
     """(n, groups*m, *spatial) -> contiguous (groups, m, n*spatial): the GEMM operand of a batch."""
     n, c = a.shape[:2]
-    spatial = a[0, 0].size if n else 0  # not -1: an empty batch has no size to infer
+    spatial = math.prod(a.shape[2:])  # not -1: an empty batch has no size to infer
     a4 = a.reshape(n, groups, c // groups, spatial)
     return xp.ascontiguousarray(a4.transpose(1, 2, 0, 3)).reshape(groups, c // groups, n * spatial)
 
@@ -76,7 +78,7 @@ def _by_group(xp, a, groups: int):
 def _from_groups(xp, a, out):
     """(groups, m, n*spatial) -> out (n, groups*m, *spatial), written in place."""
     n, c = out.shape[:2]
-    spatial = out[0, 0].size if n else 0
+    spatial = math.prod(out.shape[2:])
     out.reshape(n, c, spatial)[...] = a.reshape(c, n, spatial).transpose(1, 0, 2)
     return out
 
