@@ -109,7 +109,8 @@ def test_conv1d_bad_input():
 # ---------------------------------------------------------------- ConvTranspose2d
 @pytest.mark.parametrize("kw", [dict(), dict(stride=2, padding=1, output_padding=1),
                                 dict(stride=(2, 3), output_padding=(1, 2), bias=False),
-                                dict(groups=2, dilation=2, padding=2), dict(kernel_size=(2, 4), stride=2, padding=(0, 1)),
+                                dict(groups=2, dilation=2, padding=2),
+                                dict(kernel_size=(2, 4), stride=2, padding=(0, 1)),
                                 # output_padding >= stride (allowed below the dilation): the unpadded frame
                                 dict(dilation=3, output_padding=2, padding=1), dict(dilation=3, output_padding=2),
                                 dict(dilation=(3, 1), stride=(1, 2), output_padding=(2, 1), padding=(3, 1))], ids=str)

@@ -192,8 +192,9 @@ class Conv1d(Module):
         if d * (k - 1) + 1 > x.shape[3] + 2 * padding:
             raise ValueError(f"input: convolution window {d * (k - 1) + 1} (kernel_size {k}, dilation {d}) is "
                              f"larger than the padded input length; got input shape {tuple(input.shape)}")
-        y, ctx = ops.conv2d_forward(be, x, self.weight.data[:, :, None, :], None if self.bias is None else self.bias.data,
-                                    (1, self.stride[0]), (0, padding), (1, d), self.groups)
+        bias = None if self.bias is None else self.bias.data
+        y, ctx = ops.conv2d_forward(be, x, self.weight.data[:, :, None, :], bias, (1, self.stride[0]), (0, padding),
+                                    (1, d), self.groups)
         y = y[:, :, 0]
         self.save(ctx, unbatched, y.shape)
         return y[0] if unbatched else y
@@ -248,8 +249,9 @@ class ConvTranspose2d(Module):
         self.padding_mode = padding_mode
         for op, s, d in zip(self.output_padding, self.stride, self.dilation):
             if op >= max(s, d):
-                raise ValueError(f"output_padding: expected each entry smaller than stride or dilation, got "
-                                 f"output_padding={self.output_padding}, stride={self.stride}, dilation={self.dilation}")
+                raise ValueError(f"output_padding: expected each entry smaller than stride or dilation, "
+                                 f"got output_padding={self.output_padding}, stride={self.stride}, "
+                                 f"dilation={self.dilation}")
         shape = (in_channels, out_channels // groups) + self.kernel_size
         self.weight = Parameter(init.default_weight(shape, self.dtype))
         fan_in = shape[1] * shape[2] * shape[3]  # PyTorch's: weight.size(1) * kh * kw
