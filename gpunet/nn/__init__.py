@@ -7,8 +7,8 @@ from .activation import (GELU, Heaviside, Identity, LeakyReLU, LogSoftmax, ReLU,
                          Softplus, Softsign, Tanh)
 from .flatten import Flatten
 from .linear import Linear
-from .loss import (BCEWithLogitsLoss, CrossEntropyLoss, HingeLoss, MSELoss, MultiMarginLoss,
-                   PerceptronLoss)
+from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HingeLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss,
+                   MultiMarginLoss, NLLLoss, PerceptronLoss, SmoothL1Loss)
 from .module import Module, Parameter, enable_grad, no_grad
 from .dropout import Dropout
 from .embedding import Embedding

@@ -6,6 +6,8 @@ Arguments after the first PyTorch-positional ones are keyword-only, so code
 written for PyTorch either means the same here or fails loudly."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .. import checks
@@ -49,6 +51,30 @@ class _Loss(Module):
             if weight.ndim != 1:
                 raise ValueError(f"{name}: expected a 1-D array of per-class weights, got shape {tuple(weight.shape)}")
         self.register_buffer(name, weight)
+
+    def _check_weight(self, c: int):
+        if self.weight is not None and tuple(self.weight.shape) != (c,):
+            raise ValueError(f"weight: expected shape ({c},) (one weight per class), got {tuple(self.weight.shape)}")
+
+    def _check_classes(self, x, t, what: str):
+        """(C,), (N, C) or (N, C, d1, ...) input of this module's dtype and integer
+        class indices t of shape (), (N,) or (N, d1, ...) in [0, C) or ignore_index."""
+        be = self.backend
+        checks.array(be, x, "input", dtype=self.dtype)
+        if x.ndim == 0:
+            raise ValueError(f"input: expected (C,), (N, C) or (N, C, d1, ...) {what}, got a 0-D array")
+        checks.array(be, t, "target", integer=True)
+        expect = () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
+        if tuple(t.shape) != expect:
+            raise ValueError(f"target: expected shape {expect} (class indices) for input of shape "
+                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
+        c = x.shape[0] if x.ndim == 1 else x.shape[1]
+        self._check_weight(c)
+        if _scan_values(be):
+            bad = ((t < 0) | (t >= c)) & (t != self.ignore_index)
+            if bool(bad.any()):
+                raise ValueError(f"target: class indices must be in [0, {c}) or equal ignore_index="
+                                 f"{self.ignore_index}, got {int(t[bad].reshape(-1)[0])}")
 
     def _check_pair(self, x, t):
         """input and a floating target of the same shape and dtype."""
@@ -118,10 +144,13 @@ class MSELoss(_Loss):
 
 
 class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy on class indices, fused with log-softmax, as
-    torch.nn.CrossEntropyLoss: input (C,), (N, C) or (N, C, d1, ...) logits,
-    target (), (N,) or (N, d1, ...) integer class indices in [0, C) or
-    ignore_index. weight: per-class weights (C,); label_smoothing in [0, 1]
+    """Softmax cross-entropy, as torch.nn.CrossEntropyLoss: input (C,), (N, C)
+    or (N, C, d1, ...) logits; target either integer class indices of shape
+    (), (N,) or (N, d1, ...) in [0, C) or ignore_index (fused with log-softmax),
+    or class probabilities, a floating array of the input's shape (log-softmax,
+    then array code; ignore_index does not apply and 'mean' divides by the
+    number of rows; ignore_index must keep its default, as PyTorch requires).
+    weight: per-class weights (C,); label_smoothing in [0, 1]
     mixes eps/C of the uniform distribution into the target."""
 
     def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
@@ -137,27 +166,29 @@ class CrossEntropyLoss(_Loss):
 
     def compute(self, x, t):
         be = self.backend
-        checks.array(be, x, "input", dtype=self.dtype)
-        if x.ndim == 0:
-            raise ValueError("input: expected (C,), (N, C) or (N, C, d1, ...) logits, got a 0-D array")
-        checks.array(be, t, "target", integer=True)
-        expect = () if x.ndim == 1 else (x.shape[0],) + tuple(x.shape[2:])
-        if tuple(t.shape) != expect:
-            raise ValueError(f"target: expected shape {expect} (class indices) for input of shape "
-                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
-        c = x.shape[0] if x.ndim == 1 else x.shape[1]
-        if self.weight is not None and tuple(self.weight.shape) != (c,):
-            raise ValueError(f"weight: expected shape ({c},) (one weight per class), got {tuple(self.weight.shape)}")
-        if _scan_values(be):
-            bad = ((t < 0) | (t >= c)) & (t != self.ignore_index)
-            if bool(bad.any()):
-                raise ValueError(f"target: class indices must be in [0, {c}) or equal ignore_index="
-                                 f"{self.ignore_index}, got {int(t[bad].reshape(-1)[0])}")
-        return ops.cross_entropy_forward(be, x, t, self.reduction, self.weight, self.ignore_index,
-                                         self.label_smoothing)
+        if getattr(t, "dtype", None) is not None and t.dtype.kind == "f":
+            # class probabilities (PyTorch: a floating target of the input's shape); ignore_index does not apply
+            checks.array(be, x, "input", dtype=self.dtype)
+            checks.array(be, t, "target", dtype=self.dtype)
+            if x.ndim == 0:
+                raise ValueError("input: expected (C,), (N, C) or (N, C, d1, ...) logits, got a 0-D array")
+            if tuple(t.shape) != tuple(x.shape):
+                raise TypeError(f"target: expected integer class indices, or class probabilities of the input's "
+                                f"shape {tuple(x.shape)}; got {t.dtype} of shape {tuple(t.shape)}")
+            if self.ignore_index != -100:
+                raise ValueError(f"ignore_index: not supported with class-probability targets (a floating target), "
+                                 f"as in PyTorch; got ignore_index={self.ignore_index}")
+            self._check_weight(x.shape[0] if x.ndim == 1 else x.shape[1])
+            loss, ctx = ops.cross_entropy_probs_forward(be, x, t, self.reduction, self.weight, self.label_smoothing)
+            return loss, (ops.cross_entropy_probs_backward, ctx)
+        self._check_classes(x, t, "logits")
+        loss, ctx = ops.cross_entropy_forward(be, x, t, self.reduction, self.weight, self.ignore_index,
+                                              self.label_smoothing)
+        return loss, (ops.cross_entropy_backward, ctx)
 
     def gradient(self, ctx, grad):
-        return ops.cross_entropy_backward(self.backend, ctx, grad)
+        backward, inner = ctx
+        return backward(self.backend, inner, grad)
 
     def extra_repr(self):
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
@@ -239,8 +270,7 @@ class MultiMarginLoss(_Loss):
             raise ValueError(f"target: expected shape {tuple(x.shape[:-1])} for input of shape {tuple(x.shape)}, "
                              f"got {tuple(t.shape)}")
         c = x.shape[-1]
-        if self.weight is not None and tuple(self.weight.shape) != (c,):
-            raise ValueError(f"weight: expected shape ({c},) (one weight per class), got {tuple(self.weight.shape)}")
+        self._check_weight(c)
         if _scan_values(be) and bool(((t < 0) | (t >= c)).any()):
             raise ValueError(f"target: class indices must be in [0, {c}), got {int(t[(t < 0) | (t >= c)][0])}")
         loss, ctx = ops.multi_margin_forward(be, x.reshape(-1, c), t.reshape(-1).astype(np.int64, copy=False),
@@ -255,3 +285,140 @@ class MultiMarginLoss(_Loss):
 
     def extra_repr(self):
         return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}"
+
+
+class L1Loss(_Loss):
+    """|input - target| per element, as torch.nn.L1Loss."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average, reduce)
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        return ops.l1_forward(self.backend, x, t, self.reduction)
+
+    def gradient(self, ctx, grad):
+        return ops.l1_backward(self.backend, ctx, grad)
+
+
+class HuberLoss(_Loss):
+    """As torch.nn.HuberLoss: 1/2 d^2 where |d| < delta, else delta (|d| - delta/2),
+    d = input - target."""
+
+    _smooth_l1 = False
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0):
+        super().__init__(reduction)
+        if not isinstance(delta, (int, float)) or not delta > 0:
+            raise ValueError(f"delta: expected a number > 0, got {delta!r}")
+        self.delta = float(delta)
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        return ops.huber_forward(self.backend, x, t, self.reduction, self.delta, self._smooth_l1)
+
+    def gradient(self, ctx, grad):
+        return ops.huber_backward(self.backend, ctx, grad)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, delta={self.delta}"
+
+
+class SmoothL1Loss(HuberLoss):
+    """As torch.nn.SmoothL1Loss: HuberLoss(delta=beta) / beta, i.e. 1/2 d^2 / beta
+    where |d| < beta, else |d| - beta/2; beta = 0 is the L1 loss."""
+
+    _smooth_l1 = True
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0):
+        _Loss.__init__(self, reduction, size_average, reduce)
+        if not isinstance(beta, (int, float)) or beta < 0:
+            raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
+        self.delta = float(beta)
+
+    @property
+    def beta(self) -> float:
+        return self.delta
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, beta={self.delta}"
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy on probabilities, as torch.nn.BCELoss:
+    -w (t log x + (1 - t) log(1 - x)) with each log clamped at -100. Input in
+    [0, 1] (checked where target values are scanned); weight broadcasts
+    against the input. On logits, BCEWithLogitsLoss is the stable choice."""
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average, reduce)
+        self.register_buffer("weight", None if weight is None else self.backend.asarray(weight, dtype=self.dtype))
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        if self.weight is not None and not _broadcasts_to(self.weight.shape, x.shape):
+            raise ValueError(f"weight: shape {tuple(self.weight.shape)} does not broadcast to the input's "
+                             f"{tuple(x.shape)}")
+        if _scan_values(self.backend) and bool(((x < 0) | (x > 1)).any()):
+            bad = float(x[(x < 0) | (x > 1)].reshape(-1)[0])
+            raise ValueError(f"input: expected probabilities in [0, 1], got {bad!r} "
+                             "(for logits use BCEWithLogitsLoss)")
+        return ops.bce_forward(self.backend, x, t, self.reduction, self.weight)
+
+    def gradient(self, ctx, grad):
+        return ops.bce_backward(self.backend, ctx, grad)
+
+
+class NLLLoss(_Loss):
+    """Negative log-likelihood of log-probabilities, as torch.nn.NLLLoss:
+    -weight[t] input[t] per row, for input (C,), (N, C) or (N, C, d1, ...)
+    (e.g. LogSoftmax(dim=1)'s output) and integer class indices t of shape (),
+    (N,) or (N, d1, ...); rows whose target is ignore_index give 0 and do not
+    count; 'mean' divides by the summed weights of the counted rows."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean"):
+        super().__init__(reduction, size_average, reduce)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        self.ignore_index = int(ignore_index)
+        self._class_weight(weight, "weight")
+
+    def compute(self, x, t):
+        self._check_classes(x, t, "log-probabilities")
+        return ops.nll_forward(self.backend, x, t, self.reduction, self.weight, self.ignore_index)
+
+    def gradient(self, ctx, grad):
+        return ops.nll_backward(self.backend, ctx, grad)
+
+    def extra_repr(self):
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
+class KLDivLoss(_Loss):
+    """Kullback-Leibler divergence, as torch.nn.KLDivLoss: input log-probabilities
+    x, target probabilities t (log-probabilities with log_target=True), loss
+    t (log t - x) per element. reduction='batchmean' divides the sum by the
+    batch size (the KL divergence per example); 'mean' averages over every
+    element, as PyTorch (which warns that it is not the KL divergence)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", log_target: bool = False):
+        batchmean = reduction == "batchmean"
+        super().__init__("mean" if batchmean else reduction, size_average, reduce)
+        if batchmean:
+            self.reduction = "batchmean"
+        self.log_target = bool(log_target)
+
+    def compute(self, x, t):
+        self._check_pair(x, t)
+        if self.reduction == "mean":
+            warnings.warn("KLDivLoss: reduction='mean' divides the total loss by both the batch size and the support "
+                          "size; 'batchmean' divides only by the batch size, as the KL divergence does (PyTorch's "
+                          "warning)", UserWarning, stacklevel=5)
+        return ops.kl_div_forward(self.backend, x, t, self.reduction, self.log_target)
+
+    def gradient(self, ctx, grad):
+        return ops.kl_div_backward(self.backend, ctx, grad)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, log_target={self.log_target}"

@@ -291,3 +291,157 @@ def _fused_backward(x2, lse, ts, wt, valid, weight, eps: float, scale):
     _fused_kernels()[2](x2, lse[:, :1], lse[:, 1:], a_sum.astype(x2.dtype, copy=False)[:, None], w_row,
                         valid[:, None], ts[:, None], ct.astype(x2.dtype, copy=False)[:, None], scale, eps / c, c, dx2)
     return dx2
+
+
+# ---------------------------------------------------------------- shared by the losses below
+def _spread(xp, reduction, grad, denom):
+    """_scale, except that 'mean' over nothing (an empty batch, every row
+    ignored: denom 0) spreads 0, as PyTorch's zero gradients, not grad/0."""
+    if reduction != "mean":
+        return grad
+    if isinstance(denom, (int, float)):
+        return grad / denom if denom else grad * 0.0
+    return grad / xp.where(denom == 0, xp.inf, denom)
+
+
+# ---------------------------------------------------------------- L1, smooth L1, Huber
+def l1_forward(be, x, t, reduction: str):
+    """|x - t| per element; its gradient at x = t is 0, as PyTorch's."""
+    d = x - t
+    return _reduce(be.xp, be.xp.abs(d), reduction, x.size), (d, reduction)
+
+
+def l1_backward(be, ctx, grad):
+    d, reduction = ctx
+    return (be.xp.sign(d) * _spread(be.xp, reduction, grad, d.size)).astype(d.dtype, copy=False)
+
+
+def huber_forward(be, x, t, reduction: str, delta: float, smooth_l1: bool = False):
+    """Huber: 1/2 d^2 where |d| < delta, delta (|d| - delta/2) elsewhere. With
+    smooth_l1 (delta being PyTorch's beta) the same divided by delta, which
+    for delta = 0 is |d| (PyTorch's SmoothL1Loss)."""
+    xp = be.xp
+    d = x - t
+    z = xp.abs(d)
+    if smooth_l1 and delta == 0:
+        per = z
+    else:
+        per = xp.where(z < delta, 0.5 * d * d, delta * (z - 0.5 * delta))
+        if smooth_l1:
+            per = per / delta
+    return _reduce(xp, per.astype(x.dtype, copy=False), reduction, x.size), (d, delta, smooth_l1, reduction)
+
+
+def huber_backward(be, ctx, grad):
+    d, delta, smooth_l1, reduction = ctx
+    xp = be.xp
+    # d clipped to [-delta, delta]; divided by delta for smooth L1 (sign(d) when delta = 0)
+    if smooth_l1 and delta == 0:
+        g = xp.sign(d)
+    else:
+        g = xp.clip(d, -delta, delta)
+        if smooth_l1:
+            g = g / delta
+    return (g * _spread(be.xp, reduction, grad, d.size)).astype(d.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- BCE on probabilities
+def bce_forward(be, x, t, reduction: str, weight=None):
+    """-w (t log x + (1 - t) log(1 - x)) for probabilities x in [0, 1], each log
+    clamped at -100 as PyTorch (so x = 0 or 1 gives a finite loss)."""
+    xp = be.xp
+    with np.errstate(divide="ignore"):
+        log_x = xp.maximum(xp.log(x), -100.0)
+        log_1mx = xp.maximum(xp.log1p(-x), -100.0)
+    per = -(t * log_x + (1 - t) * log_1mx)
+    if weight is not None:
+        per = per * weight
+    return _reduce(xp, per.astype(x.dtype, copy=False), reduction, x.size), (x, t, reduction, weight)
+
+
+def bce_backward(be, ctx, grad):
+    """w (x - t) / max(x (1 - x), 1e-12), PyTorch's gradient (its epsilon keeps
+    x = 0 or 1 finite; PyTorch's is 1e-12 rounded to float32, so is this one)."""
+    x, t, reduction, weight = ctx
+    g = (x - t) / be.xp.maximum(x * (1 - x), float(np.float32(1e-12)))
+    if weight is not None:
+        g = g * weight
+    return (g * _spread(be.xp, reduction, grad, x.size)).astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- NLL
+def nll_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100):
+    """-w_t x[t] per row for log-probabilities x ((C,), (N, C) or (N, C, d...)) and
+    class indices t; ignored rows give 0 and do not count, and 'mean' divides
+    by the summed weights of the counted rows, as PyTorch (0/0 = NaN)."""
+    xp = be.xp
+    x2, t1 = _as_rows(xp, x, t)
+    valid = t1 != ignore_index
+    ts = xp.where(valid, t1, 0).astype(np.int64, copy=False)
+    wt = (valid if weight is None else weight[ts] * valid).astype(x.dtype, copy=False)
+    per = -wt * xp.take_along_axis(x2, ts[:, None], axis=1)[:, 0]
+    denom = wt.sum()
+    loss = _reduce(xp, per.astype(x.dtype, copy=False), reduction, denom)
+    if reduction == "none":
+        loss = loss.reshape(t.shape)
+    return loss, (x2.shape, ts, wt, denom, x.shape, reduction)
+
+
+def nll_backward(be, ctx, grad):
+    rows_shape, ts, wt, denom, shape, reduction = ctx
+    xp = be.xp
+    scale = _spread(be.xp, reduction, grad, denom)
+    if reduction == "none":
+        scale = scale.reshape(-1)
+    dx2 = xp.zeros(rows_shape, dtype=wt.dtype)
+    dx2[xp.arange(rows_shape[0]), ts] = -wt * scale
+    return _from_rows(xp, dx2, shape)
+
+
+# ---------------------------------------------------------------- KL divergence
+def kl_div_forward(be, x, t, reduction: str, log_target: bool = False):
+    """t (log t - x) per element for log-probabilities x (0 log 0 = 0), or
+    e^t (t - x) with log_target; 'batchmean' divides the sum by the batch size
+    x.shape[0] (the true KL divergence per example), 'mean' by every element."""
+    xp = be.xp
+    if log_target:
+        pt = xp.exp(t)
+        per = pt * (t - x)
+    else:
+        pt = t
+        with np.errstate(divide="ignore", invalid="ignore"):  # xlogy(t, t) - t x, as PyTorch (0 log 0 = 0)
+            per = xp.where(t == 0, 0, t * xp.log(t)) - t * x
+    reduce_as, denom = ("mean", x.shape[0] if x.ndim else 1) if reduction == "batchmean" else (reduction, x.size)
+    return _reduce(xp, per.astype(x.dtype, copy=False), reduce_as, denom), (pt, reduce_as, denom)
+
+
+def kl_div_backward(be, ctx, grad):
+    pt, reduction, denom = ctx
+    return (-pt * _spread(be.xp, reduction, grad, denom)).astype(pt.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- cross-entropy on class probabilities
+def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smoothing: float = 0.0):
+    """Cross-entropy against class probabilities t (the input's shape), as
+    PyTorch: per row -sum_c w_c q_c log softmax(x)_c with q = (1 - eps) t + eps/C;
+    'mean' divides by the number of rows (N d1 ...), not by weights. The
+    log-softmax is ops.softmax's (its kernels on sim/cuda), the rest array code."""
+    from .softmax import softmax_forward
+    xp = be.xp
+    dim = 0 if x.ndim == 1 else 1
+    c = x.shape[dim]
+    logp, sm_ctx = softmax_forward(be, x, dim, log=True)
+    q = t if not label_smoothing else (1 - label_smoothing) * t + label_smoothing / c
+    if weight is not None:
+        q = q * weight.reshape((c,) + (1,) * (x.ndim - dim - 1))
+    per = -(q * logp).sum(axis=dim)
+    return _reduce(xp, per.astype(x.dtype, copy=False), reduction, per.size), (sm_ctx, q, dim, reduction, per.size)
+
+
+def cross_entropy_probs_backward(be, ctx, grad):
+    from .softmax import softmax_backward
+    sm_ctx, q, dim, reduction, rows = ctx
+    scale = _spread(be.xp, reduction, grad, rows)
+    if reduction == "none":
+        scale = be.xp.expand_dims(scale, dim)
+    return softmax_backward(be, sm_ctx, (-q * scale).astype(q.dtype, copy=False))
