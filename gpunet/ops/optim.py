@@ -197,3 +197,117 @@ def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, *, lr, beta1, bet
     for p, g, m, v, (step_size, bc2_sqrt) in zip(params, grads, exp_avgs, exp_avg_sqs, scalars):
         kernel(g, 1 - lr * weight_decay, weight_decay, mode, 1 - beta1, beta2, 1 - beta2, step_size, bc2_sqrt, eps,
                p, m, v)
+
+
+# ---------------------------------------------------------------- array-only algorithms
+# PyTorch's single-tensor algorithms, operation by operation, on be.xp. No
+# kernel or fusion exists for them: on sim/cuda each call records its
+# fallback (gpunet.backend.fallbacks()) with the reason.
+def _array_only(be, op: str, params, why: str = "no fused kernel"):
+    path(be, op, params[0].dtype, unsupported=why)
+    return be.xp
+
+
+def _decay(p, g, lr, weight_decay, decoupled=False):
+    """Weight decay as PyTorch applies it: decoupled, p *= 1 - lr*wd (in place);
+    else the L2 term, g + wd*p (returned, g untouched)."""
+    if weight_decay and decoupled:
+        p *= 1 - lr * weight_decay
+    elif weight_decay:
+        g = g + weight_decay * p
+    return g
+
+
+def adam_amsgrad(be, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
+                 weight_decay, decoupled):
+    """adam() with amsgrad: the denominator uses the running maximum of v
+    (max_exp_avg_sqs, updated in place) instead of v. Array code: the fused
+    Adam kernel keeps no running maximum."""
+    xp = _array_only(be, "adam amsgrad", params, "amsgrad (the fused Adam kernel keeps no max_exp_avg_sq)")
+    for p, g, m, v, v_max, t in zip(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
+        step_size, bc2_sqrt = adam_scalars(t, lr, beta1, beta2)
+        g = _decay(p, g, lr, weight_decay, decoupled)
+        m += (1 - beta1) * (g - m)
+        v *= beta2
+        v += (1 - beta2) * g * g
+        xp.maximum(v_max, v, out=v_max)
+        p -= step_size * (m / (xp.sqrt(v_max) / bc2_sqrt + eps))
+
+
+def adagrad(be, params, grads, sums, steps, *, lr, lr_decay, weight_decay, eps):
+    """s += g^2; p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)."""
+    xp = _array_only(be, "adagrad", params)
+    for p, g, s, t in zip(params, grads, sums, steps):
+        g = _decay(p, g, lr, weight_decay)
+        clr = lr / (1 + (t - 1) * lr_decay)
+        s += g * g
+        p -= clr * (g / (xp.sqrt(s) + eps))
+
+
+def adadelta(be, params, grads, square_avgs, acc_deltas, *, lr, rho, eps, weight_decay):
+    """v = rho v + (1 - rho) g^2; d = sqrt(u + eps) / sqrt(v + eps) g;
+    u = rho u + (1 - rho) d^2; p -= lr d."""
+    xp = _array_only(be, "adadelta", params)
+    for p, g, v, u in zip(params, grads, square_avgs, acc_deltas):
+        g = _decay(p, g, lr, weight_decay)
+        v *= rho
+        v += (1 - rho) * g * g
+        delta = xp.sqrt(u + eps) / xp.sqrt(v + eps) * g
+        u *= rho
+        u += (1 - rho) * delta * delta
+        p -= lr * delta
+
+
+def adamax(be, params, grads, exp_avgs, exp_infs, steps, *, lr, beta1, beta2, eps, weight_decay):
+    """m = b1 m + (1 - b1) g; u = max(b2 u, |g| + eps); p -= lr / (1 - b1^t) m / u."""
+    xp = _array_only(be, "adamax", params)
+    for p, g, m, u, t in zip(params, grads, exp_avgs, exp_infs, steps):
+        g = _decay(p, g, lr, weight_decay)
+        m += (1 - beta1) * (g - m)
+        u *= beta2
+        xp.maximum(u, xp.abs(g) + eps, out=u)
+        p -= lr / (1 - beta1 ** t) * (m / u)
+
+
+def nadam(be, params, grads, exp_avgs, exp_avg_sqs, mu_products, steps, *, lr, beta1, beta2, eps, weight_decay,
+          momentum_decay, decoupled):
+    """Adam with Nesterov momentum (Dozat), PyTorch's form with the momentum
+    schedule mu_t = b1 (1 - 0.96^(t psi) / 2). `mu_products[i]` is the
+    product of mu_1..mu_(t-1) (a float); the new products are returned."""
+    xp = _array_only(be, "nadam", params)
+    out = []
+    for p, g, m, v, mu_product, t in zip(params, grads, exp_avgs, exp_avg_sqs, mu_products, steps):
+        g = _decay(p, g, lr, weight_decay, decoupled)
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+        # PyTorch keeps mu_product in float32 (its default scalar dtype), so does this
+        mu_product = float(np.float32(mu_product) * np.float32(mu))
+        m += (1 - beta1) * (g - m)
+        v *= beta2
+        v += (1 - beta2) * g * g
+        denom = xp.sqrt(v / (1 - beta2 ** t)) + eps
+        p += (-lr * (1.0 - mu) / (1.0 - mu_product)) * (g / denom)
+        p += (-lr * mu_next / (1.0 - mu_product * mu_next)) * (m / denom)
+        out.append(mu_product)
+    return out
+
+
+def radam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """Rectified Adam (Liu et al.): Adam's step scaled by the variance
+    rectification r_t while the approximated SMA length rho_t > 5, plain
+    bias-corrected momentum before that."""
+    xp = _array_only(be, "radam", params)
+    rho_inf = 2 / (1 - beta2) - 1
+    for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        g = _decay(p, g, lr, weight_decay, decoupled)
+        m += (1 - beta1) * (g - m)
+        v *= beta2
+        v += (1 - beta2) * g * g
+        bias_correction2 = 1 - beta2 ** t
+        m_hat = m / (1 - beta1 ** t)
+        rho_t = rho_inf - 2 * t * beta2 ** t / bias_correction2
+        if rho_t > 5.0:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+            p -= m_hat * lr * (bias_correction2 ** 0.5 / (xp.sqrt(v) + eps)) * rect
+        else:
+            p -= m_hat * lr

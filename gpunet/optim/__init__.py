@@ -2,7 +2,8 @@
 defaults and state_dict layout (see gpunet.optim.Optimizer for how the backend
 that runs an update is chosen)."""
 from . import lr_scheduler
-from .adam import Adam, AdamW
+from .adagrad import Adadelta, Adagrad
+from .adam import Adam, Adamax, AdamW, NAdam, RAdam
 from .optimizer import Optimizer
 from .rmsprop import RMSprop
 from .rprop import Rprop

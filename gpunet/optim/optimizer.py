@@ -73,8 +73,35 @@ class Optimizer:
         self.param_groups.append(group)
 
     def _check_group(self, group: dict, where: str):
-        if not isinstance(group["lr"], (int, float)) or group["lr"] < 0:
-            raise ValueError(f"{where}: lr: expected a non-negative number, got {group['lr']!r}")
+        self._nonnegative(group, where, "lr")
+
+    @staticmethod
+    def _nonnegative(group: dict, where: str, *keys):
+        for key in keys:
+            if isinstance(group[key], bool) or not isinstance(group[key], (int, float)) or group[key] < 0:
+                raise ValueError(f"{where}: {key}: expected a non-negative number, got {group[key]!r}")
+
+    @staticmethod
+    def _implementation(foreach=None, fused=None, capturable: bool = False, differentiable: bool = False):
+        """PyTorch's implementation switches. foreach and fused choose among
+        PyTorch's own implementations of the same update; here the dispatch
+        policy (gpunet.dispatch) chooses, so any value is accepted and changes
+        nothing. capturable (CUDA-graph capture) and differentiable (autograd
+        through step) have no counterpart: True raises NotImplementedError."""
+        for name, value in (("foreach", foreach), ("fused", fused)):
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool or None, got {value!r}")
+        for name, value in (("capturable", capturable), ("differentiable", differentiable)):
+            if value:
+                raise NotImplementedError(f"{name}=True is not supported by gpunet optimizers "
+                                          f"(only PyTorch's default, {name}=False)")
+
+    @staticmethod
+    def _signed(group: dict, grads: list) -> list:
+        """The gradients the update descends along: negated with maximize=True
+        (as PyTorch, before weight decay is added), so kernels and array code
+        maximize unchanged."""
+        return [-g for g in grads] if group.get("maximize") else grads
 
     # ------------------------------------------------------------ stepping
     def zero_grad(self, set_to_none: bool = True):
@@ -136,7 +163,7 @@ class Optimizer:
         state = {}
         for group in self.param_groups:
             for p in group["params"]:
-                if p in self.state:
+                if self.state.get(p):  # no entry for a parameter without state, as PyTorch
                     state[index[id(p)]] = {k: np.array(to_numpy(v)) if hasattr(v, "shape") else v
                                            for k, v in self.state[p].items()}
         return {"state": state, "param_groups": groups}

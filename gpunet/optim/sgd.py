@@ -15,19 +15,21 @@ class SGD(Optimizer):
     With dampening 0 the momentum form is the heavy ball
     w[k+1] = w[k] - lr * grad E(w[k]) + momentum * (w[k] - w[k-1]).
     weight_decay is the L2 penalty (weight_decay/2)*||w||^2 added to the loss.
-    `device`: see gpunet.optim.Optimizer.
+    maximize=True ascends (grad negated first, as PyTorch; the fused kernels
+    take the negated gradient). `device`: see gpunet.optim.Optimizer;
+    foreach/fused/differentiable: see Optimizer._implementation.
     """
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
-                 weight_decay: float = 0, nesterov: bool = False, *, device=None):
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False, foreach=None,
+                 differentiable: bool = False, fused=None, device=None):
+        self._implementation(foreach, fused, False, differentiable)
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov), device)
+                                      weight_decay=weight_decay, nesterov=nesterov, maximize=bool(maximize)), device)
 
     def _check_group(self, group, where):
         super()._check_group(group, where)
-        for key in ("momentum", "dampening", "weight_decay"):
-            if not isinstance(group[key], (int, float)) or group[key] < 0:
-                raise ValueError(f"{where}: {key}: expected a non-negative number, got {group[key]!r}")
+        self._nonnegative(group, where, "momentum", "dampening", "weight_decay")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(f"{where}: nesterov momentum requires momentum > 0 and dampening == 0, "
                              f"got momentum={group['momentum']!r}, dampening={group['dampening']!r}")
@@ -42,6 +44,6 @@ class SGD(Optimizer):
             else:
                 fresh.append(False)
             bufs.append(state.get("momentum_buffer"))
-        ops.sgd(be, [p.data for p in params], [p.grad for p in params], bufs, fresh,
+        ops.sgd(be, [p.data for p in params], self._signed(group, [p.grad for p in params]), bufs, fresh,
                 lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                 weight_decay=group["weight_decay"], nesterov=group["nesterov"])
