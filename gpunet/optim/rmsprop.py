@@ -10,18 +10,20 @@ class RMSprop(Optimizer):
     weight_decay * p). centered=True divides by sqrt(s - a^2) + eps with
     a the running mean of g; momentum > 0 accumulates buf = momentum*buf +
     g/denom and steps by lr*buf. State: 'step', 'square_avg' (+ 'grad_avg',
-    'momentum_buffer'). `device`: see gpunet.optim.Optimizer."""
+    'momentum_buffer'). maximize=True ascends. `device`: see
+    gpunet.optim.Optimizer; capturable/foreach/differentiable: see
+    Optimizer._implementation."""
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, *, device=None):
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
+                 foreach=None, maximize: bool = False, differentiable: bool = False, *, device=None):
+        self._implementation(foreach, None, capturable, differentiable)
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered), device)
+                                      momentum=momentum, centered=centered, maximize=bool(maximize)), device)
 
     def _check_group(self, group, where):
         super()._check_group(group, where)
-        for key in ("alpha", "eps", "weight_decay", "momentum"):
-            if not isinstance(group[key], (int, float)) or group[key] < 0:
-                raise ValueError(f"{where}: {key}: expected a non-negative number, got {group[key]!r}")
+        self._nonnegative(group, where, "alpha", "eps", "weight_decay", "momentum")
 
     def _update(self, group, params, be):
         zeros = be.xp.zeros_like
@@ -35,7 +37,7 @@ class RMSprop(Optimizer):
                 state["momentum_buffer"] = zeros(p.data)
             state["step"] += 1
         states = [self.state[p] for p in params]
-        ops.rmsprop(be, [p.data for p in params], [p.grad for p in params], [s["square_avg"] for s in states],
+        ops.rmsprop(be, [p.data for p in params], self._signed(group, [p.grad for p in params]), [s["square_avg"] for s in states],
                     [s["grad_avg"] for s in states] if group["centered"] else None,
                     [s.get("momentum_buffer") for s in states],
                     lr=group["lr"], alpha=group["alpha"], eps=group["eps"],

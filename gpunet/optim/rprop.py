@@ -17,12 +17,16 @@ class Rprop(Optimizer):
     move. backtrack=True is Rprop+ (Riedmiller & Braun, 1993), the variant the
     lecture notes describe: on a flip the previous weight change is undone
     ("revert the last step"). State: 'step', 'prev', 'step_size'
-    (+ 'prev_delta' with backtrack). `device`: see gpunet.optim.Optimizer."""
+    (+ 'prev_delta' with backtrack). maximize=True ascends. `device`: see
+    gpunet.optim.Optimizer; capturable/foreach/differentiable: see
+    Optimizer._implementation."""
 
     def __init__(self, params, lr: float = 1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50),
-                 *, backtrack: bool = False, device=None):
+                 *, capturable: bool = False, foreach=None, maximize: bool = False, differentiable: bool = False,
+                 backtrack: bool = False, device=None):
+        self._implementation(foreach, None, capturable, differentiable)
         super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes),
-                                      backtrack=bool(backtrack)), device)
+                                      maximize=bool(maximize), backtrack=bool(backtrack)), device)
 
     def _check_group(self, group, where):
         super()._check_group(group, where)
@@ -43,7 +47,7 @@ class Rprop(Optimizer):
             state["step"] += 1
         states = [self.state[p] for p in params]
         (etaminus, etaplus), (step_min, step_max) = group["etas"], group["step_sizes"]
-        ops.rprop(be, [p.data for p in params], [p.grad for p in params], [s["prev"] for s in states],
+        ops.rprop(be, [p.data for p in params], self._signed(group, [p.grad for p in params]), [s["prev"] for s in states],
                   [s["step_size"] for s in states],
                   [s["prev_delta"] for s in states] if group["backtrack"] else None,
                   etaminus=etaminus, etaplus=etaplus, step_min=step_min, step_max=step_max)
