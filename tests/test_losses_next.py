@@ -231,6 +231,8 @@ def test_smooth_l1_is_huber_over_beta(rng):
 def test_kl_mean_warns_like_torch(rng):
     with pytest.warns(UserWarning, match="batchmean"):
         nn.KLDivLoss().to(np.float64)(log_probs((2, 3), rng), probs((2, 3), rng))
+    # the deprecated pair decides over 'batchmean', as in PyTorch
+    assert nn.KLDivLoss(size_average=False, reduction="batchmean").reduction == "sum"
 
 
 def test_cross_entropy_probability_targets_equal_one_hot_indices(rng):

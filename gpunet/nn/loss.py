@@ -301,47 +301,48 @@ class L1Loss(_Loss):
         return ops.l1_backward(self.backend, ctx, grad)
 
 
-class HuberLoss(_Loss):
-    """As torch.nn.HuberLoss: 1/2 d^2 where |d| < delta, else delta (|d| - delta/2),
-    d = input - target."""
+class _Huber(_Loss):
+    """Huber and smooth L1: quadratic near 0, linear beyond a width (delta, beta)."""
 
     _smooth_l1 = False
 
-    def __init__(self, reduction: str = "mean", delta: float = 1.0):
-        super().__init__(reduction)
-        if not isinstance(delta, (int, float)) or not delta > 0:
-            raise ValueError(f"delta: expected a number > 0, got {delta!r}")
-        self.delta = float(delta)
-
     def compute(self, x, t):
         self._check_pair(x, t)
-        return ops.huber_forward(self.backend, x, t, self.reduction, self.delta, self._smooth_l1)
+        width = self.beta if self._smooth_l1 else self.delta
+        return ops.huber_forward(self.backend, x, t, self.reduction, width, self._smooth_l1)
 
     def gradient(self, ctx, grad):
         return ops.huber_backward(self.backend, ctx, grad)
+
+
+class HuberLoss(_Huber):
+    """As torch.nn.HuberLoss: 1/2 d^2 where |d| < delta, else delta (|d| - delta/2),
+    d = input - target."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0):
+        super().__init__(reduction)
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0:
+            raise ValueError(f"delta: expected a number > 0, got {delta!r}")
+        self.delta = float(delta)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, delta={self.delta}"
 
 
-class SmoothL1Loss(HuberLoss):
+class SmoothL1Loss(_Huber):
     """As torch.nn.SmoothL1Loss: HuberLoss(delta=beta) / beta, i.e. 1/2 d^2 / beta
     where |d| < beta, else |d| - beta/2; beta = 0 is the L1 loss."""
 
     _smooth_l1 = True
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean", beta: float = 1.0):
-        _Loss.__init__(self, reduction, size_average, reduce)
-        if not isinstance(beta, (int, float)) or beta < 0:
+        super().__init__(reduction, size_average, reduce)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
             raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
-        self.delta = float(beta)
-
-    @property
-    def beta(self) -> float:
-        return self.delta
+        self.beta = float(beta)
 
     def extra_repr(self):
-        return f"reduction={self.reduction!r}, beta={self.delta}"
+        return f"reduction={self.reduction!r}, beta={self.beta}"
 
 
 class BCELoss(_Loss):
@@ -403,7 +404,8 @@ class KLDivLoss(_Loss):
     element, as PyTorch (which warns that it is not the KL divergence)."""
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean", log_target: bool = False):
-        batchmean = reduction == "batchmean"
+        # 'batchmean' is KLDivLoss's own; the deprecated pair, when given, decides as for every loss
+        batchmean = reduction == "batchmean" and size_average is None and reduce is None
         super().__init__("mean" if batchmean else reduction, size_average, reduce)
         if batchmean:
             self.reduction = "batchmean"

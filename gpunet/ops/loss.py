@@ -431,9 +431,13 @@ def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smo
     dim = 0 if x.ndim == 1 else 1
     c = x.shape[dim]
     logp, sm_ctx = softmax_forward(be, x, dim, log=True)
-    q = t if not label_smoothing else (1 - label_smoothing) * t + label_smoothing / c
+    q = t
+    if label_smoothing:  # one new array for q, then in place
+        q = t * (1 - label_smoothing)
+        q += label_smoothing / c
     if weight is not None:
-        q = q * weight.reshape((c,) + (1,) * (x.ndim - dim - 1))
+        w = weight.reshape((c,) + (1,) * (x.ndim - dim - 1))
+        q = q * w if q is t else xp.multiply(q, w, out=q)
     per = -(q * logp).sum(axis=dim)
     return _reduce(xp, per.astype(x.dtype, copy=False), reduction, per.size), (sm_ctx, q, dim, reduction, per.size)
 
