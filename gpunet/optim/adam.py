@@ -42,7 +42,8 @@ class Adam(_AdamLike):
     'max_exp_avg_sq'); decoupled_weight_decay=True is AdamW. maximize=True
     ascends. State per parameter: 'step' (int), 'exp_avg', 'exp_avg_sq'.
     The fused kernels (sim, cuda; float32) run every option but amsgrad, which
-    runs the array code there (a recorded fallback). `device`: see
+    runs the array code there (a recorded fallback); maximize hands them a
+    negated copy of the gradients (one extra pass over each). `device`: see
     gpunet.optim.Optimizer; foreach/fused/capturable/differentiable: see
     Optimizer._implementation."""
 
