@@ -24,6 +24,22 @@ def check_window(x_shape, kernel, stride, padding, dilation, what: str):
     return tuple(out)
 
 
+def _resolve_padding(padding, padding_mode, kernel, stride, dilation, per_axis):
+    """PyTorch's padding and padding_mode for len(kernel) spatial axes:
+    ((before, after) per axis, the `padding` attribute). per_axis reads an int
+    or a tuple as one value per axis."""
+    if padding_mode not in pad_ops.MODES:
+        raise ValueError(f"padding_mode: expected one of {', '.join(map(repr, pad_ops.MODES))}, got {padding_mode!r}")
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            raise ValueError(f"padding='same': only for stride 1 (the output keeps the input's size), "
+                             f"got stride={stride}")
+        # an odd total pads one more at the end (bottom/right), as PyTorch
+        return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)], "same"
+    p = (0,) * len(kernel) if padding == "valid" else per_axis(padding, "padding", minimum=0)
+    return [(v, v) for v in p], tuple(p)
+
+
 class Conv2d(Module):
     """Cross-correlation of an (N, C, H, W) or unbatched (C, H, W) input with
     `out_channels` filters of shape (in_channels/groups, kh, kw), as
@@ -42,23 +58,10 @@ class Conv2d(Module):
         self.kernel_size = checks.pair(kernel_size, "kernel_size")
         self.stride = checks.pair(stride, "stride")
         self.dilation = checks.pair(dilation, "dilation")
-        if padding_mode not in pad_ops.MODES:
-            raise ValueError(f"padding_mode: expected one of {', '.join(map(repr, pad_ops.MODES))}, "
-                             f"got {padding_mode!r}")
+        sides, self.padding = _resolve_padding(padding, padding_mode, self.kernel_size, self.stride, self.dilation,
+                                               checks.pair)
         self.padding_mode = padding_mode
-        if padding == "valid":
-            padding = 0
-        if padding == "same":
-            if self.stride != (1, 1):
-                raise ValueError(f"padding='same': only for stride 1 (the output keeps the input's size), "
-                                 f"got stride={self.stride}")
-            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            # an odd total puts the extra row/column at the bottom/right, as PyTorch
-            self._pads = (totals[0] // 2, totals[0] - totals[0] // 2, totals[1] // 2, totals[1] - totals[1] // 2)
-        else:
-            p = checks.pair(padding, "padding", minimum=0)
-            self._pads = (p[0], p[0], p[1], p[1])
-        self.padding = "same" if padding == "same" else (self._pads[0], self._pads[2])
+        self._pads = sides[0] + sides[1]  # (top, bottom, left, right)
         # the kernels pad with zeros, evenly; anything else is padded explicitly first
         self._explicit = padding_mode != "zeros" or self._pads[0] != self._pads[1] or self._pads[2] != self._pads[3]
         shape = (out_channels, in_channels // groups) + self.kernel_size
@@ -153,20 +156,10 @@ class Conv1d(Module):
         self.kernel_size = (_single(kernel_size, "kernel_size"),)
         self.stride = (_single(stride, "stride"),)
         self.dilation = (_single(dilation, "dilation"),)
-        if padding_mode not in pad_ops.MODES:
-            raise ValueError(f"padding_mode: expected one of {', '.join(map(repr, pad_ops.MODES))}, "
-                             f"got {padding_mode!r}")
+        sides, self.padding = _resolve_padding(padding, padding_mode, self.kernel_size, self.stride, self.dilation,
+                                               lambda v, name, minimum: (_single(v, name, minimum),))
         self.padding_mode = padding_mode
-        if padding == "same":
-            if self.stride != (1,):
-                raise ValueError(f"padding='same': only for stride 1 (the output keeps the input's length), "
-                                 f"got stride={self.stride}")
-            total = self.dilation[0] * (self.kernel_size[0] - 1)
-            self._pads = (total // 2, total - total // 2)  # an odd total pads one more on the right, as PyTorch
-        else:
-            p = 0 if padding == "valid" else _single(padding, "padding", minimum=0)
-            self._pads = (p, p)
-        self.padding = "same" if padding == "same" else self._pads[:1]
+        self._pads = sides[0]  # (left, right)
         shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(init.default_weight(shape, self.dtype))
         self.bias = Parameter(init.fan_in_uniform((out_channels,), shape[1] * shape[2], self.dtype)) if bias else None
