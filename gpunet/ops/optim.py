@@ -70,13 +70,20 @@ def adam_scalars(step: int, lr: float, beta1: float, beta2: float) -> tuple[floa
     return lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step)
 
 
-def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled):
+def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled,
+         max_exp_avg_sqs=None):
     """Adam (decoupled=False: g += wd*p) or AdamW (decoupled=True: p *= 1 - lr*wd):
     m = b1*m + (1-b1)*g, v = b2*v + (1-b2)*g^2,
     p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps).
-    `steps[i]` is tensor i's step count t, already incremented for this update."""
+    `steps[i]` is tensor i's step count t, already incremented for this update.
+    amsgrad (max_exp_avg_sqs given, updated in place): the denominator uses the
+    running maximum of v; array code, as the fused kernels keep no maximum."""
     scalars = [adam_scalars(t, lr, beta1, beta2) for t in steps]
-    route = _route(be, params)
+    if max_exp_avg_sqs is None:
+        route = _route(be, params)
+    else:
+        route = path(be, "adam amsgrad", params[0].dtype,
+                     unsupported="amsgrad (the fused Adam kernel keeps no max_exp_avg_sq)")
     if route == "kernel":
         be.kernels.adam_multi(params, _contiguous(be, grads), exp_avgs, exp_avg_sqs,
                            [s for s, _ in scalars], [c for _, c in scalars], _table(be, len(params)),
@@ -86,15 +93,13 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
         _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                     weight_decay=weight_decay, decoupled=decoupled)
         return
-    for p, g, m, v, (step_size, bc2_sqrt) in zip(params, grads, exp_avgs, exp_avg_sqs, scalars):
-        if weight_decay:
-            if decoupled:
-                p *= 1 - lr * weight_decay
-            else:
-                g = g + weight_decay * p
+    for i, (p, g, m, v, (step_size, bc2_sqrt)) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
+        g = _decay(p, g, lr, weight_decay, decoupled)
         m += (1 - beta1) * (g - m)
         v *= beta2
         v += (1 - beta2) * g * g
+        if max_exp_avg_sqs is not None:
+            v = be.xp.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
         p -= step_size * (m / (be.xp.sqrt(v) / bc2_sqrt + eps))
 
 
@@ -216,22 +221,6 @@ def _decay(p, g, lr, weight_decay, decoupled=False):
     elif weight_decay:
         g = g + weight_decay * p
     return g
-
-
-def adam_amsgrad(be, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps,
-                 weight_decay, decoupled):
-    """adam() with amsgrad: the denominator uses the running maximum of v
-    (max_exp_avg_sqs, updated in place) instead of v. Array code: the fused
-    Adam kernel keeps no running maximum."""
-    xp = _array_only(be, "adam amsgrad", params, "amsgrad (the fused Adam kernel keeps no max_exp_avg_sq)")
-    for p, g, m, v, v_max, t in zip(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):
-        step_size, bc2_sqrt = adam_scalars(t, lr, beta1, beta2)
-        g = _decay(p, g, lr, weight_decay, decoupled)
-        m += (1 - beta1) * (g - m)
-        v *= beta2
-        v += (1 - beta2) * g * g
-        xp.maximum(v_max, v, out=v_max)
-        p -= step_size * (m / (xp.sqrt(v_max) / bc2_sqrt + eps))
 
 
 def adagrad(be, params, grads, sums, steps, *, lr, lr_decay, weight_decay, eps):

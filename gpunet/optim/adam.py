@@ -62,12 +62,11 @@ class Adam(_AdamLike):
             for p, state in zip(params, states):
                 state.setdefault("max_exp_avg_sq", be.xp.zeros_like(p.data))
         beta1, beta2 = group["betas"]
-        update = ops.adam_amsgrad if group["amsgrad"] else ops.adam
-        extra = [[s["max_exp_avg_sq"] for s in states]] if group["amsgrad"] else []
-        update(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
-               [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], *extra, [s["step"] for s in states],
-               lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-               decoupled=group["decoupled_weight_decay"])
+        ops.adam(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                 decoupled=group["decoupled_weight_decay"],
+                 max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None)
 
 
 class AdamW(Adam):
