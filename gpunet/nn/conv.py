@@ -40,83 +40,7 @@ def _resolve_padding(padding, padding_mode, kernel, stride, dilation, per_axis):
     return [(v, v) for v in p], tuple(p)
 
 
-class Conv2d(Module):
-    """Cross-correlation of an (N, C, H, W) or unbatched (C, H, W) input with
-    `out_channels` filters of shape (in_channels/groups, kh, kw), as
-    torch.nn.Conv2d: output size floor((H + 2p - d(k-1) - 1)/s) + 1 per axis.
-    weight (out_channels, in_channels/groups, kh, kw), bias (out_channels,)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
-        super().__init__()
-        self.in_channels = checks.positive_int(in_channels, "in_channels")
-        self.out_channels = checks.positive_int(out_channels, "out_channels")
-        self.groups = checks.positive_int(groups, "groups")
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if v % groups:
-                raise ValueError(f"{name}: expected a multiple of groups={groups}, got {v}")
-        self.kernel_size = checks.pair(kernel_size, "kernel_size")
-        self.stride = checks.pair(stride, "stride")
-        self.dilation = checks.pair(dilation, "dilation")
-        sides, self.padding = _resolve_padding(padding, padding_mode, self.kernel_size, self.stride, self.dilation,
-                                               checks.pair)
-        self.padding_mode = padding_mode
-        self._pads = sides[0] + sides[1]  # (top, bottom, left, right)
-        # the kernels pad with zeros, evenly; anything else is padded explicitly first
-        self._explicit = padding_mode != "zeros" or self._pads[0] != self._pads[1] or self._pads[2] != self._pads[3]
-        shape = (out_channels, in_channels // groups) + self.kernel_size
-        fan_in = shape[1] * shape[2] * shape[3]
-        self.weight = Parameter(init.default_weight(shape, self.dtype))
-        self.bias = Parameter(init.fan_in_uniform((out_channels,), fan_in, self.dtype)) if bias else None
-        self._place(device, dtype)
-
-    def forward(self, x):
-        be = self.backend
-        checks.array(be, x, "input", ndim=(3, 4), dtype=self.dtype)
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(f"input: expected {self.in_channels} channels (in_channels) in dim {x.ndim - 3} "
-                             f"of (N, C, H, W) or (C, H, W), got {x.shape[-3]} (shape {tuple(x.shape)})")
-        unbatched = x.ndim == 3
-        xb = be.xp.ascontiguousarray(x[None] if unbatched else x)
-        padding = (self._pads[0], self._pads[2])
-        if self._explicit:
-            xb, padding = pad_ops.pad2d(be, xb, self._pads, self.padding_mode), (0, 0)
-        check_window(xb.shape, self.kernel_size, self.stride, padding, self.dilation, "convolution")
-        y, ctx = ops.conv2d_forward(be, xb, self.weight.data, None if self.bias is None else self.bias.data,
-                                    self.stride, padding, self.dilation, self.groups)
-        self.save(ctx, unbatched, y.shape)
-        return y[0] if unbatched else y
-
-    def backward(self, dy):
-        ctx, unbatched, y_shape = self.saved()
-        be = self.backend
-        checks.array(be, dy, "grad_output", dtype=self.dtype, finite=False)
-        want = y_shape[1:] if unbatched else y_shape
-        if tuple(dy.shape) != tuple(want):
-            raise ValueError(f"grad_output: expected the output's shape {tuple(want)}, got {tuple(dy.shape)}")
-        dyb = dy[None] if unbatched else dy
-        dx, dw, db = ops.conv2d_backward(be, ctx, be.xp.ascontiguousarray(dyb))
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        if self._explicit:
-            dx = pad_ops.pad2d_backward(be, dx, self._pads, self.padding_mode)
-        return dx[0] if unbatched else dx
-
-    def extra_repr(self):
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0, 0):
-            s += f", padding={self.padding!r}"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode!r}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        return s + ("" if self.bias is not None else ", bias=False")
-
-
-# ---------------------------------------------------------------- shared by Conv1d and ConvTranspose2d
+# ---------------------------------------------------------------- shared by the convolution layers
 def _single(v, name: str, minimum: int = 1) -> int:
     """An int or a 1-tuple of one, >= minimum (PyTorch's 1-d `_single`)."""
     vals = (v,) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else ()
@@ -140,7 +64,105 @@ def _check_grad(be, dy, shape, dtype):
         raise ValueError(f"grad_output: expected the output's shape {tuple(shape)}, got {tuple(dy.shape)}")
 
 
-class Conv1d(Module):
+class _Conv(Module):
+    """What Conv1d and Conv2d share: PyTorch's arguments for `rank` spatial
+    axes (read per axis by `per_axis`), and the convolution itself, run as a
+    2-D one on (N, C, H, W) arrays (a 1-D input has H = 1)."""
+
+    def _setup(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+               device, dtype, per_axis):
+        self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
+        self.kernel_size = per_axis(kernel_size, "kernel_size", minimum=1)
+        self.stride = per_axis(stride, "stride", minimum=1)
+        self.dilation = per_axis(dilation, "dilation", minimum=1)
+        sides, self.padding = _resolve_padding(padding, padding_mode, self.kernel_size, self.stride, self.dilation,
+                                               per_axis)
+        self.padding_mode = padding_mode
+        lift = (lambda t, one: t) if len(self.kernel_size) == 2 else (lambda t, one: (one,) + t)
+        self._kernel2, self._stride2, self._dilation2 = (lift(t, 1) for t in (self.kernel_size, self.stride,
+                                                                               self.dilation))
+        self._pads = sum(lift(tuple(sides), (0, 0)), ())  # (top, bottom, left, right)
+        # the kernels pad with zeros, evenly; anything else is padded explicitly first
+        self._explicit = padding_mode != "zeros" or self._pads[0] != self._pads[1] or self._pads[2] != self._pads[3]
+        shape = (out_channels, in_channels // groups) + self.kernel_size
+        fan_in = int(np.prod(shape[1:]))
+        self.weight = Parameter(init.default_weight(shape, self.dtype))
+        self.bias = Parameter(init.fan_in_uniform((out_channels,), fan_in, self.dtype)) if bias else None
+        self._place(device, dtype)
+
+    def _conv(self, xb):
+        """y (N, O, OH, OW) of a contiguous (N, C, H, W) input; saves the ctx."""
+        be = self.backend
+        padding = (self._pads[0], self._pads[2])
+        if self._explicit:
+            xb, padding = pad_ops.pad2d(be, xb, self._pads, self.padding_mode), (0, 0)
+        check_window(xb.shape, self._kernel2, self._stride2, padding, self._dilation2, "convolution")
+        w = self.weight.data.reshape((self.out_channels, -1) + self._kernel2)
+        y, ctx = ops.conv2d_forward(be, xb, w, None if self.bias is None else self.bias.data,
+                                    self._stride2, padding, self._dilation2, self.groups)
+        return y, ctx
+
+    def _conv_backward(self, ctx, dyb):
+        """dx (N, C, H, W) from the output gradient (N, O, OH, OW); accumulates dw, db."""
+        be = self.backend
+        dx, dw, db = ops.conv2d_backward(be, ctx, be.xp.ascontiguousarray(dyb))
+        self.weight.accumulate(dw.reshape(self.weight.shape))
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        if self._explicit:
+            dx = pad_ops.pad2d_backward(be, dx, self._pads, self.padding_mode)
+        return dx
+
+    def _input(self, x, layout: str):
+        """x checked: (N, C, *spatial) or unbatched (C, *spatial); returns (x batched, unbatched)."""
+        rank = len(self.kernel_size)
+        checks.array(self.backend, x, "input", ndim=(rank + 1, rank + 2), dtype=self.dtype)
+        if x.shape[-rank - 1] != self.in_channels:
+            raise ValueError(f"input: expected {self.in_channels} channels (in_channels) in dim {x.ndim - rank - 1} "
+                             f"of {layout}, got {x.shape[-rank - 1]} (shape {tuple(x.shape)})")
+        unbatched = x.ndim == rank + 1
+        return (x[None] if unbatched else x), unbatched
+
+    def extra_repr(self):
+        zeros, ones = (0,) * len(self.kernel_size), (1,) * len(self.kernel_size)
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != zeros:
+            s += f", padding={self.padding!r}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.dilation != ones:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class Conv2d(_Conv):
+    """Cross-correlation of an (N, C, H, W) or unbatched (C, H, W) input with
+    `out_channels` filters of shape (in_channels/groups, kh, kw), as
+    torch.nn.Conv2d: output size floor((H + 2p - d(k-1) - 1)/s) + 1 per axis.
+    weight (out_channels, in_channels/groups, kh, kw), bias (out_channels,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
+        super().__init__()
+        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                    device, dtype, checks.pair)
+
+    def forward(self, x):
+        xb, unbatched = self._input(x, "(N, C, H, W) or (C, H, W)")
+        y, ctx = self._conv(self.backend.xp.ascontiguousarray(xb))
+        self.save(ctx, unbatched, y.shape)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        ctx, unbatched, y_shape = self.saved()
+        _check_grad(self.backend, dy, y_shape[1:] if unbatched else y_shape, self.dtype)
+        dx = self._conv_backward(ctx, dy[None] if unbatched else dy)
+        return dx[0] if unbatched else dx
+
+
+class Conv1d(_Conv):
     """Cross-correlation of an (N, C, L) or unbatched (C, L) input with
     `out_channels` filters of shape (in_channels/groups, kernel_size), as
     torch.nn.Conv1d: output length floor((L + 2p - d(k-1) - 1)/s) + 1;
@@ -152,71 +174,22 @@ class Conv1d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
-        self.kernel_size = (_single(kernel_size, "kernel_size"),)
-        self.stride = (_single(stride, "stride"),)
-        self.dilation = (_single(dilation, "dilation"),)
-        sides, self.padding = _resolve_padding(padding, padding_mode, self.kernel_size, self.stride, self.dilation,
-                                               lambda v, name, minimum: (_single(v, name, minimum),))
-        self.padding_mode = padding_mode
-        self._pads = sides[0]  # (left, right)
-        shape = (out_channels, in_channels // groups) + self.kernel_size
-        self.weight = Parameter(init.default_weight(shape, self.dtype))
-        self.bias = Parameter(init.fan_in_uniform((out_channels,), shape[1] * shape[2], self.dtype)) if bias else None
-        self._place(device, dtype)
-
-    def _explicit(self):
-        """The padding the kernels cannot do themselves (a mode, or uneven): (top, bottom, left, right) or None."""
-        left, right = self._pads
-        return (0, 0, left, right) if self.padding_mode != "zeros" or left != right else None
+        self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                    device, dtype, lambda v, name, minimum: (_single(v, name, minimum),))
 
     def forward(self, input):
-        be = self.backend
-        checks.array(be, input, "input", ndim=(2, 3), dtype=self.dtype)
-        if input.shape[-2] != self.in_channels:
-            raise ValueError(f"input: expected {self.in_channels} channels (in_channels) in dim {input.ndim - 2} "
-                             f"of (N, C, L) or (C, L), got {input.shape[-2]} (shape {tuple(input.shape)})")
-        unbatched = input.ndim == 2
-        x = be.xp.ascontiguousarray((input[None] if unbatched else input)[:, :, None, :])
-        pads, padding = self._explicit(), self._pads[0]
-        if pads is not None:
-            x, padding = pad_ops.pad2d(be, x, pads, self.padding_mode), 0
-        k, d = self.kernel_size[0], self.dilation[0]
-        if d * (k - 1) + 1 > x.shape[3] + 2 * padding:
-            raise ValueError(f"input: convolution window {d * (k - 1) + 1} (kernel_size {k}, dilation {d}) is "
-                             f"larger than the padded input length; got input shape {tuple(input.shape)}")
-        bias = None if self.bias is None else self.bias.data
-        y, ctx = ops.conv2d_forward(be, x, self.weight.data[:, :, None, :], bias, (1, self.stride[0]), (0, padding),
-                                    (1, d), self.groups)
+        xb, unbatched = self._input(input, "(N, C, L) or (C, L)")
+        y, ctx = self._conv(self.backend.xp.ascontiguousarray(xb[:, :, None, :]))
         y = y[:, :, 0]
         self.save(ctx, unbatched, y.shape)
         return y[0] if unbatched else y
 
     def backward(self, grad_output):
         ctx, unbatched, y_shape = self.saved()
-        be = self.backend
-        _check_grad(be, grad_output, y_shape[1:] if unbatched else y_shape, self.dtype)
+        _check_grad(self.backend, grad_output, y_shape[1:] if unbatched else y_shape, self.dtype)
         dy = grad_output[None] if unbatched else grad_output
-        dx, dw, db = ops.conv2d_backward(be, ctx, be.xp.ascontiguousarray(dy[:, :, None, :]))
-        self.weight.accumulate(dw.reshape(self.weight.shape))
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        pads = self._explicit()
-        if pads is not None:
-            dx = pad_ops.pad2d_backward(be, dx, pads, self.padding_mode)
+        dx = self._conv_backward(ctx, dy[:, :, None, :])
         return dx[0, :, 0] if unbatched else dx[:, :, 0]
-
-    def extra_repr(self):
-        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding != (0,):
-            s += f", padding={self.padding!r}"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode!r}"
-        if self.dilation != (1,):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        return s + ("" if self.bias is not None else ", bias=False")
 
 
 class ConvTranspose2d(Module):
