@@ -246,7 +246,8 @@ def test_full_batch_step_is_the_gradient_formula(rng):
 # ------------------------------------------------------------------ state_dict
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)),
                                      ("AdamW", dict(lr=0.01)), ("RMSprop", dict(momentum=0.5, centered=True)),
-                                     ("Rprop", dict(backtrack=True))])
+                                     ("Rprop", dict(backtrack=True)), ("Adam", dict(lr=0.01, amsgrad=True)),
+                                     ("NAdam", dict(lr=0.01)), ("Adadelta", dict()), ("Adagrad", dict(lr_decay=0.1))])
 def test_resume_from_saved_state_is_bit_identical(name, kw, rng, tmp_path):
     init, grads = _data(rng, np.float32, steps=6)
     straight = _run_gpunet(name, kw, init, grads)

@@ -87,28 +87,6 @@ def test_state_dict_keys_like_torch(config, rng):
     assert {k: tgroup[k] for k in group if k in tgroup} == {k: v for k, v in group.items() if k in tgroup}
 
 
-@pytest.mark.parametrize("name,kw", [("Adam", dict(lr=0.01, amsgrad=True)), ("NAdam", dict(lr=0.01)),
-                                     ("Adadelta", dict()), ("Adagrad", dict(lr_decay=0.1))])
-def test_resumes_from_state_dict(name, kw, rng, tmp_path):
-    init, grads = _data(rng, np.float64, steps=6)
-    straight = _run_gpunet(name, kw, init, grads)
-    params = [Parameter(w.copy()) for w in init]
-    opt = getattr(optim, name)(params, **kw)
-    for step in grads[:3]:
-        for p, g in zip(params, step):
-            p.grad = g.copy()
-        opt.step()
-    gpunet.save(opt.state_dict(), tmp_path / "opt.npz")
-    resumed = getattr(optim, name)(params, **kw)
-    resumed.load_state_dict(gpunet.load(tmp_path / "opt.npz"))
-    for k, step in enumerate(grads[3:]):
-        for p, g in zip(params, step):
-            p.grad = g.copy()
-        resumed.step()
-        for i, p in enumerate(params):
-            np.testing.assert_array_equal(p.data, straight[3 + k][i], err_msg=f"step {4 + k}, param {i}")
-
-
 def test_implementation_switches():
     p = [Parameter(np.zeros(2))]
     optim.SGD(p, foreach=True, fused=False)
