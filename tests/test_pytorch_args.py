@@ -49,6 +49,23 @@ def test_every_pytorch_default_is_accepted(name):
     getattr(nn, name)(*REQUIRED.get(name, ()), **defaults)
 
 
+@pytest.mark.parametrize("name", SHARED)
+def test_forward_argument_names_are_pytorch_s(name):
+    """m(input=x), m(query=..., key=...) work as in PyTorch: our forward's
+    leading parameters carry PyTorch's names, in PyTorch's order."""
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    theirs = [k for k, p in inspect.signature(getattr(torch.nn, name).forward).parameters.items()
+              if k != "self" and p.kind not in kinds]
+    ours = [k for k in inspect.signature(getattr(nn, name).forward).parameters if k != "self"]
+    assert ours[:len(theirs)] == theirs
+
+
+def test_forward_by_keyword():
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(nn.ReLU()(input=x), x)
+    assert nn.Linear(3, 4)(input=x).shape == (2, 4)
+
+
 def test_shared_modules_are_all_checked():
     assert len(SHARED) >= 30 and {"LSTM", "Conv2d", "Embedding", "MultiheadAttention"} <= set(SHARED)
 

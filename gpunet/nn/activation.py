@@ -16,9 +16,9 @@ class _Elementwise(Module):
     def params(self) -> dict:
         return {}
 
-    def forward(self, x):
-        checks.array(self.backend, x, "input", dtype=self.dtype)
-        y, ctx = ops.act_forward(self.backend, self.kind, x, **self.params())
+    def forward(self, input):
+        checks.array(self.backend, input, "input", dtype=self.dtype)
+        y, ctx = ops.act_forward(self.backend, self.kind, input, **self.params())
         self.save(ctx)
         return y
 
@@ -112,8 +112,8 @@ class Identity(Module):
     def __init__(self, *args, **kwargs):
         super().__init__()
 
-    def forward(self, x):
-        return x
+    def forward(self, input):
+        return input
 
     def backward(self, dy):
         return dy
@@ -124,9 +124,9 @@ class _Step(Module):
 
     kind = ""
 
-    def forward(self, x):
-        checks.array(self.backend, x, "input", dtype=self.dtype)
-        y, _ = ops.act_forward(self.backend, self.kind, x)
+    def forward(self, input):
+        checks.array(self.backend, input, "input", dtype=self.dtype)
+        y, _ = ops.act_forward(self.backend, self.kind, input)
         return y
 
     def backward(self, dy):
@@ -165,12 +165,12 @@ class Softmax(Module):
         self.dim = dim
         self.beta = float(beta)
 
-    def forward(self, x):
+    def forward(self, input):
         be = self.backend
-        checks.array(be, x, "input", dtype=self.dtype)
-        dim = softmax_ops.resolve_dim(self.dim, x.ndim)
-        y, ctx = softmax_ops.softmax_forward(be, x, dim, self.beta, log=self.log)
-        self.save(ctx, x.shape)
+        checks.array(be, input, "input", dtype=self.dtype)
+        dim = softmax_ops.resolve_dim(self.dim, input.ndim)
+        y, ctx = softmax_ops.softmax_forward(be, input, dim, self.beta, log=self.log)
+        self.save(ctx, input.shape)
         return y
 
     def backward(self, dy):

@@ -26,10 +26,10 @@ class Sequential(Module):
         setattr(self, str(len(self)), m.to(self.backend, self.dtype))
         return self
 
-    def forward(self, x):
+    def forward(self, input):
         for m in self._modules.values():
-            x = m(x)
-        return x
+            input = m(input)
+        return input
 
     def backward(self, dy):
         for m in reversed(self._modules.values()):
@@ -46,11 +46,11 @@ class Residual(Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x):
-        y = self.fn(x)
-        if y.shape != x.shape:
-            raise ValueError(f"Residual: f(x) must keep the input shape {tuple(x.shape)}, got {tuple(y.shape)}")
-        return x + y
+    def forward(self, input):
+        y = self.fn(input)
+        if y.shape != input.shape:
+            raise ValueError(f"Residual: f(x) must keep the input shape {tuple(input.shape)}, got {tuple(y.shape)}")
+        return input + y
 
     def backward(self, dy):
         return dy + self.fn.backward(dy)

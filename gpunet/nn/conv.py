@@ -149,8 +149,8 @@ class Conv2d(_Conv):
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                     device, dtype, checks.pair)
 
-    def forward(self, x):
-        xb, unbatched = self._input(x, "(N, C, H, W) or (C, H, W)")
+    def forward(self, input):
+        xb, unbatched = self._input(input, "(N, C, H, W) or (C, H, W)")
         y, ctx = self._conv(self.backend.xp.ascontiguousarray(xb))
         self.save(ctx, unbatched, y.shape)
         return y[0] if unbatched else y

@@ -17,20 +17,21 @@ class Flatten(Module):
         self.start_dim = int(start_dim)
         self.end_dim = int(end_dim)
 
-    def forward(self, x):
+    def forward(self, input):
         be = self.backend
-        checks.array(be, x, "input", finite=False)
-        nd = max(x.ndim, 1)
+        checks.array(be, input, "input", finite=False)
+        nd = max(input.ndim, 1)
         start, end = self.start_dim, self.end_dim
         if not (-nd <= start < nd and -nd <= end < nd) or start % nd > end % nd:
-            raise ValueError(f"start_dim, end_dim: expected dimensions of the {x.ndim}-D input with "
+            raise ValueError(f"start_dim, end_dim: expected dimensions of the {input.ndim}-D input with "
                              f"start_dim <= end_dim, got start_dim={start}, end_dim={end}")
         start, end = start % nd, end % nd
-        shape = tuple(x.shape)
+        shape = tuple(input.shape)
         self.save(shape)
-        if x.ndim == 0:
-            return x.reshape(1)
-        return be.xp.ascontiguousarray(x).reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:])
+        if input.ndim == 0:
+            return input.reshape(1)
+        flat = shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
+        return be.xp.ascontiguousarray(input).reshape(flat)
 
     def backward(self, dy):
         shape = self.saved()

@@ -17,12 +17,12 @@ class Linear(Module):
         self.bias = Parameter(init.fan_in_uniform((out_features,), in_features, self.dtype)) if bias else None
         self._place(device, dtype)
 
-    def forward(self, x):
+    def forward(self, input):
         be = self.backend
-        checks.array(be, x, "input", dtype=self.dtype)
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input: expected last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
-        y, x2 = ops.linear_forward(be, x, self.weight.data, None if self.bias is None else self.bias.data)
+        checks.array(be, input, "input", dtype=self.dtype)
+        if input.ndim == 0 or input.shape[-1] != self.in_features:
+            raise ValueError(f"input: expected last dimension in_features={self.in_features}, got shape {tuple(input.shape)}")
+        y, x2 = ops.linear_forward(be, input, self.weight.data, None if self.bias is None else self.bias.data)
         self.save(x2)
         return y
 

@@ -39,17 +39,17 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
         self._place(device, dtype)
 
-    def forward(self, x):
+    def forward(self, input):
         be = self.backend
-        checks.array(be, x, "input", dtype=self.dtype)
+        checks.array(be, input, "input", dtype=self.dtype)
         nd = len(self.normalized_shape)
-        if x.ndim < nd or tuple(x.shape[x.ndim - nd:]) != self.normalized_shape:
+        if input.ndim < nd or tuple(input.shape[input.ndim - nd:]) != self.normalized_shape:
             raise ValueError(f"input: expected trailing dimensions normalized_shape={self.normalized_shape}, "
-                             f"got shape {tuple(x.shape)}")
-        y, ctx = ops.layer_norm_forward(be, x, None if self.weight is None else self.weight.data,
+                             f"got shape {tuple(input.shape)}")
+        y, ctx = ops.layer_norm_forward(be, input, None if self.weight is None else self.weight.data,
                                         None if self.bias is None else self.bias.data,
                                         int(np.prod(self.normalized_shape)), self.eps)
-        self.save(ctx, x.shape)
+        self.save(ctx, input.shape)
         return y
 
     def backward(self, dy):
@@ -104,26 +104,26 @@ class _BatchNorm(Module):
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
 
-    def forward(self, x):
+    def forward(self, input):
         be = self.backend
-        checks.array(be, x, "input", ndim=self._ndims, dtype=self.dtype)
-        if x.shape[1] != self.num_features:
+        checks.array(be, input, "input", ndim=self._ndims, dtype=self.dtype)
+        if input.shape[1] != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels (num_features) on axis 1, "
-                             f"got shape {tuple(x.shape)}")
+                             f"got shape {tuple(input.shape)}")
         use_batch = self.training or not self.track_running_stats
         if use_batch:
-            mean, var, n = ops.batch_norm_stats(be, x)
+            mean, var, n = ops.batch_norm_stats(be, input)
             if n == 1 and self.training:
                 raise ValueError(f"input: expected more than 1 value per channel when training, "
-                                 f"got shape {tuple(x.shape)}")
+                                 f"got shape {tuple(input.shape)}")
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, n)
         else:
             mean, var = self.running_mean, self.running_var
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        y, ctx = ops.batch_norm_forward(be, x, w, b, mean, var, self.eps)
-        self.save(ctx, use_batch, x.shape)
+        y, ctx = ops.batch_norm_forward(be, input, w, b, mean, var, self.eps)
+        self.save(ctx, use_batch, input.shape)
         return y
 
     def _update_running_stats(self, mean, var, n: int):

@@ -56,8 +56,8 @@ class MaxPool2d(_Pool2d):
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
         self.return_indices = bool(return_indices)
 
-    def forward(self, x):
-        xb, unbatched = self._input(x)
+    def forward(self, input):
+        xb, unbatched = self._input(input)
         y, ctx = ops.maxpool2d_forward(self.backend, xb, self.kernel_size, self.stride, self.padding,
                                        self.dilation, self.ceil_mode)
         self.save(ctx, unbatched, y.shape)
@@ -88,8 +88,8 @@ class AvgPool2d(_Pool2d):
         self.divisor_override = None if divisor_override is None else \
             checks.positive_int(divisor_override, "divisor_override")
 
-    def forward(self, x):
-        xb, unbatched = self._input(x)
+    def forward(self, input):
+        xb, unbatched = self._input(input)
         y, ctx = ops.avgpool2d_forward(self.backend, xb, self.kernel_size, self.stride, self.padding,
                                        self.ceil_mode, self.count_include_pad)
         scale = self._override_scale(xb.shape)
