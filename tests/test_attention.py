@@ -435,8 +435,6 @@ def test_mha_bad_input(rng):
         nn.MultiheadAttention(8, 0)
     with pytest.raises(NotImplementedError, match="dropout"):
         nn.MultiheadAttention(8, 2, dropout=0.1)
-    with pytest.raises(NotImplementedError, match="add_bias_kv"):
-        nn.MultiheadAttention(8, 2, add_bias_kv=True)
     m = nn.MultiheadAttention(8, 2)
     x = np.zeros((3, 2, 8), np.float32)
     with pytest.raises(ValueError, match="query.*embed_dim=8"):

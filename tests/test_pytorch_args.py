@@ -73,7 +73,7 @@ def test_shared_modules_are_all_checked():
 @pytest.mark.parametrize("make,argument", [
     (lambda: nn.LSTM(3, 4, proj_size=2), "proj_size"),
     (lambda: nn.Embedding(5, 3, sparse=True), "sparse"),
-    (lambda: nn.MultiheadAttention(4, 2, add_zero_attn=True), "add_zero_attn"),
+    (lambda: nn.MultiheadAttention(4, 2, dropout=0.1), "dropout"),
 ])
 def test_unsupported_values_name_the_argument(make, argument):
     with pytest.raises(NotImplementedError, match=argument):
@@ -303,6 +303,43 @@ def test_bidirectional_as_torch(cls, layers, batch_first, state, batched, device
         dstates = list(grads[1]) if cls == "LSTM" else [grads[1]]
         for a, t in zip(dstates, tstates):
             assert_close(gpunet.to_numpy(a), t.grad.numpy().astype(dtype), n=1600)
+    tp = dict(theirs.named_parameters())
+    for n, p in ours.named_parameters():
+        assert_close(gpunet.to_numpy(p.grad), tp[n].grad.numpy().astype(dtype), n=1600, name=n)
+
+
+@pytest.mark.fallback("attention backward")  # a gradient into the attention weights runs array code
+@pytest.mark.parametrize("kw", [dict(add_bias_kv=True), dict(add_zero_attn=True),
+                                dict(add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=5)], ids=str)
+@pytest.mark.parametrize("masks", [False, True])
+def test_mha_extra_keys_as_torch(kw, masks, device, rng):
+    """add_bias_kv / add_zero_attn: outputs, attention weights and every gradient
+    (query, key, value, bias_k, bias_v and the projections) as PyTorch."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    E, H, N, L, S = 8, 2, 3, 4, 5
+    theirs = torch.nn.MultiheadAttention(E, H, **kw).double()
+    ours = nn.MultiheadAttention(E, H, **kw)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    ours.to(device, dtype)
+    q, k, v = (rng.standard_normal((L, N, E)), rng.standard_normal((S, N, kw.get("kdim", E))),
+               rng.standard_normal((S, N, kw.get("vdim", E))))
+    pad = np.zeros((N, S), bool)
+    pad[0, -2:] = True
+    am = np.triu(np.ones((L, S), bool), 2)
+    tq, tk, tv = (torch.from_numpy(a).requires_grad_() for a in (q, k, v))
+    tkw = dict(key_padding_mask=torch.from_numpy(pad), attn_mask=torch.from_numpy(am)) if masks else {}
+    tout, tw = theirs(tq, tk, tv, **tkw)
+    arr = lambda a: ours.backend.asarray(a.astype(dtype))
+    okw = dict(key_padding_mask=ours.backend.asarray(pad), attn_mask=ours.backend.asarray(am)) if masks else {}
+    out, w = ours(arr(q), arr(k), arr(v), **okw)
+    assert_close(gpunet.to_numpy(out), tout.detach().numpy().astype(dtype))
+    assert_close(gpunet.to_numpy(w), tw.detach().numpy().astype(dtype))
+    g, gw = rng.standard_normal(tuple(tout.shape)), rng.standard_normal(tuple(tw.shape))
+    torch.autograd.backward([tout, tw], [torch.from_numpy(g), torch.from_numpy(gw)])
+    grads = ours.backward(arr(g), arr(gw))
+    for a, t in zip(grads, (tq, tk, tv)):
+        assert_close(gpunet.to_numpy(a), t.grad.numpy().astype(dtype), n=1600)
     tp = dict(theirs.named_parameters())
     for n, p in ours.named_parameters():
         assert_close(gpunet.to_numpy(p.grad), tp[n].grad.numpy().astype(dtype), n=1600, name=n)

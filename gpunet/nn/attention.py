@@ -89,7 +89,11 @@ class MultiheadAttention(Module):
     dx = dquery + dkey + dvalue. d_attn_weights (optional) is the gradient
     flowing into the returned attention weights.
 
-    dropout: only 0.0 is supported; add_bias_kv and add_zero_attn are not.
+    add_bias_kv: learned bias_k, bias_v (1, 1, E) appended to every batch's
+    keys and values after the projection; add_zero_attn: a zero key and value
+    appended to every head after that; the masks gain a kept column for each
+    (the attention weights then have S + 1 or S + 2 columns), as PyTorch.
+    dropout: only 0.0 is supported.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -103,9 +107,6 @@ class MultiheadAttention(Module):
         if dropout != 0.0:
             raise NotImplementedError(f"dropout={dropout!r}: gpunet's attention has no dropout on the attention "
                                       "weights; only 0.0 is supported")
-        for name, value in (("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
-            if value:
-                raise NotImplementedError(f"{name}=True: not supported; only False is")
         self.head_dim = E // H
         self.dropout = 0.0
         self.batch_first = bool(batch_first)
@@ -124,6 +125,12 @@ class MultiheadAttention(Module):
         self.out_proj = Linear(E, E, bias=bias)
         if bias:
             self.out_proj.bias.data[...] = 0
+        self.add_zero_attn = bool(add_zero_attn)
+        if add_bias_kv:
+            self.bias_k = Parameter(init.xavier_normal((1, 1, E), dtype=self.dtype))
+            self.bias_v = Parameter(init.xavier_normal((1, 1, E), dtype=self.dtype))
+        else:
+            self.bias_k = self.bias_v = None
         self._place(device, dtype)
 
     # ------------------------------------------------------------ helpers
@@ -231,8 +238,9 @@ class MultiheadAttention(Module):
             (q, xq), (k, xk), (v, xv) = (linear_ops.linear_forward(be, x, w, b)
                                          for x, w, b in ((q_in, wq, bq), (k_in, wk, bk), (v_in, wv, bv)))
             saved_x = (xq, xk, xv)
-        out_h, ctx = ops.sdpa_forward(be, self._split_heads(q), self._split_heads(k), self._split_heads(v),
-                                      bias, bool(is_causal), 1.0 / math.sqrt(self.head_dim))
+        k, v, bias = self._extend_kv(k, v, bias)
+        out_h, ctx = ops.sdpa_forward(be, self._split_heads(q), k, v, bias, bool(is_causal),
+                                      1.0 / math.sqrt(self.head_dim))
         out = self.out_proj(self._merge_heads(out_h))
         weights = None
         if need_weights:
@@ -242,7 +250,7 @@ class MultiheadAttention(Module):
             if not batched:
                 weights = weights[0]
         weights_mode = None if not need_weights else "mean" if average_attn_weights else "heads"
-        self.save(ctx, saved_x, batched, fused, weights_mode, (N, L, S))
+        self.save(ctx, saved_x, batched, fused, weights_mode, (N, L, k.shape[2]))  # S with the extra positions
         return self._from_nle(out, batched), weights
 
     def backward(self, d_attn_output, d_attn_weights=None):
@@ -268,8 +276,8 @@ class MultiheadAttention(Module):
                                  f"got {tuple(d_attn_weights.shape)}")
             dprobs = xp.broadcast_to(dw[:, None] / H, (N, H, L, S)) if averaged else dw
         d_out = self.out_proj.backward(self._to_nle(d_attn_output, batched))
-        dq, dk, dv = (self._merge_heads(g) for g in
-                      ops.sdpa_backward(be, ctx, self._split_heads(d_out), dprobs))
+        dq, dk, dv = ops.sdpa_backward(be, ctx, self._split_heads(d_out), dprobs)
+        dq, (dk, dv) = self._merge_heads(dq), self._shrink_kv_grads(dk, dv)
         wq, wk, wv = self._proj_weights()
         dx = [xp.matmul(g, w) for g, w in ((dq, wq), (dk, wk), (dv, wv))]
         grads = (dq, dk, dv)
@@ -290,6 +298,38 @@ class MultiheadAttention(Module):
                     [linear_ops.bias_grad(be, xp.ascontiguousarray(g.reshape(-1, E)), E, path(be, "linear", g.dtype))
                      for g in grads]))
         return tuple(self._from_nle(g, batched) for g in dx)
+
+    def _extend_kv(self, k, v, bias):
+        """Projected keys and values (N, S, E) as heads (N, H, S', hd) with
+        add_bias_kv's and add_zero_attn's extra positions, and the mask bias
+        widened to S' with kept (zero) columns."""
+        xp = self.backend.xp
+        extra = 0
+        if self.bias_k is not None:
+            N = k.shape[0]
+            k = xp.concatenate([k, xp.broadcast_to(self.bias_k.data, (N, 1, self.embed_dim))], axis=1)
+            v = xp.concatenate([v, xp.broadcast_to(self.bias_v.data, (N, 1, self.embed_dim))], axis=1)
+            extra += 1
+        k, v = self._split_heads(k), self._split_heads(v)
+        if self.add_zero_attn:
+            zeros = xp.zeros(k.shape[:2] + (1, self.head_dim), dtype=k.dtype)
+            k, v = (xp.concatenate([a, zeros], axis=2) for a in (k, v))
+            extra += 1
+        if bias is not None and extra:
+            bias = xp.concatenate([bias, xp.zeros(bias.shape[:3] + (extra,), dtype=bias.dtype)], axis=3)
+        return k, v, bias
+
+    def _shrink_kv_grads(self, dk, dv):
+        """_extend_kv's adjoint: (N, S, E) key/value gradients of the projections,
+        accumulating bias_k's and bias_v's."""
+        if self.add_zero_attn:
+            dk, dv = dk[:, :, :-1], dv[:, :, :-1]
+        dk, dv = self._merge_heads(dk), self._merge_heads(dv)
+        if self.bias_k is not None:
+            self.bias_k.accumulate(dk[:, -1:].sum(axis=0, keepdims=True))
+            self.bias_v.accumulate(dv[:, -1:].sum(axis=0, keepdims=True))
+            dk, dv = dk[:, :-1], dv[:, :-1]
+        return dk, dv
 
     def extra_repr(self):
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}, "
