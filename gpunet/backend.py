@@ -95,10 +95,13 @@ class Backend:
         return _NullContext()
 
     def synchronize(self):
-        """Wait for all work queued on this backend's GPU, on every stream (as torch.cuda.synchronize)."""
+        """Wait for all work queued on this backend's GPU, on every stream (as torch.cuda.synchronize);
+        then raise any bad input a kernel reported meanwhile (gpunet.ops.device_errors)."""
         if self.on_gpu:
             with self.xp.cuda.Device(self.index):
                 self.xp.cuda.runtime.deviceSynchronize()
+        from .ops import device_errors
+        device_errors.check(self)
 
     def owns(self, x) -> bool:
         """True when `x` is an array of this backend's kind (and device)."""
@@ -278,7 +281,10 @@ def to_numpy(x) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
-        return x.get()
+        out = x.get()
+        from .ops import device_errors  # the copy synchronised: report bad input kernels found
+        device_errors.check_gpu(x.device.id)
+        return out
     return np.asarray(x)
 
 

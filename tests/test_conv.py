@@ -347,6 +347,88 @@ def test_binding_rejects_bad_arguments(kern):
             k.col2im(cols, ro, *args, st)
 
 
+class Forged:
+    """An array interface claiming `shape` over a real 64-byte buffer: only
+    the shape matters, since a binding must refuse it before any launch."""
+
+    def __init__(self, shape):
+        self._buf = np.zeros(16, np.float32)
+        self.__array_interface__ = {"data": (self._buf.ctypes.data, False), "shape": tuple(shape),
+                                    "typestr": "<f4", "version": 3}
+
+
+@pytest.mark.parametrize("binding, x_shape, cols_shape, k", [
+    # the image's element count passes int64 (issue 21: this crashed in col2im)
+    ("col2im", (2**30, 1, 2**30, 2**30), (0, 1), 1),
+    ("im2col", (2**30, 1, 2**30, 2**30), (0, 1), 1),
+    # the image fits, its column matrix (9 * 2^20 rows x 2^42 columns) does not
+    ("im2col", (1, 2**20, 2**21, 2**21), (9 * 2**20, 2**42), 3),
+    ("col2im", (1, 2**20, 2**21, 2**21), (9 * 2**20, 2**42), 3),
+    # so large that the padding arithmetic itself would wrap
+    ("col2im", (0, 1, 2**63 - 1, 1), (1, 0), 1),
+])
+def test_binding_refuses_sizes_whose_product_overflows(binding, x_shape, cols_shape, k):
+    """Sizes whose products pass int64 raise ValueError naming the image
+    argument; nothing is launched (sim: a launch would run off the buffer)."""
+    from gpunet import _C_sim
+    img = Forged(x_shape)
+    cols = Forged(cols_shape)
+    args = (img, cols) if binding == "im2col" else (cols, img)
+    name = "x" if binding == "im2col" else "dx"
+    with pytest.raises(ValueError, match=f"argument '{name}'.*(64-bit|2\\^61)"):
+        getattr(_C_sim, binding)(*args, k, k, 1, 1, k // 2, k // 2, 1, 1, 0)
+
+
+def train_cnn(seed, device, steps=4):
+    """A few SGD steps of a small CNN from seed-made weights and data; the
+    final weights and the losses, as NumPy."""
+    be = gpunet.get_backend(device)
+    rng = np.random.default_rng(seed)
+    model = gpunet.nn.Sequential(Conv2d(3, 8, 3, padding=1), gpunet.nn.ReLU(), Conv2d(8, 8, 3, stride=2),
+                                 gpunet.nn.Flatten(), gpunet.nn.Linear(8 * 7 * 7, 5))
+    model.load_state_dict({k: rng.standard_normal(v.shape).astype(np.float32) * 0.1
+                           for k, v in model.state_dict().items()})
+    model.to(be)
+    crit = gpunet.nn.CrossEntropyLoss()
+    opt = gpunet.optim.SGD(model.parameters(), lr=0.1)
+    x = be.asarray(rng.standard_normal((6, 3, 16, 16)).astype(np.float32))
+    y = be.asarray(rng.integers(0, 5, 6))
+    losses = []
+    for _ in range(steps):
+        model.zero_grad()
+        loss = crit(model(x), y)
+        model.backward(crit.backward())
+        opt.step()
+        losses.append(float(loss))
+    return losses, {k: gpunet.to_numpy(v) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_two_threads_training_two_cnns_match_sequential_runs(device):
+    """Each thread has its own convolution workspaces (issue 21: a shared one
+    let one thread's columns overwrite the other's between im2col and GEMM):
+    two models trained at once end bit-identical to the same two trained one
+    after the other."""
+    import threading
+    seeds = (1, 2)
+    alone = [train_cnn(s, device) for s in seeds]
+    for _ in range(3):
+        got = [None, None]
+
+        def run(i):
+            got[i] = train_cnn(seeds[i], device)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for (losses, state), (ref_losses, ref_state) in zip(got, alone):
+            assert losses == ref_losses
+            for k in ref_state:
+                np.testing.assert_array_equal(state[k], ref_state[k], err_msg=k)
+
+
 @pytest.mark.no_kernels("an empty batch has no columns to build")
 def test_empty_batch(device):
     """A batch of zero images gives empty outputs and zero parameter gradients (as torch)."""

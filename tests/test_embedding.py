@@ -151,14 +151,52 @@ def test_kernel_bindings_reject_bad_arrays(kernel_device):
     xp = be.xp
     w, out = xp.zeros((5, 3), dtype=xp.float32), xp.zeros((4, 3), dtype=xp.float32)
     with pytest.raises(TypeError, match="idx.*int64"):
-        be.kernels.embedding_forward(w, xp.zeros(4, dtype=xp.int32), out, be.stream())
+        be.kernels.embedding_forward(w, xp.zeros(4, dtype=xp.int32), out, xp.zeros(4, xp.int64), be.stream())
     with pytest.raises(ValueError, match="out.*shape"):
-        be.kernels.embedding_forward(w, xp.zeros(3, dtype=xp.int64), out, be.stream())
+        be.kernels.embedding_forward(w, xp.zeros(3, dtype=xp.int64), out, xp.zeros(4, xp.int64), be.stream())
+    with pytest.raises(TypeError, match="flag.*int64"):
+        be.kernels.embedding_forward(w, xp.zeros(4, dtype=xp.int64), out, xp.zeros(4, xp.int32), be.stream())
     order, row_ptr = xp.zeros(4, dtype=xp.int64), xp.zeros(6, dtype=xp.int64)
     with pytest.raises(ValueError, match="padding_idx"):
         be.kernels.embedding_backward(out, order, row_ptr, w, 5, be.stream())
     with pytest.raises(ValueError, match="row_ptr.*shape"):
         be.kernels.embedding_backward(out, order, row_ptr[:5], w, -1, be.stream())
+
+
+@pytest.mark.parametrize("dim", [3, 8])  # the scalar and the float4 path
+def test_kernel_reports_bad_indices_in_the_flag(kb, dim, rng):
+    """Indices outside [0, V) give rows of zeros (never NaN, never a read past
+    the table) and the first one is recorded: (kind 2, the index, V, 0)."""
+    xp = kb.xp
+    w = xp.asarray(rng.standard_normal((5, dim)).astype(np.float32))
+    idx = xp.asarray(np.array([4, 5, 0, 5]))
+    out = xp.empty((4, dim), np.float32)
+    flag = xp.zeros(4, np.int64)
+    kb.kernels.embedding_forward(w, idx, out, flag, kb.stream())
+    assert gpunet.to_numpy(flag).tolist() == [2, 5, 5, 0]
+    got, ref = gpunet.to_numpy(out), gpunet.to_numpy(w)
+    np.testing.assert_array_equal(got[[0, 2]], ref[[4, 0]])
+    assert not got[[1, 3]].any()
+    kb.kernels.embedding_forward(w, xp.asarray(np.array([-2, 0, 0, 0])), out, flag, kb.stream())
+    assert gpunet.to_numpy(flag).tolist() == [2, 5, 5, 0]
+
+
+def test_bad_index_found_by_the_kernel_raises_the_cpu_error(kb, monkeypatch):
+    """With the host-side range scan off (a GPU's default), the kernel's flag
+    raises the cpu backend's error at the next synchronisation (on sim: in the
+    call), and the next good call passes."""
+    idx = np.array([[1, 9], [0, 2]])
+    with pytest.raises(ValueError) as cpu_error:
+        nn.Embedding(9, 4)(idx)
+    monkeypatch.setitem(gpunet.checks._finite, "host", False)
+    emb = nn.Embedding(9, 4).to(kb)
+    with pytest.raises(ValueError) as err:
+        emb(kb.asarray(idx))
+        assert kb.on_gpu, "on sim the call that launched the kernel raises"
+        kb.synchronize()
+    assert str(err.value) == str(cpu_error.value)
+    out = emb(kb.asarray(np.array([8, 0])))
+    assert np.isfinite(gpunet.to_numpy(out)).all()
 
 
 # ---------------------------------------------------------------- the CuPy fusion of the backward

@@ -123,6 +123,42 @@ def test_row_kernels_refuse_more_rows_than_a_grid_holds(binding):
     x = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (rows, 1), (4, 4))
     small = np.zeros((1, 1), np.float32)
     args = {"softmax_forward": (x, small, 1.0, False, 0),
-            "cross_entropy_forward": (x, small, small, small, small, -100, 0.0, 0)}[binding]
+            "cross_entropy_forward": (x, small, small, small, small, -100, 0.0, small, 0)}[binding]
     with pytest.raises(ValueError, match=r"argument '(x|logits)': more than 8589934588 rows"):
         getattr(kern, binding)(*args)
+
+
+def divisors_and_numerators(rng):
+    """Every divisor up to 4096, then powers of two and their neighbours, large
+    and random ones up to INT32_MAX; for each, numerators at the edges (0, 1,
+    INT32_MAX and its neighbours), around multiples of the divisor and at random."""
+    small = np.arange(1, 4097)
+    powers = np.array([2**k + o for k in range(12, 31) for o in (-1, 0, 1)] + [INT32_MAX - 1, INT32_MAX])
+    ds = np.concatenate([small, powers, rng.integers(4097, INT32_MAX, 2000, endpoint=True)])
+    for d in ds.tolist():
+        k = rng.integers(0, INT32_MAX // d + 1, 8, endpoint=False)
+        near = np.concatenate([k * d - 1, k * d, k * d + 1, [INT32_MAX // d * d - 1, INT32_MAX // d * d]])
+        edges = [0, 1, 2, d - 1, d, d + 1, INT32_MAX - 1, INT32_MAX]
+        n = np.concatenate([edges, near, rng.integers(0, INT32_MAX, 16, endpoint=True)])
+        yield d, n[(n >= 0) & (n <= INT32_MAX)].astype(np.int32)
+
+
+def test_fast_division_is_exact():
+    """The kernels' multiply-shift division (common/fastdiv.cuh), run in a
+    kernel, against exact division: every divisor up to 4096 and 2,000+
+    others, each with edge, near-multiple and random numerators (one launch
+    per divisor)."""
+    rng = np.random.default_rng(0)
+    for d, n in divisors_and_numerators(rng):
+        q, r = np.empty_like(n), np.empty_like(n)
+        kern._divmod_int32(n, q, r, d, 0)
+        np.testing.assert_array_equal(q, n // d, err_msg=f"d={d}")
+        np.testing.assert_array_equal(r, n % d, err_msg=f"d={d}")
+
+
+def test_fast_division_hook_rejects_bad_arguments():
+    n = np.arange(4, dtype=np.int32)
+    with pytest.raises(ValueError, match="'d'"):
+        kern._divmod_int32(n, np.empty_like(n), np.empty_like(n), 0, 0)
+    with pytest.raises(TypeError, match="'n'.*int32"):
+        kern._divmod_int32(n.astype(np.int64), np.empty_like(n), np.empty_like(n), 3, 0)

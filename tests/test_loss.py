@@ -338,6 +338,90 @@ def test_cross_entropy_kernels(cols, kernel_device, schedule, rng):
         check_cross_entropy(x, t, kw, kernel_device)
 
 
+@pytest.mark.parametrize("cols", [7, 1500])  # the warp-per-row and block-per-row kernels
+def test_cross_entropy_kernel_reports_bad_targets_in_the_flag(cols, kb, rng):
+    """An out-of-range target counts 0 in the loss and the gradient (no NaN,
+    no read past the row) and the kernel records it in the error flag:
+    (kind 1, the target, C, ignore_index). The first report stays."""
+    xp = kb.xp
+    x = xp.asarray(rng.standard_normal((4, cols)).astype(np.float32))
+    t = xp.asarray(np.array([0, cols, -100, 1]))
+    w = xp.empty(0, dtype=np.float32)
+    per, lse = xp.empty(4, np.float32), xp.empty((4, 2), np.float32)
+    flag = xp.zeros(4, np.int64)
+    kb.kernels.cross_entropy_forward(x, t, w, per, lse, -100, 0.1, flag, kb.stream())
+    assert gpunet.to_numpy(flag).tolist() == [1, cols, cols, -100]
+    got = gpunet.to_numpy(per)
+    assert got[1] == 0 and got[2] == 0 and np.isfinite(got).all() and (got[[0, 3]] > 0).all()
+    dx = xp.empty_like(x)
+    kb.kernels.cross_entropy_backward(x, t, w, w, lse, xp.ones(4, np.float32), dx, -100, 0.1, kb.stream())
+    dx = gpunet.to_numpy(dx)
+    assert not dx[1].any() and not dx[2].any() and dx[[0, 3]].any()
+    # a later bad target leaves the first report
+    kb.kernels.cross_entropy_forward(x, xp.asarray(np.array([-7, 0, 0, 0])), w, per, lse, -100, 0.0, flag,
+                                     kb.stream())
+    assert gpunet.to_numpy(flag).tolist() == [1, cols, cols, -100]
+    with pytest.raises(ValueError, match=r"argument 'flag'.*shape \(4,\)"):
+        kb.kernels.cross_entropy_forward(x, t, w, per, lse, -100, 0.0, flag[:3], kb.stream())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bad_target_found_by_the_kernel_raises_the_cpu_error(kb, weighted, monkeypatch, rng):
+    """With the host-side range scan off (as on a GPU by default), the kernel's
+    flag raises the cpu backend's error, type and message: on sim in the call
+    itself, on cuda at the next synchronisation, before an optimizer step
+    changes any weight. The flag is reset: the next good call passes."""
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    t = np.array([0, 4, -1])
+    weight = (1 + rng.random(4)).astype(np.float32) if weighted else None
+    with pytest.raises(ValueError) as cpu_error:
+        nn.CrossEntropyLoss(weight, ignore_index=-1)(x, t)
+    monkeypatch.setitem(gpunet.checks._finite, "host", False)
+    lin = nn.Linear(4, 4).to(kb)
+    opt = gpunet.optim.SGD(lin.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss(weight, ignore_index=-1).to(kb)
+    before = gpunet.to_numpy(lin.weight.data).copy()
+    with pytest.raises(ValueError) as err:
+        loss = crit(lin(kb.asarray(x)), kb.asarray(t))
+        assert kb.on_gpu, "on sim the call that launched the kernel raises"
+        lin.backward(crit.backward())
+        opt.step()
+    assert type(err.value) is type(cpu_error.value) and str(err.value) == str(cpu_error.value)
+    np.testing.assert_array_equal(gpunet.to_numpy(lin.weight.data), before)
+    loss = crit(lin(kb.asarray(x)), kb.asarray(np.array([0, 3, -1])))
+    kb.synchronize()
+    assert np.isfinite(float(loss))
+
+
+def test_flag_left_unread_raises_at_the_next_sync_point(rng):
+    """The GPU's deferred check, on sim: a flag a kernel set and nobody read
+    raises at the optimizer step (before any update) or at synchronize()."""
+    from gpunet.ops import device_errors
+    be = gpunet.get_backend("sim")
+    lin = nn.Linear(3, 2).to(be)
+    lin(be.asarray(rng.standard_normal((2, 3)).astype(np.float32)))
+    lin.backward(be.asarray(np.ones((2, 2), np.float32)))
+    opt = gpunet.optim.SGD(lin.parameters(), lr=0.1)
+    before = lin.weight.data.copy()
+    for sync in (opt.step, be.synchronize):
+        x = rng.standard_normal((2, 3)).astype(np.float32)
+        flag = device_errors.flag(be)
+        be.kernels.cross_entropy_forward(x, np.array([0, 5]), np.empty(0, np.float32), np.empty(2, np.float32),
+                                         np.empty((2, 2), np.float32), -100, 0.0, flag, be.stream())
+        device_errors._unread.add(device_errors._key(be))  # what launched() records, without its sim-only check
+        with pytest.raises(ValueError, match=r"target: class indices must be in \[0, 3\) or equal "
+                                             r"ignore_index=-100, got 5"):
+            sync()
+        np.testing.assert_array_equal(lin.weight.data, before)
+    opt.step()  # read and reset: nothing left to raise
+    assert not np.array_equal(lin.weight.data, before)
+
+
+def test_ignore_index_beyond_int64_is_refused():
+    with pytest.raises(ValueError, match="ignore_index.*64-bit"):
+        nn.CrossEntropyLoss(ignore_index=2**70)
+
+
 @pytest.mark.parametrize("cols", [20, 1500])
 def test_cross_entropy_kernels_large_logits(cols, kernel_device, schedule, rng):
     # integers: float32 holds them and their differences exactly (see test_softmax)

@@ -1,23 +1,31 @@
 // conv.cpp -- Python bindings of csrc/kernels/conv.cu (im2col, col2im).
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <string>
 #include <vector>
 
 #include "bindings/families.h"
 #include "common/binding.h"
+#include "common/checked.h"
 #include "kernels/conv.h"
 
 namespace gpunet {
 namespace {
 
 // The images' geometry from `img` (n, c, h, w) and the window, or ValueError
-// naming the bad argument.
+// naming the bad argument. Every count the kernels form from it (the image's
+// elements, the column matrix's rows, columns and entries) is checked to fit
+// int64 before anything is derived from it.
 ConvShape conv_shape(const View& img, const char* img_name, const Window& win) {
   require_ndim(img, img_name, 4);
   require_window(win);
   const auto [kh, kw, sh, sw, ph, pw, dh, dw] = win;
   ConvShape s{img.shape[0], img.shape[1], img.shape[2], img.shape[3], kh, kw, sh, sw, ph, pw, dh, dw, 0, 0};
+  const std::string what = detail::arg(img_name) + "shape " + detail::shape_str(img.shape);
+  checked_product({s.n, s.c, s.h, s.w}, what);
+  if (s.h > INT64_MAX / 4 || s.w > INT64_MAX / 4)  // room for the padding arithmetic below
+    throw py::value_error(what + ": the height and width must be below 2^61");
   const int64_t room_h = s.h + 2 * (int64_t)ph - (int64_t)dh * (kh - 1) - 1;
   const int64_t room_w = s.w + 2 * (int64_t)pw - (int64_t)dw * (kw - 1) - 1;
   if (room_h < 0 || room_w < 0)
@@ -26,6 +34,9 @@ ConvShape conv_shape(const View& img, const char* img_name, const Window& win) {
                           ") does not fit the padded input of shape " + detail::shape_str(img.shape));
   s.oh = room_h / sh + 1;
   s.ow = room_w / sw + 1;
+  const int64_t rows = checked_product({s.c, kh, kw}, what + " with this window");
+  const int64_t cols = checked_product({s.n, s.oh, s.ow}, what + " with this window");
+  checked_product({rows, cols}, what + " with this window");
   return s;
 }
 
@@ -67,6 +78,28 @@ void bind_conv(py::module_& m) {
         "Adjoint of im2col: dx float32 (n, C, H, W) (overwritten) = for each element the\n"
         "sum of the dcols entries (C*kh*kw, n*OH*OW) that im2col copies it to.\n"
         "Deterministic (a gather, no atomics).");
+  m.def(
+      "_divmod_int32",
+      [](py::handle n_obj, py::handle q_obj, py::handle r_obj, int32_t d, std::uintptr_t stream) {
+        const View n = as_array(n_obj, "n", "int32");
+        const View q = as_array(q_obj, "q", "int32");
+        const View r = as_array(r_obj, "r", "int32");
+        require_ndim(n, "n", 1);
+        require_same_shape(n, "n", q, "q");
+        require_same_shape(n, "n", r, "r");
+        require_writable(q, "q");
+        require_writable(r, "r");
+        require_disjoint(n, "n", q, "q");
+        require_disjoint(n, "n", r, "r");
+        require_disjoint(q, "q", r, "r");
+        require_at_least(d, 1, "d");
+        auto guard = vouch({n, q, r});
+        divmod_int32(n.ptr<int32_t>(), q.ptr<int32_t>(), r.ptr<int32_t>(), n.shape[0], d, as_stream(stream));
+        check_launch("divmod_int32");
+      },
+      py::arg("n"), py::arg("q"), py::arg("r"), py::arg("d"), py::arg("stream"),
+      "TEST-ONLY. q, r = n // d, n % d by the kernels' fast division (a multiply-shift by a\n"
+      "magic number), in a kernel: n, q, r int32 (count,), n >= 0, d >= 1.");
   m.def(
       "_im2col_source",
       [](const std::vector<int64_t>& x_shape, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,

@@ -3,6 +3,7 @@
 
 #include "bindings/families.h"
 #include "common/binding.h"
+#include "common/error_flag.h"
 #include "kernels/embedding.h"
 
 namespace gpunet {
@@ -10,7 +11,7 @@ namespace gpunet {
 void bind_embedding(py::module_& m) {
   m.def(
       "embedding_forward",
-      [](py::handle weight_o, py::handle idx_o, py::handle out_o, std::uintptr_t stream) {
+      [](py::handle weight_o, py::handle idx_o, py::handle out_o, py::handle flag_o, std::uintptr_t stream) {
         const View weight = as_array(weight_o, "weight", "float32");
         const View idx = as_array(idx_o, "idx", "int64");
         const View out = as_array(out_o, "out", "float32");
@@ -18,14 +19,16 @@ void bind_embedding(py::module_& m) {
         require_ndim(idx, "idx", 1);
         require_shape(out, "out", {idx.shape[0], weight.shape[1]});
         require_writable(out, "out");
-        auto guard = vouch({weight, idx, out});
+        const View flag = as_error_flag(flag_o);
+        auto guard = vouch({weight, idx, out, flag});
         embedding_forward(weight.ptr<float>(), idx.ptr<int64_t>(), out.ptr<float>(), idx.shape[0], weight.shape[0],
-                          weight.shape[1], as_stream(stream));
+                          weight.shape[1], flag.ptr<int64_t>(), as_stream(stream));
         check_launch("embedding_forward");
       },
-      py::arg("weight"), py::arg("idx"), py::arg("out"), py::arg("stream"),
+      py::arg("weight"), py::arg("idx"), py::arg("out"), py::arg("flag"), py::arg("stream"),
       "out[n] = weight[idx[n]]: weight (V, D) float32, idx (N,) int64, out (N, D) float32.\n"
-      "Indices outside [0, V) give rows of NaN (check the range before calling).");
+      "An index outside [0, V) gives a row of zeros and is reported in flag, int64 (4,):\n"
+      "(2, index, V, 0) unless already set.");
   m.def(
       "embedding_backward",
       [](py::handle dy_o, py::handle order_o, py::handle rowptr_o, py::handle dw_o, int64_t padding_idx,

@@ -4,6 +4,7 @@
 
 #include "bindings/families.h"
 #include "common/binding.h"
+#include "common/error_flag.h"
 #include "kernels/loss.h"
 
 namespace gpunet {
@@ -37,22 +38,24 @@ void bind_loss(py::module_& m) {
   m.def(
       "cross_entropy_forward",
       [](py::handle x_obj, py::handle t_obj, py::handle w_obj, py::handle loss_obj, py::handle lse_obj,
-         int64_t ignore_index, float eps, std::uintptr_t stream) {
+         int64_t ignore_index, float eps, py::handle flag_obj, std::uintptr_t stream) {
         const auto [x, t, w, weight, rows, cols] = cross_entropy_inputs(x_obj, t_obj, w_obj);
         const auto [loss, lse] = float32_outputs({{loss_obj, "loss"}, {lse_obj, "lse"}});
         require_shape(loss, "loss", {rows});
         require_shape(lse, "lse", {rows, 2});
-        auto guard = vouch({x, t, w, loss, lse});
+        const View flag = as_error_flag(flag_obj);
+        auto guard = vouch({x, t, w, loss, lse, flag});
         cross_entropy_forward(x.ptr<float>(), t.ptr<int64_t>(), weight, loss.ptr<float>(), lse.ptr<float>(), rows,
-                              (int)cols, ignore_index, eps, as_stream(stream));
+                              (int)cols, ignore_index, eps, flag.ptr<int64_t>(), as_stream(stream));
         check_launch("cross_entropy_forward");
       },
       py::arg("logits"), py::arg("target"), py::arg("weight"), py::arg("loss"), py::arg("lse"),
-      py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("stream"),
+      py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("flag"), py::arg("stream"),
       "Per-row softmax cross-entropy: logits float32 (rows, C), target int64 (rows,),\n"
       "weight float32 (C,) or empty (0,) for none; writes loss (rows,) (0 for\n"
-      "ignore_index rows, NaN for out-of-range targets) and lse (rows, 2), the row's\n"
-      "log-sum-exp as (max, log sum exp(logits - max)). No probabilities are stored.");
+      "ignore_index rows) and lse (rows, 2), the row's log-sum-exp as (max, log sum\n"
+      "exp(logits - max)). No probabilities are stored. An out-of-range target counts 0\n"
+      "and is reported in flag, int64 (4,): (1, target, C, ignore_index) unless already set.");
   m.def(
       "cross_entropy_backward",
       [](py::handle x_obj, py::handle t_obj, py::handle w_obj, py::handle ws_obj, py::handle lse_obj,
@@ -75,7 +78,8 @@ void bind_loss(py::module_& m) {
       py::arg("logits"), py::arg("target"), py::arg("weight"), py::arg("weight_sum"), py::arg("lse"),
       py::arg("dloss"), py::arg("dlogits"), py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("stream"),
       "dlogits = dloss[row] * (sum(a) * exp(logits - lse) - a), a the smoothed, weighted\n"
-      "target distribution; arguments as cross_entropy_forward, plus weight_sum float32\n"
+      "target distribution (0 for rows whose target is ignore_index or out of range);\n"
+      "arguments as cross_entropy_forward, plus weight_sum float32\n"
       "(1,) = sum(weight) (ignored when weight is empty), lse from the forward and dloss\n"
       "float32 (rows,), the gradient of each row's loss.");
 }

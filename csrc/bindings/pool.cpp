@@ -7,6 +7,7 @@
 
 #include "bindings/families.h"
 #include "common/binding.h"
+#include "common/checked.h"
 #include "kernels/pool.h"
 
 namespace gpunet {
@@ -42,8 +43,13 @@ PoolShape pool_shape(const View& in, const char* in_name, const View& out, const
   if (2 * (int64_t)ph > (int64_t)dh * (kh - 1) + 1 || 2 * (int64_t)pw > (int64_t)dw * (kw - 1) + 1)
     throw py::value_error("padding (" + std::to_string(ph) + ", " + std::to_string(pw) +
                           ") must be at most half the dilated window");
-  // arg holds an int32 index into a plane, and window arithmetic is int
-  if (in.shape[2] * in.shape[3] > INT_MAX || in.shape[2] + 2 * (int64_t)ph > INT_MAX / 2 ||
+  // every element count fits int64; arg holds an int32 index into a plane,
+  // and the window arithmetic is int
+  checked_product({in.shape[0], in.shape[1], in.shape[2], in.shape[3]},
+                  detail::arg(in_name) + "shape " + detail::shape_str(in.shape));
+  checked_product({out.shape[0], out.shape[1], out.shape[2], out.shape[3]},
+                  detail::arg(out_name) + "shape " + detail::shape_str(out.shape));
+  if (checked_product({in.shape[2], in.shape[3]}, in_name) > INT_MAX || in.shape[2] + 2 * (int64_t)ph > INT_MAX / 2 ||
       in.shape[3] + 2 * (int64_t)pw > INT_MAX / 2)
     throw py::value_error(detail::arg(in_name) + "planes of more than 2^31 - 1 elements are not supported, got " +
                           detail::shape_str(in.shape));

@@ -28,83 +28,99 @@
 //     DRAM bandwidth. Reads are strided by n*L between kernel offsets but
 //     coalesced across neighbouring x for stride 1.
 //
-// Both kernels index with int32 when every index fits (cheaper division on
-// the GPU) and with int64 otherwise.
+// Both kernels index with int32 when every index fits and with int64
+// otherwise; their divisions by the extents and strides are multiply-shifts by
+// per-launch magic numbers in the int32 case (common/fastdiv.cuh).
 #include <cuda_runtime.h>
 
 #include <climits>
 
+#include "common/fastdiv.cuh"
 #include "common/launch.cuh"
 #include "kernels/conv.h"
 
 namespace gpunet {
 namespace {
 
+// The divisors of im2col's index arithmetic, fixed per launch (common/fastdiv.cuh).
+template <class Index>
+struct Im2colDivs {
+  Divider<Index> ow, oh, n, kw, kh;
+  explicit Im2colDivs(const ConvShape& s)
+      : ow((Index)s.ow), oh((Index)s.oh), n((Index)s.n), kw((Index)s.kw), kh((Index)s.kh) {}
+};
+
 // The flat index into x that column entry e copies, or -1 where it lies in
 // the padding: the entry decomposes as (c, i, j, image, oy, ox), ox fastest.
 template <class Index>
-__host__ __device__ __forceinline__ Index im2col_source(const ConvShape& s, Index e) {
-  const Index n = (Index)s.n, c_in = (Index)s.c, h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
-  Index t = e;
-  const Index ox = t % ow;
-  t /= ow;
-  const Index oy = t % oh;
-  t /= oh;
-  const Index img = t % n;
-  t /= n;
-  const Index j = t % s.kw;
-  t /= s.kw;
-  const Index i = t % s.kh;
-  const Index c = t / s.kh;
+__host__ __device__ __forceinline__ Index im2col_source(const ConvShape& s, const Im2colDivs<Index>& div, Index e) {
+  Index ox, oy, img, j, i;
+  Index t = div.ow.divmod(e, ox);
+  t = div.oh.divmod(t, oy);
+  t = div.n.divmod(t, img);
+  t = div.kw.divmod(t, j);
+  const Index c = div.kh.divmod(t, i);
   const Index y = oy * s.sh - s.ph + i * s.dh;
   const Index xx = ox * s.sw - s.pw + j * s.dw;
-  const bool inside = y >= 0 && y < h && xx >= 0 && xx < w;
-  return inside ? ((img * c_in + c) * h + y) * w + xx : (Index)-1;
+  const bool inside = y >= 0 && y < (Index)s.h && xx >= 0 && xx < (Index)s.w;
+  return inside ? ((img * (Index)s.c + c) * (Index)s.h + y) * (Index)s.w + xx : (Index)-1;
 }
 
 template <class Index>
 __global__ void __launch_bounds__(kThreads) im2col_kernel(const float* __restrict__ x, float* __restrict__ cols,
-                                                          ConvShape s, Index total) {
+                                                          ConvShape s, Im2colDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    const Index src = im2col_source(s, e);
+    const Index src = im2col_source(s, div, e);
     cols[e] = src >= 0 ? x[src] : 0.f;
   }
 }
 
+// col2im's divisors: the input extents (to split the flat pixel index) and
+// the strides (to find the output pixel of each kernel offset).
+template <class Index>
+struct Col2imDivs {
+  Divider<Index> w, h, c, sh, sw;
+  explicit Col2imDivs(const ConvShape& s)
+      : w((Index)s.w), h((Index)s.h), c((Index)s.c), sh((Index)s.sh), sw((Index)s.sw) {}
+};
+
 template <class Index>
 __global__ void __launch_bounds__(kThreads) col2im_kernel(const float* __restrict__ dcols, float* __restrict__ dx,
-                                                          ConvShape s, Index total) {
+                                                          ConvShape s, Col2imDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index c_in = (Index)s.c, h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
+  const Index oh = (Index)s.oh, ow = (Index)s.ow;
   const Index row_len = (Index)s.n * oh * ow;  // entries per column-matrix row
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    Index t = e;
-    const Index xx = t % w;
-    t /= w;
-    const Index y = t % h;
-    t /= h;
-    const Index c = t % c_in;
-    const Index img = t / c_in;
+    Index xx, y, c;
+    Index t = div.w.divmod(e, xx);
+    t = div.h.divmod(t, y);
+    const Index img = div.c.divmod(t, c);
     float sum = 0.f;
     for (int i = 0; i < s.kh; ++i) {
       const Index ry = y + s.ph - (Index)i * s.dh;  // = oy * sh for the output row that reads (y, i)
       if (ry < 0) break;                          // only decreases with i
-      if (ry % s.sh) continue;
-      const Index oy = ry / s.sh;
-      if (oy >= oh) continue;
+      Index rem;
+      const Index oy = div.sh.divmod(ry, rem);
+      if (rem || oy >= oh) continue;
       for (int j = 0; j < s.kw; ++j) {
         const Index rx = xx + s.pw - (Index)j * s.dw;
         if (rx < 0) break;
-        if (rx % s.sw) continue;
-        const Index ox = rx / s.sw;
-        if (ox >= ow) continue;
+        const Index ox = div.sw.divmod(rx, rem);
+        if (rem || ox >= ow) continue;
         const Index row = (c * s.kh + i) * s.kw + j;
         sum += dcols[row * row_len + (img * oh + oy) * ow + ox];
       }
     }
     dx[e] = sum;
   }
+}
+
+__global__ void __launch_bounds__(kThreads) divmod_kernel(const int32_t* __restrict__ n, int32_t* __restrict__ q,
+                                                          int32_t* __restrict__ r, int64_t count,
+                                                          Divider<int32_t> d) {
+  for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < count; k += (int64_t)gridDim.x * blockDim.x)
+    q[k] = d.divmod(n[k], r[k]);
 }
 
 // Whether every flat index either kernel forms (into the column matrix or
@@ -120,7 +136,7 @@ void im2col(const float* x, float* cols, const ConvShape& s, cudaStream_t stream
   if (total == 0) return;
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
-    im2col_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, cols, s, (Index)total);
+    im2col_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, cols, s, Im2colDivs<Index>(s), (Index)total);
   });
 }
 
@@ -129,15 +145,21 @@ void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stre
   if (total == 0) return;
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
-    col2im_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dcols, dx, s, (Index)total);
+    col2im_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dcols, dx, s, Col2imDivs<Index>(s),
+                                                                   (Index)total);
   });
+}
+
+void divmod_int32(const int32_t* n, int32_t* q, int32_t* r, int64_t count, int32_t d, cudaStream_t stream) {
+  if (count == 0) return;
+  divmod_kernel<<<grid_for(count), kThreads, 0, stream>>>(n, q, r, count, Divider<int32_t>(d));
 }
 
 int conv_index_bits(const ConvShape& s) { return fits_int32(s) ? 32 : 64; }
 
 int64_t im2col_source_index(const ConvShape& s, int64_t e) {
-  if (fits_int32(s)) return im2col_source<int32_t>(s, (int32_t)e);
-  return im2col_source<int64_t>(s, e);
+  if (fits_int32(s)) return im2col_source<int32_t>(s, Im2colDivs<int32_t>(s), (int32_t)e);
+  return im2col_source<int64_t>(s, Im2colDivs<int64_t>(s), e);
 }
 
 }  // namespace gpunet

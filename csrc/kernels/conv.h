@@ -30,6 +30,9 @@ void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stre
 // the flat input index im2col reads for column entry e (-1 in the padding),
 // computed in that width by the kernel's own arithmetic.
 int conv_index_bits(const ConvShape& s);
+// Test hook of the kernels' fast division (common/fastdiv.cuh), run on the
+// device: q[k], r[k] = n[k] / d, n[k] % d for 0 <= n[k], 1 <= d.
+void divmod_int32(const int32_t* n, int32_t* q, int32_t* r, int64_t count, int32_t d, cudaStream_t stream);
 int64_t im2col_source_index(const ConvShape& s, int64_t e);
 
 }  // namespace gpunet

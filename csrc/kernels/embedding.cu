@@ -28,6 +28,7 @@
 
 #include <algorithm>
 
+#include "common/error_flag.cuh"
 #include "common/launch.cuh"
 #include "kernels/embedding.h"
 
@@ -36,7 +37,8 @@ namespace {
 
 __global__ void __launch_bounds__(kThreads)
     embedding_forward_kernel(const float* __restrict__ weight, const int64_t* __restrict__ idx,
-                             float* __restrict__ out, int64_t count, int64_t vocab, int64_t dim, bool vec4) {
+                             float* __restrict__ out, int64_t count, int64_t vocab, int64_t dim, bool vec4,
+                             int64_t* __restrict__ flag) {
   const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t step = (int64_t)gridDim.x * blockDim.x;
   if (vec4) {
@@ -44,15 +46,23 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t i = first; i < count * dim4; i += step) {
       const int64_t n = i / dim4, d = i - n * dim4;
       const int64_t r = idx[n];
-      float4 v = make_float4(nanf(""), nanf(""), nanf(""), nanf(""));
-      if (r >= 0 && r < vocab) v = reinterpret_cast<const float4*>(weight)[r * dim4 + d];
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (r >= 0 && r < vocab)
+        v = reinterpret_cast<const float4*>(weight)[r * dim4 + d];
+      else if (d == 0)
+        report_bad_value(flag, kBadEmbeddingIndex, r, vocab, 0);
       reinterpret_cast<float4*>(out)[i] = v;
     }
   } else {
     for (int64_t i = first; i < count * dim; i += step) {
       const int64_t n = i / dim, d = i - n * dim;
       const int64_t r = idx[n];
-      out[i] = (r >= 0 && r < vocab) ? weight[r * dim + d] : nanf("");
+      float v = 0.f;
+      if (r >= 0 && r < vocab)
+        v = weight[r * dim + d];
+      else if (d == 0)
+        report_bad_value(flag, kBadEmbeddingIndex, r, vocab, 0);
+      out[i] = v;
     }
   }
 }
@@ -81,11 +91,11 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void embedding_forward(const float* weight, const int64_t* idx, float* out, int64_t count, int64_t vocab,
-                       int64_t dim, cudaStream_t stream) {
+                       int64_t dim, int64_t* flag, cudaStream_t stream) {
   if (count * dim == 0) return;
   const bool vec4 = dim % 4 == 0 && aligned16(weight) && aligned16(out);
   embedding_forward_kernel<<<grid_for(vec4 ? count * dim / 4 : count * dim), kThreads, 0, stream>>>(
-      weight, idx, out, count, vocab, dim, vec4);
+      weight, idx, out, count, vocab, dim, vec4, flag);
 }
 
 void embedding_backward(const float* dy, const int64_t* order, const int64_t* row_ptr, float* dweight, int64_t count,

@@ -9,9 +9,10 @@
 namespace gpunet {
 
 // out[n, :] = weight[idx[n], :] for n < count; weight (vocab, dim). A row
-// index outside [0, vocab) gives a row of NaN (the glue checks the range first).
+// index outside [0, vocab) gives a row of zeros and is reported in `flag`
+// (common/error_flag.cuh: 4 int64, zero when nothing is wrong).
 void embedding_forward(const float* weight, const int64_t* idx, float* out, int64_t count, int64_t vocab,
-                       int64_t dim, cudaStream_t stream);
+                       int64_t dim, int64_t* flag, cudaStream_t stream);
 
 // dweight[v, :] = sum of dy[order[p], :] for p in [row_ptr[v], row_ptr[v+1]),
 // in increasing p (overwrites dweight, zero for unused rows and for row

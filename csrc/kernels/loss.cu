@@ -32,6 +32,7 @@
 
 #include <cmath>
 
+#include "common/error_flag.cuh"
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "common/rows.cuh"
@@ -42,12 +43,17 @@ namespace {
 
 // ------------------------------------------------------------ cross-entropy forward
 // The row's loss from its statistics: lse = m + l, and (eps > 0) ws = sum_c w_c
-// and wd = sum_c w_c (x_c - ref). Reads the target logit directly.
+// and wd = sum_c w_c (x_c - ref). Reads the target logit directly. A target
+// out of range is reported in `flag` (the host raises at its next sync) and
+// counts 0, never read out of bounds.
 __device__ __forceinline__ float xent_row_loss(const float* xr, int64_t t, const float* weight, float m, float l,
                                                float ref, float ws, float wd, int cols, int64_t ignore_index,
-                                               float eps) {
+                                               float eps, int64_t* flag) {
   if (t == ignore_index) return 0.f;
-  if (t < 0 || t >= cols) return NAN;  // Python validates; never read out of bounds
+  if (t < 0 || t >= cols) {
+    report_bad_value(flag, kBadClassTarget, t, cols, ignore_index);
+    return 0.f;
+  }
   const float wt = weight ? weight[t] : 1.f;
   float loss = (1.f - eps) * wt * ((m - xr[t]) + l);
   if (eps > 0.f) loss += eps / cols * (ws * ((m - ref) + l) - wd);  // sum_c w_c (lse - x_c)
@@ -58,7 +64,7 @@ template <int VPT>
 __global__ void __launch_bounds__(kWarpBlock)
     xent_forward_warp(const float* __restrict__ x, const int64_t* __restrict__ target, const float* __restrict__ weight,
                       float* __restrict__ loss, float* __restrict__ lse, int64_t rows, int cols, int64_t ignore_index,
-                      float eps) {
+                      float eps, int64_t* __restrict__ flag) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
   if (row >= rows) return;
@@ -85,14 +91,14 @@ __global__ void __launch_bounds__(kWarpBlock)
     const float l = logf(s);
     lse[2 * row] = m;
     lse[2 * row + 1] = l;
-    loss[row] = xent_row_loss(xr, target[row], weight, m, l, m, ws, wd, cols, ignore_index, eps);
+    loss[row] = xent_row_loss(xr, target[row], weight, m, l, m, ws, wd, cols, ignore_index, eps, flag);
   }
 }
 
 __global__ void __launch_bounds__(kRowBlock)
     xent_forward_block(const float* __restrict__ x, const int64_t* __restrict__ target,
                        const float* __restrict__ weight, float* __restrict__ loss, float* __restrict__ lse,
-                       int64_t rows, int cols, int64_t ignore_index, float eps) {
+                       int64_t rows, int cols, int64_t ignore_index, float eps, int64_t* __restrict__ flag) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float* xr = x + row * cols;
     const float ref = xr[0];
@@ -116,7 +122,7 @@ __global__ void __launch_bounds__(kRowBlock)
       const float l = logf(a.s);
       lse[2 * row] = a.m;
       lse[2 * row + 1] = l;
-      loss[row] = xent_row_loss(xr, target[row], weight, a.m, l, ref, ws, wd, cols, ignore_index, eps);
+      loss[row] = xent_row_loss(xr, target[row], weight, a.m, l, ref, ws, wd, cols, ignore_index, eps, flag);
     }
   }
 }
@@ -135,10 +141,8 @@ __global__ void __launch_bounds__(kThreads)
     const int c = (int)(i - row * cols);
     const int64_t t = target[row];
     float g;
-    if (t == ignore_index) {
+    if (t == ignore_index || t < 0 || t >= cols) {  // out of range: the forward reported it
       g = 0.f;
-    } else if (t < 0 || t >= cols) {
-      g = NAN;
     } else {
       const float wt = weight ? weight[t] : 1.f;
       float a = eps_c * (weight ? weight[c] : 1.f);  // target distribution a_c
@@ -153,16 +157,17 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void cross_entropy_forward(const float* logits, const int64_t* target, const float* weight, float* loss, float* lse,
-                           int64_t rows, int cols, int64_t ignore_index, float eps, cudaStream_t stream) {
+                           int64_t rows, int cols, int64_t ignore_index, float eps, int64_t* flag,
+                           cudaStream_t stream) {
   if (rows == 0) return;
   if (cols > kMaxWarpCols) {
     xent_forward_block<<<row_grid(rows), kRowBlock, 0, stream>>>(logits, target, weight, loss, lse, rows, cols,
-                                                                 ignore_index, eps);
+                                                                 ignore_index, eps, flag);
     return;
   }
   with_values_per_lane(cols, [&](auto vpt) {
     xent_forward_warp<decltype(vpt)::value><<<warp_grid(rows), kWarpBlock, 0, stream>>>(
-        logits, target, weight, loss, lse, rows, cols, ignore_index, eps);
+        logits, target, weight, loss, lse, rows, cols, ignore_index, eps, flag);
   });
 }
 

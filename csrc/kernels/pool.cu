@@ -27,12 +27,15 @@
 //   Traffic: writes N*C*H*W*4 bytes, reads dy (and arg for max) once from
 //     DRAM, re-reads up to kh*kw/(sh*sw) times from cache. Memory bound.
 //
-// Indices are int32 when every flat index fits, int64 otherwise.
+// Indices are int32 when every flat index fits, int64 otherwise; divisions by
+// the extents and strides are multiply-shifts by per-launch magic numbers in
+// the int32 case (common/fastdiv.cuh).
 #include <cuda_runtime.h>
 
 #include <climits>
 #include <cmath>
 
+#include "common/fastdiv.cuh"
 #include "common/launch.cuh"
 #include "kernels/pool.h"
 
@@ -54,14 +57,31 @@ __device__ __forceinline__ int avg_divisor(int oy, int ox, const PoolShape& s, b
   return (y1 - y0) * (x1 - x0);
 }
 
+// The divisors of a launch's index arithmetic (common/fastdiv.cuh): the
+// extents that split a flat index into (plane, row, column) (forward: the
+// output's, backward: the input's) and the strides (backward).
+template <class Index>
+struct PoolDivs {
+  Divider<Index> cols, rows, sh, sw;
+  PoolDivs(int64_t rows_, int64_t cols_, const PoolShape& s)
+      : cols((Index)cols_), rows((Index)rows_), sh((Index)s.sh), sw((Index)s.sw) {}
+};
+
+// (plane, row, column) of flat index e.
+template <class Index>
+__device__ __forceinline__ Index split(const PoolDivs<Index>& div, Index e, Index& row, Index& col) {
+  return div.rows.divmod(div.cols.divmod(e, col), row);
+}
+
 template <class Index>
 __global__ void __launch_bounds__(kThreads) maxpool_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
                                                                    int32_t* __restrict__ arg, PoolShape s,
-                                                                   Index total) {
+                                                                   PoolDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
+  const Index h = (Index)s.h, w = (Index)s.w;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    const Index ox = e % ow, oy = (e / ow) % oh, plane = e / (ow * oh);
+    Index oy, ox;
+    const Index plane = split(div, e, oy, ox);
     const float* src = x + plane * h * w;
     float best = -INFINITY;
     int32_t best_at = -1;
@@ -86,23 +106,27 @@ __global__ void __launch_bounds__(kThreads) maxpool_forward_kernel(const float* 
 template <class Index>
 __global__ void __launch_bounds__(kThreads) maxpool_backward_kernel(const float* __restrict__ dy,
                                                                     const int32_t* __restrict__ arg,
-                                                                    float* __restrict__ dx, PoolShape s, Index total) {
+                                                                    float* __restrict__ dx, PoolShape s,
+                                                                    PoolDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
+  const Index w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    const Index xx = e % w, yy = (e / w) % h, plane = e / (w * h);
+    Index yy, xx, rem;
+    const Index plane = split(div, e, yy, xx);
     const int32_t me = (int32_t)(yy * w + xx);
     const Index out0 = plane * oh * ow;
     float sum = 0.f;
     for (int i = 0; i < s.kh; ++i) {
       const Index ry = yy + s.ph - (Index)i * s.dh;  // = oy * sh for the window that puts offset i here
       if (ry < 0) break;                           // only decreases with i
-      if (ry % s.sh || ry / s.sh >= oh) continue;
+      const Index oy = div.sh.divmod(ry, rem);
+      if (rem || oy >= oh) continue;
       for (int j = 0; j < s.kw; ++j) {
         const Index rx = xx + s.pw - (Index)j * s.dw;
         if (rx < 0) break;
-        if (rx % s.sw || rx / s.sw >= ow) continue;
-        const Index o = out0 + (ry / s.sh) * ow + rx / s.sw;
+        const Index ox = div.sw.divmod(rx, rem);
+        if (rem || ox >= ow) continue;
+        const Index o = out0 + oy * ow + ox;
         if (arg[o] == me) sum += dy[o];
       }
     }
@@ -112,11 +136,13 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_kernel(const float*
 
 template <class Index>
 __global__ void __launch_bounds__(kThreads) avgpool_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
-                                                                   PoolShape s, bool count_include_pad, Index total) {
+                                                                   PoolShape s, bool count_include_pad,
+                                                                   PoolDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
+  const Index h = (Index)s.h, w = (Index)s.w;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    const Index ox = e % ow, oy = (e / ow) % oh, plane = e / (ow * oh);
+    Index oy, ox;
+    const Index plane = split(div, e, oy, ox);
     const float* src = x + plane * h * w;
     float sum = 0.f;
     for (int i = 0; i < s.kh; ++i) {
@@ -134,23 +160,25 @@ __global__ void __launch_bounds__(kThreads) avgpool_forward_kernel(const float* 
 template <class Index>
 __global__ void __launch_bounds__(kThreads) avgpool_backward_kernel(const float* __restrict__ dy,
                                                                     float* __restrict__ dx, PoolShape s,
-                                                                    bool count_include_pad, Index total) {
+                                                                    bool count_include_pad, PoolDivs<Index> div,
+                                                                    Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index h = (Index)s.h, w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
+  const Index oh = (Index)s.oh, ow = (Index)s.ow;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    const Index xx = e % w, yy = (e / w) % h, plane = e / (w * h);
+    Index yy, xx, rem;
+    const Index plane = split(div, e, yy, xx);
     const Index out0 = plane * oh * ow;
     float sum = 0.f;
     for (int i = 0; i < s.kh; ++i) {
       const Index ry = yy + s.ph - i;
       if (ry < 0) break;
-      if (ry % s.sh || ry / s.sh >= oh) continue;
-      const Index oy = ry / s.sh;
+      const Index oy = div.sh.divmod(ry, rem);
+      if (rem || oy >= oh) continue;
       for (int j = 0; j < s.kw; ++j) {
         const Index rx = xx + s.pw - j;
         if (rx < 0) break;
-        if (rx % s.sw || rx / s.sw >= ow) continue;
-        const Index ox = rx / s.sw;
+        const Index ox = div.sw.divmod(rx, rem);
+        if (rem || ox >= ow) continue;
         sum += dy[out0 + oy * ow + ox] / (float)avg_divisor((int)oy, (int)ox, s, count_include_pad);
       }
     }
@@ -162,6 +190,12 @@ bool fits_int32(const PoolShape& s) {
   return s.planes * s.h * s.w <= INT_MAX && s.planes * s.oh * s.ow <= INT_MAX;
 }
 
+// Forward kernels split output indices, backward ones input indices.
+template <class Index>
+PoolDivs<Index> out_divs(const PoolShape& s) { return PoolDivs<Index>(s.oh, s.ow, s); }
+template <class Index>
+PoolDivs<Index> in_divs(const PoolShape& s) { return PoolDivs<Index>(s.h, s.w, s); }
+
 }  // namespace
 
 void maxpool2d_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, cudaStream_t stream) {
@@ -169,7 +203,8 @@ void maxpool2d_forward(const float* x, float* y, int32_t* arg, const PoolShape& 
   if (total == 0) return;
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
-    maxpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, (Index)total);
+    maxpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, out_divs<Index>(s),
+                                                                            (Index)total);
   });
 }
 
@@ -178,7 +213,8 @@ void maxpool2d_backward(const float* dy, const int32_t* arg, float* dx, const Po
   if (total == 0) return;
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
-    maxpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, (Index)total);
+    maxpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, in_divs<Index>(s),
+                                                                             (Index)total);
   });
 }
 
@@ -187,7 +223,8 @@ void avgpool2d_forward(const float* x, float* y, const PoolShape& s, bool count_
   if (total == 0) return;
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
-    avgpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, s, count_include_pad, (Index)total);
+    avgpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, s, count_include_pad,
+                                                                            out_divs<Index>(s), (Index)total);
   });
 }
 
@@ -197,7 +234,7 @@ void avgpool2d_backward(const float* dy, float* dx, const PoolShape& s, bool cou
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
     avgpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, dx, s, count_include_pad,
-                                                                             (Index)total);
+                                                                             in_divs<Index>(s), (Index)total);
   });
 }
 

@@ -158,6 +158,8 @@ class CrossEntropyLoss(_Loss):
         super().__init__(reduction, size_average, reduce)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        if not -2**63 <= ignore_index < 2**63:  # the kernels compare it with int64 targets
+            raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
         self.ignore_index = int(ignore_index)

@@ -20,15 +20,20 @@ every image and channel; where CuPy fusions run (gpunet.dispatch's "fused"
 path), col2im is instead one gathering RawKernel (below).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
-reused workspace per backend, sized so a chunk's columns stay under
-WORKSPACE_BYTES; the GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to
-the bias_add/bias_grad kernels. Backward recomputes each chunk's columns
-instead of keeping them, so memory stays at one workspace (it lives until the
-process ends; work queued on one stream at a time may share it, as CuPy's
-current stream orders every use).
+reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
+GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to the bias_add/bias_grad
+kernels. Backward recomputes each chunk's columns instead of keeping them, so
+memory stays at one workspace.
+
+Workspaces are kept per (thread, device, stream): every use of one is queued
+on one stream, which orders them, and no other thread touches it, so two
+threads (or two streams) training two models never overwrite each other's
+columns. A thread's workspaces are freed when the thread ends (a
+threading.local); the main thread's live until the process ends.
 """
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -41,7 +46,7 @@ from .linear import bias_add, bias_grad
 # split into chunks below it. Tests lower it to force chunking.
 WORKSPACE_BYTES = 256 << 20
 
-_workspaces: dict = {}
+_local = threading.local()  # .workspaces: {(backend, device, stream, dtype, name): flat array}
 
 
 class Geometry(NamedTuple):
@@ -79,15 +84,20 @@ def _tap(g: Geometry, i: int, j: int):
 
 # ---------------------------------------------------------------- scratch memory
 def _workspace(be, name: str, elements: int, dtype):
-    """A flat scratch array of at least `elements`, one per (backend, dtype,
-    name), reused across calls and grown when short. Reuse matters on the host
-    too: a fresh multi-megabyte array costs a page fault per 4 KiB on first
-    touch, which took longer than the GEMMs it fed."""
-    key = (be.name, be.index, np.dtype(dtype), name)
-    buf = _workspaces.get(key)
+    """A flat scratch array of at least `elements`, one per (calling thread,
+    backend, device, current stream, dtype, name), reused across calls and
+    grown when short. Reuse matters on the host too: a fresh multi-megabyte
+    array costs a page fault per 4 KiB on first touch, which took longer than
+    the GEMMs it fed."""
+    spaces = getattr(_local, "workspaces", None)
+    if spaces is None:
+        spaces = _local.workspaces = {}
+    key = (be.name, be.index, be.stream(), np.dtype(dtype), name)
+    buf = spaces.get(key)
     if buf is None or buf.size < elements:
-        buf = be.xp.empty(elements, dtype=dtype)
-        _workspaces[key] = buf
+        with be.use_device():
+            buf = be.xp.empty(elements, dtype=dtype)
+        spaces[key] = buf
     return buf[:elements]
 
 

@@ -15,6 +15,7 @@ would be a device sync).
 import numpy as np
 
 from ..dispatch import path
+from . import device_errors
 from .cupy_kernels import cupy, launch
 
 # runs up to this long are summed level by level (one vectorised add per
@@ -23,14 +24,17 @@ _LEVELS = 16
 
 
 def embedding_forward(be, weight, idx):
-    """weight (V, D), idx integer array of any shape (already range-checked)
-    -> out idx.shape + (D,), and the flat int64 indices backward needs."""
+    """weight (V, D), idx integer array of any shape -> out idx.shape + (D,),
+    and the flat int64 indices backward needs. The kernel path reports indices
+    outside [0, V) through gpunet.ops.device_errors (the array path would
+    raise IndexError or wrap negative ones: the module checks first there)."""
     xp = be.xp
     flat = xp.ascontiguousarray(idx.reshape(-1), dtype=xp.int64)
     D = weight.shape[1]
     if path(be, "embedding", weight.dtype) == "kernel":
         out = xp.empty((flat.size, D), dtype=weight.dtype)
-        be.kernels.embedding_forward(weight, flat, out, be.stream())
+        be.kernels.embedding_forward(weight, flat, out, device_errors.flag(be), be.stream())
+        device_errors.launched(be)
     else:
         out = xp.take(weight, flat, axis=0)
     return out.reshape(tuple(idx.shape) + (D,)), flat

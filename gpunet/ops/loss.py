@@ -25,6 +25,7 @@ import functools
 import numpy as np
 
 from ..dispatch import path
+from . import device_errors
 from .activation import sigmoid
 from .cupy_kernels import cupy
 
@@ -172,13 +173,17 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     rows, c = x2.shape
     valid = t1 != ignore_index
     ts = xp.where(valid, t1, 0).astype(np.int64, copy=False)
-    wt = valid.astype(x.dtype) if weight is None else weight[ts] * valid
+    # (clipped: an out-of-range target, refused by the module's check on the host
+    # and reported by the kernel on a GPU, must not index past the weights here)
+    wt = valid.astype(x.dtype) if weight is None else weight[xp.clip(ts, 0, c - 1)] * valid
     route = path(be, "cross_entropy", x2.dtype, fused=True)
     if route == "kernel":
         per = xp.empty(rows, dtype=x2.dtype)
         lse = xp.empty((rows, 2), dtype=x2.dtype)
         be.kernels.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
-                                      per, lse, int(ignore_index), float(label_smoothing), be.stream())
+                                         per, lse, int(ignore_index), float(label_smoothing),
+                                         device_errors.flag(be), be.stream())
+        device_errors.launched(be)
     elif route == "fused":
         per, lse = _fused_forward(x2, ts, wt, valid, weight, label_smoothing)
         per = per.astype(x.dtype, copy=False)

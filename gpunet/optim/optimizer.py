@@ -17,6 +17,7 @@ import numpy as np
 
 from ..backend import Backend, backend_of, get_backend, to_numpy
 from ..nn.module import Parameter
+from ..ops import device_errors
 
 
 def _kind(x) -> str:
@@ -120,11 +121,17 @@ class Optimizer:
         None are skipped, as in PyTorch). `closure`, if given, is called first
         (it should run forward and backward) and its result is returned."""
         loss = closure() if closure is not None else None
+        work = []
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                be = self._backend_for(group, params, gi)
-                self._update(group, params, be)
+                work.append((group, params, self._backend_for(group, params, gi)))
+        # bad targets or indices a kernel reported since the last sync raise
+        # before any weight changes (gpunet.ops.device_errors)
+        for be in {be for *_, be in work}:
+            device_errors.check(be)
+        for group, params, be in work:
+            self._update(group, params, be)
         return loss
 
     def _update(self, group: dict, params: list, be: Backend):
