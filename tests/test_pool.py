@@ -222,6 +222,27 @@ def test_kernel_one_element_edges(kernel_device, cls, rng):
         compare_module(cls(k), (x,), devices=("cpu", kernel_device))
 
 
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+@pytest.mark.parametrize("shape, kwargs", [
+    # tiled forward: 32 x 8 output tiles, partial in both directions (38 x 20 outputs)
+    ((2, 3, 40, 75), dict(kernel_size=3, stride=2, padding=1)),
+    # tiled, one output column: 1 x 7 tiles
+    ((2, 2, 9, 1), dict(kernel_size=(3, 1), stride=1)),
+    # direct forward: the 256 x 64 input tile of 8x8/8 windows passes 16 KiB
+    ((1, 2, 70, 300), dict(kernel_size=8, stride=8, ceil_mode=True)),
+])
+def test_kernel_forward_tiles(kernel_device, cls, shape, kwargs, rng):
+    """The forward's shared-memory tiles (several per plane, partial at the
+    edges, one column wide) and its direct kernel for large windows."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    compare_module(cls(**kwargs), (x,), devices=("cpu", kernel_device))
+
+
+def test_kernel_forward_tiles_with_dilation(kernel_device, rng):
+    x = rng.standard_normal((2, 2, 21, 40)).astype(np.float32)
+    compare_module(MaxPool2d(3, stride=(1, 2), padding=1, dilation=(3, 2)), (x,), devices=("cpu", kernel_device))
+
+
 # ---------------------------------------------------------------- bindings
 @pytest.fixture
 def kern(kernel_device):

@@ -3,16 +3,30 @@
 // caller's output size, count_include_pad for average).
 //
 // Forward (maxpool2d_forward, avgpool2d_forward)
-//   Algorithm: one thread per output element (plane, oy, ox), grid-stride;
-//     it scans its kh x kw window row-major over the in-bounds input pixels.
-//     Max keeps the first maximum (strict '>'; a NaN replaces the running
-//     maximum, as in PyTorch) and stores its index y*w + x in the plane as
-//     int32. Average divides the sum by the window clipped to the padded input
+//   Algorithm: one thread per output element (plane, oy, ox) scans its
+//     kh x kw window row-major over the in-bounds input pixels. Max keeps the
+//     first maximum (strict '>'; a NaN replaces the running maximum, as in
+//     PyTorch) and stores its index y*w + x in the plane as int32. Average
+//     divides the sum by the window clipped to the padded input
 //     (count_include_pad) or to the input.
-//   Launch: 256 threads per block, min(ceil(N*C*OH*OW / 256), 1024) blocks.
-//   Traffic: reads the input once from DRAM (overlapping windows re-read from
-//     L1/L2), writes 4 bytes per output (8 for max: value + index). About
-//     kh*kw compares or adds per output. Memory bound: floor
+//   Tiled (pool_forward_tiled, whenever the input tile fits 16 KiB): a block
+//     owns a tile of tw x th outputs of one plane (tw = min(ow, 32) rounded up
+//     to a power of two, th = min(256 / tw, oh)), first loads the input pixels
+//     those windows cover into shared memory, consecutive threads reading
+//     consecutive pixels of a row, then each thread scans its window there;
+//     lanes write consecutive outputs of a row. Global loads are then
+//     coalesced whatever the stride (the direct kernel's lanes read pixels sw
+//     apart: sw times the sectors); the shared-memory reads of lanes sw
+//     words apart are sw-way bank conflicts, the cheaper place for them.
+//     Grid: min(tiles, 2^18 / (tw*th)) blocks of tw*th threads striding over
+//     the tiles; (tw-1)*sw + (kw-1)*dw + 1 by (th-1)*sh + (kh-1)*dh + 1 floats
+//     of shared memory.
+//   Direct (pool_forward_direct, larger windows): grid-stride, one thread per
+//     output reading its window from global memory; 256 threads per block,
+//     min(ceil(N*C*OH*OW / 256), 1024) blocks.
+//   Traffic: reads the input once from DRAM (overlapping windows and tile
+//     halos re-read from L1/L2), writes 4 bytes per output (8 for max: value
+//     + index). About kh*kw compares or adds per output. Memory bound: floor
 //     (N*C*H*W + N*C*OH*OW*{1, 2}) * 4 bytes / DRAM bandwidth.
 //
 // Backward (maxpool2d_backward, avgpool2d_backward)
@@ -32,6 +46,7 @@
 // the int32 case (common/fastdiv.cuh).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 
@@ -73,33 +88,99 @@ __device__ __forceinline__ Index split(const PoolDivs<Index>& div, Index e, Inde
   return div.rows.divmod(div.cols.divmod(e, col), row);
 }
 
-template <class Index>
-__global__ void __launch_bounds__(kThreads) maxpool_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
-                                                                   int32_t* __restrict__ arg, PoolShape s,
-                                                                   PoolDivs<Index> div, Index total) {
+// The window of output (oy, ox), scanned row-major over its in-bounds input
+// pixels, at(i, j, yy, xx) reading pixel (yy, xx) of window offset (i, j).
+// Max: the first maximum (strict '>'; a NaN replaces it, as in PyTorch) and its
+// index yy*w + xx in the plane; average: the sum / avg_divisor. In-plane
+// coordinates fit int (the binding refuses planes past 2^31 - 1 elements).
+template <bool kMax, class At>
+__device__ __forceinline__ float pool_window(const PoolShape& s, bool count_include_pad, int oy, int ox, At at,
+                                             int32_t& best_at) {
+  const int h = (int)s.h, w = (int)s.w;
+  float best = -INFINITY, sum = 0.f;
+  best_at = -1;
+  for (int i = 0; i < s.kh; ++i) {
+    const int yy = oy * s.sh - s.ph + i * s.dh;
+    if (yy < 0 || yy >= h) continue;
+    for (int j = 0; j < s.kw; ++j) {
+      const int xx = ox * s.sw - s.pw + j * s.dw;
+      if (xx < 0 || xx >= w) continue;
+      const float v = at(i, j, yy, xx);
+      if constexpr (kMax) {
+        if (best_at < 0 || v > best || isnan(v)) {
+          best = v;
+          best_at = yy * w + xx;
+        }
+      } else {
+        sum += v;
+      }
+    }
+  }
+  if constexpr (kMax) return best;
+  return sum / (float)avg_divisor(oy, ox, s, count_include_pad);
+}
+
+// One thread per output, reading its window from global memory: for windows
+// whose input tile would not fit shared memory (pool_tiles).
+template <bool kMax, class Index>
+__global__ void __launch_bounds__(kThreads)
+    pool_forward_direct(const float* __restrict__ x, float* __restrict__ y, int32_t* __restrict__ arg, PoolShape s,
+                        bool count_include_pad, PoolDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
-  const Index h = (Index)s.h, w = (Index)s.w;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
     Index oy, ox;
     const Index plane = split(div, e, oy, ox);
-    const float* src = x + plane * h * w;
-    float best = -INFINITY;
-    int32_t best_at = -1;
-    for (int i = 0; i < s.kh; ++i) {
-      const Index yy = oy * s.sh - s.ph + (Index)i * s.dh;
-      if (yy < 0 || yy >= h) continue;
-      for (int j = 0; j < s.kw; ++j) {
-        const Index xx = ox * s.sw - s.pw + (Index)j * s.dw;
-        if (xx < 0 || xx >= w) continue;
-        const float v = src[yy * w + xx];
-        if (best_at < 0 || v > best || isnan(v)) {
-          best = v;
-          best_at = (int32_t)(yy * w + xx);
-        }
-      }
+    const float* src = x + plane * (Index)s.h * (Index)s.w;
+    int32_t at;
+    y[e] = pool_window<kMax>(s, count_include_pad, (int)oy, (int)ox,
+                             [&](int, int, int yy, int xx) { return src[yy * (int)s.w + xx]; }, at);
+    if constexpr (kMax) arg[e] = at;
+  }
+}
+
+// The output tiles of the tiled forward: tw x th outputs of one plane (tw a
+// power of two up to 32, th up to kThreads / tw and oh), one thread each,
+// reading an ih x iw input tile staged in shared memory.
+template <class Index>
+struct PoolTiles {
+  int tw, tw_log2, th, iw, ih;
+  Divider<int32_t> iw_div;
+  Divider<Index> tiles_x, tiles_y;
+  Index count;
+};
+
+template <bool kMax, class Index>
+__global__ void __launch_bounds__(kThreads)
+    pool_forward_tiled(const float* __restrict__ x, float* __restrict__ y, int32_t* __restrict__ arg, PoolShape s,
+                       bool count_include_pad, PoolTiles<Index> t) {
+  extern __shared__ float tile[];
+  const int h = (int)s.h, w = (int)s.w, oh = (int)s.oh, ow = (int)s.ow;
+  const int lx = (int)threadIdx.x & (t.tw - 1), ly = (int)threadIdx.x >> t.tw_log2;
+  for (Index k = blockIdx.x; k < t.count; k += gridDim.x) {
+    Index tx, ty;
+    const Index plane = t.tiles_y.divmod(t.tiles_x.divmod(k, tx), ty);
+    const int oy0 = (int)ty * t.th, ox0 = (int)tx * t.tw;
+    const int iy0 = oy0 * s.sh - s.ph, ix0 = ox0 * s.sw - s.pw;
+    const float* src = x + plane * (Index)h * (Index)w;
+    __syncthreads();  // the previous tile's reads are done
+    // consecutive threads load consecutive pixels of a tile row (0 outside the
+    // plane: never read, since pool_window skips those pixels)
+    for (int q = threadIdx.x; q < t.ih * t.iw; q += blockDim.x) {
+      int c;
+      const int r = t.iw_div.divmod(q, c);
+      const int yy = iy0 + r, xx = ix0 + c;
+      tile[q] = yy >= 0 && yy < h && xx >= 0 && xx < w ? src[yy * w + xx] : 0.f;
     }
-    y[e] = best;
-    arg[e] = best_at;
+    __syncthreads();
+    const int oy = oy0 + ly, ox = ox0 + lx;
+    if (ly >= t.th || oy >= oh || ox >= ow) continue;
+    const float* mine = tile + ly * s.sh * t.iw + lx * s.sw;  // this output's window origin in the tile
+    int32_t at;
+    const float v = pool_window<kMax>(s, count_include_pad, oy, ox,
+                                      [&](int i, int j, int, int) { return mine[i * s.dh * t.iw + j * s.dw]; }, at);
+    const Index o = (plane * oh + oy) * ow + ox;
+    y[o] = v;
+    if constexpr (kMax) arg[o] = at;
   }
 }
 
@@ -131,29 +212,6 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_kernel(const float*
       }
     }
     dx[e] = sum;
-  }
-}
-
-template <class Index>
-__global__ void __launch_bounds__(kThreads) avgpool_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
-                                                                   PoolShape s, bool count_include_pad,
-                                                                   PoolDivs<Index> div, Index total) {
-  const Index step = (Index)gridDim.x * blockDim.x;
-  const Index h = (Index)s.h, w = (Index)s.w;
-  for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
-    Index oy, ox;
-    const Index plane = split(div, e, oy, ox);
-    const float* src = x + plane * h * w;
-    float sum = 0.f;
-    for (int i = 0; i < s.kh; ++i) {
-      const Index yy = oy * s.sh - s.ph + i;
-      if (yy < 0 || yy >= h) continue;
-      for (int j = 0; j < s.kw; ++j) {
-        const Index xx = ox * s.sw - s.pw + j;
-        if (xx >= 0 && xx < w) sum += src[yy * w + xx];
-      }
-    }
-    y[e] = sum / (float)avg_divisor((int)oy, (int)ox, s, count_include_pad);
   }
 }
 
@@ -196,16 +254,53 @@ PoolDivs<Index> out_divs(const PoolShape& s) { return PoolDivs<Index>(s.oh, s.ow
 template <class Index>
 PoolDivs<Index> in_divs(const PoolShape& s) { return PoolDivs<Index>(s.h, s.w, s); }
 
-}  // namespace
+// Shared memory one forward block may stage; larger input tiles (windows of
+// more than ~50 strided pixels per side) take the direct kernel.
+constexpr int kMaxTileBytes = 16 << 10;
 
-void maxpool2d_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, cudaStream_t stream) {
+// The tiling of s's outputs, or count = 0 when its input tile is too large.
+template <class Index>
+PoolTiles<Index> pool_tiles(const PoolShape& s) {
+  PoolTiles<Index> t{};
+  t.tw_log2 = 0;
+  while ((1 << t.tw_log2) < std::min<int64_t>(s.ow, 32)) ++t.tw_log2;
+  t.tw = 1 << t.tw_log2;
+  t.th = (int)std::min<int64_t>(kThreads / t.tw, s.oh);
+  t.iw = (t.tw - 1) * s.sw + (s.kw - 1) * s.dw + 1;
+  t.ih = (t.th - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+  if ((int64_t)t.iw * t.ih * (int64_t)sizeof(float) > kMaxTileBytes) return t;
+  t.iw_div = Divider<int32_t>(t.iw);
+  const int64_t tiles_x = (s.ow + t.tw - 1) / t.tw, tiles_y = (s.oh + t.th - 1) / t.th;
+  t.tiles_x = Divider<Index>((Index)tiles_x);
+  t.tiles_y = Divider<Index>((Index)tiles_y);
+  t.count = (Index)(s.planes * tiles_y * tiles_x);
+  return t;
+}
+
+template <bool kMax>
+void pool_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, bool count_include_pad,
+                  cudaStream_t stream) {
   const int64_t total = s.planes * s.oh * s.ow;
   if (total == 0) return;
   with_index_type(fits_int32(s), [&](auto index) {
     using Index = decltype(index);
-    maxpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, out_divs<Index>(s),
-                                                                            (Index)total);
+    const PoolTiles<Index> t = pool_tiles<Index>(s);
+    if (t.count == 0) {
+      pool_forward_direct<kMax, Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, count_include_pad,
+                                                                              out_divs<Index>(s), (Index)total);
+      return;
+    }
+    const int threads = t.tw * t.th;
+    const unsigned blocks = (unsigned)std::min<int64_t>(t.count, kMaxBlocks * kThreads / threads);
+    pool_forward_tiled<kMax, Index><<<blocks, threads, t.iw * t.ih * sizeof(float), stream>>>(
+        x, y, arg, s, count_include_pad, t);
   });
+}
+
+}  // namespace
+
+void maxpool2d_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, cudaStream_t stream) {
+  pool_forward<true>(x, y, arg, s, false, stream);
 }
 
 void maxpool2d_backward(const float* dy, const int32_t* arg, float* dx, const PoolShape& s, cudaStream_t stream) {
@@ -219,13 +314,7 @@ void maxpool2d_backward(const float* dy, const int32_t* arg, float* dx, const Po
 }
 
 void avgpool2d_forward(const float* x, float* y, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
-  const int64_t total = s.planes * s.oh * s.ow;
-  if (total == 0) return;
-  with_index_type(fits_int32(s), [&](auto index) {
-    using Index = decltype(index);
-    avgpool_forward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, s, count_include_pad,
-                                                                            out_divs<Index>(s), (Index)total);
-  });
+  pool_forward<false>(x, y, nullptr, s, count_include_pad, stream);
 }
 
 void avgpool2d_backward(const float* dy, float* dx, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
