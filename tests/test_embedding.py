@@ -129,6 +129,16 @@ def test_kernel_parity_past_65535_rows(kernel_device, rng):
     compare_module(emb, (idx,), ("cpu", kernel_device), kernels=("embedding_forward", "embedding_backward"))
 
 
+@pytest.mark.parametrize("padding_idx", [None, 1])
+def test_kernel_backward_long_runs_and_wide_rows(kernel_device, padding_idx, rng):
+    """Rows used by more than 32 positions (the kernel takes them 32 at a time,
+    one per lane) and a dimension past one block of threads (300: two passes,
+    the second partial)."""
+    emb = nn.Embedding(5, 300, padding_idx=padding_idx)
+    idx = rng.integers(0, 5, size=(3, 70))
+    compare_module(emb, (idx,), ("cpu", kernel_device), kernels=("embedding_forward", "embedding_backward"))
+
+
 def test_kernel_backward_is_deterministic(kernel_device, schedule, rng):
     emb = nn.Embedding(4, 5).to(kernel_device)
     be = gpunet.get_backend(kernel_device)

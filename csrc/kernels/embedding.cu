@@ -17,7 +17,9 @@
 //     (and d + blockDim, ...) sums dy[order[p], d] over the row's positions p
 //     in increasing order. A fixed order with no atomics: the same bits on
 //     every run. Consecutive threads read consecutive floats of a dy row:
-//     coalesced. A row used by many positions is summed by one block only
+//     coalesced. The positions come 32 at a time, one per lane in one
+//     coalesced load, handed round the warp by shuffles (not one broadcast
+//     load of order[p] per position and warp). A row used by many positions is summed by one block only
 //     (no split-k): a very frequent index serialises; fine for language-model
 //     vocabularies where the per-row work is far below the dy read.
 //   Launch: min(vocab, 65535) blocks of min(256, dim rounded up to 32) threads.
@@ -71,19 +73,26 @@ __global__ void __launch_bounds__(kThreads)
     embedding_backward_kernel(const float* __restrict__ dy, const int64_t* __restrict__ order,
                               const int64_t* __restrict__ row_ptr, float* __restrict__ dweight, int64_t count,
                               int64_t vocab, int64_t dim, int64_t padding_idx) {
+  const int lane = threadIdx.x % 32;
   for (int64_t v = blockIdx.x; v < vocab; v += gridDim.x) {
-    // clamped, so that a malformed row pointer cannot send a read out of bounds
+    // clamped, so that a malformed row pointer cannot send a read out of bounds;
+    // the padding row sums nothing
     const int64_t begin = row_ptr[v] < 0 ? 0 : row_ptr[v];
-    const int64_t end = row_ptr[v + 1] > count ? count : row_ptr[v + 1];
-    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+    const int64_t end = v == padding_idx ? begin : row_ptr[v + 1] > count ? count : row_ptr[v + 1];
+    for (int64_t d0 = 0; d0 < dim; d0 += blockDim.x) {  // every thread of the block iterates alike
+      const int64_t d = d0 + threadIdx.x;
       float sum = 0.f;
-      if (v != padding_idx) {
-        for (int64_t p = begin; p < end; ++p) {
-          const int64_t n = order[p];
-          if (n >= 0 && n < count) sum += dy[n * dim + d];
+      for (int64_t p0 = begin; p0 < end; p0 += 32) {
+        // each lane loads one of the next 32 positions (one coalesced request);
+        // shuffles hand them round, in order
+        const int64_t mine = p0 + lane < end ? order[p0 + lane] : -1;
+        const int run = (int)(end - p0 < 32 ? end - p0 : 32);
+        for (int k = 0; k < run; ++k) {
+          const int64_t n = __shfl_sync(0xffffffffu, mine, k);
+          if (d < dim && n >= 0 && n < count) sum += dy[n * dim + d];
         }
       }
-      dweight[v * dim + d] = sum;
+      if (d < dim) dweight[v * dim + d] = sum;
     }
   }
 }
