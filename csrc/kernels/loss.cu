@@ -24,9 +24,12 @@
 //     pair), n = rows * C. ~6 FLOPs + 1 exp per element.
 //
 // cross_entropy_backward
-//   Elementwise, grid-stride (int64 index over rows * C): read logits, write
-//   dlogits: 8n bytes (per-row values come from cache). ~6 FLOPs + 1 exp per
-//   element. 256 threads per block, min(ceil(n / 256), 1024) blocks.
+//   C >= 32: a warp per row (128 threads = 4 rows per block, ceil(rows / 4)
+//   blocks), the row's target, (m, l), dloss and a_sum loaded once, lanes
+//   striding over the classes. C < 32: elementwise, grid-stride (int64 index
+//   over rows * C; 256 threads per block, min(ceil(n / 256), 1024) blocks),
+//   the per-row values re-read (from cache) by each element. Read logits,
+//   write dlogits: 8n bytes; ~6 FLOPs + 1 exp per element.
 // Both are memory bound: the floor is bytes / DRAM bandwidth.
 #include <cuda_runtime.h>
 
@@ -128,29 +131,68 @@ __global__ void __launch_bounds__(kRowBlock)
 }
 
 // ------------------------------------------------------------ cross-entropy backward
+// What every element of a row needs: the row's (m, l), dloss, target and
+// a_sum = sum_c a_c; 0-gradient rows (ignore_index, target out of range: the
+// forward reported it) have live = false.
+struct XentRowGrad {
+  bool live;
+  int64_t t;
+  float m, l, dl, wt, a_sum;
+};
+
+__device__ __forceinline__ XentRowGrad xent_row_grad(const int64_t* target, const float* weight, float ws,
+                                                     const float* lse, const float* dloss, int64_t row, int cols,
+                                                     int64_t ignore_index, float eps) {
+  XentRowGrad r{};
+  r.t = target[row];
+  r.live = r.t != ignore_index && r.t >= 0 && r.t < cols;
+  if (!r.live) return r;
+  r.m = lse[2 * row];
+  r.l = lse[2 * row + 1];
+  r.dl = dloss[row];
+  r.wt = weight ? weight[r.t] : 1.f;
+  r.a_sum = (1.f - eps) * r.wt + eps / cols * ws;
+  return r;
+}
+
+// dlogits[row, c] from the row's constants.
+__device__ __forceinline__ float xent_grad(const XentRowGrad& r, float x, const float* weight, int c, int cols,
+                                           float eps) {
+  if (!r.live) return 0.f;
+  float a = eps / cols * (weight ? weight[c] : 1.f);  // target distribution a_c
+  if (c == r.t) a += (1.f - eps) * r.wt;
+  return r.dl * (r.a_sum * expf((x - r.m) - r.l) - a);
+}
+
+// Rows of 32 classes or more: a warp per row, so the row's constants are
+// loaded once per row, not once per 32 elements.
+__global__ void __launch_bounds__(kWarpBlock)
+    xent_backward_rows(const float* __restrict__ x, const int64_t* __restrict__ target,
+                       const float* __restrict__ weight, const float* __restrict__ weight_sum,
+                       const float* __restrict__ lse, const float* __restrict__ dloss, float* __restrict__ dx,
+                       int64_t rows, int cols, int64_t ignore_index, float eps) {
+  const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
+  if (row >= rows) return;
+  const XentRowGrad r =
+      xent_row_grad(target, weight, weight ? *weight_sum : (float)cols, lse, dloss, row, cols, ignore_index, eps);
+  const float* xr = x + row * cols;
+  float* dr = dx + row * cols;
+  for (int c = threadIdx.x % 32; c < cols; c += 32) dr[c] = xent_grad(r, xr[c], weight, c, cols, eps);
+}
+
+// Narrower rows: elementwise, grid-stride (a warp per row would idle lanes).
 __global__ void __launch_bounds__(kThreads)
-    xent_backward_kernel(const float* __restrict__ x, const int64_t* __restrict__ target,
-                         const float* __restrict__ weight, const float* __restrict__ weight_sum,
-                         const float* __restrict__ lse, const float* __restrict__ dloss, float* __restrict__ dx,
-                         int64_t rows, int cols, int64_t ignore_index, float eps) {
+    xent_backward_elements(const float* __restrict__ x, const int64_t* __restrict__ target,
+                           const float* __restrict__ weight, const float* __restrict__ weight_sum,
+                           const float* __restrict__ lse, const float* __restrict__ dloss, float* __restrict__ dx,
+                           int64_t rows, int cols, int64_t ignore_index, float eps) {
   const int64_t n = rows * cols;
-  const float eps_c = eps / cols;
   const float ws = weight ? *weight_sum : (float)cols;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t row = i / cols;
     const int c = (int)(i - row * cols);
-    const int64_t t = target[row];
-    float g;
-    if (t == ignore_index || t < 0 || t >= cols) {  // out of range: the forward reported it
-      g = 0.f;
-    } else {
-      const float wt = weight ? weight[t] : 1.f;
-      float a = eps_c * (weight ? weight[c] : 1.f);  // target distribution a_c
-      if (c == t) a += (1.f - eps) * wt;
-      const float a_sum = (1.f - eps) * wt + eps_c * ws;
-      g = dloss[row] * (a_sum * expf((x[i] - lse[2 * row]) - lse[2 * row + 1]) - a);
-    }
-    dx[i] = g;
+    dx[i] = xent_grad(xent_row_grad(target, weight, ws, lse, dloss, row, cols, ignore_index, eps), x[i], weight, c,
+                      cols, eps);
   }
 }
 
@@ -175,8 +217,13 @@ void cross_entropy_backward(const float* logits, const int64_t* target, const fl
                             const float* lse, const float* dloss, float* dlogits, int64_t rows, int cols,
                             int64_t ignore_index, float eps, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  xent_backward_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(logits, target, weight, weight_sum, lse, dloss,
-                                                                      dlogits, rows, cols, ignore_index, eps);
+  if (cols >= 32)
+    xent_backward_rows<<<warp_grid(rows), kWarpBlock, 0, stream>>>(logits, target, weight, weight_sum, lse, dloss,
+                                                                    dlogits, rows, cols, ignore_index, eps);
+  else
+    xent_backward_elements<<<grid_for(rows * cols), kThreads, 0, stream>>>(logits, target, weight, weight_sum, lse,
+                                                                          dloss, dlogits, rows, cols, ignore_index,
+                                                                          eps);
 }
 
 }  // namespace gpunet
