@@ -266,9 +266,12 @@ PoolTiles<Index> pool_tiles(const PoolShape& s) {
   while ((1 << t.tw_log2) < std::min<int64_t>(s.ow, 32)) ++t.tw_log2;
   t.tw = 1 << t.tw_log2;
   t.th = (int)std::min<int64_t>(kThreads / t.tw, s.oh);
-  t.iw = (t.tw - 1) * s.sw + (s.kw - 1) * s.dw + 1;
-  t.ih = (t.th - 1) * s.sh + (s.kh - 1) * s.dh + 1;
-  if ((int64_t)t.iw * t.ih * (int64_t)sizeof(float) > kMaxTileBytes) return t;
+  // (in int64: tw rounds ow up, so (tw - 1) * sw may pass the input width)
+  const int64_t iw = (int64_t)(t.tw - 1) * s.sw + (int64_t)(s.kw - 1) * s.dw + 1;
+  const int64_t ih = (int64_t)(t.th - 1) * s.sh + (int64_t)(s.kh - 1) * s.dh + 1;
+  if (iw * ih * (int64_t)sizeof(float) > kMaxTileBytes) return t;
+  t.iw = (int)iw;
+  t.ih = (int)ih;
   t.iw_div = Divider<int32_t>(t.iw);
   const int64_t tiles_x = (s.ow + t.tw - 1) / t.tw, tiles_y = (s.oh + t.th - 1) / t.th;
   t.tiles_x = Divider<Index>((Index)tiles_x);
