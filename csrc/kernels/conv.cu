@@ -26,7 +26,9 @@
 //   Traffic: reads K*n*L*4 bytes of columns (each entry once overall), writes
 //     n*C*H*W*4 bytes; K*n*L adds. Memory bound: floor (K*n*L + n*C*H*W)*4 /
 //     DRAM bandwidth. Reads are strided by n*L between kernel offsets but
-//     coalesced across neighbouring x for stride 1.
+//     coalesced across neighbouring x for stride 1 (shifted by the offset j,
+//     so a request of 32 floats spans 5 sectors, not 4; lanes whose pixel
+//     has no window at an offset sit it out).
 //
 // Both kernels index with int32 when every index fits and with int64
 // otherwise; their divisions by the extents and strides are multiply-shifts by

@@ -30,7 +30,9 @@
 //   over rows * C; 256 threads per block, min(ceil(n / 256), 1024) blocks),
 //   the per-row values re-read (from cache) by each element. Read logits,
 //   write dlogits: 8n bytes; ~6 FLOPs + 1 exp per element.
-// Both are memory bound: the floor is bytes / DRAM bandwidth.
+// Both are memory bound: the floor is bytes / DRAM bandwidth. The forward's
+// per-row epilogue (target, its logit and weight, loss and lse stores) is one
+// lane's work: single-lane requests, a few per row against C / 32 full ones.
 #include <cuda_runtime.h>
 
 #include <cmath>

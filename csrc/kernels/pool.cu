@@ -40,6 +40,10 @@
 //   Launch: 256 threads per block, min(ceil(N*C*H*W / 256), 1024) blocks.
 //   Traffic: writes N*C*H*W*4 bytes, reads dy (and arg for max) once from
 //     DRAM, re-reads up to kh*kw/(sh*sw) times from cache. Memory bound.
+//   Access profile: with stride s, only 1 in s lanes has an output for a given
+//     window offset and s neighbouring lanes share it (a broadcast), so about
+//     half the lanes are active and loads use 1-2 sectors per request; that
+//     is the gather's price for having no atomics.
 //
 // Indices are int32 when every flat index fits, int64 otherwise; divisions by
 // the extents and strides are multiply-shifts by per-launch magic numbers in
