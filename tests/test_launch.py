@@ -11,7 +11,11 @@ import pytest
 from gpunet import _C_sim as kern
 
 THREADS = 256          # common/launch.cuh kThreads
-MAX_BLOCKS = 1024      # common/launch.cuh kMaxBlocks
+SMS = 132              # the simulator's SM count (an H100/H200 SXM has as many)
+# grid-stride kernels launch at most the blocks resident on the device at
+# once: SMs x blocks per SM; the simulator has no register model, so the
+# thread limit alone (2048 threads per SM) sets the blocks per SM
+MAX_BLOCKS = SMS * 2048 // THREADS
 WARP_ROWS = 4          # common/rows.cuh kWarpRows
 MAX_ROW_BLOCKS = 65535  # common/rows.cuh kMaxRowBlocks
 INT32_MAX = 2**31 - 1
@@ -22,9 +26,9 @@ SIZES = [1, 255, 256, 257, 4 * THREADS * MAX_BLOCKS + 1, INT32_MAX, 2**31, 2**31
 
 @pytest.mark.parametrize("n", SIZES)
 def test_grid_stride_launches_cover_sizes_past_int32(n):
-    """Grid-stride kernels launch min(ceil(n / 256), 1024) blocks however
-    large n is; the float4 path one thread per vector (the last one taking
-    the n % 4 tail)."""
+    """Grid-stride kernels launch min(ceil(n / 256), resident blocks) blocks
+    however large n is; the float4 path one thread per vector (the last one
+    taking the n % 4 tail)."""
     assert kern._launch_blocks("grid_stride", n) == min(math.ceil(n / THREADS), MAX_BLOCKS)
     assert kern._launch_blocks("elementwise", n) == min(math.ceil(n / THREADS), MAX_BLOCKS)
     assert kern._launch_blocks("elementwise_vec4", n) == min(math.ceil(math.ceil(n / 4) / THREADS), MAX_BLOCKS)
@@ -39,6 +43,25 @@ def test_row_launches_past_int32_rows(rows):
     blocks = kern._launch_blocks("warp_rows", rows)
     assert blocks == math.ceil(rows / WARP_ROWS) and blocks <= GRID_X_MAX
     assert kern._launch_blocks("block_rows", rows) == min(rows, MAX_ROW_BLOCKS)
+
+
+def test_warp_row_grid_past_the_x_limit_raises():
+    """One row more than 4 (2^31 - 1): the grid would need 2^31 blocks in x."""
+    with pytest.raises(ValueError, match=r"a warp-per-row kernel needs a grid of \(2147483648, 1, 1\) blocks"):
+        kern._launch_blocks("warp_rows", WARP_ROWS * GRID_X_MAX + 1)
+
+
+@pytest.mark.parametrize("dim,limit", [("grid_x", GRID_X_MAX), ("grid_y", 65535), ("grid_z", 65535)])
+def test_checked_grid_limits(dim, limit):
+    """Every launch's grid passes common/launch.cuh checked_grid (or is
+    bounded by construction, as the grid-stride ones): up to CUDA's limit in
+    each dimension it is the grid asked for, one block more raises a
+    ValueError naming the kernel and the limits, before anything runs."""
+    assert kern._launch_blocks(dim, 1) == 1
+    assert kern._launch_blocks(dim, limit) == limit
+    with pytest.raises(ValueError, match=r"a test launch needs a grid of .* CUDA allows at most "
+                                         r"\(2147483647, 65535, 65535\)"):
+        kern._launch_blocks(dim, limit + 1)
 
 
 def test_launch_hook_rejects_bad_arguments():

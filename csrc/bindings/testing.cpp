@@ -51,12 +51,16 @@ void bind_testing(py::module_& m) {
                                      {"elementwise", Geometry::Elementwise},
                                      {"elementwise_vec4", Geometry::ElementwiseVec4},
                                      {"warp_rows", Geometry::WarpRows},
-                                     {"block_rows", Geometry::BlockRows}};
+                                     {"block_rows", Geometry::BlockRows},
+                                     {"grid_x", Geometry::GridX},
+                                     {"grid_y", Geometry::GridY},
+                                     {"grid_z", Geometry::GridZ}};
         require_at_least(n, 1, "n");
         for (const Named& s : kShapes)
           if (shape == s.name) return launch_blocks(s.geometry, n);
         throw py::value_error("argument 'shape': unknown launch shape '" + shape +
-                              "'; valid: grid_stride, elementwise, elementwise_vec4, warp_rows, block_rows");
+                              "'; valid: grid_stride, elementwise, elementwise_vec4, warp_rows, block_rows, "
+                              "grid_x, grid_y, grid_z");
       },
       py::arg("shape"), py::arg("n"),
       "TEST-ONLY. Blocks a launcher of this shape asks for n items (elements or rows):\n"

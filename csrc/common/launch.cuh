@@ -6,7 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <tuple>
 #include <type_traits>
 
 namespace gpunet {
@@ -15,15 +21,81 @@ namespace gpunet {
 // size that keeps 8 blocks resident per SM on sm_80/sm_90.
 constexpr int kThreads = 256;
 
-// Grid-stride kernels never need more blocks than fill the GPU once: an H100
-// holds 132 SMs x 2048 threads = 1056 blocks of 256. More blocks only add
-// scheduling work (and, in the simulator, fibers).
-constexpr int64_t kMaxBlocks = 1024;
+// CUDA's grid limits: gridDim.x <= 2^31 - 1, gridDim.y and gridDim.z <= 65535.
+constexpr int64_t kMaxGridX = INT32_MAX;
+constexpr int64_t kMaxGridYZ = 65535;
 
-// Blocks for `work` independent items, one item per thread per iteration.
+// The grid of a launch, checked against CUDA's limits before anything runs:
+// past them std::length_error (ValueError in Python) naming the kernel,
+// instead of a truncated unsigned grid or a launch error after the fact.
+inline dim3 checked_grid(const char* kernel, int64_t x, int64_t y = 1, int64_t z = 1) {
+  if (x < 1 || y < 1 || z < 1 || x > kMaxGridX || y > kMaxGridYZ || z > kMaxGridYZ)
+    throw std::length_error(std::string("gpunet: ") + kernel + " needs a grid of (" + std::to_string(x) + ", " +
+                            std::to_string(y) + ", " + std::to_string(z) + ") blocks; CUDA allows at most (" +
+                            std::to_string(kMaxGridX) + ", " + std::to_string(kMaxGridYZ) + ", " +
+                            std::to_string(kMaxGridYZ) + ")");
+  return dim3((unsigned)x, (unsigned)y, (unsigned)z);
+}
+
+// Blocks of `threads` threads that fill one SM of an sm_80/sm_90 GPU (2048
+// threads, 32 blocks) when registers and shared memory do not limit them.
+inline int thread_limited_blocks_per_sm(int threads) { return std::clamp(2048 / threads, 1, 32); }
+
+// SMs of the current device (132 on an H100/H200 SXM; the simulator says 132).
+inline int sm_count() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 132;
+#ifdef CUDASIM
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) sms = prop.multiProcessorCount;
+#else
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) sms = 0;
+#endif
+  (void)cudaGetLastError();  // a failed query must not surface as the next launch's error
+  return sms > 0 ? sms : 132;
+}
+
+// Blocks of `kernel` (launched with `threads` threads and `smem` bytes of
+// dynamic shared memory) resident on the whole current device at once: its
+// occupancy (registers, shared memory, threads) per SM times the SMs, asked
+// once per kernel, shape and device. A grid-stride kernel needs no more
+// blocks than that: more only add scheduling work (and, in the simulator,
+// fibers). The simulator has no register model: there the thread limit alone.
+template <class Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) (void)cudaGetLastError();
+  using Key = std::tuple<const void*, int, size_t, int>;
+  static std::mutex mu;
+  static std::map<Key, int64_t> cache;
+  const Key key{reinterpret_cast<const void*>(kernel), threads, smem, device};
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int per_sm = 0;
+#ifdef CUDASIM
+  per_sm = thread_limited_blocks_per_sm(threads);
+#else
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess || per_sm < 1) {
+    (void)cudaGetLastError();  // not this kernel's launch error
+    per_sm = thread_limited_blocks_per_sm(threads);
+  }
+#endif
+  return cache[key] = (int64_t)per_sm * sm_count();
+}
+
+// Blocks of a grid-stride `kernel` for `work` independent items, one item
+// per thread per iteration: enough for every item, at most what the device
+// holds at once (so never past the grid's limits).
+template <class Kernel>
+unsigned grid_for(Kernel kernel, int64_t work, int threads = kThreads, size_t smem = 0) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  return (unsigned)std::clamp<int64_t>(blocks, 1, resident_blocks(kernel, threads, smem));
+}
+
+// The same for a kernel of kThreads threads that registers do not limit.
 inline unsigned grid_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
-  return (unsigned)std::clamp<int64_t>(blocks, 1, kMaxBlocks);
+  return (unsigned)std::clamp<int64_t>(blocks, 1, (int64_t)thread_limited_blocks_per_sm(kThreads) * sm_count());
 }
 
 // float4 loads/stores need 16-byte aligned addresses. NumPy/CuPy allocations

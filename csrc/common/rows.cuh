@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "common/rows.h"
 
@@ -42,11 +43,13 @@ void with_values_per_lane(int cols, F&& f) {
 }
 
 // Blocks of the warp-per-row kernels: one row per warp (64-bit arithmetic, so
-// no row count overflows before the cast; within the grid's x limit for up
-// to kMaxRows rows, which the bindings check).
-inline unsigned warp_grid(int64_t rows) { return (unsigned)((rows + kWarpRows - 1) / kWarpRows); }
+// no row count overflows; past the grid's x limit, i.e. more than kMaxRows
+// rows, which the bindings also check, std::length_error).
+inline dim3 warp_grid(int64_t rows) {
+  return checked_grid("a warp-per-row kernel", (rows + kWarpRows - 1) / kWarpRows);
+}
 // Blocks of the block-per-row kernels, which stride over the rows beyond that.
-inline unsigned row_grid(int64_t rows) { return (unsigned)std::min<int64_t>(rows, kMaxRowBlocks); }
+inline dim3 row_grid(int64_t rows) { return dim3((unsigned)std::min<int64_t>(rows, kMaxRowBlocks)); }
 
 __device__ __forceinline__ float warp_reduce_max(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));

@@ -12,8 +12,9 @@
 //     every pointer is 16-byte aligned, then a scalar loop over the n % 4
 //     tail (or over all n elements when a pointer is misaligned, e.g. a view
 //     x[1:]). y may alias x (in-place activations).
-//   Launch: 256 threads per block, min(ceil(items / 256), 1024) blocks, where
-//     items = ceil(n / 4) (vector path) or n.
+//   Launch: 256 threads per block, min(ceil(items / 256), resident blocks)
+//     blocks (launch.cuh grid_for: the kernel's occupancy times the SMs), where
+//     items = ceil(n / 4) (vector path) or n. Indices are int64 (n may pass 2^31).
 //   Traffic: forward reads x and writes y: 8n bytes; backward reads x or y and
 //     dy and writes dx: 12n bytes. FLOPs: 1-3 per element for relu, leaky_relu,
 //     softsign, sigmoid, tanh (plus one exp/tanh), ~10 plus erf/exp for gelu,
@@ -97,14 +98,16 @@ __global__ void __launch_bounds__(kThreads)
 template <Act A>
 void launch_forward(const float* x, float* y, int64_t n, float alpha, float beta, cudaStream_t stream) {
   const bool vec4 = all_aligned16(x, y);
-  act_forward_kernel<A><<<elementwise_grid(n, vec4), kThreads, 0, stream>>>(x, y, n, vec4, alpha, beta);
+  act_forward_kernel<A>
+      <<<elementwise_grid(act_forward_kernel<A>, n, vec4), kThreads, 0, stream>>>(x, y, n, vec4, alpha, beta);
 }
 
 template <Act A>
 void launch_backward(const float* in, const float* dy, float* dx, int64_t n, float alpha, float beta,
                      cudaStream_t stream) {
   const bool vec4 = all_aligned16(in, dy, dx);
-  act_backward_kernel<A><<<elementwise_grid(n, vec4), kThreads, 0, stream>>>(in, dy, dx, n, vec4, alpha, beta);
+  act_backward_kernel<A>
+      <<<elementwise_grid(act_backward_kernel<A>, n, vec4), kThreads, 0, stream>>>(in, dy, dx, n, vec4, alpha, beta);
 }
 
 }  // namespace

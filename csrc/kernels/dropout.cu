@@ -13,9 +13,9 @@
 //     the same (seed, offset), trading a few integer multiplies per element
 //     for the write and re-read of a mask byte.
 //   Launch: the grid-stride loop of common/elementwise.cuh (y may alias x),
-//     256 threads per block, min(ceil(items / 256), 1024) blocks; items =
-//     ceil(n / 4) with float4 loads/stores when x and y are 16-byte aligned,
-//     else n.
+//     256 threads per block, min(ceil(items / 256), resident blocks) blocks
+//     (launch.cuh grid_for); items = ceil(n / 4) with float4 loads/stores when
+//     x and y are 16-byte aligned, else n. Indices and counters are 64-bit.
 //   Traffic: reads 4n bytes, writes 4n. Work: 3 64-bit multiplies (about 12
 //     32-bit IMADs), ~8 shifts/xors and one compare per element: close to the
 //     bandwidth floor 8n / DRAM bandwidth on an H100 (~25 integer ops per 8
@@ -53,8 +53,8 @@ void dropout_apply(const float* x, float* y, int64_t n, uint64_t seed, uint64_t 
                    float scale, cudaStream_t stream) {
   if (n == 0) return;
   const bool vec4 = all_aligned16(x, y);
-  dropout_apply_kernel<<<elementwise_grid(n, vec4), kThreads, 0, stream>>>(x, y, n, seed, offset, threshold, scale,
-                                                                           vec4);
+  dropout_apply_kernel<<<elementwise_grid(dropout_apply_kernel, n, vec4), kThreads, 0, stream>>>(
+      x, y, n, seed, offset, threshold, scale, vec4);
 }
 
 }  // namespace gpunet

@@ -13,7 +13,8 @@
 //     place over xg: a thread reads all four of its inputs before writing
 //     them), h and c. Neighbouring threads touch neighbouring columns of each
 //     gate block, so every load and store is coalesced.
-//   Launch: 256 threads per block, min(ceil(B·H / 256), 1024) blocks.
+//   Launch: 256 threads per block, min(ceil(B·H / 256), resident blocks) blocks
+//     (launch.cuh grid_for).
 //   Traffic per (b, j): reads 4 xg + 4 hg + c_prev (+ 4 b_hh, cached) = 9
 //     floats, writes 4 gates + h + c = 6 floats: 60·B·H bytes. ~25 FLOPs plus
 //     3 expf and 2 tanhf. Memory bound: floor 60·B·H / DRAM bandwidth; in
@@ -167,7 +168,8 @@ void lstm_cell_forward(const float* xg, const float* hg, const float* b_hh, cons
                        float* h, float* c, int64_t batch, int64_t hidden, cudaStream_t stream) {
   const int64_t n = batch * hidden;
   if (n == 0) return;
-  lstm_cell_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(xg, hg, b_hh, c_prev, gates, h, c, batch, hidden);
+  lstm_cell_forward_kernel<<<grid_for(lstm_cell_forward_kernel, n), kThreads, 0, stream>>>(xg, hg, b_hh, c_prev,
+                                                                                           gates, h, c, batch, hidden);
 }
 
 void lstm_cell_backward(const float* gates, const float* c_prev, const float* c, const float* dy,
@@ -175,22 +177,24 @@ void lstm_cell_backward(const float* gates, const float* c_prev, const float* c,
                         int64_t hidden, cudaStream_t stream) {
   const int64_t n = batch * hidden;
   if (n == 0) return;
-  lstm_cell_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(gates, c_prev, c, dy, dh_next, dc_next, dgates,
-                                                                  dc_prev, batch, hidden);
+  lstm_cell_backward_kernel<<<grid_for(lstm_cell_backward_kernel, n), kThreads, 0, stream>>>(
+      gates, c_prev, c, dy, dh_next, dc_next, dgates, dc_prev, batch, hidden);
 }
 
 void rnn_cell_forward(const float* xg, const float* hg, const float* b_hh, float* h, int64_t batch, int64_t hidden,
                       bool relu, cudaStream_t stream) {
   const int64_t n = batch * hidden;
   if (n == 0) return;
-  rnn_cell_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(xg, hg, b_hh, h, n, hidden, relu);
+  rnn_cell_forward_kernel<<<grid_for(rnn_cell_forward_kernel, n), kThreads, 0, stream>>>(xg, hg, b_hh, h, n, hidden,
+                                                                                         relu);
 }
 
 void rnn_cell_backward(const float* h, const float* dy, const float* dh_next, float* dpre, int64_t batch,
                        int64_t hidden, bool relu, cudaStream_t stream) {
   const int64_t n = batch * hidden;
   if (n == 0) return;
-  rnn_cell_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(h, dy, dh_next, dpre, n, relu);
+  rnn_cell_backward_kernel<<<grid_for(rnn_cell_backward_kernel, n), kThreads, 0, stream>>>(h, dy, dh_next, dpre, n,
+                                                                                          relu);
 }
 
 void gru_cell_forward(const float* xg, const float* hg, const float* b_hh, const float* h_prev, float* gates,

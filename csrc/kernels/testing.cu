@@ -59,10 +59,13 @@ void invalid_launch(cudaStream_t stream) { noop_kernel<<<1, 2048, 0, stream>>>()
 int64_t launch_blocks(Geometry g, int64_t n) {
   switch (g) {
     case Geometry::GridStride: return grid_for(n);
-    case Geometry::Elementwise: return elementwise_grid(n, false);
-    case Geometry::ElementwiseVec4: return elementwise_grid(n, true);
-    case Geometry::WarpRows: return warp_grid(n);
-    case Geometry::BlockRows: return row_grid(n);
+    case Geometry::Elementwise: return grid_for(elementwise_items(n, false));
+    case Geometry::ElementwiseVec4: return grid_for(elementwise_items(n, true));
+    case Geometry::WarpRows: return warp_grid(n).x;
+    case Geometry::BlockRows: return row_grid(n).x;
+    case Geometry::GridX: return checked_grid("a test launch", n).x;
+    case Geometry::GridY: return checked_grid("a test launch", 1, n).y;
+    case Geometry::GridZ: return checked_grid("a test launch", 1, 1, n).z;
   }
   return 0;
 }

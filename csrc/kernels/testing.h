@@ -16,8 +16,9 @@ void block_sum(const float* x, float* out, int64_t n, bool racy, cudaStream_t st
 void invalid_launch(cudaStream_t stream);
 
 // The launch shapes of the kernel families (common/launch.cuh,
-// common/elementwise.cuh, common/rows.cuh).
-enum class Geometry { GridStride, Elementwise, ElementwiseVec4, WarpRows, BlockRows };
+// common/elementwise.cuh, common/rows.cuh), and checked_grid's limit on
+// each grid dimension (GridX/Y/Z: n blocks in that dimension).
+enum class Geometry { GridStride, Elementwise, ElementwiseVec4, WarpRows, BlockRows, GridX, GridY, GridZ };
 
 // The blocks a launcher of that shape asks for `n` items (elements or rows),
 // by the launchers' own functions: tests/test_launch.py checks them past 2^31
