@@ -115,7 +115,13 @@ def test_bias_add_linear_and_conv_layouts(kb):
     close(gpunet.to_numpy(conv_d), conv.astype(np.float64) + b[None, :, None, None])
 
 
-@pytest.mark.parametrize("n,c,inner", BIAS_SHAPES + ((64, 3, 300),), ids=str)
+# bias_grad's column kernel (inner <= 32: 32 / inner whole channels per block,
+# the last block owning fewer; more rows than its 32 warps) and its
+# per-channel kernel (inner > 32)
+BIAS_GRAD_SHAPES = BIAS_SHAPES + ((64, 3, 300), (70, 45, 1), (33, 7, 5), (40, 3, 32), (5, 2, 33))
+
+
+@pytest.mark.parametrize("n,c,inner", BIAS_GRAD_SHAPES, ids=str)
 def test_bias_grad(kb, schedule, n, c, inner):
     rng = np.random.default_rng(n * 100 + c * 10 + inner + 1)
     dy = f32(rng, (n, c, inner))
@@ -124,13 +130,14 @@ def test_bias_grad(kb, schedule, n, c, inner):
     close(gpunet.to_numpy(db), dy.astype(np.float64).sum(axis=(0, 2)), n=n * inner)
 
 
-def test_bias_grad_is_bitwise_deterministic(kb):
+@pytest.mark.parametrize("inner", [1, 97])
+def test_bias_grad_is_bitwise_deterministic(kb, inner):
     """Same bits on every run and, in the simulator, under every schedule."""
-    dy = put(kb, f32(np.random.default_rng(6), (32, 5, 97)))
+    dy = put(kb, f32(np.random.default_rng(6), (70, 5, inner)))
     results = []
     for order in (testing.SCHEDULES if kb.name == "sim" else (None,)) * 2:
         with testing.schedule(order) if order else contextlib.nullcontext():
             db = put(kb, np.zeros(5, np.float32))
-            kb.kernels.bias_grad(dy, db, 97, kb.stream())
+            kb.kernels.bias_grad(dy, db, inner, kb.stream())
         results.append(gpunet.to_numpy(db).tobytes())
     assert len(set(results)) == 1

@@ -6,19 +6,32 @@
 //   Algorithm: y viewed as (outer, C, inner), y[o, c, i] += b[c] in place.
 //     Grid-stride; float4 path when y is aligned and inner % 4 == 0 (then
 //     the 4 lanes of a vector share one channel).
-//   Launch: 256 threads per block, min(ceil(items / 256), 1024) blocks.
+//   Launch: 256 threads per block, min(ceil(items / 256), resident blocks)
+//     blocks (launch.cuh grid_for).
 //   Traffic: 8n + 4C bytes, n adds: memory bound.
 //
 // bias_grad
-//   Algorithm: db[c] = sum over o, i of dy[o, c, i]. Thread t of channel c's
-//     block sums the channel's elements t, t + 256, ... in order, then
-//     block_reduce_sum (common/reduce.cuh) combines the 256 partials in a
-//     fixed tree. No atomics: the result is bitwise reproducible.
-//     Accumulation is in float.
-//   Launch: one block of 256 threads per channel, C blocks.
-//   Traffic: 4n + 4C bytes, n adds. Reads are coalesced along inner; for
-//     inner = 1 (Linear) a block walks a strided column and the blocks of
-//     neighbouring channels share the DRAM sectors through L2.
+//   Algorithm: db[c] = sum over o, i of dy[o, c, i], without atomics, in a
+//     fixed order (bitwise reproducible), accumulated in float. Two kernels,
+//     by the length of the contiguous runs:
+//   inner <= 32 (Linear: inner = 1; small feature maps): dy viewed as the
+//     matrix (outer, C·inner); a block owns 32 / inner whole channels, i.e.
+//     up to 32 consecutive columns. Lane l of each of the 32 warps sums
+//     column l over the rows w, w + 32, ...: a warp reads one contiguous run
+//     of a row (4 sectors per request, 5 when the run straddles a 128-byte
+//     line). The 32 partials of a column are summed in warp order through
+//     shared memory (conflict-free: a warp touches 32 consecutive words),
+//     then each channel's inner column sums in order.
+//     Launch: ceil(C / (32 / inner)) blocks of 1024 threads.
+//   inner > 32 (Conv2d): one block of 256 threads per channel; warp w sums
+//     the rows o = w, w + 8, ..., its lanes striding along the channel's
+//     contiguous run of inner floats (coalesced, no per-element division);
+//     block_reduce_sum (common/reduce.cuh) combines the partials.
+//     Launch: C blocks of 256 threads.
+//   Traffic: 4n + 4C bytes, n adds. Parallelism is capped at the channels
+//     (ceil(C·inner / 32) blocks for small inner): splitting the rows over
+//     more blocks would need a workspace and a second pass to stay
+//     deterministic without atomics.
 #include <cuda_runtime.h>
 
 #include "common/launch.cuh"
@@ -47,13 +60,44 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+constexpr int kColWarps = 32;  // row groups of bias_grad_columns_kernel: 1024 threads
+
+__global__ void __launch_bounds__(32 * kColWarps)
+    bias_grad_columns_kernel(const float* __restrict__ dy, float* __restrict__ db, int64_t outer, int64_t channels,
+                             int inner, int per_block) {
+  __shared__ float part[kColWarps][32];
+  __shared__ float col_sum[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t c0 = (int64_t)blockIdx.x * per_block;
+  const int owned = (int)(channels - c0 < per_block ? channels - c0 : per_block);
+  const int64_t stride = channels * inner;
+  const float* col = dy + c0 * inner + lane;
+  float s = 0.f;
+  if (lane < owned * inner)
+    for (int64_t o = warp; o < outer; o += kColWarps) s += col[o * stride];
+  part[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0) {
+    float total = 0.f;
+    for (int w = 0; w < kColWarps; ++w) total += part[w][lane];
+    col_sum[lane] = total;
+    __syncwarp();
+    if (lane < owned) {
+      float sum = 0.f;
+      for (int i = 0; i < inner; ++i) sum += col_sum[lane * inner + i];
+      db[c0 + lane] = sum;
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) bias_grad_kernel(const float* __restrict__ dy, float* __restrict__ db,
                                                              int64_t outer, int64_t channels, int64_t inner) {
   const int64_t c = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float sum = 0.f;
-  for (int64_t j = threadIdx.x; j < outer * inner; j += kThreads) {
-    const int64_t o = j / inner, i = j - o * inner;
-    sum += dy[(o * channels + c) * inner + i];
+  for (int64_t o = warp; o < outer; o += kThreads / 32) {
+    const float* run = dy + (o * channels + c) * inner;
+    for (int64_t i = lane; i < inner; i += 32) sum += run[i];
   }
   sum = block_reduce_sum<kThreads>(sum);
   if (threadIdx.x == 0) db[c] = sum;
@@ -65,12 +109,19 @@ void bias_add(float* y, const float* b, int64_t outer, int64_t channels, int64_t
   const int64_t n = outer * channels * inner;
   if (n == 0) return;
   const bool vec4 = aligned16(y) && inner % 4 == 0;
-  bias_add_kernel<<<grid_for(vec4 ? n / 4 : n), kThreads, 0, stream>>>(y, b, n, channels, inner, vec4);
+  bias_add_kernel<<<grid_for(bias_add_kernel, vec4 ? n / 4 : n), kThreads, 0, stream>>>(y, b, n, channels, inner,
+                                                                                        vec4);
 }
 
 void bias_grad(const float* dy, float* db, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream) {
   if (channels == 0) return;
-  bias_grad_kernel<<<(unsigned)channels, kThreads, 0, stream>>>(dy, db, outer, channels, inner);
+  if (inner <= 32) {
+    const int per_block = 32 / (int)inner;
+    const dim3 grid = checked_grid("bias_grad", (channels + per_block - 1) / per_block);
+    bias_grad_columns_kernel<<<grid, 32 * kColWarps, 0, stream>>>(dy, db, outer, channels, (int)inner, per_block);
+  } else {
+    bias_grad_kernel<<<checked_grid("bias_grad", channels), kThreads, 0, stream>>>(dy, db, outer, channels, inner);
+  }
 }
 
 }  // namespace gpunet
