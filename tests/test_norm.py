@@ -54,10 +54,12 @@ def _ln_case(shape, norm, affine=True, bias=True):
         lambda rng: (rng.standard_normal(shape) * 2 + 1,), n=width, kernels=KERNELS)
 
 
-# the module's shapes, then the kernels' regimes: width 1, odd widths, one
-# row per warp or per block, more rows than one block's chunk of dw/db
+# the module's shapes, then the kernels' regimes: width 1, odd widths, rows
+# held in registers by the warp (up to 1024 floats, float4 or scalar loads)
+# or re-read (longer), more rows than one block's chunk of dw/db
 LN_OP_CASES = [_ln_case(*c) for c in LN_CASES] + [
-    _ln_case((rows, width), width) for rows, width in [(3, 33), (2, 1000), (3, 1025), (70, 33), (5, 64)]]
+    _ln_case((rows, width), width)
+    for rows, width in [(3, 33), (2, 1000), (2, 1023), (2, 1024), (3, 1025), (70, 33), (5, 64)]]
 
 
 @pytest.mark.parametrize("case", LN_OP_CASES, ids=str)

@@ -3,24 +3,26 @@
 // norm, the family's other op in gpunet/ops/norm.py, is array code on every
 // backend: its reductions run over all axes but the channel.)
 //
-// layernorm_forward_kernel
-//   Algorithm: one warp per row. Pass 1 sums the row (each lane a strided
-//     slice, then a butterfly warp_reduce_sum) -> mean; pass 2 sums
+// layernorm_forward_regs_kernel<N, VEC> (rows of cols <= 1024) and
+// layernorm_forward_kernel<VEC> (longer rows)
+//   Algorithm: one warp per row. The short-row kernel reads the row ONCE into
+//     registers (N floats per lane: lane l holds the elements (or, with VEC,
+//     the float4 chunks) l, l + 32, ...), then sums it -> mean, sums
 //     (x - mean)^2 -> biased variance (two-pass, so no cancellation for rows
-//     with a large mean); pass 3 writes y = (x - mean)·rstd·w + b. The row is
-//     re-read from L1/L2 in passes 2 and 3. mean and rstd (one float each per
-//     row) are saved for backward. float4 loads when cols % 4 == 0 and the
-//     pointers are 16-byte aligned.
+//     with a large mean), and writes y = (x - mean)·rstd·w + b from the
+//     registers. The long-row kernel cannot hold the row: its three passes
+//     (mean, variance, write) re-read it, from L1/L2 after the first. mean
+//     and rstd (one float each per row) are saved for backward. float4
+//     loads when cols % 4 == 0 and the pointers are 16-byte aligned.
 //   Launch: 128 threads (4 warps = 4 rows) per block, ceil(rows / 4) blocks.
-//   Traffic: reads x (4·rows·cols bytes from DRAM, twice more from cache),
-//     w, b; writes y and 8·rows bytes: floor ≈ 8·rows·cols bytes. FLOPs ≈
-//     7·rows·cols: memory bound.
+//   Traffic: reads x once (4·rows·cols bytes), w, b; writes y and 8·rows
+//     bytes: floor ≈ 8·rows·cols bytes. FLOPs ≈ 7·rows·cols: memory bound.
 //
 // layernorm_dx_kernel
 //   dx = rstd·(g - mean(g) - xhat·mean(g·xhat)), g = dy·w, xhat recomputed
 //   from x, mean, rstd. One warp per row: pass 1 reduces the two sums, pass
 //   2 writes dx. Same launch shape. Traffic: reads x, dy (8·rows·cols), writes
-//   dx (4·rows·cols).
+//   dx (4·rows·cols); pass 2 re-reads the warp's own row, from L1.
 //
 // layernorm_param_partial_kernel + layernorm_param_reduce_kernel
 //   dw = sum over rows of dy·xhat, db = sum of dy, without atomics: the rows
@@ -36,6 +38,7 @@
 
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
+#include "common/rows.cuh"
 #include "kernels/norm.h"
 
 namespace gpunet {
@@ -60,6 +63,70 @@ __device__ __forceinline__ float row_sum(const float* row, int64_t cols, int lan
     for (int64_t c = lane; c < cols; c += 32) s += f(row[c], c);
   }
   return warp_reduce_sum(s);
+}
+
+// Short rows: the lane's N floats of the row in registers (zeros past its
+// end), read once. With VEC the lane holds float4 chunks l, l + 32, ...
+template <int N, bool VEC>
+__global__ void __launch_bounds__(kLnThreads)
+    layernorm_forward_regs_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                  const float* __restrict__ b, float* __restrict__ y, float* __restrict__ mean_out,
+                                  float* __restrict__ rstd_out, int64_t rows, int cols, float eps) {
+  constexpr int W = VEC ? 4 : 1;  // floats per load
+  static_assert(N % W == 0, "whole float4 chunks per lane");
+  const int lane = threadIdx.x % 32;
+  const int64_t r = (int64_t)blockIdx.x * kLnRowsPerBlock + threadIdx.x / 32;
+  if (r >= rows) return;  // the whole warp leaves together: no collective is left waiting
+  const float* xr = x + r * cols;
+  // load k of this lane covers the elements [W (lane + 32 k), W (lane + 32 k) + W)
+  auto first = [lane](int k) { return W * (lane + 32 * k); };
+  float u[N];
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < N / W; ++k) {
+    const int c = first(k);
+    if (VEC) {
+      const float4 v = c < cols ? reinterpret_cast<const float4*>(xr)[c / 4] : float4{0.f, 0.f, 0.f, 0.f};
+      u[4 * k] = v.x, u[4 * k + 1] = v.y, u[4 * k + 2] = v.z, u[4 * k + 3] = v.w;
+    } else {
+      u[k] = c < cols ? xr[c] : 0.f;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) s += u[i];
+  const float inv_cols = 1.f / (float)cols;
+  const float mean = warp_reduce_sum(s) * inv_cols;
+  float q = 0.f;
+#pragma unroll
+  for (int k = 0; k < N / W; ++k)
+    if (first(k) < cols)
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        const float d = u[W * k + j] - mean;
+        q += d * d;
+      }
+  const float rstd = 1.f / sqrtf(warp_reduce_sum(q) * inv_cols + eps);
+  float* yr = y + r * cols;
+#pragma unroll
+  for (int k = 0; k < N / W; ++k) {
+    const int c = first(k);
+    if (c >= cols) continue;
+    if (VEC) {
+      const float4 wv = reinterpret_cast<const float4*>(w)[c / 4], bv = reinterpret_cast<const float4*>(b)[c / 4];
+      float4 o;
+      o.x = (u[4 * k] - mean) * rstd * wv.x + bv.x;
+      o.y = (u[4 * k + 1] - mean) * rstd * wv.y + bv.y;
+      o.z = (u[4 * k + 2] - mean) * rstd * wv.z + bv.z;
+      o.w = (u[4 * k + 3] - mean) * rstd * wv.w + bv.w;
+      reinterpret_cast<float4*>(yr)[c / 4] = o;
+    } else {
+      yr[c] = (u[k] - mean) * rstd * w[c] + b[c];
+    }
+  }
+  if (lane == 0) {
+    mean_out[r] = mean;
+    rstd_out[r] = rstd;
+  }
 }
 
 template <bool VEC>
@@ -167,27 +234,43 @@ __global__ void __launch_bounds__(kColTile)
 void layernorm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
                        int64_t rows, int64_t cols, float eps, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  const unsigned blocks = (unsigned)((rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock);
+  const dim3 grid = checked_grid("layernorm_forward", (rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock);
   const bool vec = cols % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(b) && aligned16(y);
-  with_bools(
-      [&](auto vec_c) {
-        layernorm_forward_kernel<decltype(vec_c)::value>
-            <<<blocks, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, cols, eps);
-      },
-      vec);
+  if (cols > kMaxWarpCols) {
+    with_bools(
+        [&](auto vec_c) {
+          layernorm_forward_kernel<decltype(vec_c)::value>
+              <<<grid, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, cols, eps);
+        },
+        vec);
+    return;
+  }
+  with_values_per_lane((int)cols, [&](auto vpt) {
+    with_bools(
+        [&](auto vec_c) {
+          constexpr bool kVec = decltype(vec_c)::value;
+          constexpr int kN = kVec && decltype(vpt)::value < 4 ? 4 : decltype(vpt)::value;
+          layernorm_forward_regs_kernel<kN, kVec>
+              <<<grid, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, (int)cols, eps);
+        },
+        vec);
+  });
 }
 
 void layernorm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
                         float* dx, float* dw, float* db, float* partial, int64_t chunks, int64_t rows,
                         int64_t cols, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  const unsigned row_blocks = (unsigned)((rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock);
-  layernorm_dx_kernel<<<row_blocks, kLnThreads, 0, stream>>>(x, w, mean, rstd, dy, dx, rows, cols);
-  const unsigned col_blocks = (unsigned)((cols + kColTile - 1) / kColTile);
+  // every grid checked before the first launch
+  const int64_t col_blocks = (cols + kColTile - 1) / kColTile;
+  const dim3 rows_grid = checked_grid("layernorm_backward", (rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock);
+  const dim3 partial_grid = checked_grid("layernorm_backward", col_blocks, chunks);
+  const dim3 col_grid = checked_grid("layernorm_backward", col_blocks);
+  layernorm_dx_kernel<<<rows_grid, kLnThreads, 0, stream>>>(x, w, mean, rstd, dy, dx, rows, cols);
   const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
-  layernorm_param_partial_kernel<<<dim3(col_blocks, (unsigned)chunks), kColTile, 0, stream>>>(
-      x, mean, rstd, dy, partial, rows, cols, chunks, rows_per_chunk);
-  layernorm_param_reduce_kernel<<<col_blocks, kColTile, 0, stream>>>(partial, dw, db, cols, chunks);
+  layernorm_param_partial_kernel<<<partial_grid, kColTile, 0, stream>>>(x, mean, rstd, dy, partial, rows, cols,
+                                                                           chunks, rows_per_chunk);
+  layernorm_param_reduce_kernel<<<col_grid, kColTile, 0, stream>>>(partial, dw, db, cols, chunks);
 }
 
 }  // namespace gpunet
