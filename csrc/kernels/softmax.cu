@@ -21,8 +21,10 @@
 //   softmax_forward   read x, write y: 8n bytes (the block path reads x twice,
 //                     the second time mostly from L2: 12n at worst). ~5 FLOPs
 //                     + 1 exp per element (2 exp on the block path).
-//   softmax_backward  read y, dy, write dx: 12n bytes (block path: 20n at
-//                     worst). ~4 FLOPs per element (+1 exp for log-softmax).
+//   softmax_backward  read y, dy, write dx: 12n bytes (the warp path holds dy
+//                     in registers and reads y twice, the second time from
+//                     L1; block path: 20n at worst). ~4 FLOPs per element
+//                     (+1 exp for log-softmax).
 // Both are memory bound: the floor is bytes / DRAM bandwidth.
 #include <cuda_runtime.h>
 
@@ -89,6 +91,9 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float sum, floa
   return LOG ? beta * (dy - expf(y) * sum) : beta * y * (dy - sum);
 }
 
+// Holds only dy in registers and reads y again in the writing pass (from
+// L1: the warp read the same row just before): keeping both rows would take
+// 2·VPT registers per lane (109 at VPT = 32, occupancy 0.25).
 template <int VPT, bool LOG>
 __global__ void __launch_bounds__(kWarpBlock)
     softmax_backward_warp(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
@@ -98,21 +103,23 @@ __global__ void __launch_bounds__(kWarpBlock)
   if (row >= rows) return;
   const float* yr = y + row * cols;
   const float* gr = dy + row * cols;
-  float yv[VPT], gv[VPT];
+  float gv[VPT];
   float s = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int c = lane + 32 * i;
-    yv[i] = c < cols ? yr[c] : 0.f;
     gv[i] = c < cols ? gr[c] : 0.f;
-    s += LOG ? gv[i] : gv[i] * yv[i];
+    if (LOG)
+      s += gv[i];
+    else if (c < cols)
+      s += gv[i] * yr[c];
   }
   s = warp_reduce_sum(s);
   float* dr = dx + row * cols;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int c = lane + 32 * i;
-    if (c < cols) dr[c] = softmax_grad<LOG>(yv[i], gv[i], s, beta);
+    if (c < cols) dr[c] = softmax_grad<LOG>(yr[c], gv[i], s, beta);
   }
 }
 
