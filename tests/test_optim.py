@@ -11,7 +11,7 @@ from gpunet.backend import CountingKernels
 from gpunet.nn.module import Parameter
 from gpunet.testing import assert_close, compare_training, tolerances
 
-from conftest import FUSED_DTYPES, needs_cupy
+from conftest import FUSED_DTYPES, misaligned, needs_cupy
 
 # the kernels a test of this family must call when it runs on sim (tests/conftest.py)
 KERNELS = ("sgd_multi", "adam_multi")
@@ -458,11 +458,12 @@ def test_fused_update_matches_cpu(config, kernel_device, schedule, rng):
             assert_close(a, b, name=f"{kernel_device} step {k + 1}, param {i} {KERNEL_SHAPES[i]}")
 
 
-# A group past one sweep of the grid (1024 blocks x 256 threads = 262,144
-# elements), so each block walks several tiles, and the tiles one block walks
-# lie in different tensors: a block that reused its shared tile slot before
-# all its threads had read it would search the wrong tensors.
-BIG_SHAPES = [(1000,), (300_000,), (7,), (3, 70_000)]
+# A group past one sweep of the grid (on sim 1056 blocks x 256 threads, each
+# thread a quad of 4 elements: 1,081,344 elements), so each block walks
+# several tiles, and the tiles one block walks lie in different tensors: a
+# block that reused its shared tile slot before all its threads had read it
+# would search the wrong tensors.
+BIG_SHAPES = [(1000,), (1_200_000,), (7,), (3, 70_000)]
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
@@ -473,6 +474,26 @@ def test_fused_update_of_a_group_past_one_grid_sweep(name, kernel_device, schedu
     ref = _run_gpunet(name, kw, init, grads)[0]
     for i, (a, b) in enumerate(zip(ours, ref)):
         assert_close(a, b, name=f"{kernel_device} param {i} {BIG_SHAPES[i]}")
+
+
+@pytest.mark.parametrize("config", KERNEL_CONFIGS, ids=_ids)
+def test_fused_update_of_misaligned_tensors(config, kernel_device, rng):
+    """Parameters and gradients 4 bytes past a 16-byte boundary take the
+    kernel's element-by-element path (the float4 one needs every array of a
+    tensor aligned); aligned tensors of the same group keep the float4 path."""
+    be = gpunet.get_backend(kernel_device)
+    name, kw = config
+    shapes = [(9,), (4, 5), (64,)]
+    init, grads = _data(rng, np.float32, steps=2, shapes=shapes)
+    params = [Parameter(misaligned(be, w) if i < 2 else be.asarray(w.copy())) for i, w in enumerate(init)]
+    opt = getattr(optim, name)(params, **kw, device=kernel_device)
+    ref = _run_gpunet(name, kw, init, grads)
+    for k, step in enumerate(grads):
+        for i, (p, g) in enumerate(zip(params, step)):
+            p.grad = misaligned(be, g) if i == 0 else be.asarray(g.copy())
+        opt.step()
+        for i, p in enumerate(params):
+            assert_close(gpunet.to_numpy(p.data), ref[k][i], name=f"{kernel_device} step {k + 1}, param {i}")
 
 
 @pytest.mark.parametrize("name,kernel", [("SGD", "sgd_multi"), ("Adam", "adam_multi"), ("AdamW", "adam_multi")])

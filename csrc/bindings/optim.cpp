@@ -84,9 +84,19 @@ void require_disjoint(std::vector<Span> spans) {
 // The group's validated rows (empty tensors dropped) and the workspace they go to.
 struct Group {
   std::vector<OptimTensor> rows;
-  int64_t total = 0;
+  int64_t total = 0;  // quads (optim.h)
   View table;
+  std::vector<View> arrays;  // every non-empty array of the call, the table included
 };
+
+// Vouches for every array of the group, not only the table the kernel gets:
+// the tensors' pointers travel inside the table, and the simulator's checker
+// and profile see an access only in memory vouched for.
+std::vector<Vouch> vouch_group(const Group& group) {
+  std::vector<Vouch> guards;
+  for (const View& v : group.arrays) guards.push_back(vouch({v}));
+  return guards;
+}
 
 // params/grads and up to two state lists (nullptr: absent); `scalars(k, row)`
 // fills the per-tensor scalars.
@@ -105,12 +115,14 @@ Group build_group(py::handle params_obj, py::handle grads_obj, const char* s0_na
   Group group;
   std::vector<Span> spans;
   auto span = [&](const View& v, bool written, std::string name) {
-    if (v.numel() > 0) spans.push_back({(uintptr_t)v.data, (uintptr_t)v.data + (uintptr_t)v.nbytes(), written, name});
+    if (v.numel() == 0) return;
+    spans.push_back({(uintptr_t)v.data, (uintptr_t)v.data + (uintptr_t)v.nbytes(), written, name});
+    group.arrays.push_back(v);
   };
   for (size_t k = 0; k < n; ++k) {
     const View p = tensor(params, "params", k, nullptr, true);
     const View g = tensor(grads, "grads", k, &p, false);
-    OptimTensor row{p.ptr<float>(), g.ptr<float>(), nullptr, nullptr, group.total, 0.f, 0.f};
+    OptimTensor row{p.ptr<float>(), g.ptr<float>(), nullptr, nullptr, group.total, p.numel(), 0.f, 0.f};
     span(p, true, item("params", k));
     span(g, false, item("grads", k));
     if (s0_name != nullptr) {
@@ -126,7 +138,7 @@ Group build_group(py::handle params_obj, py::handle grads_obj, const char* s0_na
     scalars(k, row);
     if (p.numel() == 0) continue;
     group.rows.push_back(row);
-    group.total += p.numel();
+    group.total += optim_quads(p.numel());
   }
   group.table = as_array(table_obj, "table", "uint8");
   require_writable(group.table, "table");
@@ -172,7 +184,7 @@ void bind_optim(py::module_& m) {
                                     row.scalar0 = fresh[k].cast<bool>() ? 1.f : 0.f;
                                   });
         const SgdHyper h{(float)lr, (float)momentum, (float)(1.0 - dampening), (float)weight_decay, nesterov};
-        auto guard = vouch({group.table});  // the tensors' pointers travel inside the table
+        const auto guards = vouch_group(group);
         sgd_multi(group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
         check_launch("sgd_multi");
       },
@@ -213,7 +225,7 @@ void bind_optim(py::module_& m) {
                                   });
         const AdamHyper h{(float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), (float)eps,
                           decoupled ? 0.f : (float)weight_decay, decoupled ? (float)(1.0 - lr * weight_decay) : 1.f};
-        auto guard = vouch({group.table});  // the tensors' pointers travel inside the table
+        const auto guards = vouch_group(group);
         adam_multi(group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
         check_launch("adam_multi");
       },

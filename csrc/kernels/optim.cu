@@ -6,18 +6,23 @@
 //
 // Algorithm
 //   The group's tensors are concatenated, conceptually, into one index space
-//   [0, total): tensor k owns [begin_k, begin_{k+1}). The kernel walks this
-//   space in tiles of blockDim.x consecutive indices (grid-stride over tiles).
+//   of quads (4 consecutive elements of one tensor) [0, total): tensor k owns
+//   [begin_k, begin_{k+1}), ceil(numel_k / 4) quads. The kernel walks this
+//   space in tiles of blockDim.x consecutive quads (grid-stride over tiles).
 //   Per tile, thread 0 finds by binary search over the table the tensors
-//   holding the tile's first and last index and publishes them in shared
+//   holding the tile's first and last quad and publishes them in shared
 //   memory; each thread then binary-searches only that range (no search at
 //   all when the tile lies inside one tensor, the common case for large
-//   tensors) and updates one element. Consecutive threads touch consecutive
-//   elements of a tensor, so loads and stores are coalesced; a tile that
-//   straddles tensors costs a few divergent iterations, not a second launch.
-//   The shared slot is double-buffered by tile parity, so one __syncthreads
-//   per tile suffices: thread 0 can only rewrite a slot two tiles later,
-//   after every thread has passed the barrier of the tile in between.
+//   tensors) and updates one quad: one float4 load/store per array (16
+//   sectors per warp request, the ideal) when the tensor's arrays are
+//   16-byte aligned and the quad is whole, else element by element (a
+//   misaligned view, or the tensor's last n % 4 elements). Consecutive
+//   threads touch consecutive quads of a tensor, so loads and stores are
+//   coalesced; a tile that straddles tensors costs a few divergent
+//   iterations, not a second launch. The shared slot is double-buffered by
+//   tile parity, so one __syncthreads per tile suffices: thread 0 can only
+//   rewrite a slot two tiles later, after every thread has passed the
+//   barrier of the tile in between.
 //
 //   SGD, per element (g = grad, p = param, buf = momentum buffer):
 //     d = g + weight_decay * p
@@ -34,18 +39,28 @@
 //   step has a smaller step count than its neighbours.
 //
 // Launch shape
-//   One launch per group: kThreads = 256 threads per block, grid_for(total) =
-//   min(ceil(total / 256), 1024) blocks; 16 bytes of static shared memory.
-//   Before it, one cudaMemcpyAsync of the 48-byte rows (host -> device) on the
-//   same stream.
+//   One launch per group: kThreads = 256 threads per block, grid_for(kernel,
+//   total quads) = min(ceil(total / 256), resident blocks) blocks; 16 bytes
+//   of static shared memory. Before it, one cudaMemcpyAsync of the 56-byte
+//   rows on the same stream, from pinned host memory (a true asynchronous
+//   copy: from pageable memory the driver first copies synchronously into
+//   its own staging). The pinned buffer is reused only once the event
+//   recorded after its copy has completed, so it stays intact until the GPU
+//   has read it.
 //
 // Traffic (the floor: every byte read and written once; FLOPs are ~5-15 per
 // element, so both kernels are memory bound: bytes / DRAM bandwidth)
 //   SGD without momentum: reads p, g; writes p                 = 12 bytes/param
-//   SGD with momentum:    reads p, g, buf; writes p, buf       = 20 bytes/param (16 on the fresh step)
+//   SGD with momentum:    reads p, g, buf; writes p, buf       = 20 bytes/param
 //   Adam / AdamW:         reads p, g, m, v; writes p, m, v     = 28 bytes/param
-//   plus 48 bytes per tensor for the table.
+//   plus 56 bytes per tensor for the table.
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <vector>
 
 #include "common/launch.cuh"
 #include "kernels/optim.h"
@@ -53,11 +68,11 @@
 namespace gpunet {
 namespace {
 
-// The largest k in [lo, hi] with table[k].begin <= i; requires table[lo].begin <= i.
-__device__ __forceinline__ int find_tensor(const OptimTensor* table, int lo, int hi, int64_t i) {
+// The largest k in [lo, hi] with table[k].begin <= q; requires table[lo].begin <= q.
+__device__ __forceinline__ int find_tensor(const OptimTensor* table, int lo, int hi, int64_t q) {
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (table[mid].begin <= i)
+    if (table[mid].begin <= q)
       lo = mid;
     else
       hi = mid - 1;
@@ -65,36 +80,65 @@ __device__ __forceinline__ int find_tensor(const OptimTensor* table, int lo, int
   return lo;
 }
 
+// The updates, per element: p, s0, s1 updated in place (s0, s1 only where
+// the tensor has that buffer).
 struct SgdUpdate {
   SgdHyper h;
-  __device__ __forceinline__ void operator()(const OptimTensor& t, int64_t j) const {
-    const float p = t.param[j];
-    float d = t.grad[j];
+  __device__ __forceinline__ void operator()(const OptimTensor& t, float& p, float g, float& buf, float&) const {
+    float d = g;
     if (h.weight_decay != 0.f) d = d + h.weight_decay * p;
     if (h.momentum != 0.f) {
-      const float buf = t.scalar0 != 0.f ? d : h.momentum * t.state0[j] + h.one_minus_dampening * d;
-      t.state0[j] = buf;
+      buf = t.scalar0 != 0.f ? d : h.momentum * buf + h.one_minus_dampening * d;
       d = h.nesterov ? d + h.momentum * buf : buf;
     }
-    t.param[j] = p - h.lr * d;
+    p = p - h.lr * d;
   }
 };
 
 struct AdamUpdate {
   AdamHyper h;
-  __device__ __forceinline__ void operator()(const OptimTensor& t, int64_t j) const {
-    float p = t.param[j];
-    float g = t.grad[j];
+  __device__ __forceinline__ void operator()(const OptimTensor& t, float& p, float g, float& m, float& v) const {
     if (h.weight_decay != 0.f) g = g + h.weight_decay * p;
     p = p * h.decay;
-    float m = t.state0[j];
     m = m + h.one_minus_beta1 * (g - m);
-    const float v = h.beta2 * t.state1[j] + h.one_minus_beta2 * g * g;
-    t.state0[j] = m;
-    t.state1[j] = v;
-    t.param[j] = p - t.scalar0 * (m / (sqrtf(v) / t.scalar1 + h.eps));
+    v = h.beta2 * v + h.one_minus_beta2 * g * g;
+    p = p - t.scalar0 * (m / (sqrtf(v) / t.scalar1 + h.eps));
   }
 };
+
+__device__ __forceinline__ bool vector_aligned(const OptimTensor& t) {
+  const uintptr_t any = (uintptr_t)t.param | (uintptr_t)t.grad | (uintptr_t)t.state0 | (uintptr_t)t.state1;
+  return any % 16 == 0;  // null buffers are aligned
+}
+
+// Quad j of tensor t: elements 4j .. 4j + 3 (those below numel).
+template <class Update>
+__device__ __forceinline__ void update_quad(const Update& update, const OptimTensor& t, int64_t j) {
+  const int64_t e = 4 * j;
+  if (e + 4 <= t.numel && vector_aligned(t)) {
+    // whole float4 copies: one 16-byte load and store per array
+    float4 p = reinterpret_cast<const float4*>(t.param)[j];
+    const float4 g = reinterpret_cast<const float4*>(t.grad)[j];
+    float4 s0 = t.state0 ? reinterpret_cast<const float4*>(t.state0)[j] : float4{};
+    float4 s1 = t.state1 ? reinterpret_cast<const float4*>(t.state1)[j] : float4{};
+    update(t, p.x, g.x, s0.x, s1.x);
+    update(t, p.y, g.y, s0.y, s1.y);
+    update(t, p.z, g.z, s0.z, s1.z);
+    update(t, p.w, g.w, s0.w, s1.w);
+    reinterpret_cast<float4*>(t.param)[j] = p;
+    if (t.state0) reinterpret_cast<float4*>(t.state0)[j] = s0;
+    if (t.state1) reinterpret_cast<float4*>(t.state1)[j] = s1;
+    return;
+  }
+  const int64_t end = e + 4 < t.numel ? e + 4 : t.numel;
+  for (int64_t k = e; k < end; ++k) {
+    float p = t.param[k], s0 = t.state0 ? t.state0[k] : 0.f, s1 = t.state1 ? t.state1[k] : 0.f;
+    update(t, p, t.grad[k], s0, s1);
+    t.param[k] = p;
+    if (t.state0) t.state0[k] = s0;
+    if (t.state1) t.state1[k] = s1;
+  }
+}
 
 template <class Update>
 __global__ void __launch_bounds__(kThreads)
@@ -110,25 +154,76 @@ __global__ void __launch_bounds__(kThreads)
       span[parity][1] = find_tensor(table, first, n - 1, end - 1);
     }
     __syncthreads();
-    const int64_t i = tile + threadIdx.x;
-    if (i < total) {
-      const OptimTensor& t = table[find_tensor(table, span[parity][0], span[parity][1], i)];
-      update(t, i - t.begin);
+    const int64_t q = tile + threadIdx.x;
+    if (q < total) {
+      const OptimTensor& t = table[find_tensor(table, span[parity][0], span[parity][1], q)];
+      update_quad(update, t, q - t.begin);
     }
     parity ^= 1;
   }
 }
 
+// Host -> device copies through pinned buffers, each reused only once the
+// event recorded after its last copy has completed (until then the DMA may
+// still be reading it). The buffers live as long as the process: a handful,
+// bounded by the copies in flight at once.
+class PinnedStaging {
+ public:
+  cudaError_t copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+    int device = 0;
+    if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot* slot = nullptr;
+    for (Slot& s : slots_)
+      if (s.device == device && s.bytes >= bytes && copy_done(s.copied)) {
+        slot = &s;
+        break;
+      }
+    if (slot == nullptr) {
+      Slot s{nullptr, std::max<size_t>(bytes, 4096), device, nullptr};
+      if (const cudaError_t e = cudaMallocHost(&s.host, s.bytes); e != cudaSuccess) return e;
+      if (const cudaError_t e = cudaEventCreate(&s.copied); e != cudaSuccess) {
+        cudaFreeHost(s.host);
+        return e;
+      }
+      slot = &slots_.emplace_back(s);
+    }
+    std::memcpy(slot->host, src, bytes);
+    if (const cudaError_t e = cudaMemcpyAsync(dst, slot->host, bytes, cudaMemcpyHostToDevice, stream); e != cudaSuccess)
+      return e;
+    return cudaEventRecord(slot->copied, stream);
+  }
+
+ private:
+  struct Slot {
+    void* host;
+    size_t bytes;
+    int device;
+    cudaEvent_t copied;  // recorded after the slot's last copy (a fresh event counts as complete)
+  };
+
+  static bool copy_done(cudaEvent_t e) {
+#ifdef CUDASIM
+    (void)e;
+    return true;  // the simulator's copies complete before cudaMemcpyAsync returns
+#else
+    return cudaEventQuery(e) == cudaSuccess;  // cudaErrorNotReady is no error: it stays out of cudaGetLastError
+#endif
+  }
+
+  std::mutex mu_;
+  std::deque<Slot> slots_;  // a deque keeps the slots' addresses stable as it grows
+};
+
 template <class Update>
 void launch(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const Update& update,
             cudaStream_t stream) {
   if (total == 0 || rows.empty()) return;
-  // Pageable host memory: the copy is staged before cudaMemcpyAsync returns,
-  // so `rows` may go out of scope right after.
-  if (cudaMemcpyAsync(table, rows.data(), rows.size() * sizeof(OptimTensor), cudaMemcpyHostToDevice, stream) !=
-      cudaSuccess)
+  static PinnedStaging staging;
+  if (staging.copy_to_device(table, rows.data(), rows.size() * sizeof(OptimTensor), stream) != cudaSuccess)
     return;  // the error stays pending for check_launch
-  multi_tensor_kernel<Update><<<grid_for(total), kThreads, 0, stream>>>(table, (int)rows.size(), total, update);
+  multi_tensor_kernel<Update><<<grid_for(multi_tensor_kernel<Update>, total), kThreads, 0, stream>>>(
+      table, (int)rows.size(), total, update);
 }
 
 }  // namespace

@@ -15,12 +15,13 @@ struct OptimTensor {
   const float* grad;
   float* state0;       // SGD: momentum buffer (null without momentum); Adam: exp_avg
   float* state1;       // Adam: exp_avg_sq; SGD: null
-  int64_t begin;       // index of the tensor's first element in the concatenated index space
+  int64_t begin;       // index of the tensor's first quad in the concatenated quad space
+  int64_t numel;       // elements; the tensor owns ceil(numel / 4) quads of 4 consecutive elements
   float scalar0;       // SGD: 1 when the momentum buffer is fresh (the step copies d into it), else 0
                        // Adam: step_size = lr / (1 - beta1^t)
   float scalar1;       // Adam: sqrt(1 - beta2^t); SGD: unused
 };
-static_assert(sizeof(OptimTensor) == 48, "OptimTensor layout");
+static_assert(sizeof(OptimTensor) == 56, "OptimTensor layout");
 
 struct SgdHyper {
   float lr, momentum, one_minus_dampening, weight_decay;
@@ -35,10 +36,14 @@ struct AdamHyper {
   float decay;         // 1 - lr * weight_decay (AdamW); 1 for Adam
 };
 
+// Quads of a tensor of n elements.
+inline int64_t optim_quads(int64_t n) { return (n + 3) / 4; }
+
 // Both: `rows` are the group's non-empty tensors in order, rows[k].begin the
-// running sum of the sizes before k, `total` the sum of all sizes. `table`
+// running sum of the quads before k, `total` the sum of all quads. `table`
 // is device memory for rows.size() rows; it is written (cudaMemcpyAsync on
-// `stream`) and then read by ONE kernel launch. No launch when total == 0.
+// `stream` from pinned host memory) and then read by ONE kernel launch. No
+// launch when total == 0.
 void sgd_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const SgdHyper& h,
                cudaStream_t stream);
 void adam_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const AdamHyper& h,
