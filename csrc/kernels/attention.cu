@@ -20,6 +20,13 @@
 // consecutive float4 (64 B) and the 8 groups of a warp read the same row, so
 // the shared loads are conflict-free broadcasts.
 //
+// Registers and occupancy (sm_90 ptxas, D = 128): 177 (forward) to 246
+// (dK/dV) registers, one 4-warp block per SM (occupancy 0.125). Left so: each
+// lane holds its rows' D/4 features per operand (q, o; k, v, dk, dv) plus
+// 32 scores, and fewer would need 8 lanes per row (twice the shuffles per
+// dot) or accumulators in shared memory; the 32 independent dots of a tile
+// give each warp enough instruction-level parallelism to cover the latency.
+//
 // attn_forward_kernel<D>
 //   Algorithm: each block takes 32 queries of one batch entry; for every tile
 //     of 32 keys (K and V tiles in shared memory) it computes the 32 scores of
@@ -61,6 +68,7 @@
 
 #include <cmath>
 
+#include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "kernels/attention.h"
 
@@ -93,12 +101,22 @@ __device__ __forceinline__ const float* bias_base(const AttnBias& b, int64_t bh)
 }
 
 // This lane's chunks (g, g+4, ...) of a row of n floats, zero past n; a null
-// row (a query/key past the end) gives zeros.
+// row (a query/key past the end) gives zeros. A whole chunk at a 16-byte
+// aligned address moves as one float4 (16 sectors per warp request, as the
+// 8 rows of a warp's groups are 8 runs of 64 bytes), the rest float by float.
+__device__ __forceinline__ bool whole_chunk(const float* row, int d, int n) {
+  return d + 4 <= n && reinterpret_cast<uintptr_t>(row + d) % 16 == 0;
+}
+
 template <int NC>
 __device__ __forceinline__ void load_row(float4 (&r)[NC], const float* row, int n, int g) {
 #pragma unroll
   for (int m = 0; m < NC; ++m) {
     const int d = 4 * (g + kGroup * m);
+    if (row && whole_chunk(row, d, n)) {
+      r[m] = *reinterpret_cast<const float4*>(row + d);
+      continue;
+    }
     r[m].x = row && d < n ? row[d] : 0.f;
     r[m].y = row && d + 1 < n ? row[d + 1] : 0.f;
     r[m].z = row && d + 2 < n ? row[d + 2] : 0.f;
@@ -111,6 +129,10 @@ __device__ __forceinline__ void store_row(float* row, const float4 (&r)[NC], flo
 #pragma unroll
   for (int m = 0; m < NC; ++m) {
     const int d = 4 * (g + kGroup * m);
+    if (whole_chunk(row, d, n)) {
+      *reinterpret_cast<float4*>(row + d) = float4{r[m].x * mul, r[m].y * mul, r[m].z * mul, r[m].w * mul};
+      continue;
+    }
     if (d < n) row[d] = r[m].x * mul;
     if (d + 1 < n) row[d + 1] = r[m].y * mul;
     if (d + 2 < n) row[d + 2] = r[m].z * mul;
@@ -378,8 +400,8 @@ template <int D>
 void launch_forward(const float* q, const float* k, const float* v, const AttnBias& bias, bool causal, float scale,
                     float* out, float* lse, int64_t batch, int64_t L, int64_t S, int E, int Ev, cudaStream_t stream) {
   const int64_t qb = blocks_for(L);
-  attn_forward_kernel<D><<<(unsigned)(batch * qb), kAttnThreads, 0, stream>>>(q, k, v, bias, causal, scale, out, lse,
-                                                                              L, S, E, Ev, qb);
+  attn_forward_kernel<D><<<checked_grid("attention_forward", batch * qb), kAttnThreads, 0, stream>>>(
+      q, k, v, bias, causal, scale, out, lse, L, S, E, Ev, qb);
 }
 
 template <int D>
@@ -387,10 +409,10 @@ void launch_backward(const float* q, const float* k, const float* v, const float
                      const float* delta, const AttnBias& bias, bool causal, float scale, float* dq, float* dk,
                      float* dv, int64_t batch, int64_t L, int64_t S, int E, int Ev, cudaStream_t stream) {
   const int64_t kb = blocks_for(S), qb = blocks_for(L);
-  attn_dkdv_kernel<D><<<(unsigned)(batch * kb), kAttnThreads, 0, stream>>>(q, k, v, dout, lse, delta, bias, causal,
-                                                                           scale, dk, dv, L, S, E, Ev, kb);
-  attn_dq_kernel<D><<<(unsigned)(batch * qb), kAttnThreads, 0, stream>>>(q, k, v, dout, lse, delta, bias, causal,
-                                                                         scale, dq, L, S, E, Ev, qb);
+  attn_dkdv_kernel<D><<<dim3((unsigned)(batch * kb)), kAttnThreads, 0, stream>>>(q, k, v, dout, lse, delta, bias,
+                                                                                 causal, scale, dk, dv, L, S, E, Ev, kb);
+  attn_dq_kernel<D><<<dim3((unsigned)(batch * qb)), kAttnThreads, 0, stream>>>(q, k, v, dout, lse, delta, bias,
+                                                                               causal, scale, dq, L, S, E, Ev, qb);
 }
 
 // The padded head-dim bucket of max(E, Ev).
@@ -418,8 +440,10 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
                         cudaStream_t stream) {
   if (batch == 0 || L == 0 || S == 0) return;
   const int64_t rows = batch * L;
-  attn_delta_kernel<<<(unsigned)((rows + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock), kAttnThreads, 0, stream>>>(
-      out, dout, delta, rows, Ev);
+  // every grid checked before the first launch (the main kernels': blocks_for(max(L, S)) per batch entry)
+  const dim3 delta_grid = checked_grid("attention_backward", (rows + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock);
+  checked_grid("attention_backward", batch * blocks_for(L > S ? L : S));
+  attn_delta_kernel<<<delta_grid, kAttnThreads, 0, stream>>>(out, dout, delta, rows, Ev);
   switch (bucket(E, Ev)) {
     case 32:
       return launch_backward<32>(q, k, v, dout, lse, delta, bias, causal, scale, dq, dk, dv, batch, L, S, E, Ev,
