@@ -78,3 +78,20 @@ def test_profile_command_writes_every_family(tmp_path):
                       "registers", "smem_bytes", "occupancy", "modelled_h200_us"):
             assert field in r
     assert "MODELLED" in (tmp_path / "sim-profile.md").read_text()
+
+
+def test_compare_sets_two_runs_side_by_side():
+    def rec(kernel, us, ld, case="c"):
+        return {"family": "f", "case": case, "kernel": kernel, "modelled_h200_us": us,
+                "load_sectors_per_request": ld, "store_sectors_per_request": 4.0, "sector_efficiency": 1.0,
+                "registers": 32, "occupancy": 1.0}
+    before = {"records": [rec("k<A>", 2.0, 32.0), rec("k<A>", 1.0, 16.0), rec("gone", 1.0, 4.0)]}
+    after = {"records": [rec("k<B>", 0.5, 4.0), rec("k<B>", 0.25, 4.0), rec("new", 3.0, 4.0)]}
+    table = profile.compare(before, after, "abc1234", "def5678")
+    assert "MODELLED" in table and "Before: abc1234. After: def5678." in table
+    rows = [line for line in table.splitlines() if line.startswith("| f |")]
+    # launch shapes of one kernel pair up in order; template arguments do not matter
+    assert rows[0].startswith("| f | c | `k` | 2.0 | 0.5 | 32.0 | 4.0 |")
+    assert rows[1].startswith("| f | c | `k` | 1.0 | 0.25 | 16.0 | 4.0 |")
+    assert rows[2].startswith("| f | c | `gone` | 1.0 | - | 4.0 | - |")
+    assert rows[3].startswith("| f | c | `new` | - | 3.0 | - | 4.0 |")

@@ -166,6 +166,18 @@ def kernel_base(name: str) -> str:
     return words[-1] if words else name
 
 
+def git_commit(root: Path) -> str | None:
+    """The short commit of the working tree profiled, '+dirty' when it has changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def find_build_log(root: Path) -> Path | None:
     logs = sorted(root.glob("build/cmake-*/build.log"))
     return logs[-1] if logs else None
@@ -277,6 +289,46 @@ def markdown(records: list[dict], log: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- before / after
+COMPARED = (("modelled_h200_us", "modelled H200 us"), ("load_sectors_per_request", "ld sect/req"),
+            ("store_sectors_per_request", "st sect/req"), ("sector_efficiency", "sector eff."),
+            ("registers", "regs"), ("occupancy", "occupancy"))
+
+
+def _keyed(records: list[dict]) -> dict[tuple, dict]:
+    """(family, case, kernel, k) -> record, k counting a kernel's launch shapes in one case."""
+    out, seen = {}, defaultdict(int)
+    for r in records:
+        base = (r["family"], r["case"], kernel_base(r["kernel"]))
+        out[base + (seen[base],)] = r
+        seen[base] += 1
+    return out
+
+
+def compare(before: dict, after: dict, before_label: str, after_label: str) -> str:
+    """A Markdown table of two profiles (the JSON of two runs), one row per
+    kernel launch shape of each case, before -> after for each figure; a
+    kernel only one run has shows '-' on the other side."""
+    old, new = _keyed(before["records"]), _keyed(after["records"])
+    keys = list(old) + [k for k in new if k not in old]
+    head = " | ".join(f"{title} before | after" for _, title in COMPARED)
+    lines = ["# Access profile before and after (MODELLED on the simulator, not measured on a GPU)", "",
+             f"Before: {before_label}. After: {after_label}. Each row is one kernel launch shape of a",
+             "case (kernel base names: the after run may have split or renamed a kernel); '-' where",
+             "one run has no such launch.", "",
+             f"| family | case | kernel | {head} |", "|---|---|---|" + "---|---|" * len(COMPARED)]
+    for key in keys:
+        if key[0] == "profile":
+            continue
+        a, b = old.get(key), new.get(key)
+        cells = []
+        for field, _ in COMPARED:
+            for r in (a, b):
+                cells.append("-" if r is None or r.get(field) is None else str(r[field]))
+        lines.append(f"| {key[0]} | {key[1]} | `{key[2]}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpunet.bench profile",
                                  description="The simulator's memory-access profile of every kernel family "
@@ -285,7 +337,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the smallest shapes")
     ap.add_argument("--out", default="bench/results", help="directory for sim-profile.json and sim-profile.md")
     ap.add_argument("--build-log", help="nvcc build log with the ptxas report (default: build/cmake-*/build.log)")
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="print a before/after Markdown table of two sim-profile.json files instead of profiling")
     args = ap.parse_args(argv)
+    if args.compare:
+        runs = [json.loads(Path(f).read_text()) for f in args.compare]
+        labels = [run.get("commit") or Path(f).name for run, f in zip(runs, args.compare)]
+        print(compare(*runs, *labels), end="")
+        return 0
     os.environ["GPUNET_SIM_RACECHECK"] = "1"  # before the sim backend is first created
     root = Path(__file__).resolve().parents[2]
     log = Path(args.build_log) if args.build_log else find_build_log(root)
@@ -295,7 +354,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sim-profile.json").write_text(json.dumps(
         {"modelled": True, "device": "sim (gpunet._C_simcheck)", "build_log": str(log.name) if log else None,
-         "records": records}, indent=1))
+         "commit": git_commit(root), "records": records}, indent=1))
     (out / "sim-profile.md").write_text(markdown(records, log))
     print(markdown(records, log))
     print(f"wrote {out / 'sim-profile.json'} and {out / 'sim-profile.md'}")
