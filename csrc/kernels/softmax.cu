@@ -85,6 +85,8 @@ __global__ void __launch_bounds__(kRowBlock)
 }
 
 // ------------------------------------------------------------ softmax backward
+constexpr int kBackwardBlocksPerSm = 8;  // 32 of an SM's 64 warps: at most 64 registers per thread
+
 // softmax: dx = beta y (dy - sum dy y); log-softmax: dx = beta (dy - e^y sum dy)
 template <bool LOG>
 __device__ __forceinline__ float softmax_grad(float y, float dy, float sum, float beta) {
@@ -92,10 +94,12 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float sum, floa
 }
 
 // Holds only dy in registers and reads y again in the writing pass (from
-// L1: the warp read the same row just before): keeping both rows would take
-// 2·VPT registers per lane (109 at VPT = 32, occupancy 0.25).
+// L1: the warp read the same row just before): keeping both rows took
+// 2·VPT registers per lane (109 at VPT = 32, occupancy 0.25). The minimum of
+// kBackwardBlocksPerSm blocks caps ptxas at 64 registers, so it does not
+// keep all 2·VPT loads of the first pass in flight at once either.
 template <int VPT, bool LOG>
-__global__ void __launch_bounds__(kWarpBlock)
+__global__ void __launch_bounds__(kWarpBlock, kBackwardBlocksPerSm)
     softmax_backward_warp(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
                           int64_t rows, int cols, float beta) {
   const int lane = threadIdx.x % 32;
