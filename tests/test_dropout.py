@@ -126,3 +126,21 @@ def test_misaligned_input_on_kernel_backend(kernel_device, rng):
     if be.kernels is not None:
         with pytest.raises(ValueError, match="threshold"):
             be.kernels.dropout_apply(be.asarray(base), be.asarray(base), 0, 0, 2 ** 32 + 1, 1.0, be.stream())
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["float4", "scalar"])
+@pytest.mark.parametrize("offset", [2 ** 31 - 5, 2 ** 32 - 5, 2 ** 63 - 5])
+def test_kernel_counter_is_64_bit(kernel_device, offset, aligned):
+    """The kernel forms each element's counter offset + k in 64 bits: across
+    2^31, 2^32 and 2^63 its mask is still NumPy's, element for element (a
+    32-bit counter would repeat or shift the draws past the wrap)."""
+    be = gpunet.get_backend(kernel_device)
+    if be.kernels is None:
+        pytest.skip(f"{kernel_device} has no dropout kernel")
+    n, seed, p = 37, 2 ** 40 + 3, 0.5
+    x = np.arange(1, n + 1, dtype=np.float32)
+    xd = be.asarray(x) if aligned else be.asarray(np.concatenate([[0], x]).astype(np.float32))[1:]
+    y = be.xp.empty(n, np.float32)
+    be.kernels.dropout_apply(xd, y, seed, offset, ops.threshold(p), 2.0, be.stream())
+    keep = ops.random_bits(np, seed, offset, n) >= ops.threshold(p)
+    assert np.array_equal(gpunet.to_numpy(y), np.where(keep, 2 * x, 0))
