@@ -8,7 +8,10 @@
 //     the 4 lanes of a vector share one channel).
 //   Launch: 256 threads per block, min(ceil(items / 256), resident blocks)
 //     blocks (launch.cuh grid_for).
-//   Traffic: 8n + 4C bytes, n adds: memory bound.
+//   Traffic: 8n + 4C bytes, n adds: memory bound. Sectors: y's loads and
+//     stores are 4 per request (16 with float4); the bias loads add up to one
+//     more where a warp's elements wrap past a row's last channel (4.5-5
+//     per request in the profile at C = 64).
 //
 // bias_grad
 //   Algorithm: db[c] = sum over o, i of dy[o, c, i], without atomics, in a

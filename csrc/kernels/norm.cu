@@ -31,7 +31,8 @@
 //   columns) and writes partial[0|1][chunk][col]; the second kernel sums the
 //   chunks of each column in order. Bitwise reproducible run to run.
 //   Launch: (ceil(cols/128), chunks) blocks then ceil(cols/128) blocks, 128
-//   threads. Traffic: reads x, dy again (8·rows·cols) + 16·chunks·cols.
+//   threads. The row's mean[r] and rstd[r] loads are warp-wide broadcasts
+//   (1 sector), so the partial kernel's requests average below 4 sectors. Traffic: reads x, dy again (8·rows·cols) + 16·chunks·cols.
 #include <cuda_runtime.h>
 
 #include <cmath>

@@ -46,7 +46,8 @@
 //   copy: from pageable memory the driver first copies synchronously into
 //   its own staging). The pinned buffer is reused only once the event
 //   recorded after its copy has completed, so it stays intact until the GPU
-//   has read it.
+//   has read it. Loads average ~6 sectors per request in the profile: the
+//   tensors' float4 loads are 16 (the ideal), the table reads broadcasts.
 //
 // Traffic (the floor: every byte read and written once; FLOPs are ~5-15 per
 // element, so both kernels are memory bound: bytes / DRAM bandwidth)
