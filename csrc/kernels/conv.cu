@@ -10,7 +10,7 @@
 //     decomposes as (c, i, j, image, oh, ow), ow fastest, so consecutive
 //     threads write consecutive addresses and read input pixels sw apart
 //     (coalesced for stride 1). Entries whose source lies in the padding get 0.
-//   Launch: 256 threads per block, min(ceil(K*n*L / 256), 1024) blocks.
+//   Launch: 256 threads per block, min(ceil(K*n*L / 256), 8 per SM) blocks.
 //   Traffic: writes K*n*L*4 bytes, reads each input pixel up to kh*kw times
 //     (from L1/L2; n*C*H*W*4 bytes from DRAM). No FLOPs: the floor is the
 //     write, K*n*L*4 / DRAM bandwidth.
@@ -22,7 +22,7 @@
 //   stride that land inside the output, and sums the matching column entries
 //   in (i, j) order. Every output element is written by exactly one thread:
 //   no atomics, no zero-fill, bitwise reproducible.
-//   Launch: 256 threads per block, min(ceil(n*C*H*W / 256), 1024) blocks.
+//   Launch: 256 threads per block, min(ceil(n*C*H*W / 256), 8 per SM) blocks.
 //   Traffic: reads K*n*L*4 bytes of columns (each entry once overall), writes
 //     n*C*H*W*4 bytes; K*n*L adds. Memory bound: floor (K*n*L + n*C*H*W)*4 /
 //     DRAM bandwidth. Reads are strided by n*L between kernel offsets but

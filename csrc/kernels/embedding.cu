@@ -5,7 +5,7 @@
 //   Algorithm: grid-stride over the count·dim output elements; element
 //     (n, d) copies weight[idx[n], d]. When dim % 4 == 0 and both matrices are
 //     16-byte aligned, each thread moves a float4 (rows stay aligned).
-//   Launch: 256 threads per block, min(ceil(items / 256), 1024) blocks,
+//   Launch: 256 threads per block, min(ceil(items / 256), 8 per SM) blocks,
 //     items = count·dim / 4 (vector path) or count·dim.
 //   Traffic: reads count·dim·4 bytes of weight rows (gathered, each row
 //     contiguous) and count·8 of indices, writes count·dim·4; no FLOPs.

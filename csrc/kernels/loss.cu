@@ -27,7 +27,7 @@
 //   C >= 32: a warp per row (128 threads = 4 rows per block, ceil(rows / 4)
 //   blocks), the row's target, (m, l), dloss and a_sum loaded once, lanes
 //   striding over the classes. C < 32: elementwise, grid-stride (int64 index
-//   over rows * C; 256 threads per block, min(ceil(n / 256), 1024) blocks),
+//   over rows * C; 256 threads per block, min(ceil(n / 256), 8 per SM) blocks),
 //   the per-row values re-read (from cache) by each element. Read logits,
 //   write dlogits: 8n bytes; ~6 FLOPs + 1 exp per element.
 // Both are memory bound: the floor is bytes / DRAM bandwidth. The forward's

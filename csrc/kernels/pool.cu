@@ -23,7 +23,7 @@
 //     of shared memory.
 //   Direct (pool_forward_direct, larger windows): grid-stride, one thread per
 //     output reading its window from global memory; 256 threads per block,
-//     min(ceil(N*C*OH*OW / 256), 1024) blocks.
+//     min(ceil(N*C*OH*OW / 256), 8 per SM) blocks.
 //   Traffic: reads the input once from DRAM (overlapping windows and tile
 //     halos re-read from L1/L2), writes 4 bytes per output (8 for max: value
 //     + index). About kh*kw compares or adds per output. Memory bound: floor
@@ -37,7 +37,7 @@
 //     only when that output's arg is this element; average: dy / divisor).
 //     Each dx element is written once by one thread, summed in (i, j) order:
 //     no atomics, no zero-fill, bitwise reproducible.
-//   Launch: 256 threads per block, min(ceil(N*C*H*W / 256), 1024) blocks.
+//   Launch: 256 threads per block, min(ceil(N*C*H*W / 256), 8 per SM) blocks.
 //   Traffic: writes N*C*H*W*4 bytes, reads dy (and arg for max) once from
 //     DRAM, re-reads up to kh*kw/(sh*sw) times from cache. Memory bound.
 //   Access profile: with stride s, only 1 in s lanes has an output for a given
@@ -298,9 +298,11 @@ void pool_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, bo
       return;
     }
     const int threads = t.tw * t.th;
-    const unsigned blocks = (unsigned)std::min<int64_t>(t.count, kMaxBlocks * kThreads / threads);
-    pool_forward_tiled<kMax, Index><<<blocks, threads, t.iw * t.ih * sizeof(float), stream>>>(
-        x, y, arg, s, count_include_pad, t);
+    const size_t smem = t.iw * t.ih * sizeof(float);
+    // a grid-stride loop over tiles: no more blocks than the device holds at once
+    const unsigned blocks = (unsigned)std::min<int64_t>(
+        t.count, resident_blocks(pool_forward_tiled<kMax, Index>, threads, smem));
+    pool_forward_tiled<kMax, Index><<<blocks, threads, smem, stream>>>(x, y, arg, s, count_include_pad, t);
   });
 }
 

@@ -203,7 +203,8 @@ void gru_cell_forward(const float* xg, const float* hg, const float* b_hh, const
                       float* hn, float* h, int64_t batch, int64_t hidden, cudaStream_t stream) {
   const int64_t n = batch * hidden;
   if (n == 0) return;
-  gru_cell_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(xg, hg, b_hh, h_prev, gates, hn, h, batch, hidden);
+  gru_cell_forward_kernel<<<grid_for(gru_cell_forward_kernel, n), kThreads, 0, stream>>>(xg, hg, b_hh, h_prev, gates,
+                                                                                      hn, h, batch, hidden);
 }
 
 void gru_cell_backward(const float* gates, const float* hn, const float* h_prev, const float* dy,
@@ -211,8 +212,8 @@ void gru_cell_backward(const float* gates, const float* hn, const float* h_prev,
                        cudaStream_t stream) {
   const int64_t n = batch * hidden;
   if (n == 0) return;
-  gru_cell_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(gates, hn, h_prev, dy, dh_next, dxg, dhg, dh_prev,
-                                                                 batch, hidden);
+  gru_cell_backward_kernel<<<grid_for(gru_cell_backward_kernel, n), kThreads, 0, stream>>>(
+      gates, hn, h_prev, dy, dh_next, dxg, dhg, dh_prev, batch, hidden);
 }
 
 }  // namespace gpunet
