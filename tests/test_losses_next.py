@@ -177,6 +177,9 @@ EMPTY = [
     ("nll_spatial", lambda m, r: m.NLLLoss(reduction=r), (2, 3, 0), "index"),
     ("ce_probs", lambda m, r: m.CrossEntropyLoss(reduction=r), (0, 3), "float"),
     ("ce_probs_spatial", lambda m, r: m.CrossEntropyLoss(reduction=r, label_smoothing=0.1), (2, 3, 0), "float"),
+    ("mse", lambda m, r: m.MSELoss(reduction=r), (0, 3), "float"),
+    ("bce_logits", lambda m, r: m.BCEWithLogitsLoss(reduction=r), (0, 3), "float"),
+    ("ce_index", lambda m, r: m.CrossEntropyLoss(reduction=r), (0, 3), "index"),
 ]
 
 

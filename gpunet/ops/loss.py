@@ -43,9 +43,15 @@ def _reduce(xp, per_elem, reduction, denom):
     return xp.asarray(total, dtype=per_elem.dtype)
 
 
-def _scale(reduction, grad, denom):
-    """d loss / d per_elem: grad spread over the elements, divided for 'mean'."""
-    return grad / denom if reduction == "mean" else grad
+def _scale(xp, reduction, grad, denom):
+    """d loss / d per_elem: grad spread over the elements, divided for 'mean';
+    a 'mean' over nothing (an empty batch, every row ignored: denom 0) spreads
+    0, PyTorch's zero gradients, not grad/0."""
+    if reduction != "mean":
+        return grad
+    if isinstance(denom, (int, float)):
+        return grad / denom if denom else grad * 0.0
+    return grad / xp.where(denom == 0, xp.inf, denom)
 
 
 # ---------------------------------------------------------------- MSE
@@ -60,7 +66,7 @@ def mse_forward(be, x, t, reduction: str, half: bool):
 
 def mse_backward(be, ctx, grad):
     d, reduction, half = ctx
-    return ((1.0 if half else 2.0) * _scale(reduction, grad, d.size) * d).astype(d.dtype, copy=False)
+    return ((1.0 if half else 2.0) * _scale(be.xp, reduction, grad, d.size) * d).astype(d.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- BCE with logits
@@ -87,7 +93,7 @@ def bce_with_logits_backward(be, ctx, grad):
     g = (1 - t) * sigmoid(xp, x) - pt * sigmoid(xp, -x)
     if weight is not None:
         g = g * weight
-    return (g * _scale(reduction, grad, x.size)).astype(x.dtype, copy=False)
+    return (g * _scale(be.xp, reduction, grad, x.size)).astype(x.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- hinge, perceptron
@@ -100,7 +106,7 @@ def hinge_forward(be, x, t, reduction: str, margin: float = 1.0):
 
 def hinge_backward(be, ctx, grad):
     active, t, reduction = ctx
-    return (-t * active * _scale(reduction, grad, t.size)).astype(t.dtype, copy=False)
+    return (-t * active * _scale(be.xp, reduction, grad, t.size)).astype(t.dtype, copy=False)
 
 
 def perceptron_forward(be, x, t, reduction: str):
@@ -133,7 +139,7 @@ def multi_margin_backward(be, ctx, grad):
     hp, t, wy, reduction, p = ctx
     xp = be.xp
     n, c = hp.shape
-    scale = _scale(reduction, grad, n)
+    scale = _scale(be.xp, reduction, grad, n)
     if reduction == "none":
         scale = scale[:, None]
     dterm = (hp > 0) * 1.0 if p == 1 else 2 * hp
@@ -213,7 +219,7 @@ def cross_entropy_backward(be, ctx, grad):
     route, x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
     xp = be.xp
     rows, c = x2.shape
-    scale = _scale(reduction, grad, denom)
+    scale = _scale(be.xp, reduction, grad, denom)
     if route == "fused":
         return _from_rows(xp, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
     scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=x2.dtype), (rows,))
@@ -299,16 +305,6 @@ def _fused_backward(x2, lse, ts, wt, valid, weight, eps: float, scale):
 
 
 # ---------------------------------------------------------------- shared by the losses below
-def _spread(xp, reduction, grad, denom):
-    """_scale, except that 'mean' over nothing (an empty batch, every row
-    ignored: denom 0) spreads 0, as PyTorch's zero gradients, not grad/0."""
-    if reduction != "mean":
-        return grad
-    if isinstance(denom, (int, float)):
-        return grad / denom if denom else grad * 0.0
-    return grad / xp.where(denom == 0, xp.inf, denom)
-
-
 # ---------------------------------------------------------------- L1, smooth L1, Huber
 def l1_forward(be, x, t, reduction: str):
     """|x - t| per element; its gradient at x = t is 0, as PyTorch's."""
@@ -318,7 +314,7 @@ def l1_forward(be, x, t, reduction: str):
 
 def l1_backward(be, ctx, grad):
     d, reduction = ctx
-    return (be.xp.sign(d) * _spread(be.xp, reduction, grad, d.size)).astype(d.dtype, copy=False)
+    return (be.xp.sign(d) * _scale(be.xp, reduction, grad, d.size)).astype(d.dtype, copy=False)
 
 
 def huber_forward(be, x, t, reduction: str, delta: float, smooth_l1: bool = False):
@@ -347,7 +343,7 @@ def huber_backward(be, ctx, grad):
         g = xp.clip(d, -delta, delta)
         if smooth_l1:
             g = g / delta
-    return (g * _spread(be.xp, reduction, grad, d.size)).astype(d.dtype, copy=False)
+    return (g * _scale(be.xp, reduction, grad, d.size)).astype(d.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- BCE on probabilities
@@ -371,7 +367,7 @@ def bce_backward(be, ctx, grad):
     g = (x - t) / be.xp.maximum(x * (1 - x), float(np.float32(1e-12)))
     if weight is not None:
         g = g * weight
-    return (g * _spread(be.xp, reduction, grad, x.size)).astype(x.dtype, copy=False)
+    return (g * _scale(be.xp, reduction, grad, x.size)).astype(x.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- NLL
@@ -395,7 +391,7 @@ def nll_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100)
 def nll_backward(be, ctx, grad):
     rows_shape, ts, wt, denom, shape, reduction = ctx
     xp = be.xp
-    scale = _spread(be.xp, reduction, grad, denom)
+    scale = _scale(be.xp, reduction, grad, denom)
     if reduction == "none":
         scale = scale.reshape(-1)
     dx2 = xp.zeros(rows_shape, dtype=wt.dtype)
@@ -422,7 +418,7 @@ def kl_div_forward(be, x, t, reduction: str, log_target: bool = False):
 
 def kl_div_backward(be, ctx, grad):
     pt, reduction, denom = ctx
-    return (-pt * _spread(be.xp, reduction, grad, denom)).astype(pt.dtype, copy=False)
+    return (-pt * _scale(be.xp, reduction, grad, denom)).astype(pt.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- cross-entropy on class probabilities
@@ -450,7 +446,7 @@ def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smo
 def cross_entropy_probs_backward(be, ctx, grad):
     from .softmax import softmax_backward
     sm_ctx, q, dim, reduction, rows = ctx
-    scale = _spread(be.xp, reduction, grad, rows)
+    scale = _scale(be.xp, reduction, grad, rows)
     if reduction == "none":
         scale = be.xp.expand_dims(scale, dim)
     return softmax_backward(be, sm_ctx, (-q * scale).astype(q.dtype, copy=False))
