@@ -86,19 +86,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
                                  is_causal: bool = False, scale=None, *, device=None):
     """softmax(query keyᵀ·scale + mask) value, as
     torch.nn.functional.scaled_dot_product_attention (same argument order).
-    query (..., L, E), key (..., S, E), value (..., S, Ev) with equal batch
-    dims; attn_mask bool (True = take part) or additive float, broadcastable
-    to (..., L, S); scale defaults to 1/sqrt(E). Forward only: for the
+    query (..., L, E), key (..., S, E), value (..., S, Ev) with broadcastable
+    batch dims; attn_mask bool (True = take part) or additive float,
+    broadcastable to (..., L, S); scale defaults to 1/sqrt(E); dropout_p > 0
+    drops probabilities (always, as torch's functional). Forward only: for the
     backward use gpunet.nn.ScaledDotProductAttention, whose backward(dout)
-    returns (dq, dk, dv). dropout_p: only 0.0 is supported."""
+    returns (dq, dk, dv)."""
     from .nn.attention import ScaledDotProductAttention
     from .nn.module import no_grad
-    if dropout_p != 0.0:
-        raise ValueError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
     be = backend_of(query) if device is None else get_backend(device)
     op = ScaledDotProductAttention().to(be)
     dtype = getattr(query, "dtype", None)
     if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
         op.to(dtype)  # else the input check names query's dtype
     with no_grad():
-        return op(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+        return op(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)

@@ -73,7 +73,6 @@ def test_shared_modules_are_all_checked():
 @pytest.mark.parametrize("make,argument", [
     (lambda: nn.LSTM(3, 4, proj_size=2), "proj_size"),
     (lambda: nn.Embedding(5, 3, sparse=True), "sparse"),
-    (lambda: nn.MultiheadAttention(4, 2, dropout=0.1), "dropout"),
 ])
 def test_unsupported_values_name_the_argument(make, argument):
     with pytest.raises(NotImplementedError, match=argument):
@@ -343,3 +342,72 @@ def test_mha_extra_keys_as_torch(kw, masks, device, rng):
     tp = dict(theirs.named_parameters())
     for n, p in ours.named_parameters():
         assert_close(gpunet.to_numpy(p.grad), tp[n].grad.numpy().astype(dtype), n=1600, name=n)
+
+
+def test_sdpa_broadcast_batch_dims_as_torch(device, rng):
+    """key/value batch dims broadcast against the query's (e.g. one key set
+    shared by every head); gradients come back in each input's own shape."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    shapes = [(2, 3, 4, 8), (1, 3, 5, 8), (2, 1, 5, 6)]
+    arrays = [rng.standard_normal(s) for s in shapes]
+    mask = rng.random((4, 5)) > 0.3
+    mask[:, 0] = True
+    ts = [torch.from_numpy(a).requires_grad_() for a in arrays]
+    tout = torch.nn.functional.scaled_dot_product_attention(*ts, attn_mask=torch.from_numpy(mask))
+    m = nn.ScaledDotProductAttention().to(device, dtype)
+    out = m(*(m.backend.asarray(a.astype(dtype)) for a in arrays), attn_mask=m.backend.asarray(mask))
+    assert_close(gpunet.to_numpy(out), tout.detach().numpy().astype(dtype))
+    g = rng.standard_normal(tuple(tout.shape))
+    tout.backward(torch.from_numpy(g))
+    for ours, t in zip(m.backward(m.backend.asarray(g.astype(dtype))), ts):
+        assert ours.shape == tuple(t.shape)
+        assert_close(gpunet.to_numpy(ours), t.grad.numpy().astype(dtype), n=1600)
+
+
+class _Reseeded(nn.Module):
+    """`inner` with gpunet's generator reseeded before each forward: the same
+    dropout masks on every call, so finite differences see one function."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        gpunet.manual_seed(7)
+        return self.inner(*args)
+
+    def backward(self, *grads):
+        return self.inner.backward(*grads)
+
+
+def test_sdpa_dropout_drops_the_probabilities(device, rng):
+    """functional dropout_p: dropout(P) v with gpunet's dropout stream (the same
+    mask as nn.Dropout drawing next), on cpu and sim alike."""
+    dtype = np.float64 if device == "cpu" else np.float32
+    be = gpunet.get_backend(device)
+    q, k, v = (be.asarray(rng.standard_normal(s).astype(dtype)) for s in [(2, 4, 8), (2, 5, 8), (2, 5, 6)])
+    gpunet.manual_seed(3)
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    p = gpunet.to_numpy(F.softmax(q @ np.swapaxes(k, -1, -2) / dtype(np.sqrt(8)), -1, device=device))
+    gpunet.manual_seed(3)
+    pd = gpunet.to_numpy(nn.Dropout(0.4).to(device, dtype)(be.asarray(p.astype(dtype))))
+    assert 0 < (pd == 0).mean() < 0.8
+    assert_close(gpunet.to_numpy(y), pd @ gpunet.to_numpy(v), n=64)
+
+
+@pytest.mark.parametrize("make,inputs", [
+    (lambda: nn.ScaledDotProductAttention(), lambda r: (r.standard_normal((2, 3, 4)), r.standard_normal((2, 5, 4)),
+                                                       r.standard_normal((2, 5, 3)), None, 0.3)),
+    (lambda: nn.MultiheadAttention(4, 2, dropout=0.3), lambda r: tuple(r.standard_normal((3, 2, 4)) for _ in range(3))),
+], ids=["sdpa", "mha"])
+def test_attention_dropout_gradcheck(make, inputs, rng):
+    gpunet.gradcheck(_Reseeded(make().to(np.float64)), inputs(rng))
+
+
+def test_mha_dropout_only_while_training(rng):
+    q = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    plain, dropped = nn.MultiheadAttention(4, 2), nn.MultiheadAttention(4, 2, dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    assert not np.array_equal(dropped(q, q, q)[0], plain(q, q, q)[0])
+    dropped.eval()
+    np.testing.assert_array_equal(dropped(q, q, q)[0], plain(q, q, q)[0])

@@ -12,6 +12,7 @@ from ..ops import attention as ops
 from ..ops import linear as linear_ops
 from . import init
 from .linear import Linear
+from ..random import next_philox_offset
 from .module import Module, Parameter
 
 
@@ -26,7 +27,7 @@ def sdpa_bias(be, q, k, v, attn_mask, is_causal, dtype):
     if is_causal:
         raise ValueError("attn_mask: must be None when is_causal=True (as torch: the causal mask is implied)")
     checks.array(be, attn_mask, "attn_mask", finite=False)
-    ops.check_broadcast(attn_mask.shape, tuple(q.shape[:-1]) + (k.shape[-2],), "attn_mask")
+    ops.check_broadcast(attn_mask.shape, ops.broadcast_batch(q, k, v) + (q.shape[-2], k.shape[-2]), "attn_mask")
     return ops.additive_mask(be, attn_mask, dtype, "attn_mask", true_means_keep=True)
 
 
@@ -38,28 +39,43 @@ def _check_scale(scale):
 
 class ScaledDotProductAttention(Module):
     """softmax(q kᵀ·scale + mask) v over (..., L, E), (..., S, E), (..., S, Ev)
-    arrays with equal batch dims (torch.nn.functional.scaled_dot_product_attention
-    as a module: forward caches, backward(dout) returns (dq, dk, dv)).
+    arrays with broadcastable batch dims (torch.nn.functional.
+    scaled_dot_product_attention as a module: forward caches, backward(dout)
+    returns (dq, dk, dv), each of its input's shape).
 
     attn_mask: bool (True = the key takes part, as torch) or additive float,
     broadcastable to (..., L, S). is_causal: query i sees keys j <= i.
-    scale: default 1/sqrt(E). A query whose keys are all masked outputs 0."""
+    scale: default 1/sqrt(E). A query whose keys are all masked outputs 0.
+    dropout_p: dropout on the probabilities, applied whenever it is > 0 (as
+    torch's functional; the probabilities are then formed, array code)."""
 
-    def forward(self, q, k, v, attn_mask=None, is_causal: bool = False, scale=None):
+    def forward(self, query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+                scale=None):
         be = self.backend
         _check_scale(scale)
-        bias = sdpa_bias(be, q, k, v, attn_mask, is_causal, self.dtype)
+        if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p <= 1.0:
+            raise ValueError(f"dropout_p: expected a probability in [0, 1], got {dropout_p!r}")
+        bias = sdpa_bias(be, query, key, value, attn_mask, is_causal, self.dtype)
+        batch = ops.broadcast_batch(query, key, value)
+        shapes = tuple(tuple(a.shape) for a in (query, key, value))
+        q, k, v = (ops.expand_batch(be, batch, a) for a in (query, key, value))
         out, ctx = ops.sdpa_forward(be, q, k, v, bias, bool(is_causal), scale)
-        self.save(ctx)
+        drop = None
+        if dropout_p > 0.0:
+            seed, offset = next_philox_offset(int(np.prod(batch, dtype=np.int64)) * q.shape[-2] * k.shape[-2])
+            out, drop = ops.dropout_forward(be, ctx, float(dropout_p), seed, offset)
+        self.save(ctx, drop, shapes, out.shape)
         return out
 
-    def backward(self, dout):
-        ctx = self.saved()
-        checks.array(self.backend, dout, "grad_output", dtype=self.dtype, finite=False)
-        if tuple(dout.shape) != tuple(ctx.out.shape):
-            raise ValueError(f"grad_output: expected the output's shape {tuple(ctx.out.shape)}, "
-                             f"got {tuple(dout.shape)}")
-        return ops.sdpa_backward(self.backend, ctx, dout)
+    def backward(self, grad_output):
+        ctx, drop, shapes, out_shape = self.saved()
+        checks.array(self.backend, grad_output, "grad_output", dtype=self.dtype, finite=False)
+        if tuple(grad_output.shape) != tuple(out_shape):
+            raise ValueError(f"grad_output: expected the output's shape {tuple(out_shape)}, "
+                             f"got {tuple(grad_output.shape)}")
+        grads = ops.sdpa_backward(self.backend, ctx, grad_output) if drop is None else \
+            ops.dropout_backward(self.backend, ctx, drop, grad_output)
+        return tuple(ops.reduce_batch(g, shape) for g, shape in zip(grads, shapes))
 
 
 class MultiheadAttention(Module):
@@ -93,7 +109,9 @@ class MultiheadAttention(Module):
     keys and values after the projection; add_zero_attn: a zero key and value
     appended to every head after that; the masks gain a kept column for each
     (the attention weights then have S + 1 or S + 2 columns), as PyTorch.
-    dropout: only 0.0 is supported.
+    dropout: on the attention probabilities while training (the returned
+    weights are the dropped ones, as PyTorch's); the probabilities are then
+    formed, array code after the attention kernel.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -104,11 +122,10 @@ class MultiheadAttention(Module):
         H = self.num_heads = checks.positive_int(num_heads, "num_heads")
         if E % H:
             raise ValueError(f"embed_dim: must be divisible by num_heads={H}, got embed_dim={E}")
-        if dropout != 0.0:
-            raise NotImplementedError(f"dropout={dropout!r}: gpunet's attention has no dropout on the attention "
-                                      "weights; only 0.0 is supported")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.head_dim = E // H
-        self.dropout = 0.0
+        self.dropout = float(dropout)
         self.batch_first = bool(batch_first)
         self.kdim = E if kdim is None else checks.positive_int(kdim, "kdim")
         self.vdim = E if vdim is None else checks.positive_int(vdim, "vdim")
@@ -241,22 +258,26 @@ class MultiheadAttention(Module):
         k, v, bias = self._extend_kv(k, v, bias)
         out_h, ctx = ops.sdpa_forward(be, self._split_heads(q), k, v, bias, bool(is_causal),
                                       1.0 / math.sqrt(self.head_dim))
+        drop = None
+        if self.training and self.dropout > 0.0:
+            seed, offset = next_philox_offset(N * self.num_heads * L * k.shape[2])
+            out_h, drop = ops.dropout_forward(be, ctx, self.dropout, seed, offset)
         out = self.out_proj(self._merge_heads(out_h))
         weights = None
         if need_weights:
-            weights = ops.attention_probs(be, ctx)
+            weights = ops.attention_probs(be, ctx) if drop is None else drop[0]
             if average_attn_weights:
                 weights = weights.mean(axis=1)
             if not batched:
                 weights = weights[0]
         weights_mode = None if not need_weights else "mean" if average_attn_weights else "heads"
-        self.save(ctx, saved_x, batched, fused, weights_mode, (N, L, k.shape[2]))  # S with the extra positions
+        self.save(ctx, drop, saved_x, batched, fused, weights_mode, (N, L, k.shape[2]))  # S with the extra positions
         return self._from_nle(out, batched), weights
 
     def backward(self, d_attn_output, d_attn_weights=None):
         be = self.backend
         xp = be.xp
-        ctx, saved_x, batched, fused, weights_mode, (N, L, S) = self.saved()
+        ctx, drop, saved_x, batched, fused, weights_mode, (N, L, S) = self.saved()
         E, H = self.embed_dim, self.num_heads
         checks.array(be, d_attn_output, "grad_output", dtype=self.dtype, finite=False)
         want = ((N, L, E) if self.batch_first else (L, N, E)) if batched else (L, E)
@@ -276,7 +297,9 @@ class MultiheadAttention(Module):
                                  f"got {tuple(d_attn_weights.shape)}")
             dprobs = xp.broadcast_to(dw[:, None] / H, (N, H, L, S)) if averaged else dw
         d_out = self.out_proj.backward(self._to_nle(d_attn_output, batched))
-        dq, dk, dv = ops.sdpa_backward(be, ctx, self._split_heads(d_out), dprobs)
+        d_heads = self._split_heads(d_out)
+        dq, dk, dv = ops.sdpa_backward(be, ctx, d_heads, dprobs) if drop is None else \
+            ops.dropout_backward(be, ctx, drop, d_heads, dprobs)
         dq, (dk, dv) = self._merge_heads(dq), self._shrink_kv_grads(dk, dv)
         wq, wk, wv = self._proj_weights()
         dx = [xp.matmul(g, w) for g, w in ((dq, wq), (dk, wk), (dv, wv))]

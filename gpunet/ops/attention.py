@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from ..dispatch import path
+from . import dropout as dropout_ops
 
 KERNEL_MAX_HEAD_DIM = 128
 
@@ -51,9 +52,9 @@ def check_inputs(q, k, v, name_q="query", name_k="key", name_v="value"):
     if q.ndim < 2:
         raise ValueError(f"{name_q}: expected (..., L, E) with at least 2 dims, got shape {tuple(q.shape)}")
     for name, a in ((name_k, k), (name_v, v)):
-        if a.ndim != q.ndim or tuple(a.shape[:-2]) != tuple(q.shape[:-2]):
-            raise ValueError(f"{name}: expected the batch dims of {name_q} {tuple(q.shape[:-2])} followed by "
-                             f"(S, features), got shape {tuple(a.shape)}")
+        if a.ndim < 2 or broadcast_batch(q, a) is None:
+            raise ValueError(f"{name}: expected batch dims broadcastable with {name_q}'s {tuple(q.shape[:-2])} "
+                             f"followed by (S, features), got shape {tuple(a.shape)}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"{name_k}: expected last dim E={q.shape[-1]} (the {name_q} feature size), "
                          f"got shape {tuple(k.shape)}")
@@ -63,6 +64,29 @@ def check_inputs(q, k, v, name_q="query", name_k="key", name_v="value"):
     if 0 in q.shape or 0 in k.shape or 0 in v.shape:
         raise ValueError(f"{name_q}/{name_k}/{name_v}: empty arrays are not supported, got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+
+
+def broadcast_batch(*arrays):
+    """The broadcast of the arrays' batch dims (all but the last two), or None."""
+    try:
+        return tuple(np.broadcast_shapes(*(tuple(a.shape[:-2]) for a in arrays)))
+    except ValueError:
+        return None
+
+
+def expand_batch(be, batch, a):
+    """`a` with its batch dims broadcast to `batch`, contiguous (the kernels
+    index one batch of q, k and v alike)."""
+    if tuple(a.shape[:-2]) == batch:
+        return a
+    return be.xp.ascontiguousarray(be.xp.broadcast_to(a, batch + tuple(a.shape[-2:])))
+
+
+def reduce_batch(g, shape):
+    """expand_batch's adjoint: the gradient `g` summed back to `shape`."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape[:-2]) if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape) if axes else g
 
 
 def additive_mask(be, mask, dtype, name: str, true_means_keep: bool = True):
@@ -151,7 +175,7 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     e.g. from MultiheadAttention's returned attention weights; it takes the
     array path (P is materialised anyway in that case)."""
     if ctx.lse is not None:  # the forward ran the kernels, which never form P
-        why = None if dprobs is None else "a gradient flows into the attention weights (need_weights)"
+        why = None if dprobs is None else "a gradient flows into the attention probabilities (weights or dropout)"
         if path(be, "attention backward", ctx.q.dtype, unsupported=why) == "kernel":
             return _kernel_backward(be, ctx, dout)
     xp = be.xp
@@ -169,6 +193,28 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     dq *= ctx.scale
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), ctx.q)
     dk *= ctx.scale
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------- dropout on the probabilities
+def dropout_forward(be, ctx, p: float, seed: int, offset: int):
+    """dropout(P) v, PyTorch's attention dropout, from a forward's context:
+    P is formed (recomputed on the kernel path), dropped, then multiplied.
+    Returns (out, drop) with drop = (dropout(P), its mask context)."""
+    pd, mask = dropout_ops.dropout_forward(be, attention_probs(be, ctx), p, seed, offset)
+    return be.xp.matmul(pd, ctx.v), (pd, mask)
+
+
+def dropout_backward(be, ctx, drop, dout, dprobs=None):
+    """(dq, dk, dv) of dropout(P) v; dprobs: a gradient into dropout(P) itself
+    (the attention weights MultiheadAttention returns)."""
+    xp = be.xp
+    pd, mask = drop
+    dv = xp.matmul(xp.swapaxes(pd, -1, -2), dout)
+    dpd = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
+    if dprobs is not None:
+        dpd += dprobs
+    dq, dk, _ = sdpa_backward(be, ctx, xp.zeros_like(dout), dropout_ops.dropout_backward(be, mask, dpd))
     return dq, dk, dv
 
 
