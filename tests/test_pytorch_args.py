@@ -411,3 +411,56 @@ def test_mha_dropout_only_while_training(rng):
     assert not np.array_equal(dropped(q, q, q)[0], plain(q, q, q)[0])
     dropped.eval()
     np.testing.assert_array_equal(dropped(q, q, q)[0], plain(q, q, q)[0])
+
+
+# ---------------------------------------------------------------- empty batches, as PyTorch
+EMPTY = {
+    "Linear": (lambda m: m.Linear(3, 4), (0, 3)),
+    "Conv2d": (lambda m: m.Conv2d(2, 3, 3, padding=1), (0, 2, 5, 5)),
+    "Conv1d": (lambda m: m.Conv1d(2, 3, 3, padding=1), (0, 2, 5)),
+    "ConvTranspose2d": (lambda m: m.ConvTranspose2d(2, 3, 3), (0, 2, 5, 5)),
+    "MaxPool2d": (lambda m: m.MaxPool2d(2), (0, 2, 4, 4)),
+    "AvgPool2d": (lambda m: m.AvgPool2d(2), (0, 2, 4, 4)),
+    "AdaptiveAvgPool2d": (lambda m: m.AdaptiveAvgPool2d(2), (0, 2, 4, 4)),
+    "AdaptiveMaxPool2d": (lambda m: m.AdaptiveMaxPool2d(2), (0, 2, 4, 4)),
+    "LayerNorm": (lambda m: m.LayerNorm(3), (0, 3)),
+    "GroupNorm": (lambda m: m.GroupNorm(1, 2), (0, 2, 3)),
+    "BatchNorm2d": (lambda m: m.BatchNorm2d(2), (0, 2, 3, 3)),
+    "Dropout": (lambda m: m.Dropout(0.5), (0, 3)),
+    "GELU": (lambda m: m.GELU(), (0, 3)),
+    "LogSoftmax": (lambda m: m.LogSoftmax(-1), (0, 3)),
+    "Flatten": (lambda m: m.Flatten(), (0, 3, 2)),
+    "LSTM": (lambda m: m.LSTM(3, 4, num_layers=2, bidirectional=True), (5, 0, 3)),
+    "GRU": (lambda m: m.GRU(3, 4), (5, 0, 3)),
+    "RNN": (lambda m: m.RNN(3, 4), (5, 0, 3)),
+    "LSTMCell": (lambda m: m.LSTMCell(3, 4), (0, 3)),
+    "GRUCell": (lambda m: m.GRUCell(3, 4), (0, 3)),
+    "MultiheadAttention": (lambda m: m.MultiheadAttention(4, 2), (3, 0, 4)),
+}
+
+
+def _first(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+@pytest.mark.no_kernels("an empty batch has nothing to launch over")
+@pytest.mark.fallback("batch_norm")
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_empty_batch_as_torch(name, device):
+    """An empty batch: PyTorch's output shape, an input gradient of the input's
+    shape, and zero parameter gradients."""
+    make, shape = EMPTY[name]
+    args = (lambda a: (a, a, a)) if name == "MultiheadAttention" else (lambda a: (a,))
+    tm = make(torch.nn)
+    tx = torch.zeros(shape, requires_grad=True)
+    ty = _first(tm(*args(tx)))
+    ty.sum().backward()
+    m = make(nn).to(device)
+    x = m.backend.asarray(np.zeros(shape, np.float32))
+    y = _first(m(*args(x)))
+    assert tuple(y.shape) == tuple(ty.shape)
+    dx = _first(m.backward(m.backend.asarray(np.zeros(y.shape, np.float32))))
+    assert tuple(dx.shape) == shape
+    tp = dict(tm.named_parameters())
+    for n, p in m.named_parameters():
+        np.testing.assert_array_equal(gpunet.to_numpy(p.grad), tp[n].grad.numpy(), err_msg=n)

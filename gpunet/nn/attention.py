@@ -179,7 +179,7 @@ class MultiheadAttention(Module):
     def _split_heads(self, x):
         N, T, _ = x.shape
         H = self.num_heads
-        return self.backend.xp.ascontiguousarray(x.reshape(N, T, H, -1).transpose(0, 2, 1, 3))
+        return self.backend.xp.ascontiguousarray(x.reshape(N, T, H, x.shape[2] // H).transpose(0, 2, 1, 3))
 
     def _merge_heads(self, x):
         N, H, T, hd = x.shape

@@ -364,8 +364,8 @@ class _Recurrent(Module):
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         T, N = x.shape[0], x.shape[1]
-        if T == 0 or N == 0:
-            raise ValueError(f"input: expected at least one timestep and one sequence, got shape {tuple(x.shape)}")
+        if T == 0:  # PyTorch refuses it too; an empty batch (N = 0) is fine
+            raise ValueError(f"input: expected at least one timestep, got shape {tuple(x.shape)}")
         return self.backend.xp.ascontiguousarray(x), (batched, T, N)
 
     def _state_shape(self, layout):

@@ -68,7 +68,7 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    x2 = x.reshape(T * B, -1)
+    x2 = x.reshape(T * B, x.shape[2])  # not -1: B may be 0
     gates = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
     hs = xp.empty((T + 1, B, H), dtype=x.dtype)
     cs = xp.empty((T + 1, B, H), dtype=x.dtype)
@@ -213,7 +213,7 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     relu = nonlinearity == "relu"
-    x2 = x.reshape(T * B, -1)
+    x2 = x.reshape(T * B, x.shape[2])  # not -1: B may be 0
     hs = xp.empty((T + 1, B, H), dtype=x.dtype)
     hs[0] = h0
     hs[1:] = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, H)
@@ -265,7 +265,7 @@ def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    x2 = x.reshape(T * B, -1)
+    x2 = x.reshape(T * B, x.shape[2])  # not -1: B may be 0
     gates = xp.matmul(x2, w_ih.T)
     if b_ih is not None:
         bias_add(be, gates, b_ih, route)
