@@ -71,7 +71,6 @@ def test_shared_modules_are_all_checked():
 
 
 @pytest.mark.parametrize("make,argument", [
-    (lambda: nn.LSTM(3, 4, proj_size=2), "proj_size"),
     (lambda: nn.Embedding(5, 3, sparse=True), "sparse"),
 ])
 def test_unsupported_values_name_the_argument(make, argument):
@@ -266,22 +265,27 @@ def test_maxunpool_rejects_out_of_range_indices():
         nn.MaxUnpool2d(2)(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 16))
 
 
-@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTM-proj", "LSTM-proj-unidirectional"])
 @pytest.mark.parametrize("layers,batch_first,state,batched", [(1, False, True, True), (2, True, False, True),
                                                               (2, False, True, False)])
-def test_bidirectional_as_torch(cls, layers, batch_first, state, batched, device, rng):
-    """bidirectional=True: PyTorch's *_reverse parameters, outputs (forward and
-    reverse halves), final states and every gradient."""
+def test_bidirectional_and_projection_as_torch(cls, layers, batch_first, state, batched, device, rng):
+    """bidirectional=True and LSTM proj_size: PyTorch's *_reverse and
+    weight_hr parameters, outputs (forward and reverse halves), final states
+    and every gradient."""
     dtype = np.float64 if device == "cpu" else np.float32
-    theirs = getattr(torch.nn, cls)(3, 4, num_layers=layers, batch_first=batch_first, bidirectional=True).double()
-    ours = getattr(nn, cls)(3, 4, num_layers=layers, batch_first=batch_first, bidirectional=True)
+    kw = dict(num_layers=layers, batch_first=batch_first, bidirectional=not cls.endswith("unidirectional"))
+    if "proj" in cls:
+        cls, kw["proj_size"] = "LSTM", 3
+    theirs = getattr(torch.nn, cls)(3, 4, **kw).double()
+    ours = getattr(nn, cls)(3, 4, **kw)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
     ours.to(device, dtype)
     shape = ((2, 5, 3) if batch_first else (5, 2, 3)) if batched else (5, 3)
-    sshape = (2 * layers, 2, 4) if batched else (2 * layers, 4)
+    D = 2 if kw["bidirectional"] else 1
+    sizes = [kw.get("proj_size", 4), 4] if cls == "LSTM" else [4]
     x = rng.standard_normal(shape)
-    states = [rng.standard_normal(sshape) for _ in range(2 if cls == "LSTM" else 1)]
+    states = [rng.standard_normal((D * layers, 2, n) if batched else (D * layers, n)) for n in sizes]
     tx = torch.from_numpy(x).requires_grad_()
     tstates = [torch.from_numpy(s).requires_grad_() for s in states]
     arr = lambda a: ours.backend.asarray(a.astype(dtype))

@@ -15,6 +15,8 @@ A cell called several times in one forward pass (a Python loop over time)
 backpropagates through every call: call backward once per forward call, in
 reverse order; the parameter gradients add up.
 """
+import numpy as np
+
 from .. import checks
 from ..ops import dropout as dropout_ops
 from ..ops import rnn as ops
@@ -112,7 +114,8 @@ class _ElmanSteps:
     """The Elman layer ops for RNNCell and RNN: h' = act(x w_ih^T + b_ih + h w_hh^T + b_hh).
     A layer op maps (x, weights, *initial states) to (out, final states, ctx),
     its backward (ctx, w_ih, w_hh, dout, *final-state grads) to (dx, initial-
-    state grads, dw_ih, dw_hh, db_ih, db_hh) with db_hh None meaning db_ih."""
+    state grads, dw_ih, dw_hh, db_ih, db_hh, {other parameter: grad}) with
+    db_hh None meaning db_ih."""
 
     def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0):
         out, h, ctx = ops.rnn_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, self.nonlinearity)
@@ -120,7 +123,7 @@ class _ElmanSteps:
 
     def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
         dx, dh0, dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
-        return dx, (dh0,), dw_ih, dw_hh, db, None
+        return dx, (dh0,), dw_ih, dw_hh, db, None, {}
 
 
 class _GRUSteps:
@@ -134,7 +137,7 @@ class _GRUSteps:
 
     def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
-        return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh
+        return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, {}
 
 
 class _HiddenCell(_Cell):
@@ -153,8 +156,8 @@ class _HiddenCell(_Cell):
         ctx, has_state, shape = self.saved()
         dh = _check_grad(self, grad_output, "grad_output", shape)
         dout = None if dh is None else dh.reshape(1, -1, self.hidden_size)
-        dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctx, self.weight_ih.data,
-                                                                      self.weight_hh.data, dout, None)
+        dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, _ = self._layer_backward(ctx, self.weight_ih.data,
+                                                                         self.weight_hh.data, dout, None)
         self._accumulate(dw_ih, dw_hh, db_ih, db_hh)
         dx = dx.reshape(shape[:-1] + (self.input_size,))
         return (dx, dh0.reshape(shape)) if has_state else dx
@@ -204,7 +207,7 @@ class LSTMCell(_Cell):
         dh = _check_grad(self, grad_h, "grad_h", shape)
         dc = _check_grad(self, grad_c, "grad_c", shape)
         flat = (lambda a: None if a is None else a.reshape(-1, self.hidden_size))
-        dx, dh0, dc0, dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctx, self.weight_ih.data,
+        dx, dh0, dc0, dw_ih, dw_hh, db, _ = ops.lstm_backward(self.backend, ctx, self.weight_ih.data,
                                                            self.weight_hh.data, None, flat(dh), flat(dc))
         self._accumulate(dw_ih, dw_hh, db)
         dx = dx.reshape(shape[:-1] + (self.input_size,))
@@ -219,13 +222,18 @@ class _LSTMSteps:
     gates = 4
     state_names = ("h_0", "c_0")
 
-    def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
-        out, h, c, ctx = ops.lstm_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    def _layer_forward(self, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
+        out, h, c, ctx = ops.lstm_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
         return out, (h, c), ctx
 
-    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, dc_n):
-        dx, dh0, dc0, dw_ih, dw_hh, db = ops.lstm_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n, dc_n)
-        return dx, (dh0, dc0), dw_ih, dw_hh, db, None
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
+        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = ops.lstm_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n, dc_n,
+                                                                  w_hr)
+        return dx, (dh0, dc0), dw_ih, dw_hh, db, None, ({} if dw_hr is None else {"weight_hr": dw_hr})
+
+    def _state_sizes(self):
+        """h is proj_size wide with a projection, c always hidden_size."""
+        return (self.proj_size or self.hidden_size, self.hidden_size)
 
 
 class _Recurrent(Module):
@@ -235,7 +243,9 @@ class _Recurrent(Module):
     checks, dropout on each layer's output but the last while training, as
     PyTorch. A bidirectional layer runs the same layer op on the time-reversed
     sequence and concatenates the two outputs (forward first); states are
-    (num_layers * num_directions, N, H). proj_size > 0 is not supported."""
+    (num_layers * num_directions, N, H). LSTM proj_size > 0: h_t is projected
+    by weight_hr_l{k} (proj_size, H) and is proj_size wide (outputs, h states
+    and the recurrent weights' second dim), as PyTorch."""
 
     gates = 1
     state_names = ("h_0",)
@@ -251,20 +261,31 @@ class _Recurrent(Module):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         self.dropout = float(dropout)
-        if proj_size:
-            raise NotImplementedError(f"proj_size={proj_size!r}: LSTM projections are not supported; only 0 is")
-        self.bidirectional, self.proj_size = bool(bidirectional), 0
+        if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or \
+                not 0 <= proj_size < self.hidden_size:
+            raise ValueError(f"proj_size: expected an int in [0, hidden_size={self.hidden_size}), got {proj_size!r}")
+        self.bidirectional, self.proj_size = bool(bidirectional), int(proj_size)
         self.num_directions = 2 if self.bidirectional else 1
         H, gh = self.hidden_size, self.gates * self.hidden_size
+        R = self.proj_size or H  # the width of h: what the next step and the next layer see
         for k in range(self.num_layers):
-            fan = self.input_size if k == 0 else H * self.num_directions
+            fan = self.input_size if k == 0 else R * self.num_directions
             for sfx in self._suffixes():
                 setattr(self, f"weight_ih_l{k}{sfx}", _param((gh, fan), H, self.dtype))
-                setattr(self, f"weight_hh_l{k}{sfx}", _param((gh, H), H, self.dtype))
+                setattr(self, f"weight_hh_l{k}{sfx}", _param((gh, R), H, self.dtype))
                 if self.bias:
                     setattr(self, f"bias_ih_l{k}{sfx}", _param((gh,), H, self.dtype))
                     setattr(self, f"bias_hh_l{k}{sfx}", _param((gh,), H, self.dtype))
+                if self.proj_size:
+                    setattr(self, f"weight_hr_l{k}{sfx}", _param((R, H), H, self.dtype))
         self._place(device, dtype)
+
+    def _state_sizes(self):
+        return (self.hidden_size,)
+
+    def _extra(self, k, sfx):
+        """The layer op's weights beyond w_ih, w_hh and the biases: LSTM's w_hr."""
+        return {"w_hr": getattr(self, f"weight_hr_l{k}{sfx}").data} if self.proj_size else {}
 
     def _suffixes(self):
         return ("", "_reverse")[:self.num_directions]
@@ -275,21 +296,24 @@ class _Recurrent(Module):
         arrays = [getattr(self, f"{n}_l{k}{sfx}").data for n in names]
         return tuple(arrays) if self.bias else (arrays[0], arrays[1], None, None)
 
-    def _accumulate(self, k, sfx, dw_ih, dw_hh, db_ih, db_hh=None):
+    def _accumulate(self, k, sfx, dw_ih, dw_hh, db_ih, db_hh, extra):
         """db_hh None: the same gradient as b_ih (the LSTM's and RNN's biases are
-        added together; the GRU's are not)."""
+        added together; the GRU's are not); extra: {parameter name: grad}."""
         getattr(self, f"weight_ih_l{k}{sfx}").accumulate(dw_ih)
         getattr(self, f"weight_hh_l{k}{sfx}").accumulate(dw_hh)
         if db_ih is not None:
             getattr(self, f"bias_ih_l{k}{sfx}").accumulate(db_ih)
             getattr(self, f"bias_hh_l{k}{sfx}").accumulate(db_ih.copy() if db_hh is None else db_hh)
+        for name, g in extra.items():
+            getattr(self, f"{name}_l{k}{sfx}").accumulate(g)
 
     # ------------------------------------------------------------ forward/backward
     def forward(self, input, hx=None):
         x, layout = self._sequence(input)
         given = (None,) * len(self.state_names) if hx is None else \
             (hx,) if len(self.state_names) == 1 else _lstm_state_pair(hx, "hx")
-        states = [self._initial(s, name, layout) for s, name in zip(given, self.state_names)]
+        states = [self._initial(s, name, layout, size)
+                  for s, name, size in zip(given, self.state_names, self._state_sizes())]
         xp = self.backend.xp
         ctxs, finals, drops = [], [], []
         for k in range(self.num_layers):
@@ -297,7 +321,8 @@ class _Recurrent(Module):
             for d, sfx in enumerate(self._suffixes()):
                 at = k * self.num_directions + d
                 xin = x if d == 0 else xp.ascontiguousarray(x[::-1])
-                out, final, ctx = self._layer_forward(xin, *self._layer(k, sfx), *(s[at] for s in states))
+                out, final, ctx = self._layer_forward(xin, *self._layer(k, sfx), *(s[at] for s in states),
+                                                      **self._extra(k, sfx))
                 outs.append(out if d == 0 else out[::-1])
                 ctxs.append(ctx)
                 finals.append(final)
@@ -308,9 +333,11 @@ class _Recurrent(Module):
 
     def _backward(self, grad_output, grad_states, names):
         ctxs, drops, has_state, layout = self.saved()
-        xp, H, D = self.backend.xp, self.hidden_size, self.num_directions
+        xp, D = self.backend.xp, self.num_directions
+        H = self._state_sizes()[0]  # each direction's share of the output
         dout = self._from_user(grad_output, "grad_output", layout)
-        ds_n = [self._state_grad(g, name, layout) for g, name in zip(grad_states, names)]
+        ds_n = [self._state_grad(g, name, layout, size)
+                for g, name, size in zip(grad_states, names, self._state_sizes())]
         ds0 = [None] * (self.num_layers * D)
         for k in range(self.num_layers - 1, -1, -1):
             dx = None
@@ -321,9 +348,9 @@ class _Recurrent(Module):
                     g = g[::-1]
                 g = None if g is None else xp.ascontiguousarray(g)
                 w_ih, w_hh, _, _ = self._layer(k, sfx)
-                dxd, ds0[at], dw_ih, dw_hh, db_ih, db_hh = self._layer_backward(ctxs[at], w_ih, w_hh, g,
-                                                                                *(s[at] for s in ds_n))
-                self._accumulate(k, sfx, dw_ih, dw_hh, db_ih, db_hh)
+                dxd, ds0[at], *grads = self._layer_backward(ctxs[at], w_ih, w_hh, g, *(s[at] for s in ds_n),
+                                                            **self._extra(k, sfx))
+                self._accumulate(k, sfx, *grads)
                 dxd = dxd if d == 0 else dxd[::-1]
                 dx = dxd if dx is None else dx + dxd
             dout = self._undrop(xp.ascontiguousarray(dx), k, drops)
@@ -368,18 +395,17 @@ class _Recurrent(Module):
             raise ValueError(f"input: expected at least one timestep, got shape {tuple(x.shape)}")
         return self.backend.xp.ascontiguousarray(x), (batched, T, N)
 
-    def _state_shape(self, layout):
+    def _state_shape(self, layout, size):
         batched, _, N = layout
         L = self.num_layers * self.num_directions
-        return (L, N, self.hidden_size) if batched else (L, self.hidden_size)
+        return (L, N, size) if batched else (L, size)
 
-    def _initial(self, s, name, layout):
-        """A state given by the user as (num_layers * num_directions, N, H), or zeros."""
+    def _initial(self, s, name, layout, size):
+        """A state given by the user as (num_layers * num_directions, N, size), or zeros."""
         batched, _, N = layout
         if s is None:
-            return self.backend.xp.zeros((self.num_layers * self.num_directions, N, self.hidden_size),
-                                         dtype=self.dtype)
-        s = _check_state(self, s, name, self._state_shape(layout))
+            return self.backend.xp.zeros((self.num_layers * self.num_directions, N, size), dtype=self.dtype)
+        s = _check_state(self, s, name, self._state_shape(layout, size))
         return s if batched else s[:, None, :]
 
     def _to_user(self, y, layout):
@@ -392,7 +418,7 @@ class _Recurrent(Module):
     def _from_user(self, g, name, layout):
         """An output gradient (None allowed) as a contiguous time-major (T, N, D*H)."""
         batched, T, N = layout
-        F = self.num_directions * self.hidden_size
+        F = self.num_directions * self._state_sizes()[0]
         expected = (T, F) if not batched else (N, T, F) if self.batch_first else (T, N, F)
         g = _check_grad(self, g, name, expected)
         if g is None:
@@ -400,8 +426,8 @@ class _Recurrent(Module):
         g = g[:, None, :] if not batched else g.transpose(1, 0, 2) if self.batch_first else g
         return self.backend.xp.ascontiguousarray(g)
 
-    def _state_grad(self, g, name, layout):
-        g = _check_grad(self, g, name, self._state_shape(layout))
+    def _state_grad(self, g, name, layout, size):
+        g = _check_grad(self, g, name, self._state_shape(layout, size))
         if g is None:
             return [None] * (self.num_layers * self.num_directions)
         return list(g if layout[0] else g[:, None, :])
@@ -422,6 +448,8 @@ class _Recurrent(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
 

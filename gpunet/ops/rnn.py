@@ -61,27 +61,31 @@ def _weight_grads(be, route, dG, x2, hs, w_ih, has_bias):
 
 
 # ---------------------------------------------------------------- LSTM
-def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
-    """One LSTM layer. x (T, B, I), h0 and c0 (B, H); biases both given or both None.
-    Returns (out (T, B, H), h_n, c_n, ctx); out is a view of the saved states."""
+def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
+    """One LSTM layer. x (T, B, I), h0 (B, R) and c0 (B, H); biases both given
+    or both None. w_hr (R, H): PyTorch's proj_size, h_t = w_hr (o * tanh(c_t))
+    (R = H without it). Returns (out (T, B, R), h_n, c_n, ctx); out is a view
+    of the saved states."""
     route = path(be, "lstm", x.dtype, fused=True)
     xp = be.xp
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H, R = w_ih.shape[0] // 4, w_hh.shape[1]
     x2 = x.reshape(T * B, x.shape[2])  # not -1: B may be 0
     gates = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
-    hs = xp.empty((T + 1, B, H), dtype=x.dtype)
+    hs = xp.empty((T + 1, B, R), dtype=x.dtype)
     cs = xp.empty((T + 1, B, H), dtype=x.dtype)
+    raw = None if w_hr is None else xp.empty((T, B, H), dtype=x.dtype)  # o * tanh(c), before the projection
     hs[0] = h0
     cs[0] = c0
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
     w_hh_t = w_hh.T
     for t in range(T):
         hg = xp.matmul(hs[t], w_hh_t)
+        h = hs[t + 1] if raw is None else raw[t]
         if route == "kernel":
-            be.kernels.lstm_cell_forward(gates[t], hg, b_hh, cs[t], gates[t], hs[t + 1], cs[t + 1], be.stream())
+            be.kernels.lstm_cell_forward(gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1], be.stream())
         elif route == "fused":
-            _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], hs[t + 1])
+            _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)
         else:
             g = gates[t]
             g += hg
@@ -92,25 +96,32 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
             xp.multiply(f, cs[t], out=cs[t + 1])
             cs[t + 1] += i * gg
             xp.tanh(cs[t + 1], out=tanh_c[t])
-            xp.multiply(o, tanh_c[t], out=hs[t + 1])
-    ctx = (route, x2, hs, cs, gates, tanh_c, b_ih is not None)
+            xp.multiply(o, tanh_c[t], out=h)
+        if raw is not None:
+            xp.matmul(raw[t], w_hr.T, out=hs[t + 1])
+    ctx = (route, x2, hs, cs, gates, tanh_c, raw, b_ih is not None)
     return hs[1:], hs[T], cs[T], ctx
 
 
-def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
-    """Backward through time of one LSTM layer. dout (T, B, H), dh_n, dc_n (B, H);
-    any of them may be None (zero). Returns dx, dh0, dc0, dw_ih, dw_hh, db where
-    db is the gradient of b_ih and of b_hh alike (None without biases)."""
+def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
+    """Backward through time of one LSTM layer. dout (T, B, R), dh_n (B, R),
+    dc_n (B, H); any of them may be None (zero). Returns dx, dh0, dc0, dw_ih,
+    dw_hh, db, dw_hr where db is the gradient of b_ih and of b_hh alike (None
+    without biases) and dw_hr None without a projection."""
     xp = be.xp
-    route, x2, hs, cs, gates, tanh_c, has_bias = ctx
+    route, x2, hs, cs, gates, tanh_c, raw, has_bias = ctx
     T, B, H4 = gates.shape
     H = H4 // 4
     dG = xp.empty_like(gates)
     # the kernel updates dc in place in this buffer (never in the caller's dc_n)
     dc_buf = xp.empty((B, H), dtype=gates.dtype) if route == "kernel" else None
+    dproj = None if raw is None else xp.empty((T,) + hs.shape[1:], dtype=gates.dtype)
     dh, dc = dh_n, dc_n
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
+        if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
+            dproj[t] = _sum_or_zeros(xp, dy, dh, hs[t + 1])
+            dy, dh = xp.matmul(dproj[t], w_hr), None
         if route == "kernel":
             be.kernels.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf, be.stream())
             dc = dc_buf
@@ -120,7 +131,8 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n):
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         dh = xp.matmul(dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
-    return dx, dh, dc, dw_ih, dw_hh, db
+    dw_hr = None if raw is None else xp.matmul(dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
+    return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
