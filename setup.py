@@ -1,9 +1,18 @@
-"""Build gpunet: the Python package plus two extension modules made by CMake
-(CMakeLists.txt):
+"""Build gpunet: the Python package plus the CUDA extension gpunet._C,
+compiled by nvcc through CMake (CMakeLists.txt) only where it can run or
+where it is asked for:
 
-  gpunet._C_sim  the CUDA kernels compiled for the CPU (csrc/sim); always built
-  gpunet._C_simcheck  the same under the simulator's race checker; always built
-  gpunet._C      the CUDA kernels compiled by nvcc; built when nvcc is found
+  GPUNET_CUDA_ARCHS set        gpunet._C for those architectures, in CMake's
+                               syntax ("80-real;90": sm_80 and sm_90 SASS plus
+                               compute_90 PTX, what CI builds); nvcc required
+  else a GPU visible           gpunet._C for that GPU's architecture only, plus
+                               PTX (nvidia-smi's compute capability), as
+                               PyTorch's extension builder does
+  else                         no gpunet._C; the install says so in one line
+  GPUNET_SKIP_CUDA=1           no gpunet._C in any case
+
+The sim backend's modules (gpunet._C_sim, gpunet._C_simcheck) are not built
+here: they compile on first use into a per-user cache (gpunet/simbuild.py).
 
 Works for `pip install .` and `pip install -e .` (and `python setup.py
 build_ext --inplace`). The CMake build tree is build/cmake-<python>, kept
@@ -11,27 +20,27 @@ between builds; with pip's default build isolation the compiler sees a fresh
 pybind11 path each time and recompiles everything, so for fast rebuilds use
 `pip install -e . --no-build-isolation` (needs pybind11 and cmake installed).
 
-Environment:
-  GPUNET_SKIP_CUDA=1           do not build gpunet._C
-  GPUNET_CUDA_ARCHS="90"       CMAKE_CUDA_ARCHITECTURES for gpunet._C (default "80-real;90")
+Environment, besides the above:
   CMAKE_BUILD_PARALLEL_LEVEL   parallel compile jobs (default: the number of CPUs)
   CMAKE_GENERATOR              e.g. Ninja (read by CMake itself)
-  CUDACXX                      the nvcc to use (default: nvcc on PATH, then /usr/local/cuda/bin/nvcc)
+  CUDACXX                      the nvcc to use (default: nvcc on PATH, then CUDA_HOME, CUDA_PATH, /usr/local/cuda)
+  CUDA_VISIBLE_DEVICES         "" or -1 hides the GPUs from the build too
 """
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-# sm_80 and sm_90 SASS plus compute_90 PTX; the same default as CMakeLists.txt,
-# passed explicitly so that a value cached by an earlier build never lingers.
-DEFAULT_CUDA_ARCHS = "80-real;90"
 CUDA_EXT = "gpunet._C"
+SIM_MODULES = ("gpunet._C_sim", "gpunet._C_simcheck")  # compiled on first use now (gpunet/simbuild.py)
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
+ASK = 'set GPUNET_CUDA_ARCHS (e.g. "80-real;90") to build it'
 
 
 class CMakeExtension(Extension):
@@ -42,7 +51,10 @@ class CMakeExtension(Extension):
         self.target = name.rsplit(".", 1)[-1]
 
 
-DEFAULT_CUDA_HOME = "/usr/local/cuda"
+class CudaPlan(NamedTuple):
+    nvcc: str | None      # None: gpunet._C is not built
+    archs: str | None     # CMAKE_CUDA_ARCHITECTURES
+    message: str          # the one line the build prints
 
 
 def find_nvcc(environ=os.environ):
@@ -52,43 +64,81 @@ def find_nvcc(environ=os.environ):
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
-def cuda_plan(environ=os.environ):
-    """(nvcc, None) when gpunet._C is built with that nvcc, else (None, why
-    not): GPUNET_SKIP_CUDA set to anything but "" or "0", or no nvcc found."""
+def query_compute_caps(environ=os.environ) -> str:
+    """nvidia-smi's compute capabilities of the GPUs this build can see, one a line ("" for none)."""
+    if environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return ""
+    smi = shutil.which("nvidia-smi", path=environ.get("PATH", os.defpath))
+    if smi is None:
+        return ""
+    try:
+        proc = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def parse_compute_caps(text: str) -> list[str]:
+    """["86", "90"] from nvidia-smi lines such as "9.0" and "8.6" (sorted,
+    without repeats; lines that are not a capability are ignored)."""
+    caps = set()
+    for line in text.splitlines():
+        major, dot, minor = line.strip().partition(".")
+        if dot and major.isdigit() and minor.isdigit():
+            caps.add((int(major), int(minor)))
+    return [f"{major}{minor}" for major, minor in sorted(caps)]
+
+
+def archs_for(caps: list[str]) -> str:
+    """CMAKE_CUDA_ARCHITECTURES for these GPUs: SASS for each, PTX of the
+    newest too (JIT-compiled by the driver for a newer GPU)."""
+    return ";".join([f"{c}-real" for c in caps[:-1]] + caps[-1:])
+
+
+def cuda_plan(environ=os.environ, compute_caps=query_compute_caps) -> CudaPlan:
+    """Whether and how gpunet._C is built (see the top of this file)."""
     if environ.get("GPUNET_SKIP_CUDA", "0") not in ("", "0"):
-        return None, "GPUNET_SKIP_CUDA is set"
+        return CudaPlan(None, None, "gpunet: GPUNET_SKIP_CUDA is set, gpunet._C (the CUDA kernels) skipped")
     nvcc = find_nvcc(environ)
-    return (nvcc, None) if nvcc else (None, "nvcc not found")
+    asked = environ.get("GPUNET_CUDA_ARCHS", "").strip()
+    if asked:
+        if nvcc is None:
+            raise RuntimeError("gpunet: GPUNET_CUDA_ARCHS asks for gpunet._C but nvcc is not found (CUDACXX, PATH, "
+                               f"CUDA_HOME, CUDA_PATH, {DEFAULT_CUDA_HOME}); unset it to install without gpunet._C")
+        return CudaPlan(nvcc, asked, f"gpunet: building gpunet._C for CUDA architectures {asked} (GPUNET_CUDA_ARCHS)")
+    caps = parse_compute_caps(compute_caps(environ))
+    if not caps:
+        return CudaPlan(None, None, f"gpunet: no GPU visible, gpunet._C (the CUDA kernels) skipped; {ASK} anyway")
+    gpus = ", ".join(f"sm_{c}" for c in caps)
+    if nvcc is None:
+        return CudaPlan(None, None, f"gpunet: a GPU is visible ({gpus}) but nvcc is not found, gpunet._C skipped "
+                                    "(the cupy backend still uses the GPU); put nvcc on PATH or set CUDACXX")
+    archs = archs_for(caps)
+    return CudaPlan(nvcc, archs, f"gpunet: building gpunet._C for the visible GPU ({gpus}): CUDA architectures "
+                                 f"{archs}; GPUNET_CUDA_ARCHS overrides")
 
 
-def cmake_config(nvcc, debug: bool, out_dir: Path, environ=os.environ) -> list[str]:
-    """The CMake cache settings of a build (nvcc None: gpunet._C_sim only)."""
+def cmake_config(plan: CudaPlan, debug: bool, out_dir: Path) -> list[str]:
+    """The CMake cache settings of the gpunet._C build."""
     import pybind11
 
-    config = [
-        f"-DPython_EXECUTABLE={sys.executable}",
-        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-        f"-DCMAKE_BUILD_TYPE={'Debug' if debug else 'Release'}",
-        f"-DGPUNET_OUTPUT_DIR={out_dir}",
-        f"-DGPUNET_BUILD_CUDA={'OFF' if nvcc is None else 'ON'}",
-    ]
-    if nvcc is not None:
-        archs = environ.get("GPUNET_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS
-        config += [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}"]
-    return config
+    return [f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_BUILD_TYPE={'Debug' if debug else 'Release'}", f"-DGPUNET_OUTPUT_DIR={out_dir}",
+            "-DGPUNET_BUILD_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={plan.nvcc}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={plan.archs}"]
 
 
 class CMakeBuild(build_ext):
-    """Configure and build every module with one CMake run, then copy each
-    module where setuptools expects it (setuptools copies them into gpunet/
+    """Configure and build gpunet._C with CMake when the plan says so, then
+    copy it where setuptools expects it (setuptools copies it into gpunet/
     itself for editable and --inplace builds)."""
 
     def finalize_options(self):
         super().finalize_options()
-        self.nvcc, self.skip_reason = cuda_plan()
-        if self.skip_reason:
+        self.plan = cuda_plan()
+        if self.plan.nvcc is None:
             self.extensions = [e for e in self.extensions if e.name != CUDA_EXT]
-        self.cmake_done = False
 
     @staticmethod
     def say(msg: str):
@@ -96,25 +146,24 @@ class CMakeBuild(build_ext):
         print(msg, file=sys.stderr, flush=True)
 
     def run(self):
-        if self.skip_reason:
-            self.say(f"gpunet: {self.skip_reason}, CUDA extension gpunet._C skipped")
-            # A module from an earlier build must not be installed (build_lib)
-            # or imported (editable/--inplace) in place of the skipped one.
-            stale = [Path(self.build_lib) / self.get_ext_filename(CUDA_EXT)]
-            if self.inplace:
-                stale.append(ROOT / self.get_ext_filename(CUDA_EXT))
-            for path in stale:
-                if path.exists():
-                    self.say(f"gpunet: removing stale {path}")
-                    path.unlink()
+        self.say(self.plan.message)
+        # A module from an earlier build must not be installed (build_lib) or
+        # imported (editable/--inplace) in place of one this build skips; the
+        # sim modules of older installs would hide the cache's fresh ones.
+        stale = [CUDA_EXT] if self.plan.nvcc is None else []
+        paths = [Path(self.build_lib) / self.get_ext_filename(name) for name in stale]
+        if self.inplace:
+            paths += [ROOT / self.get_ext_filename(name) for name in stale + list(SIM_MODULES)]
+        for path in paths:
+            if path.exists():
+                self.say(f"gpunet: removing stale {path}")
+                path.unlink()
         super().run()
 
     def build_extension(self, ext):
         build_dir = ROOT / "build" / f"cmake-{sys.implementation.cache_tag}"
         out_dir = build_dir / "lib"
-        if not self.cmake_done:
-            self.run_cmake(build_dir, out_dir)
-            self.cmake_done = True
+        self.run_cmake(build_dir, out_dir, ext.target)
         built = out_dir / Path(self.get_ext_filename(ext.name)).name
         if not built.is_file():
             raise RuntimeError(f"gpunet: CMake did not produce {built} for {ext.name}")
@@ -122,20 +171,18 @@ class CMakeBuild(build_ext):
         dest.parent.mkdir(parents=True, exist_ok=True)
         self.copy_file(str(built), str(dest))
 
-    def run_cmake(self, build_dir: Path, out_dir: Path):
-        config = cmake_config(self.nvcc, self.debug, out_dir)
+    def run_cmake(self, build_dir: Path, out_dir: Path, target: str):
+        config = cmake_config(self.plan, self.debug, out_dir)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         build_dir.mkdir(parents=True, exist_ok=True)
         log_path = build_dir / "build.log"
         try:
             with open(log_path, "w") as log:
                 self.run_logged(["cmake", "-S", str(ROOT), "-B", str(build_dir), *config], log)
-                self.run_logged(["cmake", "--build", str(build_dir), "--parallel", jobs], log)
+                self.run_logged(["cmake", "--build", str(build_dir), "--target", target, "--parallel", jobs], log)
         except subprocess.CalledProcessError as e:
-            hint = ("" if self.nvcc is None else
-                    " To install without the CUDA extension, set GPUNET_SKIP_CUDA=1.")
-            raise RuntimeError(f"gpunet: the CMake build failed ({e}); see the compiler output above "
-                               f"or {log_path}.{hint}") from e
+            raise RuntimeError(f"gpunet: the CMake build failed ({e}); see the compiler output above or "
+                               f"{log_path}. To install without the CUDA extension, set GPUNET_SKIP_CUDA=1.") from e
         self.say(f"gpunet: build log (with the ptxas register/spill report) in {log_path}")
 
     def run_logged(self, cmd, log):
@@ -152,7 +199,4 @@ class CMakeBuild(build_ext):
 # Guarded so that tests can import this file for cuda_plan() and
 # cmake_config(); pip and `python setup.py` run it as __main__.
 if __name__ == "__main__":
-    setup(
-        ext_modules=[CMakeExtension("gpunet._C_sim"), CMakeExtension("gpunet._C_simcheck"), CMakeExtension(CUDA_EXT)],
-        cmdclass={"build_ext": CMakeBuild},
-    )
+    setup(ext_modules=[CMakeExtension(CUDA_EXT)], cmdclass={"build_ext": CMakeBuild})

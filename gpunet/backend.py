@@ -35,7 +35,10 @@ from collections import Counter
 
 import numpy as np
 
+from . import simbuild
+
 log = logging.getLogger("gpunet")
+simbuild.install()  # gpunet._C_sim and _C_simcheck compile on first import (gpunet/simbuild.py)
 
 NAMES = ("cpu", "sim", "cuda", "cupy")
 _cache: dict[tuple[str, int], "Backend"] = {}

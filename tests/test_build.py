@@ -1,6 +1,7 @@
 """The build, without building: setup.py's decisions on the documented
-switches (GPUNET_SKIP_CUDA, GPUNET_CUDA_ARCHS, where nvcc comes from) as
-functions, the AddressSanitizer sim build (GPUNET_SIM_ASAN) as a
+switches (GPUNET_SKIP_CUDA, GPUNET_CUDA_ARCHS, a visible GPU, where nvcc comes
+from) as functions, the sim modules' compile-on-first-use cache
+(gpunet/simbuild.py) with CMake replaced by a recorder, the AddressSanitizer sim build (GPUNET_SIM_ASAN) as a
 configure-only CMake run, so the suite stays fast, and the one-name-per-family
 layout of the sources."""
 import importlib.util
@@ -39,63 +40,101 @@ def no_default_cuda(setup_py, tmp_path, monkeypatch):
     monkeypatch.setattr(setup_py, "DEFAULT_CUDA_HOME", str(tmp_path / "absent"))
 
 
+def no_gpu(environ):
+    return ""
+
+
+def h200(environ):
+    return "9.0\n"
+
+
 @pytest.mark.parametrize("value", ["1", "yes", "ON"])
-def test_skip_cuda_wins_over_a_present_nvcc(setup_py, fake_nvcc, value):
-    env = {"GPUNET_SKIP_CUDA": value, "CUDACXX": str(fake_nvcc)}
-    assert setup_py.cuda_plan(env) == (None, "GPUNET_SKIP_CUDA is set")
-
-
-@pytest.mark.parametrize("value", ["0", ""])
-def test_skip_cuda_off_builds_with_the_nvcc_found(setup_py, fake_nvcc, value):
-    env = {"GPUNET_SKIP_CUDA": value, "CUDACXX": str(fake_nvcc)}
-    assert setup_py.cuda_plan(env) == (str(fake_nvcc), None)
+def test_skip_cuda_wins_over_everything(setup_py, fake_nvcc, value):
+    env = {"GPUNET_SKIP_CUDA": value, "CUDACXX": str(fake_nvcc), "GPUNET_CUDA_ARCHS": "90"}
+    plan = setup_py.cuda_plan(env, h200)
+    assert plan.nvcc is None and "GPUNET_SKIP_CUDA is set" in plan.message
 
 
 def test_nvcc_is_looked_up_in_order(setup_py, fake_nvcc, tmp_path, no_default_cuda):
     home = str(fake_nvcc.parent.parent)
-    assert setup_py.cuda_plan({"PATH": str(fake_nvcc.parent)}) == (str(fake_nvcc), None)
-    assert setup_py.cuda_plan({"PATH": "", "CUDA_HOME": home}) == (str(fake_nvcc), None)
-    assert setup_py.cuda_plan({"PATH": "", "CUDA_PATH": home}) == (str(fake_nvcc), None)
-    assert setup_py.cuda_plan({"PATH": "", "CUDACXX": str(tmp_path / "missing")}) == (None, "nvcc not found")
+    assert setup_py.find_nvcc({"PATH": str(fake_nvcc.parent)}) == str(fake_nvcc)
+    assert setup_py.find_nvcc({"PATH": "", "CUDA_HOME": home}) == str(fake_nvcc)
+    assert setup_py.find_nvcc({"PATH": "", "CUDA_PATH": home}) == str(fake_nvcc)
+    assert setup_py.find_nvcc({"PATH": "", "CUDACXX": str(tmp_path / "missing")}) is None
 
 
-def test_no_nvcc_builds_the_sim_module_only(setup_py, tmp_path, no_default_cuda):
-    nvcc, why = setup_py.cuda_plan({"PATH": str(tmp_path)})
-    assert (nvcc, why) == (None, "nvcc not found")
-    config = setup_py.cmake_config(nvcc, False, tmp_path, {"GPUNET_CUDA_ARCHS": "90"})
-    assert "-DGPUNET_BUILD_CUDA=OFF" in config
-    assert not any(c.startswith(("-DCMAKE_CUDA_ARCHITECTURES", "-DCMAKE_CUDA_COMPILER")) for c in config)
+@pytest.mark.parametrize("skip", ["0", ""])
+def test_no_gpu_no_cuda_module_unless_asked(setup_py, fake_nvcc, skip):
+    """nvcc alone does not build gpunet._C where no GPU can run it; the one
+    line says what was skipped and how to ask; GPUNET_CUDA_ARCHS asks."""
+    env = {"CUDACXX": str(fake_nvcc), "GPUNET_SKIP_CUDA": skip}
+    plan = setup_py.cuda_plan(env, no_gpu)
+    assert plan.nvcc is None and plan.archs is None
+    assert "no GPU visible" in plan.message and "GPUNET_CUDA_ARCHS" in plan.message and "\n" not in plan.message
+    for archs in ("90", "80-real;90", "80;86;90a"):
+        asked = setup_py.cuda_plan({**env, "GPUNET_CUDA_ARCHS": archs}, no_gpu)
+        assert (asked.nvcc, asked.archs) == (str(fake_nvcc), archs)
+        assert setup_py.cuda_plan({**env, "GPUNET_CUDA_ARCHS": archs}, h200).archs == archs  # the ask wins
 
 
-def test_cuda_archs(setup_py, fake_nvcc, tmp_path):
-    """GPUNET_CUDA_ARCHS sets CMAKE_CUDA_ARCHITECTURES; unset or empty, the
-    default (sm_80 and sm_90 SASS, compute_90 PTX) is passed explicitly, the
-    same as CMakeLists.txt's own default."""
-    def archs(env):
-        config = setup_py.cmake_config(str(fake_nvcc), False, tmp_path, env)
-        assert "-DGPUNET_BUILD_CUDA=ON" in config and f"-DCMAKE_CUDA_COMPILER={fake_nvcc}" in config
-        (arch,) = [c.split("=", 1)[1] for c in config if c.startswith("-DCMAKE_CUDA_ARCHITECTURES=")]
-        return arch
-    assert archs({"GPUNET_CUDA_ARCHS": "90"}) == "90"
-    assert archs({"GPUNET_CUDA_ARCHS": "80;86;90a"}) == "80;86;90a"
-    assert archs({}) == archs({"GPUNET_CUDA_ARCHS": ""}) == setup_py.DEFAULT_CUDA_ARCHS == "80-real;90"
-    cmake_default = re.search(r'set\(CMAKE_CUDA_ARCHITECTURES "([^"]+)"\)', (ROOT / "CMakeLists.txt").read_text())
-    assert cmake_default and cmake_default.group(1) == setup_py.DEFAULT_CUDA_ARCHS
+def test_asking_without_nvcc_is_an_error(setup_py, tmp_path, no_default_cuda):
+    with pytest.raises(RuntimeError, match="GPUNET_CUDA_ARCHS asks for gpunet._C but nvcc is not found"):
+        setup_py.cuda_plan({"PATH": str(tmp_path), "GPUNET_CUDA_ARCHS": "90"}, no_gpu)
+
+
+@pytest.mark.parametrize("smi, archs", [
+    ("9.0\n", "90"), ("9.0\n9.0\n", "90"), ("8.6\n9.0\n8.0\n", "80-real;86-real;90"), ("10.0\n", "100"),
+    (" 12.0 \n[N/A]\n", "120")])
+def test_a_visible_gpu_builds_its_architecture_plus_ptx(setup_py, fake_nvcc, smi, archs):
+    plan = setup_py.cuda_plan({"CUDACXX": str(fake_nvcc)}, lambda env: smi)
+    assert (plan.nvcc, plan.archs) == (str(fake_nvcc), archs)
+
+
+@pytest.mark.parametrize("text, caps", [
+    ("", []), ("[N/A]\n", []), ("9.0", ["90"]), ("9.0\r\n8.9\n", ["89", "90"]), ("garbage\n7.5\n", ["75"]),
+    ("9\n", []), ("9.x\n", [])])
+def test_parse_compute_caps(setup_py, text, caps):
+    assert setup_py.parse_compute_caps(text) == caps
+
+
+def test_a_visible_gpu_without_nvcc_skips_and_says_so(setup_py, tmp_path, no_default_cuda):
+    plan = setup_py.cuda_plan({"PATH": str(tmp_path)}, h200)
+    assert plan.nvcc is None and "sm_90" in plan.message and "nvcc is not found" in plan.message
+
+
+def test_gpu_query_asks_nvidia_smi_unless_gpus_are_hidden(setup_py, tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=compute_cap" ] && echo 9.0\n')
+    smi.chmod(0o755)
+    assert setup_py.query_compute_caps({"PATH": str(tmp_path)}).split() == ["9.0"]
+    for hidden in ("", "-1"):
+        assert setup_py.query_compute_caps({"PATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": hidden}) == ""
+    assert setup_py.query_compute_caps({"PATH": str(tmp_path / "absent")}) == ""
+
+
+def test_ci_asks_for_every_kernel_with_nvcc():
+    """No GPU on CI, so .ci/run must ask for gpunet._C (sm_80 and sm_90)."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    m = re.search(r'GPUNET_CUDA_ARCHS="([^"]+)"', ci)
+    assert m and {"80", "90"} <= set(re.findall(r"\d+", m.group(1)))
 
 
 def test_build_ext_drops_the_cuda_module_when_skipped(setup_py, monkeypatch):
     from setuptools import Distribution
 
-    def planned(env_value):
-        monkeypatch.setenv("GPUNET_SKIP_CUDA", env_value)
-        dist = Distribution({"name": "gpunet", "ext_modules": [setup_py.CMakeExtension("gpunet._C_sim"),
-                                                               setup_py.CMakeExtension("gpunet._C")]})
+    def planned(**env):
+        for key in ("GPUNET_SKIP_CUDA", "GPUNET_CUDA_ARCHS", "CUDA_VISIBLE_DEVICES"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        dist = Distribution({"name": "gpunet", "ext_modules": [setup_py.CMakeExtension("gpunet._C")]})
         cmd = setup_py.CMakeBuild(dist)
         cmd.ensure_finalized()
-        return [e.name for e in cmd.extensions], cmd.skip_reason
-    assert planned("1") == (["gpunet._C_sim"], "GPUNET_SKIP_CUDA is set")
-    names, why = planned("0")
-    assert names == (["gpunet._C_sim", "gpunet._C"] if why is None else ["gpunet._C_sim"])
+        return [e.name for e in cmd.extensions]
+    assert planned(GPUNET_SKIP_CUDA="1") == []
+    assert planned(CUDA_VISIBLE_DEVICES="") == []
+    if setup_py.find_nvcc():
+        assert planned(GPUNET_CUDA_ARCHS="90") == ["gpunet._C"]
 
 
 def test_asan_sim_build_configures_sanitizers(tmp_path):
@@ -138,3 +177,98 @@ def test_each_kernel_family_has_one_name_in_every_layer():
             continue
         assert (ROOT / "gpunet" / "ops" / f"{family}.py").is_file(), family
         assert (ROOT / "tests" / f"test_{family}.py").is_file(), family
+
+
+# ---------------------------------------------------------------- the sim modules' cache
+class FakeCMake:
+    """Stands in for CMake: records each command; a configure writes the
+    cache file, a build writes the module."""
+
+    def __init__(self, returncode=0):
+        self.commands, self.returncode = [], returncode
+
+    def __call__(self, cmd, **kwargs):
+        self.commands.append("configure" if "-S" in cmd else f"build {cmd[cmd.index('--target') + 1]}")
+        tree = Path(cmd[cmd.index("-B" if "-S" in cmd else "--build") + 1])
+        if self.returncode == 0:
+            if "-S" in cmd:
+                (tree / "CMakeCache.txt").write_text("")
+            else:
+                target = cmd[cmd.index("--target") + 1]
+                (tree / "lib").mkdir(exist_ok=True)
+                (tree / "lib" / f"{target}{simbuild.EXT_SUFFIX}").write_text("module")
+        return subprocess.CompletedProcess(cmd, self.returncode)
+
+    def take(self):
+        done, self.commands = self.commands, []
+        return done
+
+
+@pytest.fixture
+def sim_sources(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "csrc" / "kernels").mkdir(parents=True)
+    (root / "CMakeLists.txt").write_text("project(x)\n")
+    (root / "csrc" / "kernels" / "a.cu").write_text("__global__ void a() {}\n")
+    return root
+
+
+@pytest.fixture
+def sim_env(tmp_path):
+    cxx = tmp_path / "bin" / "fake-c++"
+    cxx.parent.mkdir()
+    cxx.write_text("#!/bin/sh\necho 'fake c++ 1.0'\n")
+    cxx.chmod(0o755)
+    return {"GPUNET_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(cxx), "PATH": os.environ.get("PATH", "")}
+
+
+from gpunet import simbuild  # noqa: E402  (beside the tests that use it)
+
+
+def test_sim_cache_rebuilds_when_a_source_changes_and_only_then(sim_sources, sim_env, capsys):
+    cmake = FakeCMake()
+    first = simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    assert cmake.take() == ["configure", "build _C_sim"]
+    assert first.is_relative_to(Path(sim_env["GPUNET_CACHE_DIR"])) and first.name == f"_C_sim{simbuild.EXT_SUFFIX}"
+    (line,) = capsys.readouterr().err.splitlines()  # one line, naming the module and the compiler
+    assert "compiling gpunet._C_sim" in line and sim_env["CXX"] in line
+    assert simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake) == first and cmake.take() == []
+    kernel = sim_sources / "csrc" / "kernels" / "a.cu"
+    os.utime(kernel, (1, 1))  # a new time alone changes nothing
+    assert simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake) == first and cmake.take() == []
+    kernel.write_text("__global__ void a() { }\n")  # the same tree, built again, not configured again
+    assert simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake) == first and cmake.take() == ["build _C_sim"]
+    (sim_sources / "csrc" / "kernels" / "b.cu").write_text("")
+    simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    assert cmake.take() == ["build _C_sim"]
+    simbuild.ensure_built("_C_simcheck", sim_sources, sim_env, cmake)  # each module has its own stamp
+    assert cmake.take() == ["build _C_simcheck"]
+    simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    assert cmake.take() == []
+    Path(sim_env["CXX"]).write_text("#!/bin/sh\necho 'fake c++ 2.0'\n")  # a new compiler version
+    simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    assert cmake.take() == ["build _C_sim"]
+
+
+def test_sim_cache_is_per_checkout_and_folder_variable(sim_sources, sim_env, tmp_path):
+    other = tmp_path / "other-checkout"
+    shutil.copytree(sim_sources, other)
+    cmake = FakeCMake()
+    a = simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    b = simbuild.ensure_built("_C_sim", other, sim_env, cmake)
+    assert a.parent != b.parent and cmake.take() == ["configure", "build _C_sim"] * 2
+    assert simbuild.cache_dir({"GPUNET_CACHE_DIR": "/x", "XDG_CACHE_HOME": "/y"}) == Path("/x")
+    assert simbuild.cache_dir({"XDG_CACHE_HOME": "/y"}) == Path("/y/gpunet")
+
+
+def test_sim_cache_build_errors_name_the_compiler(sim_sources, sim_env):
+    cmake = FakeCMake(returncode=2)
+    with pytest.raises(ImportError, match=r"compiling gpunet._C_sim with .*fake-c\+\+ \(fake c\+\+ 1.0\) failed"):
+        simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    cmake.returncode = 0  # a failed build leaves no stamp: the next use tries again
+    simbuild.ensure_built("_C_sim", sim_sources, sim_env, cmake)
+    assert cmake.take() == ["configure", "configure", "build _C_sim"]
+    with pytest.raises(ImportError, match="'no-such-c\\+\\+' .*CXX.* is not found"):
+        simbuild.ensure_built("_C_sim", sim_sources, {**sim_env, "CXX": "no-such-c++"}, cmake)
+    with pytest.raises(ImportError, match="sources are not beside the package"):
+        simbuild.ensure_built("_C_sim", sim_sources / "csrc", sim_env, cmake)

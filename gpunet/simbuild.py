@@ -1,0 +1,167 @@
+"""The sim backend's extensions, compiled on first use into a per-user cache
+(as CuPy and torch.utils.cpp_extension compile theirs), so that installing
+gpunet compiles no simulator:
+
+    gpunet._C_sim       the CUDA kernels compiled for the CPU (csrc/sim)
+    gpunet._C_simcheck  the same under the race checker (GPUNET_SIM_RACECHECK=1)
+
+The first `import gpunet._C_sim` (the first use of the `sim` backend) runs
+CMake on the source checkout the package sits in (csrc/ and CMakeLists.txt
+beside gpunet/) and prints one line saying so; later imports load the cached
+module. The cache folder is GPUNET_CACHE_DIR, else $XDG_CACHE_HOME/gpunet,
+else ~/.cache/gpunet; each source checkout, compiler and Python has its own
+CMake build tree there, so a rebuild recompiles only what changed. A module
+is rebuilt when the hash of the sources and the compiler's version differ
+from those it was built from, and only then. A file lock makes concurrent
+processes wait for one build. The C++ compiler is CMake's choice (CXX, else
+c++ on PATH); the parallel jobs CMAKE_BUILD_PARALLEL_LEVEL, else every CPU.
+
+A module inside the package folder (built by hand with
+`-DGPUNET_OUTPUT_DIR=gpunet`) is found by the import system first and used
+as it is.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+MODULES = {"gpunet._C_sim": "_C_sim", "gpunet._C_simcheck": "_C_simcheck"}
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+
+
+def cache_dir(environ=os.environ) -> Path:
+    if environ.get("GPUNET_CACHE_DIR"):
+        return Path(environ["GPUNET_CACHE_DIR"])
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gpunet"
+
+
+def compiler(environ=os.environ) -> tuple[str, str]:
+    """(path, first line of --version) of the C++ compiler CMake will pick."""
+    name = environ.get("CXX") or "c++"
+    path = shutil.which(name, path=environ.get("PATH", os.defpath))
+    if path is None:
+        raise ImportError(f"gpunet: the sim backend compiles gpunet._C_sim on first use and needs a C++20 compiler, "
+                          f"but {name!r} ({'CXX' if environ.get('CXX') else 'the default'}) is not found; "
+                          "install g++ or clang++, or set CXX")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ImportError(f"gpunet: the C++ compiler {path} does not run ({e})") from e
+    return path, (out.splitlines() or ["unknown version"])[0]
+
+
+def source_files(root: Path) -> list[Path]:
+    return sorted([root / "CMakeLists.txt", *(p for p in (root / "csrc").rglob("*") if p.is_file())])
+
+
+def source_hash(root: Path, compiler_id: tuple[str, str]) -> str:
+    """What a built module depends on: every source's path and content, the
+    compiler and the Python it is built for."""
+    h = hashlib.sha256("\0".join([*compiler_id, sys.version, EXT_SUFFIX]).encode())
+    for path in source_files(root):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_tree(root: Path, compiler_id: tuple[str, str], environ=os.environ) -> Path:
+    """The CMake build tree of this checkout, compiler and Python in the cache."""
+    key = hashlib.sha256("\0".join([str(root), compiler_id[0], EXT_SUFFIX]).encode()).hexdigest()[:16]
+    return cache_dir(environ) / "sim" / key
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cmake(environ) -> str:
+    # pip installs cmake beside this Python, which need not be on PATH
+    found = shutil.which("cmake", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                       environ.get("PATH", os.defpath)]))
+    if found is None:
+        raise ImportError("gpunet: the sim backend compiles gpunet._C_sim on first use and needs CMake >= 3.24 "
+                          "(pip install cmake)")
+    return found
+
+
+def configure_command(root: Path, tree: Path, cxx: str, environ=os.environ) -> list[str]:
+    try:
+        import pybind11
+    except ImportError as e:
+        raise ImportError("gpunet: the sim backend compiles gpunet._C_sim on first use and needs pybind11 "
+                          "(pip install pybind11)") from e
+    cmd = [_cmake(environ), "-S", str(root), "-B", str(tree), f"-DPython_EXECUTABLE={sys.executable}",
+           f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DCMAKE_BUILD_TYPE=Release", "-DGPUNET_BUILD_CUDA=OFF",
+           f"-DCMAKE_CXX_COMPILER={cxx}", f"-DGPUNET_OUTPUT_DIR={tree / 'lib'}"]
+    return cmd  # the generator is CMake's choice (CMAKE_GENERATOR, else Makefiles)
+
+
+def ensure_built(target: str, root: Path = SOURCE_ROOT, environ=os.environ, run=subprocess.run) -> Path:
+    """The path of module `target` (_C_sim or _C_simcheck) built from the
+    sources under `root`, compiling it first when they changed since."""
+    if not (root / "csrc").is_dir() or not (root / "CMakeLists.txt").is_file():
+        raise ImportError(f"gpunet.{target} is not built and its sources are not beside the package ({root}); "
+                          "the sim backend needs a source checkout installed with `pip install -e .`")
+    cxx = compiler(environ)
+    digest = source_hash(root, cxx)
+    tree = build_tree(root, cxx, environ)
+    module, stamp = tree / "lib" / f"{target}{EXT_SUFFIX}", tree / f"{target}.sources"
+    tree.mkdir(parents=True, exist_ok=True)
+    with _locked(tree / "lock"):
+        if module.is_file() and stamp.is_file() and stamp.read_text() == digest:
+            return module
+        jobs = environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+        print(f"gpunet: compiling gpunet.{target} for the sim backend with {cxx[0]} ({jobs} jobs) into {tree} "
+              "(once per source change; minutes the first time)", file=sys.stderr, flush=True)
+        log = tree / f"{target}.log"
+        commands = [configure_command(root, tree, cxx[0], environ)] if not (tree / "CMakeCache.txt").is_file() else []
+        commands.append([_cmake(environ), "--build", str(tree), "--target", target, "--parallel", jobs])
+        with open(log, "w") as out:
+            for cmd in commands:
+                if run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
+                    tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+                    raise ImportError(f"gpunet: compiling gpunet.{target} with {cxx[0]} ({cxx[1]}) failed; "
+                                      f"the end of {log}:\n{tail}")
+        if not module.is_file():
+            raise ImportError(f"gpunet: the CMake build did not produce {module} (see {log})")
+        stamp.write_text(digest)
+    return module
+
+
+class _Finder:
+    """Finds gpunet._C_sim and gpunet._C_simcheck in the cache, building them
+    first; asked only after the package folder had none."""
+
+    def __init__(self):
+        self.failed: dict[str, ImportError] = {}  # a failed build is tried once per process
+
+    def find_spec(self, fullname, path=None, target=None):
+        name = MODULES.get(fullname)
+        if name is None:
+            return None
+        if name not in self.failed:
+            try:
+                return importlib.util.spec_from_file_location(fullname, ensure_built(name))
+            except ImportError as e:
+                self.failed[name] = e
+        raise self.failed[name]
+
+
+def install():
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.append(_Finder())
