@@ -196,7 +196,28 @@ class CMakeBuild(build_ext):
             raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
-# Guarded so that tests can import this file for cuda_plan() and
-# cmake_config(); pip and `python setup.py` run it as __main__.
+# pip's build backend (pyproject.toml: build-backend = "setup"): setuptools'
+# own hooks, asking for CMake and pybind11 only where gpunet._C will be built,
+# so that an install without a GPU downloads and compiles nothing.
+from setuptools.build_meta import (build_editable, build_sdist, build_wheel,  # noqa: E402,F401
+                                   get_requires_for_build_sdist, prepare_metadata_for_build_editable,
+                                   prepare_metadata_for_build_wheel)
+from setuptools import build_meta as _setuptools_backend  # noqa: E402
+
+CMAKE_REQUIRES = ["cmake>=3.24", "pybind11>=2.12"]
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return _setuptools_backend.get_requires_for_build_wheel(config_settings) + (
+        CMAKE_REQUIRES if cuda_plan().nvcc else [])
+
+
+def get_requires_for_build_editable(config_settings=None):
+    return _setuptools_backend.get_requires_for_build_editable(config_settings) + (
+        CMAKE_REQUIRES if cuda_plan().nvcc else [])
+
+
+# Guarded so that tests and pip import this file for its functions; pip's
+# setuptools hooks and `python setup.py` run it as __main__.
 if __name__ == "__main__":
     setup(ext_modules=[CMakeExtension(CUDA_EXT)], cmdclass={"build_ext": CMakeBuild})

@@ -1,7 +1,7 @@
 """Shared fixtures. `device` runs a test on every backend, skipping the ones
-this machine lacks with the reason (sim is built by every install: its
-absence fails); `schedule` runs a sim test under the three thread orders of
-the CPU CUDA runtime (fwd, rev, random) to expose races.
+this machine lacks with the reason (sim compiles on first use wherever the
+sources are: its absence fails); `schedule` runs a sim test under the three
+thread orders of the CPU CUDA runtime (fwd, rev, random) to expose races.
 
 Every test that runs on sim must run kernels there, not an array path: at
 least one of the test module's KERNELS (its family's kernel names) when the
@@ -30,7 +30,7 @@ def require(device: str):
     info = _status[name]
     if not info["available"]:
         if name == "sim":
-            pytest.fail(f"backend 'sim' must be built by the install, but: {info['reason']}")
+            pytest.fail(f"backend 'sim' must be available (compiled on first use), but: {info['reason']}")
         pytest.skip(f"backend {device!r} unavailable: {info['reason']}")
 
 
@@ -88,11 +88,11 @@ def schedule(request):
 @pytest.fixture(scope="session")
 def simcheck():
     """gpunet._C_simcheck: the kernels under the race checker and the access
-    profile. Every install builds it, so its absence fails."""
+    profile. It compiles on first use (gpunet/simbuild.py), so its absence fails."""
     try:
         return importlib.import_module("gpunet._C_simcheck")
     except ImportError as e:
-        pytest.fail(f"gpunet._C_simcheck must be built by the install, but: {e}")
+        pytest.fail(f"gpunet._C_simcheck must be available (compiled on first use), but: {e}")
 
 
 @pytest.fixture(autouse=True)

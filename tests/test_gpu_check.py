@@ -109,4 +109,4 @@ def test_gpu_check_dry_run_quick(tmp_path):
         assert f"\n{family:<11} sim " in out, family
     assert list(tmp_path.glob("dryrun-*-bench/sim-*.json")) and list(tmp_path.glob("dryrun-*-summary.md"))
     stages = (next(tmp_path.glob("dryrun-*-stages.tsv"))).read_text()
-    assert "build\t-\t" in stages and "sanitizer\t-\t" in stages  # said, not silently left out
+    assert "build-sim\t0\t" in stages and "sanitizer\t-\t" in stages  # said, not silently left out
