@@ -96,8 +96,9 @@ def archs_for(caps: list[str]) -> str:
     return ";".join([f"{c}-real" for c in caps[:-1]] + caps[-1:])
 
 
-def cuda_plan(environ=os.environ, compute_caps=query_compute_caps) -> CudaPlan:
-    """Whether and how gpunet._C is built (see the top of this file)."""
+def cuda_plan(environ=os.environ, compute_caps=None) -> CudaPlan:
+    """Whether and how gpunet._C is built (see the top of this file);
+    compute_caps(environ) stands in for query_compute_caps in tests."""
     if environ.get("GPUNET_SKIP_CUDA", "0") not in ("", "0"):
         return CudaPlan(None, None, "gpunet: GPUNET_SKIP_CUDA is set, gpunet._C (the CUDA kernels) skipped")
     nvcc = find_nvcc(environ)
@@ -107,7 +108,7 @@ def cuda_plan(environ=os.environ, compute_caps=query_compute_caps) -> CudaPlan:
             raise RuntimeError("gpunet: GPUNET_CUDA_ARCHS asks for gpunet._C but nvcc is not found (CUDACXX, PATH, "
                                f"CUDA_HOME, CUDA_PATH, {DEFAULT_CUDA_HOME}); unset it to install without gpunet._C")
         return CudaPlan(nvcc, asked, f"gpunet: building gpunet._C for CUDA architectures {asked} (GPUNET_CUDA_ARCHS)")
-    caps = parse_compute_caps(compute_caps(environ))
+    caps = parse_compute_caps((compute_caps or query_compute_caps)(environ))
     if not caps:
         return CudaPlan(None, None, f"gpunet: no GPU visible, gpunet._C (the CUDA kernels) skipped; {ASK} anyway")
     gpus = ", ".join(f"sm_{c}" for c in caps)

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,21 @@ def test_sim_cache_build_errors_name_the_compiler(sim_sources, sim_env):
         simbuild.ensure_built("_C_sim", sim_sources, {**sim_env, "CXX": "no-such-c++"}, cmake)
     with pytest.raises(ImportError, match="sources are not beside the package"):
         simbuild.ensure_built("_C_sim", sim_sources / "csrc", sim_env, cmake)
+
+
+def test_build_backend_asks_for_cmake_only_when_the_cuda_module_is_built(setup_py, fake_nvcc, monkeypatch):
+    """pyproject.toml's backend is setup.py: an install without a GPU needs
+    neither CMake nor pybind11 in its build environment."""
+    monkeypatch.setattr(setup_py, "query_compute_caps", no_gpu)
+    monkeypatch.setenv("CUDACXX", str(fake_nvcc))
+    for key in ("GPUNET_SKIP_CUDA", "GPUNET_CUDA_ARCHS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(ROOT)  # setuptools' hooks read setup.py from the current folder
+    for hook in (setup_py.get_requires_for_build_wheel, setup_py.get_requires_for_build_editable):
+        assert not any(r.startswith(("cmake", "pybind11")) for r in hook())
+    monkeypatch.setenv("GPUNET_CUDA_ARCHS", "90")
+    for hook in (setup_py.get_requires_for_build_wheel, setup_py.get_requires_for_build_editable):
+        assert set(setup_py.CMAKE_REQUIRES) <= set(hook())
+    system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    assert system["build-backend"] == "setup" and not any(r.startswith(("cmake", "pybind11"))
+                                                          for r in system["requires"])
