@@ -25,6 +25,7 @@
 #
 # Needs python3 (PYTHON) with numpy, pytest, cupy, torch, pybind11, cmake
 # (ninja optional) and the CUDA toolkit (CUDA_HOME, default /usr/local/cuda).
+# GPUNET_COMMIT names the commit where the copy has no .git folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +64,7 @@ else
     GPU="sim" DRIVER="none"
 fi
 CUDA=$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo no-git)
+COMMIT=${GPUNET_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo no-git)}
 TAG="$(echo "$GPU" | slug)-driver${DRIVER}-cuda${CUDA:-none}-${COMMIT}-$(date +%Y-%m-%d-%H%M)"
 [ "$DRY" = 1 ] && TAG="dryrun-$TAG"
 R="${OUT:-bench/results}"
@@ -129,7 +130,8 @@ rm -f gpunet/_C$("$PY" -c "import sysconfig; print(sysconfig.get_config_var(\"EX
 gen=""; ninja --version > /dev/null 2>&1 && gen="-G Ninja"
 cmake -S . -B "$BUILD" $gen -DPython_EXECUTABLE="$(command -v "$PY")" -DGPUNET_BUILD_CUDA=ON \
     -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" -DGPUNET_OUTPUT_DIR="$PWD/gpunet"
-cmake --build "$BUILD" --target _C --parallel "$(nproc)"
+# _C_sim too (the test set-up probes every backend), in the same parallel build
+cmake --build "$BUILD" --target _C _C_sim --parallel "$(nproc)"
 "$PY" -c "import gpunet, gpunet._C; s = gpunet.backends()[\"cuda\"]; print(\"cuda backend:\", s); assert s[\"available\"]"'
     grep -hE "Compiling entry|Used [0-9]+ registers|spill" "$R/$TAG-build.log" > "$R/$TAG-ptxas.txt"
     echo "ptxas: $(grep -c 'Compiling entry' "$R/$TAG-ptxas.txt") kernels; spilling:"

@@ -93,7 +93,8 @@ class _Recorder:
     def pytest_collection_modifyitems(self, config, items):
         for item in items:
             callspec = getattr(item, "callspec", None)
-            self.where[item.nodeid] = (family_of(item.module.__name__) if item.module else "other",
+            module = getattr(item, "module", None)
+            self.where[item.nodeid] = (family_of(module.__name__) if module else "other",
                                        backend_of(callspec.params if callspec else {}))
         quick = config.getoption("families_quick")
         if quick is None:
