@@ -159,6 +159,9 @@ class _Finder:
                 return importlib.util.spec_from_file_location(fullname, ensure_built(name))
             except ImportError as e:
                 self.failed[name] = e
+            except OSError as e:  # e.g. a cache folder that cannot be written
+                self.failed[name] = ImportError(f"gpunet: cannot build gpunet.{name} in {cache_dir()} ({e}); "
+                                                "set GPUNET_CACHE_DIR to a writable folder")
         raise self.failed[name]
 
 

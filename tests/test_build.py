@@ -291,3 +291,16 @@ def test_build_backend_asks_for_cmake_only_when_the_cuda_module_is_built(setup_p
     system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
     assert system["build-backend"] == "setup" and not any(r.startswith(("cmake", "pybind11"))
                                                           for r in system["requires"])
+
+
+def test_sim_finder_turns_build_problems_into_import_errors(monkeypatch, tmp_path):
+    """The backend probe catches ImportError: an unwritable cache must not
+    escape as another exception (gpunet.backends() would raise)."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("GPUNET_CACHE_DIR", str(blocked / "cache"))  # below a file: mkdir fails
+    finder = simbuild._Finder()
+    for _ in range(2):  # the failure is remembered, not retried
+        with pytest.raises(ImportError, match="GPUNET_CACHE_DIR"):
+            finder.find_spec("gpunet._C_sim")
+    assert finder.find_spec("gpunet._C") is None
