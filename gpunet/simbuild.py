@@ -105,10 +105,10 @@ def configure_command(root: Path, tree: Path, cxx: str, environ=os.environ) -> l
     except ImportError as e:
         raise ImportError("gpunet: the sim backend compiles gpunet._C_sim on first use and needs pybind11 "
                           "(pip install pybind11)") from e
-    cmd = [_cmake(environ), "-S", str(root), "-B", str(tree), f"-DPython_EXECUTABLE={sys.executable}",
-           f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DCMAKE_BUILD_TYPE=Release", "-DGPUNET_BUILD_CUDA=OFF",
-           f"-DCMAKE_CXX_COMPILER={cxx}", f"-DGPUNET_OUTPUT_DIR={tree / 'lib'}"]
-    return cmd  # the generator is CMake's choice (CMAKE_GENERATOR, else Makefiles)
+    # the generator is CMake's choice (CMAKE_GENERATOR, else Makefiles)
+    return [_cmake(environ), "-S", str(root), "-B", str(tree), f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DCMAKE_BUILD_TYPE=Release", "-DGPUNET_BUILD_CUDA=OFF",
+            f"-DCMAKE_CXX_COMPILER={cxx}", f"-DGPUNET_OUTPUT_DIR={tree / 'lib'}"]
 
 
 def ensure_built(target: str, root: Path = SOURCE_ROOT, environ=os.environ, run=subprocess.run) -> Path:
