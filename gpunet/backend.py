@@ -172,12 +172,12 @@ def _probe(name: str) -> tuple[bool, str]:
     """(available, reason) for one backend, without raising."""
     if name == "cpu":
         return True, f"NumPy {np.__version__}"
-    if name == "sim":
-        try:
-            _import_kernels(sim_module())
-        except ImportError as e:
-            return False, f"extension {sim_module()} not built ({e})"
-        return True, "CUDA kernels on the CPU through the bundled runtime (for tests)"
+    if name == "sim":  # without compiling the module (that waits for its first use)
+        ok, how = simbuild.probe(sim_module())
+        if not ok:
+            return False, f"extension {sim_module()} not built ({how})"
+        return True, "CUDA kernels on the CPU through the bundled runtime (for tests)" + (
+            "" if how == "built" else f"; {how}")
     ok, why, ndev = _probe_cupy()
     if name == "cupy":
         return ok, why

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import shutil
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import NamedTuple
 
 MODULES = {"gpunet._C_sim": "_C_sim", "gpunet._C_simcheck": "_C_simcheck"}
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -111,26 +113,61 @@ def configure_command(root: Path, tree: Path, cxx: str, environ=os.environ) -> l
             f"-DCMAKE_CXX_COMPILER={cxx}", f"-DGPUNET_OUTPUT_DIR={tree / 'lib'}"]
 
 
-def ensure_built(target: str, root: Path = SOURCE_ROOT, environ=os.environ, run=subprocess.run) -> Path:
-    """The path of module `target` (_C_sim or _C_simcheck) built from the
-    sources under `root`, compiling it first when they changed since."""
+class _Plan(NamedTuple):
+    cxx: tuple[str, str]
+    digest: str
+    tree: Path
+    module: Path
+    stamp: Path
+
+    def fresh(self) -> bool:
+        return self.module.is_file() and self.stamp.is_file() and self.stamp.read_text() == self.digest
+
+
+def _plan(target: str, root: Path, environ) -> _Plan:
     if not (root / "csrc").is_dir() or not (root / "CMakeLists.txt").is_file():
         raise ImportError(f"gpunet.{target} is not built and its sources are not beside the package ({root}); "
                           "the sim backend needs a source checkout installed with `pip install -e .`")
     cxx = compiler(environ)
-    digest = source_hash(root, cxx)
     tree = build_tree(root, cxx, environ)
-    module, stamp = tree / "lib" / f"{target}{EXT_SUFFIX}", tree / f"{target}.sources"
+    return _Plan(cxx, source_hash(root, cxx), tree, tree / "lib" / f"{target}{EXT_SUFFIX}", tree / f"{target}.sources")
+
+
+def probe(fullname: str, root: Path = SOURCE_ROOT, environ=os.environ,
+          package_dir: Path = SOURCE_ROOT / "gpunet") -> tuple[bool, str]:
+    """(available, how) for a sim module without compiling it: importable
+    as built (the package folder, or fresh in the cache), or compilable on
+    first use (the sources, a compiler, CMake and pybind11 are there)."""
+    target = MODULES[fullname]
+    try:
+        plan = None
+        if fullname not in sys.modules and importlib.machinery.PathFinder.find_spec(
+                fullname, [str(package_dir)]) is None:
+            plan = _plan(target, root, environ)
+        if plan is None or plan.fresh():
+            importlib.import_module(fullname)
+            return True, "built"
+        _cmake(environ)
+        import pybind11  # noqa: F401
+    except ImportError as e:
+        return False, str(e)
+    return True, f"compiled on first use with {plan.cxx[0]} into {plan.tree}"
+
+
+def ensure_built(target: str, root: Path = SOURCE_ROOT, environ=os.environ, run=subprocess.run) -> Path:
+    """The path of module `target` (_C_sim or _C_simcheck) built from the
+    sources under `root`, compiling it first when they changed since."""
+    cxx, digest, tree, module, stamp = plan = _plan(target, root, environ)
     tree.mkdir(parents=True, exist_ok=True)
     with _locked(tree / "lock"):
-        if module.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        if plan.fresh():
             return module
         jobs = environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+        commands = [configure_command(root, tree, cxx[0], environ)] if not (tree / "CMakeCache.txt").is_file() else []
+        commands.append([_cmake(environ), "--build", str(tree), "--target", target, "--parallel", jobs])
         print(f"gpunet: compiling gpunet.{target} for the sim backend with {cxx[0]} ({jobs} jobs) into {tree} "
               "(once per source change; minutes the first time)", file=sys.stderr, flush=True)
         log = tree / f"{target}.log"
-        commands = [configure_command(root, tree, cxx[0], environ)] if not (tree / "CMakeCache.txt").is_file() else []
-        commands.append([_cmake(environ), "--build", str(tree), "--target", target, "--parallel", jobs])
         with open(log, "w") as out:
             for cmd in commands:
                 if run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:

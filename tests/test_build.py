@@ -304,3 +304,16 @@ def test_sim_finder_turns_build_problems_into_import_errors(monkeypatch, tmp_pat
         with pytest.raises(ImportError, match="GPUNET_CACHE_DIR"):
             finder.find_spec("gpunet._C_sim")
     assert finder.find_spec("gpunet._C") is None
+
+
+def test_sim_probe_says_available_without_compiling(sim_sources, sim_env, tmp_path, monkeypatch):
+    """gpunet.backends() asks this: listing the backends must not start a
+    build of minutes; the first use of sim does."""
+    monkeypatch.delitem(sys.modules, "gpunet._C_sim", raising=False)
+    empty_package = tmp_path / "package"
+    empty_package.mkdir()
+    ok, how = simbuild.probe("gpunet._C_sim", sim_sources, sim_env, empty_package)
+    assert ok and how.startswith(f"compiled on first use with {sim_env['CXX']}")
+    assert not list(Path(sim_env["GPUNET_CACHE_DIR"]).rglob(f"*{simbuild.EXT_SUFFIX}"))
+    ok, how = simbuild.probe("gpunet._C_sim", sim_sources, {**sim_env, "CXX": "no-such-c++"}, empty_package)
+    assert not ok and "no-such-c++" in how
