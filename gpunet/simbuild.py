@@ -101,15 +101,19 @@ def _cmake(environ) -> str:
     return found
 
 
-def configure_command(root: Path, tree: Path, cxx: str, environ=os.environ) -> list[str]:
+def _pybind11_dir() -> str:
     try:
         import pybind11
     except ImportError as e:
         raise ImportError("gpunet: the sim backend compiles gpunet._C_sim on first use and needs pybind11 "
                           "(pip install pybind11)") from e
+    return pybind11.get_cmake_dir()
+
+
+def configure_command(root: Path, tree: Path, cxx: str, environ=os.environ) -> list[str]:
     # the generator is CMake's choice (CMAKE_GENERATOR, else Makefiles)
     return [_cmake(environ), "-S", str(root), "-B", str(tree), f"-DPython_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", "-DCMAKE_BUILD_TYPE=Release", "-DGPUNET_BUILD_CUDA=OFF",
+            f"-Dpybind11_DIR={_pybind11_dir()}", "-DCMAKE_BUILD_TYPE=Release", "-DGPUNET_BUILD_CUDA=OFF",
             f"-DCMAKE_CXX_COMPILER={cxx}", f"-DGPUNET_OUTPUT_DIR={tree / 'lib'}"]
 
 
@@ -148,7 +152,7 @@ def probe(fullname: str, root: Path = SOURCE_ROOT, environ=os.environ,
             importlib.import_module(fullname)
             return True, "built"
         _cmake(environ)
-        import pybind11  # noqa: F401
+        _pybind11_dir()
     except ImportError as e:
         return False, str(e)
     return True, f"compiled on first use with {plan.cxx[0]} into {plan.tree}"
