@@ -25,8 +25,8 @@ Dims check_qkv(const View& q, const View& k, const View& v) {
   if (E < 1 || E > kAttnMaxHeadDim || Ev < 1 || Ev > kAttnMaxHeadDim)
     throw py::value_error("arguments 'q', 'v': head dims must be in 1.." + std::to_string(kAttnMaxHeadDim) +
                           ", got E=" + std::to_string(E) + ", Ev=" + std::to_string(Ev));
-  const int64_t rows = (L > S ? L : S) + 31;
-  if (B * (rows / 32) > INT_MAX)
+  const int64_t blocks = (L > S ? L : S) / 32 + 1;  // >= ceil(max(L, S) / 32)
+  if (checked_mul(B, blocks, "argument 'q': the grid size") > INT_MAX)
     throw py::value_error("argument 'q': batch * ceil(max(L, S) / 32) exceeds the grid limit, got shape " +
                           detail::shape_str(q.shape));
   return {B, L, S, (int)E, (int)Ev};
@@ -46,7 +46,13 @@ AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int
   if (so < 0 || si < 0 || sr < 0)
     throw py::value_error("bias strides must be >= 0, got outer=" + std::to_string(so) + ", inner=" +
                           std::to_string(si) + ", row=" + std::to_string(sr));
-  const int64_t last = (d.batch / inner - 1) * so + (inner - 1) * si + (d.L - 1) * sr + (d.S - 1);
+  if (d.batch == 0 || d.L == 0 || d.S == 0) return b;  // no score is formed, the mask is never read
+  // the largest index the kernels form, without wrapping around int64
+  const std::string what = "argument 'bias': the index reached by the strides";
+  int64_t last = checked_mul(d.batch / inner - 1, so, what);
+  last = checked_add(last, checked_mul(inner - 1, si, what), what);
+  last = checked_add(last, checked_mul(d.L - 1, sr, what), what);
+  last = checked_add(last, d.S - 1, what);
   if (last >= view.numel())
     throw py::value_error("argument 'bias': the strides reach element " + std::to_string(last) + " but it has " +
                           std::to_string(view.numel()) + " (shape " + detail::shape_str(view.shape) + ")");

@@ -17,7 +17,7 @@ int64_t outer_extent(const View& y, const char* y_name, const View& b, const cha
   if (inner < 1) throw py::value_error("argument 'inner': must be >= 1 but got " + std::to_string(inner));
   if (channels > INT_MAX)  // one block per channel in bias_grad
     throw py::value_error("at most " + std::to_string(INT_MAX) + " channels, got " + std::to_string(channels));
-  const int64_t row = channels * inner;
+  const int64_t row = checked_mul(channels, inner, "argument 'inner': channels * inner");
   if (row == 0 ? y.numel() != 0 : y.numel() % row != 0)
     throw py::value_error(detail::arg(y_name) + "expected (N, C, inner) elements with C = " + std::to_string(channels) +
                           " and inner = " + std::to_string(inner) + ", i.e. a multiple of " + std::to_string(row) +

@@ -29,9 +29,10 @@ View optional(py::handle obj, const char* name, const std::vector<int64_t>& shap
   return obj.is_none() ? View{} : shaped(obj, name, shape);
 }
 
-// (B, H) from the 2-d state array that fixes them.
+// (B, H) from the 2-d state array that fixes them (the gates are 4H wide).
 std::pair<int64_t, int64_t> state_dims(const View& v, const char* name) {
   require_ndim(v, name, 2);
+  checked_mul(4, v.shape[1], detail::arg(name) + "the gate width 4 * " + std::to_string(v.shape[1]));
   return {v.shape[0], v.shape[1]};
 }
 

@@ -2,7 +2,7 @@
 //
 // Each binding source is compiled twice from the same text:
 //   gpunet._C_sim  g++ with csrc/sim/cudasim.h force-included (macro CUDASIM
-//                  defined); arrays are NumPy arrays (__array_interface__).
+//                  defined); arrays are NumPy arrays (buffer protocol).
 //   gpunet._C      host C++ against the CUDA toolkit; arrays are CuPy arrays
 //                  or anything else with __cuda_array_interface__.
 //
@@ -28,7 +28,7 @@
 //     const View y = as_array(y_obj, "y", "float32");
 //     require_writable(y, "y");
 //     require_same_shape(x, "x", y, "y");
-//     auto guard = vouch({x, y});                        // sim: NumPy memory may enter kernels
+//     auto guard = vouch({x, y});                        // releases the GIL; sim: NumPy memory may enter kernels
 //     act_forward(act, x.ptr<float>(), y.ptr<float>(), x.numel(), alpha, beta, as_stream(stream));
 //     check_launch("act_forward(" + kind + ")");
 //   }, py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("alpha"), py::arg("beta"),
@@ -64,7 +64,24 @@
 namespace gpunet {
 namespace py = pybind11;
 
-// An array argument, as described by its array interface.
+// a * b and a + b, or ValueError("<what> overflows int64"), for sizes,
+// strides and offsets: nothing in a binding may wrap around before it
+// becomes a pointer offset or a bounds check.
+inline int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) throw py::value_error(what + " overflows int64");
+  return r;
+}
+inline int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) throw py::value_error(what + " overflows int64");
+  return r;
+}
+
+// An array argument, as described by its array interface. view_of() checks
+// that the shape is non-negative, that its element and byte counts fit int64
+// and that the memory the shape and strides reach lies inside the producer's
+// buffer (sim) or allocation (cuda).
 struct View {
   void* data = nullptr;
   std::vector<int64_t> shape;
@@ -72,6 +89,8 @@ struct View {
   std::string typestr;           // e.g. "<f4"
   int64_t itemsize = 0;
   bool readonly = false;
+  std::uintptr_t stream = 0;     // cuda: the producer's stream (__cuda_array_interface__ v3), 0 if none
+  std::shared_ptr<void> keep;    // sim: the exported buffer, held so that it cannot be resized under a kernel
 
   int64_t ndim() const { return (int64_t)shape.size(); }
   int64_t numel() const {
@@ -117,67 +136,211 @@ inline std::string type_name(py::handle obj) {
 
 inline std::string arg(const char* name) { return std::string("argument '") + name + "': "; }
 
-#ifndef CUDASIM
-// The array must live in device memory of the current device: a kernel
-// handed a host or foreign-device pointer faults or reads garbage.
-inline void require_current_device(const View& v, const char* name) {
-  if (v.data == nullptr) return;  // an empty array has no memory to check
-  cudaPointerAttributes attr{};
-  const cudaError_t e = cudaPointerGetAttributes(&attr, v.data);
-  if (e != cudaSuccess) {
-    cudaGetLastError();  // do not leave the error for the next launch to report
-    throw std::runtime_error(arg(name) + "cannot query its memory: " + cudaGetErrorName(e) + ": " +
-                             cudaGetErrorString(e));
+}  // namespace detail
+
+namespace detail {
+
+// The element and byte counts fit int64; the strides (if any) match the
+// rank; a non-empty array has a pointer; returns the bytes from the lowest to
+// one past the highest byte the shape and strides reach, and that lowest
+// byte's offset from `data` (<= 0 with negative strides).
+struct Extent {
+  int64_t lo = 0, bytes = 0;
+};
+inline Extent check_layout(const View& v, const char* name) {
+  if (v.itemsize < 1) throw py::type_error(arg(name) + "unsupported element type " + dtype_name(v.typestr));
+  int64_t n = 1;
+  for (int64_t s : v.shape) {
+    if (s < 0) throw py::value_error(arg(name) + "negative extent in shape " + shape_str(v.shape));
+    n = checked_mul(n, s, arg(name) + "the element count of shape " + shape_str(v.shape));
   }
-  if (attr.type == cudaMemoryTypeManaged) return;  // reachable from every device
-  if (attr.type != cudaMemoryTypeDevice)
-    throw py::type_error(arg(name) + "expected device memory but the pointer is " +
-                         (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "not CUDA memory"));
-  int current = 0;
-  cudaGetDevice(&current);
-  if (attr.device != current)
-    throw py::value_error(arg(name) + "array is on cuda:" + std::to_string(attr.device) +
-                          " but the current device is cuda:" + std::to_string(current));
+  const int64_t nbytes = checked_mul(n, v.itemsize, arg(name) + "the byte count of shape " + shape_str(v.shape));
+  if (!v.strides.empty() && v.strides.size() != v.shape.size())
+    throw py::value_error(arg(name) + "strides " + shape_str(v.strides) + " do not match shape " + shape_str(v.shape));
+  if (n == 0) return {};
+  if (v.data == nullptr) throw py::value_error(arg(name) + "null data pointer for a non-empty array");
+  if (v.strides.empty()) return {0, nbytes};
+  Extent e;
+  int64_t hi = v.itemsize;  // one past the last byte of the last element
+  const std::string what = arg(name) + "the memory reached by strides " + shape_str(v.strides);
+  for (size_t i = 0; i < v.shape.size(); ++i) {
+    const int64_t span = checked_mul(v.shape[i] - 1, v.strides[i], what);
+    if (span < 0) e.lo = checked_add(e.lo, span, what);
+    else hi = checked_add(hi, span, what);
+  }
+  e.bytes = checked_add(hi, -e.lo, what);
+  return e;
+}
+
+#ifdef CUDASIM
+// "<f4" for the buffer protocol's format "f" of itemsize 4, and so on; the
+// native byte order of the machines gpunet runs on is little-endian.
+inline std::string typestr_of(const char* format, int64_t itemsize) {
+  std::string f = format ? format : "B";
+  if (!f.empty() && (f[0] == '@' || f[0] == '=' || f[0] == '<')) f = f.substr(1);
+  static const std::string floats = "efd", ints = "bhilq", uints = "BHILQ";
+  char kind = 0;
+  if (f.size() == 1) {
+    if (floats.find(f[0]) != std::string::npos) kind = 'f';
+    else if (ints.find(f[0]) != std::string::npos) kind = 'i';
+    else if (uints.find(f[0]) != std::string::npos) kind = 'u';
+    else if (f[0] == '?') kind = 'b';
+  }
+  if (!kind) return format ? format : "";
+  return std::string(itemsize == 1 ? "|" : "<") + kind + std::to_string(itemsize);
+}
+
+// A host array through the buffer protocol: the exporter (NumPy) vouches for
+// pointer, shape, strides and the read-only flag. An object that only
+// carries an __array_interface__ dict is refused: nothing could check that its
+// pointer and shape describe memory that exists.
+inline View host_view(py::handle obj, const char* name) {
+  if (!PyObject_CheckBuffer(obj.ptr())) {
+    const bool has_iface = py::hasattr(obj, "__array_interface__");
+    const bool is_cuda = py::hasattr(obj, "__cuda_array_interface__");
+    throw py::type_error(arg(name) + "expected a host array (e.g. numpy.ndarray) but got " + type_name(obj) +
+                         (is_cuda ? " (device memory)"
+                          : has_iface ? " (an __array_interface__ without the buffer protocol cannot be verified)"
+                                      : ""));
+  }
+  auto* raw = new Py_buffer;
+  if (PyObject_GetBuffer(obj.ptr(), raw, PyBUF_RECORDS_RO) != 0) {
+    delete raw;
+    PyErr_Clear();
+    throw py::type_error(arg(name) + "cannot export a strided buffer from " + type_name(obj));
+  }
+  const std::shared_ptr<Py_buffer> buf(raw, [](Py_buffer* b) {
+    py::gil_scoped_acquire gil;  // (a no-op where the GIL is held already)
+    PyBuffer_Release(b);
+    delete b;
+  });
+  View v;
+  v.keep = buf;
+  v.data = buf->buf;
+  v.readonly = buf->readonly != 0;
+  v.itemsize = buf->itemsize;
+  v.typestr = typestr_of(buf->format, buf->itemsize);
+  if (buf->suboffsets != nullptr)
+    throw py::type_error(arg(name) + "indirect (suboffset) buffers are not supported");
+  for (int i = 0; i < buf->ndim; ++i) {
+    v.shape.push_back(buf->shape[i]);
+    if (buf->strides) v.strides.push_back(buf->strides[i]);
+  }
+  check_layout(v, name);
+  return v;
+}
+#else
+// cuMemGetAddressRange through the runtime's driver entry point (no link
+// against libcuda): the base and size of the allocation holding `p`.
+using MemGetAddressRange = int (*)(unsigned long long*, size_t*, unsigned long long);
+inline MemGetAddressRange mem_get_address_range() {
+  static const MemGetAddressRange fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    cudaGetLastError();
+    return reinterpret_cast<MemGetAddressRange>(f);
+  }();
+  return fn;
+}
+
+// The bytes [data + e.lo, data + e.lo + e.bytes) must lie in one allocation
+// in device memory of the current device: a kernel handed a host,
+// foreign-device or too short range faults or reads garbage.
+inline void require_current_device(const View& v, const char* name, const Extent& e) {
+  const char* lo = static_cast<const char*>(v.data) + e.lo;
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, lo);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // do not leave the error for the next launch to report
+    throw std::runtime_error(arg(name) + "cannot query its memory: " + cudaGetErrorName(err) + ": " +
+                             cudaGetErrorString(err));
+  }
+  if (attr.type != cudaMemoryTypeManaged) {  // managed memory is reachable from every device
+    if (attr.type != cudaMemoryTypeDevice)
+      throw py::type_error(arg(name) + "expected device memory but the pointer is " +
+                           (attr.type == cudaMemoryTypeHost ? "pinned host memory" : "not CUDA memory"));
+    int current = 0;
+    cudaGetDevice(&current);
+    if (attr.device != current)
+      throw py::value_error(arg(name) + "array is on cuda:" + std::to_string(attr.device) +
+                            " but the current device is cuda:" + std::to_string(current));
+  }
+  unsigned long long base = 0;
+  size_t size = 0;
+  const MemGetAddressRange range = mem_get_address_range();
+  if (range && range(&base, &size, (unsigned long long)lo) == 0) {
+    const unsigned long long first = (unsigned long long)lo - base;
+    if ((unsigned long long)e.bytes > size - first)
+      throw py::value_error(arg(name) + "shape " + shape_str(v.shape) + " needs " + std::to_string(e.bytes) +
+                            " bytes but its allocation has " + std::to_string(size - first) + " from the pointer on");
+  }
+}
+
+// __cuda_array_interface__ (versions 0 to 3): a dict with data = (pointer,
+// read-only), shape, typestr, optional strides, mask (must be None) and
+// stream (v3: the stream the producer last wrote on; 1 = legacy default,
+// 2 = per-thread default, 0 is invalid).
+inline View cuda_view(py::handle obj, const char* name) {
+  const py::object d = py::getattr(obj, "__cuda_array_interface__", py::none());
+  if (!py::isinstance<py::dict>(d)) {
+    const bool is_host = !py::getattr(obj, "__array_interface__", py::none()).is_none();
+    throw py::type_error(arg(name) + "expected a CUDA device array (e.g. cupy.ndarray) but got " + type_name(obj) +
+                         (is_host ? " (host memory)" : ""));
+  }
+  const py::dict desc = d;
+  auto bad = [&](const std::string& what) {
+    return py::type_error(arg(name) + "malformed __cuda_array_interface__: " + what);
+  };
+  auto int_tuple = [&](py::handle t, const char* key) {
+    if (!py::isinstance<py::tuple>(t)) throw bad(std::string("'") + key + "' must be a tuple of ints");
+    std::vector<int64_t> out;
+    for (py::handle s : py::reinterpret_borrow<py::tuple>(t)) {
+      if (!py::isinstance<py::int_>(s)) throw bad(std::string("'") + key + "' must be a tuple of ints");
+      out.push_back(s.cast<int64_t>());
+    }
+    return out;
+  };
+  for (const char* key : {"data", "shape", "typestr"})
+    if (!desc.contains(key)) throw bad(std::string("no '") + key + "' key");
+  if (desc.contains("mask") && !desc["mask"].is_none())
+    throw py::type_error(arg(name) + "masked arrays (__cuda_array_interface__ 'mask') are not supported");
+  const py::object data = desc["data"];
+  if (!py::isinstance<py::tuple>(data) || py::len(data) != 2 || !py::isinstance<py::int_>(data[py::int_(0)]) ||
+      !py::isinstance<py::bool_>(data[py::int_(1)]))
+    throw bad("'data' must be a tuple (pointer: int, read_only: bool)");
+  View v;
+  v.data = reinterpret_cast<void*>(data[py::int_(0)].cast<std::uintptr_t>());
+  v.readonly = data[py::int_(1)].cast<bool>();
+  v.shape = int_tuple(desc["shape"], "shape");
+  if (desc.contains("strides") && !desc["strides"].is_none()) v.strides = int_tuple(desc["strides"], "strides");
+  if (!py::isinstance<py::str>(desc["typestr"])) throw bad("'typestr' must be a str");
+  v.typestr = desc["typestr"].cast<std::string>();
+  v.itemsize = v.typestr.size() > 2 ? std::strtol(v.typestr.c_str() + 2, nullptr, 10) : 0;
+  if (desc.contains("stream") && !desc["stream"].is_none()) {
+    if (!py::isinstance<py::int_>(desc["stream"])) throw bad("'stream' must be an int or None");
+    v.stream = desc["stream"].cast<std::uintptr_t>();
+    if (v.stream == 0) throw bad("'stream' 0 is disallowed (use 1 for the legacy default stream)");
+  }
+  const Extent e = check_layout(v, name);
+  if (e.bytes > 0) require_current_device(v, name, e);
+  return v;
 }
 #endif
 
 }  // namespace detail
 
-// Parse an array argument from its array interface: __array_interface__ on
-// the sim build, __cuda_array_interface__ on the cuda build (plus the device
-// check there). Raises TypeError for anything else.
+// Parse an array argument: the buffer protocol on the sim build (NumPy
+// arrays), __cuda_array_interface__ on the cuda build (plus the device check
+// there). Raises TypeError for anything else.
 inline View view_of(py::handle obj, const char* name) {
 #ifdef CUDASIM
-  const char* iface = "__array_interface__";
-  const char* other = "__cuda_array_interface__";
-  const char* expected = "a host array (e.g. numpy.ndarray)";
-  const char* other_kind = " (device memory)";
+  return detail::host_view(obj, name);
 #else
-  const char* iface = "__cuda_array_interface__";
-  const char* other = "__array_interface__";
-  const char* expected = "a CUDA device array (e.g. cupy.ndarray)";
-  const char* other_kind = " (host memory)";
+  return detail::cuda_view(obj, name);
 #endif
-  const py::object d = py::getattr(obj, iface, py::none());
-  if (!py::isinstance<py::dict>(d)) {
-    const bool is_other = !py::getattr(obj, other, py::none()).is_none();
-    throw py::type_error(detail::arg(name) + "expected " + expected + " but got " + detail::type_name(obj) +
-                         (is_other ? other_kind : ""));
-  }
-  const py::dict desc = d;
-  View v;
-  const py::tuple data = desc["data"];
-  v.data = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
-  v.readonly = data[1].cast<bool>();
-  for (py::handle s : py::tuple(desc["shape"])) v.shape.push_back(s.cast<int64_t>());
-  if (desc.contains("strides") && !desc["strides"].is_none())
-    for (py::handle s : py::tuple(desc["strides"])) v.strides.push_back(s.cast<int64_t>());
-  v.typestr = desc["typestr"].cast<std::string>();
-  v.itemsize = v.typestr.size() > 2 ? std::strtol(v.typestr.c_str() + 2, nullptr, 10) : 0;
-#ifndef CUDASIM
-  detail::require_current_device(v, name);
-#endif
-  return v;
 }
 
 // require_dtype(v, "x", "float32"): TypeError unless v has that dtype
@@ -309,28 +472,79 @@ std::array<View, N> float32_outputs(const Arg (&args)[N]) {
   return views;
 }
 
-inline cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+namespace detail {
+// Producer streams of the arrays of the launch being prepared on this thread
+// (cuda build: Vouch collects them, as_stream makes the launch wait on them).
+inline std::vector<std::uintptr_t>& pending_producers() {
+  static thread_local std::vector<std::uintptr_t> streams;
+  return streams;
+}
+}  // namespace detail
 
-// `auto guard = vouch({x, y});` before a launch. The simulator refuses kernel
-// arguments that are not device memory; on the sim build the guard registers
-// the arrays' (host) memory as device memory until it goes out of scope, so
-// that a pointer nobody vouched for is still caught. No-op on the cuda build,
-// where view_of() already checked the memory ([[maybe_unused]]: there the
-// guard is an empty object).
+// The launch stream. On the cuda build it first makes that stream wait for
+// the work that the arrays' producers queued on their own streams
+// (__cuda_array_interface__ v3: an event recorded on the producer's stream),
+// so an array written on another stream is read after it is written.
+inline cudaStream_t as_stream(std::uintptr_t stream) {
+  const auto consumer = reinterpret_cast<cudaStream_t>(stream);
+#ifndef CUDASIM
+  auto& producers = detail::pending_producers();
+  for (const std::uintptr_t p : producers) {
+    const cudaStream_t producer =
+        p == 1 ? cudaStreamLegacy : p == 2 ? cudaStreamPerThread : reinterpret_cast<cudaStream_t>(p);
+    if (producer == consumer) continue;
+    cudaEvent_t ev;
+    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e == cudaSuccess) {
+      e = cudaEventRecord(ev, producer);
+      if (e == cudaSuccess) e = cudaStreamWaitEvent(consumer, ev, 0);
+      cudaEventDestroy(ev);  // the wait keeps what it needs
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      producers.clear();
+      throw py::value_error(std::string("cannot wait on an input array's producer stream (__cuda_array_interface__ "
+                                        "'stream'): ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+    }
+  }
+  producers.clear();
+#endif
+  return consumer;
+}
+
+// `auto guard = vouch({x, y});` after the argument checks, right before the
+// launch(es), which must take their stream from as_stream(). The guard
+//   * releases the GIL until it goes out of scope: from here on a binding
+//     touches no Python object (the Views hold the buffers), so other Python
+//     threads run, and other host threads may launch meanwhile;
+//   * sim build: registers the arrays' (host) memory as device memory, so
+//     that the simulator's pointer check accepts them and a pointer nobody
+//     vouched for is still caught;
+//   * cuda build: hands the arrays' producer streams to as_stream() (view_of
+//     already checked the memory).
 class [[maybe_unused]] Vouch {
  public:
   explicit Vouch(std::initializer_list<std::reference_wrapper<const View>> views) {
 #ifdef CUDASIM
     for (const View& v : views) guards_.push_back(std::make_unique<cudasim::DeviceView>(v.data, (size_t)v.nbytes()));
 #else
-    (void)views;
+    auto& producers = detail::pending_producers();
+    producers.clear();
+    for (const View& v : views)
+      if (v.stream != 0) producers.push_back(v.stream);
 #endif
   }
+#ifndef CUDASIM
+  ~Vouch() { detail::pending_producers().clear(); }
+#endif
+  Vouch(const Vouch&) = delete;
+  Vouch& operator=(const Vouch&) = delete;
 
  private:
 #ifdef CUDASIM
   std::vector<std::unique_ptr<cudasim::DeviceView>> guards_;
 #endif
+  py::gil_scoped_release nogil_;  // declared last: the GIL is taken back before the guards go
 };
 inline Vouch vouch(std::initializer_list<std::reference_wrapper<const View>> views) { return Vouch(views); }
 

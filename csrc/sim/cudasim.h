@@ -222,10 +222,11 @@ inline void set_workers(int w) { config().workers = std::max(1, w); }
 struct SimError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 namespace detail {
-// last error (like the CUDA runtime: sticky-ish, read by cudaGetLastError)
+// last error (like the CUDA runtime: per host thread, read by cudaGetLastError;
+// a launch records its errors on the thread that launched it)
 inline std::mutex& err_mu() { static std::mutex m; return m; }
-inline cudaError_t& last_err() { static cudaError_t e = cudaSuccess; return e; }
-inline std::string& last_msg() { static std::string s; return s; }
+inline cudaError_t& last_err() { static thread_local cudaError_t e = cudaSuccess; return e; }
+inline std::string& last_msg() { static thread_local std::string s; return s; }
 inline void set_error(cudaError_t e, const std::string& msg) {
   std::lock_guard<std::mutex> g(err_mu());
   if (last_err() == cudaSuccess) { last_err() = e; last_msg() = msg; }
@@ -233,26 +234,48 @@ inline void set_error(cudaError_t e, const std::string& msg) {
 }
 
 // ---------------------------------------------------------------- allocation registry
+// cudaMalloc'd blocks, and the host ranges that DeviceView guards vouch for
+// (one entry per live guard: two host threads may vouch for one array, and
+// the first to finish must not unregister it under the other).
 struct Registry {
+  using Range = std::pair<uintptr_t, size_t>;  // base, bytes
   std::mutex mu;
   std::map<uintptr_t, size_t> allocs;  // base -> size
+  std::vector<Range> vouched;
   void add(void* p, size_t n) { std::lock_guard<std::mutex> g(mu); allocs[(uintptr_t)p] = n; }
   bool remove(void* p) { std::lock_guard<std::mutex> g(mu); return allocs.erase((uintptr_t)p) > 0; }
-  bool contains(const void* p) {
+  void vouch(const void* p, size_t n) { std::lock_guard<std::mutex> g(mu); vouched.push_back({(uintptr_t)p, n}); }
+  void unvouch(const void* p, size_t n) {
     std::lock_guard<std::mutex> g(mu);
-    auto u = (uintptr_t)p;
-    auto it = allocs.upper_bound(u);
-    if (it == allocs.begin()) return false;
-    --it;
-    return u >= it->first && u <= it->first + it->second;  // one-past-end allowed
+    for (auto it = vouched.begin(); it != vouched.end(); ++it)
+      if (*it == Range{(uintptr_t)p, n}) { vouched.erase(it); return; }
   }
+  // [p, p + n) inside one registered range; n == 0 also accepts one past the end
   bool contains_range(const void* p, size_t n) {
     std::lock_guard<std::mutex> g(mu);
-    auto u = (uintptr_t)p;
+    const auto u = (uintptr_t)p;
+    auto inside = [&](uintptr_t lo, size_t size) { return u >= lo && u - lo <= size && n <= size - (u - lo); };
     auto it = allocs.upper_bound(u);
-    if (it == allocs.begin()) return false;
-    --it;
-    return u >= it->first && u + n <= it->first + it->second;
+    if (it != allocs.begin() && inside(std::prev(it)->first, std::prev(it)->second)) return true;
+    for (const Range& r : vouched)
+      if (inside(r.first, r.second)) return true;
+    return false;
+  }
+  bool contains(const void* p) { return contains_range(p, 0); }
+  // every registered byte as sorted, disjoint ranges (for the race checker)
+  std::vector<Range> ranges() {
+    std::lock_guard<std::mutex> g(mu);
+    std::vector<Range> all(allocs.begin(), allocs.end());
+    all.insert(all.end(), vouched.begin(), vouched.end());
+    std::sort(all.begin(), all.end());
+    std::vector<Range> merged;
+    for (const Range& r : all) {
+      if (!merged.empty() && r.first <= merged.back().first + merged.back().second)
+        merged.back().second = std::max(merged.back().second, r.first + r.second - merged.back().first);
+      else
+        merged.push_back(r);
+    }
+    return merged;
   }
 };
 inline Registry& registry() { static Registry r; return r; }
@@ -988,48 +1011,53 @@ template <class T> inline void check_ptr_arg(const T& a, int idx, const char* kn
 
 #if defined(CUDASIM_BACKEND_FIBERS)
 struct LaunchPool {
-  // persistent workers so that fiber stacks are reused between launches
-  std::mutex mu;
+  // Persistent workers, so that fiber stacks are reused between launches.
+  // One grid at a time: `run` holds launch_mu for the whole launch, so host
+  // threads that launch concurrently (the bindings release the GIL) queue.
+  // Each launch is an epoch; worker i takes part in it when i < participants.
+  // A worker starts at the epoch current when it was added, so it never runs
+  // a job of an earlier launch (whose captures are gone).
+  std::mutex launch_mu, mu;
   std::condition_variable cv, done_cv;
   std::vector<std::thread> threads;
   unsigned epoch = 0;
-  int active = 0;
-  std::function<void(Worker&)> job;
+  int participants = 0, active = 0;
+  const std::function<void(Worker&)>* job = nullptr;
   bool stop = false;
   ~LaunchPool() {
     { std::lock_guard<std::mutex> g(mu); stop = true; }
     cv.notify_all();
     for (auto& t : threads) t.join();
   }
-  void ensure(int n) {
-    while ((int)threads.size() < n) {
-      threads.emplace_back([this] {
-        Worker W;
-        tl_worker = &W;
-        unsigned seen = 0;
-        for (;;) {
-          std::function<void(Worker&)> j;
-          {
-            std::unique_lock<std::mutex> lk(mu);
-            cv.wait(lk, [&] { return stop || epoch != seen; });
-            if (stop) return;
-            seen = epoch;
-            j = job;
-          }
-          j(W);
-          { std::lock_guard<std::mutex> g(mu); if (--active == 0) done_cv.notify_all(); }
-        }
-      });
+  void worker_loop(int index, unsigned seen) {
+    Worker W;
+    tl_worker = &W;
+    for (;;) {
+      const std::function<void(Worker&)>* j;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return stop || epoch != seen; });
+        if (stop) return;
+        seen = epoch;
+        if (index >= participants) continue;
+        j = job;
+      }
+      (*j)(W);  // `work` records block errors itself and does not throw
+      { std::lock_guard<std::mutex> g(mu); if (--active == 0) done_cv.notify_all(); }
     }
   }
-  void run(int n, std::function<void(Worker&)> f) {
-    ensure(n);
+  // Runs f on n workers (n >= 1) and returns when all n have finished.
+  void run(int n, const std::function<void(Worker&)>& f) {
+    std::lock_guard<std::mutex> one_launch(launch_mu);
     std::unique_lock<std::mutex> lk(mu);
-    job = std::move(f);
-    active = (int)threads.size();
+    while ((int)threads.size() < n)
+      threads.emplace_back(&LaunchPool::worker_loop, this, (int)threads.size(), epoch);
+    job = &f;
+    participants = active = n;
     ++epoch;
     cv.notify_all();
     done_cv.wait(lk, [&] { return active == 0; });
+    job = nullptr;
   }
 };
 inline LaunchPool& pool() { static LaunchPool p; return p; }
@@ -1089,6 +1117,7 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
       if (id >= nblocks) break;
       b.bid = uint3{(unsigned)(id % grid.x), (unsigned)((id / grid.x) % grid.y), (unsigned)(id / ((unsigned long long)grid.x * grid.y))};
       b.error = nullptr;
+      try {
 #if defined(CUDASIM_BACKEND_FIBERS)
       if (W.smem.size() < smem + 16) W.smem.resize(smem + 16);
       b.dyn_smem = W.smem.data();
@@ -1108,6 +1137,9 @@ void launch(const Call& call, dim3 grid, dim3 block, size_t smem, std::tuple<A..
       b.dyn_smem = sm.data(); b.dyn_smem_bytes = smem;
       run_block_threads(b);
 #endif
+      } catch (...) {  // e.g. std::bad_alloc: a pool worker must not throw
+        b.error = std::current_exception();
+      }
       if (b.error) {
         std::lock_guard<std::mutex> g(emu);
         if (!first_err) first_err = b.error;
@@ -1293,23 +1325,19 @@ namespace cudasim {
 // for the lifetime of this guard, so that the pointer check accepts it as a
 // kernel argument. A backend whose "device" arrays are NumPy arrays wraps each
 // call's buffers in one of these; a pointer nobody vouched for still fails.
-// Ranges already registered are left alone.
 class DeviceView {
  public:
-  DeviceView(const void* p, size_t bytes) : p_(const_cast<void*>(p)) {
-    if (p_ != nullptr && !detail::registry().contains_range(p_, bytes)) {  // (a view just past another is its own range)
-      detail::registry().add(p_, bytes);
-      owned_ = true;
-    }
+  DeviceView(const void* p, size_t bytes) : p_(p), bytes_(bytes) {
+    if (p_ != nullptr) detail::registry().vouch(p_, bytes_);
   }
   ~DeviceView() {
-    if (owned_) detail::registry().remove(p_);
+    if (p_ != nullptr) detail::registry().unvouch(p_, bytes_);
   }
   DeviceView(const DeviceView&) = delete;
   DeviceView& operator=(const DeviceView&) = delete;
 
  private:
-  void* p_;
-  bool owned_ = false;
+  const void* p_;
+  size_t bytes_;
 };
 }  // namespace cudasim

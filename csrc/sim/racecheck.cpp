@@ -243,9 +243,7 @@ void launch_begin(const char* kname, dim3 grid, dim3 block) {
   L.kname = kname;
   L.grid = grid;
   L.block = block;
-  auto& reg = detail::registry();
-  std::lock_guard<std::mutex> g(reg.mu);
-  for (const auto& [lo, n] : reg.allocs) {
+  for (const auto& [lo, n] : detail::registry().ranges()) {
     Region r;
     r.lo = lo, r.hi = lo + n, r.space = kGlobal;
     L.global.push_back(std::move(r));
