@@ -12,9 +12,13 @@ from .ops import softmax as _softmax
 
 
 def _backend(x, device):
+    """The backend running the call; x must be its floating-point array (an
+    integer input would be truncated or read as garbage by the kernels)."""
     be = backend_of(x) if device is None else get_backend(device)
     if not be.owns(x):
         raise TypeError(f"x: expected an array of backend {be.device!r}, got {type(x).__module__}.{type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
     return be
 
 
@@ -64,6 +68,8 @@ def softsign(x, *, device=None):
 
 
 def gelu(x, approximate: str = "none", *, device=None):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
     return _activation("gelu", x, device, approximate=approximate)
 
 

@@ -20,15 +20,19 @@ module's or optimizer's device); dicts keep their key order and key types.
 
 Writes are atomic: the archive goes to a temporary file in the target's
 directory, is flushed and fsync'ed, then os.replace'd over the target, so a
-crash or error mid-write leaves the previous file intact and no temporary file
-behind.
+crash or error mid-write leaves the previous file intact. The temporary file
+is named ".<target>.<writer's pid>.<random>.tmp": an error removes it at once,
+and one left by a killed writer (its pid no longer running) is removed by the
+next save or load of the same path. (A writer on another machine sharing the
+directory cannot be told from a dead one by its pid: do not save one path
+from two machines at once.)
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -73,15 +77,57 @@ def _encode(obj, path: list, arrays: dict):
                     "save a module's or optimizer's state_dict(), not the object)")
 
 
+def _path(path, what: str) -> str:
+    """A str path from str, bytes or os.PathLike."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{what}: path: expected a str, bytes or os.PathLike, got {type(path).__name__}") from None
+
+
+def _temp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's process), or we cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temporaries(path: str):
+    """Remove the temporary files of writers of `path` that were killed mid-save."""
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(_temp_prefix(path)) + r"(\d+)\.[^.]+\.tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass  # another process removed it first, or we may not
+
+
 def save(obj, path):
     """Write `obj` (see the module docstring) to `path` atomically, as .npz."""
-    path = os.fspath(path)
+    path = _path(path, "save")
+    if os.path.isdir(path) or path.endswith(os.sep) or not os.path.basename(path):
+        raise IsADirectoryError(f"save: {path!r} is a directory; give a file path such as {os.path.join(path, 'ckpt.npz')!r}")
     arrays: dict[str, np.ndarray] = {}
     tree = _encode(obj, [], arrays)
     manifest = json.dumps({"format": FORMAT, "version": VERSION, "tree": tree}, allow_nan=True)
     arrays[MANIFEST] = np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -137,12 +183,15 @@ def load(path):
     """Read a file written by `save`; arrays come back as NumPy arrays. A file
     that is missing, damaged (truncated, not an .npz, no manifest, an entry
     unreadable) or inconsistent raises an error naming the path and the entry."""
-    path = os.fspath(path)
+    path = _path(path, "load")
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no such file: {path!r}")
+    _remove_stale_temporaries(path)
+    if os.path.isdir(path):
+        raise ValueError(f"load: {path!r} is a directory, not a gpunet.save archive")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 -- whatever a damaged file makes the readers raise
         raise ValueError(f"load: {path!r} is not a readable .npz archive (damaged, truncated, or not written "
                          f"by gpunet.save): {type(e).__name__}: {e}") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -152,14 +201,14 @@ def load(path):
         for key in archive.files:
             try:
                 arrays[key] = archive[key]
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+            except Exception as e:  # noqa: BLE001 -- e.g. NotImplementedError for a flipped compression field
                 raise ValueError(f"load: {path!r}: entry {key!r} is damaged: {type(e).__name__}: {e}") from e
     if MANIFEST not in arrays:
         raise ValueError(f"load: {path!r} has no {MANIFEST!r} entry, so it was not written by gpunet.save "
                          f"(entries: {sorted(arrays)[:10]})")
     try:
         manifest = json.loads(arrays.pop(MANIFEST).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"load: {path!r}: the {MANIFEST!r} entry is not valid JSON: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "tree" not in manifest:
         raise ValueError(f"load: {path!r}: the {MANIFEST!r} entry is not a {FORMAT} manifest")
@@ -168,5 +217,5 @@ def load(path):
                          f"this gpunet reads version {VERSION}")
     try:
         return _decode(manifest["tree"], arrays, "")
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"load: {path!r}: {e}") from e
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        raise ValueError(f"load: {path!r}: {type(e).__name__}: {e}") from e

@@ -70,7 +70,10 @@ class Subset(Dataset):
 
     def __init__(self, dataset, indices):
         self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=np.int64)
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError(f"indices: expected a 1-D sequence of integers, got {idx.dtype} of shape {idx.shape}")
+        self.indices = idx.astype(np.int64)
 
     def __len__(self):
         return len(self.indices)

@@ -27,18 +27,15 @@ class Flatten(Module):
                              f"start_dim <= end_dim, got start_dim={start}, end_dim={end}")
         start, end = start % nd, end % nd
         shape = tuple(input.shape)
-        self.save(shape)
-        if input.ndim == 0:
-            return input.reshape(1)
-        flat = shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
-        return be.xp.ascontiguousarray(input).reshape(flat)
+        out_shape = (1,) if input.ndim == 0 else shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
+        self.save(shape, out_shape)
+        return be.xp.ascontiguousarray(input).reshape(out_shape)
 
     def backward(self, dy):
-        shape = self.saved()
+        shape, out_shape = self.saved()
         checks.array(self.backend, dy, "grad_output", finite=False)
-        size = math.prod(shape)
-        if dy.size != size:
-            raise ValueError(f"grad_output: expected {size} elements (input shape {shape}), got shape {tuple(dy.shape)}")
+        if tuple(dy.shape) != out_shape:
+            raise ValueError(f"grad_output: expected the output's shape {out_shape}, got {tuple(dy.shape)}")
         return dy.reshape(shape)
 
     def extra_repr(self):

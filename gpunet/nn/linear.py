@@ -23,12 +23,14 @@ class Linear(Module):
         if input.ndim == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"input: expected last dimension in_features={self.in_features}, got shape {tuple(input.shape)}")
         y, x2 = ops.linear_forward(be, input, self.weight.data, None if self.bias is None else self.bias.data)
-        self.save(x2)
+        self.save(x2, tuple(y.shape))
         return y
 
     def backward(self, dy):
-        x2 = self.saved()
+        x2, out_shape = self.saved()
         checks.array(self.backend, dy, "grad_output", dtype=self.dtype, finite=False)
+        if tuple(dy.shape) != out_shape:
+            raise ValueError(f"grad_output: expected the output's shape {out_shape}, got {tuple(dy.shape)}")
         dx, dw, db = ops.linear_backward(self.backend, x2, self.weight.data, self.bias is not None, dy)
         self.weight.accumulate(dw)
         if self.bias is not None:

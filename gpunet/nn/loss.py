@@ -140,6 +140,8 @@ class MSELoss(_Loss):
         return ops.mse_forward(self.backend, x, t, self.reduction, self.half)
 
     def gradient(self, ctx, grad):
+        if ctx[0].size == 0:  # an empty batch: nothing to differentiate, no mean to divide by
+            return self.backend.xp.zeros_like(ctx[0])
         return ops.mse_backward(self.backend, ctx, grad)
 
 

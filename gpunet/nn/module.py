@@ -213,7 +213,11 @@ class Module:
             device, dtype = None, device
         be = get_backend(device) if device is not None else None
         if dtype is not None:
-            dtype = np.dtype(dtype)
+            try:
+                dtype = np.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"to: expected a device ('cpu', 'sim', 'cuda:0', a Backend) or a dtype "
+                                f"(float32, float64), got {dtype!r}") from None
             if dtype not in (np.float32, np.float64):
                 raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
         for m in self.modules():

@@ -15,6 +15,8 @@ A cell called several times in one forward pass (a Python loop over time)
 backpropagates through every call: call backward once per forward call, in
 reverse order; the parameter gradients add up.
 """
+import os
+
 import numpy as np
 
 from .. import checks
@@ -60,6 +62,20 @@ def _lstm_state_pair(hx, name):
 
 
 # ---------------------------------------------------------------- cells
+
+def _check_parameter_memory(num_layers: int, first: int, later: int, itemsize: int):
+    """Refuse, before allocating anything, a stack whose parameters (first layer
+    `first` elements, each further layer `later`) exceed the machine's memory:
+    num_layers=2**40 must fail at once, not loop for days."""
+    total = (first + (num_layers - 1) * later) * itemsize
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if total > physical:
+        raise ValueError(f"num_layers={num_layers}: the parameters would take {total / 2**30:.3g} GiB, "
+                         f"more than this machine's {physical / 2**30:.3g} GiB of memory")
+
 class _Cell(Module):
     """Shared by RNNCell and LSTMCell: parameters, input checks, one step as a
     sequence of length 1 through the layer ops."""
@@ -268,6 +284,9 @@ class _Recurrent(Module):
         self.num_directions = 2 if self.bidirectional else 1
         H, gh = self.hidden_size, self.gates * self.hidden_size
         R = self.proj_size or H  # the width of h: what the next step and the next layer see
+        per_layer = gh * (R + 2 * self.bias) + (R * H if self.proj_size else 0)  # w_hh, the biases, w_hr
+        _check_parameter_memory(self.num_layers * self.num_directions, gh * self.input_size + per_layer,
+                                gh * R * self.num_directions + per_layer, np.dtype(self.dtype).itemsize)
         for k in range(self.num_layers):
             fan = self.input_size if k == 0 else R * self.num_directions
             for sfx in self._suffixes():

@@ -191,6 +191,8 @@ def act_backward(be, ctx, dy):
         return dx
     if route == "fused":
         return _fused_backward(kind, params, x, y, dy.astype(x.dtype, copy=False))
+    if kind == "relu":  # a select, not a product, as the kernels and PyTorch: a NaN gradient at x <= 0 gives 0
+        return be.xp.where(x > 0, dy, 0).astype(x.dtype, copy=False)
     return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)
 
 
@@ -202,7 +204,7 @@ _SIGMOID_OF_BX = """
     s = bx >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);"""
 
 FUSED_BACKWARD = {
-    "relu": ("x", "dx = dy * (x > T(0) ? T(1) : T(0));"),
+    "relu": ("x", "dx = x > T(0) ? dy : T(0);"),
     "leaky_relu": ("x", "dx = dy * (x > T(0) ? T(1) : alpha);"),
     "sigmoid": ("y", "dx = dy * (y * (T(1) - y));"),
     "tanh": ("y", "dx = dy * (T(1) - y * y);"),

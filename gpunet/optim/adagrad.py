@@ -12,6 +12,8 @@ class Adagrad(Optimizer):
     including weight_decay * p. State: 'step', 'sum' (starting at
     initial_accumulator_value). maximize=True ascends."""
 
+    _state_keys = frozenset({"step", "sum"})
+
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach=None, *, maximize: bool = False,
                  differentiable: bool = False, fused=None, device=None):
@@ -41,6 +43,8 @@ class Adadelta(Optimizer):
     sqrt(v + eps) * g, u = rho u + (1 - rho) d^2, p -= lr * d (g including
     weight_decay * p). State: 'step', 'square_avg', 'acc_delta'. maximize=True
     ascends."""
+
+    _state_keys = frozenset({"step", "square_avg", "acc_delta"})
 
     def __init__(self, params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0,
                  foreach=None, *, capturable: bool = False, maximize: bool = False, differentiable: bool = False,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ops import optim as ops
-from .optimizer import Optimizer
+from .optimizer import Optimizer, as_pair
 
 
 def _check_betas(group, where):
@@ -16,6 +16,7 @@ class _AdamLike(Optimizer):
     zeros at the first step; `maximize` as PyTorch (descends along -grad)."""
 
     _moments = ("exp_avg", "exp_avg_sq")
+    _state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
     def _check_group(self, group, where):
         super()._check_group(group, where)
@@ -47,12 +48,14 @@ class Adam(_AdamLike):
     gpunet.optim.Optimizer; foreach/fused/capturable/differentiable: see
     Optimizer._implementation."""
 
+    _state_keys = _AdamLike._state_keys | {"max_exp_avg_sq"}  # with amsgrad
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, amsgrad: bool = False, *, foreach=None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False, fused=None,
                  decoupled_weight_decay: bool = False, device=None):
         self._implementation(foreach, fused, capturable, differentiable)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=as_pair(betas, "betas"), eps=eps, weight_decay=weight_decay,
                                       amsgrad=bool(amsgrad), maximize=bool(maximize),
                                       decoupled_weight_decay=bool(decoupled_weight_decay)), device)
 
@@ -87,12 +90,13 @@ class Adamax(_AdamLike):
     'exp_avg', 'exp_inf'. Array code on every backend."""
 
     _moments = ("exp_avg", "exp_inf")
+    _state_keys = frozenset({"step", "exp_avg", "exp_inf"})
 
     def __init__(self, params, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
                  foreach=None, *, maximize: bool = False, differentiable: bool = False, capturable: bool = False,
                  device=None):
         self._implementation(foreach, None, capturable, differentiable)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=as_pair(betas, "betas"), eps=eps, weight_decay=weight_decay,
                                       maximize=bool(maximize)), device)
 
     def _update(self, group, params, be):
@@ -109,11 +113,13 @@ class NAdam(_AdamLike):
     'mu_product' (a float), 'exp_avg', 'exp_avg_sq'. decoupled_weight_decay=True
     decays as AdamW. Array code on every backend."""
 
+    _state_keys = _AdamLike._state_keys | {"mu_product"}
+
     def __init__(self, params, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0,
                  momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *, foreach=None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False, device=None):
         self._implementation(foreach, None, capturable, differentiable)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=as_pair(betas, "betas"), eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, decoupled_weight_decay=bool(decoupled_weight_decay),
                                       maximize=bool(maximize)), device)
 
@@ -146,7 +152,7 @@ class RAdam(_AdamLike):
                  decoupled_weight_decay: bool = False, *, foreach=None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False, device=None):
         self._implementation(foreach, None, capturable, differentiable)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=as_pair(betas, "betas"), eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=bool(decoupled_weight_decay),
                                       maximize=bool(maximize)), device)
 

@@ -13,6 +13,8 @@ else 'cupy').
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backend import Backend, backend_of, get_backend, to_numpy
@@ -25,9 +27,35 @@ def _kind(x) -> str:
     return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
 
 
+def check_number(group: dict, key: str, where: str, lo: float = 0.0):
+    """group[key] must be a finite real number >= lo (NaN and inf would turn
+    every weight NaN without an error)."""
+    v = group[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
+            or v < lo:
+        raise ValueError(f"{where}: {key}: expected a finite number >= {lo:g}, got {v!r}")
+
+
+def as_pair(v, name: str) -> tuple:
+    """Hyperparameters such as betas=(0.9, 0.999): a sequence of two numbers."""
+    try:
+        pair = tuple(v)
+    except TypeError:
+        pair = None
+    if pair is None or len(pair) != 2 or not all(
+            isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in pair):
+        raise ValueError(f"{name}: expected a pair of finite numbers, got {v!r}")
+    return pair
+
+
 class Optimizer:
     """Base class. Subclasses pass their hyperparameter defaults, validate a
-    group in `_check_group` and update one group's parameters in `_update`."""
+    group in `_check_group`, update one group's parameters in `_update` and
+    name the per-parameter state entries they keep in `_state_keys` (a state
+    dict of another optimizer type is refused by `load_state_dict`)."""
+
+    _state_keys: frozenset = frozenset()
 
     def __init__(self, params, defaults: dict, device=None):
         self.defaults = dict(defaults)
@@ -79,8 +107,7 @@ class Optimizer:
     @staticmethod
     def _nonnegative(group: dict, where: str, *keys):
         for key in keys:
-            if isinstance(group[key], bool) or not isinstance(group[key], (int, float)) or group[key] < 0:
-                raise ValueError(f"{where}: {key}: expected a non-negative number, got {group[key]!r}")
+            check_number(group, key, where)
 
     @staticmethod
     def _implementation(foreach=None, fused=None, capturable: bool = False, differentiable: bool = False):
@@ -188,6 +215,11 @@ class Optimizer:
                              f"this optimizer has {len(self.param_groups)}")
         by_index = {}
         for gi, (mine, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if not isinstance(saved, dict) or set(saved) != set(mine):
+                got = sorted(saved) if isinstance(saved, dict) else _kind(saved)
+                raise ValueError(f"load_state_dict: param_groups[{gi}] has keys {got}, {type(self).__name__} "
+                                 f"expects {sorted(mine)}: a state dict of another optimizer type?")
+            self._check_group(dict(saved, params=mine["params"]), f"load_state_dict: param_groups[{gi}]")
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(f"load_state_dict: param_groups[{gi}] has {len(saved['params'])} parameter(s) "
                                  f"in the state dict, {len(mine['params'])} in this optimizer")
@@ -198,6 +230,10 @@ class Optimizer:
             if idx not in by_index:
                 raise ValueError(f"load_state_dict: state[{idx!r}] belongs to no parameter of any group")
             p, where = by_index[idx]
+            foreign = set(entry) - self._state_keys
+            if foreign:
+                raise ValueError(f"load_state_dict: state[{idx}] has entries {sorted(foreign)} that "
+                                 f"{type(self).__name__} does not keep: a state dict of another optimizer type?")
             be = self._backend_of(p)
             restored = {}
             for key, value in entry.items():

@@ -14,6 +14,8 @@ class RMSprop(Optimizer):
     gpunet.optim.Optimizer; capturable/foreach/differentiable: see
     Optimizer._implementation."""
 
+    _state_keys = frozenset({"step", "square_avg", "grad_avg", "momentum_buffer"})
+
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach=None, maximize: bool = False, differentiable: bool = False, *, device=None):

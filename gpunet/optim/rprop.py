@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ops import optim as ops
-from .optimizer import Optimizer
+from .optimizer import Optimizer, as_pair
 
 
 class Rprop(Optimizer):
@@ -21,11 +21,13 @@ class Rprop(Optimizer):
     gpunet.optim.Optimizer; capturable/foreach/differentiable: see
     Optimizer._implementation."""
 
+    _state_keys = frozenset({"step", "prev", "step_size", "prev_delta"})
+
     def __init__(self, params, lr: float = 1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50),
                  *, capturable: bool = False, foreach=None, maximize: bool = False, differentiable: bool = False,
                  backtrack: bool = False, device=None):
         self._implementation(foreach, None, capturable, differentiable)
-        super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes),
+        super().__init__(params, dict(lr=lr, etas=as_pair(etas, "etas"), step_sizes=as_pair(step_sizes, "step_sizes"),
                                       maximize=bool(maximize), backtrack=bool(backtrack)), device)
 
     def _check_group(self, group, where):

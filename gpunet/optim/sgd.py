@@ -20,6 +20,8 @@ class SGD(Optimizer):
     foreach/fused/differentiable: see Optimizer._implementation.
     """
 
+    _state_keys = frozenset({"momentum_buffer"})
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False, foreach=None,
                  differentiable: bool = False, fused=None, device=None):
