@@ -202,3 +202,51 @@ def test_launch_errors_stay_on_their_thread():
     for t in ts:
         t.join()
     assert not errors and len(ok) == 100
+
+
+# ---------------------------------------------------------------- two models trained in two threads
+def _train(seed, device, barrier=None):
+    """Seeds this thread, builds a model with dropout and fits it with
+    validation (no_grad inside fit) for two epochs; returns its weights."""
+    import gpunet
+    from gpunet import nn, optim
+    from gpunet.data import DataLoader, TensorDataset
+    from gpunet.train import fit
+
+    gpunet.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 96)
+    x = (np.eye(3, 4)[y] * 2 + 0.5 * rng.standard_normal((96, 4))).astype(np.float32)
+    data = TensorDataset(x, y.astype(np.int64))
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 3)).to(device)
+    opt = optim.Adam(model.parameters(), lr=0.02)
+    if barrier is not None:
+        barrier.wait()  # both threads train at the same time
+    fit(model, nn.CrossEntropyLoss(), opt, DataLoader(data, 16, shuffle=True, seed=seed),
+        DataLoader(data, 48), epochs=2, progress=False)
+    return [gpunet.to_numpy(p.data).copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_two_threads_train_like_one_after_the_other(device):
+    """Grad mode, the random streams (dropout, shuffling, initialisation) and
+    the kernels' state are per thread: two threads each fitting a model with
+    validation give bit for bit the weights of the two runs made in turn."""
+    sequential = [_train(seed, device) for seed in (1, 2)]
+    barrier, results, errors = threading.Barrier(2), {}, []
+
+    def run(seed):
+        try:
+            results[seed] = _train(seed, device, barrier)
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for seed, want in zip((1, 2), sequential):
+        for got, ref in zip(results[seed], want):
+            np.testing.assert_array_equal(got, ref)
