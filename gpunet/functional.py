@@ -6,6 +6,10 @@ through the kernels). For training, use the modules in gpunet.nn, which keep
 what their explicit backward needs."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from .backend import backend_of, get_backend
 from .ops import activation as _act
 from .ops import softmax as _softmax
@@ -22,13 +26,20 @@ def _backend(x, device):
     return be
 
 
+def _finite(v, name: str) -> float:
+    """A real number option (beta, negative_slope, threshold) as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    return float(v)
+
+
 # ---------------------------------------------------------------- softmax
 def _softmax_call(x, dim, beta, dtype, device, log):
     be = _backend(x, device)
     dim = _softmax.resolve_dim(dim, x.ndim)
     if dtype is not None:  # PyTorch's dtype=: the input is cast first
         x = x.astype(dtype)
-    return _softmax.softmax_forward(be, x, dim, beta, log=log)[0]
+    return _softmax.softmax_forward(be, x, dim, _finite(beta, "beta"), log=log)[0]
 
 
 def softmax(x, dim=None, beta: float = 1.0, *, dtype=None, device=None):
@@ -52,7 +63,7 @@ def relu(x, *, device=None):
 
 
 def leaky_relu(x, negative_slope: float = 0.01, *, device=None):
-    return _activation("leaky_relu", x, device, negative_slope=float(negative_slope))
+    return _activation("leaky_relu", x, device, negative_slope=_finite(negative_slope, "negative_slope"))
 
 
 def sigmoid(x, *, device=None):
@@ -74,7 +85,8 @@ def gelu(x, approximate: str = "none", *, device=None):
 
 
 def softplus(x, beta: float = 1.0, threshold: float = 20.0, *, device=None):
-    return _activation("softplus", x, device, beta=float(beta), threshold=float(threshold))
+    return _activation("softplus", x, device, beta=_finite(beta, "beta"),
+                       threshold=_finite(threshold, "threshold"))
 
 
 def heaviside(x, *, device=None):

@@ -72,6 +72,10 @@ def test_functional_rejects_integer_inputs_and_bogus_options(device):
         F.tanh(np.arange(4), device=device)
     with pytest.raises(ValueError, match=r"approximate: expected 'none' or 'tanh', got 'bogus'"):
         F.gelu(np.ones(4, np.float32), approximate="bogus", device=device)
+    with pytest.raises(TypeError, match=r"dim: expected an int, got float"):
+        F.softmax(np.ones((2, 3), np.float32), dim=1.5, device=device)
+    with pytest.raises(ValueError, match=r"beta: expected a finite number, got nan"):
+        F.softplus(np.ones(4, np.float32), beta=math.nan, device=device)
 
 
 @pytest.mark.parametrize("device", ["cpu", "sim"])
