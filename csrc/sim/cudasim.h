@@ -234,39 +234,52 @@ inline void set_error(cudaError_t e, const std::string& msg) {
 }
 
 // ---------------------------------------------------------------- allocation registry
-// cudaMalloc'd blocks, and the host ranges that DeviceView guards vouch for
-// (one entry per live guard: two host threads may vouch for one array, and
-// the first to finish must not unregister it under the other).
+// cudaMalloc'd blocks, and the host ranges that DeviceView guards vouch for:
+// one entry per live guard, owned by the host thread of the call (two threads
+// may vouch for one array, and the first to finish must not unregister it
+// under the other; a thread's launches see only its own vouched ranges).
 struct Registry {
   using Range = std::pair<uintptr_t, size_t>;  // base, bytes
+  struct Vouched {
+    Range range;
+    std::thread::id owner;
+  };
   std::mutex mu;
   std::map<uintptr_t, size_t> allocs;  // base -> size
-  std::vector<Range> vouched;
+  std::vector<Vouched> vouched;
   void add(void* p, size_t n) { std::lock_guard<std::mutex> g(mu); allocs[(uintptr_t)p] = n; }
   bool remove(void* p) { std::lock_guard<std::mutex> g(mu); return allocs.erase((uintptr_t)p) > 0; }
-  void vouch(const void* p, size_t n) { std::lock_guard<std::mutex> g(mu); vouched.push_back({(uintptr_t)p, n}); }
+  void vouch(const void* p, size_t n) {
+    std::lock_guard<std::mutex> g(mu);
+    vouched.push_back({{(uintptr_t)p, n}, std::this_thread::get_id()});
+  }
   void unvouch(const void* p, size_t n) {
     std::lock_guard<std::mutex> g(mu);
+    const auto me = std::this_thread::get_id();
     for (auto it = vouched.begin(); it != vouched.end(); ++it)
-      if (*it == Range{(uintptr_t)p, n}) { vouched.erase(it); return; }
+      if (it->range == Range{(uintptr_t)p, n} && it->owner == me) { vouched.erase(it); return; }
   }
-  // [p, p + n) inside one registered range; n == 0 also accepts one past the end
+  // [p, p + n) inside one range registered by cudaMalloc or vouched for by
+  // this thread; n == 0 also accepts one past the end
   bool contains_range(const void* p, size_t n) {
     std::lock_guard<std::mutex> g(mu);
     const auto u = (uintptr_t)p;
     auto inside = [&](uintptr_t lo, size_t size) { return u >= lo && u - lo <= size && n <= size - (u - lo); };
     auto it = allocs.upper_bound(u);
     if (it != allocs.begin() && inside(std::prev(it)->first, std::prev(it)->second)) return true;
-    for (const Range& r : vouched)
-      if (inside(r.first, r.second)) return true;
+    const auto me = std::this_thread::get_id();
+    for (const Vouched& v : vouched)
+      if (v.owner == me && inside(v.range.first, v.range.second)) return true;
     return false;
   }
   bool contains(const void* p) { return contains_range(p, 0); }
-  // every registered byte as sorted, disjoint ranges (for the race checker)
+  // what this thread's launches may touch, as sorted, disjoint ranges (for the race checker)
   std::vector<Range> ranges() {
     std::lock_guard<std::mutex> g(mu);
     std::vector<Range> all(allocs.begin(), allocs.end());
-    all.insert(all.end(), vouched.begin(), vouched.end());
+    const auto me = std::this_thread::get_id();
+    for (const Vouched& v : vouched)
+      if (v.owner == me) all.push_back(v.range);
     std::sort(all.begin(), all.end());
     std::vector<Range> merged;
     for (const Range& r : all) {
