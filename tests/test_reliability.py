@@ -250,3 +250,30 @@ def test_two_threads_train_like_one_after_the_other(device):
     for seed, want in zip((1, 2), sequential):
         for got, ref in zip(results[seed], want):
             np.testing.assert_array_equal(got, ref)
+
+
+# ---------------------------------------------------------------- __cuda_array_interface__ (cuda build)
+try:
+    import gpunet._C as cuda_mod
+except ImportError:
+    cuda_mod = None
+
+
+@pytest.mark.skipif(cuda_mod is None, reason="gpunet._C not built")
+@pytest.mark.parametrize("iface, match", [
+    ({"mask": (0, False)}, r"masked arrays .* are not supported"),
+    ({"data": 7}, r"'data' must be a tuple \(pointer: int, read_only: bool\)"),
+    ({"data": (None, False)}, r"'data' must be a tuple"),
+    ({"shape": [3]}, r"'shape' must be a tuple of ints"),
+    ({"strides": (4.0,)}, r"'strides' must be a tuple of ints"),
+    ({"stream": 0}, r"'stream' 0 is disallowed"),
+    ({"stream": "s"}, r"'stream' must be an int or None"),
+], ids=["mask", "data-int", "data-none", "shape-list", "strides-float", "stream-0", "stream-str"])
+def test_cuda_array_interface_is_validated(iface, match):
+    """Checked before any CUDA call, so this runs on machines without a GPU."""
+    class DeviceArray:
+        __cuda_array_interface__ = dict({"shape": (3,), "typestr": "<f4", "data": (1 << 20, False), "version": 3},
+                                        **iface)
+
+    with pytest.raises(TypeError, match=r"argument 'x': (malformed __cuda_array_interface__: )?" + match):
+        cuda_mod.act_forward("relu", DeviceArray(), DeviceArray(), 0.0, 0.0, 0)
