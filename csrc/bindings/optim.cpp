@@ -81,22 +81,14 @@ void require_disjoint(std::vector<Span> spans) {
   }
 }
 
-// The group's validated rows (empty tensors dropped) and the workspace they go to.
+// The group's validated rows (empty tensors dropped) and the workspace they go
+// to; `arrays` holds every array of the call, the table last, for vouch().
 struct Group {
   std::vector<OptimTensor> rows;
   int64_t total = 0;  // quads (optim.h)
   View table;
   std::vector<View> arrays;  // every non-empty array of the call, the table included
 };
-
-// Vouches for every array of the group, not only the table the kernel gets:
-// the tensors' pointers travel inside the table, and the simulator's checker
-// and profile see an access only in memory vouched for.
-std::vector<Vouch> vouch_group(const Group& group) {
-  std::vector<Vouch> guards;
-  for (const View& v : group.arrays) guards.push_back(vouch({v}));
-  return guards;
-}
 
 // params/grads and up to two state lists (nullptr: absent); `scalars(k, row)`
 // fills the per-tensor scalars.
@@ -184,7 +176,9 @@ void bind_optim(py::module_& m) {
                                     row.scalar0 = fresh[k].cast<bool>() ? 1.f : 0.f;
                                   });
         const SgdHyper h{(float)lr, (float)momentum, (float)(1.0 - dampening), (float)weight_decay, nesterov};
-        const auto guards = vouch_group(group);
+        // every array, not only the table the kernel gets: the tensors' pointers travel
+        // inside it, and the checker, the profile and stream ordering must see them
+        auto guard = vouch(group.arrays);
         sgd_multi(group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
         check_launch("sgd_multi");
       },
@@ -225,7 +219,9 @@ void bind_optim(py::module_& m) {
                                   });
         const AdamHyper h{(float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), (float)eps,
                           decoupled ? 0.f : (float)weight_decay, decoupled ? (float)(1.0 - lr * weight_decay) : 1.f};
-        const auto guards = vouch_group(group);
+        // every array, not only the table the kernel gets: the tensors' pointers travel
+        // inside it, and the checker, the profile and stream ordering must see them
+        auto guard = vouch(group.arrays);
         adam_multi(group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
         check_launch("adam_multi");
       },

@@ -524,7 +524,17 @@ inline cudaStream_t as_stream(std::uintptr_t stream) {
 //     already checked the memory).
 class [[maybe_unused]] Vouch {
  public:
-  explicit Vouch(std::initializer_list<std::reference_wrapper<const View>> views) {
+  explicit Vouch(std::initializer_list<std::reference_wrapper<const View>> views) { add(views); }
+  explicit Vouch(const std::vector<View>& views) { add(views); }  // a call with a list of arrays
+#ifndef CUDASIM
+  ~Vouch() { detail::pending_producers().clear(); }
+#endif
+  Vouch(const Vouch&) = delete;
+  Vouch& operator=(const Vouch&) = delete;
+
+ private:
+  template <class Views>
+  void add(const Views& views) {
 #ifdef CUDASIM
     for (const View& v : views) guards_.push_back(std::make_unique<cudasim::DeviceView>(v.data, (size_t)v.nbytes()));
 #else
@@ -534,19 +544,14 @@ class [[maybe_unused]] Vouch {
       if (v.stream != 0) producers.push_back(v.stream);
 #endif
   }
-#ifndef CUDASIM
-  ~Vouch() { detail::pending_producers().clear(); }
-#endif
-  Vouch(const Vouch&) = delete;
-  Vouch& operator=(const Vouch&) = delete;
 
- private:
 #ifdef CUDASIM
   std::vector<std::unique_ptr<cudasim::DeviceView>> guards_;
 #endif
   py::gil_scoped_release nogil_;  // declared last: the GIL is taken back before the guards go
 };
 inline Vouch vouch(std::initializer_list<std::reference_wrapper<const View>> views) { return Vouch(views); }
+inline Vouch vouch(const std::vector<View>& views) { return Vouch(views); }
 
 // After every launch: RuntimeError if it failed. cudaGetLastError also
 // clears the error, so the next launch does not report it again.
