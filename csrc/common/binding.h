@@ -59,24 +59,11 @@
 #include <string>
 #include <vector>
 
+#include "common/checked.h"
 #include "common/rows.h"
 
 namespace gpunet {
 namespace py = pybind11;
-
-// a * b and a + b, or ValueError("<what> overflows int64"), for sizes,
-// strides and offsets: nothing in a binding may wrap around before it
-// becomes a pointer offset or a bounds check.
-inline int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) throw py::value_error(what + " overflows int64");
-  return r;
-}
-inline int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r)) throw py::value_error(what + " overflows int64");
-  return r;
-}
 
 // An array argument, as described by its array interface. view_of() checks
 // that the shape is non-negative, that its element and byte counts fit int64

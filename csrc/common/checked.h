@@ -13,15 +13,27 @@
 
 namespace gpunet {
 
+// a * b and a + b, or ValueError("<what> overflows int64"), for sizes,
+// strides and offsets: nothing in a binding may wrap around before it
+// becomes a pointer offset or a bounds check.
+inline int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) throw pybind11::value_error(what + " overflows int64");
+  return r;
+}
+inline int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) throw pybind11::value_error(what + " overflows int64");
+  return r;
+}
+
 // The product of `factors` (each >= 0), or ValueError naming `what` when it
 // passes INT64_MAX (a zero factor makes it 0 whatever the others are).
 inline int64_t checked_product(std::initializer_list<int64_t> factors, const std::string& what) {
   for (int64_t f : factors)
     if (f == 0) return 0;
   int64_t p = 1;
-  for (int64_t f : factors)
-    if (__builtin_mul_overflow(p, f, &p))
-      throw pybind11::value_error(what + ": the sizes' product does not fit a 64-bit integer");
+  for (int64_t f : factors) p = checked_mul(p, f, what + ": the sizes' product");
   return p;
 }
 
