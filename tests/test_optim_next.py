@@ -104,7 +104,7 @@ def test_bad_hyperparameters():
     p = [Parameter(np.zeros(2))]
     with pytest.raises(ValueError, match="betas"):
         optim.NAdam(p, betas=(0.9, 1.0))
-    with pytest.raises(ValueError, match="lr_decay: expected a non-negative number"):
+    with pytest.raises(ValueError, match="lr_decay: expected a finite number >= 0"):
         optim.Adagrad(p, lr_decay=-0.1)
     with pytest.raises(ValueError, match="rho: expected a number in"):
         optim.Adadelta(p, rho=1.5)
