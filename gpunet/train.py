@@ -25,8 +25,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from . import random as gpurandom
 from .backend import get_backend, to_numpy
 from .nn.module import no_grad

@@ -6,9 +6,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 from gpunet.bench import profile
 
 EXACT = {  # per warp-level request

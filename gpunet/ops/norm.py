@@ -14,8 +14,6 @@ on cuda that is CuPy's reduction kernels).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..dispatch import path
 
 # the parameter-gradient kernel sums rows in at most this many chunks
