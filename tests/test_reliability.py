@@ -126,6 +126,29 @@ def test_read_only_outputs_and_foreign_buffers():
     assert np.frombuffer(y, np.float32).tolist() == [0, 2, 3]
 
 
+@pytest.mark.parametrize("call", [
+    lambda x, y: sim.act_forward("relu", x, y, 0.0, 0.0, 0),
+    lambda x, y: sim.dropout_apply(x, y, 1, 0, 2 ** 31, 2.0, 0),
+    lambda x, y: sim.softmax_forward(x.reshape(2, 5), y.reshape(2, 5), 1.0, False, 0),
+], ids=["activation", "dropout", "softmax"])
+def test_partially_overlapping_arguments_are_refused(call):
+    """Two arguments of one call either share no memory or are the same array:
+    an output overlapping an input by part (y = x shifted by 3 elements) would
+    read what another thread already wrote. Nothing is launched."""
+    buf = np.arange(13, dtype=np.float32)
+    before = buf.copy()
+    with pytest.raises(ValueError, match=r"argument 'y': shares memory with 'x' without being the same array"):
+        call(buf[:10], buf[3:13])
+    np.testing.assert_array_equal(buf, before)
+    call(buf[:10], np.empty(10, np.float32))  # separate arrays are fine
+
+
+def test_elementwise_kernels_run_in_place():
+    x = np.array([-2, -1, 0, 1, 2], np.float32)
+    sim.act_forward("relu", x, x, 0.0, 0.0, 0)
+    np.testing.assert_array_equal(x, [0, 0, 0, 1, 2])
+
+
 def test_attention_mask_strides_cannot_overflow():
     """The range check of the mask's strides used to wrap around int64 and
     let the kernel read out of bounds (2**62 + 2**40) or garbage (2**62 + 1)."""

@@ -78,6 +78,7 @@ struct View {
   bool readonly = false;
   std::uintptr_t stream = 0;     // cuda: the producer's stream (__cuda_array_interface__ v3), 0 if none
   std::shared_ptr<void> keep;    // sim: the exported buffer, held so that it cannot be resized under a kernel
+  std::string name;              // the argument's name, for messages
 
   int64_t ndim() const { return (int64_t)shape.size(); }
   int64_t numel() const {
@@ -324,10 +325,12 @@ inline View cuda_view(py::handle obj, const char* name) {
 // there). Raises TypeError for anything else.
 inline View view_of(py::handle obj, const char* name) {
 #ifdef CUDASIM
-  return detail::host_view(obj, name);
+  View v = detail::host_view(obj, name);
 #else
-  return detail::cuda_view(obj, name);
+  View v = detail::cuda_view(obj, name);
 #endif
+  v.name = name;
+  return v;
 }
 
 // require_dtype(v, "x", "float32"): TypeError unless v has that dtype
@@ -499,6 +502,34 @@ inline cudaStream_t as_stream(std::uintptr_t stream) {
   return consumer;
 }
 
+namespace detail {
+// Two arguments of one call share no memory, or are the same array (a call
+// in place): a partial overlap would let a kernel read elements another
+// thread already wrote, a race whose result depends on the schedule. Only
+// contiguous arrays are compared (a strided pair may interleave without
+// sharing an element); bindings whose kernels cannot run in place also call
+// require_disjoint.
+template <class Views>
+void require_no_partial_overlap(const Views& views) {
+  std::vector<const View*> dense;
+  for (const View& v : views) {
+    const bool dense_layout = v.strides.empty() || v.nbytes() == check_layout(v, v.name.c_str()).bytes;
+    if (v.data != nullptr && v.numel() > 0 && dense_layout) dense.push_back(&v);
+  }
+  for (size_t i = 0; i < dense.size(); ++i)
+    for (size_t j = i + 1; j < dense.size(); ++j) {
+      const View& a = *dense[i];
+      const View& b = *dense[j];
+      const char* pa = a.ptr<char>();
+      const char* pb = b.ptr<char>();
+      const bool same = pa == pb && a.nbytes() == b.nbytes();
+      if (!same && pa < pb + b.nbytes() && pb < pa + a.nbytes())
+        throw py::value_error(arg(b.name.c_str()) + "shares memory with '" + a.name +
+                              "' without being the same array (a partial overlap); pass separate arrays");
+    }
+}
+}  // namespace detail
+
 // `auto guard = vouch({x, y});` after the argument checks, right before the
 // launch(es), which must take their stream from as_stream(). The guard
 //   * releases the GIL until it goes out of scope: from here on a binding
@@ -522,6 +553,7 @@ class [[maybe_unused]] Vouch {
  private:
   template <class Views>
   void add(const Views& views) {
+    detail::require_no_partial_overlap(views);
 #ifdef CUDASIM
     for (const View& v : views) guards_.push_back(std::make_unique<cudasim::DeviceView>(v.data, (size_t)v.nbytes()));
 #else
