@@ -22,6 +22,9 @@
 // function rounded once: the GPU's approximate versions may differ in the
 // last bit, as __expf does (see README.md).
 #pragma once
+#ifdef __CUDACC__
+#error "csrc/sim/half.h is only for the CPU (non-nvcc) build: nvcc uses the toolkit's cuda_fp16.h/cuda_bf16.h"
+#endif
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -60,6 +63,7 @@ inline uint16_t from_double(double x, Round mode) {
   const uint16_t sign = neg ? F::kSign : 0;
   const double a = std::fabs(x);
   if (std::isinf(a)) return sign | F::kInf;
+  if (a == 0) return sign;  // (frexp gives no exponent to clamp for zero)
   int e2 = 0;
   std::frexp(a, &e2);           // a = m 2^e2, m in [0.5, 1)
   const int e = std::max(e2 - 1, F::kMinExp);  // a's exponent, the subnormal range sharing the smallest
