@@ -1,12 +1,15 @@
 """Weight initialisation, as torch.nn.init, drawing from gpunet's seeded
 generator (`gpunet.manual_seed`). Functions take a Parameter (or array) and
-return a new NumPy array of its shape; `Module.to` moves it afterwards."""
+return a new NumPy array of its shape; `Module.to` moves it afterwards.
+`dtype`: any floating dtype or name gpunet.dtypes takes ("bfloat16",
+"float16"/"half", ...); draws are made in float64 and rounded once."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from .. import dtypes
 from ..random import generator
 
 
@@ -33,11 +36,11 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 
 
 def uniform(shape, low: float, high: float, dtype=np.float32) -> np.ndarray:
-    return generator().uniform(low, high, size=shape).astype(dtype)
+    return generator().uniform(low, high, size=shape).astype(dtypes.floating(dtype))
 
 
 def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=np.float32) -> np.ndarray:
-    return generator().normal(mean, std, size=shape).astype(dtype)
+    return generator().normal(mean, std, size=shape).astype(dtypes.floating(dtype))
 
 
 def xavier_uniform(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..dispatch import path
 from .cupy_kernels import cupy, lit
+from .half import float32_compute
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -166,6 +167,7 @@ def _no_kernel(kind, params):
     return None
 
 
+@float32_compute("activation", forward=True)
 def act_forward(be, kind: str, x, **params):
     """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
     if path(be, kind, x.dtype, unsupported=_no_kernel(kind, params)) == "kernel":
@@ -177,6 +179,7 @@ def act_forward(be, kind: str, x, **params):
     return y, (kind, params, x, y)
 
 
+@float32_compute("activation", forward=False)
 def act_backward(be, ctx, dy):
     """dx = dy * kind'(x). Raises NoGradientError for heaviside and sign."""
     kind, params, x, y = ctx
