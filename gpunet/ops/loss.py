@@ -425,6 +425,7 @@ def kl_div_backward(be, ctx, grad):
 
 
 # ---------------------------------------------------------------- cross-entropy on class probabilities
+@float32_compute("cross_entropy", forward=True)
 def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smoothing: float = 0.0):
     """Cross-entropy against class probabilities t (the input's shape), as
     PyTorch: per row -sum_c w_c q_c log softmax(x)_c with q = (1 - eps) t + eps/C;
@@ -446,6 +447,7 @@ def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smo
     return _reduce(xp, per.astype(x.dtype, copy=False), reduction, per.size), (sm_ctx, q, dim, reduction, per.size)
 
 
+@float32_compute("cross_entropy", forward=False)
 def cross_entropy_probs_backward(be, ctx, grad):
     from .softmax import softmax_backward
     sm_ctx, q, dim, reduction, rows = ctx
