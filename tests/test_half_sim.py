@@ -224,6 +224,55 @@ def test_bfloat16_float16_arithmetic_rounds_correctly(kb, fmt, pairs, rng, sched
     np.testing.assert_array_equal(op(kb, fmt, "abs", a, pairs=pairs)[finite], (a & 0x7FFF)[finite])
 
 
+COMPARISONS = {
+    "eq": lambda x, y: x == y, "ne": lambda x, y: (x < y) | (x > y), "lt": np.less, "le": np.less_equal,
+    "gt": np.greater, "ge": np.greater_equal, "operator<": np.less,
+    # unordered: true when either is NaN
+    "equ": lambda x, y: ~((x < y) | (x > y)), "neu": lambda x, y: ~(x == y), "ltu": lambda x, y: ~(x >= y),
+    "geu": lambda x, y: ~(x < y),
+}
+MATH = {"sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "rcp": lambda x: 1 / x, "exp": np.exp, "log": np.log,
+        "tanh": np.tanh}
+
+
+def ordered(b):
+    """16-bit patterns as integers in the order of their values (for ulp distances)."""
+    b = b.astype(np.int32)
+    return np.where(b & 0x8000, -(b & 0x7FFF), b)
+
+
+@pytest.mark.parametrize("pairs", [False, True], ids=["scalar", "pairs"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bfloat16_float16_comparisons_classification_and_math(kb, fmt, pairs, rng):
+    """Comparisons (ordered and unordered), __hisnan/__hisinf and __hadd_sat
+    exactly; hsqrt, hexp, ... within one ulp of the correctly rounded value
+    (the GPU's are approximations; the simulator rounds the float function)."""
+    n = 2048
+    a, b = random_operands(rng, fmt, n), random_operands(rng, fmt, n)[::-1].copy()
+    b[:64] = a[:64]  # equal pairs
+    x, y = value(a, fmt), value(b, fmt)
+    one = lambda mask: np.where(mask, value(round_reference(1.0, fmt), fmt), 0.0)  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        for name, cmp in COMPARISONS.items():
+            np.testing.assert_array_equal(value(op(kb, fmt, name, a, b, pairs=pairs), fmt), one(cmp(x, y)),
+                                          err_msg=name)
+    np.testing.assert_array_equal(value(op(kb, fmt, "isnan", a, pairs=pairs), fmt), one(np.isnan(x)))
+    np.testing.assert_array_equal(value(op(kb, fmt, "isinf", a, pairs=pairs), fmt),
+                                  np.where(np.isinf(x), np.sign(x), 0.0))
+    with np.errstate(all="ignore"):
+        s = value(round_reference(x + y, fmt), fmt)
+    sat = np.where(np.isnan(s), 0.0, np.clip(s, 0.0, 1.0))
+    np.testing.assert_array_equal(value(op(kb, fmt, "add_sat", a, b, pairs=pairs), fmt), sat)
+    for name, fn in MATH.items():
+        with np.errstate(all="ignore"):
+            ref = round_reference(fn(x), fmt)
+        got = op(kb, fmt, name, a, pairs=pairs)
+        nan = np.isnan(value(ref, fmt))
+        assert np.isnan(value(got[nan], fmt)).all(), name
+        far = np.abs(ordered(got[~nan]) - ordered(ref[~nan])) > 1
+        assert not far.any(), (name, x[~nan][far][:5], value(got[~nan][far][:5], fmt))
+
+
 def fma_reference(a, b, c, fmt):
     """a*b + c rounded once, from the exact rational value."""
     out = np.empty(a.size, np.uint16)

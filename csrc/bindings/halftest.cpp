@@ -33,7 +33,13 @@ constexpr std::pair<const char*, HalfOp> kOps[] = {
     {"div", HalfOp::Div},         {"fma", HalfOp::Fma},       {"max", HalfOp::Max},
     {"min", HalfOp::Min},         {"max_nan", HalfOp::MaxNan}, {"min_nan", HalfOp::MinNan},
     {"neg", HalfOp::Neg},         {"abs", HalfOp::Abs},       {"operator+", HalfOp::AddOperator},
-    {"operator*", HalfOp::MulOperator}};
+    {"operator*", HalfOp::MulOperator}, {"add_sat", HalfOp::AddSat}, {"eq", HalfOp::Eq},
+    {"ne", HalfOp::Ne},           {"lt", HalfOp::Lt},         {"le", HalfOp::Le},
+    {"gt", HalfOp::Gt},           {"ge", HalfOp::Ge},         {"equ", HalfOp::Equ},
+    {"neu", HalfOp::Neu},         {"ltu", HalfOp::Ltu},       {"geu", HalfOp::Geu},
+    {"operator<", HalfOp::LtOperator}, {"isnan", HalfOp::IsNan}, {"isinf", HalfOp::IsInf},
+    {"sqrt", HalfOp::Sqrt},       {"rsqrt", HalfOp::Rsqrt},   {"rcp", HalfOp::Rcp},
+    {"exp", HalfOp::Exp},         {"log", HalfOp::Log},       {"tanh", HalfOp::Tanh}};
 
 // A 1-D output of `like`'s length and the given dtype, writable.
 View output(py::handle obj, const char* name, const char* dtype, const View& like) {
@@ -109,7 +115,9 @@ void bind_halftest(py::module_& m) {
       py::arg("stream"),
       "TEST-ONLY. out = op(a, b, c) on 16-bit patterns by the scalar intrinsic (__hadd, ...) or, pairs=True,\n"
       "the pair intrinsic (__hadd2, ...). op: add, sub, mul, div, fma, max, min, max_nan, min_nan, neg, abs,\n"
-      "operator+, operator*. a, b, c, out: int16 (n,).");
+      "operator+, operator*, add_sat; comparisons (1 or 0) eq, ne, lt, le, gt, ge, equ, neu, ltu, geu,\n"
+      "operator<; isnan (1 or 0), isinf (-1, 0, 1); sqrt, rsqrt, rcp, exp, log, tanh.\n"
+      "a, b, c, out: int16 (n,).");
   m.def(
       "_half_warp_sum",
       [](const std::string& format, py::handle x_obj, py::handle out_obj, std::uintptr_t stream) {

@@ -72,9 +72,18 @@ __global__ void to_float_kernel(const int16_t* __restrict__ x, float* __restrict
     out[i] = Types<F>::to_float(Types<F>::from_bits(x[i]));
 }
 
+// 1.f etc. as either 16-bit type
+template <class T>
+__device__ T constant(float v);
+template <>
+__device__ __half constant<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __nv_bfloat16 constant<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
 // op on one value (T) or on one pair (T2)
 template <class T>
 __device__ T apply_scalar(HalfOp op, T a, T b, T c) {
+  const T one = constant<T>(1.f), zero = constant<T>(0.f);
   switch (op) {
     case HalfOp::Add: return __hadd(a, b);
     case HalfOp::Sub: return __hsub(a, b);
@@ -89,6 +98,26 @@ __device__ T apply_scalar(HalfOp op, T a, T b, T c) {
     case HalfOp::Abs: return __habs(a);
     case HalfOp::AddOperator: return a + b;
     case HalfOp::MulOperator: return a * b;
+    case HalfOp::AddSat: return __hadd_sat(a, b);
+    case HalfOp::Eq: return __heq(a, b) ? one : zero;
+    case HalfOp::Ne: return __hne(a, b) ? one : zero;
+    case HalfOp::Lt: return __hlt(a, b) ? one : zero;
+    case HalfOp::Le: return __hle(a, b) ? one : zero;
+    case HalfOp::Gt: return __hgt(a, b) ? one : zero;
+    case HalfOp::Ge: return __hge(a, b) ? one : zero;
+    case HalfOp::Equ: return __hequ(a, b) ? one : zero;
+    case HalfOp::Neu: return __hneu(a, b) ? one : zero;
+    case HalfOp::Ltu: return __hltu(a, b) ? one : zero;
+    case HalfOp::Geu: return __hgeu(a, b) ? one : zero;
+    case HalfOp::LtOperator: return a < b ? one : zero;
+    case HalfOp::IsNan: return __hisnan(a) ? one : zero;
+    case HalfOp::IsInf: return constant<T>((float)__hisinf(a));
+    case HalfOp::Sqrt: return hsqrt(a);
+    case HalfOp::Rsqrt: return hrsqrt(a);
+    case HalfOp::Rcp: return hrcp(a);
+    case HalfOp::Exp: return hexp(a);
+    case HalfOp::Log: return hlog(a);
+    case HalfOp::Tanh: return htanh(a);
   }
   return a;
 }
@@ -108,8 +137,20 @@ __device__ T2 apply_pair(HalfOp op, T2 a, T2 b, T2 c) {
     case HalfOp::Abs: return __habs2(a);
     case HalfOp::AddOperator: return a + b;
     case HalfOp::MulOperator: return a * b;
+    case HalfOp::AddSat: return __hadd2_sat(a, b);
+    case HalfOp::Sqrt: return h2sqrt(a);
+    case HalfOp::Rsqrt: return h2rsqrt(a);
+    case HalfOp::Rcp: return h2rcp(a);
+    case HalfOp::Exp: return h2exp(a);
+    case HalfOp::Log: return h2log(a);
+    case HalfOp::Tanh: return h2tanh(a);
+    default: {  // no pair intrinsic: the scalar one on each lane
+      T2 r = a;
+      r.x = apply_scalar(op, a.x, b.x, c.x);
+      r.y = apply_scalar(op, a.y, b.y, c.y);
+      return r;
+    }
   }
-  return a;
 }
 
 template <Half16 F>

@@ -17,7 +17,13 @@ enum class HalfRound { Rn, Rz, Rd, Ru };
 
 // Arithmetic tested lane by lane: out = op(a, b, c) with the scalar intrinsic
 // (__hadd, ...), or with the pair intrinsic (__hadd2, ...) on two lanes at once.
-enum class HalfOp { Add, Sub, Mul, Div, Fma, Max, Min, MaxNan, MinNan, Neg, Abs, AddOperator, MulOperator };
+// Comparisons give 1 or 0, __hisinf -1, 0 or 1 (as 16-bit values); on pairs
+// they and __hisnan/__hisinf run lane by lane with the scalar intrinsic.
+enum class HalfOp {
+  Add, Sub, Mul, Div, Fma, Max, Min, MaxNan, MinNan, Neg, Abs, AddOperator, MulOperator, AddSat,
+  Eq, Ne, Lt, Le, Gt, Ge, Equ, Neu, Ltu, Geu, LtOperator, IsNan, IsInf,
+  Sqrt, Rsqrt, Rcp, Exp, Log, Tanh
+};
 
 // out[i] = bits of x[i] rounded by `mode`.
 void half_from_float(Half16 fmt, HalfRound mode, const float* x, int16_t* out, int64_t n, cudaStream_t stream);
