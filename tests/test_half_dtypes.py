@@ -183,6 +183,13 @@ def test_bfloat16_float16_large_logits_and_tiny_variance(name):
     testing.assert_close(ln, ref, n=4)
 
 
+@pytest.mark.parametrize("name", HALF)
+def test_bfloat16_float16_inputs_are_scanned_for_nan(name):
+    x = np.array([[1.0, np.nan]], HALF[name])
+    with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf value\(s\) of 2"):
+        nn.Linear(2, 2, dtype=name)(x)
+
+
 @pytest.mark.no_kernels("half input is refused before any kernel runs")
 @pytest.mark.parametrize("name", HALF)
 def test_bfloat16_float16_refused_clearly_where_no_half_path(name):
