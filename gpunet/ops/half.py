@@ -5,11 +5,10 @@ arrays as the kernels will: the inputs are read in float32, the op computes
 in float32 (accumulations and statistics included), and each output is
 rounded once to the storage dtype. The forward's ctx keeps the float32
 inputs and, where it holds the output (softmax, sigmoid), the rounded output
-read in float32, as the kernels keep it; a ctx tuple also keeps the storage
-dtype (`HalfCtx`), so the backward
-knows what to round its gradients to even when the incoming gradient is a
-Python float (a loss's); a backward whose ctx is a bare array (linear's) has
-a half gradient to tell it.
+read in float32, as the kernels keep it. A ctx tuple also keeps the storage
+dtype (`HalfCtx`), so the backward knows what to round its gradients to even
+when the incoming gradient is a Python float (a loss's); a backward whose ctx
+is a bare array (linear's) has a half gradient to tell it.
 
 On kernel backends (sim, cuda) a half call goes to the op's own half kernels
 where it has them (`half_kernels` says which calls: the activations'), and
