@@ -126,11 +126,14 @@ class DataLoader:
       (seed, e). None draws a seed from gpunet's generator (gpunet.manual_seed).
     device: where batches go ('cpu', 'cuda', ...; None leaves them as the
       dataset stores them).
+    sampler: the sample indices of an epoch instead of the loader's own order
+      (e.g. gpunet.distributed.DistributedSampler); excludes shuffle=True. A
+      sampler with set_epoch is told each epoch's number before it is read.
     Iterating starts the next epoch; `iter_epoch(e, device)` replays epoch e.
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False,
-                 seed: int | None = None, device=None):
+                 seed: int | None = None, device=None, sampler=None):
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise TypeError(f"dataset: expected a Dataset (with __len__ and __getitem__), got {type(dataset).__name__}")
         self.dataset = dataset
@@ -143,10 +146,14 @@ class DataLoader:
             raise ValueError(f"seed: expected a non-negative integer or None, got {seed!r}")
         self.seed = int(seed)
         self.device = None if device is None else get_backend(device).device
+        if sampler is not None and (self.shuffle or not (hasattr(sampler, "__iter__") and hasattr(sampler, "__len__"))):
+            raise ValueError("sampler: expected an iterable of indices with __len__, and shuffle=False (the sampler "
+                             f"decides the order); got {type(sampler).__name__} with shuffle={self.shuffle}")
+        self.sampler = sampler
         self.epoch = 0
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch: int):
@@ -155,6 +162,10 @@ class DataLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """The sample order of an epoch."""
+        if self.sampler is not None:
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
+            return np.fromiter(self.sampler, np.int64, len(self.sampler))
         n = len(self.dataset)
         if not self.shuffle:
             return np.arange(n)

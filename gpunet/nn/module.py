@@ -10,8 +10,10 @@ error, never another forward's. `gpunet.no_grad()` saves nothing at all.
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections import OrderedDict, namedtuple
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -63,9 +65,32 @@ class Parameter:
             self.grad = g.copy() if g.base is not None or g is self.data else g
         else:
             self.grad += g
+        hook = _grad_hook.fn
+        if hook is not None:
+            hook(self)
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class _GradHook(threading.local):
+    fn = None
+
+
+_grad_hook = _GradHook()
+
+
+@contextmanager
+def grad_hook(fn):
+    """Within this block (in this thread) `fn(param)` runs after each gradient
+    contribution a backward adds to a parameter: DistributedDataParallel learns
+    from it when a gradient is final and starts reducing it during the backward."""
+    prev = _grad_hook.fn
+    _grad_hook.fn = fn
+    try:
+        yield
+    finally:
+        _grad_hook.fn = prev
 
 
 class Module:
