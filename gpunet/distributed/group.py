@@ -198,13 +198,19 @@ def get_local_rank() -> int:
     return _require("get_local_rank").local_rank
 
 
-def local_device(device: str | None = None) -> str:
-    """The device this rank trains on: `device` ('cuda' -> 'cuda:<local GPU>'),
-    or the one given to init_process_group."""
+def local_device(device=None) -> str:
+    """The device this rank trains on: `device` resolved ('auto' picks a
+    backend) with a GPU backend given no index taking GPU `local_rank` (modulo
+    the GPUs present): 'cuda' -> 'cuda:1' on local rank 1; without `device`,
+    the one given to init_process_group (else 'cpu')."""
     group = _require("local_device")
-    if device in ("cuda", "cupy"):
-        return f"{device}:{group.local_rank % _gpu_count()}"
-    return device if device is not None else (group.device or "cpu")
+    if device is None:
+        return group.device or "cpu"
+    from ..backend import get_backend
+    be = get_backend(device)
+    if be.on_gpu and isinstance(device, str) and ":" not in device:
+        return f"{be.name}:{group.local_rank % _gpu_count()}"
+    return be.device
 
 
 def _gpu_count() -> int:
