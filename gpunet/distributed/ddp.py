@@ -17,10 +17,11 @@ so the result is always right. `backward` waits for every bucket before it
 returns, so the optimizer step sees the averaged gradients.
 
 Buffers (BatchNorm's running statistics): rank 0's are broadcast to every
-rank at the start of each training forward (PyTorch's broadcast_buffers=True),
-so every rank evaluates and checkpoints with the same statistics, those of
-rank 0's batches. There is no SyncBatchNorm: the batch statistics inside a
-forward are each rank's own.
+rank at the end of each backward (PyTorch broadcasts them at the start of
+each training forward; after the backward every rank holds the same ones
+between steps too), so every rank evaluates and checkpoints with the same
+statistics, those of rank 0's batches. There is no SyncBatchNorm: the batch
+statistics inside a forward are each rank's own.
 
 `state_dict()`, `load_state_dict()` and `named_parameters()` are the wrapped
 model's, with its keys (no "module." prefix), so checkpoints load into the
@@ -56,7 +57,7 @@ class DistributedDataParallel(Module):
     its backward and leaves every parameter's gradient averaged over ranks.
 
     bucket_cap_mb: the size of a gradient bucket (one all-reduce each).
-    broadcast_buffers: send rank 0's buffers to all ranks at each training forward.
+    broadcast_buffers: send rank 0's buffers to all ranks after each backward.
     """
 
     def __init__(self, module: Module, bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True):
@@ -82,12 +83,16 @@ class DistributedDataParallel(Module):
 
     # ------------------------------------------------------------ the wrapped model's face
     def forward(self, *args, **kwargs):
-        if self.training and self.broadcast_buffers and self.group.size > 1:
-            for _, buf in self.module.named_buffers():
-                self.group.transport(buf).broadcast(buf, 0).wait()
         return self.module(*args, **kwargs)
 
     def backward(self, *grads):
+        dx = self._backward(*grads)
+        if self.broadcast_buffers and self.group.size > 1:
+            for _, buf in self.module.named_buffers():
+                self.group.transport(buf).broadcast(buf, 0).wait()
+        return dx
+
+    def _backward(self, *grads):
         if not self.require_sync:
             return self.module.backward(*grads)
         buckets, owner = self._buckets()
