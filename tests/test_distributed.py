@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,8 +46,16 @@ def run_ranks(mode: str, out, *args, timeout: float = 120):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     cmd = [exe, "-launcher", "fork", "-n", "2", sys.executable, os.path.abspath(__file__), mode, str(out), *args]
     start = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
-    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+    # a session of its own: on a timeout the launcher and both ranks are killed together
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        pytest.fail(f"the 2-rank job {mode} {args} did not end within {timeout} s:\n{text}")
+    return proc.returncode, text, time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +98,12 @@ def test_checkpoint_resume_under_two_ranks_continues_exactly(two_runs):
 
 @pytest.mark.parametrize("how", ["raise", "hang"])
 def test_planted_failure_on_rank_1_ends_the_job(tmp_path, how):
-    """rank 1 raises (the job is aborted at once) or never joins a collective
-    (rank 0 times out after 2 s, then aborts): either way the job ends with the error."""
-    rc, text, seconds = run_ranks("fail", tmp_path, how, timeout=60)
+    """rank 1 raises (the job is aborted at once, long before the 60 s
+    timeout) or never joins a collective (rank 0 times out after 2 s, then
+    aborts): either way the job ends with the error."""
+    rc, text, seconds = run_ranks("fail", tmp_path, how, timeout=50)
     assert rc != 0, text
-    assert seconds < 30, (seconds, text)
+    assert seconds < 20, (seconds, text)
     expected = "planted failure on rank 1" if how == "raise" else "did not complete within 2 s"
     assert expected in text, text
     assert "aborting the job" in text, text
@@ -303,6 +313,27 @@ def _cnn():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 5))
 
 
+class _Repeat(nn.Module):
+    """One Linear applied `repeats` times: its parameters get that many gradient contributions."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+        self.repeats = 2
+
+    def forward(self, x):
+        for _ in range(self.repeats):
+            x = self.lin(x)
+        return self.head(x)
+
+    def backward(self, dy):
+        dy = self.head.backward(dy)
+        for _ in range(self.repeats):
+            dy = self.lin.backward(dy)
+        return dy
+
+
 def _batch():
     rng = np.random.default_rng(0)
     return rng.standard_normal((GLOBAL_BATCH, 1, 8, 8)).astype(np.float32), rng.integers(0, 5, GLOBAL_BATCH)
@@ -408,6 +439,24 @@ def _check_ddp(device, rank, size, out, report):
         dist.all_reduce(local, "mean")
         np.testing.assert_allclose(gpunet.to_numpy(p.grad), local, rtol=1e-6, atol=1e-7, err_msg=name)
 
+    # several contributions per gradient, and their number changing (more: a
+    # bucket started too early is reduced again; fewer: reduced at the end)
+    gpunet.manual_seed(0)
+    rep_ddp = dist.DistributedDataParallel(_Repeat().to(device), bucket_cap_mb=1e-4)
+    plain = _Repeat().to(device)
+    plain.load_state_dict(rep_ddp.state_dict())
+    xs = np.random.default_rng(rank).standard_normal((4, 8)).astype(np.float32)
+    for repeats in (2, 2, 3, 1):
+        for outer, m in ((rep_ddp, rep_ddp.module), (plain, plain)):
+            m.repeats = repeats
+            m.zero_grad()
+            outer.backward(np.ones_like(outer(xs)))
+        for (name, p), q in zip(rep_ddp.named_parameters(), plain.parameters()):
+            local = np.ascontiguousarray(gpunet.to_numpy(q.grad))
+            dist.all_reduce(local, "mean")
+            np.testing.assert_allclose(gpunet.to_numpy(p.grad), local, rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{device}: {name}.grad with {repeats} uses")
+
     # BatchNorm running statistics: rank 0's everywhere after each backward
     gpunet.manual_seed(0)
     bn = dist.DistributedDataParallel(nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 5)).to(device))
@@ -453,7 +502,7 @@ def _worker_train(out):
 
 
 def _worker_fail(out, how):
-    dist.init_process_group(timeout=2)
+    dist.init_process_group(timeout=2 if how == "hang" else 60)
     x, y = _batch()
     model = dist.DistributedDataParallel(_cnn())
 
