@@ -40,11 +40,16 @@ def _mpiexec():
 
 def run_ranks(mode: str, out, *args, timeout: float = 120):
     """Run this file's `mode` on 2 ranks; (return code, output, seconds)."""
+    return launch([os.path.abspath(__file__), mode, str(out), *args], timeout)
+
+
+def launch(argv, timeout: float):
+    """`mpiexec -n 2 python *argv` from the repository root; (return code, output, seconds)."""
     exe = _mpiexec()
     if exe is None:
         pytest.skip("no mpiexec next to the Python executable or on PATH (pip install mpi4py mpich)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    cmd = [exe, "-launcher", "fork", "-n", "2", sys.executable, os.path.abspath(__file__), mode, str(out), *args]
+    cmd = [exe, "-launcher", "fork", "-n", "2", sys.executable, *argv]
     start = time.monotonic()
     # a session of its own: on a timeout the launcher and both ranks are killed together
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
@@ -54,7 +59,7 @@ def run_ranks(mode: str, out, *args, timeout: float = 120):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         text, _ = proc.communicate()
-        pytest.fail(f"the 2-rank job {mode} {args} did not end within {timeout} s:\n{text}")
+        pytest.fail(f"the 2-rank job {argv} did not end within {timeout} s:\n{text}")
     return proc.returncode, text, time.monotonic() - start
 
 
@@ -107,6 +112,27 @@ def test_planted_failure_on_rank_1_ends_the_job(tmp_path, how):
     expected = "planted failure on rank 1" if how == "raise" else "did not complete within 2 s"
     assert expected in text, text
     assert "aborting the job" in text, text
+
+
+def test_cli_trains_on_two_ranks_and_resumes(tmp_path):
+    """python -m gpunet train --distributed: rank 0 alone prints and writes;
+    rerun with more epochs, every rank resumes from the checkpoint."""
+    base = ["-m", "gpunet", "train", "--distributed", "--device", "cpu", "--batch-size", "64", "--out", str(tmp_path)]
+    rc, text, _ = launch(base + ["--epochs", "1"], 120)
+    assert rc == 0, text
+    assert text.count("epoch 1/1") == 1 and text.count("test accuracy") == 1, text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["test_accuracy"] > 0.2, summary
+    rc, text, _ = launch(base + ["--epochs", "2"], 120)
+    assert rc == 0, text
+    assert text.count("resumed from") == 1 and "epoch 2/2" in text and "epoch 1/2" not in text, text
+
+
+def test_digits_example_quick_on_two_ranks():
+    """The README's command: the digits CNN on 2 processes reaches >= 90% test accuracy."""
+    rc, text, _ = launch(["examples/digits_cnn.py", "--distributed", "--quick", "--device", "cpu"], 180)
+    assert rc == 0, text
+    assert text.count("test accuracy") == 1 and "2 processes" in text, text
 
 
 # ---------------------------------------------------------------- in-process tests
