@@ -3,9 +3,10 @@
 Each collective starts nonblocking (MPI_Iallreduce, MPI_Ibcast, ...) and is
 completed by polling MPI_Test against a deadline: a rank whose peer died, hangs
 or called another collective raises DistributedTimeoutError instead of waiting
-forever. Polling spins for the first few microseconds (small messages finish
-there), then sleeps with a doubling pause capped at 1 ms, so a waiting rank
-leaves the CPU to the others (on a shared machine, the peer it waits for).
+forever. MPI moves data only inside its calls, so polling spins for the first
+millisecond, then yields the CPU between polls (other processes, the peer
+among them on a shared machine, run; the transfer keeps going), and after
+0.1 s of waiting (a peer still computing) sleeps 1 ms between polls.
 
 MPI cannot cancel a started collective, so after a timeout the communicator is
 unusable: the process-group layer ends the job (MPI_Abort) when the error
@@ -35,16 +36,17 @@ def import_mpi():
 
 def wait_for(test, timeout: float, what: str, rank: int):
     """Call `test()` until it returns True; DistributedTimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = 0.0
+    start = time.monotonic()
     while not test():
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        if waited > timeout:
             raise DistributedTimeoutError(
                 f"{what} on rank {rank} did not complete within {timeout:g} s: another rank failed, hangs, or "
                 "called a different collective (every rank must call the same collectives in the same order)")
-        if pause:
-            time.sleep(pause)
-        pause = min(max(2 * pause, 1e-6), 1e-3)
+        if waited > 0.1:
+            time.sleep(1e-3)  # a long wait (a peer still computing): leave the CPU to it
+        elif waited > 1e-3:
+            time.sleep(0)  # yield, but keep polling: MPI moves the data only inside MPI_Test
 
 
 class Work:
