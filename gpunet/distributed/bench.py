@@ -89,12 +89,12 @@ def bench_scaling(device: str, epochs: int) -> dict:
             "samples_per_s_median": float(np.median(rates)), "samples_per_s": rates}
 
 
-def environment(device: str) -> dict:
+def environment(device: str, threads: int) -> dict:
     from ..bench import environment as env
     from mpi4py import MPI
     info = {"device": device, "cpu": env.cpu_model(), "cpus": os.cpu_count(), "load_average": env.load_average(),
             "commit": env.git_commit(), "mpi": MPI.Get_library_version().splitlines()[0].strip(),
-            "world_size": groupmod._group.size, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "world_size": groupmod._group.size, "blas_threads_per_process": threads, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if device in ("cuda", "cupy"):
         info["gpu"] = env.gpu_info()
     return info
@@ -109,10 +109,16 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3, help="scaling: timed epochs (after one warm-up epoch)")
+    ap.add_argument("--threads", type=int, help="BLAS threads per process (default: the cores over the "
+                                                "processes of the node)")
     ap.add_argument("--out", help="JSON file: allreduce writes it, scaling appends its line")
     args = ap.parse_args(argv)
     groupmod.init_process_group(device=args.device if args.device in ("cuda", "cupy") else None)
     device = groupmod.local_device(args.device)
+    from ..bench.environment import set_threads
+    # the node's cores shared out: n processes with 1/n of the BLAS threads each
+    threads = set_threads(args.threads or max(1, (os.cpu_count() or 1) // groupmod._group.local_size),
+                          with_torch=False)
     lead = groupmod.get_rank() == 0
     if args.mode == "allreduce":
         rows = bench_allreduce(device, args.max_bytes, args.iters, args.warmup)
@@ -125,15 +131,15 @@ def main(argv=None):
                       f"{r.get('blocking_time_us', float('nan')):>14.1f}")
             if args.out:
                 with open(args.out, "w") as f:
-                    json.dump({"environment": environment(device), "allreduce": rows}, f, indent=1)
+                    json.dump({"environment": environment(device, threads), "allreduce": rows}, f, indent=1)
     else:
         row = bench_scaling(device, args.epochs)
         if lead:
-            print(f"digits CNN, {row['processes']} process(es), batch 32 each: "
+            print(f"digits CNN, {row['processes']} process(es) x {threads} BLAS thread(s), batch 32 each: "
                   f"{row['samples_per_s_median']:,.0f} samples/s (median of {args.epochs} epochs)")
             if args.out:
                 old = json.load(open(args.out)) if os.path.exists(args.out) else {"runs": []}
-                old["runs"].append({"environment": environment(device), **row})
+                old["runs"].append({"environment": environment(device, threads), **row})
                 with open(args.out, "w") as f:
                     json.dump(old, f, indent=1)
     groupmod.destroy_process_group()
