@@ -515,6 +515,10 @@ def _worker_train(out):
     dist.init_process_group(timeout=60)
     rank, size = dist.get_rank(), dist.get_world_size()
     assert size == 2, size
+    if not any(v in os.environ for v in dist.group.THREAD_VARIABLES):  # the cores shared out between the ranks
+        from threadpoolctl import threadpool_info
+        cores = len(os.sched_getaffinity(0))
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} <= {max(1, cores // 2)}
     _check_collectives(rank, size)
     report = {}
     for device in ("cpu", "sim"):
