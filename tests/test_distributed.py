@@ -38,18 +38,18 @@ def _mpiexec():
     return near if os.path.exists(near) else shutil.which("mpiexec")
 
 
-def run_ranks(mode: str, out, *args, timeout: float = 120):
-    """Run this file's `mode` on 2 ranks; (return code, output, seconds)."""
-    return launch([os.path.abspath(__file__), mode, str(out), *args], timeout)
+def run_ranks(mode: str, out, *args, timeout: float = 120, ranks: int = 2):
+    """Run this file's `mode` on `ranks` ranks; (return code, output, seconds)."""
+    return launch([os.path.abspath(__file__), mode, str(out), *args], timeout, ranks)
 
 
-def launch(argv, timeout: float):
-    """`mpiexec -n 2 python *argv` from the repository root; (return code, output, seconds)."""
+def launch(argv, timeout: float, ranks: int = 2):
+    """`mpiexec -n <ranks> python *argv` from the repository root; (return code, output, seconds)."""
     exe = _mpiexec()
     if exe is None:
         pytest.skip("no mpiexec next to the Python executable or on PATH (pip install mpi4py mpich)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    cmd = [exe, "-launcher", "fork", "-n", "2", sys.executable, *argv]
+    cmd = [exe, "-launcher", "fork", "-n", str(ranks), sys.executable, *argv]
     start = time.monotonic()
     # a session of its own: on a timeout the launcher and both ranks are killed together
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
@@ -135,6 +135,27 @@ def test_digits_example_quick_on_two_ranks():
     assert text.count("test accuracy") == 1 and "2 processes" in text, text
 
 
+def _gpus() -> int:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 -- no CuPy, no driver, no device: no GPU here
+        return 0
+
+
+@pytest.mark.gpu
+def test_nccl_on_the_gpus(tmp_path):
+    """Where GPUs are lent: collectives on CuPy arrays over NCCL, and the DDP
+    checks on cuda, on one rank per GPU (at most 2; NCCL takes one GPU per rank)."""
+    gpus = _gpus()
+    if not gpus:
+        pytest.skip("no CUDA GPU visible to CuPy: the NCCL path runs only where GPUs are lent")
+    rc, text, _ = run_ranks("gpu", tmp_path, timeout=300, ranks=min(2, gpus))
+    assert rc == 0, text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["cuda"]["max_rel_diff"] <= 1e-5, report  # cuBLAS may pick other GEMM kernels per batch size
+
+
 # ---------------------------------------------------------------- in-process tests
 def test_importing_gpunet_does_not_import_mpi4py():
     code = "import sys, gpunet, gpunet.distributed; print('mpi4py' in sys.modules)"
@@ -215,10 +236,6 @@ def test_fit_distributed_needs_a_sharded_loader():
 
 
 # ---------------------------------------------------------------- NCCL against stand-ins
-class _Log(list):
-    pass
-
-
 class _FakeEvent:
     def __init__(self, done=True):
         self.done = done
@@ -284,7 +301,7 @@ def _transport(log, timeout=5.0, on_timeout=None):
 
 
 def test_nccl_collectives_are_ordered_after_the_current_stream():
-    log = _Log()
+    log = []
     t = _transport(log)
     assert log[0] == ("comm", "init", 2, tuple(range(-64, 64)), 0)
     x, out = _FakeArray(1000, 6), _FakeArray(2000, 3)
@@ -312,7 +329,7 @@ def test_nccl_collectives_are_ordered_after_the_current_stream():
 
 
 def test_nccl_watchdog_aborts_an_overdue_collective():
-    log = _Log()
+    log = []
     messages = []
     comm = _FakeComm(log, 2, (), 0)
     dog = nccl_mod.Watchdog(comm, timeout=0.05, on_timeout=messages.append)
@@ -416,7 +433,7 @@ def _check_collectives(rank, size):
     except ValueError as e:
         assert "the model differs across ranks" in str(e), e
     # the NCCL communicator's unique id: rank 0 draws it, every rank builds from it
-    log = _Log()
+    log = []
     fake = _FakeNccl(log)
     if rank:
         fake.get_unique_id = None  # only rank 0 may draw the id
@@ -425,7 +442,7 @@ def _check_collectives(rank, size):
 
 
 def _check_ddp(device, rank, size, out, report):
-    x, y = _batch()
+    x, y = (gpunet.asarray(a, device=device) for a in _batch())
     share = slice(rank * GLOBAL_BATCH // size, (rank + 1) * GLOBAL_BATCH // size)
     gpunet.manual_seed(rank)  # different initial weights: wrapping must broadcast rank 0's
     model = _cnn().to(device)
@@ -471,12 +488,13 @@ def _check_ddp(device, rank, size, out, report):
     rep_ddp = dist.DistributedDataParallel(_Repeat().to(device), bucket_cap_mb=1e-4)
     plain = _Repeat().to(device)
     plain.load_state_dict(rep_ddp.state_dict())
-    xs = np.random.default_rng(rank).standard_normal((4, 8)).astype(np.float32)
+    xs = gpunet.asarray(np.random.default_rng(rank).standard_normal((4, 8)), device=device, dtype=np.float32)
     for repeats in (2, 2, 3, 1):
         for outer, m in ((rep_ddp, rep_ddp.module), (plain, plain)):
             m.repeats = repeats
             m.zero_grad()
-            outer.backward(np.ones_like(outer(xs)))
+            out = outer(xs)
+            outer.backward(out * 0 + 1)
         for (name, p), q in zip(rep_ddp.named_parameters(), plain.parameters()):
             local = np.ascontiguousarray(gpunet.to_numpy(q.grad))
             dist.all_reduce(local, "mean")
@@ -531,6 +549,32 @@ def _worker_train(out):
     dist.destroy_process_group()
 
 
+def _worker_gpu(out):
+    import cupy
+    dist.init_process_group(device="cuda", timeout=120)
+    rank, size = dist.get_rank(), dist.get_world_size()
+    device = dist.local_device("cuda")
+    x = cupy.full(3, rank + 1.0, cupy.float32)
+    dist.all_reduce(x)
+    assert cupy.asnumpy(x).tolist() == [size * (size + 1) / 2] * 3
+    dist.all_reduce(x, "mean")
+    assert cupy.asnumpy(x).tolist() == [size * (size + 1) / 2] * 3
+    x = cupy.arange(4.0) * (rank + 1)
+    dist.broadcast(x, src=size - 1)
+    assert cupy.asnumpy(x).tolist() == [0.0, size, 2.0 * size, 3.0 * size]
+    assert cupy.asnumpy(dist.all_gather(cupy.array([rank], cupy.int64))).ravel().tolist() == list(range(size))
+    got = dist.reduce_scatter(cupy.ones((2 * size, 3), cupy.float32), "sum")
+    assert got.shape == (2, 3) and bool((got == size).all())
+    report = {}
+    _check_ddp(device, rank, size, out, report)
+    _check_resume(device, rank, out, report)
+    if rank == 0:
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _worker_fail(out, how):
     dist.init_process_group(timeout=2 if how == "hang" else 60)
     x, y = _batch()
@@ -547,4 +591,4 @@ def _worker_fail(out, how):
 
 if __name__ == "__main__":
     mode, out_dir, *rest = sys.argv[1:]
-    {"train": _worker_train, "fail": _worker_fail}[mode](out_dir, *rest)
+    {"train": _worker_train, "fail": _worker_fail, "gpu": _worker_gpu}[mode](out_dir, *rest)

@@ -94,7 +94,8 @@ def environment(device: str, threads: int) -> dict:
     from mpi4py import MPI
     info = {"device": device, "cpu": env.cpu_model(), "cpus": os.cpu_count(), "load_average": env.load_average(),
             "commit": env.git_commit(), "mpi": MPI.Get_library_version().splitlines()[0].strip(),
-            "world_size": groupmod._group.size, "blas_threads_per_process": threads, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "world_size": groupmod._group.size, "blas_threads_per_process": threads,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if device in ("cuda", "cupy"):
         info["gpu"] = env.gpu_info()
     return info
