@@ -111,7 +111,7 @@ _group: ProcessGroup | None = None
 _previous_excepthook = None
 
 
-def init_process_group(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT, device: str | None = None):
+def init_process_group(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT, device=None):
     """Join the MPI world started by `mpiexec -n N python script.py` (a plain
     `python script.py` is a world of one).
 
@@ -119,8 +119,9 @@ def init_process_group(backend: str | None = None, timeout: float = DEFAULT_TIME
       their first collective on; "nccl": also make the NCCL communicator now.
     timeout: seconds any collective may take before DistributedTimeoutError
       (NCCL: before the job is aborted).
-    device: "cuda" or "cupy" makes GPU `local_rank` (modulo the GPUs present)
-      the current CuPy device; `local_device()` then names it for `.to()`.
+    device: this rank's device, as `local_device(device)` picks it ("cuda":
+      GPU `local_rank` of the node, made CuPy's current device);
+      `local_device()` then names it for `.to()`.
     """
     global _group, _previous_excepthook
     if _group is not None:
@@ -130,23 +131,20 @@ def init_process_group(backend: str | None = None, timeout: float = DEFAULT_TIME
         raise ValueError(f"backend: expected None, 'mpi' or 'nccl', got {backend!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-    if device is not None and device not in ("cpu", "sim", "cuda", "cupy"):
-        raise ValueError(f"device: expected 'cpu', 'sim', 'cuda', 'cupy' or None, got {device!r}")
     group = ProcessGroup(import_mpi(), float(timeout))
     _share_cores(group.local_size)
-    if device in ("cuda", "cupy") or backend == "nccl":
-        import cupy
-        index = group.local_rank % cupy.cuda.runtime.getDeviceCount()
-        cupy.cuda.Device(index).use()
-        group.device = f"{device or 'cuda'}:{index}"
-    elif device is not None:
-        group.device = device
     _group = group
+    try:
+        if device is not None or backend == "nccl":
+            group.device = local_device(device or "cuda")
+        if backend == "nccl":
+            import cupy
+            group.transport(cupy.empty(0))
+    except BaseException:
+        _group = None
+        raise
     _previous_excepthook = sys.excepthook
     sys.excepthook = _abort_on_uncaught
-    if backend == "nccl":
-        import cupy
-        group.transport(cupy.empty(0))
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
