@@ -76,6 +76,7 @@ class DistributedDataParallel(Module):
         self._layout = None  # (key, buckets, bucket of each parameter id)
         self._expected = None  # contributions per parameter id seen in the last synced backward
         self._seen = {}
+        self._inflight = []  # buckets started in this backward and not yet seen complete
         self.buckets_started_early = 0  # buckets whose reduction began inside the last backward
         self._check_same_model()
         for x in self._arrays():
@@ -100,7 +101,7 @@ class DistributedDataParallel(Module):
         for b in buckets:
             b.work, b.late = None, False
             b.waiting = sum(1 for p in b.params if expected.get(id(p), 0) > 0)
-        self._seen = {}
+        self._seen, self._inflight = {}, []
         with grad_hook(lambda p: self._on_grad(p, owner, expected)):
             dx = self.module.backward(*grads)
         self.buckets_started_early = sum(b.work is not None for b in buckets)
@@ -183,6 +184,9 @@ class DistributedDataParallel(Module):
             b.waiting -= 1
             if b.waiting == 0:
                 self._launch(b)
+        # MPI moves a nonblocking collective's data only inside MPI calls: polling
+        # the started buckets here lets them advance while the backward runs
+        self._inflight = [other for other in self._inflight if not other.work.is_completed()]
 
     def _launch(self, b: _Bucket):
         """Copy the bucket's gradients into its flat buffer and start summing it over ranks."""
@@ -195,6 +199,7 @@ class DistributedDataParallel(Module):
             else:
                 b.flat[lo:hi] = p.grad.reshape(-1)
         b.work = self.group.transport(b.flat).all_reduce(b.flat, "sum")
+        self._inflight.append(b)
 
     def _finish(self, buckets):
         for b in buckets:
