@@ -1,6 +1,8 @@
 """gpunet: neural networks on NVIDIA GPUs with hand-written CUDA kernels, a
 CuPy fallback and a NumPy reference backend. See README.md."""
-from . import checks, functional, nn, optim, perceptron, regularization
+from . import autograd, checks, functional, nn, optim, perceptron, regularization
+from .autograd import Tensor, as_tensor, from_numpy, tensor
+from .autograd.ops import add, div, exp, matmul, mean, mul, neg, pow, reshape, sub, sum
 from .backend import Backend, asarray, backend_of, backends, get_backend, synchronize, to_numpy
 from .checks import set_finite_checks
 from .gradcheck import gradcheck
