@@ -30,7 +30,7 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=lr)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    print(f"digits CNN ({sum(p.size for p in model.parameters()):,} parameters) on {device}: "
+    print(f"digits CNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
           f"{len(train)} train / {len(val)} validation / {len(test)} test images")
     start = time.perf_counter()
     history = gpunet.fit(

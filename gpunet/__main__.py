@@ -98,7 +98,7 @@ def train(args) -> dict:
     be = get_backend(args.device)
     (train_set, val_set, test_set), shape, desc = load_dataset(args)
     model = build_model(args.model, shape).to(be)
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     print(f"gpunet: {args.model} ({n_params:,} parameters) on {desc}; device {be.device}; "
           f"{len(train_set)} train / {len(val_set)} validation / {len(test_set)} test samples", flush=True)
     opt_cls = OPTIMIZERS[args.optimizer]

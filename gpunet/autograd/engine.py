@@ -18,7 +18,7 @@ import weakref
 
 import numpy as np
 
-from ..nn.calls import is_grad_enabled
+from .grad_mode import is_grad_enabled
 
 FREED = ("Trying to backward through the graph a second time (or to use what a node saved after it was "
          "freed): {name}'s saved state was freed by an earlier backward. Pass retain_graph=True to the "

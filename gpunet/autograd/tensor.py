@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import Backend, backend_of, get_backend, to_numpy
-from ..nn.calls import is_grad_enabled
+from .grad_mode import is_grad_enabled
 from . import engine
 
 

@@ -15,6 +15,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from ..autograd.tensor import Tensor
 from ..backend import Backend, get_backend, to_numpy
 from . import calls
 from .calls import enable_grad, is_grad_enabled, no_grad  # noqa: F401 (re-exported)
@@ -37,32 +38,54 @@ def set_default_dtype(dtype):
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
-class Parameter:
-    """A trainable array (`data`) and its accumulated gradient (`grad`, None until
-    a backward pass adds to it). Optimizers update `data` in place. `backend` is
-    set by `Module.to`: NumPy arrays alone cannot tell cpu from sim, and the
-    optimizer runs its update where the parameter lives."""
+class Parameter(Tensor):
+    """A trainable leaf Tensor. Its `data` and `grad` are the backend arrays
+    themselves (None until a backward pass adds to it): the explicit backward
+    passes accumulate into `grad` and optimizers update `data` in place, and a
+    Tensor expression using the parameter reaches the same arrays, so both
+    styles fill one gradient. `backend` is set by `Module.to` (NumPy arrays
+    alone cannot tell cpu from sim; the optimizer runs its update there)."""
 
-    __slots__ = ("data", "grad", "requires_grad", "backend")
+    __slots__ = ()
 
-    def __init__(self, data, requires_grad: bool = True):
-        self.data = data
-        self.grad = None
-        self.requires_grad = requires_grad
-        self.backend = None
+    def __init__(self, data=None, requires_grad: bool = True):
+        if isinstance(data, Tensor):
+            data = data._data
+        super().__init__(data)
+        self._requires_grad = bool(requires_grad)
 
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    size = property(lambda self: self.data.size)
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = value._data if isinstance(value, Tensor) else value
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value._data if isinstance(value, Tensor) else value
+
+    @property
+    def backend(self) -> Backend:
+        return Tensor.backend.fget(self)
+
+    @backend.setter
+    def backend(self, be):
+        self._backend = be
 
     def accumulate(self, g):
         """Add `g` into `grad` (the gradient of a parameter used several times is the sum)."""
-        if not self.requires_grad:
+        if not self._requires_grad:
             return
-        if self.grad is None:
-            self.grad = g.copy() if g.base is not None or g is self.data else g
+        if self._grad is None:
+            self._grad = g.copy() if g.base is not None or g is self._data else g
         else:
-            self.grad += g
+            self._grad += g
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.shape)}, dtype={self.dtype})"
