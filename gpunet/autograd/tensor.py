@@ -293,13 +293,14 @@ def convert(t: Tensor, be: Backend, dtype) -> Tensor:
 
 
 # ------------------------------------------------------------ recording
-def record(name, backward_fn, inputs, outputs, saved=(), save_outputs=False, backend=None):
+def record(name, backward_fn, inputs, outputs, saved=(), save_outputs=False, backend=None, force=False):
     """The Tensor(s) wrapping `outputs` (an array or a tuple of arrays), and
     when a gradient can flow (grad mode on, an input requiring grad) the node
     whose `backward_fn(*output grads)` returns one gradient (or None) per
     entry of `inputs`. `saved`: the input Tensors whose values backward reads;
     `save_outputs`: backward reads the outputs too (both checked against
-    in-place changes)."""
+    in-place changes); `force`: record even when no input requires grad (a
+    module whose parameters do), as long as grad mode is on."""
     single = not isinstance(outputs, tuple)
     outs = (outputs,) if single else outputs
     if backend is None:
@@ -309,7 +310,7 @@ def record(name, backward_fn, inputs, outputs, saved=(), save_outputs=False, bac
     tensors = tuple(Tensor(o if isinstance(o, np.ndarray) or hasattr(o, "__cuda_array_interface__")
                            else xp.asarray(o), backend) for o in outs)
     outs = tuple(t._data for t in tensors)
-    if engine.needs_grad(inputs):
+    if engine.needs_grad(inputs) or (force and is_grad_enabled()):
         node = engine.make_node(name, backward_fn, inputs, outs, saved)
         for i, t in enumerate(tensors):
             if t._data.dtype.kind in "fc":

@@ -15,6 +15,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from ..autograd import modules as autograd_modules
 from ..autograd.tensor import Tensor
 from ..backend import Backend, get_backend, to_numpy
 from . import calls
@@ -144,6 +145,8 @@ class Module:
 
     # ------------------------------------------------------------ forward/backward
     def __call__(self, *args, **kwargs):
+        if autograd_modules.has_tensor(args, kwargs):
+            return autograd_modules.call(self, args, kwargs)
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
