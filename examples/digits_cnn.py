@@ -8,6 +8,7 @@ once on the remaining 20%. Writes a checkpoint after every epoch (rerun to
 resume) and a PNG of the learning curves.
 
     python examples/digits_cnn.py [--device cpu|sim|cuda|cupy|auto] [--epochs 20] [--out runs/digits] [--quick]
+                                  [--autograd]
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ from gpunet.data import DataLoader, digits_splits
 
 
 def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size: int = 32, lr: float = 2e-3,
-         out: str = "runs/digits", seed: int = 0) -> dict:
+         out: str = "runs/digits", seed: int = 0, autograd: bool = False) -> dict:
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     train, val, test = digits_splits(val=0.1, test=0.2, seed=seed)
@@ -37,7 +38,7 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size
         model, loss_fn, opt,
         DataLoader(train, batch_size, shuffle=True, seed=seed, device=device),
         DataLoader(val, 256, device=device),
-        epochs=epochs, scheduler=sched,
+        epochs=epochs, scheduler=sched, autograd=autograd,
         checkpoint_path=None if quick else os.path.join(out, "checkpoint.npz"),
         plot_path=None if quick else os.path.join(out, "curves.png"))
     seconds = time.perf_counter() - start
@@ -60,5 +61,7 @@ if __name__ == "__main__":
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default="runs/digits")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--autograd", action="store_true",
+                    help="train through loss.backward() on Tensors (the same kernels) instead of the explicit backward")
     args = ap.parse_args()
-    main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed)
+    main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed, args.autograd)

@@ -27,7 +27,9 @@ import time
 
 from . import random as gpurandom
 from .backend import get_backend, to_numpy
-from .nn.module import no_grad
+from .autograd import modules as autograd_modules
+from .autograd.tensor import Tensor
+from .nn.module import Module, no_grad
 from .nn.utils import clip_grad_norm_
 
 METRICS = ("loss", "accuracy")
@@ -76,6 +78,10 @@ class History:
 
 
 # ---------------------------------------------------------------- device-side helpers
+def _array(x):
+    return x._data if isinstance(x, Tensor) else x
+
+
 def _correct(out, target):
     """Number of correct class predictions as a 0-d device array, or None when
     the target is not class indices matching the output's layout."""
@@ -129,7 +135,7 @@ class Trainer:
     `evaluate` run one pass over a DataLoader. `fit` drives it over epochs."""
 
     def __init__(self, model, loss_fn, optimizer, device=None, metrics=METRICS, clip_grad_norm=None,
-                 log_every: int = 50):
+                 log_every: int = 50, autograd=None):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"metrics: unknown {unknown}; available: {list(METRICS)}")
@@ -142,6 +148,11 @@ class Trainer:
         self.metrics = tuple(dict.fromkeys(("loss",) + tuple(metrics)))  # the loss is always tracked
         self.clip_grad_norm = clip_grad_norm
         self.log_every = int(log_every)
+        # autograd: inputs go in as Tensors and loss.backward() fills the gradients; by default
+        # whenever the model or the loss has no explicit backward of its own (a forward written
+        # with Tensor operations)
+        explicit = all(isinstance(m, Module) and autograd_modules.explicit(m) for m in (model, loss_fn))
+        self.autograd = (not explicit) if autograd is None else bool(autograd)
 
     def _batches(self, loader, epoch):
         if hasattr(loader, "iter_epoch"):
@@ -150,6 +161,8 @@ class Trainer:
 
     def _step_outputs(self, batch):
         *inputs, target = batch
+        if self.autograd:
+            inputs = [Tensor(a, self.be) for a in inputs]
         out = self.model(*inputs)
         loss = self.loss_fn(out, target)
         return out, target, loss
@@ -164,7 +177,11 @@ class Trainer:
         for step, batch in enumerate(self._batches(loader, epoch), 1):
             self.model.zero_grad()
             out, target, loss = self._step_outputs(batch)
-            self.model.backward(self.loss_fn.backward())
+            if self.autograd:
+                loss.backward()
+                out, loss = out._data, loss._data
+            else:
+                self.model.backward(self.loss_fn.backward())
             if self.clip_grad_norm is not None:
                 clip_grad_norm_(params, self.clip_grad_norm)
             self.optimizer.step()
@@ -190,7 +207,8 @@ class Trainer:
         try:
             with no_grad():
                 for batch in self._batches(loader, epoch):
-                    sums.add(*self._step_outputs(batch))
+                    out, target, loss = self._step_outputs(batch)
+                    sums.add(_array(out), target, _array(loss))
         finally:
             self.model.train(was_training)
         return sums.result()
@@ -240,7 +258,7 @@ def evaluate(model, loss_fn, loader, device=None, metrics=METRICS) -> dict:
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 10, device=None,
         metrics=METRICS, early_stopping_patience: int | None = None, checkpoint_path=None, resume: bool = True,
         plot_path=None, scheduler=None, clip_grad_norm: float | None = None, progress: bool = True,
-        log_every: int = 50) -> History:
+        log_every: int = 50, autograd=None) -> History:
     """Train `model` for `epochs` epochs and return its History.
 
     device: move model and loss there (default: where the model is). Create the
@@ -259,6 +277,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     clip_grad_norm: clip the global gradient norm before each optimizer step.
     progress: a tqdm bar with live loss and samples/s on a terminal, plain
       lines otherwise; False prints nothing.
+    autograd: True runs each step as `loss = loss_fn(model(Tensor(x)), y);
+      loss.backward()`; None (default) does so when the model or the loss has no
+      explicit backward (a forward written with Tensor operations).
     """
     epochs = int(epochs)
     if epochs < 0:
@@ -269,7 +290,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
         if isinstance(early_stopping_patience, bool) or int(early_stopping_patience) < 1:
             raise ValueError(f"early_stopping_patience: expected a positive integer or None, "
                              f"got {early_stopping_patience!r}")
-    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every)
+    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, autograd)
     report = _Progress(progress)
     history = History()
     best = {"loss": math.inf, "state": None, "bad_epochs": 0}
