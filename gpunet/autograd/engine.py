@@ -28,7 +28,7 @@ FREED = ("Trying to backward through the graph a second time (or to use what a n
 class Node:
     """One recorded operation. `grad_fn` of the tensors it produced."""
 
-    __slots__ = ("name", "backward_fn", "edges", "saved", "out_meta", "retained", "__weakref__")
+    __slots__ = ("name", "backward_fn", "edges", "saved", "out_meta", "retained", "optional", "__weakref__")
 
     def __init__(self, name, backward_fn, edges, saved, out_meta):
         self.name = name
@@ -37,6 +37,8 @@ class Node:
         self.saved = saved              # ((version counter, version at save, what), ...)
         self.out_meta = out_meta        # per output: (shape, dtype); zeros stand in for a missing gradient
         self.retained = None            # slot -> weakref of the non-leaf Tensor that called retain_grad()
+        self.optional = False           # outputs after the first may get None instead of zeros (a module's
+                                        # backward skips the work for an output nothing used)
 
     def name_(self):
         return f"{self.name}Backward"
@@ -193,7 +195,8 @@ def _run_node(node, buf):
     """One node's backward: its output gradients (zeros where none arrived) in, its input gradients out."""
     _check_saved(node)
     xp = _xp_of(buf)
-    out_grads = [g if g is not None else xp.zeros(shape, dtype) for g, (shape, dtype) in zip(buf, node.out_meta)]
+    out_grads = [g if g is not None or (node.optional and i) else xp.zeros(shape, dtype)
+                 for i, (g, (shape, dtype)) in enumerate(zip(buf, node.out_meta))]
     if node.retained:
         for slot, ref in node.retained.items():
             t = ref()

@@ -63,6 +63,12 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "mean"):
+    if isinstance(target, Tensor) and target.requires_grad:
+        # the module differentiates its input only; with a target that needs a gradient too
+        # (two networks' outputs compared) the Tensor operations give both
+        loss_fn = nn.MSELoss(size_average, reduce, reduction)
+        sq = (input - target) ** 2
+        return sq if loss_fn.reduction == "none" else sq.sum() if loss_fn.reduction == "sum" else sq.mean()
     return _run(nn.MSELoss(size_average, reduce, reduction), input, target)
 
 

@@ -94,4 +94,6 @@ def call(module, args, kwargs, weights=None):
     tensors = record(type(module).__name__, backward, tuple(inputs) + tuple(weights.values()), outs, backend=be,
                      force=params_need)
     tensors = tensors if isinstance(tensors, tuple) else (tensors,)
+    if tensors[0].grad_fn is not None:
+        tensors[0].grad_fn.optional = True
     return _fill(out, iter(tensors))
