@@ -2,7 +2,8 @@
 CuPy fallback and a NumPy reference backend. See README.md."""
 from . import autograd, checks, functional, nn, optim, perceptron, regularization
 from .autograd import Tensor, as_tensor, from_numpy, tensor
-from .autograd.ops import add, div, exp, matmul, mean, mul, neg, pow, reshape, sub, sum
+from .autograd.ops import *  # noqa: F401,F403 (gpunet.exp, gpunet.max, ...: the ops' __all__)
+from .autograd.shape import *  # noqa: F401,F403 (gpunet.cat, gpunet.zeros, ...)
 from .backend import Backend, asarray, backend_of, backends, get_backend, synchronize, to_numpy
 from .checks import set_finite_checks
 from .gradcheck import gradcheck
