@@ -128,8 +128,8 @@ class Tensor:
         array may be handed to several tensors)."""
         if not self._requires_grad:
             return
-        if self._grad is None:
-            self._grad = g.astype(self._data.dtype, copy=True)
+        if self._grad is None:  # (an array even when NumPy handed a 0-d result over as a scalar)
+            self._grad = self.backend.xp.array(g, dtype=self._data.dtype, copy=True)
         else:
             self._grad += g
 
