@@ -126,7 +126,7 @@ class Tensor:
     def _accumulate(self, g):
         """Add a gradient the engine computed (never kept by reference: one
         array may be handed to several tensors)."""
-        if not self._requires_grad:
+        if not self.requires_grad:  # (a non-leaf that called retain_grad() requires grad through its grad_fn)
             return
         if self._grad is None:  # (an array even when NumPy handed a 0-d result over as a scalar)
             self._grad = self.backend.xp.array(g, dtype=self._data.dtype, copy=True)
