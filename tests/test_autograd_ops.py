@@ -245,6 +245,8 @@ def test_comparisons_are_bool_and_not_differentiable():
     lambda L: L.tensor([1, 2]) / L.tensor([2, 4]),
     lambda L: L.tensor([1, 2], dtype=L.int32) + L.tensor([1, 2]),
     lambda L: L.tensor([1.0], dtype=L.float32) * 2.5,
+    lambda L: L.tensor([1.0], dtype=L.float32) * np.float64(2.5),
+    lambda L: L.tensor([1, 2]) * np.float64(2.5),
     lambda L: L.tensor([1.0], dtype=L.float32) + L.tensor([1.0], dtype=L.float64),
     lambda L: L.tensor([1.0], dtype=L.float32) + L.tensor(2.0, dtype=L.float64),
     lambda L: L.tensor([1, 2]) + L.tensor(2.5, dtype=L.float64),

@@ -29,7 +29,6 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..nn.calls import is_grad_enabled
 from ..nn.module import get_default_dtype
 from ..ops.activation import DERIVATIVE, FORWARD
 from . import engine
@@ -49,7 +48,7 @@ def _category(dtype) -> int:
 
 
 def result_dtype(*xs):
-    """PyTorch's type promotion over Tensors and Python scalars."""
+    """PyTorch's type promotion over Tensors, arrays and Python scalars."""
     tiers = ([], [], [])  # tensors with dimensions, 0-d tensors, scalars: (category, dtype)
     for x in xs:
         if isinstance(x, Tensor):
@@ -58,8 +57,9 @@ def result_dtype(*xs):
             dt = np.dtype(bool) if isinstance(x, bool) else np.dtype(np.int64) if isinstance(x, int) \
                 else get_default_dtype() if isinstance(x, float) else np.dtype(np.complex64)
             tiers[2].append((_category(dt), dt))
-        else:
-            tiers[0].append((_category(np.asarray(x).dtype), np.asarray(x).dtype))
+        else:  # NumPy scalars and 0-d arrays count as 0-d tensors
+            arr = x if hasattr(x, "dtype") and hasattr(x, "ndim") else np.asarray(x)
+            tiers[0 if arr.ndim else 1].append((_category(arr.dtype), arr.dtype))
     top = builtins.max(c for tier in tiers for c, _ in tier)
     for tier in tiers:
         dts = [d for c, d in tier if c == top]
@@ -484,7 +484,6 @@ def inplace(t: Tensor, fn, *args):
     grad = engine.needs_grad((t,) + args)
     if grad and t.is_leaf and t.requires_grad:
         raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-    from .shape import is_view
     if grad and t.requires_grad and is_view(t):
         raise RuntimeError("an in-place operation on a view of a tensor that requires grad is not supported "
                            "(it would have to rebase the base tensor's history); clone() the view first")
@@ -504,7 +503,6 @@ def inplace(t: Tensor, fn, *args):
 
 def _filled(s: Tensor, value):
     """`value` (a scalar or a Tensor, differentiable) broadcast to s's shape and dtype."""
-    from .shape import expand
     if isinstance(value, Tensor):
         if value.numel() != 1 and value.shape != s.shape:
             return expand(value.to(s.backend, s.dtype), s.shape)
@@ -513,7 +511,6 @@ def _filled(s: Tensor, value):
 
 
 def _copy_from(s: Tensor, src):
-    from .shape import expand
     src = src if isinstance(src, Tensor) else Tensor(s.backend.asarray(src), s._backend)
     return expand(src.to(s.backend, s.dtype), s.shape)
 
@@ -553,4 +550,5 @@ def _register():
 
 
 _register()
-from . import shape  # noqa: E402,F401 (registers the shape, indexing and joining methods)
+# last: shape.py imports the helpers above; importing it registers its Tensor methods
+from .shape import expand, is_view  # noqa: E402

@@ -87,7 +87,7 @@ def permute(a: Tensor, *dims):
     dims = tuple(_dim(d, a.ndim) for d in _ints(dims))
     if sorted(dims) != list(range(a.ndim)):
         raise RuntimeError(f"permute: dims {dims} are not a permutation of the {a.ndim} dimensions")
-    inv = tuple(np.argsort(dims))
+    inv = tuple(int(i) for i in np.argsort(dims))
     return _view("Permute", a, a._data.transpose(dims), lambda g: g.transpose(inv))
 
 
