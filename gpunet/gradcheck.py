@@ -135,10 +135,10 @@ def _check_function(fn, inputs, eps, atol, rtol, raise_exception) -> bool:
         bad = np.abs(ana - num) > atol + rtol * np.abs(num)
         if bad.any():
             j, k = np.argwhere(bad)[0]
+            where = tuple(int(v) for v in np.unravel_index(k, inputs[i].shape))
             msg = (f"Jacobian mismatch for the outputs with respect to input {i} (shape {list(inputs[i].shape)}) "
                    f"at {int(bad.sum())} of {bad.size} entries; first at output element {j}, input element "
-                   f"{tuple(int(v) for v in np.unravel_index(k, inputs[i].shape))}: analytical {ana[j, k]:.10g}, numerical "
-                   f"{num[j, k]:.10g} (atol {atol}, rtol {rtol})")
+                   f"{where}: analytical {ana[j, k]:.10g}, numerical {num[j, k]:.10g} (atol {atol}, rtol {rtol})")
             if raise_exception:
                 raise GradcheckError(msg)
             return False

@@ -12,6 +12,7 @@ import torch
 
 import gpunet
 from gpunet.autograd import ops
+from gpunet.gradcheck import GradcheckError
 
 # torch's names where gpunet's differ (gelu is torch.nn.functional's)
 TORCH = SimpleNamespace(**{n: getattr(torch, n) for n in dir(torch) if not n.startswith("_")})
@@ -122,7 +123,8 @@ def _run_gpunet(name, arrays, device="cpu"):
     """(forward values, input gradients) for the upstream gradients r of _upstream."""
     xs = [gpunet.tensor(a, device=device, requires_grad=True) for a in arrays]
     outs = _outs(CASES[name][0](gpunet, *xs))
-    gpunet.autograd.backward(outs, [gpunet.tensor(r, dtype=o.dtype, device=device) for o, r in zip(outs, _upstream(outs))])
+    grads = [gpunet.tensor(r, dtype=o.dtype, device=device) for o, r in zip(outs, _upstream(outs))]
+    gpunet.autograd.backward(outs, grads)
     return [o.detach().numpy() for o in outs], [None if x.grad is None else x.grad.numpy() for x in xs]
 
 
@@ -397,6 +399,8 @@ def test_bad_arguments_raise_clear_errors():
         ops.gelu(x, approximate="erf")
     with pytest.raises(ValueError, match="at least one of min and max"):
         x.clamp()
+    with pytest.raises(TypeError, match="at least one gpunet.Tensor"):
+        gpunet.maximum(1.0, 2.0)
 
 
 # ------------------------------------------------------------ factories
@@ -435,3 +439,18 @@ def test_module_level_functions_accept_tensors_and_scalars():
     assert gpunet.add(1.0, x).tolist() == [2.0, 5.0]
     assert gpunet.max(x).item() == 4.0 and gpunet.flatten(gpunet.ones(2, 2)).shape == (4,)
     assert [t.tolist() for t in gpunet.where(x > 2)] == [[1]]
+
+
+# ------------------------------------------------------------ gradcheck itself
+def test_gradcheck_catches_a_wrong_backward_and_checks_its_inputs():
+    def wrong(x):  # d(x^2)/dx written as x instead of 2x
+        return gpunet.autograd.record("Square", lambda g: g * x._data, (x,), x._data ** 2)
+    x = gpunet.tensor([0.5, -1.5], dtype=np.float64, requires_grad=True)
+    with pytest.raises(GradcheckError, match="Jacobian mismatch .* input 0"):
+        gpunet.gradcheck(wrong, (x,))
+    assert gpunet.gradcheck(wrong, (x,), raise_exception=False) is False
+    assert gpunet.gradcheck(lambda t: t * t, (x,)) and x.grad is None  # the caller's tensors are untouched
+    with pytest.raises(ValueError, match="float64"):
+        gpunet.gradcheck(lambda t: t * t, (gpunet.tensor([1.0], requires_grad=True),))
+    with pytest.raises(ValueError, match="at least one input tensor to require gradient"):
+        gpunet.gradcheck(lambda t: t * t, (gpunet.tensor([1.0], dtype=np.float64),))

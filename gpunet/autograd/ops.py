@@ -69,7 +69,9 @@ def result_dtype(*xs):
 
 def _device_of(xs):
     """The first Tensor among `xs`; all Tensors must share its device (host backends mix freely)."""
-    first = next(x for x in xs if isinstance(x, Tensor))
+    first = next((x for x in xs if isinstance(x, Tensor)), None)
+    if first is None:
+        raise TypeError(f"expected at least one gpunet.Tensor argument, got {[type(x).__name__ for x in xs]}")
     for x in xs:
         if isinstance(x, Tensor) and x.backend.on_gpu != first.backend.on_gpu \
                 or isinstance(x, Tensor) and x.backend.on_gpu and x.backend is not first.backend:
@@ -118,10 +120,11 @@ def _binary(name, a, b, forward, grad_a, grad_b, saves=True, save_out=False, dty
     saves: backward reads the operands; save_out: it reads the output."""
     ((ta, x), (tb, y)), _ = _operands(a, b, dtype=dtype)
     out = forward(x, y)
+    kept = (x if saves else None, y if saves else None, out if save_out else None)  # the graph holds no more
 
     def backward(g):
-        return (_grad_for(ta, grad_a(g, x, y, out)) if ta is not None and ta.requires_grad else None,
-                _grad_for(tb, grad_b(g, x, y, out)) if tb is not None and tb.requires_grad else None)
+        return (_grad_for(ta, grad_a(g, *kept)) if ta is not None and ta.requires_grad else None,
+                _grad_for(tb, grad_b(g, *kept)) if tb is not None and tb.requires_grad else None)
     saved = tuple(t for t in (ta, tb) if t is not None) if saves else ()
     return record(name, backward, (ta, tb), out, saved=saved, save_outputs=save_out)
 
@@ -129,9 +132,9 @@ def _binary(name, a, b, forward, grad_a, grad_b, saves=True, save_out=False, dty
 def _unary(name, a: Tensor, forward, derivative, reads="x"):
     """An elementwise op; derivative(x, out) is d out / d x and reads the
     input ("x" in reads), the output ("o") or both."""
-    x = a._data
-    out = forward(x)
-    return record(name, lambda g: g * derivative(x, out), (a,), out, saved=(a,) if "x" in reads else (),
+    out = forward(a._data)
+    x, o = (a._data if "x" in reads else None), (out if "o" in reads else None)
+    return record(name, lambda g: g * derivative(x, o), (a,), out, saved=(a,) if "x" in reads else (),
                   save_outputs="o" in reads)
 
 
@@ -162,8 +165,8 @@ def mul(a, b):
 def div(a, b):
     """True division (integers give the default float dtype)."""
     dtype = result_dtype(a, b)
-    return _binary("Div", a, b, lambda x, y: x / y, lambda g, x, y, o: g / y, lambda g, x, y, o: -g * o / y, save_out=True,
-                   dtype=dtype if dtype.kind in "fc" else get_default_dtype())
+    return _binary("Div", a, b, lambda x, y: x / y, lambda g, x, y, o: g / y, lambda g, x, y, o: -g * o / y,
+                   save_out=True, dtype=dtype if dtype.kind in "fc" else get_default_dtype())
 
 
 true_divide = div
