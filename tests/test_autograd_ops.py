@@ -345,6 +345,13 @@ def test_inplace_on_a_view_of_a_tensor_that_requires_grad_raises():
     with pytest.raises(RuntimeError, match="clone"):
         y[0].mul_(2)
     y[0].clone().mul_(2)
+    buf = gpunet.zeros(2, 2)  # the base doesn't require grad, but the value written into its view does
+    with pytest.raises(RuntimeError, match="view"):
+        buf[1].copy_(x[0])
+    with pytest.raises(RuntimeError, match="view"):
+        buf.T[0] = x[0]
+    assert buf.tolist() == [[0, 0], [0, 0]] and buf._version == 0
+    buf[1] = x[0]  # into the base itself: fine
 
 
 def test_views_share_storage_and_version_with_their_base():

@@ -19,8 +19,8 @@ that saved-tensor checks read. On a leaf that requires grad they raise (as
 PyTorch); on a tensor in the graph they *rebase its history*: the result of
 the out-of-place operation is written into the tensor's storage and its
 grad_fn becomes that operation's node. On a view of a tensor that requires
-grad they raise (PyTorch would rebase the base tensor's history too; gpunet
-does not): clone() the view first.
+grad, or that a gradient flows into, they raise (PyTorch would rebase the
+base tensor's history too; gpunet does not): clone() the view first.
 """
 from __future__ import annotations
 
@@ -487,8 +487,8 @@ def inplace(t: Tensor, fn, *args):
     grad = engine.needs_grad((t,) + args)
     if grad and t.is_leaf and t.requires_grad:
         raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-    if grad and t.requires_grad and is_view(t):
-        raise RuntimeError("an in-place operation on a view of a tensor that requires grad is not supported "
+    if grad and is_view(t):
+        raise RuntimeError("an in-place operation on a view is not supported when a gradient flows through it "
                            "(it would have to rebase the base tensor's history); clone() the view first")
     src = t
     if grad:  # the op reads a snapshot with t's history: t's storage is overwritten below

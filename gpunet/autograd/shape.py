@@ -5,7 +5,7 @@ Views: where NumPy/CuPy return a view (reshape of contiguous data, transpose,
 permute, squeeze, unsqueeze, expand, basic indexing, split), the result
 shares the storage *and the version counter* of its input, as in PyTorch, so
 an in-place change through either is seen by the saved-tensor checks. A view
-of a tensor that requires grad cannot be modified in place (see ops.py).
+through which a gradient would flow cannot be modified in place (see ops.py).
 
 Indexing: basic indices (ints, slices, None, ...) and integer or boolean
 arrays (lists, NumPy/CuPy arrays, Tensors); the gradient of an advanced index
@@ -30,7 +30,7 @@ __all__ = ["arange", "cat", "chunk", "clone", "concat", "empty", "empty_like", "
            "full_like", "linspace", "ones", "ones_like", "permute", "rand", "rand_like", "randint", "randn",
            "randn_like", "reshape", "split", "squeeze", "stack", "transpose", "unsqueeze", "zeros", "zeros_like"]
 
-_views: dict = {}  # id -> weakref of each view of a tensor that requires grad
+_views: dict = {}  # id -> weakref of each Tensor that is a view of another
 
 
 def is_view(t: Tensor) -> bool:
@@ -43,9 +43,8 @@ def _share(out: Tensor, base: Tensor) -> Tensor:
     if not _xp_of(out._data).may_share_memory(out._data, base._data):
         return out
     out._vc = base._vc
-    if out.requires_grad:
-        key = id(out)
-        _views[key] = weakref.ref(out, lambda _, k=key: _views.pop(k, None))
+    key = id(out)
+    _views[key] = weakref.ref(out, lambda _, k=key: _views.pop(k, None))
     return out
 
 
