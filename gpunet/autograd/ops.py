@@ -67,6 +67,14 @@ def result_dtype(*xs):
             return np.result_type(*dts)
 
 
+def _xp_of(arr):
+    """The array module of `arr` (CuPy for device arrays, else NumPy)."""
+    if hasattr(arr, "__cuda_array_interface__"):
+        import cupy
+        return cupy
+    return np
+
+
 def _device_of(xs):
     """The first Tensor among `xs`; all Tensors must share its device (host backends mix freely)."""
     first = next((x for x in xs if isinstance(x, Tensor)), None)
@@ -247,10 +255,6 @@ def maximum(a, b):
 def minimum(a, b):
     return _binary("Minimum", a, b, lambda x, y: _xp_of(x).minimum(x, y),
                    lambda g, x, y, o: g * ((x < y) + 0.5 * (x == y)), lambda g, x, y, o: g * ((y < x) + 0.5 * (x == y)))
-
-
-def _xp_of(arr):
-    return np if isinstance(arr, np.ndarray) else __import__("cupy")
 
 
 def clamp(a: Tensor, min=None, max=None):  # noqa: A002 (torch's names)
