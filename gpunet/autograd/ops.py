@@ -215,10 +215,10 @@ def sqrt(a: Tensor):
 def _activation(name, a, reads="x", **params):
     """The activations of gpunet.ops.activation (their array formulas)."""
     a = _float_input(name, a)
-    xp = a.backend.xp
+    xp, dt = a.backend.xp, a.dtype
     fwd, der = FORWARD[name], DERIVATIVE[name]
-    return _unary(name.capitalize(), a, lambda x: fwd(xp, x, **params).astype(x.dtype, copy=False),
-                  lambda x, o: der(xp, x, o, **params).astype(x.dtype, copy=False), reads=reads)
+    return _unary(name.capitalize(), a, lambda x: fwd(xp, x, **params).astype(dt, copy=False),
+                  lambda x, o: der(xp, x, o, **params).astype(dt, copy=False), reads=reads)
 
 
 def tanh(a: Tensor):
