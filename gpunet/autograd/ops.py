@@ -47,8 +47,17 @@ def _category(dtype) -> int:
     return {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}[np.dtype(dtype).kind]
 
 
+# the Python scalars that leave a tensor's dtype unchanged, per dtype kind
+_WEAK = {"b": (bool,), "i": (bool, int), "u": (bool, int), "f": (bool, int, float), "c": (bool, int, float, complex)}
+
+
 def result_dtype(*xs):
     """PyTorch's type promotion over Tensors, arrays and Python scalars."""
+    dts = {x.dtype for x in xs if isinstance(x, Tensor)}
+    if len(dts) == 1:  # the common case: tensors of one dtype and scalars that don't promote it
+        dt = dts.pop()
+        if all(isinstance(x, Tensor) or type(x) in _WEAK[dt.kind] for x in xs):
+            return dt
     tiers = ([], [], [])  # tensors with dimensions, 0-d tensors, scalars: (category, dtype)
     for x in xs:
         if isinstance(x, Tensor):
@@ -81,8 +90,9 @@ def _device_of(xs):
     if first is None:
         raise TypeError(f"expected at least one gpunet.Tensor argument, got {[type(x).__name__ for x in xs]}")
     for x in xs:
-        if isinstance(x, Tensor) and x.backend.on_gpu != first.backend.on_gpu \
-                or isinstance(x, Tensor) and x.backend.on_gpu and x.backend is not first.backend:
+        if not isinstance(x, Tensor) or x._backend is first._backend:
+            continue
+        if x.backend.on_gpu != first.backend.on_gpu or x.backend.on_gpu and x.backend is not first.backend:
             raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two "
                                f"devices, {first.device} and {x.device}")
     return first
