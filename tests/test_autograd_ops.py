@@ -442,6 +442,7 @@ def test_module_level_functions_accept_tensors_and_scalars():
     x = gpunet.tensor([1.0, 4.0])
     assert gpunet.exp(x).tolist() == pytest.approx(np.exp([1.0, 4.0]).tolist())
     assert gpunet.where(x > 2, x, 0.0).tolist() == [0.0, 4.0]
+    assert gpunet.where(x > 2, 1.0, 0).tolist() == [0.0, 1.0] and gpunet.where(x > 2, 1, 0).dtype == np.int64
     assert gpunet.maximum(x, 2.0).tolist() == [2.0, 4.0]
     assert gpunet.add(1.0, x).tolist() == [2.0, 5.0]
     assert gpunet.max(x).item() == 4.0 and gpunet.flatten(gpunet.ones(2, 2)).shape == (4,)

@@ -303,6 +303,8 @@ def where(condition, a=None, b=None):
     if a is None and b is None:
         be = condition.backend if isinstance(condition, Tensor) else None
         return tuple(Tensor(i, be) for i in _xp_of(cond).nonzero(cond))
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor) and isinstance(condition, Tensor):
+        a = Tensor(condition.backend.asarray(a, dtype=result_dtype(a, b)), condition._backend)  # two scalars
     ((ta, x), (tb, y)), _ = _operands(a, b)
     xp = _device_of((a, b)).backend.xp
     cond = xp.asarray(cond)
