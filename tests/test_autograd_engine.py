@@ -1,7 +1,9 @@
 """The autograd engine: deep graphs, freed graphs, version checks, implicit
 gradients, retained non-leaf gradients, accumulation, grad mode, detach, and
 the worked examples of the seeds and of the issue."""
+import gc
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -179,3 +181,30 @@ def test_unused_outputs_of_a_multi_output_node_count_as_zero():
     assert x.grad.tolist() == [0.0, 0.0, 3.0, 3.0]
     values, indices = gpunet.tensor([[1.0, 5.0]], requires_grad=True).max(1)
     assert indices.grad_fn is None and not indices.requires_grad and values.requires_grad
+
+
+def test_the_graph_keeps_only_what_backward_reads():
+    """Intermediate results that no backward reads are freed when the program drops them."""
+    x = gpunet.randn(3, requires_grad=True)
+    w = gpunet.randn(3, 3, requires_grad=True)
+    freed = []
+    for make, use in ((lambda: x + 1.0, lambda t: (t + 2.0) * 3.0),        # add reads nothing
+                      (lambda: x * 2.0, lambda t: t.exp()),                 # exp reads its output
+                      (lambda: x.relu(), lambda t: gpunet.cat([t, x]) @ gpunet.ones(6)),  # relu reads x
+                      (lambda: x * 1.0, lambda t: t.var() + t.clamp(-1, 1).sum() + t[[0, 0]].sum()),
+                      (lambda: x @ w, lambda t: gpunet.stack([t, t]).sum())):
+        t = make()
+        ref = weakref.ref(t._data)
+        out = use(t)
+        del t
+        gc.collect()
+        freed.append(ref() is None)
+        out.sum().backward()
+    assert all(freed), freed
+    y = x * 2.0
+    ref = weakref.ref(y._data)
+    z = (y * y).sum()  # mul reads its operands: y is kept
+    del y
+    gc.collect()
+    assert ref() is not None
+    z.backward()

@@ -43,6 +43,8 @@ CASES = {
     "matmul": (lambda L, a, b: a @ b, [(2, 3, 4), (4, 5)], ()),
     "matmul_vec": (lambda L, a, b: a @ b, [(4,), (2, 4, 3)], ()),
     "matmul_batch": (lambda L, a, b: L.matmul(a, b), [(2, 1, 3, 4), (5, 4, 2)], ()),
+    "matmul_dot": (lambda L, a, b: a @ b, [(4,), (4,)], ()),
+    "matmul_mat_vec": (lambda L, a, b: a @ b, [(2, 3, 4), (4,)], ()),
     "exp": (lambda L, a: a.exp(), [(3, 4)], ()),
     "log": (lambda L, a: a.log(), [(3, 4)], (0,)),
     "sqrt": (lambda L, a: L.sqrt(a), [(3, 4)], (0,)),

@@ -111,12 +111,19 @@ def _operands(*xs, dtype=None):
     return out, dtype
 
 
-def _grad_for(t, g):
-    """`g` as the gradient of input `t`: None unless t requires grad, in t's dtype."""
-    if t is None or not t.requires_grad:
+def grad_spec(t):
+    """What backward needs to know of input `t` (closures keep this, not the
+    tensor, so the graph does not hold inputs it never reads): (shape, dtype)
+    when t requires grad, else None."""
+    return (t.shape, t.dtype) if isinstance(t, Tensor) and t.requires_grad else None
+
+
+def _grad_for(spec, g):
+    """`g` as the gradient of an input of grad_spec `spec`: summed to its shape, in its dtype (None if none)."""
+    if spec is None:
         return None
-    g = unbroadcast(g, t.shape)
-    return g if g.dtype == t.dtype else g.astype(t.dtype)
+    g = unbroadcast(g, spec[0])
+    return g if g.dtype == spec[1] else g.astype(spec[1])
 
 
 def unbroadcast(g, shape):
@@ -139,10 +146,10 @@ def _binary(name, a, b, forward, grad_a, grad_b, saves=True, save_out=False, dty
     ((ta, x), (tb, y)), _ = _operands(a, b, dtype=dtype)
     out = forward(x, y)
     kept = (x if saves else None, y if saves else None, out if save_out else None)  # the graph holds no more
+    sa, sb = grad_spec(ta), grad_spec(tb)
 
     def backward(g):
-        return (_grad_for(ta, grad_a(g, *kept)) if ta is not None and ta.requires_grad else None,
-                _grad_for(tb, grad_b(g, *kept)) if tb is not None and tb.requires_grad else None)
+        return (_grad_for(sa, grad_a(g, *kept)) if sa else None, _grad_for(sb, grad_b(g, *kept)) if sb else None)
     saved = tuple(t for t in (ta, tb) if t is not None) if saves else ()
     return record(name, backward, (ta, tb), out, saved=saved, save_outputs=save_out)
 
@@ -284,13 +291,13 @@ def clamp(a: Tensor, min=None, max=None):  # noqa: A002 (torch's names)
     if hi is not None:
         take_x = take_x & (x <= hi)
 
+    take_lo = None if lo is None else (x < lo) & ((hi is None) or (lo <= hi))
+    take_hi = None if hi is None else low > hi
+    specs = [grad_spec(t) for t, _ in ops]
+
     def backward(g):
-        grads = [_grad_for(ops[0][0], xp.where(take_x, g, 0))]
-        if lo is not None:
-            grads.append(_grad_for(ops[1][0], xp.where((x < lo) & ((hi is None) or (lo <= hi)), g, 0)))
-        if hi is not None:
-            grads.append(_grad_for(ops[-1][0], xp.where(low > hi, g, 0)))
-        return tuple(grads)
+        masks = [take_x] + [m for m in (take_lo, take_hi) if m is not None]
+        return tuple(_grad_for(s, xp.where(m, g, 0)) for s, m in zip(specs, masks))
     return record("Clamp", backward, tuple(t for t, _ in ops), out)
 
 
@@ -312,8 +319,10 @@ def where(condition, a=None, b=None):
         raise TypeError(f"where: condition must be a bool tensor, got {cond.dtype}")
     out = xp.where(cond, x, y)
 
+    sa, sb = grad_spec(ta), grad_spec(tb)
+
     def backward(g):
-        return _grad_for(ta, xp.where(cond, g, 0)), _grad_for(tb, xp.where(cond, 0, g))
+        return _grad_for(sa, xp.where(cond, g, 0)), _grad_for(sb, xp.where(cond, 0, g))
     return record("Where", backward, (ta, tb), out)
 
 
@@ -454,20 +463,20 @@ def _moments(a, dim, keepdim, correction):
 def var(a: Tensor, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
     dim, correction = _correction("var", dim, unbiased, correction)
     axes, d, out, dof = _moments(a, dim, keepdim, correction)
-    scale = 2 / dof if dof else float("inf")
-    return record("Var", lambda g: _keep(g, axes, a.shape, keepdim) * scale * d, (a,), out, saved=(a,))
+    scale, shape = (2 / dof if dof else float("inf")), a.shape
+    return record("Var", lambda g: _keep(g, axes, shape, keepdim) * scale * d, (a,), out)
 
 
 def std(a: Tensor, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
     dim, correction = _correction("std", dim, unbiased, correction)
     axes, d, v, dof = _moments(a, dim, keepdim, correction)
-    out = a.backend.xp.sqrt(v)
-    xp = a.backend.xp
+    xp, shape = a.backend.xp, a.shape
+    out = xp.sqrt(v)
+    s = _keep(out, axes, shape, keepdim)
 
     def backward(g):  # zero where std is 0 (all equal), as PyTorch
-        s = _keep(out, axes, a.shape, keepdim)
-        return xp.where(s == 0, 0, _keep(g, axes, a.shape, keepdim) * d / (dof * xp.where(s == 0, 1, s)))
-    return record("Std", backward, (a,), out, saved=(a,))
+        return xp.where(s == 0, 0, _keep(g, axes, shape, keepdim) * d / (dof * xp.where(s == 0, 1, s)))
+    return record("Std", backward, (a,), out)
 
 
 # ------------------------------------------------------------ linear algebra
@@ -476,20 +485,21 @@ def matmul(a, b):
     ((ta, x), (tb, y)), _ = _operands(a, b)
     xp = _device_of((a, b)).backend.xp
     out = xp.matmul(x, y)
+    sa, sb = grad_spec(ta), grad_spec(tb)
 
     def backward(g):
         x2 = x[None, :] if x.ndim == 1 else x
         y2 = y[:, None] if y.ndim == 1 else y
-        g2 = g
-        if x.ndim == 1:
-            g2 = xp.expand_dims(g2, -2)
+        g2 = g  # g with the dimensions of the demoted 1-d operands back (y's first: vec @ vec is 0-d)
         if y.ndim == 1:
             g2 = xp.expand_dims(g2, -1)
+        if x.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
         ga = gb = None
-        if ta is not None and ta.requires_grad:
-            ga = _grad_for(ta, unbroadcast(xp.matmul(g2, xp.swapaxes(y2, -1, -2)), x2.shape).reshape(x.shape))
-        if tb is not None and tb.requires_grad:
-            gb = _grad_for(tb, unbroadcast(xp.matmul(xp.swapaxes(x2, -1, -2), g2), y2.shape).reshape(y.shape))
+        if sa:
+            ga = _grad_for(sa, unbroadcast(xp.matmul(g2, xp.swapaxes(y2, -1, -2)), x2.shape).reshape(x.shape))
+        if sb:
+            gb = _grad_for(sb, unbroadcast(xp.matmul(xp.swapaxes(x2, -1, -2), g2), y2.shape).reshape(y.shape))
         return ga, gb
     return record("MatMul", backward, (ta, tb), out, saved=tuple(t for t in (ta, tb) if t is not None))
 

@@ -23,7 +23,7 @@ from ..backend import get_backend
 from ..nn.module import get_default_dtype
 from ..random import generator
 from . import engine
-from .ops import _grad_for, _operands, _xp_of, inplace, result_dtype, unbroadcast
+from .ops import _grad_for, _operands, _xp_of, grad_spec, inplace, result_dtype, unbroadcast
 from .tensor import Tensor, record
 
 __all__ = ["arange", "cat", "chunk", "clone", "concat", "empty", "empty_like", "expand", "eye", "flatten", "full",
@@ -150,8 +150,10 @@ def cat(tensors, dim: int = 0):
     out = tensors[0].backend.xp.concatenate(arrays, axis=d)
     cuts = np.cumsum([x.shape[d] for x in arrays])[:-1]
 
+    specs = [grad_spec(t) for t in tensors]
+
     def backward(g):
-        return tuple(_grad_for(t, p) for t, p in zip(tensors, _xp_of(g).split(g, cuts, axis=d)))
+        return tuple(_grad_for(s, p) for s, p in zip(specs, _xp_of(g).split(g, cuts, axis=d)))
     return record("Cat", backward, tuple(tensors), out)
 
 
@@ -164,7 +166,8 @@ def stack(tensors, dim: int = 0):
         raise RuntimeError(f"stack expects each tensor to be equal size, got {[list(t.shape) for t in tensors]}")
     d = _dim(dim, tensors[0].ndim + 1)
     out = tensors[0].backend.xp.stack([x for _, x in _operands(*tensors)[0]], axis=d)
-    return record("Stack", lambda g: tuple(_grad_for(t, g.take(i, axis=d)) for i, t in enumerate(tensors)),
+    specs = [grad_spec(t) for t in tensors]
+    return record("Stack", lambda g: tuple(_grad_for(s, g.take(i, axis=d)) for i, s in enumerate(specs)),
                   tuple(tensors), out)
 
 
@@ -244,15 +247,17 @@ def _index_put(s: Tensor, index, value):
     out = x.copy()
     out[index] = v
 
+    ss, sv = grad_spec(ts), grad_spec(tv)
+
     def backward(g):
         gs = gv = None
-        if ts is not None and ts.requires_grad:
+        if ss:
             gs = g.copy()
             gs[index] = 0
-        if tv is not None and tv.requires_grad:
+        if sv:
             gi = g[index]
-            gi = gi.reshape((1,) * (tv.ndim - gi.ndim) + gi.shape) if tv.ndim > gi.ndim else gi
-            gv = _grad_for(tv, gi)
+            extra = len(sv[0]) - gi.ndim  # a value with more (leading 1) dims than the slice
+            gv = _grad_for(sv, gi.reshape((1,) * extra + gi.shape) if extra > 0 else gi)
         return gs, gv
     return record("IndexPut", backward, (ts, tv), out)
 
