@@ -1,6 +1,6 @@
 """Layers with forward and explicit backward passes (PyTorch's names and layouts)."""
 from . import functional, init, utils
-from .container import Residual, Sequential
+from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Residual, Sequential
 from .conv import Conv1d, Conv2d, ConvTranspose2d
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from .activation import (ELU, GELU, Heaviside, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Sign, SiLU, Softmax,
