@@ -143,3 +143,28 @@ def test_copies_are_independent_and_arguments_checked():
     with pytest.raises(ValueError, match="num_layers: expected a positive integer"):
         nn.TransformerEncoder(layer, 0)
     assert nn.TransformerEncoderLayer(E, H, device="sim", dtype=np.float64).linear1.weight.dtype == np.float64
+
+
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_transformer_matches_torch(device, rng):
+    dtype = np.float64 if device == "cpu" else np.float32
+    theirs = torch.nn.Transformer(E, H, 2, 1, FF, dropout=0.0, batch_first=True).double()
+    mine = _copy_weights(nn.Transformer(E, H, 2, 1, FF, dropout=0.0, batch_first=True), theirs, device, dtype)
+    src, tgt = rng.standard_normal((2, 6, E)), rng.standard_normal((2, 4, E))
+    mask = nn.Transformer.generate_square_subsequent_mask(4, dtype=np.float64)
+    st, tt = _t(src, grad=True), _t(tgt, grad=True)
+    yt = theirs(st, tt, tgt_mask=_t(mask))
+    dy = rng.standard_normal(yt.shape)
+    yt.backward(_t(dy))
+    y = mine(src.astype(dtype), tgt.astype(dtype), tgt_mask=mask.astype(dtype))
+    d_src, d_tgt = mine.backward(dy.astype(dtype))
+    assert_close(y, yt.detach().numpy().astype(dtype), n=64, name="output")
+    assert_close(d_src, st.grad.numpy().astype(dtype), n=64, name="d src")
+    assert_close(d_tgt, tt.grad.numpy().astype(dtype), n=64, name="d tgt")
+    _check_grads(mine, theirs, dtype)
+
+
+def test_transformer_initialises_matrices_as_torch():
+    model = nn.Transformer(16, 2, 1, 1, 32)
+    w = model.encoder.layers[0].linear1.weight.data
+    assert np.abs(w).max() <= np.sqrt(6.0 / (16 + 32)) and np.abs(w).max() > 0.9 * np.sqrt(6.0 / (16 + 32))

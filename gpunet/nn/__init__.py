@@ -15,5 +15,5 @@ from .embedding import Embedding
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .attention import MultiheadAttention, ScaledDotProductAttention
-from .transformer import (TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer,
-                          generate_square_subsequent_mask)
+from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                          TransformerEncoderLayer, generate_square_subsequent_mask)

@@ -264,3 +264,45 @@ def _same_place(stack: Module, layer: Module):
     """A stack reports its layers' backend and dtype (they keep theirs)."""
     object.__setattr__(stack, "backend", layer.backend)
     object.__setattr__(stack, "dtype", layer.dtype)
+
+
+class Transformer(Module):
+    """The encoder-decoder model of torch.nn.Transformer: an encoder stack and
+    a decoder stack, each with a final LayerNorm, parameters of more than one
+    dim xavier-uniform initialised, as torch's. forward(src, tgt, src_mask,
+    tgt_mask, memory_mask, src_key_padding_mask, tgt_key_padding_mask,
+    memory_key_padding_mask, src_is_causal=None, tgt_is_causal=None,
+    memory_is_causal=False); backward(d_out) returns (d_src, d_tgt)."""
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", custom_encoder=None, custom_decoder=None, layer_norm_eps: float = 1e-5,
+                 batch_first: bool = False, norm_first: bool = False, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        layer_args = (d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
+                      norm_first, bias)
+        self.encoder = custom_encoder if custom_encoder is not None else TransformerEncoder(
+            TransformerEncoderLayer(*layer_args), num_encoder_layers, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        self.decoder = custom_decoder if custom_decoder is not None else TransformerDecoder(
+            TransformerDecoderLayer(*layer_args), num_decoder_layers, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        from . import init
+        for p in self.parameters():
+            if p.data.ndim > 1:
+                init.xavier_uniform_(p)
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, bool(batch_first)
+        self._place(device, dtype)
+
+    generate_square_subsequent_mask = staticmethod(generate_square_subsequent_mask)
+
+    def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+                memory_is_causal: bool = False):
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask,
+                            memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                            memory_is_causal=memory_is_causal)
+
+    def backward(self, grad_output):
+        d_tgt, d_memory = self.decoder.backward(grad_output)
+        return self.encoder.backward(d_memory), d_tgt
