@@ -33,19 +33,22 @@ from .normalization import LayerNorm
 _ACTIVATIONS = {"relu": ReLU, "gelu": GELU}
 
 
+_BY_FUNCTION_NAME = {"relu": ReLU, "gelu": GELU, "silu": SiLU, "elu": ELU, "tanh": Tanh, "sigmoid": Sigmoid}
+
+
 def _activation(activation) -> Module:
-    """'relu', 'gelu', a gpunet Module (with a backward), or one of
-    gpunet.nn.functional's relu/gelu/silu/elu/tanh/sigmoid."""
+    """'relu', 'gelu', a gpunet Module (with a backward), or the relu/gelu/
+    silu/elu/tanh/sigmoid function of gpunet's or torch's functional
+    namespace (torch's default is its F.relu), as the module of that name."""
     if isinstance(activation, str):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected 'relu' or 'gelu' (or a module), got {activation!r}")
         return _ACTIVATIONS[activation]()
     if isinstance(activation, Module):
         return activation
-    from . import functional as F
-    by_function = {F.relu: ReLU, F.gelu: GELU, F.silu: SiLU, F.elu: ELU, F.tanh: Tanh, F.sigmoid: Sigmoid}
-    if activation in by_function:
-        return by_function[activation]()
+    name, home = getattr(activation, "__name__", None), getattr(activation, "__module__", None) or ""
+    if name in _BY_FUNCTION_NAME and home.split(".")[0] in ("gpunet", "torch"):
+        return _BY_FUNCTION_NAME[name]()
     raise TypeError(f"activation: expected 'relu', 'gelu', a gpunet Module, or one of gpunet.nn.functional's "
                     f"relu/gelu/silu/elu/tanh/sigmoid (gpunet needs its explicit backward), got {activation!r}")
 
