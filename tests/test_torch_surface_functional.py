@@ -154,3 +154,23 @@ def test_functional_follows_the_input_dtype():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+@pytest.mark.parametrize("name", F.__all__)
+def test_parameter_names_are_torchs(name):
+    """F.softmax(input=x, dim=1) and friends work as in torch: the leading
+    parameters carry torch's names in torch's order (builtins without a
+    Python signature are skipped)."""
+    try:
+        theirs = inspect.signature(getattr(TF, name)).parameters
+    except ValueError:
+        pytest.skip(f"torch.nn.functional.{name} is a builtin without a signature")
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    theirs = [k for k, p in theirs.items() if p.kind not in kinds]
+    ours = [k for k in inspect.signature(getattr(F, name)).parameters if k != "device"]
+    assert ours[:len(theirs)] == theirs
+
+
+def test_regression_loss_weight_is_refused_by_name():
+    with pytest.raises(NotImplementedError, match="weight: per-element weights"):
+        F.mse_loss(np.ones(2), np.ones(2), weight=np.ones(2))

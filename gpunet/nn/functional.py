@@ -2,7 +2,7 @@
 `import gpunet.nn.functional as F`, then `F.relu(x)`, `F.cross_entropy(logits, y)`.
 
 Each function is a thin call into its op family: the activations and softmax
-are gpunet.functional's (re-exported); the layers without parameters (pooling,
+are gpunet.functional's (under torch's parameter names); the layers without parameters (pooling,
 dropout, the losses) run their gpunet.nn module once through `_run`, and
 linear, conv2d, layer_norm and embedding call their ops with the arrays given.
 Forward only: nothing is saved for a backward (train with the modules, whose
@@ -17,9 +17,8 @@ import numpy as np
 
 from .. import checks
 from ..backend import backend_of, get_backend
-from ..functional import (gelu, heaviside, leaky_relu as _leaky_relu, log_softmax, relu as _relu,  # noqa: F401
-                          scaled_dot_product_attention, sigmoid, sign, softmax, softplus, softsign, tanh)
-from ..functional import _activation, _backend, _finite
+from .. import functional as _F
+from ..functional import _activation, _backend, _finite, scaled_dot_product_attention  # noqa: F401 (re-exported)
 from ..ops import embedding as embedding_ops
 from ..ops import linear as linear_ops
 from ..ops import norm as norm_ops
@@ -49,13 +48,42 @@ def _run(module, input, *args, device=None):
 
 
 # ---------------------------------------------------------------- activations
-# PyTorch's `inplace` is accepted as by the modules: a new array is written.
+# gpunet.functional's, under torch's parameter names; PyTorch's `inplace` is
+# accepted as by the modules (a new array is written), `_stacklevel` ignored.
 def relu(input, inplace: bool = False, *, device=None):
-    return _relu(input, device=device)
+    return _F.relu(input, device=device)
 
 
 def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False, *, device=None):
-    return _leaky_relu(input, negative_slope, device=device)
+    return _F.leaky_relu(input, negative_slope, device=device)
+
+
+def gelu(input, approximate: str = "none", *, device=None):
+    return _F.gelu(input, approximate, device=device)
+
+
+def sigmoid(input, *, device=None):
+    return _F.sigmoid(input, device=device)
+
+
+def tanh(input, *, device=None):
+    return _F.tanh(input, device=device)
+
+
+def softsign(input, *, device=None):
+    return _F.softsign(input, device=device)
+
+
+def softplus(input, beta: float = 1.0, threshold: float = 20.0, *, device=None):
+    return _F.softplus(input, beta, threshold, device=device)
+
+
+def softmax(input, dim=None, _stacklevel: int = 3, dtype=None, *, device=None):
+    return _F.softmax(input, dim, dtype=dtype, device=device)
+
+
+def log_softmax(input, dim=None, _stacklevel: int = 3, dtype=None, *, device=None):
+    return _F.log_softmax(input, dim, dtype=dtype, device=device)
 
 
 def silu(input, inplace: bool = False, *, device=None):
@@ -111,6 +139,12 @@ def dropout2d(input, p: float = 0.5, training: bool = True, inplace: bool = Fals
 
 
 # ---------------------------------------------------------------- losses
+def _no_weight(weight):
+    if weight is not None:
+        raise NotImplementedError("weight: per-element weights of the regression losses are not supported; "
+                                  "multiply the reduction='none' loss by them")
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                   reduction: str = "mean", label_smoothing: float = 0.0, *, device=None):
     return _run(_loss.CrossEntropyLoss(weight, size_average, ignore_index, reduce, reduction, label_smoothing),
@@ -122,11 +156,13 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
     return _run(_loss.NLLLoss(weight, size_average, ignore_index, reduce, reduction), input, target, device=device)
 
 
-def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", *, device=None):
+def mse_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", weight=None, *, device=None):
+    _no_weight(weight)
     return _run(_loss.MSELoss(size_average, reduce, reduction), input, target, device=device)
 
 
-def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", *, device=None):
+def l1_loss(input, target, size_average=None, reduce=None, reduction: str = "mean", weight=None, *, device=None):
+    _no_weight(weight)
     return _run(_loss.L1Loss(size_average, reduce, reduction), input, target, device=device)
 
 
@@ -135,7 +171,8 @@ def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction: str
     return _run(_loss.SmoothL1Loss(size_average, reduce, reduction, beta), input, target, device=device)
 
 
-def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0, *, device=None):
+def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0, weight=None, *, device=None):
+    _no_weight(weight)
     return _run(_loss.HuberLoss(reduction, delta), input, target, device=device)
 
 
