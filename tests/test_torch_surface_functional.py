@@ -8,7 +8,6 @@ import inspect
 import numpy as np
 import pytest
 
-import gpunet
 import gpunet.nn.functional as F
 from gpunet.testing import assert_close
 

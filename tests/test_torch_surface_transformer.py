@@ -5,7 +5,6 @@ activation kernels)."""
 import numpy as np
 import pytest
 
-import gpunet
 from gpunet import nn
 from gpunet.testing import assert_close
 
