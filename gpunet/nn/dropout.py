@@ -94,5 +94,5 @@ class Dropout2d(_ChannelDropout):
         if getattr(input, "ndim", None) == 3:
             warnings.warn("Dropout2d: a 3-D input is read as (N, C, L) and gets 1-D channel-wise dropout "
                           "(torch's behaviour); use Dropout1d for that, or pass (N, C, H, W)", UserWarning,
-                          stacklevel=3)
+                          stacklevel=5)  # the caller of m(x): through __call__ and the call record
         return super().forward(input)
