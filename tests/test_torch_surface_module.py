@@ -197,3 +197,15 @@ def test_register_parameter_checks_its_arguments():
         m.register_parameter("a.b", None)
     with pytest.raises(KeyError, match="already has an attribute"):
         m.register_parameter("forward", None)
+
+
+def test_a_submodule_set_to_none_leaves_the_model_as_in_torch():
+    mine, theirs = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), torch.nn.Sequential(
+        torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    mine.add_module("extra", nn.Linear(2, 1))
+    theirs.add_module("extra", torch.nn.Linear(2, 1))
+    mine.extra, theirs.extra = None, None
+    assert list(mine.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in mine.named_children()] == [n for n, _ in theirs.named_children()]
+    with pytest.raises(TypeError, match="extra: assign a Module"):
+        mine.extra = 3

@@ -144,6 +144,10 @@ class Module:
             if value is not None:
                 raise TypeError(f"{name}: assign a Parameter (or None), got {type(value).__name__}")
             self._params[name] = None
+        elif name in self._modules:
+            if value is not None:
+                raise TypeError(f"{name}: assign a Module (or None), got {type(value).__name__}")
+            self._modules[name] = None
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
