@@ -209,3 +209,22 @@ def test_a_submodule_set_to_none_leaves_the_model_as_in_torch():
     assert [n for n, _ in mine.named_children()] == [n for n, _ in theirs.named_children()]
     with pytest.raises(TypeError, match="extra: assign a Module"):
         mine.extra = 3
+
+
+def _with_mask(lib):
+    class WithMask(lib.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = lib.Linear(2, 2)
+            self.register_buffer("mask", _t(lib, np.triu(np.ones((3, 3)), 1)), persistent=False)
+            self.register_buffer("scale", _t(lib, np.ones(2)))
+
+    return WithMask()
+
+
+def test_non_persistent_buffers_move_but_are_not_saved():
+    mine, theirs = _with_mask(nn), _with_mask(torch.nn)
+    assert list(mine.state_dict()) == list(theirs.state_dict()) == ["scale", "fc.weight", "fc.bias"]
+    assert [n for n, _ in mine.named_buffers()] == [n for n, _ in theirs.named_buffers()] == ["mask", "scale"]
+    mine.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})  # strict: the mask is not expected
+    assert mine.double().mask.dtype == np.float64

@@ -161,10 +161,11 @@ class Module:
             self.__dict__.get(table, {}).pop(name, None)
         object.__delattr__(self, name)
 
-    def register_buffer(self, name: str, value):
-        """A non-trainable array saved in state_dict (e.g. BatchNorm's running mean)."""
+    def register_buffer(self, name: str, value, persistent: bool = True):
+        """A non-trainable array moved with the module (e.g. BatchNorm's running
+        mean), saved in state_dict unless persistent=False (a causal mask)."""
         _check_name(self, name, "buffer")
-        self._buffers[name] = None
+        self._buffers[name] = bool(persistent)
         object.__setattr__(self, name, value)
 
     def register_parameter(self, name: str, param):
@@ -411,9 +412,9 @@ class Module:
             for pname, p in m._params.items():
                 if p is not None:
                     out[f"{mname}.{pname}" if mname else pname] = np.array(to_numpy(p.data))
-            for bname in m._buffers:
+            for bname, persistent in m._buffers.items():
                 buf = getattr(m, bname)
-                if buf is not None:
+                if buf is not None and persistent:
                     out[f"{mname}.{bname}" if mname else bname] = np.array(to_numpy(buf))
         return out
 
@@ -427,8 +428,9 @@ class Module:
             for pname, p in m._params.items():
                 if p is not None:
                     own[f"{mname}.{pname}" if mname else pname] = (m, pname, True)
-            for bname in m._buffers:
-                if getattr(m, bname) is not None:  # as state_dict: an unset buffer (a loss's weight=None) has no key
+            for bname, persistent in m._buffers.items():
+                # as state_dict: an unset buffer (a loss's weight=None) or a non-persistent one has no key
+                if getattr(m, bname) is not None and persistent:
                     own[f"{mname}.{bname}" if mname else bname] = (m, bname, False)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
