@@ -3,9 +3,10 @@ cupy) that records the operations applied to it, so that `loss.backward()`
 computes the gradient of every leaf that requires one, as in PyTorch.
 
 The operations themselves live in gpunet/autograd/ops.py (elementwise,
-reductions, shapes, indexing, matmul) and gpunet/autograd/functional.py
-(the kernel-backed ops); each computes its result with the backend's array
-module or kernels and records one node through `record`.
+reductions, matmul), gpunet/autograd/shape.py (shapes, indexing, joining,
+factories) and gpunet/nn/functional.py (the kernel-backed ops); each computes
+its result with the backend's array module or kernels and records one node
+through `record`.
 """
 from __future__ import annotations
 
