@@ -8,6 +8,7 @@ once on the remaining 20%. Writes a checkpoint after every epoch (rerun to
 resume) and a PNG of the learning curves.
 
     python examples/digits_cnn.py [--device cpu|sim|cuda|cupy|auto] [--epochs 20] [--out runs/digits] [--quick]
+                                  [--autograd]
 
 Data-parallel on 2 processes (gpunet.distributed over MPI; --batch-size is
 the global batch, each process computing its half, so the run learns as the
@@ -42,7 +43,7 @@ def per_process(batch_size: int, world_size: int) -> int:
 
 
 def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size: int = 32, lr: float = 2e-3,
-         out: str = "runs/digits", seed: int = 0, distributed: bool = False) -> dict:
+         out: str = "runs/digits", seed: int = 0, distributed: bool = False, autograd: bool = False) -> dict:
     lead = True  # the process that prints
     if distributed:
         from gpunet import distributed as dist
@@ -60,14 +61,14 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=lr)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    say(f"digits CNN ({sum(p.size for p in model.parameters()):,} parameters) on {device}: "
+    say(f"digits CNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
         f"{len(train)} train / {len(val)} validation / {len(test)} test images"
         + (f"; {dist.get_world_size()} processes" if distributed else ""))
     train_loader, val_loader, test_loader = loaders(train, val, test, batch_size, seed, device, distributed)
     start = time.perf_counter()
     history = gpunet.fit(
         model, loss_fn, opt, train_loader, val_loader,
-        epochs=epochs, scheduler=sched,
+        epochs=epochs, scheduler=sched, autograd=autograd,
         checkpoint_path=None if quick else os.path.join(out, "checkpoint.npz"),
         plot_path=None if quick else os.path.join(out, "curves.png"), distributed=distributed)
     seconds = time.perf_counter() - start
@@ -92,5 +93,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--distributed", action="store_true",
                     help="data-parallel over the processes of mpiexec -n N (pip install mpi4py mpich)")
+    ap.add_argument("--autograd", action="store_true",
+                    help="train through loss.backward() on Tensors (the same kernels) instead of the explicit backward")
     args = ap.parse_args()
-    main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed, args.distributed)
+    main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed, args.distributed,
+         args.autograd)

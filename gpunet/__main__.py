@@ -127,7 +127,7 @@ def train(args) -> dict:
     say = print if lead else (lambda *a, **k: None)
     (train_set, val_set, test_set), shape, desc = load_dataset(args)
     model = build_model(args.model, shape).to(be)
-    n_params = sum(p.size for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     if args.distributed:
         desc += f"; {dist.get_world_size()} processes (data-parallel)"
     say(f"gpunet: {args.model} ({n_params:,} parameters) on {desc}; device {be.device}; "

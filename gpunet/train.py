@@ -38,7 +38,9 @@ import numpy as np
 
 from . import random as gpurandom
 from .backend import get_backend, to_numpy
-from .nn.module import no_grad
+from .autograd import modules as autograd_modules
+from .autograd.tensor import Tensor
+from .nn.module import Module, no_grad
 from .nn.utils import clip_grad_norm_
 
 METRICS = ("loss", "accuracy")
@@ -87,6 +89,10 @@ class History:
 
 
 # ---------------------------------------------------------------- device-side helpers
+def _array(x):
+    return x._data if isinstance(x, Tensor) else x
+
+
 def _correct(out, target):
     """Number of correct class predictions as a 0-d device array, or None when
     the target is not class indices matching the output's layout."""
@@ -140,7 +146,7 @@ class Trainer:
     `evaluate` run one pass over a DataLoader. `fit` drives it over epochs."""
 
     def __init__(self, model, loss_fn, optimizer, device=None, metrics=METRICS, clip_grad_norm=None,
-                 log_every: int = 50, distributed: bool = False):
+                 log_every: int = 50, distributed: bool = False, autograd=None):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"metrics: unknown {unknown}; available: {list(METRICS)}")
@@ -163,6 +169,11 @@ class Trainer:
         self.metrics = tuple(dict.fromkeys(("loss",) + tuple(metrics)))  # the loss is always tracked
         self.clip_grad_norm = clip_grad_norm
         self.log_every = int(log_every)
+        # autograd: inputs go in as Tensors and loss.backward() fills the gradients; by default
+        # whenever the model or the loss has no explicit backward of its own (a forward written
+        # with Tensor operations)
+        explicit = all(isinstance(m, Module) and autograd_modules.explicit(m) for m in (model, loss_fn))
+        self.autograd = (not explicit) if autograd is None else bool(autograd)
 
     def _batches(self, loader, epoch):
         if hasattr(loader, "iter_epoch"):
@@ -171,6 +182,8 @@ class Trainer:
 
     def _step_outputs(self, batch):
         *inputs, target = batch
+        if self.autograd:
+            inputs = [Tensor(a, self.be) for a in inputs]
         out = self.model(*inputs)
         loss = self.loss_fn(out, target)
         return out, target, loss
@@ -185,7 +198,11 @@ class Trainer:
         for step, batch in enumerate(self._batches(loader, epoch), 1):
             self.model.zero_grad()
             out, target, loss = self._step_outputs(batch)
-            self.model.backward(self.loss_fn.backward())
+            if self.autograd:
+                loss.backward()
+                out, loss = out._data, loss._data
+            else:
+                self.model.backward(self.loss_fn.backward())
             if self.clip_grad_norm is not None:
                 clip_grad_norm_(params, self.clip_grad_norm)
             self.optimizer.step()
@@ -211,7 +228,8 @@ class Trainer:
         try:
             with no_grad():
                 for batch in self._batches(loader, epoch):
-                    sums.add(*self._step_outputs(batch))
+                    out, target, loss = self._step_outputs(batch)
+                    sums.add(_array(out), target, _array(loss))
         finally:
             self.model.train(was_training)
         return sums.result(self._reduce)
@@ -274,7 +292,7 @@ def evaluate(model, loss_fn, loader, device=None, metrics=METRICS, distributed: 
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 10, device=None,
         metrics=METRICS, early_stopping_patience: int | None = None, checkpoint_path=None, resume: bool = True,
         plot_path=None, scheduler=None, clip_grad_norm: float | None = None, progress: bool = True,
-        log_every: int = 50, distributed: bool = False) -> History:
+        log_every: int = 50, distributed: bool = False, autograd=None) -> History:
     """Train `model` for `epochs` epochs and return its History.
 
     device: move model and loss there (default: where the model is). Create the
@@ -296,6 +314,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     distributed: data-parallel over the ranks of gpunet.distributed (started
       with mpiexec; the process group is initialized if it is not): see the
       module docstring. train_loader must use a DistributedSampler.
+    autograd: True runs each step as `loss = loss_fn(model(Tensor(x)), y);
+      loss.backward()`; None (default) does so when the model or the loss has no
+      explicit backward (a forward written with Tensor operations).
     """
     epochs = int(epochs)
     if epochs < 0:
@@ -308,7 +329,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
                              f"got {early_stopping_patience!r}")
     if distributed:
         _check_sharded(train_loader)
-    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, distributed)
+    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, distributed, autograd)
     lead = trainer.rank == 0  # the rank that prints and writes files
     report = _Progress(progress and lead)
     history = History()

@@ -43,7 +43,7 @@ class _Bucket:
 
     def __init__(self, params):
         self.params = params
-        self.offsets = np.cumsum([0] + [p.size for p in params]).tolist()
+        self.offsets = np.cumsum([0] + [p.numel() for p in params]).tolist()
         self.size = self.offsets[-1]
         self.dtype = params[0].dtype
         self.flat = None
