@@ -23,6 +23,7 @@ import pytest
 
 import gpunet
 from gpunet import distributed as dist
+import gpunet.nn.functional as F
 from gpunet import nn, optim
 from gpunet.data import DataLoader, TensorDataset
 from gpunet.distributed import nccl as nccl_mod
@@ -85,6 +86,8 @@ def test_two_ranks_equal_one_process_on_the_global_batch(two_runs):
     for device in ("cpu", "sim"):
         assert report[device]["max_rel_diff"] <= 1e-6, report
         assert report[device]["early_buckets"] > 0, report  # buckets started inside the backward
+        for model in ("_TensorCnn", "_cnn"):  # trained through loss.backward()
+            assert report[device][f"autograd_{model}_max_rel_diff"] <= 1e-6, report
 
 
 def test_two_rank_runs_are_bitwise_identical(two_runs):
@@ -378,6 +381,29 @@ class _Repeat(nn.Module):
         return dy
 
 
+class _TensorCnn(nn.Module):
+    """_cnn written with gpunet.nn.functional on Tensors: no explicit backward (autograd)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def _train_autograd(model, x, y, steps=STEPS):
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = gpunet.tensor(x, device=model.device), gpunet.tensor(y, device=model.device)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
 def _batch():
     rng = np.random.default_rng(0)
     return rng.standard_normal((GLOBAL_BATCH, 1, 8, 8)).astype(np.float32), rng.integers(0, 5, GLOBAL_BATCH)
@@ -461,6 +487,22 @@ def _check_ddp(device, rank, size, out, report):
         result["max_rel_diff"] = max(float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in ref)
         np.savez(os.path.join(out, f"{device}.npz"), **got)
     report[device] = result
+
+    # autograd: a model written with Tensor operations (DDP's node arms the
+    # buckets when loss.backward() reaches it) and an explicit model called on
+    # Tensors (one node whose backward is DDP's) train as the 1-process run
+    for make in (_TensorCnn, _cnn):
+        gpunet.manual_seed(rank)
+        tensor_model = make().to(device)
+        _train_autograd(dist.DistributedDataParallel(tensor_model, bucket_cap_mb=1e-3), x[share], y[share])
+        for name, w in tensor_model.state_dict().items():
+            assert _same_on_all_ranks(w), f"{device}: {make.__name__} {name} differs across ranks"
+        if rank == 0:
+            gpunet.manual_seed(0)
+            ref = _train_autograd(make().to(device), x, y).state_dict()
+            got = tensor_model.state_dict()
+            result[f"autograd_{make.__name__}_max_rel_diff"] = max(
+                float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in ref)
 
     # no_sync: local accumulation, then one reduction of the accumulated sum
     loss_fn = nn.CrossEntropyLoss().to(device)

@@ -14,7 +14,10 @@ count, while the rest of the backward runs (on GPU on NCCL's stream). A
 contribution that arrives after its bucket started (the graph changed)
 marks the bucket, which is then reduced again from the complete gradients,
 so the result is always right. `backward` waits for every bucket before it
-returns, so the optimizer step sees the averaged gradients.
+returns, so the optimizer step sees the averaged gradients. A model written
+with Tensor operations (no explicit backward) gets the same through
+autograd: its output passes a node that arms the buckets when
+`loss.backward()` reaches it, and the pass's end waits for them.
 
 Buffers (BatchNorm's running statistics): rank 0's are broadcast to every
 rank at the end of each backward (PyTorch broadcasts them at the start of
@@ -34,6 +37,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..autograd.engine import queue_callback
+from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.tensor import Tensor, record
 from ..nn.module import Module, grad_hook
 from . import group as _group_mod
 
@@ -84,30 +90,61 @@ class DistributedDataParallel(Module):
 
     # ------------------------------------------------------------ the wrapped model's face
     def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
+        out = self.module(*args, **kwargs)
+        if isinstance(out, Tensor) and self.require_sync and is_grad_enabled():
+            # a model without explicit backward (its forward made of Tensor
+            # operations): the reduction rides on the autograd pass instead
+            out = record("DistributedDataParallel", self._autograd_begin, (out,), out._data, force=True)
+        return out
+
+    def _autograd_begin(self, g):
+        """First node of the backward through the model: watch the gradients
+        the rest of the pass adds, and finish the buckets when it ends."""
+        buckets, owner = self._buckets()
+        expected = self._start(buckets)
+        watching = grad_hook(lambda p: self._on_grad(p, owner, expected))
+        watching.__enter__()
+
+        def end():
+            watching.__exit__(None, None, None)
+            self._end(buckets)
+            self._broadcast_buffers()
+        queue_callback(end)
+        return g
 
     def backward(self, *grads):
         dx = self._backward(*grads)
+        self._broadcast_buffers()
+        return dx
+
+    def _broadcast_buffers(self):
         if self.broadcast_buffers and self.group.size > 1:
             for _, buf in self.module.named_buffers():
                 self.group.transport(buf).broadcast(buf, 0).wait()
-        return dx
 
     def _backward(self, *grads):
         if not self.require_sync:
             return self.module.backward(*grads)
         buckets, owner = self._buckets()
+        expected = self._start(buckets)
+        with grad_hook(lambda p: self._on_grad(p, owner, expected)):
+            dx = self.module.backward(*grads)
+        self._end(buckets)
+        return dx
+
+    def _start(self, buckets):
+        """Arm the buckets for a backward; returns the contributions expected per parameter."""
         expected = self._expected or {}
         for b in buckets:
             b.work, b.late = None, False
             b.waiting = sum(1 for p in b.params if expected.get(id(p), 0) > 0)
         self._seen, self._inflight = {}, []
-        with grad_hook(lambda p: self._on_grad(p, owner, expected)):
-            dx = self.module.backward(*grads)
+        return expected
+
+    def _end(self, buckets):
         self.buckets_started_early = sum(b.work is not None for b in buckets)
         self._finish(buckets)
         self._expected = self._seen
-        return dx
 
     @contextmanager
     def no_sync(self):
