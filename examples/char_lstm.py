@@ -50,7 +50,7 @@ def main(device: str = "auto", quick: bool = False, text: str = DEFAULT_TEXT, ep
     val = CharDataset(corpus[cut:], seq_len, vocab=vocab)
     model = models.CharLSTM(len(vocab), embed_dim=32, hidden_size=hidden).to(device)
     print(f"{os.path.basename(text)}: {len(corpus)} characters, {len(vocab)} distinct; "
-          f"CharLSTM with {sum(p.size for p in model.parameters()):,} parameters on {device}")
+          f"CharLSTM with {sum(p.numel() for p in model.parameters()):,} parameters on {device}")
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=lr)
     start = time.perf_counter()

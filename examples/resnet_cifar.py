@@ -80,7 +80,7 @@ def main(device: str = "auto", quick: bool = False, data: str = None, epochs: in
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    print(f"resnet_small ({sum(p.size for p in model.parameters()):,} parameters) on {device}; {desc}; "
+    print(f"resnet_small ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}; {desc}; "
           f"{len(train)} train / {len(val)} validation / {len(test)} test images")
     start = time.perf_counter()
     history = gpunet.fit(model, loss_fn, opt, DataLoader(train, batch_size, shuffle=True, seed=seed, device=device),

@@ -27,7 +27,7 @@ def main(device: str = "auto", quick: bool = False, task: str = "sort", length: 
     model = models.Transformer(vocab_size=10, max_len=length, dim=dim, num_heads=heads, num_layers=layers).to(device)
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    print(f"transformer ({sum(p.size for p in model.parameters()):,} parameters) on {device}: {task} "
+    print(f"transformer ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: {task} "
           f"{length} digits; {train_size} training sequences")
     start = time.perf_counter()
     gpunet.fit(model, loss_fn, opt, DataLoader(TensorDataset(x, y), 64, shuffle=True, seed=seed, device=device),

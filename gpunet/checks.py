@@ -54,8 +54,10 @@ def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integ
             raise TypeError(f"{name}: expected an integer array (class indices), got dtype {x.dtype}")
         return x
     if dtype is not None and x.dtype != dtype:
+        # suggest converting the module only to a dtype modules take
+        hint = f" or the module with .to({x.dtype.name})" if x.dtype in (np.float32, np.float64) else ""
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype} "
-                        f"(convert the input, or the module with .to({x.dtype.name}))")
+                        f"(convert it with .astype({np.dtype(dtype).name}){hint})")
     if finite and dtypes.is_floating(x.dtype) and finite_checks_enabled(be):  # (bfloat16's kind is "V")
         if not bool(be.xp.isfinite(x).all()):
             bad = int((~be.xp.isfinite(x)).sum())

@@ -165,7 +165,7 @@ def step_case(name, shape, flops, batch_bytes, make_gpunet, make_torch, make_bat
 
 def param_count(make) -> int:
     try:
-        return sum(int(p.size) for p in make().parameters())
+        return sum(p.numel() for p in make().parameters())
     except ImportError:  # gpunet.models lacks this network: the case reports it as skipped
         return 0
 

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import threading
 import weakref
-from contextlib import contextmanager
 
 import numpy as np
+
+from ..autograd.grad_mode import enable_grad, is_grad_enabled, no_grad  # noqa: F401 (re-exported)
 
 PENDING, DONE = "pending", "done"
 
 
 class _ThreadState(threading.local):
     def __init__(self):
-        self.grad_enabled = True
         self.forwards: list[Call] = []   # calls whose forward is running, innermost last
         self.backwards: list[Call] = []  # calls whose backward is running, innermost last
 
@@ -66,34 +66,6 @@ class Call:
         self.ctx = None
         self.children = []
         self.inputs = None
-
-
-# ------------------------------------------------------------ grad mode
-@contextmanager
-def no_grad():
-    """Within this block (in this thread) forward passes save nothing for
-    backward; usable as a decorator too."""
-    prev = _tls.grad_enabled
-    _tls.grad_enabled = False
-    try:
-        yield
-    finally:
-        _tls.grad_enabled = prev
-
-
-@contextmanager
-def enable_grad():
-    """Turn saving for backward back on inside a no_grad block (this thread)."""
-    prev = _tls.grad_enabled
-    _tls.grad_enabled = True
-    try:
-        yield
-    finally:
-        _tls.grad_enabled = prev
-
-
-def is_grad_enabled() -> bool:
-    return _tls.grad_enabled
 
 
 # ------------------------------------------------------------ arrays
@@ -143,7 +115,7 @@ def run_forward(module, fn, args, kwargs):
     forwards = _tls.forwards
     if forwards and forwards[-1].module is module:
         return fn(module, *args, **kwargs)  # super().forward() inside the same call
-    if not _tls.grad_enabled:
+    if not is_grad_enabled():
         module.__dict__["_last_no_grad"] = True
         return fn(module, *args, **kwargs)
     call = Call(module, _inputs(args, kwargs))

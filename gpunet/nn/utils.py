@@ -7,18 +7,18 @@ import math
 import numpy as np
 
 from ..backend import backend_of
-from .module import Parameter
+from ..autograd.tensor import Tensor
 
 
 def _grads(parameters) -> list:
-    if isinstance(parameters, Parameter):
+    if isinstance(parameters, Tensor):
         parameters = [parameters]
     grads = []
     for i, p in enumerate(parameters):
-        if not isinstance(p, Parameter):
-            raise TypeError(f"parameters: element {i}: expected a gpunet Parameter, got {type(p).__name__}")
-        if p.grad is not None:
-            grads.append(p.grad)
+        if not isinstance(p, Tensor):
+            raise TypeError(f"parameters: element {i}: expected a gpunet Parameter or Tensor, got {type(p).__name__}")
+        if p._grad is not None:
+            grads.append(p._grad)
     return grads
 
 

@@ -134,6 +134,8 @@ FORWARD = {
     "softplus": _softplus_forward,
     "heaviside": lambda xp, x: (x >= 0).astype(x.dtype),
     "sign": lambda xp, x: xp.sign(x),
+    "silu": lambda xp, x: x * sigmoid(xp, x),
+    "elu": lambda xp, x, alpha=1.0: xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
 }
 
 # derivative(xp, x, y, **params): whichever of the input x and output y is cheaper
@@ -145,6 +147,8 @@ DERIVATIVE = {
     "softsign": lambda xp, x, y: 1 / (1 + xp.abs(x)) ** 2,
     "gelu": _gelu_derivative,
     "softplus": _softplus_derivative,
+    "silu": lambda xp, x, y: sigmoid(xp, x) * (1 + x * (1 - sigmoid(xp, x))),
+    "elu": lambda xp, x, y, alpha=1.0: xp.where(x > 0, 1.0, y + alpha),
 }
 
 # activations with a kernel in csrc/kernels/activation.cu, and how their
@@ -240,6 +244,12 @@ FUSED_BACKWARD = {
         T s;
         if (bx > beta) s = T(1); else {{ {_SIGMOID_OF_BX} }}
         dx = dy * s;"""),
+    "silu": ("x", f"""
+        const T bx = x;
+        T s;
+        {_SIGMOID_OF_BX}
+        dx = dy * (s * (T(1) + x * (T(1) - s)));"""),
+    "elu": ("x", "dx = x > T(0) ? dy : dy * (alpha * exp(x));"),
 }
 
 
@@ -257,5 +267,7 @@ def _fused_backward(kind: str, params: dict, x, y, dy):
         alpha = params.get("negative_slope", 0.01)
     elif kind == "softplus":
         alpha, beta = params.get("beta", 1.0), params.get("threshold", 20.0)
+    elif kind == "elu":
+        alpha = params.get("alpha", 1.0)
     reads = x if FUSED_BACKWARD[key][0] == "x" else y
     return _fused_backward_kernel(key)(reads, dy, alpha, beta)

@@ -30,10 +30,10 @@ class Adagrad(Optimizer):
         for p in params:
             state = self.state.setdefault(p, {})
             if not state:
-                state.update(step=0, sum=be.xp.full_like(p.data, group["initial_accumulator_value"]))
+                state.update(step=0, sum=be.xp.full_like(p._data, group["initial_accumulator_value"]))
             state["step"] += 1
         states = [self.state[p] for p in params]
-        ops.adagrad(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+        ops.adagrad(be, [p._data for p in params], self._signed(group, [p._grad for p in params]),
                     [s["sum"] for s in states], [s["step"] for s in states], lr=group["lr"],
                     lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"])
 
@@ -64,9 +64,9 @@ class Adadelta(Optimizer):
         for p in params:
             state = self.state.setdefault(p, {})
             if not state:
-                state.update(step=0, square_avg=zeros(p.data), acc_delta=zeros(p.data))
+                state.update(step=0, square_avg=zeros(p._data), acc_delta=zeros(p._data))
             state["step"] += 1
         states = [self.state[p] for p in params]
-        ops.adadelta(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+        ops.adadelta(be, [p._data for p in params], self._signed(group, [p._grad for p in params]),
                      [s["square_avg"] for s in states], [s["acc_delta"] for s in states], lr=group["lr"],
                      rho=group["rho"], eps=group["eps"], weight_decay=group["weight_decay"])

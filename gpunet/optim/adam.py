@@ -29,7 +29,7 @@ class _AdamLike(Optimizer):
             state = self.state.setdefault(p, {})
             if not state:
                 state["step"] = 0
-                state.update({k: be.xp.zeros_like(p.data) for k in self._moments})
+                state.update({k: be.xp.zeros_like(p._data) for k in self._moments})
             state["step"] += 1
             states.append(state)
         return states
@@ -63,9 +63,9 @@ class Adam(_AdamLike):
         states = self._states(group, params, be)
         if group["amsgrad"]:
             for p, state in zip(params, states):
-                state.setdefault("max_exp_avg_sq", be.xp.zeros_like(p.data))
+                state.setdefault("max_exp_avg_sq", be.xp.zeros_like(p._data))
         beta1, beta2 = group["betas"]
-        ops.adam(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+        ops.adam(be, [p._data for p in params], self._signed(group, [p._grad for p in params]),
                  [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
                  lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                  decoupled=group["decoupled_weight_decay"],
@@ -102,7 +102,7 @@ class Adamax(_AdamLike):
     def _update(self, group, params, be):
         states = self._states(group, params, be)
         beta1, beta2 = group["betas"]
-        ops.adamax(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+        ops.adamax(be, [p._data for p in params], self._signed(group, [p._grad for p in params]),
                    [s["exp_avg"] for s in states], [s["exp_inf"] for s in states], [s["step"] for s in states],
                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
 
@@ -132,7 +132,7 @@ class NAdam(_AdamLike):
         for state in states:
             state.setdefault("mu_product", 1.0)
         beta1, beta2 = group["betas"]
-        products = ops.nadam(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+        products = ops.nadam(be, [p._data for p in params], self._signed(group, [p._grad for p in params]),
                              [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                              [s["mu_product"] for s in states], [s["step"] for s in states],
                              lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
@@ -159,7 +159,7 @@ class RAdam(_AdamLike):
     def _update(self, group, params, be):
         states = self._states(group, params, be)
         beta1, beta2 = group["betas"]
-        ops.radam(be, [p.data for p in params], self._signed(group, [p.grad for p in params]),
+        ops.radam(be, [p._data for p in params], self._signed(group, [p._grad for p in params]),
                   [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
                   lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                   decoupled=group["decoupled_weight_decay"])

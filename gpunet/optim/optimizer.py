@@ -1,7 +1,7 @@
 """Optimizer base class: parameter groups, per-parameter state, zero_grad and
 state_dict with PyTorch's structure and semantics.
 
-An optimizer updates `p.data` IN PLACE (never rebinding it), so a module, its
+An optimizer updates `p._data` IN PLACE (never rebinding it), so a module, its
 optimizer and anything else holding the array keep seeing the same buffer, and
 the fused CUDA update (one kernel launch per group on sim/cuda) and the array
 code (cpu/cupy) write the same memory.
@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from ..backend import Backend, backend_of, get_backend, to_numpy
-from ..nn.module import Parameter
+from ..autograd.tensor import Tensor
 from ..ops import device_errors
 
 
@@ -60,11 +60,11 @@ class Optimizer:
     def __init__(self, params, defaults: dict, device=None):
         self.defaults = dict(defaults)
         self.device = None if device is None else get_backend(device)
-        self.state: dict[Parameter, dict] = {}
+        self.state: dict[Tensor, dict] = {}
         self.param_groups: list[dict] = []
-        if isinstance(params, Parameter):
+        if isinstance(params, Tensor):
             raise TypeError("params: expected an iterable of Parameters or of dicts (parameter groups), "
-                            "got a single Parameter (wrap it in a list)")
+                            f"got a single {type(params).__name__} (wrap it in a list)")
         if isinstance(params, dict):
             raise TypeError("params: expected an iterable of Parameters or of dicts, got a dict "
                             "(pass a list of parameter groups: [{'params': ...}])")
@@ -85,11 +85,12 @@ class Optimizer:
         if "params" not in group:
             raise ValueError(f"param_groups[{gi}]: the dict has no 'params' entry (keys: {sorted(group)})")
         params = group["params"]
-        params = [params] if isinstance(params, Parameter) else list(params)
+        params = [params] if isinstance(params, Tensor) else list(params)
         for i, p in enumerate(params):
-            if not isinstance(p, Parameter):
+            if not isinstance(p, Tensor) or not p.is_leaf:
                 raise TypeError(f"param_groups[{gi}]['params'][{i}]: expected a gpunet Parameter "
-                                f"(model.parameters()), got {_kind(p)}")
+                                f"(model.parameters()) or a leaf Tensor, got {_kind(p)}"
+                                + ("" if not isinstance(p, Tensor) else " that is not a leaf (it has a grad_fn)"))
         if len({id(p) for p in params}) != len(params):
             raise ValueError(f"param_groups[{gi}]: a parameter appears twice in the group")
         taken = {id(p) for g in self.param_groups for p in g["params"]}
@@ -136,12 +137,12 @@ class Optimizer:
         """Clear every parameter's gradient (drop it, or fill it with zeros in place)."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                if p._grad is None:
                     continue
                 if set_to_none:
-                    p.grad = None
+                    p._grad = None
                 else:
-                    p.grad[...] = 0
+                    p._grad[...] = 0
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient (those whose grad is
@@ -150,7 +151,7 @@ class Optimizer:
         loss = closure() if closure is not None else None
         work = []
         for gi, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p._grad is not None]
             if params:
                 work.append((group, params, self._backend_for(group, params, gi)))
         # bad targets or indices a kernel reported since the last sync raise
@@ -159,6 +160,8 @@ class Optimizer:
             device_errors.check(be)
         for group, params, be in work:
             self._update(group, params, be)
+            for p in params:  # updated in place: a graph that saved the old values must not use them
+                p._vc[0] += 1
         return loss
 
     def _update(self, group: dict, params: list, be: Backend):
@@ -171,17 +174,17 @@ class Optimizer:
         index = {id(p): i for i, p in enumerate(group["params"])}
         for p in params:
             where = f"param_groups[{gi}]['params'][{index[id(p)]}]"
-            for what, x in (("data", p.data), ("grad", p.grad)):
+            for what, x in (("data", p._data), ("grad", p._grad)):
                 if not be.owns(x):
                     raise TypeError(f"{where}.{what}: expected an array of backend {be.device!r}, got {_kind(x)} "
                                     "(move the model before creating the optimizer, or pass device=...)")
-            if tuple(p.grad.shape) != tuple(p.data.shape) or p.grad.dtype != p.data.dtype:
-                raise ValueError(f"{where}.grad: expected shape {tuple(p.data.shape)} and dtype {p.data.dtype} "
-                                 f"(those of the parameter), got {tuple(p.grad.shape)} {p.grad.dtype}")
+            if tuple(p._grad.shape) != tuple(p._data.shape) or p._grad.dtype != p._data.dtype:
+                raise ValueError(f"{where}.grad: expected shape {tuple(p._data.shape)} and dtype {p._data.dtype} "
+                                 f"(those of the parameter), got {tuple(p._grad.shape)} {p._grad.dtype}")
         return be
 
-    def _backend_of(self, p: Parameter) -> Backend:
-        return self.device or p.backend or backend_of(p.data)
+    def _backend_of(self, p: Tensor) -> Backend:
+        return self.device or p.backend
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -238,10 +241,10 @@ class Optimizer:
             restored = {}
             for key, value in entry.items():
                 if hasattr(value, "shape"):
-                    if tuple(value.shape) != tuple(p.data.shape):
+                    if tuple(value.shape) != tuple(p._data.shape):
                         raise ValueError(f"load_state_dict: state[{idx}][{key!r}] has shape {tuple(value.shape)}, "
-                                         f"but {where} has shape {tuple(p.data.shape)}")
-                    value = be.asarray(to_numpy(value), dtype=p.data.dtype)
+                                         f"but {where} has shape {tuple(p._data.shape)}")
+                    value = be.asarray(to_numpy(value), dtype=p._data.dtype)
                 restored[key] = value
             new_state[p] = restored
         for mine, saved in zip(self.param_groups, saved_groups):

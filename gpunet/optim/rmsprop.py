@@ -32,14 +32,14 @@ class RMSprop(Optimizer):
         for p in params:
             state = self.state.setdefault(p, {})
             if not state:
-                state.update(step=0, square_avg=zeros(p.data))
+                state.update(step=0, square_avg=zeros(p._data))
             if group["centered"] and "grad_avg" not in state:
-                state["grad_avg"] = zeros(p.data)
+                state["grad_avg"] = zeros(p._data)
             if group["momentum"] and "momentum_buffer" not in state:
-                state["momentum_buffer"] = zeros(p.data)
+                state["momentum_buffer"] = zeros(p._data)
             state["step"] += 1
         states = [self.state[p] for p in params]
-        ops.rmsprop(be, [p.data for p in params], self._signed(group, [p.grad for p in params]), [s["square_avg"] for s in states],
+        ops.rmsprop(be, [p._data for p in params], self._signed(group, [p._grad for p in params]), [s["square_avg"] for s in states],
                     [s["grad_avg"] for s in states] if group["centered"] else None,
                     [s.get("momentum_buffer") for s in states],
                     lr=group["lr"], alpha=group["alpha"], eps=group["eps"],

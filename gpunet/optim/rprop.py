@@ -43,13 +43,13 @@ class Rprop(Optimizer):
         for p in params:
             state = self.state.setdefault(p, {})
             if not state:
-                state.update(step=0, prev=xp.zeros_like(p.data), step_size=xp.full_like(p.data, group["lr"]))
+                state.update(step=0, prev=xp.zeros_like(p._data), step_size=xp.full_like(p._data, group["lr"]))
             if group["backtrack"] and "prev_delta" not in state:
-                state["prev_delta"] = xp.zeros_like(p.data)
+                state["prev_delta"] = xp.zeros_like(p._data)
             state["step"] += 1
         states = [self.state[p] for p in params]
         (etaminus, etaplus), (step_min, step_max) = group["etas"], group["step_sizes"]
-        ops.rprop(be, [p.data for p in params], self._signed(group, [p.grad for p in params]), [s["prev"] for s in states],
+        ops.rprop(be, [p._data for p in params], self._signed(group, [p._grad for p in params]), [s["prev"] for s in states],
                   [s["step_size"] for s in states],
                   [s["prev_delta"] for s in states] if group["backtrack"] else None,
                   etaminus=etaminus, etaplus=etaplus, step_min=step_min, step_max=step_max)

@@ -41,11 +41,11 @@ class SGD(Optimizer):
         for p in params:
             state = self.state.setdefault(p, {})
             if group["momentum"] and "momentum_buffer" not in state:
-                state["momentum_buffer"] = be.xp.zeros_like(p.data)
+                state["momentum_buffer"] = be.xp.zeros_like(p._data)
                 fresh.append(True)
             else:
                 fresh.append(False)
             bufs.append(state.get("momentum_buffer"))
-        ops.sgd(be, [p.data for p in params], self._signed(group, [p.grad for p in params]), bufs, fresh,
+        ops.sgd(be, [p._data for p in params], self._signed(group, [p._grad for p in params]), bufs, fresh,
                 lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                 weight_decay=group["weight_decay"], nesterov=group["nesterov"])
