@@ -25,6 +25,7 @@ import numpy as np
 
 from ..dispatch import path
 from . import pool
+from .half import float32_compute
 
 _FALLBACK = "the output size does not divide the input size (windows of different sizes)"
 
@@ -51,6 +52,7 @@ def _averaging(xp, size: int, out: int, dtype):
 
 
 # ---------------------------------------------------------------- average
+@float32_compute("adaptive_avg_pool2d", forward=True)
 def adaptive_avg_pool2d_forward(be, x, out_size):
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context."""
     k = _kernel(x.shape, out_size)
@@ -63,6 +65,7 @@ def adaptive_avg_pool2d_forward(be, x, out_size):
     return ah @ x @ aw.T, (False, (ah, aw))
 
 
+@float32_compute("adaptive_avg_pool2d", forward=False)
 def adaptive_avg_pool2d_backward(be, ctx, dy):
     pooled, saved = ctx
     if pooled:
@@ -72,6 +75,7 @@ def adaptive_avg_pool2d_backward(be, ctx, dy):
 
 
 # ---------------------------------------------------------------- max
+@float32_compute("adaptive_max_pool2d", forward=True)
 def adaptive_max_pool2d_forward(be, x, out_size):
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context (indices
     come from adaptive_max_pool2d_indices)."""
@@ -98,6 +102,7 @@ def adaptive_max_pool2d_forward(be, x, out_size):
     return y, (False, xp.ascontiguousarray(arg), x.shape)
 
 
+@float32_compute("adaptive_max_pool2d", forward=False)
 def adaptive_max_pool2d_backward(be, ctx, dy):
     pooled, saved, x_shape = ctx
     if pooled:

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from ..dispatch import path
+from .half import float32_compute
 
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
@@ -46,6 +47,7 @@ def random_bits(xp, seed: int, offset: int, n: int):
     return z >> u64(32)
 
 
+@float32_compute("dropout", forward=True)
 def dropout_forward(be, x, p: float, seed: int, offset: int):
     """Training-mode dropout of x with drop probability p in [0, 1]. Returns (y, ctx)."""
     xp = be.xp
@@ -64,6 +66,7 @@ def dropout_forward(be, x, p: float, seed: int, offset: int):
     return y, ("counter", seed, offset, thr, scale)
 
 
+@float32_compute("dropout", forward=False)
 def dropout_backward(be, ctx, dy):
     """dx = dy where kept, times 1/(1-p); zero where dropped."""
     xp = be.xp

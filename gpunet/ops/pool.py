@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..dispatch import path
+from .half import float32_compute
 
 
 class Window(NamedTuple):
@@ -112,6 +113,7 @@ def _kernel_args(win: Window):
 
 
 # ---------------------------------------------------------------- max pooling
+@float32_compute("max_pool2d", forward=True)
 def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context."""
     xp = be.xp
@@ -152,6 +154,7 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
     return y, (False, arg, x.shape, win)
 
 
+@float32_compute("max_pool2d", forward=False)
 def maxpool2d_backward(be, ctx, dy):
     """Each output gradient goes to the input element its forward picked."""
     xp = be.xp
@@ -191,6 +194,7 @@ def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
     return d.astype(dtype)
 
 
+@float32_compute("avg_pool2d", forward=True)
 def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
     xp = be.xp
     win = window(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
@@ -207,6 +211,7 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
     return y, (False, x.shape, win, count_include_pad)
 
 
+@float32_compute("avg_pool2d", forward=False)
 def avgpool2d_backward(be, ctx, dy):
     """Each input element receives dy/divisor from every window that contains it."""
     xp = be.xp
