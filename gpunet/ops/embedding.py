@@ -17,12 +17,14 @@ import numpy as np
 from ..dispatch import path
 from . import device_errors
 from .cupy_kernels import cupy, launch
+from .half import float32_compute
 
 # runs up to this long are summed level by level (one vectorised add per
 # position in the run); the rest of a longer run goes through add.reduceat
 _LEVELS = 16
 
 
+@float32_compute("embedding", forward=True)
 def embedding_forward(be, weight, idx):
     """weight (V, D), idx integer array of any shape -> out idx.shape + (D,),
     and the flat int64 indices backward needs. The kernel path reports indices
@@ -40,6 +42,7 @@ def embedding_forward(be, weight, idx):
     return out.reshape(tuple(idx.shape) + (D,)), flat
 
 
+@float32_compute("embedding", forward=False)
 def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     """d weight (V, D) from the flat indices and dy (..., D); the padding row
     (if any) gets zero."""
