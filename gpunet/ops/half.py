@@ -64,19 +64,21 @@ def _round(v, storage):
     return v
 
 
-def float32_compute(op: str, forward: bool, half_kernels=None):
+def float32_compute(op: str, forward: bool, half_kernels=None, array_code: bool = False):
     """Decorator of an op function `fn(be, *args, **kwargs)` (see the module
     docstring). forward=True: fn returns (y, ctx), y is rounded and a tuple
     ctx becomes a HalfCtx; forward=False: every returned array is a gradient,
     all rounded. half_kernels(be, *args, **kwargs): True when the op's kernels
-    take this half call on a kernel backend; fn then gets the half arrays."""
+    take this half call on a kernel backend; fn then gets the half arrays.
+    array_code: the op is array code on every backend (it has no kernel), so
+    kernel backends compute half calls as cpu does."""
     def wrap(fn):
         @functools.wraps(fn)
         def run(be, *args, **kwargs):
             storage = _storage(list(args) + list(kwargs.values()))
             if storage is None:
                 return fn(be, *args, **kwargs)
-            if be.kernels is not None:
+            if be.kernels is not None and not array_code:
                 if half_kernels is not None and half_kernels(be, *args, **kwargs):
                     return fn(be, *args, **kwargs)
                 raise NotImplementedError(

@@ -14,6 +14,9 @@ on cuda that is CuPy's reduction kernels).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .. import dtypes
 from ..dispatch import path
 from .half import float32_compute
 
@@ -134,7 +137,10 @@ def _channel_sum(xp, a3):
 def batch_norm_stats(be, x):
     """Per-channel mean and biased variance of x (N, C, *) over N and the
     spatial axes, and the number of values per channel. An empty input has
-    none: mean 0 and variance 1 then, so that its (empty) output is finite."""
+    none: mean 0 and variance 1 then, so that its (empty) output is finite.
+    A half x gets float32 statistics (batch_norm_forward reads them as they are)."""
+    if dtypes.is_half(x.dtype):
+        return batch_norm_stats(be, x.astype(np.float32))
     path(be, "batch_norm", x.dtype, unsupported="no kernel (batch norm is array code on every backend)")
     xp = be.xp
     x3 = _channel_view(x)
@@ -147,6 +153,7 @@ def batch_norm_stats(be, x):
     return mean, var, count
 
 
+@float32_compute("batch_norm", forward=True, array_code=True)
 def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     """Normalise x (N, C, *) per channel with the given statistics (the batch's
     in training, the running ones in eval): y = (x - mean)·rstd·w + b."""
@@ -163,6 +170,7 @@ def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     return y.reshape(x.shape), (x3, mean.copy(), rstd, weight, bias is not None)
 
 
+@float32_compute("batch_norm", forward=False, array_code=True)
 def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     """dx, dweight, dbias. batch_stats: the forward normalised with the batch's
     own statistics, so the gradient also flows through mean and variance:
