@@ -425,11 +425,10 @@ inline View as_array(py::handle obj, const char* name, const char* dtype) {
   return v;
 }
 
-// A 2-D (rows, cols) float32 array, C-contiguous, reduced along its rows by
-// the row kernels (common/rows.cuh), which index a row's columns with int
-// and launch at most kMaxRows rows.
-inline View as_rows(py::handle obj, const char* name) {
-  const View v = as_array(obj, name, "float32");
+// A 2-D (rows, cols) array reduced along its rows by the row kernels
+// (common/rows.cuh), which index a row's columns with int and launch at
+// most kMaxRows rows.
+inline void require_rows(const View& v, const char* name) {
   require_ndim(v, name, 2);
   if (v.shape[1] > INT_MAX)
     throw py::value_error(detail::arg(name) + "rows longer than " + std::to_string(INT_MAX) +
@@ -437,6 +436,11 @@ inline View as_rows(py::handle obj, const char* name) {
   if (v.shape[0] > kMaxRows)
     throw py::value_error(detail::arg(name) + "more than " + std::to_string(kMaxRows) +
                           " rows are not supported, got " + detail::shape_str(v.shape));
+}
+// The same, float32 and C-contiguous.
+inline View as_rows(py::handle obj, const char* name) {
+  const View v = as_array(obj, name, "float32");
+  require_rows(v, name);
   return v;
 }
 

@@ -21,6 +21,7 @@
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "common/rows.h"
+#include "common/storage.cuh"
 
 namespace gpunet {
 
@@ -58,15 +59,16 @@ __device__ __forceinline__ float warp_reduce_max(float v) {
 
 // The warp-per-row kernels' load: lane l keeps u[i] = sgn * row[l + 32 i]
 // (-inf past the row's end, which every later exp turns into 0) for a row of
-// cols <= 32 VPT floats; returns the row's max, the same in every lane.
-template <int VPT>
-__device__ __forceinline__ float warp_load_row_max(const float* row, int cols, float sgn, float (&u)[VPT]) {
+// cols <= 32 VPT values of storage type T (read in float32, common/storage.cuh);
+// returns the row's max, the same in every lane.
+template <int VPT, class T>
+__device__ __forceinline__ float warp_load_row_max(const T* row, int cols, float sgn, float (&u)[VPT]) {
   const int lane = threadIdx.x % 32;
   float m = -INFINITY;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int c = lane + 32 * i;
-    u[i] = c < cols ? sgn * row[c] : -INFINITY;
+    u[i] = c < cols ? sgn * to_float(row[c]) : -INFINITY;
     m = fmaxf(m, u[i]);
   }
   return warp_reduce_max(m);

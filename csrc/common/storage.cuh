@@ -36,6 +36,20 @@ struct HalfPair<__nv_bfloat16> {
   __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 };
 
+// One value of any storage type read in float32 / a float32 rounded to it
+// (round to nearest even), for kernels whose access is not a contiguous pack.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    return HalfPair<T>::from_float(v);
+  }
+}
+
 // 16 bytes of a 16-bit storage type: 8 values as 4 pairs, loaded and stored whole.
 template <class T>
 struct alignas(16) Pack8 {

@@ -1,5 +1,9 @@
-// softmax.cu -- float32 softmax / log-softmax along the last axis with an
-// inverse temperature beta, forward and backward. (Cross-entropy, fused with
+// softmax.cu -- softmax / log-softmax along the last axis with an inverse
+// temperature beta, forward and backward, templated on the storage type T
+// (float, __half, __nv_bfloat16; common/storage.h): every value is read in
+// float32, max, sums and the gradient are computed in float32, and each
+// output is rounded once to T. The half rows are read a value per lane as
+// the float ones (coalesced across the warp: 64 bytes per request). (Cross-entropy, fused with
 // log-softmax, is the loss family: kernels/loss.cu.)
 //
 // Stability for any beta: with u = sign(beta) x and b = |beta| >= 0 (so that
@@ -32,19 +36,21 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "common/rows.cuh"
+#include "common/storage.cuh"
 #include "kernels/softmax.h"
 
 namespace gpunet {
 namespace {
 
 // ------------------------------------------------------------ softmax forward
-template <int VPT, bool LOG>
+template <class T, int VPT, bool LOG>
 __global__ void __launch_bounds__(kWarpBlock)
-    softmax_forward_warp(const float* __restrict__ x, float* __restrict__ y, int64_t rows, int cols, float beta) {
+    softmax_forward_warp(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int cols, float beta) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
   if (row >= rows) return;  // the whole warp leaves together
@@ -61,28 +67,28 @@ __global__ void __launch_bounds__(kWarpBlock)
   }
   s = warp_reduce_sum(s);
   const float k = LOG ? logf(s) : 1.f / s;
-  float* yr = y + row * cols;
+  T* yr = y + row * cols;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int c = lane + 32 * i;
-    if (c < cols) yr[c] = LOG ? u[i] - k : u[i] * k;
+    if (c < cols) yr[c] = from_float<T>(LOG ? u[i] - k : u[i] * k);
   }
 }
 
-template <bool LOG>
+template <class T, bool LOG>
 __global__ void __launch_bounds__(kRowBlock)
-    softmax_forward_block(const float* __restrict__ x, float* __restrict__ y, int64_t rows, int cols, float beta) {
+    softmax_forward_block(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int cols, float beta) {
   const float sgn = beta < 0.f ? -1.f : 1.f, b = fabsf(beta);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const float* xr = x + row * cols;
+    const T* xr = x + row * cols;
     MaxSum a{-INFINITY, 0.f};
-    for (int c = threadIdx.x; c < cols; c += kRowBlock) online_add(a, sgn * xr[c], b);
+    for (int c = threadIdx.x; c < cols; c += kRowBlock) online_add(a, sgn * to_float(xr[c]), b);
     a = block_reduce_maxsum(a, b);
     const float k = LOG ? logf(a.s) : 1.f / a.s;
-    float* yr = y + row * cols;
+    T* yr = y + row * cols;
     for (int c = threadIdx.x; c < cols; c += kRowBlock) {
-      const float z = shifted(sgn * xr[c], a.m, b);
-      yr[c] = LOG ? z - k : expf(z) * k;
+      const float z = shifted(sgn * to_float(xr[c]), a.m, b);
+      yr[c] = from_float<T>(LOG ? z - k : expf(z) * k);
     }
   }
 }
@@ -96,92 +102,131 @@ __device__ __forceinline__ float softmax_grad(float y, float dy, float sum, floa
   return LOG ? beta * (dy - expf(y) * sum) : beta * y * (dy - sum);
 }
 
+// A lane's VPT values of a row kept for a later pass: float32 ones as they
+// are, 16-bit ones two to a register (32 unpacked half values plus the
+// backward's other state spill under the 64-register cap).
+template <class T, int VPT, bool = std::is_same_v<T, float>>
+struct HeldRow {
+  float v[VPT];
+  __device__ __forceinline__ void set(int i, float g) { v[i] = g; }
+  __device__ __forceinline__ float get(int i) const { return v[i]; }
+};
+template <class T, int VPT>
+struct HeldRow<T, VPT, false> {
+  typename HalfPair<T>::type p[(VPT + 1) / 2];
+  __device__ __forceinline__ void set(int i, T g) {
+    if (i % 2 == 0)
+      p[i / 2].x = g;
+    else
+      p[i / 2].y = g;
+  }
+  __device__ __forceinline__ float get(int i) const {
+    const float2 f = HalfPair<T>::to_float2(p[i / 2]);
+    return i % 2 == 0 ? f.x : f.y;
+  }
+};
+
 // Holds only dy in registers and reads y again in the writing pass (from
 // L1: the warp read the same row just before): keeping both rows took
 // 2·VPT registers per lane (109 at VPT = 32, occupancy 0.25). The minimum of
 // kBackwardBlocksPerSm blocks caps ptxas at 64 registers, so it does not
 // keep all 2·VPT loads of the first pass in flight at once either.
-template <int VPT, bool LOG>
+template <class T, int VPT, bool LOG>
 __global__ void __launch_bounds__(kWarpBlock, kBackwardBlocksPerSm)
-    softmax_backward_warp(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
+    softmax_backward_warp(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx,
                           int64_t rows, int cols, float beta) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
   if (row >= rows) return;
-  const float* yr = y + row * cols;
-  const float* gr = dy + row * cols;
-  float gv[VPT];
+  const T* yr = y + row * cols;
+  const T* gr = dy + row * cols;
+  HeldRow<T, VPT> gv;
   float s = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int c = lane + 32 * i;
-    gv[i] = c < cols ? gr[c] : 0.f;
+    gv.set(i, c < cols ? gr[c] : from_float<T>(0.f));
     if (LOG)
-      s += gv[i];
+      s += gv.get(i);
     else if (c < cols)
-      s += gv[i] * yr[c];
+      s += gv.get(i) * to_float(yr[c]);
   }
   s = warp_reduce_sum(s);
-  float* dr = dx + row * cols;
+  T* dr = dx + row * cols;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int c = lane + 32 * i;
-    if (c < cols) dr[c] = softmax_grad<LOG>(yr[c], gv[i], s, beta);
+    if (c < cols) dr[c] = from_float<T>(softmax_grad<LOG>(to_float(yr[c]), gv.get(i), s, beta));
   }
 }
 
-template <bool LOG>
+template <class T, bool LOG>
 __global__ void __launch_bounds__(kRowBlock)
-    softmax_backward_block(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx,
+    softmax_backward_block(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx,
                            int64_t rows, int cols, float beta) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const float* yr = y + row * cols;
-    const float* gr = dy + row * cols;
+    const T* yr = y + row * cols;
+    const T* gr = dy + row * cols;
     float s = 0.f;
-    for (int c = threadIdx.x; c < cols; c += kRowBlock) s += LOG ? gr[c] : gr[c] * yr[c];
+    for (int c = threadIdx.x; c < cols; c += kRowBlock)
+      s += LOG ? to_float(gr[c]) : to_float(gr[c]) * to_float(yr[c]);
     s = block_reduce_sum<kRowBlock>(s);
-    float* dr = dx + row * cols;
-    for (int c = threadIdx.x; c < cols; c += kRowBlock) dr[c] = softmax_grad<LOG>(yr[c], gr[c], s, beta);
+    T* dr = dx + row * cols;
+    for (int c = threadIdx.x; c < cols; c += kRowBlock)
+      dr[c] = from_float<T>(softmax_grad<LOG>(to_float(yr[c]), to_float(gr[c]), s, beta));
   }
 }
 
 // ------------------------------------------------------------ dispatch
-template <bool LOG>
-void launch_softmax_forward(const float* x, float* y, int64_t rows, int cols, float beta, cudaStream_t stream) {
+template <class T, bool LOG>
+void launch_softmax_forward(const T* x, T* y, int64_t rows, int cols, float beta, cudaStream_t stream) {
   if (cols > kMaxWarpCols) {
-    softmax_forward_block<LOG><<<row_grid(rows), kRowBlock, 0, stream>>>(x, y, rows, cols, beta);
+    softmax_forward_block<T, LOG><<<row_grid(rows), kRowBlock, 0, stream>>>(x, y, rows, cols, beta);
     return;
   }
   with_values_per_lane(cols, [&](auto vpt) {
-    softmax_forward_warp<decltype(vpt)::value, LOG><<<warp_grid(rows), kWarpBlock, 0, stream>>>(x, y, rows, cols, beta);
+    softmax_forward_warp<T, decltype(vpt)::value, LOG>
+        <<<warp_grid(rows), kWarpBlock, 0, stream>>>(x, y, rows, cols, beta);
   });
 }
 
-template <bool LOG>
-void launch_softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int cols, float beta,
+template <class T, bool LOG>
+void launch_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int cols, float beta,
                              cudaStream_t stream) {
   if (cols > kMaxWarpCols) {
-    softmax_backward_block<LOG><<<row_grid(rows), kRowBlock, 0, stream>>>(y, dy, dx, rows, cols, beta);
+    softmax_backward_block<T, LOG><<<row_grid(rows), kRowBlock, 0, stream>>>(y, dy, dx, rows, cols, beta);
     return;
   }
   with_values_per_lane(cols, [&](auto vpt) {
-    softmax_backward_warp<decltype(vpt)::value, LOG>
+    softmax_backward_warp<T, decltype(vpt)::value, LOG>
         <<<warp_grid(rows), kWarpBlock, 0, stream>>>(y, dy, dx, rows, cols, beta);
   });
 }
 
 }  // namespace
 
-void softmax_forward(const float* x, float* y, int64_t rows, int cols, float beta, bool log, cudaStream_t stream) {
+void softmax_forward(Storage storage, const void* x, void* y, int64_t rows, int cols, float beta, bool log,
+                     cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  with_bools([&](auto log_c) { launch_softmax_forward<decltype(log_c)::value>(x, y, rows, cols, beta, stream); }, log);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_bools([&](auto log_c) {
+      launch_softmax_forward<T, decltype(log_c)::value>(static_cast<const T*>(x), static_cast<T*>(y), rows, cols,
+                                                        beta, stream);
+    }, log);
+  });
 }
 
-void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int cols, float beta, bool log,
-                      cudaStream_t stream) {
+void softmax_backward(Storage storage, const void* y, const void* dy, void* dx, int64_t rows, int cols, float beta,
+                      bool log, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
-  with_bools(
-      [&](auto log_c) { launch_softmax_backward<decltype(log_c)::value>(y, dy, dx, rows, cols, beta, stream); }, log);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_bools([&](auto log_c) {
+      launch_softmax_backward<T, decltype(log_c)::value>(static_cast<const T*>(y), static_cast<const T*>(dy),
+                                                         static_cast<T*>(dx), rows, cols, beta, stream);
+    }, log);
+  });
 }
 
 }  // namespace gpunet

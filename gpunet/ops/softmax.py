@@ -13,8 +13,9 @@ Backward (y the output, g the incoming gradient, sums along `dim`):
     softmax:      dz = beta * y * (g - sum(g * y))
     log_softmax:  dz = beta * (g - e^y * sum(g))
 
-Kernel backends (sim, cuda; float32) run csrc/kernels/softmax.cu along the
-last axis. Softmax along another axis there is computed by moving that axis
+Kernel backends (sim, cuda; float32, and float16/bfloat16 storage computed
+in float32 with each output rounded once, as the cpu reference does through
+gpunet.ops.half) run csrc/kernels/softmax.cu along the last axis. Softmax along another axis there is computed by moving that axis
 last (one transposing copy in, one out); the saved output stays in that
 moved layout so backward transposes only the incoming gradient.
 """
@@ -24,8 +25,9 @@ import warnings
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
-from .half import float32_compute
+from .half import float32_compute, kernel_view
 
 
 def resolve_dim(dim, ndim: int) -> int:
@@ -64,7 +66,20 @@ def _from_last(xp, a, dim):
     return xp.ascontiguousarray(xp.moveaxis(a, -1, dim))
 
 
-@float32_compute("softmax", forward=True)
+def _half_kernels(be, *args, **kwargs):
+    """Every half softmax call runs on the kernels (float32 inside)."""
+    return True
+
+
+def _kernel(be, name, *arrays, beta, log):
+    """be.kernels.<name> over 2-D (rows, last axis) views of `arrays` (the
+    last one written), bfloat16 passed as its bits."""
+    cols = arrays[0].shape[-1]
+    getattr(be.kernels, name)(*(kernel_view(be, a.reshape(-1, cols)) for a in arrays), float(beta), bool(log),
+                              be.stream())
+
+
+@float32_compute("softmax", forward=True, half_kernels=_half_kernels)
 def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     """(log-)softmax of x along `dim`. Returns (y, ctx)."""
     xp = be.xp
@@ -75,11 +90,10 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     if x.size == 0:  # nothing to normalise (a zero-length row has no max to shift by)
         y = xp.empty_like(x)
         return y, (y, dim, beta, log)
-    if path(be, "softmax", x.dtype) == "kernel":
+    if dtypes.is_half(x.dtype) or path(be, "softmax", x.dtype) == "kernel":  # half: only kernel backends get here
         xl = _to_last(xp, x, dim)
         yl = xp.empty_like(xl)
-        cols = xl.shape[-1]
-        be.kernels.softmax_forward(xl.reshape(-1, cols), yl.reshape(-1, cols), float(beta), bool(log), be.stream())
+        _kernel(be, "softmax_forward", xl, yl, beta=beta, log=log)
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
     y = _shifted(xp, x, dim, beta)
     if log:
@@ -90,7 +104,7 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     return y, (y, dim, beta, log)
 
 
-@float32_compute("softmax", forward=False)
+@float32_compute("softmax", forward=False, half_kernels=_half_kernels)
 def softmax_backward(be, ctx, dy):
     """Gradient of the (log-)softmax input given the output gradient dy."""
     y, dim, beta, log = ctx
@@ -99,12 +113,10 @@ def softmax_backward(be, ctx, dy):
         return softmax_backward(be, ctx, dy.reshape(1)).reshape(())
     if y.size == 0:
         return xp.empty_like(dy)
-    if path(be, "softmax", y.dtype) == "kernel":
-        dyl = _to_last(xp, dy, dim)
+    if dtypes.is_half(y.dtype) or path(be, "softmax", y.dtype) == "kernel":  # half y: a kernel backend's
+        dyl = _to_last(xp, xp.asarray(dy, dtype=y.dtype), dim)  # a float32 gradient (a loss's) rounded to y's
         dxl = xp.empty_like(dyl)
-        cols = y.shape[-1]
-        be.kernels.softmax_backward(y.reshape(-1, cols), dyl.reshape(-1, cols), dxl.reshape(-1, cols),
-                                 float(beta), bool(log), be.stream())
+        _kernel(be, "softmax_backward", y, dyl, dxl, beta=beta, log=log)
         return _from_last(xp, dxl, dim)
     # one temporary, reused in place
     if log:
