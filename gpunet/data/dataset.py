@@ -43,6 +43,14 @@ class Dataset:
         return default_collate([self[int(i)] for i in indices])
 
 
+class IterableDataset(Dataset):
+    """A dataset read by iterating it (torch.utils.data.IterableDataset):
+    implement __iter__."""
+
+    def __iter__(self):
+        raise NotImplementedError(f"{type(self).__name__} does not implement __iter__")
+
+
 class TensorDataset(Dataset):
     """Samples are rows of arrays that share their first dimension,
     e.g. TensorDataset(images, labels). Arrays may be NumPy or CuPy."""

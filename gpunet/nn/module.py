@@ -37,6 +37,7 @@ def set_default_dtype(dtype):
         raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
     _default_dtype[0] = dtype
 
+from .param_array import param_view, plain  # noqa: E402
 
 # what load_state_dict returns, under PyTorch's field names
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -60,11 +61,11 @@ class Parameter(Tensor):
 
     @property
     def data(self):
-        return self._data
+        return param_view(self._data)  # with torch's in-place methods on host backends (nn/param_array.py)
 
     @data.setter
     def data(self, value):
-        self._data = value._data if isinstance(value, Tensor) else value
+        self._data = value._data if isinstance(value, Tensor) else plain(value)
 
     @property
     def grad(self):
