@@ -37,7 +37,7 @@ def set_default_dtype(dtype):
         raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
     _default_dtype[0] = dtype
 
-from .param_array import param_view, plain  # noqa: E402
+from .param_array import ParamArray, param_view  # noqa: E402
 
 # what load_state_dict returns, under PyTorch's field names
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -61,11 +61,16 @@ class Parameter(Tensor):
 
     @property
     def data(self):
-        return param_view(self._data)  # with torch's in-place methods on host backends (nn/param_array.py)
+        # the array itself, which on host backends also has torch's in-place methods
+        # (nn/param_array.py); kept as that view so `p.data is p.data`
+        d = self._data
+        if type(d) is not ParamArray:
+            d = self._data = param_view(d)
+        return d
 
     @data.setter
     def data(self, value):
-        self._data = value._data if isinstance(value, Tensor) else plain(value)
+        self._data = value._data if isinstance(value, Tensor) else value
 
     @property
     def grad(self):

@@ -59,7 +59,3 @@ class ParamArray(np.ndarray):
 def param_view(a):
     """`a` as a ParamArray view when it is a NumPy array (CuPy arrays pass through)."""
     return a.view(ParamArray) if type(a) is np.ndarray else a
-
-
-def plain(a):
-    return a.view(np.ndarray) if isinstance(a, ParamArray) else a
