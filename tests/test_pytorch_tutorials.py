@@ -180,3 +180,5 @@ def test_saveloadrun_tutorial(tmp_path, monkeypatch):
     saved = gpunet.load(tmp_path / "model_weights.pth")
     state = model.state_dict()
     assert list(state) == list(saved) and all(np.array_equal(state[k], saved[k]) for k in saved)
+    assert list(state)[:2] == ["features.0.weight", "features.0.bias"] and list(state)[-1] == "classifier.6.bias"
+    assert sum(p.numel() for p in model.parameters()) == 138357544  # torchvision's VGG-16
