@@ -1,15 +1,16 @@
-"""PyTorch's dtype names (gpunet.float32, gpunet.long, ...) as NumPy dtypes,
+"""PyTorch's dtype names (gpunet.float, gpunet.long, ...) as NumPy dtypes,
 which is what every gpunet dtype argument takes, and the legacy tensor
 constructors the examples still use (gpunet.LongTensor(n), FloatTensor([..]))."""
 import numpy as np
+
+from .dtypes import float16, float32, float64, half  # the floating names live in gpunet.dtypes
 
 __all__ = ["FloatTensor", "DoubleTensor", "LongTensor", "IntTensor", "BoolTensor",
            "float16", "half", "float32", "float", "float64", "double", "int8", "uint8", "int16", "short",
            "int32", "int", "int64", "long", "bool"]
 
-float16 = half = np.dtype(np.float16)
-float32 = float = np.dtype(np.float32)  # noqa: A001 (torch.float)
-float64 = double = np.dtype(np.float64)
+float = float32  # noqa: A001 (torch.float)
+double = float64
 int8, uint8 = np.dtype(np.int8), np.dtype(np.uint8)
 int16 = short = np.dtype(np.int16)
 int32 = int = np.dtype(np.int32)  # noqa: A001 (torch.int)
