@@ -124,19 +124,20 @@ def test_cifar10_tutorial(tmp_path, monkeypatch):
 def test_mnist_example(tmp_path, monkeypatch, device):
     argv = ["--epochs", "2", "--log-interval", "5", "--test-batch-size", "200"]
     g, out = run_port("mnist/main.py", tmp_path, monkeypatch, device, argv=argv,
-                      samples="640,200" if device == "cpu" else "128,64")
+                      samples="640,200" if device == "cpu" else "96,48")
     losses = numbers(r"Test set: Average loss: ([\d.]+)", out)
     assert len(losses) == 2 and losses[1] < losses[0], out
 
 
+@pytest.mark.filterwarnings("ignore:set_ticklabels:UserWarning")  # the original's matplotlib call
 def test_char_rnn_classification_tutorial(tmp_path, monkeypatch):
     from gpunet.text.names import write_names
     write_names(tmp_path / "data" / "names", n=60)
     random.seed(0)  # the tutorial draws its examples with Python's random
-    consts = {"n_iters": 2000, "print_every": 500, "plot_every": 250, "n_confusion": 200}
+    consts = {"n_iters": 1200, "print_every": 400, "plot_every": 150, "n_confusion": 100}
     g, out = run_port("char_rnn_classification_tutorial.py", tmp_path, monkeypatch, "cpu", consts=consts)
     losses = g["all_losses"]
-    assert len(losses) == 8 and losses[-1] < losses[0] - 0.15, losses
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses
     assert g["n_categories"] == 18 and "> Dovesky" in out
 
 
@@ -148,6 +149,7 @@ def _corpus(root, lines):
     return str(root)
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in log")  # its mask is log(tril(ones)): -inf above
 @pytest.mark.parametrize("model, device", [("LSTM", "cpu"), ("LSTM", "sim"), ("Transformer", "cpu")])
 def test_word_language_model(tmp_path, monkeypatch, model, device):
     data = _corpus(tmp_path / "corpus", (300, 40, 40))
@@ -166,7 +168,7 @@ def test_word_language_model(tmp_path, monkeypatch, model, device):
 @pytest.mark.fallback("attention backward")  # dropout on the attention weights: gpunet's documented array path
 def test_transformer_tutorial(tmp_path, monkeypatch, device):
     g, out = run_port("transformer_tutorial.py", tmp_path, monkeypatch, device,
-                      samples="600,60" if device == "cpu" else "80,20")
+                      samples="600,60" if device == "cpu" else "50,15")
     valid = numbers(r"valid loss\s+([\d.]+)", out)
     assert len(valid) == 3 and min(valid[1:]) < valid[0], out
     assert g["train_data"].device == device and "End of training" in out
