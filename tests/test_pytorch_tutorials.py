@@ -32,6 +32,9 @@ plt = pytest.importorskip("matplotlib.pyplot")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 PORTS = Path(__file__).resolve().parent.parent / "examples" / "pytorch"
+# Whole training runs take many minutes under the race checker; the kernels they call have their own race tests.
+SIM = pytest.param("sim", marks=pytest.mark.skipif(gpunet.backend.sim_module() == "gpunet._C_simcheck",
+                                                   reason="tutorial runs are too long for the race checker"))
 
 
 def run_port(rel, tmp_path, monkeypatch, device, argv=(), samples=None, consts=None):
@@ -76,7 +79,7 @@ def numbers(pattern, text):
     return [float(x) for x in re.findall(pattern, text)]
 
 
-@pytest.fixture(params=["cpu", "sim"])
+@pytest.fixture(params=["cpu", SIM])
 def device(request):
     return request.param
 
@@ -150,7 +153,7 @@ def _corpus(root, lines):
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log")  # its mask is log(tril(ones)): -inf above
-@pytest.mark.parametrize("model, device", [("LSTM", "cpu"), ("LSTM", "sim"), ("Transformer", "cpu")])
+@pytest.mark.parametrize("model, device", [("LSTM", "cpu"), pytest.param("LSTM", *SIM.values, marks=SIM.marks), ("Transformer", "cpu")])
 def test_word_language_model(tmp_path, monkeypatch, model, device):
     data = _corpus(tmp_path / "corpus", (300, 40, 40))
     argv = ["--data", data, "--model", model, "--epochs", "3", "--emsize", "32", "--nhid", "32", "--bptt", "20",
