@@ -35,9 +35,10 @@ def _number(v, name: str, ok, expected: str) -> float:
 
 def _times(a, factor: float):
     """a * factor computed in float32 (or a's wider dtype), rounded once to a's dtype."""
-    if dtypes.is_half(a.dtype):
-        return (a.astype(np.float32) * np.float32(factor)).astype(a.dtype)
-    return a * a.dtype.type(factor)
+    with np.errstate(over="ignore"):  # an overflow is what the inf check is there to catch
+        if dtypes.is_half(a.dtype):
+            return (a.astype(np.float32) * np.float32(factor)).astype(a.dtype)
+        return a * a.dtype.type(factor)
 
 
 class GradScaler:
