@@ -50,7 +50,13 @@ def test_quick_smoke_run_writes_reports(tmp_path):
     assert report["ceilings"]["flops"] > 0 and report["ceilings"]["bandwidth"] > 0
     results = report["results"]
     assert {r["op"].split(".")[0] for r in results} == FAMILIES
+    half = {"cpu-bfloat16", "cpu-float16"}
+    assert {r["target"] for r in results} >= {"cpu"} | half  # the half rows next to float32
+    assert any(r["target"] in half and r["status"] == "ok" for r in results)
     for r in results:
+        if r["target"] in half and r["status"] == "no half path":
+            assert "NotImplementedError" in r["reason"]
+            continue
         assert r["status"] == "ok", r
         assert r["reps"] >= 3 and r["min_s"] <= r["median_s"] <= r["max_s"]
         assert 0 < r["roofline_fraction"] and r["err"] <= r["rtol"]
@@ -134,8 +140,10 @@ def test_cli_exit_status_and_report_show_failure(tmp_path, monkeypatch):
     code = cli.main(["--quick", "--device", "cpu", "--no-torch", "--no-plots", "--out", str(tmp_path)])
     assert code == 1
     (js,) = tmp_path.glob("cpu-*-quick.json")
-    (r,) = json.loads(js.read_text())["results"]
-    assert r["status"] == "invalid" and "grad.bias: missing" in r["reason"]
+    rows = json.loads(js.read_text())["results"]
+    assert [r["target"] for r in rows] == ["cpu", "cpu-bfloat16", "cpu-float16"]
+    for r in rows:
+        assert r["status"] == "invalid" and "grad.bias: missing" in r["reason"]
     assert "INVALID" in js.with_suffix(".md").read_text()
 
 
@@ -240,6 +248,7 @@ def test_sim_device_runs_the_kernel_path(tmp_path):
     assert code == 0
     (js,) = tmp_path.glob("sim-*-quick.json")
     report = json.loads(js.read_text())
-    assert report["ceilings"] == {} and report["targets"] == ["sim"]
-    assert [r["status"] for r in report["results"]] == ["ok", "ok"]
+    assert report["ceilings"] == {} and report["targets"] == ["sim", "sim-bfloat16", "sim-float16"]
+    assert [r["status"] for r in report["results"] if r["target"] == "sim"] == ["ok", "ok"]
+    assert {r["status"] for r in report["results"]} <= {"ok", "no half path"}
     assert all("roofline_fraction" not in r for r in report["results"])

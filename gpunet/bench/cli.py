@@ -89,21 +89,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def halves(device: str) -> list[Target]:
+    """gpunet on `device` in float32, then its bfloat16 and float16 rows."""
+    return [Target("gpunet", device, dt) for dt in ("float32", "bfloat16", "float16")]
+
+
 def platforms(devices, torch, quick: bool) -> list[Platform]:
     """Group targets that share shapes, reference, ceilings and a file set."""
     out = []
     torch_gpu = torch is not None and torch.cuda.is_available()
     if "cpu" in devices:
-        targets = [Target("gpunet", "cpu")] + ([Target("torch", "cpu")] if torch is not None else [])
+        targets = halves("cpu") + ([Target("torch", "cpu")] if torch is not None else [])
         ref = Target("torch" if torch is not None else "gpunet", "cpu", "float64")
         out.append(Platform("cpu", "quick" if quick else "cpu", targets, ref, policy("quick" if quick else "cpu",
                                                                                    False)))
     if "sim" in devices:  # test-only backend: CUDA kernels run by a CPU thread simulator, tiny shapes only
         ref = Target("torch" if torch is not None else "gpunet", "cpu", "float64")
-        out.append(Platform("sim", "quick", [Target("gpunet", "sim")], ref, policy("quick", False)))
+        out.append(Platform("sim", "quick", halves("sim"), ref, policy("quick", False)))
     gpu = [d for d in GPU_NAMES if d in devices]
     if gpu:
-        targets = [Target("gpunet", d) for d in gpu] + ([Target("torch", "cuda")] if torch_gpu else [])
+        targets = [t for d in gpu for t in halves(d)] + ([Target("torch", "cuda")] if torch_gpu else [])
         ref = Target("torch", "cuda", "float64") if torch_gpu else Target("gpunet", "cupy", "float64")
         size = "quick" if quick else "gpu"
         out.append(Platform("gpu-" + slug(envmod.gpu_info()["gpu"]), size, targets, ref, policy(size, True)))
