@@ -42,12 +42,11 @@ import time
 
 import numpy as np
 
-from . import random as gpurandom
+from . import dtypes, random as gpurandom
+from .amp import GradScaler, autocast
 from .backend import get_backend, to_numpy
 from .autograd import modules as autograd_modules
 from .autograd.tensor import Tensor
-from .amp import GradScaler, autocast
-from . import dtypes
 from .nn.module import Module, no_grad
 from .nn.utils import clip_grad_norm_
 

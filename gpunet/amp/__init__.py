@@ -5,4 +5,5 @@ from .autocast_mode import autocast, get_autocast_dtype, is_autocast_enabled
 from .grad_scaler import GradScaler
 from .options import add_dtype_argument, autocast_dtype
 
-__all__ = ["autocast", "GradScaler", "get_autocast_dtype", "is_autocast_enabled", "add_dtype_argument", "autocast_dtype"]
+__all__ = ["autocast", "GradScaler", "get_autocast_dtype", "is_autocast_enabled", "add_dtype_argument",
+           "autocast_dtype"]

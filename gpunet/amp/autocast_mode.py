@@ -160,7 +160,7 @@ class _Cast:
     it, the dtypes its inputs had."""
 
     def __init__(self, module, dtype, in_dtypes):
-        self.module, self.dtype, self.in_dtypes = module, dtype, in_dtypes
+        self.dtype, self.in_dtypes = dtype, in_dtypes
         self.params = [p for p in module.parameters() if _floating(p.data) and p.data.dtype != dtype]
         self.copies = [self._copy(p) for p in self.params]
         self.modules = list(module.modules())
