@@ -19,8 +19,8 @@ stopped and ends with the same weights as an uninterrupted run.
 Mixed precision (`amp=gpunet.bfloat16` or float16): each step's forward and
 loss run under gpunet.amp.autocast (the backward and the step outside it, as
 PyTorch recommends); `grad_scaler=` (a gpunet.amp.GradScaler, made by default
-for float16) scales the loss gradient, skips steps with inf/NaN gradients and
-is saved in the checkpoint.
+for float16) scales the loss gradient, skips steps with inf/NaN gradients
+(History's "skipped_steps" counts them per epoch) and is saved in the checkpoint.
 
 Distributed (`distributed=True`, one process per rank under mpiexec): the
 model is wrapped in gpunet.distributed.DistributedDataParallel, the training
@@ -208,6 +208,7 @@ class Trainer:
         self.model.train()
         params = list(self.model.parameters())
         sums = _Sums(self.metrics)
+        skipped = 0 if self.grad_scaler is None else self.grad_scaler.skipped_steps
         start, since_log = time.perf_counter(), 0
         for step, batch in enumerate(self._batches(loader, epoch), 1):
             self.model.zero_grad()
@@ -240,6 +241,8 @@ class Trainer:
             progress.update(since_log, result.get("loss"), sums.count / max(seconds, 1e-9))
         result["seconds"] = seconds
         result["samples_per_s"] = sums.count / max(seconds, 1e-9)
+        if self.grad_scaler is not None:  # steps the GradScaler skipped for inf/NaN gradients
+            result["skipped_steps"] = self.grad_scaler.skipped_steps - skipped
         return result
 
     def evaluate(self, loader, epoch: int = 0) -> dict:

@@ -243,8 +243,9 @@ def test_fit_amp_learns_as_float32_does_bfloat16_float16(dtype):
 def test_fit_grad_scaler_in_checkpoint_float16(tmp_path):
     path = tmp_path / "ck.npz"
     scaler = amp.GradScaler(init_scale=2.0 ** 40, growth_interval=1000)  # overflows float16: backs off
-    _fit(gpunet.float16, grad_scaler=scaler, checkpoint_path=str(path))
+    hist, _ = _fit(gpunet.float16, grad_scaler=scaler, checkpoint_path=str(path))
     assert scaler.skipped_steps > 0 and scaler.get_scale() < 2.0 ** 40
+    assert sum(hist.history["skipped_steps"]) == scaler.skipped_steps  # reported per epoch
     saved = gpunet.load(str(path))["grad_scaler"]
     assert saved["scale"] == scaler.get_scale() and saved["skipped_steps"] == scaler.skipped_steps
     again = amp.GradScaler()
