@@ -287,3 +287,14 @@ def test_pure_half_model_trains_with_master_weights_bfloat16_float16(dtype):
     assert all(p.data.dtype == dtype for p in model.parameters())
     assert all(opt.state[p]["master_weight"].dtype == np.float32 for p in model.parameters())
     assert abs(hist.history["val_accuracy"][-1] - ref.history["val_accuracy"][-1]) <= 0.05
+
+
+def test_autocast_grad_hook_sees_only_final_float32_gradients_bfloat16():
+    from gpunet.nn.module import grad_hook
+    model, crit = _mlp(), nn.NLLLoss()
+    with amp.autocast():
+        crit(model(_x(4, 6)), np.arange(4) % 4)
+    seen = []
+    with grad_hook(lambda p: seen.append(p.grad.dtype)):
+        model.backward(crit.backward())
+    assert seen == [np.float32] * 4  # once per parameter, with its float32 gradient

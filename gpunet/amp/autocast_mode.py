@@ -24,6 +24,7 @@ below (gpunet.nn.module wraps them), so no op family casts on its own.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -189,7 +190,10 @@ class _Cast:
             for m in self.modules:
                 object.__setattr__(m, "dtype", self.dtype)
             _tls.inside += 1
-            return fn(*args, **kwargs)
+            if not backward:
+                return fn(*args, **kwargs)
+            with _hook_skipping(self.params):
+                return fn(*args, **kwargs)
         finally:
             _tls.inside -= 1
             for m, d in zip(self.modules, mod_dtypes):
@@ -200,6 +204,17 @@ class _Cast:
                     g, p._grad = p._grad, grads[i]
                     if g is not None:
                         p.accumulate(g.astype(a.dtype))
+
+
+def _hook_skipping(params):
+    """The gradient hook (DistributedDataParallel's) left out for `params`: their
+    cast gradients are partial until added to .grad, which tells the hook then."""
+    from ..nn import module as nn_module
+    hook = nn_module._grad_hook.fn
+    if hook is None or not params:
+        return contextlib.nullcontext()
+    skip = {id(p) for p in params}
+    return nn_module.grad_hook(lambda p: None if id(p) in skip else hook(p))
 
 
 def _plan(module, args, kwargs):
