@@ -4,6 +4,7 @@ return a new NumPy array of its shape; `Module.to` moves it afterwards."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -32,12 +33,26 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     raise ValueError(f"nonlinearity: unsupported {nonlinearity!r}")
 
 
+def _fits(shape) -> tuple:
+    """shape, refused with a clear error when its draw (float64) cannot fit in
+    memory: Linear(2**40, 3) names its shape instead of NumPy's MemoryError."""
+    need = math.prod(shape) * 8
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return shape
+    if need > physical:
+        raise ValueError(f"a parameter of shape {tuple(shape)} would take {need / 2**30:.3g} GiB to initialise, "
+                         f"more than this machine's {physical / 2**30:.3g} GiB of memory: expected smaller sizes")
+    return shape
+
+
 def uniform(shape, low: float, high: float, dtype=np.float32) -> np.ndarray:
-    return generator().uniform(low, high, size=shape).astype(dtype)
+    return generator().uniform(low, high, size=_fits(shape)).astype(dtype)
 
 
 def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=np.float32) -> np.ndarray:
-    return generator().normal(mean, std, size=shape).astype(dtype)
+    return generator().normal(mean, std, size=_fits(shape)).astype(dtype)
 
 
 def xavier_uniform(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:
