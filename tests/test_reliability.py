@@ -2,7 +2,9 @@
 simulator's launch pool at any worker count, arrays the bindings must refuse
 (forged array interfaces, read-only outputs, overflowing strides), and host
 threads launching at once (the bindings release the GIL). Crash-prone cases
-run in a subprocess, so a regression fails the test instead of the run."""
+run in a subprocess, so a regression fails the test instead of the run.
+The launch-pool and thread tests are marked `sanitize`: tests/sanitize.sh
+runs them under AddressSanitizer and ThreadSanitizer builds of the sim."""
 import subprocess
 import sys
 import textwrap
@@ -53,6 +55,7 @@ POOL_STRESS = """
 """
 
 
+@pytest.mark.sanitize
 def test_pool_grows_one_worker_at_a_time():
     """A worker added to the pool once launches have run must start at the
     current launch, not run the previous one's job (whose data is gone):
@@ -61,6 +64,7 @@ def test_pool_grows_one_worker_at_a_time():
     assert out.strip() == "ok"
 
 
+@pytest.mark.sanitize
 def test_pool_stress_small_and_large_launches():
     """Thousands of launches back to back at 1, 2, 8, 16 and 64 workers and
     back down, each result checked."""
@@ -170,6 +174,7 @@ def test_size_products_cannot_overflow():
 
 
 # ---------------------------------------------------------------- host threads launching at once
+@pytest.mark.sanitize
 def test_threads_launch_concurrently_on_shared_inputs():
     """Both threads pass the same input array: each call registers it for its
     own launch, so one call finishing must not unregister it under the other
@@ -196,6 +201,7 @@ def test_threads_launch_concurrently_on_shared_inputs():
     assert not errors, errors[0]
 
 
+@pytest.mark.sanitize
 def test_launch_errors_stay_on_their_thread():
     """A failed launch reports on the thread that made it: another thread's
     next launch does not inherit the error (cudaGetLastError is per thread)."""
@@ -250,6 +256,7 @@ def _train(seed, device, barrier=None):
     return [gpunet.to_numpy(p.data).copy() for p in model.parameters()]
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", ["cpu", "sim"])
 def test_two_threads_train_like_one_after_the_other(device):
     """Grad mode, the random streams (dropout, shuffling, initialisation) and

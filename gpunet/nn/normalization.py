@@ -28,7 +28,8 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else (
+            tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else ())
         if not shape or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape):
             raise ValueError(f"normalized_shape: expected a positive int or a non-empty tuple of them, "
                              f"got {normalized_shape!r}")
