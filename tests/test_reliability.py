@@ -147,6 +147,40 @@ def test_partially_overlapping_arguments_are_refused(call):
     call(buf[:10], np.empty(10, np.float32))  # separate arrays are fine
 
 
+def _attention(x, out):
+    sim.attention_forward(x, x, x, None, 0, 0, 0, 1, False, 1.0, out, np.zeros(x.shape[:2], np.float32), 0)
+
+
+def _cross_entropy_backward(x, dx):
+    rows = x.shape[0]
+    sim.cross_entropy_backward(x, np.zeros(rows, np.int64), np.zeros(0, np.float32), np.ones(1, np.float32),
+                               np.zeros((rows, 2), np.float32), np.ones(rows, np.float32), dx, -100, 0.0, 0)
+
+
+def _embedding_forward(weight, out):
+    sim.embedding_forward(weight, np.array([3, 0, 1, 1], np.int64), out, np.zeros(4, np.int64), 0)
+
+
+@pytest.mark.parametrize("call, shape, out, inp", [
+    (_attention, (1, 4, 8), "out", "q"),
+    (_cross_entropy_backward, (4, 8), "dlogits", "logits"),
+    (_embedding_forward, (4, 8), "out", "weight"),
+], ids=["attention", "cross_entropy", "embedding"])
+def test_gathering_kernels_refuse_any_shared_output(call, shape, out, inp):
+    """Attention, cross-entropy and embedding read rows other threads write
+    (a key row, a whole logits row, a gathered weight row): their outputs may
+    share no memory with an input, neither by part nor as the same array
+    (which vouch() lets through for the elementwise kernels). Nothing runs."""
+    n = int(np.prod(shape))
+    buf = np.random.default_rng(0).standard_normal(n + 8).astype(np.float32)
+    before = buf.copy()
+    for x, y in ((buf[:n], buf[8:]), (buf[:n], buf[:n])):  # by part, and the same array
+        with pytest.raises(ValueError, match=rf"argument '{out}': must not overlap '{inp}' in memory"):
+            call(x.reshape(shape), y.reshape(shape))
+        np.testing.assert_array_equal(buf, before)
+    call(buf[:n].reshape(shape), np.zeros(shape, np.float32))  # separate arrays are fine
+
+
 def test_elementwise_kernels_run_in_place():
     x = np.array([-2, -1, 0, 1, 2], np.float32)
     sim.act_forward("relu", x, x, 0.0, 0.0, 0)

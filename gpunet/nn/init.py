@@ -33,10 +33,12 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     raise ValueError(f"nonlinearity: unsupported {nonlinearity!r}")
 
 
-def _fits(shape) -> tuple:
-    """shape, refused with a clear error when its draw (float64) cannot fit in
-    memory: Linear(2**40, 3) names its shape instead of NumPy's MemoryError."""
-    need = math.prod(shape) * 8
+def _fits(shape, bytes_per_element: int) -> tuple:
+    """shape, refused with a clear error when it cannot fit in memory:
+    Linear(2**40, 3) names its shape instead of NumPy's MemoryError (and
+    Linear(2**31, 1) on a small machine fails at once instead of swapping)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    need = math.prod(shape) * bytes_per_element
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -47,12 +49,24 @@ def _fits(shape) -> tuple:
     return shape
 
 
+def _drawn(shape, dtype) -> tuple:
+    return _fits(shape, 8 + np.dtype(dtype).itemsize)  # the float64 draw and its cast
+
+
 def uniform(shape, low: float, high: float, dtype=np.float32) -> np.ndarray:
-    return generator().uniform(low, high, size=_fits(shape)).astype(dtype)
+    return generator().uniform(low, high, size=_drawn(shape, dtype)).astype(dtype)
 
 
 def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=np.float32) -> np.ndarray:
-    return generator().normal(mean, std, size=_fits(shape)).astype(dtype)
+    return generator().normal(mean, std, size=_drawn(shape, dtype)).astype(dtype)
+
+
+def ones(shape, dtype=np.float32) -> np.ndarray:
+    return np.ones(_fits(shape, np.dtype(dtype).itemsize), dtype)
+
+
+def zeros(shape, dtype=np.float32) -> np.ndarray:
+    return np.zeros(_fits(shape, np.dtype(dtype).itemsize), dtype)
 
 
 def xavier_uniform(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:
