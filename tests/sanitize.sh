@@ -38,6 +38,6 @@ for s in "${sanitizers[@]}"; do
           vars=(TSAN_OPTIONS="halt_on_error=1:exitcode=66:suppressions=$SUPP") ;;
   esac
   echo "== $s: pytest -m sanitize with $module"
-  env LD_PRELOAD="$preload" GPUNET_SIM_MODULE="$module" CUDASIM_QUIET=1 "${vars[@]}" \
+  env LD_PRELOAD="$preload" GPUNET_SIM_MODULE="$module" CUDASIM_QUIET=1 GPUNET_STRESS_SCALE=0.1 "${vars[@]}" \
     "$PY" -m pytest -q -p no:cacheprovider -m sanitize tests/test_reliability.py
 done

@@ -5,6 +5,7 @@ threads launching at once (the bindings release the GIL). Crash-prone cases
 run in a subprocess, so a regression fails the test instead of the run.
 The launch-pool and thread tests are marked `sanitize`: tests/sanitize.sh
 runs them under AddressSanitizer and ThreadSanitizer builds of the sim."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,12 +19,20 @@ from gpunet import _C_sim as sim
 
 KERNELS = ()
 ROOT = Path(__file__).resolve().parents[1]  # the subprocess imports this checkout's gpunet
+# tests/sanitize.sh runs the `sanitize` tests under ASan and TSan builds, where
+# a launch costs 10 to 50 times more: GPUNET_STRESS_SCALE=0.1 there scales
+# their rounds and array sizes down (each still at every worker count).
+SCALE = float(os.environ.get("GPUNET_STRESS_SCALE", "1"))
+
+
+def scaled(n: int, least: int) -> int:
+    return max(least, int(n * SCALE))
 
 
 def run_isolated(code: str, timeout: float = 120.0, env=None) -> str:
     """Runs `code` in a fresh interpreter; fails on a crash or a non-zero exit."""
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+                          timeout=timeout / min(SCALE, 1.0), env=env, cwd=ROOT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
@@ -35,7 +44,7 @@ POOL_STRESS = """
     rng = np.random.default_rng(0)
     xs = rng.standard_normal(7).astype(np.float32)         # one block: runs on the calling thread
     xm = rng.standard_normal(5000).astype(np.float32)      # a few blocks: a short pool launch
-    x = rng.standard_normal(100_000).astype(np.float32)    # many blocks
+    x = rng.standard_normal({big}).astype(np.float32)    # many blocks (>= 20,000: 79 or more)
     dy = rng.standard_normal((6, 5)).astype(np.float32)    # bias_grad: one block per channel
     ys, ym, y, db = np.empty_like(xs), np.empty_like(xm), np.empty_like(x), np.zeros(5, np.float32)
     want_s, want_m, want, want_db = np.tanh(xs), np.maximum(xm, 0), np.maximum(x, 0), dy.sum(0)
@@ -60,7 +69,7 @@ def test_pool_grows_one_worker_at_a_time():
     """A worker added to the pool once launches have run must start at the
     current launch, not run the previous one's job (whose data is gone):
     set_workers(n) then bias_grad and act_forward used to crash."""
-    out = run_isolated(POOL_STRESS.format(workers="range(1, 66)", rounds=2, every=1))
+    out = run_isolated(POOL_STRESS.format(workers="range(1, 66)", rounds=2, every=1, big=scaled(100_000, 20_000)))
     assert out.strip() == "ok"
 
 
@@ -68,13 +77,15 @@ def test_pool_grows_one_worker_at_a_time():
 def test_pool_stress_small_and_large_launches():
     """Thousands of launches back to back at 1, 2, 8, 16 and 64 workers and
     back down, each result checked."""
-    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64, 2, 16, 1]", rounds=300, every=60))
+    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64, 2, 16, 1]", rounds=scaled(300, 60),
+                                          every=scaled(60, 12), big=scaled(100_000, 20_000)))
     assert out.strip() == "ok"
 
 
 @pytest.mark.slow
 def test_pool_stress_long():
-    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64] * 4", rounds=2500, every=10), timeout=1800)
+    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64] * 4", rounds=2500, every=10, big=100_000),
+                       timeout=1800)
     assert out.strip() == "ok"
 
 
@@ -213,14 +224,14 @@ def test_threads_launch_concurrently_on_shared_inputs():
     """Both threads pass the same input array: each call registers it for its
     own launch, so one call finishing must not unregister it under the other
     (the bindings release the GIL, so the launches overlap)."""
-    x = np.random.default_rng(3).standard_normal(50_000).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal(scaled(50_000, 10_000)).astype(np.float32)
     want = np.maximum(x, 0)
     errors = []
 
     def worker():
         y = np.empty_like(x)
         try:
-            for _ in range(150):
+            for _ in range(scaled(150, 15)):
                 y[:] = np.nan
                 sim.act_forward("relu", x, y, 0.0, 0.0, 0)
                 assert np.array_equal(y, want)
