@@ -193,8 +193,8 @@ def test_any_damage_is_a_value_error_naming_the_file(tmp_path):
 @pytest.mark.no_kernels("refused before any allocation")
 @pytest.mark.parametrize("make", [lambda: nn.Linear(2**40, 3), lambda: nn.Conv1d(1, 2**40, 4),
                                   lambda: nn.Embedding(2**62, 4), lambda: nn.LayerNorm(2**40),
-                                  lambda: nn.BatchNorm1d(2**40)],
-                         ids=["Linear", "Conv1d", "Embedding", "LayerNorm", "BatchNorm1d"])
+                                  lambda: nn.BatchNorm1d(2**40), lambda: nn.Conv2d(1, 4, 2**40)],
+                         ids=["Linear", "Conv1d", "Embedding", "LayerNorm", "BatchNorm1d", "Conv2d-kernel"])
 def test_parameters_larger_than_memory_are_refused_by_shape(make):
     """NumPy's MemoryError ("Unable to allocate 32 TiB") or "array is too
     big" named no argument."""

@@ -14,7 +14,7 @@ from ..random import generator
 def _fans(shape) -> tuple[int, int]:
     if len(shape) < 2:
         raise ValueError(f"fan-in/fan-out need an array of at least 2 dims, got shape {tuple(shape)}")
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    receptive = math.prod(shape[2:])  # exact: np.prod wraps around int64 (kernel_size=2**40 gave fan 0)
     return shape[1] * receptive, shape[0] * receptive
 
 
