@@ -56,7 +56,7 @@ def classify(spec: dict, result: tuple) -> str:
     if "incompatible function arguments" in msg and spec["case"] != "binding":
         return "unclear"  # pybind11's own message: the public API let a bad value through to a binding
     named = any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", msg) for n in names)
-    return "clear" if EXPECTED & set(mro) and (named or re.search(r"\b(expected|must|supported)\b", msg)) else "unclear"
+    return "clear" if EXPECTED & set(mro) and (named or re.search(r"\b(expected|must|supported)\b|argument '", msg)) else "unclear"
 
 
 class Worker:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.fuzz import cases, runner
+from . import cases, runner
 
 pytestmark = pytest.mark.no_kernels("the calls run in worker subprocesses")
 
