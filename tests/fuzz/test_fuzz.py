@@ -1,9 +1,10 @@
 """The fuzz suite in the default run: a seeded, bounded sample (100 calls per
-backend, every call in a worker subprocess) must give no crash, no hang, no
+backend, GPUNET_FUZZ_CALLS to change it; every call in a worker subprocess) must give no crash, no hang, no
 silent wrong result and under 1% unclear errors. `python -m tests.fuzz
 --calls N` runs it at length. The classifier and the worker are tested on
 calls whose class is known."""
 import json
+import os
 
 import pytest
 
@@ -12,13 +13,16 @@ from . import cases, runner
 pytestmark = pytest.mark.no_kernels("the calls run in worker subprocesses")
 
 
+CALLS = int(os.environ.get("GPUNET_FUZZ_CALLS", "100"))  # per backend; `python -m tests.fuzz` for long runs
+
+
 def test_seeded_sample_is_clean(tmp_path):
-    report = runner.run(100, seed=0, backends=("cpu", "sim"), workers=2)
+    report = runner.run(CALLS, seed=0, backends=("cpu", "sim"), workers=2)
     runner.write_json(report, tmp_path / "fuzz.json")
     print(runner.summary(report))
     assert json.loads((tmp_path / "fuzz.json").read_text())["counts"] == report["counts"]
     for backend, c in report["counts"].items():
-        assert sum(c.values()) == 100 and c["ok"] > 30, (backend, c)  # most calls get past the argument checks
+        assert sum(c.values()) == CALLS and c["ok"] > CALLS // 3, (backend, c)  # most calls get past the argument checks
         bad = [f for f in report["findings"] if f["class"] in ("silent", "hang", "crash") or c["unclear"] > 0]
         assert c["silent"] == c["hang"] == c["crash"] == 0 and c["unclear"] * 100 < sum(c.values()), bad[:5]
 
