@@ -1,8 +1,8 @@
 """The fuzz suite in the default run: a seeded, bounded sample (100 calls per
-backend, GPUNET_FUZZ_CALLS to change it; every call in a worker subprocess) must give no crash, no hang, no
-silent wrong result and under 1% unclear errors. `python -m tests.fuzz
---calls N` runs it at length. The classifier and the worker are tested on
-calls whose class is known."""
+backend, GPUNET_FUZZ_CALLS to change it; every call in a worker subprocess)
+must give no crash, no hang, no silent wrong result and under 1% unclear
+errors. `python -m tests.fuzz --calls N` runs it at length. The classifier
+and the worker are tested on calls whose class is known."""
 import json
 import os
 
