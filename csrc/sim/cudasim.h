@@ -532,10 +532,21 @@ inline void fiber_entry_uc() { fiber_main(); }
 struct StackPool {
   char* base = nullptr;
   size_t n = 0, each = 0;
-  ~StackPool() { if (base) munmap(base, n * each); }
+  ~StackPool() { release(); }
+  // ASan: the fibers' frames leave stack redzones in the shadow of these
+  // pages; unmapped without clearing, they would poison whatever is mapped
+  // there next (Python's allocator: "stack-buffer-underflow" in a memset)
+  void release() {
+    if (!base) return;
+#if defined(CUDASIM_ASAN)
+    __asan_unpoison_memory_region(base, n * each);
+#endif
+    munmap(base, n * each);
+    base = nullptr;
+  }
   char* get(unsigned i, size_t stack_bytes, unsigned need) {
     if (need > n || stack_bytes + 4096 != each) {
-      if (base) munmap(base, n * each);
+      release();
       each = stack_bytes + 4096;
       n = std::max(need, 32u);
       void* p = mmap(nullptr, n * each, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
