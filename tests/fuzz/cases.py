@@ -300,7 +300,6 @@ def loss(draw):
 
 def run_loss(spec, x, be, target):
     import torch
-    import torch.nn.functional as TF
     from gpunet import nn
     if isinstance(spec["target"], tuple) and spec["target"][0] == "T":
         target = np.array(spec["target"][1], np.int64)
@@ -318,7 +317,6 @@ def run_loss(spec, x, be, target):
         dx = crit.backward()
         want.backward()
         compare(dx, tx.grad.numpy(), f"{spec['name']} gradient", inputs_finite=finite(x))
-    del TF
 
 
 # ---------------------------------------------------------------- optimizers and schedulers

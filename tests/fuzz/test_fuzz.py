@@ -45,7 +45,7 @@ def test_classification(result, want):
     assert runner.classify({"case": "optimizer", "kw": {"lr": 1.0}}, result) == want
 
 
-def test_worker_survives_nothing_but_reports_crashes_and_hangs():
+def test_worker_reports_crashes_and_hangs_then_restarts():
     """A call that kills its worker is a crash, one that never answers a
     hang; either way the next call gets a fresh worker."""
     w = runner.Worker()
