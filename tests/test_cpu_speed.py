@@ -1,0 +1,65 @@
+"""The cpu backend's fast float32 array paths (issue 20) against float64
+references: GELU's vectorised Phi, measured in ulps over a dense sweep."""
+import numpy as np
+import pytest
+
+from gpunet.ops import activation as act
+
+
+def _ulps(got, ref):
+    """|got - ref| in units of the float32 spacing at ref."""
+    return np.abs(got.astype(np.float64) - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+
+
+def _phi_pdf(x):
+    parts = [(c.copy(), p.copy()) for _, c, p in act._phi_blocks(x, True)]
+    return np.concatenate([c for c, _ in parts]), np.concatenate([p for _, p in parts])
+
+
+def test_float32_phi_within_a_few_ulps_over_a_dense_sweep():
+    # -13.2 is about where Phi leaves float32's normal range
+    x = np.linspace(-13.2, 14, 1_000_003, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    cdf_ref = act.normal_cdf(np, x64)
+    pdf_ref = np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
+    cdf, pdf = _phi_pdf(x)
+    normal = cdf_ref > np.finfo(np.float32).tiny
+    assert _ulps(cdf, cdf_ref)[normal].max() <= 9
+    assert _ulps(pdf, pdf_ref)[pdf_ref > np.finfo(np.float32).tiny].max() <= 6
+
+
+def test_float32_gelu_and_derivative_match_float64():
+    x = np.linspace(-13, 14, 200_001, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    cdf = act.normal_cdf(np, x64)
+    pdf = np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
+    y = act.FORWARD["gelu"](np, x)
+    d = act.DERIVATIVE["gelu"](np, x, y)
+    assert y.dtype == d.dtype == np.float32
+    y_ref = x64 * cdf
+    big = np.abs(y_ref) > np.finfo(np.float32).tiny
+    assert _ulps(y, y_ref)[big].max() <= 11
+    # the derivative cdf + x·pdf crosses 0 near -0.75: error relative to its terms' size
+    err = np.abs(d - (cdf + x64 * pdf)) / (cdf + np.abs(x64) * pdf)
+    assert err.max() <= 8 * 2.0 ** -24 * 10
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (5,), ((1 << 15) + 3,), (3, 40000)])
+def test_float32_gelu_blocks_shapes_and_layouts(shape):
+    rng = np.random.default_rng(0)
+    x = np.asarray(rng.standard_normal(shape) * 3, np.float32)
+    for xin in (x, np.asfortranarray(x), x.T):
+        y = act.FORWARD["gelu"](np, xin)
+        assert y.shape == xin.shape and y.dtype == np.float32
+        ref = xin.astype(np.float64) * act.normal_cdf(np, xin.astype(np.float64))
+        np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-30)
+
+
+def test_float32_gelu_special_values():
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 40.0, -40.0], np.float32)
+    with np.errstate(invalid="ignore"):
+        y = act.FORWARD["gelu"](np, x)
+        d = act.DERIVATIVE["gelu"](np, x, y)
+    np.testing.assert_array_equal(y[[0, 3, 4, 5, 6]], [np.inf, 0, 0, 40, 0])
+    assert np.isnan(y[2]) and np.isnan(d[2])
+    np.testing.assert_array_equal(d[3:], [0.5, 0.5, 1, 0])
