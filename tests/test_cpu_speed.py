@@ -63,3 +63,43 @@ def test_float32_gelu_special_values():
     np.testing.assert_array_equal(y[[0, 3, 4, 5, 6]], [np.inf, 0, 0, 40, 0])
     assert np.isnan(y[2]) and np.isnan(d[2])
     np.testing.assert_array_equal(d[3:], [0.5, 0.5, 1, 0])
+
+
+@pytest.mark.parametrize("amsgrad,weight_decay,decoupled", [(False, 0.0, False), (True, 0.1, False),
+                                                            (False, 0.1, True)])
+def test_blockwise_adam_equals_the_whole_array_formula(amsgrad, weight_decay, decoupled):
+    """The host Adam update works through cache-sized blocks; a tensor spanning
+    several blocks (and a transposed gradient, updated whole) must get exactly
+    the per-tensor formula's result."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import optim
+    be = get_backend("cpu")
+    rng = np.random.default_rng(1)
+    shapes = [(3, optim._BLOCK + 7), (5,), (40, 30)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads[2] = np.ascontiguousarray(grads[2].T).T  # not C-contiguous
+    m = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    v = [rng.random(s).astype(np.float32) for s in shapes]
+    vmax = [a + rng.random(a.shape).astype(np.float32) * (i % 2) for i, a in enumerate(v)] if amsgrad else None
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
+    expect = []
+    for i, (p, g, mi, vi) in enumerate(zip(params, grads, m, v)):
+        p, mi, vi = p.copy(), mi.copy(), vi.copy()
+        step_size, bc2 = optim.adam_scalars(3, kw["lr"], kw["beta1"], kw["beta2"])
+        if decoupled:
+            p *= 1 - kw["lr"] * weight_decay
+        elif weight_decay:
+            g = g + weight_decay * p
+        mi += (1 - kw["beta1"]) * (g - mi)
+        vi *= kw["beta2"]
+        vi += (1 - kw["beta2"]) * g * g
+        if amsgrad:
+            vi = np.maximum(vmax[i], vi)
+        p -= step_size * (mi / (np.sqrt(vi) / bc2 + kw["eps"]))
+        expect.append((p, mi, vi))
+    optim.adam(be, params, grads, m, v, [3] * 3, max_exp_avg_sqs=vmax, **kw)
+    for i, (p, mi, vi) in enumerate(expect):
+        np.testing.assert_array_equal(params[i], p)
+        np.testing.assert_array_equal(m[i], mi)
+        np.testing.assert_array_equal(vmax[i] if amsgrad else v[i], vi)
