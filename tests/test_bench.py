@@ -269,3 +269,13 @@ def test_compare_flags_slowdowns_above_the_noise_band(tmp_path, capsys):
     assert "only in the old run: gone" in out and "only in the new run: added" in out
     assert "1 slowdown(s)" in out
     assert cli.main(["--compare", paths[0], paths[0]]) == 0
+
+
+def test_report_states_the_numpy_blas_ceiling():
+    from gpunet.bench import report
+    ceil = {"measured": [{"flops_by": {"numpy": 250e9, "torch 1x1 conv": 400e9}},
+                         {"flops_by": {"numpy": 200e9, "torch 1x1 conv": 500e9}}]}
+    line = report.blas_ceiling(ceil, {"blas": [{"internal_api": "openblas", "architecture": "Haswell"}]})
+    assert "openblas Haswell" in line and "250.0 GFLOP/s, 50% of the best measured (torch 1x1 conv, 500.0)" in line
+    assert "2.00x" in line
+    assert report.blas_ceiling({"measured": [{"flops_by": {"numpy": 1e9}}]}, {}) is None
