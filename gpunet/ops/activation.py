@@ -107,12 +107,24 @@ _PHI_CLAMP = 20.0
 _PHI_BLOCK = 1 << 15
 
 
-def _phi_blocks(x, with_pdf: bool):
-    """Yields (slice, Phi(x[slice]), phi(x[slice]) or None) over a contiguous
-    float32 array, block by block, in float32 with reused buffers: about 40
-    in-cache passes instead of SciPy's per-element float64 erfc. exp(-x^2/2)
-    is exp(-hi^2/2)·exp(-lo·(|x| + hi)/2) with hi = |x| cut to 12 mantissa
-    bits (hi^2 exact), so the large exponent of the tails is not rounded."""
+def _split_half_square(ax, hi, lo):
+    """-x^2/2 as ln(hi_factor) + lo: hi <- exp(-h^2/2), lo <- -(x^2 - h^2)/2,
+    with h = |x| cut to 12 mantissa bits, so h^2 is exact and the large
+    exponent of the tails is never rounded. ax holds |x| (overwritten)."""
+    np.bitwise_and(ax.view(np.int32), np.int32(-4096), out=hi.view(np.int32))
+    np.subtract(ax, hi, out=lo)
+    ax += hi
+    lo *= ax
+    lo *= -0.5
+    hi *= hi
+    hi *= -0.5
+    np.exp(hi, out=hi)
+
+
+def _phi_blocks(x):
+    """Yields (slice, Phi(x[slice])) over a contiguous float32 array, block by
+    block, in float32 with reused buffers: about 40 in-cache passes instead of
+    SciPy's per-element float64 erfc."""
     flat = x.reshape(-1)
     n = min(flat.size, _PHI_BLOCK)
     ax, u, p, hi, lo = (np.empty(n, np.float32) for _ in range(5))
@@ -126,50 +138,62 @@ def _phi_blocks(x, with_pdf: bool):
         np.add(ax_, _TWO_SQRT_2, out=lo_)              # lo holds 2 sqrt2 + |x| for now
         np.subtract(_TWO_SQRT_2, ax_, out=u_)
         u_ /= lo_
-        np.divide(_SQRT_2, lo_, out=lo_)               # the prefactor, kept in p's product below
+        np.divide(_SQRT_2, lo_, out=lo_)               # the prefactor
         p_.fill(_PHI_R[0])
         for c in _PHI_R[1:]:
             p_ *= u_
             p_ += c
-        np.bitwise_and(ax_.view(np.int32), np.int32(-4096), out=hi_.view(np.int32))
-        np.subtract(ax_, hi_, out=u_)                  # u is free: |x| - hi
-        ax_ += hi_
-        u_ *= ax_
-        u_ *= -0.5                                     # -(x^2 - hi^2)/2
-        hi_ *= hi_
-        hi_ *= -0.5
-        np.exp(hi_, out=hi_)                           # exp(-hi^2/2)
+        _split_half_square(ax_, hi_, u_)
         p_ += u_
         np.exp(p_, out=p_)
         p_ *= hi_
         p_ *= lo_                                      # Phi(-|x|)
-        pdf = None
-        if with_pdf:
-            np.exp(u_, out=u_)
-            u_ *= hi_
-            u_ *= _INV_SQRT_2PI
-            pdf = u_
         np.less(xb, 0, out=neg_)
         np.subtract(1.0, p_, out=ax_)
         np.copyto(ax_, p_, where=neg_)                 # Phi(x) = Phi(-|x|) below 0, 1 - that above
-        yield slice(start, start + m), ax_, pdf
+        yield slice(start, start + m), ax_
 
 
-def _gelu_f32(x, derivative: bool):
-    """GELU (x·Phi(x)) or its derivative (Phi(x) + x·phi(x)) of a float32 host array."""
+def _gelu_f32(x):
+    """GELU, x·Phi(x), of a float32 host array."""
     x = np.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
     out = np.empty_like(x)
-    flat = out.reshape(-1)
-    xf = x.reshape(-1)
-    for rows, cdf, pdf in _phi_blocks(x, derivative):
-        if derivative:
-            pdf *= xf[rows]
-            np.add(cdf, pdf, out=flat[rows])
-        else:
-            np.multiply(xf[rows], cdf, out=flat[rows])
+    flat, xf = out.reshape(-1), x.reshape(-1)
+    for rows, cdf in _phi_blocks(x):
+        np.multiply(xf[rows], cdf, out=flat[rows])
     return out
 
 
+def _gelu_derivative_f32(x, y):
+    """Phi(x) + x·phi(x) of a float32 host array, Phi taken as y/x from the
+    forward's y = x·Phi(x) (within an ulp of it) instead of evaluated again;
+    0.5 where |x| is below the smallest normal float (y/x is inexact or 0/0
+    there, and Phi(x) rounds to 0.5)."""
+    x = np.asarray(x, order="C")
+    y = np.asarray(y, order="C")
+    out = np.empty_like(x)
+    flat, xf, yf = out.reshape(-1), x.reshape(-1), y.reshape(-1)
+    n = min(xf.size, _PHI_BLOCK)
+    ax, hi, lo = (np.empty(n, np.float32) for _ in range(3))
+    tiny = np.empty(n, bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for start in range(0, xf.size, _PHI_BLOCK):
+            rows = slice(start, start + _PHI_BLOCK)
+            xb, ob = xf[rows], flat[rows]
+            m = xb.size
+            ax_, hi_, lo_, tiny_ = ax[:m], hi[:m], lo[:m], tiny[:m]
+            np.abs(xb, out=ax_)
+            np.less(ax_, np.finfo(np.float32).tiny, out=tiny_)
+            np.minimum(ax_, _PHI_CLAMP, out=ax_)
+            _split_half_square(ax_, hi_, lo_)
+            np.exp(lo_, out=lo_)
+            lo_ *= hi_
+            lo_ *= _INV_SQRT_2PI
+            lo_ *= xb                                  # x·phi(x)
+            np.divide(yf[rows], xb, out=ob)
+            np.copyto(ob, 0.5, where=tiny_)
+            ob += lo_
+    return out
 def _host_f32(xp, x):
     return xp is np and isinstance(x, np.ndarray) and x.dtype == np.float32
 
@@ -185,7 +209,7 @@ def _gelu_forward(xp, x, approximate="none"):
     if approximate == "tanh":
         return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)))
     if _host_f32(xp, x):
-        return _gelu_f32(x, derivative=False)
+        return _gelu_f32(x)
     return x * normal_cdf(xp, x)
 
 
@@ -194,8 +218,8 @@ def _gelu_derivative(xp, x, y, approximate="none"):
         th = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))
         inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
         return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * inner
-    if _host_f32(xp, x):
-        return _gelu_f32(x, derivative=True)
+    if _host_f32(xp, x) and isinstance(y, np.ndarray) and y.dtype == np.float32:
+        return _gelu_derivative_f32(x, y)
     return normal_cdf(xp, x) + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
 
 
