@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dtypes
+
 # NaN/Inf scans cost a pass over the data and, on a GPU, a device->host sync;
 # they are on by default on host backends and opt-in on GPU ones.
 _finite = {"host": True, "gpu": False}
@@ -56,7 +58,7 @@ def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integ
         hint = f" or the module with .to({x.dtype.name})" if x.dtype in (np.float32, np.float64) else ""
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype} "
                         f"(convert it with .astype({np.dtype(dtype).name}){hint})")
-    if finite and x.dtype.kind == "f" and finite_checks_enabled(be):
+    if finite and dtypes.is_floating(x.dtype) and finite_checks_enabled(be):  # (bfloat16's kind is "V")
         if not bool(be.xp.isfinite(x).all()):
             bad = int((~be.xp.isfinite(x)).sum())
             raise ValueError(f"{name}: contains {bad} NaN/Inf value(s) of {x.size}")

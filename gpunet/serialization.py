@@ -15,7 +15,10 @@ without gpunet and without pickle:
     {"format": "gpunet.save", "version": 1, "tree": NODE}, where NODE is
     {"t": "dict"|"odict", "items": [[key, NODE], ...]}, {"t": "list"|"tuple",
     "items": [NODE, ...]}, {"t": "array", "key": entry, "dtype": str, "shape": [...]},
-    {"t": "npscalar", ...same as array, 0-d}, or {"t": "value", "v": JSON value}.
+    {"t": "npscalar", ...same as array, 0-d}, or {"t": "value", "v": JSON value};
+    "dtype" is NumPy's dtype.str ("<f4"), or "bfloat16" for an entry holding
+    bfloat16 values as their uint16 bits (a .npy header cannot name ml_dtypes'
+    bfloat16); float16 is NumPy's own "<f2".
 Loading returns NumPy arrays (load_state_dict methods move them to the
 module's or optimizer's device); dicts keep their key order and key types.
 
@@ -38,6 +41,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import dtypes
 from .backend import to_numpy
 
 MANIFEST = "__manifest__"
@@ -71,11 +75,22 @@ def _encode(obj, path: list, arrays: dict):
             raise TypeError(f"save: the array at {where!r} has dtype object, which cannot be saved without pickle")
         if where in arrays or where == MANIFEST:
             raise ValueError(f"save: cannot store an array under the entry name {where!r}")
-        arrays[where] = arr
-        return {"t": "npscalar" if is_scalar else "array", "key": where, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        dtype = _dtype_name(arr.dtype)
+        arrays[where] = arr.view(np.uint16) if dtype == BFLOAT16 else arr
+        return {"t": "npscalar" if is_scalar else "array", "key": where, "dtype": dtype, "shape": list(arr.shape)}
     raise TypeError(f"save: cannot save a {type(obj).__module__}.{type(obj).__name__} at {where!r} (supported: "
                     "dict, list, tuple, arrays, NumPy scalars, None, bool, int, float, str; "
                     "save a module's or optimizer's state_dict(), not the object)")
+
+
+# NumPy has bfloat16 only through ml_dtypes, whose dtype a .npy header cannot
+# name (it would read back as raw 2-byte voids): such an array is stored as its
+# uint16 bits and the manifest says "bfloat16".
+BFLOAT16 = "bfloat16"
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return BFLOAT16 if dtype == dtypes.bfloat16 else dtype.str
 
 
 def _path(path, what: str) -> str:
@@ -187,7 +202,9 @@ def _decode(node, arrays: dict, path: str):
         if key not in arrays:
             raise ValueError(f"the manifest refers to entry {key!r}, which the archive does not contain")
         arr = arrays[key]
-        if arr.dtype.str != node["dtype"] or list(arr.shape) != node["shape"]:
+        if node["dtype"] == BFLOAT16 and arr.dtype == np.uint16:
+            arr = arr.view(dtypes.bfloat16)
+        if _dtype_name(arr.dtype) != node["dtype"] or list(arr.shape) != node["shape"]:
             raise ValueError(f"entry {key!r} holds {arr.dtype.str} {list(arr.shape)}, but the manifest says "
                              f"{node['dtype']} {node['shape']}")
         return arr[()] if kind == "npscalar" else arr

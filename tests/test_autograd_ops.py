@@ -441,6 +441,12 @@ def test_factories_dtype_device_requires_grad_and_seed():
     assert gpunet.randn_like(a).shape == (2, 3) and gpunet.rand_like(a).dtype == np.float32
     with pytest.raises(RuntimeError, match="floating point"):
         gpunet.zeros(2, dtype=np.int64, requires_grad=True)
+    perm = gpunet.randperm(50)
+    assert perm.dtype == np.int64 and sorted(perm.tolist()) == list(range(50)) and perm.tolist() != list(range(50))
+    g1, g2 = gpunet.Generator().manual_seed(5), gpunet.Generator().manual_seed(5)
+    for fn in (lambda g: gpunet.randn(4, generator=g), lambda g: gpunet.rand(4, generator=g),
+               lambda g: gpunet.randint(9, (4,), generator=g), lambda g: gpunet.randperm(9, generator=g)):
+        assert fn(g1).tolist() == fn(g2).tolist()  # a generator of its own: the same stream from the same seed
 
 
 def test_module_level_functions_accept_tensors_and_scalars():

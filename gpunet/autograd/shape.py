@@ -21,13 +21,13 @@ import numpy as np
 
 from ..backend import get_backend
 from ..nn.module import get_default_dtype
-from ..random import generator
+from ..random import rng_of
 from . import engine
 from .ops import _grad_for, _operands, _xp_of, grad_spec, inplace, result_dtype, unbroadcast
 from .tensor import Tensor, record
 
 __all__ = ["arange", "cat", "chunk", "clone", "concat", "empty", "empty_like", "expand", "eye", "flatten", "full",
-           "full_like", "linspace", "ones", "ones_like", "permute", "rand", "rand_like", "randint", "randn",
+           "full_like", "linspace", "ones", "ones_like", "permute", "rand", "rand_like", "randint", "randn", "randperm",
            "randn_like", "reshape", "split", "squeeze", "stack", "transpose", "unsqueeze", "zeros", "zeros_like"]
 
 _views: dict = {}  # id -> weakref of each Tensor that is a view of another
@@ -326,24 +326,31 @@ def eye(n: int, m=None, *, dtype=None, device=None, requires_grad: bool = False)
     return _new(np.eye(n, m), _float(dtype), device, requires_grad)
 
 
-def randn(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """Standard normal samples from gpunet's seeded generator (gpunet.manual_seed)."""
-    return _new(generator().standard_normal(_ints(size)), _float(dtype), device, requires_grad)
+def randn(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Standard normal samples from `generator` (a gpunet.Generator), else
+    gpunet's seeded generator (gpunet.manual_seed)."""
+    return _new(rng_of(generator).standard_normal(_ints(size)), _float(dtype), device, requires_grad)
 
 
-def rand(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """Uniform samples on [0, 1) from gpunet's seeded generator."""
-    return _new(generator().random(_ints(size)), _float(dtype), device, requires_grad)
+def rand(*size, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """Uniform samples on [0, 1) from `generator`, else gpunet's seeded generator."""
+    return _new(rng_of(generator).random(_ints(size)), _float(dtype), device, requires_grad)
 
 
-def randint(low, high=None, size=None, *, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None,
+            requires_grad: bool = False) -> Tensor:
     """randint(high, size) or randint(low, high, size): integers in [low, high), int64 by default."""
     if size is None:
         low, high, size = 0, low, high
     if size is None:
         raise TypeError("randint(): missing the size argument")
-    return _new(generator().integers(low, high, _ints((size,))), np.int64 if dtype is None else dtype,
+    return _new(rng_of(generator).integers(low, high, _ints((size,))), np.int64 if dtype is None else dtype,
                 device, requires_grad)
+
+
+def randperm(n: int, *, generator=None, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A random permutation of 0..n-1 (int64 by default), from `generator` or gpunet's seeded generator."""
+    return _new(rng_of(generator).permutation(int(n)), np.int64 if dtype is None else dtype, device, requires_grad)
 
 
 zeros_like, ones_like, empty_like, full_like = _like(zeros), _like(ones), _like(empty), _like(full)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import checks
+from .. import checks, dtypes
 from ..autograd import modules as _graph
 from ..autograd.tensor import Tensor, record
 from ..backend import backend_of, get_backend
@@ -52,7 +52,7 @@ def _record(module, *args, weights=None, **kwargs):
     """`module` placed on the first Tensor's backend and floating dtype and
     called on the Tensors: one autograd node (gpunet/autograd/modules.py)."""
     x = next(a for a in args if isinstance(a, Tensor))
-    module.to(x.backend, x.dtype if x.dtype.kind == "f" else None)
+    module.to(x.backend, x.dtype if dtypes.is_floating(x.dtype) else None)
     return _graph.call(module, args, kwargs, weights)
 
 

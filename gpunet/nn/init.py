@@ -7,13 +7,16 @@ Two forms:
     dtype, and return it: `model.apply(lambda m: ...)` initialisation;
   - the layers' own, `uniform(shape, low, high)`, `xavier_uniform(shape)`, ...
     take a *shape* and return a new NumPy array of it (the layers build their
-    parameters on the host, and `Module.to` moves them afterwards)."""
+    parameters on the host, and `Module.to` moves them afterwards).
+`dtype`: any floating dtype or name gpunet.dtypes takes ("bfloat16",
+"float16"/"half", ...); draws are made in float64 and rounded once."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from .. import dtypes
 from ..backend import backend_of
 from ..random import generator, rng_of
 from .module import Parameter
@@ -42,11 +45,11 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 
 
 def uniform(shape, low: float, high: float, dtype=np.float32) -> np.ndarray:
-    return generator().uniform(low, high, size=shape).astype(dtype)
+    return generator().uniform(low, high, size=shape).astype(dtypes.floating(dtype))
 
 
 def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=np.float32) -> np.ndarray:
-    return generator().normal(mean, std, size=shape).astype(dtype)
+    return generator().normal(mean, std, size=shape).astype(dtypes.floating(dtype))
 
 
 def xavier_uniform(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .. import checks
+from .. import checks, dtypes
 from ..backend import backend_of
 from ..ops import loss as ops
 from .module import Module
@@ -184,7 +184,7 @@ class CrossEntropyLoss(_Loss):
 
     def compute(self, x, t):
         be = self.backend
-        if getattr(t, "dtype", None) is not None and t.dtype.kind == "f":
+        if getattr(t, "dtype", None) is not None and dtypes.is_floating(t.dtype):  # (bfloat16 is kind "V")
             # class probabilities (PyTorch: a floating target of the input's shape); ignore_index does not apply
             checks.array(be, x, "input", dtype=self.dtype)
             checks.array(be, t, "target", dtype=self.dtype)

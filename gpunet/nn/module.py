@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .. import dtypes
 from ..autograd import modules as autograd_modules
 from ..autograd.tensor import Tensor
 from ..backend import Backend, get_backend, to_numpy
@@ -385,19 +386,19 @@ class Module:
     # ------------------------------------------------------------ device/dtype
     def to(self, device=None, dtype=None):
         """Move parameters and buffers to a device ('cpu', 'sim', 'cuda:0', a
-        Backend) and/or cast floating arrays to a dtype; `m.to(np.float64)` works
-        too. Returns self."""
-        if device is not None and not isinstance(device, (str, Backend)):
-            device, dtype = None, device
+        Backend) and/or cast floating arrays to a dtype (bfloat16, float16,
+        float32, float64, as dtypes or names: gpunet.dtypes.resolve);
+        `m.to(np.float64)` and `m.to("bfloat16")` work too. Returns self."""
+        if device is not None and (not isinstance(device, (str, Backend)) or device in dtypes.NAMES):
+            device, dtype = None, device  # m.to(np.float64), m.to("bfloat16")
         be = get_backend(device) if device is not None else None
         if dtype is not None:
             try:
-                dtype = np.dtype(dtype)
+                dtype = dtypes.resolve(dtype)
             except TypeError:
                 raise TypeError(f"to: expected a device ('cpu', 'sim', 'cuda:0', a Backend) or a dtype "
-                                f"(float32, float64), got {dtype!r}") from None
-            if dtype not in (np.float32, np.float64):
-                raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+                                f"(bfloat16, float16, float32, float64), got {dtype!r}") from None
+            dtype = dtypes.floating(dtype)
         for m in self.modules():
             target = be or m.backend
             for p in m._params.values():
@@ -408,7 +409,7 @@ class Module:
             for bname in m._buffers:
                 buf = getattr(m, bname)
                 if buf is not None:
-                    object.__setattr__(m, bname, _convert(buf, target, dtype, cast=buf.dtype.kind == "f"))
+                    object.__setattr__(m, bname, _convert(buf, target, dtype, cast=dtypes.is_floating(buf.dtype)))
             object.__setattr__(m, "backend", target)
             if dtype is not None:
                 object.__setattr__(m, "dtype", dtype)

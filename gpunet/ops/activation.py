@@ -4,7 +4,8 @@ Each activation is a pair of array-level functions written against `xp`
 (NumPy or CuPy): `forward(xp, x, **params) -> y` and
 `derivative(xp, x, y, **params) -> dy/dx`. On kernel backends (sim, cuda) the
 float32 case goes to the hand-written elementwise kernels `act_forward` /
-`act_backward` (csrc/kernels/activation.cu) instead; where CuPy fusions run
+`act_backward` (csrc/kernels/activation.cu) instead, and so do float16 and
+bfloat16 (float32 compute, rounded once: gpunet/ops/half.py); where CuPy fusions run
 (gpunet.dispatch's "fused" path) every backward is one ElementwiseKernel
 (below, beside the array formulas it fuses).
 
@@ -24,6 +25,8 @@ import numpy as np
 
 from ..dispatch import path
 from .cupy_kernels import cupy, lit
+from .. import dtypes
+from .half import float32_compute, kernel_view
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -285,8 +288,16 @@ def _no_kernel(kind, params):
     return None
 
 
+@float32_compute("activation", forward=True,
+                 half_kernels=lambda be, kind, x, **params: _no_kernel(kind, params) is None)
 def act_forward(be, kind: str, x, **params):
     """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
+    if dtypes.is_half(x.dtype):  # the kernels' half path (float32_compute sends only such calls here)
+        x = be.xp.asarray(x, order="C")
+        y = be.xp.empty_like(x)
+        be.kernels.act_forward(kind, kernel_view(be, x), kernel_view(be, y), *_KERNEL_PARAMS[kind](**params),
+                               be.stream())
+        return y, (kind, params, x, y)
     if path(be, kind, x.dtype, unsupported=_no_kernel(kind, params)) == "kernel":
         x = be.xp.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
         y = be.xp.empty_like(x)
@@ -296,12 +307,20 @@ def act_forward(be, kind: str, x, **params):
     return y, (kind, params, x, y)
 
 
+@float32_compute("activation", forward=False,
+                 half_kernels=lambda be, ctx, dy: _no_kernel(ctx[0], ctx[1]) is None)
 def act_backward(be, ctx, dy):
     """dx = dy * kind'(x). Raises NoGradientError for heaviside and sign."""
     kind, params, x, y = ctx
     if kind not in DERIVATIVE:
         raise NoGradientError(f"{kind}: the derivative is 0 everywhere except at 0, where it is undefined; "
                               "there is no useful gradient to backpropagate")
+    if dtypes.is_half(dy.dtype):  # the kernels' half path
+        dx = be.xp.empty_like(x)
+        be.kernels.act_backward(kind, kernel_view(be, x), kernel_view(be, y),
+                                kernel_view(be, be.xp.asarray(dy, dtype=x.dtype, order="C")), kernel_view(be, dx),
+                                *_KERNEL_PARAMS[kind](**params), be.stream())
+        return dx
     route = path(be, kind, x.dtype, fused=True, unsupported=_no_kernel(kind, params))
     if route == "kernel":
         dx = be.xp.empty_like(x)
