@@ -9,6 +9,12 @@ resume) and a PNG of the learning curves.
 
     python examples/digits_cnn.py [--device cpu|sim|cuda|cupy|auto] [--epochs 20] [--out runs/digits] [--quick]
                                   [--autograd]
+
+Data-parallel on 2 processes (gpunet.distributed over MPI; --batch-size is
+the global batch, each process computing its half, so the run learns as the
+1-process one does; one GPU per process on cuda/cupy):
+
+    mpiexec -n 2 python examples/digits_cnn.py --distributed
 """
 import argparse
 import os
@@ -19,9 +25,33 @@ from gpunet import models, nn, optim
 from gpunet.data import DataLoader, digits_splits
 
 
+def loaders(train, val, test, batch_size: int, seed: int, device: str, distributed: bool):
+    """Train/validation/test loaders; distributed: this process's share of each."""
+    if not distributed:
+        return (DataLoader(train, batch_size, shuffle=True, seed=seed, device=device),
+                DataLoader(val, 256, device=device), DataLoader(test, 256, device=device))
+    from gpunet.distributed import DistributedSampler
+    return (DataLoader(train, batch_size, sampler=DistributedSampler(train, seed=seed), device=device),
+            DataLoader(val, 256, sampler=DistributedSampler(val, shuffle=False), device=device),
+            DataLoader(test, 256, sampler=DistributedSampler(test, shuffle=False), device=device))
+
+
+def per_process(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise SystemExit(f"--batch-size {batch_size} must split evenly over {world_size} processes")
+    return batch_size // world_size
+
+
 def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size: int = 32, lr: float = 2e-3,
-         out: str = "runs/digits", seed: int = 0, autograd: bool = False) -> dict:
+         out: str = "runs/digits", seed: int = 0, distributed: bool = False, autograd: bool = False) -> dict:
+    lead = True  # the process that prints
+    if distributed:
+        from gpunet import distributed as dist
+        dist.init_process_group()
+        device, lead = dist.local_device(device), dist.get_rank() == 0
+        batch_size = per_process(batch_size, dist.get_world_size())
     device = gpunet.get_backend(device).device
+    say = print if lead else (lambda *a: None)
     gpunet.manual_seed(seed)
     train, val, test = digits_splits(val=0.1, test=0.2, seed=seed)
     width = 32
@@ -31,22 +61,22 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=lr)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    print(f"digits CNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
-          f"{len(train)} train / {len(val)} validation / {len(test)} test images")
+    say(f"digits CNN ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
+        f"{len(train)} train / {len(val)} validation / {len(test)} test images"
+        + (f"; {dist.get_world_size()} processes" if distributed else ""))
+    train_loader, val_loader, test_loader = loaders(train, val, test, batch_size, seed, device, distributed)
     start = time.perf_counter()
     history = gpunet.fit(
-        model, loss_fn, opt,
-        DataLoader(train, batch_size, shuffle=True, seed=seed, device=device),
-        DataLoader(val, 256, device=device),
+        model, loss_fn, opt, train_loader, val_loader,
         epochs=epochs, scheduler=sched, autograd=autograd,
         checkpoint_path=None if quick else os.path.join(out, "checkpoint.npz"),
-        plot_path=None if quick else os.path.join(out, "curves.png"))
+        plot_path=None if quick else os.path.join(out, "curves.png"), distributed=distributed)
     seconds = time.perf_counter() - start
-    result = gpunet.evaluate(model, loss_fn, DataLoader(test, 256, device=device))
-    print(f"test accuracy {result['accuracy']:.4f} on {len(test)} held-out images "
-          f"(training {seconds:.1f}s, {len(history.epochs)} epochs)")
+    result = gpunet.evaluate(model, loss_fn, test_loader, distributed=distributed)
+    say(f"test accuracy {result['accuracy']:.4f} on {len(test)} held-out images "
+        f"(training {seconds:.1f}s, {len(history.epochs)} epochs)")
     if not quick:
-        print(f"checkpoint: {os.path.join(out, 'checkpoint.npz')}   learning curves: {os.path.join(out, 'curves.png')}")
+        say(f"checkpoint: {os.path.join(out, 'checkpoint.npz')}   learning curves: {os.path.join(out, 'curves.png')}")
     if quick:
         assert result["accuracy"] >= 0.90, result
     return {"test_accuracy": result["accuracy"], "seconds": seconds, "epochs": len(history.epochs)}
@@ -61,7 +91,10 @@ if __name__ == "__main__":
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default="runs/digits")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the processes of mpiexec -n N (pip install mpi4py mpich)")
     ap.add_argument("--autograd", action="store_true",
                     help="train through loss.backward() on Tensors (the same kernels) instead of the explicit backward")
     args = ap.parse_args()
-    main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed, args.autograd)
+    main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed, args.distributed,
+         args.autograd)

@@ -8,6 +8,13 @@
 after every epoch (rerunning the same command resumes), restores the weights
 of the lowest validation loss when --patience is given, and prints the test
 accuracy and where the checkpoint and the learning-curve plot went.
+
+    mpiexec -n 2 python -m gpunet train --distributed ...
+
+trains data-parallel on 2 processes (gpunet.distributed): --batch-size is the
+global batch, split evenly over the processes (so the run learns as one
+process does), each reads its share of every split, and rank 0 alone prints
+and writes files.
 """
 from __future__ import annotations
 
@@ -92,14 +99,38 @@ def build_model(name: str, shape: dict):
     return models.create(name, **shape)
 
 
+def _loaders(args, be, train_set, val_set, test_set):
+    """Train, validation and test loaders; distributed: each rank's share of each."""
+    if not args.distributed:
+        return (data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, device=be),
+                data.DataLoader(val_set, 512, device=be), data.DataLoader(test_set, 512, device=be))
+    from .distributed import DistributedSampler, get_world_size
+    if args.batch_size % get_world_size():
+        raise SystemExit(f"--batch-size {args.batch_size} must split evenly over {get_world_size()} processes")
+    return (data.DataLoader(train_set, args.batch_size // get_world_size(), device=be,
+                            sampler=DistributedSampler(train_set, seed=args.seed)),
+            data.DataLoader(val_set, 512, device=be, sampler=DistributedSampler(val_set, shuffle=False)),
+            data.DataLoader(test_set, 512, device=be, sampler=DistributedSampler(test_set, shuffle=False)))
+
+
 def train(args) -> dict:
     check_pairing(args.model, args.dataset)
     manual_seed(args.seed)
-    be = get_backend(args.device)
+    lead = True  # the process that prints and writes files
+    if args.distributed:
+        from . import distributed as dist
+        dist.init_process_group()
+        lead = dist.get_rank() == 0
+        be = get_backend(dist.local_device(args.device))
+    else:
+        be = get_backend(args.device)
+    say = print if lead else (lambda *a, **k: None)
     (train_set, val_set, test_set), shape, desc = load_dataset(args)
     model = build_model(args.model, shape).to(be)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"gpunet: {args.model} ({n_params:,} parameters) on {desc}; device {be.device}; "
+    if args.distributed:
+        desc += f"; {dist.get_world_size()} processes (data-parallel)"
+    say(f"gpunet: {args.model} ({n_params:,} parameters) on {desc}; device {be.device}; "
           f"{len(train_set)} train / {len(val_set)} validation / {len(test_set)} test samples", flush=True)
     opt_cls = OPTIMIZERS[args.optimizer]
     kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
@@ -109,32 +140,32 @@ def train(args) -> dict:
     scheduler = None
     if args.schedule == "cosine":
         scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, device=be)
-    val_loader = data.DataLoader(val_set, 512, device=be)
-    test_loader = data.DataLoader(test_set, 512, device=be)
+    loader, val_loader, test_loader = _loaders(args, be, train_set, val_set, test_set)
     os.makedirs(args.out, exist_ok=True)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     plot = os.path.join(args.out, "curves.png")
     if importlib.util.find_spec("matplotlib") is None:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
+        say("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
         plot = None
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
     history = fit(model, loss_fn, optimizer, loader, val_loader, epochs=args.epochs,
                   early_stopping_patience=args.patience, checkpoint_path=checkpoint, resume=not args.no_resume,
-                  plot_path=plot, scheduler=scheduler, clip_grad_norm=args.clip, progress=not args.quiet)
+                  plot_path=plot, scheduler=scheduler, clip_grad_norm=args.clip, progress=not args.quiet,
+                  distributed=args.distributed)
     seconds = time.perf_counter() - start
-    result = evaluate(model, loss_fn, test_loader)
+    result = evaluate(model, loss_fn, test_loader, distributed=args.distributed)
     summary = {"model": args.model, "dataset": args.dataset, "device": be.device, "epochs": len(history.epochs),
                "seconds": round(seconds, 2), "test_loss": result["loss"], "test_accuracy": result.get("accuracy"),
                "checkpoint": checkpoint, "plot": plot}
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"test accuracy {result.get('accuracy', float('nan')):.4f}  test loss {result['loss']:.4f}  "
-          f"({len(test_set)} samples; trained {seconds:.1f}s)")
-    print(f"checkpoint: {checkpoint}")
+    if lead:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    say(f"test accuracy {result.get('accuracy', float('nan')):.4f}  test loss {result['loss']:.4f}  "
+        f"({len(test_set)} samples; trained {seconds:.1f}s)")
+    say(f"checkpoint: {checkpoint}")
     if plot:
-        print(f"learning curves: {plot}")
+        say(f"learning curves: {plot}")
     return summary
 
 
@@ -170,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/run", help="directory for checkpoint.npz, curves.png, summary.json")
     t.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     t.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of mpiexec -n N (needs mpi4py: pip install mpi4py mpich)")
     return p
 
 

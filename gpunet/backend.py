@@ -11,7 +11,8 @@ per op call, which code runs; ops never test a backend's name:
 
     kernels        the compiled kernel module (gpunet._C_sim on sim, gpunet._C
                    on cuda), None on cpu and cupy
-    kernel_dtypes  the dtypes those kernels take (float32)
+    kernel_dtypes  the dtypes those kernels take (float32; the half types of
+                   gpunet.dtypes compute through gpunet.ops.half)
     fused          whether CuPy fusions can run (cupy, cuda): the hot spots of
                    the array path (activation backward, LSTM cell,
                    cross-entropy, optimizer updates, col2im, embedding
@@ -35,7 +36,7 @@ from collections import Counter
 
 import numpy as np
 
-from . import simbuild
+from . import dtypes, simbuild
 
 log = logging.getLogger("gpunet")
 simbuild.install()  # gpunet._C_sim and _C_simcheck compile on first import (gpunet/simbuild.py)
@@ -113,7 +114,11 @@ class Backend:
         return isinstance(x, self.xp.ndarray) and x.device.id == self.index
 
     def asarray(self, x, dtype=None):
-        """Move/convert `x` onto this backend (copies only when needed)."""
+        """Move/convert `x` onto this backend (copies only when needed). `dtype`:
+        anything gpunet.dtypes.resolve takes ("bfloat16", "half", np.float32, ...)."""
+        dtype = None if dtype is None else dtypes.resolve(dtype)
+        if _is_torch(x) and (self.xp is np or x.device.type == "cpu"):
+            x = _torch_to_numpy(x)
         if self.xp is np:
             if not isinstance(x, np.ndarray) and hasattr(x, "get") and type(x).__module__.startswith("cupy"):
                 x = x.get()
@@ -275,14 +280,33 @@ def backend_of(x) -> Backend:
 
 
 def asarray(x, device="cpu", dtype=None):
-    """`x` (list, NumPy, CuPy, anything array-like) as an array of `device`'s backend."""
+    """`x` (list, NumPy, CuPy, a PyTorch tensor, anything array-like) as an
+    array of `device`'s backend, of `dtype` if given (a name such as
+    "bfloat16", "float16"/"half", "float32", or a dtype: gpunet.bfloat16, np.float32)."""
     return get_backend(device).asarray(x, dtype=dtype)
 
 
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    """A PyTorch tensor as a NumPy array of the same dtype; bfloat16 (which
+    NumPy has only through ml_dtypes) through its bits, not through float32."""
+    t = t.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":
+        import torch
+        return t.view(torch.int16).numpy().view(dtypes.bfloat16)
+    return t.numpy()
+
+
 def to_numpy(x) -> np.ndarray:
-    """A NumPy copy (or view, for NumPy input) of any backend array or scalar."""
+    """A NumPy copy (or view, for NumPy input) of any backend array or scalar,
+    or of a PyTorch tensor (bfloat16 kept: see _torch_to_numpy)."""
     if isinstance(x, np.ndarray):
         return x
+    if _is_torch(x):
+        return _torch_to_numpy(x)
     if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
         out = x.get()
         from .ops import device_errors  # the copy synchronised: report bad input kernels found

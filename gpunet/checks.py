@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dtypes
+
 # NaN/Inf scans cost a pass over the data and, on a GPU, a device->host sync;
 # they are on by default on host backends and opt-in on GPU ones.
 _finite = {"host": True, "gpu": False}
@@ -52,9 +54,11 @@ def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integ
             raise TypeError(f"{name}: expected an integer array (class indices), got dtype {x.dtype}")
         return x
     if dtype is not None and x.dtype != dtype:
+        # suggest converting the module only to a dtype modules take
+        hint = f" or the module with .to({x.dtype.name})" if x.dtype in (np.float32, np.float64) else ""
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype} "
-                        f"(convert the input, or the module with .to({x.dtype.name}))")
-    if finite and x.dtype.kind == "f" and finite_checks_enabled(be):
+                        f"(convert it with .astype({np.dtype(dtype).name}){hint})")
+    if finite and dtypes.is_floating(x.dtype) and finite_checks_enabled(be):  # (bfloat16's kind is "V")
         if not bool(be.xp.isfinite(x).all()):
             bad = int((~be.xp.isfinite(x)).sum())
             raise ValueError(f"{name}: contains {bad} NaN/Inf value(s) of {x.size}")

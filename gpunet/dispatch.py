@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import dtypes
 from .backend import Backend, fallback
 
 
@@ -27,7 +28,12 @@ def path(be: Backend, op: str, dtype, *, fused: bool = False, unsupported: str |
     """"kernel", "fused" or "array" for one call of `op` on `be` with arrays
     of `dtype`. `fused`: the op has a CuPy fusion; `unsupported`: why the op's
     kernels cannot take this call (a shape limit, a mode, no kernel at all),
-    None when they can."""
+    None when they can. Half dtypes never get here from an op that computes
+    them (gpunet.ops.half reads them in float32 first): any other op refuses
+    them, on every backend, rather than compute in 16 bits."""
+    if dtypes.is_half(dtype):
+        raise NotImplementedError(f"{op}: no {np.dtype(dtype).name} path yet (half precision runs activations, "
+                                  "softmax, linear, layer_norm and cross_entropy so far); convert to float32")
     if be.kernels is not None:
         dtype = np.dtype(dtype)
         if unsupported is None and dtype in be.kernel_dtypes:

@@ -1,6 +1,13 @@
-"""Finite-difference gradient check for modules with explicit backward passes.
+"""Finite-difference gradient checks.
 
-Central differences in float64 along every element of every floating input
+gradcheck(fn, tensors) works as torch.autograd.gradcheck: `fn` is a function
+of Tensors (the float64 ones with requires_grad are checked), and every entry
+of the analytical Jacobian (one backward per output element) must match the
+central-difference one within atol + rtol * |numerical|. Returns True, or
+raises GradcheckError (returns False when raise_exception=False).
+
+gradcheck(module, arrays) is the module mode, for explicit backward passes:
+central differences in float64 along every element of every floating input
 and parameter, compared with the module's backward on a random projection of
 the output (loss = sum(r * y)). The error is Caffe's: |a - n| / max(|a|, |n|, 1).
 Points at a kink (ReLU at 0, ties in max) are detected by the two one-sided
@@ -49,8 +56,97 @@ def _is_float(a) -> bool:
     return hasattr(a, "dtype") and a.dtype.kind == "f"
 
 
-def gradcheck(module, inputs, *, eps: float = 1e-6, tol: float = 1e-6, seed: int = 0,
-              params: bool = True, raise_on_failure: bool = True) -> GradcheckResult:
+class GradcheckError(RuntimeError):
+    """A Jacobian mismatch found by gradcheck on a function of Tensors."""
+
+
+def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
+              raise_exception: bool = True, **module_options):
+    """torch.autograd.gradcheck on a function of Tensors (see the module's
+    docstring), or `check_module(fn, inputs, eps=eps, **module_options)` when
+    no input is a Tensor."""
+    from .autograd import Tensor
+    if any(isinstance(t, Tensor) for t in _flatten(inputs if isinstance(inputs, (tuple, list)) else (inputs,), [])):
+        if module_options:
+            raise TypeError(f"gradcheck: unexpected arguments for a function of Tensors: {sorted(module_options)}")
+        return _check_function(fn, inputs, eps, atol, rtol, raise_exception)
+    return check_module(fn, inputs, eps=eps, **module_options)
+
+
+def _check_function(fn, inputs, eps, atol, rtol, raise_exception) -> bool:
+    from .autograd import Tensor, backward
+    from .nn.module import enable_grad
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    # fresh leaves holding copies: the perturbations and gradients never touch the caller's tensors
+    leaves, args = [], []
+    for i, t in enumerate(inputs):
+        if isinstance(t, Tensor) and t.requires_grad:
+            if t.dtype != np.float64:
+                raise ValueError(f"gradcheck: input {i} is {t.dtype}; inputs that require grad must be float64 "
+                                 f"(finite differences are meaningless in lower precision)")
+            t = Tensor(t.backend.xp.array(t._data, copy=True), t._backend, requires_grad=True)
+            leaves.append((i, t))
+        args.append(t)
+    if not leaves:
+        raise ValueError("gradcheck expects at least one input tensor to require gradient")
+
+    def outputs():
+        out = fn(*args)
+        outs = [o for o in _flatten(out, []) if isinstance(o, Tensor) and o.dtype.kind == "f"]
+        if not outs:
+            raise TypeError("gradcheck: fn returned no floating-point Tensor")
+        return outs
+
+    def values():
+        with no_grad():
+            return np.concatenate([to_numpy(o._data).ravel() for o in outputs()])
+
+    # numerical Jacobians: one column per input element
+    numerical = []
+    for _, x in leaves:
+        flat = x._data.reshape(-1)  # a view: x is contiguous
+        cols = []
+        for k in range(flat.size):
+            orig = float(flat[k])
+            flat[k] = orig + eps
+            fp = values()
+            flat[k] = orig - eps
+            fm = values()
+            flat[k] = orig
+            cols.append((fp - fm) / (2 * eps))
+        numerical.append(np.stack(cols, axis=1) if cols else np.zeros((values().size, 0)))
+
+    # analytical Jacobians: one backward per output element
+    with enable_grad():
+        outs = outputs()
+    rows = [[] for _ in leaves]
+    for o in outs:
+        for j in range(o.numel()):
+            for _, x in leaves:
+                x.grad = None
+            if o.requires_grad:
+                onehot = np.zeros(o.numel())
+                onehot[j] = 1
+                backward(o, o.backend.asarray(onehot.reshape(o.shape), dtype=o.dtype), retain_graph=True)
+            for r, (_, x) in zip(rows, leaves):
+                r.append(np.zeros(x.numel()) if x.grad is None else to_numpy(x.grad._data).ravel())
+    for (i, _), num, r in zip(leaves, numerical, rows):
+        ana = np.stack(r) if r else np.zeros_like(num)
+        bad = np.abs(ana - num) > atol + rtol * np.abs(num)
+        if bad.any():
+            j, k = np.argwhere(bad)[0]
+            where = tuple(int(v) for v in np.unravel_index(k, inputs[i].shape))
+            msg = (f"Jacobian mismatch for the outputs with respect to input {i} (shape {list(inputs[i].shape)}) "
+                   f"at {int(bad.sum())} of {bad.size} entries; first at output element {j}, input element "
+                   f"{where}: analytical {ana[j, k]:.10g}, numerical {num[j, k]:.10g} (atol {atol}, rtol {rtol})")
+            if raise_exception:
+                raise GradcheckError(msg)
+            return False
+    return True
+
+
+def check_module(module, inputs, *, eps: float = 1e-6, tol: float = 1e-6, seed: int = 0,
+                 params: bool = True, raise_on_failure: bool = True) -> GradcheckResult:
     """Check `module.backward` against central differences.
 
     module: a float64 Module (call `.to(np.float64)` first), or any object with

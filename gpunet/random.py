@@ -60,3 +60,40 @@ def set_state(state: dict):
     rng = np.random.default_rng(int(state["seed"]))
     rng.bit_generator.state = state["generator"]
     _state.seed, _state.offset, _state.rng = int(state["seed"]), int(state["offset"]), rng
+
+
+class Generator:
+    """A random stream of its own, as torch.Generator, for the `generator=`
+    arguments (DataLoader shuffling, random_split, samplers):
+    `gpunet.Generator().manual_seed(42)`. Host-side (NumPy PCG64) whatever
+    the device named."""
+
+    def __init__(self, device="cpu"):
+        self.device = device
+        self.manual_seed(int(np.random.SeedSequence().entropy % 2 ** 63))
+
+    def manual_seed(self, seed: int) -> "Generator":
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+        self._seed = int(seed)
+        self.rng = np.random.default_rng(self._seed)
+        return self
+
+    def initial_seed(self) -> int:
+        return self._seed
+
+    def get_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> "Generator":
+        self.rng.bit_generator.state = state
+        return self
+
+
+def rng_of(generator) -> np.random.Generator:
+    """The NumPy generator behind a `generator=` argument (None: this thread's)."""
+    if generator is None:
+        return _state.rng
+    if not isinstance(generator, Generator):
+        raise TypeError(f"generator: expected a gpunet.Generator or None, got {type(generator).__name__}")
+    return generator.rng

@@ -1,4 +1,5 @@
-"""Checkpoints: `gpunet.save(obj, path)` and `gpunet.load(path)`.
+"""Checkpoints: `gpunet.save(obj, f)` and `gpunet.load(f, map_location=None)`,
+f a path or a binary file object, as torch.save/torch.load.
 
 `obj` is a model's state_dict, an optimizer's or a scheduler's, or any nest of
 dicts (str or int keys), lists and tuples holding arrays (NumPy or CuPy),
@@ -14,7 +15,10 @@ without gpunet and without pickle:
     {"format": "gpunet.save", "version": 1, "tree": NODE}, where NODE is
     {"t": "dict"|"odict", "items": [[key, NODE], ...]}, {"t": "list"|"tuple",
     "items": [NODE, ...]}, {"t": "array", "key": entry, "dtype": str, "shape": [...]},
-    {"t": "npscalar", ...same as array, 0-d}, or {"t": "value", "v": JSON value}.
+    {"t": "npscalar", ...same as array, 0-d}, or {"t": "value", "v": JSON value};
+    "dtype" is NumPy's dtype.str ("<f4"), or "bfloat16" for an entry holding
+    bfloat16 values as their uint16 bits (a .npy header cannot name ml_dtypes'
+    bfloat16); float16 is NumPy's own "<f2".
 Loading returns NumPy arrays (load_state_dict methods move them to the
 module's or optimizer's device); dicts keep their key order and key types.
 
@@ -37,6 +41,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import dtypes
 from .backend import to_numpy
 
 MANIFEST = "__manifest__"
@@ -70,11 +75,22 @@ def _encode(obj, path: list, arrays: dict):
             raise TypeError(f"save: the array at {where!r} has dtype object, which cannot be saved without pickle")
         if where in arrays or where == MANIFEST:
             raise ValueError(f"save: cannot store an array under the entry name {where!r}")
-        arrays[where] = arr
-        return {"t": "npscalar" if is_scalar else "array", "key": where, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        dtype = _dtype_name(arr.dtype)
+        arrays[where] = arr.view(np.uint16) if dtype == BFLOAT16 else arr
+        return {"t": "npscalar" if is_scalar else "array", "key": where, "dtype": dtype, "shape": list(arr.shape)}
     raise TypeError(f"save: cannot save a {type(obj).__module__}.{type(obj).__name__} at {where!r} (supported: "
                     "dict, list, tuple, arrays, NumPy scalars, None, bool, int, float, str; "
                     "save a module's or optimizer's state_dict(), not the object)")
+
+
+# NumPy has bfloat16 only through ml_dtypes, whose dtype a .npy header cannot
+# name (it would read back as raw 2-byte voids): such an array is stored as its
+# uint16 bits and the manifest says "bfloat16".
+BFLOAT16 = "bfloat16"
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return BFLOAT16 if dtype == dtypes.bfloat16 else dtype.str
 
 
 def _path(path, what: str) -> str:
@@ -116,15 +132,20 @@ def _remove_stale_temporaries(path: str):
                 pass  # another process removed it first, or we may not
 
 
-def save(obj, path):
-    """Write `obj` (see the module docstring) to `path` atomically, as .npz."""
-    path = _path(path, "save")
+def save(obj, f):
+    """Write `obj` (see the module docstring) as .npz to `f`: a path (written
+    atomically) or a binary file object open for writing (io.BytesIO, an
+    open file), as torch.save."""
+    if hasattr(f, "write"):
+        arrays = _archive_arrays(obj)
+        np.savez(f, **arrays)
+        if hasattr(f, "flush"):
+            f.flush()
+        return
+    path = _path(f, "save")
     if os.path.isdir(path) or path.endswith(os.sep) or not os.path.basename(path):
         raise IsADirectoryError(f"save: {path!r} is a directory; give a file path such as {os.path.join(path, 'ckpt.npz')!r}")
-    arrays: dict[str, np.ndarray] = {}
-    tree = _encode(obj, [], arrays)
-    manifest = json.dumps({"format": FORMAT, "version": VERSION, "tree": tree}, allow_nan=True)
-    arrays[MANIFEST] = np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
+    arrays = _archive_arrays(obj)
     directory = os.path.dirname(os.path.abspath(path))
     _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp")
@@ -139,6 +160,15 @@ def save(obj, path):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+def _archive_arrays(obj) -> dict:
+    """The .npz entries of `obj`: its arrays and the manifest."""
+    arrays: dict[str, np.ndarray] = {}
+    tree = _encode(obj, [], arrays)
+    manifest = json.dumps({"format": FORMAT, "version": VERSION, "tree": tree}, allow_nan=True)
+    arrays[MANIFEST] = np.frombuffer(manifest.encode("utf-8"), dtype=np.uint8)
+    return arrays
 
 
 def _fsync_directory(directory: str):
@@ -172,50 +202,89 @@ def _decode(node, arrays: dict, path: str):
         if key not in arrays:
             raise ValueError(f"the manifest refers to entry {key!r}, which the archive does not contain")
         arr = arrays[key]
-        if arr.dtype.str != node["dtype"] or list(arr.shape) != node["shape"]:
+        if node["dtype"] == BFLOAT16 and arr.dtype == np.uint16:
+            arr = arr.view(dtypes.bfloat16)
+        if _dtype_name(arr.dtype) != node["dtype"] or list(arr.shape) != node["shape"]:
             raise ValueError(f"entry {key!r} holds {arr.dtype.str} {list(arr.shape)}, but the manifest says "
                              f"{node['dtype']} {node['shape']}")
         return arr[()] if kind == "npscalar" else arr
     raise ValueError(f"the manifest has an unknown node at {path or '<root>'!r}: {node!r:.200}")
 
 
-def load(path):
-    """Read a file written by `save`; arrays come back as NumPy arrays. A file
-    that is missing, damaged (truncated, not an .npz, no manifest, an entry
-    unreadable) or inconsistent raises an error naming the path and the entry."""
-    path = _path(path, "load")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"load: no such file: {path!r}")
-    _remove_stale_temporaries(path)
-    if os.path.isdir(path):
-        raise ValueError(f"load: {path!r} is a directory, not a gpunet.save archive")
+def load(f, map_location=None, weights_only=None, **pickle_load_args):
+    """Read what `save` wrote from a path or a binary file object open for
+    reading; arrays come back as NumPy arrays, or on `map_location` (a device:
+    'cpu', 'sim', 'cuda:0', a Backend). A file that is missing, damaged
+    (truncated, not an .npz, no manifest, an entry unreadable) or
+    inconsistent raises an error naming the file and the entry.
+    weights_only: accepted either way; a gpunet archive holds only arrays and
+    plain values and is never unpickled, which is what torch's
+    weights_only=True guarantees. map_location as a dict or a function
+    (torch's device remapping) has nothing to remap here: the archive records
+    no devices."""
+    if pickle_load_args:
+        raise NotImplementedError(f"load: {', '.join(sorted(pickle_load_args))}: gpunet archives are not pickles")
+    if weights_only not in (None, True, False):
+        raise TypeError(f"weights_only: expected a bool or None, got {weights_only!r}")
+    move = _device_mover(map_location)
+    if hasattr(f, "read"):
+        name = repr(getattr(f, "name", type(f).__name__))
+        arrays = _read_entries(f, name)
+    else:
+        path = _path(f, "load")
+        name = repr(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"load: no such file: {path!r}")
+        _remove_stale_temporaries(path)
+        if os.path.isdir(path):
+            raise ValueError(f"load: {path!r} is a directory, not a gpunet.save archive")
+        arrays = _read_entries(path, name)
+    if MANIFEST not in arrays:
+        raise ValueError(f"load: {name} has no {MANIFEST!r} entry, so it was not written by gpunet.save "
+                         f"(entries: {sorted(arrays)[:10]})")
     try:
-        archive = np.load(path, allow_pickle=False)
+        manifest = json.loads(arrays.pop(MANIFEST).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"load: {name}: the {MANIFEST!r} entry is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "tree" not in manifest:
+        raise ValueError(f"load: {name}: the {MANIFEST!r} entry is not a {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise ValueError(f"load: {name} is format version {manifest.get('version')!r}; "
+                         f"this gpunet reads version {VERSION}")
+    if move is not None:
+        arrays = {k: move(v) for k, v in arrays.items()}
+    try:
+        return _decode(manifest["tree"], arrays, "")
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        raise ValueError(f"load: {name}: {type(e).__name__}: {e}") from e
+
+
+def _device_mover(map_location):
+    """None, or the function moving a loaded array to map_location's backend."""
+    if map_location is None:
+        return None
+    from .backend import Backend, get_backend
+    if not isinstance(map_location, (str, Backend)):
+        raise NotImplementedError(f"map_location: expected a device ('cpu', 'sim', 'cuda:0') or a Backend; a "
+                                  f"{type(map_location).__name__} remaps recorded devices, and gpunet archives "
+                                  "record none")
+    be = get_backend(map_location)
+    return None if be.xp is np else be.asarray
+
+
+def _read_entries(source, name: str) -> dict:
+    try:
+        archive = np.load(source, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 -- whatever a damaged file makes the readers raise
-        raise ValueError(f"load: {path!r} is not a readable .npz archive (damaged, truncated, or not written "
+        raise ValueError(f"load: {name} is not a readable .npz archive (damaged, truncated, or not written "
                          f"by gpunet.save): {type(e).__name__}: {e}") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"load: {path!r} holds a single .npy array, not a gpunet.save archive")
+        raise ValueError(f"load: {name} holds a single .npy array, not a gpunet.save archive")
     with archive:
         arrays = {}
         for key in archive.files:
             try:
                 arrays[key] = archive[key]
             except Exception as e:  # noqa: BLE001 -- e.g. NotImplementedError for a flipped compression field
-                raise ValueError(f"load: {path!r}: entry {key!r} is damaged: {type(e).__name__}: {e}") from e
-    if MANIFEST not in arrays:
-        raise ValueError(f"load: {path!r} has no {MANIFEST!r} entry, so it was not written by gpunet.save "
-                         f"(entries: {sorted(arrays)[:10]})")
-    try:
-        manifest = json.loads(arrays.pop(MANIFEST).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"load: {path!r}: the {MANIFEST!r} entry is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "tree" not in manifest:
-        raise ValueError(f"load: {path!r}: the {MANIFEST!r} entry is not a {FORMAT} manifest")
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"load: {path!r} is format version {manifest.get('version')!r}; "
-                         f"this gpunet reads version {VERSION}")
-    try:
-        return _decode(manifest["tree"], arrays, "")
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
-        raise ValueError(f"load: {path!r}: {type(e).__name__}: {e}") from e
+                raise ValueError(f"load: {name}: entry {key!r} is damaged: {type(e).__name__}: {e}") from e
+    return arrays

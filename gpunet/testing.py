@@ -12,7 +12,13 @@ magnitude, a few eps for n = 1; so values are compared with
 where n is the length of the longest reduction behind a compared value and
 dtype the coarser of the two (n = 1, the default: 64·eps, 7.6e-6 for float32
 and 1.4e-14 for float64). atol is absolute: inputs of magnitude about 1 keep
-it meaningful. Nothing else scales a tolerance.
+it meaningful. Nothing else scales a tolerance. The half types (bfloat16,
+float16) store what float32 computed, rounded once: their values get the
+float32 rule plus one epsilon of the storage type,
+
+    rtol = atol = 16 · eps(float32) · sqrt(max(n, 16)) + eps(dtype)
+
+(n = 1: 7.8e-3 for bfloat16, 9.8e-4 for float16).
 
 Kernel use: on sim, whose kernel module counts its calls, each parity helper
 asserts that the kernels ran (those named in `kernels`, or at least one) and
@@ -38,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import backend
+from . import backend, dtypes
 from .backend import get_backend, sim_module, to_numpy
 from .gradcheck import gradcheck
 from .nn.module import Module
@@ -49,9 +55,11 @@ KERNEL_BACKENDS = ("sim", "cuda")
 def tolerances(dtype, n: int = 1) -> tuple[float, float]:
     """(rtol, atol) for values of `dtype` computed two ways, each from
     reductions of at most n terms (see the module docstring)."""
-    dtype = np.dtype(dtype)
-    eps = float(np.finfo(dtype if dtype.kind == "f" else np.float64).eps)
-    tol = 16 * eps * math.sqrt(max(n, 16))
+    dtype = np.dtype(dtype) if dtypes.is_floating(dtype) else np.dtype(np.float64)
+    compute = dtypes.compute_dtype(dtype)
+    tol = 16 * dtypes.eps(compute) * math.sqrt(max(n, 16))
+    if compute != dtype:  # a half storage type: plus the one rounding of the result to it
+        tol += dtypes.eps(dtype)
     return tol, tol
 
 
@@ -108,9 +116,9 @@ def assert_close(actual, expected, *, n: int = 1, rtol=None, atol=None, name: st
     e = np.array(to_numpy(expected), dtype=np.float64, ndmin=1)
     if a.shape != e.shape:
         raise AssertionError(f"{name}: shape {a.shape} differs from expected {e.shape}")
-    dtypes = [np.dtype(d) for d in (getattr(actual, "dtype", None), getattr(expected, "dtype", None))
-              if d is not None and np.dtype(d).kind == "f"]
-    coarse = max(dtypes, key=lambda d: np.finfo(d).eps, default=np.dtype(np.float64))
+    floats = [np.dtype(d) for d in (getattr(actual, "dtype", None), getattr(expected, "dtype", None))
+              if d is not None and dtypes.is_floating(d)]
+    coarse = max(floats, key=dtypes.eps, default=np.dtype(np.float64))
     dr, da = tolerances(coarse, n)
     rtol = dr if rtol is None else rtol
     atol = da if atol is None else atol

@@ -15,6 +15,15 @@ Checkpoints (gpunet.save, written atomically) hold the model, optimizer,
 scheduler, history, early-stopping state, the epoch and gpunet's random state,
 so `fit(..., checkpoint_path=p)` interrupted and rerun continues where it
 stopped and ends with the same weights as an uninterrupted run.
+
+Distributed (`distributed=True`, one process per rank under mpiexec): the
+model is wrapped in gpunet.distributed.DistributedDataParallel, the training
+loader must read through a DistributedSampler, epoch metrics (training and
+validation) are sums and counts reduced over the ranks, so every rank gets
+the same history and takes the same early-stopping and scheduler decisions;
+rank 0 alone prints and writes the checkpoint and the plot (mid-epoch
+progress shows rank 0's running loss), and every rank resumes from the same
+checkpoint file.
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ import math
 import os
 import sys
 import time
+
+import numpy as np
 
 from . import random as gpurandom
 from .backend import get_backend, to_numpy
@@ -135,14 +146,24 @@ class Trainer:
     `evaluate` run one pass over a DataLoader. `fit` drives it over epochs."""
 
     def __init__(self, model, loss_fn, optimizer, device=None, metrics=METRICS, clip_grad_norm=None,
-                 log_every: int = 50, autograd=None):
+                 log_every: int = 50, distributed: bool = False, autograd=None):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"metrics: unknown {unknown}; available: {list(METRICS)}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm: expected a positive number or None, got {clip_grad_norm!r}")
+        self.distributed = bool(distributed)
+        if self.distributed:
+            from . import distributed as dist
+            if not dist.is_initialized():
+                dist.init_process_group()
+            if device is not None:
+                device = dist.local_device(device)  # on GPUs: one per rank of a node
         self.be = get_backend(device) if device is not None else model.backend
         self.model = model.to(self.be)
+        if self.distributed and optimizer is not None and not isinstance(model, dist.DistributedDataParallel):
+            self.model = dist.DistributedDataParallel(self.model)  # training: gradients averaged over ranks
+        self.rank = dist.get_rank() if self.distributed else 0
         self.loss_fn = loss_fn.to(self.be) if hasattr(loss_fn, "to") else loss_fn
         self.optimizer = optimizer
         self.metrics = tuple(dict.fromkeys(("loss",) + tuple(metrics)))  # the loss is always tracked
@@ -191,7 +212,7 @@ class Trainer:
                 rate = sums.count / (time.perf_counter() - start)
                 progress.update(since_log, sums.mean_loss(), rate)  # mean_loss syncs: only every log_every
                 since_log = 0
-        result = sums.result()  # syncs once
+        result = sums.result(self._reduce)  # syncs once
         seconds = time.perf_counter() - start
         if progress is not None and since_log:
             progress.update(since_log, result.get("loss"), sums.count / max(seconds, 1e-9))
@@ -211,7 +232,14 @@ class Trainer:
                     sums.add(_array(out), target, _array(loss))
         finally:
             self.model.train(was_training)
-        return sums.result()
+        return sums.result(self._reduce)
+
+    def _reduce(self, totals):
+        """Sums over the ranks (distributed), as they are otherwise."""
+        if self.distributed:
+            from .distributed import all_reduce
+            all_reduce(totals)
+        return totals
 
 
 class _Sums:
@@ -240,17 +268,23 @@ class _Sums:
     def mean_loss(self) -> float:
         return float(to_numpy(self.loss)) / max(self.count, 1)
 
-    def result(self) -> dict:
-        out = {"loss": self.mean_loss()}
-        if self.has_accuracy and self.positions:
-            out["accuracy"] = float(to_numpy(self.correct)) / self.positions
+    def result(self, reduce=lambda totals: totals) -> dict:
+        """Mean loss (and accuracy) from the sums, after `reduce` (the sum over ranks) of
+        [loss x samples, samples, correct, positions]; the samples counted are kept in `count`."""
+        correct = float(to_numpy(self.correct)) if self.positions else 0.0
+        totals = reduce(np.array([float(to_numpy(self.loss)), self.count, correct, self.positions]))
+        loss, self.count, correct, positions = totals[0], int(totals[1]), totals[2], int(totals[3])
+        out = {"loss": loss / max(self.count, 1)}
+        if self.has_accuracy and positions:
+            out["accuracy"] = correct / positions
         return out
 
 
-def evaluate(model, loss_fn, loader, device=None, metrics=METRICS) -> dict:
+def evaluate(model, loss_fn, loader, device=None, metrics=METRICS, distributed: bool = False) -> dict:
     """{'loss': mean loss, 'accuracy': fraction correct} of `model` over
-    `loader`, in eval mode under gpunet.no_grad() (nothing saved for backward)."""
-    trainer = Trainer(model, loss_fn, optimizer=None, device=device, metrics=metrics)
+    `loader`, in eval mode under gpunet.no_grad() (nothing saved for backward).
+    distributed: each rank evaluates its loader; the sums are reduced over ranks."""
+    trainer = Trainer(model, loss_fn, optimizer=None, device=device, metrics=metrics, distributed=distributed)
     return trainer.evaluate(loader)
 
 
@@ -258,7 +292,7 @@ def evaluate(model, loss_fn, loader, device=None, metrics=METRICS) -> dict:
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 10, device=None,
         metrics=METRICS, early_stopping_patience: int | None = None, checkpoint_path=None, resume: bool = True,
         plot_path=None, scheduler=None, clip_grad_norm: float | None = None, progress: bool = True,
-        log_every: int = 50, autograd=None) -> History:
+        log_every: int = 50, distributed: bool = False, autograd=None) -> History:
     """Train `model` for `epochs` epochs and return its History.
 
     device: move model and loss there (default: where the model is). Create the
@@ -277,6 +311,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     clip_grad_norm: clip the global gradient norm before each optimizer step.
     progress: a tqdm bar with live loss and samples/s on a terminal, plain
       lines otherwise; False prints nothing.
+    distributed: data-parallel over the ranks of gpunet.distributed (started
+      with mpiexec; the process group is initialized if it is not): see the
+      module docstring. train_loader must use a DistributedSampler.
     autograd: True runs each step as `loss = loss_fn(model(Tensor(x)), y);
       loss.backward()`; None (default) does so when the model or the loss has no
       explicit backward (a forward written with Tensor operations).
@@ -290,14 +327,19 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
         if isinstance(early_stopping_patience, bool) or int(early_stopping_patience) < 1:
             raise ValueError(f"early_stopping_patience: expected a positive integer or None, "
                              f"got {early_stopping_patience!r}")
-    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, autograd)
-    report = _Progress(progress)
+    if distributed:
+        _check_sharded(train_loader)
+    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, distributed, autograd)
+    lead = trainer.rank == 0  # the rank that prints and writes files
+    report = _Progress(progress and lead)
     history = History()
     best = {"loss": math.inf, "state": None, "bad_epochs": 0}
     start_epoch = 0
     if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
         start_epoch = _load_checkpoint(checkpoint_path, trainer, scheduler, history, best)
         report.write(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+    if distributed:
+        _check_same_start(start_epoch, checkpoint_path)
 
     for epoch in range(start_epoch, epochs):
         if history.stopped_early:
@@ -321,16 +363,37 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
             history.stopped_early = True
 
         report.end_epoch(_epoch_line(epoch + 1, epochs, values))
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and lead:
             _save_checkpoint(checkpoint_path, epoch + 1, trainer, scheduler, history, best)
+        if checkpoint_path is not None and distributed:
+            from .distributed import barrier
+            barrier()  # the checkpoint is on disk before any rank goes on (or returns)
     if history.stopped_early:
         report.write(f"early stopping: no lower validation loss for {early_stopping_patience} epochs")
     if early_stopping_patience is not None and best["state"] is not None:
         trainer.model.load_state_dict(best["state"])
         report.write(f"restored the weights of epoch {history.best_epoch} (val_loss {best['loss']:.4f})")
-    if plot_path is not None:
+    if plot_path is not None and lead:
         plot_history(history, plot_path)
     return history
+
+
+def _check_sharded(loader):
+    from .data import DataLoader
+    from .distributed import DistributedSampler
+    if isinstance(loader, DataLoader) and not isinstance(loader.sampler, DistributedSampler):
+        raise ValueError("train_loader: with distributed=True every rank must read its own share of the data: "
+                         "DataLoader(dataset, batch_size, sampler=gpunet.distributed.DistributedSampler(dataset, "
+                         "seed=...))")
+
+
+def _check_same_start(start_epoch: int, checkpoint_path):
+    """Every rank must resume from the same epoch (the same checkpoint file)."""
+    from .distributed import all_gather
+    starts = all_gather(np.array([start_epoch], np.int64)).ravel().tolist()
+    if len(set(starts)) > 1:
+        raise RuntimeError(f"checkpoint_path: the ranks resumed from different epochs {starts} "
+                           f"({checkpoint_path!r}): every rank must see the same file (a shared filesystem)")
 
 
 def _epoch_line(epoch, epochs, values) -> str:

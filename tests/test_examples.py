@@ -14,7 +14,8 @@ from conftest import ALL_DEVICES, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-NAMES = ["perceptron", "xor_mlp", "digits_cnn", "resnet_cifar", "char_lstm", "transformer_sort", "torch_import"]
+NAMES = ["perceptron", "xor_mlp", "digits_cnn", "resnet_cifar", "char_lstm", "transformer_sort", "torch_import",
+         "autograd_mlp"]
 SLOW_ON_SIM = {"digits_cnn", "resnet_cifar", "char_lstm", "transformer_sort"}
 
 

@@ -35,7 +35,7 @@ def test_to_dtype_and_device():
     assert m[0].weight.dtype == np.float32 and m.device == "cpu"
     with pytest.raises(ValueError, match="device: expected one of"):
         m.to("tpu")
-    with pytest.raises(ValueError, match="dtype: expected float32 or float64"):
+    with pytest.raises(ValueError, match="dtype: expected one of bfloat16, float16, float32, float64"):
         m.to(np.int32)
 
 

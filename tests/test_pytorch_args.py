@@ -22,7 +22,9 @@ REQUIRED = {"Linear": (4, 3), "Conv2d": (2, 3, 3), "BatchNorm1d": (3,), "BatchNo
             "Embedding": (5, 3), "LSTM": (3, 4), "RNN": (3, 4), "LSTMCell": (3, 4), "RNNCell": (3, 4),
             "GRU": (3, 4), "GRUCell": (3, 4), "MultiheadAttention": (4, 2), "AvgPool2d": (2,), "MaxPool2d": (2,),
             "MaxUnpool2d": (2,), "Conv1d": (2, 3, 3), "ConvTranspose2d": (2, 3, 3), "AdaptiveAvgPool2d": (2,),
-            "AdaptiveMaxPool2d": (2,), "GroupNorm": (2, 4)}
+            "AdaptiveMaxPool2d": (2,), "GroupNorm": (2, 4), "TransformerEncoderLayer": (4, 2),
+            "TransformerDecoderLayer": (4, 2), "TransformerEncoder": (nn.TransformerEncoderLayer(4, 2, 8), 1),
+            "TransformerDecoder": (nn.TransformerDecoderLayer(4, 2, 8), 1)}
 # PyTorch's RNN/LSTM defaults (hidden behind *args in their signatures)
 RNN_DEFAULTS = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0, "bidirectional": False,
                 "device": None, "dtype": None}

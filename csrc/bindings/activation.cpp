@@ -40,16 +40,17 @@ void bind_activation(py::module_& m) {
       [](const std::string& kind, py::handle x_obj, py::handle y_obj, float alpha, float beta,
          std::uintptr_t stream) {
         const Act act = parse_kind(kind, alpha);
-        const View x = as_array(x_obj, "x", "float32");
-        const View y = as_array(y_obj, "y", "float32");
+        const View x = view_of(x_obj, "x"), y = view_of(y_obj, "y");
+        const Storage storage = same_storage({{&x, "x"}, {&y, "y"}});
         require_writable(y, "y");
         require_same_shape(x, "x", y, "y");
         auto guard = vouch({x, y});
-        act_forward(act, x.ptr<float>(), y.ptr<float>(), x.numel(), alpha, beta, as_stream(stream));
+        act_forward(act, storage, x.data, y.data, x.numel(), alpha, beta, as_stream(stream));
         check_launch("act_forward(" + kind + ")");
       },
       py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("alpha"), py::arg("beta"), py::arg("stream"),
-      "y = f(x) elementwise; float32, C-contiguous, same shape; y may be x (in place).\n"
+      "y = f(x) elementwise, computed in float32; float32, float16 or bfloat16 (its bits as\n"
+      "int16), C-contiguous, same shape and dtype; y may be x (in place).\n"
       "kind: relu, leaky_relu, sigmoid, tanh, softsign, gelu (exact erf form), softplus.\n"
       "alpha: negative_slope for leaky_relu, beta for softplus; beta: threshold for\n"
       "softplus (x where alpha*x > beta). Unused parameters are ignored.");
@@ -60,15 +61,14 @@ void bind_activation(py::module_& m) {
         const Act act = parse_kind(kind, alpha);
         const bool uses_y = act_backward_uses_output(act);
         const char* in_name = uses_y ? "y" : "x";
-        const View in = as_array(uses_y ? y_obj : x_obj, in_name, "float32");
-        const View dy = as_array(dy_obj, "dy", "float32");
-        const View dx = as_array(dx_obj, "dx", "float32");
+        const View in = view_of(uses_y ? y_obj : x_obj, in_name);
+        const View dy = view_of(dy_obj, "dy"), dx = view_of(dx_obj, "dx");
+        const Storage storage = same_storage({{&in, in_name}, {&dy, "dy"}, {&dx, "dx"}});
         require_writable(dx, "dx");
         require_same_shape(in, in_name, dy, "dy");
         require_same_shape(in, in_name, dx, "dx");
         auto guard = vouch({in, dy, dx});
-        act_backward(act, in.ptr<float>(), dy.ptr<float>(), dx.ptr<float>(), in.numel(), alpha, beta,
-                     as_stream(stream));
+        act_backward(act, storage, in.data, dy.data, dx.data, in.numel(), alpha, beta, as_stream(stream));
         check_launch("act_backward(" + kind + ")");
       },
       py::arg("kind"), py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("dx"), py::arg("alpha"), py::arg("beta"),

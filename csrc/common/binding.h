@@ -61,6 +61,7 @@
 
 #include "common/checked.h"
 #include "common/rows.h"
+#include "common/storage.h"
 
 namespace gpunet {
 namespace py = pybind11;
@@ -583,6 +584,32 @@ class [[maybe_unused]] Vouch {
 };
 inline Vouch vouch(std::initializer_list<std::reference_wrapper<const View>> views) { return Vouch(views); }
 inline Vouch vouch(const std::vector<View>& views) { return Vouch(views); }
+
+// The storage type of a floating argument of a kernel templated on it:
+// float32, float16, or bfloat16
+// passed as its bits in an int16 view (NumPy's buffer protocol cannot export
+// ml_dtypes' bfloat16). TypeError naming the argument otherwise.
+inline Storage storage_of(const View& v, const char* name) {
+  if (v.typestr == "<f4") return Storage::F32;
+  if (v.typestr == "<f2") return Storage::F16;
+  if (v.typestr == "<i2") return Storage::BF16;
+  throw py::type_error(std::string("argument '") + name + "': expected dtype float32, float16 or bfloat16 (as an "
+                       "int16 view of its bits) but got " + detail::dtype_name(v.typestr));
+}
+
+// The arrays of one call: C-contiguous, of the first one's storage type.
+inline Storage same_storage(std::initializer_list<std::pair<const View*, const char*>> arrays) {
+  const Storage s = storage_of(*arrays.begin()->first, arrays.begin()->second);
+  for (const auto& [v, name] : arrays) {
+    require_contiguous(*v, name);
+    if (storage_of(*v, name) != s)
+      throw py::type_error(std::string("argument '") + name + "': expected the dtype of '" +
+                           arrays.begin()->second + "' (" + detail::dtype_name(arrays.begin()->first->typestr) +
+                           ") but got " + detail::dtype_name(v->typestr));
+  }
+  return s;
+}
+
 
 // After every launch: RuntimeError if it failed. cudaGetLastError also
 // clears the error, so the next launch does not report it again.

@@ -1,4 +1,5 @@
-// activation.cu -- float32 elementwise activations, forward and backward.
+// activation.cu -- elementwise activations, forward and backward, on float32,
+// float16 (__half) and bfloat16 (__nv_bfloat16) storage, computed in float32.
 //
 // This family is the template for the others: one .cu per family with its
 // host launchers, a header (activation.h) declaring them, and a binding
@@ -11,12 +12,17 @@
 //     grid-stride loop of common/elementwise.cuh: 16-byte float4 vectors when
 //     every pointer is 16-byte aligned, then a scalar loop over the n % 4
 //     tail (or over all n elements when a pointer is misaligned, e.g. a view
-//     x[1:]). y may alias x (in-place activations).
+//     x[1:]). y may alias x (in-place activations). Half storage (float16,
+//     bfloat16): the same loop with 16-byte vectors of 8 values read as four
+//     half2/bfloat162 pairs, each converted to float2, computed in float32 and
+//     rounded once to nearest even back to a pair (elementwise16 below);
+//     scalar tail and misaligned path as for float.
 //   Launch: 256 threads per block, min(ceil(items / 256), resident blocks)
 //     blocks (launch.cuh grid_for: the kernel's occupancy times the SMs), where
-//     items = ceil(n / 4) (vector path) or n. Indices are int64 (n may pass 2^31).
+//     items = ceil(n / 4) (float vector path), ceil(n / 8) (half vector path)
+//     or n. Indices are int64 (n may pass 2^31).
 //   Traffic: forward reads x and writes y: 8n bytes; backward reads x or y and
-//     dy and writes dx: 12n bytes. FLOPs: 1-3 per element for relu, leaky_relu,
+//     dy and writes dx: 12n bytes (half storage: half of each). FLOPs: 1-3 per element for relu, leaky_relu,
 //     softsign, sigmoid, tanh (plus one exp/tanh), ~10 plus erf/exp for gelu,
 //     ~5 plus exp/log1p for softplus. Every case is memory bound: the floor is
 //     bytes / DRAM bandwidth (8n / 3.35 TB/s on an H100 SXM).
@@ -28,6 +34,7 @@
 
 #include "common/elementwise.cuh"
 #include "common/launch.cuh"
+#include "common/storage.cuh"
 #include "kernels/activation.h"
 
 namespace gpunet {
@@ -83,60 +90,76 @@ __device__ __forceinline__ float act_grad(float in, float dy, float alpha, float
   }
 }
 
-template <Act A>
+template <Act A, class T>
 __global__ void __launch_bounds__(kThreads)
-    act_forward_kernel(const float* x, float* y, int64_t n, bool vec4, float alpha, float beta) {
-  elementwise(n, vec4, [=](int64_t, float v) { return act_value<A>(v, alpha, beta); }, y, x);
+    act_forward_kernel(const T* x, T* y, int64_t n, bool vec, float alpha, float beta) {
+  elementwise_of(n, vec, [=](int64_t, float v) { return act_value<A>(v, alpha, beta); }, y, x);
 }
 
-template <Act A>
+template <Act A, class T>
 __global__ void __launch_bounds__(kThreads)
-    act_backward_kernel(const float* in, const float* dy, float* dx, int64_t n, bool vec4, float alpha, float beta) {
-  elementwise(n, vec4, [=](int64_t, float v, float g) { return act_grad<A>(v, g, alpha, beta); }, dx, in, dy);
+    act_backward_kernel(const T* in, const T* dy, T* dx, int64_t n, bool vec, float alpha, float beta) {
+  elementwise_of(n, vec, [=](int64_t, float v, float g) { return act_grad<A>(v, g, alpha, beta); }, dx, in, dy);
 }
 
-template <Act A>
-void launch_forward(const float* x, float* y, int64_t n, float alpha, float beta, cudaStream_t stream) {
-  const bool vec4 = all_aligned16(x, y);
-  act_forward_kernel<A>
-      <<<elementwise_grid(act_forward_kernel<A>, n, vec4), kThreads, 0, stream>>>(x, y, n, vec4, alpha, beta);
+// Threads of a launch: one per 16-byte vector (4 floats or 8 half values) or per element.
+template <class T, class Kernel>
+unsigned grid_of(Kernel kernel, int64_t n, bool vec) {
+  const int64_t per_vector = 16 / sizeof(T);
+  return grid_for(kernel, vec ? (n + per_vector - 1) / per_vector : n);
 }
 
-template <Act A>
-void launch_backward(const float* in, const float* dy, float* dx, int64_t n, float alpha, float beta,
-                     cudaStream_t stream) {
-  const bool vec4 = all_aligned16(in, dy, dx);
-  act_backward_kernel<A>
-      <<<elementwise_grid(act_backward_kernel<A>, n, vec4), kThreads, 0, stream>>>(in, dy, dx, n, vec4, alpha, beta);
+template <Act A, class T>
+void launch_forward(const T* x, T* y, int64_t n, float alpha, float beta, cudaStream_t stream) {
+  const bool vec = all_aligned16(x, y);
+  act_forward_kernel<A, T><<<grid_of<T>(act_forward_kernel<A, T>, n, vec), kThreads, 0, stream>>>(x, y, n, vec,
+                                                                                                   alpha, beta);
+}
+
+template <Act A, class T>
+void launch_backward(const T* in, const T* dy, T* dx, int64_t n, float alpha, float beta, cudaStream_t stream) {
+  const bool vec = all_aligned16(in, dy, dx);
+  act_backward_kernel<A, T><<<grid_of<T>(act_backward_kernel<A, T>, n, vec), kThreads, 0, stream>>>(
+      in, dy, dx, n, vec, alpha, beta);
+}
+
+// f(Act constant) for the activation
+template <class F>
+void with_act(Act act, F&& f) {
+  switch (act) {
+    case Act::Relu: return f(std::integral_constant<Act, Act::Relu>{});
+    case Act::LeakyRelu: return f(std::integral_constant<Act, Act::LeakyRelu>{});
+    case Act::Sigmoid: return f(std::integral_constant<Act, Act::Sigmoid>{});
+    case Act::Tanh: return f(std::integral_constant<Act, Act::Tanh>{});
+    case Act::Softsign: return f(std::integral_constant<Act, Act::Softsign>{});
+    case Act::Gelu: return f(std::integral_constant<Act, Act::Gelu>{});
+    case Act::Softplus: return f(std::integral_constant<Act, Act::Softplus>{});
+  }
 }
 
 }  // namespace
 
-void act_forward(Act act, const float* x, float* y, int64_t n, float alpha, float beta, cudaStream_t stream) {
+void act_forward(Act act, Storage storage, const void* x, void* y, int64_t n, float alpha, float beta,
+                 cudaStream_t stream) {
   if (n == 0) return;
-  switch (act) {
-    case Act::Relu: return launch_forward<Act::Relu>(x, y, n, alpha, beta, stream);
-    case Act::LeakyRelu: return launch_forward<Act::LeakyRelu>(x, y, n, alpha, beta, stream);
-    case Act::Sigmoid: return launch_forward<Act::Sigmoid>(x, y, n, alpha, beta, stream);
-    case Act::Tanh: return launch_forward<Act::Tanh>(x, y, n, alpha, beta, stream);
-    case Act::Softsign: return launch_forward<Act::Softsign>(x, y, n, alpha, beta, stream);
-    case Act::Gelu: return launch_forward<Act::Gelu>(x, y, n, alpha, beta, stream);
-    case Act::Softplus: return launch_forward<Act::Softplus>(x, y, n, alpha, beta, stream);
-  }
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_act(act, [&](auto a) {
+      launch_forward<decltype(a)::value>(static_cast<const T*>(x), static_cast<T*>(y), n, alpha, beta, stream);
+    });
+  });
 }
 
-void act_backward(Act act, const float* in, const float* dy, float* dx, int64_t n, float alpha, float beta,
-                  cudaStream_t stream) {
+void act_backward(Act act, Storage storage, const void* in, const void* dy, void* dx, int64_t n, float alpha,
+                  float beta, cudaStream_t stream) {
   if (n == 0) return;
-  switch (act) {
-    case Act::Relu: return launch_backward<Act::Relu>(in, dy, dx, n, alpha, beta, stream);
-    case Act::LeakyRelu: return launch_backward<Act::LeakyRelu>(in, dy, dx, n, alpha, beta, stream);
-    case Act::Sigmoid: return launch_backward<Act::Sigmoid>(in, dy, dx, n, alpha, beta, stream);
-    case Act::Tanh: return launch_backward<Act::Tanh>(in, dy, dx, n, alpha, beta, stream);
-    case Act::Softsign: return launch_backward<Act::Softsign>(in, dy, dx, n, alpha, beta, stream);
-    case Act::Gelu: return launch_backward<Act::Gelu>(in, dy, dx, n, alpha, beta, stream);
-    case Act::Softplus: return launch_backward<Act::Softplus>(in, dy, dx, n, alpha, beta, stream);
-  }
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_act(act, [&](auto a) {
+      launch_backward<decltype(a)::value>(static_cast<const T*>(in), static_cast<const T*>(dy),
+                                          static_cast<T*>(dx), n, alpha, beta, stream);
+    });
+  });
 }
 
 }  // namespace gpunet

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
 enum class Act : int { Relu, LeakyRelu, Sigmoid, Tanh, Softsign, Gelu, Softplus };
@@ -17,13 +19,15 @@ constexpr bool act_backward_uses_output(Act act) {
   return act == Act::Relu || act == Act::Sigmoid || act == Act::Tanh;
 }
 
-// y = f(x) over n floats; y may alias x (in place).
+
+// y = f(x) over n elements of `storage` type; y may alias x (in place).
 //   alpha: negative_slope of leaky_relu, beta of softplus (unused otherwise)
 //   beta:  threshold of softplus (unused otherwise)
-void act_forward(Act act, const float* x, float* y, int64_t n, float alpha, float beta, cudaStream_t stream);
+void act_forward(Act act, Storage storage, const void* x, void* y, int64_t n, float alpha, float beta,
+                 cudaStream_t stream);
 
-// dx = dy * f'(.) over n floats, where `in` is y if act_backward_uses_output(act), else x.
-void act_backward(Act act, const float* in, const float* dy, float* dx, int64_t n, float alpha, float beta,
-                  cudaStream_t stream);
+// dx = dy * f'(.) over n elements, where `in` is y if act_backward_uses_output(act), else x.
+void act_backward(Act act, Storage storage, const void* in, const void* dy, void* dx, int64_t n, float alpha,
+                  float beta, cudaStream_t stream);
 
 }  // namespace gpunet

@@ -14,6 +14,7 @@ unless retain_graph, as in PyTorch.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -74,6 +75,22 @@ class AccumulateGrad:
 
     def __repr__(self):
         return "<AccumulateGrad>"
+
+
+class _Running(threading.local):
+    callbacks = None  # while a backward pass runs in this thread: what runs when it ends
+
+
+_running = _Running()
+
+
+def queue_callback(fn):
+    """Run `fn()` when the backward pass now running in this thread ends (as
+    PyTorch's engine callbacks): a node's backward uses it for work that
+    must wait for every gradient (DistributedDataParallel's last buckets)."""
+    if _running.callbacks is None:
+        raise RuntimeError("queue_callback: no backward pass is running in this thread")
+    _running.callbacks.append(fn)
 
 
 def needs_grad(inputs) -> bool:
@@ -146,7 +163,18 @@ def _check_shape(node, i, g, want):
 
 def run_backward(tensors, grads, retain_graph: bool):
     """Backpropagate `grads` (arrays, one per tensor) from `tensors` into every
-    leaf that requires grad, accumulating into its `.grad`."""
+    leaf that requires grad, accumulating into its `.grad`; then run the
+    callbacks nodes queued (also when a node raised: they clean up)."""
+    outer, _running.callbacks = _running.callbacks, []
+    try:
+        _run(tensors, grads, retain_graph)
+    finally:
+        callbacks, _running.callbacks = _running.callbacks, outer
+        for fn in callbacks:
+            fn()
+
+
+def _run(tensors, grads, retain_graph: bool):
     pending: dict[Node, list] = {}
     roots = []
     for t, g in zip(tensors, grads):

@@ -3,14 +3,16 @@ cupy) that records the operations applied to it, so that `loss.backward()`
 computes the gradient of every leaf that requires one, as in PyTorch.
 
 The operations themselves live in gpunet/autograd/ops.py (elementwise,
-reductions, shapes, indexing, matmul) and gpunet/autograd/functional.py
-(the kernel-backed ops); each computes its result with the backend's array
-module or kernels and records one node through `record`.
+reductions, matmul), gpunet/autograd/shape.py (shapes, indexing, joining,
+factories) and gpunet/nn/functional.py (the kernel-backed ops); each computes
+its result with the backend's array module or kernels and records one node
+through `record`.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import dtypes
 from ..backend import Backend, backend_of, get_backend, to_numpy
 from .grad_mode import is_grad_enabled
 from . import engine
@@ -95,7 +97,7 @@ class Tensor:
                 return
             raise RuntimeError("you can only change requires_grad flags of leaf variables; use .detach() "
                                "to get a tensor that does not require grad")
-        if flag and self._data.dtype.kind not in "fc":
+        if flag and not (dtypes.is_floating(self._data.dtype) or self._data.dtype.kind == "c"):
             raise RuntimeError(f"only Tensors of floating point dtype can require gradients, got {self.dtype}")
         self._requires_grad = bool(flag)
 
@@ -126,10 +128,10 @@ class Tensor:
     def _accumulate(self, g):
         """Add a gradient the engine computed (never kept by reference: one
         array may be handed to several tensors)."""
-        if not self._requires_grad:
+        if not self.requires_grad:  # (a non-leaf that called retain_grad() requires grad through its grad_fn)
             return
-        if self._grad is None:
-            self._grad = g.astype(self._data.dtype, copy=True)
+        if self._grad is None:  # (an array even when NumPy handed a 0-d result over as a scalar)
+            self._grad = self.backend.xp.array(g, dtype=self._data.dtype, copy=True)
         else:
             self._grad += g
 
@@ -286,7 +288,7 @@ def convert(t: Tensor, be: Backend, dtype) -> Tensor:
         out = out.copy()
 
     def backward(g):
-        if src_dtype.kind not in "fc":
+        if not dtypes.is_floating(src_dtype):
             return None
         return src_be.asarray(to_numpy(g) if be.on_gpu != src_be.on_gpu else g, dtype=src_dtype)
     return record("To", backward, (t,), out, backend=be)
@@ -313,7 +315,7 @@ def record(name, backward_fn, inputs, outputs, saved=(), save_outputs=False, bac
     if engine.needs_grad(inputs) or (force and is_grad_enabled()):
         node = engine.make_node(name, backward_fn, inputs, outs, saved)
         for i, t in enumerate(tensors):
-            if t._data.dtype.kind in "fc":
+            if dtypes.is_floating(t._data.dtype) or t._data.dtype.kind == "c":
                 t.grad_fn, t._slot = node, i
         if save_outputs:
             node.saved += tuple((t._vc, t._vc[0], t) for t in tensors)

@@ -89,6 +89,32 @@ class GELU(_Elementwise):
         return {"approximate": self.approximate}
 
 
+class SiLU(_Elementwise):
+    """x * sigmoid(x) (the swish), as torch.nn.SiLU; `inplace` as in ReLU.
+    No kernel: array code on every backend."""
+
+    kind = "silu"
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+
+class ELU(_Elementwise):
+    """x for x > 0, alpha * (e^x - 1) otherwise, as torch.nn.ELU; `inplace` as
+    in ReLU. No kernel: array code on every backend."""
+
+    kind = "elu"
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        super().__init__()
+        self.alpha = float(alpha)
+        self.inplace = inplace
+
+    def params(self):
+        return {"alpha": self.alpha}
+
+
 class Softplus(_Elementwise):
     """log(1 + e^{beta x}) / beta, and x itself where beta x > threshold."""
 

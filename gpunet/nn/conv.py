@@ -70,7 +70,7 @@ class _Conv(Module):
     2-D one on (N, C, H, W) arrays (a 1-D input has H = 1)."""
 
     def _setup(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-               device, dtype, per_axis):
+               device, dtype, per_axis, parameters=None):
         self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
         self.kernel_size = per_axis(kernel_size, "kernel_size", minimum=1)
         self.stride = per_axis(stride, "stride", minimum=1)
@@ -86,8 +86,12 @@ class _Conv(Module):
         self._explicit = padding_mode != "zeros" or self._pads[0] != self._pads[1] or self._pads[2] != self._pads[3]
         shape = (out_channels, in_channels // groups) + self.kernel_size
         fan_in = int(np.prod(shape[1:]))
-        self.weight = Parameter(init.default_weight(shape, self.dtype))
-        self.bias = Parameter(init.fan_in_uniform((out_channels,), fan_in, self.dtype)) if bias else None
+        if parameters is None:
+            self.weight = Parameter(init.default_weight(shape, self.dtype))
+            self.bias = Parameter(init.fan_in_uniform((out_channels,), fan_in, self.dtype)) if bias else None
+        else:  # given arrays (with_parameters): no random draw
+            self.weight = Parameter(parameters[0])
+            self.bias = None if parameters[1] is None else Parameter(parameters[1])
         self._place(device, dtype)
 
     def _conv(self, xb):
@@ -148,6 +152,16 @@ class Conv2d(_Conv):
         super().__init__()
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                     device, dtype, checks.pair)
+
+    @classmethod
+    def with_parameters(cls, weight, bias, in_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+        """A Conv2d holding the given arrays (of one backend) as weight and bias,
+        drawing no random initialisation: gpunet.nn.functional's conv2d."""
+        conv = cls.__new__(cls)
+        Module.__init__(conv)
+        conv._setup(in_channels, weight.shape[0], kernel_size, stride, padding, dilation, groups, bias is not None,
+                    "zeros", None, None, checks.pair, parameters=(weight, bias))
+        return conv
 
     def forward(self, input):
         xb, unbatched = self._input(input, "(N, C, H, W) or (C, H, W)")

@@ -62,7 +62,7 @@ class Embedding(Module):
                 raise ValueError(f"input: indices must lie in [0, {self.num_embeddings}) "
                                  f"(num_embeddings), got {bad}")
         if self.max_norm is not None:
-            self._renorm(input)
+            renorm_(self.backend.xp, self.weight.data, input, self.max_norm, self.norm_type)
         out, flat = ops.embedding_forward(be, self.weight.data, input)
         self.save(flat, out.shape)
         return out
@@ -80,15 +80,15 @@ class Embedding(Module):
         self.weight.accumulate(grad)
         return None
 
-    def _renorm(self, input):
-        """Rows used by `input` with norm above max_norm scaled down to it, in
-        place, as torch.embedding_renorm_ (same 1e-7 guard)."""
-        xp, w = self.backend.xp, self.weight.data
-        rows = xp.unique(input.reshape(-1))
-        norms = (xp.abs(w[rows]) ** self.norm_type).sum(axis=1) ** (1.0 / self.norm_type)
-        scale = xp.where(norms > self.max_norm, self.max_norm / (norms + 1e-7), 1.0).astype(w.dtype)
-        w[rows] *= scale[:, None]
-
     def extra_repr(self):
         s = f"{self.num_embeddings}, {self.embedding_dim}"
         return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+
+
+def renorm_(xp, w, input, max_norm: float, norm_type: float):
+    """Rows of w used by `input` with norm above max_norm scaled down to it, in
+    place, as torch.embedding_renorm_ (same 1e-7 guard)."""
+    rows = xp.unique(input.reshape(-1))
+    norms = (xp.abs(w[rows]) ** norm_type).sum(axis=1) ** (1.0 / norm_type)
+    scale = xp.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0).astype(w.dtype)
+    w[rows] *= scale[:, None]

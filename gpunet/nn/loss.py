@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .. import checks
+from .. import checks, dtypes
 from ..backend import backend_of
 from ..ops import loss as ops
 from .module import Module
@@ -85,31 +85,45 @@ class _Loss(Module):
                                  f"{self.ignore_index}, got {int(t[bad].reshape(-1)[0])}")
 
     def _check_pair(self, x, t):
-        """input and a floating target of the same shape and dtype."""
+        """input and a target of the same shape; returns the target in the input's
+        dtype (an integer, bool or other floating target is cast, as PyTorch's
+        type promotion does for integer targets)."""
         be = self.backend
         checks.array(be, x, "input", dtype=self.dtype)
+        checks.array(be, t, "target", finite=False)
+        if t.dtype != x.dtype and t.dtype.kind in "biuf":
+            t = t.astype(x.dtype)
         checks.array(be, t, "target", dtype=self.dtype)
         checks.same_shape(x, t, "input", "target")
+        return t
 
     def _check_signs(self, t):
         if _scan_values(self.backend) and not bool(((t == 1) | (t == -1)).all()):
             bad = float(t[(t != 1) & (t != -1)][0])
             raise ValueError(f"target: expected labels in {{-1, 1}}, got {bad!r}")
 
+    def __call__(self, input, target, *args, **kwargs):
+        self._follow(input)  # before the forward's call record exists: .to() would make it stale
+        return super().__call__(input, target, *args, **kwargs)
+
     def forward(self, input, target):
-        self._follow(input)
         loss, ctx = self.compute(input, target)
         self.save(ctx, tuple(loss.shape))
         return loss
 
     def _follow(self, x):
         """A loss holds no trainable state, so (as in PyTorch) it needs no `.to`:
-        given a GPU array while on the host, or an array of another GPU, it
-        moves itself, class weights included, to the input's backend. NumPy
-        input leaves it where it is (cpu or sim both take NumPy arrays)."""
-        if self.backend.owns(x) or isinstance(x, np.ndarray) or not hasattr(x, "__cuda_array_interface__"):
-            return
-        self.to(backend_of(x))
+        it takes its input's floating dtype (float32/float64) and, given a GPU
+        array while on the host or on another GPU, its input's backend (class
+        weights move with it). NumPy input keeps the backend (cpu or sim both
+        take NumPy arrays)."""
+        dtype = getattr(x, "dtype", None)
+        dtype = dtype if dtype in (np.float32, np.float64) and dtype != self.dtype else None
+        device = None
+        if not self.backend.owns(x) and not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
+            device = backend_of(x)
+        if dtype is not None or device is not None:
+            self.to(device, dtype)
 
     def backward(self, grad=1.0):
         ctx, loss_shape = self.saved()
@@ -144,7 +158,7 @@ class MSELoss(_Loss):
         self.half = bool(half)
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         return ops.mse_forward(self.backend, x, t, self.reduction, self.half)
 
     def gradient(self, ctx, grad):
@@ -174,7 +188,7 @@ class CrossEntropyLoss(_Loss):
 
     def compute(self, x, t):
         be = self.backend
-        if getattr(t, "dtype", None) is not None and t.dtype.kind == "f":
+        if getattr(t, "dtype", None) is not None and dtypes.is_floating(t.dtype):  # (bfloat16 is kind "V")
             # class probabilities (PyTorch: a floating target of the input's shape); ignore_index does not apply
             checks.array(be, x, "input", dtype=self.dtype)
             checks.array(be, t, "target", dtype=self.dtype)
@@ -214,7 +228,7 @@ class BCEWithLogitsLoss(_Loss):
             self.register_buffer(name, None if value is None else self.backend.asarray(value, dtype=self.dtype))
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         for name in ("weight", "pos_weight"):
             w = getattr(self, name)
             if w is not None and not _broadcasts_to(w.shape, x.shape):
@@ -234,7 +248,7 @@ class HingeLoss(_Loss):
         self.margin = float(margin)
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         self._check_signs(t)
         return ops.hinge_forward(self.backend, x, t, self.reduction, self.margin)
 
@@ -248,7 +262,7 @@ class PerceptronLoss(_Loss):
     one example at a time is Rosenblatt's rule w <- w + eta t x."""
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         self._check_signs(t)
         return ops.perceptron_forward(self.backend, x, t, self.reduction)
 
@@ -302,7 +316,7 @@ class L1Loss(_Loss):
         super().__init__(reduction, size_average, reduce)
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         return ops.l1_forward(self.backend, x, t, self.reduction)
 
     def gradient(self, ctx, grad):
@@ -315,7 +329,7 @@ class _Huber(_Loss):
     _smooth_l1 = False
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         width = self.beta if self._smooth_l1 else self.delta
         return ops.huber_forward(self.backend, x, t, self.reduction, width, self._smooth_l1)
 
@@ -364,7 +378,7 @@ class BCELoss(_Loss):
         self.register_buffer("weight", None if weight is None else self.backend.asarray(weight, dtype=self.dtype))
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         if self.weight is not None and not _broadcasts_to(self.weight.shape, x.shape):
             raise ValueError(f"weight: shape {tuple(self.weight.shape)} does not broadcast to the input's "
                              f"{tuple(x.shape)}")
@@ -418,7 +432,7 @@ class KLDivLoss(_Loss):
         self.log_target = bool(log_target)
 
     def compute(self, x, t):
-        self._check_pair(x, t)
+        t = self._check_pair(x, t)
         if self.reduction == "mean":
             warnings.warn("KLDivLoss: reduction='mean' divides the total loss by both the batch size and the support "
                           "size; 'batchmean' divides only by the batch size, as the KL divergence does (PyTorch's "

@@ -10,11 +10,15 @@ error, never another forward's. `gpunet.no_grad()` saves nothing at all.
 from __future__ import annotations
 
 import functools
+import itertools
+import threading
 import weakref
 from collections import OrderedDict, namedtuple
+from contextlib import contextmanager
 
 import numpy as np
 
+from .. import dtypes
 from ..autograd import modules as autograd_modules
 from ..autograd.tensor import Tensor
 from ..backend import Backend, get_backend, to_numpy
@@ -87,9 +91,41 @@ class Parameter(Tensor):
             self._grad = g.copy() if g.base is not None or g is self._data else g
         else:
             self._grad += g
+        self._after_grad()
+
+    def _accumulate(self, g):
+        """A gradient from the autograd engine (a Tensor expression using this parameter)."""
+        super()._accumulate(g)
+        self._after_grad()
+
+    def _after_grad(self):
+        """Tell a gradient hook (DistributedDataParallel's bucketing) that this gradient grew."""
+        hook = _grad_hook.fn
+        if hook is not None:
+            hook(self)
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class _GradHook(threading.local):
+    fn = None
+
+
+_grad_hook = _GradHook()
+
+
+@contextmanager
+def grad_hook(fn):
+    """Within this block (in this thread) `fn(param)` runs after each gradient
+    contribution a backward adds to a parameter: DistributedDataParallel learns
+    from it when a gradient is final and starts reducing it during the backward."""
+    prev = _grad_hook.fn
+    _grad_hook.fn = fn
+    try:
+        yield
+    finally:
+        _grad_hook.fn = prev
 
 
 class Module:
@@ -117,6 +153,8 @@ class Module:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "backend", get_backend("cpu"))
         object.__setattr__(self, "dtype", get_default_dtype())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def _place(self, device, dtype):
         """PyTorch's factory arguments of the constructors (device=, dtype=):
@@ -126,6 +164,11 @@ class Module:
 
     # ------------------------------------------------------------ registration
     def __setattr__(self, name, value):
+        if "_params" not in self.__dict__:
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError(_no_init(self, f"cannot assign {type(value).__name__} {name!r}"))
+            object.__setattr__(self, name, value)
+            return
         if isinstance(value, Parameter):
             self._params[name] = value
             self._modules.pop(name, None)
@@ -136,18 +179,105 @@ class Module:
             if value is not None:
                 raise TypeError(f"{name}: assign a Parameter (or None), got {type(value).__name__}")
             self._params[name] = None
+        elif name in self._modules:
+            if value is not None:
+                raise TypeError(f"{name}: assign a Module (or None), got {type(value).__name__}")
+            self._modules[name] = None
         object.__setattr__(self, name, value)
 
-    def register_buffer(self, name: str, value):
-        """A non-trainable array saved in state_dict (e.g. BatchNorm's running mean)."""
-        self._buffers[name] = None
+    def __getattr__(self, name):
+        # reached only when normal lookup fails: name the forgotten super().__init__()
+        if name.startswith("_") and "_params" not in self.__dict__:
+            raise AttributeError(_no_init(self, f"{type(self).__name__} has no {name!r}"))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for table in ("_params", "_modules", "_buffers"):
+            self.__dict__.get(table, {}).pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value, persistent: bool = True):
+        """A non-trainable array moved with the module (e.g. BatchNorm's running
+        mean), saved in state_dict unless persistent=False (a causal mask)."""
+        _check_name(self, name, "buffer")
+        self._buffers[name] = bool(persistent)
         object.__setattr__(self, name, value)
+
+    def register_parameter(self, name: str, param):
+        """Add a Parameter (or None: a declared, absent one) under `name`, as torch."""
+        _check_name(self, name, "parameter")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"param: expected a gpunet Parameter or None, got {type(param).__name__}")
+        self._params[name] = param
+        self._modules.pop(name, None)
+        object.__setattr__(self, name, param)
+
+    def add_module(self, name: str, module):
+        """Add a child Module (or None) under `name`, as torch."""
+        _check_name(self, name, "module")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"module: expected a gpunet Module or None, got {type(module).__name__}")
+        self._modules[name] = module
+        self._params.pop(name, None)
+        object.__setattr__(self, name, module)
+
+    register_module = add_module
+
+    def get_submodule(self, target: str) -> "Module":
+        """The submodule at a dotted path ("encoder.layers.0"); "" is self."""
+        m = self
+        for part in target.split(".") if target else ():
+            child = m._modules.get(part)
+            if child is None:
+                raise AttributeError(f"get_submodule: {type(m).__name__} has no submodule {part!r} (in {target!r})")
+            m = child
+        return m
+
+    def get_parameter(self, target: str) -> Parameter:
+        mod, _, name = target.rpartition(".")
+        p = self.get_submodule(mod)._params.get(name)
+        if p is None:
+            raise AttributeError(f"get_parameter: no parameter {target!r}")
+        return p
+
+    # ------------------------------------------------------------ hooks
+    def register_forward_pre_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False):
+        """hook(module, args) (with_kwargs: hook(module, args, kwargs)) runs before
+        each m(...) call; a non-None result replaces the arguments (a tuple, or
+        one value; with_kwargs: an (args, kwargs) pair). Returns a handle
+        whose remove() unregisters it."""
+        return _add_hook(self._forward_pre_hooks, hook, with_kwargs, prepend)
+
+    def register_forward_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False,
+                              always_call: bool = False):
+        """hook(module, args, output) (with_kwargs: hook(module, args, kwargs,
+        output)) runs after each m(...) call; a non-None result replaces the
+        output. Returns a handle whose remove() unregisters it."""
+        if always_call:
+            raise NotImplementedError("always_call=True: gpunet runs forward hooks only after a forward that returned")
+        return _add_hook(self._forward_hooks, hook, with_kwargs, prepend)
 
     # ------------------------------------------------------------ forward/backward
     def __call__(self, *args, **kwargs):
+        pre, post = self.__dict__.get("_forward_pre_hooks"), self.__dict__.get("_forward_hooks")
+        for hook, with_kwargs in (pre or {}).values():
+            if with_kwargs:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            else:
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
         if autograd_modules.has_tensor(args, kwargs):
-            return autograd_modules.call(self, args, kwargs)
-        return self.forward(*args, **kwargs)
+            output = autograd_modules.call(self, args, kwargs)
+        else:
+            output = self.forward(*args, **kwargs)
+        for hook, with_kwargs in (post or {}).values():
+            result = hook(self, args, kwargs, output) if with_kwargs else hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
@@ -181,16 +311,39 @@ class Module:
 
     # ------------------------------------------------------------ traversal
     def children(self):
-        return iter(self._modules.values())
+        return (m for m in self._modules.values() if m is not None)
 
     def named_modules(self, prefix: str = ""):
         yield prefix, self
-        for name, m in self._modules.items():
+        for name, m in self.named_children():
             yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
+
+    def named_children(self):
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def apply(self, fn):
+        """fn(m) for every submodule, children first, then self (as torch: e.g.
+        model.apply(init_weights)). Returns self."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Whether the parameters collect gradients (False freezes them). Returns self."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def buffers(self):
+        for _, b in self.named_buffers():
+            yield b
 
     def named_parameters(self, prefix: str = ""):
         """(name, Parameter) pairs, PyTorch's names; a parameter shared by two
@@ -233,19 +386,19 @@ class Module:
     # ------------------------------------------------------------ device/dtype
     def to(self, device=None, dtype=None):
         """Move parameters and buffers to a device ('cpu', 'sim', 'cuda:0', a
-        Backend) and/or cast floating arrays to a dtype; `m.to(np.float64)` works
-        too. Returns self."""
-        if device is not None and not isinstance(device, (str, Backend)):
-            device, dtype = None, device
+        Backend) and/or cast floating arrays to a dtype (bfloat16, float16,
+        float32, float64, as dtypes or names: gpunet.dtypes.resolve);
+        `m.to(np.float64)` and `m.to("bfloat16")` work too. Returns self."""
+        if device is not None and (not isinstance(device, (str, Backend)) or device in dtypes.NAMES):
+            device, dtype = None, device  # m.to(np.float64), m.to("bfloat16")
         be = get_backend(device) if device is not None else None
         if dtype is not None:
             try:
-                dtype = np.dtype(dtype)
+                dtype = dtypes.resolve(dtype)
             except TypeError:
                 raise TypeError(f"to: expected a device ('cpu', 'sim', 'cuda:0', a Backend) or a dtype "
-                                f"(float32, float64), got {dtype!r}") from None
-            if dtype not in (np.float32, np.float64):
-                raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+                                f"(bfloat16, float16, float32, float64), got {dtype!r}") from None
+            dtype = dtypes.floating(dtype)
         for m in self.modules():
             target = be or m.backend
             for p in m._params.values():
@@ -256,7 +409,7 @@ class Module:
             for bname in m._buffers:
                 buf = getattr(m, bname)
                 if buf is not None:
-                    object.__setattr__(m, bname, _convert(buf, target, dtype, cast=buf.dtype.kind == "f"))
+                    object.__setattr__(m, bname, _convert(buf, target, dtype, cast=dtypes.is_floating(buf.dtype)))
             object.__setattr__(m, "backend", target)
             if dtype is not None:
                 object.__setattr__(m, "dtype", dtype)
@@ -268,6 +421,24 @@ class Module:
     def device(self) -> str:
         return self.backend.device
 
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def half(self):
+        return self.to(dtype=np.float16)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        """To the GPU `device` (an index, 'cuda:1'; default GPU 0)."""
+        if device is None:
+            return self.to("cuda")
+        return self.to(device if isinstance(device, str) else f"cuda:{int(device)}")
+
     # ------------------------------------------------------------ state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """NumPy copies of every parameter and buffer under PyTorch's keys."""
@@ -276,9 +447,9 @@ class Module:
             for pname, p in m._params.items():
                 if p is not None:
                     out[f"{mname}.{pname}" if mname else pname] = np.array(to_numpy(p.data))
-            for bname in m._buffers:
+            for bname, persistent in m._buffers.items():
                 buf = getattr(m, bname)
-                if buf is not None:
+                if buf is not None and persistent:
                     out[f"{mname}.{bname}" if mname else bname] = np.array(to_numpy(buf))
         return out
 
@@ -292,8 +463,9 @@ class Module:
             for pname, p in m._params.items():
                 if p is not None:
                     own[f"{mname}.{pname}" if mname else pname] = (m, pname, True)
-            for bname in m._buffers:
-                if getattr(m, bname) is not None:  # as state_dict: an unset buffer (a loss's weight=None) has no key
+            for bname, persistent in m._buffers.items():
+                # as state_dict: an unset buffer (a loss's weight=None) or a non-persistent one has no key
+                if getattr(m, bname) is not None and persistent:
                     own[f"{mname}.{bname}" if mname else bname] = (m, bname, False)
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -343,3 +515,48 @@ def _convert(x, be: Backend, dtype, cast: bool = True):
     if be.owns(x):
         return x
     return be.asarray(x)
+
+
+def _no_init(module, what: str) -> str:
+    return (f"{what}: Module.__init__() has not run; call super().__init__() first in "
+            f"{type(module).__name__}.__init__")
+
+
+def _check_name(module, name, what: str):
+    if "_params" not in module.__dict__:
+        raise AttributeError(_no_init(module, f"cannot register {what} {name!r}"))
+    if not isinstance(name, str) or not name or "." in name:
+        raise KeyError(f"{what} name: expected a non-empty str without '.', got {name!r}")
+    if hasattr(module, name) and name not in module._params and name not in module._modules \
+            and name not in module._buffers:
+        raise KeyError(f"{what} name {name!r}: the module already has an attribute of that name")
+
+
+class RemovableHandle:
+    """What register_forward_hook returns: remove() unregisters the hook; also
+    a context manager that removes it on exit."""
+
+    def __init__(self, table: OrderedDict, key: int):
+        self._table, self.id = table, key
+
+    def remove(self):
+        self._table.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+_hook_ids = itertools.count()
+
+
+def _add_hook(table: OrderedDict, hook, with_kwargs: bool, prepend: bool) -> RemovableHandle:
+    if not callable(hook):
+        raise TypeError(f"hook: expected a callable, got {type(hook).__name__}")
+    key = next(_hook_ids)
+    table[key] = (hook, bool(with_kwargs))
+    if prepend:
+        table.move_to_end(key, last=False)
+    return RemovableHandle(table, key)

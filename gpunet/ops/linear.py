@@ -3,6 +3,7 @@ The GEMMs go to BLAS (NumPy) or cuBLAS (CuPy); the bias add and the bias
 gradient reduction are kernels on the "kernel" dispatch path (sim, cuda;
 float32), array code otherwise."""
 from ..dispatch import path
+from .half import float32_compute
 
 
 def bias_add(be, y, b, route: str, inner: int = 1):
@@ -26,6 +27,7 @@ def bias_grad(be, dy, channels: int, route: str, inner: int = 1):
     return db
 
 
+@float32_compute("linear", forward=True)
 def linear_forward(be, x, w, b):
     """x (..., in) -> y (..., out). Leading axes are flattened into one GEMM."""
     x2 = x.reshape(-1, x.shape[-1])
@@ -35,6 +37,7 @@ def linear_forward(be, x, w, b):
     return y.reshape(x.shape[:-1] + (w.shape[0],)), x2
 
 
+@float32_compute("linear", forward=False)
 def linear_backward(be, x2, w, has_bias: bool, dy):
     """Returns dx (shaped like dy with in features), dw, db (None without bias)."""
     dy2 = be.xp.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))

@@ -28,6 +28,7 @@ from ..dispatch import path
 from . import device_errors
 from .activation import sigmoid
 from .cupy_kernels import cupy
+from .half import float32_compute
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -166,6 +167,7 @@ def _from_rows(xp, d2, shape):
     return xp.ascontiguousarray(xp.moveaxis(d2.reshape(moved), -1, 1))
 
 
+@float32_compute("cross_entropy", forward=True)
 def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100,
                           label_smoothing: float = 0.0):
     """Cross-entropy of softmax(x) along the class axis (axis 1; axis 0 for a single
@@ -215,6 +217,7 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
                   label_smoothing)
 
 
+@float32_compute("cross_entropy", forward=False)
 def cross_entropy_backward(be, ctx, grad):
     route, x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
     xp = be.xp
@@ -422,6 +425,7 @@ def kl_div_backward(be, ctx, grad):
 
 
 # ---------------------------------------------------------------- cross-entropy on class probabilities
+@float32_compute("cross_entropy", forward=True)
 def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smoothing: float = 0.0):
     """Cross-entropy against class probabilities t (the input's shape), as
     PyTorch: per row -sum_c w_c q_c log softmax(x)_c with q = (1 - eps) t + eps/C;
@@ -443,6 +447,7 @@ def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smo
     return _reduce(xp, per.astype(x.dtype, copy=False), reduction, per.size), (sm_ctx, q, dim, reduction, per.size)
 
 
+@float32_compute("cross_entropy", forward=False)
 def cross_entropy_probs_backward(be, ctx, grad):
     from .softmax import softmax_backward
     sm_ctx, q, dim, reduction, rows = ctx

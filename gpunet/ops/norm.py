@@ -15,6 +15,7 @@ on cuda that is CuPy's reduction kernels).
 from __future__ import annotations
 
 from ..dispatch import path
+from .half import float32_compute
 
 # the parameter-gradient kernel sums rows in at most this many chunks
 # (deterministic two-pass reduction: chunk partials, then a fixed-order sum)
@@ -32,6 +33,7 @@ def _row_blocks(be, M: int, C: int):
 
 
 # ---------------------------------------------------------------- layer norm
+@float32_compute("layer_norm", forward=True)
 def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     """x (..., *normalized_shape) with prod(normalized_shape) = normalized_size.
     weight/bias: arrays of normalized_size elements, or None. Returns y and the
@@ -67,6 +69,7 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     return y.reshape(x.shape), (x2, mean, rstd, weight, bias is not None)
 
 
+@float32_compute("layer_norm", forward=False)
 def layer_norm_backward(be, ctx, dy):
     """Returns dx (shape of dy), dweight and dbias (flat, normalized_size
     elements; None when the layer has no weight/bias)."""

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from ..dispatch import path
+from .half import float32_compute
 
 
 def resolve_dim(dim, ndim: int) -> int:
@@ -63,6 +64,7 @@ def _from_last(xp, a, dim):
     return xp.ascontiguousarray(xp.moveaxis(a, -1, dim))
 
 
+@float32_compute("softmax", forward=True)
 def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     """(log-)softmax of x along `dim`. Returns (y, ctx)."""
     xp = be.xp
@@ -88,6 +90,7 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     return y, (y, dim, beta, log)
 
 
+@float32_compute("softmax", forward=False)
 def softmax_backward(be, ctx, dy):
     """Gradient of the (log-)softmax input given the output gradient dy."""
     y, dim, beta, log = ctx

@@ -1,0 +1,2 @@
+"""torch.utils's names: gpunet.utils.data."""
+from . import data  # noqa: F401
