@@ -36,6 +36,11 @@ def parse_args(argv=None):
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                    help="compare two result JSON files instead of running: per-case time ratios, slowdowns "
+                         "above the noise band flagged (exit status 1 when there is one)")
+    ap.add_argument("--noise", type=float, default=0.05,
+                    help="with --compare: the smallest noise band, as a fraction (default: %(default)s)")
     return ap.parse_args(argv)
 
 
@@ -179,6 +184,9 @@ def main(argv=None) -> int:
         from .profile import main as profile_main
         return profile_main(argv[1:])
     args = parse_args(argv)
+    if args.compare:
+        from .compare import main as compare_main
+        return compare_main(args.compare, args.noise)
     envmod.disable_tf32()  # before CuPy creates a cuBLAS handle
     threads = envmod.set_threads(args.threads, not args.no_torch)
     devices, msgs = choose_devices(args.device)
