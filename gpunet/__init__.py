@@ -13,7 +13,7 @@ from .interop import from_dlpack, to_dlpack
 from .nn.module import enable_grad, get_default_dtype, is_grad_enabled, no_grad, set_default_dtype
 from .random import Generator, manual_seed
 from .serialization import load, save
-from . import data, train, utils
+from . import amp, data, train, utils
 from . import accelerator, cuda, onnx
 from .devices import device
 from .dtype_names import *  # noqa: F401,F403 (gpunet.float32, gpunet.long, ..., LongTensor: torch's names)

@@ -32,30 +32,6 @@ Act parse_kind(const std::string& kind, float alpha) {
   throw py::value_error("unknown activation kind '" + kind + "'; valid kinds: " + valid);
 }
 
-// The storage type of an activation argument: float32, float16, or bfloat16
-// passed as its bits in an int16 view (NumPy's buffer protocol cannot export
-// ml_dtypes' bfloat16). TypeError naming the argument otherwise.
-Storage storage_of(const View& v, const char* name) {
-  if (v.typestr == "<f4") return Storage::F32;
-  if (v.typestr == "<f2") return Storage::F16;
-  if (v.typestr == "<i2") return Storage::BF16;
-  throw py::type_error(std::string("argument '") + name + "': expected dtype float32, float16 or bfloat16 (as an "
-                       "int16 view of its bits) but got " + detail::dtype_name(v.typestr));
-}
-
-// The arrays of one call: C-contiguous, of the first one's storage type.
-Storage same_storage(std::initializer_list<std::pair<const View*, const char*>> arrays) {
-  const Storage s = storage_of(*arrays.begin()->first, arrays.begin()->second);
-  for (const auto& [v, name] : arrays) {
-    require_contiguous(*v, name);
-    if (storage_of(*v, name) != s)
-      throw py::type_error(std::string("argument '") + name + "': expected the dtype of '" +
-                           arrays.begin()->second + "' (" + detail::dtype_name(arrays.begin()->first->typestr) +
-                           ") but got " + detail::dtype_name(v->typestr));
-  }
-  return s;
-}
-
 }  // namespace
 
 void bind_activation(py::module_& m) {

@@ -61,6 +61,7 @@
 
 #include "common/checked.h"
 #include "common/rows.h"
+#include "common/storage.h"
 
 namespace gpunet {
 namespace py = pybind11;
@@ -415,6 +416,18 @@ inline void require_disjoint(const View& a, const char* a_name, const View& b, c
     throw py::value_error(detail::arg(b_name) + "must not overlap '" + a_name + "' in memory");
 }
 
+// For kernels that gather or reduce across their inputs (attention,
+// cross-entropy, embedding): an output written while other threads still read
+// the inputs may share no memory with any other argument, not even as the same
+// array (which vouch() accepts, for elementwise kernels that run in place).
+inline void require_outputs_apart(std::initializer_list<std::reference_wrapper<const View>> outputs,
+                                  std::initializer_list<std::reference_wrapper<const View>> inputs) {
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    for (const View& in : inputs) require_disjoint(in, in.name.c_str(), *o, o->get().name.c_str());
+    for (auto p = outputs.begin(); p != o; ++p) require_disjoint(*p, p->get().name.c_str(), *o, o->get().name.c_str());
+  }
+}
+
 // The common case in one call: an array of this build's kind, of `dtype`,
 // C-contiguous.
 inline View as_array(py::handle obj, const char* name, const char* dtype) {
@@ -571,6 +584,32 @@ class [[maybe_unused]] Vouch {
 };
 inline Vouch vouch(std::initializer_list<std::reference_wrapper<const View>> views) { return Vouch(views); }
 inline Vouch vouch(const std::vector<View>& views) { return Vouch(views); }
+
+// The storage type of a floating argument of a kernel templated on it:
+// float32, float16, or bfloat16
+// passed as its bits in an int16 view (NumPy's buffer protocol cannot export
+// ml_dtypes' bfloat16). TypeError naming the argument otherwise.
+inline Storage storage_of(const View& v, const char* name) {
+  if (v.typestr == "<f4") return Storage::F32;
+  if (v.typestr == "<f2") return Storage::F16;
+  if (v.typestr == "<i2") return Storage::BF16;
+  throw py::type_error(std::string("argument '") + name + "': expected dtype float32, float16 or bfloat16 (as an "
+                       "int16 view of its bits) but got " + detail::dtype_name(v.typestr));
+}
+
+// The arrays of one call: C-contiguous, of the first one's storage type.
+inline Storage same_storage(std::initializer_list<std::pair<const View*, const char*>> arrays) {
+  const Storage s = storage_of(*arrays.begin()->first, arrays.begin()->second);
+  for (const auto& [v, name] : arrays) {
+    require_contiguous(*v, name);
+    if (storage_of(*v, name) != s)
+      throw py::type_error(std::string("argument '") + name + "': expected the dtype of '" +
+                           arrays.begin()->second + "' (" + detail::dtype_name(arrays.begin()->first->typestr) +
+                           ") but got " + detail::dtype_name(v->typestr));
+  }
+  return s;
+}
+
 
 // After every launch: RuntimeError if it failed. cudaGetLastError also
 // clears the error, so the next launch does not report it again.

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
 enum class Act : int { Relu, LeakyRelu, Sigmoid, Tanh, Softsign, Gelu, Softplus };
@@ -17,9 +19,6 @@ constexpr bool act_backward_uses_output(Act act) {
   return act == Act::Relu || act == Act::Sigmoid || act == Act::Tanh;
 }
 
-// The storage type of an activation's arrays: the kernels compute in float32
-// whatever the storage, and round each result once to it.
-enum class Storage : int { F32, F16, BF16 };
 
 // y = f(x) over n elements of `storage` type; y may alias x (in place).
 //   alpha: negative_slope of leaky_relu, beta of softplus (unused otherwise)

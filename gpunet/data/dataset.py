@@ -85,6 +85,11 @@ class Subset(Dataset):
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
             raise TypeError(f"indices: expected a 1-D sequence of integers, got {idx.dtype} of shape {idx.shape}")
+        n = len(dataset)
+        outside = idx[(idx < -n) | (idx >= n)] if idx.size else idx
+        if outside.size:
+            raise IndexError(f"indices: expected integers in [-{n}, {n}) for a dataset of {n} samples, "
+                             f"got {int(outside[0])}")
         self.indices = idx.astype(np.int64)
 
     def __len__(self):

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import dtypes
+from ..amp import autocast_mode as amp_autocast
 from ..autograd import modules as autograd_modules
 from ..autograd.tensor import Tensor
 from ..backend import Backend, get_backend, to_numpy
@@ -508,9 +509,12 @@ class Module:
 
 
 def _as_call(fn, run):
+    # through gpunet.amp's module boundary, which casts the call under autocast
+    cast = amp_autocast.forward if run is calls.run_forward else amp_autocast.backward
+
     @functools.wraps(fn)
     def method(self, *args, **kwargs):
-        return run(self, fn, args, kwargs)
+        return cast(self, fn, run, args, kwargs)
     method.__gpunet_call__ = True
     return method
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import types
 
 from .optimizer import Optimizer
@@ -88,6 +89,9 @@ class MultiStepLR(LRScheduler):
     """lr = initial_lr * gamma ** (number of milestones <= epoch)."""
 
     def __init__(self, optimizer, milestones, gamma: float = 0.1, last_epoch: int = -1):
+        if isinstance(milestones, (str, bytes)) or any(
+                isinstance(m, bool) or not isinstance(m, numbers.Integral) for m in milestones):
+            raise TypeError(f"milestones: expected a sequence of integers, got {milestones!r}")
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
