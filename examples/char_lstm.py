@@ -35,7 +35,8 @@ def hello(device) -> str:
 
 
 def main(device: str = "auto", quick: bool = False, text: str = DEFAULT_TEXT, epochs: int = 20,
-         seq_len: int = 64, hidden: int = 128, batch_size: int = 64, lr: float = 5e-3, seed: int = 0) -> dict:
+         seq_len: int = 64, hidden: int = 128, batch_size: int = 64, lr: float = 5e-3, seed: int = 0,
+         dtype: str = "float32") -> dict:
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     sample_hello = hello(device)
@@ -54,9 +55,10 @@ def main(device: str = "auto", quick: bool = False, text: str = DEFAULT_TEXT, ep
     loss_fn = nn.CrossEntropyLoss()
     opt = optim.Adam(model.parameters(), lr=lr)
     start = time.perf_counter()
+    amp = gpunet.amp.autocast_dtype(dtype)
     history = gpunet.fit(model, loss_fn, opt, DataLoader(train, batch_size, shuffle=True, seed=seed, device=device),
                          DataLoader(val, 256, device=device), epochs=epochs, clip_grad_norm=1.0,
-                         scheduler=optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs))
+                         scheduler=optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs), amp=amp)
     seconds = time.perf_counter() - start
     counts = np.bincount(val.codes, minlength=len(vocab))
     baseline = counts.max() / counts.sum()  # always guessing the most frequent character
@@ -83,6 +85,7 @@ if __name__ == "__main__":
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seed", type=int, default=0)
+    gpunet.amp.add_dtype_argument(ap)
     args = ap.parse_args()
     main(args.device, args.quick, args.text, args.epochs, args.seq_len, args.hidden, args.batch_size, args.lr,
-         args.seed)
+         args.seed, args.dtype)

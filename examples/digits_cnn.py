@@ -8,7 +8,7 @@ once on the remaining 20%. Writes a checkpoint after every epoch (rerun to
 resume) and a PNG of the learning curves.
 
     python examples/digits_cnn.py [--device cpu|sim|cuda|cupy|auto] [--epochs 20] [--out runs/digits] [--quick]
-                                  [--autograd]
+                                  [--autograd] [--dtype float32|bfloat16|float16]
 
 Data-parallel on 2 processes (gpunet.distributed over MPI; --batch-size is
 the global batch, each process computing its half, so the run learns as the
@@ -43,7 +43,8 @@ def per_process(batch_size: int, world_size: int) -> int:
 
 
 def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size: int = 32, lr: float = 2e-3,
-         out: str = "runs/digits", seed: int = 0, distributed: bool = False, autograd: bool = False) -> dict:
+         out: str = "runs/digits", seed: int = 0, distributed: bool = False, autograd: bool = False,
+         dtype: str = "float32") -> dict:
     lead = True  # the process that prints
     if distributed:
         from gpunet import distributed as dist
@@ -66,13 +67,14 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 20, batch_size
         + (f"; {dist.get_world_size()} processes" if distributed else ""))
     train_loader, val_loader, test_loader = loaders(train, val, test, batch_size, seed, device, distributed)
     start = time.perf_counter()
+    amp = gpunet.amp.autocast_dtype(dtype)
     history = gpunet.fit(
         model, loss_fn, opt, train_loader, val_loader,
-        epochs=epochs, scheduler=sched, autograd=autograd,
+        epochs=epochs, scheduler=sched, autograd=autograd, amp=amp,
         checkpoint_path=None if quick else os.path.join(out, "checkpoint.npz"),
         plot_path=None if quick else os.path.join(out, "curves.png"), distributed=distributed)
     seconds = time.perf_counter() - start
-    result = gpunet.evaluate(model, loss_fn, test_loader, distributed=distributed)
+    result = gpunet.evaluate(model, loss_fn, test_loader, distributed=distributed, amp=amp)
     say(f"test accuracy {result['accuracy']:.4f} on {len(test)} held-out images "
         f"(training {seconds:.1f}s, {len(history.epochs)} epochs)")
     if not quick:
@@ -95,6 +97,7 @@ if __name__ == "__main__":
                     help="data-parallel over the processes of mpiexec -n N (pip install mpi4py mpich)")
     ap.add_argument("--autograd", action="store_true",
                     help="train through loss.backward() on Tensors (the same kernels) instead of the explicit backward")
+    gpunet.amp.add_dtype_argument(ap)
     args = ap.parse_args()
     main(args.device, args.quick, args.epochs, args.batch_size, args.lr, args.out, args.seed, args.distributed,
-         args.autograd)
+         args.autograd, args.dtype)

@@ -70,7 +70,8 @@ def load(data_dir, quick: bool, train_size: int, seed: int):
 
 
 def main(device: str = "auto", quick: bool = False, data: str = None, epochs: int = 6, batch_size: int = 64,
-         lr: float = 2e-3, width: int = 16, train_size: int = 4000, seed: int = 0) -> dict:
+         lr: float = 2e-3, width: int = 16, train_size: int = 4000, seed: int = 0,
+         dtype: str = "float32") -> dict:
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     if quick:
@@ -83,10 +84,11 @@ def main(device: str = "auto", quick: bool = False, data: str = None, epochs: in
     print(f"resnet_small ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}; {desc}; "
           f"{len(train)} train / {len(val)} validation / {len(test)} test images")
     start = time.perf_counter()
+    amp = gpunet.amp.autocast_dtype(dtype)
     history = gpunet.fit(model, loss_fn, opt, DataLoader(train, batch_size, shuffle=True, seed=seed, device=device),
-                         DataLoader(val, 500, device=device), epochs=epochs, scheduler=sched)
+                         DataLoader(val, 500, device=device), epochs=epochs, scheduler=sched, amp=amp)
     seconds = time.perf_counter() - start
-    result = gpunet.evaluate(model, loss_fn, DataLoader(test, 500, device=device))
+    result = gpunet.evaluate(model, loss_fn, DataLoader(test, 500, device=device), amp=amp)
     what = "real CIFAR-10" if data else "the SYNTHETIC stand-in, not CIFAR-10"
     print(f"test accuracy {result['accuracy']:.4f} on {what} (training {seconds:.1f}s)")
     if quick:
@@ -106,6 +108,7 @@ if __name__ == "__main__":
     ap.add_argument("--width", type=int, default=16, help="channels of the first stage (then 2x, 4x)")
     ap.add_argument("--train-size", type=int, default=4000, help="synthetic training images")
     ap.add_argument("--seed", type=int, default=0)
+    gpunet.amp.add_dtype_argument(ap)
     args = ap.parse_args()
     main(args.device, args.quick, args.data, args.epochs, args.batch_size, args.lr, args.width, args.train_size,
-         args.seed)
+         args.seed, args.dtype)

@@ -17,7 +17,8 @@ from gpunet.data import DataLoader, TensorDataset, digit_sequences
 
 
 def main(device: str = "auto", quick: bool = False, task: str = "sort", length: int = 8, train_size: int = 8000,
-         epochs: int = 6, dim: int = 64, heads: int = 4, layers: int = 2, lr: float = 3e-3, seed: int = 0) -> dict:
+         epochs: int = 6, dim: int = 64, heads: int = 4, layers: int = 2, lr: float = 3e-3, seed: int = 0,
+         dtype: str = "float32") -> dict:
     device = gpunet.get_backend(device).device
     gpunet.manual_seed(seed)
     if quick:
@@ -29,12 +30,13 @@ def main(device: str = "auto", quick: bool = False, task: str = "sort", length: 
     opt = optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     print(f"transformer ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: {task} "
           f"{length} digits; {train_size} training sequences")
+    amp = gpunet.amp.autocast_dtype(dtype)
     start = time.perf_counter()
     gpunet.fit(model, loss_fn, opt, DataLoader(TensorDataset(x, y), 64, shuffle=True, seed=seed, device=device),
-               epochs=epochs, scheduler=optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs))
+               epochs=epochs, scheduler=optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs), amp=amp)
     seconds = time.perf_counter() - start
     test = DataLoader(TensorDataset(xt, yt), 500, device=device)
-    result = gpunet.evaluate(model, loss_fn, test)
+    result = gpunet.evaluate(model, loss_fn, test, amp=amp)
     with gpunet.no_grad():
         model.eval()
         pred = gpunet.to_numpy(model(gpunet.asarray(xt[:3], device=device))).argmax(axis=1)
@@ -59,6 +61,7 @@ if __name__ == "__main__":
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    gpunet.amp.add_dtype_argument(ap)
     args = ap.parse_args()
     main(args.device, args.quick, args.task, args.length, args.train_size, args.epochs, args.dim, args.heads,
-         args.layers, args.lr, args.seed)
+         args.layers, args.lr, args.seed, args.dtype)

@@ -19,29 +19,34 @@ X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 T = np.array([[0], [1], [1], [0]], dtype=np.float32)
 
 
-def train_once(seed: int, device, epochs: int, lr: float):
+def train_once(seed: int, device, epochs: int, lr: float, amp=None):
     gpunet.manual_seed(seed)
     model = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1)).to(device)
     loss_fn = nn.BCEWithLogitsLoss().to(device)  # sigmoid output + cross-entropy, fused for stability
     opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     x, t = gpunet.asarray(X, device=device), gpunet.asarray(T, device=device)
+    # mixed precision (amp: a half dtype): forward and loss under autocast; float16 scales the loss gradient
+    scaler = gpunet.amp.GradScaler(enabled=amp == gpunet.float16)
     for _ in range(epochs):
-        loss = loss_fn(model(x), t)
-        model.backward(loss_fn.backward())
-        opt.step()
+        with gpunet.amp.autocast(dtype=amp, enabled=amp is not None):
+            loss = loss_fn(model(x), t)
+        model.backward(scaler.scale(loss_fn.backward()))
+        scaler.step(opt)
+        scaler.update()
         model.zero_grad()
     with gpunet.no_grad():
         prob = 1 / (1 + np.exp(-gpunet.to_numpy(model(x)).astype(np.float64)))
     return float(gpunet.to_numpy(loss)), prob.ravel()
 
 
-def main(device: str = "auto", quick: bool = False, restarts: int = 5, epochs: int = 500, lr: float = 0.5) -> dict:
+def main(device: str = "auto", quick: bool = False, restarts: int = 5, epochs: int = 500, lr: float = 0.5,
+         dtype: str = "float32") -> dict:
     device = gpunet.get_backend(device).device
     if quick:
         restarts, epochs = 3, 300
     solved = []
     for seed in range(restarts):
-        loss, prob = train_once(seed, device, epochs, lr)
+        loss, prob = train_once(seed, device, epochs, lr, gpunet.amp.autocast_dtype(dtype))
         ok = bool(((prob > 0.5) == (T.ravel() > 0.5)).all())
         solved.append(ok)
         print(f"init {seed}: loss {loss:.4f}  P(y=1 | 00, 01, 10, 11) = {np.round(prob, 3).tolist()}  "
@@ -59,5 +64,6 @@ if __name__ == "__main__":
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=500)
     ap.add_argument("--lr", type=float, default=0.5)
+    gpunet.amp.add_dtype_argument(ap)
     args = ap.parse_args()
-    main(args.device, args.quick, args.restarts, args.epochs, args.lr)
+    main(args.device, args.quick, args.restarts, args.epochs, args.lr, args.dtype)

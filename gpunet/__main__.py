@@ -3,6 +3,7 @@
     python -m gpunet backends
     python -m gpunet train --model digits_cnn --dataset digits --epochs 15 --out runs/digits
     gpunet-train --model digits_cnn --dataset digits      (the same; "train" is implied)
+    python -m gpunet train ... --dtype bfloat16          (mixed precision; float16 adds a GradScaler)
 
 `train` splits the data into train/validation/test, trains with a checkpoint
 after every epoch (rerunning the same command resumes), restores the weights
@@ -27,6 +28,7 @@ import sys
 import time
 
 from . import data, models, nn, optim
+from .amp import add_dtype_argument, autocast_dtype
 from .backend import backends, get_backend
 from .random import manual_seed
 from .train import evaluate, fit
@@ -148,14 +150,15 @@ def train(args) -> dict:
         say("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
         plot = None
     loss_fn = nn.CrossEntropyLoss()
+    amp = autocast_dtype(args.dtype)
     start = time.perf_counter()
     history = fit(model, loss_fn, optimizer, loader, val_loader, epochs=args.epochs,
                   early_stopping_patience=args.patience, checkpoint_path=checkpoint, resume=not args.no_resume,
                   plot_path=plot, scheduler=scheduler, clip_grad_norm=args.clip, progress=not args.quiet,
-                  distributed=args.distributed)
+                  distributed=args.distributed, amp=amp)
     seconds = time.perf_counter() - start
-    result = evaluate(model, loss_fn, test_loader, distributed=args.distributed)
-    summary = {"model": args.model, "dataset": args.dataset, "device": be.device, "epochs": len(history.epochs),
+    result = evaluate(model, loss_fn, test_loader, distributed=args.distributed, amp=amp)
+    summary = {"model": args.model, "dataset": args.dataset, "device": be.device, "dtype": args.dtype, "epochs": len(history.epochs),
                "seconds": round(seconds, 2), "test_loss": result["loss"], "test_accuracy": result.get("accuracy"),
                "checkpoint": checkpoint, "plot": plot}
     if lead:
@@ -203,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no per-epoch output")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes of mpiexec -n N (needs mpi4py: pip install mpi4py mpich)")
+    add_dtype_argument(t)
     return p
 
 

@@ -222,12 +222,22 @@ def backends() -> dict[str, dict]:
     return out
 
 
+def cuda_name() -> str:
+    """The backend PyTorch's device name "cuda" means: the one GPUNET_DEVICE names
+    when that is sim or cupy (the unchanged CUDA script then trains on the
+    simulator or through CuPy), else cuda."""
+    forced = os.environ.get("GPUNET_DEVICE", "").partition(":")[0]
+    return forced if forced in ("sim", "cupy") else "cuda"
+
+
 def _parse(device) -> tuple[str, int]:
     if isinstance(device, Backend):
         return device.name, device.index
     if not isinstance(device, str):
         raise TypeError(f"device: expected a string such as 'cpu', 'cuda' or 'cuda:1', got {type(device).__name__}")
     name, _, idx = device.partition(":")
+    if name == "cuda":
+        name = cuda_name()
     if name not in NAMES + ("auto",):
         raise ValueError(f"device: expected one of {', '.join(NAMES + ('auto',))} (optionally ':<index>'), got {device!r}")
     if idx and not idx.isdigit():

@@ -1,15 +1,18 @@
-"""Functional forms (forward only, no state, nothing saved for backward):
-`gpunet.functional.softmax(x, dim=-1)` and friends, as torch.nn.functional.
-They run on the natural backend of `x` (cpu for NumPy arrays; cuda, else cupy,
-for CuPy arrays); pass `device=` to pick another (e.g. 'sim' for NumPy arrays
-through the kernels). For training, use the modules in gpunet.nn, which keep
-what their explicit backward needs."""
+"""Functional forms: `gpunet.functional.softmax(x, dim=-1)` and friends, as
+torch.nn.functional. On arrays they are forward only (no state, nothing saved
+for backward) and run on the natural backend of `x` (cpu for NumPy arrays;
+cuda, else cupy, for CuPy arrays); pass `device=` to pick another (e.g. 'sim'
+for NumPy arrays through the kernels). On gpunet Tensors they record an
+autograd node through the module of the same op (gpunet/nn/functional.py), so
+`loss.backward()` reaches through them. The layer forms (conv2d,
+cross_entropy, ...) are gpunet.nn.functional's, re-exported at the end."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from .autograd.tensor import Tensor
 from .backend import backend_of, get_backend
 from .ops import activation as _act
 from .ops import softmax as _softmax
@@ -35,6 +38,10 @@ def _finite(v, name: str) -> float:
 
 # ---------------------------------------------------------------- softmax
 def _softmax_call(x, dim, beta, dtype, device, log):
+    if isinstance(x, Tensor):
+        from .nn import activation, functional as nn_functional
+        module = (activation.LogSoftmax if log else activation.Softmax)(dim, _finite(beta, "beta"))
+        return nn_functional._record(module, x if dtype is None else x.to(dtype=dtype))
     be = _backend(x, device)
     dim = _softmax.resolve_dim(dim, x.ndim)
     if dtype is not None:  # PyTorch's dtype=: the input is cast first
@@ -54,7 +61,15 @@ def log_softmax(x, dim=None, beta: float = 1.0, *, dtype=None, device=None):
 
 
 # ---------------------------------------------------------------- activations
+_MODULES = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "softsign": "Softsign",
+            "gelu": "GELU", "softplus": "Softplus", "heaviside": "Heaviside", "sign": "Sign", "silu": "SiLU",
+            "elu": "ELU"}
+
+
 def _activation(kind, x, device, **params):
+    if isinstance(x, Tensor):  # the activation's module, recorded as one autograd node
+        from .nn import activation, functional as nn_functional
+        return nn_functional._record(getattr(activation, _MODULES[kind])(**params), x)
     return _act.act_forward(_backend(x, device), kind, x, **params)[0]
 
 
@@ -112,6 +127,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     returns (dq, dk, dv)."""
     from .nn.attention import ScaledDotProductAttention
     from .nn.module import no_grad
+    if any(isinstance(a, Tensor) for a in (query, key, value)):
+        from .nn import functional as nn_functional
+        return nn_functional.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
     be = backend_of(query) if device is None else get_backend(device)
     op = ScaledDotProductAttention().to(be)
     dtype = getattr(query, "dtype", None)
@@ -119,3 +137,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
         op.to(dtype)  # else the input check names query's dtype
     with no_grad():
         return op(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+
+
+# the layer forms, under torch.nn.functional's names (arrays or Tensors), looked
+# up on first use: gpunet.nn.functional itself imports this module
+_LAYER_FORMS = frozenset({"avg_pool2d", "conv2d", "cross_entropy", "dropout", "embedding", "layer_norm", "linear",
+                          "max_pool2d", "mse_loss", "nll_loss", "one_hot", "pad"})
+
+
+def __getattr__(name):
+    if name in _LAYER_FORMS:
+        from .nn import functional
+        return getattr(functional, name)
+    raise AttributeError(f"module 'gpunet.functional' has no attribute {name!r}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import tempfile
 from collections import OrderedDict
@@ -43,6 +44,8 @@ import numpy as np
 
 from . import dtypes
 from .backend import to_numpy
+from .module_pickle import add_safe_globals, clear_safe_globals, decode_module, encode_module, get_safe_globals, \
+    safe_globals  # noqa: F401 (torch.serialization's names)
 
 MANIFEST = "__manifest__"
 FORMAT, VERSION = "gpunet.save", 1
@@ -78,8 +81,11 @@ def _encode(obj, path: list, arrays: dict):
         dtype = _dtype_name(arr.dtype)
         arrays[where] = arr.view(np.uint16) if dtype == BFLOAT16 else arr
         return {"t": "npscalar" if is_scalar else "array", "key": where, "dtype": dtype, "shape": list(arr.shape)}
+    from .nn.module import Module
+    if isinstance(obj, Module):
+        return encode_module(obj, where, arrays)
     raise TypeError(f"save: cannot save a {type(obj).__module__}.{type(obj).__name__} at {where!r} (supported: "
-                    "dict, list, tuple, arrays, NumPy scalars, None, bool, int, float, str; "
+                    "dict, list, tuple, arrays, NumPy scalars, None, bool, int, float, str, modules; "
                     "save a module's or optimizer's state_dict(), not the object)")
 
 
@@ -185,16 +191,18 @@ def _fsync_directory(directory: str):
         os.close(fd)
 
 
-def _decode(node, arrays: dict, path: str):
+def _decode(node, arrays: dict, path: str, weights_only: bool = True, moved: bool = False):
     kind = node.get("t") if isinstance(node, dict) else None
     if kind in ("dict", "odict"):
         out = OrderedDict() if kind == "odict" else {}
         for key, child in node["items"]:
-            out[key] = _decode(child, arrays, f"{path}/{key}")
+            out[key] = _decode(child, arrays, f"{path}/{key}", weights_only, moved)
         return out
     if kind in ("list", "tuple"):
-        items = [_decode(child, arrays, f"{path}/{i}") for i, child in enumerate(node["items"])]
+        items = [_decode(child, arrays, f"{path}/{i}", weights_only, moved) for i, child in enumerate(node["items"])]
         return items if kind == "list" else tuple(items)
+    if kind == "module":
+        return decode_module(node, arrays, weights_only, moved)
     if kind == "value":
         return node["v"]
     if kind in ("array", "npscalar"):
@@ -217,9 +225,12 @@ def load(f, map_location=None, weights_only=None, **pickle_load_args):
     'cpu', 'sim', 'cuda:0', a Backend). A file that is missing, damaged
     (truncated, not an .npz, no manifest, an entry unreadable) or
     inconsistent raises an error naming the file and the entry.
-    weights_only: accepted either way; a gpunet archive holds only arrays and
-    plain values and is never unpickled, which is what torch's
-    weights_only=True guarantees. map_location as a dict or a function
+    weights_only (default True, as torch since 2.6): arrays and plain values
+    are never unpickled; a whole module (saved as gpunet.save(model, f)) is,
+    and with weights_only only gpunet's module classes and what
+    safe_globals/add_safe_globals allow may appear in it (see
+    gpunet/module_pickle.py); weights_only=False loads any module: trusted
+    files only. map_location as a dict or a function
     (torch's device remapping) has nothing to remap here: the archive records
     no devices."""
     if pickle_load_args:
@@ -254,7 +265,9 @@ def load(f, map_location=None, weights_only=None, **pickle_load_args):
     if move is not None:
         arrays = {k: move(v) for k, v in arrays.items()}
     try:
-        return _decode(manifest["tree"], arrays, "")
+        return _decode(manifest["tree"], arrays, "", weights_only is not False, move is not None)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(f"load: {name}: {e}") from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
         raise ValueError(f"load: {name}: {type(e).__name__}: {e}") from e
 

@@ -206,6 +206,20 @@ class _Finder:
         raise self.failed[name]
 
 
+class _Override:
+    """GPUNET_SIM_MODULE=<file>: gpunet._C_sim is that build (a sanitizer
+    build, tests/sanitize.sh), ahead of the package folder and the cache."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        where = os.environ.get("GPUNET_SIM_MODULE")
+        if fullname != "gpunet._C_sim" or not where:
+            return None
+        if not os.path.isfile(where):
+            raise ImportError(f"gpunet: GPUNET_SIM_MODULE={where!r} is not a file (a built gpunet._C_sim)")
+        return importlib.util.spec_from_file_location(fullname, where)
+
+
 def install():
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Override())
         sys.meta_path.append(_Finder())

@@ -16,6 +16,12 @@ scheduler, history, early-stopping state, the epoch and gpunet's random state,
 so `fit(..., checkpoint_path=p)` interrupted and rerun continues where it
 stopped and ends with the same weights as an uninterrupted run.
 
+Mixed precision (`amp=gpunet.bfloat16` or float16): each step's forward and
+loss run under gpunet.amp.autocast (the backward and the step outside it, as
+PyTorch recommends); `grad_scaler=` (a gpunet.amp.GradScaler, made by default
+for float16) scales the loss gradient, skips steps with inf/NaN gradients
+(History's "skipped_steps" counts them per epoch) and is saved in the checkpoint.
+
 Distributed (`distributed=True`, one process per rank under mpiexec): the
 model is wrapped in gpunet.distributed.DistributedDataParallel, the training
 loader must read through a DistributedSampler, epoch metrics (training and
@@ -36,7 +42,8 @@ import time
 
 import numpy as np
 
-from . import random as gpurandom
+from . import dtypes, random as gpurandom
+from .amp import GradScaler, autocast
 from .backend import get_backend, to_numpy
 from .autograd import modules as autograd_modules
 from .autograd.tensor import Tensor
@@ -146,7 +153,7 @@ class Trainer:
     `evaluate` run one pass over a DataLoader. `fit` drives it over epochs."""
 
     def __init__(self, model, loss_fn, optimizer, device=None, metrics=METRICS, clip_grad_norm=None,
-                 log_every: int = 50, distributed: bool = False, autograd=None):
+                 log_every: int = 50, distributed: bool = False, autograd=None, amp=None, grad_scaler=None):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"metrics: unknown {unknown}; available: {list(METRICS)}")
@@ -174,6 +181,12 @@ class Trainer:
         # with Tensor operations)
         explicit = all(isinstance(m, Module) and autograd_modules.explicit(m) for m in (model, loss_fn))
         self.autograd = (not explicit) if autograd is None else bool(autograd)
+        self.amp = _amp_dtype(amp)
+        if grad_scaler is not None and not isinstance(grad_scaler, GradScaler):
+            raise TypeError(f"grad_scaler: expected a gpunet.amp.GradScaler or None, got {type(grad_scaler).__name__}")
+        if grad_scaler is None and self.amp == dtypes.float16:
+            grad_scaler = GradScaler()  # float16 gradients underflow without loss scaling
+        self.grad_scaler = grad_scaler
 
     def _batches(self, loader, epoch):
         if hasattr(loader, "iter_epoch"):
@@ -184,8 +197,9 @@ class Trainer:
         *inputs, target = batch
         if self.autograd:
             inputs = [Tensor(a, self.be) for a in inputs]
-        out = self.model(*inputs)
-        loss = self.loss_fn(out, target)
+        with autocast(dtype=self.amp, enabled=self.amp is not None):
+            out = self.model(*inputs)
+            loss = self.loss_fn(out, target)
         return out, target, loss
 
     def train_epoch(self, loader, epoch: int = 0, progress: _Progress | None = None) -> dict:
@@ -194,18 +208,27 @@ class Trainer:
         self.model.train()
         params = list(self.model.parameters())
         sums = _Sums(self.metrics)
+        skipped = 0 if self.grad_scaler is None else self.grad_scaler.skipped_steps
         start, since_log = time.perf_counter(), 0
         for step, batch in enumerate(self._batches(loader, epoch), 1):
             self.model.zero_grad()
             out, target, loss = self._step_outputs(batch)
+            scaler = self.grad_scaler
+            scale = scaler.scale if scaler is not None else (lambda v: v)
             if self.autograd:
-                loss.backward()
+                scale(loss).backward()
                 out, loss = out._data, loss._data
             else:
-                self.model.backward(self.loss_fn.backward())
+                self.model.backward(scale(self.loss_fn.backward()))
             if self.clip_grad_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(self.optimizer)
                 clip_grad_norm_(params, self.clip_grad_norm)
-            self.optimizer.step()
+            if scaler is not None:
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
             sums.add(out, target, loss)
             since_log += 1
             if progress is not None and (step % self.log_every == 0):
@@ -218,6 +241,8 @@ class Trainer:
             progress.update(since_log, result.get("loss"), sums.count / max(seconds, 1e-9))
         result["seconds"] = seconds
         result["samples_per_s"] = sums.count / max(seconds, 1e-9)
+        if self.grad_scaler is not None:  # steps the GradScaler skipped for inf/NaN gradients
+            result["skipped_steps"] = self.grad_scaler.skipped_steps - skipped
         return result
 
     def evaluate(self, loader, epoch: int = 0) -> dict:
@@ -280,11 +305,13 @@ class _Sums:
         return out
 
 
-def evaluate(model, loss_fn, loader, device=None, metrics=METRICS, distributed: bool = False) -> dict:
+def evaluate(model, loss_fn, loader, device=None, metrics=METRICS, distributed: bool = False, amp=None) -> dict:
     """{'loss': mean loss, 'accuracy': fraction correct} of `model` over
     `loader`, in eval mode under gpunet.no_grad() (nothing saved for backward).
-    distributed: each rank evaluates its loader; the sums are reduced over ranks."""
-    trainer = Trainer(model, loss_fn, optimizer=None, device=device, metrics=metrics, distributed=distributed)
+    distributed: each rank evaluates its loader; the sums are reduced over ranks.
+    amp: None, or bfloat16/float16: evaluate under gpunet.amp.autocast."""
+    trainer = Trainer(model, loss_fn, optimizer=None, device=device, metrics=metrics, distributed=distributed,
+                      amp=amp)
     return trainer.evaluate(loader)
 
 
@@ -292,7 +319,7 @@ def evaluate(model, loss_fn, loader, device=None, metrics=METRICS, distributed: 
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 10, device=None,
         metrics=METRICS, early_stopping_patience: int | None = None, checkpoint_path=None, resume: bool = True,
         plot_path=None, scheduler=None, clip_grad_norm: float | None = None, progress: bool = True,
-        log_every: int = 50, distributed: bool = False, autograd=None) -> History:
+        log_every: int = 50, distributed: bool = False, autograd=None, amp=None, grad_scaler=None) -> History:
     """Train `model` for `epochs` epochs and return its History.
 
     device: move model and loss there (default: where the model is). Create the
@@ -317,6 +344,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     autograd: True runs each step as `loss = loss_fn(model(Tensor(x)), y);
       loss.backward()`; None (default) does so when the model or the loss has no
       explicit backward (a forward written with Tensor operations).
+    amp: None, or bfloat16/float16: mixed precision through gpunet.amp.autocast.
+    grad_scaler: a gpunet.amp.GradScaler (default for amp=float16: a new one);
+      its state is saved in the checkpoint.
     """
     epochs = int(epochs)
     if epochs < 0:
@@ -329,7 +359,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
                              f"got {early_stopping_patience!r}")
     if distributed:
         _check_sharded(train_loader)
-    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, distributed, autograd)
+    trainer = Trainer(model, loss_fn, optimizer, device, metrics, clip_grad_norm, log_every, distributed, autograd,
+                      amp, grad_scaler)
     lead = trainer.rank == 0  # the rank that prints and writes files
     report = _Progress(progress and lead)
     history = History()
@@ -387,6 +418,15 @@ def _check_sharded(loader):
                          "seed=...))")
 
 
+def _amp_dtype(amp):
+    if amp is None:
+        return None
+    dt = dtypes.resolve(amp, "amp")
+    if not dtypes.is_half(dt):
+        raise ValueError(f"amp: expected bfloat16, float16 or None, got {dt}")
+    return dt
+
+
 def _check_same_start(start_epoch: int, checkpoint_path):
     """Every rank must resume from the same epoch (the same checkpoint file)."""
     from .distributed import all_gather
@@ -425,6 +465,7 @@ def _save_checkpoint(path, epoch, trainer, scheduler, history, best):
         "history": history.state_dict(),
         "best": {"loss": best["loss"], "bad_epochs": best["bad_epochs"], "state": best["state"]},
         "rng": gpurandom.get_state(),
+        "grad_scaler": None if trainer.grad_scaler is None else trainer.grad_scaler.state_dict(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save(state, path)  # atomic: a crash mid-write leaves the previous checkpoint intact
@@ -440,6 +481,8 @@ def _load_checkpoint(path, trainer, scheduler, history, best) -> int:
     history.load_state_dict(state["history"])
     best.update(state["best"])
     gpurandom.set_state(state["rng"])
+    if trainer.grad_scaler is not None and state.get("grad_scaler"):
+        trainer.grad_scaler.load_state_dict(state["grad_scaler"])
     return int(state["epoch"])
 
 

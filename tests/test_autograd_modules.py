@@ -291,3 +291,17 @@ def test_trainer_runs_a_model_without_explicit_backward(rng):
         last = trainer.train_epoch(DataLoader(TensorDataset(x, y), 16), epoch)["loss"]
     assert last < 0.5 * first
     assert "accuracy" in trainer.evaluate(DataLoader(TensorDataset(x, y), 64))
+
+
+def test_gpunet_functional_records_on_tensors_too(rng):
+    """gpunet.functional (the array forms with beta= and device=) takes Tensors as gpunet.nn.functional does."""
+    x = rng.standard_normal((3, 5))
+    xt = gpunet.tensor(x, requires_grad=True)
+    y = gpunet.functional.log_softmax(xt, dim=1, beta=2.0)
+    loss = gpunet.functional.cross_entropy(gpunet.functional.relu(xt), gpunet.tensor([1, 0, 4])) + y.sum()
+    loss.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    ref = TF.cross_entropy(TF.relu(tx), torch.tensor([1, 0, 4])) + TF.log_softmax(2.0 * tx, dim=1).sum()
+    ref.backward()
+    np.testing.assert_allclose(float(loss), ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-12)

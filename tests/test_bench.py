@@ -50,7 +50,13 @@ def test_quick_smoke_run_writes_reports(tmp_path):
     assert report["ceilings"]["flops"] > 0 and report["ceilings"]["bandwidth"] > 0
     results = report["results"]
     assert {r["op"].split(".")[0] for r in results} == FAMILIES
+    half = {"cpu-bfloat16", "cpu-float16"}
+    assert {r["target"] for r in results} >= {"cpu"} | half  # the half rows next to float32
+    assert any(r["target"] in half and r["status"] == "ok" for r in results)
     for r in results:
+        if r["target"] in half and r["status"] == "no half path":
+            assert "NotImplementedError" in r["reason"]
+            continue
         assert r["status"] == "ok", r
         assert r["reps"] >= 3 and r["min_s"] <= r["median_s"] <= r["max_s"]
         assert 0 < r["roofline_fraction"] and r["err"] <= r["rtol"]
@@ -134,8 +140,10 @@ def test_cli_exit_status_and_report_show_failure(tmp_path, monkeypatch):
     code = cli.main(["--quick", "--device", "cpu", "--no-torch", "--no-plots", "--out", str(tmp_path)])
     assert code == 1
     (js,) = tmp_path.glob("cpu-*-quick.json")
-    (r,) = json.loads(js.read_text())["results"]
-    assert r["status"] == "invalid" and "grad.bias: missing" in r["reason"]
+    rows = json.loads(js.read_text())["results"]
+    assert [r["target"] for r in rows] == ["cpu", "cpu-bfloat16", "cpu-float16"]
+    for r in rows:
+        assert r["status"] == "invalid" and "grad.bias: missing" in r["reason"]
     assert "INVALID" in js.with_suffix(".md").read_text()
 
 
@@ -240,6 +248,43 @@ def test_sim_device_runs_the_kernel_path(tmp_path):
     assert code == 0
     (js,) = tmp_path.glob("sim-*-quick.json")
     report = json.loads(js.read_text())
-    assert report["ceilings"] == {} and report["targets"] == ["sim"]
-    assert [r["status"] for r in report["results"]] == ["ok", "ok"]
+    assert report["ceilings"] == {} and report["targets"] == ["sim", "sim-bfloat16", "sim-float16"]
+    assert [r["status"] for r in report["results"] if r["target"] == "sim"] == ["ok", "ok"]
+    assert {r["status"] for r in report["results"]} <= {"ok", "no half path"}
     assert all("roofline_fraction" not in r for r in report["results"])
+
+
+def test_compare_flags_slowdowns_above_the_noise_band(tmp_path, capsys):
+    def row(name, target, median, spread=0.0, vs=None):
+        return {"name": name, "target": target, "status": "ok", "median_s": median,
+                "p25_s": median * (1 - spread / 2), "p75_s": median * (1 + spread / 2), "ratio_to_torch": vs}
+    old = {"environment": {"commit": "a" * 40}, "results": [
+        row("gelu.fwdbwd 8", "cpu", 1.0, vs=2.0), row("gelu.fwdbwd 8", "torch-cpu", 0.5),
+        row("noisy", "cpu", 1.0, spread=0.2), row("steady", "cpu", 1.0), row("gone", "cpu", 1.0)]}
+    new = {"environment": {"commit": "b" * 40}, "results": [
+        row("activation.gelu.fwdbwd 8", "cpu", 0.5, vs=1.0), row("activation.gelu.fwdbwd 8", "torch-cpu", 0.5),
+        row("noisy", "cpu", 1.15, spread=0.2), row("steady", "cpu", 1.15), row("added", "cpu", 1.0)]}
+    paths = []
+    for name, run in (("old.json", old), ("new.json", new)):
+        (tmp_path / name).write_text(json.dumps(run))
+        paths.append(str(tmp_path / name))
+    assert cli.main(["--compare", *paths]) == 1
+    out = capsys.readouterr().out
+    lines = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")
+             and " | cpu | " in line}
+    assert "faster" in lines["gelu.fwdbwd 8"] and "2.00 -> 1.00" in lines["gelu.fwdbwd 8"]
+    assert "within noise" in lines["noisy"]           # 15% slower inside a 40% spread
+    assert "SLOWER" in lines["steady"] and "1.15" in lines["steady"]
+    assert "only in the old run: gone" in out and "only in the new run: added" in out
+    assert "1 slowdown(s)" in out
+    assert cli.main(["--compare", paths[0], paths[0]]) == 0
+
+
+def test_report_states_the_numpy_blas_ceiling():
+    from gpunet.bench import report
+    ceil = {"measured": [{"flops_by": {"numpy": 250e9, "torch 1x1 conv": 400e9}},
+                         {"flops_by": {"numpy": 200e9, "torch 1x1 conv": 500e9}}]}
+    line = report.blas_ceiling(ceil, {"blas": [{"internal_api": "openblas", "architecture": "Haswell"}]})
+    assert "openblas Haswell" in line and "250.0 GFLOP/s, 50% of the best measured (torch 1x1 conv, 500.0)" in line
+    assert "2.00x" in line
+    assert report.blas_ceiling({"measured": [{"flops_by": {"numpy": 1e9}}]}, {}) is None

@@ -138,10 +138,9 @@ def test_build_ext_drops_the_cuda_module_when_skipped(setup_py, monkeypatch):
         assert planned(GPUNET_CUDA_ARCHS="90") == ["gpunet._C"]
 
 
-def test_asan_sim_build_configures_sanitizers(tmp_path):
-    """-DGPUNET_SIM_ASAN=ON (csrc/sim/README.md) compiles and links
-    gpunet._C_sim and its kernels with AddressSanitizer and UBSan: checked on
-    the generated build files, without compiling."""
+def _configure(build, *options):
+    """Configures a build folder without compiling (skips without cmake or
+    pybind11); returns the CompletedProcess."""
     # the test extra installs cmake beside this Python, which need not be on PATH
     cmake = shutil.which("cmake", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if cmake is None:
@@ -150,18 +149,33 @@ def test_asan_sim_build_configures_sanitizers(tmp_path):
         import pybind11
     except ImportError:
         pytest.skip("pybind11 is not installed (pip install pybind11)")
-    build = tmp_path / "build"
-    proc = subprocess.run(
-        [cmake, "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles", "-DGPUNET_BUILD_CUDA=OFF",
-         "-DGPUNET_SIM_ASAN=ON", f"-DPython_EXECUTABLE={sys.executable}",
-         f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"],
+    return subprocess.run(
+        [cmake, "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles", "-DGPUNET_BUILD_CUDA=OFF", *options,
+         f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"],
         capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("option, flag", [("GPUNET_SIM_ASAN", "-fsanitize=address,undefined"),
+                                          ("GPUNET_SIM_TSAN", "-fsanitize=thread")])
+def test_sanitizer_sim_builds_configure(tmp_path, option, flag):
+    """-DGPUNET_SIM_ASAN=ON / -DGPUNET_SIM_TSAN=ON (csrc/sim/README.md,
+    tests/sanitize.sh) compile and link gpunet._C_sim and its kernels with the
+    sanitizer, and leave out the race checker's module: checked on the
+    generated build files, without compiling."""
+    build = tmp_path / "build"
+    proc = _configure(build, f"-D{option}=ON")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     targets = build / "CMakeFiles"
     for target in ("gpunet_kernels_sim", "_C_sim"):
         flags = (targets / f"{target}.dir" / "flags.make").read_text()
-        assert "-fsanitize=address,undefined" in flags and "-fno-omit-frame-pointer" in flags, target
-    assert "-fsanitize=address,undefined" in (targets / "_C_sim.dir" / "link.txt").read_text()
+        assert flag in flags and "-fno-omit-frame-pointer" in flags, target
+    assert flag in (targets / "_C_sim.dir" / "link.txt").read_text()
+    assert not (targets / "_C_simcheck.dir").exists()
+
+
+def test_asan_and_tsan_exclude_each_other(tmp_path):
+    proc = _configure(tmp_path / "build", "-DGPUNET_SIM_ASAN=ON", "-DGPUNET_SIM_TSAN=ON")
+    assert proc.returncode != 0 and "GPUNET_SIM_ASAN and GPUNET_SIM_TSAN exclude each other" in proc.stderr
 
 
 def test_each_kernel_family_has_one_name_in_every_layer():

@@ -187,3 +187,47 @@ def test_any_damage_is_a_value_error_naming_the_file(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"ckpt.npz"):
         gpunet.load(path)
+
+
+# ---------------------------------------------------------------- found by the fuzz suite (tests/fuzz)
+@pytest.mark.no_kernels("refused before any allocation")
+@pytest.mark.parametrize("make", [lambda: nn.Linear(2**40, 3), lambda: nn.Conv1d(1, 2**40, 4),
+                                  lambda: nn.Embedding(2**62, 4), lambda: nn.LayerNorm(2**40),
+                                  lambda: nn.BatchNorm1d(2**40), lambda: nn.Conv2d(1, 4, 2**40)],
+                         ids=["Linear", "Conv1d", "Embedding", "LayerNorm", "BatchNorm1d", "Conv2d-kernel"])
+def test_parameters_larger_than_memory_are_refused_by_shape(make):
+    """NumPy's MemoryError ("Unable to allocate 32 TiB") or "array is too
+    big" named no argument."""
+    with pytest.raises(ValueError, match=r"a parameter of shape \(.*\) would take .* GiB .* expected smaller sizes"):
+        make()
+
+
+@pytest.mark.no_kernels("argument checks")
+def test_layernorm_normalized_shape_none():
+    with pytest.raises(ValueError, match=r"normalized_shape: expected a positive int or a non-empty tuple"):
+        nn.LayerNorm(None)
+
+
+@pytest.mark.no_kernels("argument checks")
+def test_nll_ignore_index_beyond_int64():
+    """Only CrossEntropyLoss checked the range; NLLLoss reached the binding
+    ("Overflow when unpacking long long")."""
+    with pytest.raises(ValueError, match=r"ignore_index: expected a 64-bit integer"):
+        nn.NLLLoss(ignore_index=2**70)
+
+
+@pytest.mark.no_kernels("data only")
+def test_subset_indices_outside_the_dataset():
+    ds = TensorDataset(np.arange(7, dtype=np.float32))
+    for bad in ([7], [0, -8]):
+        with pytest.raises(IndexError, match=r"indices: expected integers in \[-7, 7\) for a dataset of 7 samples"):
+            Subset(ds, bad)
+    assert [int(Subset(ds, [-1, 0])[i][0]) for i in range(2)] == [6, 0]
+
+
+@pytest.mark.no_kernels("optimizer only")
+def test_multistep_milestones_must_be_integers():
+    """milestones="1" was read as [1]; PyTorch's Counter("1") never fires."""
+    for bad in ("1", [1.5], [True]):
+        with pytest.raises(TypeError, match=r"milestones: expected a sequence of integers"):
+            optim.lr_scheduler.MultiStepLR(optim.SGD(_params(), lr=0.1), bad)

@@ -2,7 +2,10 @@
 simulator's launch pool at any worker count, arrays the bindings must refuse
 (forged array interfaces, read-only outputs, overflowing strides), and host
 threads launching at once (the bindings release the GIL). Crash-prone cases
-run in a subprocess, so a regression fails the test instead of the run."""
+run in a subprocess, so a regression fails the test instead of the run.
+The launch-pool and thread tests are marked `sanitize`: tests/sanitize.sh
+runs them under AddressSanitizer and ThreadSanitizer builds of the sim."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,12 +19,20 @@ from gpunet import _C_sim as sim
 
 KERNELS = ()
 ROOT = Path(__file__).resolve().parents[1]  # the subprocess imports this checkout's gpunet
+# tests/sanitize.sh runs the `sanitize` tests under ASan and TSan builds, where
+# a launch costs 10 to 50 times more: GPUNET_STRESS_SCALE=0.1 there scales
+# their rounds and array sizes down (each still at every worker count).
+SCALE = float(os.environ.get("GPUNET_STRESS_SCALE", "1"))
+
+
+def scaled(n: int, least: int) -> int:
+    return max(least, int(n * SCALE))
 
 
 def run_isolated(code: str, timeout: float = 120.0, env=None) -> str:
     """Runs `code` in a fresh interpreter; fails on a crash or a non-zero exit."""
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+                          timeout=timeout / min(SCALE, 1.0), env=env, cwd=ROOT)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
@@ -33,7 +44,7 @@ POOL_STRESS = """
     rng = np.random.default_rng(0)
     xs = rng.standard_normal(7).astype(np.float32)         # one block: runs on the calling thread
     xm = rng.standard_normal(5000).astype(np.float32)      # a few blocks: a short pool launch
-    x = rng.standard_normal(100_000).astype(np.float32)    # many blocks
+    x = rng.standard_normal({big}).astype(np.float32)    # many blocks (>= 20,000: 79 or more)
     dy = rng.standard_normal((6, 5)).astype(np.float32)    # bias_grad: one block per channel
     ys, ym, y, db = np.empty_like(xs), np.empty_like(xm), np.empty_like(x), np.zeros(5, np.float32)
     want_s, want_m, want, want_db = np.tanh(xs), np.maximum(xm, 0), np.maximum(x, 0), dy.sum(0)
@@ -53,24 +64,28 @@ POOL_STRESS = """
 """
 
 
+@pytest.mark.sanitize
 def test_pool_grows_one_worker_at_a_time():
     """A worker added to the pool once launches have run must start at the
     current launch, not run the previous one's job (whose data is gone):
     set_workers(n) then bias_grad and act_forward used to crash."""
-    out = run_isolated(POOL_STRESS.format(workers="range(1, 66)", rounds=2, every=1))
+    out = run_isolated(POOL_STRESS.format(workers="range(1, 66)", rounds=2, every=1, big=scaled(100_000, 20_000)))
     assert out.strip() == "ok"
 
 
+@pytest.mark.sanitize
 def test_pool_stress_small_and_large_launches():
     """Thousands of launches back to back at 1, 2, 8, 16 and 64 workers and
     back down, each result checked."""
-    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64, 2, 16, 1]", rounds=300, every=60))
+    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64, 2, 16, 1]", rounds=scaled(300, 60),
+                                          every=scaled(60, 12), big=scaled(100_000, 20_000)))
     assert out.strip() == "ok"
 
 
 @pytest.mark.slow
 def test_pool_stress_long():
-    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64] * 4", rounds=2500, every=10), timeout=1800)
+    out = run_isolated(POOL_STRESS.format(workers="[1, 2, 8, 16, 64] * 4", rounds=2500, every=10, big=100_000),
+                       timeout=1800)
     assert out.strip() == "ok"
 
 
@@ -143,6 +158,40 @@ def test_partially_overlapping_arguments_are_refused(call):
     call(buf[:10], np.empty(10, np.float32))  # separate arrays are fine
 
 
+def _attention(x, out):
+    sim.attention_forward(x, x, x, None, 0, 0, 0, 1, False, 1.0, out, np.zeros(x.shape[:2], np.float32), 0)
+
+
+def _cross_entropy_backward(x, dx):
+    rows = x.shape[0]
+    sim.cross_entropy_backward(x, np.zeros(rows, np.int64), np.zeros(0, np.float32), np.ones(1, np.float32),
+                               np.zeros((rows, 2), np.float32), np.ones(rows, np.float32), dx, -100, 0.0, 0)
+
+
+def _embedding_forward(weight, out):
+    sim.embedding_forward(weight, np.array([3, 0, 1, 1], np.int64), out, np.zeros(4, np.int64), 0)
+
+
+@pytest.mark.parametrize("call, shape, out, inp", [
+    (_attention, (1, 4, 8), "out", "q"),
+    (_cross_entropy_backward, (4, 8), "dlogits", "logits"),
+    (_embedding_forward, (4, 8), "out", "weight"),
+], ids=["attention", "cross_entropy", "embedding"])
+def test_gathering_kernels_refuse_any_shared_output(call, shape, out, inp):
+    """Attention, cross-entropy and embedding read rows other threads write
+    (a key row, a whole logits row, a gathered weight row): their outputs may
+    share no memory with an input, neither by part nor as the same array
+    (which vouch() lets through for the elementwise kernels). Nothing runs."""
+    n = int(np.prod(shape))
+    buf = np.random.default_rng(0).standard_normal(n + 8).astype(np.float32)
+    before = buf.copy()
+    for x, y in ((buf[:n], buf[8:]), (buf[:n], buf[:n])):  # by part, and the same array
+        with pytest.raises(ValueError, match=rf"argument '{out}': must not overlap '{inp}' in memory"):
+            call(x.reshape(shape), y.reshape(shape))
+        np.testing.assert_array_equal(buf, before)
+    call(buf[:n].reshape(shape), np.zeros(shape, np.float32))  # separate arrays are fine
+
+
 def test_elementwise_kernels_run_in_place():
     x = np.array([-2, -1, 0, 1, 2], np.float32)
     sim.act_forward("relu", x, x, 0.0, 0.0, 0)
@@ -170,18 +219,19 @@ def test_size_products_cannot_overflow():
 
 
 # ---------------------------------------------------------------- host threads launching at once
+@pytest.mark.sanitize
 def test_threads_launch_concurrently_on_shared_inputs():
     """Both threads pass the same input array: each call registers it for its
     own launch, so one call finishing must not unregister it under the other
     (the bindings release the GIL, so the launches overlap)."""
-    x = np.random.default_rng(3).standard_normal(50_000).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal(scaled(50_000, 10_000)).astype(np.float32)
     want = np.maximum(x, 0)
     errors = []
 
     def worker():
         y = np.empty_like(x)
         try:
-            for _ in range(150):
+            for _ in range(scaled(150, 15)):
                 y[:] = np.nan
                 sim.act_forward("relu", x, y, 0.0, 0.0, 0)
                 assert np.array_equal(y, want)
@@ -196,6 +246,7 @@ def test_threads_launch_concurrently_on_shared_inputs():
     assert not errors, errors[0]
 
 
+@pytest.mark.sanitize
 def test_launch_errors_stay_on_their_thread():
     """A failed launch reports on the thread that made it: another thread's
     next launch does not inherit the error (cudaGetLastError is per thread)."""
@@ -250,6 +301,7 @@ def _train(seed, device, barrier=None):
     return [gpunet.to_numpy(p.data).copy() for p in model.parameters()]
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("device", ["cpu", "sim"])
 def test_two_threads_train_like_one_after_the_other(device):
     """Grad mode, the random streams (dropout, shuffling, initialisation) and

@@ -81,8 +81,8 @@ def test_loading_into_a_different_architecture_names_the_key(tmp_path):
 
 
 def test_unsupported_objects_are_named(tmp_path):
-    with pytest.raises(TypeError, match=r"cannot save a gpunet.nn.container.Sequential at 'net'"):
-        gpunet.save({"net": _model()}, tmp_path / "x.npz")
+    with pytest.raises(TypeError, match=r"cannot save a builtins.object at 'net'"):
+        gpunet.save({"net": object()}, tmp_path / "x.npz")  # (whole modules can be saved: test_torch_surface_tutorials)
     with pytest.raises(TypeError, match=r"dict key \(1, 2\) at 'a' is a tuple"):
         gpunet.save({"a": {(1, 2): 3}}, tmp_path / "x.npz")
     with pytest.raises(TypeError, match="'a/0' has dtype object"):

@@ -91,6 +91,7 @@ void bind_attention(py::module_& m) {
         const auto [out, lse] = float32_outputs({{out_obj, "out"}, {lse_obj, "lse"}});
         require_shape(out, "out", {d.batch, d.L, d.Ev});
         require_shape(lse, "lse", {d.batch, d.L});
+        require_outputs_apart({out, lse}, {in.q, in.k, in.v, in.bias_view});
         auto guard = vouch({in.q, in.k, in.v, in.bias_view, out, lse});
         attention_forward(in.q.ptr<float>(), in.k.ptr<float>(), in.v.ptr<float>(), in.bias, causal, scale,
                           out.ptr<float>(), lse.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
@@ -122,6 +123,7 @@ void bind_attention(py::module_& m) {
         require_same_shape(in.k, "k", dk, "dk");
         require_same_shape(in.v, "v", dv, "dv");
         require_shape(delta, "delta", {d.batch, d.L});
+        require_outputs_apart({dq, dk, dv, delta}, {in.q, in.k, in.v, in.bias_view, out, dout, lse});
         auto guard = vouch({in.q, in.k, in.v, in.bias_view, out, dout, lse, dq, dk, dv, delta});
         attention_backward(in.q.ptr<float>(), in.k.ptr<float>(), in.v.ptr<float>(), out.ptr<float>(),
                            dout.ptr<float>(), lse.ptr<float>(), in.bias, causal, scale, dq.ptr<float>(),

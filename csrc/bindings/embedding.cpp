@@ -20,6 +20,7 @@ void bind_embedding(py::module_& m) {
         require_shape(out, "out", {idx.shape[0], weight.shape[1]});
         require_writable(out, "out");
         const View flag = as_error_flag(flag_o);
+        require_outputs_apart({out, flag}, {weight, idx});
         auto guard = vouch({weight, idx, out, flag});
         embedding_forward(weight.ptr<float>(), idx.ptr<int64_t>(), out.ptr<float>(), idx.shape[0], weight.shape[0],
                           weight.shape[1], flag.ptr<int64_t>(), as_stream(stream));
@@ -47,6 +48,7 @@ void bind_embedding(py::module_& m) {
         if (padding_idx < -1 || padding_idx >= V)
           throw py::value_error("argument 'padding_idx': expected -1 (none) or a row in [0, " + std::to_string(V) +
                                 ") but got " + std::to_string(padding_idx));
+        require_outputs_apart({dw}, {dy, order, row_ptr});
         auto guard = vouch({dy, order, row_ptr, dw});
         embedding_backward(dy.ptr<float>(), order.ptr<int64_t>(), row_ptr.ptr<int64_t>(), dw.ptr<float>(), N, V, D,
                            padding_idx, as_stream(stream));

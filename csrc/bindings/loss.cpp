@@ -44,6 +44,7 @@ void bind_loss(py::module_& m) {
         require_shape(loss, "loss", {rows});
         require_shape(lse, "lse", {rows, 2});
         const View flag = as_error_flag(flag_obj);
+        require_outputs_apart({loss, lse, flag}, {x, t, w});
         auto guard = vouch({x, t, w, loss, lse, flag});
         cross_entropy_forward(x.ptr<float>(), t.ptr<int64_t>(), weight, loss.ptr<float>(), lse.ptr<float>(), rows,
                               (int)cols, ignore_index, eps, flag.ptr<int64_t>(), as_stream(stream));
@@ -69,6 +70,7 @@ void bind_loss(py::module_& m) {
         const View dx = as_rows(dx_obj, "dlogits");
         require_writable(dx, "dlogits");
         require_same_shape(x, "logits", dx, "dlogits");
+        require_outputs_apart({dx}, {x, t, w, ws, lse, dloss});
         auto guard = vouch({x, t, w, ws, lse, dloss, dx});
         cross_entropy_backward(x.ptr<float>(), t.ptr<int64_t>(), weight, ws.ptr<float>(), lse.ptr<float>(),
                                dloss.ptr<float>(), dx.ptr<float>(), rows, (int)cols, ignore_index, eps,

@@ -416,6 +416,18 @@ inline void require_disjoint(const View& a, const char* a_name, const View& b, c
     throw py::value_error(detail::arg(b_name) + "must not overlap '" + a_name + "' in memory");
 }
 
+// For kernels that gather or reduce across their inputs (attention,
+// cross-entropy, embedding): an output written while other threads still read
+// the inputs may share no memory with any other argument, not even as the same
+// array (which vouch() accepts, for elementwise kernels that run in place).
+inline void require_outputs_apart(std::initializer_list<std::reference_wrapper<const View>> outputs,
+                                  std::initializer_list<std::reference_wrapper<const View>> inputs) {
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    for (const View& in : inputs) require_disjoint(in, in.name.c_str(), *o, o->get().name.c_str());
+    for (auto p = outputs.begin(); p != o; ++p) require_disjoint(*p, p->get().name.c_str(), *o, o->get().name.c_str());
+  }
+}
+
 // The common case in one call: an array of this build's kind, of `dtype`,
 // C-contiguous.
 inline View as_array(py::handle obj, const char* name, const char* dtype) {

@@ -87,6 +87,17 @@
 #include <sanitizer/common_interface_defs.h>
 #define CUDASIM_ASAN 1
 #endif
+#if defined(__SANITIZE_THREAD__) && !defined(CUDASIM_RACECHECK)
+// ThreadSanitizer builds (GPUNET_SIM_TSAN; the race checker only borrows the
+// instrumentation): each simulated thread is a TSan fiber, so that its shadow
+// call stack survives the switches; a switch synchronises (the fibers of a
+// block run one at a time), so TSan reports races between OS threads only.
+#include <sanitizer/tsan_interface.h>
+#define CUDASIM_TSAN 1
+#define CUDASIM_NO_TSAN __attribute__((no_sanitize_thread))
+#else
+#define CUDASIM_NO_TSAN
+#endif
 
 // ---------------------------------------------------------------- qualifiers
 #define __global__
@@ -305,9 +316,9 @@ enum class FState : uint8_t { Ready, Barrier, Warp, Done };
 
 #if defined(CUDASIM_BACKEND_FIBERS)
 #if defined(CUDASIM_USE_UCONTEXT)
-struct Ctx { ucontext_t uc; const void* stack_bottom = nullptr; size_t stack_size = 0; };
+struct Ctx { ucontext_t uc; const void* stack_bottom = nullptr; size_t stack_size = 0; void* tsan = nullptr; };
 #else
-struct Ctx { void* sp = nullptr; const void* stack_bottom = nullptr; size_t stack_size = 0; };
+struct Ctx { void* sp = nullptr; const void* stack_bottom = nullptr; size_t stack_size = 0; void* tsan = nullptr; };
 #endif
 #endif
 
@@ -473,7 +484,12 @@ __attribute__((naked, noinline)) inline void cudasim_switch_x64(void** /*save_sp
 
 namespace cudasim { namespace detail {
 
-inline void switch_to(Ctx& from, Ctx& to, bool final_exit = false) {
+// (not instrumented by TSan: a fiber's shadow stack must not keep the frames
+// of its entry and final switch, or a reused fiber's stack would grow)
+CUDASIM_NO_TSAN inline void switch_to(Ctx& from, Ctx& to, bool final_exit = false) {
+#if defined(CUDASIM_TSAN)
+  __tsan_switch_to_fiber(to.tsan, 0);
+#endif
 #if defined(CUDASIM_ASAN)
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(final_exit ? nullptr : &fake, to.stack_bottom, to.stack_size);
@@ -492,7 +508,7 @@ inline void switch_to(Ctx& from, Ctx& to, bool final_exit = false) {
 // called on a fiber: give control back to this worker's scheduler
 inline void yield_to_sched() { switch_to(cur->ctx, cur_blk->sched); }
 
-[[noreturn]] inline void fiber_main() {
+[[noreturn]] CUDASIM_NO_TSAN inline void fiber_main() {
   Fiber* f = cur;
   Block* b = f->blk;
 #if defined(CUDASIM_ASAN)
@@ -516,10 +532,21 @@ inline void fiber_entry_uc() { fiber_main(); }
 struct StackPool {
   char* base = nullptr;
   size_t n = 0, each = 0;
-  ~StackPool() { if (base) munmap(base, n * each); }
+  ~StackPool() { release(); }
+  // ASan: the fibers' frames leave stack redzones in the shadow of these
+  // pages; unmapped without clearing, they would poison whatever is mapped
+  // there next (Python's allocator: "stack-buffer-underflow" in a memset)
+  void release() {
+    if (!base) return;
+#if defined(CUDASIM_ASAN)
+    __asan_unpoison_memory_region(base, n * each);
+#endif
+    munmap(base, n * each);
+    base = nullptr;
+  }
   char* get(unsigned i, size_t stack_bytes, unsigned need) {
     if (need > n || stack_bytes + 4096 != each) {
-      if (base) munmap(base, n * each);
+      release();
       each = stack_bytes + 4096;
       n = std::max(need, 32u);
       void* p = mmap(nullptr, n * each, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -537,10 +564,21 @@ struct Worker {
   std::vector<WarpSync> warps;
   std::vector<unsigned> order;
   std::vector<unsigned char> smem;
+#if defined(CUDASIM_TSAN)
+  Worker() = default;
+  Worker(const Worker&) = delete;
+  ~Worker() { for (Fiber& f : fibers) if (f.ctx.tsan) __tsan_destroy_fiber(f.ctx.tsan); }
+#endif
 };
 inline thread_local Worker* tl_worker = nullptr;
 
 inline void init_fiber(Fiber& f, char* stack, size_t bytes) {
+#if defined(CUDASIM_TSAN)
+  // a TSan fiber is reused while its last run ended (Done); one left mid-way
+  // by a failed block still holds that run's frames: replaced
+  if (f.ctx.tsan && f.st != FState::Done) { __tsan_destroy_fiber(f.ctx.tsan); f.ctx.tsan = nullptr; }
+  if (!f.ctx.tsan) f.ctx.tsan = __tsan_create_fiber(0);
+#endif
   f.stack = stack;
   f.ctx.stack_bottom = stack;
   f.ctx.stack_size = bytes;
@@ -584,11 +622,11 @@ inline void run_block(Worker& W, Block& b) {
   for (unsigned w = 0; w < b.nwarps; ++w) { b.warps[w].arrived = 0; b.warps[w].gen = 0; }
   for (unsigned i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
+    init_fiber(f, W.stacks.get(i, cfg.stack_bytes, n), cfg.stack_bytes);  // reads the last run's state
     f.linear = i;
     f.tid = uint3{i % b.bdim.x, (i / b.bdim.x) % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
     f.lane = i % 32; f.warp = i / 32;
     f.st = FState::Ready; f.blk = &b; f.wait_gen = 0;
-    init_fiber(f, W.stacks.get(i, cfg.stack_bytes, n), cfg.stack_bytes);
   }
   b.live = n; b.bar_gen = 0; b.bar_site = nullptr;
   b.bar_acc[0] = b.bar_acc[1] = 0; b.bar_or[0] = b.bar_or[1] = 0; b.bar_and[0] = b.bar_and[1] = 1;
@@ -605,6 +643,9 @@ inline void run_block(Worker& W, Block& b) {
     rng.seed(seq);
   }
   cur_blk = &b;
+#if defined(CUDASIM_TSAN)
+  b.sched.tsan = __tsan_get_current_fiber();
+#endif
   while (true) {
     if (cfg.schedule == 2) std::shuffle(W.order.begin(), W.order.end(), rng);
     bool ran = false;

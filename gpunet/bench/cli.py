@@ -36,6 +36,11 @@ def parse_args(argv=None):
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                    help="compare two result JSON files instead of running: per-case time ratios, slowdowns "
+                         "above the noise band flagged (exit status 1 when there is one)")
+    ap.add_argument("--noise", type=float, default=0.05,
+                    help="with --compare: the smallest noise band, as a fraction (default: %(default)s)")
     return ap.parse_args(argv)
 
 
@@ -89,21 +94,26 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def halves(device: str) -> list[Target]:
+    """gpunet on `device` in float32, then its bfloat16 and float16 rows."""
+    return [Target("gpunet", device, dt) for dt in ("float32", "bfloat16", "float16")]
+
+
 def platforms(devices, torch, quick: bool) -> list[Platform]:
     """Group targets that share shapes, reference, ceilings and a file set."""
     out = []
     torch_gpu = torch is not None and torch.cuda.is_available()
     if "cpu" in devices:
-        targets = [Target("gpunet", "cpu")] + ([Target("torch", "cpu")] if torch is not None else [])
+        targets = halves("cpu") + ([Target("torch", "cpu")] if torch is not None else [])
         ref = Target("torch" if torch is not None else "gpunet", "cpu", "float64")
         out.append(Platform("cpu", "quick" if quick else "cpu", targets, ref, policy("quick" if quick else "cpu",
                                                                                    False)))
     if "sim" in devices:  # test-only backend: CUDA kernels run by a CPU thread simulator, tiny shapes only
         ref = Target("torch" if torch is not None else "gpunet", "cpu", "float64")
-        out.append(Platform("sim", "quick", [Target("gpunet", "sim")], ref, policy("quick", False)))
+        out.append(Platform("sim", "quick", halves("sim"), ref, policy("quick", False)))
     gpu = [d for d in GPU_NAMES if d in devices]
     if gpu:
-        targets = [Target("gpunet", d) for d in gpu] + ([Target("torch", "cuda")] if torch_gpu else [])
+        targets = [t for d in gpu for t in halves(d)] + ([Target("torch", "cuda")] if torch_gpu else [])
         ref = Target("torch", "cuda", "float64") if torch_gpu else Target("gpunet", "cupy", "float64")
         size = "quick" if quick else "gpu"
         out.append(Platform("gpu-" + slug(envmod.gpu_info()["gpu"]), size, targets, ref, policy(size, True)))
@@ -174,6 +184,9 @@ def main(argv=None) -> int:
         from .profile import main as profile_main
         return profile_main(argv[1:])
     args = parse_args(argv)
+    if args.compare:
+        from .compare import main as compare_main
+        return compare_main(args.compare, args.noise)
     envmod.disable_tf32()  # before CuPy creates a cuBLAS handle
     threads = envmod.set_threads(args.threads, not args.no_torch)
     devices, msgs = choose_devices(args.device)

@@ -101,6 +101,23 @@ def _plain(v):
     return v
 
 
+def blas_ceiling(ceil: dict, env: dict) -> str | None:
+    """The line saying how far NumPy's BLAS (the cpu backend's GEMMs) stays
+    below the best GEMM measured (PyTorch/oneDNN's): the limit of every
+    GEMM-bound cpu case against PyTorch. None without both measurements."""
+    by = [m.get("flops_by", {}) for m in ceil.get("measured", [])]
+    numpy_best = max((b["numpy"] for b in by if "numpy" in b), default=0.0)
+    other = {k: v for b in by for k, v in b.items() if k != "numpy"}
+    if not numpy_best or not other:
+        return None
+    name, best = max(other.items(), key=lambda kv: kv[1])
+    blas = next((b for b in env.get("blas") or []), {})
+    lib = " ".join(str(blas[k]) for k in ("internal_api", "version", "architecture") if blas.get(k)) or "NumPy's BLAS"
+    return (f"- NumPy's float32 GEMM ({lib}): {numpy_best / 1e9:.1f} GFLOP/s, {numpy_best / best:.0%} of the best "
+            f"measured ({name}, {best / 1e9:.1f}): a compute-bound cpu case that is all GEMM cannot get below "
+            f"{best / numpy_best:.2f}x the time of a PyTorch case running at that best rate")
+
+
 def markdown(report: dict) -> str:
     env, results = report["environment"], report["results"]
     ceil = report.get("ceilings") or {}
@@ -117,6 +134,9 @@ def markdown(report: dict) -> str:
             bw = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in m.get("bandwidth_by", {}).items())
             lines.append(f"- measurement {i + 1}: {m['flops'] / 1e9:.1f} GFLOP/s" + (f" ({by})" if by else "")
                          + f", {m['bandwidth'] / 1e9:.1f} GB/s" + (f" ({bw})" if bw else ""))
+        line = blas_ceiling(ceil, env)
+        if line:
+            lines.append(line)
     else:
         lines.append("- not measured for this platform (no roofline fractions)")
     p = report["policy"]

@@ -1,6 +1,6 @@
 """default_collate: a list of samples -> one batch, recursively, as
 torch.utils.data.default_collate: arrays (NumPy or CuPy, same shape) are
-stacked along a new first axis; Python ints become an int64 array, floats a
+stacked along a new first axis (gpunet.Tensors into a Tensor); Python ints become an int64 array, floats a
 float64 array, bools a bool array; dicts (any Mapping) are collated key by
 key; named tuples field by field; tuples and lists position by position
 (tuples stay tuples, lists lists: torch turns both into lists); strings and
@@ -33,6 +33,12 @@ def default_collate(batch, _path: str = "sample"):
             raise ValueError(f"default_collate: every {_path} must have {len(elem)} fields, as sample 0 has")
         fields = [default_collate(list(f), f"{_path}[{i}]") for i, f in enumerate(zip(*batch))]
         return tuple(fields) if isinstance(elem, tuple) else fields
+    if _is_tensor(elem):  # gpunet.Tensors stack into a Tensor (as torch's tensors do)
+        from ..autograd.shape import stack
+        try:
+            return stack(batch)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"default_collate: the Tensors at {_path} do not stack: {e}") from None
     if isinstance(elem, (bool, np.bool_)):
         return np.array(batch, dtype=bool)
     if isinstance(elem, int):
@@ -52,6 +58,11 @@ def default_collate(batch, _path: str = "sample"):
         return out
     raise TypeError(f"default_collate: cannot batch a {type(elem).__module__}.{type(elem).__name__} at {_path} "
                     "(supported: arrays, numbers, str, dicts, tuples, lists); pass a collate_fn")
+
+
+def _is_tensor(x) -> bool:
+    from ..autograd.tensor import Tensor
+    return isinstance(x, Tensor)
 
 
 def _namespace(a):

@@ -43,6 +43,14 @@ class Dataset:
         return default_collate([self[int(i)] for i in indices])
 
 
+class IterableDataset(Dataset):
+    """A dataset read by iterating it (torch.utils.data.IterableDataset):
+    implement __iter__."""
+
+    def __iter__(self):
+        raise NotImplementedError(f"{type(self).__name__} does not implement __iter__")
+
+
 class TensorDataset(Dataset):
     """Samples are rows of arrays that share their first dimension,
     e.g. TensorDataset(images, labels). Arrays may be NumPy or CuPy."""
@@ -77,6 +85,11 @@ class Subset(Dataset):
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
             raise TypeError(f"indices: expected a 1-D sequence of integers, got {idx.dtype} of shape {idx.shape}")
+        n = len(dataset)
+        outside = idx[(idx < -n) | (idx >= n)] if idx.size else idx
+        if outside.size:
+            raise IndexError(f"indices: expected integers in [-{n}, {n}) for a dataset of {n} samples, "
+                             f"got {int(outside[0])}")
         self.indices = idx.astype(np.int64)
 
     def __len__(self):

@@ -17,3 +17,4 @@ from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .attention import MultiheadAttention, ScaledDotProductAttention
 from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
                           TransformerEncoderLayer, generate_square_subsequent_mask)
+from . import modules  # noqa: E402 (torch.nn.modules' layout, after the classes it lists)

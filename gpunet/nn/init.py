@@ -13,6 +13,7 @@ Two forms:
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from .module import Parameter
 def _fans(shape) -> tuple[int, int]:
     if len(shape) < 2:
         raise ValueError(f"fan-in/fan-out need an array of at least 2 dims, got shape {tuple(shape)}")
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    receptive = math.prod(shape[2:])  # exact: np.prod wraps around int64 (kernel_size=2**40 gave fan 0)
     return shape[1] * receptive, shape[0] * receptive
 
 
@@ -44,12 +45,44 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     raise ValueError(f"nonlinearity: unsupported {nonlinearity!r}")
 
 
+def _fits(shape, bytes_per_element: int) -> tuple:
+    """shape, refused with a clear error when it cannot fit in memory:
+    Linear(2**40, 3) names its shape instead of NumPy's MemoryError (and
+    Linear(2**31, 1) on a small machine fails at once instead of swapping)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    need = math.prod(shape) * bytes_per_element
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return shape
+    if need > physical:
+        raise ValueError(f"a parameter of shape {tuple(shape)} would take {need / 2**30:.3g} GiB to initialise, "
+                         f"more than this machine's {physical / 2**30:.3g} GiB of memory: expected smaller sizes")
+    return shape
+
+
+def _drawn(shape, dtype) -> tuple:
+    return _fits(shape, 8 + np.dtype(dtype).itemsize)  # the float64 draw and its cast
+
+
 def uniform(shape, low: float, high: float, dtype=np.float32) -> np.ndarray:
-    return generator().uniform(low, high, size=shape).astype(dtypes.floating(dtype))
+    dtype = dtypes.floating(dtype)
+    return generator().uniform(low, high, size=_drawn(shape, dtype)).astype(dtype)
 
 
 def normal(shape, mean: float = 0.0, std: float = 1.0, dtype=np.float32) -> np.ndarray:
-    return generator().normal(mean, std, size=shape).astype(dtypes.floating(dtype))
+    dtype = dtypes.floating(dtype)
+    return generator().normal(mean, std, size=_drawn(shape, dtype)).astype(dtype)
+
+
+def ones(shape, dtype=np.float32) -> np.ndarray:
+    dtype = dtypes.floating(dtype)
+    return np.ones(_fits(shape, dtype.itemsize), dtype)
+
+
+def zeros(shape, dtype=np.float32) -> np.ndarray:
+    dtype = dtypes.floating(dtype)
+    return np.zeros(_fits(shape, dtype.itemsize), dtype)
 
 
 def xavier_uniform(shape, gain: float = 1.0, dtype=np.float32) -> np.ndarray:

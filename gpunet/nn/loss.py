@@ -29,6 +29,14 @@ def _broadcasts_to(shape, target) -> bool:
         return False
 
 
+
+def _ignore_index(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"ignore_index: expected an int, got {type(v).__name__}")
+    if not -2**63 <= v < 2**63:  # the kernels compare it with int64 targets
+        raise ValueError(f"ignore_index: expected a 64-bit integer, got {v}")
+    return int(v)
+
 class _Loss(Module):
     def __init__(self, reduction: str = "mean", size_average=None, reduce=None):
         super().__init__()
@@ -172,13 +180,9 @@ class CrossEntropyLoss(_Loss):
     def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None, reduction: str = "mean",
                  label_smoothing: float = 0.0):
         super().__init__(reduction, size_average, reduce)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-        if not -2**63 <= ignore_index < 2**63:  # the kernels compare it with int64 targets
-            raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = _ignore_index(ignore_index)
         self.label_smoothing = float(label_smoothing)
         self._class_weight(weight, "weight")
 
@@ -398,9 +402,7 @@ class NLLLoss(_Loss):
     def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
                  reduction: str = "mean"):
         super().__init__(reduction, size_average, reduce)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = _ignore_index(ignore_index)
         self._class_weight(weight, "weight")
 
     def compute(self, x, t):

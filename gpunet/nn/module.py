@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import dtypes
+from ..amp import autocast_mode as amp_autocast
 from ..autograd import modules as autograd_modules
 from ..autograd.tensor import Tensor
 from ..backend import Backend, get_backend, to_numpy
@@ -38,6 +39,7 @@ def set_default_dtype(dtype):
         raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
     _default_dtype[0] = dtype
 
+from .param_array import ParamArray, param_view  # noqa: E402
 
 # what load_state_dict returns, under PyTorch's field names
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -61,7 +63,12 @@ class Parameter(Tensor):
 
     @property
     def data(self):
-        return self._data
+        # the array itself, which on host backends also has torch's in-place methods
+        # (nn/param_array.py); kept as that view so `p.data is p.data`
+        d = self._data
+        if type(d) is not ParamArray:
+            d = self._data = param_view(d)
+        return d
 
     @data.setter
     def data(self, value):
@@ -502,9 +509,12 @@ class Module:
 
 
 def _as_call(fn, run):
+    # through gpunet.amp's module boundary, which casts the call under autocast
+    cast = amp_autocast.forward if run is calls.run_forward else amp_autocast.backward
+
     @functools.wraps(fn)
     def method(self, *args, **kwargs):
-        return run(self, fn, args, kwargs)
+        return cast(self, fn, run, args, kwargs)
     method.__gpunet_call__ = True
     return method
 

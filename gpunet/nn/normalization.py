@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import checks
 from ..ops import norm as ops
+from . import init
 from .module import Module, Parameter
 
 
@@ -28,15 +29,16 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else (
+            tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list)) else ())
         if not shape or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in shape):
             raise ValueError(f"normalized_shape: expected a positive int or a non-empty tuple of them, "
                              f"got {normalized_shape!r}")
         self.normalized_shape = tuple(int(s) for s in shape)
         self.eps = _check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
-        self.weight = Parameter(np.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
-        self.bias = Parameter(np.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
+        self.weight = Parameter(init.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
+        self.bias = Parameter(init.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
         self._place(device, dtype)
 
     def forward(self, input):
@@ -88,11 +90,11 @@ class _BatchNorm(Module):
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         C = self.num_features
-        self.weight = Parameter(np.ones(C, self.dtype)) if affine else None
-        self.bias = Parameter(np.zeros(C, self.dtype)) if affine and bias else None
+        self.weight = Parameter(init.ones(C, self.dtype)) if affine else None
+        self.bias = Parameter(init.zeros(C, self.dtype)) if affine and bias else None
         if track_running_stats:
-            self.register_buffer("running_mean", np.zeros(C, self.dtype))
-            self.register_buffer("running_var", np.ones(C, self.dtype))
+            self.register_buffer("running_mean", init.zeros(C, self.dtype))
+            self.register_buffer("running_var", init.ones(C, self.dtype))
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
         else:  # plain attributes: no buffers, so no state_dict keys (as torch)
             self.running_mean = self.running_var = self.num_batches_tracked = None
@@ -182,8 +184,8 @@ class GroupNorm(Module):
             raise ValueError(f"num_channels: expected a multiple of num_groups={num_groups}, got {num_channels}")
         self.eps = _check_eps(eps)
         self.affine = bool(affine)
-        self.weight = Parameter(np.ones(num_channels, self.dtype)) if affine else None
-        self.bias = Parameter(np.zeros(num_channels, self.dtype)) if affine and bias else None
+        self.weight = Parameter(init.ones(num_channels, self.dtype)) if affine else None
+        self.bias = Parameter(init.zeros(num_channels, self.dtype)) if affine and bias else None
         self._place(device, dtype)
 
     def forward(self, input):

@@ -455,6 +455,9 @@ class _Recurrent(Module):
         s = self.backend.xp.stack(states)
         return s if layout[0] else s[:, 0]
 
+    def flatten_parameters(self):
+        """torch packs the weights into one cuDNN buffer; gpunet's are separate arrays already: nothing to do."""
+
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:

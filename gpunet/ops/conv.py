@@ -17,7 +17,9 @@ each group's columns and the bias to W, so the forward GEMM adds the bias and
 the weight-gradient GEMM produces the bias gradient for free. im2col and
 col2im loop over the kh*kw kernel offsets, each a strided slice copy/add over
 every image and channel; where CuPy fusions run (gpunet.dispatch's "fused"
-path), col2im is instead one gathering RawKernel (below).
+path), col2im is instead one gathering RawKernel (below). On the host a
+stride-1 convolution uses columns over whole padded rows instead (see
+_im2col_wide): one contiguous run per offset, channel and image.
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
@@ -140,18 +142,78 @@ def _col2im_array(xp, dcols, x_shape, g: Geometry):
     return xp.ascontiguousarray(acc[:, :, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3))
 
 
+# ---------------------------------------------------------------- host, stride 1: whole padded rows
+# With stride 1 the columns can run over whole padded rows: column q = (n, oh, x)
+# with x over the padded width Wp instead of the output width OW. Kernel offset
+# (i, j) then reads, per channel and image, ONE contiguous run of OH*Wp
+# elements of the padded plane, starting at i*dh*Wp + j*dw, instead of OH runs
+# of OW (4 to 32 elements in the bench's networks, where NumPy's per-run cost
+# dominated im2col and col2im). The GEMMs compute the Wp - OW extra columns of
+# each row too (Wp/OW more work: 1.06x for 32x32 images, 1.5x for 4x4): the
+# forward drops them; the backward gives them dy = 0, so they add nothing to
+# dW, db or dx. A plane is followed by (kw-1)*dw zeros that the last extra
+# columns read.
+def _wide(be, g: Geometry) -> bool:
+    return not be.on_gpu and g.sh == 1 and g.sw == 1
+
+
+def _wide_dims(x_shape, g: Geometry):
+    """(padded height, padded width, plane length with its tail, columns per image)."""
+    hp, wp = x_shape[2] + 2 * g.ph, x_shape[3] + 2 * g.pw
+    return hp, wp, hp * wp + (g.kw - 1) * g.dw, g.oh * wp
+
+
+def _im2col_wide(be, x, g: Geometry, ones_row: bool):
+    """(groups, Kg [+1 row of ones], N*OH*Wp) columns, in the "cols" workspace."""
+    xp = be.xp
+    n, c, h, w = x.shape
+    hp, wp, plane_len, cols_per_image = _wide_dims(x.shape, g)
+    plane = xp.zeros((c, n, plane_len), x.dtype)
+    plane[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, g.ph:g.ph + h, g.pw:g.pw + w] = x.transpose(1, 0, 2, 3)
+    cg = c // g.groups
+    kg = cg * g.kh * g.kw
+    shape = (g.groups, kg + ones_row, n * cols_per_image)
+    cols = _workspace(be, "cols", shape[0] * shape[1] * shape[2], x.dtype).reshape(shape)
+    taps = cols[:, :kg].reshape(g.groups, cg, g.kh, g.kw, n, cols_per_image)
+    src = plane.reshape(g.groups, cg, n, plane_len)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            off = i * g.dh * wp + j * g.dw
+            taps[:, :, i, j] = src[..., off:off + cols_per_image]
+    if ones_row:
+        cols[:, kg] = 1
+    return cols
+
+
+def _col2im_wide(xp, dcols, x_shape, g: Geometry):
+    """_col2im_array for the whole-row columns: one contiguous add per offset, channel and image."""
+    n, c, h, w = x_shape
+    hp, wp, plane_len, cols_per_image = _wide_dims(x_shape, g)
+    acc = xp.zeros((c, n, plane_len), dtype=dcols.dtype)
+    taps = dcols.reshape(c, g.kh, g.kw, n, cols_per_image)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            off = i * g.dh * wp + j * g.dw
+            acc[:, :, off:off + cols_per_image] += taps[:, i, j]
+    inner = acc[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, g.ph:g.ph + h, g.pw:g.pw + w]
+    return xp.ascontiguousarray(inner.transpose(1, 0, 2, 3))
+
+
 def _forward_array(be, x, w, b, g: Geometry):
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
-    og, spatial = o // g.groups, g.oh * g.ow
-    cols = _im2col_array(be, x, g, ones_row=b is not None)
+    og = o // g.groups
+    wide = _wide(be, g)
+    # row width of the GEMM's output: the padded width for whole-row columns
+    row = _wide_dims(x.shape, g)[1] if wide else g.ow
+    cols = (_im2col_wide if wide else _im2col_array)(be, x, g, ones_row=b is not None)
     wg = w.reshape(g.groups, og, -1)
     if b is not None:
         wg = xp.concatenate([wg, b.reshape(g.groups, og, 1)], axis=2)
-    y = _workspace(be, "gemm", o * n * spatial, x.dtype).reshape(g.groups, og, n * spatial)
-    xp.matmul(wg, cols, out=y)  # (groups, Og, N*L) = (O, N, L)
+    y = _workspace(be, "gemm", o * n * g.oh * row, x.dtype).reshape(g.groups, og, n * g.oh * row)
+    xp.matmul(wg, cols, out=y)  # (groups, Og, N*OH*row) = (O, N, OH, row)
     out = xp.empty((n, o, g.oh, g.ow), dtype=x.dtype)
-    out.reshape(n, o, spatial)[...] = y.reshape(o, n, spatial).transpose(1, 0, 2)
+    out[...] = y.reshape(o, n, g.oh, row)[..., :g.ow].transpose(1, 0, 2, 3)
     return out, x
 
 
@@ -159,18 +221,24 @@ def _backward_array(be, ctx, dy, fused: bool):
     xp = be.xp
     x, w, has_bias, x_shape, g = ctx
     n, o = dy.shape[:2]
-    og, spatial = o // g.groups, g.oh * g.ow
+    og = o // g.groups
     kg = w.shape[1] * g.kh * g.kw
-    cols = _im2col_array(be, x, g, ones_row=has_bias)  # recomputed: cheaper than keeping them
-    dyg = _workspace(be, "gemm", o * n * spatial, dy.dtype)
-    dyg.reshape(o, n, spatial)[...] = dy.reshape(n, o, spatial).transpose(1, 0, 2)
-    dyg = dyg.reshape(g.groups, og, n * spatial)
+    wide = _wide(be, g)
+    row = _wide_dims(x_shape, g)[1] if wide else g.ow
+    # recomputed: cheaper than keeping them
+    cols = (_im2col_wide if wide else _im2col_array)(be, x, g, ones_row=has_bias)
+    dyg = _workspace(be, "gemm", o * n * g.oh * row, dy.dtype).reshape(o, n, g.oh, row)
+    dyg[..., :g.ow] = dy.transpose(1, 0, 2, 3)
+    dyg[..., g.ow:] = 0  # the extra columns of whole-row columns contribute nothing
+    dyg = dyg.reshape(g.groups, og, n * g.oh * row)
     dwx = xp.matmul(dyg, cols.transpose(0, 2, 1))  # (groups, Og, Kg [+1: the bias gradient])
     dw = dwx[:, :, :kg].reshape(w.shape)
     db = dwx[:, :, kg].reshape(o) if has_bias else None
     # the column gradient overwrites the columns, which are no longer needed
-    dcols = _workspace(be, "cols", g.groups * kg * n * spatial, dy.dtype).reshape(g.groups, kg, n * spatial)
+    dcols = _workspace(be, "cols", g.groups * kg * n * g.oh * row, dy.dtype).reshape(g.groups, kg, n * g.oh * row)
     xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg, out=dcols)
+    if wide:
+        return _col2im_wide(xp, dcols, x_shape, g), dw, db
     # On CuPy one gathering kernel replaces the kernel-offset loop's kh*kw passes.
     dx = _col2im_fused(dcols, x_shape, g) if fused else _col2im_array(xp, dcols, x_shape, g)
     return dx, dw, db

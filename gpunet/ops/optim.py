@@ -93,14 +93,27 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
         _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                     weight_decay=weight_decay, decoupled=decoupled)
         return
+    xp = be.xp
     for i, (p, g, m, v, (step_size, bc2_sqrt)) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
-        g = _decay(p, g, lr, weight_decay, decoupled)
-        m += (1 - beta1) * (g - m)
-        v *= beta2
-        v += (1 - beta2) * g * g
-        if max_exp_avg_sqs is not None:
-            v = be.xp.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
-        p -= step_size * (m / (be.xp.sqrt(v) / bc2_sqrt + eps))
+        arrays = (p, g, m, v) if max_exp_avg_sqs is None else (p, g, m, v, max_exp_avg_sqs[i])
+        for pb, gb, mb, vb, *vmax in _blocks(be, arrays):
+            # the formulas above, operation by operation as before, through two temporaries
+            gb = _decay(pb, gb, lr, weight_decay, decoupled)
+            t = xp.subtract(gb, mb)
+            t *= 1 - beta1
+            mb += t
+            vb *= beta2
+            xp.multiply(gb, 1 - beta2, out=t)
+            t *= gb
+            vb += t
+            if vmax:
+                vb = xp.maximum(vmax[0], vb, out=vmax[0])
+            xp.sqrt(vb, out=t)
+            t /= bc2_sqrt
+            t += eps
+            xp.divide(mb, t, out=t)
+            t *= step_size
+            pb -= t
 
 
 def rmsprop(be, params, grads, square_avgs, grad_avgs, bufs, *, lr, alpha, eps, weight_decay, momentum):
@@ -211,6 +224,20 @@ def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, *, lr, beta1, bet
 def _array_only(be, op: str, params, why: str = "no fused kernel"):
     path(be, op, params[0].dtype, unsupported=why)
     return be.xp
+
+
+# elements per block of a host update: its temporaries stay in the core's cache
+_BLOCK = 1 << 16
+
+
+def _blocks(be, arrays):
+    """Matching 1-d block views of same-shaped arrays, the updated ones written
+    through. The whole arrays at once on a GPU (each block is a kernel launch)
+    or when one is not C-contiguous (a flat view of it would be a copy)."""
+    if be.on_gpu or not all(a.flags.c_contiguous for a in arrays):
+        return [arrays]
+    flats = [a.reshape(-1) for a in arrays]
+    return [[f[s:s + _BLOCK] for f in flats] for s in range(0, flats[0].size, _BLOCK)]
 
 
 def _decay(p, g, lr, weight_decay, decoupled=False):

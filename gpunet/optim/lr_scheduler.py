@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 import types
 
 from .optimizer import Optimizer
@@ -73,9 +74,11 @@ class StepLR(LRScheduler):
     """lr = initial_lr * gamma ** (epoch // step_size)."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1):
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size <= 0:
+        # a whole float (the transformer tutorial passes 1.0) counts as torch takes it
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or step_size <= 0 \
+                or step_size != int(step_size):
             raise ValueError(f"step_size: expected a positive integer, got {step_size!r}")
-        self.step_size, self.gamma = step_size, gamma
+        self.step_size, self.gamma = int(step_size), gamma
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, base_lr, epoch):
@@ -86,6 +89,9 @@ class MultiStepLR(LRScheduler):
     """lr = initial_lr * gamma ** (number of milestones <= epoch)."""
 
     def __init__(self, optimizer, milestones, gamma: float = 0.1, last_epoch: int = -1):
+        if isinstance(milestones, (str, bytes)) or any(
+                isinstance(m, bool) or not isinstance(m, numbers.Integral) for m in milestones):
+            raise TypeError(f"milestones: expected a sequence of integers, got {milestones!r}")
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)

@@ -1,0 +1,4 @@
+"""torchtext.data: utils.get_tokenizer."""
+from . import utils
+
+__all__ = ["utils"]

@@ -1,0 +1,104 @@
+"""The cpu backend's fast float32 array paths (issue 20) against float64
+references: GELU's vectorised Phi, measured in ulps over a dense sweep."""
+import numpy as np
+import pytest
+
+from gpunet.ops import activation as act
+
+
+def _ulps(got, ref):
+    """|got - ref| in units of the float32 spacing at ref."""
+    return np.abs(got.astype(np.float64) - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+
+
+def test_float32_phi_within_a_few_ulps_over_a_dense_sweep():
+    # -13.2 is about where Phi leaves float32's normal range
+    x = np.linspace(-13.2, 14, 1_000_003, dtype=np.float32)
+    cdf_ref = act.normal_cdf(np, x.astype(np.float64))
+    cdf = np.concatenate([c.copy() for _, c in act._phi_blocks(x)])
+    normal = cdf_ref > np.finfo(np.float32).tiny
+    assert _ulps(cdf, cdf_ref)[normal].max() <= 9
+
+
+def test_float32_gelu_and_derivative_match_float64():
+    x = np.linspace(-13, 14, 200_001, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    cdf = act.normal_cdf(np, x64)
+    pdf = np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
+    y = act.FORWARD["gelu"](np, x)
+    d = act.DERIVATIVE["gelu"](np, x, y)
+    assert y.dtype == d.dtype == np.float32
+    y_ref = x64 * cdf
+    big = np.abs(y_ref) > np.finfo(np.float32).tiny
+    assert _ulps(y, y_ref)[big].max() <= 11
+    # the derivative cdf + x·pdf crosses 0 near -0.75: error relative to its
+    # terms' size, where y/x (its Phi) is still a normal float
+    err = np.abs(d - (cdf + x64 * pdf)) / (cdf + np.abs(x64) * pdf)
+    assert err[x > -12.5].max() <= 12 * 2.0 ** -24
+    assert np.abs(d - (cdf + x64 * pdf)).max() <= 1e-37 + 12 * 2.0 ** -24 * np.abs(d).max()
+    # without the forward's output (autograd keeps the input only) the same values
+    np.testing.assert_array_equal(act.DERIVATIVE["gelu"](np, x, None), d)
+    # tiny and subnormal x: Phi rounds to 0.5 (y/x would be inexact there)
+    t = np.array([1e-45, -1e-45, 1e-39, -3e-39, 1e-30], np.float32)
+    np.testing.assert_array_equal(act.DERIVATIVE["gelu"](np, t, act.FORWARD["gelu"](np, t)), 0.5)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (5,), ((1 << 15) + 3,), (3, 40000)])
+def test_float32_gelu_blocks_shapes_and_layouts(shape):
+    rng = np.random.default_rng(0)
+    x = np.asarray(rng.standard_normal(shape) * 3, np.float32)
+    for xin in (x, np.asfortranarray(x), x.T):
+        y = act.FORWARD["gelu"](np, xin)
+        assert y.shape == xin.shape and y.dtype == np.float32
+        ref = xin.astype(np.float64) * act.normal_cdf(np, xin.astype(np.float64))
+        np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-30)
+
+
+def test_float32_gelu_special_values():
+    x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 40.0, -40.0], np.float32)
+    with np.errstate(invalid="ignore"):
+        y = act.FORWARD["gelu"](np, x)
+        d = act.DERIVATIVE["gelu"](np, x, y)
+    np.testing.assert_array_equal(y[[0, 3, 4, 5, 6]], [np.inf, 0, 0, 40, 0])
+    assert np.isnan(y[2]) and np.isnan(d[2])
+    np.testing.assert_array_equal(d[3:], [0.5, 0.5, 1, 0])
+
+
+@pytest.mark.parametrize("amsgrad,weight_decay,decoupled", [(False, 0.0, False), (True, 0.1, False),
+                                                            (False, 0.1, True)])
+def test_blockwise_adam_equals_the_whole_array_formula(amsgrad, weight_decay, decoupled):
+    """The host Adam update works through cache-sized blocks; a tensor spanning
+    several blocks (and a transposed gradient, updated whole) must get exactly
+    the per-tensor formula's result."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import optim
+    be = get_backend("cpu")
+    rng = np.random.default_rng(1)
+    shapes = [(3, optim._BLOCK + 7), (5,), (40, 30)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads[2] = np.ascontiguousarray(grads[2].T).T  # not C-contiguous
+    m = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    v = [rng.random(s).astype(np.float32) for s in shapes]
+    vmax = [a + rng.random(a.shape).astype(np.float32) * (i % 2) for i, a in enumerate(v)] if amsgrad else None
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
+    expect = []
+    for i, (p, g, mi, vi) in enumerate(zip(params, grads, m, v)):
+        p, mi, vi = p.copy(), mi.copy(), vi.copy()
+        step_size, bc2 = optim.adam_scalars(3, kw["lr"], kw["beta1"], kw["beta2"])
+        if decoupled:
+            p *= 1 - kw["lr"] * weight_decay
+        elif weight_decay:
+            g = g + weight_decay * p
+        mi += (1 - kw["beta1"]) * (g - mi)
+        vi *= kw["beta2"]
+        vi += (1 - kw["beta2"]) * g * g
+        if amsgrad:
+            vi = np.maximum(vmax[i], vi)
+        p -= step_size * (mi / (np.sqrt(vi) / bc2 + kw["eps"]))
+        expect.append((p, mi, vi))
+    optim.adam(be, params, grads, m, v, [3] * 3, max_exp_avg_sqs=vmax, **kw)
+    for i, (p, mi, vi) in enumerate(expect):
+        np.testing.assert_array_equal(params[i], p)
+        np.testing.assert_array_equal(m[i], mi)
+        np.testing.assert_array_equal(vmax[i] if amsgrad else v[i], vi)
