@@ -15,8 +15,8 @@ HALF = {"bfloat16": dtypes.bfloat16, "float16": dtypes.float16}
 FUSED = [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.05, nesterov=True)),
          ("Adam", dict(lr=0.01, weight_decay=0.1)),
          ("AdamW", dict(lr=0.01, betas=(0.8, 0.99)))]
-ARRAY_ONLY = [("RMSprop", dict(lr=0.01, momentum=0.5), "optimizer update"),
-              ("Rprop", dict(), "optimizer update"), ("Adagrad", dict(lr=0.1), "adagrad"),
+ARRAY_ONLY = [("RMSprop", dict(lr=0.01, momentum=0.5), "rmsprop"),
+              ("Rprop", dict(), "rprop"), ("Adagrad", dict(lr=0.1), "adagrad"),
               ("Adamax", dict(), "adamax"), ("NAdam", dict(), "nadam"), ("RAdam", dict(), "radam")]
 SHAPES = [(5, 7), (13,)]
 STEPS = 3
@@ -31,7 +31,7 @@ def _run(name, kw, device, dtype, init, grads):
     `grads[step][i]` (cast to dtype); the parameters after each step, and the optimizer."""
     be = gpunet.get_backend(device)
     params = _params(device, dtype, init)
-    opt = getattr(optim, name)(params, **kw)
+    opt = getattr(optim, name)(params, device=device, **kw)
     history = []
     for step_grads in grads:
         for p, g in zip(params, step_grads):
@@ -92,7 +92,7 @@ def test_bfloat16_float16_small_steps_accumulate_in_the_master(device, half_name
     half = HALF[half_name]
     be = gpunet.get_backend(device)
     p = Parameter(gpunet.asarray(np.ones(8, half), device=device))
-    opt = optim.SGD([p], lr=1e-3)
+    opt = optim.SGD([p], lr=1e-3, device=device)
     for _ in range(10):
         p.grad = be.asarray(np.ones(8, half))
         opt.step()
