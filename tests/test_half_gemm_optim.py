@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpunet
-from gpunet import dtypes, optim
+from gpunet import dtypes, nn, optim, testing
 from gpunet.nn import Parameter
 
 KERNELS = ("sgd_multi", "adam_multi")
@@ -140,3 +140,48 @@ def test_bfloat16_float16_optimizer_state_dict_keeps_float32_masters(half_name, 
         fresh.step()
     for p, w in zip(params, whole[-1]):
         np.testing.assert_array_equal(p.data.view(np.uint16), w.view(np.uint16))
+
+
+# ---------------------------------------------------------------- convolutions (cpu reference)
+CONVS = [("Conv1d", lambda: nn.Conv1d(3, 4, 3, padding=1), (2, 3, 9)),
+         ("Conv2d", lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, groups=1), (2, 3, 7, 6)),
+         ("Conv2d_groups", lambda: nn.Conv2d(4, 6, (2, 3), dilation=(2, 1), groups=2), (2, 4, 7, 6)),
+         ("ConvTranspose2d", lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1), (2, 3, 4, 5))]
+
+
+def _module_run(make, dtype, params, x, dy):
+    m = make()
+    for (_, p), w in zip(m.named_parameters(), params):
+        p.data[...] = w
+    m = m.to("cpu", dtype)
+    y = m(x.astype(dtype))
+    dx = m.backward(dy.astype(dtype))
+    return [y, dx] + [p.grad for _, p in m.named_parameters()]
+
+
+@pytest.mark.parametrize("half_name", HALF)
+@pytest.mark.parametrize("name,make,shape", CONVS, ids=[c[0] for c in CONVS])
+def test_bfloat16_float16_convolutions_round_the_float32_result_once(name, make, shape, half_name, rng):
+    """Half inputs read in float32, the float32 convolution (its GEMM and
+    im2col/col2im), each output and gradient rounded once: bit for bit the
+    float32 module's results on the same (half-representable) values, rounded."""
+    half = HALF[half_name]
+    params = [gpunet.to_numpy(p.data).astype(half).astype(np.float32) for _, p in make().named_parameters()]
+    x = rng.standard_normal(shape).astype(half).astype(np.float32)
+    y_shape = make()(x).shape
+    dy = rng.standard_normal(y_shape).astype(half).astype(np.float32)
+    got = _module_run(make, half, params, x, dy)
+    ref = _module_run(make, np.float32, params, x, dy)
+    assert len(got) == 4  # y, dx, dw, db
+    for what, g, r in zip(("y", "dx", "dw", "db"), got, ref):
+        assert g.dtype == half, what
+        np.testing.assert_array_equal(g.view(np.uint16), r.astype(half).view(np.uint16), err_msg=what)
+        testing.assert_close(g, r, n=int(np.prod(shape[1:])), name=what)
+
+
+@pytest.mark.no_kernels("refused before any kernel")
+@pytest.mark.parametrize("half_name", HALF)
+def test_bfloat16_float16_convolution_without_half_kernels_is_refused_on_sim(half_name):
+    m = nn.Conv2d(2, 3, 3).to("sim", half_name)
+    with pytest.raises(NotImplementedError, match=f"conv2d: the sim backend has no {half_name} kernels"):
+        m(np.ones((1, 2, 5, 5), HALF[half_name]))
