@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..dispatch import path
+from .half import float32_compute
 from .cupy_kernels import cupy, launch
 from .linear import bias_add, bias_grad
 
@@ -346,6 +347,7 @@ def _backward_kernels(be, ctx, dy):
 
 
 # ---------------------------------------------------------------- entry points
+@float32_compute("conv2d", forward=True)
 def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
     """x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None; stride, padding,
     dilation are (h, w) pairs. Returns y (N, O, OH, OW) and the backward context."""
@@ -355,6 +357,7 @@ def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
     return y, (route, saved, w, b is not None, tuple(x.shape), g)
 
 
+@float32_compute("conv2d", forward=False)
 def conv2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
     route, *rest = ctx

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 from ..dispatch import path
+from .half import float32_compute
 from . import conv
 from .linear import bias_add, bias_grad
 
@@ -83,6 +84,7 @@ def _from_groups(xp, a, out):
     return out
 
 
+@float32_compute("conv_transpose2d", forward=True)
 def conv_transpose2d_forward(be, x, w, b, stride, padding, output_padding, dilation, groups):
     """x (N, Cin, H, W), w (Cin, Cout/groups, kh, kw), b (Cout,) or None; the
     others (h, w) pairs. Returns y (N, Cout, Hout, Wout) and the backward context."""
@@ -126,6 +128,7 @@ def _forward_kernels(be, x, w, g, y_shape):
     return y
 
 
+@float32_compute("conv_transpose2d", forward=False)
 def conv_transpose2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((Cout,), None without bias)."""
     route, x, w, has_bias, g, size, offset = ctx

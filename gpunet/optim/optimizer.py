@@ -10,6 +10,16 @@ Which backend runs the update: `device=` if given, else the backend the
 parameters were moved to with `Module.to` (Parameter.backend), else the one the
 arrays belong to (NumPy -> 'cpu', CuPy -> 'cuda' when gpunet._C is built,
 else 'cupy').
+
+Half parameters (bfloat16, float16) are updated through float32 master
+weights: the optimizer keeps a float32 copy of each (`master_weights`, saved
+as the parameter's state entry 'master_weight'; taken from the parameter on
+its first step and again whenever the parameter no longer holds the master's
+rounding, i.e. something else wrote it), runs the float32 update on it with
+the gradient read in float32 and float32 state (momentum, moments), and
+writes the master rounded once (to nearest even) back into the parameter's
+own buffer. Steps too small for the half type accumulate in the master
+instead of being rounded away.
 """
 from __future__ import annotations
 
@@ -17,6 +27,7 @@ import math
 
 import numpy as np
 
+from .. import dtypes
 from ..backend import Backend, backend_of, get_backend, to_numpy
 from ..autograd.tensor import Tensor
 from ..ops import device_errors
@@ -61,6 +72,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.device = None if device is None else get_backend(device)
         self.state: dict[Tensor, dict] = {}
+        self.master_weights: dict[Tensor, object] = {}  # half parameters' float32 copies
         self.param_groups: list[dict] = []
         if isinstance(params, Tensor):
             raise TypeError("params: expected an iterable of Parameters or of dicts (parameter groups), "
@@ -159,10 +171,39 @@ class Optimizer:
         for be in {be for *_, be in work}:
             device_errors.check(be)
         for group, params, be in work:
-            self._update(group, params, be)
+            halves = [p for p in params if dtypes.is_half(p._data.dtype)]
+            if halves:
+                self._update_through_masters(group, params, halves, be)
+            else:
+                self._update(group, params, be)
             for p in params:  # updated in place: a graph that saved the old values must not use them
                 p._vc[0] += 1
         return loss
+
+    def _update_through_masters(self, group: dict, params: list, halves: list, be: Backend):
+        """`_update` with each half parameter's data and gradient swapped for
+        float32 ones for its duration (the subclasses read p._data, p._grad and
+        size their state from p._data), then the rounded masters written back."""
+        saved = []
+        for p in halves:
+            master = self.master_weights.get(p)
+            if master is None or not self._holds_rounding(p._data, master):
+                master = self.master_weights[p] = p._data.astype(np.float32)
+            saved.append((p._data, p._grad))
+            p._data, p._grad = master, p._grad.astype(np.float32)
+        try:
+            self._update(group, params, be)
+        finally:
+            for p, (data, grad) in zip(halves, saved):
+                master = p._data
+                p._data, p._grad = data, grad
+                data[...] = master.astype(data.dtype)
+
+    @staticmethod
+    def _holds_rounding(half, master) -> bool:
+        """Whether the half array is bit for bit the master rounded to its dtype."""
+        bits = np.dtype(f"u{half.dtype.itemsize}")
+        return bool((master.astype(half.dtype).view(bits) == half.view(bits)).all())
 
     def _update(self, group: dict, params: list, be: Backend):
         raise NotImplementedError(f"{type(self).__name__} does not implement _update")
@@ -200,9 +241,12 @@ class Optimizer:
         state = {}
         for group in self.param_groups:
             for p in group["params"]:
-                if self.state.get(p):  # no entry for a parameter without state, as PyTorch
+                entry = dict(self.state.get(p, {}))
+                if p in self.master_weights:
+                    entry["master_weight"] = self.master_weights[p]
+                if entry:  # no entry for a parameter without state, as PyTorch
                     state[index[id(p)]] = {k: np.array(to_numpy(v)) if hasattr(v, "shape") else v
-                                           for k, v in self.state[p].items()}
+                                           for k, v in entry.items()}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict):
@@ -228,28 +272,33 @@ class Optimizer:
                                  f"in the state dict, {len(mine['params'])} in this optimizer")
             for j, (idx, p) in enumerate(zip(saved["params"], mine["params"])):
                 by_index[idx] = (p, f"param_groups[{gi}]['params'][{j}]")
-        new_state = {}
+        new_state, new_masters = {}, {}
         for idx, entry in state_dict["state"].items():
             if idx not in by_index:
                 raise ValueError(f"load_state_dict: state[{idx!r}] belongs to no parameter of any group")
             p, where = by_index[idx]
-            foreign = set(entry) - self._state_keys
+            foreign = set(entry) - self._state_keys - {"master_weight"}
             if foreign:
                 raise ValueError(f"load_state_dict: state[{idx}] has entries {sorted(foreign)} that "
                                  f"{type(self).__name__} does not keep: a state dict of another optimizer type?")
             be = self._backend_of(p)
+            # a half parameter's master weight and state are float32
+            state_dtype = np.float32 if dtypes.is_half(p._data.dtype) else p._data.dtype
             restored = {}
             for key, value in entry.items():
                 if hasattr(value, "shape"):
                     if tuple(value.shape) != tuple(p._data.shape):
                         raise ValueError(f"load_state_dict: state[{idx}][{key!r}] has shape {tuple(value.shape)}, "
                                          f"but {where} has shape {tuple(p._data.shape)}")
-                    value = be.asarray(to_numpy(value), dtype=p._data.dtype)
+                    value = be.asarray(to_numpy(value), dtype=state_dtype)
                 restored[key] = value
-            new_state[p] = restored
+            if "master_weight" in restored:
+                new_masters[p] = restored.pop("master_weight")
+            if restored:
+                new_state[p] = restored
         for mine, saved in zip(self.param_groups, saved_groups):
             mine.update({k: v for k, v in saved.items() if k != "params"})
-        self.state = new_state
+        self.state, self.master_weights = new_state, new_masters
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
