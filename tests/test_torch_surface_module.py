@@ -132,11 +132,8 @@ def test_dtype_and_device_shorthands():
     m = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
     assert m.double() is m and all(p.dtype == np.float64 for p in m.parameters()) and m[1].dtype == np.float64
     assert m.float() is m and all(p.dtype == np.float32 for p in m.parameters())
-    try:  # half precision arrives with its own issue: until then a clear error naming the dtype
-        m.half()
-        assert all(p.dtype == np.float16 for p in m.parameters())
-    except (ValueError, NotImplementedError, TypeError) as e:
-        assert "float16" in str(e)
+    assert m.half() is m and all(p.dtype == np.float16 for p in m.parameters())
+    assert m.bfloat16() is m and all(p.dtype == gpunet.bfloat16 for p in m.parameters())
     m.float()
     assert m.to("sim").device == "sim" and m.cpu().device == "cpu" and m[0].weight.backend.device == "cpu"
     if not gpunet.backends()["cuda"]["available"]:

@@ -437,6 +437,9 @@ class Module:
     def half(self):
         return self.to(dtype=np.float16)
 
+    def bfloat16(self):
+        return self.to(dtype="bfloat16")
+
     def cpu(self):
         return self.to("cpu")
 
