@@ -115,29 +115,36 @@ def torch_transformer(torch, vocab, max_len, dim, heads):
 def step_case(name, shape, flops, batch_bytes, make_gpunet, make_torch, make_batch, needs=(), rtol=1e-3,
               note=""):
     """One training step. make_gpunet() -> a gpunet.models network (float32,
-    cpu); make_torch(torch) -> its mirror; make_batch(rng) -> {"x", "t"}."""
+    cpu); make_torch(torch) -> its mirror; make_batch(rng) -> {"x", "t"}.
+    bfloat16/float16 targets run mixed precision (gpunet.amp.autocast) and
+    are validated on the loss."""
     def setup(rng):
         state = dict(make_gpunet().state_dict())
         return Spec(state, make_batch(rng))
 
     def build_gpunet(target, state, copies):
         import gpunet
-        model = make_gpunet().to(target.be, target.dtype)
+        # a half target trains as users do: float32 weights, the forward under autocast
+        mixed = gpunet.dtypes.is_half(target.dtype)
+        model = make_gpunet().to(target.be, None if mixed else target.dtype)
         model.load_state_dict(state)
-        crit = gpunet.nn.CrossEntropyLoss().to(target.be, target.dtype)
+        crit = gpunet.nn.CrossEntropyLoss().to(target.be, None if mixed else target.dtype)
         opt = gpunet.optim.Adam(model.parameters(), lr=LR, device=target.be)
         last = {}
 
         def step(i):
             c = copies[i % len(copies)]
             model.zero_grad()
-            last["loss"] = crit(model(c["x"]), c["t"])
+            with gpunet.amp.autocast(dtype=target.dtype if mixed else None, enabled=mixed):
+                last["loss"] = crit(model(c["x"]), c["t"])
             model.backward(crit.backward())
             opt.step()
 
         def outputs():
             return {"loss": last["loss"], **{f"grad.{k}": p.grad for k, p in model.named_parameters()}}
-        return Runner(step, outputs)
+        # mixed precision is checked on the loss: one step's half rounding moves small gradients
+        # (BatchNorm over a few values in the quick shapes) by more than any per-op tolerance
+        return Runner(step, outputs, validated=("loss",) if mixed else None)
 
     def build_torch(target, state, copies):
         torch = target.torch

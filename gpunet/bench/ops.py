@@ -78,10 +78,11 @@ def as_outputs(y) -> dict:
     return y if isinstance(y, dict) else {"out": y}
 
 
-def gpunet_module(make, fwd, bwd, backward: bool):
+def gpunet_module(make, fwd, bwd, backward: bool, half_validated=None):
     """Builder: y = fwd(m, inputs) (an array or a dict, see as_outputs); with
     backward, grads = bwd(m, dy) (a dict of input gradients) and every
-    parameter's grad is an output too."""
+    parameter's grad is an output too. half_validated: the outputs checked on
+    a bfloat16/float16 target when not all of them can be (None: all)."""
     def build(target, state, copies):
         import gpunet
         m = make().to(target.be, target.dtype)
@@ -104,7 +105,7 @@ def gpunet_module(make, fwd, bwd, backward: bool):
             if backward:
                 out.update({f"grad.{k}": p.grad for k, p in m.named_parameters()})
             return out
-        return Runner(step, outputs)
+        return Runner(step, outputs, validated=half_validated if gpunet.dtypes.is_half(target.dtype) else None)
     return build
 
 
@@ -231,7 +232,10 @@ def pool_case(kind, shape):
     return Case(
         f"pool.{kind}pool2d.fwdbwd", f"{fmt(shape)} 3x3/2 p1", flops, nbytes,
         lambda rng: Spec({}, normal_inputs(x=shape, dy=(n, c, ho, wo))(rng)),
-        {"gpunet": gpunet_module(make, lambda m, c_: m(c_["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True),
+        # max pooling in half: inputs rounded to 8 or 11 bits tie within a window where the float64
+        # reference does not, and the gradient goes to the other argmax: its rows check the output
+        {"gpunet": gpunet_module(make, lambda m, c_: m(c_["x"]), lambda m, dy: {"grad_x": m.backward(dy)}, True,
+                                 half_validated=("out",) if kind == "max" else None),
          "torch": torch_module(lambda t: getattr(t.nn, cls)(3, 2, 1), lambda tm, c_: tm(c_["x"]), ("x",), True)},
         needs=gpunet_has(f"nn.{cls}"))
 
