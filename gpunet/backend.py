@@ -278,6 +278,23 @@ def get_backend(device="auto") -> Backend:
     return _cache[key]
 
 
+_default: Backend | None = None  # torch.set_default_device's device; None: cpu
+
+
+def set_default_device(device):
+    """torch.set_default_device: where tensors made without a device
+    (gpunet.tensor, zeros, randn, ...) and the parameters of modules
+    constructed without one go. None restores cpu. The device must be
+    available (checked here, not at the first tensor)."""
+    global _default
+    _default = None if device is None else get_backend(device)
+
+
+def default_backend() -> Backend:
+    """The Backend set_default_device named (cpu unless set)."""
+    return _default if _default is not None else get_backend("cpu")
+
+
 def backend_of(x) -> Backend:
     """The natural backend of an array: cpu for NumPy, cuda (else cupy) for CuPy."""
     if isinstance(x, np.ndarray):

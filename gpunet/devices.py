@@ -44,6 +44,25 @@ class device(str):  # noqa: N801 (torch.device)
     def __reduce__(self):
         return device, (str(self),)
 
+    def __enter__(self):
+        """`with gpunet.device("sim"):` makes it the default device inside the
+        block, as torch's device context does (set_default_device)."""
+        _entered.append(_backend._default)
+        _backend.set_default_device(str(self))
+        return self
+
+    def __exit__(self, *exc):
+        _backend._default = _entered.pop()
+        return False
+
+
+_entered: list = []  # the default devices that open `with device(...)` blocks replaced
+
+
+def get_default_device() -> device:
+    """torch.get_default_device: the device new tensors and modules go to."""
+    return device(_backend.default_backend().device)
+
 
 def gpu_available() -> bool:
     """Whether the backend "cuda" means here can run (torch.cuda.is_available)."""

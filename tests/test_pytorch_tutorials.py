@@ -3,8 +3,10 @@ torch's names pointed at gpunet, nothing else changed) run briefly on cpu and
 sim, and their loss falls.
 
 Each runs in this process, unchanged, from a temporary directory: sim through
-GPUNET_DEVICE=sim (the scripts ask for "cuda" when gpunet.cuda.is_available(),
-and GPUNET_DEVICE makes the simulator stand in for it); short through the
+GPUNET_DEVICE=sim (the scripts that pick a device ask for "cuda" when
+gpunet.cuda.is_available(), and GPUNET_DEVICE makes the simulator stand in for
+it) and gpunet.set_default_device("sim") (the scripts that never pick one make
+their tensors and modules on the default device, as under torch's); short through the
 stand-in datasets' GPUNET_SYNTHETIC_SAMPLES and the scripts' own arguments.
 Where a script hard-codes its iteration counts (the char-RNN tutorial's
 n_iters = 100000), the test lowers those module-level integer constants in
@@ -40,6 +42,7 @@ SIM = pytest.param("sim", marks=pytest.mark.skipif(gpunet.backend.sim_module() =
 def run_port(rel, tmp_path, monkeypatch, device, argv=(), samples=None, consts=None):
     """Run examples/pytorch/<rel> as __main__; (its globals, its stdout)."""
     path = PORTS / rel
+    gpunet.manual_seed(0)
     monkeypatch.chdir(tmp_path)
     if device == "sim":
         monkeypatch.setenv("GPUNET_DEVICE", "sim")
@@ -64,10 +67,13 @@ def run_port(rel, tmp_path, monkeypatch, device, argv=(), samples=None, consts=N
     out = io.StringIO()
     own = ("data", "model")  # the word-language-model's modules, imported by their bare names
     saved = {m: sys.modules.pop(m) for m in own if m in sys.modules}
+    if device == "sim":  # what a PyTorch user does to run a script that never picks a device on the GPU
+        gpunet.set_default_device("sim")
     try:
         with contextlib.redirect_stdout(out), threadpoolctl.threadpool_limits(1):
             exec(code, scope)
     finally:
+        gpunet.set_default_device(None)
         for m in own:
             sys.modules.pop(m, None)
         sys.modules.update(saved)
@@ -84,12 +90,12 @@ def device(request):
     return request.param
 
 
-def test_neural_networks_tutorial(tmp_path, monkeypatch):
-    """This page never picks a device: it runs where tensors are made, on cpu."""
-    g, out = run_port("neural_networks_tutorial.py", tmp_path, monkeypatch, "cpu")
+def test_neural_networks_tutorial(tmp_path, monkeypatch, device):
+    """This page never picks a device: it runs on the default device."""
+    g, out = run_port("neural_networks_tutorial.py", tmp_path, monkeypatch, device)
     assert "MSELossBackward" in out and "conv1.bias.grad after backward" in out
     net, loss = g["net"], g["loss"]
-    assert net.conv1.weight.backend.name == "cpu"  # the tutorial never moves the net
+    assert net.conv1.weight.backend.name == device and g["input"].device == device
     with gpunet.no_grad():
         after = g["criterion"](net(g["input"]), g["target"]).item()
     assert after < loss.item()  # the one SGD step lowered the loss
@@ -105,9 +111,11 @@ def test_buildmodel_tutorial(tmp_path, monkeypatch, device):
     assert "Layer: linear_relu_stack.0.weight | Size: (512, 784)" in out
 
 
-def test_optimization_tutorial(tmp_path, monkeypatch):
-    g, out = run_port("optimization_tutorial.py", tmp_path, monkeypatch, "cpu", samples="1500,300")
+def test_optimization_tutorial(tmp_path, monkeypatch, device):
+    g, out = run_port("optimization_tutorial.py", tmp_path, monkeypatch, device,
+                      samples="1500,300" if device == "cpu" else "400,100")
     losses = numbers(r"Avg loss: ([\d.]+)", out)  # SGD at lr 1e-3 is slow but steady: every epoch lowers it
+    assert next(g["model"].parameters()).backend.name == device
     assert len(losses) == 10 and all(b < a for a, b in zip(losses, losses[1:])), losses
     assert "Done!" in out
 
@@ -123,6 +131,32 @@ def test_cifar10_tutorial(tmp_path, monkeypatch):
     assert re.search(r"Accuracy of the network on the 10000 test images: \d+ %", out)
 
 
+def _same_run_on_sim(rel, tmp_path, monkeypatch, **kw):
+    """(sim globals, cpu globals) of one short run of the port on each, from the same seeds.
+    Learning takes more steps than a sim test can afford; the cpu test shows the full run
+    learns, this shows sim computes the same run."""
+    runs = {}
+    for device in ("sim", "cpu"):
+        (tmp_path / device).mkdir(exist_ok=True)
+        random.seed(0)  # the char-RNN tutorial draws its examples with Python's random
+        runs[device], _ = run_port(rel, tmp_path / device, monkeypatch, device, **kw)
+    return runs["sim"], runs["cpu"]
+
+
+def _same_weights(sim_net, cpu_net):
+    sim, cpu = sim_net.state_dict(), cpu_net.state_dict()
+    assert next(sim_net.parameters()).backend.name == "sim" and next(cpu_net.parameters()).backend.name == "cpu"
+    for k in cpu:
+        np.testing.assert_allclose(sim[k], cpu[k], rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("device", [SIM])
+def test_cifar10_tutorial_sim(tmp_path, monkeypatch, device):
+    sim, cpu = _same_run_on_sim("cifar10_tutorial.py", tmp_path, monkeypatch, samples="200,20")
+    _same_weights(sim["net"], cpu["net"])
+    assert sim["correct"] == cpu["correct"]
+
+
 @pytest.mark.fallback("adadelta")  # Adadelta has no fused kernel: its update runs as array ops on sim
 def test_mnist_example(tmp_path, monkeypatch, device):
     argv = ["--epochs", "2", "--log-interval", "5", "--test-batch-size", "200"]
@@ -132,16 +166,31 @@ def test_mnist_example(tmp_path, monkeypatch, device):
     assert len(losses) == 2 and losses[1] < losses[0], out
 
 
-@pytest.mark.filterwarnings("ignore:set_ticklabels:UserWarning")  # the original's matplotlib call
-def test_char_rnn_classification_tutorial(tmp_path, monkeypatch):
+def _names(tmp_path):
     from gpunet.text.names import write_names
     write_names(tmp_path / "data" / "names", n=60)
+
+
+@pytest.mark.filterwarnings("ignore:set_ticklabels:UserWarning")  # the original's matplotlib call
+def test_char_rnn_classification_tutorial(tmp_path, monkeypatch):
+    _names(tmp_path)
     random.seed(0)  # the tutorial draws its examples with Python's random
     consts = {"n_iters": 1200, "print_every": 400, "plot_every": 150, "n_confusion": 100}
     g, out = run_port("char_rnn_classification_tutorial.py", tmp_path, monkeypatch, "cpu", consts=consts)
     losses = g["all_losses"]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses
     assert g["n_categories"] == 18 and "> Dovesky" in out
+
+
+@pytest.mark.filterwarnings("ignore:set_ticklabels:UserWarning")
+@pytest.mark.parametrize("device", [SIM])
+def test_char_rnn_classification_tutorial_sim(tmp_path, monkeypatch, device):
+    for d in ("sim", "cpu"):
+        _names(tmp_path / d)
+    consts = {"n_iters": 200, "print_every": 100, "plot_every": 50, "n_confusion": 10}
+    sim, cpu = _same_run_on_sim("char_rnn_classification_tutorial.py", tmp_path, monkeypatch, consts=consts)
+    _same_weights(sim["rnn"], cpu["rnn"])
+    np.testing.assert_allclose(sim["all_losses"], cpu["all_losses"], rtol=1e-4)
 
 
 def _corpus(root, lines):
@@ -177,10 +226,12 @@ def test_transformer_tutorial(tmp_path, monkeypatch, device):
     assert g["train_data"].device == device and "End of training" in out
 
 
-def test_saveloadrun_tutorial(tmp_path, monkeypatch):
+@pytest.mark.no_kernels("the tutorial saves and loads a model; it runs no op")
+def test_saveloadrun_tutorial(tmp_path, monkeypatch, device):
     with pytest.warns(UserWarning, match="RANDOM initialisation"):
-        g, out = run_port("saveloadrun_tutorial.py", tmp_path, monkeypatch, "cpu")
+        g, out = run_port("saveloadrun_tutorial.py", tmp_path, monkeypatch, device)
     model = g["model"]  # loaded whole from model.pth (weights_only, as torch's default)
+    assert next(model.parameters()).backend.name == device
     assert type(model).__name__ == "VGG" and not model.training
     saved = gpunet.load(tmp_path / "model_weights.pth")
     state = model.state_dict()

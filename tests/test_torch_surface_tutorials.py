@@ -44,6 +44,45 @@ def test_cuda_means_the_simulator_when_gpunet_device_says_so(monkeypatch):
     assert gpunet.accelerator.current_accelerator() is (gpunet.device("cuda") if gpunet.cuda.is_available() else None)
 
 
+@pytest.fixture
+def default_device_restored():
+    yield
+    gpunet.set_default_device(None)
+
+
+@pytest.mark.no_kernels("where tensors and parameters are made, no op")
+@pytest.mark.parametrize("device", ["sim"])
+def test_set_default_device_places_new_tensors_and_modules(device, default_device_restored):
+    assert gpunet.get_default_device() == "cpu" and repr(gpunet.get_default_device()) == "device(type='cpu')"
+    gpunet.set_default_device(device)
+    assert gpunet.get_default_device() == device
+    made = [gpunet.zeros(2), gpunet.randn(2, 3), gpunet.arange(3), gpunet.tensor([1.0]),
+            gpunet.tensor(np.ones(2)), gpunet.as_tensor(np.ones(2))]
+    assert [t.device for t in made] == [device] * len(made)
+    assert gpunet.from_numpy(np.ones(2)).device == "cpu"  # torch's from_numpy shares host memory: always cpu
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 4))
+    assert model.device == device and {m.backend.name for m in model.modules()} == {device}
+    assert {p.backend.name for p in model.parameters()} == {device}
+    assert nn.Linear(2, 2, device="cpu").weight.backend.name == "cpu"  # a named device still wins
+    assert gpunet.zeros(1, device="cpu").device == "cpu"
+    gpunet.set_default_device(None)
+    assert gpunet.zeros(1).device == "cpu" and nn.Linear(2, 2).weight.backend.name == "cpu"
+
+
+@pytest.mark.no_kernels("where tensors are made, no op")
+@pytest.mark.parametrize("device", ["sim"])
+def test_device_as_a_context_sets_the_default_inside(device, default_device_restored):
+    with gpunet.device(device) as d:
+        assert d == device and gpunet.ones(1).device == device
+        with gpunet.device("cpu"):
+            assert gpunet.ones(1).device == "cpu"
+        assert nn.Linear(1, 1).weight.backend.name == device
+    assert gpunet.get_default_device() == "cpu"
+    with pytest.raises(ValueError, match="'tpu'"):
+        gpunet.set_default_device("tpu")  # checked when set, not at the first tensor
+    assert gpunet.get_default_device() == "cpu"
+
+
 def test_dtype_names_and_legacy_constructors():
     for name in ("float32", "float", "float64", "double", "float16", "half", "int64", "long", "int32", "int",
                  "int16", "int8", "uint8", "bool"):

@@ -19,7 +19,7 @@ import weakref
 
 import numpy as np
 
-from ..backend import get_backend
+from ..backend import default_backend, get_backend
 from ..nn.module import get_default_dtype
 from ..random import rng_of
 from . import engine
@@ -274,7 +274,7 @@ def setitem(a: Tensor, idx, value):
 
 # ------------------------------------------------------------ making tensors
 def _new(arr, dtype, device, requires_grad) -> Tensor:
-    be = get_backend("cpu" if device is None else device)
+    be = default_backend() if device is None else get_backend(device)
     t = Tensor(be.asarray(arr, dtype=np.dtype(dtype)), be)
     t.requires_grad = requires_grad
     return t

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes
-from ..backend import Backend, backend_of, get_backend, to_numpy
+from ..backend import Backend, backend_of, default_backend, get_backend, to_numpy
 from .grad_mode import is_grad_enabled
 from . import engine
 
@@ -368,9 +368,8 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     NumPy or CuPy arrays, another Tensor)."""
     if isinstance(data, Tensor):
         data = data._data
-    if device is None:
-        be = backend_of(data) if isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__") \
-            else get_backend("cpu")
+    if device is None:  # CuPy data stays on its GPU; anything else goes to the default device
+        be = backend_of(data) if hasattr(data, "__cuda_array_interface__") else default_backend()
     else:
         be = device if isinstance(device, Backend) else get_backend(device)
     if dtype is None:
@@ -386,9 +385,9 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     if isinstance(data, Tensor) and (dtype is None or data.dtype == np.dtype(dtype)) \
             and (device is None or get_backend(device) is data.backend):
         return data
-    if isinstance(data, np.ndarray) and (dtype is None or data.dtype == np.dtype(dtype)) \
-            and (device is None or not get_backend(device).on_gpu):
-        return Tensor(data, None if device is None else get_backend(device))
+    be = default_backend() if device is None else get_backend(device)
+    if isinstance(data, np.ndarray) and (dtype is None or data.dtype == np.dtype(dtype)) and not be.on_gpu:
+        return Tensor(data, be)
     return tensor(data, dtype=dtype, device=device)
 
 

@@ -22,7 +22,7 @@ from .. import dtypes
 from ..amp import autocast_mode as amp_autocast
 from ..autograd import modules as autograd_modules
 from ..autograd.tensor import Tensor
-from ..backend import Backend, get_backend, to_numpy
+from ..backend import Backend, default_backend, get_backend, to_numpy
 from . import calls
 from .calls import enable_grad, is_grad_enabled, no_grad  # noqa: F401 (re-exported)
 
@@ -158,14 +158,17 @@ class Module:
         object.__setattr__(self, "_latest", None)  # the latest of them, kept while its output may be dropped
         object.__setattr__(self, "_epoch", 0)  # bumped by .to(): older calls' saved state is stale
         object.__setattr__(self, "training", True)
-        object.__setattr__(self, "backend", get_backend("cpu"))
+        object.__setattr__(self, "backend", default_backend())
         object.__setattr__(self, "dtype", get_default_dtype())
         object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def _place(self, device, dtype):
         """PyTorch's factory arguments of the constructors (device=, dtype=):
-        the parameters are made on the CPU in the default dtype, then moved."""
+        the parameters are made on the CPU in the default dtype, then moved
+        (to the default device when no device is named: set_default_device)."""
+        if device is None and self.backend.name != "cpu":
+            device = self.backend
         if device is not None or dtype is not None:
             self.to(device, dtype)
 
