@@ -36,6 +36,17 @@ class GradcheckResult:
         return not self.failures
 
 
+
+def _plus_minus(flat, k: int, eps: float, f):
+    """(f() with flat[k] raised by eps, f() with it lowered by eps); flat[k] restored."""
+    orig = float(flat[k])
+    flat[k] = orig + eps
+    fp = f()
+    flat[k] = orig - eps
+    fm = f()
+    flat[k] = orig
+    return fp, fm
+
 def _flatten(tree, out):
     if isinstance(tree, (tuple, list)):
         for t in tree:
@@ -107,12 +118,7 @@ def _check_function(fn, inputs, eps, atol, rtol, raise_exception) -> bool:
         flat = x._data.reshape(-1)  # a view: x is contiguous
         cols = []
         for k in range(flat.size):
-            orig = float(flat[k])
-            flat[k] = orig + eps
-            fp = values()
-            flat[k] = orig - eps
-            fm = values()
-            flat[k] = orig
+            fp, fm = _plus_minus(flat, k, eps, values)
             cols.append((fp - fm) / (2 * eps))
         numerical.append(np.stack(cols, axis=1) if cols else np.zeros((values().size, 0)))
 
@@ -210,12 +216,7 @@ def check_module(module, inputs, *, eps: float = 1e-6, tol: float = 1e-6, seed: 
             raise AssertionError(f"gradcheck: gradient of {name} has shape {tuple(ana.shape)}, expected {tuple(arr.shape)}")
         flat = arr.reshape(-1)
         for idx in range(flat.size):
-            orig = float(flat[idx])
-            flat[idx] = orig + eps
-            fp = objective()
-            flat[idx] = orig - eps
-            fm = objective()
-            flat[idx] = orig
+            fp, fm = _plus_minus(flat, idx, eps, objective)
             f0 = objective()
             fwd, bwd = (fp - f0) / eps, (f0 - fm) / eps
             if abs(fwd - bwd) > 1e-3 * max(1.0, abs(fwd), abs(bwd)):
