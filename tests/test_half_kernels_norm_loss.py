@@ -58,7 +58,8 @@ def check(make, name, x, n, *, params=(), dy=None, target=None, train=True, exac
         assert got.dtype == want.dtype == dt, f"{w}: {got.dtype}, {want.dtype}"
         if exact:
             np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), err_msg=w)
-        big = max(float(np.abs(r32).max(initial=0.0)), 1.0)
+        # a gradient's sums may cancel: its atol is relative to its largest value
+        big = 1.0 if w == "y" else max(float(np.abs(r32).max(initial=0.0)), 1.0)
         rtol, atol = testing.tolerances(dt, n)
         testing.assert_close(got, want, rtol=rtol, atol=atol * big, name=f"{w} sim vs cpu")
         for dev, arr in (("sim", got), ("cpu", want)):
