@@ -72,7 +72,10 @@ def half(rng, shape, name, scale=1.0, offset=0.0):
 
 
 # ---------------------------------------------------------------- norms
-LAYER_NORMS = [("warp_rows", (4, 5, 16), 16), ("long_rows", (3, 1100), 1100), ("odd_rows", (7, 33), 33)]
+# rows held in registers (16: 16-byte Pack8 loads; 33: one value per lane) and
+# longer rows re-read (1536: Pack8; 1100: one value per lane for half storage)
+LAYER_NORMS = [("warp_rows", (4, 5, 16), 16), ("odd_rows", (7, 33), 33), ("long_rows", (3, 1100), 1100),
+               ("long_vector_rows", (2, 1536), 1536)]
 
 
 @pytest.mark.parametrize("name", HALF)

@@ -7,21 +7,23 @@
 // dx, dweight and dbias (float, __half, __nv_bfloat16; common/storage.h).
 // Values are read in float32; the statistics (mean, rstd, saved as float32
 // whatever T), the row sums of the backward and the parameter-gradient
-// partials are float32, and each output is rounded once to T. Half rows take
-// the scalar loads (2 bytes per lane, 64 bytes per warp request, coalesced);
-// the float4 path is float32's.
+// partials are float32, and each output is rounded once to T. The forward's
+// 16-byte loads and stores carry 4 floats (float4) or 8 half values (Pack8,
+// four half2/bfloat162 pairs) when cols is a multiple of that and the arrays
+// are 16-byte aligned; else one value per lane (coalesced across the warp).
 //
 // layernorm_forward_regs_kernel<N, VEC> (rows of cols <= 1024) and
 // layernorm_forward_kernel<VEC> (longer rows)
 //   Algorithm: one warp per row. The short-row kernel reads the row ONCE into
 //     registers (N floats per lane: lane l holds the elements (or, with VEC,
-//     the float4 chunks) l, l + 32, ...), then sums it -> mean, sums
+//     the 16-byte chunks) l, l + 32, ...), then sums it -> mean, sums
 //     (x - mean)^2 -> biased variance (two-pass, so no cancellation for rows
 //     with a large mean), and writes y = (x - mean)·rstd·w + b from the
 //     registers. The long-row kernel cannot hold the row: its three passes
 //     (mean, variance, write) re-read it, from L1/L2 after the first. mean
-//     and rstd (one float each per row) are saved for backward. float4
-//     loads when cols % 4 == 0 and the pointers are 16-byte aligned.
+//     and rstd (one float each per row) are saved for backward. 16-byte
+//     loads (float4, Pack8) when cols is whole 16-byte chunks and the
+//     pointers are 16-byte aligned.
 //   Launch: 128 threads (4 warps = 4 rows) per block, ceil(rows / 4) blocks.
 //   Traffic: reads x once (4·rows·cols bytes), w, b; writes y and 8·rows
 //     bytes: floor ≈ 8·rows·cols bytes. FLOPs ≈ 7·rows·cols: memory bound.
@@ -59,16 +61,68 @@ constexpr int kLnThreads = 128;                // 4 warps
 constexpr int kLnRowsPerBlock = kLnThreads / 32;  // one row per warp
 constexpr int kColTile = 128;                  // columns per block of the parameter-gradient kernels
 
+// Values of T in one 16-byte load: 4 floats (float4) or 8 half values (Pack8).
+template <class T>
+constexpr int kPer16 = 16 / sizeof(T);
+
+// The 16 bytes at p (16-byte aligned) read in float32 / written from float32,
+// each value rounded once to T.
+template <class T>
+__device__ __forceinline__ void load16(const T* p, float* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  } else {
+    const Pack8<T> q = *reinterpret_cast<const Pack8<T>*>(p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = HalfPair<T>::to_float2(q.p[j]);
+      v[2 * j] = f.x, v[2 * j + 1] = f.y;
+    }
+  }
+}
+template <class T>
+__device__ __forceinline__ void store16(T* p, const float* v) {
+  if constexpr (std::is_same_v<T, float>) {
+    *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+  } else {
+    Pack8<T> q;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) q.p[j] = HalfPair<T>::from_float2(v[2 * j], v[2 * j + 1]);
+    *reinterpret_cast<Pack8<T>*>(p) = q;
+  }
+}
+
+// y = (x - mean) rstd w + b for the values of x at column c, u holding them in
+// float32: a 16-byte chunk of kPer16<T> values when VEC, else one value.
+template <class T, bool VEC>
+__device__ __forceinline__ void write_normalised(const float* u, int64_t c, const T* w, const T* b, T* yr, float mean,
+                                                 float rstd) {
+  if constexpr (VEC) {
+    constexpr int W = kPer16<T>;
+    float wv[W], bv[W], o[W];
+    load16(w + c, wv);
+    load16(b + c, bv);
+#pragma unroll
+    for (int j = 0; j < W; ++j) o[j] = (u[j] - mean) * rstd * wv[j] + bv[j];
+    store16(yr + c, o);
+  } else {
+    yr[c] = from_float<T>((u[0] - mean) * rstd * to_float(w[c]) + to_float(b[c]));
+  }
+}
+
 // Sum over the row of f(x[c]) for the lane's columns c = lane, lane + 32, ...
-// (float4 groups when VEC), reduced over the warp: every lane gets the sum.
+// (16-byte chunks when VEC), reduced over the warp: every lane gets the sum.
 template <bool VEC, class T, class F>
 __device__ __forceinline__ float row_sum(const T* row, int64_t cols, int lane, F f) {
   float s = 0.f;
   if constexpr (VEC) {
-    const float4* r4 = reinterpret_cast<const float4*>(row);
-    for (int64_t c = lane; c < cols / 4; c += 32) {
-      const float4 v = r4[c];
-      s += f(v.x, 4 * c) + f(v.y, 4 * c + 1) + f(v.z, 4 * c + 2) + f(v.w, 4 * c + 3);
+    constexpr int W = kPer16<T>;
+    for (int64_t c = lane; c < cols / W; c += 32) {
+      float v[W];
+      load16(row + W * c, v);
+#pragma unroll
+      for (int j = 0; j < W; ++j) s += f(v[j], W * c + j);
     }
   } else {
     for (int64_t c = lane; c < cols; c += 32) s += f(to_float(row[c]), c);
@@ -76,18 +130,18 @@ __device__ __forceinline__ float row_sum(const T* row, int64_t cols, int lane, F
   return warp_reduce_sum(s);
 }
 
-// Short rows: the lane's N floats of the row in registers (zeros past its
-// end), read once. With VEC the lane holds float4 chunks l, l + 32, ...
-// Registers (sm_90): at most 62 with VEC (occupancy 0.5), 77 for 32 scalar
-// floats per lane (0.375); a cap of 64 spills there, so none is set.
+// Short rows: the lane's N values of the row in registers as float32 (zeros
+// past its end), read once. With VEC the lane holds 16-byte chunks l, l + 32,
+// ... (4 floats or 8 half values each).
+// Registers (sm_90, float): at most 62 with VEC (occupancy 0.5), 77 for 32
+// scalar floats per lane (0.375); a cap of 64 spills there, so none is set.
 template <class T, int N, bool VEC>
 __global__ void __launch_bounds__(kLnThreads)
     layernorm_forward_regs_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
                                   T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
                                   int64_t rows, int cols, float eps) {
-  constexpr int W = VEC ? 4 : 1;  // floats per load
-  static_assert(N % W == 0, "whole float4 chunks per lane");
-  static_assert(!VEC || std::is_same_v<T, float>, "float4 loads are float32's");
+  constexpr int W = VEC ? kPer16<T> : 1;  // values per load
+  static_assert(N % W == 0, "whole 16-byte chunks per lane");
   const int lane = threadIdx.x % 32;
   const int64_t r = (int64_t)blockIdx.x * kLnRowsPerBlock + threadIdx.x / 32;
   if (r >= rows) return;  // the whole warp leaves together: no collective is left waiting
@@ -100,8 +154,12 @@ __global__ void __launch_bounds__(kLnThreads)
   for (int k = 0; k < N / W; ++k) {
     const int c = first(k);
     if constexpr (VEC) {
-      const float4 v = c < cols ? reinterpret_cast<const float4*>(xr)[c / 4] : float4{0.f, 0.f, 0.f, 0.f};
-      u[4 * k] = v.x, u[4 * k + 1] = v.y, u[4 * k + 2] = v.z, u[4 * k + 3] = v.w;
+      if (c < cols) {
+        load16(xr + c, u + W * k);
+      } else {
+#pragma unroll
+        for (int j = 0; j < W; ++j) u[W * k + j] = 0.f;
+      }
     } else {
       u[k] = c < cols ? to_float(xr[c]) : 0.f;
     }
@@ -124,18 +182,7 @@ __global__ void __launch_bounds__(kLnThreads)
 #pragma unroll
   for (int k = 0; k < N / W; ++k) {
     const int c = first(k);
-    if (c >= cols) continue;
-    if constexpr (VEC) {
-      const float4 wv = reinterpret_cast<const float4*>(w)[c / 4], bv = reinterpret_cast<const float4*>(b)[c / 4];
-      float4 o;
-      o.x = (u[4 * k] - mean) * rstd * wv.x + bv.x;
-      o.y = (u[4 * k + 1] - mean) * rstd * wv.y + bv.y;
-      o.z = (u[4 * k + 2] - mean) * rstd * wv.z + bv.z;
-      o.w = (u[4 * k + 3] - mean) * rstd * wv.w + bv.w;
-      reinterpret_cast<float4*>(yr)[c / 4] = o;
-    } else {
-      yr[c] = from_float<T>((u[k] - mean) * rstd * to_float(w[c]) + to_float(b[c]));
-    }
+    if (c < cols) write_normalised<T, VEC>(u + W * k, c, w, b, yr, mean, rstd);
   }
   if (lane == 0) {
     mean_out[r] = mean;
@@ -148,7 +195,6 @@ __global__ void __launch_bounds__(kLnThreads)
     layernorm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
                              T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
                              int64_t rows, int64_t cols, float eps) {
-  static_assert(!VEC || std::is_same_v<T, float>, "float4 loads are float32's");
   const int lane = threadIdx.x % 32;
   const int64_t r = (int64_t)blockIdx.x * kLnRowsPerBlock + threadIdx.x / 32;
   if (r >= rows) return;  // the whole warp leaves together: no collective is left waiting
@@ -161,23 +207,14 @@ __global__ void __launch_bounds__(kLnThreads)
                       return d * d;
                     }) * inv_cols;
   const float rstd = 1.f / sqrtf(var + eps);
-  if constexpr (VEC) {
-    const float4* x4 = reinterpret_cast<const float4*>(xr);
-    const float4* w4 = reinterpret_cast<const float4*>(w);
-    const float4* b4 = reinterpret_cast<const float4*>(b);
-    float4* y4 = reinterpret_cast<float4*>(yr);
-    for (int64_t c = lane; c < cols / 4; c += 32) {
-      const float4 v = x4[c], wv = w4[c], bv = b4[c];
-      float4 o;
-      o.x = (v.x - mean) * rstd * wv.x + bv.x;
-      o.y = (v.y - mean) * rstd * wv.y + bv.y;
-      o.z = (v.z - mean) * rstd * wv.z + bv.z;
-      o.w = (v.w - mean) * rstd * wv.w + bv.w;
-      y4[c] = o;
-    }
-  } else {
-    for (int64_t c = lane; c < cols; c += 32)
-      yr[c] = from_float<T>((to_float(xr[c]) - mean) * rstd * to_float(w[c]) + to_float(b[c]));
+  constexpr int W = VEC ? kPer16<T> : 1;
+  for (int64_t c = W * lane; c < cols; c += W * 32) {
+    float u[W];
+    if constexpr (VEC)
+      load16(xr + c, u);
+    else
+      u[0] = to_float(xr[c]);
+    write_normalised<T, VEC>(u, c, w, b, yr, mean, rstd);
   }
   if (lane == 0) {
     mean_out[r] = mean;
@@ -252,14 +289,11 @@ template <class T>
 void launch_layernorm_forward(const T* x, const T* w, const T* b, T* y, float* mean, float* rstd, int64_t rows,
                               int64_t cols, float eps, cudaStream_t stream) {
   const dim3 grid = checked_grid("layernorm_forward", (rows + kLnRowsPerBlock - 1) / kLnRowsPerBlock);
-  constexpr bool kFloat = std::is_same_v<T, float>;
-  const bool vec = kFloat && cols % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(b) && aligned16(y);
-  // (a half T instantiates only the scalar kernels: vec_c is false for it)
-  auto vec_of = [](auto vec_c) { return std::bool_constant<kFloat && decltype(vec_c)::value>{}; };
+  const bool vec = cols % kPer16<T> == 0 && aligned16(x) && aligned16(w) && aligned16(b) && aligned16(y);
   if (cols > kMaxWarpCols) {
     with_bools(
         [&](auto vec_c) {
-          layernorm_forward_kernel<T, decltype(vec_of(vec_c))::value>
+          layernorm_forward_kernel<T, decltype(vec_c)::value>
               <<<grid, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, cols, eps);
         },
         vec);
@@ -268,8 +302,9 @@ void launch_layernorm_forward(const T* x, const T* w, const T* b, T* y, float* m
   with_values_per_lane((int)cols, [&](auto vpt) {
     with_bools(
         [&](auto vec_c) {
-          constexpr bool kVec = decltype(vec_of(vec_c))::value;
-          constexpr int kN = kVec && decltype(vpt)::value < 4 ? 4 : decltype(vpt)::value;
+          constexpr bool kVec = decltype(vec_c)::value;
+          constexpr int kMin = kVec ? kPer16<T> : 1;  // whole 16-byte chunks per lane
+          constexpr int kN = decltype(vpt)::value < kMin ? kMin : decltype(vpt)::value;
           layernorm_forward_regs_kernel<T, kN, kVec>
               <<<grid, kLnThreads, 0, stream>>>(x, w, b, y, mean, rstd, rows, (int)cols, eps);
         },
