@@ -133,8 +133,9 @@ __device__ __forceinline__ float row_sum(const T* row, int64_t cols, int lane, F
 // Short rows: the lane's N values of the row in registers as float32 (zeros
 // past its end), read once. With VEC the lane holds 16-byte chunks l, l + 32,
 // ... (4 floats or 8 half values each).
-// Registers (sm_90, float): at most 62 with VEC (occupancy 0.5), 77 for 32
-// scalar floats per lane (0.375); a cap of 64 spills there, so none is set.
+// Registers (sm_90): at most 64 with VEC (float; 48 for half storage, whose
+// chunks are 8 values; occupancy 0.5), 77 for 32 scalar values per lane
+// (0.375); a cap of 64 spills there, so none is set.
 template <class T, int N, bool VEC>
 __global__ void __launch_bounds__(kLnThreads)
     layernorm_forward_regs_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,

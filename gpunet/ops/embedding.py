@@ -6,7 +6,9 @@ bits) vary run to run; instead the positions are sorted by row (a stable sort,
 so positions of one row stay in input order) and each row sums its own
 contiguous run in that fixed order: bit-identical gradients on every run.
 The array path adds the runs level by level (_add_runs); the "kernel" path
-(sim, cuda) passes the sorted order and a CSR row pointer to a kernel
+(sim, cuda; half storage too, summed in float32 in the same order and rounded
+once, so equal to cpu bit for bit) passes the sorted order and a CSR row
+pointer to a kernel
 (csrc/kernels/embedding.cu), and the "fused" path (CuPy) passes them to a
 RawKernel doing the same sums (below: CuPy's reduceat subtracts prefix sums,
 which is neither exact nor run-ordered, and the unique() the array path needs

@@ -13,7 +13,9 @@ log-sum-exp, as the pair (m, l) = (row max, log sum exp(x - m)) whose sum it
 is (in float32 an lse near 1e4 is only good to ~1e-3; (x - m) - l is exact to
 rounding); the backward recomputes the probabilities exp((x - m) - l) from
 the logits, so no (rows, classes) probability array is ever stored. On the
-"kernel" dispatch path (sim, cuda; float32) both run csrc/kernels/loss.cu; on
+"kernel" dispatch path (sim, cuda; float32, and float16/bfloat16 logits read
+in float32 with float32 lse, per-row losses and reduction, the loss and
+dlogits rounded once) both run csrc/kernels/loss.cu; on
 the "fused" path they are CuPy fusions of the same formulas (below). (N, C, d...)
 inputs are brought to (N*d..., C) rows by moving the class axis last (one
 transposing copy each way, none for (N, C)).

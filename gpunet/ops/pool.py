@@ -10,7 +10,9 @@ offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
 routes each gradient to exactly one input.
 
-Kernel path (sim, cuda, float32): forward is one thread per output pixel (max
+Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
+float32, sums in cpu's order, each output rounded once): forward is one
+thread per output pixel (max
 saves the arg-max as an int32 index into the input plane); backward is one
 thread per input pixel gathering from the windows that contain it, so it needs
 no atomics and sums in a fixed order.
