@@ -58,8 +58,9 @@ void bind_loss(py::module_& m) {
       py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("flag"), py::arg("stream"),
       "Per-row softmax cross-entropy: logits (rows, C) float32, float16 or bfloat16 (its\n"
       "bits as int16), read in float32; target int64 (rows,), weight float32 (C,) or empty\n"
-      "(0,) for none; writes float32 loss (rows,) (0 for ignore_index rows) and lse (rows, 2), the row's log-sum-exp as (max, log sum\n"
-      "exp(logits - max)). No probabilities are stored. An out-of-range target counts 0\n"
+      "(0,) for none; writes float32 loss (rows,) (0 for ignore_index rows) and lse (rows, 2),\n"
+      "the row's log-sum-exp as (max, log sum exp(logits - max)). No probabilities are\n"
+      "stored. An out-of-range target counts 0\n"
       "and is reported in flag, int64 (4,): (1, target, C, ignore_index) unless already set.");
   m.def(
       "cross_entropy_backward",

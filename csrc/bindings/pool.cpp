@@ -138,8 +138,8 @@ void bind_pool(py::module_& m) {
       py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
       py::arg("pw"), py::arg("count_include_pad"), py::arg("stream"),
       "Average pooling: x (N, C, H, W) -> y (N, C, OH, OW) of x's dtype (float32, float16 or\n"
-      "bfloat16 as int16; float32 sums, rounded once), each window's sum divided by its size clipped to the padded input (count_include_pad) or to\n"
-      "the input (PyTorch's AvgPool2d).");
+      "bfloat16 as int16; float32 sums, rounded once), each window's sum divided by its size\n"
+      "clipped to the padded input (count_include_pad) or to the input (PyTorch's AvgPool2d).");
   m.def(
       "avgpool2d_backward",
       [](py::handle dy_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,

@@ -13,7 +13,7 @@ namespace gpunet {
 // y may alias x), with bits the high half of SplitMix64's
 // output number offset + k of the stream `seed` (gpunet/ops/dropout.py has
 // the same generator in NumPy). Forward on x and backward on dy alike.
-void dropout_apply(Storage storage, const void* x, void* y, int64_t n, uint64_t seed, uint64_t offset, uint64_t threshold,
-                   float scale, cudaStream_t stream);
+void dropout_apply(Storage storage, const void* x, void* y, int64_t n, uint64_t seed, uint64_t offset,
+                   uint64_t threshold, float scale, cudaStream_t stream);
 
 }  // namespace gpunet

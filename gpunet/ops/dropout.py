@@ -14,10 +14,11 @@ Pure integer arithmetic, so NumPy, CuPy and csrc/kernels/dropout.cu draw
 bit-identical masks, in any thread order, with no generator state to carry.
 Kept values are scaled by 1/(1-p) ("inverted dropout"), so eval mode is the
 identity; half storage (the kernel's too) multiplies in float32 by the float32
-scale and rounds once, with the float32 mask. cpu/cupy keep the boolean mask for backward; the kernels store no
-mask: one kernel, dropout_apply, computes y = x·scale where kept and 0
-elsewhere, and backward runs it again on dy with the same (seed, offset): a few
-integer multiplies per element instead of writing and re-reading a mask byte.
+scale and rounds once, with the float32 mask. cpu/cupy keep the boolean mask
+for backward; the kernels store no mask: one kernel, dropout_apply, computes
+y = x·scale where kept and 0 elsewhere, and backward runs it again on dy with
+the same (seed, offset): a few integer multiplies per element instead of
+writing and re-reading a mask byte.
 """
 import math
 

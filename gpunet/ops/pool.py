@@ -135,7 +135,8 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
     if _on_kernels(be, x):
         y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
         arg = xp.empty(y.shape, dtype=np.int32)
-        be.kernels.maxpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y), arg, *_kernel_args(win), be.stream())
+        be.kernels.maxpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y), arg,
+                                     *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
     xpad = _padded(xp, x, win, -np.inf)
     taps = list(_taps(win))
@@ -215,7 +216,8 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
     win = window(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
     if _on_kernels(be, x):
         y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-        be.kernels.avgpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y), *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
+        be.kernels.avgpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y),
+                                     *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
     xpad = _padded(xp, x, win, 0)
     taps = _taps(win)
@@ -233,8 +235,8 @@ def avgpool2d_backward(be, ctx, dy):
     kernels, x_shape, win, count_include_pad = ctx
     if kernels:
         dx = xp.empty(x_shape, dtype=dy.dtype)
-        be.kernels.avgpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), kernel_view(be, dx), *_kernel_args(win)[:6], bool(count_include_pad),
-                                   be.stream())
+        be.kernels.avgpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), kernel_view(be, dx),
+                                      *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return dx
     share = dy / _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
     dpad = _padded(xp, xp.zeros(x_shape, dtype=dy.dtype), win, 0)
