@@ -18,7 +18,8 @@ from gpunet.ops import pool as pool_ops
 
 KERNELS = ("cross_entropy_forward", "cross_entropy_backward", "layernorm_forward", "layernorm_backward",
            "dropout_apply", "embedding_forward", "embedding_backward", "maxpool2d_forward", "maxpool2d_backward",
-           "avgpool2d_forward", "avgpool2d_backward")
+           "avgpool2d_forward", "avgpool2d_backward",
+           "softmax_forward", "softmax_backward")  # (cross-entropy on class probabilities: float32 softmax)
 HALF = {"bfloat16": dtypes.bfloat16, "float16": dtypes.float16}
 
 
@@ -50,7 +51,8 @@ def check(make, name, x, n, *, params=(), dy=None, target=None, train=True, exac
     kw = dict(target=target, train=train)
     sim = run(make, "sim", name, x, params=params, dy=dy, **kw)
     cpu = run(make, "cpu", name, x, params=params, dy=dy, **kw)
-    ref = run(make, "cpu", "float32", as32(x), params=[as32(p) for p in params], dy=as32(dy), **kw)
+    ref = run(make, "cpu", "float32", as32(x), params=[as32(p) for p in params], dy=as32(dy),
+              **dict(kw, target=as32(target)))
     what = ["y", "dx"] + [f"grad{i}" for i in range(len(params))]
     for got, want, r32, w in zip(sim, cpu, ref, what):
         if got is None and r32 is None:  # (an embedding's integer input has no gradient)
@@ -145,6 +147,17 @@ def test_bfloat16_float16_cross_entropy_kernels(case, make, shape, name, rng, sc
     w = (rng.random(c) + 0.5).astype(HALF[name])
     dy = half(rng, t.shape, name) if "none" in case else None
     check(lambda: make(gpunet.to_numpy(w).astype(np.float32)), name, x, c, target=t, dy=dy)
+
+
+@pytest.mark.parametrize("name", HALF)
+def test_bfloat16_float16_cross_entropy_class_probabilities(name, rng, schedule):
+    """Soft targets: array code around the softmax op, computed in float32 on
+    every backend (the float32 softmax kernels on sim), loss and gradient
+    rounded once."""
+    x = half(rng, (6, 9), name, 3.0)
+    t = rng.random((6, 9))
+    t = (t / t.sum(axis=1, keepdims=True)).astype(HALF[name])
+    check(lambda: nn.CrossEntropyLoss(label_smoothing=0.1), name, x, 9, target=t)
 
 
 @pytest.mark.parametrize("device", ["cpu", "sim"])
