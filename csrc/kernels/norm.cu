@@ -66,14 +66,16 @@ template <class T>
 constexpr int kPer16 = 16 / sizeof(T);
 
 // The 16 bytes at p (16-byte aligned) read in float32 / written from float32,
-// each value rounded once to T.
+// each value rounded once to T, one 16-byte access each: a float4 is copied
+// whole as a by-value argument and stored whole (fields read or written
+// through the pointer could become four 4-byte accesses, as
+// common/elementwise.cuh notes; the simulator's access profile shows it).
 template <class T>
 __device__ __forceinline__ void load16(const T* p, float* v) {
   if constexpr (std::is_same_v<T, float>) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
-    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    [v](const float4 q) { v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w; }(*reinterpret_cast<const float4*>(p));
   } else {
-    const Pack8<T> q = *reinterpret_cast<const Pack8<T>*>(p);
+    const Pack8<T> q = *reinterpret_cast<const Pack8<T>*>(p);  // (converted pair by pair: stays whole)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const float2 f = HalfPair<T>::to_float2(q.p[j]);
@@ -84,7 +86,9 @@ __device__ __forceinline__ void load16(const T* p, float* v) {
 template <class T>
 __device__ __forceinline__ void store16(T* p, const float* v) {
   if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+    float4 o;
+    o.x = v[0], o.y = v[1], o.z = v[2], o.w = v[3];
+    *reinterpret_cast<float4*>(p) = o;
   } else {
     Pack8<T> q;
 #pragma unroll
