@@ -14,6 +14,7 @@ import pytest
 
 import gpunet
 from gpunet import dtypes, nn, testing
+from gpunet.ops import dropout as dropout_ops
 from gpunet.ops import pool as pool_ops
 
 KERNELS = ("cross_entropy_forward", "cross_entropy_backward", "layernorm_forward", "layernorm_backward",
@@ -213,6 +214,19 @@ def test_bfloat16_float16_dropout_kernel_mask_and_scale(make, name, rng, schedul
     testing.assert_close(dx, dx32, name="dx vs float32")
     kept = (y32 != 0).mean()
     assert abs(kept - (0.7 if y.ndim == 2 else 0.5)) < 0.1
+
+
+@pytest.mark.parametrize("name", HALF)
+def test_bfloat16_float16_dropout_kernel_misaligned_input(name, rng, schedule):
+    """A view 2 bytes past a 16-byte boundary takes the scalar loop: the same
+    values as the aligned (Pack8) call."""
+    be = gpunet.get_backend("sim")
+    base = be.asarray(half(rng, 1001, name))
+    aligned, shifted = be.asarray(np.array(base[1:])), base[1:]
+    assert shifted.ctypes.data % 16 and not aligned.ctypes.data % 16
+    ys = [gpunet.to_numpy(dropout_ops.dropout_forward(be, a, 0.4, 5, 0)[0]) for a in (aligned, shifted)]
+    np.testing.assert_array_equal(ys[0].view(np.uint16), ys[1].view(np.uint16))
+    assert 0 < (ys[0].astype(np.float32) == 0).sum() < ys[0].size
 
 
 # ---------------------------------------------------------------- embedding
