@@ -6,7 +6,8 @@ NumPy (gpunet/ops/half.py), so sim matches cpu at the tolerance of one
 rounding plus the reduction. Every result is also held to the float32
 computation on the inputs' values with gpunet.testing.tolerances(dtype, n),
 n the reduction length. Pooling and dropout compute half on cpu (float32,
-one rounding) and refuse it on the kernel backends, before any launch.
+one rounding); their kernels' half paths are tested in
+tests/test_half_kernels_norm_loss.py.
 """
 import numpy as np
 import pytest
@@ -128,16 +129,6 @@ def test_bfloat16_float16_dropout_on_cpu_keeps_the_float32_mask(name, rng):
     assert y.dtype == dx.dtype == HALF[name] and 0 < (y32 == 0).sum() < y.size
     np.testing.assert_array_equal(y.astype(np.float32), y32.astype(HALF[name]).astype(np.float32))
     np.testing.assert_array_equal(dx.astype(np.float32), dx32.astype(HALF[name]).astype(np.float32))
-
-
-@pytest.mark.no_kernels("refused before any kernel")
-@pytest.mark.parametrize("name", HALF)
-@pytest.mark.parametrize("make, op", [(lambda: nn.MaxPool2d(2), "max_pool2d"), (lambda: nn.AvgPool2d(2), "avg_pool2d"),
-                                      (lambda: nn.Dropout(0.5), "dropout")], ids=["max", "avg", "dropout"])
-def test_bfloat16_float16_pooling_dropout_refused_on_sim(make, op, name):
-    m = make().to("sim", name)
-    with pytest.raises(NotImplementedError, match=f"{op}: the sim backend has no {name} kernels"):
-        m(np.ones((1, 1, 4, 4), HALF[name]))
 
 
 @pytest.mark.parametrize("name", HALF)

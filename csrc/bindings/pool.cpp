@@ -59,20 +59,23 @@ PoolShape pool_shape(const View& in, const char* in_name, const View& out, const
                    kh, kw, sh, sw, ph, pw, dh, dw};
 }
 
-// The float32 arrays every pooling call has, validated: what it reads
-// (forward: x; backward: dy) and what it writes (forward: y; backward: dx),
-// and the geometry they give with the window.
+// The arrays every pooling call has, validated: what it reads (forward: x;
+// backward: dy) and what it writes (forward: y; backward: dx), of one storage
+// type (float32, float16, bfloat16 as int16), and the geometry they give
+// with the window.
 struct PoolCall {
   View in, out;
   PoolShape shape;
+  Storage storage;
 };
 PoolCall pool_call(Arg in, Arg out, bool forward, const Window& win) {
-  const View in_v = as_array(in.obj, in.name, "float32");
-  const auto [out_v] = float32_outputs({out});
+  const View in_v = view_of(in.obj, in.name), out_v = view_of(out.obj, out.name);
+  const Storage storage = same_storage({{&in_v, in.name}, {&out_v, out.name}});
+  require_writable(out_v, out.name);
   const PoolShape s = forward ? pool_shape(in_v, in.name, out_v, out.name, win)
                               : pool_shape(out_v, out.name, in_v, in.name, win);
   require_disjoint(in_v, in.name, out_v, out.name);
-  return {in_v, out_v, s};
+  return {in_v, out_v, s, storage};
 }
 
 // The int32 argmax of max pooling, shaped like its output-side array.
@@ -89,57 +92,62 @@ void bind_pool(py::module_& m) {
       "maxpool2d_forward",
       [](py::handle x_obj, py::handle y_obj, py::handle arg_obj, int kh, int kw, int sh, int sw, int ph, int pw,
          int dh, int dw, std::uintptr_t stream) {
-        const auto [x, y, s] = pool_call({x_obj, "x"}, {y_obj, "y"}, true, Window{kh, kw, sh, sw, ph, pw, dh, dw});
+        const auto [x, y, s, storage] =
+            pool_call({x_obj, "x"}, {y_obj, "y"}, true, Window{kh, kw, sh, sw, ph, pw, dh, dw});
         const View arg = as_argmax(arg_obj, y, "y");
         require_writable(arg, "arg");
         require_disjoint(x, "x", arg, "arg");
         require_disjoint(y, "y", arg, "arg");
         auto guard = vouch({x, y, arg});
-        maxpool2d_forward(x.ptr<float>(), y.ptr<float>(), arg.ptr<int32_t>(), s, as_stream(stream));
+        maxpool2d_forward(storage, x.data, y.data, arg.ptr<int32_t>(), s, as_stream(stream));
         check_launch("maxpool2d_forward");
       },
       py::arg("x"), py::arg("y"), py::arg("arg"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
       py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("stream"),
-      "Max pooling: x float32 (N, C, H, W) -> y float32 (N, C, OH, OW) and arg int32\n"
+      "Max pooling: x (N, C, H, W) -> y (N, C, OH, OW) of x's dtype (float32, float16 or\n"
+      "bfloat16 as int16) and arg int32\n"
       "(N, C, OH, OW), the index h*W + w in its plane of the first maximum of each\n"
       "window. OH, OW are y's and must be PyTorch's (floor or ceil_mode).");
   m.def(
       "maxpool2d_backward",
       [](py::handle dy_obj, py::handle arg_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,
          int dh, int dw, std::uintptr_t stream) {
-        const auto [dy, dx, s] =
+        const auto [dy, dx, s, storage] =
             pool_call({dy_obj, "dy"}, {dx_obj, "dx"}, false, Window{kh, kw, sh, sw, ph, pw, dh, dw});
         const View arg = as_argmax(arg_obj, dy, "dy");
         require_disjoint(arg, "arg", dx, "dx");
         auto guard = vouch({dy, arg, dx});
-        maxpool2d_backward(dy.ptr<float>(), arg.ptr<int32_t>(), dx.ptr<float>(), s, as_stream(stream));
+        maxpool2d_backward(storage, dy.data, arg.ptr<int32_t>(), dx.data, s, as_stream(stream));
         check_launch("maxpool2d_backward");
       },
       py::arg("dy"), py::arg("arg"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
       py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("stream"),
       "dx (N, C, H, W) (overwritten) = sum of dy over the windows whose arg (from\n"
-      "maxpool2d_forward) is that element. Deterministic (a gather, no atomics).");
+      "maxpool2d_forward) is that element, summed in float32 and rounded once to dy's dtype.\n"
+      "Deterministic (a gather, no atomics).");
   m.def(
       "avgpool2d_forward",
       [](py::handle x_obj, py::handle y_obj, int kh, int kw, int sh, int sw, int ph, int pw, bool count_include_pad,
          std::uintptr_t stream) {
-        const auto [x, y, s] = pool_call({x_obj, "x"}, {y_obj, "y"}, true, Window{kh, kw, sh, sw, ph, pw, 1, 1});
+        const auto [x, y, s, storage] =
+            pool_call({x_obj, "x"}, {y_obj, "y"}, true, Window{kh, kw, sh, sw, ph, pw, 1, 1});
         auto guard = vouch({x, y});
-        avgpool2d_forward(x.ptr<float>(), y.ptr<float>(), s, count_include_pad, as_stream(stream));
+        avgpool2d_forward(storage, x.data, y.data, s, count_include_pad, as_stream(stream));
         check_launch("avgpool2d_forward");
       },
       py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
       py::arg("pw"), py::arg("count_include_pad"), py::arg("stream"),
-      "Average pooling: x float32 (N, C, H, W) -> y float32 (N, C, OH, OW), each window's\n"
-      "sum divided by its size clipped to the padded input (count_include_pad) or to\n"
-      "the input (PyTorch's AvgPool2d).");
+      "Average pooling: x (N, C, H, W) -> y (N, C, OH, OW) of x's dtype (float32, float16 or\n"
+      "bfloat16 as int16; float32 sums, rounded once), each window's sum divided by its size\n"
+      "clipped to the padded input (count_include_pad) or to the input (PyTorch's AvgPool2d).");
   m.def(
       "avgpool2d_backward",
       [](py::handle dy_obj, py::handle dx_obj, int kh, int kw, int sh, int sw, int ph, int pw,
          bool count_include_pad, std::uintptr_t stream) {
-        const auto [dy, dx, s] = pool_call({dy_obj, "dy"}, {dx_obj, "dx"}, false, Window{kh, kw, sh, sw, ph, pw, 1, 1});
+        const auto [dy, dx, s, storage] =
+            pool_call({dy_obj, "dy"}, {dx_obj, "dx"}, false, Window{kh, kw, sh, sw, ph, pw, 1, 1});
         auto guard = vouch({dy, dx});
-        avgpool2d_backward(dy.ptr<float>(), dx.ptr<float>(), s, count_include_pad, as_stream(stream));
+        avgpool2d_backward(storage, dy.data, dx.data, s, count_include_pad, as_stream(stream));
         check_launch("avgpool2d_backward");
       },
       py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),

@@ -12,11 +12,16 @@
 //     order. No mask is stored: backward calls this kernel again on dy with
 //     the same (seed, offset), trading a few integer multiplies per element
 //     for the write and re-read of a mask byte.
-//   Launch: the grid-stride loop of common/elementwise.cuh (y may alias x),
-//     256 threads per block, min(ceil(items / 256), resident blocks) blocks
-//     (launch.cuh grid_for); items = ceil(n / 4) with float4 loads/stores when
-//     x and y are 16-byte aligned, else n. Indices and counters are 64-bit.
-//   Traffic: reads 4n bytes, writes 4n. Work: 3 64-bit multiplies (about 12
+//   Storage: templated on float, __half and __nv_bfloat16 (common/storage.h):
+//     the value is read in float32, multiplied by the float32 scale and
+//     rounded once, as the cpu reference rounds x * float32(scale); the mask
+//     is the same function of k whatever the storage.
+//   Launch: the grid-stride loop of common/storage.cuh elementwise_of (y may
+//     alias x), 256 threads per block, min(ceil(items / 256), resident
+//     blocks) blocks (launch.cuh grid_for); items = ceil(n / 4) float4 or
+//     ceil(n / 8) Pack8 (8 half values) loads/stores when x and y are 16-byte
+//     aligned, else n. Indices and counters are 64-bit.
+//   Traffic: reads 4n bytes, writes 4n (half storage: 2n each). Work: 3 64-bit multiplies (about 12
 //     32-bit IMADs), ~8 shifts/xors and one compare per element: close to the
 //     bandwidth floor 8n / DRAM bandwidth on an H100 (~25 integer ops per 8
 //     bytes), so the hash and the memory traffic take similar time.
@@ -24,6 +29,7 @@
 
 #include "common/elementwise.cuh"
 #include "common/launch.cuh"
+#include "common/storage.cuh"
 #include "kernels/dropout.h"
 
 namespace gpunet {
@@ -41,20 +47,32 @@ __device__ __forceinline__ float keep_or_zero(float v, uint64_t seed, uint64_t c
   return splitmix64_bits(seed, counter) >= threshold ? v * scale : 0.f;
 }
 
-__global__ void __launch_bounds__(kThreads) dropout_apply_kernel(const float* x, float* y, int64_t n, uint64_t seed,
+template <class T>
+__global__ void __launch_bounds__(kThreads) dropout_apply_kernel(const T* x, T* y, int64_t n, uint64_t seed,
                                                                  uint64_t offset, uint64_t threshold, float scale,
-                                                                 bool vec4) {
-  elementwise(n, vec4, [=](int64_t k, float v) { return keep_or_zero(v, seed, offset + k, threshold, scale); }, y, x);
+                                                                 bool vec) {
+  elementwise_of(n, vec, [=](int64_t k, float v) { return keep_or_zero(v, seed, offset + k, threshold, scale); }, y,
+                 x);
+}
+
+template <class T>
+void launch_dropout(const T* x, T* y, int64_t n, uint64_t seed, uint64_t offset, uint64_t threshold, float scale,
+                    cudaStream_t stream) {
+  const bool vec = all_aligned16(x, y);
+  const int64_t per_vector = 16 / sizeof(T);  // float4 or Pack8
+  const unsigned grid = grid_for(dropout_apply_kernel<T>, vec ? (n + per_vector - 1) / per_vector : n);
+  dropout_apply_kernel<T><<<grid, kThreads, 0, stream>>>(x, y, n, seed, offset, threshold, scale, vec);
 }
 
 }  // namespace
 
-void dropout_apply(const float* x, float* y, int64_t n, uint64_t seed, uint64_t offset, uint64_t threshold,
-                   float scale, cudaStream_t stream) {
+void dropout_apply(Storage storage, const void* x, void* y, int64_t n, uint64_t seed, uint64_t offset,
+                   uint64_t threshold, float scale, cudaStream_t stream) {
   if (n == 0) return;
-  const bool vec4 = all_aligned16(x, y);
-  dropout_apply_kernel<<<elementwise_grid(dropout_apply_kernel, n, vec4), kThreads, 0, stream>>>(
-      x, y, n, seed, offset, threshold, scale, vec4);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    launch_dropout(static_cast<const T*>(x), static_cast<T*>(y), n, seed, offset, threshold, scale, stream);
+  });
 }
 
 }  // namespace gpunet

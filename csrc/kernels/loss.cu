@@ -1,5 +1,11 @@
-// loss.cu -- float32 softmax cross-entropy on class indices, fused with
-// log-softmax, forward and backward; no probabilities are ever stored.
+// loss.cu -- softmax cross-entropy on class indices, fused with log-softmax,
+// forward and backward; no probabilities are ever stored. Templated on the
+// logits' storage type T (float, __half, __nv_bfloat16; common/storage.h):
+// every logit is read in float32, the row max, sums, (m, l) pairs, per-row
+// losses and the incoming dloss are float32 whatever T, and only dlogits is
+// stored in T, each value rounded once (the caller rounds the reduced loss).
+// Half rows are read a value per lane, as softmax.cu reads them (coalesced:
+// 64 bytes per warp request).
 //
 // Cross-entropy with label smoothing eps and class weights w: row loss
 // sum_c a_c (lse - x_c) with a_c = (1 - eps) w_t [c = t] + eps / C w_c. The
@@ -20,7 +26,7 @@
 //   Launch: 128 threads = 4 rows per block, ceil(rows / 4) blocks (warp
 //     path); 256 threads per block, min(rows, 65535) blocks striding over
 //     rows (block path).
-//   Traffic: read logits once: 4n bytes + 20 per row (target, loss, lse
+//   Traffic: read logits once: 4n bytes (2n for half) + 20 per row (target, loss, lse
 //     pair), n = rows * C. ~6 FLOPs + 1 exp per element.
 //
 // cross_entropy_backward
@@ -29,7 +35,7 @@
 //   striding over the classes. C < 32: elementwise, grid-stride (int64 index
 //   over rows * C; 256 threads per block, min(ceil(n / 256), 8 per SM) blocks),
 //   the per-row values re-read (from cache) by each element. Read logits,
-//   write dlogits: 8n bytes; ~6 FLOPs + 1 exp per element.
+//   write dlogits: 8n bytes (4n for half); ~6 FLOPs + 1 exp per element.
 // Both are memory bound: the floor is bytes / DRAM bandwidth. The forward's
 // per-row epilogue (target, its logit and weight, loss and lse stores) is one
 // lane's work: single-lane requests, a few per row against C / 32 full ones.
@@ -41,6 +47,7 @@
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
 #include "common/rows.cuh"
+#include "common/storage.cuh"
 #include "kernels/loss.h"
 
 namespace gpunet {
@@ -51,7 +58,8 @@ namespace {
 // and wd = sum_c w_c (x_c - ref). Reads the target logit directly. A target
 // out of range is reported in `flag` (the host raises at its next sync) and
 // counts 0, never read out of bounds.
-__device__ __forceinline__ float xent_row_loss(const float* xr, int64_t t, const float* weight, float m, float l,
+template <class T>
+__device__ __forceinline__ float xent_row_loss(const T* xr, int64_t t, const float* weight, float m, float l,
                                                float ref, float ws, float wd, int cols, int64_t ignore_index,
                                                float eps, int64_t* flag) {
   if (t == ignore_index) return 0.f;
@@ -60,20 +68,20 @@ __device__ __forceinline__ float xent_row_loss(const float* xr, int64_t t, const
     return 0.f;
   }
   const float wt = weight ? weight[t] : 1.f;
-  float loss = (1.f - eps) * wt * ((m - xr[t]) + l);
+  float loss = (1.f - eps) * wt * ((m - to_float(xr[t])) + l);
   if (eps > 0.f) loss += eps / cols * (ws * ((m - ref) + l) - wd);  // sum_c w_c (lse - x_c)
   return loss;
 }
 
-template <int VPT>
+template <class T, int VPT>
 __global__ void __launch_bounds__(kWarpBlock)
-    xent_forward_warp(const float* __restrict__ x, const int64_t* __restrict__ target, const float* __restrict__ weight,
+    xent_forward_warp(const T* __restrict__ x, const int64_t* __restrict__ target, const float* __restrict__ weight,
                       float* __restrict__ loss, float* __restrict__ lse, int64_t rows, int cols, int64_t ignore_index,
                       float eps, int64_t* __restrict__ flag) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
   if (row >= rows) return;
-  const float* xr = x + row * cols;
+  const T* xr = x + row * cols;
   float v[VPT];
   const float m = warp_load_row_max(xr, cols, 1.f, v);
   float s = 0.f, ws = 0.f, wd = 0.f;
@@ -100,17 +108,18 @@ __global__ void __launch_bounds__(kWarpBlock)
   }
 }
 
+template <class T>
 __global__ void __launch_bounds__(kRowBlock)
-    xent_forward_block(const float* __restrict__ x, const int64_t* __restrict__ target,
+    xent_forward_block(const T* __restrict__ x, const int64_t* __restrict__ target,
                        const float* __restrict__ weight, float* __restrict__ loss, float* __restrict__ lse,
                        int64_t rows, int cols, int64_t ignore_index, float eps, int64_t* __restrict__ flag) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const float* xr = x + row * cols;
-    const float ref = xr[0];
+    const T* xr = x + row * cols;
+    const float ref = to_float(xr[0]);
     MaxSum a{-INFINITY, 0.f};
     float ws = 0.f, wd = 0.f;
     for (int c = threadIdx.x; c < cols; c += kRowBlock) {
-      const float v = xr[c];
+      const float v = to_float(xr[c]);
       online_add(a, v, 1.f);
       if (eps > 0.f) {
         const float w = weight ? weight[c] : 1.f;
@@ -168,64 +177,87 @@ __device__ __forceinline__ float xent_grad(const XentRowGrad& r, float x, const 
 
 // Rows of 32 classes or more: a warp per row, so the row's constants are
 // loaded once per row, not once per 32 elements.
+template <class T>
 __global__ void __launch_bounds__(kWarpBlock)
-    xent_backward_rows(const float* __restrict__ x, const int64_t* __restrict__ target,
+    xent_backward_rows(const T* __restrict__ x, const int64_t* __restrict__ target,
                        const float* __restrict__ weight, const float* __restrict__ weight_sum,
-                       const float* __restrict__ lse, const float* __restrict__ dloss, float* __restrict__ dx,
+                       const float* __restrict__ lse, const float* __restrict__ dloss, T* __restrict__ dx,
                        int64_t rows, int cols, int64_t ignore_index, float eps) {
   const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.x / 32;
   if (row >= rows) return;
   const XentRowGrad r =
       xent_row_grad(target, weight, weight ? *weight_sum : (float)cols, lse, dloss, row, cols, ignore_index, eps);
-  const float* xr = x + row * cols;
-  float* dr = dx + row * cols;
-  for (int c = threadIdx.x % 32; c < cols; c += 32) dr[c] = xent_grad(r, xr[c], weight, c, cols, eps);
+  const T* xr = x + row * cols;
+  T* dr = dx + row * cols;
+  for (int c = threadIdx.x % 32; c < cols; c += 32)
+    dr[c] = from_float<T>(xent_grad(r, to_float(xr[c]), weight, c, cols, eps));
 }
 
 // Narrower rows: elementwise, grid-stride (a warp per row would idle lanes).
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-    xent_backward_elements(const float* __restrict__ x, const int64_t* __restrict__ target,
+    xent_backward_elements(const T* __restrict__ x, const int64_t* __restrict__ target,
                            const float* __restrict__ weight, const float* __restrict__ weight_sum,
-                           const float* __restrict__ lse, const float* __restrict__ dloss, float* __restrict__ dx,
+                           const float* __restrict__ lse, const float* __restrict__ dloss, T* __restrict__ dx,
                            int64_t rows, int cols, int64_t ignore_index, float eps) {
   const int64_t n = rows * cols;
   const float ws = weight ? *weight_sum : (float)cols;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t row = i / cols;
     const int c = (int)(i - row * cols);
-    dx[i] = xent_grad(xent_row_grad(target, weight, ws, lse, dloss, row, cols, ignore_index, eps), x[i], weight, c,
-                      cols, eps);
+    dx[i] = from_float<T>(xent_grad(xent_row_grad(target, weight, ws, lse, dloss, row, cols, ignore_index, eps),
+                                    to_float(x[i]), weight, c, cols, eps));
   }
 }
 
-}  // namespace
-
-void cross_entropy_forward(const float* logits, const int64_t* target, const float* weight, float* loss, float* lse,
-                           int64_t rows, int cols, int64_t ignore_index, float eps, int64_t* flag,
-                           cudaStream_t stream) {
-  if (rows == 0) return;
+template <class T>
+void launch_xent_forward(const T* logits, const int64_t* target, const float* weight, float* loss, float* lse,
+                         int64_t rows, int cols, int64_t ignore_index, float eps, int64_t* flag, cudaStream_t stream) {
   if (cols > kMaxWarpCols) {
-    xent_forward_block<<<row_grid(rows), kRowBlock, 0, stream>>>(logits, target, weight, loss, lse, rows, cols,
-                                                                 ignore_index, eps, flag);
+    xent_forward_block<T><<<row_grid(rows), kRowBlock, 0, stream>>>(logits, target, weight, loss, lse, rows, cols,
+                                                                    ignore_index, eps, flag);
     return;
   }
   with_values_per_lane(cols, [&](auto vpt) {
-    xent_forward_warp<decltype(vpt)::value><<<warp_grid(rows), kWarpBlock, 0, stream>>>(
+    xent_forward_warp<T, decltype(vpt)::value><<<warp_grid(rows), kWarpBlock, 0, stream>>>(
         logits, target, weight, loss, lse, rows, cols, ignore_index, eps, flag);
   });
 }
 
-void cross_entropy_backward(const float* logits, const int64_t* target, const float* weight, const float* weight_sum,
-                            const float* lse, const float* dloss, float* dlogits, int64_t rows, int cols,
-                            int64_t ignore_index, float eps, cudaStream_t stream) {
-  if (rows == 0 || cols == 0) return;
+template <class T>
+void launch_xent_backward(const T* logits, const int64_t* target, const float* weight, const float* weight_sum,
+                          const float* lse, const float* dloss, T* dlogits, int64_t rows, int cols,
+                          int64_t ignore_index, float eps, cudaStream_t stream) {
   if (cols >= 32)
-    xent_backward_rows<<<warp_grid(rows), kWarpBlock, 0, stream>>>(logits, target, weight, weight_sum, lse, dloss,
-                                                                    dlogits, rows, cols, ignore_index, eps);
+    xent_backward_rows<T><<<warp_grid(rows), kWarpBlock, 0, stream>>>(logits, target, weight, weight_sum, lse,
+                                                                       dloss, dlogits, rows, cols, ignore_index, eps);
   else
-    xent_backward_elements<<<grid_for(rows * cols), kThreads, 0, stream>>>(logits, target, weight, weight_sum, lse,
-                                                                          dloss, dlogits, rows, cols, ignore_index,
-                                                                          eps);
+    xent_backward_elements<T><<<grid_for(rows * cols), kThreads, 0, stream>>>(
+        logits, target, weight, weight_sum, lse, dloss, dlogits, rows, cols, ignore_index, eps);
+}
+
+}  // namespace
+
+void cross_entropy_forward(Storage storage, const void* logits, const int64_t* target, const float* weight,
+                           float* loss, float* lse, int64_t rows, int cols, int64_t ignore_index, float eps,
+                           int64_t* flag, cudaStream_t stream) {
+  if (rows == 0) return;
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    launch_xent_forward(static_cast<const T*>(logits), target, weight, loss, lse, rows, cols, ignore_index, eps,
+                        flag, stream);
+  });
+}
+
+void cross_entropy_backward(Storage storage, const void* logits, const int64_t* target, const float* weight,
+                            const float* weight_sum, const float* lse, const float* dloss, void* dlogits,
+                            int64_t rows, int cols, int64_t ignore_index, float eps, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return;
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    launch_xent_backward(static_cast<const T*>(logits), target, weight, weight_sum, lse, dloss,
+                         static_cast<T*>(dlogits), rows, cols, ignore_index, eps, stream);
+  });
 }
 
 }  // namespace gpunet

@@ -1,6 +1,15 @@
-// pool.cu -- 2-D max and average pooling (float32), forward and backward,
-// with PyTorch's semantics (padding, dilation for max, ceil_mode through the
+// pool.cu -- 2-D max and average pooling, forward and backward, with
+// PyTorch's semantics (padding, dilation for max, ceil_mode through the
 // caller's output size, count_include_pad for average).
+//
+// Storage: the kernels are templated on the type T of x, y, dy and dx
+// (float, __half, __nv_bfloat16; common/storage.h). Values are read in
+// float32 (the tiled forward stages them in shared memory as float32),
+// compared, summed and divided in float32, and each output is rounded once
+// to T: a max is exact, an average or a gradient sum is rounded once, in the
+// order the cpu reference adds (row-major window order). Each thread reads
+// single values (neighbouring threads neighbouring values: coalesced); the
+// arg-max indices stay int32.
 //
 // Forward (maxpool2d_forward, avgpool2d_forward)
 //   Algorithm: one thread per output element (plane, oy, ox) scans its
@@ -56,6 +65,7 @@
 
 #include "common/fastdiv.cuh"
 #include "common/launch.cuh"
+#include "common/storage.cuh"
 #include "kernels/pool.h"
 
 namespace gpunet {
@@ -126,18 +136,19 @@ __device__ __forceinline__ float pool_window(const PoolShape& s, bool count_incl
 
 // One thread per output, reading its window from global memory: for windows
 // whose input tile would not fit shared memory (pool_tiles).
-template <bool kMax, class Index>
+template <bool kMax, class T, class Index>
 __global__ void __launch_bounds__(kThreads)
-    pool_forward_direct(const float* __restrict__ x, float* __restrict__ y, int32_t* __restrict__ arg, PoolShape s,
+    pool_forward_direct(const T* __restrict__ x, T* __restrict__ y, int32_t* __restrict__ arg, PoolShape s,
                         bool count_include_pad, PoolDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
     Index oy, ox;
     const Index plane = split(div, e, oy, ox);
-    const float* src = x + plane * (Index)s.h * (Index)s.w;
+    const T* src = x + plane * (Index)s.h * (Index)s.w;
     int32_t at;
-    y[e] = pool_window<kMax>(s, count_include_pad, (int)oy, (int)ox,
-                             [&](int, int, int yy, int xx) { return src[yy * (int)s.w + xx]; }, at);
+    y[e] = from_float<T>(pool_window<kMax>(s, count_include_pad, (int)oy, (int)ox,
+                                           [&](int, int, int yy, int xx) { return to_float(src[yy * (int)s.w + xx]); },
+                                           at));
     if constexpr (kMax) arg[e] = at;
   }
 }
@@ -153,9 +164,9 @@ struct PoolTiles {
   Index count;
 };
 
-template <bool kMax, class Index>
+template <bool kMax, class T, class Index>
 __global__ void __launch_bounds__(kThreads)
-    pool_forward_tiled(const float* __restrict__ x, float* __restrict__ y, int32_t* __restrict__ arg, PoolShape s,
+    pool_forward_tiled(const T* __restrict__ x, T* __restrict__ y, int32_t* __restrict__ arg, PoolShape s,
                        bool count_include_pad, PoolTiles<Index> t) {
   extern __shared__ float tile[];
   const int h = (int)s.h, w = (int)s.w, oh = (int)s.oh, ow = (int)s.ow;
@@ -165,7 +176,7 @@ __global__ void __launch_bounds__(kThreads)
     const Index plane = t.tiles_y.divmod(t.tiles_x.divmod(k, tx), ty);
     const int oy0 = (int)ty * t.th, ox0 = (int)tx * t.tw;
     const int iy0 = oy0 * s.sh - s.ph, ix0 = ox0 * s.sw - s.pw;
-    const float* src = x + plane * (Index)h * (Index)w;
+    const T* src = x + plane * (Index)h * (Index)w;
     __syncthreads();  // the previous tile's reads are done
     // consecutive threads load consecutive pixels of a tile row (0 outside the
     // plane: never read, since pool_window skips those pixels)
@@ -173,7 +184,7 @@ __global__ void __launch_bounds__(kThreads)
       int c;
       const int r = t.iw_div.divmod(q, c);
       const int yy = iy0 + r, xx = ix0 + c;
-      tile[q] = yy >= 0 && yy < h && xx >= 0 && xx < w ? src[yy * w + xx] : 0.f;
+      tile[q] = yy >= 0 && yy < h && xx >= 0 && xx < w ? to_float(src[yy * w + xx]) : 0.f;
     }
     __syncthreads();
     const int oy = oy0 + ly, ox = ox0 + lx;
@@ -183,15 +194,15 @@ __global__ void __launch_bounds__(kThreads)
     const float v = pool_window<kMax>(s, count_include_pad, oy, ox,
                                       [&](int i, int j, int, int) { return mine[i * s.dh * t.iw + j * s.dw]; }, at);
     const Index o = (plane * oh + oy) * ow + ox;
-    y[o] = v;
+    y[o] = from_float<T>(v);
     if constexpr (kMax) arg[o] = at;
   }
 }
 
-template <class Index>
-__global__ void __launch_bounds__(kThreads) maxpool_backward_kernel(const float* __restrict__ dy,
+template <class T, class Index>
+__global__ void __launch_bounds__(kThreads) maxpool_backward_kernel(const T* __restrict__ dy,
                                                                     const int32_t* __restrict__ arg,
-                                                                    float* __restrict__ dx, PoolShape s,
+                                                                    T* __restrict__ dx, PoolShape s,
                                                                     PoolDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
   const Index w = (Index)s.w, oh = (Index)s.oh, ow = (Index)s.ow;
@@ -212,16 +223,16 @@ __global__ void __launch_bounds__(kThreads) maxpool_backward_kernel(const float*
         const Index ox = div.sw.divmod(rx, rem);
         if (rem || ox >= ow) continue;
         const Index o = out0 + oy * ow + ox;
-        if (arg[o] == me) sum += dy[o];
+        if (arg[o] == me) sum += to_float(dy[o]);
       }
     }
-    dx[e] = sum;
+    dx[e] = from_float<T>(sum);
   }
 }
 
-template <class Index>
-__global__ void __launch_bounds__(kThreads) avgpool_backward_kernel(const float* __restrict__ dy,
-                                                                    float* __restrict__ dx, PoolShape s,
+template <class T, class Index>
+__global__ void __launch_bounds__(kThreads) avgpool_backward_kernel(const T* __restrict__ dy,
+                                                                    T* __restrict__ dx, PoolShape s,
                                                                     bool count_include_pad, PoolDivs<Index> div,
                                                                     Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
@@ -241,10 +252,10 @@ __global__ void __launch_bounds__(kThreads) avgpool_backward_kernel(const float*
         if (rx < 0) break;
         const Index ox = div.sw.divmod(rx, rem);
         if (rem || ox >= ow) continue;
-        sum += dy[out0 + oy * ow + ox] / (float)avg_divisor((int)oy, (int)ox, s, count_include_pad);
+        sum += to_float(dy[out0 + oy * ow + ox]) / (float)avg_divisor((int)oy, (int)ox, s, count_include_pad);
       }
     }
-    dx[e] = sum;
+    dx[e] = from_float<T>(sum);
   }
 }
 
@@ -284,8 +295,8 @@ PoolTiles<Index> pool_tiles(const PoolShape& s) {
   return t;
 }
 
-template <bool kMax>
-void pool_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, bool count_include_pad,
+template <bool kMax, class T>
+void pool_forward(const T* x, T* y, int32_t* arg, const PoolShape& s, bool count_include_pad,
                   cudaStream_t stream) {
   const int64_t total = s.planes * s.oh * s.ow;
   if (total == 0) return;
@@ -293,46 +304,72 @@ void pool_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, bo
     using Index = decltype(index);
     const PoolTiles<Index> t = pool_tiles<Index>(s);
     if (t.count == 0) {
-      pool_forward_direct<kMax, Index><<<grid_for(total), kThreads, 0, stream>>>(x, y, arg, s, count_include_pad,
-                                                                              out_divs<Index>(s), (Index)total);
+      pool_forward_direct<kMax, T, Index><<<grid_for(total), kThreads, 0, stream>>>(
+          x, y, arg, s, count_include_pad, out_divs<Index>(s), (Index)total);
       return;
     }
     const int threads = t.tw * t.th;
     const size_t smem = t.iw * t.ih * sizeof(float);
     // a grid-stride loop over tiles: no more blocks than the device holds at once
     const unsigned blocks = (unsigned)std::min<int64_t>(
-        t.count, resident_blocks(pool_forward_tiled<kMax, Index>, threads, smem));
-    pool_forward_tiled<kMax, Index><<<blocks, threads, smem, stream>>>(x, y, arg, s, count_include_pad, t);
+        t.count, resident_blocks(pool_forward_tiled<kMax, T, Index>, threads, smem));
+    pool_forward_tiled<kMax, T, Index><<<blocks, threads, smem, stream>>>(x, y, arg, s, count_include_pad, t);
+  });
+}
+
+template <class T>
+void maxpool_backward(const T* dy, const int32_t* arg, T* dx, const PoolShape& s, cudaStream_t stream) {
+  const int64_t total = s.planes * s.h * s.w;
+  if (total == 0) return;
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    maxpool_backward_kernel<T, Index><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, in_divs<Index>(s),
+                                                                                (Index)total);
+  });
+}
+
+template <class T>
+void avgpool_backward(const T* dy, T* dx, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
+  const int64_t total = s.planes * s.h * s.w;
+  if (total == 0) return;
+  with_index_type(fits_int32(s), [&](auto index) {
+    using Index = decltype(index);
+    avgpool_backward_kernel<T, Index><<<grid_for(total), kThreads, 0, stream>>>(dy, dx, s, count_include_pad,
+                                                                                in_divs<Index>(s), (Index)total);
   });
 }
 
 }  // namespace
 
-void maxpool2d_forward(const float* x, float* y, int32_t* arg, const PoolShape& s, cudaStream_t stream) {
-  pool_forward<true>(x, y, arg, s, false, stream);
-}
-
-void maxpool2d_backward(const float* dy, const int32_t* arg, float* dx, const PoolShape& s, cudaStream_t stream) {
-  const int64_t total = s.planes * s.h * s.w;
-  if (total == 0) return;
-  with_index_type(fits_int32(s), [&](auto index) {
-    using Index = decltype(index);
-    maxpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, arg, dx, s, in_divs<Index>(s),
-                                                                             (Index)total);
+void maxpool2d_forward(Storage storage, const void* x, void* y, int32_t* arg, const PoolShape& s,
+                       cudaStream_t stream) {
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    pool_forward<true>(static_cast<const T*>(x), static_cast<T*>(y), arg, s, false, stream);
   });
 }
 
-void avgpool2d_forward(const float* x, float* y, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
-  pool_forward<false>(x, y, nullptr, s, count_include_pad, stream);
+void maxpool2d_backward(Storage storage, const void* dy, const int32_t* arg, void* dx, const PoolShape& s,
+                        cudaStream_t stream) {
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    maxpool_backward(static_cast<const T*>(dy), arg, static_cast<T*>(dx), s, stream);
+  });
 }
 
-void avgpool2d_backward(const float* dy, float* dx, const PoolShape& s, bool count_include_pad, cudaStream_t stream) {
-  const int64_t total = s.planes * s.h * s.w;
-  if (total == 0) return;
-  with_index_type(fits_int32(s), [&](auto index) {
-    using Index = decltype(index);
-    avgpool_backward_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dy, dx, s, count_include_pad,
-                                                                             in_divs<Index>(s), (Index)total);
+void avgpool2d_forward(Storage storage, const void* x, void* y, const PoolShape& s, bool count_include_pad,
+                       cudaStream_t stream) {
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    pool_forward<false>(static_cast<const T*>(x), static_cast<T*>(y), nullptr, s, count_include_pad, stream);
+  });
+}
+
+void avgpool2d_backward(Storage storage, const void* dy, void* dx, const PoolShape& s, bool count_include_pad,
+                        cudaStream_t stream) {
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    avgpool_backward(static_cast<const T*>(dy), static_cast<T*>(dx), s, count_include_pad, stream);
   });
 }
 

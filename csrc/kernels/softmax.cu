@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kWarpBlock, kBackwardBlocksPerSm)
   if (row >= rows) return;
   const T* yr = y + row * cols;
   const T* gr = dy + row * cols;
-  HeldRow<T, VPT> gv;
+  HeldRow<T, VPT> gv{};
   float s = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import checks
+from .. import checks, dtypes
 from ..ops import norm as ops
 from . import init
 from .module import Module, Parameter
@@ -173,7 +173,9 @@ class GroupNorm(Module):
     Each group of each sample is one row of a layer norm without affine, so
     the layer-norm kernels (sim, cuda; float32) normalise the (N·G, C/G·spatial)
     rows and their backward takes g = dy·weight[c]; the affine and its
-    gradients are array code (per-channel sums)."""
+    gradients are array code (per-channel sums). A bfloat16/float16 layer
+    computes all of it in float32 (the float32 layer-norm kernels on sim and
+    cuda) and rounds the output and each gradient once to its dtype."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None,
                  dtype=None, *, bias: bool = True):
@@ -199,16 +201,21 @@ class GroupNorm(Module):
         if input.size == 0:  # nothing to normalise (and no row to launch over)
             self.save(None, None, input.shape)
             return be.xp.zeros(input.shape, self.dtype)
-        rows = be.xp.ascontiguousarray(input).reshape(n * self.num_groups, c // self.num_groups * spatial)
+        f32 = self._float32
+        rows = be.xp.ascontiguousarray(f32(input)).reshape(n * self.num_groups, c // self.num_groups * spatial)
         xhat, ctx = ops.layer_norm_forward(be, rows, None, None, rows.shape[1], self.eps)
         xhat = xhat.reshape(n, c, spatial)
         y = xhat
         if self.affine:
-            y = xhat * self.weight.data[:, None]
+            y = xhat * f32(self.weight.data)[:, None]
             if self.bias is not None:
-                y += self.bias.data[:, None]
+                y += f32(self.bias.data)[:, None]
         self.save(ctx, xhat if self.affine else None, input.shape)
-        return y.reshape(input.shape)
+        return y.reshape(input.shape).astype(self.dtype, copy=False)
+
+    def _float32(self, a):
+        """`a` as the layer computes with it: float32 for a half layer."""
+        return a.astype(np.float32) if dtypes.is_half(self.dtype) else a
 
     def backward(self, grad_output):
         ctx, xhat, shape = self.saved()
@@ -219,13 +226,14 @@ class GroupNorm(Module):
             dx = be.xp.zeros(shape, self.dtype)
             dw, db = be.xp.zeros(c, self.dtype), be.xp.zeros(c, self.dtype)
         else:
-            dy = be.xp.ascontiguousarray(grad_output).reshape(n, c, -1)
+            dy = be.xp.ascontiguousarray(self._float32(grad_output)).reshape(n, c, -1)
             g = dy
             if self.affine:
-                g = dy * self.weight.data[:, None]
+                g = dy * self._float32(self.weight.data)[:, None]
                 dw, db = be.xp.einsum("ncs,ncs->c", dy, xhat), dy.sum(axis=(0, 2))
+                dw, db = dw.astype(self.dtype, copy=False), db.astype(self.dtype, copy=False)
             dx, _, _ = ops.layer_norm_backward(be, ctx, g.reshape(n * self.num_groups, -1))
-            dx = dx.reshape(shape)
+            dx = dx.reshape(shape).astype(self.dtype, copy=False)
         if self.affine:
             self.weight.accumulate(dw)
             if self.bias is not None:

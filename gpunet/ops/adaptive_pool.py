@@ -51,8 +51,17 @@ def _averaging(xp, size: int, out: int, dtype):
     return xp.asarray(inside / (end - start)[:, None], dtype=dtype)
 
 
+def _pooled_forward(be, x, out_size):
+    """A half call goes to the pooling kernels where the windows are plain pooling."""
+    return _kernel(x.shape, out_size) is not None
+
+
+def _pooled_backward(be, ctx, dy):
+    return ctx[0]
+
+
 # ---------------------------------------------------------------- average
-@float32_compute("adaptive_avg_pool2d", forward=True)
+@float32_compute("adaptive_avg_pool2d", forward=True, half_kernels=_pooled_forward)
 def adaptive_avg_pool2d_forward(be, x, out_size):
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context."""
     k = _kernel(x.shape, out_size)
@@ -65,7 +74,7 @@ def adaptive_avg_pool2d_forward(be, x, out_size):
     return ah @ x @ aw.T, (False, (ah, aw))
 
 
-@float32_compute("adaptive_avg_pool2d", forward=False)
+@float32_compute("adaptive_avg_pool2d", forward=False, half_kernels=_pooled_backward)
 def adaptive_avg_pool2d_backward(be, ctx, dy):
     pooled, saved = ctx
     if pooled:
@@ -75,7 +84,7 @@ def adaptive_avg_pool2d_backward(be, ctx, dy):
 
 
 # ---------------------------------------------------------------- max
-@float32_compute("adaptive_max_pool2d", forward=True)
+@float32_compute("adaptive_max_pool2d", forward=True, half_kernels=_pooled_forward)
 def adaptive_max_pool2d_forward(be, x, out_size):
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context (indices
     come from adaptive_max_pool2d_indices)."""
@@ -102,7 +111,7 @@ def adaptive_max_pool2d_forward(be, x, out_size):
     return y, (False, xp.ascontiguousarray(arg), x.shape)
 
 
-@float32_compute("adaptive_max_pool2d", forward=False)
+@float32_compute("adaptive_max_pool2d", forward=False, half_kernels=_pooled_backward)
 def adaptive_max_pool2d_backward(be, ctx, dy):
     pooled, saved, x_shape = ctx
     if pooled:

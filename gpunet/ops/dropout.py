@@ -13,17 +13,20 @@ SplitMix64's output number `offset + k` for the stream seeded with `seed`:
 Pure integer arithmetic, so NumPy, CuPy and csrc/kernels/dropout.cu draw
 bit-identical masks, in any thread order, with no generator state to carry.
 Kept values are scaled by 1/(1-p) ("inverted dropout"), so eval mode is the
-identity. cpu/cupy keep the boolean mask for backward; the kernels store no
-mask: one kernel, dropout_apply, computes y = x·scale where kept and 0
-elsewhere, and backward runs it again on dy with the same (seed, offset): a few
-integer multiplies per element instead of writing and re-reading a mask byte.
+identity; half storage (the kernel's too) multiplies in float32 by the float32
+scale and rounds once, with the float32 mask. cpu/cupy keep the boolean mask
+for backward; the kernels store no mask: one kernel, dropout_apply, computes
+y = x·scale where kept and 0 elsewhere, and backward runs it again on dy with
+the same (seed, offset): a few integer multiplies per element instead of
+writing and re-reading a mask byte.
 """
 import math
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
-from .half import float32_compute
+from .half import float32_compute, kernel_view
 
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
@@ -47,7 +50,12 @@ def random_bits(xp, seed: int, offset: int, n: int):
     return z >> u64(32)
 
 
-@float32_compute("dropout", forward=True)
+def _half_kernels(be, *args, **kwargs):
+    """Every half dropout call runs on the kernel (float32 inside, one rounding)."""
+    return True
+
+
+@float32_compute("dropout", forward=True, half_kernels=_half_kernels)
 def dropout_forward(be, x, p: float, seed: int, offset: int):
     """Training-mode dropout of x with drop probability p in [0, 1]. Returns (y, ctx)."""
     xp = be.xp
@@ -55,18 +63,18 @@ def dropout_forward(be, x, p: float, seed: int, offset: int):
         return xp.zeros_like(x), ("zero",)
     scale = 1.0 / (1.0 - p)
     thr = threshold(p)
-    if path(be, "dropout", x.dtype) != "kernel":
+    if not dtypes.is_half(x.dtype) and path(be, "dropout", x.dtype) != "kernel":  # half: a kernel backend's
         keep = random_bits(xp, seed, offset, x.size).reshape(x.shape) >= np.uint64(thr)
         y = xp.where(keep, x * x.dtype.type(scale), x.dtype.type(0))
         return y, ("mask", keep, scale)
     xc = xp.ascontiguousarray(x)
     y = xp.empty_like(xc)
     seed, offset = seed % 2 ** 64, offset % 2 ** 64  # the kernel's uint64 arithmetic wraps the same way
-    be.kernels.dropout_apply(xc, y, seed, offset, thr, scale, be.stream())
+    be.kernels.dropout_apply(kernel_view(be, xc), kernel_view(be, y), seed, offset, thr, scale, be.stream())
     return y, ("counter", seed, offset, thr, scale)
 
 
-@float32_compute("dropout", forward=False)
+@float32_compute("dropout", forward=False, half_kernels=_half_kernels)
 def dropout_backward(be, ctx, dy):
     """dx = dy where kept, times 1/(1-p); zero where dropped."""
     xp = be.xp
@@ -79,5 +87,5 @@ def dropout_backward(be, ctx, dy):
     _, seed, offset, thr, scale = ctx
     dyc = xp.ascontiguousarray(dy)
     dx = xp.empty_like(dyc)
-    be.kernels.dropout_apply(dyc, dx, seed, offset, thr, scale, be.stream())
+    be.kernels.dropout_apply(kernel_view(be, dyc), kernel_view(be, dx), seed, offset, thr, scale, be.stream())
     return dx

@@ -6,7 +6,9 @@ bits) vary run to run; instead the positions are sorted by row (a stable sort,
 so positions of one row stay in input order) and each row sums its own
 contiguous run in that fixed order: bit-identical gradients on every run.
 The array path adds the runs level by level (_add_runs); the "kernel" path
-(sim, cuda) passes the sorted order and a CSR row pointer to a kernel
+(sim, cuda; half storage too, summed in float32 in the same order and rounded
+once, so equal to cpu bit for bit) passes the sorted order and a CSR row
+pointer to a kernel
 (csrc/kernels/embedding.cu), and the "fused" path (CuPy) passes them to a
 RawKernel doing the same sums (below: CuPy's reduceat subtracts prefix sums,
 which is neither exact nor run-ordered, and the unique() the array path needs
@@ -14,17 +16,23 @@ would be a device sync).
 """
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
 from . import device_errors
 from .cupy_kernels import cupy, launch
-from .half import float32_compute
+from .half import float32_compute, kernel_view
 
 # runs up to this long are summed level by level (one vectorised add per
 # position in the run); the rest of a longer run goes through add.reduceat
 _LEVELS = 16
 
 
-@float32_compute("embedding", forward=True)
+def _half_kernels(be, *args, **kwargs):
+    """Every half embedding call runs on the kernels (a gather; float32 sums)."""
+    return True
+
+
+@float32_compute("embedding", forward=True, half_kernels=_half_kernels)
 def embedding_forward(be, weight, idx):
     """weight (V, D), idx integer array of any shape -> out idx.shape + (D,),
     and the flat int64 indices backward needs. The kernel path reports indices
@@ -33,21 +41,22 @@ def embedding_forward(be, weight, idx):
     xp = be.xp
     flat = xp.ascontiguousarray(idx.reshape(-1), dtype=xp.int64)
     D = weight.shape[1]
-    if path(be, "embedding", weight.dtype) == "kernel":
+    if dtypes.is_half(weight.dtype) or path(be, "embedding", weight.dtype) == "kernel":  # half: a kernel backend's
         out = xp.empty((flat.size, D), dtype=weight.dtype)
-        be.kernels.embedding_forward(weight, flat, out, device_errors.flag(be), be.stream())
+        be.kernels.embedding_forward(kernel_view(be, xp.ascontiguousarray(weight)), flat, kernel_view(be, out),
+                                     device_errors.flag(be), be.stream())
         device_errors.launched(be)
     else:
         out = xp.take(weight, flat, axis=0)
     return out.reshape(tuple(idx.shape) + (D,)), flat
 
 
-@float32_compute("embedding", forward=False)
+@float32_compute("embedding", forward=False, half_kernels=_half_kernels)
 def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     """d weight (V, D) from the flat indices and dy (..., D); the padding row
     (if any) gets zero."""
     xp = be.xp
-    route = path(be, "embedding", dy.dtype, fused=True)
+    route = "kernel" if dtypes.is_half(dy.dtype) else path(be, "embedding", dy.dtype, fused=True)
     D = dy.shape[-1]
     dy2 = xp.ascontiguousarray(dy.reshape(-1, D))
     order = xp.argsort(flat, kind="stable")
@@ -64,7 +73,8 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     dw = xp.empty((num_embeddings, D), dtype=dy.dtype)
     pad = -1 if padding_idx is None else padding_idx
     if route == "kernel":
-        be.kernels.embedding_backward(dy2, order.astype(xp.int64), row_ptr, dw, pad, be.stream())
+        be.kernels.embedding_backward(kernel_view(be, dy2), order.astype(xp.int64), row_ptr, kernel_view(be, dw), pad,
+                                      be.stream())
     else:
         _fused_backward(dy2, order, row_ptr, dw, pad)
     return dw

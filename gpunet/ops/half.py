@@ -11,8 +11,10 @@ when the incoming gradient is a Python float (a loss's); a backward whose ctx
 is a bare array (linear's) has a half gradient to tell it.
 
 On kernel backends (sim, cuda) a half call goes to the op's own half kernels
-where it has them (`half_kernels` says which calls: the activations' and
-softmax's), and
+where it has them (`half_kernels` says which calls: the activations',
+softmax's, layer norm's, cross-entropy's on class indices, dropout's,
+embedding's and pooling's, adaptive pooling where its windows are plain
+pooling), and
 raises NotImplementedError naming the op and the dtype, before any work,
 where it has none; ops without the decorator refuse half inputs on every
 backend at gpunet.dispatch.path.

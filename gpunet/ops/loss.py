@@ -13,7 +13,9 @@ log-sum-exp, as the pair (m, l) = (row max, log sum exp(x - m)) whose sum it
 is (in float32 an lse near 1e4 is only good to ~1e-3; (x - m) - l is exact to
 rounding); the backward recomputes the probabilities exp((x - m) - l) from
 the logits, so no (rows, classes) probability array is ever stored. On the
-"kernel" dispatch path (sim, cuda; float32) both run csrc/kernels/loss.cu; on
+"kernel" dispatch path (sim, cuda; float32, and float16/bfloat16 logits read
+in float32 with float32 lse, per-row losses and reduction, the loss and
+dlogits rounded once) both run csrc/kernels/loss.cu; on
 the "fused" path they are CuPy fusions of the same formulas (below). (N, C, d...)
 inputs are brought to (N*d..., C) rows by moving the class axis last (one
 transposing copy each way, none for (N, C)).
@@ -24,11 +26,12 @@ import functools
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
 from . import device_errors
 from .activation import sigmoid
 from .cupy_kernels import cupy
-from .half import float32_compute
+from .half import float32_compute, kernel_view
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -167,7 +170,12 @@ def _from_rows(xp, d2, shape):
     return xp.ascontiguousarray(xp.moveaxis(d2.reshape(moved), -1, 1))
 
 
-@float32_compute("cross_entropy", forward=True)
+def _all_half(be, *args, **kwargs):
+    """Every half cross-entropy call on class indices runs on the kernels."""
+    return True
+
+
+@float32_compute("cross_entropy", forward=True, half_kernels=_all_half)
 def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100,
                           label_smoothing: float = 0.0):
     """Cross-entropy of softmax(x) along the class axis (axis 1; axis 0 for a single
@@ -175,20 +183,28 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     eps the target distribution is (1 - eps) onehot(t) + eps / C, and with class
     weights w each row's loss is sum_c a_c (lse - x_c) with a_c = (1 - eps) w_t [c = t]
     + eps / C * w_c. Rows whose target is ignore_index contribute 0 and do not count
-    in the mean (all rows ignored: NaN, as in PyTorch)."""
+    in the mean (all rows ignored: NaN, as in PyTorch). Half logits (a kernel
+    backend's: cpu gets them in float32) keep float32 per-row losses, weights,
+    lse and reduction; only the reduced loss is rounded to their dtype."""
     xp = be.xp
     x2, t1 = _as_rows(xp, x, t)
     rows, c = x2.shape
+    half = dtypes.is_half(x.dtype)
+    fdt = np.dtype(np.float32) if half else x.dtype  # the dtype of everything but logits and dlogits
+    if half and weight is not None:
+        weight = weight.astype(np.float32)
     valid = t1 != ignore_index
     ts = xp.where(valid, t1, 0).astype(np.int64, copy=False)
     # (clipped: an out-of-range target, refused by the module's check on the host
     # and reported by the kernel on a GPU, must not index past the weights here)
-    wt = valid.astype(x.dtype) if weight is None else weight[xp.clip(ts, 0, c - 1)] * valid
-    route = path(be, "cross_entropy", x2.dtype, fused=True)
+    wt = valid.astype(fdt) if weight is None else weight[xp.clip(ts, 0, c - 1)] * valid
+    route = "kernel" if half else path(be, "cross_entropy", x2.dtype, fused=True)
     if route == "kernel":
-        per = xp.empty(rows, dtype=x2.dtype)
-        lse = xp.empty((rows, 2), dtype=x2.dtype)
-        be.kernels.cross_entropy_forward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
+        x2 = xp.ascontiguousarray(x2)
+        per = xp.empty(rows, dtype=fdt)
+        lse = xp.empty((rows, 2), dtype=fdt)
+        be.kernels.cross_entropy_forward(kernel_view(be, x2), xp.ascontiguousarray(t1, dtype=np.int64),
+                                         _weight_arg(xp, weight),
                                          per, lse, int(ignore_index), float(label_smoothing),
                                          device_errors.flag(be), be.stream())
         device_errors.launched(be)
@@ -213,25 +229,30 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     loss = _reduce(xp, per, reduction, denom)
     if reduction == "none":
         loss = loss.reshape(t.shape)
+    if half:
+        loss = loss.astype(x.dtype)
     return loss, (route, x2, ts, valid, wt, lse, denom, t1, x.shape, reduction, weight, ignore_index,
                   label_smoothing)
 
 
-@float32_compute("cross_entropy", forward=False)
+@float32_compute("cross_entropy", forward=False, half_kernels=_all_half)
 def cross_entropy_backward(be, ctx, grad):
     route, x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
     xp = be.xp
     rows, c = x2.shape
+    if dtypes.is_half(getattr(grad, "dtype", np.float32)):  # the kernels take dloss in float32
+        grad = grad.astype(np.float32)
     scale = _scale(be.xp, reduction, grad, denom)
     if route == "fused":
         return _from_rows(xp, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
-    scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=x2.dtype), (rows,))
+    scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=lse.dtype), (rows,))
     if route == "kernel":
         dx2 = xp.empty_like(x2)
         weight_sum = _weight_arg(xp, None if weight is None else weight.sum(keepdims=True))
-        be.kernels.cross_entropy_backward(x2, xp.ascontiguousarray(t1, dtype=np.int64), _weight_arg(xp, weight),
-                                       weight_sum, lse, xp.ascontiguousarray(scale, dtype=x2.dtype), dx2,
-                                       int(ignore_index), float(eps), be.stream())
+        be.kernels.cross_entropy_backward(kernel_view(be, x2), xp.ascontiguousarray(t1, dtype=np.int64),
+                                          _weight_arg(xp, weight), weight_sum, lse,
+                                          xp.ascontiguousarray(scale, dtype=lse.dtype), kernel_view(be, dx2),
+                                          int(ignore_index), float(eps), be.stream())
         return _from_rows(xp, dx2, shape)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
     # p = softmax(x), built in dx2's memory; every later step is in place
@@ -374,6 +395,7 @@ def bce_backward(be, ctx, grad):
 
 
 # ---------------------------------------------------------------- NLL
+@float32_compute("nll_loss", forward=True, array_code=True)
 def nll_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100):
     """-w_t x[t] per row for log-probabilities x ((C,), (N, C) or (N, C, d...)) and
     class indices t; ignored rows give 0 and do not count, and 'mean' divides
@@ -391,6 +413,7 @@ def nll_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100)
     return loss, (x2.shape, ts, wt, denom, x.shape, reduction)
 
 
+@float32_compute("nll_loss", forward=False, array_code=True)
 def nll_backward(be, ctx, grad):
     rows_shape, ts, wt, denom, shape, reduction = ctx
     xp = be.xp
@@ -425,7 +448,9 @@ def kl_div_backward(be, ctx, grad):
 
 
 # ---------------------------------------------------------------- cross-entropy on class probabilities
-@float32_compute("cross_entropy", forward=True)
+# array code around ops.softmax on every backend: a half call computes it in
+# float32 there (the float32 softmax kernels on sim/cuda), one rounding
+@float32_compute("cross_entropy", forward=True, array_code=True)
 def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smoothing: float = 0.0):
     """Cross-entropy against class probabilities t (the input's shape), as
     PyTorch: per row -sum_c w_c q_c log softmax(x)_c with q = (1 - eps) t + eps/C;
@@ -447,7 +472,7 @@ def cross_entropy_probs_forward(be, x, t, reduction: str, weight=None, label_smo
     return _reduce(xp, per.astype(x.dtype, copy=False), reduction, per.size), (sm_ctx, q, dim, reduction, per.size)
 
 
-@float32_compute("cross_entropy", forward=False)
+@float32_compute("cross_entropy", forward=False, array_code=True)
 def cross_entropy_probs_backward(be, ctx, grad):
     from .softmax import softmax_backward
     sm_ctx, q, dim, reduction, rows = ctx

@@ -7,18 +7,22 @@ Backward, with g = dy·w:
     dx = rstd·(g - mean(g) - xhat·mean(g·xhat)),  dw = sum_rows(dy·xhat),  db = sum_rows(dy).
 The forward saves mean and rstd (M floats each), never xhat.
 
-On the "kernel" dispatch path (sim, cuda; float32) layer norm runs
+On the "kernel" dispatch path (sim, cuda; float32, and float16/bfloat16
+storage computed in float32 with float32 mean and rstd, each output rounded
+once, as the cpu reference does through gpunet.ops.half) layer norm runs
 csrc/kernels/norm.cu; other dtypes run the array path. Batch norm is array-level on every backend
 (its reductions are over all axes but the channel one: be.xp.sum does them;
 on cuda that is CuPy's reduction kernels).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import dtypes
 from ..dispatch import path
-from .half import float32_compute
+from .half import float32_compute, kernel_view
 
 # the parameter-gradient kernel sums rows in at most this many chunks
 # (deterministic two-pass reduction: chunk partials, then a fixed-order sum)
@@ -36,7 +40,12 @@ def _row_blocks(be, M: int, C: int):
 
 
 # ---------------------------------------------------------------- layer norm
-@float32_compute("layer_norm", forward=True)
+def _half_kernels(be, *args, **kwargs):
+    """Every half layer norm call runs on the kernels (float32 inside)."""
+    return True
+
+
+@float32_compute("layer_norm", forward=True, half_kernels=_half_kernels)
 def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     """x (..., *normalized_shape) with prod(normalized_shape) = normalized_size.
     weight/bias: arrays of normalized_size elements, or None. Returns y and the
@@ -45,13 +54,14 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     C = normalized_size
     x2 = xp.ascontiguousarray(x).reshape(-1, C)
     M = x2.shape[0]
-    if path(be, "layer_norm", x.dtype) == "kernel":
+    if dtypes.is_half(x.dtype) or path(be, "layer_norm", x.dtype) == "kernel":  # half: a kernel backend's
         w = xp.ones(C, x.dtype) if weight is None else weight.reshape(C)
         b = xp.zeros(C, x.dtype) if bias is None else bias.reshape(C)
         y = xp.empty_like(x2)
-        mean = xp.empty(M, x.dtype)
-        rstd = xp.empty(M, x.dtype)
-        be.kernels.layernorm_forward(x2, w, b, y, mean, rstd, float(eps), be.stream())
+        mean = xp.empty(M, np.float32)  # float32 statistics whatever the storage
+        rstd = xp.empty(M, np.float32)
+        be.kernels.layernorm_forward(*(kernel_view(be, a) for a in (x2, w, b, y)), mean, rstd, float(eps),
+                                     be.stream())
     else:
         # row sums as a matrix-vector product (BLAS) and sums of squares with
         # einsum: no squared temporary; y's own memory holds x - mean
@@ -72,7 +82,7 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     return y.reshape(x.shape), (x2, mean, rstd, weight, bias is not None)
 
 
-@float32_compute("layer_norm", forward=False)
+@float32_compute("layer_norm", forward=False, half_kernels=_half_kernels)
 def layer_norm_backward(be, ctx, dy):
     """Returns dx (shape of dy), dweight and dbias (flat, normalized_size
     elements; None when the layer has no weight/bias)."""
@@ -84,14 +94,17 @@ def layer_norm_backward(be, ctx, dy):
         zeros = xp.zeros(C, x2.dtype)
         return dy2.reshape(dy.shape).copy(), (zeros if weight is not None else None), \
             (zeros.copy() if has_bias else None)
-    if path(be, "layer_norm", x2.dtype) == "kernel":
+    if dtypes.is_half(x2.dtype) or path(be, "layer_norm", x2.dtype) == "kernel":
         w = xp.ones(C, x2.dtype) if weight is None else weight.reshape(C)
+        dy2 = dy2.astype(x2.dtype, copy=False)  # (a float32 gradient given to a half layer: rounded to it)
         dx = xp.empty_like(x2)
         dw = xp.empty(C, x2.dtype)
         db = xp.empty(C, x2.dtype)
         chunks = min(_LN_MAX_CHUNKS, -(-M // _LN_CHUNK_ROWS))
-        partial = xp.empty((2, chunks, C), x2.dtype)
-        be.kernels.layernorm_backward(x2, w, mean, rstd, dy2, dx, dw, db, partial, be.stream())
+        partial = xp.empty((2, chunks, C), mean.dtype)
+        kv = functools.partial(kernel_view, be)
+        be.kernels.layernorm_backward(kv(x2), kv(w), mean, rstd, kv(dy2), kv(dx), kv(dw), kv(db), partial,
+                                      be.stream())
     else:
         ones = xp.ones(C, x2.dtype)
         dx = xp.empty_like(x2)

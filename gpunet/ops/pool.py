@@ -10,7 +10,9 @@ offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
 routes each gradient to exactly one input.
 
-Kernel path (sim, cuda, float32): forward is one thread per output pixel (max
+Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
+float32, sums in cpu's order, each output rounded once): forward is one
+thread per output pixel (max
 saves the arg-max as an int32 index into the input plane); backward is one
 thread per input pixel gathering from the windows that contain it, so it needs
 no atomics and sums in a fixed order.
@@ -21,8 +23,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
-from .half import float32_compute
+from .half import float32_compute, kernel_view
 
 
 class Window(NamedTuple):
@@ -112,16 +115,28 @@ def _kernel_args(win: Window):
     return win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, win.dh, win.dw
 
 
+def _half_kernels(be, *args, **kwargs):
+    """Every half pooling call runs on the kernels (float32 inside, one rounding)."""
+    return True
+
+
+def _on_kernels(be, x):
+    """The kernels take this call: half storage (only a kernel backend passes it
+    here) or the dispatch's kernel path."""
+    return dtypes.is_half(x.dtype) or path(be, "pool2d", x.dtype) == "kernel"
+
+
 # ---------------------------------------------------------------- max pooling
-@float32_compute("max_pool2d", forward=True)
+@float32_compute("max_pool2d", forward=True, half_kernels=_half_kernels)
 def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
     """x (N, C, H, W) -> y (N, C, OH, OW) and the backward context."""
     xp = be.xp
     win = window(x.shape, kernel, stride, padding, dilation, ceil_mode)
-    if path(be, "pool2d", x.dtype) == "kernel":
+    if _on_kernels(be, x):
         y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
         arg = xp.empty(y.shape, dtype=np.int32)
-        be.kernels.maxpool2d_forward(x, y, arg, *_kernel_args(win), be.stream())
+        be.kernels.maxpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y), arg,
+                                     *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
     xpad = _padded(xp, x, win, -np.inf)
     taps = list(_taps(win))
@@ -154,14 +169,15 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
     return y, (False, arg, x.shape, win)
 
 
-@float32_compute("max_pool2d", forward=False)
+@float32_compute("max_pool2d", forward=False, half_kernels=_half_kernels)
 def maxpool2d_backward(be, ctx, dy):
     """Each output gradient goes to the input element its forward picked."""
     xp = be.xp
     kernels, arg, x_shape, win = ctx
     if kernels:
         dx = xp.empty(x_shape, dtype=dy.dtype)
-        be.kernels.maxpool2d_backward(xp.ascontiguousarray(dy), arg, dx, *_kernel_args(win), be.stream())
+        be.kernels.maxpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), arg, kernel_view(be, dx),
+                                      *_kernel_args(win), be.stream())
         return dx
     # taps in the padding are skipped: their gradient would be cut off anyway
     dx = xp.zeros(x_shape, dtype=dy.dtype)
@@ -194,13 +210,14 @@ def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
     return d.astype(dtype)
 
 
-@float32_compute("avg_pool2d", forward=True)
+@float32_compute("avg_pool2d", forward=True, half_kernels=_half_kernels)
 def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
     xp = be.xp
     win = window(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
-    if path(be, "pool2d", x.dtype) == "kernel":
+    if _on_kernels(be, x):
         y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-        be.kernels.avgpool2d_forward(x, y, *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
+        be.kernels.avgpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y),
+                                     *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
     xpad = _padded(xp, x, win, 0)
     taps = _taps(win)
@@ -211,15 +228,15 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
     return y, (False, x.shape, win, count_include_pad)
 
 
-@float32_compute("avg_pool2d", forward=False)
+@float32_compute("avg_pool2d", forward=False, half_kernels=_half_kernels)
 def avgpool2d_backward(be, ctx, dy):
     """Each input element receives dy/divisor from every window that contains it."""
     xp = be.xp
     kernels, x_shape, win, count_include_pad = ctx
     if kernels:
         dx = xp.empty(x_shape, dtype=dy.dtype)
-        be.kernels.avgpool2d_backward(xp.ascontiguousarray(dy), dx, *_kernel_args(win)[:6], bool(count_include_pad),
-                                   be.stream())
+        be.kernels.avgpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), kernel_view(be, dx),
+                                      *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return dx
     share = dy / _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
     dpad = _padded(xp, xp.zeros(x_shape, dtype=dy.dtype), win, 0)
