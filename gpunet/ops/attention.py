@@ -21,15 +21,24 @@ backward recomputes the scores tile by tile, without float atomics, so two
 backward runs give bit-identical gradients. Every mask kind (boolean, additive,
 key padding, causal) runs in the kernels: the additive bias is read through
 broadcast strides, never expanded over the heads.
+
+Half storage (bfloat16, float16) on cpu: q, k, v and the bias read in
+float32, the attention computed in float32 (running max, sums and products),
+the output, the probabilities handed out and every gradient rounded once
+(`half_forward` below; the context keeps the rounded output read in float32,
+as kernels would); the kernel backends refuse half attention by name.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
 from . import dropout as dropout_ops
+from .half import _up, float32_compute
 
 KERNEL_MAX_HEAD_DIM = 128
 
@@ -38,11 +47,35 @@ class AttentionContext:
     """What backward needs. `probs` is set on the array path; `lse` (per-row
     log-sum-exp of the scaled, masked scores) on the kernel path."""
 
-    __slots__ = ("q", "k", "v", "bias", "causal", "scale", "out", "lse", "probs", "bias_layout")
+    __slots__ = ("q", "k", "v", "bias", "causal", "scale", "out", "lse", "probs", "bias_layout", "storage")
 
     def __init__(self, q, k, v, bias, causal, scale, out, lse=None, probs=None, bias_layout=None):
         self.q, self.k, self.v, self.bias, self.causal, self.scale = q, k, v, bias, causal, scale
         self.out, self.lse, self.probs, self.bias_layout = out, lse, probs, bias_layout
+        self.storage = None  # the half dtype of a half call (computed in float32), else None
+
+
+# ---------------------------------------------------------------- half storage
+def half_forward(fn):
+    """sdpa_forward for half inputs too: float32_compute, and the context
+    marked with the storage dtype (so what is derived from it later, the
+    probabilities and the dropout path's output, is rounded to it) and
+    holding the rounded output, as the kernels keep it."""
+    computed = float32_compute("attention", forward=True)(fn)
+
+    @functools.wraps(fn)
+    def run(be, q, k, v, *args, **kwargs):
+        out, ctx = computed(be, q, k, v, *args, **kwargs)
+        if dtypes.is_half(q.dtype):
+            ctx.storage = np.dtype(q.dtype)
+            ctx.out = out.astype(np.float32)
+        return out, ctx
+    return run
+
+
+def _rounded(ctx, a):
+    """`a` (float32) rounded to the context's half storage, or as it is."""
+    return a if ctx.storage is None else a.astype(ctx.storage)
 
 
 # ---------------------------------------------------------------- validation and masks
@@ -119,6 +152,7 @@ def _head_dim_limit(q, v):
     return f"head dim {d} > {KERNEL_MAX_HEAD_DIM}" if d > KERNEL_MAX_HEAD_DIM else None
 
 
+@half_forward
 def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
     """Returns (out, ctx). `bias`: additive mask broadcastable to (..., L, S),
     in q's dtype, or None. `scale` defaults to 1/sqrt(E)."""
@@ -160,7 +194,13 @@ def _probs_from_scores(be, s):
 def attention_probs(be, ctx):
     """The attention probabilities P (..., L, S) of a forward pass: saved on the
     array path, recomputed from the log-sum-exp on the kernel path (only when
-    asked for, e.g. MultiheadAttention(need_weights=True))."""
+    asked for, e.g. MultiheadAttention(need_weights=True)); rounded to a half
+    call's storage."""
+    return _rounded(ctx, _probs(be, ctx))
+
+
+def _probs(be, ctx):
+    """attention_probs in the compute dtype."""
     if ctx.probs is not None:
         return ctx.probs
     xp = be.xp
@@ -170,6 +210,7 @@ def attention_probs(be, ctx):
 
 
 # ---------------------------------------------------------------- backward
+@float32_compute("attention", forward=False)
 def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     """(dq, dk, dv). `dprobs`: an extra gradient flowing into P (..., L, S),
     e.g. from MultiheadAttention's returned attention weights; it takes the
@@ -179,7 +220,7 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
         if path(be, "attention backward", ctx.q.dtype, unsupported=why) == "kernel":
             return _kernel_backward(be, ctx, dout)
     xp = be.xp
-    p = attention_probs(be, ctx)
+    p = _probs(be, ctx)
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
     dp = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
     if dprobs is None:  # rowsum(dP ∘ P) = rowsum(dO ∘ O): L·Ev work instead of L·S
@@ -200,9 +241,12 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
 def dropout_forward(be, ctx, p: float, seed: int, offset: int):
     """dropout(P) v, PyTorch's attention dropout, from a forward's context:
     P is formed (recomputed on the kernel path), dropped, then multiplied.
-    Returns (out, drop) with drop = (dropout(P), its mask context)."""
-    pd, mask = dropout_ops.dropout_forward(be, attention_probs(be, ctx), p, seed, offset)
-    return be.xp.matmul(pd, ctx.v), (pd, mask)
+    Returns (out, drop) with drop = (dropout(P), its mask context); a half
+    call's out and dropout(P) rounded to its storage (the saved one too, as
+    the weights MultiheadAttention returns are that array)."""
+    pd, mask = dropout_ops.dropout_forward(be, _probs(be, ctx), p, seed, offset)
+    pd = _rounded(ctx, pd)
+    return _rounded(ctx, be.xp.matmul(_up(pd), ctx.v)), (pd, mask)
 
 
 def dropout_backward(be, ctx, drop, dout, dprobs=None):
@@ -210,12 +254,13 @@ def dropout_backward(be, ctx, drop, dout, dprobs=None):
     (the attention weights MultiheadAttention returns)."""
     xp = be.xp
     pd, mask = drop
+    pd, dout, dprobs = _up(pd), _up(dout), _up(dprobs)
     dv = xp.matmul(xp.swapaxes(pd, -1, -2), dout)
     dpd = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
     if dprobs is not None:
         dpd += dprobs
     dq, dk, _ = sdpa_backward(be, ctx, xp.zeros_like(dout), dropout_ops.dropout_backward(be, mask, dpd))
-    return dq, dk, dv
+    return _rounded(ctx, dq), _rounded(ctx, dk), _rounded(ctx, dv)
 
 
 # ---------------------------------------------------------------- kernel glue

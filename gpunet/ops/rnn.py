@@ -18,17 +18,39 @@ formulas as one ElementwiseKernel per step and direction (below); the
 (csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
 gates in place of the input projection, and the LSTM keeps every c_t and h_t.
 The GRU has the kernel and array paths only (no CuPy fusion yet).
+
+Half storage (bfloat16, float16) on cpu: gpunet.ops.half's float32_compute
+(inputs, weights and states read in float32, the whole recurrence in float32,
+each output, final state and gradient rounded once); the kernel backends
+refuse half layers by name until the cells have half kernels.
 """
 import functools
 
 from ..dispatch import path
 from .cupy_kernels import cupy
+from .half import float32_compute
 from .linear import bias_add, bias_grad
 
 NONLINEARITIES = ("tanh", "relu")
 
 
 # ---------------------------------------------------------------- helpers
+def _layer_forward(op: str):
+    """float32_compute for a layer forward returning (*outputs, ctx)."""
+    def wrap(fn):
+        @float32_compute(op, forward=True)
+        def outputs_and_ctx(be, *args, **kwargs):
+            *outputs, ctx = fn(be, *args, **kwargs)
+            return tuple(outputs), ctx
+
+        @functools.wraps(fn)
+        def run(be, *args, **kwargs):
+            outputs, ctx = outputs_and_ctx(be, *args, **kwargs)
+            return (*outputs, ctx)
+        return run
+    return wrap
+
+
 def _sigmoid_(xp, v):
     """v <- sigmoid(v) in place, as 0.5·tanh(v/2) + 0.5 (no exp overflow)."""
     xp.multiply(v, 0.5, out=v)
@@ -61,6 +83,7 @@ def _weight_grads(be, route, dG, x2, hs, w_ih, has_bias):
 
 
 # ---------------------------------------------------------------- LSTM
+@_layer_forward("lstm")
 def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     """One LSTM layer. x (T, B, I), h0 (B, R) and c0 (B, H); biases both given
     or both None. w_hr (R, H): PyTorch's proj_size, h_t = w_hr (o * tanh(c_t))
@@ -103,6 +126,7 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     return hs[1:], hs[T], cs[T], ctx
 
 
+@float32_compute("lstm", forward=False)
 def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     """Backward through time of one LSTM layer. dout (T, B, R), dh_n (B, R),
     dc_n (B, H); any of them may be None (zero). Returns dx, dh0, dc0, dw_ih,
@@ -217,6 +241,7 @@ def _sum_or_zeros(xp, a, b, like):
 
 
 # ---------------------------------------------------------------- Elman RNN
+@_layer_forward("rnn")
 def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     """One RNN layer h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act tanh or
     relu. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
@@ -245,6 +270,7 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     return hs[1:], hs[T], ctx
 
 
+@float32_compute("rnn", forward=False)
 def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     """Backward through time of one RNN layer; dout (T, B, H) and dh_n (B, H) may be
     None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None)."""
@@ -267,6 +293,7 @@ def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
 
 
 # ---------------------------------------------------------------- GRU
+@_layer_forward("gru")
 def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
     """One GRU layer (gate blocks r, z, n as PyTorch):
         r = sigmoid(x w_ir^T + b_ir + h w_hr^T + b_hr), z likewise,
@@ -306,6 +333,7 @@ def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
     return hs[1:], hs[T], (route, x2, hs, hns, gates, b_ih is not None)
 
 
+@float32_compute("gru", forward=False)
 def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     """Backward through time of one GRU layer; dout (T, B, H) and dh_n (B, H)
     may be None. Returns dx, dh0, dw_ih, dw_hh, db_ih, db_hh (biases None
