@@ -10,7 +10,8 @@ import gpunet
 from gpunet import dtypes, nn, optim, testing
 from gpunet.nn import Parameter
 
-KERNELS = ("sgd_multi", "adam_multi", "bias_add", "bias_grad", "im2col", "col2im")
+KERNELS = ("sgd_multi", "adam_multi", "bias_add", "bias_grad", "im2col", "col2im", "lstm_cell_forward",
+           "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward", "rnn_cell_forward", "rnn_cell_backward")
 HALF = {"bfloat16": dtypes.bfloat16, "float16": dtypes.float16}
 FUSED = [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.05, nesterov=True)),
          ("Adam", dict(lr=0.01, weight_decay=0.1)),
@@ -360,16 +361,23 @@ RECURRENT = [("LSTM", lambda: nn.LSTM(5, 4)), ("GRU", lambda: nn.GRU(5, 4)),
              ("GRU_2layer", lambda: nn.GRU(5, 4, num_layers=2))]
 
 
-def _recurrent_run(make, dtype, state, x, half):
+def _recurrent_run(make, dtype, state, x, half, device="cpu"):
     """Outputs (out, final states) and every gradient of the module in
-    `dtype`, the output gradient representable in `half`."""
+    `dtype` on `device`, the output gradient representable in `half`."""
     m = make()
     m.load_state_dict(state)
-    m = m.to(dtype=dtype)
-    outs = _outputs(m(x.astype(dtype)))
+    m = m.to(device, dtype)
+    be = m.backend
+    outs = _outputs(m(be.asarray(x.astype(dtype))))
     dy = np.random.default_rng(7).standard_normal(outs[0].shape).astype(half)
-    dx = m.backward(dy.astype(dtype))
-    return outs, [a for a in _outputs(dx)] + [p.grad for _, p in m.named_parameters()]
+    dx = m.backward(be.asarray(dy.astype(dtype)))
+    return [gpunet.to_numpy(a) for a in outs + _outputs(dx) + [p.grad for _, p in m.named_parameters()]]
+
+
+def _recurrent_case(make, half, rng):
+    gpunet.manual_seed(3)
+    state = {k: gpunet.to_numpy(v).astype(half).astype(np.float32) for k, v in make().state_dict().items()}
+    return state, rng.standard_normal((6, 2, 5)).astype(half).astype(np.float32)
 
 
 @pytest.mark.parametrize("half_name", HALF)
@@ -380,28 +388,44 @@ def test_bfloat16_float16_recurrent_layers_on_cpu(name, make, half_name, rng):
     (bit for bit); every result within the half tolerance of the float64
     module on the same values (T = 6 steps: reduction length 6 * width)."""
     half = HALF[half_name]
-    gpunet.manual_seed(3)
-    state = {k: gpunet.to_numpy(v).astype(half).astype(np.float32) for k, v in make().state_dict().items()}
-    x = rng.standard_normal((6, 2, 5)).astype(half).astype(np.float32)
-    outs, grads = _recurrent_run(make, half, state, x, half)
-    outs32, _ = _recurrent_run(make, np.float32, state, x, half)
-    outs64, grads64 = _recurrent_run(make, np.float64, state, x, half)
-    if "layer" not in name:
-        for o, r in zip(outs, outs32):
+    state, x = _recurrent_case(make, half, rng)
+    got = _recurrent_run(make, half, state, x, half)
+    ref32 = _recurrent_run(make, np.float32, state, x, half)
+    ref64 = _recurrent_run(make, np.float64, state, x, half)
+    if "layer" not in name:  # out, h_n (and c_n)
+        for o, r in zip(got[:3 if name == "LSTM" else 2], ref32):
             np.testing.assert_array_equal(_bits(o), _bits(r.astype(half)))
-    for got, ref in zip(outs + grads, outs64 + grads64):
-        assert got.dtype == half
-        testing.assert_close(got, ref, n=6 * 12)
+    assert len(got) == len(ref64)
+    for g, r in zip(got, ref64):
+        assert g.dtype == half
+        testing.assert_close(g, r, n=6 * 12)
+
+
+@pytest.mark.parametrize("half_name", HALF)
+@pytest.mark.parametrize("name,make", RECURRENT, ids=[c[0] for c in RECURRENT])
+def test_bfloat16_float16_recurrent_layers_on_sim_kernels(name, make, half_name, rng, schedule):
+    """The cell kernels on half storage: h, c and the gates rounded at every
+    step (T = 6), so sim is within the half tolerance of cpu and float64
+    plus, absolutely, two half roundings of the largest value per step."""
+    half = HALF[half_name]
+    state, x = _recurrent_case(make, half, rng)
+    cell = name.split("_")[0].lower()
+    with testing.expect_kernels("sim", (f"{cell}_cell_forward", f"{cell}_cell_backward", "bias_add", "bias_grad")):
+        got = _recurrent_run(make, half, state, x, half, device="sim")
+    cpu = _recurrent_run(make, half, state, x, half)
+    ref64 = _recurrent_run(make, np.float64, state, x, half)
+    assert len(got) == len(cpu) == len(ref64)
+    for g, c, r in zip(got, cpu, ref64):
+        assert g.dtype == half
+        atol = testing.tolerances(half, 6 * 12)[1] + 6 * 2 * float(dtypes.eps(half)) * max(1.0, float(np.abs(r).max()))
+        testing.assert_close(g, c, n=6 * 12, atol=atol)
+        testing.assert_close(g, r, n=6 * 12, atol=atol)
 
 
 @pytest.mark.no_kernels("refused before any kernel")
 @pytest.mark.parametrize("half_name", HALF)
-def test_bfloat16_float16_recurrent_layers_and_attention_refused_on_sim(half_name):
-    """No half cell or attention kernels yet: refused by name before any work."""
-    x = np.ones((2, 1, 4), HALF[half_name])
-    for make, op in ((lambda: nn.LSTM(4, 3), "lstm"), (lambda: nn.GRU(4, 3), "gru"), (lambda: nn.RNN(4, 3), "rnn")):
-        with pytest.raises(NotImplementedError, match=f"{op}: the sim backend has no {half_name} kernels"):
-            make().to("sim", half_name)(x)
+def test_bfloat16_float16_attention_refused_on_sim(half_name):
+    """No half attention kernels yet: refused by name before any work."""
     q = np.ones((1, 2, 3, 4), HALF[half_name])
     with pytest.raises(NotImplementedError, match=f"attention: the sim backend has no {half_name} kernels"):
         nn.ScaledDotProductAttention().to("sim", half_name)(q, q, q)
