@@ -34,8 +34,8 @@ def path(be: Backend, op: str, dtype, *, fused: bool = False, unsupported: str |
     if dtypes.is_half(dtype):
         raise NotImplementedError(f"{op}: no {np.dtype(dtype).name} path yet (half precision runs activations, "
                                   "softmax, linear, convolutions, the optimizers, layer_norm, cross_entropy, batch "
-                                  "norm, pooling, dropout, embedding, RNN/LSTM/GRU, and attention (cpu) so far); "
-                                  "convert to float32")
+                                  "norm, pooling, dropout, embedding, RNN/LSTM/GRU and attention so far); convert "
+                                  "to float32")
     if be.kernels is not None:
         dtype = np.dtype(dtype)
         if unsupported is None and dtype in be.kernel_dtypes:

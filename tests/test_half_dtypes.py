@@ -196,6 +196,3 @@ def test_bfloat16_float16_refused_clearly_where_no_half_path(name):
     x = np.ones((2, 8), HALF[name])
     with pytest.raises(NotImplementedError, match=f"layer_norm: the sim backend has no {name} kernels"):
         nn.LayerNorm(8).to("sim", name)(x)
-    q = np.ones((1, 2, 3, 4), HALF[name])
-    with pytest.raises(NotImplementedError, match=f"attention: the sim backend has no {name} kernels"):
-        nn.ScaledDotProductAttention().to("sim", name)(q, q, q)

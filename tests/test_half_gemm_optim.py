@@ -11,7 +11,8 @@ from gpunet import dtypes, nn, optim, testing
 from gpunet.nn import Parameter
 
 KERNELS = ("sgd_multi", "adam_multi", "bias_add", "bias_grad", "im2col", "col2im", "lstm_cell_forward",
-           "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward", "rnn_cell_forward", "rnn_cell_backward")
+           "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward", "rnn_cell_forward", "rnn_cell_backward",
+           "attention_forward", "attention_backward")
 HALF = {"bfloat16": dtypes.bfloat16, "float16": dtypes.float16}
 FUSED = [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.05, nesterov=True)),
          ("Adam", dict(lr=0.01, weight_decay=0.1)),
@@ -422,15 +423,6 @@ def test_bfloat16_float16_recurrent_layers_on_sim_kernels(name, make, half_name,
         testing.assert_close(g, r, n=6 * 12, atol=atol)
 
 
-@pytest.mark.no_kernels("refused before any kernel")
-@pytest.mark.parametrize("half_name", HALF)
-def test_bfloat16_float16_attention_refused_on_sim(half_name):
-    """No half attention kernels yet: refused by name before any work."""
-    q = np.ones((1, 2, 3, 4), HALF[half_name])
-    with pytest.raises(NotImplementedError, match=f"attention: the sim backend has no {half_name} kernels"):
-        nn.ScaledDotProductAttention().to("sim", half_name)(q, q, q)
-
-
 @pytest.mark.parametrize("half_name", HALF)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_bfloat16_float16_scaled_dot_product_attention_on_cpu(causal, half_name, rng):
@@ -482,3 +474,60 @@ def test_bfloat16_float16_multihead_attention_on_cpu(self_attention, half_name, 
         assert got.dtype == half
         stages = 4 * float(dtypes.eps(half)) * max(1.0, float(np.abs(ref).max()))
         testing.assert_close(got, ref, n=8 * 5 * 3, atol=testing.tolerances(half, 8 * 5 * 3)[1] + stages)
+
+
+@pytest.mark.parametrize("half_name", HALF)
+@pytest.mark.parametrize("case", ["full", "causal", "mask_E40"])
+def test_bfloat16_float16_attention_kernels_on_sim(case, half_name, rng, schedule):
+    """The flash-attention kernels on half q, k, v (float32 scores, running
+    max/sum and accumulators; each output and gradient rounded once) against
+    the cpu half reference and float64: forward and backward, causal, an
+    additive mask broadcast over the heads with head dim 40 (the 64 bucket,
+    zero-padded)."""
+    half = HALF[half_name]
+    E = 40 if case == "mask_E40" else 8
+    q, k, v = (rng.standard_normal((2, 3, 7, E)).astype(half) for _ in range(3))
+    dy = rng.standard_normal((2, 3, 7, E)).astype(half)
+    mask = None
+    if case == "mask_E40":
+        mask = np.where(rng.random((2, 1, 7, 7)) < 0.3, -np.inf, rng.standard_normal((2, 1, 7, 7))).astype(half)
+        mask[..., 0] = 0  # every query keeps a key
+    res = {}
+    for device, dt in (("sim", half), ("cpu", half), ("cpu", np.float64)):
+        m = nn.ScaledDotProductAttention().to(device, dt)
+        be = m.backend
+        with testing.expect_kernels(device, ("attention_forward", "attention_backward")):
+            y = m(*(be.asarray(a.astype(dt)) for a in (q, k, v)), attn_mask=None if mask is None else
+                  be.asarray(mask.astype(dt)), is_causal=case == "causal")
+            grads = m.backward(be.asarray(dy.astype(dt)))
+        res[device, dt] = [gpunet.to_numpy(a) for a in (y, *grads)]
+    for got, cpu, f64 in zip(res["sim", half], res["cpu", half], res["cpu", np.float64]):
+        assert got.dtype == half
+        testing.assert_close(got, cpu, n=7 * E)
+        testing.assert_close(got, f64, n=7 * E)
+
+
+@pytest.mark.parametrize("half_name", HALF)
+def test_bfloat16_float16_multihead_attention_on_sim_kernels(half_name, rng, schedule):
+    """MultiheadAttention on sim in the half dtype (projections on the linear
+    kernels, attention on the flash kernels, the returned weights recomputed
+    from lse) against the cpu half reference."""
+    half = HALF[half_name]
+    gpunet.manual_seed(5)
+    state = {kk: gpunet.to_numpy(vv).astype(half) for kk, vv in nn.MultiheadAttention(8, 2).state_dict().items()}
+    x = rng.standard_normal((5, 3, 8)).astype(half)
+    dy = rng.standard_normal((5, 3, 8)).astype(half)
+    res = {}
+    for device in ("sim", "cpu"):
+        m = nn.MultiheadAttention(8, 2).to(device, half)
+        m.load_state_dict(state)
+        be = m.backend
+        with testing.expect_kernels(device, ("attention_forward", "attention_backward", "bias_add", "bias_grad")):
+            xx = be.asarray(x)
+            out, w = m(xx, xx, xx)
+            dx = m.backward(be.asarray(dy))
+        res[device] = [gpunet.to_numpy(a) for a in [out, w, *dx] + [p.grad for _, p in m.named_parameters()]]
+    for got, cpu in zip(res["sim"], res["cpu"]):
+        assert got.dtype == half
+        stages = 4 * float(dtypes.eps(half)) * max(1.0, float(np.abs(cpu.astype(np.float64)).max()))
+        testing.assert_close(got, cpu, n=8 * 5 * 3, atol=testing.tolerances(half, 8 * 5 * 3)[1] + stages)
