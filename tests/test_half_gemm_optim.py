@@ -297,6 +297,16 @@ def test_bfloat16_float16_gemm_bindings_refuse_mixed_storage(half_name):
         k.im2col(x, cols, 2, 2, 1, 1, 0, 0, 1, 1, 0)
     with pytest.raises(TypeError, match="argument 'dcols': expected dtype float32, float16 or bfloat16"):
         k.col2im(np.zeros((8, 4), np.float64), np.zeros((1, 2, 3, 3)), 2, 2, 1, 1, 0, 0, 1, 1, 0)
+    state, gates = bits(np.zeros((2, 3), half)), bits(np.zeros((2, 12), half))
+    with pytest.raises(TypeError, match="argument 'hg': expected the dtype of 'c_prev'"):
+        k.lstm_cell_forward(gates, np.zeros((2, 12), np.float32), None, state, gates, state, state, 0)
+    with pytest.raises(TypeError, match="argument 'dh_next': expected the dtype of 'h'"):
+        k.rnn_cell_backward(state, None, np.zeros((2, 3), np.float32), state, False, 0)
+    q, lse = bits(np.zeros((1, 4, 8), half)), np.zeros((1, 4), np.float32)
+    with pytest.raises(TypeError, match="argument 'v': expected the dtype of 'q'"):
+        k.attention_forward(q, q, np.zeros((1, 4, 8), np.float32), None, 0, 0, 0, 1, False, 1.0, q.copy(), lse, 0)
+    with pytest.raises(TypeError, match="argument 'lse': expected dtype float32"):
+        k.attention_forward(q, q, q, None, 0, 0, 0, 1, False, 1.0, q.copy(), bits(np.zeros((1, 4), half)), 0)
 
 
 # ---------------------------------------------------------------- the fused optimizer kernels on half weights
