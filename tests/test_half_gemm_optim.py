@@ -541,3 +541,23 @@ def test_bfloat16_float16_multihead_attention_on_sim_kernels(half_name, rng, sch
         assert got.dtype == half
         stages = 4 * float(dtypes.eps(half)) * max(1.0, float(np.abs(cpu.astype(np.float64)).max()))
         testing.assert_close(got, cpu, n=8 * 5 * 3, atol=testing.tolerances(half, 8 * 5 * 3)[1] + stages)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half_name", HALF)
+@pytest.mark.parametrize("name,make,shape", [c for c in LAYERS if c[0] in ("Linear", "Conv2d_groups",
+                                                                           "ConvTranspose2d")],
+                         ids=["Linear", "Conv2d_groups", "ConvTranspose2d"])
+def test_bfloat16_float16_layers_on_cuda(name, make, shape, half_name, rng):
+    """Where a GPU is lent: the half kernels and cuBLAS's half GEMMs (float32
+    accumulation) against the cpu half reference."""
+    info = gpunet.backends()["cuda"]
+    if not info["available"]:
+        pytest.skip(f"backend 'cuda' unavailable: {info['reason']}")
+    half = HALF[half_name]
+    params, x, dy = _layer_case(make, shape, half, rng)
+    got = _layer_run(make, "cuda", half, params, x, dy)
+    cpu = _layer_run(make, "cpu", half, params, x, dy)
+    for what, g, c in zip(("y", "dx", "dw", "db"), got, cpu):
+        assert g.dtype == half, what
+        testing.assert_close(g, c, n=int(np.prod(shape)), name=what)
