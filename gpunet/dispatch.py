@@ -33,9 +33,9 @@ def path(be: Backend, op: str, dtype, *, fused: bool = False, unsupported: str |
     them, on every backend, rather than compute in 16 bits."""
     if dtypes.is_half(dtype):
         raise NotImplementedError(f"{op}: no {np.dtype(dtype).name} path yet (half precision runs activations, "
-                                  "softmax, linear, convolutions (cpu), layer_norm, group_norm, batch norm, "
-                                  "cross_entropy, nll_loss, pooling, dropout and embedding so far); convert to "
-                                  "float32")
+                                  "softmax, linear, convolutions, the optimizers, layer_norm, group_norm, batch "
+                                  "norm, cross_entropy, nll_loss, pooling, dropout, embedding, RNN/LSTM/GRU and "
+                                  "attention so far); convert to float32")
     if be.kernels is not None:
         dtype = np.dtype(dtype)
         if unsupported is None and dtype in be.kernel_dtypes:

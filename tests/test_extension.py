@@ -35,7 +35,7 @@ def test_rejects_non_contiguous(kb):
 def test_rejects_wrong_dtype_naming_the_argument(kb):
     with pytest.raises(TypeError, match=r"argument 'x': expected dtype float32.* but got float64"):
         kb.kernels.act_forward("relu", put(kb, np.zeros(3)), put(kb, np.zeros(3, np.float32)), 0.0, 0.0, kb.stream())
-    with pytest.raises(TypeError, match=r"argument 'dy': expected dtype float32 but got int32"):
+    with pytest.raises(TypeError, match=r"argument 'dy': expected dtype float32.* but got int32"):
         kb.kernels.bias_grad(put(kb, np.zeros((2, 3), np.int32)), put(kb, np.zeros(3, np.float32)), 1, kb.stream())
 
 

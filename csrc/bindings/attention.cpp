@@ -69,11 +69,13 @@ struct Inputs {
   View bias_view;  // empty without a mask
   Dims d;
   AttnBias bias;
+  Storage storage;  // q's, k's and v's (and their outputs' and gradients')
 };
 Inputs attention_inputs(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so,
                         int64_t si, int64_t sr, int64_t inner) {
-  const auto [q, k, v] = float32_arrays({{q_obj, "q"}, {k_obj, "k"}, {v_obj, "v"}});
-  Inputs in{q, k, v, View{}, check_qkv(q, k, v), AttnBias{}};
+  const View q = view_of(q_obj, "q"), k = view_of(k_obj, "k"), v = view_of(v_obj, "v");
+  const Storage storage = same_storage({{&q, "q"}, {&k, "k"}, {&v, "v"}});
+  Inputs in{q, k, v, View{}, check_qkv(q, k, v), AttnBias{}, storage};
   in.bias = check_bias(bias_obj, so, si, sr, inner, in.d, in.bias_view);
   return in;
 }
@@ -88,19 +90,24 @@ void bind_attention(py::module_& m) {
          std::uintptr_t stream) {
         const Inputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
         const Dims& d = in.d;
-        const auto [out, lse] = float32_outputs({{out_obj, "out"}, {lse_obj, "lse"}});
+        const View out = view_of(out_obj, "out");
+        same_storage({{&in.q, "q"}, {&out, "out"}});
+        require_writable(out, "out");
+        const auto [lse] = float32_outputs({{lse_obj, "lse"}});
         require_shape(out, "out", {d.batch, d.L, d.Ev});
         require_shape(lse, "lse", {d.batch, d.L});
         require_outputs_apart({out, lse}, {in.q, in.k, in.v, in.bias_view});
         auto guard = vouch({in.q, in.k, in.v, in.bias_view, out, lse});
-        attention_forward(in.q.ptr<float>(), in.k.ptr<float>(), in.v.ptr<float>(), in.bias, causal, scale,
-                          out.ptr<float>(), lse.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
+        attention_forward(in.storage, in.q.data, in.k.data, in.v.data, in.bias, causal, scale, out.data,
+                          lse.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev, as_stream(stream));
         check_launch("attention_forward");
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("bias_stride_outer"),
       py::arg("bias_stride_inner"), py::arg("bias_stride_row"), py::arg("inner"), py::arg("causal"),
       py::arg("scale"), py::arg("out"), py::arg("lse"), py::arg("stream"),
-      "Flash attention forward: out = softmax(q k^T * scale + bias) v, float32, C-contiguous.\n"
+      "Flash attention forward: out = softmax(q k^T * scale + bias) v; q, k, v, out float32,\n"
+      "float16 or bfloat16 (its bits as int16), one dtype, C-contiguous, computed in float32;\n"
+      "lse and bias float32.\n"
       "q (B, L, E), k (B, S, E), v (B, S, Ev), E and Ev <= 128; out (B, L, Ev) and lse (B, L)\n"
       "(log-sum-exp of each query's scores) are written. bias: None or an additive float32 mask\n"
       "read as bias[(b // inner)*stride_outer + (b % inner)*stride_inner + i*stride_row + j]\n"
@@ -113,9 +120,12 @@ void bind_attention(py::module_& m) {
          std::uintptr_t stream) {
         const Inputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
         const Dims& d = in.d;
-        const auto [out, dout, lse] = float32_arrays({{out_obj, "out"}, {dout_obj, "dout"}, {lse_obj, "lse"}});
-        const auto [dq, dk, dv, delta] =
-            float32_outputs({{dq_obj, "dq"}, {dk_obj, "dk"}, {dv_obj, "dv"}, {delta_obj, "delta"}});
+        const View out = view_of(out_obj, "out"), dout = view_of(dout_obj, "dout");
+        const View dq = view_of(dq_obj, "dq"), dk = view_of(dk_obj, "dk"), dv = view_of(dv_obj, "dv");
+        same_storage({{&in.q, "q"}, {&out, "out"}, {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}});
+        for (const auto& [w, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}}) require_writable(*w, name);
+        const auto [lse] = float32_arrays({{lse_obj, "lse"}});
+        const auto [delta] = float32_outputs({{delta_obj, "delta"}});
         require_shape(out, "out", {d.batch, d.L, d.Ev});
         require_same_shape(out, "out", dout, "dout");
         require_shape(lse, "lse", {d.batch, d.L});
@@ -125,10 +135,9 @@ void bind_attention(py::module_& m) {
         require_shape(delta, "delta", {d.batch, d.L});
         require_outputs_apart({dq, dk, dv, delta}, {in.q, in.k, in.v, in.bias_view, out, dout, lse});
         auto guard = vouch({in.q, in.k, in.v, in.bias_view, out, dout, lse, dq, dk, dv, delta});
-        attention_backward(in.q.ptr<float>(), in.k.ptr<float>(), in.v.ptr<float>(), out.ptr<float>(),
-                           dout.ptr<float>(), lse.ptr<float>(), in.bias, causal, scale, dq.ptr<float>(),
-                           dk.ptr<float>(), dv.ptr<float>(), delta.ptr<float>(), d.batch, d.L, d.S, d.E, d.Ev,
-                           as_stream(stream));
+        attention_backward(in.storage, in.q.data, in.k.data, in.v.data, out.data, dout.data, lse.ptr<float>(),
+                           in.bias, causal, scale, dq.data, dk.data, dv.data, delta.ptr<float>(), d.batch, d.L,
+                           d.S, d.E, d.Ev, as_stream(stream));
         check_launch("attention_backward");
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("dout"), py::arg("lse"), py::arg("bias"),
@@ -136,7 +145,8 @@ void bind_attention(py::module_& m) {
       py::arg("causal"), py::arg("scale"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("delta"),
       py::arg("stream"),
       "Flash attention backward: writes dq, dk, dv (shapes of q, k, v) from the forward's q, k, v,\n"
-      "out, lse, the same bias/causal/scale, and dout. delta (B, L) is a float32 workspace.\n"
+      "out, lse, the same bias/causal/scale, and dout (dtypes as in attention_forward). delta\n"
+      "(B, L) is a float32 workspace.\n"
       "Scores are recomputed tile by tile; no atomics, so the result is bitwise reproducible.");
 }
 

@@ -47,8 +47,9 @@ template <class Launch>
 auto conv_binding(const char* kernel, const char* in_name, const char* out_name, bool image_in, Launch launch) {
   return [=](py::handle in_obj, py::handle out_obj, int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
              std::uintptr_t stream) {
-    const View in = as_array(in_obj, in_name, "float32");
-    const auto [out] = float32_outputs({{out_obj, out_name}});
+    const View in = view_of(in_obj, in_name), out = view_of(out_obj, out_name);
+    const Storage storage = same_storage({{&in, in_name}, {&out, out_name}});
+    require_writable(out, out_name);
     const View& img = image_in ? in : out;
     const View& cols = image_in ? out : in;
     const char* img_name = image_in ? in_name : out_name;
@@ -57,7 +58,7 @@ auto conv_binding(const char* kernel, const char* in_name, const char* out_name,
     require_shape(cols, cols_name, {s.c * kh * kw, s.n * s.oh * s.ow});
     require_disjoint(in, in_name, out, out_name);
     auto guard = vouch({in, out});
-    launch(in.ptr<float>(), out.ptr<float>(), s, as_stream(stream));
+    launch(storage, in.data, out.data, s, as_stream(stream));
     check_launch(kernel);
   };
 }
@@ -68,15 +69,17 @@ void bind_conv(py::module_& m) {
   m.def("im2col", conv_binding("im2col", "x", "cols", true, im2col), py::arg("x"), py::arg("cols"), py::arg("kh"),
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("stream"),
-        "Column matrix of a chunk of images: x float32 (n, C, H, W), cols float32\n"
-        "(C*kh*kw, n*OH*OW) with OH = (H + 2ph - dh(kh-1) - 1)//sh + 1 (same for OW).\n"
+        "Column matrix of a chunk of images: x (n, C, H, W), cols (C*kh*kw, n*OH*OW), both\n"
+        "float32, float16 or bfloat16 (its bits as int16), C-contiguous;\n"
+        "OH = (H + 2ph - dh(kh-1) - 1)//sh + 1 (same for OW).\n"
         "cols[(c*kh + i)*kw + j, (img*OH + oy)*OW + ox] = x[img, c, oy*sh - ph + i*dh,\n"
         "ox*sw - pw + j*dw], 0 in the padding.");
   m.def("col2im", conv_binding("col2im", "dcols", "dx", false, col2im), py::arg("dcols"), py::arg("dx"),
         py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"),
         py::arg("dw"), py::arg("stream"),
-        "Adjoint of im2col: dx float32 (n, C, H, W) (overwritten) = for each element the\n"
-        "sum of the dcols entries (C*kh*kw, n*OH*OW) that im2col copies it to.\n"
+        "Adjoint of im2col: dx (n, C, H, W) (overwritten) = for each element the sum of\n"
+        "the dcols entries (C*kh*kw, n*OH*OW) that im2col copies it to, accumulated in\n"
+        "float32 and rounded once; storage types as for im2col.\n"
         "Deterministic (a gather, no atomics).");
   m.def(
       "_divmod_int32",

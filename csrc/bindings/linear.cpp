@@ -26,18 +26,19 @@ int64_t outer_extent(const View& y, const char* y_name, const View& b, const cha
 }
 
 // bias_add(y, b, inner) and bias_grad(dy, db, inner) take the same arguments:
-// a float32 array of N*C*inner elements and a float32 (C,) vector, the array
+// an array of N*C*inner elements and a (C,) vector of one storage type, the array
 // written by bias_add and the vector by bias_grad.
 // launch(array, vector, outer, channels, inner, stream).
 template <class Launch>
 auto bias_binding(const char* kernel, const char* array_name, const char* vector_name, bool array_written,
                   Launch launch) {
   return [=](py::handle array_obj, py::handle vector_obj, int64_t inner, std::uintptr_t stream) {
-    const auto [array, vector] = float32_arrays({{array_obj, array_name}, {vector_obj, vector_name}});
+    const View array = view_of(array_obj, array_name), vector = view_of(vector_obj, vector_name);
+    const Storage storage = same_storage({{&array, array_name}, {&vector, vector_name}});
     require_writable(array_written ? array : vector, array_written ? array_name : vector_name);
     const int64_t outer = outer_extent(array, array_name, vector, vector_name, inner);
     auto guard = vouch({array, vector});
-    launch(array.ptr<float>(), vector.ptr<float>(), outer, vector.shape[0], inner, as_stream(stream));
+    launch(storage, array.data, vector.data, outer, vector.shape[0], inner, as_stream(stream));
     check_launch(kernel);
   };
 }
@@ -47,12 +48,15 @@ auto bias_binding(const char* kernel, const char* array_name, const char* vector
 void bind_linear(py::module_& m) {
   m.def("bias_add", bias_binding("bias_add", "y", "b", true, bias_add), py::arg("y"), py::arg("b"), py::arg("inner"),
         py::arg("stream"),
-        "y[n, c, i] += b[c] in place, y a contiguous float32 array of N*C*inner elements\n"
-        "(Linear: y (N, C), inner=1; Conv2d: y (N, C, H, W), inner=H*W), b float32 (C,).");
+        "y[n, c, i] += b[c] in place, y a contiguous array of N*C*inner elements\n"
+        "(Linear: y (N, C), inner=1; Conv2d: y (N, C, H, W), inner=H*W), b (C,); float32,\n"
+        "float16 or bfloat16 (its bits as int16), both the same; the sum in float32,\n"
+        "rounded once.");
   m.def("bias_grad", bias_binding("bias_grad", "dy", "db", false, bias_grad), py::arg("dy"), py::arg("db"),
         py::arg("inner"), py::arg("stream"),
         "db[c] = sum of dy[n, c, i] over n and i (overwrites db); dy as y of bias_add,\n"
-        "db float32 (C,). Deterministic: the same bits on every run.");
+        "db (C,) of its dtype; accumulated in float32, rounded once. Deterministic: the\n"
+        "same bits on every run.");
 }
 
 }  // namespace gpunet

@@ -45,10 +45,18 @@ double number(py::handle h, const std::string& name) {
   return h.cast<double>();
 }
 
-// A float32, C-contiguous array of the same shape as params[k]; `out` marks it written.
-View tensor(const py::sequence& list, const char* list_name, size_t k, const View* like, bool out) {
+// A C-contiguous array of the same shape as params[k] (like), float32 or, with
+// half_like (weights[0]), of its half dtype; `out` marks it written.
+View tensor(const py::sequence& list, const char* list_name, size_t k, const View* like, bool out,
+            const View* half_like = nullptr) {
   const std::string name = item(list_name, k);
-  View v = as_array(list[k], name.c_str(), "float32");
+  View v = half_like == nullptr ? as_array(list[k], name.c_str(), "float32") : view_of(list[k], name.c_str());
+  if (half_like != nullptr) {
+    require_contiguous(v, name.c_str());
+    if (v.typestr != half_like->typestr)
+      throw py::type_error(detail::arg(name.c_str()) + "expected the dtype of weights[0] (" +
+                           detail::dtype_name(half_like->typestr) + ") but got " + detail::dtype_name(v.typestr));
+  }
   if (out) require_writable(v, name.c_str());
   if (like != nullptr && like->shape != v.shape)
     throw py::value_error(detail::arg(name.c_str()) + "expected the shape of params[" + std::to_string(k) + "] " +
@@ -84,6 +92,7 @@ void require_disjoint(std::vector<Span> spans) {
 // The group's validated rows (empty tensors dropped) and the workspace they go
 // to; `arrays` holds every array of the call, the table last, for vouch().
 struct Group {
+  Storage storage = Storage::F32;  // the grads' type: float32, or the half weights'
   std::vector<OptimTensor> rows;
   int64_t total = 0;  // quads (optim.h)
   View table;
@@ -91,20 +100,36 @@ struct Group {
 };
 
 // params/grads and up to two state lists (nullptr: absent); `scalars(k, row)`
-// fills the per-tensor scalars.
+// fills the per-tensor scalars. weights (None: absent): half weights, one
+// per parameter, params then being their float32 masters and grads of the
+// weights' type.
 template <class Scalars>
 Group build_group(py::handle params_obj, py::handle grads_obj, const char* s0_name, py::handle s0_obj,
-                  const char* s1_name, py::handle s1_obj, py::handle table_obj, Scalars scalars) {
+                  const char* s1_name, py::handle s1_obj, py::handle table_obj, py::handle weights_obj,
+                  Scalars scalars) {
   const py::sequence params = as_list(params_obj, "params");
   const py::sequence grads = as_list(grads_obj, "grads");
   const size_t n = params.size();
   require_length(grads, "grads", n, "params");
+  py::sequence weights;
+  View first_weight;  // weights[0]: the storage type every weight and grad has
+  Group group;
+  if (!weights_obj.is_none()) {
+    require_length(weights = as_list(weights_obj, "weights"), "weights", n, "params");
+    if (n > 0) {
+      first_weight = view_of(weights[0], "weights[0]");
+      group.storage = storage_of(first_weight, "weights[0]");
+      if (group.storage == Storage::F32)
+        throw py::type_error("argument 'weights[0]': expected dtype float16 or bfloat16 (as an int16 view of its "
+                             "bits): weights are the half copies of float32 masters");
+    }
+  }
+  const bool half = !weights_obj.is_none();
   py::sequence s0, s1;
   if (s0_name != nullptr) require_length(s0 = as_list(s0_obj, s0_name), s0_name, n, "params");
   if (s1_name != nullptr) require_length(s1 = as_list(s1_obj, s1_name), s1_name, n, "params");
   if (n > (size_t)INT_MAX) throw py::value_error("argument 'params': at most INT_MAX tensors per launch");
 
-  Group group;
   std::vector<Span> spans;
   auto span = [&](const View& v, bool written, std::string name) {
     if (v.numel() == 0) return;
@@ -113,10 +138,15 @@ Group build_group(py::handle params_obj, py::handle grads_obj, const char* s0_na
   };
   for (size_t k = 0; k < n; ++k) {
     const View p = tensor(params, "params", k, nullptr, true);
-    const View g = tensor(grads, "grads", k, &p, false);
-    OptimTensor row{p.ptr<float>(), g.ptr<float>(), nullptr, nullptr, group.total, p.numel(), 0.f, 0.f};
+    const View g = tensor(grads, "grads", k, &p, false, half ? &first_weight : nullptr);
+    OptimTensor row{p.ptr<float>(), g.data, nullptr, nullptr, nullptr, group.total, p.numel(), 0.f, 0.f};
     span(p, true, item("params", k));
     span(g, false, item("grads", k));
+    if (half) {
+      const View w = tensor(weights, "weights", k, &p, true, &first_weight);
+      row.weight = w.data;
+      span(w, true, item("weights", k));
+    }
     if (s0_name != nullptr) {
       const View v = tensor(s0, s0_name, k, &p, true);
       row.state0 = v.ptr<float>();
@@ -154,7 +184,8 @@ void bind_optim(py::module_& m) {
   m.def(
       "sgd_multi",
       [](py::handle params, py::handle grads, py::handle bufs_obj, py::handle fresh_obj, py::handle table,
-         double lr, double momentum, double dampening, double weight_decay, bool nesterov, std::uintptr_t stream) {
+         double lr, double momentum, double dampening, double weight_decay, bool nesterov, std::uintptr_t stream,
+         py::handle weights) {
         require_finite(lr, "lr", 0.0);
         require_finite(momentum, "momentum", 0.0);
         require_finite(dampening, "dampening", 0.0);
@@ -168,7 +199,7 @@ void bind_optim(py::module_& m) {
           throw py::value_error("arguments 'momentum_buffers', 'fresh': must be empty lists when momentum == 0");
         if (with_momentum) require_length(fresh, "fresh", as_list(params, "params").size(), "params");
         Group group = build_group(params, grads, with_momentum ? "momentum_buffers" : nullptr, bufs, nullptr,
-                                  py::none(), table, [&](size_t k, OptimTensor& row) {
+                                  py::none(), table, weights, [&](size_t k, OptimTensor& row) {
                                     if (!with_momentum) return;
                                     if (!py::isinstance<py::bool_>(fresh[k]))
                                       throw py::type_error(detail::arg(item("fresh", k).c_str()) +
@@ -179,23 +210,27 @@ void bind_optim(py::module_& m) {
         // every array, not only the table the kernel gets: the tensors' pointers travel
         // inside it, and the checker, the profile and stream ordering must see them
         auto guard = vouch(group.arrays);
-        sgd_multi(group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
+        sgd_multi(group.storage, group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
         check_launch("sgd_multi");
       },
       py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("fresh"), py::arg("table"),
       py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
-      py::arg("stream"),
+      py::arg("stream"), py::arg("weights") = py::none(),
       "SGD step over a parameter group in one launch (torch.optim.SGD semantics), in place.\n"
       "params, grads: lists of float32 C-contiguous arrays, grads[k] shaped like params[k].\n"
       "momentum_buffers, fresh: with momentum > 0, one buffer per parameter and one bool\n"
       "per parameter saying the buffer is new (this step sets it to the gradient);\n"
       "empty lists when momentum == 0. table: uint8 workspace of at least\n"
-      "len(params) * OPTIM_TABLE_ENTRY_BYTES bytes.");
+      "len(params) * OPTIM_TABLE_ENTRY_BYTES bytes.\n"
+      "weights: None, or half weights (float16, or bfloat16 as its int16 bits; one dtype),\n"
+      "one per parameter: params are then their float32 masters, grads of the weights'\n"
+      "dtype (read in float32), and each updated master is written rounded once into its\n"
+      "weight by the same launch.");
   m.def(
       "adam_multi",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, py::handle steps_obj,
          py::handle bc2_obj, py::handle table, double lr, double beta1, double beta2, double eps,
-         double weight_decay, bool decoupled, std::uintptr_t stream) {
+         double weight_decay, bool decoupled, std::uintptr_t stream, py::handle weights) {
         require_finite(lr, "lr", 0.0);
         require_finite(eps, "eps", 0.0);
         require_finite(weight_decay, "weight_decay", 0.0);
@@ -206,7 +241,7 @@ void bind_optim(py::module_& m) {
         const size_t n = as_list(params, "params").size();
         require_length(step_sizes, "step_sizes", n, "params");
         require_length(bc2, "bias_correction2_sqrts", n, "params");
-        Group group = build_group(params, grads, "exp_avgs", exp_avgs, "exp_avg_sqs", exp_avg_sqs, table,
+        Group group = build_group(params, grads, "exp_avgs", exp_avgs, "exp_avg_sqs", exp_avg_sqs, table, weights,
                                   [&](size_t k, OptimTensor& row) {
                                     const double s = number(step_sizes[k], item("step_sizes", k));
                                     const double c = number(bc2[k], item("bias_correction2_sqrts", k));
@@ -222,17 +257,18 @@ void bind_optim(py::module_& m) {
         // every array, not only the table the kernel gets: the tensors' pointers travel
         // inside it, and the checker, the profile and stream ordering must see them
         auto guard = vouch(group.arrays);
-        adam_multi(group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
+        adam_multi(group.storage, group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
         check_launch("adam_multi");
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("step_sizes"),
       py::arg("bias_correction2_sqrts"), py::arg("table"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
       py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("stream"),
+      py::arg("weights") = py::none(),
       "Adam (decoupled=False: L2 term weight_decay*p added to the gradient) or AdamW\n"
       "(decoupled=True: p *= 1 - lr*weight_decay) step over a parameter group in one\n"
       "launch, in place. Lists as in sgd_multi; exp_avgs/exp_avg_sqs are the moment\n"
       "buffers; step_sizes[k] = lr / (1 - beta1^t_k) and bias_correction2_sqrts[k] =\n"
-      "sqrt(1 - beta2^t_k) for tensor k's step count t_k.");
+      "sqrt(1 - beta2^t_k) for tensor k's step count t_k. weights: as in sgd_multi.");
 }
 
 }  // namespace gpunet

@@ -1,6 +1,13 @@
-// attention.cu -- float32 flash attention: out = softmax(q kᵀ·scale + bias) v,
-// forward and backward, tiled over queries and keys, never materialising the
-// L×S score matrix.
+// attention.cu -- flash attention on CUDA cores: out = softmax(q kᵀ·scale +
+// bias) v, forward and backward, tiled over queries and keys, never
+// materialising the L×S score matrix.
+//
+// Storage: every kernel is templated on the type of q, k, v, out, dout, dq,
+// dk, dv (float, __half, __nv_bfloat16). Rows are read into float32
+// registers and float32 shared tiles, so the scores, the running max and
+// sum, the accumulators, lse and delta are float32 whatever the storage;
+// each output is rounded once when stored. The bias and lse/delta stay
+// float32. Half rows move element by element (the float4 path is float's).
 //
 // Layout: q (B, L, E), k (B, S, E), v (B, S, Ev), out/dout (B, L, Ev), B the
 // flattened batch·heads. The head dims are padded with zeros to a bucket
@@ -72,6 +79,7 @@
 
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
+#include "common/storage.cuh"
 #include "kernels/attention.h"
 
 namespace gpunet {
@@ -110,35 +118,40 @@ __device__ __forceinline__ bool whole_chunk(const float* row, int d, int n) {
   return d + 4 <= n && reinterpret_cast<uintptr_t>(row + d) % 16 == 0;
 }
 
-template <int NC>
-__device__ __forceinline__ void load_row(float4 (&r)[NC], const float* row, int n, int g) {
+template <int NC, class T>
+__device__ __forceinline__ void load_row(float4 (&r)[NC], const T* row, int n, int g) {
 #pragma unroll
   for (int m = 0; m < NC; ++m) {
     const int d = 4 * (g + kGroup * m);
-    if (row && whole_chunk(row, d, n)) {
-      r[m] = *reinterpret_cast<const float4*>(row + d);
-      continue;
+    if constexpr (std::is_same_v<T, float>) {
+      if (row && whole_chunk(row, d, n)) {
+        r[m] = *reinterpret_cast<const float4*>(row + d);
+        continue;
+      }
     }
-    r[m].x = row && d < n ? row[d] : 0.f;
-    r[m].y = row && d + 1 < n ? row[d + 1] : 0.f;
-    r[m].z = row && d + 2 < n ? row[d + 2] : 0.f;
-    r[m].w = row && d + 3 < n ? row[d + 3] : 0.f;
+    r[m].x = row && d < n ? to_float(row[d]) : 0.f;
+    r[m].y = row && d + 1 < n ? to_float(row[d + 1]) : 0.f;
+    r[m].z = row && d + 2 < n ? to_float(row[d + 2]) : 0.f;
+    r[m].w = row && d + 3 < n ? to_float(row[d + 3]) : 0.f;
   }
 }
 
-template <int NC>
-__device__ __forceinline__ void store_row(float* row, const float4 (&r)[NC], float mul, int n, int g) {
+// row = r · mul, each value rounded once to the storage type
+template <int NC, class T>
+__device__ __forceinline__ void store_row(T* row, const float4 (&r)[NC], float mul, int n, int g) {
 #pragma unroll
   for (int m = 0; m < NC; ++m) {
     const int d = 4 * (g + kGroup * m);
-    if (whole_chunk(row, d, n)) {
-      *reinterpret_cast<float4*>(row + d) = float4{r[m].x * mul, r[m].y * mul, r[m].z * mul, r[m].w * mul};
-      continue;
+    if constexpr (std::is_same_v<T, float>) {
+      if (whole_chunk(row, d, n)) {
+        *reinterpret_cast<float4*>(row + d) = float4{r[m].x * mul, r[m].y * mul, r[m].z * mul, r[m].w * mul};
+        continue;
+      }
     }
-    if (d < n) row[d] = r[m].x * mul;
-    if (d + 1 < n) row[d + 1] = r[m].y * mul;
-    if (d + 2 < n) row[d + 2] = r[m].z * mul;
-    if (d + 3 < n) row[d + 3] = r[m].w * mul;
+    if (d < n) row[d] = from_float<T>(r[m].x * mul);
+    if (d + 1 < n) row[d + 1] = from_float<T>(r[m].y * mul);
+    if (d + 2 < n) row[d + 2] = from_float<T>(r[m].z * mul);
+    if (d + 3 < n) row[d + 3] = from_float<T>(r[m].w * mul);
   }
 }
 
@@ -186,13 +199,13 @@ __device__ __forceinline__ void scale_chunks(float4 (&acc)[NC], float a) {
 
 // Rows [r0, r0 + kTileRows) of a (nrows, n) matrix into a kTileRows × D
 // shared tile, zero-padded past n columns and nrows rows. Coalesced along n.
-template <int D>
-__device__ __forceinline__ void load_tile(float4* tile, const float* src, int64_t r0, int64_t nrows, int n) {
+template <int D, class T>
+__device__ __forceinline__ void load_tile(float4* tile, const T* src, int64_t r0, int64_t nrows, int n) {
   float* t = reinterpret_cast<float*>(tile);
   for (int idx = threadIdx.x; idx < kTileRows * D; idx += kAttnThreads) {
     const int r = idx / D, d = idx % D;
     const int64_t gr = r0 + r;
-    t[idx] = gr < nrows && d < n ? src[gr * n + d] : 0.f;
+    t[idx] = gr < nrows && d < n ? to_float(src[gr * n + d]) : 0.f;
   }
 }
 
@@ -201,15 +214,18 @@ __device__ __forceinline__ void load_tile(float4* tile, const float* src, int64_
 // walk over the key tiles needs: the entry's k and v, the row of the mask
 // (nullptr without one) and the end of the keys (with causal, the keys past
 // the block's last query are skipped).
+template <class T>
 struct QueryRow {
   int64_t bh, i;
   int g;
   bool row_ok;
-  const float *kb, *vb, *brow;
+  const T *kb, *vb;
+  const float* brow;
   int64_t s_end;
 };
 
-__device__ __forceinline__ QueryRow query_row(const float* k, const float* v, const AttnBias& bias, int causal,
+template <class T>
+__device__ __forceinline__ QueryRow<T> query_row(const T* k, const T* v, const AttnBias& bias, int causal,
                                               int64_t L, int64_t S, int E, int Ev, int64_t q_blocks) {
   const int64_t bh = blockIdx.x / q_blocks;
   const int64_t q0 = (blockIdx.x % q_blocks) * kRowsPerBlock;
@@ -225,10 +241,10 @@ __device__ __forceinline__ QueryRow query_row(const float* k, const float* v, co
           causal ? (S < q0 + kRowsPerBlock ? S : q0 + kRowsPerBlock) : S};
 }
 
-template <int D>
+template <int D, class T>
 __global__ void __launch_bounds__(kAttnThreads, 1)
-    attn_forward_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                        AttnBias bias, int causal, float scale, float* __restrict__ out, float* __restrict__ lse,
+    attn_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                        AttnBias bias, int causal, float scale, T* __restrict__ out, float* __restrict__ lse,
                         int64_t L, int64_t S, int E, int Ev, int64_t q_blocks) {
   constexpr int NC = D / (4 * kGroup);
   constexpr int D4 = D / 4;
@@ -281,23 +297,24 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   }
 }
 
+template <class T>
 __global__ void __launch_bounds__(kAttnThreads)
-    attn_delta_kernel(const float* __restrict__ out, const float* __restrict__ dout, float* __restrict__ delta,
+    attn_delta_kernel(const T* __restrict__ out, const T* __restrict__ dout, float* __restrict__ delta,
                       int64_t rows, int Ev) {
   const int lane = threadIdx.x % 32;
   const int64_t r = (int64_t)blockIdx.x * kDeltaRowsPerBlock + threadIdx.x / 32;
   if (r >= rows) return;  // whole warp
   float s = 0.f;
-  for (int d = lane; d < Ev; d += 32) s += out[r * Ev + d] * dout[r * Ev + d];
+  for (int d = lane; d < Ev; d += 32) s += to_float(out[r * Ev + d]) * to_float(dout[r * Ev + d]);
   s = warp_reduce_sum(s);
   if (lane == 0) delta[r] = s;
 }
 
-template <int D>
+template <int D, class T>
 __global__ void __launch_bounds__(kAttnThreads, 1)
-    attn_dkdv_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                     const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                     AttnBias bias, int causal, float scale, float* __restrict__ dk, float* __restrict__ dv,
+    attn_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                     const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                     AttnBias bias, int causal, float scale, T* __restrict__ dk, T* __restrict__ dv,
                      int64_t L, int64_t S, int E, int Ev, int64_t k_blocks) {
   constexpr int NC = D / (4 * kGroup);
   constexpr int D4 = D / 4;
@@ -316,8 +333,8 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   load_row<NC>(vr, col_ok ? v + (bh * S + j) * Ev : nullptr, Ev, g);
   zero<NC>(dk_acc);
   zero<NC>(dv_acc);
-  const float* qb = q + bh * L * E;
-  const float* dob = dout + bh * L * Ev;
+  const T* qb = q + bh * L * E;
+  const T* dob = dout + bh * L * Ev;
   // causal: queries before j0 see none of this block's keys
   const int64_t i_begin = causal ? (j0 / kTileRows) * kTileRows : 0;
   const float* bcol = col_ok && bias.ptr ? bias_base(bias, bh) + j : nullptr;
@@ -355,11 +372,11 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   }
 }
 
-template <int D>
+template <int D, class T>
 __global__ void __launch_bounds__(kAttnThreads, 1)
-    attn_dq_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                   const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                   AttnBias bias, int causal, float scale, float* __restrict__ dq, int64_t L, int64_t S, int E,
+    attn_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                   const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                   AttnBias bias, int causal, float scale, T* __restrict__ dq, int64_t L, int64_t S, int E,
                    int Ev, int64_t q_blocks) {
   constexpr int NC = D / (4 * kGroup);
   constexpr int D4 = D / 4;
@@ -398,65 +415,70 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
 
 int64_t blocks_for(int64_t n) { return (n + kRowsPerBlock - 1) / kRowsPerBlock; }
 
-template <int D>
-void launch_forward(const float* q, const float* k, const float* v, const AttnBias& bias, bool causal, float scale,
-                    float* out, float* lse, int64_t batch, int64_t L, int64_t S, int E, int Ev, cudaStream_t stream) {
+template <int D, class T>
+void launch_forward(const T* q, const T* k, const T* v, const AttnBias& bias, bool causal, float scale, T* out,
+                    float* lse, int64_t batch, int64_t L, int64_t S, int E, int Ev, cudaStream_t stream) {
   const int64_t qb = blocks_for(L);
-  attn_forward_kernel<D><<<checked_grid("attention_forward", batch * qb), kAttnThreads, 0, stream>>>(
+  attn_forward_kernel<D, T><<<checked_grid("attention_forward", batch * qb), kAttnThreads, 0, stream>>>(
       q, k, v, bias, causal, scale, out, lse, L, S, E, Ev, qb);
 }
 
-template <int D>
-void launch_backward(const float* q, const float* k, const float* v, const float* dout, const float* lse,
-                     const float* delta, const AttnBias& bias, bool causal, float scale, float* dq, float* dk,
-                     float* dv, int64_t batch, int64_t L, int64_t S, int E, int Ev, cudaStream_t stream) {
+template <int D, class T>
+void launch_backward(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+                     const AttnBias& bias, bool causal, float scale, T* dq, T* dk, T* dv, int64_t batch, int64_t L,
+                     int64_t S, int E, int Ev, cudaStream_t stream) {
   const int64_t kb = blocks_for(S), qb = blocks_for(L);
-  attn_dkdv_kernel<D><<<dim3((unsigned)(batch * kb)), kAttnThreads, 0, stream>>>(q, k, v, dout, lse, delta, bias,
-                                                                                 causal, scale, dk, dv, L, S, E, Ev, kb);
-  attn_dq_kernel<D><<<dim3((unsigned)(batch * qb)), kAttnThreads, 0, stream>>>(q, k, v, dout, lse, delta, bias,
-                                                                               causal, scale, dq, L, S, E, Ev, qb);
+  attn_dkdv_kernel<D, T><<<dim3((unsigned)(batch * kb)), kAttnThreads, 0, stream>>>(
+      q, k, v, dout, lse, delta, bias, causal, scale, dk, dv, L, S, E, Ev, kb);
+  attn_dq_kernel<D, T><<<dim3((unsigned)(batch * qb)), kAttnThreads, 0, stream>>>(
+      q, k, v, dout, lse, delta, bias, causal, scale, dq, L, S, E, Ev, qb);
 }
 
-// The padded head-dim bucket of max(E, Ev).
-int bucket(int E, int Ev) {
+// f(std::integral_constant<int, D>) for the padded head-dim bucket of max(E, Ev).
+template <class F>
+void with_bucket(int E, int Ev, F&& f) {
   const int e = E > Ev ? E : Ev;
-  return e <= 32 ? 32 : e <= 64 ? 64 : 128;
+  if (e <= 32) return f(std::integral_constant<int, 32>{});
+  if (e <= 64) return f(std::integral_constant<int, 64>{});
+  return f(std::integral_constant<int, 128>{});
 }
 
 }  // namespace
 
-void attention_forward(const float* q, const float* k, const float* v, const AttnBias& bias, bool causal,
-                       float scale, float* out, float* lse, int64_t batch, int64_t L, int64_t S, int E, int Ev,
-                       cudaStream_t stream) {
+void attention_forward(Storage storage, const void* q, const void* k, const void* v, const AttnBias& bias,
+                       bool causal, float scale, void* out, float* lse, int64_t batch, int64_t L, int64_t S, int E,
+                       int Ev, cudaStream_t stream) {
   if (batch == 0 || L == 0 || S == 0) return;
-  switch (bucket(E, Ev)) {
-    case 32: return launch_forward<32>(q, k, v, bias, causal, scale, out, lse, batch, L, S, E, Ev, stream);
-    case 64: return launch_forward<64>(q, k, v, bias, causal, scale, out, lse, batch, L, S, E, Ev, stream);
-    default: return launch_forward<128>(q, k, v, bias, causal, scale, out, lse, batch, L, S, E, Ev, stream);
-  }
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_bucket(E, Ev, [&](auto d) {
+      launch_forward<decltype(d)::value>(static_cast<const T*>(q), static_cast<const T*>(k),
+                                         static_cast<const T*>(v), bias, causal, scale, static_cast<T*>(out), lse,
+                                         batch, L, S, E, Ev, stream);
+    });
+  });
 }
 
-void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                        const float* lse, const AttnBias& bias, bool causal, float scale, float* dq, float* dk,
-                        float* dv, float* delta, int64_t batch, int64_t L, int64_t S, int E, int Ev,
+void attention_backward(Storage storage, const void* q, const void* k, const void* v, const void* out,
+                        const void* dout, const float* lse, const AttnBias& bias, bool causal, float scale, void* dq,
+                        void* dk, void* dv, float* delta, int64_t batch, int64_t L, int64_t S, int E, int Ev,
                         cudaStream_t stream) {
   if (batch == 0 || L == 0 || S == 0) return;
   const int64_t rows = batch * L;
   // every grid checked before the first launch (the main kernels': blocks_for(max(L, S)) per batch entry)
   const dim3 delta_grid = checked_grid("attention_backward", (rows + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock);
   checked_grid("attention_backward", batch * blocks_for(L > S ? L : S));
-  attn_delta_kernel<<<delta_grid, kAttnThreads, 0, stream>>>(out, dout, delta, rows, Ev);
-  switch (bucket(E, Ev)) {
-    case 32:
-      return launch_backward<32>(q, k, v, dout, lse, delta, bias, causal, scale, dq, dk, dv, batch, L, S, E, Ev,
-                                 stream);
-    case 64:
-      return launch_backward<64>(q, k, v, dout, lse, delta, bias, causal, scale, dq, dk, dv, batch, L, S, E, Ev,
-                                 stream);
-    default:
-      return launch_backward<128>(q, k, v, dout, lse, delta, bias, causal, scale, dq, dk, dv, batch, L, S, E, Ev,
-                                  stream);
-  }
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    attn_delta_kernel<T><<<delta_grid, kAttnThreads, 0, stream>>>(static_cast<const T*>(out),
+                                                                   static_cast<const T*>(dout), delta, rows, Ev);
+    with_bucket(E, Ev, [&](auto d) {
+      launch_backward<decltype(d)::value>(static_cast<const T*>(q), static_cast<const T*>(k),
+                                          static_cast<const T*>(v), static_cast<const T*>(dout), lse, delta, bias,
+                                          causal, scale, static_cast<T*>(dq), static_cast<T*>(dk),
+                                          static_cast<T*>(dv), batch, L, S, E, Ev, stream);
+    });
+  });
 }
 
 }  // namespace gpunet

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
 // Largest head dimension (E and Ev) the kernels take.
@@ -24,15 +26,15 @@ struct AttnBias {
 // lse (batch, L), the log-sum-exp of each query's scaled, masked scores
 // (-inf for a query whose keys are all masked; its output row is 0).
 // causal: query i sees keys j <= i.
-void attention_forward(const float* q, const float* k, const float* v, const AttnBias& bias, bool causal,
-                       float scale, float* out, float* lse, int64_t batch, int64_t L, int64_t S, int E, int Ev,
-                       cudaStream_t stream);
+void attention_forward(Storage storage, const void* q, const void* k, const void* v, const AttnBias& bias,
+                       bool causal, float scale, void* out, float* lse, int64_t batch, int64_t L, int64_t S, int E,
+                       int Ev, cudaStream_t stream);
 
 // Gradients dq, dk, dv (shapes of q, k, v; overwritten) from the forward's
 // inputs, out, lse and dout. delta (batch, L) is a workspace (rowsum(dout·out)).
-void attention_backward(const float* q, const float* k, const float* v, const float* out, const float* dout,
-                        const float* lse, const AttnBias& bias, bool causal, float scale, float* dq, float* dk,
-                        float* dv, float* delta, int64_t batch, int64_t L, int64_t S, int E, int Ev,
+void attention_backward(Storage storage, const void* q, const void* k, const void* v, const void* out,
+                        const void* dout, const float* lse, const AttnBias& bias, bool causal, float scale, void* dq,
+                        void* dk, void* dv, float* delta, int64_t batch, int64_t L, int64_t S, int E, int Ev,
                         cudaStream_t stream);
 
 }  // namespace gpunet

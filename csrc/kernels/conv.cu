@@ -39,6 +39,7 @@
 
 #include "common/fastdiv.cuh"
 #include "common/launch.cuh"
+#include "common/storage.cuh"
 #include "kernels/conv.h"
 
 namespace gpunet {
@@ -68,13 +69,13 @@ __host__ __device__ __forceinline__ Index im2col_source(const ConvShape& s, cons
   return inside ? ((img * (Index)s.c + c) * (Index)s.h + y) * (Index)s.w + xx : (Index)-1;
 }
 
-template <class Index>
-__global__ void __launch_bounds__(kThreads) im2col_kernel(const float* __restrict__ x, float* __restrict__ cols,
+template <class T, class Index>
+__global__ void __launch_bounds__(kThreads) im2col_kernel(const T* __restrict__ x, T* __restrict__ cols,
                                                           ConvShape s, Im2colDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
   for (Index e = (Index)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
     const Index src = im2col_source(s, div, e);
-    cols[e] = src >= 0 ? x[src] : 0.f;
+    cols[e] = src >= 0 ? x[src] : from_float<T>(0.f);  // a copy: exact in every storage
   }
 }
 
@@ -87,8 +88,8 @@ struct Col2imDivs {
       : w((Index)s.w), h((Index)s.h), c((Index)s.c), sh((Index)s.sh), sw((Index)s.sw) {}
 };
 
-template <class Index>
-__global__ void __launch_bounds__(kThreads) col2im_kernel(const float* __restrict__ dcols, float* __restrict__ dx,
+template <class T, class Index>
+__global__ void __launch_bounds__(kThreads) col2im_kernel(const T* __restrict__ dcols, T* __restrict__ dx,
                                                           ConvShape s, Col2imDivs<Index> div, Index total) {
   const Index step = (Index)gridDim.x * blockDim.x;
   const Index oh = (Index)s.oh, ow = (Index)s.ow;
@@ -111,10 +112,10 @@ __global__ void __launch_bounds__(kThreads) col2im_kernel(const float* __restric
         const Index ox = div.sw.divmod(rx, rem);
         if (rem || ox >= ow) continue;
         const Index row = (c * s.kh + i) * s.kw + j;
-        sum += dcols[row * row_len + (img * oh + oy) * ow + ox];
+        sum += to_float(dcols[row * row_len + (img * oh + oy) * ow + ox]);
       }
     }
-    dx[e] = sum;
+    dx[e] = from_float<T>(sum);  // accumulated in float32, rounded once
   }
 }
 
@@ -133,22 +134,29 @@ bool fits_int32(const ConvShape& s) {
 
 }  // namespace
 
-void im2col(const float* x, float* cols, const ConvShape& s, cudaStream_t stream) {
+void im2col(Storage storage, const void* x, void* cols, const ConvShape& s, cudaStream_t stream) {
   const int64_t total = s.c * s.kh * s.kw * s.n * s.oh * s.ow;
   if (total == 0) return;
-  with_index_type(fits_int32(s), [&](auto index) {
-    using Index = decltype(index);
-    im2col_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(x, cols, s, Im2colDivs<Index>(s), (Index)total);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_index_type(fits_int32(s), [&](auto index) {
+      using Index = decltype(index);
+      im2col_kernel<T, Index><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const T*>(x), static_cast<T*>(cols), s, Im2colDivs<Index>(s), (Index)total);
+    });
   });
 }
 
-void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stream) {
+void col2im(Storage storage, const void* dcols, void* dx, const ConvShape& s, cudaStream_t stream) {
   const int64_t total = s.n * s.c * s.h * s.w;
   if (total == 0) return;
-  with_index_type(fits_int32(s), [&](auto index) {
-    using Index = decltype(index);
-    col2im_kernel<Index><<<grid_for(total), kThreads, 0, stream>>>(dcols, dx, s, Col2imDivs<Index>(s),
-                                                                   (Index)total);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    with_index_type(fits_int32(s), [&](auto index) {
+      using Index = decltype(index);
+      col2im_kernel<T, Index><<<grid_for(total), kThreads, 0, stream>>>(
+          static_cast<const T*>(dcols), static_cast<T*>(dx), s, Col2imDivs<Index>(s), (Index)total);
+    });
   });
 }
 

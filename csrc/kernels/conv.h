@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
 // One convolution over a chunk of `n` images: input (n, c, h, w), kernel
@@ -19,11 +21,12 @@ struct ConvShape {
 
 // cols (c*kh*kw, n*oh*ow) from x (n, c, h, w): row (ci, i, j), column
 // (ni, y, x) holds x[ni, ci, y*sh - ph + i*dh, x*sw - pw + j*dw], 0 outside.
-void im2col(const float* x, float* cols, const ConvShape& s, cudaStream_t stream);
+void im2col(Storage storage, const void* x, void* cols, const ConvShape& s, cudaStream_t stream);
 
 // dx (n, c, h, w) = the sum of every entry of dcols (c*kh*kw, n*oh*ow) whose
-// im2col source is that element (overwrites dx).
-void col2im(const float* dcols, float* dx, const ConvShape& s, cudaStream_t stream);
+// im2col source is that element (overwrites dx), summed in float32 and rounded
+// once to the storage type.
+void col2im(Storage storage, const void* dcols, void* dx, const ConvShape& s, cudaStream_t stream);
 
 // Test hooks for the index paths past 2^31 (tests/test_launch.py), which no
 // test can allocate: the width the kernels index with for s (32 or 64), and

@@ -31,7 +31,11 @@
 //     contiguous run of inner floats (coalesced, no per-element division);
 //     block_reduce_sum (common/reduce.cuh) combines the partials.
 //     Launch: C blocks of 256 threads.
-//   Traffic: 4n + 4C bytes, n adds. Parallelism is capped at the channels
+//   Half storage (float16, bfloat16): the same kernels templated on the
+//     storage type; bias_add reads y and b in float32 and rounds the sum once
+//     (16-byte packs of 8 values when y is aligned and inner % 8 == 0), and
+//     bias_grad accumulates in float32 and rounds each db[c] once.
+//   Traffic: 4n + 4C bytes, n adds (half storage: half of it). Parallelism is capped at the channels
 //     (ceil(C·inner / 32) blocks for small inner): splitting the rows over
 //     more blocks would need a workspace and a second pass to stay
 //     deterministic without atomics.
@@ -39,34 +43,41 @@
 
 #include "common/launch.cuh"
 #include "common/reduce.cuh"
+#include "common/storage.cuh"
 #include "kernels/linear.h"
 
 namespace gpunet {
 namespace {
 
+template <class T>
 __global__ void __launch_bounds__(kThreads)
-    bias_add_kernel(float* y, const float* __restrict__ b, int64_t n, int64_t channels, int64_t inner, bool vec4) {
-  const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t step = (int64_t)gridDim.x * blockDim.x;
-  if (vec4) {  // inner % 4 == 0: the four elements of a vector share a channel
-    for (int64_t i = first; i < n / 4; i += step) {
-      const float bc = b[(i * 4 / inner) % channels];
-      float4 v = reinterpret_cast<float4*>(y)[i];
-      v.x += bc;
-      v.y += bc;
-      v.z += bc;
-      v.w += bc;
-      reinterpret_cast<float4*>(y)[i] = v;
+    bias_add_kernel(T* y, const T* __restrict__ b, int64_t n, int64_t channels, int64_t inner, bool vec) {
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t step = (int64_t)gridDim.x * blockDim.x;
+    if (vec) {  // inner % 4 == 0: the four elements of a vector share a channel
+      for (int64_t i = first; i < n / 4; i += step) {
+        const float bc = b[(i * 4 / inner) % channels];
+        float4 v = reinterpret_cast<float4*>(y)[i];
+        v.x += bc;
+        v.y += bc;
+        v.z += bc;
+        v.w += bc;
+        reinterpret_cast<float4*>(y)[i] = v;
+      }
+    } else {
+      for (int64_t i = first; i < n; i += step) y[i] += b[(i / inner) % channels];
     }
-  } else {
-    for (int64_t i = first; i < n; i += step) y[i] += b[(i / inner) % channels];
+  } else {  // vec: inner % 8 == 0 (a pack of 8 shares a channel)
+    elementwise16(n, vec, [=](int64_t k, float v) { return v + to_float(b[(k / inner) % channels]); }, y, y);
   }
 }
 
 constexpr int kColWarps = 32;  // row groups of bias_grad_columns_kernel: 1024 threads
 
+template <class T>
 __global__ void __launch_bounds__(32 * kColWarps)
-    bias_grad_columns_kernel(const float* __restrict__ dy, float* __restrict__ db, int64_t outer, int64_t channels,
+    bias_grad_columns_kernel(const T* __restrict__ dy, T* __restrict__ db, int64_t outer, int64_t channels,
                              int inner, int per_block) {
   __shared__ float part[kColWarps][32];
   __shared__ float col_sum[32];
@@ -74,10 +85,10 @@ __global__ void __launch_bounds__(32 * kColWarps)
   const int64_t c0 = (int64_t)blockIdx.x * per_block;
   const int owned = (int)(channels - c0 < per_block ? channels - c0 : per_block);
   const int64_t stride = channels * inner;
-  const float* col = dy + c0 * inner + lane;
+  const T* col = dy + c0 * inner + lane;
   float s = 0.f;
   if (lane < owned * inner)
-    for (int64_t o = warp; o < outer; o += kColWarps) s += col[o * stride];
+    for (int64_t o = warp; o < outer; o += kColWarps) s += to_float(col[o * stride]);
   part[warp][lane] = s;
   __syncthreads();
   if (warp == 0) {
@@ -88,43 +99,59 @@ __global__ void __launch_bounds__(32 * kColWarps)
     if (lane < owned) {
       float sum = 0.f;
       for (int i = 0; i < inner; ++i) sum += col_sum[lane * inner + i];
-      db[c0 + lane] = sum;
+      db[c0 + lane] = from_float<T>(sum);
     }
   }
 }
 
-__global__ void __launch_bounds__(kThreads) bias_grad_kernel(const float* __restrict__ dy, float* __restrict__ db,
+template <class T>
+__global__ void __launch_bounds__(kThreads) bias_grad_kernel(const T* __restrict__ dy, T* __restrict__ db,
                                                              int64_t outer, int64_t channels, int64_t inner) {
   const int64_t c = blockIdx.x;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float sum = 0.f;
   for (int64_t o = warp; o < outer; o += kThreads / 32) {
-    const float* run = dy + (o * channels + c) * inner;
-    for (int64_t i = lane; i < inner; i += 32) sum += run[i];
+    const T* run = dy + (o * channels + c) * inner;
+    for (int64_t i = lane; i < inner; i += 32) sum += to_float(run[i]);
   }
   sum = block_reduce_sum<kThreads>(sum);
-  if (threadIdx.x == 0) db[c] = sum;
+  if (threadIdx.x == 0) db[c] = from_float<T>(sum);
 }
 
 }  // namespace
 
-void bias_add(float* y, const float* b, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream) {
+void bias_add(Storage storage, void* y_ptr, const void* b_ptr, int64_t outer, int64_t channels, int64_t inner,
+              cudaStream_t stream) {
   const int64_t n = outer * channels * inner;
   if (n == 0) return;
-  const bool vec4 = aligned16(y) && inner % 4 == 0;
-  bias_add_kernel<<<grid_for(bias_add_kernel, vec4 ? n / 4 : n), kThreads, 0, stream>>>(y, b, n, channels, inner,
-                                                                                        vec4);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    T* y = static_cast<T*>(y_ptr);
+    const T* b = static_cast<const T*>(b_ptr);
+    const int64_t per_vector = 16 / sizeof(T);  // a vector's lanes share a channel
+    const bool vec = aligned16(y) && inner % per_vector == 0;
+    bias_add_kernel<T><<<grid_for(bias_add_kernel<T>, vec ? n / per_vector : n), kThreads, 0, stream>>>(
+        y, b, n, channels, inner, vec);
+  });
 }
 
-void bias_grad(const float* dy, float* db, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream) {
+void bias_grad(Storage storage, const void* dy_ptr, void* db_ptr, int64_t outer, int64_t channels, int64_t inner,
+               cudaStream_t stream) {
   if (channels == 0) return;
-  if (inner <= 32) {
-    const int per_block = 32 / (int)inner;
-    const dim3 grid = checked_grid("bias_grad", (channels + per_block - 1) / per_block);
-    bias_grad_columns_kernel<<<grid, 32 * kColWarps, 0, stream>>>(dy, db, outer, channels, (int)inner, per_block);
-  } else {
-    bias_grad_kernel<<<checked_grid("bias_grad", channels), kThreads, 0, stream>>>(dy, db, outer, channels, inner);
-  }
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    const T* dy = static_cast<const T*>(dy_ptr);
+    T* db = static_cast<T*>(db_ptr);
+    if (inner <= 32) {
+      const int per_block = 32 / (int)inner;
+      const dim3 grid = checked_grid("bias_grad", (channels + per_block - 1) / per_block);
+      bias_grad_columns_kernel<T><<<grid, 32 * kColWarps, 0, stream>>>(dy, db, outer, channels, (int)inner,
+                                                                       per_block);
+    } else {
+      bias_grad_kernel<T><<<checked_grid("bias_grad", channels), kThreads, 0, stream>>>(dy, db, outer, channels,
+                                                                                       inner);
+    }
+  });
 }
 
 }  // namespace gpunet

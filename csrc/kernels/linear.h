@@ -7,12 +7,16 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
-// y viewed as (outer, channels, inner): y[o, c, i] += b[c], in place.
-void bias_add(float* y, const float* b, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream);
+// y viewed as (outer, channels, inner): y[o, c, i] += b[c], in place; y and b
+// of the storage type, the sum in float32 rounded once.
+void bias_add(Storage storage, void* y, const void* b, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream);
 
-// db[c] = sum over o, i of dy[o, c, i] (overwrites db); bitwise deterministic.
-void bias_grad(const float* dy, float* db, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream);
+// db[c] = sum over o, i of dy[o, c, i] (overwrites db), accumulated in float32
+// and rounded once to the storage type; bitwise deterministic.
+void bias_grad(Storage storage, const void* dy, void* db, int64_t outer, int64_t channels, int64_t inner, cudaStream_t stream);
 
 }  // namespace gpunet

@@ -1,6 +1,7 @@
 // optim.cu -- fused optimizer updates over every tensor of a parameter group
 // in one launch ("multi-tensor apply"): SGD (momentum, dampening, nesterov,
-// weight decay) and Adam / AdamW. float32; arithmetic as PyTorch's
+// weight decay) and Adam / AdamW. float32 parameters, or half weights
+// (float16, bfloat16) through float32 master copies (below); arithmetic as PyTorch's
 // single-tensor algorithms (torch/optim/sgd.py, adam.py), operation by
 // operation, so results agree with the NumPy reference to float rounding.
 //
@@ -37,11 +38,16 @@
 //   The bias corrections are per tensor (row scalars computed in double on
 //   the host), because a parameter that was skipped (grad None) in an earlier
 //   step has a smaller step count than its neighbours.
+//   Half weights: param is the weight's float32 master and the state is
+//   float32; the half gradient is read in float32, the update runs on the
+//   master exactly as for float32, and the same thread writes the master
+//   rounded once (to nearest even) into the half weight: one pass, no second
+//   launch to round. A quad's half gradient and weight are 8-byte accesses.
 //
 // Launch shape
 //   One launch per group: kThreads = 256 threads per block, grid_for(kernel,
 //   total quads) = min(ceil(total / 256), resident blocks) blocks; 16 bytes
-//   of static shared memory. Before it, one cudaMemcpyAsync of the 56-byte
+//   of static shared memory. Before it, one cudaMemcpyAsync of the 64-byte
 //   rows on the same stream, from pinned host memory (a true asynchronous
 //   copy: from pageable memory the driver first copies synchronously into
 //   its own staging). The pinned buffer is reused only once the event
@@ -54,7 +60,8 @@
 //   SGD without momentum: reads p, g; writes p                 = 12 bytes/param
 //   SGD with momentum:    reads p, g, buf; writes p, buf       = 20 bytes/param
 //   Adam / AdamW:         reads p, g, m, v; writes p, m, v     = 28 bytes/param
-//   plus 56 bytes per tensor for the table.
+//   (half weights: g is 2 bytes and the weight's 2 are written too: the same
+//   totals) plus 64 bytes per tensor for the table.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -64,6 +71,7 @@
 #include <vector>
 
 #include "common/launch.cuh"
+#include "common/storage.cuh"
 #include "kernels/optim.h"
 
 namespace gpunet {
@@ -107,41 +115,79 @@ struct AdamUpdate {
   }
 };
 
+// Four consecutive values of storage type T as one access: a float4, or two
+// half pairs (8 bytes); read into / written from float32.
+template <class T>
+struct alignas(8) Quad {
+  typename HalfPair<T>::type lo, hi;
+};
+template <>
+struct Quad<float> {
+  float4 v;
+};
+
+template <class T>
+__device__ __forceinline__ void load_quad(const void* base, int64_t j, float (&out)[4]) {
+  const Quad<T> q = static_cast<const Quad<T>*>(base)[j];
+  if constexpr (std::is_same_v<T, float>) {
+    out[0] = q.v.x, out[1] = q.v.y, out[2] = q.v.z, out[3] = q.v.w;
+  } else {
+    const float2 lo = HalfPair<T>::to_float2(q.lo), hi = HalfPair<T>::to_float2(q.hi);
+    out[0] = lo.x, out[1] = lo.y, out[2] = hi.x, out[3] = hi.y;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void store_quad(void* base, int64_t j, const float (&in)[4]) {
+  Quad<T> q;
+  if constexpr (std::is_same_v<T, float>) {
+    q.v = float4{in[0], in[1], in[2], in[3]};
+  } else {
+    q.lo = HalfPair<T>::from_float2(in[0], in[1]);
+    q.hi = HalfPair<T>::from_float2(in[2], in[3]);
+  }
+  static_cast<Quad<T>*>(base)[j] = q;
+}
+
+template <class T>
 __device__ __forceinline__ bool vector_aligned(const OptimTensor& t) {
-  const uintptr_t any = (uintptr_t)t.param | (uintptr_t)t.grad | (uintptr_t)t.state0 | (uintptr_t)t.state1;
-  return any % 16 == 0;  // null buffers are aligned
+  const uintptr_t floats = (uintptr_t)t.param | (uintptr_t)t.state0 | (uintptr_t)t.state1;
+  const uintptr_t stored = (uintptr_t)t.grad | (uintptr_t)t.weight;
+  return floats % 16 == 0 && stored % sizeof(Quad<T>) == 0;  // null buffers are aligned
 }
 
 // Quad j of tensor t: elements 4j .. 4j + 3 (those below numel).
-template <class Update>
+template <class T, class Update>
 __device__ __forceinline__ void update_quad(const Update& update, const OptimTensor& t, int64_t j) {
   const int64_t e = 4 * j;
-  if (e + 4 <= t.numel && vector_aligned(t)) {
-    // whole float4 copies: one 16-byte load and store per array
-    float4 p = reinterpret_cast<const float4*>(t.param)[j];
-    const float4 g = reinterpret_cast<const float4*>(t.grad)[j];
-    float4 s0 = t.state0 ? reinterpret_cast<const float4*>(t.state0)[j] : float4{};
-    float4 s1 = t.state1 ? reinterpret_cast<const float4*>(t.state1)[j] : float4{};
-    update(t, p.x, g.x, s0.x, s1.x);
-    update(t, p.y, g.y, s0.y, s1.y);
-    update(t, p.z, g.z, s0.z, s1.z);
-    update(t, p.w, g.w, s0.w, s1.w);
-    reinterpret_cast<float4*>(t.param)[j] = p;
-    if (t.state0) reinterpret_cast<float4*>(t.state0)[j] = s0;
-    if (t.state1) reinterpret_cast<float4*>(t.state1)[j] = s1;
+  if (e + 4 <= t.numel && vector_aligned<T>(t)) {
+    // whole quads: one 16-byte (float) or 8-byte (half) load and store per array
+    float p[4], g[4], s0[4] = {}, s1[4] = {};
+    load_quad<float>(t.param, j, p);
+    load_quad<T>(t.grad, j, g);
+    if (t.state0) load_quad<float>(t.state0, j, s0);
+    if (t.state1) load_quad<float>(t.state1, j, s1);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) update(t, p[i], g[i], s0[i], s1[i]);
+    store_quad<float>(t.param, j, p);
+    if constexpr (!std::is_same_v<T, float>) store_quad<T>(t.weight, j, p);
+    if (t.state0) store_quad<float>(t.state0, j, s0);
+    if (t.state1) store_quad<float>(t.state1, j, s1);
     return;
   }
+  const T* grad = static_cast<const T*>(t.grad);
   const int64_t end = e + 4 < t.numel ? e + 4 : t.numel;
   for (int64_t k = e; k < end; ++k) {
     float p = t.param[k], s0 = t.state0 ? t.state0[k] : 0.f, s1 = t.state1 ? t.state1[k] : 0.f;
-    update(t, p, t.grad[k], s0, s1);
+    update(t, p, to_float(grad[k]), s0, s1);
     t.param[k] = p;
+    if constexpr (!std::is_same_v<T, float>) static_cast<T*>(t.weight)[k] = from_float<T>(p);
     if (t.state0) t.state0[k] = s0;
     if (t.state1) t.state1[k] = s1;
   }
 }
 
-template <class Update>
+template <class T, class Update>
 __global__ void __launch_bounds__(kThreads)
     multi_tensor_kernel(const OptimTensor* __restrict__ table, int n, int64_t total, Update update) {
   __shared__ int span[2][2];  // [tile parity][first, last tensor of the tile]
@@ -158,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t q = tile + threadIdx.x;
     if (q < total) {
       const OptimTensor& t = table[find_tensor(table, span[parity][0], span[parity][1], q)];
-      update_quad(update, t, q - t.begin);
+      update_quad<T>(update, t, q - t.begin);
     }
     parity ^= 1;
   }
@@ -217,26 +263,29 @@ class PinnedStaging {
 };
 
 template <class Update>
-void launch(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const Update& update,
-            cudaStream_t stream) {
+void launch(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
+            const Update& update, cudaStream_t stream) {
   if (total == 0 || rows.empty()) return;
   static PinnedStaging staging;
   if (staging.copy_to_device(table, rows.data(), rows.size() * sizeof(OptimTensor), stream) != cudaSuccess)
     return;  // the error stays pending for check_launch
-  multi_tensor_kernel<Update><<<grid_for(multi_tensor_kernel<Update>, total), kThreads, 0, stream>>>(
-      table, (int)rows.size(), total, update);
+  with_storage(storage, [&](auto t) {
+    using T = decltype(t);
+    multi_tensor_kernel<T, Update><<<grid_for(multi_tensor_kernel<T, Update>, total), kThreads, 0, stream>>>(
+        table, (int)rows.size(), total, update);
+  });
 }
 
 }  // namespace
 
-void sgd_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const SgdHyper& h,
-               cudaStream_t stream) {
-  launch(rows, table, total, SgdUpdate{h}, stream);
+void sgd_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
+               const SgdHyper& h, cudaStream_t stream) {
+  launch(storage, rows, table, total, SgdUpdate{h}, stream);
 }
 
-void adam_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const AdamHyper& h,
-                cudaStream_t stream) {
-  launch(rows, table, total, AdamUpdate{h}, stream);
+void adam_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
+                const AdamHyper& h, cudaStream_t stream) {
+  launch(storage, rows, table, total, AdamUpdate{h}, stream);
 }
 
 }  // namespace gpunet

@@ -5,14 +5,17 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
 // One row of the multi-tensor table: a tensor of the parameter group, its
 // buffers and its per-tensor scalars. The binding fills these on the host;
 // the launcher copies them into a device workspace of n rows.
 struct OptimTensor {
-  float* param;        // updated in place
-  const float* grad;
+  float* param;        // updated in place (a half weight's float32 master)
+  const void* grad;    // of the launch's storage type: float, or the half weights'
+  void* weight;        // half storage: the weight, written with param rounded once; null for float32
   float* state0;       // SGD: momentum buffer (null without momentum); Adam: exp_avg
   float* state1;       // Adam: exp_avg_sq; SGD: null
   int64_t begin;       // index of the tensor's first quad in the concatenated quad space
@@ -21,7 +24,7 @@ struct OptimTensor {
                        // Adam: step_size = lr / (1 - beta1^t)
   float scalar1;       // Adam: sqrt(1 - beta2^t); SGD: unused
 };
-static_assert(sizeof(OptimTensor) == 56, "OptimTensor layout");
+static_assert(sizeof(OptimTensor) == 64, "OptimTensor layout");
 
 struct SgdHyper {
   float lr, momentum, one_minus_dampening, weight_decay;
@@ -43,10 +46,11 @@ inline int64_t optim_quads(int64_t n) { return (n + 3) / 4; }
 // running sum of the quads before k, `total` the sum of all quads. `table`
 // is device memory for rows.size() rows; it is written (cudaMemcpyAsync on
 // `stream` from pinned host memory) and then read by ONE kernel launch. No
-// launch when total == 0.
-void sgd_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const SgdHyper& h,
-               cudaStream_t stream);
-void adam_multi(const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total, const AdamHyper& h,
-                cudaStream_t stream);
+// launch when total == 0. `storage`: the grads' (and half weights') type;
+// F32 for float32 groups (no weights).
+void sgd_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
+               const SgdHyper& h, cudaStream_t stream);
+void adam_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
+                const AdamHyper& h, cudaStream_t stream);
 
 }  // namespace gpunet

@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from .. import checks
-from ..dispatch import path
 from ..ops import attention as ops
 from ..ops import linear as linear_ops
 from . import init
@@ -302,15 +301,15 @@ class MultiheadAttention(Module):
             ops.dropout_backward(be, ctx, drop, d_heads, dprobs)
         dq, (dk, dv) = self._merge_heads(dq), self._shrink_kv_grads(dk, dv)
         wq, wk, wv = self._proj_weights()
-        dx = [xp.matmul(g, w) for g, w in ((dq, wq), (dk, wk), (dv, wv))]
+        dx = [linear_ops.matmul(be, g, w) for g, w in ((dq, wq), (dk, wk), (dv, wv))]
         grads = (dq, dk, dv)
         if fused:
             g3 = xp.concatenate([g.reshape(-1, E) for g in grads], axis=1)
-            self.in_proj_weight.accumulate(xp.matmul(g3.T, saved_x[0]))
+            self.in_proj_weight.accumulate(linear_ops.matmul(be, g3.T, saved_x[0]))
             if self.in_proj_bias is not None:
-                self.in_proj_bias.accumulate(linear_ops.bias_grad(be, g3, 3 * E, path(be, "linear", g3.dtype)))
+                self.in_proj_bias.accumulate(linear_ops.bias_grad(be, g3, 3 * E, linear_ops.route_of(be, "linear", g3.dtype)))
         else:
-            dws = [xp.matmul(g.reshape(-1, E).T, x2) for g, x2 in zip(grads, saved_x)]
+            dws = [linear_ops.matmul(be, g.reshape(-1, E).T, x2) for g, x2 in zip(grads, saved_x)]
             if self._qkv_same_embed_dim:
                 self.in_proj_weight.accumulate(xp.concatenate(dws, axis=0))
             else:
@@ -318,7 +317,7 @@ class MultiheadAttention(Module):
                     p.accumulate(d)
             if self.in_proj_bias is not None:  # per projection: query and key lengths may differ
                 self.in_proj_bias.accumulate(xp.concatenate(
-                    [linear_ops.bias_grad(be, xp.ascontiguousarray(g.reshape(-1, E)), E, path(be, "linear", g.dtype))
+                    [linear_ops.bias_grad(be, xp.ascontiguousarray(g.reshape(-1, E)), E, linear_ops.route_of(be, "linear", g.dtype))
                      for g in grads]))
         return tuple(self._from_nle(g, batched) for g in dx)
 

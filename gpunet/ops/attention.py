@@ -21,15 +21,26 @@ backward recomputes the scores tile by tile, without float atomics, so two
 backward runs give bit-identical gradients. Every mask kind (boolean, additive,
 key padding, causal) runs in the kernels: the additive bias is read through
 broadcast strides, never expanded over the heads.
+
+Half storage (bfloat16, float16): q, k, v and the bias read in float32, the
+attention computed in float32 (running max, sums and products), the output,
+the probabilities handed out and every gradient rounded once (`half_forward`
+below). On the kernel backends the same kernels run on the half arrays (head
+dims up to 128; lse, delta and the bias stay float32); on cpu, array code in
+float32, the context keeping the rounded output read in float32, as the
+kernels do.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
 from . import dropout as dropout_ops
+from .half import _up, float32_compute, kernel_view
 
 KERNEL_MAX_HEAD_DIM = 128
 
@@ -38,11 +49,51 @@ class AttentionContext:
     """What backward needs. `probs` is set on the array path; `lse` (per-row
     log-sum-exp of the scaled, masked scores) on the kernel path."""
 
-    __slots__ = ("q", "k", "v", "bias", "causal", "scale", "out", "lse", "probs", "bias_layout")
+    __slots__ = ("q", "k", "v", "bias", "causal", "scale", "out", "lse", "probs", "bias_layout", "storage")
 
     def __init__(self, q, k, v, bias, causal, scale, out, lse=None, probs=None, bias_layout=None):
         self.q, self.k, self.v, self.bias, self.causal, self.scale = q, k, v, bias, causal, scale
         self.out, self.lse, self.probs, self.bias_layout = out, lse, probs, bias_layout
+        self.storage = None  # the half dtype of a half call (computed in float32), else None
+
+
+# ---------------------------------------------------------------- half storage
+def _half_kernels(be, q, k, v, *args, **kwargs):
+    """float32_compute's predicate of sdpa_forward: the kernels' head dims."""
+    return _head_dim_limit(q, v) is None
+
+
+def half_forward(fn):
+    """sdpa_forward for half inputs too: float32_compute, and the context
+    marked with the storage dtype (so what is derived from it later, the
+    probabilities and the dropout path's output, is rounded to it); on the
+    array path it holds the rounded output read in float32, as the kernels
+    keep the rounded output itself."""
+    computed = float32_compute("attention", forward=True, half_kernels=_half_kernels)(fn)
+
+    @functools.wraps(fn)
+    def run(be, q, k, v, *args, **kwargs):
+        out, ctx = computed(be, q, k, v, *args, **kwargs)
+        if dtypes.is_half(q.dtype):
+            ctx.storage = np.dtype(q.dtype)
+            if ctx.lse is None:
+                ctx.out = out.astype(np.float32)
+        return out, ctx
+    return run
+
+
+def _route(be, op: str, dtype, unsupported=None) -> str:
+    """dispatch.path, and for half arrays (only kernel backends see them
+    here, or a kernel forward's context): the kernels unless `unsupported`
+    says why not, else the array code in float32."""
+    if dtypes.is_half(dtype):
+        return "kernel" if be.kernels is not None and unsupported is None else "array"
+    return path(be, op, dtype, unsupported=unsupported)
+
+
+def _rounded(ctx, a):
+    """`a` (float32) rounded to the context's half storage, or as it is."""
+    return a if ctx.storage is None else a.astype(ctx.storage)
 
 
 # ---------------------------------------------------------------- validation and masks
@@ -98,7 +149,7 @@ def additive_mask(be, mask, dtype, name: str, true_means_keep: bool = True):
     if mask.dtype == np.bool_:
         keep = mask if true_means_keep else ~mask
         return xp.where(keep, 0.0, -np.inf).astype(dtype)
-    if mask.dtype.kind == "f":
+    if mask.dtype.kind == "f" or dtypes.is_half(mask.dtype):  # bfloat16's kind is "V"
         return mask.astype(dtype, copy=False)
     raise TypeError(f"{name}: expected a bool or floating mask, got dtype {mask.dtype}")
 
@@ -119,11 +170,12 @@ def _head_dim_limit(q, v):
     return f"head dim {d} > {KERNEL_MAX_HEAD_DIM}" if d > KERNEL_MAX_HEAD_DIM else None
 
 
+@half_forward
 def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
     """Returns (out, ctx). `bias`: additive mask broadcastable to (..., L, S),
     in q's dtype, or None. `scale` defaults to 1/sqrt(E)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if path(be, "attention", q.dtype, unsupported=_head_dim_limit(q, v)) == "kernel":
+    if _route(be, "attention", q.dtype, _head_dim_limit(q, v)) == "kernel":
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
@@ -160,49 +212,60 @@ def _probs_from_scores(be, s):
 def attention_probs(be, ctx):
     """The attention probabilities P (..., L, S) of a forward pass: saved on the
     array path, recomputed from the log-sum-exp on the kernel path (only when
-    asked for, e.g. MultiheadAttention(need_weights=True))."""
+    asked for, e.g. MultiheadAttention(need_weights=True)); rounded to a half
+    call's storage."""
+    return _rounded(ctx, _probs(be, ctx))
+
+
+def _probs(be, ctx):
+    """attention_probs in the compute dtype."""
     if ctx.probs is not None:
         return ctx.probs
     xp = be.xp
-    s = _scores(be, ctx.q, ctx.k, ctx.bias, ctx.causal, ctx.scale)
+    s = _scores(be, _up(ctx.q), _up(ctx.k), _up(ctx.bias), ctx.causal, ctx.scale)
     lse = ctx.lse.reshape(s.shape[:-1] + (1,))
     return xp.where(xp.isfinite(lse), xp.exp(s - xp.where(xp.isfinite(lse), lse, 0.0)), 0.0).astype(s.dtype)
 
 
 # ---------------------------------------------------------------- backward
+@float32_compute("attention", forward=False, half_kernels=lambda be, ctx, *args, **kwargs: ctx.lse is not None)
 def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     """(dq, dk, dv). `dprobs`: an extra gradient flowing into P (..., L, S),
     e.g. from MultiheadAttention's returned attention weights; it takes the
     array path (P is materialised anyway in that case)."""
     if ctx.lse is not None:  # the forward ran the kernels, which never form P
         why = None if dprobs is None else "a gradient flows into the attention probabilities (weights or dropout)"
-        if path(be, "attention backward", ctx.q.dtype, unsupported=why) == "kernel":
+        if _route(be, "attention backward", ctx.q.dtype, why) == "kernel":
             return _kernel_backward(be, ctx, dout)
     xp = be.xp
-    p = attention_probs(be, ctx)
+    p = _probs(be, ctx)
+    q, k, v, out, dout, dprobs = (_up(a) for a in (ctx.q, ctx.k, ctx.v, ctx.out, dout, dprobs))  # half: float32
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
-    dp = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
+    dp = xp.matmul(dout, xp.swapaxes(v, -1, -2))
     if dprobs is None:  # rowsum(dP ∘ P) = rowsum(dO ∘ O): L·Ev work instead of L·S
-        dp -= (dout * ctx.out).sum(axis=-1, keepdims=True)
+        dp -= (dout * out).sum(axis=-1, keepdims=True)
     else:
         dp += dprobs
         dp -= (dp * p).sum(axis=-1, keepdims=True)
     ds = dp
     ds *= p
-    dq = xp.matmul(ds, ctx.k)
+    dq = xp.matmul(ds, k)
     dq *= ctx.scale
-    dk = xp.matmul(xp.swapaxes(ds, -1, -2), ctx.q)
+    dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)
     dk *= ctx.scale
-    return dq, dk, dv
+    return _rounded(ctx, dq), _rounded(ctx, dk), _rounded(ctx, dv)
 
 
 # ---------------------------------------------------------------- dropout on the probabilities
 def dropout_forward(be, ctx, p: float, seed: int, offset: int):
     """dropout(P) v, PyTorch's attention dropout, from a forward's context:
     P is formed (recomputed on the kernel path), dropped, then multiplied.
-    Returns (out, drop) with drop = (dropout(P), its mask context)."""
-    pd, mask = dropout_ops.dropout_forward(be, attention_probs(be, ctx), p, seed, offset)
-    return be.xp.matmul(pd, ctx.v), (pd, mask)
+    Returns (out, drop) with drop = (dropout(P), its mask context); a half
+    call's out and dropout(P) rounded to its storage (the saved one too, as
+    the weights MultiheadAttention returns are that array)."""
+    pd, mask = dropout_ops.dropout_forward(be, _probs(be, ctx), p, seed, offset)
+    pd = _rounded(ctx, pd)
+    return _rounded(ctx, be.xp.matmul(_up(pd), _up(ctx.v))), (pd, mask)
 
 
 def dropout_backward(be, ctx, drop, dout, dprobs=None):
@@ -210,12 +273,13 @@ def dropout_backward(be, ctx, drop, dout, dprobs=None):
     (the attention weights MultiheadAttention returns)."""
     xp = be.xp
     pd, mask = drop
+    pd, dout, dprobs = _up(pd), _up(dout), _up(dprobs)
     dv = xp.matmul(xp.swapaxes(pd, -1, -2), dout)
-    dpd = xp.matmul(dout, xp.swapaxes(ctx.v, -1, -2))
+    dpd = xp.matmul(dout, xp.swapaxes(_up(ctx.v), -1, -2))
     if dprobs is not None:
         dpd += dprobs
     dq, dk, _ = sdpa_backward(be, ctx, xp.zeros_like(dout), dropout_ops.dropout_backward(be, mask, dpd))
-    return dq, dk, dv
+    return _rounded(ctx, dq), _rounded(ctx, dk), _rounded(ctx, dv)
 
 
 # ---------------------------------------------------------------- kernel glue
@@ -261,9 +325,10 @@ def _kernel_forward(be, q, k, v, layout, causal, scale):
     k3 = xp.ascontiguousarray(k).reshape(B, S, E)
     v3 = xp.ascontiguousarray(v).reshape(B, S, Ev)
     out = xp.empty((B, L, Ev), q.dtype)
-    lse = xp.empty((B, L), q.dtype)
+    lse = xp.empty((B, L), np.float32)  # float32 whatever the storage
     b, so, si, sr = layout if layout is not None else (None, 0, 0, 0)
-    be.kernels.attention_forward(q3, k3, v3, b, so, si, sr, inner, bool(causal), scale, out, lse, be.stream())
+    q3, k3, v3, out_k = (kernel_view(be, a) for a in (q3, k3, v3, out))
+    be.kernels.attention_forward(q3, k3, v3, b, so, si, sr, inner, bool(causal), scale, out_k, lse, be.stream())
     return out.reshape(batch + (L, Ev)), lse.reshape(batch + (L,))
 
 
@@ -284,7 +349,8 @@ def _kernel_backward(be, ctx, dout):
     dq = xp.empty_like(q3)
     dk = xp.empty_like(k3)
     dv = xp.empty_like(v3)
-    delta = xp.empty((B, L), q.dtype)
+    delta = xp.empty((B, L), np.float32)  # float32 whatever the storage
+    q3, k3, v3, o3, do3, dq_k, dk_k, dv_k = (kernel_view(be, a) for a in (q3, k3, v3, o3, do3, dq, dk, dv))
     be.kernels.attention_backward(q3, k3, v3, o3, do3, lse, b, so, si, sr, inner, bool(ctx.causal), ctx.scale,
-                               dq, dk, dv, delta, be.stream())
+                                  dq_k, dk_k, dv_k, delta, be.stream())
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)

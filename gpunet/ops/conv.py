@@ -25,7 +25,10 @@ Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
 GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to the bias_add/bias_grad
 kernels. Backward recomputes each chunk's columns instead of keeping them, so
-memory stays at one workspace.
+memory stays at one workspace. Half storage (bfloat16, float16) there: the
+same kernels on the half arrays (col2im sums in float32), the GEMMs through
+linear.matmul (float32 accumulation, each product rounded once), the weight
+gradient summed over chunks in float32 and rounded once.
 
 Workspaces are kept per (thread, device, stream): every use of one is queued
 on one stream, which orders them, and no other thread touches it, so two
@@ -40,10 +43,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..dispatch import path
-from .half import float32_compute
+from .. import dtypes
+from .half import float32_compute, kernel_view
 from .cupy_kernels import cupy, launch
-from .linear import bias_add, bias_grad
+from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
 
 # Largest column matrix (bytes) the kernel path builds at once; the batch is
 # split into chunks below it. Tests lower it to force chunking.
@@ -303,8 +306,22 @@ def _kernel_args(g: Geometry):
     return g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw
 
 
+def im2col_kernel(be, x, cols, g: Geometry):
+    be.kernels.im2col(kernel_view(be, x), kernel_view(be, cols), *_kernel_args(g), be.stream())
+
+
+def col2im_kernel(be, dcols, dx, g: Geometry):
+    be.kernels.col2im(kernel_view(be, dcols), kernel_view(be, dx), *_kernel_args(g), be.stream())
+
+
+def accumulator(xp, shape, dtype):
+    """Zeros to sum GEMM products over chunks into: float32 for half storage
+    (rounded once at the end, see linear.matmul's out_dtype)."""
+    return xp.zeros(shape, dtype=np.float32 if dtypes.is_half(dtype) else dtype)
+
+
 def _forward_kernels(be, x, w, b, g: Geometry):
-    xp, kern = be.xp, be.kernels
+    xp = be.xp
     n, o = x.shape[0], w.shape[0]
     og, k, spatial = o // g.groups, w[0].size * g.groups, g.oh * g.ow
     kg = k // g.groups
@@ -314,8 +331,8 @@ def _forward_kernels(be, x, w, b, g: Geometry):
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
         cols = _workspace(be, "cols", k * nb * spatial, x.dtype).reshape(k, nb * spatial)
-        kern.im2col(x[n0:n0 + nb], cols, *_kernel_args(g), be.stream())
-        yc = xp.matmul(wg, cols.reshape(g.groups, kg, nb * spatial))  # (O, nb, L)
+        im2col_kernel(be, x[n0:n0 + nb], cols, g)
+        yc = matmul(be, wg, cols.reshape(g.groups, kg, nb * spatial))  # (O, nb, L)
         y[n0:n0 + nb].reshape(nb, o, spatial)[...] = yc.reshape(o, nb, spatial).transpose(1, 0, 2)
     if b is not None:
         bias_add(be, y, b, "kernel", spatial)
@@ -323,7 +340,7 @@ def _forward_kernels(be, x, w, b, g: Geometry):
 
 
 def _backward_kernels(be, ctx, dy):
-    xp, kern = be.xp, be.kernels
+    xp = be.xp
     x, w, has_bias, _, g = ctx
     n, o = dy.shape[:2]
     og, k, spatial = o // g.groups, w[0].size * g.groups, g.oh * g.ow
@@ -331,33 +348,33 @@ def _backward_kernels(be, ctx, dy):
     wt = w.reshape(g.groups, og, kg).transpose(0, 2, 1)
     dy = xp.ascontiguousarray(dy)
     dx = xp.empty(x.shape, dtype=x.dtype)
-    dw = xp.zeros((g.groups, og, kg), dtype=x.dtype)
+    dw = accumulator(xp, (g.groups, og, kg), x.dtype)
     step = _chunk(n, k, spatial, x.dtype.itemsize)
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
         cols = _workspace(be, "cols", k * nb * spatial, x.dtype).reshape(g.groups, kg, nb * spatial)
-        kern.im2col(x[n0:n0 + nb], cols.reshape(k, nb * spatial), *_kernel_args(g), be.stream())
+        im2col_kernel(be, x[n0:n0 + nb], cols.reshape(k, nb * spatial), g)
         dyg = xp.ascontiguousarray(dy[n0:n0 + nb].reshape(nb, g.groups, og, spatial).transpose(1, 2, 0, 3))
         dyg = dyg.reshape(g.groups, og, nb * spatial)
-        dw += xp.matmul(dyg, cols.transpose(0, 2, 1))
-        xp.matmul(wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
-        kern.col2im(cols.reshape(k, nb * spatial), dx[n0:n0 + nb], *_kernel_args(g), be.stream())
+        dw += matmul(be, dyg, cols.transpose(0, 2, 1), out_dtype=dw.dtype)
+        matmul(be, wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
+        col2im_kernel(be, cols.reshape(k, nb * spatial), dx[n0:n0 + nb], g)
     db = bias_grad(be, dy, o, "kernel", spatial) if has_bias else None
-    return dx, dw.reshape(w.shape), db
+    return dx, dw.reshape(w.shape).astype(x.dtype, copy=False), db
 
 
 # ---------------------------------------------------------------- entry points
-@float32_compute("conv2d", forward=True)
+@float32_compute("conv2d", forward=True, half_kernels=half_kernels)
 def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
     """x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None; stride, padding,
     dilation are (h, w) pairs. Returns y (N, O, OH, OW) and the backward context."""
     g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    route = path(be, "conv2d", x.dtype, fused=True)  # the fusion is backward's col2im
+    route = route_of(be, "conv2d", x.dtype, fused=True)  # the fusion is backward's col2im
     y, saved = (_forward_kernels if route == "kernel" else _forward_array)(be, x, w, b, g)
     return y, (route, saved, w, b is not None, tuple(x.shape), g)
 
 
-@float32_compute("conv2d", forward=False)
+@float32_compute("conv2d", forward=False, half_kernels=half_kernels)
 def conv2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
     route, *rest = ctx

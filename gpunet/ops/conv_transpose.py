@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import math
 
-from ..dispatch import path
 from .half import float32_compute
 from . import conv
-from .linear import bias_add, bias_grad
+from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int) -> int:
@@ -84,7 +83,7 @@ def _from_groups(xp, a, out):
     return out
 
 
-@float32_compute("conv_transpose2d", forward=True)
+@float32_compute("conv_transpose2d", forward=True, half_kernels=half_kernels)
 def conv_transpose2d_forward(be, x, w, b, stride, padding, output_padding, dilation, groups):
     """x (N, Cin, H, W), w (Cin, Cout/groups, kh, kw), b (Cout,) or None; the
     others (h, w) pairs. Returns y (N, Cout, Hout, Wout) and the backward context."""
@@ -95,7 +94,7 @@ def conv_transpose2d_forward(be, x, w, b, stride, padding, output_padding, dilat
                  zip((h, wd), w.shape[2:], stride, padding, output_padding, dilation))
     size, pad, offset = _frame(full, (h, wd), w.shape[2:], stride, padding, output_padding, dilation)
     g = conv.geometry((n, cout) + size, w.shape, stride, pad, dilation, groups)  # g.oh, g.ow = h, wd
-    route = path(be, "conv_transpose2d", x.dtype, fused=True)  # the fusion is col2im
+    route = route_of(be, "conv_transpose2d", x.dtype, fused=True)  # the fusion is col2im
     if route == "kernel":
         y = _forward_kernels(be, x, w, g, (n, cout) + size)
     else:
@@ -114,7 +113,7 @@ def _forward_array(be, x, w, g, y_shape, fused: bool):
 
 
 def _forward_kernels(be, x, w, g, y_shape):
-    xp, kern = be.xp, be.kernels
+    xp = be.xp
     y = xp.empty(y_shape, dtype=x.dtype)
     n, spatial = x.shape[0], g.oh * g.ow
     wt = w.reshape(g.groups, w.shape[0] // g.groups, -1).transpose(0, 2, 1)
@@ -123,12 +122,12 @@ def _forward_kernels(be, x, w, g, y_shape):
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
         cols = conv._workspace(be, "cols", k * nb * spatial, x.dtype).reshape(g.groups, k // g.groups, nb * spatial)
-        xp.matmul(wt, _by_group(xp, x[n0:n0 + nb], g.groups), out=cols)
-        kern.col2im(cols.reshape(k, nb * spatial), y[n0:n0 + nb], *conv._kernel_args(g), be.stream())
+        matmul(be, wt, _by_group(xp, x[n0:n0 + nb], g.groups), out=cols)
+        conv.col2im_kernel(be, cols.reshape(k, nb * spatial), y[n0:n0 + nb], g)
     return y
 
 
-@float32_compute("conv_transpose2d", forward=False)
+@float32_compute("conv_transpose2d", forward=False, half_kernels=half_kernels)
 def conv_transpose2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((Cout,), None without bias)."""
     route, x, w, has_bias, g, size, offset = ctx
@@ -152,19 +151,19 @@ def _backward_array(be, x, w, g, dy):
 
 
 def _backward_kernels(be, x, w, g, dy):
-    xp, kern = be.xp, be.kernels
+    xp = be.xp
     n, spatial = x.shape[0], g.oh * g.ow
     wg = w.reshape(g.groups, w.shape[0] // g.groups, -1)
     kg = wg.shape[2]
     k = kg * g.groups
     dx = xp.empty_like(x)
-    dw = xp.zeros(wg.shape, dtype=x.dtype)
+    dw = conv.accumulator(xp, wg.shape, x.dtype)
     step = conv._chunk(n, k, spatial, x.dtype.itemsize)
     for n0 in range(0, n, step):
         nb = min(step, n - n0)
         cols = conv._workspace(be, "cols", k * nb * spatial, x.dtype).reshape(g.groups, kg, nb * spatial)
-        kern.im2col(dy[n0:n0 + nb], cols.reshape(k, nb * spatial), *conv._kernel_args(g), be.stream())
+        conv.im2col_kernel(be, dy[n0:n0 + nb], cols.reshape(k, nb * spatial), g)
         xg = _by_group(xp, x[n0:n0 + nb], g.groups)
-        dw += xp.matmul(xg, cols.transpose(0, 2, 1))
-        _from_groups(xp, xp.matmul(wg, cols), dx[n0:n0 + nb])
-    return dx, dw.reshape(w.shape)
+        dw += matmul(be, xg, cols.transpose(0, 2, 1), out_dtype=dw.dtype)
+        _from_groups(xp, matmul(be, wg, cols), dx[n0:n0 + nb])
+    return dx, dw.reshape(w.shape).astype(x.dtype, copy=False)

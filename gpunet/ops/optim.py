@@ -11,6 +11,12 @@ space). The "fused" path (CuPy): SGD and Adam/AdamW run one ElementwiseKernel
 per tensor (below), the array code's formulas in one pass over each
 parameter's arrays (CuPy has no multi-tensor apply). RMSprop and Rprop use
 the array code on every backend (on cuda, CuPy runs it).
+
+Half weights (gpunet/optim/optimizer.py's master weights) on the kernel
+path: sgd and adam take `weights`, the half arrays whose float32 masters are
+`params`, with the half gradients; the fused kernel reads those in float32,
+updates the masters and writes each rounded once into its weight, in the
+same launch.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import numpy as np
 
 from ..dispatch import path
 from .cupy_kernels import cupy
+from .half import kernel_view
 
 
 def _route(be, params) -> str:
@@ -35,18 +42,27 @@ def _table(be, n: int):
 
 
 def _contiguous(be, arrays):
-    return [be.xp.ascontiguousarray(a) for a in arrays]
+    return [kernel_view(be, be.xp.ascontiguousarray(a)) for a in arrays]
 
 
-def sgd(be, params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay, nesterov):
+def _weights(be, weights):
+    """The kernels' `weights` argument: None, or the half weights as they take them."""
+    return None if weights is None else [kernel_view(be, w) for w in weights]
+
+
+def sgd(be, params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay, nesterov, weights=None):
     """p -= lr * d, d = g + wd*p, then with momentum: buf = d on a fresh buffer,
     else buf = momentum*buf + (1 - dampening)*d; d = d + momentum*buf (nesterov)
     or buf. `bufs` are the momentum buffers (ignored when momentum == 0) and
-    `fresh[i]` says buffer i was just created (its first step copies d)."""
+    `fresh[i]` says buffer i was just created (its first step copies d).
+    weights: the half weights of float32 masters `params` (kernel path only,
+    see the module docstring)."""
     route = _route(be, params)
+    assert weights is None or route == "kernel", "half weights go to the fused kernels only"
     if route == "kernel":
         be.kernels.sgd_multi(params, _contiguous(be, grads), bufs if momentum else [], list(fresh) if momentum else [],
-                          _table(be, len(params)), lr, momentum, dampening, weight_decay, nesterov, be.stream())
+                             _table(be, len(params)), lr, momentum, dampening, weight_decay, nesterov, be.stream(),
+                             weights=_weights(be, weights))
         return
     if route == "fused":
         _fused_sgd(params, grads, bufs, fresh, lr=lr, momentum=momentum, dampening=dampening,
@@ -71,23 +87,26 @@ def adam_scalars(step: int, lr: float, beta1: float, beta2: float) -> tuple[floa
 
 
 def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled,
-         max_exp_avg_sqs=None):
+         max_exp_avg_sqs=None, weights=None):
     """Adam (decoupled=False: g += wd*p) or AdamW (decoupled=True: p *= 1 - lr*wd):
     m = b1*m + (1-b1)*g, v = b2*v + (1-b2)*g^2,
     p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps).
     `steps[i]` is tensor i's step count t, already incremented for this update.
     amsgrad (max_exp_avg_sqs given, updated in place): the denominator uses the
-    running maximum of v; array code, as the fused kernels keep no maximum."""
+    running maximum of v; array code, as the fused kernels keep no maximum.
+    weights: as in sgd."""
     scalars = [adam_scalars(t, lr, beta1, beta2) for t in steps]
     if max_exp_avg_sqs is None:
         route = _route(be, params)
     else:
         route = path(be, "adam amsgrad", params[0].dtype,
                      unsupported="amsgrad (the fused Adam kernel keeps no max_exp_avg_sq)")
+    assert weights is None or route == "kernel", "half weights go to the fused kernels only"
     if route == "kernel":
         be.kernels.adam_multi(params, _contiguous(be, grads), exp_avgs, exp_avg_sqs,
-                           [s for s, _ in scalars], [c for _, c in scalars], _table(be, len(params)),
-                           lr, beta1, beta2, eps, weight_decay, decoupled, be.stream())
+                              [s for s, _ in scalars], [c for _, c in scalars], _table(be, len(params)),
+                              lr, beta1, beta2, eps, weight_decay, decoupled, be.stream(),
+                              weights=_weights(be, weights))
         return
     if route == "fused":
         _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,

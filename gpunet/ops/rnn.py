@@ -14,21 +14,49 @@ the LSTM, G = 3 in the order r, z, n for the GRU, and G = 1 for the RNN.
 On the "array" dispatch path the cell is array code on be.xp (both biases
 are folded into the input projection); the "fused" path (CuPy) runs the same
 formulas as one ElementwiseKernel per step and direction (below); the
-"kernel" path (sim, cuda; float32) is one fused kernel per step
+"kernel" path (sim, cuda; float32 and half storage) is one fused kernel per step
 (csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
 gates in place of the input projection, and the LSTM keeps every c_t and h_t.
 The GRU has the kernel and array paths only (no CuPy fusion yet).
+
+Half storage (bfloat16, float16) on cpu: gpunet.ops.half's float32_compute
+(inputs, weights and states read in float32, the whole recurrence in float32,
+each output, final state and gradient rounded once). On the kernel backends
+the cell kernels run on the half arrays (float32 inside, each output rounded
+once, so h and c are rounded at every step) and the GEMMs go through
+linear.matmul (float32 accumulation, rounded once).
 """
 import functools
 
-from ..dispatch import path
 from .cupy_kernels import cupy
-from .linear import bias_add, bias_grad
+from .half import float32_compute, kernel_view
+from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
 
 NONLINEARITIES = ("tanh", "relu")
 
 
 # ---------------------------------------------------------------- helpers
+def _layer_forward(op: str):
+    """float32_compute for a layer forward returning (*outputs, ctx)."""
+    def wrap(fn):
+        @float32_compute(op, forward=True, half_kernels=half_kernels)
+        def outputs_and_ctx(be, *args, **kwargs):
+            *outputs, ctx = fn(be, *args, **kwargs)
+            return tuple(outputs), ctx
+
+        @functools.wraps(fn)
+        def run(be, *args, **kwargs):
+            outputs, ctx = outputs_and_ctx(be, *args, **kwargs)
+            return (*outputs, ctx)
+        return run
+    return wrap
+
+
+def _cell(be, kernel: str, *args):
+    """be.kernels.<kernel>(*args, stream), arrays as the kernels take them."""
+    getattr(be.kernels, kernel)(*(kernel_view(be, a) if hasattr(a, "dtype") else a for a in args), be.stream())
+
+
 def _sigmoid_(xp, v):
     """v <- sigmoid(v) in place, as 0.5·tanh(v/2) + 0.5 (no exp overflow)."""
     xp.multiply(v, 0.5, out=v)
@@ -39,7 +67,7 @@ def _sigmoid_(xp, v):
 
 def _input_projection(be, route, x2, w_ih, b_ih, b_hh):
     """(T·B, G·H) = x2 @ w_ih^T plus the biases `route` folds in here."""
-    g = be.xp.matmul(x2, w_ih.T)
+    g = matmul(be, x2, w_ih.T)
     if b_ih is not None:
         if route == "kernel":
             bias_add(be, g, b_ih, route)  # b_hh is added by the cell kernel
@@ -50,23 +78,23 @@ def _input_projection(be, route, x2, w_ih, b_ih, b_hh):
 
 def _weight_grads(be, route, dG, x2, hs, w_ih, has_bias):
     """The per-sequence GEMMs of backward: dx, dw_ih, dw_hh and the bias grads."""
-    xp = be.xp
     T, B, GH = dG.shape
     dG2 = dG.reshape(T * B, GH)
-    dx = xp.matmul(dG2, w_ih).reshape(T, B, w_ih.shape[1])
-    dw_ih = xp.matmul(dG2.T, x2)
-    dw_hh = xp.matmul(dG2.T, hs[:T].reshape(T * B, hs.shape[-1]))
+    dx = matmul(be, dG2, w_ih).reshape(T, B, w_ih.shape[1])
+    dw_ih = matmul(be, dG2.T, x2)
+    dw_hh = matmul(be, dG2.T, hs[:T].reshape(T * B, hs.shape[-1]))
     db = bias_grad(be, dG2, GH, route) if has_bias else None
     return dx, dw_ih, dw_hh, db
 
 
 # ---------------------------------------------------------------- LSTM
+@_layer_forward("lstm")
 def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     """One LSTM layer. x (T, B, I), h0 (B, R) and c0 (B, H); biases both given
     or both None. w_hr (R, H): PyTorch's proj_size, h_t = w_hr (o * tanh(c_t))
     (R = H without it). Returns (out (T, B, R), h_n, c_n, ctx); out is a view
     of the saved states."""
-    route = path(be, "lstm", x.dtype, fused=True)
+    route = route_of(be, "lstm", x.dtype, fused=True)
     xp = be.xp
     T, B, _ = x.shape
     H, R = w_ih.shape[0] // 4, w_hh.shape[1]
@@ -80,10 +108,10 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
     w_hh_t = w_hh.T
     for t in range(T):
-        hg = xp.matmul(hs[t], w_hh_t)
+        hg = matmul(be, hs[t], w_hh_t)
         h = hs[t + 1] if raw is None else raw[t]
         if route == "kernel":
-            be.kernels.lstm_cell_forward(gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1], be.stream())
+            _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
             _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)
         else:
@@ -98,11 +126,12 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
             xp.tanh(cs[t + 1], out=tanh_c[t])
             xp.multiply(o, tanh_c[t], out=h)
         if raw is not None:
-            xp.matmul(raw[t], w_hr.T, out=hs[t + 1])
+            matmul(be, raw[t], w_hr.T, out=hs[t + 1])
     ctx = (route, x2, hs, cs, gates, tanh_c, raw, b_ih is not None)
     return hs[1:], hs[T], cs[T], ctx
 
 
+@float32_compute("lstm", forward=False, half_kernels=half_kernels)
 def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     """Backward through time of one LSTM layer. dout (T, B, R), dh_n (B, R),
     dc_n (B, H); any of them may be None (zero). Returns dx, dh0, dc0, dw_ih,
@@ -121,17 +150,17 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
         dy = None if dout is None else dout[t]
         if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
             dproj[t] = _sum_or_zeros(xp, dy, dh, hs[t + 1])
-            dy, dh = xp.matmul(dproj[t], w_hr), None
+            dy, dh = matmul(be, dproj[t], w_hr), None
         if route == "kernel":
-            be.kernels.lstm_cell_backward(gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf, be.stream())
+            _cell(be, "lstm_cell_backward", gates[t], cs[t], cs[t + 1], dy, dh, dc, dG[t], dc_buf)
             dc = dc_buf
         elif route == "fused":
             dc = _fused_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         else:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
-        dh = xp.matmul(dG[t], w_hh)
+        dh = matmul(be, dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
-    dw_hr = None if raw is None else xp.matmul(dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
+    dw_hr = None if raw is None else matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
@@ -217,10 +246,11 @@ def _sum_or_zeros(xp, a, b, like):
 
 
 # ---------------------------------------------------------------- Elman RNN
+@_layer_forward("rnn")
 def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     """One RNN layer h_t = act(x_t w_ih^T + b_ih + h_{t-1} w_hh^T + b_hh), act tanh or
     relu. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
-    route = path(be, "rnn", x.dtype)
+    route = route_of(be, "rnn", x.dtype)
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -231,10 +261,10 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     hs[1:] = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, H)
     w_hh_t = w_hh.T
     for t in range(T):
-        hg = xp.matmul(hs[t], w_hh_t)
+        hg = matmul(be, hs[t], w_hh_t)
         h = hs[t + 1]
         if route == "kernel":
-            be.kernels.rnn_cell_forward(h, hg, b_hh, h, relu, be.stream())
+            _cell(be, "rnn_cell_forward", h, hg, b_hh, h, relu)
         else:
             h += hg
             if relu:
@@ -245,6 +275,7 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
     return hs[1:], hs[T], ctx
 
 
+@float32_compute("rnn", forward=False, half_kernels=half_kernels)
 def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     """Backward through time of one RNN layer; dout (T, B, H) and dh_n (B, H) may be
     None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None)."""
@@ -257,28 +288,29 @@ def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
         dy = None if dout is None else dout[t]
         h = hs[t + 1]
         if route == "kernel":
-            be.kernels.rnn_cell_backward(h, dy, dh, dG[t], relu, be.stream())
+            _cell(be, "rnn_cell_backward", h, dy, dh, dG[t], relu)
         else:
             d = _sum_or_zeros(xp, dy, dh, h)
             xp.multiply(d, (h > 0) if relu else 1 - h * h, out=dG[t])
-        dh = xp.matmul(dG[t], w_hh)
+        dh = matmul(be, dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     return dx, dh, dw_ih, dw_hh, db
 
 
 # ---------------------------------------------------------------- GRU
+@_layer_forward("gru")
 def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
     """One GRU layer (gate blocks r, z, n as PyTorch):
         r = sigmoid(x w_ir^T + b_ir + h w_hr^T + b_hr), z likewise,
         n = tanh(x w_in^T + b_in + r * (h w_hn^T + b_hn)),  h' = (1 - z) n + z h.
     b_hn sits inside r's product, so b_hh is never folded into the input
     projection. x (T, B, I), h0 (B, H). Returns (out (T, B, H), h_n, ctx)."""
-    route = path(be, "gru", x.dtype)
+    route = route_of(be, "gru", x.dtype)
     xp = be.xp
     T, B, _ = x.shape
     H = w_hh.shape[1]
     x2 = x.reshape(T * B, x.shape[2])  # not -1: B may be 0
-    gates = xp.matmul(x2, w_ih.T)
+    gates = matmul(be, x2, w_ih.T)
     if b_ih is not None:
         bias_add(be, gates, b_ih, route)
     gates = gates.reshape(T, B, 3 * H)
@@ -287,10 +319,10 @@ def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
     hs[0] = h0
     w_hh_t = w_hh.T
     for t in range(T):
-        hg = xp.matmul(hs[t], w_hh_t)
+        hg = matmul(be, hs[t], w_hh_t)
         g = gates[t]
         if route == "kernel":
-            be.kernels.gru_cell_forward(g, hg, b_hh, hs[t], g, hns[t], hs[t + 1], be.stream())
+            _cell(be, "gru_cell_forward", g, hg, b_hh, hs[t], g, hns[t], hs[t + 1])
             continue
         if b_hh is not None:
             hg += b_hh
@@ -306,6 +338,7 @@ def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
     return hs[1:], hs[T], (route, x2, hs, hns, gates, b_ih is not None)
 
 
+@float32_compute("gru", forward=False, half_kernels=half_kernels)
 def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     """Backward through time of one GRU layer; dout (T, B, H) and dh_n (B, H)
     may be None. Returns dx, dh0, dw_ih, dw_hh, db_ih, db_hh (biases None
@@ -319,16 +352,16 @@ def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n):
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         if route == "kernel":
-            be.kernels.gru_cell_backward(gates[t], hns[t], hs[t], dy, dh, dxg[t], dhg[t], direct, be.stream())
+            _cell(be, "gru_cell_backward", gates[t], hns[t], hs[t], dy, dh, dxg[t], dhg[t], direct)
             part = direct
         else:
             part = _gru_cell_backward_xp(xp, gates[t], hns[t], hs[t], dy, dh, dxg[t], dhg[t])
-        dh = xp.matmul(dhg[t], w_hh)
+        dh = matmul(be, dhg[t], w_hh)
         dh += part
     dxg2, dhg2 = dxg.reshape(T * B, H3), dhg.reshape(T * B, H3)
-    dx = xp.matmul(dxg2, w_ih).reshape(T, B, w_ih.shape[1])
-    dw_ih = xp.matmul(dxg2.T, x2)
-    dw_hh = xp.matmul(dhg2.T, hs[:T].reshape(T * B, hs.shape[-1]))
+    dx = matmul(be, dxg2, w_ih).reshape(T, B, w_ih.shape[1])
+    dw_ih = matmul(be, dxg2.T, x2)
+    dw_hh = matmul(be, dhg2.T, hs[:T].reshape(T * B, hs.shape[-1]))
     db_ih = bias_grad(be, dxg2, H3, route) if has_bias else None
     db_hh = bias_grad(be, dhg2, H3, route) if has_bias else None
     return dx, dh, dw_ih, dw_hh, db_ih, db_hh

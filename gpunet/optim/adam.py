@@ -69,7 +69,11 @@ class Adam(_AdamLike):
                  [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
                  lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                  decoupled=group["decoupled_weight_decay"],
-                 max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None)
+                 max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None,
+                 weights=self._half_weights())
+
+    def _fused_half(self, group):
+        return not group["amsgrad"]  # the fused kernel keeps no max_exp_avg_sq
 
 
 class AdamW(Adam):

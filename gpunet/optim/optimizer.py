@@ -19,7 +19,11 @@ rounding, i.e. something else wrote it), runs the float32 update on it with
 the gradient read in float32 and float32 state (momentum, moments), and
 writes the master rounded once (to nearest even) back into the parameter's
 own buffer. Steps too small for the half type accumulate in the master
-instead of being rounded away.
+instead of being rounded away. On kernel backends (sim, cuda), a group of
+half parameters of one dtype whose optimizer has fused kernels for it
+(`_fused_half`: SGD, Adam/AdamW without amsgrad) runs all of that in one
+launch: the kernel reads the half gradients, updates the masters and writes
+the rounded weights (`_half_weights` hands them to the update).
 """
 from __future__ import annotations
 
@@ -180,24 +184,40 @@ class Optimizer:
                 p._vc[0] += 1
         return loss
 
+    def _fused_half(self, group: dict) -> bool:
+        """Whether this group's update has fused kernels for half weights."""
+        return False
+
     def _update_through_masters(self, group: dict, params: list, halves: list, be: Backend):
-        """`_update` with each half parameter's data and gradient swapped for
-        float32 ones for its duration (the subclasses read p._data, p._grad and
-        size their state from p._data), then the rounded masters written back."""
+        """`_update` with each half parameter's data swapped for its float32
+        master for its duration (the subclasses read p._data, p._grad and size
+        their state from p._data), then the rounded masters written back: by
+        the fused kernels themselves when they take the group (its half
+        gradients then stay as they are), else here (gradients read in float32)."""
+        fused = (be.kernels is not None and len(halves) == len(params)
+                 and len({p._data.dtype for p in halves}) == 1 and self._fused_half(group))
         saved = []
         for p in halves:
             master = self.master_weights.get(p)
             if master is None or not self._holds_rounding(p._data, master):
                 master = self.master_weights[p] = p._data.astype(np.float32)
             saved.append((p._data, p._grad))
-            p._data, p._grad = master, p._grad.astype(np.float32)
+            p._data, p._grad = master, (p._grad if fused else p._grad.astype(np.float32))
+        self._weights = [data for data, _ in saved] if fused else None
         try:
             self._update(group, params, be)
         finally:
+            self._weights = None
             for p, (data, grad) in zip(halves, saved):
                 master = p._data
                 p._data, p._grad = data, grad
-                data[...] = master.astype(data.dtype)
+                if not fused:
+                    data[...] = master.astype(data.dtype)
+
+    def _half_weights(self):
+        """For a fused `_update`: the half weights of the group's masters, in
+        the order of its params (None when the group is not fused-half)."""
+        return getattr(self, "_weights", None)
 
     @staticmethod
     def _holds_rounding(half, master) -> bool:

@@ -48,4 +48,7 @@ class SGD(Optimizer):
             bufs.append(state.get("momentum_buffer"))
         ops.sgd(be, [p._data for p in params], self._signed(group, [p._grad for p in params]), bufs, fresh,
                 lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                weight_decay=group["weight_decay"], nesterov=group["nesterov"])
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"], weights=self._half_weights())
+
+    def _fused_half(self, group):
+        return True
