@@ -307,10 +307,10 @@ def test_bfloat16_float16_bindings_refuse_mixed_storage(name):
         k.dropout_apply(np.zeros(4, np.float64), np.zeros(4, np.float64), 0, 0, 0, 1.0, 0)
 
 
-@pytest.mark.no_kernels("refused before any kernel")
+@pytest.mark.fallback("adaptive_pool2d")  # windows of different sizes: array code, as for float32
 @pytest.mark.parametrize("name", HALF)
-def test_bfloat16_float16_adaptive_pool_uneven_windows_refused_on_sim(name):
-    """Windows of different sizes are array code (float32 on cpu): sim names the op."""
-    m = nn.AdaptiveAvgPool2d(4).to("sim", name)
-    with pytest.raises(NotImplementedError, match=f"adaptive_avg_pool2d: the sim backend has no {name} kernels"):
-        m(np.ones((1, 1, 7, 7), HALF[name]))
+@pytest.mark.parametrize("make", [lambda: nn.AdaptiveAvgPool2d(4), lambda: nn.AdaptiveMaxPool2d(4)], ids=["avg", "max"])
+def test_bfloat16_float16_adaptive_pool_uneven_windows(make, name, rng, schedule):
+    """sim computes uneven windows as cpu does (float32 array code, rounded once): bit for bit."""
+    x = half(rng, (2, 3, 7, 7), name, 3.0)
+    check(make, name, x, 4, dy=half(rng, (2, 3, 4, 4), name), exact=True)

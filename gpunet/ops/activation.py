@@ -288,8 +288,13 @@ def _no_kernel(kind, params):
     return None
 
 
+def _half_route(kind, params):
+    """Half calls take the kernels where float32 calls do, else the array code in float32."""
+    return True if _no_kernel(kind, params) is None else "array"
+
+
 @float32_compute("activation", forward=True,
-                 half_kernels=lambda be, kind, x, **params: _no_kernel(kind, params) is None)
+                 half_kernels=lambda be, kind, x, **params: _half_route(kind, params))
 def act_forward(be, kind: str, x, **params):
     """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
     if dtypes.is_half(x.dtype):  # the kernels' half path (float32_compute sends only such calls here)
@@ -308,7 +313,7 @@ def act_forward(be, kind: str, x, **params):
 
 
 @float32_compute("activation", forward=False,
-                 half_kernels=lambda be, ctx, dy: _no_kernel(ctx[0], ctx[1]) is None)
+                 half_kernels=lambda be, ctx, dy: _half_route(ctx[0], ctx[1]))
 def act_backward(be, ctx, dy):
     """dx = dy * kind'(x). Raises NoGradientError for heaviside and sign."""
     kind, params, x, y = ctx

@@ -52,12 +52,13 @@ def _averaging(xp, size: int, out: int, dtype):
 
 
 def _pooled_forward(be, x, out_size):
-    """A half call goes to the pooling kernels where the windows are plain pooling."""
-    return _kernel(x.shape, out_size) is not None
+    """A half call goes to the pooling kernels where the windows are plain
+    pooling, else to the array code in float32 (as float32 calls do)."""
+    return True if _kernel(x.shape, out_size) is not None else "array"
 
 
 def _pooled_backward(be, ctx, dy):
-    return ctx[0]
+    return True if ctx[0] else "array"
 
 
 # ---------------------------------------------------------------- average

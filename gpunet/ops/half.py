@@ -71,7 +71,9 @@ def float32_compute(op: str, forward: bool, half_kernels=None, array_code: bool 
     docstring). forward=True: fn returns (y, ctx), y is rounded and a tuple
     ctx becomes a HalfCtx; forward=False: every returned array is a gradient,
     all rounded. half_kernels(be, *args, **kwargs): True when the op's kernels
-    take this half call on a kernel backend; fn then gets the half arrays.
+    take this half call on a kernel backend (fn then gets the half arrays),
+    "array" when the op computes this call with array code on kernel backends
+    too (in float32, as cpu does; the op records its fallback).
     array_code: the op is array code on every backend (it has no kernel), so
     kernel backends compute half calls as cpu does."""
     def wrap(fn):
@@ -80,8 +82,10 @@ def float32_compute(op: str, forward: bool, half_kernels=None, array_code: bool 
             storage = _storage(list(args) + list(kwargs.values()))
             if storage is None:
                 return fn(be, *args, **kwargs)
-            if be.kernels is not None and not array_code:
-                if half_kernels is not None and half_kernels(be, *args, **kwargs):
+            route = half_kernels(be, *args, **kwargs) if half_kernels is not None and be.kernels is not None \
+                and not array_code else "array"
+            if route != "array":
+                if route:
                     return fn(be, *args, **kwargs)
                 raise NotImplementedError(
                     f"{op}: the {be.name} backend has no {storage.name} kernels for it yet; run half precision "
