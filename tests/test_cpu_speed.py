@@ -102,3 +102,72 @@ def test_blockwise_adam_equals_the_whole_array_formula(amsgrad, weight_decay, de
         np.testing.assert_array_equal(params[i], p)
         np.testing.assert_array_equal(m[i], mi)
         np.testing.assert_array_equal(vmax[i] if amsgrad else v[i], vi)
+
+
+# ---------------------------------------------------------------- host threads
+@pytest.fixture
+def host_threads():
+    from gpunet.ops import host_threads as ht
+    before = ht.get_num_threads()
+    yield ht
+    ht.set_num_threads(before)
+
+
+def test_host_thread_ranges_cover_once_and_errors_surface(host_threads):
+    host_threads.set_num_threads(3)
+    for n, unit in [(0, 1), (1, 1), (10, 1 << 16), (7, 1 << 20), (1 << 20, 1)]:
+        parts = host_threads.ranges(n, unit)
+        assert parts[0][0] == 0 and parts[-1][1] == n and len(parts) <= 3
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert len(host_threads.ranges(3, 1 << 20)) == 3
+    assert host_threads.run(lambda lo, hi: (lo, hi), [(0, 2), (2, 5), (5, 6)]) == [(0, 2), (2, 5), (5, 6)]
+
+    def boom(lo, hi):
+        if lo:
+            raise KeyError("part")
+    with pytest.raises(KeyError, match="part"):
+        host_threads.run(boom, [(0, 1), (1, 2)])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n: expected an int >= 1"):
+            host_threads.set_num_threads(bad)
+
+
+def test_host_thread_count_changes_no_bit(host_threads):
+    """GELU, softmax and layer norm give the same bits on 1, 2 and 3 threads
+    (layer norm's rows are 5 blocks: its weight gradient sums them in order)."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import norm, softmax
+    be = get_backend("cpu")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2100, 517), dtype=np.float32)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    w, b = rng.standard_normal((2, 517), dtype=np.float32)
+
+    def run():
+        y = act.FORWARD["gelu"](np, x)
+        ln, ctx = norm.layer_norm_forward(be, x, w, b, 517, 1e-5)
+        return [y, act.DERIVATIVE["gelu"](np, x, y), softmax.softmax_forward(be, x, 1, 0.7)[0],
+                softmax.softmax_forward(be, x, -1)[0], ln, *norm.layer_norm_backward(be, ctx, dy)]
+    host_threads.set_num_threads(1)
+    one = run()
+    for threads in (2, 3):
+        host_threads.set_num_threads(threads)
+        for a, c in zip(one, run()):
+            np.testing.assert_array_equal(a, c)
+    # and the threaded softmax is still softmax (float64 reference)
+    x64 = x.astype(np.float64) * 0.7
+    ref = np.exp(x64 - x64.max(1, keepdims=True))
+    np.testing.assert_allclose(one[2], ref / ref.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_batch_norm_statistics_within_an_ulp():
+    """float32 batch statistics come out within an ulp of the float64 ones
+    (summed across images in float64), also for a mean far from 0."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import norm
+    x = (np.random.default_rng(0).standard_normal((256, 4, 32, 32)) * 0.5 + 3).astype(np.float32)
+    mean, var, n = norm.batch_norm_stats(get_backend("cpu"), x)
+    x64 = x.astype(np.float64)
+    assert n == 256 * 32 * 32 and mean.dtype == var.dtype == np.float32
+    assert _ulps(mean, x64.mean(axis=(0, 2, 3))).max() <= 1
+    assert _ulps(var, x64.var(axis=(0, 2, 3))).max() <= 1

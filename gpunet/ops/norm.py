@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dispatch import path
+from . import host_threads
 from .half import float32_compute
 
 # the parameter-gradient kernel sums rows in at most this many chunks
@@ -33,6 +34,18 @@ def _row_blocks(be, M: int, C: int):
     every call); on a GPU one block, as each slice is a kernel launch."""
     rows = M if be.on_gpu else max(1, (1 << 18) // max(C, 1))
     return [slice(s, min(s + rows, M)) for s in range(0, M, rows)]
+
+
+def _each_block(be, M: int, C: int, fn) -> list:
+    """fn(rows) for every row block, in order; on the host the blocks are
+    shared out over the host threads (each block's work is the same either
+    way, so the results do not depend on the thread count)."""
+    blocks = _row_blocks(be, M, C)
+    if be.on_gpu:
+        return [fn(rows) for rows in blocks]
+    parts = host_threads.ranges(len(blocks), (blocks[0].stop - blocks[0].start) * C if blocks else 1)
+    done = host_threads.run(lambda lo, hi: [fn(rows) for rows in blocks[lo:hi]], parts)
+    return [r for part in done for r in part]
 
 
 # ---------------------------------------------------------------- layer norm
@@ -59,7 +72,8 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
         y = xp.empty_like(x2)
         mean = xp.empty(M, x2.dtype)
         rstd = xp.empty(M, x2.dtype)
-        for rows in _row_blocks(be, M, C):
+
+        def block(rows):
             yb = y[rows]
             mean[rows] = (x2[rows] @ ones) / C
             xp.subtract(x2[rows], mean[rows, None], out=yb)
@@ -69,6 +83,7 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
                 yb *= weight.reshape(C)
             if bias is not None:
                 yb += bias.reshape(C)
+        _each_block(be, M, C, block)
     return y.reshape(x.shape), (x2, mean, rstd, weight, bias is not None)
 
 
@@ -97,11 +112,11 @@ def layer_norm_backward(be, ctx, dy):
         dx = xp.empty_like(x2)
         dw = xp.zeros(C, x2.dtype)
         db = xp.ones(M, dy2.dtype) @ dy2 if has_bias else None
-        for rows in _row_blocks(be, M, C):
+
+        def block(rows):
             xhat = x2[rows] - mean[rows, None]
             xhat *= rstd[rows, None]
-            if weight is not None:
-                dw += xp.einsum("ij,ij->j", dy2[rows], xhat)
+            dw_part = xp.einsum("ij,ij->j", dy2[rows], xhat) if weight is not None else None
             # g = dy·w goes into dx's block; then in place
             # dx = rstd·g - (rstd·mean(g·xhat))·xhat - rstd·mean(g)
             g = dx[rows]
@@ -116,6 +131,10 @@ def layer_norm_backward(be, ctx, dy):
             xhat *= (r * gx_mean)[:, None]
             g -= xhat
             g -= (r * g_mean)[:, None]
+            return dw_part
+        for part in _each_block(be, M, C, block):  # in row order, whatever the thread count
+            if part is not None:
+                dw += part
     return dx.reshape(dy.shape), (dw if weight is not None else None), (db if has_bias else None)
 
 
@@ -147,9 +166,14 @@ def batch_norm_stats(be, x):
     count = x3.shape[0] * x3.shape[2]
     if count == 0:
         return xp.zeros(x3.shape[1], x.dtype), xp.ones(x3.shape[1], x.dtype), 0
-    mean = _channel_sum(xp, x3) / count
+    # per (image, channel) sums in x's dtype (short runs: BLAS dot products),
+    # then across images in float64, as PyTorch's CPU batch norm accumulates
+    # in double: the statistics of a float32 batch come out within an ulp or
+    # so. (A ReLU after the norm turns an ulp into a different branch for
+    # values within an ulp of 0, so errors here show up as whole gradients.)
+    mean = ((x3 @ xp.ones(x3.shape[2], x.dtype)).sum(axis=0, dtype=np.float64) / count).astype(x.dtype)
     xc = x3 - mean[None, :, None]
-    var = xp.einsum("nci,nci->c", xc, xc) / count
+    var = (xp.einsum("nci,nci->nc", xc, xc).sum(axis=0, dtype=np.float64) / count).astype(x.dtype)
     return mean, var, count
 
 
