@@ -171,3 +171,27 @@ def test_batch_norm_statistics_within_an_ulp():
     assert n == 256 * 32 * 32 and mean.dtype == var.dtype == np.float32
     assert _ulps(mean, x64.mean(axis=(0, 2, 3))).max() <= 1
     assert _ulps(var, x64.var(axis=(0, 2, 3))).max() <= 1
+
+
+def test_threaded_adam_same_bits_as_one_thread(host_threads):
+    """The host Adam update shares its blocks (of every tensor) out over the
+    threads: the same bits as on one thread."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import optim
+    rng = np.random.default_rng(5)
+    shapes = [(700, 300), (17,), (3, 1 << 16)]
+
+    def step():
+        params = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+        grads, m, v = ([rng.standard_normal(s, dtype=np.float32) for s in shapes] for _ in range(3))
+        v = [np.abs(a) for a in v]
+        optim.adam(get_backend("cpu"), params, grads, m, v, [3] * len(shapes), lr=1e-2, beta1=0.9, beta2=0.999,
+                   eps=1e-8, weight_decay=0.1, decoupled=True)
+        return params + m + v
+    host_threads.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    one = step()
+    host_threads.set_num_threads(3)
+    rng = np.random.default_rng(5)
+    for a, b in zip(one, step()):
+        np.testing.assert_array_equal(a, b)
