@@ -133,7 +133,7 @@ def test_host_thread_ranges_cover_once_and_errors_surface(host_threads):
 
 
 def test_host_thread_count_changes_no_bit(host_threads):
-    """GELU, softmax and layer norm give the same bits on 1, 2 and 3 threads
+    """GELU, softmax, layer and batch norm give the same bits on 1, 2 and 3 threads
     (layer norm's rows are 5 blocks: its weight gradient sums them in order)."""
     from gpunet.backend import get_backend
     from gpunet.ops import norm, softmax
@@ -143,11 +143,17 @@ def test_host_thread_count_changes_no_bit(host_threads):
     dy = rng.standard_normal(x.shape, dtype=np.float32)
     w, b = rng.standard_normal((2, 517), dtype=np.float32)
 
+    xb = rng.standard_normal((160, 8, 32, 32), dtype=np.float32)  # 5 chunks of images
+    dyb = rng.standard_normal(xb.shape, dtype=np.float32)
+
     def run():
         y = act.FORWARD["gelu"](np, x)
         ln, ctx = norm.layer_norm_forward(be, x, w, b, 517, 1e-5)
+        mean, var, _ = norm.batch_norm_stats(be, xb)
+        bn, bctx = norm.batch_norm_forward(be, xb, w[:8], b[:8], mean, var, 1e-5)
         return [y, act.DERIVATIVE["gelu"](np, x, y), softmax.softmax_forward(be, x, 1, 0.7)[0],
-                softmax.softmax_forward(be, x, -1)[0], ln, *norm.layer_norm_backward(be, ctx, dy)]
+                softmax.softmax_forward(be, x, -1)[0], ln, *norm.layer_norm_backward(be, ctx, dy),
+                mean, var, bn, *norm.batch_norm_backward(be, bctx, dyb, True)]
     host_threads.set_num_threads(1)
     one = run()
     for threads in (2, 3):
