@@ -201,3 +201,22 @@ def test_threaded_adam_same_bits_as_one_thread(host_threads):
     rng = np.random.default_rng(5)
     for a, b in zip(one, step()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 4, 8, 6), (2, 2)), ((2, 3, 9, 4), (3, 1)), ((2, 2, 7, 7), (2, 2))])
+def test_tiling_maxpool_backward_writes_what_the_general_path_adds(monkeypatch, shape, k):
+    """Windows that tile the input (stride = kernel) write dx directly; the
+    same values as the zero-and-add path, non-finite gradients and ties too
+    ((2, 2) on 7x7 leaves a row and column out: the general path)."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import pool
+    be = get_backend("cpu")
+    rng = np.random.default_rng(7)
+    x = np.round(rng.standard_normal(shape) * 2).astype(np.float32)  # ties
+    y, ctx = pool.maxpool2d_forward(be, x, k, k, (0, 0))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy.reshape(-1)[:3] = [np.inf, np.nan, -np.inf]
+    fast = pool.maxpool2d_backward(be, ctx, dy)
+    assert pool._tiles(ctx[3], shape) == (shape[2] % k[0] == 0 and shape[3] % k[1] == 0)
+    monkeypatch.setattr(pool, "_tiles", lambda win, x_shape: False)
+    np.testing.assert_array_equal(fast, pool.maxpool2d_backward(be, ctx, dy))
