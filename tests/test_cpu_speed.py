@@ -220,3 +220,20 @@ def test_tiling_maxpool_backward_writes_what_the_general_path_adds(monkeypatch, 
     assert pool._tiles(ctx[3], shape) == (shape[2] % k[0] == 0 and shape[3] % k[1] == 0)
     monkeypatch.setattr(pool, "_tiles", lambda win, x_shape: False)
     np.testing.assert_array_equal(fast, pool.maxpool2d_backward(be, ctx, dy))
+
+
+def _gelu_host(x):
+    return act.FORWARD["gelu"](np, x)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_host_threads_work_in_a_forked_child(host_threads):
+    """A child forked after the pool started (a data-loader worker) gets a
+    fresh pool instead of waiting on the parent's threads."""
+    import multiprocessing as mp
+    host_threads.set_num_threads(2)
+    x = np.linspace(-4, 4, 1 << 18, dtype=np.float32)
+    expected = act.FORWARD["gelu"](np, x)  # starts the pool here
+    with mp.get_context("fork").Pool(1) as p:
+        got = p.apply_async(_gelu_host, (x,)).get(timeout=30)
+    np.testing.assert_array_equal(got, expected)

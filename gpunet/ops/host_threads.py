@@ -47,6 +47,15 @@ def set_num_threads(n: int) -> None:
             _state["pool"] = None
 
 
+def _forget_pool():
+    """In a forked child: the parent's pool threads do not exist there."""
+    _state["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
     with _lock:
         pool = _state["pool"]
