@@ -121,6 +121,7 @@ def test_host_thread_ranges_cover_once_and_errors_surface(host_threads):
         assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
     assert len(host_threads.ranges(3, 1 << 20)) == 3
     assert host_threads.run(lambda lo, hi: (lo, hi), [(0, 2), (2, 5), (5, 6)]) == [(0, 2), (2, 5), (5, 6)]
+    assert host_threads.map_chunks(lambda c: 2 * c, list(range(7)), 1 << 20) == list(range(0, 14, 2))
 
     def boom(lo, hi):
         if lo:

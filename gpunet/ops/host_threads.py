@@ -83,3 +83,10 @@ def run(fn, parts: list[tuple[int, int]]) -> list:
     finally:
         rest = [f.result() for f in futures]  # wait for every part even if the first raised
     return [first] + rest
+
+
+def map_chunks(fn, chunks: list, unit: int) -> list:
+    """[fn(c) for c in chunks], the chunks (each standing for about `unit`
+    elements) shared out over the threads in contiguous runs; results in order."""
+    done = run(lambda lo, hi: [fn(c) for c in chunks[lo:hi]], ranges(len(chunks), unit))
+    return [r for part in done for r in part]

@@ -43,9 +43,7 @@ def _each_block(be, M: int, C: int, fn) -> list:
     blocks = _row_blocks(be, M, C)
     if be.on_gpu:
         return [fn(rows) for rows in blocks]
-    parts = host_threads.ranges(len(blocks), (blocks[0].stop - blocks[0].start) * C if blocks else 1)
-    done = host_threads.run(lambda lo, hi: [fn(rows) for rows in blocks[lo:hi]], parts)
-    return [r for part in done for r in part]
+    return host_threads.map_chunks(fn, blocks, (blocks[0].stop - blocks[0].start) * C if blocks else 1)
 
 
 # ---------------------------------------------------------------- layer norm
@@ -155,9 +153,7 @@ def _per_images(be, n: int, per_image: int, fn) -> list:
         return [fn(slice(0, n))]
     step = max(1, (1 << 18) // max(per_image, 1))
     chunks = [slice(s, min(s + step, n)) for s in range(0, n, step)]
-    done = host_threads.run(lambda lo, hi: [fn(c) for c in chunks[lo:hi]],
-                            host_threads.ranges(len(chunks), step * per_image))
-    return [r for part in done for r in part]
+    return host_threads.map_chunks(fn, chunks, step * per_image)
 
 
 def _channel_totals(xp, parts, count: int, dtype):

@@ -253,11 +253,7 @@ def _run_blocks(be, work, update):
         for views, sc in work:
             update(views, *sc)
         return
-
-    def part(lo, hi):
-        for views, sc in work[lo:hi]:
-            update(views, *sc)
-    host_threads.run(part, host_threads.ranges(len(work), _BLOCK))
+    host_threads.map_chunks(lambda item: update(item[0], *item[1]), work, _BLOCK)
 
 
 def _decay(p, g, lr, weight_decay, decoupled=False):
