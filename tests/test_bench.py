@@ -47,6 +47,7 @@ def test_quick_smoke_run_writes_reports(tmp_path):
     for key in ("date", "numpy", "cpu", "threads", "commit", "math_mode"):
         assert key in env
     assert env["threads"] == 1
+    assert env["host_array_threads"] == 1  # gpunet's elementwise paths follow --threads too
     assert report["ceilings"]["flops"] > 0 and report["ceilings"]["bandwidth"] > 0
     results = report["results"]
     assert {r["op"].split(".")[0] for r in results} == FAMILIES

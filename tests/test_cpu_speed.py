@@ -102,3 +102,139 @@ def test_blockwise_adam_equals_the_whole_array_formula(amsgrad, weight_decay, de
         np.testing.assert_array_equal(params[i], p)
         np.testing.assert_array_equal(m[i], mi)
         np.testing.assert_array_equal(vmax[i] if amsgrad else v[i], vi)
+
+
+# ---------------------------------------------------------------- host threads
+@pytest.fixture
+def host_threads():
+    from gpunet.ops import host_threads as ht
+    before = ht.get_num_threads()
+    yield ht
+    ht.set_num_threads(before)
+
+
+def test_host_thread_ranges_cover_once_and_errors_surface(host_threads):
+    host_threads.set_num_threads(3)
+    for n, unit in [(0, 1), (1, 1), (10, 1 << 16), (7, 1 << 20), (1 << 20, 1)]:
+        parts = host_threads.ranges(n, unit)
+        assert parts[0][0] == 0 and parts[-1][1] == n and len(parts) <= 3
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert len(host_threads.ranges(3, 1 << 20)) == 3
+    assert host_threads.run(lambda lo, hi: (lo, hi), [(0, 2), (2, 5), (5, 6)]) == [(0, 2), (2, 5), (5, 6)]
+    assert host_threads.map_chunks(lambda c: 2 * c, list(range(7)), 1 << 20) == list(range(0, 14, 2))
+
+    def boom(lo, hi):
+        if lo:
+            raise KeyError("part")
+    with pytest.raises(KeyError, match="part"):
+        host_threads.run(boom, [(0, 1), (1, 2)])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n: expected an int >= 1"):
+            host_threads.set_num_threads(bad)
+
+
+def test_host_thread_count_changes_no_bit(host_threads):
+    """GELU, softmax, layer and batch norm give the same bits on 1, 2 and 3 threads
+    (layer norm's rows are 5 blocks: its weight gradient sums them in order)."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import norm, softmax
+    be = get_backend("cpu")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2100, 517), dtype=np.float32)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    w, b = rng.standard_normal((2, 517), dtype=np.float32)
+
+    xb = rng.standard_normal((160, 8, 32, 32), dtype=np.float32)  # 5 chunks of images
+    dyb = rng.standard_normal(xb.shape, dtype=np.float32)
+
+    def run():
+        y = act.FORWARD["gelu"](np, x)
+        ln, ctx = norm.layer_norm_forward(be, x, w, b, 517, 1e-5)
+        mean, var, _ = norm.batch_norm_stats(be, xb)
+        bn, bctx = norm.batch_norm_forward(be, xb, w[:8], b[:8], mean, var, 1e-5)
+        return [y, act.DERIVATIVE["gelu"](np, x, y), softmax.softmax_forward(be, x, 1, 0.7)[0],
+                softmax.softmax_forward(be, x, -1)[0], ln, *norm.layer_norm_backward(be, ctx, dy),
+                mean, var, bn, *norm.batch_norm_backward(be, bctx, dyb, True)]
+    host_threads.set_num_threads(1)
+    one = run()
+    for threads in (2, 3):
+        host_threads.set_num_threads(threads)
+        for a, c in zip(one, run()):
+            np.testing.assert_array_equal(a, c)
+    # and the threaded softmax is still softmax (float64 reference)
+    x64 = x.astype(np.float64) * 0.7
+    ref = np.exp(x64 - x64.max(1, keepdims=True))
+    np.testing.assert_allclose(one[2], ref / ref.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_batch_norm_statistics_within_an_ulp():
+    """float32 batch statistics come out within an ulp of the float64 ones
+    (summed across images in float64), also for a mean far from 0."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import norm
+    x = (np.random.default_rng(0).standard_normal((256, 4, 32, 32)) * 0.5 + 3).astype(np.float32)
+    mean, var, n = norm.batch_norm_stats(get_backend("cpu"), x)
+    x64 = x.astype(np.float64)
+    assert n == 256 * 32 * 32 and mean.dtype == var.dtype == np.float32
+    assert _ulps(mean, x64.mean(axis=(0, 2, 3))).max() <= 1
+    assert _ulps(var, x64.var(axis=(0, 2, 3))).max() <= 1
+
+
+def test_threaded_adam_same_bits_as_one_thread(host_threads):
+    """The host Adam update shares its blocks (of every tensor) out over the
+    threads: the same bits as on one thread."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import optim
+    rng = np.random.default_rng(5)
+    shapes = [(700, 300), (17,), (3, 1 << 16)]
+
+    def step():
+        params = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+        grads, m, v = ([rng.standard_normal(s, dtype=np.float32) for s in shapes] for _ in range(3))
+        v = [np.abs(a) for a in v]
+        optim.adam(get_backend("cpu"), params, grads, m, v, [3] * len(shapes), lr=1e-2, beta1=0.9, beta2=0.999,
+                   eps=1e-8, weight_decay=0.1, decoupled=True)
+        return params + m + v
+    host_threads.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    one = step()
+    host_threads.set_num_threads(3)
+    rng = np.random.default_rng(5)
+    for a, b in zip(one, step()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 4, 8, 6), (2, 2)), ((2, 3, 9, 4), (3, 1)), ((2, 2, 7, 7), (2, 2))])
+def test_tiling_maxpool_backward_writes_what_the_general_path_adds(monkeypatch, shape, k):
+    """Windows that tile the input (stride = kernel) write dx directly; the
+    same values as the zero-and-add path, non-finite gradients and ties too
+    ((2, 2) on 7x7 leaves a row and column out: the general path)."""
+    from gpunet.backend import get_backend
+    from gpunet.ops import pool
+    be = get_backend("cpu")
+    rng = np.random.default_rng(7)
+    x = np.round(rng.standard_normal(shape) * 2).astype(np.float32)  # ties
+    y, ctx = pool.maxpool2d_forward(be, x, k, k, (0, 0))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy.reshape(-1)[:3] = [np.inf, np.nan, -np.inf]
+    fast = pool.maxpool2d_backward(be, ctx, dy)
+    assert pool._tiles(ctx[3], shape) == (shape[2] % k[0] == 0 and shape[3] % k[1] == 0)
+    monkeypatch.setattr(pool, "_tiles", lambda win, x_shape: False)
+    np.testing.assert_array_equal(fast, pool.maxpool2d_backward(be, ctx, dy))
+
+
+def _gelu_host(x):
+    return act.FORWARD["gelu"](np, x)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_host_threads_work_in_a_forked_child(host_threads):
+    """A child forked after the pool started (a data-loader worker) gets a
+    fresh pool instead of waiting on the parent's threads."""
+    import multiprocessing as mp
+    host_threads.set_num_threads(2)
+    x = np.linspace(-4, 4, 1 << 18, dtype=np.float32)
+    expected = act.FORWARD["gelu"](np, x)  # starts the pool here
+    with mp.get_context("fork").Pool(1) as p:
+        got = p.apply_async(_gelu_host, (x,)).get(timeout=30)
+    np.testing.assert_array_equal(got, expected)

@@ -28,7 +28,8 @@ def torch_module():
 
 
 def set_threads(threads: int | None, with_torch: bool = True) -> int:
-    """Make NumPy's BLAS and PyTorch use the same number of threads; returns it.
+    """Make NumPy's BLAS, gpunet's host array paths (gpunet.ops.host_threads)
+    and PyTorch use the same number of threads; returns it.
     Default: the BLAS pool's current size."""
     try:
         from threadpoolctl import threadpool_info, threadpool_limits
@@ -41,6 +42,8 @@ def set_threads(threads: int | None, with_torch: bool = True) -> int:
     else:  # read by OpenBLAS/MKL at load time: only effective before NumPy is imported
         for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
             os.environ[var] = str(threads)
+    from ..ops import host_threads
+    host_threads.set_num_threads(threads)
     torch = torch_module() if with_torch else None
     if torch is not None:
         torch.set_num_threads(threads)
@@ -155,10 +158,11 @@ def _cuda_version(v: int) -> str:
 def environment(threads: int, gpu: bool, mode: dict, with_torch: bool = True) -> dict:
     """Everything needed to interpret (and reproduce) a result file."""
     from .. import __version__
+    from ..ops import host_threads
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "gpunet": __version__, **git_commit(), "python": platform.python_version(),
            "numpy": np.__version__, "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "threads": threads,
-           "last_level_cache_bytes": last_level_cache(), "math_mode": mode, "load_average_at_start": load_average()}
+           "host_array_threads": host_threads.get_num_threads(), "last_level_cache_bytes": last_level_cache(), "math_mode": mode, "load_average_at_start": load_average()}
     try:
         from threadpoolctl import threadpool_info
         env["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}

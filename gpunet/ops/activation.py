@@ -26,6 +26,7 @@ import numpy as np
 from ..dispatch import path
 from .cupy_kernels import cupy, lit
 from .. import dtypes
+from . import host_threads
 from .half import float32_compute, kernel_view
 
 _SQRT_2 = math.sqrt(2.0)
@@ -158,12 +159,15 @@ def _phi_blocks(x):
 
 
 def _gelu_f32(x):
-    """GELU, x·Phi(x), of a float32 host array."""
+    """GELU, x·Phi(x), of a float32 host array (its elements split over the host threads)."""
     x = np.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
     out = np.empty_like(x)
     flat, xf = out.reshape(-1), x.reshape(-1)
-    for rows, cdf in _phi_blocks(x):
-        np.multiply(xf[rows], cdf, out=flat[rows])
+
+    def part(lo, hi):
+        for rows, cdf in _phi_blocks(xf[lo:hi]):
+            np.multiply(xf[lo:hi][rows], cdf, out=flat[lo:hi][rows])
+    host_threads.run(part, host_threads.ranges(xf.size))
     return out
 
 
@@ -176,6 +180,12 @@ def _gelu_derivative_f32(x, y):
     y = np.asarray(y, order="C")
     out = np.empty_like(x)
     flat, xf, yf = out.reshape(-1), x.reshape(-1), y.reshape(-1)
+    host_threads.run(lambda a, b: _gelu_derivative_part(xf[a:b], yf[a:b], flat[a:b]), host_threads.ranges(xf.size))
+    return out
+
+
+def _gelu_derivative_part(xf, yf, flat):
+    """_gelu_derivative_f32 of flat float32 arrays (one thread's part), block by block."""
     n = min(xf.size, _PHI_BLOCK)
     ax, hi, lo = (np.empty(n, np.float32) for _ in range(3))
     tiny = np.empty(n, bool)
@@ -196,7 +206,8 @@ def _gelu_derivative_f32(x, y):
             np.divide(yf[rows], xb, out=ob)
             np.copyto(ob, 0.5, where=tiny_)
             ob += lo_
-    return out
+
+
 def _host_f32(xp, x):
     return xp is np and isinstance(x, np.ndarray) and x.dtype == np.float32
 

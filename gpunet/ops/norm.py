@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dispatch import path
+from . import host_threads
 from .half import float32_compute, kernel_view
 
 # the parameter-gradient kernel sums rows in at most this many chunks
@@ -37,6 +38,16 @@ def _row_blocks(be, M: int, C: int):
     every call); on a GPU one block, as each slice is a kernel launch."""
     rows = M if be.on_gpu else max(1, (1 << 18) // max(C, 1))
     return [slice(s, min(s + rows, M)) for s in range(0, M, rows)]
+
+
+def _each_block(be, M: int, C: int, fn) -> list:
+    """fn(rows) for every row block, in order; on the host the blocks are
+    shared out over the host threads (each block's work is the same either
+    way, so the results do not depend on the thread count)."""
+    blocks = _row_blocks(be, M, C)
+    if be.on_gpu:
+        return [fn(rows) for rows in blocks]
+    return host_threads.map_chunks(fn, blocks, (blocks[0].stop - blocks[0].start) * C if blocks else 1)
 
 
 # ---------------------------------------------------------------- layer norm
@@ -69,7 +80,8 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
         y = xp.empty_like(x2)
         mean = xp.empty(M, x2.dtype)
         rstd = xp.empty(M, x2.dtype)
-        for rows in _row_blocks(be, M, C):
+
+        def block(rows):
             yb = y[rows]
             mean[rows] = (x2[rows] @ ones) / C
             xp.subtract(x2[rows], mean[rows, None], out=yb)
@@ -79,6 +91,7 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
                 yb *= weight.reshape(C)
             if bias is not None:
                 yb += bias.reshape(C)
+        _each_block(be, M, C, block)
     return y.reshape(x.shape), (x2, mean, rstd, weight, bias is not None)
 
 
@@ -110,11 +123,11 @@ def layer_norm_backward(be, ctx, dy):
         dx = xp.empty_like(x2)
         dw = xp.zeros(C, x2.dtype)
         db = xp.ones(M, dy2.dtype) @ dy2 if has_bias else None
-        for rows in _row_blocks(be, M, C):
+
+        def block(rows):
             xhat = x2[rows] - mean[rows, None]
             xhat *= rstd[rows, None]
-            if weight is not None:
-                dw += xp.einsum("ij,ij->j", dy2[rows], xhat)
+            dw_part = xp.einsum("ij,ij->j", dy2[rows], xhat) if weight is not None else None
             # g = dy·w goes into dx's block; then in place
             # dx = rstd·g - (rstd·mean(g·xhat))·xhat - rstd·mean(g)
             g = dx[rows]
@@ -129,6 +142,10 @@ def layer_norm_backward(be, ctx, dy):
             xhat *= (r * gx_mean)[:, None]
             g -= xhat
             g -= (r * g_mean)[:, None]
+            return dw_part
+        for part in _each_block(be, M, C, block):  # in row order, whatever the thread count
+            if part is not None:
+                dw += part
     return dx.reshape(dy.shape), (dw if weight is not None else None), (db if has_bias else None)
 
 
@@ -141,10 +158,22 @@ def _channel_view(x):
     return x.reshape(x.shape[0], x.shape[1], inner)  # not -1: an empty batch has no size to infer
 
 
-def _channel_sum(xp, a3):
-    """Per-channel sum of (N, C, inner): a matrix-vector product over the
-    contiguous inner axis (BLAS), then a sum over N."""
-    return (a3 @ xp.ones(a3.shape[2], a3.dtype)).sum(axis=0)
+def _per_images(be, n: int, per_image: int, fn) -> list:
+    """fn(images) for slices of the N images, in order: on the host chunks of
+    about 1 MiB (their temporaries stay in cache) shared out over the host
+    threads; on a GPU one slice of all of them."""
+    if be.on_gpu:
+        return [fn(slice(0, n))]
+    step = max(1, (1 << 18) // max(per_image, 1))
+    chunks = [slice(s, min(s + step, n)) for s in range(0, n, step)]
+    return host_threads.map_chunks(fn, chunks, step * per_image)
+
+
+def _channel_totals(xp, parts, count: int, dtype):
+    """Per-channel means of (images, C) partial sums: summed over the images
+    in float64 (PyTorch's CPU batch norm accumulates in double), so a float32
+    result is within an ulp or so and does not depend on the chunking."""
+    return (xp.concatenate(parts).sum(axis=0, dtype=np.float64) / count).astype(dtype)
 
 
 def batch_norm_stats(be, x):
@@ -157,12 +186,20 @@ def batch_norm_stats(be, x):
     path(be, "batch_norm", x.dtype, unsupported="no kernel (batch norm is array code on every backend)")
     xp = be.xp
     x3 = _channel_view(x)
-    count = x3.shape[0] * x3.shape[2]
+    n, c, inner = x3.shape
+    count = n * inner
     if count == 0:
-        return xp.zeros(x3.shape[1], x.dtype), xp.ones(x3.shape[1], x.dtype), 0
-    mean = _channel_sum(xp, x3) / count
-    xc = x3 - mean[None, :, None]
-    var = xp.einsum("nci,nci->c", xc, xc) / count
+        return xp.zeros(c, x.dtype), xp.ones(c, x.dtype), 0
+    # per (image, channel) sums first (short runs: BLAS dot products), then
+    # across images in float64. (A ReLU after the norm turns an ulp of error
+    # into the other branch for values within an ulp of 0: whole gradients.)
+    ones = xp.ones(inner, x.dtype)
+    mean = _channel_totals(xp, _per_images(be, n, c * inner, lambda i: x3[i] @ ones), count, x.dtype)
+
+    def squares(i):
+        xc = x3[i] - mean[None, :, None]
+        return xp.einsum("nci,nci->nc", xc, xc)
+    var = _channel_totals(xp, _per_images(be, n, c * inner, squares), count, x.dtype)
     return mean, var, count
 
 
@@ -174,10 +211,14 @@ def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     x3 = _channel_view(x)
     rstd = 1.0 / xp.sqrt(var + eps)
     scale = rstd if weight is None else weight * rstd
-    y = x3 - mean[None, :, None]
-    y *= scale[None, :, None]
-    if bias is not None:
-        y += bias[None, :, None]
+    y = xp.empty(x3.shape, x3.dtype)
+
+    def normalise(i):
+        xp.subtract(x3[i], mean[None, :, None], out=y[i])
+        y[i] *= scale[None, :, None]
+        if bias is not None:
+            y[i] += bias[None, :, None]
+    _per_images(be, x3.shape[0], x3.shape[1] * x3.shape[2], normalise)
     # x, not xhat, is saved (as layer norm does): no second full-size array;
     # the statistics are copied, as running ones change in place
     return y.reshape(x.shape), (x3, mean.copy(), rstd, weight, bias is not None)
@@ -194,21 +235,32 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     x3, mean, rstd, weight, has_bias = ctx
     xp = be.xp
     dy3 = _channel_view(dy)
-    count = max(dy3.shape[0] * dy3.shape[2], 1)  # an empty batch: sums are 0, so is every mean
-    # xhat is rebuilt in what becomes dx's memory
-    dx = x3 - mean[None, :, None]
-    dx *= rstd[None, :, None]
-    dy_sum = _channel_sum(xp, dy3)
-    dyx_sum = xp.einsum("nci,nci->c", dy3, dx)
+    n, c, inner = dy3.shape
+    count = max(n * inner, 1)  # an empty batch: sums are 0, so is every mean
+    ones = xp.ones(inner, dy3.dtype)
+    dx = xp.empty(dy3.shape, dy3.dtype)
+
+    def sums(i):
+        # xhat is rebuilt in what becomes dx's memory
+        xp.subtract(x3[i], mean[None, :, None], out=dx[i])
+        dx[i] *= rstd[None, :, None]
+        return dy3[i] @ ones, xp.einsum("nci,nci->nc", dy3[i], dx[i])
+    parts = _per_images(be, n, c * inner, sums)
+    # totals, not means (count 1): dy_sum gives db, dyx_sum dw
+    dy_sum = _channel_totals(xp, [p[0] for p in parts] or [xp.zeros((0, c), dy3.dtype)], 1, dy3.dtype)
+    dyx_sum = _channel_totals(xp, [p[1] for p in parts] or [xp.zeros((0, c), dy3.dtype)], 1, dy3.dtype)
     w_rstd = rstd if weight is None else weight * rstd
-    if batch_stats:
-        # dx = w·rstd·(dy - mean(dy) - xhat·mean(dy·xhat))
-        dx *= (dyx_sum / count)[None, :, None]
-        xp.subtract(dy3, dx, out=dx)
-        dx -= (dy_sum / count)[None, :, None]
-        dx *= w_rstd[None, :, None]
-    else:
-        xp.multiply(dy3, w_rstd[None, :, None], out=dx)
+
+    def gradient(i):
+        if batch_stats:
+            # dx = w·rstd·(dy - mean(dy) - xhat·mean(dy·xhat))
+            dx[i] *= (dyx_sum / count)[None, :, None]
+            xp.subtract(dy3[i], dx[i], out=dx[i])
+            dx[i] -= (dy_sum / count)[None, :, None]
+            dx[i] *= w_rstd[None, :, None]
+        else:
+            xp.multiply(dy3[i], w_rstd[None, :, None], out=dx[i])
+    _per_images(be, n, c * inner, gradient)
     dw = dyx_sum if weight is not None else None
     db = dy_sum if has_bias else None
     return dx.reshape(dy.shape), dw, db

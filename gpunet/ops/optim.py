@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from ..dispatch import path
+from . import host_threads
 from .cupy_kernels import cupy
 from .half import kernel_view
 
@@ -113,26 +114,31 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                     weight_decay=weight_decay, decoupled=decoupled)
         return
     xp = be.xp
-    for i, (p, g, m, v, (step_size, bc2_sqrt)) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
+    work = []  # (block views, tensor's scalars) of every tensor: independent, so shared out over host threads
+    for i, (p, g, m, v, sc) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
         arrays = (p, g, m, v) if max_exp_avg_sqs is None else (p, g, m, v, max_exp_avg_sqs[i])
-        for pb, gb, mb, vb, *vmax in _blocks(be, arrays):
-            # the formulas above, operation by operation as before, through two temporaries
-            gb = _decay(pb, gb, lr, weight_decay, decoupled)
-            t = xp.subtract(gb, mb)
-            t *= 1 - beta1
-            mb += t
-            vb *= beta2
-            xp.multiply(gb, 1 - beta2, out=t)
-            t *= gb
-            vb += t
-            if vmax:
-                vb = xp.maximum(vmax[0], vb, out=vmax[0])
-            xp.sqrt(vb, out=t)
-            t /= bc2_sqrt
-            t += eps
-            xp.divide(mb, t, out=t)
-            t *= step_size
-            pb -= t
+        work += [(views, sc) for views in _blocks(be, arrays)]
+
+    def update(views, step_size, bc2_sqrt):
+        # the formulas above, operation by operation as before, through two temporaries
+        pb, gb, mb, vb, *vmax = views
+        gb = _decay(pb, gb, lr, weight_decay, decoupled)
+        t = xp.subtract(gb, mb)
+        t *= 1 - beta1
+        mb += t
+        vb *= beta2
+        xp.multiply(gb, 1 - beta2, out=t)
+        t *= gb
+        vb += t
+        if vmax:
+            vb = xp.maximum(vmax[0], vb, out=vmax[0])
+        xp.sqrt(vb, out=t)
+        t /= bc2_sqrt
+        t += eps
+        xp.divide(mb, t, out=t)
+        t *= step_size
+        pb -= t
+    _run_blocks(be, work, update)
 
 
 def rmsprop(be, params, grads, square_avgs, grad_avgs, bufs, *, lr, alpha, eps, weight_decay, momentum):
@@ -257,6 +263,16 @@ def _blocks(be, arrays):
         return [arrays]
     flats = [a.reshape(-1) for a in arrays]
     return [[f[s:s + _BLOCK] for f in flats] for s in range(0, flats[0].size, _BLOCK)]
+
+
+def _run_blocks(be, work, update):
+    """update(views, *scalars) for every (views, scalars) item; on the host
+    the items are shared out over the host threads."""
+    if be.on_gpu:
+        for views, sc in work:
+            update(views, *sc)
+        return
+    host_threads.map_chunks(lambda item: update(item[0], *item[1]), work, _BLOCK)
 
 
 def _decay(p, g, lr, weight_decay, decoupled=False):

@@ -180,19 +180,35 @@ def maxpool2d_backward(be, ctx, dy):
                                       *_kernel_args(win), be.stream())
         return dx
     # taps in the padding are skipped: their gradient would be cut off anyway
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
     hit = xp.empty(dy.shape, dtype=bool)
-    routed = xp.empty(dy.shape, dtype=dy.dtype)
     # dy where this tap was picked, else 0: multiplying dy's bits (as unsigned
     # integers) by the 0/1 mask is exact for any dy (a float multiply would
     # spread a non-finite dy as inf·0 = NaN) and branch-free
     bits = np.dtype(f"u{dy.dtype.itemsize}")
-    dy_bits, routed_bits = xp.ascontiguousarray(dy).view(bits), routed.view(bits)
+    dy_bits = xp.ascontiguousarray(dy).view(bits)
+    if _tiles(win, x_shape):
+        # every input element lies in exactly one window: each tap writes its
+        # elements of dx directly, no zeroed dx to add into
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        for k, _, x_sl in _taps_inside(win, x_shape):
+            xp.equal(arg, k, out=hit)
+            xp.multiply(dy_bits, hit, out=dx.view(bits)[x_sl])
+        return dx
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    routed = xp.empty(dy.shape, dtype=dy.dtype)
+    routed_bits = routed.view(bits)
     for k, out_sl, x_sl in _taps_inside(win, x_shape):
         xp.equal(arg, k, out=hit)
         xp.multiply(dy_bits, hit, out=routed_bits)
         dx[x_sl] += routed[out_sl]
     return dx
+
+
+def _tiles(win: Window, x_shape) -> bool:
+    """The windows tile the input: stride = kernel, no dilation or padding,
+    and the outputs cover every row and column."""
+    return (win.sh, win.sw, win.dh, win.dw, win.ph, win.pw) == (win.kh, win.kw, 1, 1, 0, 0) \
+        and (win.oh * win.kh, win.ow * win.kw) == tuple(x_shape[2:])
 
 
 # ---------------------------------------------------------------- average pooling

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dispatch import path
+from . import host_threads
 from .half import float32_compute, kernel_view
 
 
@@ -95,6 +96,9 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
         yl = xp.empty_like(xl)
         _kernel(be, "softmax_forward", xl, yl, beta=beta, log=log)
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
+    if not be.on_gpu and not log and dim == x.ndim - 1:
+        y = _softmax_rows_host(x, beta)
+        return y, (y, dim, beta, log)
     y = _shifted(xp, x, dim, beta)
     if log:
         y -= xp.log(xp.exp(y).sum(axis=dim, keepdims=True))
@@ -102,6 +106,31 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
         xp.exp(y, out=y)
         y /= y.sum(axis=dim, keepdims=True)
     return y, (y, dim, beta, log)
+
+
+# elements per row block of the host path: the block's passes stay in the core's cache
+_HOST_BLOCK = 1 << 16
+
+
+def _softmax_rows_host(x, beta):
+    """softmax along the last axis, on the host: the rows split over the host
+    threads, each thread working through blocks of rows whose shift, exp, sum
+    and division run while the block is in cache."""
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    y = np.empty_like(x2)
+    rows = max(1, _HOST_BLOCK // x2.shape[1])
+
+    def part(lo, hi):
+        for r in range(lo, hi, rows):
+            xb, yb = x2[r:min(r + rows, hi)], y[r:min(r + rows, hi)]
+            shift = xb.max(axis=1, keepdims=True) if beta >= 0 else xb.min(axis=1, keepdims=True)
+            np.subtract(xb, shift, out=yb)
+            if beta != 1:
+                yb *= beta
+            np.exp(yb, out=yb)
+            yb /= yb.sum(axis=1, keepdims=True)
+    host_threads.run(part, host_threads.ranges(x2.shape[0], x2.shape[1]))
+    return y.reshape(x.shape)
 
 
 @float32_compute("softmax", forward=False, half_kernels=_half_kernels)

@@ -1,0 +1,92 @@
+"""Threads for the host array paths.
+
+NumPy's elementwise ufuncs and reductions run on one core, while PyTorch's
+CPU ops (and OpenBLAS's GEMMs) use every thread they are given. NumPy
+releases the GIL inside a ufunc loop, so the cpu backend's elementwise ops
+split their rows over a small pool of threads and get the same cores.
+
+Work is split on element (or row) boundaries into contiguous ranges, one per
+thread; every element is computed by the same operations whatever the split,
+so results do not depend on the thread count. Reductions across the ranges
+(a parameter gradient's sum over rows) are done by the caller in a fixed order.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+# below this many elements per thread the hand-off costs more than it saves
+MIN_PER_THREAD = 1 << 16
+
+_lock = threading.Lock()
+_state = {"threads": None, "pool": None}
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    """Threads the host array paths use (default: the CPUs this process may run on)."""
+    n = _state["threads"]
+    return _default_threads() if n is None else n
+
+
+def set_num_threads(n: int) -> None:
+    """Use `n` threads (>= 1) for the host array paths, as torch.set_num_threads does for PyTorch's."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    with _lock:
+        _state["threads"] = n
+        if _state["pool"] is not None and _state["pool"]._max_workers != n - 1:
+            _state["pool"].shutdown(wait=False)
+            _state["pool"] = None
+
+
+def _forget_pool():
+    """In a forked child: the parent's pool threads do not exist there."""
+    _state["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _lock:
+        pool = _state["pool"]
+        if pool is None:
+            pool = _state["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpunet-host")
+        return pool
+
+
+def ranges(n: int, unit: int = 1, min_per_thread: int = MIN_PER_THREAD) -> list[tuple[int, int]]:
+    """[0, n) as contiguous (lo, hi) ranges, one per thread that gets at least
+    `min_per_thread` elements, where each index stands for `unit` elements."""
+    k = max(1, min(get_num_threads(), (n * unit) // max(min_per_thread, 1)))
+    step = -(-n // k) if n else 1
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
+
+
+def run(fn, parts: list[tuple[int, int]]) -> list:
+    """fn(lo, hi) for every part, the first in the calling thread and the rest
+    in the pool; their results in order. An exception in any part is raised."""
+    if len(parts) == 1:
+        return [fn(*parts[0])]
+    futures = [_pool(get_num_threads() - 1).submit(fn, lo, hi) for lo, hi in parts[1:]]
+    try:
+        first = fn(*parts[0])
+    finally:
+        rest = [f.result() for f in futures]  # wait for every part even if the first raised
+    return [first] + rest
+
+
+def map_chunks(fn, chunks: list, unit: int) -> list:
+    """[fn(c) for c in chunks], the chunks (each standing for about `unit`
+    elements) shared out over the threads in contiguous runs; results in order."""
+    done = run(lambda lo, hi: [fn(c) for c in chunks[lo:hi]], ranges(len(chunks), unit))
+    return [r for part in done for r in part]
