@@ -6,20 +6,25 @@ layout, by ldmatrix on an n-major B and by ldmatrix.trans on a k-major B,
 against a plain matrix product; cp.async landing at the wait that covers its
 commit group (not at issue), zero-fill, uncommitted copies; and the race
 checker seeing the copy's write at the wait. Kernels: csrc/kernels/testing.cu."""
-import importlib
-
 import ml_dtypes
 import numpy as np
 import pytest
 
+import gpunet
 from gpunet import testing
 
 HALF = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
-@pytest.fixture
-def sim():
-    return importlib.import_module(testing.sim_module())
+KERNELS = ("_tc_ldmatrix", "_tc_mma", "_tc_cp_async")
+
+
+@pytest.fixture(params=["sim"])
+def sim(request):
+    """The sim backend's kernels (the race checker's module under
+    GPUNET_SIM_RACECHECK=1); "sim" in the test ids puts these tests in the
+    race-checker run (-k sim)."""
+    return gpunet.get_backend(request.param).kernels
 
 
 def expected_ldmatrix(src, rows, num, trans):
@@ -112,6 +117,7 @@ def test_tensor_core_cp_async_write_is_at_the_wait(simcheck, monkeypatch):
         simcheck._tc_cp_async(src, out, True, 0)
 
 
+@pytest.mark.no_kernels("the bindings refuse before any launch")
 def test_tensor_core_bad_arguments(sim):
     with pytest.raises(ValueError, match="argument 'num'"):
         sim._tc_ldmatrix(np.zeros((32, 8), np.int16), np.zeros(32, np.int32), np.zeros((32, 4), np.int32), 3, False, 0)

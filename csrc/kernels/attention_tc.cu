@@ -151,7 +151,7 @@ __device__ __forceinline__ void a_from_acc(uint32_t (&a)[4], const float (&x)[kN
 }
 
 template <class T, int D, bool kCausal>
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kTcThreads, 1)
     attn_tc_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                            T* __restrict__ out, float* __restrict__ lse, int64_t L, int64_t S, float scale_log2) {
   extern __shared__ uint4 smem_tc[];
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kTcThreads)
 }
 
 template <class T, int D>
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kTcThreads, 1)
     attn_tc_delta_kernel(const T* __restrict__ out, const T* __restrict__ dout, float* __restrict__ delta,
                          float* __restrict__ dq_accum, int64_t rows) {
   const int64_t r = (int64_t)blockIdx.x * (kTcThreads / 32) + threadIdx.x / 32;
@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(kTcThreads)
 }
 
 template <class T, int D, bool kCausal>
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kTcThreads, 1)
     attn_tc_backward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                             const T* __restrict__ dout, const float* __restrict__ lse,
                             const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
@@ -413,10 +413,11 @@ void attention_tc_forward(Storage s, const void* q, const void* k, const void* v
   dispatch(s, D, causal, [&](auto tv, auto dc, auto cc) {
     using T = decltype(tv);
     constexpr int kD = decltype(dc)::value;
-    auto kernel = attn_tc_forward_kernel<T, kD, decltype(cc)::value>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kForwardSmem<kD>);
+    constexpr bool kC = decltype(cc)::value;
+    cudaFuncSetAttribute(attn_tc_forward_kernel<T, kD, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)kForwardSmem<kD>);
     const dim3 grid = checked_grid("attention_tc_forward", (L + kRows - 1) / kRows, B);
-    kernel<<<grid, kTcThreads, kForwardSmem<kD>, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k),
+    attn_tc_forward_kernel<T, kD, kC><<<grid, kTcThreads, kForwardSmem<kD>, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k),
                                                          static_cast<const T*>(v), static_cast<T*>(out), lse, L,
                                                          S, scale * kLog2e);
   });
@@ -432,10 +433,11 @@ void attention_tc_backward(Storage s, const void* q, const void* k, const void* 
     const int64_t rows = B * L;
     attn_tc_delta_kernel<T, kD><<<checked_grid("attention_tc_delta", (rows + 3) / 4), kTcThreads, 0, stream>>>(
         static_cast<const T*>(out), static_cast<const T*>(dout), delta, dq_accum, rows);
-    auto kernel = attn_tc_backward_kernel<T, kD, decltype(cc)::value>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kBackwardSmem<kD>);
+    constexpr bool kC = decltype(cc)::value;
+    cudaFuncSetAttribute(attn_tc_backward_kernel<T, kD, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)kBackwardSmem<kD>);
     const dim3 grid = checked_grid("attention_tc_backward", (S + kRows - 1) / kRows, B);
-    kernel<<<grid, kTcThreads, kBackwardSmem<kD>, stream>>>(
+    attn_tc_backward_kernel<T, kD, kC><<<grid, kTcThreads, kBackwardSmem<kD>, stream>>>(
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dout),
         lse, delta, static_cast<T*>(dk), static_cast<T*>(dv), dq_accum, L, S, scale);
     attn_tc_dq_kernel<T><<<grid_for(rows * kD), kThreads, 0, stream>>>(dq_accum, static_cast<T*>(dq), rows * kD);
