@@ -21,6 +21,11 @@ backward recomputes the scores tile by tile, without float atomics, so two
 backward runs give bit-identical gradients. Every mask kind (boolean, additive,
 key padding, causal) runs in the kernels: the additive bias is read through
 broadcast strides, never expanded over the heads.
+Tensor-core path (sim, cuda; float16/bfloat16 q, k, v with head dim 64 or
+128, causal or no mask): FlashAttention-2 on mma.sync (csrc/kernels/
+attention_tc.cu), fp32 accumulation and softmax, lse saved in float32; the
+backward adds dq up with float atomics (not bitwise reproducible) in an
+O(L·d) float32 workspace.
 """
 from __future__ import annotations
 
