@@ -1,4 +1,5 @@
-"""FlashAttention-2 on tensor cores (csrc/kernels/attention_tc.cu) through
+"""FlashAttention-2 on tensor cores (csrc/kernels/attention_tc.cu, the
+attention_tc family; test names contain tensor_core) through
 gpunet's attention API: float16/bfloat16 q, k, v with head dim 64 or 128 and
 no additive mask take it on the kernel backends. Forward and backward against
 the float32 cpu reference on the same (rounded) inputs, causal or not, ragged
@@ -94,6 +95,9 @@ def test_tensor_core_attention_bad_arguments(device):
         kernels.attention_tc_forward(q32, q32, q32, False, 1.0, q32.copy(), lse, 0)
     with pytest.raises(TypeError, match="argument 'k'"):
         kernels.attention_tc_forward(q, q.view(np.int16), q, False, 1.0, q.copy(), lse, 0)
+    with pytest.raises(ValueError, match="argument 'k': .*16-byte aligned"):
+        offset = np.zeros(8 * 64 + 1, np.float16)[1:].reshape(1, 8, 64)
+        kernels.attention_tc_forward(q, offset, q, False, 1.0, q.copy(), lse, 0)
     with pytest.raises(TypeError, match="float16 or bfloat16"):
         f = np.zeros((1, 8, 64), np.float32)
         kernels.attention_tc_forward(f, f, f, False, 1.0, f.copy(), lse, 0)
