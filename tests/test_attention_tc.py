@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 
 import gpunet
+from conftest import require
 from gpunet import dtypes, nn, testing
 
 KERNELS = ("attention_tc_forward", "attention_tc_backward")
 HALF = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
-@pytest.fixture(params=["sim"])
+@pytest.fixture(params=["sim", "cuda"])
 def device(request):
-    """The kernel backend under test ("sim" in the ids: the race checker's run
-    selects these tests with -k sim)."""
+    """The kernel backends ("sim" in the ids: the race checker's run selects
+    these tests with -k sim); cuda is skipped where there is no GPU."""
+    require(request.param)
     return request.param
 
 
@@ -104,6 +106,7 @@ def test_tensor_core_attention_bad_arguments(device):
 
 
 @pytest.mark.slow  # about 100 s in the simulator
+@pytest.mark.parametrize("device", ["sim"])  # tracemalloc sees host (NumPy) memory only
 def test_tensor_core_attention_memory_is_linear_in_sequence(device):
     """Sequence 4,096, head dim 64, bf16, causal, one batch entry and head:
     everything forward and backward allocate (measured by tracemalloc: NumPy
