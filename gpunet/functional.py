@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .autograd.tensor import Tensor
+from . import dtypes
 from .backend import backend_of, get_backend
 from .ops import activation as _act
 from .ops import softmax as _softmax
@@ -133,8 +134,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     be = backend_of(query) if device is None else get_backend(device)
     op = ScaledDotProductAttention().to(be)
     dtype = getattr(query, "dtype", None)
-    if dtype is not None and dtype.kind == "f" and dtype.itemsize in (4, 8):
-        op.to(dtype)  # else the input check names query's dtype
+    if dtype is not None and dtypes.is_floating(dtype):
+        op.to(dtype)  # (half types included) else the input check names query's dtype
     with no_grad():
         return op(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 

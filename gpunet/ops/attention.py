@@ -29,6 +29,12 @@ below). On the kernel backends the same kernels run on the half arrays (head
 dims up to 128; lse, delta and the bias stay float32); on cpu, array code in
 float32, the context keeping the rounded output read in float32, as the
 kernels do.
+
+Tensor-core path (sim, cuda; float16/bfloat16 q, k, v with head dim 64 or
+128, causal or no mask): FlashAttention-2 on mma.sync (csrc/kernels/
+attention_tc.cu), fp32 accumulation and softmax, lse saved in float32; the
+backward adds dq up with float atomics (not bitwise reproducible) in an
+O(L·d) float32 workspace.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dispatch import path
+from . import attention_tc
 from . import dropout as dropout_ops
 from .half import _up, float32_compute, kernel_view
 
@@ -175,6 +182,9 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
     """Returns (out, ctx). `bias`: additive mask broadcastable to (..., L, S),
     in q's dtype, or None. `scale` defaults to 1/sqrt(E)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if attention_tc.eligible(be, q, k, v, bias):
+        out, lse = attention_tc.forward(be, q, k, v, causal, scale)
+        return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse)
     if _route(be, "attention", q.dtype, _head_dim_limit(q, v)) == "kernel":
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
@@ -233,6 +243,8 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     """(dq, dk, dv). `dprobs`: an extra gradient flowing into P (..., L, S),
     e.g. from MultiheadAttention's returned attention weights; it takes the
     array path (P is materialised anyway in that case)."""
+    if ctx.lse is not None and dprobs is None and attention_tc.eligible(be, ctx.q, ctx.k, ctx.v, ctx.bias):
+        return attention_tc.backward(be, ctx, dout)
     if ctx.lse is not None:  # the forward ran the kernels, which never form P
         why = None if dprobs is None else "a gradient flows into the attention probabilities (weights or dropout)"
         if _route(be, "attention backward", ctx.q.dtype, why) == "kernel":
