@@ -27,6 +27,9 @@ GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to the bias_add/bias_grad
 kernels. Backward recomputes each chunk's columns instead of keeping them, so
 memory stays at one workspace.
 
+Tensor-core path (sim, cuda; float16 and bfloat16): gpunet/ops/conv_tc.py,
+one implicit-GEMM launch per pass, no column matrix (csrc/kernels/conv_tc.cu).
+
 Workspaces are kept per (thread, device, stream): every use of one is queued
 on one stream, which orders them, and no other thread touches it, so two
 threads (or two streams) training two models never overwrite each other's
@@ -41,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..dispatch import path
+from . import conv_tc
 from .half import float32_compute
 from .cupy_kernels import cupy, launch
 from .linear import bias_add, bias_grad
@@ -347,20 +351,31 @@ def _backward_kernels(be, ctx, dy):
 
 
 # ---------------------------------------------------------------- entry points
-@float32_compute("conv2d", forward=True)
+def _tensor_core(be, x, w, b, stride, padding, dilation, groups):
+    """Whether a half call goes to the tensor-core kernels (gpunet/ops/conv_tc.py)."""
+    g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    return conv_tc.takes(be, x, w, x.shape[0] * w.shape[0] * g.oh * g.ow)
+
+
+@float32_compute("conv2d", forward=True, half_kernels=_tensor_core)
 def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
     """x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None; stride, padding,
     dilation are (h, w) pairs. Returns y (N, O, OH, OW) and the backward context."""
     g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    if _tensor_core(be, x, w, b, stride, padding, dilation, groups):
+        y, saved = conv_tc.forward(be, x, w, b, g)
+        return y, ("tensor_core", saved)
     route = path(be, "conv2d", x.dtype, fused=True)  # the fusion is backward's col2im
     y, saved = (_forward_kernels if route == "kernel" else _forward_array)(be, x, w, b, g)
     return y, (route, saved, w, b is not None, tuple(x.shape), g)
 
 
-@float32_compute("conv2d", forward=False)
+@float32_compute("conv2d", forward=False, half_kernels=lambda be, ctx, dy: ctx[0] == "tensor_core")
 def conv2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
     route, *rest = ctx
+    if route == "tensor_core":
+        return conv_tc.backward(be, rest[0], dy)
     if route == "kernel":
         return _backward_kernels(be, rest, dy)
     return _backward_array(be, rest, dy, fused=route == "fused")
