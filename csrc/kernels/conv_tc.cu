@@ -167,7 +167,11 @@ __device__ __forceinline__ uint4 gather_run(const Operand& op, const Row& row, i
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-using Tile = uint16_t[kBM][kPitch];
+using Tile = uint4[kBM][kPitch / 8];  // 16-byte units: 8 values of k each
+// One shared stage: the A and the B tile (rows 16-byte aligned: 16-byte stores, ldmatrix).
+struct alignas(16) Stage {
+  Tile a, b;
+};
 
 // One operand's share of loading tile k0 into `tile`: cp.async runs go
 // straight to shared memory; gathered runs land in `regs` (stored by store_runs).
@@ -185,7 +189,7 @@ __device__ __forceinline__ void load_runs(const Operand& op, const Row& row, int
         const Split3 s = split3(k, op.kb, op.kc);
         src += row.base + s.a * op.sa + (int64_t)s.b * op.sb + (int64_t)s.c * op.sc;
       }
-      tc::cp_async_16(&tile[rrow][8 * run], src, full);
+      tc::cp_async_16(&tile[rrow][run], src, full);
     } else {
       regs[q] = gather_run<kWindow>(op, row, k, K);
     }
@@ -198,7 +202,7 @@ __device__ __forceinline__ void store_runs(const Operand& op, int rrow, Tile& ti
 #pragma unroll
   for (int q = 0; q < kRuns; ++q) {
     const int run = (int)threadIdx.x / kBM + q * (kTcThreads / kBM);
-    *reinterpret_cast<uint4*>(&tile[rrow][8 * run]) = regs[q];
+    tile[rrow][run] = regs[q];
   }
 }
 
@@ -210,11 +214,11 @@ __device__ __forceinline__ void multiply(const Tile& as, const Tile& bs, int wm,
   for (int kk = 0; kk < kBK; kk += 16) {
     uint32_t a[2][4], b[4][2];
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi) tc::ldmatrix_x4(a[mi], &as[wm * 32 + mi * 16 + lane % 16][kk + 8 * (lane / 16)]);
+    for (int mi = 0; mi < 2; ++mi) tc::ldmatrix_x4(a[mi], &as[wm * 32 + mi * 16 + lane % 16][kk / 8 + lane / 16]);
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       uint32_t r[4];
-      tc::ldmatrix_x4(r, &bs[wn * 32 + p * 16 + lane % 8 + 8 * (lane / 16)][kk + 8 * (lane / 8 % 2)]);
+      tc::ldmatrix_x4(r, &bs[wn * 32 + p * 16 + lane % 8 + 8 * (lane / 16)][kk / 8 + lane / 8 % 2]);
       b[2 * p][0] = r[0];
       b[2 * p][1] = r[1];
       b[2 * p + 1][0] = r[2];
@@ -231,8 +235,7 @@ template <class T, Pass P>
 __global__ void __launch_bounds__(kTcThreads) conv_tc_kernel(Params prm) {
   constexpr bool kWindowA = P != Pass::Wgrad;  // A gathers from an image (x or dy) for fwd and dgrad
   constexpr bool kWindowB = P == Pass::Wgrad;  // B gathers from x for wgrad
-  __shared__ alignas(16) uint16_t as[2][kBM][kPitch];
-  __shared__ alignas(16) uint16_t bs[2][kBN][kPitch];
+  __shared__ Stage stage[2];
 
   const int g = blockIdx.z, m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   const int rrow = (int)threadIdx.x % kBM;  // this thread's row of both tiles
@@ -242,25 +245,25 @@ __global__ void __launch_bounds__(kTcThreads) conv_tc_kernel(Params prm) {
   uint4 ra[kRuns], rb[kRuns];
 
   const int tiles = (prm.K + kBK - 1) / kBK;
-  load_runs<kWindowA>(prm.a, arow, rrow, 0, prm.K, as[0], ra);
-  load_runs<kWindowB>(prm.b, brow, rrow, 0, prm.K, bs[0], rb);
+  load_runs<kWindowA>(prm.a, arow, rrow, 0, prm.K, stage[0].a, ra);
+  load_runs<kWindowB>(prm.b, brow, rrow, 0, prm.K, stage[0].b, rb);
   tc::cp_async_commit();
-  store_runs<kWindowA>(prm.a, rrow, as[0], ra);
-  store_runs<kWindowB>(prm.b, rrow, bs[0], rb);
+  store_runs<kWindowA>(prm.a, rrow, stage[0].a, ra);
+  store_runs<kWindowB>(prm.b, rrow, stage[0].b, rb);
   tc::cp_async_wait<0>();
   __syncthreads();
   for (int t = 0; t < tiles; ++t) {
     const int cur = t & 1;
     const bool next = t + 1 < tiles;
     if (next) {  // tile t+1 into the other stage, last read before the previous barrier
-      load_runs<kWindowA>(prm.a, arow, rrow, (t + 1) * kBK, prm.K, as[cur ^ 1], ra);
-      load_runs<kWindowB>(prm.b, brow, rrow, (t + 1) * kBK, prm.K, bs[cur ^ 1], rb);
+      load_runs<kWindowA>(prm.a, arow, rrow, (t + 1) * kBK, prm.K, stage[cur ^ 1].a, ra);
+      load_runs<kWindowB>(prm.b, brow, rrow, (t + 1) * kBK, prm.K, stage[cur ^ 1].b, rb);
       tc::cp_async_commit();
     }
-    multiply<T>(as[cur], bs[cur], wm, wn, acc);
+    multiply<T>(stage[cur].a, stage[cur].b, wm, wn, acc);
     if (next) {
-      store_runs<kWindowA>(prm.a, rrow, as[cur ^ 1], ra);
-      store_runs<kWindowB>(prm.b, rrow, bs[cur ^ 1], rb);
+      store_runs<kWindowA>(prm.a, rrow, stage[cur ^ 1].a, ra);
+      store_runs<kWindowB>(prm.b, rrow, stage[cur ^ 1].b, rb);
       tc::cp_async_wait<0>();
     }
     __syncthreads();
@@ -314,8 +317,6 @@ struct Dims {
         cg(t.s.c / t.groups), og(t.o / t.groups), kk((int64_t)t.s.kh * t.s.kw), hw(t.s.h * t.s.w),
         ohw(t.s.oh * t.s.ow) {}
 };
-
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 // A linear operand: rows r at g*gstride + r*row_sa, k split (a, b, c) over (kb, kc) with strides (sa, sb, sc).
 Operand linear(const void* p, int rows, int64_t gstride, int64_t row_sa, int kb, int kc, int64_t sa, int sb, int sc) {
