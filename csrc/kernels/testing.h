@@ -5,11 +5,26 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace gpunet {
 
 // One block sums x[0..n) into out[0]. racy = true: the same kernel with one
 // __syncthreads() missing.
 void block_sum(const float* x, float* out, int64_t n, bool racy, cudaStream_t stream);
+
+// Tensor-core primitives (common/mma.cuh), one warp each:
+// out[l][j] = register j of lane l after ldmatrix x{num}[.trans] on the 32
+// rows of 8 16-bit values in src, lane l naming row rows[l] (num in 1, 2, 4).
+void tc_ldmatrix(const uint16_t* src, const int* rows, uint32_t* out, int num, bool trans, cudaStream_t stream);
+// d = a·b + c through mma_m16n8k16 (a 16x16 row-major; b 16x8 k-major, or
+// its transpose 8x16 for LdmatrixNMajor), fragments built as `mode` says.
+enum class TcMma { Direct, LdmatrixNMajor, LdmatrixTrans };
+void tc_mma(Storage s, const uint16_t* a, const uint16_t* b, const float* c, float* d, TcMma mode,
+            cudaStream_t stream);
+// Three cp.async copies per thread of one warp and four snapshots of their
+// destinations (see testing.cu): src (3, 32, 4), out (4, 3, 32, 4) float32.
+void tc_cp_async(const float* src, float* out, bool racy, cudaStream_t stream);
 
 // Launches a kernel with 2048 threads per block (the limit is 1024), so that
 // the launch-error path can be tested on any machine.

@@ -322,6 +322,15 @@ struct Ctx { void* sp = nullptr; const void* stack_bottom = nullptr; size_t stac
 #endif
 #endif
 
+// A cp.async copy issued and not yet landed (tensorcore.h): 16 bytes from
+// src to dst (zeros when !full), in commit group `group` of its thread.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  bool full;
+  unsigned group;
+};
+
 struct Block;
 struct Fiber {
   uint3 tid{0, 0, 0};
@@ -329,6 +338,8 @@ struct Fiber {
   FState st = FState::Ready;
   unsigned wait_gen = 0;       // generation of the warp rendezvous / barrier we wait on
   Block* blk = nullptr;
+  std::vector<AsyncCopy> cp_async;  // issued, not landed (issue order)
+  unsigned cp_groups = 0;           // commit groups committed so far
 #if defined(CUDASIM_BACKEND_FIBERS)
   Ctx ctx;
   char* stack = nullptr;
@@ -627,6 +638,7 @@ inline void run_block(Worker& W, Block& b) {
     f.tid = uint3{i % b.bdim.x, (i / b.bdim.x) % b.bdim.y, i / (b.bdim.x * b.bdim.y)};
     f.lane = i % 32; f.warp = i / 32;
     f.st = FState::Ready; f.blk = &b; f.wait_gen = 0;
+    f.cp_async.clear(); f.cp_groups = 0;
   }
   b.live = n; b.bar_gen = 0; b.bar_site = nullptr;
   b.bar_acc[0] = b.bar_acc[1] = 0; b.bar_or[0] = b.bar_or[1] = 0; b.bar_and[0] = b.bar_and[1] = 1;
@@ -736,7 +748,9 @@ inline void run_block_threads(Block& b) {
 // ================================================================ device-side primitives
 namespace cudasim { namespace detail {
 
-enum WarpKind { kShfl = 1, kBallot, kSyncwarp, kMatch, kReduce };
+// kTensor (ldmatrix, mma: tensorcore.h) exchanges registers only: unlike the
+// others it does not order the lanes' memory accesses for the race checker.
+enum WarpKind { kShfl = 1, kBallot, kSyncwarp, kMatch, kReduce, kTensor };
 
 #if defined(CUDASIM_BACKEND_FIBERS)
 inline void resolve_warp_ready(Block& b, WarpSync& w, unsigned widx) {
@@ -747,7 +761,7 @@ inline void resolve_warp_ready(Block& b, WarpSync& w, unsigned widx) {
     for (unsigned l = 0; l < 32; ++l)
       if (w.arrived & (1u << l)) b.fibers[widx * 32 + l].st = FState::Ready;
 #if defined(CUDASIM_RACECHECK)
-    racecheck::warp_synced(widx, w.arrived);
+    if (w.kind != kTensor) racecheck::warp_synced(widx, w.arrived);
 #endif
     w.arrived = 0;
     w.gen++;
@@ -1395,3 +1409,5 @@ class DeviceView {
   size_t bytes_;
 };
 }  // namespace cudasim
+
+#include "tensorcore.h"  // ldmatrix, mma.sync, cp.async (used through csrc/common/mma.cuh)

@@ -24,12 +24,15 @@ broadcast strides, never expanded over the heads.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from .. import dtypes
 from ..dispatch import path
 from . import dropout as dropout_ops
+from .half import kernel_view
 
 KERNEL_MAX_HEAD_DIM = 128
 
@@ -123,6 +126,9 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
     """Returns (out, ctx). `bias`: additive mask broadcastable to (..., L, S),
     in q's dtype, or None. `scale` defaults to 1/sqrt(E)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if _tensor_core(be, q, k, v, bias):
+        out, lse = _tc_forward(be, q, k, v, causal, scale)
+        return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse)
     if path(be, "attention", q.dtype, unsupported=_head_dim_limit(q, v)) == "kernel":
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
@@ -174,6 +180,8 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     """(dq, dk, dv). `dprobs`: an extra gradient flowing into P (..., L, S),
     e.g. from MultiheadAttention's returned attention weights; it takes the
     array path (P is materialised anyway in that case)."""
+    if ctx.lse is not None and dprobs is None and _tensor_core(be, ctx.q, ctx.k, ctx.v, ctx.bias):
+        return _tc_backward(be, ctx, dout)
     if ctx.lse is not None:  # the forward ran the kernels, which never form P
         why = None if dprobs is None else "a gradient flows into the attention probabilities (weights or dropout)"
         if path(be, "attention backward", ctx.q.dtype, unsupported=why) == "kernel":
@@ -288,3 +296,46 @@ def _kernel_backward(be, ctx, dout):
     be.kernels.attention_backward(q3, k3, v3, o3, do3, lse, b, so, si, sr, inner, bool(ctx.causal), ctx.scale,
                                dq, dk, dv, delta, be.stream())
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+
+# ---------------------------------------------------------------- tensor cores (attention_tc.cu)
+TENSOR_CORE_HEAD_DIMS = (64, 128)
+
+
+def _tensor_core(be, q, k, v, bias) -> bool:
+    """Whether FlashAttention-2 on tensor cores takes the call: float16 or
+    bfloat16 q, k, v of one dtype on a kernel backend, one head dim of 64 or
+    128 for all three, no additive mask (causal is fine)."""
+    return (be.kernels is not None and dtypes.is_half(q.dtype) and q.dtype == k.dtype == v.dtype
+            and q.shape[-1] == v.shape[-1] and q.shape[-1] in TENSOR_CORE_HEAD_DIMS and bias is None)
+
+
+def _flat(be, a):
+    """(batch..., n, d) -> contiguous (B, n, d)."""
+    return be.xp.ascontiguousarray(a).reshape((-1,) + tuple(a.shape[-2:]))
+
+
+def _tc_forward(be, q, k, v, causal, scale):
+    xp = be.xp
+    q3, k3, v3 = (_flat(be, a) for a in (q, k, v))
+    out = xp.empty(q3.shape, q.dtype)
+    lse = xp.empty(q3.shape[:2], np.float32)
+    be.kernels.attention_tc_forward(*(kernel_view(be, a) for a in (q3, k3, v3)), bool(causal), scale,
+                                    kernel_view(be, out), lse, be.stream())
+    return out.reshape(q.shape), lse.reshape(q.shape[:-1])
+
+
+def _tc_backward(be, ctx, dout):
+    """(dq, dk, dv). Workspaces: delta (B, L) and dq_accum (B, L, d) in
+    float32, O(L·d) memory (no L×S matrix anywhere)."""
+    xp = be.xp
+    q3, k3, v3, o3, do3 = (_flat(be, a) for a in (ctx.q, ctx.k, ctx.v, ctx.out, dout.astype(ctx.q.dtype, copy=False)))
+    dq, dk, dv = xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)
+    delta = xp.empty(q3.shape[:2], np.float32)
+    dq_accum = xp.empty(q3.shape, np.float32)
+    kv = functools.partial(kernel_view, be)
+    be.kernels.attention_tc_backward(kv(q3), kv(k3), kv(v3), kv(o3), kv(do3), ctx.lse.reshape(q3.shape[:2]),
+                                     bool(ctx.causal), ctx.scale, kv(dq), kv(dk), kv(dv), delta, dq_accum,
+                                     be.stream())
+    return dq.reshape(ctx.q.shape), dk.reshape(ctx.k.shape), dv.reshape(ctx.v.shape)
+
