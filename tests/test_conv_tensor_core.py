@@ -25,10 +25,10 @@ CASES = [
     # depthwise, dilation (2, 1), strides (1, 2)
     (2, 6, 8, 7, 6, 3, 3, (1, 2), (2, 2), (2, 1), 6, True),
     # 1x1 with K = 16 and OH*OW = 16: cp.async for the forward's weights and wgrad's dy;
-    # O = 72 and N*OH*OW = 128: two tiles of C each way, wgrad reduces over 4 k tiles
-    (8, 16, 4, 4, 72, 1, 1, (1, 1), (0, 0), (1, 1), 1, True),
-    # K = 72 over three k tiles (cp.async weights), rectangular kernel, stride and dilation together
-    (1, 8, 11, 10, 10, 3, 3, (2, 1), (2, 1), (2, 2), 1, False),
+    # O = 72 and N*OH*OW = 80: two (partial) tiles of C each way, wgrad reduces over 3 k tiles
+    (5, 16, 4, 4, 72, 1, 1, (1, 1), (0, 0), (1, 1), 1, True),
+    # K = 48 over two k tiles (cp.async weights), a 3x2 kernel, stride and dilation together
+    (1, 8, 11, 10, 10, 3, 2, (2, 1), (2, 1), (2, 2), 1, False),
 ]
 
 
@@ -128,3 +128,30 @@ def test_conv_tensor_core_bad_input(kb):
         k.conv_tc_wgrad(x, y, z(6, 1, 3, 3), 1, 1, 0, 0, 1, 1, 2, s)
     with pytest.raises(ValueError, match="'db'.*expected shape"):
         k.conv_tc_bias_grad(y, z(5), s)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=_case_id)
+def test_conv_tensor_core_shared_memory_has_no_bank_conflicts(simcheck, rng, case):
+    """The sim access profile: every shared-memory access of the three GEMM
+    kernels (16-byte tile stores, cp.async landings, ldmatrix rows) is a full
+    warp's 16-byte access, and each takes the conflict-free minimum of 4
+    wavefronts (one per quarter-warp phase) with the padded 80-byte rows."""
+    x, w, _ = _inputs(rng, case, np.float16)
+    n, c, h, wd, o, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups, _ = case
+    oh, ow = conv_ops.out_size(h, kh, sh, ph, dh), conv_ops.out_size(wd, kw, sw, pw, dw)
+    y = np.zeros((n, o, oh, ow), np.float16)
+    win = (sh, sw, ph, pw, dh, dw, groups, 0)
+    simcheck._profile(True)
+    try:
+        simcheck.conv_tc_forward(x, w, None, y, *win)
+        simcheck.conv_tc_dgrad(y, w, np.empty_like(x), *win)
+        simcheck.conv_tc_wgrad(x, y, np.empty_like(w), *win)
+        records = simcheck._profile_records()
+    finally:
+        simcheck._profile(False)
+    gemms = [r for r in records if r["kernel"].startswith("conv_tc_kernel")]
+    assert len(gemms) == 3
+    for cnt in gemms:
+        for kind in ("load", "store"):
+            requests = cnt[f"shared_{kind}_requests"]
+            assert requests > 0 and cnt[f"shared_{kind}_wavefronts"] == 4 * requests, (kind, cnt)
