@@ -1,4 +1,4 @@
-"""Conv2d of float16 / bfloat16 on tensor cores (csrc/kernels/conv_tc.cu):
+"""Conv2d of float16 / bfloat16 on tensor cores (csrc/kernels/conv_tensor_core.cu):
 forward, input gradient, weight gradient and bias gradient on the kernel
 backends against the float32 reference (cpu, on the same rounded inputs),
 with stride, padding, dilation, groups (depthwise too), sizes that are not

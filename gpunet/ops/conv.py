@@ -27,8 +27,8 @@ GEMMs go to be.xp.matmul (cuBLAS on cuda), the bias to the bias_add/bias_grad
 kernels. Backward recomputes each chunk's columns instead of keeping them, so
 memory stays at one workspace.
 
-Tensor-core path (sim, cuda; float16 and bfloat16): gpunet/ops/conv_tc.py,
-one implicit-GEMM launch per pass, no column matrix (csrc/kernels/conv_tc.cu).
+Tensor-core path (sim, cuda; float16 and bfloat16): gpunet/ops/conv_tensor_core.py,
+one implicit-GEMM launch per pass, no column matrix (csrc/kernels/conv_tensor_core.cu).
 
 Workspaces are kept per (thread, device, stream): every use of one is queued
 on one stream, which orders them, and no other thread touches it, so two
@@ -44,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..dispatch import path
-from . import conv_tc
+from . import conv_tensor_core as conv_tc
 from .half import float32_compute
 from .cupy_kernels import cupy, launch
 from .linear import bias_add, bias_grad
@@ -352,7 +352,7 @@ def _backward_kernels(be, ctx, dy):
 
 # ---------------------------------------------------------------- entry points
 def _tensor_core(be, x, w, b, stride, padding, dilation, groups):
-    """Whether a half call goes to the tensor-core kernels (gpunet/ops/conv_tc.py)."""
+    """Whether a half call goes to the tensor-core kernels (gpunet/ops/conv_tensor_core.py)."""
     g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
     return conv_tc.takes(be, x, w, x.shape[0] * w.shape[0] * g.oh * g.ow)
 

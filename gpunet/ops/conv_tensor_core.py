@@ -1,4 +1,4 @@
-"""Conv2d of float16 / bfloat16 arrays on tensor cores (csrc/kernels/conv_tc.cu):
+"""Conv2d of float16 / bfloat16 arrays on tensor cores (csrc/kernels/conv_tensor_core.cu):
 the tensor-core branch of gpunet.ops.conv on kernel backends (sim, cuda).
 
 Forward, input gradient and weight gradient are each one implicit GEMM

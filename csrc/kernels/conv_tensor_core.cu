@@ -1,4 +1,4 @@
-// conv_tc.cu -- 2-D convolution of float16 / bfloat16 (NCHW) as implicit GEMMs
+// conv_tensor_core.cu -- 2-D convolution of float16 / bfloat16 (NCHW) as implicit GEMMs
 // on tensor cores: forward, input gradient (dgrad), weight gradient (wgrad).
 //
 // Each pass is, per group g, one GEMM C (M, N) = A (M, K) . B (K, N)^T-stored
@@ -56,7 +56,7 @@
 #include "common/mma.cuh"
 #include "common/reduce.cuh"
 #include "common/storage.cuh"
-#include "kernels/conv_tc.h"
+#include "kernels/conv_tensor_core.h"
 
 namespace gpunet {
 namespace {
@@ -281,7 +281,8 @@ __global__ void __launch_bounds__(kTcThreads) conv_tc_kernel(Params prm) {
     for (int h = 0; h < 2; ++h) {
       const int m = m0 + wm * 32 + mi * 16 + gq + 8 * h;
       if (m >= prm.M) continue;
-      const int64_t base = g * ep.out_g + (int64_t)(m / ep.out_rows) * ep.out_si + (int64_t)(m % ep.out_rows) * ep.out_sr;
+      const int64_t base =
+          g * ep.out_g + (int64_t)(m / ep.out_rows) * ep.out_si + (int64_t)(m % ep.out_rows) * ep.out_sr;
 #pragma unroll
       for (int nj = 0; nj < 4; ++nj)
 #pragma unroll

@@ -1,4 +1,4 @@
-// conv_tc.h -- host API of csrc/kernels/conv_tc.cu: 2-D convolution of
+// conv_tensor_core.h -- host API of csrc/kernels/conv_tensor_core.cu: 2-D convolution of
 // float16 / bfloat16 arrays as implicit GEMMs on tensor cores (algorithms there).
 //
 // Launchers take device pointers of the storage type `st` (F16 or BF16;
