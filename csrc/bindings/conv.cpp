@@ -11,7 +11,6 @@
 #include "kernels/conv.h"
 
 namespace gpunet {
-namespace {
 
 // The images' geometry from `img` (n, c, h, w) and the window, or ValueError
 // naming the bad argument. Every count the kernels form from it (the image's
@@ -39,6 +38,8 @@ ConvShape conv_shape(const View& img, const char* img_name, const Window& win) {
   checked_product({rows, cols}, what + " with this window");
   return s;
 }
+
+namespace {
 
 // im2col(x, cols, window) and col2im(dcols, dx, window) validate alike: an
 // input array, an output array, one of them the image (n, C, H, W) and the

@@ -11,8 +11,8 @@
 
 // X(family) for every family, in the order module.cpp binds them.
 #define GPUNET_FAMILIES(X)                                                                                      \
-  X(activation) X(attention) X(attention_tc) X(conv) X(dropout) X(embedding) X(halftest) X(linear) X(loss)    \
-  X(norm) X(optim) X(pool) X(profile) X(racecheck) X(rnn) X(softmax) X(testing)
+  X(activation) X(attention) X(attention_tc) X(conv) X(conv_tensor_core) X(dropout) X(embedding) X(halftest)   \
+  X(linear) X(loss) X(norm) X(optim) X(pool) X(profile) X(racecheck) X(rnn) X(softmax) X(testing)
 
 namespace gpunet {
 

@@ -30,6 +30,9 @@ same kernels on the half arrays (col2im sums in float32), the GEMMs through
 linear.matmul (float32 accumulation, each product rounded once), the weight
 gradient summed over chunks in float32 and rounded once.
 
+Tensor-core path (sim, cuda; float16 and bfloat16): gpunet/ops/conv_tensor_core.py,
+one implicit-GEMM launch per pass, no column matrix (csrc/kernels/conv_tensor_core.cu).
+
 Workspaces are kept per (thread, device, stream): every use of one is queued
 on one stream, which orders them, and no other thread touches it, so two
 threads (or two streams) training two models never overwrite each other's
@@ -44,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dtypes
+from . import conv_tensor_core as conv_tc
 from .half import float32_compute, kernel_view
 from .cupy_kernels import cupy, launch
 from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
@@ -364,11 +368,20 @@ def _backward_kernels(be, ctx, dy):
 
 
 # ---------------------------------------------------------------- entry points
+def _tensor_core(be, x, w, stride, padding, dilation, groups):
+    """Whether a half call goes to the tensor-core kernels (gpunet/ops/conv_tensor_core.py)."""
+    g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    return conv_tc.takes(be, x, w, x.shape[0] * w.shape[0] * g.oh * g.ow)
+
+
 @float32_compute("conv2d", forward=True, half_kernels=half_kernels)
 def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
     """x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None; stride, padding,
     dilation are (h, w) pairs. Returns y (N, O, OH, OW) and the backward context."""
     g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    if _tensor_core(be, x, w, stride, padding, dilation, groups):
+        y, saved = conv_tc.forward(be, x, w, b, g)
+        return y, ("tensor_core", saved)
     route = route_of(be, "conv2d", x.dtype, fused=True)  # the fusion is backward's col2im
     y, saved = (_forward_kernels if route == "kernel" else _forward_array)(be, x, w, b, g)
     return y, (route, saved, w, b is not None, tuple(x.shape), g)
@@ -378,6 +391,8 @@ def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
 def conv2d_backward(be, ctx, dy):
     """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
     route, *rest = ctx
+    if route == "tensor_core":
+        return conv_tc.backward(be, rest[0], dy)
     if route == "kernel":
         return _backward_kernels(be, rest, dy)
     return _backward_array(be, rest, dy, fused=route == "fused")
