@@ -229,11 +229,14 @@ def test_bfloat16_float16_linear_and_convolutions_on_sim_kernels(name, make, sha
     against the cpu half reference and the float64 module on the same values,
     within the half tolerance of the reduction length. The convolutions run
     in chunks of two images (a small workspace): the weight gradient sums the
-    chunks in float32."""
-    from gpunet.ops import conv
+    chunks in float32. (Half convolutions go to the tensor-core kernels,
+    tests/test_conv_tensor_core.py; the im2col path here takes the calls those
+    do not, so they are told to decline.)"""
+    from gpunet.ops import conv, conv_tensor_core
     half = HALF[half_name]
     params, x, dy = _layer_case(make, shape, half, rng)
     monkeypatch.setattr(conv, "WORKSPACE_BYTES", 2 * int(np.prod(shape[1:])) * 9 * 2)
+    monkeypatch.setattr(conv_tensor_core, "takes", lambda *args: False)
     kernels = LAYER_KERNELS["Linear" if name.startswith("Linear") else "Conv"]
     with testing.expect_kernels("sim", kernels):
         got = _layer_run(make, "sim", half, params, x, dy)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 # Every kernel family of csrc/kernels (its TEST-ONLY families aside); the
 # test suite checks that this list and the sources agree.
-FAMILIES = ("conv", "pool", "softmax", "loss", "activation", "optim", "rnn", "attention", "attention_tc", "norm",
-            "embedding", "dropout", "linear")
+FAMILIES = ("conv", "pool", "softmax", "loss", "activation", "optim", "rnn", "attention", "attention_tc", "conv_tensor_core",
+            "norm", "embedding", "dropout", "linear")
 BACKENDS = ("cpu", "sim", "cuda", "cupy")
 OUTCOMES = ("passed", "failed", "skipped")
 
