@@ -82,7 +82,7 @@ inline void ldmatrix(uint32_t* r, const void* row, bool trans) {
 // A GPU's tensor core adds them in its own order and internal precision, so
 // results may differ from a GPU's in the last bits.
 inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, float (*to_float)(uint16_t)) {
-  uint64_t alo[32], ahi[32], bb[32];
+  uint64_t alo[32] = {}, ahi[32] = {}, bb[32] = {};  // (zeroed: GCC cannot see warp_gather fill them)
   warp_gather((uint64_t)a[0] | (uint64_t)a[1] << 32, alo);
   warp_gather((uint64_t)a[2] | (uint64_t)a[3] << 32, ahi);
   warp_gather((uint64_t)b[0] | (uint64_t)b[1] << 32, bb);
