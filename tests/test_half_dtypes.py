@@ -48,6 +48,27 @@ def test_bfloat16_float16_asarray_rounds_to_nearest_even(device, name):
     np.testing.assert_array_equal(bits(gpunet.asarray(torch_half, device)), bits(gpunet.asarray(x32, device, name)))
 
 
+def test_float16_round_to_matches_numpy_cast_bit_for_bit():
+    """dtypes.round_to's own path for results below float16's normal range
+    (NumPy's cast is slow there) against astype: every float16 value, the
+    float32 values either side of each and the midpoints between neighbours
+    (ties to even), signed zeros, subnormal float32, inf and NaN."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    f = h.astype(np.float32)
+    f = f[np.isfinite(f)]
+    up, down = np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))
+    mids = (f[:-1].astype(np.float64) / 2 + f[1:].astype(np.float64) / 2).astype(np.float32)
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, 2.0 ** -25, -(2.0 ** -25), 2.0 ** -24 * 1.5,
+                        np.inf, -np.inf, np.nan, 1e38, 65520.0], np.float32)
+    x = np.concatenate([f, up, down, mids, special])
+    got, want = dtypes.round_to(x, np.float16), x.astype(np.float16)
+    assert got.dtype == np.float16 and got.shape == x.shape
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    grid = x.reshape(-1)[: (x.size // 6) * 6].reshape(6, -1)[:, ::3]  # a strided view
+    np.testing.assert_array_equal(dtypes.round_to(grid, "float16").view(np.uint16),
+                                  grid.astype(np.float16).view(np.uint16))
+
+
 # ---------------------------------------------------------------- modules, init, checkpoints
 @pytest.mark.no_kernels("dtype conversion only")
 @pytest.mark.parametrize("name", HALF)

@@ -62,7 +62,7 @@ def _round(v, storage):
     if isinstance(v, tuple):
         return tuple(_round(u, storage) for u in v)
     if getattr(v, "dtype", None) == np.float32 and hasattr(v, "astype"):
-        return v.astype(storage)
+        return dtypes.round_to(v, storage)
     return v
 
 
