@@ -332,6 +332,28 @@ def test_relu_propagates_nan(kb):
     np.testing.assert_array_equal(gpunet.to_numpy(y), [np.nan, 0, 0, 2])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_and_dropout_backward_select_not_multiply(dtype):
+    """cpu: a NaN or inf gradient where ReLU is flat (x <= 0) or dropout
+    dropped gives 0, as PyTorch's select does (a product would give NaN); -0.0
+    passes through where kept. The host select works on the values' bits."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[-1.0, 0.0, 2.0, -3.0, 4.0, 5.0], [1.0, -1.0, -2.0, 3.0, 0.5, -0.5]], dtype)
+    dy = np.array([[np.nan, np.inf, -0.0, -np.inf, np.nan, 1.5], [2.0, np.nan, 7.0, -np.inf, 3.0, 1.0]], dtype)
+    relu = nn.ReLU().to(dtype=dtype)
+    relu(x)
+    tx = torch.tensor(x, requires_grad=True)
+    torch.relu(tx).backward(torch.tensor(dy))
+    got = relu.backward(dy)
+    np.testing.assert_array_equal(got, tx.grad.numpy())
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(tx.grad.numpy()))
+    drop = nn.Dropout(0.5).to(dtype=dtype)
+    gpunet.manual_seed(0)
+    kept = drop(np.ones_like(x)) != 0
+    assert kept.any() and not kept.all()
+    np.testing.assert_array_equal(drop.backward(dy), np.where(kept, dy * 2, 0))
+
+
 def test_rejects_unknown_kind_listing_the_valid_ones(kb):
     x = put(kb, np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="valid kinds: relu, leaky_relu, sigmoid, tanh, softsign, gelu, softplus"):

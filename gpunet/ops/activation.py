@@ -42,6 +42,22 @@ class NoGradientError(RuntimeError):
     """Raised by the backward of an activation that has no useful gradient."""
 
 
+_SAME_WIDTH_INT = {4: np.int32, 8: np.int64}
+
+
+def select(xp, mask, a):
+    """xp.where(mask, a, 0), bit for bit (NaN, inf and -0.0 included). NumPy's
+    where branches per element, and a mask like ReLU's or dropout's mispredicts
+    about half of them: 6x slower than a product. On the host the mask, widened
+    to all-one or all-zero words, is ANDed with a's bits instead."""
+    it = _SAME_WIDTH_INT.get(a.dtype.itemsize) if xp is np and a.dtype.kind == "f" and a.ndim else None
+    if it is None:
+        return xp.where(mask, a, a.dtype.type(0))
+    words = np.negative(np.asarray(mask).view(np.int8), dtype=it)  # True -> -1: every bit set
+    out = words if words.shape == a.shape else None
+    return np.bitwise_and(a.view(it), words, out=out).view(a.dtype)
+
+
 # ---------------------------------------------------------------- special functions
 def _erf_series(xp, t):
     """erf(t) for |t| <= _ERF_SPLIT: 2/sqrt(pi) e^{-t^2} sum_n (2t^2)^n t / (2n+1)!!.
@@ -346,7 +362,7 @@ def act_backward(be, ctx, dy):
     if route == "fused":
         return _fused_backward(kind, params, x, y, dy.astype(x.dtype, copy=False))
     if kind == "relu":  # a select, not a product, as the kernels and PyTorch: a NaN gradient at x <= 0 gives 0
-        return be.xp.where(x > 0, dy, 0).astype(x.dtype, copy=False)
+        return select(be.xp, x > 0, dy.astype(x.dtype, copy=False))
     return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)
 
 

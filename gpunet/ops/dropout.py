@@ -27,6 +27,7 @@ import numpy as np
 from .. import dtypes
 from ..dispatch import path
 from .half import float32_compute, kernel_view
+from .activation import select
 
 GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
@@ -65,7 +66,7 @@ def dropout_forward(be, x, p: float, seed: int, offset: int):
     thr = threshold(p)
     if not dtypes.is_half(x.dtype) and path(be, "dropout", x.dtype) != "kernel":  # half: a kernel backend's
         keep = random_bits(xp, seed, offset, x.size).reshape(x.shape) >= np.uint64(thr)
-        y = xp.where(keep, x * x.dtype.type(scale), x.dtype.type(0))
+        y = select(xp, keep, x * x.dtype.type(scale))
         return y, ("mask", keep, scale)
     xc = xp.ascontiguousarray(x)
     y = xp.empty_like(xc)
@@ -83,7 +84,7 @@ def dropout_backward(be, ctx, dy):
         return xp.zeros_like(dy)
     if kind == "mask":
         _, keep, scale = ctx
-        return xp.where(keep, dy * dy.dtype.type(scale), dy.dtype.type(0))
+        return select(xp, keep, dy * dy.dtype.type(scale))
     _, seed, offset, thr, scale = ctx
     dyc = xp.ascontiguousarray(dy)
     dx = xp.empty_like(dyc)
