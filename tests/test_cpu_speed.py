@@ -134,10 +134,11 @@ def test_host_thread_ranges_cover_once_and_errors_surface(host_threads):
 
 
 def test_host_thread_count_changes_no_bit(host_threads):
-    """GELU, softmax, layer and batch norm give the same bits on 1, 2 and 3 threads
-    (layer norm's rows are 5 blocks: its weight gradient sums them in order)."""
+    """GELU, softmax, layer and batch norm, max and average pooling give the
+    same bits on 1, 2 and 3 threads (layer norm's rows are 5 blocks: its
+    weight gradient sums them in order)."""
     from gpunet.backend import get_backend
-    from gpunet.ops import norm, softmax
+    from gpunet.ops import norm, pool, softmax
     be = get_backend("cpu")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2100, 517), dtype=np.float32)
@@ -147,6 +148,18 @@ def test_host_thread_count_changes_no_bit(host_threads):
     xb = rng.standard_normal((160, 8, 32, 32), dtype=np.float32)  # 5 chunks of images
     dyb = rng.standard_normal(xb.shape, dtype=np.float32)
 
+    xp_ = np.round(rng.standard_normal((8, 16, 40, 40), dtype=np.float32) * 4) / 4  # ties
+    xp_[0, 0, :3, :3] = np.nan
+
+    def pools():
+        out = []
+        for k, s, p in [(3, 2, 1), (2, 2, 0)]:
+            for fwd, bwd in [(pool.maxpool2d_forward, pool.maxpool2d_backward),
+                             (pool.avgpool2d_forward, pool.avgpool2d_backward)]:
+                y, ctx = fwd(be, xp_, (k, k), (s, s), (p, p))
+                out += [y, bwd(be, ctx, np.cos(y))]
+        return out
+
     def run():
         y = act.FORWARD["gelu"](np, x)
         ln, ctx = norm.layer_norm_forward(be, x, w, b, 517, 1e-5)
@@ -154,13 +167,14 @@ def test_host_thread_count_changes_no_bit(host_threads):
         bn, bctx = norm.batch_norm_forward(be, xb, w[:8], b[:8], mean, var, 1e-5)
         return [y, act.DERIVATIVE["gelu"](np, x, y), softmax.softmax_forward(be, x, 1, 0.7)[0],
                 softmax.softmax_forward(be, x, -1)[0], ln, *norm.layer_norm_backward(be, ctx, dy),
-                mean, var, bn, *norm.batch_norm_backward(be, bctx, dyb, True)]
+                mean, var, bn, *norm.batch_norm_backward(be, bctx, dyb, True), *pools()]
     host_threads.set_num_threads(1)
     one = run()
     for threads in (2, 3):
         host_threads.set_num_threads(threads)
         for a, c in zip(one, run()):
             np.testing.assert_array_equal(a, c)
+    assert len(host_threads.ranges(xp_.shape[0] * xp_.shape[1], 40 * 40)) == 3
     # and the threaded softmax is still softmax (float64 reference)
     x64 = x.astype(np.float64) * 0.7
     ref = np.exp(x64 - x64.max(1, keepdims=True))

@@ -8,7 +8,8 @@ Array path (cpu, cupy): a loop over the kh*kw window offsets, each a strided
 slice of the padded input covering every output pixel. Max pooling keeps the
 offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
-routes each gradient to exactly one input.
+routes each gradient to exactly one input. On the host the (image, channel)
+planes are shared out over the host threads.
 
 Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
 float32, sums in cpu's order, each output rounded once): forward is one
@@ -25,6 +26,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dispatch import path
+from . import host_threads
 from .half import float32_compute, kernel_view
 
 
@@ -106,11 +108,6 @@ def _taps_inside(win: Window, x_shape):
             yield i * win.kw + j, (slice(None), slice(None), oi, oj), (slice(None), slice(None), xi, xj)
 
 
-def _unpad(xp, dpad, x_shape, win: Window):
-    h, w = x_shape[2:]
-    return xp.ascontiguousarray(dpad[:, :, win.ph:win.ph + h, win.pw:win.pw + w])
-
-
 def _kernel_args(win: Window):
     return win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, win.dh, win.dw
 
@@ -126,6 +123,18 @@ def _on_kernels(be, x):
     return dtypes.is_half(x.dtype) or path(be, "pool2d", x.dtype) == "kernel"
 
 
+def _over_planes(xp, fn, *arrays):
+    """fn(*parts) over (N*C, 1, H, W) views of the (N, C, H, W) `arrays`, the
+    planes shared out over the host threads on the host (each plane is pooled
+    on its own, so the split does not change a bit) and all at once elsewhere.
+    Returns the views."""
+    planes = [a.reshape((-1, 1) + a.shape[2:]) for a in arrays]
+    count, size = planes[0].shape[0], planes[0][0].size
+    parts = host_threads.ranges(count, size) if xp is np else [(0, count)]
+    host_threads.run(lambda lo, hi: fn(*(p[lo:hi] for p in planes)), parts)
+    return planes
+
+
 # ---------------------------------------------------------------- max pooling
 @float32_compute("max_pool2d", forward=True, half_kernels=_half_kernels)
 def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
@@ -138,16 +147,24 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
         be.kernels.maxpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y), arg,
                                      *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
+    y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+    arg = xp.empty(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
+    _over_planes(xp, lambda xs, ys, args: _maxpool_planes(xp, xs, win, ys, args), x, y, arg)
+    return y, (False, arg, x.shape, win)
+
+
+def _maxpool_planes(xp, x, win: Window, y, arg):
+    """The array path's max pooling of x into y and its window offsets into arg."""
     xpad = _padded(xp, x, win, -np.inf)
     taps = list(_taps(win))
     # the maximum first (np.maximum propagates NaN, PyTorch's rule), then the
     # arg-max: each tap adds its index where it equals the maximum and no
     # earlier tap did (ties go to the first index). Arithmetic on masks, as
     # masked writes (copyto where=) are branchy and ~10x slower
-    y = xpad[taps[0][1]].copy()
+    y[...] = xpad[taps[0][1]]
     for _, sl in taps[1:]:
         xp.maximum(y, xpad[sl], out=y)
-    arg = xp.zeros(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
+    arg[...] = 0
     found = xp.zeros(y.shape, dtype=bool)
     hit = xp.empty(y.shape, dtype=bool)
     first = xp.empty(y.shape, dtype=bool)
@@ -166,7 +183,6 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
         for k, sl in taps:
             xp.isnan(xpad[sl], out=hit)
             xp.copyto(arg, k, where=hit)
-    return y, (False, arg, x.shape, win)
 
 
 @float32_compute("max_pool2d", forward=False, half_kernels=_half_kernels)
@@ -179,29 +195,34 @@ def maxpool2d_backward(be, ctx, dy):
         be.kernels.maxpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), arg, kernel_view(be, dx),
                                       *_kernel_args(win), be.stream())
         return dx
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+    _over_planes(xp, lambda dys, args, dxs: _maxpool_backward_planes(xp, dys, args, win, dxs),
+                 xp.ascontiguousarray(dy), arg, dx)
+    return dx
+
+
+def _maxpool_backward_planes(xp, dy, arg, win: Window, dx):
     # taps in the padding are skipped: their gradient would be cut off anyway
     hit = xp.empty(dy.shape, dtype=bool)
     # dy where this tap was picked, else 0: multiplying dy's bits (as unsigned
     # integers) by the 0/1 mask is exact for any dy (a float multiply would
     # spread a non-finite dy as inf·0 = NaN) and branch-free
     bits = np.dtype(f"u{dy.dtype.itemsize}")
-    dy_bits = xp.ascontiguousarray(dy).view(bits)
-    if _tiles(win, x_shape):
+    dy_bits = dy.view(bits)
+    if _tiles(win, dx.shape):
         # every input element lies in exactly one window: each tap writes its
         # elements of dx directly, no zeroed dx to add into
-        dx = xp.empty(x_shape, dtype=dy.dtype)
-        for k, _, x_sl in _taps_inside(win, x_shape):
+        for k, _, x_sl in _taps_inside(win, dx.shape):
             xp.equal(arg, k, out=hit)
             xp.multiply(dy_bits, hit, out=dx.view(bits)[x_sl])
-        return dx
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
+        return
+    dx[...] = 0
     routed = xp.empty(dy.shape, dtype=dy.dtype)
     routed_bits = routed.view(bits)
-    for k, out_sl, x_sl in _taps_inside(win, x_shape):
+    for k, out_sl, x_sl in _taps_inside(win, dx.shape):
         xp.equal(arg, k, out=hit)
         xp.multiply(dy_bits, hit, out=routed_bits)
         dx[x_sl] += routed[out_sl]
-    return dx
 
 
 def _tiles(win: Window, x_shape) -> bool:
@@ -235,12 +256,17 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
         be.kernels.avgpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y),
                                      *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
-    xpad = _padded(xp, x, win, 0)
-    taps = _taps(win)
-    y = xpad[next(taps)[1]].copy()
-    for _, sl in taps:
-        y += xpad[sl]
-    y /= _divisor(xp, x.shape, win, count_include_pad, x.dtype)
+    divisor = _divisor(xp, x.shape, win, count_include_pad, x.dtype)
+    y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+
+    def planes(xs, ys):
+        xpad = _padded(xp, xs, win, 0)
+        taps = _taps(win)
+        ys[...] = xpad[next(taps)[1]]
+        for _, sl in taps:
+            ys += xpad[sl]
+        ys /= divisor
+    _over_planes(xp, planes, x, y)
     return y, (False, x.shape, win, count_include_pad)
 
 
@@ -254,11 +280,17 @@ def avgpool2d_backward(be, ctx, dy):
         be.kernels.avgpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), kernel_view(be, dx),
                                       *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return dx
-    share = dy / _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
-    dpad = _padded(xp, xp.zeros(x_shape, dtype=dy.dtype), win, 0)
-    for _, sl in _taps(win):
-        dpad[sl] += share
-    return _unpad(xp, dpad, x_shape, win)
+    divisor = _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+
+    def planes(dys, dxs):
+        share = dys / divisor
+        dpad = _padded(xp, xp.zeros(dxs.shape, dtype=dy.dtype), win, 0)
+        for _, sl in _taps(win):
+            dpad[sl] += share
+        dxs[...] = dpad[:, :, win.ph:win.ph + dxs.shape[2], win.pw:win.pw + dxs.shape[3]]
+    _over_planes(xp, planes, dy, dx)
+    return dx
 
 
 # ---------------------------------------------------------------- PyTorch's extra outputs and options
