@@ -129,7 +129,7 @@ def _over_planes(xp, fn, *arrays):
     on its own, so the split does not change a bit) and all at once elsewhere.
     Returns the views."""
     planes = [a.reshape((-1, 1) + a.shape[2:]) for a in arrays]
-    count, size = planes[0].shape[0], planes[0][0].size
+    count, size = planes[0].shape[0], planes[0][:1].size
     parts = host_threads.ranges(count, size) if xp is np else [(0, count)]
     host_threads.run(lambda lo, hi: fn(*(p[lo:hi] for p in planes)), parts)
     return planes
