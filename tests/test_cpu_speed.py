@@ -267,3 +267,23 @@ def test_host_threads_work_in_a_forked_child(host_threads):
     with mp.get_context("fork").Pool(1) as p:
         got = p.apply_async(_gelu_host, (x,)).get(timeout=30)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5, -2.0])
+def test_host_softmax_with_and_without_the_shift(beta):
+    """With beta = 1 row blocks within |x| <= 60 skip the max shift, the others
+    keep it (e^x would overflow or underflow there); beta != 1 always shifts:
+    all agree with float64, a NaN row stays NaN and its neighbours are
+    untouched."""
+    from gpunet.ops import softmax
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3000, 100)) * 8).astype(np.float32)
+    x[2900, 7] = 300.0 / abs(beta)   # one row block needs the shift
+    x[2950, :] -= 500.0 / abs(beta)  # every e^{beta·x} of this row underflows without it
+    x[10, 3] = np.nan
+    got = softmax._softmax_rows_host(x, beta)
+    z = x.astype(np.float64) * beta
+    ref = np.exp(z - np.nanmax(z, axis=1, keepdims=True))
+    ref /= ref.sum(axis=1, keepdims=True)
+    assert np.isnan(got[10]).all() and not np.isnan(np.delete(got, 10, axis=0)).any()
+    np.testing.assert_allclose(np.delete(got, 10, axis=0), np.delete(ref, 10, axis=0), rtol=1e-6, atol=1e-9)

@@ -12,6 +12,7 @@ from . import environment as envmod
 from .harness import Platform, Policy, Target
 
 GPU_NAMES = ("cuda", "cupy")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def parse_args(argv=None):
@@ -33,6 +34,8 @@ def parse_args(argv=None):
                                                 "pool's size)")
     ap.add_argument("--time-limit", type=float, metavar="S",
                     help="start no new case after S seconds (the rest is reported as skipped)")
+    ap.add_argument("--dtypes", nargs="+", metavar="DT", default=list(DTYPES), choices=DTYPES,
+                    help="gpunet's rows: %(choices)s (default: all three; PyTorch's row is float32)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--seed", type=int, default=0)
@@ -94,26 +97,24 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def halves(device: str) -> list[Target]:
-    """gpunet on `device` in float32, then its bfloat16 and float16 rows."""
-    return [Target("gpunet", device, dt) for dt in ("float32", "bfloat16", "float16")]
-
-
-def platforms(devices, torch, quick: bool) -> list[Platform]:
-    """Group targets that share shapes, reference, ceilings and a file set."""
+def platforms(devices, torch, quick: bool, dtypes=DTYPES) -> list[Platform]:
+    """Group targets that share shapes, reference, ceilings and a file set;
+    gpunet's rows in each of `dtypes` (in DTYPES' order)."""
+    def gpunet_rows(device: str) -> list[Target]:
+        return [Target("gpunet", device, dt) for dt in DTYPES if dt in dtypes]
     out = []
     torch_gpu = torch is not None and torch.cuda.is_available()
     if "cpu" in devices:
-        targets = halves("cpu") + ([Target("torch", "cpu")] if torch is not None else [])
+        targets = gpunet_rows("cpu") + ([Target("torch", "cpu")] if torch is not None else [])
         ref = Target("torch" if torch is not None else "gpunet", "cpu", "float64")
         out.append(Platform("cpu", "quick" if quick else "cpu", targets, ref, policy("quick" if quick else "cpu",
                                                                                    False)))
     if "sim" in devices:  # test-only backend: CUDA kernels run by a CPU thread simulator, tiny shapes only
         ref = Target("torch" if torch is not None else "gpunet", "cpu", "float64")
-        out.append(Platform("sim", "quick", halves("sim"), ref, policy("quick", False)))
+        out.append(Platform("sim", "quick", gpunet_rows("sim"), ref, policy("quick", False)))
     gpu = [d for d in GPU_NAMES if d in devices]
     if gpu:
-        targets = [t for d in gpu for t in halves(d)] + ([Target("torch", "cuda")] if torch_gpu else [])
+        targets = [t for d in gpu for t in gpunet_rows(d)] + ([Target("torch", "cuda")] if torch_gpu else [])
         ref = Target("torch", "cuda", "float64") if torch_gpu else Target("gpunet", "cupy", "float64")
         size = "quick" if quick else "gpu"
         out.append(Platform("gpu-" + slug(envmod.gpu_info()["gpu"]), size, targets, ref, policy(size, True)))
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
         print("no requested device is available", file=sys.stderr)
         return 2
     torch = None if args.no_torch else envmod.torch_module()
-    plats = platforms(devices, torch, args.quick)
+    plats = platforms(devices, torch, args.quick, args.dtypes)
     if args.list:
         for plat in plats:
             for case in cases(plat.size):
