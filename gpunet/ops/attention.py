@@ -47,6 +47,7 @@ from .. import dtypes
 from ..dispatch import path
 from . import attention_tc
 from . import dropout as dropout_ops
+from . import softmax as softmax_ops
 from .half import _up, float32_compute, kernel_view
 
 KERNEL_MAX_HEAD_DIM = 128
@@ -208,12 +209,17 @@ def _scores(be, q, k, bias, causal, scale):
 
 
 def _probs_from_scores(be, s):
-    """Row softmax of s; rows that are -inf everywhere give all zeros."""
+    """Row softmax of s; rows that are -inf everywhere give all zeros. On the
+    host, scores all within ±60 skip the max shift, as the host softmax does
+    (gpunet/ops/softmax.py: exp of the exact scores, no row-wise max)."""
     xp = be.xp
-    m = s.max(axis=-1, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0.0)
-    p = s - m
-    xp.exp(p, out=p)
+    if xp is np and s.size and -softmax_ops.NO_SHIFT_BOUND <= s.min() and s.max() <= softmax_ops.NO_SHIFT_BOUND:
+        p = xp.exp(s)
+    else:
+        m = s.max(axis=-1, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0.0)
+        p = s - m
+        xp.exp(p, out=p)
     total = p.sum(axis=-1, keepdims=True)
     p /= xp.where(total > 0, total, 1.0)
     return p

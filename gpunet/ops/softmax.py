@@ -112,14 +112,14 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
 _HOST_BLOCK = 1 << 16
 # |x| bound of a block whose rows need no shift (beta = 1): e^±60 and every
 # row's sum (below 2^87 · 2^40 elements) are normal float32 numbers
-_NO_SHIFT_BOUND = 60.0
+NO_SHIFT_BOUND = 60.0
 
 
 def _softmax_rows_host(x, beta):
     """softmax along the last axis, on the host: the rows split over the host
     threads, each thread working through blocks of rows whose shift, exp, sum
     and division run while the block is in cache. With beta = 1 a block whose
-    |x| stays within _NO_SHIFT_BOUND (typical logits) skips the shift: exp(x)
+    |x| stays within NO_SHIFT_BOUND (typical logits) skips the shift: exp(x)
     neither overflows nor leaves the normal range there, and exp of the exact
     input is at least as accurate as exp of the rounded x - max; NumPy's
     row-wise max, slow on short rows, is not needed. (With beta != 1, beta·x
@@ -132,7 +132,7 @@ def _softmax_rows_host(x, beta):
     def part(lo, hi):
         for r in range(lo, hi, rows):
             xb, yb = x2[r:min(r + rows, hi)], y[r:min(r + rows, hi)]
-            if beta == 1 and -_NO_SHIFT_BOUND <= xb.min() and xb.max() <= _NO_SHIFT_BOUND:  # False for a NaN
+            if beta == 1 and -NO_SHIFT_BOUND <= xb.min() and xb.max() <= NO_SHIFT_BOUND:  # False for a NaN
                 np.exp(xb, out=yb)
             else:
                 shift = xb.max(axis=1, keepdims=True) if beta >= 0 else xb.min(axis=1, keepdims=True)
