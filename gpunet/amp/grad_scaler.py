@@ -109,7 +109,7 @@ class GradScaler:
         found = None
         for group in optimizer.param_groups:
             for p in group["params"]:
-                g = p.grad
+                g = p._grad
                 if g is None:
                     continue
                 xp = backend_of(g).xp
