@@ -261,8 +261,9 @@ __global__ void __launch_bounds__(kThreads)
     nonfinite_kernel(const CheckTensor* __restrict__ table, int n, int64_t total, float* found_inf) {
   __shared__ int span[2][2];
   for_each_quad(table, n, total, span, [&](const CheckTensor& t, int64_t j) {
-    bool bad = false;
-    with_storage(t.storage, [&](auto zero) { bad = quad_nonfinite<decltype(zero)>(t, j); });
+    const bool bad = t.storage == Storage::F32   ? quad_nonfinite<float>(t, j)
+                     : t.storage == Storage::F16 ? quad_nonfinite<__half>(t, j)
+                                                 : quad_nonfinite<__nv_bfloat16>(t, j);
     // an atomic: several threads may find one, and they only ever write 1
     if (bad) atomicExch(found_inf, 1.f);
   });
