@@ -91,7 +91,8 @@ def main(device: str = "auto", quick: bool = False, epochs: int = 30, batch_size
             scaler.update()
             total += loss.item() * len(idx)
         if epoch == 1 or epoch % 5 == 0 or epoch == epochs:
-            print(f"epoch {epoch}/{epochs}  loss {total / n:.4f}  val_accuracy {accuracy(params, x_val, y_val, amp):.4f}")
+            val = accuracy(params, x_val, y_val, amp)
+            print(f"epoch {epoch}/{epochs}  loss {total / n:.4f}  val_accuracy {val:.4f}")
     seconds = time.perf_counter() - start
     test_acc = accuracy(params, x_test, y_test, amp)
     print(f"test accuracy {test_acc:.4f} on {len(x_test)} held-out images (training {seconds:.1f}s)")
