@@ -261,6 +261,8 @@ def test_float16_nonfinite_check_kernel(device, rng, schedule):
                 assert check(planted) == 1.0, (t, pos, bad)
     big = [np.full(3, 6e4, np.float16), np.full(3, 3e38, np.float32)]  # large but finite
     assert check(big + host[2:]) == 0.0
+    # every value bad: many threads of several blocks set the flag at once (atomically: race checker clean)
+    assert check([np.full(4096, np.nan, a.dtype) for a in host]) == 1.0
 
 
 @pytest.mark.no_kernels("the arguments are refused before any launch")
