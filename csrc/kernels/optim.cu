@@ -321,24 +321,25 @@ class PinnedStaging {
   std::deque<Slot> slots_;  // a deque keeps the slots' addresses stable as it grows
 };
 
-// Copies the rows into the device table, then launches kernel(table, ...) on
-// `total` quads; nothing when there is no quad.
-template <class Row, class Kernel, class... Args>
-void launch_rows(const std::vector<Row>& rows, Row* table, int64_t total, cudaStream_t stream, Kernel kernel,
-                 Args... args) {
-  if (total == 0 || rows.empty()) return;
-  static PinnedStaging staging;  // one per kind of row (the buffers are reused across kernels of that kind)
-  if (staging.copy_to_device(table, rows.data(), rows.size() * sizeof(Row), stream) != cudaSuccess)
-    return;  // the error stays pending for check_launch
-  kernel<<<grid_for(kernel, total), kThreads, 0, stream>>>(table, (int)rows.size(), total, args...);
+// Copies the rows into the device table; false when there is nothing to
+// launch (no quad) or the copy failed (its error stays pending for
+// check_launch). The callers launch their kernel by name: the simulator's
+// race reports and profile name a kernel by its launch expression.
+template <class Row>
+bool stage_rows(const std::vector<Row>& rows, Row* table, int64_t total, cudaStream_t stream) {
+  if (total == 0 || rows.empty()) return false;
+  static PinnedStaging staging;  // one per kind of row
+  return staging.copy_to_device(table, rows.data(), rows.size() * sizeof(Row), stream) == cudaSuccess;
 }
 
 template <class Update>
 void launch(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
             const Update& update, const GradScaling& scaling, cudaStream_t stream) {
+  if (!stage_rows(rows, table, total, stream)) return;
   with_storage(storage, [&](auto t) {
     using T = decltype(t);
-    launch_rows(rows, table, total, stream, multi_tensor_kernel<T, Update>, update, scaling);
+    multi_tensor_kernel<T, Update><<<grid_for(multi_tensor_kernel<T, Update>, total), kThreads, 0, stream>>>(
+        table, (int)rows.size(), total, update, scaling);
   });
 }
 
@@ -356,7 +357,9 @@ void adam_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTens
 
 void nonfinite_check(const std::vector<CheckTensor>& rows, CheckTensor* table, int64_t total, float* found_inf,
                      cudaStream_t stream) {
-  launch_rows(rows, table, total, stream, nonfinite_kernel, found_inf);
+  if (!stage_rows(rows, table, total, stream)) return;
+  nonfinite_kernel<<<grid_for(nonfinite_kernel, total), kThreads, 0, stream>>>(table, (int)rows.size(), total,
+                                                                                 found_inf);
 }
 
 }  // namespace gpunet
