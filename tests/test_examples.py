@@ -56,9 +56,27 @@ def test_example_quick(name, dev, capsys):
         assert "PyTorch is not installed" in out
 
 
+HALF_NAMES = ["perceptron", "autograd_mlp", "torch_import"]  # --dtype added last; the others' runs are slow ones
+HALF_RUNS = [pytest.param(name, device, dtype, marks=_marks(name, device))
+             for device in ("cpu", "sim") for name in HALF_NAMES for dtype in ("bfloat16", "float16")]
+
+
+@pytest.mark.parametrize("name,dev,dtype", HALF_RUNS)
+def test_example_quick_bfloat16_float16(name, dev, dtype, capsys):
+    """The small examples' --dtype: each meets its quick bar in the half dtype
+    (torch_import: agreement with PyTorch's autocast to the dtype's rounding)."""
+    require(dev)
+    result = load_example(name).main(device=dev, quick=True, dtype=dtype)
+    out = capsys.readouterr().out
+    assert dtype in out, "the example says which dtype it ran"
+    if name == "torch_import" and not result["skipped"]:
+        assert f"agree to {dtype} rounding" in out
+
+
 def test_example_runs_as_a_script():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "perceptron.py"), "--quick", "--device", "cpu"],
+    proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, "perceptron.py"), "--quick", "--device", "cpu",
+                           "--dtype", "bfloat16"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "converged=True" in proc.stdout and "converged=False" in proc.stdout
+    assert "converged=True" in proc.stdout and "converged=False" in proc.stdout and "bfloat16" in proc.stdout

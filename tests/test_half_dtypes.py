@@ -230,3 +230,14 @@ def test_bfloat16_float16_refused_clearly_where_no_half_path(name):
     y, _ = float32_compute("newop", forward=True, half_kernels=lambda be, x: "array")(
         lambda be, x: (x * 2, ()))(sim, np.ones(2, HALF[name]))  # "array": float32 array code, rounded once
     assert y.dtype == HALF[name] and y.tolist() == [2, 2]
+
+def test_bfloat16_float16_tensor_type_promotion_as_torch():
+    """Tensor arithmetic promotes as PyTorch does with the half types too
+    (bfloat16's NumPy kind is 'V', not 'f': it once failed to promote)."""
+    names = ["bfloat16", "float16", "float32"]
+    for a in names:
+        for b in names:
+            x = gpunet.ones(3, dtype=getattr(gpunet, a)) + gpunet.ones(3, dtype=getattr(gpunet, b))
+            ref = torch.ones(3, dtype=getattr(torch, a)) + torch.ones(3, dtype=getattr(torch, b))
+            assert np.dtype(x.dtype).name == str(ref.dtype).replace("torch.", ""), (a, b)
+        assert (gpunet.ones(2, dtype=getattr(gpunet, a)) * 1.5).dtype == getattr(gpunet, a)

@@ -264,6 +264,28 @@ def test_bfloat16_float16_pooling_kernels(kind, make, shape, window, name, rng, 
     check(make, name, x, window, dy=dy, exact=True)
 
 
+@pytest.mark.parametrize("name", HALF)
+@pytest.mark.parametrize("device", ["cpu", "sim"])
+def test_bfloat16_float16_avg_pool_divisor_override_rounds_once(device, name, rng, schedule):
+    """divisor_override in half: the float32 module's result on the same
+    values (mean times divisor/override, in float32) rounded once, forward
+    and backward, bit for bit; not a rounded mean times a rounded scale
+    (which was an ulp off for about half of these outputs)."""
+    def make():
+        return nn.AvgPool2d(3, stride=2, padding=1, divisor_override=7)
+    x = half(rng, (2, 3, 9, 9), name, 10.0)
+    m = make().to(device, HALF[name])
+    y = m(m.backend.asarray(x))
+    dy = half(rng, y.shape, name, 10.0)
+    dx = m.backward(m.backend.asarray(dy))
+    ref = make()
+    y32, dx32 = ref(x.astype(np.float32)), ref.backward(dy.astype(np.float32))
+    for got, want in ((y, y32), (dx, dx32)):
+        got = gpunet.to_numpy(got)
+        assert got.dtype == HALF[name]
+        np.testing.assert_array_equal(got.view(np.uint16), want.astype(HALF[name]).view(np.uint16))
+
+
 @pytest.mark.parametrize("device", ["cpu", "sim"])
 def test_float16_max_pool_of_infinities_and_largest_finite(device, schedule):
     """±inf and ±65504 (float16's largest finite value) pass max pooling

@@ -97,16 +97,43 @@ struct Group {
   int64_t total = 0;  // quads (optim.h)
   View table;
   std::vector<View> arrays;  // every non-empty array of the call, the table included
+  GradScaling scaling;
 };
+
+// The found-inf flag of a GradScaler: a float32 array of one element.
+View flag_view(py::handle obj) {
+  View v = as_array(obj, "found_inf", "float32");
+  if (v.numel() != 1)
+    throw py::value_error("argument 'found_inf': expected one float32 element (the scaler's flag) but got shape " +
+                          detail::shape_str(v.shape));
+  return v;
+}
+
+// The table workspace of `rows` rows of `row_bytes` each.
+View table_view(py::handle obj, size_t rows, size_t row_bytes, size_t align) {
+  View table = as_array(obj, "table", "uint8");
+  require_writable(table, "table");
+  const int64_t need = (int64_t)(rows * row_bytes);
+  if (table.nbytes() < need)
+    throw py::value_error("argument 'table': expected at least " + std::to_string(need) + " bytes (" +
+                          std::to_string(rows) + " non-empty tensors x " + std::to_string(row_bytes) +
+                          "; OPTIM_TABLE_ENTRY_BYTES per tensor always suffices) but got " +
+                          std::to_string(table.nbytes()));
+  if ((uintptr_t)table.data % align != 0)
+    throw py::value_error("argument 'table': must be " + std::to_string(align) +
+                          "-byte aligned (pass a fresh empty() array, not a view)");
+  return table;
+}
 
 // params/grads and up to two state lists (nullptr: absent); `scalars(k, row)`
 // fills the per-tensor scalars. weights (None: absent): half weights, one
 // per parameter, params then being their float32 masters and grads of the
-// weights' type.
+// weights' type. found_inf (None: absent) and inv_scale: the GradScaler's
+// flag and 1/scale (optim.h's GradScaling).
 template <class Scalars>
 Group build_group(py::handle params_obj, py::handle grads_obj, const char* s0_name, py::handle s0_obj,
                   const char* s1_name, py::handle s1_obj, py::handle table_obj, py::handle weights_obj,
-                  Scalars scalars) {
+                  py::handle found_inf_obj, double inv_scale, Scalars scalars) {
   const py::sequence params = as_list(params_obj, "params");
   const py::sequence grads = as_list(grads_obj, "grads");
   const size_t n = params.size();
@@ -162,16 +189,17 @@ Group build_group(py::handle params_obj, py::handle grads_obj, const char* s0_na
     group.rows.push_back(row);
     group.total += optim_quads(p.numel());
   }
-  group.table = as_array(table_obj, "table", "uint8");
-  require_writable(group.table, "table");
-  const int64_t need = (int64_t)(group.rows.size() * sizeof(OptimTensor));
-  if (group.table.nbytes() < need)
-    throw py::value_error("argument 'table': expected at least " + std::to_string(need) + " bytes (" +
-                          std::to_string(group.rows.size()) + " non-empty tensors x OPTIM_TABLE_ENTRY_BYTES = " +
-                          std::to_string(sizeof(OptimTensor)) + ") but got " + std::to_string(group.table.nbytes()));
-  if ((uintptr_t)group.table.data % alignof(OptimTensor) != 0)
-    throw py::value_error("argument 'table': must be " + std::to_string(alignof(OptimTensor)) +
-                          "-byte aligned (pass a fresh empty() array, not a view)");
+  group.table = table_view(table_obj, group.rows.size(), sizeof(OptimTensor), alignof(OptimTensor));
+  if (!found_inf_obj.is_none()) {
+    if (!(std::isfinite(inv_scale) && inv_scale > 0.0))
+      throw py::value_error(detail::arg("inv_scale") + "expected a finite number > 0, got " +
+                            std::to_string(inv_scale));
+    const View flag = flag_view(found_inf_obj);
+    group.scaling = GradScaling{flag.ptr<float>(), (float)inv_scale};
+    span(flag, false, "found_inf");
+  } else if (inv_scale != 1.0) {
+    throw py::value_error("argument 'inv_scale': must be 1 without found_inf (the scaler passes both)");
+  }
   span(group.table, true, "table");
   require_disjoint(std::move(spans));
   return group;
@@ -185,7 +213,7 @@ void bind_optim(py::module_& m) {
       "sgd_multi",
       [](py::handle params, py::handle grads, py::handle bufs_obj, py::handle fresh_obj, py::handle table,
          double lr, double momentum, double dampening, double weight_decay, bool nesterov, std::uintptr_t stream,
-         py::handle weights) {
+         py::handle weights, py::handle found_inf, double inv_scale) {
         require_finite(lr, "lr", 0.0);
         require_finite(momentum, "momentum", 0.0);
         require_finite(dampening, "dampening", 0.0);
@@ -199,7 +227,7 @@ void bind_optim(py::module_& m) {
           throw py::value_error("arguments 'momentum_buffers', 'fresh': must be empty lists when momentum == 0");
         if (with_momentum) require_length(fresh, "fresh", as_list(params, "params").size(), "params");
         Group group = build_group(params, grads, with_momentum ? "momentum_buffers" : nullptr, bufs, nullptr,
-                                  py::none(), table, weights, [&](size_t k, OptimTensor& row) {
+                                  py::none(), table, weights, found_inf, inv_scale, [&](size_t k, OptimTensor& row) {
                                     if (!with_momentum) return;
                                     if (!py::isinstance<py::bool_>(fresh[k]))
                                       throw py::type_error(detail::arg(item("fresh", k).c_str()) +
@@ -210,12 +238,14 @@ void bind_optim(py::module_& m) {
         // every array, not only the table the kernel gets: the tensors' pointers travel
         // inside it, and the checker, the profile and stream ordering must see them
         auto guard = vouch(group.arrays);
-        sgd_multi(group.storage, group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
+        sgd_multi(group.storage, group.rows, group.table.ptr<OptimTensor>(), group.total, h, group.scaling,
+                  as_stream(stream));
         check_launch("sgd_multi");
       },
       py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("fresh"), py::arg("table"),
       py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
-      py::arg("stream"), py::arg("weights") = py::none(),
+      py::arg("stream"), py::arg("weights") = py::none(), py::arg("found_inf") = py::none(),
+      py::arg("inv_scale") = 1.0,
       "SGD step over a parameter group in one launch (torch.optim.SGD semantics), in place.\n"
       "params, grads: lists of float32 C-contiguous arrays, grads[k] shaped like params[k].\n"
       "momentum_buffers, fresh: with momentum > 0, one buffer per parameter and one bool\n"
@@ -225,12 +255,16 @@ void bind_optim(py::module_& m) {
       "weights: None, or half weights (float16, or bfloat16 as its int16 bits; one dtype),\n"
       "one per parameter: params are then their float32 masters, grads of the weights'\n"
       "dtype (read in float32), and each updated master is written rounded once into its\n"
-      "weight by the same launch.");
+      "weight by the same launch.\n"
+      "found_inf, inv_scale: a GradScaler's step (None, 1: none). found_inf is a float32\n"
+      "array of one element (nonfinite_check's flag): nonzero, the launch writes nothing;\n"
+      "else every gradient is read times inv_scale (in float32; the grads stay as they are).");
   m.def(
       "adam_multi",
       [](py::handle params, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs, py::handle steps_obj,
          py::handle bc2_obj, py::handle table, double lr, double beta1, double beta2, double eps,
-         double weight_decay, bool decoupled, std::uintptr_t stream, py::handle weights) {
+         double weight_decay, bool decoupled, std::uintptr_t stream, py::handle weights, py::handle found_inf,
+         double inv_scale) {
         require_finite(lr, "lr", 0.0);
         require_finite(eps, "eps", 0.0);
         require_finite(weight_decay, "weight_decay", 0.0);
@@ -242,7 +276,7 @@ void bind_optim(py::module_& m) {
         require_length(step_sizes, "step_sizes", n, "params");
         require_length(bc2, "bias_correction2_sqrts", n, "params");
         Group group = build_group(params, grads, "exp_avgs", exp_avgs, "exp_avg_sqs", exp_avg_sqs, table, weights,
-                                  [&](size_t k, OptimTensor& row) {
+                                  found_inf, inv_scale, [&](size_t k, OptimTensor& row) {
                                     const double s = number(step_sizes[k], item("step_sizes", k));
                                     const double c = number(bc2[k], item("bias_correction2_sqrts", k));
                                     require_finite(s, item("step_sizes", k).c_str(), 0.0);
@@ -257,18 +291,56 @@ void bind_optim(py::module_& m) {
         // every array, not only the table the kernel gets: the tensors' pointers travel
         // inside it, and the checker, the profile and stream ordering must see them
         auto guard = vouch(group.arrays);
-        adam_multi(group.storage, group.rows, group.table.ptr<OptimTensor>(), group.total, h, as_stream(stream));
+        adam_multi(group.storage, group.rows, group.table.ptr<OptimTensor>(), group.total, h, group.scaling,
+                   as_stream(stream));
         check_launch("adam_multi");
       },
       py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("step_sizes"),
       py::arg("bias_correction2_sqrts"), py::arg("table"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
       py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("stream"),
-      py::arg("weights") = py::none(),
+      py::arg("weights") = py::none(), py::arg("found_inf") = py::none(), py::arg("inv_scale") = 1.0,
       "Adam (decoupled=False: L2 term weight_decay*p added to the gradient) or AdamW\n"
       "(decoupled=True: p *= 1 - lr*weight_decay) step over a parameter group in one\n"
       "launch, in place. Lists as in sgd_multi; exp_avgs/exp_avg_sqs are the moment\n"
       "buffers; step_sizes[k] = lr / (1 - beta1^t_k) and bias_correction2_sqrts[k] =\n"
-      "sqrt(1 - beta2^t_k) for tensor k's step count t_k. weights: as in sgd_multi.");
+      "sqrt(1 - beta2^t_k) for tensor k's step count t_k. weights, found_inf, inv_scale:\n"
+      "as in sgd_multi.");
+  m.def(
+      "nonfinite_check",
+      [](py::handle grads_obj, py::handle found_inf, py::handle table_obj, std::uintptr_t stream) {
+        const py::sequence grads = as_list(grads_obj, "grads");
+        if (grads.size() > (size_t)INT_MAX) throw py::value_error("argument 'grads': at most INT_MAX tensors");
+        const View flag = flag_view(found_inf);
+        require_writable(flag, "found_inf");
+        std::vector<CheckTensor> rows;
+        std::vector<View> arrays{flag};
+        std::vector<Span> spans{{(uintptr_t)flag.data, (uintptr_t)flag.data + 4, true, "found_inf"}};
+        int64_t total = 0;
+        for (size_t k = 0; k < grads.size(); ++k) {
+          const std::string name = item("grads", k);
+          const View g = view_of(grads[k], name.c_str());
+          const Storage storage = storage_of(g, name.c_str());
+          require_contiguous(g, name.c_str());
+          if (g.numel() == 0) continue;
+          rows.push_back({g.data, total, g.numel(), storage});
+          total += optim_quads(g.numel());
+          arrays.push_back(g);
+          spans.push_back({(uintptr_t)g.data, (uintptr_t)g.data + (uintptr_t)g.nbytes(), false, name});
+        }
+        const View table = table_view(table_obj, rows.size(), sizeof(CheckTensor), alignof(CheckTensor));
+        arrays.push_back(table);
+        spans.push_back({(uintptr_t)table.data, (uintptr_t)table.data + (uintptr_t)table.nbytes(), true, "table"});
+        require_disjoint(std::move(spans));
+        auto guard = vouch(arrays);
+        nonfinite_check(rows, table.ptr<CheckTensor>(), total, flag.ptr<float>(), as_stream(stream));
+        check_launch("nonfinite_check");
+      },
+      py::arg("grads"), py::arg("found_inf"), py::arg("table"), py::arg("stream"),
+      "The GradScaler's inf/NaN check over a list of gradients in one launch: sets\n"
+      "found_inf (a float32 array of one element) to 1 when any element of any gradient\n"
+      "is an inf or a NaN; never clears it. grads: C-contiguous float32, float16 or\n"
+      "bfloat16 (as its int16 bits) arrays, dtypes may differ; read only. table: uint8\n"
+      "workspace, len(grads) * OPTIM_TABLE_ENTRY_BYTES bytes suffice.");
 }
 
 }  // namespace gpunet

@@ -43,6 +43,16 @@
 //   master exactly as for float32, and the same thread writes the master
 //   rounded once (to nearest even) into the half weight: one pass, no second
 //   launch to round. A quad's half gradient and weight are 8-byte accesses.
+//   GradScaler (optim.h's GradScaling): as PyTorch's fused optimizers take
+//   grad_scale and found_inf. nonfinite_check, a launch of its own over
+//   every gradient of the optimizer (read only; each row its own storage
+//   type), sets a device flag when any value is an inf or a NaN; the update
+//   launch reads the flag first and returns at once when it is set, so a
+//   skipped step writes nothing (the check cannot be folded into the update
+//   launch: a block that finds an inf cannot undo what other blocks already
+//   wrote). Otherwise each gradient is multiplied by inv_scale as it is read,
+//   in registers: the gradients are read once for the update and never
+//   rewritten.
 //
 // Launch shape
 //   One launch per group: kThreads = 256 threads per block, grid_for(kernel,
@@ -62,6 +72,10 @@
 //   Adam / AdamW:         reads p, g, m, v; writes p, m, v     = 28 bytes/param
 //   (half weights: g is 2 bytes and the weight's 2 are written too: the same
 //   totals) plus 64 bytes per tensor for the table.
+//   nonfinite_check: reads every gradient once (4 or 2 bytes per element),
+//   32 bytes per tensor of table; the update then reads one flag per thread
+//   (a broadcast). The scaler's unscale-in-place it replaces read and wrote
+//   every gradient and then read it again for its isfinite pass.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -78,7 +92,8 @@ namespace gpunet {
 namespace {
 
 // The largest k in [lo, hi] with table[k].begin <= q; requires table[lo].begin <= q.
-__device__ __forceinline__ int find_tensor(const OptimTensor* table, int lo, int hi, int64_t q) {
+template <class Row>
+__device__ __forceinline__ int find_tensor(const Row* table, int lo, int hi, int64_t q) {
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
     if (table[mid].begin <= q)
@@ -156,9 +171,12 @@ __device__ __forceinline__ bool vector_aligned(const OptimTensor& t) {
   return floats % 16 == 0 && stored % sizeof(Quad<T>) == 0;  // null buffers are aligned
 }
 
-// Quad j of tensor t: elements 4j .. 4j + 3 (those below numel).
+// Quad j of tensor t: elements 4j .. 4j + 3 (those below numel). Each
+// gradient is read once, in float32, times inv_scale (an unfused multiply:
+// the same float32 rounding as the scaler's own unscale, not contracted into
+// the update's fma).
 template <class T, class Update>
-__device__ __forceinline__ void update_quad(const Update& update, const OptimTensor& t, int64_t j) {
+__device__ __forceinline__ void update_quad(const Update& update, const OptimTensor& t, int64_t j, float inv_scale) {
   const int64_t e = 4 * j;
   if (e + 4 <= t.numel && vector_aligned<T>(t)) {
     // whole quads: one 16-byte (float) or 8-byte (half) load and store per array
@@ -168,7 +186,7 @@ __device__ __forceinline__ void update_quad(const Update& update, const OptimTen
     if (t.state0) load_quad<float>(t.state0, j, s0);
     if (t.state1) load_quad<float>(t.state1, j, s1);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) update(t, p[i], g[i], s0[i], s1[i]);
+    for (int i = 0; i < 4; ++i) update(t, p[i], __fmul_rn(g[i], inv_scale), s0[i], s1[i]);
     store_quad<float>(t.param, j, p);
     if constexpr (!std::is_same_v<T, float>) store_quad<T>(t.weight, j, p);
     if (t.state0) store_quad<float>(t.state0, j, s0);
@@ -179,7 +197,7 @@ __device__ __forceinline__ void update_quad(const Update& update, const OptimTen
   const int64_t end = e + 4 < t.numel ? e + 4 : t.numel;
   for (int64_t k = e; k < end; ++k) {
     float p = t.param[k], s0 = t.state0 ? t.state0[k] : 0.f, s1 = t.state1 ? t.state1[k] : 0.f;
-    update(t, p, to_float(grad[k]), s0, s1);
+    update(t, p, __fmul_rn(to_float(grad[k]), inv_scale), s0, s1);
     t.param[k] = p;
     if constexpr (!std::is_same_v<T, float>) static_cast<T*>(t.weight)[k] = from_float<T>(p);
     if (t.state0) t.state0[k] = s0;
@@ -187,10 +205,11 @@ __device__ __forceinline__ void update_quad(const Update& update, const OptimTen
   }
 }
 
-template <class T, class Update>
-__global__ void __launch_bounds__(kThreads)
-    multi_tensor_kernel(const OptimTensor* __restrict__ table, int n, int64_t total, Update update) {
-  __shared__ int span[2][2];  // [tile parity][first, last tensor of the tile]
+// The tile walk shared by the kernels: apply(table[k], j) for every quad of
+// the concatenated space, j counted from tensor k's first quad. span is the
+// kernel's __shared__ int[2][2] (see the file comment).
+template <class Row, class Apply>
+__device__ __forceinline__ void for_each_quad(const Row* table, int n, int64_t total, int (*span)[2], Apply apply) {
   int parity = 0;
   const int64_t tile_stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t tile = (int64_t)blockIdx.x * blockDim.x; tile < total; tile += tile_stride) {
@@ -203,11 +222,51 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const int64_t q = tile + threadIdx.x;
     if (q < total) {
-      const OptimTensor& t = table[find_tensor(table, span[parity][0], span[parity][1], q)];
-      update_quad<T>(update, t, q - t.begin);
+      const Row& t = table[find_tensor(table, span[parity][0], span[parity][1], q)];
+      apply(t, q - t.begin);
     }
     parity ^= 1;
   }
+}
+
+template <class T, class Update>
+__global__ void __launch_bounds__(kThreads)
+    multi_tensor_kernel(const OptimTensor* __restrict__ table, int n, int64_t total, Update update,
+                        GradScaling scaling) {
+  // a step the scaler skips: every thread leaves before the first barrier
+  // and nothing is written (the flag is the same for the whole grid)
+  if (scaling.found_inf != nullptr && *scaling.found_inf != 0.f) return;
+  __shared__ int span[2][2];  // [tile parity][first, last tensor of the tile]
+  for_each_quad(table, n, total, span,
+                [&](const OptimTensor& t, int64_t j) { update_quad<T>(update, t, j, scaling.inv_scale); });
+}
+
+__device__ __forceinline__ bool nonfinite(float x) { return (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u; }
+
+// Whether quad j of tensor t holds an inf or a NaN (half values widen exactly).
+template <class T>
+__device__ __forceinline__ bool quad_nonfinite(const CheckTensor& t, int64_t j) {
+  const int64_t e = 4 * j;
+  float v[4] = {};
+  if (e + 4 <= t.numel && (uintptr_t)t.data % sizeof(Quad<T>) == 0) {
+    load_quad<T>(t.data, j, v);
+  } else {
+    const T* data = static_cast<const T*>(t.data);
+    for (int64_t k = e; k < t.numel && k < e + 4; ++k) v[k - e] = to_float(data[k]);
+  }
+  return nonfinite(v[0]) || nonfinite(v[1]) || nonfinite(v[2]) || nonfinite(v[3]);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    nonfinite_kernel(const CheckTensor* __restrict__ table, int n, int64_t total, float* found_inf) {
+  __shared__ int span[2][2];
+  for_each_quad(table, n, total, span, [&](const CheckTensor& t, int64_t j) {
+    const bool bad = t.storage == Storage::F32   ? quad_nonfinite<float>(t, j)
+                     : t.storage == Storage::F16 ? quad_nonfinite<__half>(t, j)
+                                                 : quad_nonfinite<__nv_bfloat16>(t, j);
+    // an atomic: several threads may find one, and they only ever write 1
+    if (bad) atomicExch(found_inf, 1.f);
+  });
 }
 
 // Host -> device copies through pinned buffers, each reused only once the
@@ -262,30 +321,45 @@ class PinnedStaging {
   std::deque<Slot> slots_;  // a deque keeps the slots' addresses stable as it grows
 };
 
+// Copies the rows into the device table; false when there is nothing to
+// launch (no quad) or the copy failed (its error stays pending for
+// check_launch). The callers launch their kernel by name: the simulator's
+// race reports and profile name a kernel by its launch expression.
+template <class Row>
+bool stage_rows(const std::vector<Row>& rows, Row* table, int64_t total, cudaStream_t stream) {
+  if (total == 0 || rows.empty()) return false;
+  static PinnedStaging staging;  // one per kind of row
+  return staging.copy_to_device(table, rows.data(), rows.size() * sizeof(Row), stream) == cudaSuccess;
+}
+
 template <class Update>
 void launch(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
-            const Update& update, cudaStream_t stream) {
-  if (total == 0 || rows.empty()) return;
-  static PinnedStaging staging;
-  if (staging.copy_to_device(table, rows.data(), rows.size() * sizeof(OptimTensor), stream) != cudaSuccess)
-    return;  // the error stays pending for check_launch
+            const Update& update, const GradScaling& scaling, cudaStream_t stream) {
+  if (!stage_rows(rows, table, total, stream)) return;
   with_storage(storage, [&](auto t) {
     using T = decltype(t);
     multi_tensor_kernel<T, Update><<<grid_for(multi_tensor_kernel<T, Update>, total), kThreads, 0, stream>>>(
-        table, (int)rows.size(), total, update);
+        table, (int)rows.size(), total, update, scaling);
   });
 }
 
 }  // namespace
 
 void sgd_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
-               const SgdHyper& h, cudaStream_t stream) {
-  launch(storage, rows, table, total, SgdUpdate{h}, stream);
+               const SgdHyper& h, const GradScaling& scaling, cudaStream_t stream) {
+  launch(storage, rows, table, total, SgdUpdate{h}, scaling, stream);
 }
 
 void adam_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
-                const AdamHyper& h, cudaStream_t stream) {
-  launch(storage, rows, table, total, AdamUpdate{h}, stream);
+                const AdamHyper& h, const GradScaling& scaling, cudaStream_t stream) {
+  launch(storage, rows, table, total, AdamUpdate{h}, scaling, stream);
+}
+
+void nonfinite_check(const std::vector<CheckTensor>& rows, CheckTensor* table, int64_t total, float* found_inf,
+                     cudaStream_t stream) {
+  if (!stage_rows(rows, table, total, stream)) return;
+  nonfinite_kernel<<<grid_for(nonfinite_kernel, total), kThreads, 0, stream>>>(table, (int)rows.size(), total,
+                                                                                 found_inf);
 }
 
 }  // namespace gpunet

@@ -39,6 +39,25 @@ struct AdamHyper {
   float decay;         // 1 - lr * weight_decay (AdamW); 1 for Adam
 };
 
+// The GradScaler's part of an update (gpunet/amp/grad_scaler.py): found_inf,
+// when not null, is a device float32 flag set by nonfinite_check (or by the
+// scaler's in-place unscale); nonzero there, the launch returns at once and
+// nothing is written. Each gradient is multiplied by inv_scale in float32
+// registers as it is read (1 when the gradients were unscaled in place).
+struct GradScaling {
+  const float* found_inf = nullptr;
+  float inv_scale = 1.f;
+};
+
+// One row of nonfinite_check's table: a gradient of any storage type.
+struct CheckTensor {
+  const void* data;
+  int64_t begin;    // as OptimTensor::begin
+  int64_t numel;
+  Storage storage;  // this tensor's type: one launch checks mixed float32 and half gradients
+};
+static_assert(sizeof(CheckTensor) <= sizeof(OptimTensor), "a check row fits the optimizer's table workspace");
+
 // Quads of a tensor of n elements.
 inline int64_t optim_quads(int64_t n) { return (n + 3) / 4; }
 
@@ -49,8 +68,12 @@ inline int64_t optim_quads(int64_t n) { return (n + 3) / 4; }
 // launch when total == 0. `storage`: the grads' (and half weights') type;
 // F32 for float32 groups (no weights).
 void sgd_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
-               const SgdHyper& h, cudaStream_t stream);
+               const SgdHyper& h, const GradScaling& scaling, cudaStream_t stream);
 void adam_multi(Storage storage, const std::vector<OptimTensor>& rows, OptimTensor* table, int64_t total,
-                const AdamHyper& h, cudaStream_t stream);
+                const AdamHyper& h, const GradScaling& scaling, cudaStream_t stream);
+// Sets *found_inf = 1 (never clears it) when any element of any row's tensor
+// is an inf or a NaN; reads the tensors only. Same table protocol.
+void nonfinite_check(const std::vector<CheckTensor>& rows, CheckTensor* table, int64_t total, float* found_inf,
+                     cudaStream_t stream);
 
 }  // namespace gpunet

@@ -9,9 +9,25 @@ gradients hold an inf or a NaN (the scale was too large) is skipped and the
 scale shrinks (`backoff_factor`); after `growth_interval` steps without one
 it grows (`growth_factor`).
 
-The unscale and the inf/NaN check run on the gradients' own device: each
-gradient is scaled in place and folded into one found-inf flag that stays on
-the device; `step` reads that flag once (the step's only host sync).
+Where the optimizer runs fused kernels (SGD, Adam/AdamW on sim or cuda:
+Optimizer._takes_grad_scaling), `step` does as PyTorch's fused optimizers:
+one launch checks every gradient for inf/NaN (read only) into a float32
+flag on the device, and the optimizer's kernels take the flag and 1/scale:
+with the flag set they return at once (parameters and state untouched),
+else they read each gradient times 1/scale in registers. The gradients are
+read once for the update and stay scaled (PyTorch's fused kernels write the
+unscaled values back; nothing here does). `update` reads the flag (the
+iteration's one host sync) and then undoes what a skipped step changed on
+the host: Adam's step counts (which do not advance on a skipped step, as
+PyTorch's fused Adam subtracts found_inf from its state_steps) and SGD's
+momentum buffers created by it. After an explicit `unscale_` (to clip the
+gradients) the gradients are unscaled in place, as PyTorch, and the fused
+step takes the flag with inv_scale 1.
+
+Elsewhere (cpu, the array-only optimizers) `unscale_` runs on the gradients'
+own device: each gradient is scaled in place and folded into one found-inf
+flag that stays on the device; `step` reads that flag once (the step's only
+host sync) and skips the optimizer's step when it is set.
 """
 from __future__ import annotations
 
@@ -22,6 +38,7 @@ import numpy as np
 from .. import dtypes
 from ..autograd.tensor import Tensor
 from ..backend import backend_of
+from ..ops import optim as optim_ops
 
 _READY, _UNSCALED, _STEPPED = "ready", "unscaled", "stepped"
 
@@ -75,7 +92,8 @@ class GradScaler:
 
     # ------------------------------------------------------------ the step
     def _state(self, optimizer):
-        return self._per_optimizer.setdefault(id(optimizer), {"stage": _READY, "found_inf": None})
+        return self._per_optimizer.setdefault(id(optimizer), {"stage": _READY, "found_inf": None, "fused": False,
+                                                              "undo": ()})
 
     def unscale_(self, optimizer):
         """Divide the gradients of `optimizer`'s parameters by the scale, in
@@ -91,7 +109,7 @@ class GradScaler:
         found = None
         for group in optimizer.param_groups:
             for p in group["params"]:
-                g = p.grad
+                g = p._grad
                 if g is None:
                     continue
                 xp = backend_of(g).xp
@@ -104,12 +122,19 @@ class GradScaler:
     def step(self, optimizer, *args, **kwargs):
         """unscale_ (unless done), then optimizer.step(...) unless a gradient
         was inf/NaN: then the step is skipped (counted in skipped_steps) and
-        None is returned."""
+        None is returned. On fused kernels (see the module docstring) the
+        kernels skip it instead, and step's result is returned either way."""
         if not self._enabled:
             return optimizer.step(*args, **kwargs)
+        if "closure" in kwargs or (args and callable(args[0])):
+            raise RuntimeError("GradScaler.step: a closure is not supported (as in PyTorch): run the forward and "
+                               "backward before step")
         state = self._state(optimizer)
         if state["stage"] == _STEPPED:
             raise RuntimeError("step() has already been called since the last update()")
+        be = optimizer._takes_grad_scaling()
+        if be is not None:
+            return self._fused_step(optimizer, state, be)
         if state["stage"] == _READY:
             self.unscale_(optimizer)
         state["stage"] = _STEPPED
@@ -120,25 +145,47 @@ class GradScaler:
         state["found_inf"] = False
         return optimizer.step(*args, **kwargs)
 
+    def _fused_step(self, optimizer, state, be):
+        """The check launch (unless unscale_ already checked), then the fused
+        step with the flag; the flag is read at update()."""
+        flag = be.xp.zeros(1, np.float32)
+        if state["stage"] == _READY:
+            inv_scale = 1.0 / self._scale
+            grads = [p._grad for group in optimizer.param_groups for p in group["params"] if p._grad is not None]
+            optim_ops.nonfinite_check(be, grads, flag)
+        else:  # unscale_ unscaled the gradients in place and checked them
+            inv_scale = 1.0
+            if state["found_inf"] is not None:
+                flag[...] = state["found_inf"]
+        state["stage"] = _STEPPED
+        result, state["undo"] = optimizer._scaled_step(inv_scale, flag)
+        state["found_inf"], state["fused"] = flag, True
+        return result
+
     def update(self, new_scale=None):
         """Back off after a skipped step, grow after growth_interval good ones
         (or set `new_scale`); ready for the next iteration."""
         if not self._enabled:
             return
+        states = [s for s in self._per_optimizer.values() if s["found_inf"] is not None]
+        found = [bool(s["found_inf"]) for s in states]  # the iteration's host sync (of a fused step: only here)
+        for s, bad in zip(states, found):
+            if bad and s["fused"]:  # a step the kernels skipped: undo its host side, count it
+                self.skipped_steps += 1
+                for undo in s["undo"]:
+                    undo()
         if new_scale is not None:
             self._scale = _number(float(new_scale), "new_scale", lambda v: v > 0, "a positive number")
+        elif not states:
+            raise RuntimeError("update(): no inf checks were recorded; call step(optimizer) (or unscale_) first")
+        elif any(found):
+            self._scale *= self._backoff_factor
+            self._growth_tracker = 0
         else:
-            found = [s["found_inf"] for s in self._per_optimizer.values() if s["found_inf"] is not None]
-            if not found:
-                raise RuntimeError("update(): no inf checks were recorded; call step(optimizer) (or unscale_) first")
-            if any(bool(f) for f in found):
-                self._scale *= self._backoff_factor
+            self._growth_tracker += 1
+            if self._growth_tracker == self._growth_interval:
+                self._scale *= self._growth_factor
                 self._growth_tracker = 0
-            else:
-                self._growth_tracker += 1
-                if self._growth_tracker == self._growth_interval:
-                    self._scale *= self._growth_factor
-                    self._growth_tracker = 0
         self._per_optimizer = {}
 
     # ------------------------------------------------------------ accessors and state

@@ -29,6 +29,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from .. import dtypes
 from ..nn.module import get_default_dtype
 from ..ops.activation import DERIVATIVE, FORWARD
 from . import engine
@@ -43,8 +44,13 @@ _ret_min = namedtuple("min", ["values", "indices"])
 
 
 # ------------------------------------------------------------ operands and dtypes
+def _kind(dtype) -> str:
+    """NumPy's dtype kind, with bfloat16 (kind 'V' in ml_dtypes) counted as floating."""
+    return "f" if dtypes.is_floating(dtype) else np.dtype(dtype).kind
+
+
 def _category(dtype) -> int:
-    return {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}[np.dtype(dtype).kind]
+    return {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}[_kind(dtype)]
 
 
 # the Python scalars that leave a tensor's dtype unchanged, per dtype kind
@@ -56,7 +62,7 @@ def result_dtype(*xs):
     dts = {x.dtype for x in xs if isinstance(x, Tensor)}
     if len(dts) == 1:  # the common case: tensors of one dtype and scalars that don't promote it
         dt = dts.pop()
-        if all(isinstance(x, Tensor) or type(x) in _WEAK[dt.kind] for x in xs):
+        if all(isinstance(x, Tensor) or type(x) in _WEAK[_kind(dt)] for x in xs):
             return dt
     tiers = ([], [], [])  # tensors with dimensions, 0-d tensors, scalars: (category, dtype)
     for x in xs:

@@ -90,25 +90,20 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, input):
         xb, unbatched = self._input(input)
-        y, ctx = ops.avgpool2d_forward(self.backend, xb, self.kernel_size, self.stride, self.padding,
-                                       self.ceil_mode, self.count_include_pad)
-        scale = self._override_scale(xb.shape)
-        if scale is not None:
-            y *= scale
-        self.save(ctx, unbatched, y.shape, scale)
+        args = (self.backend, xb, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        if self.divisor_override is None:
+            y, ctx = ops.avgpool2d_forward(*args)
+        else:
+            y, ctx = ops.avgpool2d_override_forward(*args, self.divisor_override)
+        self.save(ctx, unbatched, y.shape)
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        ctx, unbatched, y_shape, scale = self.saved()
+        ctx, unbatched, y_shape = self.saved()
         dy = self._grad(dy, y_shape, unbatched)
-        dx = ops.avgpool2d_backward(self.backend, ctx, dy if scale is None else dy * scale)
+        backward = ops.avgpool2d_backward if self.divisor_override is None else ops.avgpool2d_override_backward
+        dx = backward(self.backend, ctx, dy)
         return dx[0] if unbatched else dx
-
-    def _override_scale(self, x_shape):
-        if self.divisor_override is None:
-            return None
-        return ops.divisor_override_scale(self.backend, x_shape, self.kernel_size, self.stride, self.padding,
-                                          self.ceil_mode, self.count_include_pad, self.divisor_override, self.dtype)
 
     def extra_repr(self):
         return super().extra_repr() + f", ceil_mode={self.ceil_mode}, count_include_pad={self.count_include_pad}"

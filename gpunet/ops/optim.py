@@ -12,6 +12,13 @@ per tensor (below), the array code's formulas in one pass over each
 parameter's arrays (CuPy has no multi-tensor apply). RMSprop and Rprop use
 the array code on every backend (on cuda, CuPy runs it).
 
+GradScaler steps on the kernel path (gpunet/amp/grad_scaler.py): sgd and
+adam take `scaling`, a pair (inv_scale, found_inf) with found_inf a float32
+device flag of one element that `nonfinite_check` set before the update
+(one launch over all gradients, read only): the update launch returns at
+once when it is set, else reads each gradient times inv_scale in float32,
+leaving the gradients as they were.
+
 Half weights (gpunet/optim/optimizer.py's master weights) on the kernel
 path: sgd and adam take `weights`, the half arrays whose float32 masters are
 `params`, with the half gradients; the fused kernel reads those in float32,
@@ -37,6 +44,24 @@ def _route(be, params) -> str:
     return path(be, "optimizer update", dtype, fused=True)
 
 
+def takes_kernel(be, dtype) -> bool:
+    """Whether sgd/adam on a group of `dtype` arrays run the fused kernels
+    (asked before an update, so nothing is recorded here: _route's path()
+    records any fallback of the update itself)."""
+    return be.kernels is not None and np.dtype(dtype) in be.kernel_dtypes
+
+
+def nonfinite_check(be, grads, found_inf):
+    """found_inf (float32, one element, on `be`) set to 1 when any of `grads`
+    (float32 or half, on a kernel backend) holds an inf or a NaN: one launch."""
+    be.kernels.nonfinite_check(_contiguous(be, grads), found_inf, _table(be, len(grads)), be.stream())
+
+
+def _scaling(scaling) -> dict:
+    """The kernels' found_inf/inv_scale arguments for sgd/adam's `scaling`."""
+    return {} if scaling is None else {"inv_scale": float(scaling[0]), "found_inf": scaling[1]}
+
+
 def _table(be, n: int):
     """Device workspace holding the kernel's per-tensor table (n entries)."""
     return be.xp.empty(n * be.kernels.OPTIM_TABLE_ENTRY_BYTES, dtype=np.uint8)
@@ -51,19 +76,21 @@ def _weights(be, weights):
     return None if weights is None else [kernel_view(be, w) for w in weights]
 
 
-def sgd(be, params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay, nesterov, weights=None):
+def sgd(be, params, grads, bufs, fresh, *, lr, momentum, dampening, weight_decay, nesterov, weights=None,
+        scaling=None):
     """p -= lr * d, d = g + wd*p, then with momentum: buf = d on a fresh buffer,
     else buf = momentum*buf + (1 - dampening)*d; d = d + momentum*buf (nesterov)
     or buf. `bufs` are the momentum buffers (ignored when momentum == 0) and
     `fresh[i]` says buffer i was just created (its first step copies d).
-    weights: the half weights of float32 masters `params` (kernel path only,
-    see the module docstring)."""
+    weights: the half weights of float32 masters `params`; scaling: a
+    GradScaler's (inv_scale, found_inf) (both kernel path only, see the module
+    docstring)."""
     route = _route(be, params)
-    assert weights is None or route == "kernel", "half weights go to the fused kernels only"
+    assert (weights is None and scaling is None) or route == "kernel", "weights/scaling go to the fused kernels only"
     if route == "kernel":
         be.kernels.sgd_multi(params, _contiguous(be, grads), bufs if momentum else [], list(fresh) if momentum else [],
                              _table(be, len(params)), lr, momentum, dampening, weight_decay, nesterov, be.stream(),
-                             weights=_weights(be, weights))
+                             weights=_weights(be, weights), **_scaling(scaling))
         return
     if route == "fused":
         _fused_sgd(params, grads, bufs, fresh, lr=lr, momentum=momentum, dampening=dampening,
@@ -88,26 +115,26 @@ def adam_scalars(step: int, lr: float, beta1: float, beta2: float) -> tuple[floa
 
 
 def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay, decoupled,
-         max_exp_avg_sqs=None, weights=None):
+         max_exp_avg_sqs=None, weights=None, scaling=None):
     """Adam (decoupled=False: g += wd*p) or AdamW (decoupled=True: p *= 1 - lr*wd):
     m = b1*m + (1-b1)*g, v = b2*v + (1-b2)*g^2,
     p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps).
     `steps[i]` is tensor i's step count t, already incremented for this update.
     amsgrad (max_exp_avg_sqs given, updated in place): the denominator uses the
     running maximum of v; array code, as the fused kernels keep no maximum.
-    weights: as in sgd."""
+    weights, scaling: as in sgd."""
     scalars = [adam_scalars(t, lr, beta1, beta2) for t in steps]
     if max_exp_avg_sqs is None:
         route = _route(be, params)
     else:
         route = path(be, "adam amsgrad", params[0].dtype,
                      unsupported="amsgrad (the fused Adam kernel keeps no max_exp_avg_sq)")
-    assert weights is None or route == "kernel", "half weights go to the fused kernels only"
+    assert (weights is None and scaling is None) or route == "kernel", "weights/scaling go to the fused kernels only"
     if route == "kernel":
         be.kernels.adam_multi(params, _contiguous(be, grads), exp_avgs, exp_avg_sqs,
                               [s for s, _ in scalars], [c for _, c in scalars], _table(be, len(params)),
                               lr, beta1, beta2, eps, weight_decay, decoupled, be.stream(),
-                              weights=_weights(be, weights))
+                              weights=_weights(be, weights), **_scaling(scaling))
         return
     if route == "fused":
         _fused_adam(params, grads, exp_avgs, exp_avg_sqs, scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps,

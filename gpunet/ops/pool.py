@@ -309,8 +309,25 @@ def maxpool2d_indices(be, ctx):
     return h * x_shape[3] + w
 
 
-def divisor_override_scale(be, x_shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                           dtype):
+def _override_scale(be, x_shape, win, count_include_pad, divisor_override, dtype):
     """(OH, OW) factors turning each window's mean into its sum / divisor_override."""
-    win = window(x_shape, kernel, stride, padding, (1, 1), ceil_mode)
     return _divisor(be.xp, x_shape, win, count_include_pad, dtype) / dtype.type(divisor_override)
+
+
+def avgpool2d_override_forward(be, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """AvgPool2d with divisor_override: each window's mean times divisor /
+    divisor_override, computed in float32 for half inputs (the mean and the
+    product as the float32 path computes them) and rounded once to x's dtype,
+    rather than a rounded mean times a rounded scale."""
+    cdt = dtypes.compute_dtype(x.dtype)
+    y, ctx = avgpool2d_forward(be, x if x.dtype == cdt else x.astype(cdt), kernel, stride, padding, ceil_mode,
+                               count_include_pad)
+    scale = _override_scale(be, x.shape, ctx[2], count_include_pad, divisor_override, cdt)
+    y *= scale
+    return y.astype(x.dtype, copy=False), (ctx, scale, x.dtype)
+
+
+def avgpool2d_override_backward(be, ctx, dy):
+    """The gradient of avgpool2d_override_forward, in the same float32 then rounded once."""
+    ctx, scale, dtype = ctx
+    return avgpool2d_backward(be, ctx, dy.astype(scale.dtype) * scale).astype(dtype, copy=False)

@@ -31,6 +31,7 @@ class _AdamLike(Optimizer):
                 state["step"] = 0
                 state.update({k: be.xp.zeros_like(p._data) for k in self._moments})
             state["step"] += 1
+            self._undo_if_skipped(lambda state=state: state.__setitem__("step", state["step"] - 1))
             states.append(state)
         return states
 
@@ -70,9 +71,9 @@ class Adam(_AdamLike):
                  lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                  decoupled=group["decoupled_weight_decay"],
                  max_exp_avg_sqs=[s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else None,
-                 weights=self._half_weights())
+                 weights=self._half_weights(), scaling=self._grad_scaling)
 
-    def _fused_half(self, group):
+    def _fused(self, group):
         return not group["amsgrad"]  # the fused kernel keeps no max_exp_avg_sq
 
 

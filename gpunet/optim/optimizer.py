@@ -24,6 +24,14 @@ half parameters of one dtype whose optimizer has fused kernels for it
 (`_fused_half`: SGD, Adam/AdamW without amsgrad) runs all of that in one
 launch: the kernel reads the half gradients, updates the masters and writes
 the rounded weights (`_half_weights` hands them to the update).
+
+Under a GradScaler on a kernel backend (`_takes_grad_scaling`: every group
+runs a fused kernel) the scaler's step is `_scaled_step`: the fused kernels
+take its inv_scale and device found-inf flag (`_grad_scaling`), return at
+once when the flag is set and otherwise unscale each gradient as they read
+it. Whether the step was skipped is known only when the scaler reads the
+flag at update(); what the step changed on the host (a step count, a new
+momentum buffer) is registered with `_undo_if_skipped` and undone then.
 """
 from __future__ import annotations
 
@@ -71,6 +79,7 @@ class Optimizer:
     dict of another optimizer type is refused by `load_state_dict`)."""
 
     _state_keys: frozenset = frozenset()
+    _grad_scaling = None  # a GradScaler's (inv_scale, found_inf) during _scaled_step
 
     def __init__(self, params, defaults: dict, device=None):
         self.defaults = dict(defaults)
@@ -184,9 +193,45 @@ class Optimizer:
                 p._vc[0] += 1
         return loss
 
-    def _fused_half(self, group: dict) -> bool:
-        """Whether this group's update has fused kernels for half weights."""
+    def _fused(self, group: dict) -> bool:
+        """Whether this group's update has fused multi-tensor kernels (float32
+        groups, and half weights through their masters)."""
         return False
+
+    def _takes_grad_scaling(self):
+        """The one kernel backend that runs every group with gradients through
+        fused kernels on float32 data (half parameters' float32 masters
+        included), so that a GradScaler's flag and inv_scale can go to the
+        kernels; None otherwise (the scaler then unscales the gradients itself)."""
+        from ..ops.optim import takes_kernel
+        found = None
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p._grad is not None]
+            if not params:
+                continue
+            be = self._backend_for(group, params, gi)
+            if (found not in (None, be) or not self._fused(group)
+                    or not all(dtypes.is_half(p._data.dtype) or takes_kernel(be, p._data.dtype) for p in params)
+                    or not takes_kernel(be, np.float32)):
+                return None
+            found = be
+        return found
+
+    def _scaled_step(self, inv_scale: float, found_inf):
+        """step() with the fused kernels skipping on found_inf and reading the
+        gradients times inv_scale; returns step's result and the undo actions
+        registered for a skipped step (see the module docstring)."""
+        self._grad_scaling, self._skip_undo = (inv_scale, found_inf), []
+        try:
+            return self.step(), self._skip_undo
+        finally:
+            self._grad_scaling = None
+
+    def _undo_if_skipped(self, undo):
+        """Under _scaled_step: `undo()` restores host state this step changed,
+        should the scaler find it skipped; nothing otherwise."""
+        if self._grad_scaling is not None:
+            self._skip_undo.append(undo)
 
     def _update_through_masters(self, group: dict, params: list, halves: list, be: Backend):
         """`_update` with each half parameter's data swapped for its float32
@@ -195,7 +240,7 @@ class Optimizer:
         the fused kernels themselves when they take the group (its half
         gradients then stay as they are), else here (gradients read in float32)."""
         fused = (be.kernels is not None and len(halves) == len(params)
-                 and len({p._data.dtype for p in halves}) == 1 and self._fused_half(group))
+                 and len({p._data.dtype for p in halves}) == 1 and self._fused(group))
         saved = []
         for p in halves:
             master = self.master_weights.get(p)

@@ -42,13 +42,16 @@ class SGD(Optimizer):
             state = self.state.setdefault(p, {})
             if group["momentum"] and "momentum_buffer" not in state:
                 state["momentum_buffer"] = be.xp.zeros_like(p._data)
+                # a skipped first step leaves the buffer unset: the next step must copy d into it again
+                self._undo_if_skipped(lambda state=state: state.pop("momentum_buffer"))
                 fresh.append(True)
             else:
                 fresh.append(False)
             bufs.append(state.get("momentum_buffer"))
         ops.sgd(be, [p._data for p in params], self._signed(group, [p._grad for p in params]), bufs, fresh,
                 lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                weight_decay=group["weight_decay"], nesterov=group["nesterov"], weights=self._half_weights())
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"], weights=self._half_weights(),
+                scaling=self._grad_scaling)
 
-    def _fused_half(self, group):
+    def _fused(self, group):
         return True
