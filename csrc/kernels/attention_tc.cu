@@ -31,9 +31,11 @@
 //   block's last query are skipped with kCausal. lse = (m + log2 l)·ln 2.
 //   Launch: B·ceil(L/64) blocks of 128 threads; dynamic smem
 //   (64 + 4·64)·(D+8)·2 B (Q, K and V double-buffered): 15 KiB at D = 16,
-//   25 KiB at D = 32, 45 KiB at D = 64, 85 KiB at D = 128. ptxas (sm_90): 138-157 registers at D = 64, 210-228
-//   at D = 128, no spills (__launch_bounds__(128, 1): without the explicit
-//   minimum, ptxas held D = 64 to 128 registers and spilled).
+//   25 KiB at D = 32, 45 KiB at D = 64, 85 KiB at D = 128. ptxas (sm_80 /
+//   sm_90): 96 / 88-96 registers at D = 16, 127-128 / 112-117 at D = 32,
+//   158-167 / 136-158 at D = 64, 224-232 / 206-228 at D = 128, no spills
+//   (__launch_bounds__(128, 1): without the explicit minimum, ptxas held
+//   D = 64 to 128 registers and spilled).
 //   FLOPs 4·B·L·S·d (half with causal).
 //
 // attn_tc_delta_kernel: delta[r] = Σ_d dO[r, d]·O[r, d] in float32 (one warp
@@ -54,8 +56,9 @@
 //   block's first key are skipped.
 //   Launch: B·ceil(S/64) blocks of 128 threads; dynamic smem
 //   (2·64 + 4·kBq)·(D+8)·2 + 64·(kBq+8)·2 + 4·kBq·4 B: 28 KiB at D = 16,
-//   40 KiB at D = 32, 64 KiB at D = 64, 73.5 KiB at D = 128. ptxas (sm_90): 223-230 registers at D = 64, 240 at
-//   D = 128, no spills.
+//   40 KiB at D = 32, 64 KiB at D = 64, 73.5 KiB at D = 128. ptxas (sm_80 /
+//   sm_90): 139-142 / 158-169 registers at D = 16, 178-182 / 182-186 at
+//   D = 32, 226-229 / 233-236 at D = 64, 254 / 251 at D = 128, no spills.
 //
 // attn_tc_dq_kernel: dq = T(dq_accum), elementwise.
 #include <cuda_bf16.h>
