@@ -17,8 +17,8 @@
 // rows contiguous. Shared-memory tiles keep rows of D 16-bit values padded by
 // 8 (16 bytes): the row stride is an odd number of 16-byte chunks, so the 8
 // rows an ldmatrix phase reads at one column fall on 8 distinct 4-bank
-// groups; cp.async lanes are mapped the same way (8 consecutive lanes copy one
-// 16-byte column chunk of 8 consecutive rows), so neither conflicts at any D.
+// groups; cp.async lanes store 8 distinct groups per phase too (load_tile),
+// so neither conflicts at any D.
 //
 // attn_tc_forward_kernel<T, D, kCausal>
 //   A block of 4 warps owns 64 queries, 16 per warp (Q fragments in
@@ -100,13 +100,17 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
 
 // rows [r0, r0 + rows) of an (n, d) matrix -> a shared tile of D columns (row
 // stride D+8) by cp.async, 16 bytes per thread and step; rows past n and
-// columns past d are zero-filled. 8 consecutive lanes copy one column chunk
-// of 8 consecutive rows (conflict-free stores, see the top); rows % 8 == 0.
+// columns past d are zero-filled. The 8 lanes of a quarter-warp phase store
+// 8 distinct 16-byte bank groups: along one row when a row has 8 chunks or
+// more, else one column chunk of 8 consecutive rows (the odd row stride
+// spreads them; rows % 8 == 0). Either way a warp's 32 copies read 512
+// contiguous bytes when d = D.
 template <class T, int D>
 __device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t r0, int64_t n, int rows, int d) {
   constexpr int kChunks = D / 8;
   for (int c = threadIdx.x; c < rows * kChunks; c += kTcThreads) {
-    const int grp = c / 8, r = grp / kChunks * 8 + c % 8, k = grp % kChunks;
+    const int r = kChunks >= 8 ? c / kChunks : c / (8 * kChunks) * 8 + c % 8;
+    const int k = kChunks >= 8 ? c % kChunks : c / 8 % kChunks;
     const bool in = r0 + r < n && k * 8 < d;
     tc::cp_async_16(tile + r * kStride<D> + k * 8, in ? g + (r0 + r) * d + k * 8 : g, in);
   }
