@@ -1,10 +1,10 @@
 // attention_tc.cu -- FlashAttention-2 on tensor cores: out = softmax(q kᵀ·scale) v
 // for float16 / bfloat16 storage, head dim d any multiple of 8 up to 128,
-// optional causal mask (torch's top-left tril), forward and backward. fp32 accumulators, the
-// softmax in fp32 registers; the matrix products on mma.sync m16n8k16
-// (common/mma.cuh); K/V (forward) and Q/dO (backward) tiles stream through
-// shared memory double-buffered with cp.async. Other head dims, biases and
-// float32 take the CUDA-core kernels of attention.cu.
+// optional causal mask (torch's top-left tril), forward and backward. fp32
+// accumulators, the softmax in fp32 registers; the matrix products on
+// mma.sync m16n8k16 (common/mma.cuh); K/V (forward) and Q/dO (backward)
+// tiles stream through shared memory double-buffered with cp.async. Other
+// head dims, biases and float32 take the CUDA-core kernels of attention.cu.
 //
 // Head dims: the kernels are instantiated for D = 16, 32, 64 and 128 (the
 // k-dimension of Q Kᵀ is D: whole m16n8k16 k-steps); a head dim d < D (d a
@@ -33,7 +33,7 @@
 //   (64 + 4·64)·(D+8)·2 B (Q, K and V double-buffered): 15 KiB at D = 16,
 //   25 KiB at D = 32, 45 KiB at D = 64, 85 KiB at D = 128. ptxas (sm_80 /
 //   sm_90): 96 / 88-96 registers at D = 16, 127-128 / 112-117 at D = 32,
-//   158-167 / 136-158 at D = 64, 224-232 / 206-228 at D = 128, no spills
+//   164-167 / 136-158 at D = 64, 224-234 / 206-230 at D = 128, no spills
 //   (__launch_bounds__(128, 1): without the explicit minimum, ptxas held
 //   D = 64 to 128 registers and spilled).
 //   FLOPs 4·B·L·S·d (half with causal).
@@ -58,7 +58,8 @@
 //   (2·64 + 4·kBq)·(D+8)·2 + 64·(kBq+8)·2 + 4·kBq·4 B: 28 KiB at D = 16,
 //   40 KiB at D = 32, 64 KiB at D = 64, 73.5 KiB at D = 128. ptxas (sm_80 /
 //   sm_90): 139-142 / 158-169 registers at D = 16, 178-182 / 182-186 at
-//   D = 32, 226-229 / 233-236 at D = 64, 254 / 251 at D = 128, no spills.
+//   D = 32, 226-229 / 237-240 at D = 64, 255 / 249-250 at D = 128 (the runtime
+//   head dim costs D = 128 about 10 over 240 before), no spills.
 //
 // attn_tc_dq_kernel: dq = T(dq_accum), elementwise.
 #include <cuda_bf16.h>
