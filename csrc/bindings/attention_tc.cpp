@@ -1,5 +1,5 @@
 // attention_tc.cpp -- Python bindings of csrc/kernels/attention_tc.cu
-// (FlashAttention-2 on tensor cores, float16/bfloat16, head dim 64 or 128).
+// (FlashAttention-2 on tensor cores, float16/bfloat16, head dims multiples of 8 up to 128).
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -19,7 +19,7 @@ void require_aligned16(const View& v, const char* name) {
                           "array (copy it: its data pointer is offset)");
 }
 
-// q (B, L, D), k, v (B, S, D) of one 16-bit storage type, D = 64 or 128.
+// q (B, L, D), k, v (B, S, D) of one 16-bit storage type, D a multiple of 8 up to 128.
 struct TcInputs {
   View q, k, v;
   Storage s;
@@ -34,7 +34,8 @@ TcInputs tc_inputs(py::handle q_obj, py::handle k_obj, py::handle v_obj) {
   require_ndim(in.q, "q", 3);
   in.B = in.q.shape[0], in.L = in.q.shape[1], in.S = in.k.shape[1];
   const int64_t D = in.q.shape[2];
-  if (!attention_tc_head_dim(D)) throw py::value_error("argument 'q': head dim must be 64 or 128, got " + std::to_string(D));
+  if (!attention_tc_head_dim(D))
+    throw py::value_error("argument 'q': head dim must be a multiple of 8 from 8 to 128, got " + std::to_string(D));
   in.D = (int)D;
   require_shape(in.k, "k", {in.B, in.S, D});
   require_shape(in.v, "v", {in.B, in.S, D});
@@ -69,7 +70,7 @@ void bind_attention_tc(py::module_& m) {
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"), py::arg("out"), py::arg("lse"),
       py::arg("stream"),
       "FlashAttention-2 forward on tensor cores: out = softmax(q k^T * scale) v. q (B, L, D), k, v\n"
-      "(B, S, D), out (B, L, D): float16, or bfloat16 as int16 bits, C-contiguous; D = 64 or 128.\n"
+      "(B, S, D), out (B, L, D): float16, or bfloat16 as int16 bits, C-contiguous; D a multiple of 8 up to 128.\n"
       "lse (B, L) float32: each query's log-sum-exp. causal: query i sees keys j <= i.");
   m.def(
       "attention_tc_backward",

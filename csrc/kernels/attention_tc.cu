@@ -1,16 +1,24 @@
 // attention_tc.cu -- FlashAttention-2 on tensor cores: out = softmax(q kᵀ·scale) v
-// for float16 / bfloat16 storage, head dim D = 64 or 128, optional causal
-// mask (torch's top-left tril), forward and backward. fp32 accumulators, the
-// softmax in fp32 registers; the matrix products on mma.sync m16n8k16
-// (common/mma.cuh); K/V (forward) and Q/dO (backward) tiles stream through
-// shared memory double-buffered with cp.async. Other head dims, biases and
-// float32 take the CUDA-core kernels of attention.cu.
+// for float16 / bfloat16 storage, head dim d any multiple of 8 up to 128,
+// optional causal mask (torch's top-left tril), forward and backward. fp32
+// accumulators, the softmax in fp32 registers; the matrix products on
+// mma.sync m16n8k16 (common/mma.cuh); K/V (forward) and Q/dO (backward)
+// tiles stream through shared memory double-buffered with cp.async. Other
+// head dims, biases and float32 take the CUDA-core kernels of attention.cu.
 //
-// Layout: q (B, L, D), k, v (B, S, D), out/dout (B, L, D), B = batch·heads,
+// Head dims: the kernels are instantiated for D = 16, 32, 64 and 128 (the
+// k-dimension of Q Kᵀ is D: whole m16n8k16 k-steps); a head dim d < D (d a
+// multiple of 8, D the smallest instance >= d, as FlashAttention-2 rounds up)
+// runs in the D instance with the columns d..D-1 of the Q, K, V, dO tiles
+// zero-filled by cp.async in shared memory: they add 0 to S and dP, and the
+// columns of O, dQ, dK, dV past d are computed but never stored.
+//
+// Layout: q (B, L, d), k, v (B, S, d), out/dout (B, L, d), B = batch·heads,
 // rows contiguous. Shared-memory tiles keep rows of D 16-bit values padded by
-// 8 (16 bytes): a row stride of 16 mod 128 bytes puts the 8 rows an ldmatrix
-// phase reads (and the 8 16-byte chunks a cp.async phase writes) on 8
-// distinct 4-bank groups, so neither conflicts.
+// 8 (16 bytes): the row stride is an odd number of 16-byte chunks, so the 8
+// rows an ldmatrix phase reads at one column fall on 8 distinct 4-bank
+// groups; cp.async lanes store 8 distinct groups per phase too (load_tile),
+// so neither conflicts at any D.
 //
 // attn_tc_forward_kernel<T, D, kCausal>
 //   A block of 4 warps owns 64 queries, 16 per warp (Q fragments in
@@ -22,11 +30,13 @@
 //   the A fragments of O += P V (ldmatrix.trans of V). Tiles of keys past the
 //   block's last query are skipped with kCausal. lse = (m + log2 l)·ln 2.
 //   Launch: B·ceil(L/64) blocks of 128 threads; dynamic smem
-//   (64 + 4·64)·(D+8)·2 B (Q, K and V double-buffered): 45 KiB at D = 64,
-//   85 KiB at D = 128. ptxas (sm_90): 138-157 registers at D = 64, 210-228
-//   at D = 128, no spills (__launch_bounds__(128, 1): without the explicit
-//   minimum, ptxas held D = 64 to 128 registers and spilled).
-//   FLOPs 4·B·L·S·D (half with causal).
+//   (64 + 4·64)·(D+8)·2 B (Q, K and V double-buffered): 15 KiB at D = 16,
+//   25 KiB at D = 32, 45 KiB at D = 64, 85 KiB at D = 128. ptxas (sm_80 /
+//   sm_90): 96 / 88-96 registers at D = 16, 127-128 / 112-117 at D = 32,
+//   164-167 / 136-158 at D = 64, 224-234 / 206-230 at D = 128, no spills
+//   (__launch_bounds__(128, 1): without the explicit minimum, ptxas held
+//   D = 64 to 128 registers and spilled).
+//   FLOPs 4·B·L·S·d (half with causal).
 //
 // attn_tc_delta_kernel: delta[r] = Σ_d dO[r, d]·O[r, d] in float32 (one warp
 //   per row) and dq_accum[r, :] = 0.
@@ -45,9 +55,11 @@
 //   reproducible, dk and dv are). With kCausal, query tiles before the
 //   block's first key are skipped.
 //   Launch: B·ceil(S/64) blocks of 128 threads; dynamic smem
-//   (2·64 + 4·kBq)·(D+8)·2 + 64·(kBq+8)·2 + 4·kBq·4 B: 64 KiB at D = 64,
-//   73.5 KiB at D = 128. ptxas (sm_90): 223-230 registers at D = 64, 240 at
-//   D = 128, no spills.
+//   (2·64 + 4·kBq)·(D+8)·2 + 64·(kBq+8)·2 + 4·kBq·4 B: 28 KiB at D = 16,
+//   40 KiB at D = 32, 64 KiB at D = 64, 73.5 KiB at D = 128. ptxas (sm_80 /
+//   sm_90): 139-142 / 158-169 registers at D = 16, 178-182 / 182-186 at
+//   D = 32, 226-229 / 237-240 at D = 64, 255 / 249-250 at D = 128 (the runtime
+//   head dim costs D = 128 about 10 over 240 before), no spills.
 //
 // attn_tc_dq_kernel: dq = T(dq_accum), elementwise.
 #include <cuda_bf16.h>
@@ -87,15 +99,21 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   return u;
 }
 
-// rows [r0, r0 + rows) of an (n, D) matrix -> a shared tile (row stride D+8)
-// by cp.async, 16 bytes per thread and step; rows past n are zero-filled.
+// rows [r0, r0 + rows) of an (n, d) matrix -> a shared tile of D columns (row
+// stride D+8) by cp.async, 16 bytes per thread and step; rows past n and
+// columns past d are zero-filled. The 8 lanes of a quarter-warp phase store
+// 8 distinct 16-byte bank groups: along one row when a row has 8 chunks or
+// more, else one column chunk of 8 consecutive rows (the odd row stride
+// spreads them; rows % 8 == 0). Either way a warp's 32 copies read 512
+// contiguous bytes when d = D.
 template <class T, int D>
-__device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t r0, int64_t n, int rows) {
+__device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t r0, int64_t n, int rows, int d) {
   constexpr int kChunks = D / 8;
   for (int c = threadIdx.x; c < rows * kChunks; c += kTcThreads) {
-    const int r = c / kChunks, k = c % kChunks;
-    const bool in = r0 + r < n;
-    tc::cp_async_16(tile + r * kStride<D> + k * 8, g + (in ? r0 + r : 0) * D + k * 8, in);
+    const int r = kChunks >= 8 ? c / kChunks : c / (8 * kChunks) * 8 + c % 8;
+    const int k = kChunks >= 8 ? c % kChunks : c / 8 % kChunks;
+    const bool in = r0 + r < n && k * 8 < d;
+    tc::cp_async_16(tile + r * kStride<D> + k * 8, in ? g + (r0 + r) * d + k * 8 : g, in);
   }
 }
 
@@ -156,21 +174,22 @@ __device__ __forceinline__ void a_from_acc(uint32_t (&a)[4], const float (&x)[kN
 template <class T, int D, bool kCausal>
 __global__ void __launch_bounds__(kTcThreads, 1)
     attn_tc_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                           T* __restrict__ out, float* __restrict__ lse, int64_t L, int64_t S, float scale_log2) {
+                           T* __restrict__ out, float* __restrict__ lse, int64_t L, int64_t S, int d,
+                           float scale_log2) {
   extern __shared__ uint4 smem_tc[];
   constexpr int kS = kStride<D>;
   T* sq = reinterpret_cast<T*>(smem_tc);
   T* sk = sq + kRows * kS;     // 2 buffers
   T* sv = sk + 2 * kKeys * kS; // 2 buffers
   const int64_t b = blockIdx.y, q0 = (int64_t)blockIdx.x * kRows;
-  q += b * L * D, k += b * S * D, v += b * S * D;
+  q += b * L * d, k += b * S * d, v += b * S * d;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t last_key = kCausal ? (q0 + kRows < S ? q0 + kRows : S) : S;  // keys [0, last_key) can be seen
   const int tiles = (int)((last_key + kKeys - 1) / kKeys);
 
-  load_tile<T, D>(sq, q, q0, L, kRows);
-  load_tile<T, D>(sk, k, 0, S, kKeys);
-  load_tile<T, D>(sv, v, 0, S, kKeys);
+  load_tile<T, D>(sq, q, q0, L, kRows, d);
+  load_tile<T, D>(sk, k, 0, S, kKeys, d);
+  load_tile<T, D>(sv, v, 0, S, kKeys, d);
   tc::cp_async_commit();
 
   uint32_t qf[D / 16][4];
@@ -179,8 +198,8 @@ __global__ void __launch_bounds__(kTcThreads, 1)
   for (int j = 0; j < tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < tiles) {  // prefetch the next K/V tile into the other buffer
-      load_tile<T, D>(sk + (buf ^ 1) * kKeys * kS, k, (int64_t)(j + 1) * kKeys, S, kKeys);
-      load_tile<T, D>(sv + (buf ^ 1) * kKeys * kS, v, (int64_t)(j + 1) * kKeys, S, kKeys);
+      load_tile<T, D>(sk + (buf ^ 1) * kKeys * kS, k, (int64_t)(j + 1) * kKeys, S, kKeys, d);
+      load_tile<T, D>(sv + (buf ^ 1) * kKeys * kS, v, (int64_t)(j + 1) * kKeys, S, kKeys, d);
       tc::cp_async_commit();
       tc::cp_async_wait<1>();
     } else {
@@ -234,31 +253,32 @@ __global__ void __launch_bounds__(kTcThreads, 1)
     const int64_t row = q0 + warp * 16 + g + 8 * h;
     if (row >= L) continue;
     const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
-    uint32_t* orow = reinterpret_cast<uint32_t*>(out + (b * L + row) * D);
-    for (int dn = 0; dn < D / 8; ++dn) orow[dn * 4 + t] = pack<T>(o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
+    uint32_t* orow = reinterpret_cast<uint32_t*>(out + (b * L + row) * d);
+    for (int dn = 0; dn < D / 8 && dn * 8 < d; ++dn)
+      orow[dn * 4 + t] = pack<T>(o[dn][2 * h] * inv, o[dn][2 * h + 1] * inv);
     if (t == 0) lse[b * L + row] = l[h] > 0.f ? (m[h] + log2f(l[h])) * kLn2 : -INFINITY;
   }
 }
 
-template <class T, int D>
+template <class T>
 __global__ void __launch_bounds__(kTcThreads, 1)
     attn_tc_delta_kernel(const T* __restrict__ out, const T* __restrict__ dout, float* __restrict__ delta,
-                         float* __restrict__ dq_accum, int64_t rows) {
+                         float* __restrict__ dq_accum, int64_t rows, int d) {
   const int64_t r = (int64_t)blockIdx.x * (kTcThreads / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   using H = HalfPair<T>;
   using P2 = typename H::type;
-  const P2* o2 = reinterpret_cast<const P2*>(out + r * D);
-  const P2* d2 = reinterpret_cast<const P2*>(dout + r * D);
+  const P2* o2 = reinterpret_cast<const P2*>(out + r * d);
+  const P2* d2 = reinterpret_cast<const P2*>(dout + r * d);
   float acc = 0.f;
-  for (int c = lane; c < D / 2; c += 32) {
+  for (int c = lane; c < d / 2; c += 32) {
     const float2 a = H::to_float2(o2[c]), b = H::to_float2(d2[c]);
     acc += a.x * b.x + a.y * b.y;
   }
   for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   if (lane == 0) delta[r] = acc;
-  for (int c = lane; c < D; c += 32) dq_accum[r * D + c] = 0.f;
+  for (int c = lane; c < d; c += 32) dq_accum[r * d + c] = 0.f;
 }
 
 template <class T, int D, bool kCausal>
@@ -266,7 +286,7 @@ __global__ void __launch_bounds__(kTcThreads, 1)
     attn_tc_backward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                             const T* __restrict__ dout, const float* __restrict__ lse,
                             const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv,
-                            float* __restrict__ dq_accum, int64_t L, int64_t S, float scale) {
+                            float* __restrict__ dq_accum, int64_t L, int64_t S, int d, float scale) {
   extern __shared__ uint4 smem_tc[];
   constexpr int kS = kStride<D>, kBq = kBwdQueries<D>, kDs = kBq + 8;
   T* sk = reinterpret_cast<T*>(smem_tc);
@@ -277,16 +297,16 @@ __global__ void __launch_bounds__(kTcThreads, 1)
   float* slse = reinterpret_cast<float*>(sds + kRows * kDs);  // 2 buffers, log2 domain
   float* sdelta = slse + 2 * kBq;                               // 2 buffers
   const int64_t b = blockIdx.y, k0 = (int64_t)blockIdx.x * kRows;
-  q += b * L * D, k += b * S * D, v += b * S * D, dout += b * L * D, lse += b * L, delta += b * L;
-  dq_accum += b * L * D;
+  q += b * L * d, k += b * S * d, v += b * S * d, dout += b * L * d, lse += b * L, delta += b * L;
+  dq_accum += b * L * d;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const float scale_log2 = scale * kLog2e;
   const int first = kCausal ? (int)(k0 / kBq) : 0;  // earlier queries see none of these keys
   const int tiles = (int)((L + kBq - 1) / kBq);
 
   auto prefetch = [&](int j, int buf) {
-    load_tile<T, D>(sq + buf * kBq * kS, q, (int64_t)j * kBq, L, kBq);
-    load_tile<T, D>(sdo + buf * kBq * kS, dout, (int64_t)j * kBq, L, kBq);
+    load_tile<T, D>(sq + buf * kBq * kS, q, (int64_t)j * kBq, L, kBq, d);
+    load_tile<T, D>(sdo + buf * kBq * kS, dout, (int64_t)j * kBq, L, kBq, d);
     tc::cp_async_commit();
     const int64_t i = (int64_t)j * kBq + threadIdx.x;
     if (threadIdx.x < kBq) {  // plain loads: visible after the next barrier
@@ -295,8 +315,8 @@ __global__ void __launch_bounds__(kTcThreads, 1)
       sdelta[buf * kBq + threadIdx.x] = i < L ? delta[i] : 0.f;
     }
   };
-  load_tile<T, D>(sk, k, k0, S, kRows);
-  load_tile<T, D>(sv, v, k0, S, kRows);
+  load_tile<T, D>(sk, k, k0, S, kRows, d);
+  load_tile<T, D>(sv, v, k0, S, kRows, d);
   tc::cp_async_commit();
   if (first < tiles) prefetch(first, first & 1);
 
@@ -339,14 +359,14 @@ __global__ void __launch_bounds__(kTcThreads, 1)
         dkacc, [&](uint32_t(&a)[4], int kk) { a_from_acc<T>(a, ds, kk); },
         [&](uint32_t(&b0)[2], uint32_t(&b1)[2], int kk, int np) { load_b_kmajor<T, kS>(b0, b1, Q, kk * 16, np * 16); });
     // dSᵀ to shared memory, then dQ_tile (kBq x D) += dS (kBq x 64 keys) K: warp w
-    // takes query rows 16·(w % kM) and a quarter (kBq = 64) or half (32) of D.
+    // takes query rows 16·(w % kM) and 4/kM of the D columns.
     for (int nt = 0; nt < kBq / 8; ++nt)
       for (int h = 0; h < 2; ++h)
         *reinterpret_cast<uint32_t*>(sds + (warp * 16 + g + 8 * h) * kDs + nt * 8 + 2 * t) =
             pack<T>(ds[nt][2 * h], ds[nt][2 * h + 1]);
     __syncthreads();
-    constexpr int kM = kBq / 16, kNq = 8;  // kNq n-tiles of 8 columns per warp: D·kM / 32
-    static_assert(D * kM == 32 * kNq, "dQ split: 4 warps x 8 n-tiles");
+    constexpr int kM = kBq / 16, kNq = D * kM / 32;  // kNq n-tiles of 8 columns per warp
+    static_assert(kNq % 2 == 0 && kNq * 8 * 4 == D * kM, "dQ split: 4 warps, n-tiles in pairs");
     const int mt = warp % kM, n0 = (warp / kM) * kNq * 8;
     float dq[kNq][4] = {};
     gemm<T, kRows / 16, kNq>(
@@ -358,10 +378,10 @@ __global__ void __launch_bounds__(kTcThreads, 1)
         [&](uint32_t(&b0)[2], uint32_t(&b1)[2], int kk, int np) {
           load_b_kmajor<T, kS>(b0, b1, sk, kk * 16, n0 + np * 16);
         });
-    for (int nt = 0; nt < kNq; ++nt)
+    for (int nt = 0; nt < kNq && n0 + nt * 8 < d; ++nt)
       for (int e = 0; e < 4; ++e) {
         const int64_t query = (int64_t)j * kBq + mt * 16 + g + 8 * (e / 2);
-        if (query < L) atomicAdd(dq_accum + query * D + n0 + nt * 8 + 2 * t + e % 2, dq[nt][e] * scale);
+        if (query < L) atomicAdd(dq_accum + query * d + n0 + nt * 8 + 2 * t + e % 2, dq[nt][e] * scale);
       }
     __syncthreads();  // the next prefetch and dSᵀ overwrite what this tile read
   }
@@ -370,9 +390,9 @@ __global__ void __launch_bounds__(kTcThreads, 1)
   for (int h = 0; h < 2; ++h) {
     const int64_t key = k0 + warp * 16 + g + 8 * h;
     if (key >= S) continue;
-    uint32_t* krow = reinterpret_cast<uint32_t*>(dk + (b * S + key) * D);
-    uint32_t* vrow = reinterpret_cast<uint32_t*>(dv + (b * S + key) * D);
-    for (int dn = 0; dn < D / 8; ++dn) {
+    uint32_t* krow = reinterpret_cast<uint32_t*>(dk + (b * S + key) * d);
+    uint32_t* vrow = reinterpret_cast<uint32_t*>(dv + (b * S + key) * d);
+    for (int dn = 0; dn < D / 8 && dn * 8 < d; ++dn) {
       krow[dn * 4 + t] = pack<T>(dkacc[dn][2 * h] * scale, dkacc[dn][2 * h + 1] * scale);
       vrow[dn * 4 + t] = pack<T>(dvacc[dn][2 * h], dvacc[dn][2 * h + 1]);
     }
@@ -391,15 +411,20 @@ template <int D>
 constexpr size_t kBackwardSmem = (size_t)(2 * kRows + 4 * kBwdQueries<D>) * kStride<D> * 2 +
                                  (size_t)kRows * (kBwdQueries<D> + 8) * 2 + 4 * kBwdQueries<D> * sizeof(float);
 
-// f(T{}, D constant, causal constant) for the runtime choices.
+// f(T{}, D constant, causal constant) for the runtime choices: D the smallest
+// instance >= the head dim d (the binding checks d, attention_tc_head_dim).
 template <class F>
-void dispatch(Storage s, int D, bool causal, F&& f) {
+void dispatch(Storage s, int d, bool causal, F&& f) {
   with_storage(s, [&](auto tv) {
     using T = decltype(tv);
     if constexpr (!std::is_same_v<T, float>) {
       with_bools(
           [&](auto c) {
-            if (D == 64)
+            if (d <= 16)
+              f(tv, std::integral_constant<int, 16>{}, c);
+            else if (d <= 32)
+              f(tv, std::integral_constant<int, 32>{}, c);
+            else if (d <= 64)
               f(tv, std::integral_constant<int, 64>{}, c);
             else
               f(tv, std::integral_constant<int, 128>{}, c);
@@ -412,8 +437,8 @@ void dispatch(Storage s, int D, bool causal, F&& f) {
 }  // namespace
 
 void attention_tc_forward(Storage s, const void* q, const void* k, const void* v, void* out, float* lse, int64_t B,
-                          int64_t L, int64_t S, int D, bool causal, float scale, cudaStream_t stream) {
-  dispatch(s, D, causal, [&](auto tv, auto dc, auto cc) {
+                          int64_t L, int64_t S, int d, bool causal, float scale, cudaStream_t stream) {
+  dispatch(s, d, causal, [&](auto tv, auto dc, auto cc) {
     using T = decltype(tv);
     constexpr int kD = decltype(dc)::value;
     constexpr bool kC = decltype(cc)::value;
@@ -422,28 +447,28 @@ void attention_tc_forward(Storage s, const void* q, const void* k, const void* v
     const dim3 grid = checked_grid("attention_tc_forward", (L + kRows - 1) / kRows, B);
     attn_tc_forward_kernel<T, kD, kC><<<grid, kTcThreads, kForwardSmem<kD>, stream>>>(static_cast<const T*>(q), static_cast<const T*>(k),
                                                          static_cast<const T*>(v), static_cast<T*>(out), lse, L,
-                                                         S, scale * kLog2e);
+                                                         S, d, scale * kLog2e);
   });
 }
 
 void attention_tc_backward(Storage s, const void* q, const void* k, const void* v, const void* out,
                            const void* dout, const float* lse, void* dq, void* dk, void* dv, float* delta,
-                           float* dq_accum, int64_t B, int64_t L, int64_t S, int D, bool causal, float scale,
+                           float* dq_accum, int64_t B, int64_t L, int64_t S, int d, bool causal, float scale,
                            cudaStream_t stream) {
-  dispatch(s, D, causal, [&](auto tv, auto dc, auto cc) {
+  dispatch(s, d, causal, [&](auto tv, auto dc, auto cc) {
     using T = decltype(tv);
     constexpr int kD = decltype(dc)::value;
     const int64_t rows = B * L;
-    attn_tc_delta_kernel<T, kD><<<checked_grid("attention_tc_delta", (rows + 3) / 4), kTcThreads, 0, stream>>>(
-        static_cast<const T*>(out), static_cast<const T*>(dout), delta, dq_accum, rows);
+    attn_tc_delta_kernel<T><<<checked_grid("attention_tc_delta", (rows + 3) / 4), kTcThreads, 0, stream>>>(
+        static_cast<const T*>(out), static_cast<const T*>(dout), delta, dq_accum, rows, d);
     constexpr bool kC = decltype(cc)::value;
     cudaFuncSetAttribute(attn_tc_backward_kernel<T, kD, kC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          (int)kBackwardSmem<kD>);
     const dim3 grid = checked_grid("attention_tc_backward", (S + kRows - 1) / kRows, B);
     attn_tc_backward_kernel<T, kD, kC><<<grid, kTcThreads, kBackwardSmem<kD>, stream>>>(
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(dout),
-        lse, delta, static_cast<T*>(dk), static_cast<T*>(dv), dq_accum, L, S, scale);
-    attn_tc_dq_kernel<T><<<grid_for(rows * kD), kThreads, 0, stream>>>(dq_accum, static_cast<T*>(dq), rows * kD);
+        lse, delta, static_cast<T*>(dk), static_cast<T*>(dv), dq_accum, L, S, d, scale);
+    attn_tc_dq_kernel<T><<<grid_for(rows * d), kThreads, 0, stream>>>(dq_accum, static_cast<T*>(dq), rows * d);
   });
 }
 

@@ -30,8 +30,8 @@ dims up to 128; lse, delta and the bias stay float32); on cpu, array code in
 float32, the context keeping the rounded output read in float32, as the
 kernels do.
 
-Tensor-core path (sim, cuda; float16/bfloat16 q, k, v with head dim 64 or
-128, causal or no mask): FlashAttention-2 on mma.sync (csrc/kernels/
+Tensor-core path (sim, cuda; float16/bfloat16 q, k, v with a head dim that
+is a multiple of 8 up to 128, causal or no mask): FlashAttention-2 on mma.sync (csrc/kernels/
 attention_tc.cu), fp32 accumulation and softmax, lse saved in float32; the
 backward adds dq up with float atomics (not bitwise reproducible) in an
 O(L·d) float32 workspace.

@@ -1,6 +1,9 @@
 """FlashAttention-2 on tensor cores (csrc/kernels/attention_tc.cu) for
-gpunet.ops.attention: float16/bfloat16 q, k, v with one head dim of 64 or 128
-and no additive mask (causal is fine), on the kernel backends (sim, cuda).
+gpunet.ops.attention: float16/bfloat16 q, k, v with one head dim, a multiple
+of 8 up to 128, and no additive mask (causal is fine), on the kernel backends
+(sim, cuda). The kernels are compiled for head dims 16, 32, 64 and 128; a
+smaller multiple of 8 runs in the next one up with zero-padded columns in
+shared memory (8 in 16, 24 in 32, 40..56 in 64, 72..120 in 128).
 fp32 accumulation and softmax; the forward saves the per-row log-sum-exp in
 float32; the backward recomputes P tile by tile and adds dq up with float
 atomics (not bitwise reproducible) in an O(L·d) float32 workspace."""
@@ -13,7 +16,7 @@ import numpy as np
 from .. import dtypes
 from .half import kernel_view
 
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = tuple(range(8, 129, 8))  # what the binding accepts
 
 
 def eligible(be, q, k, v, bias) -> bool:
