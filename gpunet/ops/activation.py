@@ -25,7 +25,7 @@ import numpy as np
 
 from ..dispatch import path
 from .cupy_kernels import cupy, lit
-from .. import dtypes
+from .. import dtypes, hostlib
 from . import host_threads
 from .half import float32_compute, kernel_view
 
@@ -174,11 +174,26 @@ def _phi_blocks(x):
         yield slice(start, start + m), ax_
 
 
+_PHI_R_F32 = np.array(_PHI_R, np.float32)
+
+
+def _host_elementwise(call, n: int):
+    """call(at, count) for each host thread's range of n float32 elements,
+    where at(a) is the address of the range's first element of flat array a."""
+    def part(lo, hi):
+        call(lambda a: a.ctypes.data + 4 * lo, hi - lo)
+    host_threads.run(part, host_threads.ranges(n))
+
+
 def _gelu_f32(x):
     """GELU, x·Phi(x), of a float32 host array (its elements split over the host threads)."""
     x = np.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
     out = np.empty_like(x)
     flat, xf = out.reshape(-1), x.reshape(-1)
+    lib = hostlib.load()
+    if lib is not None:  # the same operations compiled into one pass (gpunet/_host/host_ops.c)
+        _host_elementwise(lambda at, n: lib.gpunet_gelu_f32(at(xf), at(flat), n, _PHI_R_F32.ctypes.data), xf.size)
+        return out
 
     def part(lo, hi):
         for rows, cdf in _phi_blocks(xf[lo:hi]):
@@ -196,6 +211,10 @@ def _gelu_derivative_f32(x, y):
     y = np.asarray(y, order="C")
     out = np.empty_like(x)
     flat, xf, yf = out.reshape(-1), x.reshape(-1), y.reshape(-1)
+    lib = hostlib.load()
+    if lib is not None:
+        _host_elementwise(lambda at, n: lib.gpunet_gelu_derivative_f32(at(xf), at(yf), at(flat), n), xf.size)
+        return out
     host_threads.run(lambda a, b: _gelu_derivative_part(xf[a:b], yf[a:b], flat[a:b]), host_threads.ranges(xf.size))
     return out
 
