@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from .. import hostlib
 from ..dispatch import path
 from . import host_threads
 from .cupy_kernels import cupy
@@ -119,9 +120,18 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
         arrays = (p, g, m, v) if max_exp_avg_sqs is None else (p, g, m, v, max_exp_avg_sqs[i])
         work += [(views, sc) for views in _blocks(be, arrays)]
 
+    host = _host_lib(be, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or [])
+    mode = 0 if not weight_decay else 1 if decoupled else 2
+
     def update(views, step_size, bc2_sqrt):
         # the formulas above, operation by operation as before, through two temporaries
         pb, gb, mb, vb, *vmax = views
+        if host is not None and all(a.flags.c_contiguous for a in views):
+            # the same operations in one compiled pass (gpunet/_host/host_ops.c)
+            host.gpunet_adam_f32(*(a.ctypes.data for a in views[:4]), vmax[0].ctypes.data if vmax else None,
+                                 pb.size, mode, 1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
+                                 bc2_sqrt, eps, step_size)
+            return
         gb = _decay(pb, gb, lr, weight_decay, decoupled)
         t = xp.subtract(gb, mb)
         t *= 1 - beta1
@@ -273,6 +283,14 @@ def _run_blocks(be, work, update):
             update(views, *sc)
         return
     host_threads.map_chunks(lambda item: update(item[0], *item[1]), work, _BLOCK)
+
+
+def _host_lib(be, *groups):
+    """The compiled host loops (gpunet/hostlib.py) for a host update whose
+    arrays are all float32, else None (NumPy code)."""
+    if be.on_gpu or any(a.dtype != np.float32 for group in groups for a in group):
+        return None
+    return hostlib.load()
 
 
 def _decay(p, g, lr, weight_decay, decoupled=False):
