@@ -65,7 +65,7 @@ def test_gelu_compiled_against_the_numpy_path_and_float64(lib, monkeypatch):
     (y, d), (y_np, d_np) = _gelu_both(monkeypatch, x)
     # the same float32 formula with another exp: a few ulps apart, the same
     # NaN/inf/zero pattern and signs
-    np.testing.assert_allclose(y, y_np, rtol=4 * 2.0 ** -23, atol=1e-44)
+    np.testing.assert_allclose(y, y_np, rtol=4 * 2.0 ** -23, atol=64 * 2.0 ** -149)  # Phi subnormal below -13.2
     np.testing.assert_array_equal(np.signbit(y), np.signbit(y_np))
     np.testing.assert_array_equal(np.isnan(d), np.isnan(d_np))
     # the derivative Phi + x·phi crosses 0 near -0.75: apart relative to its terms' size
@@ -73,7 +73,8 @@ def test_gelu_compiled_against_the_numpy_path_and_float64(lib, monkeypatch):
     with np.errstate(all="ignore"):
         terms = act.normal_cdf(np, x64) + np.abs(x64) * np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
     fin = np.isfinite(x)
-    assert np.all(np.abs(d[fin] - d_np[fin]) <= 8 * 2.0 ** -24 * terms[fin] + 1e-44)
+    # (+ 64 subnormal spacings: phi underflows below x = -13.2, each path rounding it once)
+    assert np.all(np.abs(d[fin] - d_np[fin]) <= 8 * 2.0 ** -24 * terms[fin] + 64 * 2.0 ** -149)
     np.testing.assert_array_equal(d[~fin], d_np[~fin])
     with np.errstate(invalid="ignore"):
         ref = x64 * act.normal_cdf(np, x64)
@@ -186,3 +187,20 @@ def test_loader_compiles_once_into_the_cache(tmp_path, capfd, lib):
     second = hostlib.build(env)
     assert capfd.readouterr().err == "" and second is not None and first is not None
     assert list((tmp_path / "host").glob("host_ops-*.so")) == [built]
+
+
+def test_gelu_backward_both_paths_against_torch_float64(host_path):
+    """act_backward's dy·GELU'(x), in the derivative's pass when compiled."""
+    be = get_backend("cpu")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((300, 77)) * 3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y, ctx = act.act_forward(be, "gelu", x)
+    dx = act.act_backward(be, ctx, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.gelu(xt).backward(torch.tensor(dy, dtype=torch.float64))
+    assert dx.dtype == np.float32 and dx.shape == x.shape
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    # a gradient of another dtype or shape takes the product route
+    dx64 = act.act_backward(be, ctx, dy.astype(np.float64))
+    np.testing.assert_allclose(dx64, xt.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -19,6 +19,19 @@ typedef int64_t i64;
 static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
+/* e^r for |r| <= 0.35: Taylor to degree 7, Horner */
+static inline float exp_poly(float r)
+{
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    return p * r + 1.0f;
+}
+
 /* e^x in float32, branch free so loops calling it vectorise (glibc's expf
  * does not without -ffast-math): x = k ln2 + r with k = round(x/ln2) and r
  * from a two-part ln2 (Cody-Waite: k·LN2_HI is exact for |k| < 2^9),
@@ -38,14 +51,7 @@ static inline float exp_f32(float x)
     float k = kr - ROUND;
     float r = x - k * LN2_HI;
     r = r - k * LN2_LO;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float p = exp_poly(r);
     /* k in [-150, 129] sits in kbits' low bits as two's complement (the
      * mantissa of 1.5·2^23 + k); split it into k1 + k2, each a normal 2^k */
     int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
@@ -76,15 +82,39 @@ static inline float clamp_abs(float x)
     return a > PHI_CLAMP ? PHI_CLAMP : a; /* a NaN stays NaN */
 }
 
-/* exp(-a^2/2) as hi·exp(lo): hi = exp(-h^2/2), lo = -(a - h)(a + h)/2 */
-static inline float half_square_exp_hi(float a, float *lo)
+/* e^(a + b) for a + b <= 88 where a = -h^2/2 is exact and large and b is
+ * small: the reduction takes a - k·LN2_HI exactly (Sterbenz: both near a),
+ * so the large exponent is never rounded into a float with b; results
+ * below e^-104 are 0 (a NaN stays NaN). One exp where hi·exp(lo) took two. */
+static inline float exp_sum_f32(float a, float b)
+{
+    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
+    const float ROUND = 12582912.0f;
+    float x = a + b;
+    float xc = x < -104.0f ? -104.0f : x;
+    float kr = xc * LOG2E + ROUND;
+    uint32_t kbits = float_to_bits(kr);
+    float k = kr - ROUND;
+    float r = a - k * LN2_HI;
+    r = r + b;
+    r = r - k * LN2_LO;
+    float p = exp_poly(r);
+    int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
+    int32_t k1 = ki / 2, k2 = ki - k1;
+    float e = p * bits_to_float((uint32_t)(k1 + 127) << 23) * bits_to_float((uint32_t)(k2 + 127) << 23);
+    return x < -104.0f ? 0.0f : e;
+}
+
+/* e^(-a^2/2 + b): -a^2/2 split as -h^2/2 (exact: h = a cut to 12 mantissa
+ * bits) plus -(a - h)(a + h)/2, which joins b */
+static inline float exp_half_square(float a, float b)
 {
     float h = bits_to_float(float_to_bits(a) & 0xFFFFF000u);
     float l = a - h;
     l = l * (a + h);
-    *lo = l * -0.5f;
+    l = l * -0.5f;
     float hh = h * h;
-    return exp_f32(hh * -0.5f);
+    return exp_sum_f32(hh * -0.5f, l + b);
 }
 
 static inline float phi_f32(float x, const float *R)
@@ -95,10 +125,7 @@ static inline float phi_f32(float x, const float *R)
     float pre = SQRT_2 / d;
     float p = R[0];
     for (int c = 1; c <= PHI_DEGREE; c++) p = p * u + R[c];
-    float lo;
-    float hi = half_square_exp_hi(a, &lo);
-    p = exp_f32(p + lo);
-    p = p * hi;
+    p = exp_half_square(a, p);
     p = p * pre;                      /* Phi(-|x|) */
     return x < 0.0f ? p : 1.0f - p;
 }
@@ -111,19 +138,19 @@ void gpunet_gelu_f32(const float *x, float *y, i64 n, const float *R)
 }
 
 /* Phi(x) + x·phi(x) with Phi taken as y/x from the forward's y = x·Phi(x);
- * 0.5 where |x| is below the smallest normal float (as the NumPy path) */
-void gpunet_gelu_derivative_f32(const float *x, const float *y, float *out, i64 n)
+ * 0.5 where |x| is below the smallest normal float (as the NumPy path).
+ * With dy (else NULL): dy times that, the backward's product in the same pass. */
+void gpunet_gelu_derivative_f32(const float *x, const float *y, const float *dy, float *out, i64 n)
 {
     const float INV_SQRT_2PI = 0.398942280401432678f, TINY = 1.17549435e-38f;
     for (i64 i = 0; i < n; i++) {
-        float xi = x[i], lo;
-        float a = clamp_abs(xi);
-        float hi = half_square_exp_hi(a, &lo);
-        float pdf = exp_f32(lo) * hi;
+        float xi = x[i];
+        float pdf = exp_half_square(clamp_abs(xi), 0.0f);
         pdf = pdf * INV_SQRT_2PI;
         pdf = pdf * xi;
         float cdf = fabsf(xi) < TINY ? 0.5f : y[i] / xi;
-        out[i] = cdf + pdf;
+        float d = cdf + pdf;
+        out[i] = dy ? dy[i] * d : d;
     }
 }
 
