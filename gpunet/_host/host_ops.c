@@ -156,8 +156,16 @@ void gpunet_gelu_derivative_f32(const float *x, const float *y, const float *dy,
 
 /* ------------------------------------------------------------ layer norm */
 /* Row sums in double over LANES independent lanes (vectorised without
- * reassociation), lanes added in a fixed order. */
-#define LANES 8
+ * reassociation, enough lanes for several vector accumulators), the lanes
+ * then added in a fixed order. */
+#define LANES 32
+
+static double lanes_total(const double *acc)
+{
+    double s = 0;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
 
 static double row_sum(const float *x, i64 n)
 {
@@ -166,12 +174,10 @@ static double row_sum(const float *x, i64 n)
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++) acc[j] += (double)x[i + j];
     for (int j = 0; i < n; i++, j++) acc[j] += (double)x[i];
-    double s = 0;
-    for (int j = 0; j < LANES; j++) s += acc[j];
-    return s;
+    return lanes_total(acc);
 }
 
-/* sum of (x - c)^2, and of a·b, likewise */
+/* sum of (x - c)^2 */
 static double row_sq_dev(const float *x, float c, i64 n)
 {
     double acc[LANES] = {0};
@@ -179,26 +185,31 @@ static double row_sq_dev(const float *x, float c, i64 n)
     for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++) { double d = (double)(x[i + j] - c); acc[j] += d * d; }
     for (int j = 0; i < n; i++, j++) { double d = (double)(x[i] - c); acc[j] += d * d; }
-    double s = 0;
-    for (int j = 0; j < LANES; j++) s += acc[j];
-    return s;
+    return lanes_total(acc);
 }
 
-static double row_dot(const float *a, const float *b, i64 n)
+/* sum of a and sum of a·b in one pass */
+static void row_sum_dot(const float *a, const float *b, i64 n, double *sum, double *dot)
 {
-    double acc[LANES] = {0};
+    double s[LANES] = {0}, d[LANES] = {0};
     i64 i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) acc[j] += (double)a[i + j] * (double)b[i + j];
-    for (int j = 0; i < n; i++, j++) acc[j] += (double)a[i] * (double)b[i];
-    double s = 0;
-    for (int j = 0; j < LANES; j++) s += acc[j];
-    return s;
+        for (int j = 0; j < LANES; j++) {
+            s[j] += (double)a[i + j];
+            d[j] += (double)a[i + j] * (double)b[i + j];
+        }
+    for (int j = 0; i < n; i++, j++) {
+        s[j] += (double)a[i];
+        d[j] += (double)a[i] * (double)b[i];
+    }
+    *sum = lanes_total(s);
+    *dot = lanes_total(d);
 }
 
 /* rows [0, m) of x (m, c): mean and rstd per row (the variance from the
  * deviations of the rounded mean, both sums in double, each statistic
- * rounded once), y = (x - mean)·rstd·w + b in float32; w, b may be NULL */
+ * rounded once), y = ((x - mean)·rstd)·w + b in float32; w, b may be NULL
+ * (no product, no sum: y keeps a -0.0) */
 void gpunet_layer_norm_forward_f32(const float *x, const float *w, const float *b, float *y, float *mean,
                                    float *rstd, i64 m, i64 c, double eps)
 {
@@ -209,6 +220,10 @@ void gpunet_layer_norm_forward_f32(const float *x, const float *w, const float *
         float rs = (float)(1.0 / sqrt(row_sq_dev(xr, mu, c) / (double)c + eps));
         mean[r] = mu;
         rstd[r] = rs;
+        if (w && b) {
+            for (i64 j = 0; j < c; j++) yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+            continue;
+        }
         for (i64 j = 0; j < c; j++) yr[j] = (xr[j] - mu) * rs;
         if (w)
             for (i64 j = 0; j < c; j++) yr[j] = yr[j] * w[j];
@@ -217,34 +232,35 @@ void gpunet_layer_norm_forward_f32(const float *x, const float *w, const float *
     }
 }
 
-/* rows [0, m): with xhat = (x - mean)·rstd and g = dy·w (dy without w),
+/* rows [0, m): with xhat = (x - mean)·rstd and g = dy·w,
  *   dx = rstd·g - (rstd·mean(g·xhat))·xhat - rstd·mean(g);
  * dw_part[j] = sum over these rows of dy·xhat and db_part[j] of dy, in
- * double (the caller sums the blocks' parts in block order); either may be
- * NULL. xhat is built in dx's memory, then overwritten. */
-void gpunet_layer_norm_backward_f32(const float *x, const float *w, const float *mean, const float *rstd,
-                                    const float *dy, float *dx, double *dw_part, double *db_part, i64 m, i64 c,
-                                    float *g)
+ * double (the caller sums the blocks' parts in block order). w is ones for
+ * a layer without weight; g (c floats) is scratch. xhat is built in dx's
+ * memory, then overwritten. No two arrays overlap (restrict: the fused
+ * first loop vectorises without alias checks). */
+void gpunet_layer_norm_backward_f32(const float *restrict x, const float *restrict w, const float *mean,
+                                    const float *rstd, const float *restrict dy, float *restrict dx,
+                                    double *restrict dw_part, double *restrict db_part, i64 m, i64 c,
+                                    float *restrict g)
 {
-    if (dw_part) memset(dw_part, 0, (size_t)c * sizeof(double));
-    if (db_part) memset(db_part, 0, (size_t)c * sizeof(double));
+    memset(dw_part, 0, (size_t)c * sizeof(double));
+    memset(db_part, 0, (size_t)c * sizeof(double));
     for (i64 r = 0; r < m; r++) {
         const float *xr = x + r * c, *dyr = dy + r * c;
         float *xh = dx + r * c, mu = mean[r], rs = rstd[r];
-        for (i64 j = 0; j < c; j++) xh[j] = (xr[j] - mu) * rs;
-        if (dw_part)
-            for (i64 j = 0; j < c; j++) dw_part[j] += (double)dyr[j] * (double)xh[j];
-        if (db_part)
-            for (i64 j = 0; j < c; j++) db_part[j] += (double)dyr[j];
-        const float *gr = dyr;
-        if (w) {
-            for (i64 j = 0; j < c; j++) g[j] = dyr[j] * w[j];
-            gr = g;
+        for (i64 j = 0; j < c; j++) {
+            float h = (xr[j] - mu) * rs;
+            xh[j] = h;
+            dw_part[j] += (double)dyr[j] * (double)h;
+            db_part[j] += (double)dyr[j];
+            g[j] = dyr[j] * w[j];
         }
-        float g_mean = (float)(row_sum(gr, c) / (double)c);
-        float gx_mean = (float)(row_dot(gr, xh, c) / (double)c);
+        double g_sum, gx_sum;
+        row_sum_dot(g, xh, c, &g_sum, &gx_sum);
+        float g_mean = (float)(g_sum / (double)c), gx_mean = (float)(gx_sum / (double)c);
         float a = rs * gx_mean, b = rs * g_mean;
-        for (i64 j = 0; j < c; j++) xh[j] = (gr[j] * rs - xh[j] * a) - b;
+        for (i64 j = 0; j < c; j++) xh[j] = (g[j] * rs - xh[j] * a) - b;
     }
 }
 

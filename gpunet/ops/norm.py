@@ -146,7 +146,7 @@ def layer_norm_backward(be, ctx, dy):
                                       be.stream())
     elif (lib := _host_lib(be, x2, weight, dy2)) is not None:
         dx = np.empty_like(x2)
-        w = _host_param(weight, C)
+        w = np.ones(C, np.float32) if weight is None else _host_param(weight, C)  # (dy·1 = dy exactly)
         blocks = list(enumerate(_row_blocks(be, M, C)))
         # per block: dw's and db's partial sums (float64), added below in block order
         parts = np.zeros((len(blocks), 2, C), np.float64)
@@ -156,8 +156,7 @@ def layer_norm_backward(be, ctx, dy):
             at = _row_address(rows, C)
             g = np.empty(C, np.float32)  # scratch for dy·w (kept referenced through the call)
             lib.gpunet_layer_norm_backward_f32(at(x2), hostlib.ptr(w), at(mean, 1), at(rstd, 1), at(dy2), at(dx),
-                                               hostlib.ptr(parts[i, 0]) if weight is not None else None,
-                                               hostlib.ptr(parts[i, 1]) if has_bias else None,
+                                               hostlib.ptr(parts[i, 0]), hostlib.ptr(parts[i, 1]),
                                                rows.stop - rows.start, C, g.ctypes.data)
         host_threads.map_chunks(block, blocks, (blocks[0][1].stop - blocks[0][1].start) * C)
         dw, db = parts.sum(axis=0).astype(np.float32)
