@@ -68,7 +68,8 @@ def _compile(cc: str, target: Path) -> None:
     with simbuild._locked(target.parent / "lock"):
         if target.exists():  # another process built it while this one waited
             return
-        print(f"gpunet: compiling the cpu backend's host loops with {cc} into {target.parent}", file=sys.stderr)
+        print(f"gpunet: compiling the cpu backend's host loops with {cc} into {target.parent} (about a second, once "
+              "per source change)", file=sys.stderr, flush=True)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
         try:
             done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
