@@ -126,3 +126,15 @@ def _sim_ran_kernels(request):
     family = getattr(request.module, "KERNELS", ())
     if family and not allowed and not any(use.calls[k] for k in family):
         pytest.fail(f"no kernel of this family {family} ran on sim; called: {dict(use.calls)}")
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def host_path(request, monkeypatch):
+    """Runs a cpu test on the compiled host loops (gpunet/hostlib.py) and on
+    the NumPy array code they stand in for."""
+    from gpunet import hostlib
+    if request.param == "numpy":
+        monkeypatch.setattr(hostlib, "load", lambda: None)
+    elif hostlib.load() is None:
+        pytest.skip("no C compiler here: the compiled host loops are not built")
+    return request.param

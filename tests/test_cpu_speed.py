@@ -20,7 +20,7 @@ def test_float32_phi_within_a_few_ulps_over_a_dense_sweep():
     assert _ulps(cdf, cdf_ref)[normal].max() <= 9
 
 
-def test_float32_gelu_and_derivative_match_float64():
+def test_float32_gelu_and_derivative_match_float64(host_path):
     x = np.linspace(-13, 14, 200_001, dtype=np.float32)
     x64 = x.astype(np.float64)
     cdf = act.normal_cdf(np, x64)
@@ -44,7 +44,7 @@ def test_float32_gelu_and_derivative_match_float64():
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (5,), ((1 << 15) + 3,), (3, 40000)])
-def test_float32_gelu_blocks_shapes_and_layouts(shape):
+def test_float32_gelu_blocks_shapes_and_layouts(shape, host_path):
     rng = np.random.default_rng(0)
     x = np.asarray(rng.standard_normal(shape) * 3, np.float32)
     for xin in (x, np.asfortranarray(x), x.T):
@@ -54,7 +54,7 @@ def test_float32_gelu_blocks_shapes_and_layouts(shape):
         np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-30)
 
 
-def test_float32_gelu_special_values():
+def test_float32_gelu_special_values(host_path):
     x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 40.0, -40.0], np.float32)
     with np.errstate(invalid="ignore"):
         y = act.FORWARD["gelu"](np, x)
@@ -66,7 +66,7 @@ def test_float32_gelu_special_values():
 
 @pytest.mark.parametrize("amsgrad,weight_decay,decoupled", [(False, 0.0, False), (True, 0.1, False),
                                                             (False, 0.1, True)])
-def test_blockwise_adam_equals_the_whole_array_formula(amsgrad, weight_decay, decoupled):
+def test_blockwise_adam_equals_the_whole_array_formula(amsgrad, weight_decay, decoupled, host_path):
     """The host Adam update works through cache-sized blocks; a tensor spanning
     several blocks (and a transposed gradient, updated whole) must get exactly
     the per-tensor formula's result."""
@@ -133,7 +133,7 @@ def test_host_thread_ranges_cover_once_and_errors_surface(host_threads):
             host_threads.set_num_threads(bad)
 
 
-def test_host_thread_count_changes_no_bit(host_threads):
+def test_host_thread_count_changes_no_bit(host_threads, host_path):
     """GELU, softmax, layer and batch norm, max and average pooling, the
     convolutions (whole-row and strided columns, groups) give the same bits on
     1, 2 and 3 threads (layer norm's rows are 5 blocks: its weight gradient
@@ -209,7 +209,7 @@ def test_batch_norm_statistics_within_an_ulp():
     assert _ulps(var, x64.var(axis=(0, 2, 3))).max() <= 1
 
 
-def test_threaded_adam_same_bits_as_one_thread(host_threads):
+def test_threaded_adam_same_bits_as_one_thread(host_threads, host_path):
     """The host Adam update shares its blocks (of every tensor) out over the
     threads: the same bits as on one thread."""
     from gpunet.backend import get_backend

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..dispatch import path
 from .cupy_kernels import cupy, lit
-from .. import dtypes
+from .. import dtypes, hostlib
 from . import host_threads
 from .half import float32_compute, kernel_view
 
@@ -174,11 +174,26 @@ def _phi_blocks(x):
         yield slice(start, start + m), ax_
 
 
+_PHI_R_F32 = np.array(_PHI_R, np.float32)
+
+
+def _host_elementwise(call, n: int):
+    """call(at, count) for each host thread's range of n float32 elements,
+    where at(a) is the address of the range's first element of flat array a."""
+    def part(lo, hi):
+        call(lambda a: a.ctypes.data + 4 * lo, hi - lo)
+    host_threads.run(part, host_threads.ranges(n))
+
+
 def _gelu_f32(x):
     """GELU, x·Phi(x), of a float32 host array (its elements split over the host threads)."""
     x = np.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
     out = np.empty_like(x)
     flat, xf = out.reshape(-1), x.reshape(-1)
+    lib = hostlib.load()
+    if lib is not None:  # the same operations compiled into one pass (gpunet/_host/host_ops.c)
+        _host_elementwise(lambda at, n: lib.gpunet_gelu_f32(at(xf), at(flat), n, _PHI_R_F32.ctypes.data), xf.size)
+        return out
 
     def part(lo, hi):
         for rows, cdf in _phi_blocks(xf[lo:hi]):
@@ -187,15 +202,32 @@ def _gelu_f32(x):
     return out
 
 
-def _gelu_derivative_f32(x, y):
+def _gelu_output(x, y):
+    """y when it is the float32 forward output of x, else that output computed
+    (a caller that kept no output: autograd saves the input only)."""
+    if isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == x.shape:
+        return y
+    return _gelu_f32(x)
+
+
+def _gelu_derivative_f32(x, y, dy=None):
     """Phi(x) + x·phi(x) of a float32 host array, Phi taken as y/x from the
     forward's y = x·Phi(x) (within an ulp of it) instead of evaluated again;
     0.5 where |x| is below the smallest normal float (y/x is inexact or 0/0
-    there, and Phi(x) rounds to 0.5)."""
+    there, and Phi(x) rounds to 0.5). With dy (float32, x's shape): the
+    backward's dy times that, in the same pass when compiled."""
     x = np.asarray(x, order="C")
     y = np.asarray(y, order="C")
     out = np.empty_like(x)
     flat, xf, yf = out.reshape(-1), x.reshape(-1), y.reshape(-1)
+    lib = hostlib.load()
+    if lib is not None:
+        dyf = None if dy is None else np.asarray(dy, order="C").reshape(-1)
+        _host_elementwise(lambda at, n: lib.gpunet_gelu_derivative_f32(
+            at(xf), at(yf), None if dyf is None else at(dyf), at(flat), n), xf.size)
+        return out
+    if dy is not None:
+        return dy * _gelu_derivative_f32(x, y)
     host_threads.run(lambda a, b: _gelu_derivative_part(xf[a:b], yf[a:b], flat[a:b]), host_threads.ranges(xf.size))
     return out
 
@@ -249,9 +281,7 @@ def _gelu_derivative(xp, x, y, approximate="none"):
         inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
         return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * inner
     if _host_f32(xp, x):
-        if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == x.shape):
-            y = _gelu_f32(x)  # a caller that kept no output (autograd saves the input only)
-        return _gelu_derivative_f32(x, y)
+        return _gelu_derivative_f32(x, _gelu_output(x, y))
     return normal_cdf(xp, x) + x * _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
 
 
@@ -363,6 +393,9 @@ def act_backward(be, ctx, dy):
         return _fused_backward(kind, params, x, y, dy.astype(x.dtype, copy=False))
     if kind == "relu":  # a select, not a product, as the kernels and PyTorch: a NaN gradient at x <= 0 gives 0
         return select(be.xp, x > 0, dy.astype(x.dtype, copy=False))
+    if kind == "gelu" and params.get("approximate", "none") == "none" and _host_f32(be.xp, x) \
+            and _host_f32(be.xp, dy) and dy.shape == x.shape:
+        return _gelu_derivative_f32(x, _gelu_output(x, y), dy)  # the product in the derivative's pass
     return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)
 
 

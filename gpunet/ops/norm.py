@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
 from . import host_threads
 from .half import float32_compute, kernel_view
@@ -51,6 +51,23 @@ def _each_block(be, M: int, C: int, fn) -> list:
 
 
 # ---------------------------------------------------------------- layer norm
+def _host_lib(be, x2, *arrays):
+    """The compiled host loops (gpunet/hostlib.py) for a float32 layer norm on
+    the host whose other arrays are float32 too, else None (NumPy code)."""
+    if be.on_gpu or x2.dtype != np.float32 or any(a is not None and a.dtype != np.float32 for a in arrays):
+        return None
+    return hostlib.load()
+
+
+def _host_param(a, C: int):
+    return None if a is None else np.ascontiguousarray(a.reshape(C))
+
+
+def _row_address(rows: slice, C: int):
+    """at(a, width): the address of row rows.start of the contiguous float32 array a, width elements a row."""
+    return lambda a, width=C: a.ctypes.data + 4 * width * rows.start
+
+
 def _half_kernels(be, *args, **kwargs):
     """Every half layer norm call runs on the kernels (float32 inside)."""
     return True
@@ -73,6 +90,15 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
         rstd = xp.empty(M, np.float32)
         be.kernels.layernorm_forward(*(kernel_view(be, a) for a in (x2, w, b, y)), mean, rstd, float(eps),
                                      be.stream())
+    elif (lib := _host_lib(be, x2, weight, bias)) is not None:
+        y, mean, rstd = np.empty_like(x2), np.empty(M, np.float32), np.empty(M, np.float32)
+        w, b = _host_param(weight, C), _host_param(bias, C)
+
+        def block(rows):
+            at = _row_address(rows, C)
+            lib.gpunet_layer_norm_forward_f32(at(x2), hostlib.ptr(w), hostlib.ptr(b), at(y), at(mean, 1),
+                                              at(rstd, 1), rows.stop - rows.start, C, float(eps))
+        _each_block(be, M, C, block)
     else:
         # row sums as a matrix-vector product (BLAS) and sums of squares with
         # einsum: no squared temporary; y's own memory holds x - mean
@@ -118,6 +144,22 @@ def layer_norm_backward(be, ctx, dy):
         kv = functools.partial(kernel_view, be)
         be.kernels.layernorm_backward(kv(x2), kv(w), mean, rstd, kv(dy2), kv(dx), kv(dw), kv(db), partial,
                                       be.stream())
+    elif (lib := _host_lib(be, x2, weight, dy2)) is not None:
+        dx = np.empty_like(x2)
+        w = np.ones(C, np.float32) if weight is None else _host_param(weight, C)  # (dy·1 = dy exactly)
+        blocks = list(enumerate(_row_blocks(be, M, C)))
+        # per block: dw's and db's partial sums (float64), added below in block order
+        parts = np.zeros((len(blocks), 2, C), np.float64)
+
+        def block(item):
+            i, rows = item
+            at = _row_address(rows, C)
+            g = np.empty(C, np.float32)  # scratch for dy·w (kept referenced through the call)
+            lib.gpunet_layer_norm_backward_f32(at(x2), hostlib.ptr(w), at(mean, 1), at(rstd, 1), at(dy2), at(dx),
+                                               hostlib.ptr(parts[i, 0]), hostlib.ptr(parts[i, 1]),
+                                               rows.stop - rows.start, C, g.ctypes.data)
+        host_threads.map_chunks(block, blocks, (blocks[0][1].stop - blocks[0][1].start) * C)
+        dw, db = parts.sum(axis=0).astype(np.float32)
     else:
         ones = xp.ones(C, x2.dtype)
         dx = xp.empty_like(x2)

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 
+from .. import hostlib
 from ..dispatch import path
 from . import host_threads
 from .cupy_kernels import cupy
@@ -141,14 +142,24 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                     weight_decay=weight_decay, decoupled=decoupled)
         return
     xp = be.xp
+    host = _host_lib(be, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or [])
+    # compiled, a block has no temporaries to keep in cache: larger blocks, fewer calls
+    block = _HOST_BLOCK if host is not None else _BLOCK
     work = []  # (block views, tensor's scalars) of every tensor: independent, so shared out over host threads
     for i, (p, g, m, v, sc) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
         arrays = (p, g, m, v) if max_exp_avg_sqs is None else (p, g, m, v, max_exp_avg_sqs[i])
-        work += [(views, sc) for views in _blocks(be, arrays)]
+        work += [(views, sc) for views in _blocks(be, arrays, block)]
+    mode = 0 if not weight_decay else 1 if decoupled else 2
 
     def update(views, step_size, bc2_sqrt):
-        # the formulas above, operation by operation as before, through two temporaries
         pb, gb, mb, vb, *vmax = views
+        if host is not None and all(a.flags.c_contiguous for a in views):
+            # the same operations in one compiled pass (gpunet/_host/host_ops.c)
+            host.gpunet_adam_f32(*(a.ctypes.data for a in views[:4]), vmax[0].ctypes.data if vmax else None,
+                                 pb.size, mode, 1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
+                                 bc2_sqrt, eps, step_size)
+            return
+        # the formulas above, operation by operation as before, through two temporaries
         gb = _decay(pb, gb, lr, weight_decay, decoupled)
         t = xp.subtract(gb, mb)
         t *= 1 - beta1
@@ -165,7 +176,7 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
         xp.divide(mb, t, out=t)
         t *= step_size
         pb -= t
-    _run_blocks(be, work, update)
+    _run_blocks(be, work, update, block)
 
 
 def rmsprop(be, params, grads, square_avgs, grad_avgs, bufs, *, lr, alpha, eps, weight_decay, momentum):
@@ -280,26 +291,37 @@ def _array_only(be, op: str, params, why: str = "no fused kernel"):
 
 # elements per block of a host update: its temporaries stay in the core's cache
 _BLOCK = 1 << 16
+# the same for the compiled update (no temporaries): a few calls per tensor and thread
+_HOST_BLOCK = 1 << 20
 
 
-def _blocks(be, arrays):
+def _blocks(be, arrays, block=_BLOCK):
     """Matching 1-d block views of same-shaped arrays, the updated ones written
     through. The whole arrays at once on a GPU (each block is a kernel launch)
     or when one is not C-contiguous (a flat view of it would be a copy)."""
     if be.on_gpu or not all(a.flags.c_contiguous for a in arrays):
         return [arrays]
     flats = [a.reshape(-1) for a in arrays]
-    return [[f[s:s + _BLOCK] for f in flats] for s in range(0, flats[0].size, _BLOCK)]
+    return [[f[s:s + block] for f in flats] for s in range(0, flats[0].size, block)]
 
 
-def _run_blocks(be, work, update):
-    """update(views, *scalars) for every (views, scalars) item; on the host
-    the items are shared out over the host threads."""
+def _run_blocks(be, work, update, block=_BLOCK):
+    """update(views, *scalars) for every (views, scalars) item (blocks of
+    `block` elements at most); on the host the items are shared out over the
+    host threads."""
     if be.on_gpu:
         for views, sc in work:
             update(views, *sc)
         return
-    host_threads.map_chunks(lambda item: update(item[0], *item[1]), work, _BLOCK)
+    host_threads.map_chunks(lambda item: update(item[0], *item[1]), work, block)
+
+
+def _host_lib(be, *groups):
+    """The compiled host loops (gpunet/hostlib.py) for a host update whose
+    arrays are all float32, else None (NumPy code)."""
+    if be.on_gpu or any(a.dtype != np.float32 for group in groups for a in group):
+        return None
+    return hostlib.load()
 
 
 def _decay(p, g, lr, weight_decay, decoupled=False):

@@ -1,0 +1,304 @@
+/* Host (cpu backend) float32 loops NumPy cannot fuse: GELU forward and
+ * derivative, layer norm forward and backward, the Adam/AdamW update.
+ *
+ * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
+ * does one range of the work; gpunet/ops/host_threads.py splits the ranges
+ * over its threads (ctypes releases the GIL during a call). Compiled on first
+ * use by gpunet/hostlib.py with -O3 -march=native -ffp-contract=off
+ * -fno-math-errno and never -ffast-math: NaN/inf keep IEEE semantics, no
+ * a*b+c is fused behind our back (only the polynomials ask for fmaf, below;
+ * so Adam matches the NumPy path bit for bit), and
+ * reductions are written with explicit lanes so GCC vectorises them without
+ * reassociating anything (results do not depend on the vector width). */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+/* a*b + c in the polynomials (exp's and Phi's R): one fused, more accurate
+ * operation where the target has a fast fmaf (30% off GELU's time here);
+ * everything else is plain float32 operations as NumPy rounds them */
+#ifdef FP_FAST_FMAF
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* ------------------------------------------------------------ exp */
+static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* e^r for |r| <= 0.35: Taylor to degree 7, Horner */
+static inline float exp_poly(float r)
+{
+    float p = 1.0f / 5040.0f;
+    p = MADD(p, r, 1.0f / 720.0f);
+    p = MADD(p, r, 1.0f / 120.0f);
+    p = MADD(p, r, 1.0f / 24.0f);
+    p = MADD(p, r, 1.0f / 6.0f);
+    p = MADD(p, r, 0.5f);
+    p = MADD(p, r, 1.0f);
+    return MADD(p, r, 1.0f);
+}
+
+/* e^x in float32, branch free so loops calling it vectorise (glibc's expf
+ * does not without -ffast-math): x = k ln2 + r with k = round(x/ln2) and r
+ * from a two-part ln2 (Cody-Waite: k·LN2_HI is exact for |k| < 2^9),
+ * e^r by its Taylor polynomial to degree 7 (|r| <= 0.35: truncation below
+ * 6e-9 relative), then the exponent through integer bits. x is clamped to
+ * [-104, 89] (e^-104 rounds to 0, e^89 overflows) with compares that keep a
+ * NaN, and 2^k is applied as two factors so subnormal and infinite results
+ * are rounded once. */
+static inline float exp_f32(float x)
+{
+    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
+    const float ROUND = 12582912.0f; /* 1.5·2^23: adding it rounds to an integer kept in the low mantissa bits */
+    x = x < -104.0f ? -104.0f : x;
+    x = x > 89.0f ? 89.0f : x;
+    float kr = x * LOG2E + ROUND;
+    uint32_t kbits = float_to_bits(kr);
+    float k = kr - ROUND;
+    float r = x - k * LN2_HI;
+    r = r - k * LN2_LO;
+    float p = exp_poly(r);
+    /* k in [-150, 129] sits in kbits' low bits as two's complement (the
+     * mantissa of 1.5·2^23 + k); split it into k1 + k2, each a normal 2^k */
+    int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
+    int32_t k1 = ki / 2, k2 = ki - k1;
+    float s1 = bits_to_float((uint32_t)(k1 + 127) << 23), s2 = bits_to_float((uint32_t)(k2 + 127) << 23);
+    return p * s1 * s2;
+}
+
+void gpunet_exp_f32(const float *x, float *y, i64 n)
+{
+    for (i64 i = 0; i < n; i++) y[i] = exp_f32(x[i]);
+}
+
+/* ------------------------------------------------------------ GELU */
+/* The NumPy path's Phi (gpunet/ops/activation.py, _phi_blocks), element by
+ * element in the same float32 operations: with a = min(|x|, 20),
+ *   Phi(-|x|) = sqrt2/(2 sqrt2 + a) · exp(-x^2/2 + R(u)),  u = (2 sqrt2 - a)/(2 sqrt2 + a),
+ * -x^2/2 split as -h^2/2 + lo with h = a cut to 12 mantissa bits (h^2 exact).
+ * R's coefficients are passed in (the Python module owns the fit). */
+#define PHI_DEGREE 11
+#define TWO_SQRT_2 2.82842712474619010f
+#define SQRT_2 1.41421356237309515f
+#define PHI_CLAMP 20.0f
+
+static inline float clamp_abs(float x)
+{
+    float a = fabsf(x);
+    return a > PHI_CLAMP ? PHI_CLAMP : a; /* a NaN stays NaN */
+}
+
+/* e^(a + b) for a + b <= 88 where a = -h^2/2 is exact and large and b is
+ * small: the reduction takes a - k·LN2_HI exactly (Sterbenz: both near a),
+ * so the large exponent is never rounded into a float with b; results
+ * below e^-104 are 0 (a NaN stays NaN). One exp where hi·exp(lo) took two. */
+static inline float exp_sum_f32(float a, float b)
+{
+    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
+    const float ROUND = 12582912.0f;
+    float x = a + b;
+    float xc = x < -104.0f ? -104.0f : x;
+    float kr = xc * LOG2E + ROUND;
+    uint32_t kbits = float_to_bits(kr);
+    float k = kr - ROUND;
+    float r = a - k * LN2_HI;
+    r = r + b;
+    r = r - k * LN2_LO;
+    float p = exp_poly(r);
+    int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
+    int32_t k1 = ki / 2, k2 = ki - k1;
+    float e = p * bits_to_float((uint32_t)(k1 + 127) << 23) * bits_to_float((uint32_t)(k2 + 127) << 23);
+    return x < -104.0f ? 0.0f : e;
+}
+
+/* e^(-a^2/2 + b): -a^2/2 split as -h^2/2 (exact: h = a cut to 12 mantissa
+ * bits) plus -(a - h)(a + h)/2, which joins b */
+static inline float exp_half_square(float a, float b)
+{
+    float h = bits_to_float(float_to_bits(a) & 0xFFFFF000u);
+    float l = a - h;
+    l = l * (a + h);
+    l = l * -0.5f;
+    float hh = h * h;
+    return exp_sum_f32(hh * -0.5f, l + b);
+}
+
+static inline float phi_f32(float x, const float *R)
+{
+    float a = clamp_abs(x);
+    float d = TWO_SQRT_2 + a;
+    float u = (TWO_SQRT_2 - a) / d;
+    float pre = SQRT_2 / d;
+    float p = R[0];
+    for (int c = 1; c <= PHI_DEGREE; c++) p = MADD(p, u, R[c]);
+    p = exp_half_square(a, p);
+    p = p * pre;                      /* Phi(-|x|) */
+    return x < 0.0f ? p : 1.0f - p;
+}
+
+void gpunet_gelu_f32(const float *x, float *y, i64 n, const float *R)
+{
+    float r[PHI_DEGREE + 1];
+    memcpy(r, R, sizeof r);
+    for (i64 i = 0; i < n; i++) y[i] = x[i] * phi_f32(x[i], r);
+}
+
+/* Phi(x) + x·phi(x) with Phi taken as y/x from the forward's y = x·Phi(x);
+ * 0.5 where |x| is below the smallest normal float (as the NumPy path).
+ * With dy (else NULL): dy times that, the backward's product in the same pass. */
+void gpunet_gelu_derivative_f32(const float *x, const float *y, const float *dy, float *out, i64 n)
+{
+    const float INV_SQRT_2PI = 0.398942280401432678f, TINY = 1.17549435e-38f;
+    for (i64 i = 0; i < n; i++) {
+        float xi = x[i];
+        float pdf = exp_half_square(clamp_abs(xi), 0.0f);
+        pdf = pdf * INV_SQRT_2PI;
+        pdf = pdf * xi;
+        float cdf = fabsf(xi) < TINY ? 0.5f : y[i] / xi;
+        float d = cdf + pdf;
+        out[i] = dy ? dy[i] * d : d;
+    }
+}
+
+/* ------------------------------------------------------------ layer norm */
+/* Row sums in double over LANES independent lanes (vectorised without
+ * reassociation, enough lanes for several vector accumulators), the lanes
+ * then added in a fixed order. */
+#define LANES 32
+
+static double lanes_total(const double *acc)
+{
+    double s = 0;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
+
+static double row_sum(const float *x, i64 n)
+{
+    double acc[LANES] = {0};
+    i64 i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += (double)x[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += (double)x[i];
+    return lanes_total(acc);
+}
+
+/* sum of (x - c)^2 */
+static double row_sq_dev(const float *x, float c, i64 n)
+{
+    double acc[LANES] = {0};
+    i64 i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) { double d = (double)(x[i + j] - c); acc[j] += d * d; }
+    for (int j = 0; i < n; i++, j++) { double d = (double)(x[i] - c); acc[j] += d * d; }
+    return lanes_total(acc);
+}
+
+/* sum of a and sum of a·b in one pass */
+static void row_sum_dot(const float *a, const float *b, i64 n, double *sum, double *dot)
+{
+    double s[LANES] = {0}, d[LANES] = {0};
+    i64 i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            s[j] += (double)a[i + j];
+            d[j] += (double)a[i + j] * (double)b[i + j];
+        }
+    for (int j = 0; i < n; i++, j++) {
+        s[j] += (double)a[i];
+        d[j] += (double)a[i] * (double)b[i];
+    }
+    *sum = lanes_total(s);
+    *dot = lanes_total(d);
+}
+
+/* rows [0, m) of x (m, c): mean and rstd per row (the variance from the
+ * deviations of the rounded mean, both sums in double, each statistic
+ * rounded once), y = ((x - mean)·rstd)·w + b in float32; w, b may be NULL
+ * (no product, no sum: y keeps a -0.0) */
+void gpunet_layer_norm_forward_f32(const float *x, const float *w, const float *b, float *y, float *mean,
+                                   float *rstd, i64 m, i64 c, double eps)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *xr = x + r * c;
+        float *yr = y + r * c;
+        float mu = (float)(row_sum(xr, c) / (double)c);
+        float rs = (float)(1.0 / sqrt(row_sq_dev(xr, mu, c) / (double)c + eps));
+        mean[r] = mu;
+        rstd[r] = rs;
+        if (w && b) {
+            for (i64 j = 0; j < c; j++) yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+            continue;
+        }
+        for (i64 j = 0; j < c; j++) yr[j] = (xr[j] - mu) * rs;
+        if (w)
+            for (i64 j = 0; j < c; j++) yr[j] = yr[j] * w[j];
+        if (b)
+            for (i64 j = 0; j < c; j++) yr[j] = yr[j] + b[j];
+    }
+}
+
+/* rows [0, m): with xhat = (x - mean)·rstd and g = dy·w,
+ *   dx = rstd·g - (rstd·mean(g·xhat))·xhat - rstd·mean(g);
+ * dw_part[j] = sum over these rows of dy·xhat and db_part[j] of dy, in
+ * double (the caller sums the blocks' parts in block order). w is ones for
+ * a layer without weight; g (c floats) is scratch. xhat is built in dx's
+ * memory, then overwritten. No two arrays overlap (restrict: the fused
+ * first loop vectorises without alias checks). */
+void gpunet_layer_norm_backward_f32(const float *restrict x, const float *restrict w, const float *mean,
+                                    const float *rstd, const float *restrict dy, float *restrict dx,
+                                    double *restrict dw_part, double *restrict db_part, i64 m, i64 c,
+                                    float *restrict g)
+{
+    memset(dw_part, 0, (size_t)c * sizeof(double));
+    memset(db_part, 0, (size_t)c * sizeof(double));
+    for (i64 r = 0; r < m; r++) {
+        const float *xr = x + r * c, *dyr = dy + r * c;
+        float *xh = dx + r * c, mu = mean[r], rs = rstd[r];
+        for (i64 j = 0; j < c; j++) {
+            float h = (xr[j] - mu) * rs;
+            xh[j] = h;
+            dw_part[j] += (double)dyr[j] * (double)h;
+            db_part[j] += (double)dyr[j];
+            g[j] = dyr[j] * w[j];
+        }
+        double g_sum, gx_sum;
+        row_sum_dot(g, xh, c, &g_sum, &gx_sum);
+        float g_mean = (float)(g_sum / (double)c), gx_mean = (float)(gx_sum / (double)c);
+        float a = rs * gx_mean, b = rs * g_mean;
+        for (i64 j = 0; j < c; j++) xh[j] = (g[j] * rs - xh[j] * a) - b;
+    }
+}
+
+/* ------------------------------------------------------------ Adam / AdamW */
+/* One range of one tensor, the NumPy path's operations in its order (every
+ * scalar already rounded to float32 as NumPy does with a Python float):
+ *   mode 1 (AdamW): p *= shrink;  mode 2 (Adam with L2): g += wd·p
+ *   m += (g - m)·(1 - b1);  v = v·b2 + (g·(1 - b2))·g;  amsgrad: vmax = max(vmax, v), v := vmax
+ *   p -= (m / (sqrt(v)/bc2_sqrt + eps))·step_size
+ * vmax may be NULL. np.maximum's NaN propagation is kept. */
+void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, i64 n, int mode, float shrink,
+                     float wd, float omb1, float b2, float omb2, float bc2_sqrt, float eps, float step_size)
+{
+    for (i64 i = 0; i < n; i++) {
+        float pi = p[i], gi = g[i];
+        if (mode == 1) pi = pi * shrink;
+        else if (mode == 2) gi = gi + wd * pi;
+        float mi = m[i] + (gi - m[i]) * omb1;
+        float t = gi * omb2;
+        float vi = v[i] * b2 + t * gi;
+        m[i] = mi;
+        v[i] = vi;
+        if (vmax) {
+            float a = vmax[i];
+            vi = (a >= vi || a != a) ? a : vi;
+            vmax[i] = vi;
+        }
+        float d = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi - (mi / d) * step_size;
+    }
+}

@@ -1,0 +1,116 @@
+"""The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
+NumPy cannot fuse (GELU, layer norm, the Adam update), compiled on first use
+with the system C compiler (CC, else cc) into the per-user cache the sim
+backend uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
+
+`load()` returns the library, or None when GPUNET_HOST_KERNELS=0, when there
+is no compiler or the compile fails: the NumPy array paths then run, as they
+are the same computation (tests/test_host_ops.py holds both to the same
+float64 references). The library is keyed by a hash of the source, the
+compiler's version, the flags and the CPU's features (-march=native), so an
+edit, another compiler or another CPU gets its own build; a file lock and a
+write-then-rename make concurrent processes safe. The first compile prints
+one line (about a second).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from . import simbuild
+
+SOURCE = Path(__file__).resolve().parent / "_host" / "host_ops.c"
+# no -ffast-math (it drops NaN/inf semantics); no contraction into FMAs, so
+# every float32 operation rounds as NumPy's does
+FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
+
+# pointers as plain addresses (c_void_p; None is NULL): a.ctypes.data once
+# per array, offsets added as integers, is the cheapest way across
+_F32P = _F64P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_F32 = ctypes.c_float
+_SIGNATURES = {
+    "gpunet_exp_f32": [_F32P, _F32P, _I64],
+    "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
+    "gpunet_gelu_derivative_f32": [_F32P, _F32P, _F32P, _F32P, _I64],
+    "gpunet_layer_norm_forward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _I64, _I64, ctypes.c_double],
+    "gpunet_layer_norm_backward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _F64P, _F64P, _I64, _I64, _F32P],
+    "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
+}
+
+
+def _cpu_id() -> str:
+    """What -march=native compiles for: the CPU's feature flags where Linux lists them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_path(cc: str, version: str, environ=os.environ) -> Path:
+    h = hashlib.sha256("\0".join([version, *FLAGS, _cpu_id()]).encode() + b"\0" + SOURCE.read_bytes())
+    return simbuild.cache_dir(environ) / "host" / f"host_ops-{h.hexdigest()[:16]}.so"
+
+
+def _compile(cc: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with simbuild._locked(target.parent / "lock"):
+        if target.exists():  # another process built it while this one waited
+            return
+        print(f"gpunet: compiling the cpu backend's host loops with {cc} into {target.parent} (about a second, once "
+              "per source change)", file=sys.stderr, flush=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True,
+                                  timeout=120)
+            if done.returncode != 0:
+                raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def build(environ=os.environ):
+    """Compile (when not cached) and load the library; None where it cannot be had."""
+    if environ.get("GPUNET_HOST_KERNELS", "1") == "0":
+        return None
+    cc = shutil.which(environ.get("CC") or "cc", path=environ.get("PATH", os.defpath))
+    if cc is None:
+        return None
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        target = library_path(cc, cc + "\0" + (out.splitlines() or ["unknown"])[0], environ)
+        if not target.exists():
+            _compile(cc, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        warnings.warn(f"gpunet: the cpu backend's host loops did not compile with {cc} ({e}); "
+                      "using the NumPy paths", RuntimeWarning, stacklevel=2)
+        return None
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, None
+    return lib
+
+
+@functools.cache
+def load():
+    """The library of this process (built once), or None."""
+    return build()
+
+
+
+def ptr(a) -> int | None:
+    """The address of a contiguous array's first element (None for None)."""
+    return None if a is None else a.ctypes.data

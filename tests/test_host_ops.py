@@ -1,0 +1,206 @@
+"""The cpu backend's compiled host loops (gpunet/_host/host_ops.c through
+gpunet/hostlib.py) against float64 references and against the NumPy paths
+they stand in for, and the loader's fallbacks to those paths."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gpunet import hostlib
+from gpunet.backend import get_backend
+from gpunet.ops import activation as act, norm, optim
+
+F32 = np.finfo(np.float32)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = hostlib.load()
+    if lib is None:
+        pytest.skip("no C compiler here: the compiled host loops are not built")
+    return lib
+
+
+def _exp(lib, x):
+    x = np.ascontiguousarray(x, np.float32)
+    y = np.empty_like(x)
+    lib.gpunet_exp_f32(x.ctypes.data, y.ctypes.data, x.size)
+    return y
+
+
+def test_exp_within_2_ulps_over_a_dense_sweep_and_its_edges(lib):
+    edges = np.array([88.72283, 88.72284, 89.0, 89.5, 1e30, np.inf, -87.33654, -87.33655, -103.27893, -103.9720,
+                      -104.0, -104.5, -1e30, -np.inf, 0.0, -0.0, 1e-30, -1e-45], np.float32)
+    x = np.concatenate([np.linspace(-105, 90, 2_000_003, dtype=np.float32), edges])
+    y = _exp(lib, x)
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64))
+        ref32 = ref.astype(np.float32)
+    finite = np.isfinite(ref32)
+    ulps = np.abs(y[finite] - ref[finite]) / np.spacing(ref32[finite]).astype(np.float64)
+    assert ulps.max() <= 2
+    np.testing.assert_array_equal(y[~finite], np.inf)  # overflow
+    assert y[x == -np.inf].item() == 0 and np.all(y[x < -104] == 0)
+    assert np.isnan(_exp(lib, [np.nan])).all() and np.isnan(_exp(lib, [-np.nan])).all()
+
+
+def _gelu_both(monkeypatch, x):
+    """(forward, derivative) compiled, then on the NumPy path."""
+    out = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(all="ignore"):
+            y = act.FORWARD["gelu"](np, x)
+            out.append((y, act.DERIVATIVE["gelu"](np, x, y)))
+    return out
+
+
+def test_gelu_compiled_against_the_numpy_path_and_float64(lib, monkeypatch):
+    rng = np.random.default_rng(0)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 1e-38, -3e-39, F32.max, -F32.max,
+                        19.99, 20.01, -19.99, -20.01, 5.4, -5.4, -13.2, -13.3], np.float32)
+    x = np.concatenate([rng.standard_normal(100_000).astype(np.float32) * 4, special])
+    (y, d), (y_np, d_np) = _gelu_both(monkeypatch, x)
+    # the same float32 formula with another exp: a few ulps apart, the same
+    # NaN/inf/zero pattern and signs
+    np.testing.assert_allclose(y, y_np, rtol=4 * 2.0 ** -23, atol=64 * 2.0 ** -149)  # Phi subnormal below -13.2
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(y_np))
+    np.testing.assert_array_equal(np.isnan(d), np.isnan(d_np))
+    # the derivative Phi + x·phi crosses 0 near -0.75: apart relative to its terms' size
+    x64 = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        terms = act.normal_cdf(np, x64) + np.abs(x64) * np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
+    fin = np.isfinite(x)
+    # (+ 64 subnormal spacings: phi underflows below x = -13.2, each path rounding it once)
+    assert np.all(np.abs(d[fin] - d_np[fin]) <= 8 * 2.0 ** -24 * terms[fin] + 64 * 2.0 ** -149)
+    np.testing.assert_array_equal(d[~fin], d_np[~fin])
+    with np.errstate(invalid="ignore"):
+        ref = x64 * act.normal_cdf(np, x64)
+    ok = np.isfinite(ref) & (np.abs(ref) > F32.tiny)
+    np.testing.assert_allclose(y[ok], ref[ok], rtol=12 * 2.0 ** -24)
+
+
+def _ln_case(rng, M, C, affine, bias, shift=3.0):
+    x = (rng.standard_normal((M, C)) + shift).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32) if affine else None
+    b = rng.standard_normal(C).astype(np.float32) if bias else None
+    return x, w, b, rng.standard_normal((M, C)).astype(np.float32)
+
+
+@pytest.mark.parametrize("M,C,affine,bias", [(37, 300, True, True), (1000, 517, True, False),
+                                             (5, 3, False, False), (1, 1, True, True)])
+def test_layer_norm_both_paths_against_torch_float64(M, C, affine, bias, host_path):
+    be = get_backend("cpu")
+    x, w, b, dy = _ln_case(np.random.default_rng(M), M, C, affine, bias)
+    y, ctx = norm.layer_norm_forward(be, x, w, b, C, 1e-5)
+    dx, dw, db = norm.layer_norm_backward(be, ctx, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt = None if w is None else torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.layer_norm(xt, (C,), wt, bt, 1e-5)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    assert (dw is None) == (w is None) and (db is None) == (b is None)
+    if w is not None:
+        np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    if b is not None:
+        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_layer_norm_compiled_close_to_the_numpy_path_and_nan_stays_in_its_row(lib, monkeypatch):
+    be = get_backend("cpu")
+    x, w, b, dy = _ln_case(np.random.default_rng(7), 300, 768, True, True, shift=100.0)
+    x[5, 17] = np.nan
+    x[6, :] = 2.5  # a constant row: variance 0, rstd = 1/sqrt(eps)
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        y, ctx = norm.layer_norm_forward(be, x, w, b, 768, 1e-5)
+        runs.append((y, ctx[1], ctx[2], norm.layer_norm_backward(be, ctx, dy)[0]))
+    for got, ref in zip(*runs):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-4)
+    y = runs[0][0]
+    assert np.isnan(y[5]).all() and np.isfinite(np.delete(y, 5, axis=0)).all()
+    np.testing.assert_array_equal(y[6], b)  # (x - mean) = 0 exactly
+
+
+@pytest.mark.parametrize("amsgrad,weight_decay,decoupled", [(False, 0.0, False), (True, 0.1, False),
+                                                            (False, 0.1, True), (True, 0.01, True)])
+def test_adam_compiled_same_bits_as_the_numpy_path(lib, monkeypatch, amsgrad, weight_decay, decoupled):
+    """The compiled update does the NumPy path's float32 operations in its
+    order (no FMA contraction): the same bits, NaN, inf, -0.0 and huge values too."""
+    be = get_backend("cpu")
+    rng = np.random.default_rng(2)
+    n = optim._BLOCK + 1001
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, F32.max, -F32.max, 1e30], np.float32)
+
+    def state():
+        p, g, m = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+        v = rng.random(n).astype(np.float32)
+        g[:special.size] = special
+        p[special.size:2 * special.size] = special
+        vmax = [v + rng.random(n).astype(np.float32) * (rng.random(n) < 0.5)] if amsgrad else None
+        return [p], [g], [m], [v], vmax
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        rng = np.random.default_rng(2)
+        p, g, m, v, vmax = state()
+        with np.errstate(all="ignore"):
+            optim.adam(be, p, g, m, v, [4], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay,
+                       decoupled=decoupled, max_exp_avg_sqs=vmax)
+        runs.append(p + m + v + (vmax or []))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- the loader
+def test_loader_falls_back_without_a_compiler_or_when_disabled(tmp_path):
+    env = {"GPUNET_CACHE_DIR": str(tmp_path), "PATH": os.environ.get("PATH", "")}
+    assert hostlib.build({**env, "GPUNET_HOST_KERNELS": "0"}) is None
+    assert hostlib.build({**env, "CC": "no-such-compiler-here"}) is None
+    assert hostlib.build({"GPUNET_CACHE_DIR": str(tmp_path), "PATH": str(tmp_path)}) is None  # no cc on PATH
+    assert not (tmp_path / "host").exists()
+
+
+def test_loader_warns_and_falls_back_when_the_compile_fails(tmp_path):
+    fails = tmp_path / "fails-cc"
+    fails.write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
+    fails.chmod(0o755)
+    with pytest.warns(RuntimeWarning, match="did not compile"):
+        assert hostlib.build({"GPUNET_CACHE_DIR": str(tmp_path), "CC": str(fails), "PATH": ""}) is None
+    assert not any(p.suffix in (".so", ".tmp") for p in (tmp_path / "host").iterdir())
+
+
+def test_loader_compiles_once_into_the_cache(tmp_path, capfd, lib):
+    env = {"GPUNET_CACHE_DIR": str(tmp_path), "PATH": os.environ.get("PATH", "")}
+    first = hostlib.build(env)
+    assert "compiling the cpu backend's host loops" in capfd.readouterr().err
+    (built,) = (tmp_path / "host").glob("host_ops-*.so")
+    second = hostlib.build(env)
+    assert capfd.readouterr().err == "" and second is not None and first is not None
+    assert list((tmp_path / "host").glob("host_ops-*.so")) == [built]
+
+
+def test_gelu_backward_both_paths_against_torch_float64(host_path):
+    """act_backward's dy·GELU'(x), in the derivative's pass when compiled."""
+    be = get_backend("cpu")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((300, 77)) * 3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y, ctx = act.act_forward(be, "gelu", x)
+    dx = act.act_backward(be, ctx, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.gelu(xt).backward(torch.tensor(dy, dtype=torch.float64))
+    assert dx.dtype == np.float32 and dx.shape == x.shape
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    # a gradient of another dtype or shape takes the product route
+    dx64 = act.act_backward(be, ctx, dy.astype(np.float64))
+    np.testing.assert_allclose(dx64, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
