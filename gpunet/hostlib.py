@@ -110,7 +110,6 @@ def load():
     return build()
 
 
-
 def ptr(a) -> int | None:
     """The address of a contiguous array's first element (None for None)."""
     return None if a is None else a.ctypes.data
