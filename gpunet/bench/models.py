@@ -213,7 +213,10 @@ def resnet_case(size):
                      n * (3 * side * side * 4 + 8), make, lambda torch: torch_resnet_small(torch, width, side),
                      lambda rng: {"x": rng.standard_normal((n, 3, side, side), dtype=np.float32),
                                   "t": rng.integers(0, 10, n)},
-                     needs=("models.resnet_small",), note="BatchNorm in training mode (batch statistics)")
+                     needs=("models.resnet_small",), rtol=2e-2,
+                     note="BatchNorm in training mode (batch statistics); rtol 2e-2: a pre-activation within "
+                          "float32 rounding of 0 takes the other ReLU branch than in the float64 reference "
+                          "(PyTorch's own float32 step is 1e-2 off at seed 0)")
 
 
 def char_lstm_case(size):

@@ -415,7 +415,10 @@ def adam_cases(size):
         state = {}
         for j, s in enumerate(shapes):
             state[f"p{j}"] = 0.02 * rng.standard_normal(s, dtype=np.float32)
-            state[f"g{j}"] = rng.standard_normal(s, dtype=np.float32)
+            # kept 1e-3 away from 0: Adam's first step is -lr·g/(|g| + eps), and a
+            # float16 gradient below 6e-8 would be rounded to its subnormal grid
+            g = rng.standard_normal(s, dtype=np.float32)
+            state[f"g{j}"] = g + np.copysign(np.float32(1e-3), g)
         return Spec(state, {})
 
     def build_gpunet(target, state, copies):
@@ -424,10 +427,16 @@ def adam_cases(size):
             p = Parameter(target.array(state[f"p{j}"]))
             p.grad = target.array(state[f"g{j}"])
             params.append(p)
-        start = [p.data.copy() for p in params]
+        # half parameters are validated on their float32 masters: the rounded
+        # half weights move in steps of their ulp (up to half the step here)
+        half = gpunet.dtypes.is_half(target.dtype)
+        start = [p.data.astype(np.float32) if half else p.data.copy() for p in params]
         opt = gpunet.optim.Adam(params, lr=lr, device=target.be)
-        return Runner(lambda i: opt.step(),
-                      lambda: {f"delta{j}": p.data - s for j, (p, s) in enumerate(zip(params, start))})
+
+        def deltas():
+            now = [opt.master_weights[p] if half else p.data for p in params]
+            return {f"delta{j}": w - s for j, (w, s) in enumerate(zip(now, start))}
+        return Runner(lambda i: opt.step(), deltas)
 
     def build_torch(target, state, copies):
         torch = target.torch
@@ -444,8 +453,8 @@ def adam_cases(size):
     return [Case("optim.adam.step", f"{nparams / 1e6:.1f}M params in {len(shapes)} tensors",
                  rl.ADAM_FLOPS_PER_PARAM * nparams, rl.adam_bytes(nparams), setup,
                  {"gpunet": build_gpunet, "torch": build_torch}, rotate=False, needs=gpunet_has("optim.Adam"),
-                 note="one Adam update (lr 1e-3); validated on the first step's change of every parameter; "
-                      "torch uses fused=True where it supports it")]
+                 note="one Adam update (lr 1e-3); validated on the first step's change of every parameter "
+                      "(of the float32 masters of half parameters); torch uses fused=True where it supports it")]
 
 
 # ---------------------------------------------------------------- GELU, embedding, BatchNorm2d
