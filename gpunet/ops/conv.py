@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dtypes
-from . import conv_tensor_core as conv_tc, host_threads
+from . import conv_tensor_core as conv_tc
 from .half import float32_compute, kernel_view
 from .cupy_kernels import cupy, launch
 from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
@@ -112,14 +112,6 @@ def _workspace(be, name: str, elements: int, dtype):
 
 
 # ---------------------------------------------------------------- array path (cpu, cupy)
-def _over_images(be, n: int, per_image: int, fn):
-    """fn(lo, hi) over the images [0, n): shared out over the host threads on
-    the host (each image's copies and sums touch only its own columns and
-    pixels, in the same order whatever the split, so no bit changes), in one
-    call on a GPU."""
-    host_threads.run(fn, [(0, n)] if be.on_gpu else host_threads.ranges(n, per_image))
-
-
 def _im2col_array(be, x, g: Geometry, ones_row: bool):
     """(groups, Kg [+1 row of ones], N*L) columns of the whole batch, in the
     "cols" workspace."""
@@ -128,6 +120,7 @@ def _im2col_array(be, x, g: Geometry, ones_row: bool):
     cg = c // g.groups
     if g.ph or g.pw:
         xpad = xp.zeros((n, c, x.shape[2] + 2 * g.ph, x.shape[3] + 2 * g.pw), dtype=x.dtype)
+        xpad[:, :, g.ph:g.ph + x.shape[2], g.pw:g.pw + x.shape[3]] = x
     else:
         xpad = x
     kg = cg * g.kh * g.kw
@@ -136,37 +129,25 @@ def _im2col_array(be, x, g: Geometry, ones_row: bool):
     # per-group view: with the ones row the groups' blocks are not adjacent
     taps = cols[:, :kg].reshape(g.groups, cg, g.kh, g.kw, n, g.oh, g.ow)
     xg = xpad.reshape(n, g.groups, cg, xpad.shape[2], xpad.shape[3])
-
-    def part(lo, hi):
-        if xpad is not x:
-            xpad[lo:hi, :, g.ph:g.ph + x.shape[2], g.pw:g.pw + x.shape[3]] = x[lo:hi]
-        for i in range(g.kh):
-            for j in range(g.kw):
-                taps[:, :, i, j, lo:hi] = xg[(slice(lo, hi),) + (slice(None),) * 2 + _tap(g, i, j)].transpose(
-                    1, 2, 0, 3, 4)
-    _over_images(be, n, kg * g.oh * g.ow, part)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            taps[:, :, i, j] = xg[(slice(None),) * 3 + _tap(g, i, j)].transpose(1, 2, 0, 3, 4)
     if ones_row:
         cols[:, kg] = 1
     return cols
 
 
-def _col2im_array(be, dcols, x_shape, g: Geometry):
+def _col2im_array(xp, dcols, x_shape, g: Geometry):
     """Sum every column entry back onto the input pixel it was copied from."""
-    xp = be.xp
     n, c, h, w = x_shape
     # accumulate in (C, N, H, W) order, the order of the column rows, so each
     # kernel offset adds one contiguous block; reorder to NCHW once at the end
     acc = xp.zeros((c, n, h + 2 * g.ph, w + 2 * g.pw), dtype=dcols.dtype)
     taps = dcols.reshape(c, g.kh, g.kw, n, g.oh, g.ow)
-    dx = xp.empty(x_shape, dtype=dcols.dtype)
-
-    def part(lo, hi):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                acc[(slice(None), slice(lo, hi)) + _tap(g, i, j)] += taps[:, i, j, lo:hi]
-        dx[lo:hi] = acc[:, lo:hi, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3)
-    _over_images(be, n, c * g.kh * g.kw * g.oh * g.ow, part)
-    return dx
+    for i in range(g.kh):
+        for j in range(g.kw):
+            acc[(slice(None), slice(None)) + _tap(g, i, j)] += taps[:, i, j]
+    return xp.ascontiguousarray(acc[:, :, g.ph:g.ph + h, g.pw:g.pw + w].transpose(1, 0, 2, 3))
 
 
 # ---------------------------------------------------------------- host, stride 1: whole padded rows
@@ -196,44 +177,34 @@ def _im2col_wide(be, x, g: Geometry, ones_row: bool):
     n, c, h, w = x.shape
     hp, wp, plane_len, cols_per_image = _wide_dims(x.shape, g)
     plane = xp.zeros((c, n, plane_len), x.dtype)
+    plane[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, g.ph:g.ph + h, g.pw:g.pw + w] = x.transpose(1, 0, 2, 3)
     cg = c // g.groups
     kg = cg * g.kh * g.kw
     shape = (g.groups, kg + ones_row, n * cols_per_image)
     cols = _workspace(be, "cols", shape[0] * shape[1] * shape[2], x.dtype).reshape(shape)
     taps = cols[:, :kg].reshape(g.groups, cg, g.kh, g.kw, n, cols_per_image)
     src = plane.reshape(g.groups, cg, n, plane_len)
-
-    def part(lo, hi):
-        inner = plane[:, lo:hi, :hp * wp].reshape(c, hi - lo, hp, wp)[:, :, g.ph:g.ph + h, g.pw:g.pw + w]
-        inner[...] = x[lo:hi].transpose(1, 0, 2, 3)
-        for i in range(g.kh):
-            for j in range(g.kw):
-                off = i * g.dh * wp + j * g.dw
-                taps[:, :, i, j, lo:hi] = src[:, :, lo:hi, off:off + cols_per_image]
-    _over_images(be, n, kg * cols_per_image, part)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            off = i * g.dh * wp + j * g.dw
+            taps[:, :, i, j] = src[..., off:off + cols_per_image]
     if ones_row:
         cols[:, kg] = 1
     return cols
 
 
-def _col2im_wide(be, dcols, x_shape, g: Geometry):
+def _col2im_wide(xp, dcols, x_shape, g: Geometry):
     """_col2im_array for the whole-row columns: one contiguous add per offset, channel and image."""
-    xp = be.xp
     n, c, h, w = x_shape
     hp, wp, plane_len, cols_per_image = _wide_dims(x_shape, g)
     acc = xp.zeros((c, n, plane_len), dtype=dcols.dtype)
     taps = dcols.reshape(c, g.kh, g.kw, n, cols_per_image)
-    dx = xp.empty(x_shape, dtype=dcols.dtype)
-
-    def part(lo, hi):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                off = i * g.dh * wp + j * g.dw
-                acc[:, lo:hi, off:off + cols_per_image] += taps[:, i, j, lo:hi]
-        inner = acc[:, lo:hi, :hp * wp].reshape(c, hi - lo, hp, wp)[:, :, g.ph:g.ph + h, g.pw:g.pw + w]
-        dx[lo:hi] = inner.transpose(1, 0, 2, 3)
-    _over_images(be, n, c * g.kh * g.kw * cols_per_image, part)
-    return dx
+    for i in range(g.kh):
+        for j in range(g.kw):
+            off = i * g.dh * wp + j * g.dw
+            acc[:, :, off:off + cols_per_image] += taps[:, i, j]
+    inner = acc[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, g.ph:g.ph + h, g.pw:g.pw + w]
+    return xp.ascontiguousarray(inner.transpose(1, 0, 2, 3))
 
 
 def _forward_array(be, x, w, b, g: Geometry):
@@ -250,11 +221,7 @@ def _forward_array(be, x, w, b, g: Geometry):
     y = _workspace(be, "gemm", o * n * g.oh * row, x.dtype).reshape(g.groups, og, n * g.oh * row)
     xp.matmul(wg, cols, out=y)  # (groups, Og, N*OH*row) = (O, N, OH, row)
     out = xp.empty((n, o, g.oh, g.ow), dtype=x.dtype)
-    y = y.reshape(o, n, g.oh, row)
-
-    def part(lo, hi):
-        out[lo:hi] = y[:, lo:hi, :, :g.ow].transpose(1, 0, 2, 3)
-    _over_images(be, n, o * g.oh * row, part)
+    out[...] = y.reshape(o, n, g.oh, row)[..., :g.ow].transpose(1, 0, 2, 3)
     return out, x
 
 
@@ -269,11 +236,8 @@ def _backward_array(be, ctx, dy, fused: bool):
     # recomputed: cheaper than keeping them
     cols = (_im2col_wide if wide else _im2col_array)(be, x, g, ones_row=has_bias)
     dyg = _workspace(be, "gemm", o * n * g.oh * row, dy.dtype).reshape(o, n, g.oh, row)
-
-    def part(lo, hi):
-        dyg[:, lo:hi, :, :g.ow] = dy[lo:hi].transpose(1, 0, 2, 3)
-        dyg[:, lo:hi, :, g.ow:] = 0  # the extra columns of whole-row columns contribute nothing
-    _over_images(be, n, o * g.oh * row, part)
+    dyg[..., :g.ow] = dy.transpose(1, 0, 2, 3)
+    dyg[..., g.ow:] = 0  # the extra columns of whole-row columns contribute nothing
     dyg = dyg.reshape(g.groups, og, n * g.oh * row)
     dwx = xp.matmul(dyg, cols.transpose(0, 2, 1))  # (groups, Og, Kg [+1: the bias gradient])
     dw = dwx[:, :, :kg].reshape(w.shape)
@@ -282,9 +246,9 @@ def _backward_array(be, ctx, dy, fused: bool):
     dcols = _workspace(be, "cols", g.groups * kg * n * g.oh * row, dy.dtype).reshape(g.groups, kg, n * g.oh * row)
     xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg, out=dcols)
     if wide:
-        return _col2im_wide(be, dcols, x_shape, g), dw, db
+        return _col2im_wide(xp, dcols, x_shape, g), dw, db
     # On CuPy one gathering kernel replaces the kernel-offset loop's kh*kw passes.
-    dx = _col2im_fused(dcols, x_shape, g) if fused else _col2im_array(be, dcols, x_shape, g)
+    dx = _col2im_fused(dcols, x_shape, g) if fused else _col2im_array(xp, dcols, x_shape, g)
     return dx, dw, db
 
 

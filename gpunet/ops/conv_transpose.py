@@ -109,7 +109,7 @@ def _forward_array(be, x, w, g, y_shape, fused: bool):
     xp = be.xp
     wt = w.reshape(g.groups, w.shape[0] // g.groups, -1).transpose(0, 2, 1)  # (groups, Kg, Cin/groups)
     cols = xp.matmul(wt, _by_group(xp, x, g.groups))  # (groups, Kg, N*H*W)
-    return conv._col2im_fused(cols, y_shape, g) if fused else conv._col2im_array(be, cols, y_shape, g)
+    return conv._col2im_fused(cols, y_shape, g) if fused else conv._col2im_array(xp, cols, y_shape, g)
 
 
 def _forward_kernels(be, x, w, g, y_shape):
