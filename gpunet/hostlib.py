@@ -113,3 +113,11 @@ def load():
 def ptr(a) -> int | None:
     """The address of a contiguous array's first element (None for None)."""
     return None if a is None else a.ctypes.data
+
+
+# ---------------------------------------------------------------- convolution
+# the row-layout im2col/col2im of gpunet/ops/conv.py: columns, geometry (int64 array), range
+_SIGNATURES.update({
+    "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+    "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+})

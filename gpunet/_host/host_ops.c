@@ -302,3 +302,84 @@ void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, 
         p[i] = pi - (mi / d) * step_size;
     }
 }
+
+/* ------------------------------------------------------------ convolution: im2col / col2im in row layout */
+/* gpunet/ops/conv.py's host float32 path. Columns in row layout: for group g
+ * and output pixel r = (n, oh, ow) of the R = N*OH*OW pixels, row g*R + r of
+ * `ld` floats holds the Kg = C/G*kh*kw taps in (c, i, j) order (c within the
+ * group), then, when ld > Kg, a 1 that multiplies the bias row of the weights.
+ * geo: N C H W G kh kw sh sw ph pw dh dw OH OW ld (int64). */
+enum { G_N, G_C, G_H, G_W, G_G, G_KH, G_KW, G_SH, G_SW, G_PH, G_PW, G_DH, G_DW, G_OH, G_OW, G_LD };
+
+/* the output columns ow in [*lo, *hi) whose input column ow*s - p + o lies in [0, size) */
+static void inside(i64 size, i64 s, i64 p, i64 o, i64 OW, i64 *lo, i64 *hi)
+{
+    const i64 a = p - o, b = size - 1 + p - o; /* need a <= ow*s <= b */
+    *lo = a <= 0 ? 0 : (a + s - 1) / s;
+    *hi = b < 0 ? 0 : (b / s + 1 < OW ? b / s + 1 : OW);
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* the column rows of output lines [lo, hi), a line being one (n, oh): tap
+ * by tap, each the zeros of its padding and one strided copy */
+void gpunet_im2col_rows_f32(const float *x, float *cols, const i64 *geo, i64 lo, i64 hi)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW];
+    const i64 OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G, kg = cg * kh * kw;
+    const i64 R = geo[G_N] * OH * OW;
+    for (i64 line = lo; line < hi; line++) {
+        const i64 n = line / OH, oh = line % OH;
+        for (i64 g = 0; g < G; g++) {
+            float *dst = cols + (g * R + line * OW) * ld;
+            for (i64 c = 0; c < cg; c++) {
+                const float *plane = x + (n * C + g * cg + c) * H * W;
+                for (i64 i = 0; i < kh; i++) {
+                    const i64 ih = oh * sh - ph + i * dh;
+                    for (i64 j = 0; j < kw; j++) {
+                        float *d = dst + (c * kh + i) * kw + j;
+                        i64 ow0 = OW, ow1 = OW; /* a row of padding: all zeros */
+                        if (ih >= 0 && ih < H) inside(W, sw, pw, j * dw, OW, &ow0, &ow1);
+                        const float *src = plane + ih * W + j * dw - pw;
+                        for (i64 ow = 0; ow < ow0; ow++) d[ow * ld] = 0.0f;
+                        for (i64 ow = ow0; ow < ow1; ow++) d[ow * ld] = src[ow * sw];
+                        for (i64 ow = ow1; ow < OW; ow++) d[ow * ld] = 0.0f;
+                    }
+                }
+            }
+            if (ld > kg)
+                for (i64 ow = 0; ow < OW; ow++) dst[ow * ld + kg] = 1.0f;
+        }
+    }
+}
+
+/* dx of input planes [lo, hi) (a plane being one (n, c)): every pixel the sum
+ * of the column entries copied from it, added tap by tap in (i, j) row-major
+ * order onto 0 (the NumPy path's order); no two planes share a write, so any
+ * split gives the same bits */
+void gpunet_col2im_rows_f32(const float *cols, float *dx, const i64 *geo, i64 lo, i64 hi)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW];
+    const i64 OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G;
+    const i64 R = geo[G_N] * OH * OW;
+    for (i64 p = lo; p < hi; p++) {
+        const i64 n = p / C, c = p % C, g = c / cg;
+        const float *base = cols + (g * R + n * OH * OW) * ld + (c % cg) * kh * kw;
+        float *out = dx + p * H * W;
+        memset(out, 0, (size_t)(H * W) * sizeof(float));
+        for (i64 i = 0; i < kh; i++) {
+            i64 oh0, oh1;
+            inside(H, sh, ph, i * dh, OH, &oh0, &oh1);
+            for (i64 j = 0; j < kw; j++) {
+                i64 ow0, ow1;
+                inside(W, sw, pw, j * dw, OW, &ow0, &ow1);
+                for (i64 oh = oh0; oh < oh1; oh++) {
+                    float *row = out + (oh * sh - ph + i * dh) * W + j * dw - pw;
+                    const float *src = base + oh * OW * ld + i * kw + j;
+                    for (i64 ow = ow0; ow < ow1; ow++) row[ow * sw] += src[ow * ld];
+                }
+            }
+        }
+    }
+}

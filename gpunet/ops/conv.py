@@ -20,6 +20,8 @@ every image and channel; where CuPy fusions run (gpunet.dispatch's "fused"
 path), col2im is instead one gathering RawKernel (below). On the host a
 stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
+The float32 host backward uses compiled row-layout columns instead (see
+_backward_rows).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
@@ -46,7 +48,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
+from . import host_threads
 from . import conv_tensor_core as conv_tc
 from .half import float32_compute, kernel_view
 from .cupy_kernels import cupy, launch
@@ -226,6 +229,9 @@ def _forward_array(be, x, w, b, g: Geometry):
 
 
 def _backward_array(be, ctx, dy, fused: bool):
+    lib = _rows_lib(be, dy)
+    if lib is not None:
+        return _backward_rows(be, lib, ctx, np.ascontiguousarray(dy))
     xp = be.xp
     x, w, has_bias, x_shape, g = ctx
     n, o = dy.shape[:2]
@@ -251,6 +257,88 @@ def _backward_array(be, ctx, dy, fused: bool):
     dx = _col2im_fused(dcols, x_shape, g) if fused else _col2im_array(xp, dcols, x_shape, g)
     return dx, dw, db
 
+
+# ---------------------------------------------------------------- host float32 backward: row-layout columns
+# The backward of a float32 host call works on the columns transposed: one row
+# of Kg taps (+ a 1 for the bias) per output pixel, built and gathered back by
+# gpunet/_host/host_ops.c (im2col; col2im as a sum per input pixel). Per group
+#     [dW_g | db_g] = (dy^T)^T @ cols               weight and bias gradient
+#     dcols         = dy^T (R, Og) @ W_g (Og, Kg)   -> col2im -> dx
+# With 16-64 output channels OpenBLAS runs these (long side R in the rows)
+# faster than the column-major form, and the compiled col2im replaces the
+# kh*kw strided NumPy adds, the backward's largest cost. The forward stays on
+# the NumPy columns above: their contiguous copies beat the compiled row
+# im2col's strided stores, which the forward GEMM's gain did not make up
+# for with 3-channel inputs. The batch goes in chunks of whole images whose
+# columns stay near the cache (ROWS_CHUNK_BYTES; 2-4x the GEMM rate of one
+# 38 MB column matrix); the chunk size does not depend on the thread count,
+# and the C loops give every element to one thread, so results do not either.
+ROWS_CHUNK_BYTES = 4 << 20
+
+
+def _rows_lib(be, x):
+    """The compiled host library when this call takes the row-layout path, else None."""
+    if be.on_gpu or not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.size == 0:
+        return None
+    return hostlib.load()
+
+
+def _rows_geometry(x_shape, g: Geometry, images: int, ld: int):
+    """host_ops.c's geo array of a chunk of `images` images and row length ld."""
+    return np.array([images, *x_shape[1:], g.groups, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.oh, g.ow, ld],
+                    np.int64)
+
+
+def _rows_chunks(be, x_shape, g: Geometry, ld: int):
+    """(first image, images) of each chunk and the column workspace of the largest."""
+    n = x_shape[0]
+    per_image = g.groups * g.oh * g.ow * ld
+    images = max(1, min(n, ROWS_CHUNK_BYTES // (4 * per_image)))
+    cols = _workspace(be, "rows", images * per_image, np.float32)
+    return [(n0, min(images, n - n0)) for n0 in range(0, n, images)], cols
+
+
+def _rows_call(fn, src, dst, geo, count: int, unit: int):
+    """fn(src, dst, geo, lo, hi) over [0, count) split across the host threads."""
+    at = (src.ctypes.data, dst.ctypes.data, geo.ctypes.data)
+    host_threads.run(lambda lo, hi: fn(*at, lo, hi), host_threads.ranges(count, unit))
+
+
+def _im2col_rows(lib, x, cols, geo):
+    """Columns of x (a chunk of images) in row layout; split over output lines (n, oh)."""
+    n, c, h, w, groups, kh, kw, *_, oh, ow, ld = geo.tolist()
+    _rows_call(lib.gpunet_im2col_rows_f32, x, cols, geo, n * oh, groups * ow * ld)
+
+
+def _col2im_rows(lib, dcols, dx, geo):
+    """dx of a chunk of images from its row-layout column gradient; split over input planes (n, c)."""
+    n, c, h, w, groups, kh, kw, *_ = geo.tolist()
+    _rows_call(lib.gpunet_col2im_rows_f32, dcols, dx, geo, n * c, h * w * kh * kw)
+
+
+def _backward_rows(be, lib, ctx, dy):
+    x, w, has_bias, x_shape, g = ctx
+    x = np.ascontiguousarray(x)
+    n, o, ll = x_shape[0], w.shape[0], g.oh * g.ow
+    og = o // g.groups
+    kg = w.shape[1] * g.kh * g.kw
+    ld = kg + has_bias
+    wg = w.reshape(g.groups, og, kg)
+    dwx = np.zeros((g.groups, og, ld), np.float32)
+    dx = np.empty(x_shape, np.float32)
+    chunks, cols = _rows_chunks(be, x_shape, g, ld)
+    dyt = _workspace(be, "rows_out", g.groups * chunks[0][1] * ll * og, np.float32)
+    for n0, m in chunks:
+        cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
+        _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
+        dv = dyt[:g.groups * m * ll * og].reshape(g.groups, m * ll, og)
+        dv.reshape(g.groups, m, ll, og)[...] = dy[n0:n0 + m].reshape(m, g.groups, og, ll).transpose(1, 0, 3, 2)
+        dwx += np.matmul(dv.transpose(0, 2, 1), cv)
+        # the column gradient overwrites the columns, which are no longer needed
+        dcols = cols[:g.groups * m * ll * kg].reshape(g.groups, m * ll, kg)
+        np.matmul(dv, wg, out=dcols)
+        _col2im_rows(lib, dcols, dx[n0:n0 + m], _rows_geometry(x_shape, g, m, kg))
+    return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
 
 # dcols (C*kh*kw, N*OH*OW): row (c, i, j), column (n, oy, ox), as the column
 # layout above. Input pixel (n, c, h, w) was copied to column (oy, ox) of row
