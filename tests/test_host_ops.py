@@ -204,3 +204,66 @@ def test_gelu_backward_both_paths_against_torch_float64(host_path):
     # a gradient of another dtype or shape takes the product route
     dx64 = act.act_backward(be, ctx, dy.astype(np.float64))
     np.testing.assert_allclose(dx64, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- convolution backward (row-layout columns)
+CONV_GEOMETRIES = [  # (x shape, out channels, kernel, stride, padding, dilation, groups, bias)
+    ((2, 3, 7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    ((3, 4, 9, 8), 6, (3, 2), (2, 1), (1, 0), (1, 1), 2, False),
+    ((1, 6, 5, 7), 3, (2, 2), (1, 1), (0, 2), (2, 1), 3, True),
+    ((2, 4, 6, 6), 8, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),
+    ((2, 2, 11, 10), 4, (5, 3), (3, 2), (2, 3), (2, 2), 2, True),
+    ((1, 1, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # more padding than image
+]
+
+
+def _conv_grads(x, w, b, dy, stride, padding, dilation, groups):
+    from gpunet.ops import conv
+    be = get_backend("cpu")
+    y, ctx = conv.conv2d_forward(be, x, w, b, stride, padding, dilation, groups)
+    return conv.conv2d_backward(be, ctx, dy)
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=str)
+def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, monkeypatch):
+    """dx, dw, db of both host paths; the compiled one also in chunks of one image."""
+    from gpunet.ops import conv
+    shape, o, k, stride, padding, dilation, groups, bias = geometry
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
+    dy = rng.standard_normal(ty.shape).astype(np.float32)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    refs = [tx.grad, tw.grad] + ([tb.grad] if bias else [])
+    for chunk in (conv.ROWS_CHUNK_BYTES, 1):
+        monkeypatch.setattr(conv, "ROWS_CHUNK_BYTES", chunk)
+        dx, dw, db = _conv_grads(x, w, b, dy, stride, padding, dilation, groups)
+        assert db is None if not bias else db.dtype == np.float32
+        for got, ref in zip([dx, dw, db], refs):
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_backward_compiled_is_bit_identical_across_host_thread_counts(lib):
+    from gpunet.ops import host_threads
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((64, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((24, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    dy = rng.standard_normal((64, 24, 12, 12)).astype(np.float32)
+    before = host_threads.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            out.append(_conv_grads(x, w, b, dy, (1, 1), (1, 1), (1, 1), 2))
+    finally:
+        host_threads.set_num_threads(before)
+    for other in out[1:]:
+        for a, c in zip(out[0], other):
+            np.testing.assert_array_equal(a, c)
+
