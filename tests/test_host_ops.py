@@ -214,6 +214,8 @@ CONV_GEOMETRIES = [  # (x shape, out channels, kernel, stride, padding, dilation
     ((2, 4, 6, 6), 8, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),
     ((2, 2, 11, 10), 4, (5, 3), (3, 2), (2, 3), (2, 2), 2, True),
     ((1, 1, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # more padding than image
+    ((2, 3, 5, 19), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # 16+ wide: im2col through its tile
+    ((1, 4, 4, 37), 6, (2, 3), (1, 2), (0, 1), (1, 2), 2, False),
 ]
 
 
@@ -251,10 +253,10 @@ def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, mon
 def test_conv_backward_compiled_is_bit_identical_across_host_thread_counts(lib):
     from gpunet.ops import host_threads
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((64, 16, 12, 12)).astype(np.float32)
+    x = rng.standard_normal((64, 16, 12, 20)).astype(np.float32)
     w = rng.standard_normal((24, 8, 3, 3)).astype(np.float32)
     b = rng.standard_normal(24).astype(np.float32)
-    dy = rng.standard_normal((64, 24, 12, 12)).astype(np.float32)
+    dy = rng.standard_normal((64, 24, 12, 20)).astype(np.float32)
     before = host_threads.get_num_threads()
     try:
         out = []
