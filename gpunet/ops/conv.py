@@ -229,7 +229,7 @@ def _forward_array(be, x, w, b, g: Geometry):
 
 
 def _backward_array(be, ctx, dy, fused: bool):
-    lib = _rows_lib(be, dy)
+    lib = _rows_lib(be, dy, ctx[0], ctx[1])
     if lib is not None:
         return _backward_rows(be, lib, ctx, np.ascontiguousarray(dy))
     xp = be.xp
@@ -267,18 +267,19 @@ def _backward_array(be, ctx, dy, fused: bool):
 # With 16-64 output channels OpenBLAS runs these (long side R in the rows)
 # faster than the column-major form, and the compiled col2im replaces the
 # kh*kw strided NumPy adds, the backward's largest cost. The forward stays on
-# the NumPy columns above: their contiguous copies beat the compiled row
-# im2col's strided stores, which the forward GEMM's gain did not make up
-# for with 3-channel inputs. The batch goes in chunks of whole images whose
-# columns stay near the cache (ROWS_CHUNK_BYTES; 2-4x the GEMM rate of one
-# 38 MB column matrix); the chunk size does not depend on the thread count,
-# and the C loops give every element to one thread, so results do not either.
+# the NumPy columns above: the row-layout forward (its im2col, GEMM and
+# transpose back to NCHW) measured 0.7x their speed with 3-channel inputs and
+# even elsewhere. The batch goes in chunks of whole images whose columns stay
+# near the cache (ROWS_CHUNK_BYTES; 2-4x the GEMM rate of one 38 MB column
+# matrix), dW summed over the chunks in float32; the chunk size does not depend
+# on the thread count, and the C loops give every element to one thread, so
+# results do not either.
 ROWS_CHUNK_BYTES = 4 << 20
 
 
-def _rows_lib(be, x):
-    """The compiled host library when this call takes the row-layout path, else None."""
-    if be.on_gpu or not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.size == 0:
+def _rows_lib(be, *arrays):
+    """The compiled host library when a call on these arrays takes the row-layout path, else None."""
+    if be.on_gpu or not all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size for a in arrays):
         return None
     return hostlib.load()
 
@@ -319,7 +320,7 @@ def _col2im_rows(lib, dcols, dx, geo):
 def _backward_rows(be, lib, ctx, dy):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
-    n, o, ll = x_shape[0], w.shape[0], g.oh * g.ow
+    o, ll = w.shape[0], g.oh * g.ow
     og = o // g.groups
     kg = w.shape[1] * g.kh * g.kw
     ld = kg + has_bias
@@ -339,6 +340,7 @@ def _backward_rows(be, lib, ctx, dy):
         np.matmul(dv, wg, out=dcols)
         _col2im_rows(lib, dcols, dx[n0:n0 + m], _rows_geometry(x_shape, g, m, kg))
     return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
+
 
 # dcols (C*kh*kw, N*OH*OW): row (c, i, j), column (n, oy, ox), as the column
 # layout above. Input pixel (n, c, h, w) was copied to column (oy, ox) of row
