@@ -269,12 +269,15 @@ def _backward_array(be, ctx, dy, fused: bool):
 # kh*kw strided NumPy adds, the backward's largest cost. The forward stays on
 # the NumPy columns above: the row-layout forward (its im2col, GEMM and
 # transpose back to NCHW) measured 0.7x their speed with 3-channel inputs and
-# even elsewhere. The batch goes in chunks of whole images whose columns stay
-# near the cache (ROWS_CHUNK_BYTES; 2-4x the GEMM rate of one 38 MB column
-# matrix), dW summed over the chunks in float32; the chunk size does not depend
-# on the thread count, and the C loops give every element to one thread, so
-# results do not either.
-ROWS_CHUNK_BYTES = 4 << 20
+# even elsewhere. The batch goes in chunks of whole images, dW summed over the
+# chunks in float32, to bound the workspace (ROWS_CHUNK_BYTES). The bound is
+# large: every chunk hands work between the host threads and BLAS's twice
+# each, and on a busy 2-core machine those hand-offs cost more than smaller
+# chunks gained in cache (resnet_small's 32x32 layers, 2 threads: 4 MiB
+# chunks 1.3-2x slower than 64 MiB). The chunk size does not depend on the
+# thread count, and the C loops give every element to one thread, so results
+# do not either.
+ROWS_CHUNK_BYTES = 64 << 20
 
 
 def _rows_lib(be, *arrays):
