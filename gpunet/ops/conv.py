@@ -270,14 +270,15 @@ def _backward_array(be, ctx, dy, fused: bool):
 # the NumPy columns above: the row-layout forward (its im2col, GEMM and
 # transpose back to NCHW) measured 0.7x their speed with 3-channel inputs and
 # even elsewhere. The batch goes in chunks of whole images, dW summed over the
-# chunks in float32, to bound the workspace (ROWS_CHUNK_BYTES). The bound is
-# large: every chunk hands work between the host threads and BLAS's twice
-# each, and on a busy 2-core machine those hand-offs cost more than smaller
-# chunks gained in cache (resnet_small's 32x32 layers, 2 threads: 4 MiB
-# chunks 1.3-2x slower than 64 MiB). The chunk size does not depend on the
-# thread count, and the C loops give every element to one thread, so results
-# do not either.
-ROWS_CHUNK_BYTES = 64 << 20
+# chunks in float32, to bound the workspace (ROWS_CHUNK_BYTES). Smaller
+# chunks keep the columns nearer the cache, but every chunk hands work
+# between the host threads and BLAS's twice each, which costs milliseconds on
+# a busy machine: on the 2-core machine at load 6-8, resnet_small's layers
+# with 2 threads ran up to 2x slower with 4 MiB chunks than with 16-64 MiB,
+# and with 1 thread 16 MiB was as fast as 4 MiB and faster than 64 MiB.
+# The chunk size does not depend on the thread count, and the C loops give
+# every element to one thread, so results do not either.
+ROWS_CHUNK_BYTES = 16 << 20
 
 
 def _rows_lib(be, *arrays):
