@@ -302,3 +302,88 @@ void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, 
         p[i] = pi - (mi / d) * step_size;
     }
 }
+
+/* ------------------------------------------------------------ softmax rows */
+/* rows [0, m) of x (m, n): y = e^{beta (x - s)} / sum, s the row's max
+ * (beta >= 0) or min (beta < 0), as gpunet/ops/softmax.py's NumPy path
+ * computes it: the shift on x itself (beta (x - s) <= 0 never overflows),
+ * one exp per element stored in y, the sum in double over LANES lanes (so
+ * the result does not depend on the vector width or on how rows are split
+ * over threads), one multiplication by 1/sum. A NaN anywhere in the row, or an
+ * infinite shift (inf - inf), makes the whole row NaN as in NumPy; e^z below
+ * the float32 range is 0. The row is read twice and y written and reread
+ * once, all while it sits in the core's cache. */
+static inline float pick(float a, float b, int want_max) { return (want_max ? b > a : b < a) ? b : a; }
+
+/* The lanes are folded as a tree (halves added pairwise, a fixed order):
+ * a sequential fold is a chain of LANES dependent operations per row,
+ * which on rows of 64 or 128 costs as much as the row's exps. */
+static float row_extreme(const float *x, i64 n, int want_max)
+{
+    float acc[LANES];
+    int nan = 0;
+    for (int j = 0; j < LANES; j++) acc[j] = x[0];
+    i64 i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            nan |= x[i + j] != x[i + j];
+            acc[j] = pick(acc[j], x[i + j], want_max);
+        }
+    for (int j = 0; i < n; i++, j++) {
+        nan |= x[i] != x[i];
+        acc[j] = pick(acc[j], x[i], want_max);
+    }
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] = pick(acc[j], acc[j + w], want_max);
+    return nan ? NAN : acc[0];
+}
+
+static double lanes_tree(double *acc)
+{
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
+}
+
+/* e^{beta (x - s)} of one row into y (log: beta (x - s) itself), their sum */
+static double row_exp_sum(const float *restrict xr, float *restrict yr, i64 n, float s, float beta, int log)
+{
+    double acc[LANES] = {0};
+    i64 i = 0;
+#define SOFTMAX_TERM(k, j)                                          \
+    {                                                               \
+        float z = xr[k] - s;                                        \
+        if (beta != 1.0f) z = z * beta;                             \
+        float e = exp_f32(z);                                       \
+        yr[k] = log ? z : e;                                        \
+        acc[j] += e;                                                \
+    }
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) SOFTMAX_TERM(i + j, j)
+    for (int j = 0; i < n; i++, j++) SOFTMAX_TERM(i, j)
+#undef SOFTMAX_TERM
+    return lanes_tree(acc);
+}
+
+/* log: y = beta (x - s) - log(sum), NumPy's log-softmax path. masked
+ * (attention's scores, gpunet/ops/attention.py): a non-finite shift is taken
+ * as 0 and a row whose sum is not positive is left unnormalised, so a row of
+ * -inf (every key masked) gives zeros. */
+void gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, i64 n, float beta, int log,
+                             int masked)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        float s = row_extreme(xr, n, beta >= 0.0f);
+        if (masked && !isfinite(s)) s = 0.0f;
+        double sum = row_exp_sum(xr, yr, n, s, beta, log);
+        if (log) {
+            float l = logf((float)sum);
+            for (i64 k = 0; k < n; k++) yr[k] = yr[k] - l;
+        } else {  /* as accurate as yr[k] / (float)sum: 1/sum is rounded once as (float)sum is */
+            float inv = masked && !(sum > 0) ? 1.0f : (float)(1.0 / sum);
+            for (i64 k = 0; k < n; k++) yr[k] = yr[k] * inv;
+        }
+    }
+}

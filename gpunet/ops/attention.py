@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
 from . import attention_tc
 from . import dropout as dropout_ops
@@ -209,10 +209,13 @@ def _scores(be, q, k, bias, causal, scale):
 
 
 def _probs_from_scores(be, s):
-    """Row softmax of s; rows that are -inf everywhere give all zeros. On the
-    host, scores all within ±60 skip the max shift, as the host softmax does
-    (gpunet/ops/softmax.py: exp of the exact scores, no row-wise max)."""
+    """Row softmax of s; rows that are -inf everywhere give all zeros. float32
+    on the host: one fused pass per row in the compiled loop (softmax.py's
+    softmax_rows_compiled, masked); else array code, where scores all within
+    ±60 skip the max shift (exp of the exact scores, no row-wise max)."""
     xp = be.xp
+    if xp is np and s.dtype == np.float32 and (lib := hostlib.load()) is not None:
+        return softmax_ops.softmax_rows_compiled(lib, s, masked=True)
     if xp is np and s.size and -softmax_ops.NO_SHIFT_BOUND <= s.min() and s.max() <= softmax_ops.NO_SHIFT_BOUND:
         p = xp.exp(s)
     else:
