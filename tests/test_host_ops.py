@@ -9,7 +9,7 @@ import torch
 
 from gpunet import hostlib
 from gpunet.backend import get_backend
-from gpunet.ops import activation as act, norm, optim
+from gpunet.ops import activation as act, attention, host_threads, norm, optim, softmax
 
 F32 = np.finfo(np.float32)
 
@@ -204,3 +204,68 @@ def test_gelu_backward_both_paths_against_torch_float64(host_path):
     # a gradient of another dtype or shape takes the product route
     dx64 = act.act_backward(be, ctx, dy.astype(np.float64))
     np.testing.assert_allclose(dx64, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- softmax rows
+def _softmax64(x, beta, log):
+    """float64 reference with NumPy's IEEE rules for the special rows."""
+    z = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        s = z.max(axis=-1, keepdims=True) if beta >= 0 else z.min(axis=-1, keepdims=True)
+        z = beta * (z - s)
+        total = np.exp(z).sum(axis=-1, keepdims=True)
+        return z - np.log(total) if log else np.exp(z) / total
+
+
+def _special_rows(n):
+    rng = np.random.default_rng(n)
+    rows = [rng.standard_normal(n) * 5, np.full(n, 2.5), rng.standard_normal(n) * 1e30,
+            rng.standard_normal(n) * 1e-30, np.linspace(-200, 0, n)]
+    for v in (np.nan, np.inf, -np.inf):
+        rows += [np.where(np.arange(n) == n // 2, v, rows[0]), np.full(n, v)]
+    return np.array(rows, np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 3, 64, 100, 1027])
+@pytest.mark.parametrize("beta", [1.0, 0.5, -2.0])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_compiled_against_float64_on_special_rows(lib, n, beta, log, host_path):
+    x = _special_rows(n)
+    with np.errstate(all="ignore"):
+        y, _ = softmax.softmax_forward(get_backend("cpu"), x, -1, beta, log)
+    ref = _softmax64(x, beta, log)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))  # NaN/inf rows as NumPy's IEEE rules make them
+    if log:
+        np.testing.assert_allclose(y, ref, rtol=4e-6, atol=1e-5)
+    else:
+        np.testing.assert_allclose(y, ref, rtol=4e-6, atol=1e-37)
+        np.testing.assert_allclose(y[np.isfinite(ref).all(axis=1)].sum(axis=1), 1, rtol=n * 2e-7)
+
+
+def test_softmax_compiled_same_bits_for_any_thread_count(lib):
+    x = np.random.default_rng(1).standard_normal((700, 300)).astype(np.float32) * 4
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            runs.append([softmax.softmax_rows_compiled(lib, x, b, log) for b in (1.0, 3.0) for log in (False, True)])
+    finally:
+        host_threads.set_num_threads(before)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_attention_probs_compiled_rule_for_masked_rows(lib, host_path):
+    """A fully masked query row gives zeros, a partly masked one a softmax
+    over its kept keys, on both paths."""
+    s = np.random.default_rng(2).standard_normal((2, 5, 7)).astype(np.float32)
+    s[0, 1] = -np.inf
+    s[1, 2, 3:] = -np.inf
+    p = attention._probs_from_scores(get_backend("cpu"), s.copy())
+    np.testing.assert_array_equal(p[0, 1], 0)
+    np.testing.assert_array_equal(p[1, 2, 3:], 0)
+    keep = np.isfinite(s).any(axis=-1)
+    np.testing.assert_allclose(p[keep], _softmax64(s[keep], 1.0, False), rtol=4e-6, atol=1e-37)
