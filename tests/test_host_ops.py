@@ -269,3 +269,20 @@ def test_attention_probs_compiled_rule_for_masked_rows(lib, host_path):
     np.testing.assert_array_equal(p[1, 2, 3:], 0)
     keep = np.isfinite(s).any(axis=-1)
     np.testing.assert_allclose(p[keep], _softmax64(s[keep], 1.0, False), rtol=4e-6, atol=1e-37)
+
+
+@pytest.mark.parametrize("L,S", [(300, 257), (7, 40)])
+def test_attention_causal_probs_compiled_without_a_mask_array(lib, monkeypatch, L, S):
+    """The compiled loop skips keys j > i itself (rows split over 3 threads:
+    each part knows its first row's query index) as the masked array path."""
+    s = np.random.default_rng(3).standard_normal((1, 5, L, S)).astype(np.float32) * 3
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(3)
+    try:
+        p = attention._probs_from_scores(get_backend("cpu"), s.copy(), causal=True)
+    finally:
+        host_threads.set_num_threads(before)
+    monkeypatch.setattr(hostlib, "load", lambda: None)
+    ref = attention._probs_from_scores(get_backend("cpu"), s.copy(), causal=True)
+    np.testing.assert_array_equal(p == 0, ref == 0)
+    np.testing.assert_allclose(p, ref, rtol=4e-6, atol=1e-37)

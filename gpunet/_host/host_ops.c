@@ -368,22 +368,27 @@ static double row_exp_sum(const float *restrict xr, float *restrict yr, i64 n, f
 /* log: y = beta (x - s) - log(sum), NumPy's log-softmax path. masked
  * (attention's scores, gpunet/ops/attention.py): a non-finite shift is taken
  * as 0 and a row whose sum is not positive is left unnormalised, so a row of
- * -inf (every key masked) gives zeros. */
+ * -inf (every key masked) gives zeros. causal > 0 (with masked): the rows
+ * are queries of (causal, n) score matrices, row0 the first one's index, and
+ * query i keeps keys j <= i only, the others read as -inf (y = 0) without
+ * the caller writing a mask. */
 void gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, i64 n, float beta, int log,
-                             int masked)
+                             int masked, i64 causal, i64 row0)
 {
     for (i64 r = 0; r < m; r++) {
         const float *xr = x + r * n;
         float *yr = y + r * n;
-        float s = row_extreme(xr, n, beta >= 0.0f);
+        i64 keep = causal > 0 && (row0 + r) % causal + 1 < n ? (row0 + r) % causal + 1 : n;
+        float s = row_extreme(xr, keep, beta >= 0.0f);
         if (masked && !isfinite(s)) s = 0.0f;
-        double sum = row_exp_sum(xr, yr, n, s, beta, log);
+        double sum = row_exp_sum(xr, yr, keep, s, beta, log);
         if (log) {
             float l = logf((float)sum);
-            for (i64 k = 0; k < n; k++) yr[k] = yr[k] - l;
+            for (i64 k = 0; k < keep; k++) yr[k] = yr[k] - l;
         } else {  /* as accurate as yr[k] / (float)sum: 1/sum is rounded once as (float)sum is */
             float inv = masked && !(sum > 0) ? 1.0f : (float)(1.0 / sum);
-            for (i64 k = 0; k < n; k++) yr[k] = yr[k] * inv;
+            for (i64 k = 0; k < keep; k++) yr[k] = yr[k] * inv;
         }
+        memset(yr + keep, 0, (size_t)(n - keep) * sizeof(float));
     }
 }

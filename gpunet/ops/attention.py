@@ -190,7 +190,7 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
-    p = _probs_from_scores(be, _scores(be, q, k, bias, causal, scale))
+    p = _probs_from_scores(be, _scores(be, q, k, bias, False, scale), causal)
     out = be.xp.matmul(p, v)
     return out, AttentionContext(q, k, v, bias, causal, scale, out, probs=p)
 
@@ -201,21 +201,26 @@ def _scores(be, q, k, bias, causal, scale):
     s = xp.matmul(q, xp.swapaxes(k, -1, -2))
     s *= scale
     if bias is not None:
-        s = s + bias
-    if causal:
-        L, S = s.shape[-2:]
-        s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
-    return s
+        s = xp.add(s, bias, out=s if np.broadcast_shapes(s.shape, bias.shape) == s.shape else None)
+    return _causal_masked(xp, s) if causal else s
 
 
-def _probs_from_scores(be, s):
-    """Row softmax of s; rows that are -inf everywhere give all zeros. float32
-    on the host: one fused pass per row in the compiled loop (softmax.py's
-    softmax_rows_compiled, masked); else array code, where scores all within
-    ±60 skip the max shift (exp of the exact scores, no row-wise max)."""
+def _causal_masked(xp, s):
+    L, S = s.shape[-2:]
+    return xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
+
+
+def _probs_from_scores(be, s, causal=False):
+    """Row softmax of s, causal positions (when asked) masked; rows that are
+    -inf everywhere give all zeros. float32 on the host: one fused pass per
+    row in the compiled loop (softmax.py's softmax_rows_compiled, masked, the
+    causal keys skipped there); else array code, where scores all within ±60
+    skip the max shift (exp of the exact scores, no row-wise max)."""
     xp = be.xp
     if xp is np and s.dtype == np.float32 and (lib := hostlib.load()) is not None:
-        return softmax_ops.softmax_rows_compiled(lib, s, masked=True)
+        return softmax_ops.softmax_rows_compiled(lib, s, masked=True, causal=causal)
+    if causal:
+        s = _causal_masked(xp, s)
     if xp is np and s.size and -softmax_ops.NO_SHIFT_BOUND <= s.min() and s.max() <= softmax_ops.NO_SHIFT_BOUND:
         p = xp.exp(s)
     else:

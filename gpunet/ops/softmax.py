@@ -116,18 +116,20 @@ def _host_lib(x):
     return hostlib.load() if x.dtype == np.float32 else None
 
 
-def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False):
+def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=False):
     """(log-)softmax of float32 x along its last axis in the compiled host
     loop (gpunet_softmax_rows_f32: the NumPy path's shift, exp, double-lane
     sum and division, one pass per row while it is in cache), the rows split
     over the host threads. masked: attention's rule for scores (a row of
-    -inf gives zeros)."""
+    -inf gives zeros); causal: x is (..., L, S) scores and query i keeps keys
+    j <= i (the rest read as -inf, no mask written)."""
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = np.empty_like(x2)
     n = x2.shape[1]
     xa, ya = x2.ctypes.data, y.ctypes.data
     host_threads.run(lambda lo, hi: lib.gpunet_softmax_rows_f32(xa + 4 * lo * n, ya + 4 * lo * n, hi - lo, n,
-                                                                 float(beta), int(log), int(masked)),
+                                                                 float(beta), int(log), int(masked),
+                                                                 x.shape[-2] if causal else 0, lo),
                      host_threads.ranges(x2.shape[0], n))
     return y.reshape(x.shape)
 
