@@ -286,3 +286,26 @@ def test_attention_causal_probs_compiled_without_a_mask_array(lib, monkeypatch, 
     ref = attention._probs_from_scores(get_backend("cpu"), s.copy(), causal=True)
     np.testing.assert_array_equal(p == 0, ref == 0)
     np.testing.assert_allclose(p, ref, rtol=4e-6, atol=1e-37)
+
+
+@pytest.mark.parametrize("scale", [None, -0.5, 0.0])
+@pytest.mark.parametrize("causal,bias", [(False, False), (True, False), (False, True)])
+def test_attention_both_paths_against_torch_float64(scale, causal, bias, host_path):
+    """sdpa forward and backward, float32: the compiled softmax (the scale as
+    its beta when there is no bias) and score gradient, and the array code."""
+    if causal and scale is not None and scale <= 0:
+        pytest.skip("torch masks before scaling: its causal -inf times a scale <= 0 is +inf or NaN")
+    rng = np.random.default_rng(4)
+    q, k, v, dout = (rng.standard_normal((2, 3, n, 16)).astype(np.float32) for n in (9, 11, 11, 9))
+    b = np.where(rng.random((9, 11)) < 0.3, -np.inf, rng.standard_normal((9, 11))).astype(np.float32)
+    b[2] = -np.inf  # a query row with every key masked
+    out, ctx = attention.sdpa_forward(get_backend("cpu"), q, k, v, b if bias else None, causal, scale)
+    grads = attention.sdpa_backward(get_backend("cpu"), ctx, dout)
+    qt, kt, vt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (q, k, v))
+    mask = torch.tensor(b, dtype=torch.float64) if bias else None
+    ot = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, mask, is_causal=causal, scale=scale)
+    ot = torch.nan_to_num(ot)  # torch's all-masked row is NaN; gpunet's gives 0 (module docstring)
+    ot.backward(torch.tensor(dout, dtype=torch.float64))
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for got, t in zip(grads, (qt, kt, vt)):
+        np.testing.assert_allclose(got, torch.nan_to_num(t.grad).numpy(), rtol=1e-4, atol=1e-5)

@@ -392,3 +392,25 @@ void gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, 
         memset(yr + keep, 0, (size_t)(n - keep) * sizeof(float));
     }
 }
+
+/* ------------------------------------------------------------ attention backward */
+/* rows [0, m) of attention's score gradient, in dp's memory (m, n):
+ *   ds = (p·(dp - delta))·scale,  delta = sum_j dout·out over the row's ev
+ * output features (= rowsum(dp·p), gpunet/ops/attention.py), summed in
+ * double over LANES lanes folded as a tree; scale is applied here so the
+ * two GEMMs after it need no pass of their own. */
+void gpunet_attention_ds_f32(const float *restrict p, float *restrict dp, const float *restrict dout,
+                             const float *restrict out, i64 m, i64 n, i64 ev, float scale)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *dor = dout + r * ev, *outr = out + r * ev, *pr = p + r * n;
+        float *dpr = dp + r * n;
+        double acc[LANES] = {0};
+        i64 i = 0;
+        for (; i + LANES <= ev; i += LANES)
+            for (int j = 0; j < LANES; j++) acc[j] += (double)dor[i + j] * (double)outr[i + j];
+        for (int j = 0; i < ev; i++, j++) acc[j] += (double)dor[i] * (double)outr[i];
+        float delta = (float)lanes_tree(acc);
+        for (i64 k = 0; k < n; k++) dpr[k] = (pr[k] * (dpr[k] - delta)) * scale;
+    }
+}
