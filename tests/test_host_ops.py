@@ -309,3 +309,30 @@ def test_attention_both_paths_against_torch_float64(scale, causal, bias, host_pa
     np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-5, atol=1e-5)
     for got, t in zip(grads, (qt, kt, vt)):
         np.testing.assert_allclose(got, torch.nan_to_num(t.grad).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_adam_host_blocks_shared_by_element_count():
+    """A model's large weights listed before its small biases: every host
+    thread gets about the same number of elements (within a block), not the
+    same number of blocks."""
+    import collections
+    import threading
+    be = get_backend("cpu")
+    shapes = [(512, 512)] * 6 + [(512,)] * 6
+    work = [(views, ()) for arrays in zip(*([np.zeros(s, np.float32) for s in shapes] for _ in range(4)))
+            for views in optim._blocks(be, arrays, optim._HOST_BLOCK)]
+    done = collections.Counter()
+    lock = threading.Lock()
+
+    def update(views):
+        with lock:
+            done[threading.get_ident()] += views[0].size
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(2)
+    try:
+        optim._run_blocks(be, work, update)
+    finally:
+        host_threads.set_num_threads(before)
+    total = sum(int(np.prod(s)) for s in shapes)
+    assert sum(done.values()) == total and len(done) == 2
+    assert max(done.values()) - total / 2 <= optim._HOST_BLOCK
