@@ -46,6 +46,8 @@ _SIGNATURES = {
     "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
     "gpunet_softmax_rows_f32": [_F32P, _F32P, _I64, _I64, _F32, ctypes.c_int, ctypes.c_int, _I64, _I64],
     "gpunet_attention_ds_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64, _I64, _F32],
+    "gpunet_gelu_tanh_f32": [_F32P, _F32P, _I64],
+    "gpunet_gelu_tanh_derivative_f32": [_F32P, _F32P, _F32P, _I64],
 }
 
 

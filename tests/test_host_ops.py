@@ -336,3 +336,34 @@ def test_adam_host_blocks_shared_by_element_count():
     total = sum(int(np.prod(s)) for s in shapes)
     assert sum(done.values()) == total and len(done) == 2
     assert max(done.values()) - total / 2 <= optim._HOST_BLOCK
+
+
+def test_gelu_tanh_both_paths_against_float64(host_path):
+    """The tanh form, forward and backward: the compiled x·sigmoid(2u) and the
+    array code's 0.5·x·(1 + tanh u) against float64, NaN/inf as the array code."""
+    be = get_backend("cpu")
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(20_000) * 4, np.linspace(-9, 9, 1001), [0.0, -0.0, 1e-30, -1e-30]])
+    x = x.astype(np.float32)
+    dy = rng.standard_normal(x.size).astype(np.float32)
+    y = act.FORWARD["gelu"](np, x, approximate="tanh")
+    dx = act.act_backward(be, ("gelu", {"approximate": "tanh"}, x, y), dy)
+    x64 = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+    with np.errstate(over="ignore"):  # (1 + tanh u)/2 = sigmoid(2u), no cancellation in the reference either
+        s, sm = 1 / (1 + np.exp(-2 * u)), 1 / (1 + np.exp(2 * u))
+    ref_y = x64 * s
+    slope = 2 * x64 * s * sm * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x64 ** 2)
+    assert y.dtype == dx.dtype == np.float32
+    # the array code's 1 + tanh(u) cancels where x is well below 0: an absolute
+    # error of a few float32 ulps of 1 there, which the compiled form does not have
+    atol = 1e-37 if host_path == "compiled" else 8e-6
+    # (relative: u's float32 rounding, up to 2e-5 of e^-2|u| in the far tails)
+    np.testing.assert_allclose(y, ref_y, rtol=2e-5, atol=atol)
+    # the derivative s + slope crosses 0 near x = -0.75: apart relative to its terms' size
+    assert np.all(np.abs(dx - dy * (s + slope)) <= 4e-5 * np.abs(dy) * (s + np.abs(slope)) + atol)
+    special = np.array([np.nan, np.inf, -np.inf, 1e20, -1e20, F32.max], np.float32)
+    with np.errstate(all="ignore"):
+        ys = act.FORWARD["gelu"](np, special, approximate="tanh")
+    np.testing.assert_array_equal(ys, special.clip(max=np.inf) * [1, 1, np.nan, 1, -0.0, 1])
+    assert np.signbit(ys[4])

@@ -414,3 +414,46 @@ void gpunet_attention_ds_f32(const float *restrict p, float *restrict dp, const 
         for (i64 k = 0; k < n; k++) dpr[k] = (pr[k] * (dpr[k] - delta)) * scale;
     }
 }
+
+/* ------------------------------------------------------------ GELU, tanh form */
+/* 0.5·x·(1 + tanh(u)), u = sqrt(2/pi)·(x + 0.044715·x^3) (gpunet/ops/activation.py),
+ * as x·s with s = sigmoid(2u) = (1 + tanh(u))/2: one exp of -2|u| (never
+ * overflows) gives s and 1 - s without cancellation, so the result stays
+ * accurate where 1 + tanh(u) is tiny (x well below 0). The derivative
+ *   0.5(1 + tanh u) + 0.5·x·(1 - tanh^2 u)·u' = s + 2x·s(1 - s)·u',
+ * u' = sqrt(2/pi)·(1 + 3·0.044715·x^2), times dy when dy is given. */
+#define GELU_K 0.797884560802865356f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+
+/* s = sigmoid(2u) and 1 - s */
+static inline void gelu_tanh_sigmoid(float x, float *s, float *sm)
+{
+    float u = ((GELU_C * x) * x) * x;
+    u = (x + u) * GELU_K;
+    float e = exp_f32(-2.0f * fabsf(u));
+    float q = 1.0f / (1.0f + e);
+    float eq = e * q;
+    *s = u >= 0.0f ? q : eq;
+    *sm = u >= 0.0f ? eq : q;
+}
+
+void gpunet_gelu_tanh_f32(const float *restrict x, float *restrict y, i64 n)
+{
+    for (i64 i = 0; i < n; i++) {
+        float s, sm;
+        gelu_tanh_sigmoid(x[i], &s, &sm);
+        y[i] = x[i] * s;
+    }
+}
+
+void gpunet_gelu_tanh_derivative_f32(const float *restrict x, const float *restrict dy, float *restrict out, i64 n)
+{
+    for (i64 i = 0; i < n; i++) {
+        float xi = x[i], s, sm;
+        gelu_tanh_sigmoid(xi, &s, &sm);
+        float du = ((3.0f * GELU_C) * xi) * xi;
+        du = (1.0f + du) * GELU_K;
+        float d = s + ((2.0f * xi) * (s * sm)) * du;
+        out[i] = dy ? dy[i] * d : d;
+    }
+}
