@@ -13,7 +13,10 @@ Backward, with P the attention probabilities and dO the output gradient:
 (rowsum(dP ∘ P) = rowsum(dO ∘ O), which lets the kernels skip P.)
 
 Array path (cpu, cupy, float64 anywhere, head dims above 128): the L×S
-probabilities are materialised and saved for backward.
+probabilities are materialised and saved for backward. On the host in
+float32 their softmax (the causal mask and, without a bias, the scale
+included) and the backward's dS run in compiled row loops
+(gpunet/_host/host_ops.c); the GEMMs are NumPy's.
 Kernel path (sim, cuda; float32, head dims up to 128): flash attention
 (csrc/kernels/attention.cu) -- tiles of queries and keys with an online
 softmax; the forward saves only the per-row log-sum-exp (B·L floats) and the
@@ -302,7 +305,8 @@ def _scaled_ds_compiled(lib, p, dp, dout, out, scale):
     """dS·scale = P ∘ (dP - rowsum(dO ∘ O))·scale in dp's memory, one pass per
     row in the compiled loop (gpunet_attention_ds_f32), rows over the host threads."""
     n, ev = dp.shape[-1], dout.shape[-1]
-    # p may be a half call's float32 copy and out a broadcast batch's: contiguous (B·L, ·) rows
+    # as contiguous float32 (B·L, ·) rows: dout may be a strided view, and p lacks
+    # the batch dims that only v has
     p, dout, out = (np.ascontiguousarray(np.broadcast_to(a, dp.shape[:-1] + a.shape[-1:]), dtype=np.float32)
                     for a in (p, dout, out))
     addr = [a.ctypes.data for a in (p, dp, dout, out)]

@@ -13,6 +13,11 @@ Backward (y the output, g the incoming gradient, sums along `dim`):
     softmax:      dz = beta * y * (g - sum(g * y))
     log_softmax:  dz = beta * (g - e^y * sum(g))
 
+On the host (cpu) a float32 (log-)softmax along the last axis runs in one
+compiled pass per row (gpunet/_host/host_ops.c through gpunet/hostlib.py),
+the rows split over the host threads; other axes, float64 and hosts without
+a C compiler take the NumPy code below.
+
 Kernel backends (sim, cuda; float32, and float16/bfloat16 storage computed
 in float32 with each output rounded once, as the cpu reference does through
 gpunet.ops.half) run csrc/kernels/softmax.cu along the last axis. Softmax along another axis there is computed by moving that axis
@@ -118,8 +123,8 @@ def _host_lib(x):
 
 def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=False):
     """(log-)softmax of float32 x along its last axis in the compiled host
-    loop (gpunet_softmax_rows_f32: the NumPy path's shift, exp, double-lane
-    sum and division, one pass per row while it is in cache), the rows split
+    loop (gpunet_softmax_rows_f32: the NumPy path's shift and exp, the sum in
+    double lanes, the product with 1/sum, all while the row is in cache), the rows split
     over the host threads. masked: attention's rule for scores (a row of
     -inf gives zeros); causal: x is (..., L, S) scores and query i keeps keys
     j <= i (the rest read as -inf, no mask written)."""
