@@ -44,6 +44,9 @@ _SIGNATURES = {
     "gpunet_layer_norm_forward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _I64, _I64, ctypes.c_double],
     "gpunet_layer_norm_backward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _F64P, _F64P, _I64, _I64, _F32P],
     "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
+    "gpunet_batch_norm_stats_f32": [_F32P, _F32P, _F32P] + [_I64] * 5,
+    "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
+    "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
 }
 
 

@@ -204,3 +204,64 @@ def test_gelu_backward_both_paths_against_torch_float64(host_path):
     # a gradient of another dtype or shape takes the product route
     dx64 = act.act_backward(be, ctx, dy.astype(np.float64))
     np.testing.assert_allclose(dx64, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- batch norm
+def _bn_run(be, x, w, b, dy, batch_stats=True):
+    mean, var, _ = norm.batch_norm_stats(be, x) if batch_stats else (x.mean((0, 2, 3)), x.var((0, 2, 3)), 0)
+    y, ctx = norm.batch_norm_forward(be, x, w, b, mean, var, 1e-5)
+    return (mean, var, y, *norm.batch_norm_backward(be, ctx, dy, batch_stats))
+
+
+@pytest.mark.parametrize("shape,affine", [((5, 7, 9, 11), True), ((1, 1, 33, 1), True), ((2, 3, 8, 8), False),
+                                          ((3, 2, 3, 3), True)])  # the last: 9 per run, NumPy's path
+def test_batch_norm2d_both_paths_against_torch_float64(shape, affine, host_path):
+    be = get_backend("cpu")
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 2 + 5).astype(np.float32)  # a mean well away from 0
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.standard_normal((2, shape[1])).astype(np.float32) if affine else (None, None)
+    mean, var, y, dx, dw, db = _bn_run(be, x, w, b, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt, bt = (None, None) if w is None else (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (w, b))
+    yt = torch.nn.functional.batch_norm(xt, None, None, wt, bt, True, 0.1, 1e-5)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    x64 = x.astype(np.float64)
+    assert y.dtype == dx.dtype == mean.dtype == var.dtype == np.float32
+    # the compiled loops sum in double: each statistic within a rounding (the
+    # NumPy path's per-image float32 sums: within 2 ulps)
+    bound = 0.51 if host_path == "compiled" and shape[2] * shape[3] >= norm._BN_HOST_MIN_INNER else 2
+    assert _ulps(mean, x64.mean((0, 2, 3))).max() <= bound and _ulps(var, x64.var((0, 2, 3))).max() <= bound
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    assert (dw is None) == (db is None) == (w is None)
+    if w is not None:
+        np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _ulps(a, ref):
+    return np.abs(a - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+
+
+def test_batch_norm2d_compiled_close_to_the_numpy_path_and_nan_stays_in_its_channel(lib, monkeypatch):
+    be = get_backend("cpu")
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((4, 5, 13, 17)) * 3 + 100).astype(np.float32)
+    x[2, 1, 5, 7] = np.nan
+    x[:, 3] = 2.5  # a constant channel: variance 0, y = b exactly
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal((2, 5)).astype(np.float32)
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append(_bn_run(be, x, w, b, dy) + _bn_run(be, x[:, 2:], w[2:], b[2:], dy[:, 2:], False)[2:])
+    for got, ref in zip(*runs):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-4)
+    y, dx = runs[0][2], runs[0][3]
+    assert np.isnan(y[:, 1]).all() and np.isfinite(np.delete(y, 1, axis=1)).all()
+    assert np.isnan(dx[:, 1]).all() and np.isfinite(np.delete(dx, 1, axis=1)).all()
+    np.testing.assert_array_equal(y[:, 3], b[3])

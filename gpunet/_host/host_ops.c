@@ -302,3 +302,88 @@ void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, 
         p[i] = pi - (mi / d) * step_size;
     }
 }
+
+/* ------------------------------------------------------------ batch norm */
+/* x (n, c, inner) contiguous; channels [c_lo, c_hi) of it, each channel done
+ * whole by one call (its n runs of `inner` values), so a split of the
+ * channels over threads changes no bit. A channel's runs are read back to
+ * back by the passes below: the second pass finds them in cache. */
+
+/* per channel: mean = sum/count and the biased variance sum((x - mean)^2)/count
+ * around the rounded mean, both sums in double, each statistic rounded once
+ * (the NumPy path's formula, with its float32 per-image sums now in double) */
+void gpunet_batch_norm_stats_f32(const float *x, float *mean, float *var, i64 n, i64 c, i64 inner, i64 c_lo,
+                                 i64 c_hi)
+{
+    double count = (double)(n * inner);
+    for (i64 ch = c_lo; ch < c_hi; ch++) {
+        double s = 0, ss = 0;
+        for (i64 i = 0; i < n; i++) s += row_sum(x + (i * c + ch) * inner, inner);
+        float mu = (float)(s / count);
+        for (i64 i = 0; i < n; i++) ss += row_sq_dev(x + (i * c + ch) * inner, mu, inner);
+        mean[ch] = mu;
+        var[ch] = (float)(ss / count);
+    }
+}
+
+/* y = (x - mean)·scale + bias per channel (bias may be NULL), in float32 in
+ * that order, as the NumPy path rounds it */
+void gpunet_batch_norm_forward_f32(const float *restrict x, float *restrict y, const float *mean,
+                                   const float *scale, const float *bias, i64 n, i64 c, i64 inner, i64 c_lo,
+                                   i64 c_hi)
+{
+    for (i64 ch = c_lo; ch < c_hi; ch++) {
+        float mu = mean[ch], s = scale[ch], b = bias ? bias[ch] : 0.0f;
+        for (i64 i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * inner;
+            float *yr = y + (i * c + ch) * inner;
+            if (bias)
+                for (i64 j = 0; j < inner; j++) yr[j] = (xr[j] - mu) * s + b;
+            else
+                for (i64 j = 0; j < inner; j++) yr[j] = (xr[j] - mu) * s;
+        }
+    }
+}
+
+/* Training-mode backward per channel, with xhat = (x - mean)·rstd:
+ *   pass 1: dy_sum = sum(dy), dyx_sum = sum(dy·xhat) (double, into the
+ *           caller's arrays: db and dw);
+ *   pass 2: dx = ((dy - xhat·k1) - k2)·w_rstd, k1 = f32(dyx_sum)/count and
+ *           k2 = f32(dy_sum)/count rounded to float32 as the NumPy path does. */
+void gpunet_batch_norm_backward_f32(const float *restrict x, const float *restrict dy, float *restrict dx,
+                                    const float *mean, const float *rstd, const float *w_rstd,
+                                    double *dy_sum, double *dyx_sum, i64 n, i64 c, i64 inner, i64 c_lo,
+                                    i64 c_hi)
+{
+    float count = (float)(n * inner);
+    for (i64 ch = c_lo; ch < c_hi; ch++) {
+        float mu = mean[ch], rs = rstd[ch], wr = w_rstd[ch];
+        double s[LANES] = {0}, d[LANES] = {0};
+        for (i64 i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * inner, *dr = dy + (i * c + ch) * inner;
+            i64 j = 0;
+            for (; j + LANES <= inner; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    float h = (xr[j + l] - mu) * rs;
+                    s[l] += (double)dr[j + l];
+                    d[l] += (double)dr[j + l] * (double)h;
+                }
+            for (int l = 0; j < inner; j++, l++) {
+                float h = (xr[j] - mu) * rs;
+                s[l] += (double)dr[j];
+                d[l] += (double)dr[j] * (double)h;
+            }
+        }
+        dy_sum[ch] = lanes_total(s);
+        dyx_sum[ch] = lanes_total(d);
+        float k1 = (float)dyx_sum[ch] / count, k2 = (float)dy_sum[ch] / count;
+        for (i64 i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * inner, *dr = dy + (i * c + ch) * inner;
+            float *out = dx + (i * c + ch) * inner;
+            for (i64 j = 0; j < inner; j++) {
+                float h = (xr[j] - mu) * rs;
+                out[j] = ((dr[j] - h * k1) - k2) * wr;
+            }
+        }
+    }
+}
