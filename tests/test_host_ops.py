@@ -9,7 +9,7 @@ import torch
 
 from gpunet import hostlib
 from gpunet.backend import get_backend
-from gpunet.ops import activation as act, norm, optim
+from gpunet.ops import activation as act, norm, optim, pool
 
 F32 = np.finfo(np.float32)
 
@@ -265,3 +265,46 @@ def test_batch_norm2d_compiled_close_to_the_numpy_path_and_nan_stays_in_its_chan
     assert np.isnan(y[:, 1]).all() and np.isfinite(np.delete(y, 1, axis=1)).all()
     assert np.isnan(dx[:, 1]).all() and np.isfinite(np.delete(dx, 1, axis=1)).all()
     np.testing.assert_array_equal(y[:, 3], b[3])
+
+
+# ---------------------------------------------------------------- average pooling
+_AVG_CASES = [((2, 3, 9, 11), 3, 2, 1, False, True), ((1, 1, 5, 5), (2, 3), (2, 1), 1, True, False),
+              ((2, 2, 8, 8), 2, 2, 0, False, True), ((1, 2, 6, 7), (3, 2), 3, 1, True, True),
+              ((3, 1, 7, 4), 3, 1, 1, False, False)]
+
+
+def _avg_run(x, kernel, stride, padding, ceil_mode, include_pad, dy_fn):
+    k, s, p = ((a, a) if isinstance(a, int) else a for a in (kernel, stride, padding))
+    y, ctx = pool.avgpool2d_forward(get_backend("cpu"), x, k, s, p, ceil_mode, include_pad)
+    return y, pool.avgpool2d_backward(get_backend("cpu"), ctx, dy_fn(y))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode,include_pad", _AVG_CASES)
+def test_avg_pool_both_paths_against_torch_float64(shape, kernel, stride, padding, ceil_mode, include_pad,
+                                                   host_path):
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    args = (kernel, stride, padding, ceil_mode, include_pad)
+    y, dx = _avg_run(x, *args, lambda y: np.cos(y).astype(np.float32))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.avg_pool2d(xt, *args)
+    yt.backward(torch.cos(torch.tensor(y, dtype=torch.float64)))
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode,include_pad", _AVG_CASES)
+def test_avg_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, padding, ceil_mode, include_pad,
+                                                       lib, monkeypatch):
+    """The same sums in the same order: equal bits, NaN and inf included."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x[0, 0, 1, 1], x[-1, -1, -1, -1], x[0, -1, 0, -1] = np.nan, np.inf, -0.0
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append(_avg_run(x, kernel, stride, padding, ceil_mode, include_pad,
+                                 lambda y: np.where(np.isnan(y), np.float32(1), np.sin(y)).astype(np.float32)))
+    for got, ref in zip(*runs):
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))

@@ -387,3 +387,100 @@ void gpunet_batch_norm_backward_f32(const float *restrict x, const float *restri
         }
     }
 }
+
+/* ------------------------------------------------------------ average pooling */
+/* planes (P, H, W) contiguous -> (P, OH, OW), each plane on its own (a split
+ * of the planes over threads changes no bit), in the NumPy path's order:
+ * the plane zero-padded to (HP, WP), each window summed in row-major tap
+ * order starting from its first tap, divided by PyTorch's divisor (the
+ * window clipped to the padded input, and to the input without
+ * count_include_pad). Scratch: pad (HP·WP floats; the forward does not use
+ * it when HP = H and WP = W) and div (OH·OW floats, the divisors). Loops run
+ * tap by tap over a row of outputs, so they vectorise over the row. */
+static void avg_divisors(float *div, i64 H, i64 W, i64 OH, i64 OW, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph,
+                         i64 pw, int include_pad)
+{
+    for (i64 o = 0; o < OH; o++) {
+        i64 h0 = o * sh - ph, h1 = h0 + kh < H + ph ? h0 + kh : H + ph;
+        if (!include_pad) h0 = h0 > 0 ? h0 : 0, h1 = h1 < H ? h1 : H;
+        for (i64 o2 = 0; o2 < OW; o2++) {
+            i64 w0 = o2 * sw - pw, w1 = w0 + kw < W + pw ? w0 + kw : W + pw;
+            if (!include_pad) w0 = w0 > 0 ? w0 : 0, w1 = w1 < W ? w1 : W;
+            div[o * OW + o2] = (float)((h1 - h0) * (w1 - w0));
+        }
+    }
+}
+
+/* the plane x (H, W) into pad (HP, WP) at (ph, pw), zeros around it */
+static void pad_plane(const float *x, float *pad, i64 H, i64 W, i64 HP, i64 WP, i64 ph, i64 pw)
+{
+    memset(pad, 0, (size_t)(HP * WP) * sizeof(float));
+    for (i64 h = 0; h < H; h++) memcpy(pad + (h + ph) * WP + pw, x + h * W, (size_t)W * sizeof(float));
+}
+
+/* out[o] += tap[o·sw] and row[o·sw] += s[o] for o < n: strides 1 and 2 (the
+ * common pools) as constants, so GCC vectorises them with shuffles rather
+ * than gathers and scatters */
+static inline void add_strided_from(float *restrict out, const float *tap, i64 n, i64 sw)
+{
+    if (sw == 1)
+        for (i64 o = 0; o < n; o++) out[o] += tap[o];
+    else if (sw == 2)
+        for (i64 o = 0; o < n; o++) out[o] += tap[2 * o];
+    else
+        for (i64 o = 0; o < n; o++) out[o] += tap[o * sw];
+}
+
+static inline void add_strided_to(float *restrict row, const float *s, i64 n, i64 sw)
+{
+    if (sw == 1)
+        for (i64 o = 0; o < n; o++) row[o] += s[o];
+    else if (sw == 2)
+        for (i64 o = 0; o < n; o++) row[2 * o] += s[o];
+    else
+        for (i64 o = 0; o < n; o++) row[o * sw] += s[o];
+}
+
+void gpunet_avgpool2d_forward_f32(const float *x, float *restrict y, float *restrict pad, float *restrict div,
+                                  i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP, i64 kh, i64 kw, i64 sh,
+                                  i64 sw, i64 ph, i64 pw, int include_pad)
+{
+    avg_divisors(div, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad);
+    int padded = HP != H || WP != W;
+    for (i64 p = 0; p < P; p++) {
+        const float *src = x + p * H * W;
+        if (padded) {
+            pad_plane(src, pad, H, W, HP, WP, ph, pw);
+            src = pad;
+        }
+        for (i64 o = 0; o < OH; o++) {
+            float *restrict out = y + (p * OH + o) * OW;
+            const float *row = src + o * sh * WP;
+            for (i64 o2 = 0; o2 < OW; o2++) out[o2] = row[o2 * sw];
+            for (i64 i = 0; i < kh; i++)
+                for (i64 j = i == 0; j < kw; j++) add_strided_from(out, row + i * WP + j, OW, sw);
+            for (i64 o2 = 0; o2 < OW; o2++) out[o2] /= div[o * OW + o2];
+        }
+    }
+}
+
+/* dx (P, H, W) from dy (P, OH, OW): each input pixel gets dy/divisor of every
+ * window holding it, added tap by tap in row-major tap order onto zeros (the
+ * NumPy path's order: fixed, no atomics), in pad (HP·WP floats); share:
+ * OH·OW floats of scratch. */
+void gpunet_avgpool2d_backward_f32(const float *dy, float *restrict dx, float *restrict pad, float *restrict div,
+                                   float *restrict share, i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP,
+                                   i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, int include_pad)
+{
+    avg_divisors(div, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad);
+    for (i64 p = 0; p < P; p++) {
+        const float *g = dy + p * OH * OW;
+        for (i64 k = 0; k < OH * OW; k++) share[k] = g[k] / div[k];
+        memset(pad, 0, (size_t)(HP * WP) * sizeof(float));
+        for (i64 i = 0; i < kh; i++)
+            for (i64 j = 0; j < kw; j++)
+                for (i64 o = 0; o < OH; o++) add_strided_to(pad + (o * sh + i) * WP + j, share + o * OW, OW, sw);
+        float *out = dx + p * H * W;
+        for (i64 h = 0; h < H; h++) memcpy(out + h * W, pad + (h + ph) * WP + pw, (size_t)W * sizeof(float));
+    }
+}
