@@ -49,6 +49,7 @@ _SIGNATURES = {
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
     "gpunet_avgpool2d_forward_f32": [_F32P] * 4 + [_I64] * 13 + [ctypes.c_int],
     "gpunet_avgpool2d_backward_f32": [_F32P] * 5 + [_I64] * 13 + [ctypes.c_int],
+    "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
 }
 
 

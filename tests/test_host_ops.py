@@ -9,7 +9,7 @@ import torch
 
 from gpunet import hostlib
 from gpunet.backend import get_backend
-from gpunet.ops import activation as act, norm, optim, pool
+from gpunet.ops import activation as act, embedding, norm, optim, pool
 
 F32 = np.finfo(np.float32)
 
@@ -308,3 +308,67 @@ def test_avg_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, pa
                                  lambda y: np.where(np.isnan(y), np.float32(1), np.sin(y)).astype(np.float32)))
     for got, ref in zip(*runs):
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+# ---------------------------------------------------------------- embedding
+def _emb_grad(flat, dy, V, padding_idx):
+    return embedding.embedding_backward(get_backend("cpu"), flat, dy, V, padding_idx)
+
+
+@pytest.mark.parametrize("V,D,n,padding_idx", [(50, 7, 300, 3), (1, 1, 1, None), (9, 5, 0, None),
+                                               (3000, 40, 2000, None)])
+def test_embedding_backward_both_paths_against_float64(V, D, n, padding_idx, host_path):
+    rng = np.random.default_rng(V + n)
+    flat = rng.integers(0, V, n).astype(np.int64)
+    dy = rng.standard_normal((n, D)).astype(np.float32)
+    dw = _emb_grad(flat, dy, V, padding_idx)
+    ref = np.zeros((V, D))
+    np.add.at(ref, flat, dy.astype(np.float64))
+    if padding_idx is not None:
+        ref[padding_idx] = 0
+    assert dw.dtype == np.float32 and dw.shape == (V, D)
+    np.testing.assert_allclose(dw, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
+    """Position order is the stable sort's order: equal bits (-0.0, NaN, inf
+    included) where the NumPy path sums runs in order (up to _LEVELS long),
+    rows never looked up 0; a negative index takes the NumPy path (it wraps
+    there, as in the forward). Longer runs: within float32 rounding."""
+    rng = np.random.default_rng(5)
+    flat = rng.integers(0, 40, 3000).astype(np.int64)
+    flat[:3] = 7  # row 7 starts from dy[0] = -0.0: copied, not added to a 0.0
+    assert np.bincount(flat[:300]).max() <= embedding._LEVELS < np.bincount(flat).max()
+    dy = rng.standard_normal((3000, 33)).astype(np.float32) * 1e3
+    dy[0] = -0.0
+    dy[5, 2], dy[6, 4] = np.nan, np.inf
+    cases = [(flat[:300], None), (flat[:300], 7), (np.array([7, 7, 1], np.int64), None),
+             (np.array([-1, 2], np.int64), None), (flat, None)]
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        runs.append([_emb_grad(f, dy[:f.size], 40, p) for f, p in cases])
+    for got, ref in zip(runs[0][:-1], runs[1][:-1]):
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_allclose(runs[0][-1], runs[1][-1], rtol=1e-5, atol=1e-2)  # sums of ~75 values of 1e3
+    assert not runs[0][2][[0, 2, 3]].any() and np.array_equal(runs[0][2][1], dy[2])
+    assert np.array_equal(runs[0][3][39], dy[0])  # -1 wrapped to the last row
+
+
+def test_embedding_backward_same_bits_on_1_2_3_threads(lib):
+    from gpunet.ops import host_threads
+    rng = np.random.default_rng(2)
+    flat = rng.integers(0, 4096, 5000).astype(np.int64)
+    dy = rng.standard_normal((5000, 64)).astype(np.float32)
+    before = host_threads.get_num_threads()
+    try:
+        grads = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            grads.append(_emb_grad(flat, dy, 4096, None))
+        assert len(host_threads.ranges(4096, 64)) == 3
+    finally:
+        host_threads.set_num_threads(before)
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, grads[0])

@@ -484,3 +484,28 @@ void gpunet_avgpool2d_backward_f32(const float *dy, float *restrict dx, float *r
         for (i64 h = 0; h < H; h++) memcpy(out + h * W, pad + (h + ph) * WP + pw, (size_t)W * sizeof(float));
     }
 }
+
+/* ------------------------------------------------------------ embedding */
+/* The weight gradient's rows [v_lo, v_hi) of dw (V, D): row v is the sum of
+ * dy[k] over the positions k with idx[k] = v, in position order: the first
+ * such row copied, the rest added (the NumPy path's stably sorted runs, in
+ * the same order: the same bits, with no sort); rows nobody looked up are 0.
+ * Positions whose index lies outside [v_lo, v_hi) are another call's (the
+ * caller checks 0 <= idx < V). seen: V bytes, zero on entry. */
+void gpunet_embedding_backward_f32(const int64_t *idx, const float *dy, float *restrict dw, uint8_t *seen, i64 n,
+                                   i64 D, i64 v_lo, i64 v_hi)
+{
+    for (i64 k = 0; k < n; k++) {
+        i64 v = idx[k];
+        if (v < v_lo || v >= v_hi) continue;
+        float *restrict row = dw + v * D;
+        const float *g = dy + k * D;
+        if (seen[v])
+            for (i64 d = 0; d < D; d++) row[d] += g[d];
+        else
+            memcpy(row, g, (size_t)D * sizeof(float));
+        seen[v] = 1;
+    }
+    for (i64 v = v_lo; v < v_hi; v++)
+        if (!seen[v]) memset(dw + v * D, 0, (size_t)D * sizeof(float));
+}
