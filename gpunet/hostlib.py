@@ -50,6 +50,8 @@ _SIGNATURES = {
     "gpunet_avgpool2d_forward_f32": [_F32P] * 4 + [_I64] * 13 + [ctypes.c_int],
     "gpunet_avgpool2d_backward_f32": [_F32P] * 5 + [_I64] * 13 + [ctypes.c_int],
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
+    "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 2,
+    "gpunet_lstm_cell_backward_f32": [_F32P] * 7 + [_I64] * 2,
 }
 
 

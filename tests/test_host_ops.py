@@ -9,7 +9,7 @@ import torch
 
 from gpunet import hostlib
 from gpunet.backend import get_backend
-from gpunet.ops import activation as act, embedding, norm, optim, pool
+from gpunet.ops import activation as act, embedding, norm, optim, pool, rnn
 
 F32 = np.finfo(np.float32)
 
@@ -372,3 +372,89 @@ def test_embedding_backward_same_bits_on_1_2_3_threads(lib):
         host_threads.set_num_threads(before)
     for g in grads[1:]:
         np.testing.assert_array_equal(g, grads[0])
+
+
+# ---------------------------------------------------------------- LSTM cell
+def _lstm_cell(lib, g):
+    """One compiled cell step on gates g (1, 4H) in place, with hg = 0 and c_prev = 0: c, tanh_c, h."""
+    H = g.shape[1] // 4
+    hg, c_prev = np.zeros_like(g), np.zeros((1, H), np.float32)  # (referenced through the call)
+    c, tanh_c, h = (np.empty((1, H), np.float32) for _ in range(3))
+    lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (g, hg, c_prev, c, tanh_c, h)), 1, H)
+    return c, tanh_c, h
+
+
+def test_lstm_cell_sigmoid_and_tanh_within_4_ulps_over_a_dense_sweep(lib):
+    """With hg = 0 and c_prev = 0 the cell's gates are sigmoid(x) (blocks i,
+    f, o) and tanh(x) (block g) of its input, and tanh_c = tanh(i·g)."""
+    edges = [0.0, -0.0, 1e-30, -1e-45, 0.5499, 0.55, 0.5501, 8.0, 9.1, 17.0, 88.0, 89.0, 104.0, 1e30, np.inf,
+             -np.inf, -8.0, -17.0, -88.0, -104.0, -105.0, -1e30]
+    x = np.concatenate([np.linspace(-30, 30, 400_003, dtype=np.float32), np.array(edges, np.float32)])
+    x = np.concatenate([x, -x])
+    H = x.size
+    g = np.tile(x, 4)[None]
+    c, tanh_c, h = _lstm_cell(lib, g)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        sig_ref, tanh_ref = 1 / (1 + np.exp(-x64)), np.tanh(x64)
+
+    def ulps(a, ref):  # (a sigmoid below e^-88.7, a subnormal, comes out 0: within the smallest normal)
+        return np.maximum(np.abs(a - ref) - F32.tiny, 0) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    for block in (0, 1, 3):
+        assert ulps(g[0, block * H:(block + 1) * H], sig_ref).max() <= 4
+    got_tanh = g[0, 2 * H:3 * H]
+    assert ulps(got_tanh, tanh_ref).max() <= 4
+    np.testing.assert_array_equal(np.signbit(got_tanh), np.signbit(x + np.float32(0)))  # odd (x + hg: -0.0 is +0.0)
+    assert np.all(np.abs(got_tanh) <= 1) and np.all(g[0, :H] >= 0) and np.all(g[0, :H] <= 1)
+    np.testing.assert_array_equal(c, g[:, :H] * got_tanh[None])  # c = f·0 + i·g
+    assert ulps(tanh_c[0], np.tanh(c[0].astype(np.float64))).max() <= 4
+    nan = np.full((1, 4), np.nan, np.float32)
+    assert np.isnan(_lstm_cell(lib, nan)[2]).all() and np.isnan(nan).all()
+
+
+def _lstm_case(rng, T, B, I, H):
+    s = 1 / np.sqrt(H)
+    w_ih, w_hh = (rng.uniform(-s, s, (4 * H, n)).astype(np.float32) for n in (I, H))
+    b_ih, b_hh = rng.uniform(-s, s, (2, 4 * H)).astype(np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0, dh_n, dc_n = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(4))
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0, rng.standard_normal((T, B, H)).astype(np.float32), dh_n, dc_n
+
+
+@pytest.mark.parametrize("T,B,I,H,grads", [(7, 5, 6, 37, "all"), (3, 1, 2, 1, "out"), (4, 3, 5, 8, "states")])
+def test_lstm_both_paths_against_torch_float64(T, B, I, H, grads, host_path):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(T * B), T, B, I, H)
+    dout = None if grads == "states" else dout
+    dh_n, dc_n = (None, None) if grads == "out" else (dh_n, dc_n)
+    be = get_backend("cpu")
+    out, hn, cn, ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    dx, dh0, dc0, dw_ih, dw_hh, db, _ = rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n)
+    m = torch.nn.LSTM(I, H).double()
+    with torch.no_grad():
+        for name, a in [("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)]:
+            getattr(m, name).copy_(torch.tensor(a, dtype=torch.float64))
+    xt, h0t, c0t = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, h0, c0))
+    yt, (hnt, cnt) = m(xt, (h0t[None], c0t[None]))
+    terms = [(yt, dout), (hnt[0], dh_n), (cnt[0], dc_n)]
+    sum((t * torch.tensor(g, dtype=torch.float64)).sum() for t, g in terms if g is not None).backward()
+    for got, ref in [(out, yt), (hn, hnt[0]), (cn, cnt[0]), (dx, xt.grad), (dh0, h0t.grad), (dc0, c0t.grad),
+                     (dw_ih, m.weight_ih_l0.grad), (dw_hh, m.weight_hh_l0.grad), (db, m.bias_ih_l0.grad)]:
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-5, atol=2e-6)
+
+
+def test_lstm_cell_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(4), 6, 9, 7, 70)
+    dout[2, 3, 4] = np.nan
+    be = get_backend("cpu")
+    ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)[-1]
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append([rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh, dc)[:6]
+                         for dh, dc in [(dh_n, dc_n), (None, None)]])
+    for got_run, ref_run in zip(*runs):
+        for got, ref in zip(got_run, ref_run):
+            np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))

@@ -509,3 +509,89 @@ void gpunet_embedding_backward_f32(const int64_t *idx, const float *dy, float *r
     for (i64 v = v_lo; v < v_hi; v++)
         if (!seen[v]) memset(dw + v * D, 0, (size_t)D * sizeof(float));
 }
+
+/* ------------------------------------------------------------ LSTM cell */
+/* tanh in float32, branch free (vectorises): for |x| < 0.55 its Taylor
+ * series in x^2 to degree 17 (truncation below 6e-9 relative there), above
+ * 1 - 2/(e^(2|x|) + 1) (no cancellation: the result is above 0.5), the
+ * sign put back; NaN stays NaN, +-inf gives +-1. A few ulps. */
+static inline float tanh_f32(float x)
+{
+    float a = fabsf(x), y = a * a;
+    float p = 0.000590027440945586f;
+    p = MADD(p, y, -0.0014558343870513183f);
+    p = MADD(p, y, 0.003592128036572481f);
+    p = MADD(p, y, -0.008863235529902197f);
+    p = MADD(p, y, 0.021869488536155203f);
+    p = MADD(p, y, -0.05396825396825397f);
+    p = MADD(p, y, 0.13333333333333333f);
+    p = MADD(p, y, -0.3333333333333333f);
+    float small = MADD(a, y * p, a);
+    float large = 1.0f - 2.0f / (exp_f32(2.0f * a) + 1.0f);
+    return copysignf(a < 0.55f ? small : large, x);
+}
+
+/* 1/(1 + e^-x): a few ulps relative down to e^-88.7 (the subnormal results
+ * below come out 0), 1 from 17 up; NaN stays NaN */
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+/* One step of the LSTM forward, rows of B: g (B, 4H) holds the input
+ * projection with both biases (gate blocks i, f, g, o) and gets the
+ * activated gates; with the recurrent product hg (B, 4H) added first:
+ *   c = f·c_prev + i·g,  tanh_c = tanh(c),  h = o·tanh_c  (each (B, H)) */
+void gpunet_lstm_cell_forward_f32(float *restrict g, const float *restrict hg, const float *restrict c_prev,
+                                  float *restrict c, float *restrict tanh_c, float *restrict h, i64 B, i64 H)
+{
+    for (i64 b = 0; b < B; b++) {
+        float *gb = g + b * 4 * H;
+        const float *hb = hg + b * 4 * H;
+        for (i64 j = 0; j < 2 * H; j++) gb[j] = sigmoid_f32(gb[j] + hb[j]);
+        for (i64 j = 2 * H; j < 3 * H; j++) gb[j] = tanh_f32(gb[j] + hb[j]);
+        for (i64 j = 3 * H; j < 4 * H; j++) gb[j] = sigmoid_f32(gb[j] + hb[j]);
+        const float *cp = c_prev + b * H;
+        float *cb = c + b * H, *tb = tanh_c + b * H, *hb_out = h + b * H;
+        for (i64 j = 0; j < H; j++) {
+            float cc = gb[H + j] * cp[j];
+            cc = cc + gb[j] * gb[2 * H + j];
+            float t = tanh_f32(cc);
+            cb[j] = cc;
+            tb[j] = t;
+            hb_out[j] = gb[3 * H + j] * t;
+        }
+    }
+}
+
+/* One step of the LSTM backward: the NumPy path's float32 operations in its
+ * order (the same bits). With d = dy + dh (B, H) and dc (B, H, or NULL: zero),
+ *   dc_t = (d·o)·(1 - tanh_c^2) [+ dc],  dg_o = (d·tanh_c)·(o·(1 - o)),
+ *   dg_i = (dc_t·g)·(i·(1 - i)),  dg_f = (dc_t·c_prev)·(f·(1 - f)),
+ *   dg_g = (dc_t·i)·(1 - g^2),  dc_prev = dc_t·f;
+ * dg (B, 4H) gets the pre-activation gate gradients. */
+static inline __attribute__((always_inline)) void lstm_backward_row(
+    const float *restrict gb, const float *restrict cp, const float *restrict tc, const float *restrict d,
+    const float *restrict dc, float *restrict db, float *restrict dcp, i64 H, int has_dc)
+{
+    for (i64 j = 0; j < H; j++) {
+        float gi = gb[j], gf = gb[H + j], gg = gb[2 * H + j], go = gb[3 * H + j], t = tc[j];
+        float dct = (d[j] * go) * (1.0f - t * t);
+        if (has_dc) dct = dct + dc[j];
+        db[3 * H + j] = (d[j] * t) * (go * (1.0f - go));
+        db[j] = (dct * gg) * (gi * (1.0f - gi));
+        db[H + j] = (dct * cp[j]) * (gf * (1.0f - gf));
+        db[2 * H + j] = (dct * gi) * (1.0f - gg * gg);
+        dcp[j] = dct * gf;
+    }
+}
+
+void gpunet_lstm_cell_backward_f32(const float *g, const float *c_prev, const float *tanh_c, const float *d,
+                                   const float *dc, float *dg, float *dc_prev, i64 B, i64 H)
+{
+    for (i64 b = 0; b < B; b++) {
+        const float *gb = g + b * 4 * H;
+        i64 k = b * H;
+        if (dc)
+            lstm_backward_row(gb, c_prev + k, tanh_c + k, d + k, dc + k, dg + b * 4 * H, dc_prev + k, H, 1);
+        else
+            lstm_backward_row(gb, c_prev + k, tanh_c + k, d + k, NULL, dg + b * 4 * H, dc_prev + k, H, 0);
+    }
+}

@@ -28,6 +28,9 @@ linear.matmul (float32 accumulation, rounded once).
 """
 import functools
 
+import numpy as np
+
+from .. import hostlib
 from .cupy_kernels import cupy
 from .half import float32_compute, kernel_view
 from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
@@ -115,6 +118,7 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     cs[0] = c0
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
     w_hh_t = _recurrent_weight(be, w_hh)
+    lib = _host_lib(be, route, gates)
     for t in range(T):
         hg = matmul(be, hs[t], w_hh_t)
         h = hs[t + 1] if raw is None else raw[t]
@@ -122,6 +126,9 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
             _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)
+        elif lib is not None:
+            lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)),
+                                             B, H)
         else:
             g = gates[t]
             g += hg
@@ -154,6 +161,9 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     dc_buf = xp.empty((B, H), dtype=gates.dtype) if route == "kernel" else None
     dproj = None if raw is None else xp.empty((T,) + hs.shape[1:], dtype=gates.dtype)
     dh, dc = dh_n, dc_n
+    lib = _host_lib(be, route, gates)
+    if lib is not None:  # dc_prev of each step, alternately (never the caller's dc_n)
+        dc_bufs = np.empty((2, B, H), np.float32)
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
@@ -164,12 +174,28 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
             dc = dc_buf
         elif route == "fused":
             dc = _fused_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
+        elif lib is not None:
+            d = np.ascontiguousarray(_sum_or_zeros(xp, dy, dh, cs[t]), np.float32)
+            dc_in = None if dc is None else np.ascontiguousarray(dc, np.float32)
+            out = dc_bufs[t % 2]
+            lib.gpunet_lstm_cell_backward_f32(gates[t].ctypes.data, cs[t].ctypes.data, tanh_c[t].ctypes.data,
+                                              d.ctypes.data, hostlib.ptr(dc_in), dG[t].ctypes.data,
+                                              out.ctypes.data, B, H)
+            dc = out
         else:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         dh = matmul(be, dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     dw_hr = None if raw is None else matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
+
+
+def _host_lib(be, route, gates):
+    """The compiled host loops (gpunet/hostlib.py) for the cell of a float32
+    LSTM on the array path on the host, else None (NumPy code)."""
+    if route != "array" or be.on_gpu or gates.dtype != np.float32:
+        return None
+    return hostlib.load()
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
