@@ -119,16 +119,18 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
     w_hh_t = _recurrent_weight(be, w_hh)
     lib = _host_lib(be, route, gates)
+    if lib is not None:  # the step's arrays' addresses as integers (cheaper than .ctypes per step)
+        hg = np.empty((B, 4 * H), np.float32)
+        at = _step_addresses(gates, hg[None], cs, tanh_c, hs[1:] if raw is None else raw)
     for t in range(T):
-        hg = matmul(be, hs[t], w_hh_t)
+        hg = matmul(be, hs[t], w_hh_t, out=None if lib is None else hg)
         h = hs[t + 1] if raw is None else raw[t]
-        if route == "kernel":
+        if lib is not None:
+            lib.gpunet_lstm_cell_forward_f32(at[0](t), at[1](0), at[2](t), at[2](t + 1), at[3](t), at[4](t), B, H)
+        elif route == "kernel":
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
             _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)
-        elif lib is not None:
-            lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)),
-                                             B, H)
         else:
             g = gates[t]
             g += hg
@@ -164,6 +166,7 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     lib = _host_lib(be, route, gates)
     if lib is not None:  # dc_prev of each step, alternately (never the caller's dc_n)
         dc_bufs = np.empty((2, B, H), np.float32)
+        at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
@@ -177,11 +180,9 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
         elif lib is not None:
             d = np.ascontiguousarray(_sum_or_zeros(xp, dy, dh, cs[t]), np.float32)
             dc_in = None if dc is None else np.ascontiguousarray(dc, np.float32)
-            out = dc_bufs[t % 2]
-            lib.gpunet_lstm_cell_backward_f32(gates[t].ctypes.data, cs[t].ctypes.data, tanh_c[t].ctypes.data,
-                                              d.ctypes.data, hostlib.ptr(dc_in), dG[t].ctypes.data,
-                                              out.ctypes.data, B, H)
-            dc = out
+            lib.gpunet_lstm_cell_backward_f32(at[0](t), at[1](t), at[2](t), d.ctypes.data, hostlib.ptr(dc_in),
+                                              at[3](t), at[4](t % 2), B, H)
+            dc = dc_bufs[t % 2]
         else:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         dh = matmul(be, dG[t], w_hh)
@@ -196,6 +197,11 @@ def _host_lib(be, route, gates):
     if route != "array" or be.on_gpu or gates.dtype != np.float32:
         return None
     return hostlib.load()
+
+
+def _step_addresses(*arrays):
+    """For C-contiguous (steps, ...) arrays: functions t -> the address of a[t]."""
+    return [lambda t, base=a.ctypes.data, step=a.strides[0]: base + t * step for a in arrays]
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
