@@ -12,7 +12,8 @@ storage computed in float32 with float32 mean and rstd, each output rounded
 once, as the cpu reference does through gpunet.ops.half) layer norm runs
 csrc/kernels/norm.cu; other dtypes run the array path. Batch norm is array-level on every backend
 (its reductions are over all axes but the channel one: be.xp.sum does them;
-on cuda that is CuPy's reduction kernels).
+on cuda that is CuPy's reduction kernels); on the host, float32 batch norm
+runs the compiled loops of gpunet/hostlib.py, a channel per call.
 """
 from __future__ import annotations
 

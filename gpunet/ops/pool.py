@@ -9,7 +9,9 @@ slice of the padded input covering every output pixel. Max pooling keeps the
 offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
 routes each gradient to exactly one input. On the host the (image, channel)
-planes are shared out over the host threads.
+planes are shared out over the host threads; float32 average pooling there
+runs the compiled loops of gpunet/hostlib.py (the same sums in the same
+order: the same bits).
 
 Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
 float32, sums in cpu's order, each output rounded once): forward is one

@@ -17,7 +17,10 @@ formulas as one ElementwiseKernel per step and direction (below); the
 "kernel" path (sim, cuda; float32 and half storage) is one fused kernel per step
 (csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
 gates in place of the input projection, and the LSTM keeps every c_t and h_t.
-The GRU has the kernel and array paths only (no CuPy fusion yet).
+The GRU has the kernel and array paths only (no CuPy fusion yet). On the
+host a float32 LSTM's array-path cell is one compiled pass per step each way
+(gpunet/hostlib.py): the backward the array code's operations (the same
+bits), the forward's sigmoid and tanh a few ulps from the array code's.
 
 Half storage (bfloat16, float16) on cpu: gpunet.ops.half's float32_compute
 (inputs, weights and states read in float32, the whole recurrence in float32,
