@@ -255,15 +255,15 @@ def batch_norm_stats(be, x):
     count = n * inner
     if count == 0:
         return xp.zeros(c, x.dtype), xp.ones(c, x.dtype), 0
-    # per (image, channel) sums first (short runs: BLAS dot products), then
-    # across images in float64. (A ReLU after the norm turns an ulp of error
-    # into the other branch for values within an ulp of 0: whole gradients.)
     if (lib := _bn_host_lib(be, x3)) is not None:
         x3 = np.ascontiguousarray(x3)
         mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
         _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_stats_f32(x3.ctypes.data, mean.ctypes.data,
                                                                            var.ctypes.data, *x3.shape, lo, hi))
         return mean, var, count
+    # per (image, channel) sums first (short runs: BLAS dot products), then
+    # across images in float64. (A ReLU after the norm turns an ulp of error
+    # into the other branch for values within an ulp of 0: whole gradients.)
     ones = xp.ones(inner, x.dtype)
     mean = _channel_totals(xp, _per_images(be, n, c * inner, lambda i: x3[i] @ ones), count, x.dtype)
 

@@ -260,7 +260,7 @@ def _avg_host(fn, win: Window, count_include_pad: bool, x_shape, src, dst, scrat
     gets a padded plane and the divisors as scratch, plus `scratch_shapes` more."""
     n, c, h, w = x_shape
     hp, wp = _padded_shape(x_shape, win)[2:]
-    src_plane, dst_plane = src[0, 0].size if src.size else 0, dst[0, 0].size if dst.size else 0
+    src_plane, dst_plane = src.shape[2] * src.shape[3], dst.shape[2] * dst.shape[3]
 
     def part(lo, hi):
         scratch = [np.empty(s, np.float32) for s in [(hp, wp), (win.oh, win.ow), *scratch_shapes]]
