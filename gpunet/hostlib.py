@@ -44,6 +44,18 @@ _SIGNATURES = {
     "gpunet_layer_norm_forward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _I64, _I64, ctypes.c_double],
     "gpunet_layer_norm_backward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _F64P, _F64P, _I64, _I64, _F32P],
     "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
+    "gpunet_softmax_rows_f32": [_F32P, _F32P, _I64, _I64, _F32, ctypes.c_int, ctypes.c_int, _I64, _I64],
+    "gpunet_attention_ds_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64, _I64, _F32],
+    "gpunet_gelu_tanh_f32": [_F32P, _F32P, _I64],
+    "gpunet_gelu_tanh_derivative_f32": [_F32P, _F32P, _F32P, _I64],
+    "gpunet_batch_norm_stats_f32": [_F32P, _F32P, _F32P] + [_I64] * 5,
+    "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
+    "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
+    "gpunet_avgpool2d_forward_f32": [_F32P] * 4 + [_I64] * 13 + [ctypes.c_int],
+    "gpunet_avgpool2d_backward_f32": [_F32P] * 5 + [_I64] * 13 + [ctypes.c_int],
+    "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
+    "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 2,
+    "gpunet_lstm_cell_backward_f32": [_F32P] * 7 + [_I64] * 2,
 }
 
 

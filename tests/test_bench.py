@@ -279,6 +279,9 @@ def test_compare_flags_slowdowns_above_the_noise_band(tmp_path, capsys):
     assert "only in the old run: gone" in out and "only in the new run: added" in out
     assert "1 slowdown(s)" in out
     assert cli.main(["--compare", paths[0], paths[0]]) == 0
+    new["environment"]["commit"] = None  # a run outside a git checkout
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    assert cli.main(["--compare", *paths]) == 1 and "new.json (?)" in capsys.readouterr().out
 
 
 def test_report_states_the_numpy_blas_ceiling():

@@ -9,7 +9,7 @@ import torch
 
 from gpunet import hostlib
 from gpunet.backend import get_backend
-from gpunet.ops import activation as act, norm, optim
+from gpunet.ops import activation as act, attention, embedding, host_threads, norm, optim, pool, rnn, softmax
 
 F32 = np.finfo(np.float32)
 
@@ -204,6 +204,423 @@ def test_gelu_backward_both_paths_against_torch_float64(host_path):
     # a gradient of another dtype or shape takes the product route
     dx64 = act.act_backward(be, ctx, dy.astype(np.float64))
     np.testing.assert_allclose(dx64, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- softmax rows
+def _softmax64(x, beta, log):
+    """float64 reference with NumPy's IEEE rules for the special rows."""
+    z = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        s = z.max(axis=-1, keepdims=True) if beta >= 0 else z.min(axis=-1, keepdims=True)
+        z = beta * (z - s)
+        total = np.exp(z).sum(axis=-1, keepdims=True)
+        return z - np.log(total) if log else np.exp(z) / total
+
+
+def _special_rows(n):
+    rng = np.random.default_rng(n)
+    rows = [rng.standard_normal(n) * 5, np.full(n, 2.5), rng.standard_normal(n) * 1e30,
+            rng.standard_normal(n) * 1e-30, np.linspace(-200, 0, n)]
+    for v in (np.nan, np.inf, -np.inf):
+        rows += [np.where(np.arange(n) == n // 2, v, rows[0]), np.full(n, v)]
+    return np.array(rows, np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 3, 64, 100, 1027])
+@pytest.mark.parametrize("beta", [1.0, 0.5, -2.0])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_compiled_against_float64_on_special_rows(lib, n, beta, log, host_path):
+    x = _special_rows(n)
+    with np.errstate(all="ignore"):
+        y, _ = softmax.softmax_forward(get_backend("cpu"), x, -1, beta, log)
+    ref = _softmax64(x, beta, log)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))  # NaN/inf rows as NumPy's IEEE rules make them
+    if log:
+        np.testing.assert_allclose(y, ref, rtol=4e-6, atol=1e-5)
+    else:
+        np.testing.assert_allclose(y, ref, rtol=4e-6, atol=1e-37)
+        np.testing.assert_allclose(y[np.isfinite(ref).all(axis=1)].sum(axis=1), 1, rtol=n * 2e-7)
+
+
+def test_softmax_compiled_same_bits_for_any_thread_count(lib):
+    x = np.random.default_rng(1).standard_normal((700, 300)).astype(np.float32) * 4
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            runs.append([softmax.softmax_rows_compiled(lib, x, b, log) for b in (1.0, 3.0) for log in (False, True)])
+    finally:
+        host_threads.set_num_threads(before)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_attention_probs_compiled_rule_for_masked_rows(lib, host_path):
+    """A fully masked query row gives zeros, a partly masked one a softmax
+    over its kept keys, on both paths."""
+    s = np.random.default_rng(2).standard_normal((2, 5, 7)).astype(np.float32)
+    s[0, 1] = -np.inf
+    s[1, 2, 3:] = -np.inf
+    p = attention._probs_from_scores(get_backend("cpu"), s.copy())
+    np.testing.assert_array_equal(p[0, 1], 0)
+    np.testing.assert_array_equal(p[1, 2, 3:], 0)
+    keep = np.isfinite(s).any(axis=-1)
+    np.testing.assert_allclose(p[keep], _softmax64(s[keep], 1.0, False), rtol=4e-6, atol=1e-37)
+
+
+@pytest.mark.parametrize("L,S", [(300, 257), (7, 40)])
+def test_attention_causal_probs_compiled_without_a_mask_array(lib, monkeypatch, L, S):
+    """The compiled loop skips keys j > i itself (rows split over 3 threads:
+    each part knows its first row's query index) as the masked array path."""
+    s = np.random.default_rng(3).standard_normal((1, 5, L, S)).astype(np.float32) * 3
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(3)
+    try:
+        p = attention._probs_from_scores(get_backend("cpu"), s.copy(), causal=True)
+    finally:
+        host_threads.set_num_threads(before)
+    monkeypatch.setattr(hostlib, "load", lambda: None)
+    ref = attention._probs_from_scores(get_backend("cpu"), s.copy(), causal=True)
+    np.testing.assert_array_equal(p == 0, ref == 0)
+    np.testing.assert_allclose(p, ref, rtol=4e-6, atol=1e-37)
+
+
+@pytest.mark.parametrize("scale", [None, -0.5, 0.0])
+@pytest.mark.parametrize("causal,bias", [(False, False), (True, False), (False, True)])
+def test_attention_both_paths_against_torch_float64(scale, causal, bias, host_path):
+    """sdpa forward and backward, float32: the compiled softmax (the scale as
+    its beta when there is no bias) and score gradient, and the array code."""
+    if causal and scale is not None and scale <= 0:
+        pytest.skip("torch masks before scaling: its causal -inf times a scale <= 0 is +inf or NaN")
+    rng = np.random.default_rng(4)
+    q, k, v, dout = (rng.standard_normal((2, 3, n, 16)).astype(np.float32) for n in (9, 11, 11, 9))
+    b = np.where(rng.random((9, 11)) < 0.3, -np.inf, rng.standard_normal((9, 11))).astype(np.float32)
+    b[2] = -np.inf  # a query row with every key masked
+    out, ctx = attention.sdpa_forward(get_backend("cpu"), q, k, v, b if bias else None, causal, scale)
+    grads = attention.sdpa_backward(get_backend("cpu"), ctx, dout)
+    qt, kt, vt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (q, k, v))
+    mask = torch.tensor(b, dtype=torch.float64) if bias else None
+    ot = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, mask, is_causal=causal, scale=scale)
+    ot = torch.nan_to_num(ot)  # torch's all-masked row is NaN; gpunet's gives 0 (module docstring)
+    ot.backward(torch.tensor(dout, dtype=torch.float64))
+    np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for got, t in zip(grads, (qt, kt, vt)):
+        np.testing.assert_allclose(got, torch.nan_to_num(t.grad).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_adam_host_blocks_shared_by_element_count():
+    """A model's large weights listed before its small biases: every host
+    thread gets about the same number of elements (within a block), not the
+    same number of blocks."""
+    import collections
+    import threading
+    be = get_backend("cpu")
+    shapes = [(512, 512)] * 6 + [(512,)] * 6
+    work = [(views, ()) for arrays in zip(*([np.zeros(s, np.float32) for s in shapes] for _ in range(4)))
+            for views in optim._blocks(be, arrays, optim._HOST_BLOCK)]
+    done = collections.Counter()
+    lock = threading.Lock()
+
+    def update(views):
+        with lock:
+            done[threading.get_ident()] += views[0].size
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(2)
+    try:
+        optim._run_blocks(be, work, update)
+    finally:
+        host_threads.set_num_threads(before)
+    total = sum(int(np.prod(s)) for s in shapes)
+    assert sum(done.values()) == total and len(done) == 2
+    assert max(done.values()) - total / 2 <= optim._HOST_BLOCK
+
+
+def test_gelu_tanh_both_paths_against_float64(host_path):
+    """The tanh form, forward and backward: the compiled x·sigmoid(2u) and the
+    array code's 0.5·x·(1 + tanh u) against float64, NaN/inf as the array code."""
+    be = get_backend("cpu")
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(20_000) * 4, np.linspace(-9, 9, 1001), [0.0, -0.0, 1e-30, -1e-30]])
+    x = x.astype(np.float32)
+    dy = rng.standard_normal(x.size).astype(np.float32)
+    y = act.FORWARD["gelu"](np, x, approximate="tanh")
+    dx = act.act_backward(be, ("gelu", {"approximate": "tanh"}, x, y), dy)
+    x64 = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+    with np.errstate(over="ignore"):  # (1 + tanh u)/2 = sigmoid(2u), no cancellation in the reference either
+        s, sm = 1 / (1 + np.exp(-2 * u)), 1 / (1 + np.exp(2 * u))
+    ref_y = x64 * s
+    slope = 2 * x64 * s * sm * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x64 ** 2)
+    assert y.dtype == dx.dtype == np.float32
+    # the array code's 1 + tanh(u) cancels where x is well below 0: an absolute
+    # error of a few float32 ulps of 1 there, which the compiled form does not have
+    atol = 1e-37 if host_path == "compiled" else 8e-6
+    # (relative: u's float32 rounding, up to 2e-5 of e^-2|u| in the far tails)
+    np.testing.assert_allclose(y, ref_y, rtol=2e-5, atol=atol)
+    # the derivative s + slope crosses 0 near x = -0.75: apart relative to its terms' size
+    assert np.all(np.abs(dx - dy * (s + slope)) <= 4e-5 * np.abs(dy) * (s + np.abs(slope)) + atol)
+    special = np.array([np.nan, np.inf, -np.inf, 1e20, -1e20, F32.max], np.float32)
+    with np.errstate(all="ignore"):
+        ys = act.FORWARD["gelu"](np, special, approximate="tanh")
+    np.testing.assert_array_equal(ys, special.clip(max=np.inf) * [1, 1, np.nan, 1, -0.0, 1])
+    assert np.signbit(ys[4])
+
+
+# ---------------------------------------------------------------- batch norm
+def _bn_run(be, x, w, b, dy, batch_stats=True):
+    mean, var, _ = norm.batch_norm_stats(be, x) if batch_stats else (x.mean((0, 2, 3)), x.var((0, 2, 3)), 0)
+    y, ctx = norm.batch_norm_forward(be, x, w, b, mean, var, 1e-5)
+    return (mean, var, y, *norm.batch_norm_backward(be, ctx, dy, batch_stats))
+
+
+@pytest.mark.parametrize("shape,affine", [((5, 7, 9, 11), True), ((1, 1, 33, 1), True), ((2, 3, 8, 8), False),
+                                          ((3, 2, 3, 3), True)])  # the last: 9 per run, NumPy's path
+def test_batch_norm2d_both_paths_against_torch_float64(shape, affine, host_path):
+    be = get_backend("cpu")
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 2 + 5).astype(np.float32)  # a mean well away from 0
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.standard_normal((2, shape[1])).astype(np.float32) if affine else (None, None)
+    mean, var, y, dx, dw, db = _bn_run(be, x, w, b, dy)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wt, bt = (None, None) if w is None else (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (w, b))
+    yt = torch.nn.functional.batch_norm(xt, None, None, wt, bt, True, 0.1, 1e-5)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    x64 = x.astype(np.float64)
+    assert y.dtype == dx.dtype == mean.dtype == var.dtype == np.float32
+    # the compiled loops sum in double: each statistic within a rounding (the
+    # NumPy path's per-image float32 sums: within 2 ulps)
+    bound = 0.51 if host_path == "compiled" and shape[2] * shape[3] >= norm._BN_HOST_MIN_INNER else 2
+    assert _ulps(mean, x64.mean((0, 2, 3))).max() <= bound and _ulps(var, x64.var((0, 2, 3))).max() <= bound
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    assert (dw is None) == (db is None) == (w is None)
+    if w is not None:
+        np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _ulps(a, ref):
+    return np.abs(a - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+
+
+def test_batch_norm2d_compiled_close_to_the_numpy_path_and_nan_stays_in_its_channel(lib, monkeypatch):
+    be = get_backend("cpu")
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((4, 5, 13, 17)) * 3 + 100).astype(np.float32)
+    x[2, 1, 5, 7] = np.nan
+    x[:, 3] = 2.5  # a constant channel: variance 0, y = b exactly
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.standard_normal((2, 5)).astype(np.float32)
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append(_bn_run(be, x, w, b, dy) + _bn_run(be, x[:, 2:], w[2:], b[2:], dy[:, 2:], False)[2:])
+    for got, ref in zip(*runs):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-4)
+    y, dx = runs[0][2], runs[0][3]
+    assert np.isnan(y[:, 1]).all() and np.isfinite(np.delete(y, 1, axis=1)).all()
+    assert np.isnan(dx[:, 1]).all() and np.isfinite(np.delete(dx, 1, axis=1)).all()
+    np.testing.assert_array_equal(y[:, 3], b[3])
+
+
+# ---------------------------------------------------------------- average pooling
+_AVG_CASES = [((2, 3, 9, 11), 3, 2, 1, False, True), ((1, 1, 5, 5), (2, 3), (2, 1), 1, True, False),
+              ((2, 2, 8, 8), 2, 2, 0, False, True), ((1, 2, 6, 7), (3, 2), 3, 1, True, True),
+              ((3, 1, 7, 4), 3, 1, 1, False, False)]
+
+
+def _avg_run(x, kernel, stride, padding, ceil_mode, include_pad, dy_fn):
+    k, s, p = ((a, a) if isinstance(a, int) else a for a in (kernel, stride, padding))
+    y, ctx = pool.avgpool2d_forward(get_backend("cpu"), x, k, s, p, ceil_mode, include_pad)
+    return y, pool.avgpool2d_backward(get_backend("cpu"), ctx, dy_fn(y))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode,include_pad", _AVG_CASES)
+def test_avg_pool_both_paths_against_torch_float64(shape, kernel, stride, padding, ceil_mode, include_pad,
+                                                   host_path):
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    args = (kernel, stride, padding, ceil_mode, include_pad)
+    y, dx = _avg_run(x, *args, lambda y: np.cos(y).astype(np.float32))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.avg_pool2d(xt, *args)
+    yt.backward(torch.cos(torch.tensor(y, dtype=torch.float64)))
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode,include_pad", _AVG_CASES)
+def test_avg_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, padding, ceil_mode, include_pad,
+                                                       lib, monkeypatch):
+    """The same sums in the same order: equal bits, NaN and inf included."""
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x[0, 0, 1, 1], x[-1, -1, -1, -1], x[0, -1, 0, -1] = np.nan, np.inf, -0.0
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append(_avg_run(x, kernel, stride, padding, ceil_mode, include_pad,
+                                 lambda y: np.where(np.isnan(y), np.float32(1), np.sin(y)).astype(np.float32)))
+    for got, ref in zip(*runs):
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+# ---------------------------------------------------------------- embedding
+def _emb_grad(flat, dy, V, padding_idx):
+    return embedding.embedding_backward(get_backend("cpu"), flat, dy, V, padding_idx)
+
+
+@pytest.mark.parametrize("V,D,n,padding_idx", [(50, 7, 300, 3), (1, 1, 1, None), (9, 5, 0, None),
+                                               (3000, 40, 2000, None)])
+def test_embedding_backward_both_paths_against_float64(V, D, n, padding_idx, host_path):
+    rng = np.random.default_rng(V + n)
+    flat = rng.integers(0, V, n).astype(np.int64)
+    dy = rng.standard_normal((n, D)).astype(np.float32)
+    dw = _emb_grad(flat, dy, V, padding_idx)
+    ref = np.zeros((V, D))
+    np.add.at(ref, flat, dy.astype(np.float64))
+    if padding_idx is not None:
+        ref[padding_idx] = 0
+    assert dw.dtype == np.float32 and dw.shape == (V, D)
+    np.testing.assert_allclose(dw, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_embedding_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
+    """Position order is the stable sort's order: equal bits (-0.0, NaN, inf
+    included) where the NumPy path sums runs in order (up to _LEVELS long),
+    rows never looked up 0; a negative index takes the NumPy path (it wraps
+    there, as in the forward). Longer runs: within float32 rounding."""
+    rng = np.random.default_rng(5)
+    flat = rng.integers(0, 40, 3000).astype(np.int64)
+    flat[:3] = 7  # row 7 starts from dy[0] = -0.0: copied, not added to a 0.0
+    assert np.bincount(flat[:300]).max() <= embedding._LEVELS < np.bincount(flat).max()
+    dy = rng.standard_normal((3000, 33)).astype(np.float32) * 1e3
+    dy[0] = -0.0
+    dy[5, 2], dy[6, 4] = np.nan, np.inf
+    cases = [(flat[:300], None), (flat[:300], 7), (np.array([7, 7, 1], np.int64), None),
+             (np.array([-1, 2], np.int64), None), (flat, None)]
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        runs.append([_emb_grad(f, dy[:f.size], 40, p) for f, p in cases])
+    for got, ref in zip(runs[0][:-1], runs[1][:-1]):
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_allclose(runs[0][-1], runs[1][-1], rtol=1e-5, atol=1e-2)  # sums of ~75 values of 1e3
+    assert not runs[0][2][[0, 2, 3]].any() and np.array_equal(runs[0][2][1], dy[2])
+    assert np.array_equal(runs[0][3][39], dy[0])  # -1 wrapped to the last row
+
+
+def test_embedding_backward_same_bits_on_1_2_3_threads(lib):
+    from gpunet.ops import host_threads
+    rng = np.random.default_rng(2)
+    flat = rng.integers(0, 4096, 5000).astype(np.int64)
+    dy = rng.standard_normal((5000, 64)).astype(np.float32)
+    before = host_threads.get_num_threads()
+    try:
+        grads = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            grads.append(_emb_grad(flat, dy, 4096, None))
+        assert len(host_threads.ranges(4096, 64)) == 3
+    finally:
+        host_threads.set_num_threads(before)
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, grads[0])
+
+
+# ---------------------------------------------------------------- LSTM cell
+def _lstm_cell(lib, g):
+    """One compiled cell step on gates g (1, 4H) in place, with hg = 0 and c_prev = 0: c, tanh_c, h."""
+    H = g.shape[1] // 4
+    hg, c_prev = np.zeros_like(g), np.zeros((1, H), np.float32)  # (referenced through the call)
+    c, tanh_c, h = (np.empty((1, H), np.float32) for _ in range(3))
+    lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (g, hg, c_prev, c, tanh_c, h)), 1, H)
+    return c, tanh_c, h
+
+
+def test_lstm_cell_sigmoid_and_tanh_within_4_ulps_over_a_dense_sweep(lib):
+    """With hg = 0 and c_prev = 0 the cell's gates are sigmoid(x) (blocks i,
+    f, o) and tanh(x) (block g) of its input, and tanh_c = tanh(i·g)."""
+    edges = [0.0, -0.0, 1e-30, -1e-45, 0.5499, 0.55, 0.5501, 8.0, 9.1, 17.0, 88.0, 89.0, 104.0, 1e30, np.inf,
+             -np.inf, -8.0, -17.0, -88.0, -104.0, -105.0, -1e30]
+    x = np.concatenate([np.linspace(-30, 30, 400_003, dtype=np.float32), np.array(edges, np.float32)])
+    x = np.concatenate([x, -x])
+    H = x.size
+    g = np.tile(x, 4)[None]
+    c, tanh_c, h = _lstm_cell(lib, g)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        sig_ref, tanh_ref = 1 / (1 + np.exp(-x64)), np.tanh(x64)
+
+    def ulps(a, ref):  # (a sigmoid below e^-88.7, a subnormal, comes out 0: within the smallest normal)
+        return np.maximum(np.abs(a - ref) - F32.tiny, 0) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    for block in (0, 1, 3):
+        assert ulps(g[0, block * H:(block + 1) * H], sig_ref).max() <= 4
+    got_tanh = g[0, 2 * H:3 * H]
+    assert ulps(got_tanh, tanh_ref).max() <= 4
+    np.testing.assert_array_equal(np.signbit(got_tanh), np.signbit(x + np.float32(0)))  # odd (x + hg: -0.0 is +0.0)
+    assert np.all(np.abs(got_tanh) <= 1) and np.all(g[0, :H] >= 0) and np.all(g[0, :H] <= 1)
+    np.testing.assert_array_equal(c, g[:, :H] * got_tanh[None])  # c = f·0 + i·g
+    assert ulps(tanh_c[0], np.tanh(c[0].astype(np.float64))).max() <= 4
+    nan = np.full((1, 4), np.nan, np.float32)
+    assert np.isnan(_lstm_cell(lib, nan)[2]).all() and np.isnan(nan).all()
+
+
+def _lstm_case(rng, T, B, I, H):
+    s = 1 / np.sqrt(H)
+    w_ih, w_hh = (rng.uniform(-s, s, (4 * H, n)).astype(np.float32) for n in (I, H))
+    b_ih, b_hh = rng.uniform(-s, s, (2, 4 * H)).astype(np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0, dh_n, dc_n = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(4))
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0, rng.standard_normal((T, B, H)).astype(np.float32), dh_n, dc_n
+
+
+@pytest.mark.parametrize("T,B,I,H,grads", [(7, 5, 6, 37, "all"), (3, 1, 2, 1, "out"), (4, 3, 5, 8, "states")])
+def test_lstm_both_paths_against_torch_float64(T, B, I, H, grads, host_path):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(T * B), T, B, I, H)
+    dout = None if grads == "states" else dout
+    dh_n, dc_n = (None, None) if grads == "out" else (dh_n, dc_n)
+    be = get_backend("cpu")
+    out, hn, cn, ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    dx, dh0, dc0, dw_ih, dw_hh, db, _ = rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n)
+    m = torch.nn.LSTM(I, H).double()
+    with torch.no_grad():
+        for name, a in [("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)]:
+            getattr(m, name).copy_(torch.tensor(a, dtype=torch.float64))
+    xt, h0t, c0t = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, h0, c0))
+    yt, (hnt, cnt) = m(xt, (h0t[None], c0t[None]))
+    terms = [(yt, dout), (hnt[0], dh_n), (cnt[0], dc_n)]
+    sum((t * torch.tensor(g, dtype=torch.float64)).sum() for t, g in terms if g is not None).backward()
+    for got, ref in [(out, yt), (hn, hnt[0]), (cn, cnt[0]), (dx, xt.grad), (dh0, h0t.grad), (dc0, c0t.grad),
+                     (dw_ih, m.weight_ih_l0.grad), (dw_hh, m.weight_hh_l0.grad), (db, m.bias_ih_l0.grad)]:
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-5, atol=2e-6)
+
+
+def test_lstm_cell_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(4), 6, 9, 7, 70)
+    dout[2, 3, 4] = np.nan
+    be = get_backend("cpu")
+    ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)[-1]
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append([rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh, dc)[:6]
+                         for dh, dc in [(dh_n, dc_n), (None, None)]])
+    for got_run, ref_run in zip(*runs):
+        for got, ref in zip(got_run, ref_run):
+            np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 
 # ---------------------------------------------------------------- convolution backward (row-layout columns)

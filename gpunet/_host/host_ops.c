@@ -303,6 +303,454 @@ void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, 
     }
 }
 
+/* ------------------------------------------------------------ softmax rows */
+/* rows [0, m) of x (m, n): y = e^{beta (x - s)} / sum, s the row's max
+ * (beta >= 0) or min (beta < 0), as gpunet/ops/softmax.py's NumPy path
+ * computes it: the shift on x itself (beta (x - s) <= 0 never overflows),
+ * one exp per element stored in y, the sum in double over LANES lanes (so
+ * the result does not depend on the vector width or on how rows are split
+ * over threads), one multiplication by 1/sum. A NaN anywhere in the row, or an
+ * infinite shift (inf - inf), makes the whole row NaN as in NumPy; e^z below
+ * the float32 range is 0. The row is read twice and y written and reread
+ * once, all while it sits in the core's cache. */
+static inline float pick(float a, float b, int want_max) { return (want_max ? b > a : b < a) ? b : a; }
+
+/* The lanes are folded as a tree (halves added pairwise, a fixed order):
+ * a sequential fold is a chain of LANES dependent operations per row,
+ * which on rows of 64 or 128 costs as much as the row's exps. */
+static float row_extreme(const float *x, i64 n, int want_max)
+{
+    float acc[LANES];
+    int nan = 0;
+    for (int j = 0; j < LANES; j++) acc[j] = x[0];
+    i64 i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            nan |= x[i + j] != x[i + j];
+            acc[j] = pick(acc[j], x[i + j], want_max);
+        }
+    for (int j = 0; i < n; i++, j++) {
+        nan |= x[i] != x[i];
+        acc[j] = pick(acc[j], x[i], want_max);
+    }
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] = pick(acc[j], acc[j + w], want_max);
+    return nan ? NAN : acc[0];
+}
+
+static double lanes_tree(double *acc)
+{
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
+}
+
+/* e^{beta (x - s)} of one row into y (log: beta (x - s) itself), their sum */
+static double row_exp_sum(const float *restrict xr, float *restrict yr, i64 n, float s, float beta, int log)
+{
+    double acc[LANES] = {0};
+    i64 i = 0;
+#define SOFTMAX_TERM(k, j)                                          \
+    {                                                               \
+        float z = xr[k] - s;                                        \
+        if (beta != 1.0f) z = z * beta;                             \
+        float e = exp_f32(z);                                       \
+        yr[k] = log ? z : e;                                        \
+        acc[j] += e;                                                \
+    }
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) SOFTMAX_TERM(i + j, j)
+    for (int j = 0; i < n; i++, j++) SOFTMAX_TERM(i, j)
+#undef SOFTMAX_TERM
+    return lanes_tree(acc);
+}
+
+/* log: y = beta (x - s) - log(sum), NumPy's log-softmax path. masked
+ * (attention's scores, gpunet/ops/attention.py): a non-finite shift is taken
+ * as 0 and a row whose sum is not positive is left unnormalised, so a row of
+ * -inf (every key masked) gives zeros. causal > 0 (with masked): the rows
+ * are queries of (causal, n) score matrices, row0 the first one's index, and
+ * query i keeps keys j <= i only, the others read as -inf (y = 0) without
+ * the caller writing a mask. */
+void gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, i64 n, float beta, int log,
+                             int masked, i64 causal, i64 row0)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        i64 keep = causal > 0 && (row0 + r) % causal + 1 < n ? (row0 + r) % causal + 1 : n;
+        float s = row_extreme(xr, keep, beta >= 0.0f);
+        if (masked && !isfinite(s)) s = 0.0f;
+        double sum = row_exp_sum(xr, yr, keep, s, beta, log);
+        if (log) {
+            float l = logf((float)sum);
+            for (i64 k = 0; k < keep; k++) yr[k] = yr[k] - l;
+        } else {  /* as accurate as yr[k] / (float)sum: 1/sum is rounded once as (float)sum is */
+            float inv = masked && !(sum > 0) ? 1.0f : (float)(1.0 / sum);
+            for (i64 k = 0; k < keep; k++) yr[k] = yr[k] * inv;
+        }
+        memset(yr + keep, 0, (size_t)(n - keep) * sizeof(float));
+    }
+}
+
+/* ------------------------------------------------------------ attention backward */
+/* rows [0, m) of attention's score gradient, in dp's memory (m, n):
+ *   ds = (p·(dp - delta))·scale,  delta = sum_j dout·out over the row's ev
+ * output features (= rowsum(dp·p), gpunet/ops/attention.py), summed in
+ * double over LANES lanes folded as a tree; scale is applied here so the
+ * two GEMMs after it need no pass of their own. */
+void gpunet_attention_ds_f32(const float *restrict p, float *restrict dp, const float *restrict dout,
+                             const float *restrict out, i64 m, i64 n, i64 ev, float scale)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *dor = dout + r * ev, *outr = out + r * ev, *pr = p + r * n;
+        float *dpr = dp + r * n;
+        double acc[LANES] = {0};
+        i64 i = 0;
+        for (; i + LANES <= ev; i += LANES)
+            for (int j = 0; j < LANES; j++) acc[j] += (double)dor[i + j] * (double)outr[i + j];
+        for (int j = 0; i < ev; i++, j++) acc[j] += (double)dor[i] * (double)outr[i];
+        float delta = (float)lanes_tree(acc);
+        for (i64 k = 0; k < n; k++) dpr[k] = (pr[k] * (dpr[k] - delta)) * scale;
+    }
+}
+
+/* ------------------------------------------------------------ GELU, tanh form */
+/* 0.5·x·(1 + tanh(u)), u = sqrt(2/pi)·(x + 0.044715·x^3) (gpunet/ops/activation.py),
+ * as x·s with s = sigmoid(2u) = (1 + tanh(u))/2: one exp of -2|u| (never
+ * overflows) gives s and 1 - s without cancellation, so the result stays
+ * accurate where 1 + tanh(u) is tiny (x well below 0). The derivative
+ *   0.5(1 + tanh u) + 0.5·x·(1 - tanh^2 u)·u' = s + 2x·s(1 - s)·u',
+ * u' = sqrt(2/pi)·(1 + 3·0.044715·x^2), times dy when dy is given. */
+#define GELU_K 0.797884560802865356f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+
+/* s = sigmoid(2u) and 1 - s */
+static inline void gelu_tanh_sigmoid(float x, float *s, float *sm)
+{
+    float u = ((GELU_C * x) * x) * x;
+    u = (x + u) * GELU_K;
+    float e = exp_f32(-2.0f * fabsf(u));
+    float q = 1.0f / (1.0f + e);
+    float eq = e * q;
+    *s = u >= 0.0f ? q : eq;
+    *sm = u >= 0.0f ? eq : q;
+}
+
+void gpunet_gelu_tanh_f32(const float *restrict x, float *restrict y, i64 n)
+{
+    for (i64 i = 0; i < n; i++) {
+        float s, sm;
+        gelu_tanh_sigmoid(x[i], &s, &sm);
+        y[i] = x[i] * s;
+    }
+}
+
+void gpunet_gelu_tanh_derivative_f32(const float *restrict x, const float *restrict dy, float *restrict out, i64 n)
+{
+    for (i64 i = 0; i < n; i++) {
+        float xi = x[i], s, sm;
+        gelu_tanh_sigmoid(xi, &s, &sm);
+        float du = ((3.0f * GELU_C) * xi) * xi;
+        du = (1.0f + du) * GELU_K;
+        float d = s + ((2.0f * xi) * (s * sm)) * du;
+        out[i] = dy ? dy[i] * d : d;
+    }
+}
+
+/* ------------------------------------------------------------ batch norm */
+/* x (n, c, inner) contiguous; channels [c_lo, c_hi) of it, each channel done
+ * whole by one call (its n runs of `inner` values), so a split of the
+ * channels over threads changes no bit. A channel's runs are read back to
+ * back by the passes below: the second pass finds them in cache. */
+
+/* per channel: mean = sum/count and the biased variance sum((x - mean)^2)/count
+ * around the rounded mean, both sums in double, each statistic rounded once
+ * (the NumPy path's formula, with its float32 per-image sums now in double) */
+void gpunet_batch_norm_stats_f32(const float *x, float *mean, float *var, i64 n, i64 c, i64 inner, i64 c_lo,
+                                 i64 c_hi)
+{
+    double count = (double)(n * inner);
+    for (i64 ch = c_lo; ch < c_hi; ch++) {
+        double s = 0, ss = 0;
+        for (i64 i = 0; i < n; i++) s += row_sum(x + (i * c + ch) * inner, inner);
+        float mu = (float)(s / count);
+        for (i64 i = 0; i < n; i++) ss += row_sq_dev(x + (i * c + ch) * inner, mu, inner);
+        mean[ch] = mu;
+        var[ch] = (float)(ss / count);
+    }
+}
+
+/* y = (x - mean)·scale + bias per channel (bias may be NULL), in float32 in
+ * that order, as the NumPy path rounds it */
+void gpunet_batch_norm_forward_f32(const float *restrict x, float *restrict y, const float *mean,
+                                   const float *scale, const float *bias, i64 n, i64 c, i64 inner, i64 c_lo,
+                                   i64 c_hi)
+{
+    for (i64 ch = c_lo; ch < c_hi; ch++) {
+        float mu = mean[ch], s = scale[ch], b = bias ? bias[ch] : 0.0f;
+        for (i64 i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * inner;
+            float *yr = y + (i * c + ch) * inner;
+            if (bias)
+                for (i64 j = 0; j < inner; j++) yr[j] = (xr[j] - mu) * s + b;
+            else
+                for (i64 j = 0; j < inner; j++) yr[j] = (xr[j] - mu) * s;
+        }
+    }
+}
+
+/* Training-mode backward per channel, with xhat = (x - mean)·rstd:
+ *   pass 1: dy_sum = sum(dy), dyx_sum = sum(dy·xhat) (double, into the
+ *           caller's arrays: db and dw);
+ *   pass 2: dx = ((dy - xhat·k1) - k2)·w_rstd, k1 = f32(dyx_sum)/count and
+ *           k2 = f32(dy_sum)/count rounded to float32 as the NumPy path does. */
+void gpunet_batch_norm_backward_f32(const float *restrict x, const float *restrict dy, float *restrict dx,
+                                    const float *mean, const float *rstd, const float *w_rstd,
+                                    double *dy_sum, double *dyx_sum, i64 n, i64 c, i64 inner, i64 c_lo,
+                                    i64 c_hi)
+{
+    float count = (float)(n * inner);
+    for (i64 ch = c_lo; ch < c_hi; ch++) {
+        float mu = mean[ch], rs = rstd[ch], wr = w_rstd[ch];
+        double s[LANES] = {0}, d[LANES] = {0};
+        for (i64 i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * inner, *dr = dy + (i * c + ch) * inner;
+            i64 j = 0;
+            for (; j + LANES <= inner; j += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    float h = (xr[j + l] - mu) * rs;
+                    s[l] += (double)dr[j + l];
+                    d[l] += (double)dr[j + l] * (double)h;
+                }
+            for (int l = 0; j < inner; j++, l++) {
+                float h = (xr[j] - mu) * rs;
+                s[l] += (double)dr[j];
+                d[l] += (double)dr[j] * (double)h;
+            }
+        }
+        dy_sum[ch] = lanes_total(s);
+        dyx_sum[ch] = lanes_total(d);
+        float k1 = (float)dyx_sum[ch] / count, k2 = (float)dy_sum[ch] / count;
+        for (i64 i = 0; i < n; i++) {
+            const float *xr = x + (i * c + ch) * inner, *dr = dy + (i * c + ch) * inner;
+            float *out = dx + (i * c + ch) * inner;
+            for (i64 j = 0; j < inner; j++) {
+                float h = (xr[j] - mu) * rs;
+                out[j] = ((dr[j] - h * k1) - k2) * wr;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------ average pooling */
+/* planes (P, H, W) contiguous -> (P, OH, OW), each plane on its own (a split
+ * of the planes over threads changes no bit), in the NumPy path's order:
+ * the plane zero-padded to (HP, WP), each window summed in row-major tap
+ * order starting from its first tap, divided by PyTorch's divisor (the
+ * window clipped to the padded input, and to the input without
+ * count_include_pad). Scratch: pad (HP·WP floats; the forward does not use
+ * it when HP = H and WP = W) and div (OH·OW floats, the divisors). Loops run
+ * tap by tap over a row of outputs, so they vectorise over the row. */
+static void avg_divisors(float *div, i64 H, i64 W, i64 OH, i64 OW, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph,
+                         i64 pw, int include_pad)
+{
+    for (i64 o = 0; o < OH; o++) {
+        i64 h0 = o * sh - ph, h1 = h0 + kh < H + ph ? h0 + kh : H + ph;
+        if (!include_pad) h0 = h0 > 0 ? h0 : 0, h1 = h1 < H ? h1 : H;
+        for (i64 o2 = 0; o2 < OW; o2++) {
+            i64 w0 = o2 * sw - pw, w1 = w0 + kw < W + pw ? w0 + kw : W + pw;
+            if (!include_pad) w0 = w0 > 0 ? w0 : 0, w1 = w1 < W ? w1 : W;
+            div[o * OW + o2] = (float)((h1 - h0) * (w1 - w0));
+        }
+    }
+}
+
+/* the plane x (H, W) into pad (HP, WP) at (ph, pw), zeros around it */
+static void pad_plane(const float *x, float *pad, i64 H, i64 W, i64 HP, i64 WP, i64 ph, i64 pw)
+{
+    memset(pad, 0, (size_t)(HP * WP) * sizeof(float));
+    for (i64 h = 0; h < H; h++) memcpy(pad + (h + ph) * WP + pw, x + h * W, (size_t)W * sizeof(float));
+}
+
+/* out[o] += tap[o·sw] and row[o·sw] += s[o] for o < n: strides 1 and 2 (the
+ * common pools) as constants, so GCC vectorises them with shuffles rather
+ * than gathers and scatters */
+static inline void add_strided_from(float *restrict out, const float *tap, i64 n, i64 sw)
+{
+    if (sw == 1)
+        for (i64 o = 0; o < n; o++) out[o] += tap[o];
+    else if (sw == 2)
+        for (i64 o = 0; o < n; o++) out[o] += tap[2 * o];
+    else
+        for (i64 o = 0; o < n; o++) out[o] += tap[o * sw];
+}
+
+static inline void add_strided_to(float *restrict row, const float *s, i64 n, i64 sw)
+{
+    if (sw == 1)
+        for (i64 o = 0; o < n; o++) row[o] += s[o];
+    else if (sw == 2)
+        for (i64 o = 0; o < n; o++) row[2 * o] += s[o];
+    else
+        for (i64 o = 0; o < n; o++) row[o * sw] += s[o];
+}
+
+void gpunet_avgpool2d_forward_f32(const float *x, float *restrict y, float *restrict pad, float *restrict div,
+                                  i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP, i64 kh, i64 kw, i64 sh,
+                                  i64 sw, i64 ph, i64 pw, int include_pad)
+{
+    avg_divisors(div, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad);
+    int padded = HP != H || WP != W;
+    for (i64 p = 0; p < P; p++) {
+        const float *src = x + p * H * W;
+        if (padded) {
+            pad_plane(src, pad, H, W, HP, WP, ph, pw);
+            src = pad;
+        }
+        for (i64 o = 0; o < OH; o++) {
+            float *restrict out = y + (p * OH + o) * OW;
+            const float *row = src + o * sh * WP;
+            for (i64 o2 = 0; o2 < OW; o2++) out[o2] = row[o2 * sw];
+            for (i64 i = 0; i < kh; i++)
+                for (i64 j = i == 0; j < kw; j++) add_strided_from(out, row + i * WP + j, OW, sw);
+            for (i64 o2 = 0; o2 < OW; o2++) out[o2] /= div[o * OW + o2];
+        }
+    }
+}
+
+/* dx (P, H, W) from dy (P, OH, OW): each input pixel gets dy/divisor of every
+ * window holding it, added tap by tap in row-major tap order onto zeros (the
+ * NumPy path's order: fixed, no atomics), in pad (HP·WP floats); share:
+ * OH·OW floats of scratch. */
+void gpunet_avgpool2d_backward_f32(const float *dy, float *restrict dx, float *restrict pad, float *restrict div,
+                                   float *restrict share, i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP,
+                                   i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, int include_pad)
+{
+    avg_divisors(div, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad);
+    for (i64 p = 0; p < P; p++) {
+        const float *g = dy + p * OH * OW;
+        for (i64 k = 0; k < OH * OW; k++) share[k] = g[k] / div[k];
+        memset(pad, 0, (size_t)(HP * WP) * sizeof(float));
+        for (i64 i = 0; i < kh; i++)
+            for (i64 j = 0; j < kw; j++)
+                for (i64 o = 0; o < OH; o++) add_strided_to(pad + (o * sh + i) * WP + j, share + o * OW, OW, sw);
+        float *out = dx + p * H * W;
+        for (i64 h = 0; h < H; h++) memcpy(out + h * W, pad + (h + ph) * WP + pw, (size_t)W * sizeof(float));
+    }
+}
+
+/* ------------------------------------------------------------ embedding */
+/* The weight gradient's rows [v_lo, v_hi) of dw (V, D): row v is the sum of
+ * dy[k] over the positions k with idx[k] = v, in position order: the first
+ * such row copied, the rest added (the NumPy path's stably sorted runs, in
+ * the same order: the same bits, with no sort); rows nobody looked up are 0.
+ * Positions whose index lies outside [v_lo, v_hi) are another call's (the
+ * caller checks 0 <= idx < V). seen: V bytes, zero on entry. */
+void gpunet_embedding_backward_f32(const int64_t *idx, const float *dy, float *restrict dw, uint8_t *seen, i64 n,
+                                   i64 D, i64 v_lo, i64 v_hi)
+{
+    for (i64 k = 0; k < n; k++) {
+        i64 v = idx[k];
+        if (v < v_lo || v >= v_hi) continue;
+        float *restrict row = dw + v * D;
+        const float *g = dy + k * D;
+        if (seen[v])
+            for (i64 d = 0; d < D; d++) row[d] += g[d];
+        else
+            memcpy(row, g, (size_t)D * sizeof(float));
+        seen[v] = 1;
+    }
+    for (i64 v = v_lo; v < v_hi; v++)
+        if (!seen[v]) memset(dw + v * D, 0, (size_t)D * sizeof(float));
+}
+
+/* ------------------------------------------------------------ LSTM cell */
+/* tanh in float32, branch free (vectorises): for |x| < 0.55 its Taylor
+ * series in x^2 to degree 17 (truncation below 6e-9 relative there), above
+ * 1 - 2/(e^(2|x|) + 1) (no cancellation: the result is above 0.5), the
+ * sign put back; NaN stays NaN, +-inf gives +-1. A few ulps. */
+static inline float tanh_f32(float x)
+{
+    float a = fabsf(x), y = a * a;
+    float p = 0.000590027440945586f;
+    p = MADD(p, y, -0.0014558343870513183f);
+    p = MADD(p, y, 0.003592128036572481f);
+    p = MADD(p, y, -0.008863235529902197f);
+    p = MADD(p, y, 0.021869488536155203f);
+    p = MADD(p, y, -0.05396825396825397f);
+    p = MADD(p, y, 0.13333333333333333f);
+    p = MADD(p, y, -0.3333333333333333f);
+    float small = MADD(a, y * p, a);
+    float large = 1.0f - 2.0f / (exp_f32(2.0f * a) + 1.0f);
+    return copysignf(a < 0.55f ? small : large, x);
+}
+
+/* 1/(1 + e^-x): a few ulps relative down to e^-88.7 (the subnormal results
+ * below come out 0), 1 from 17 up; NaN stays NaN */
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+/* One step of the LSTM forward, rows of B: g (B, 4H) holds the input
+ * projection with both biases (gate blocks i, f, g, o) and gets the
+ * activated gates; with the recurrent product hg (B, 4H) added first:
+ *   c = f·c_prev + i·g,  tanh_c = tanh(c),  h = o·tanh_c  (each (B, H)) */
+void gpunet_lstm_cell_forward_f32(float *restrict g, const float *restrict hg, const float *restrict c_prev,
+                                  float *restrict c, float *restrict tanh_c, float *restrict h, i64 B, i64 H)
+{
+    for (i64 b = 0; b < B; b++) {
+        float *gb = g + b * 4 * H;
+        const float *hb = hg + b * 4 * H;
+        for (i64 j = 0; j < 2 * H; j++) gb[j] = sigmoid_f32(gb[j] + hb[j]);
+        for (i64 j = 2 * H; j < 3 * H; j++) gb[j] = tanh_f32(gb[j] + hb[j]);
+        for (i64 j = 3 * H; j < 4 * H; j++) gb[j] = sigmoid_f32(gb[j] + hb[j]);
+        const float *cp = c_prev + b * H;
+        float *cb = c + b * H, *tb = tanh_c + b * H, *hb_out = h + b * H;
+        for (i64 j = 0; j < H; j++) {
+            float cc = gb[H + j] * cp[j];
+            cc = cc + gb[j] * gb[2 * H + j];
+            float t = tanh_f32(cc);
+            cb[j] = cc;
+            tb[j] = t;
+            hb_out[j] = gb[3 * H + j] * t;
+        }
+    }
+}
+
+/* One step of the LSTM backward: the NumPy path's float32 operations in its
+ * order (the same bits). With d = dy + dh (B, H) and dc (B, H, or NULL: zero),
+ *   dc_t = (d·o)·(1 - tanh_c^2) [+ dc],  dg_o = (d·tanh_c)·(o·(1 - o)),
+ *   dg_i = (dc_t·g)·(i·(1 - i)),  dg_f = (dc_t·c_prev)·(f·(1 - f)),
+ *   dg_g = (dc_t·i)·(1 - g^2),  dc_prev = dc_t·f;
+ * dg (B, 4H) gets the pre-activation gate gradients. */
+static inline __attribute__((always_inline)) void lstm_backward_row(
+    const float *restrict gb, const float *restrict cp, const float *restrict tc, const float *restrict d,
+    const float *restrict dc, float *restrict db, float *restrict dcp, i64 H, int has_dc)
+{
+    for (i64 j = 0; j < H; j++) {
+        float gi = gb[j], gf = gb[H + j], gg = gb[2 * H + j], go = gb[3 * H + j], t = tc[j];
+        float dct = (d[j] * go) * (1.0f - t * t);
+        if (has_dc) dct = dct + dc[j];
+        db[3 * H + j] = (d[j] * t) * (go * (1.0f - go));
+        db[j] = (dct * gg) * (gi * (1.0f - gi));
+        db[H + j] = (dct * cp[j]) * (gf * (1.0f - gf));
+        db[2 * H + j] = (dct * gi) * (1.0f - gg * gg);
+        dcp[j] = dct * gf;
+    }
+}
+
+void gpunet_lstm_cell_backward_f32(const float *g, const float *c_prev, const float *tanh_c, const float *d,
+                                   const float *dc, float *dg, float *dc_prev, i64 B, i64 H)
+{
+    for (i64 b = 0; b < B; b++) {
+        const float *gb = g + b * 4 * H;
+        i64 k = b * H;
+        if (dc)
+            lstm_backward_row(gb, c_prev + k, tanh_c + k, d + k, dc + k, dg + b * 4 * H, dc_prev + k, H, 1);
+        else
+            lstm_backward_row(gb, c_prev + k, tanh_c + k, d + k, NULL, dg + b * 4 * H, dc_prev + k, H, 0);
+    }
+}
+
 /* ------------------------------------------------------------ convolution: im2col / col2im in row layout */
 #include <stdlib.h> /* malloc, free: the im2col tile */
 

@@ -72,7 +72,9 @@ def compare(old: dict, new: dict, old_label: str, new_label: str, noise: float =
 def main(paths, noise: float = NOISE_FLOOR) -> int:
     """Print the comparison of two result JSONs; exit status 1 when a case got slower."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    labels = [f"{Path(p).name} ({run.get('environment', {}).get('commit', '?')[:10]})" for run, p in zip(runs, paths)]
+    # a run outside a git checkout records commit None
+    labels = [f"{Path(p).name} ({(run.get('environment', {}).get('commit') or '?')[:10]})"
+              for run, p in zip(runs, paths)]
     text, slower = compare(*runs, *labels, noise=noise)
     print(text, end="")
     return 1 if slower else 0

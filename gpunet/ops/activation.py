@@ -202,6 +202,23 @@ def _gelu_f32(x):
     return out
 
 
+def _gelu_tanh_f32(lib, x, derivative=False, dy=None):
+    """The tanh form of GELU (derivative: its derivative, times dy when
+    given) of a float32 host array in one compiled pass (gpunet/_host/host_ops.c:
+    x·sigmoid(2u), the array code's 0.5·x·(1 + tanh(u)) without its
+    cancellation), the elements split over the host threads."""
+    x = np.asarray(x, order="C")
+    out = np.empty_like(x)
+    flat, xf = out.reshape(-1), x.reshape(-1)
+    if not derivative:
+        _host_elementwise(lambda at, n: lib.gpunet_gelu_tanh_f32(at(xf), at(flat), n), xf.size)
+        return out
+    dyf = None if dy is None else np.asarray(dy, order="C").reshape(-1)
+    _host_elementwise(lambda at, n: lib.gpunet_gelu_tanh_derivative_f32(
+        at(xf), None if dyf is None else at(dyf), at(flat), n), xf.size)
+    return out
+
+
 def _gelu_output(x, y):
     """y when it is the float32 forward output of x, else that output computed
     (a caller that kept no output: autograd saves the input only)."""
@@ -269,6 +286,8 @@ def sigmoid(xp, x):
 # ---------------------------------------------------------------- the activations
 def _gelu_forward(xp, x, approximate="none"):
     if approximate == "tanh":
+        if _host_f32(xp, x) and (lib := hostlib.load()) is not None:
+            return _gelu_tanh_f32(lib, x)
         return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)))
     if _host_f32(xp, x):
         return _gelu_f32(x)
@@ -277,6 +296,8 @@ def _gelu_forward(xp, x, approximate="none"):
 
 def _gelu_derivative(xp, x, y, approximate="none"):
     if approximate == "tanh":
+        if _host_f32(xp, x) and (lib := hostlib.load()) is not None:
+            return _gelu_tanh_f32(lib, x, derivative=True)
         th = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))
         inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
         return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * inner
@@ -393,9 +414,11 @@ def act_backward(be, ctx, dy):
         return _fused_backward(kind, params, x, y, dy.astype(x.dtype, copy=False))
     if kind == "relu":  # a select, not a product, as the kernels and PyTorch: a NaN gradient at x <= 0 gives 0
         return select(be.xp, x > 0, dy.astype(x.dtype, copy=False))
-    if kind == "gelu" and params.get("approximate", "none") == "none" and _host_f32(be.xp, x) \
-            and _host_f32(be.xp, dy) and dy.shape == x.shape:
-        return _gelu_derivative_f32(x, _gelu_output(x, y), dy)  # the product in the derivative's pass
+    if kind == "gelu" and _host_f32(be.xp, x) and _host_f32(be.xp, dy) and dy.shape == x.shape:
+        if params.get("approximate", "none") == "none":
+            return _gelu_derivative_f32(x, _gelu_output(x, y), dy)  # the product in the derivative's pass
+        if (lib := hostlib.load()) is not None:
+            return _gelu_tanh_f32(lib, x, derivative=True, dy=dy)
     return (dy * DERIVATIVE[kind](be.xp, x, y, **params)).astype(x.dtype, copy=False)
 
 

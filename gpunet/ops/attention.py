@@ -13,7 +13,10 @@ Backward, with P the attention probabilities and dO the output gradient:
 (rowsum(dP ∘ P) = rowsum(dO ∘ O), which lets the kernels skip P.)
 
 Array path (cpu, cupy, float64 anywhere, head dims above 128): the L×S
-probabilities are materialised and saved for backward.
+probabilities are materialised and saved for backward. On the host in
+float32 their softmax (the causal mask and, without a bias, the scale
+included) and the backward's dS run in compiled row loops
+(gpunet/_host/host_ops.c); the GEMMs are NumPy's.
 Kernel path (sim, cuda; float32, head dims up to 128): flash attention
 (csrc/kernels/attention.cu) -- tiles of queries and keys with an online
 softmax; the forward saves only the per-row log-sum-exp (B·L floats) and the
@@ -43,10 +46,11 @@ import math
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
 from . import attention_tc
 from . import dropout as dropout_ops
+from . import host_threads
 from . import softmax as softmax_ops
 from .half import _up, float32_compute, kernel_view
 
@@ -190,7 +194,9 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
-    p = _probs_from_scores(be, _scores(be, q, k, bias, causal, scale))
+    # without a bias the compiled loop takes a positive scale as its softmax's beta
+    beta = scale if bias is None and scale > 0 and _host_lib(be, q.dtype) is not None else 1.0
+    p = _probs_from_scores(be, _scores(be, q, k, bias, False, scale / beta), causal, beta)
     out = be.xp.matmul(p, v)
     return out, AttentionContext(q, k, v, bias, causal, scale, out, probs=p)
 
@@ -199,20 +205,37 @@ def _scores(be, q, k, bias, causal, scale):
     """q kᵀ·scale + bias, with causal positions set to -inf: (..., L, S)."""
     xp = be.xp
     s = xp.matmul(q, xp.swapaxes(k, -1, -2))
-    s *= scale
+    if scale != 1:
+        s *= scale
     if bias is not None:
-        s = s + bias
-    if causal:
-        L, S = s.shape[-2:]
-        s = xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
-    return s
+        s = xp.add(s, bias, out=s if np.broadcast_shapes(s.shape, bias.shape) == s.shape else None)
+    return _causal_masked(xp, s) if causal else s
 
 
-def _probs_from_scores(be, s):
-    """Row softmax of s; rows that are -inf everywhere give all zeros. On the
-    host, scores all within ±60 skip the max shift, as the host softmax does
-    (gpunet/ops/softmax.py: exp of the exact scores, no row-wise max)."""
+def _causal_masked(xp, s):
+    L, S = s.shape[-2:]
+    return xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
+
+
+def _host_lib(be, dtype):
+    """The compiled host loops (gpunet/hostlib.py) for float32 on the host, else None."""
+    return hostlib.load() if be.xp is np and dtype == np.float32 else None
+
+
+def _probs_from_scores(be, s, causal=False, beta=1.0):
+    """Row softmax of beta·s (beta > 0), causal positions (when asked) masked;
+    rows that are -inf everywhere give all zeros. float32 on the host: one
+    fused pass per row in the compiled loop (softmax.py's
+    softmax_rows_compiled, masked, the causal keys skipped there); else array
+    code, where scores all within ±60 skip the max shift (exp of the exact
+    scores, no row-wise max)."""
     xp = be.xp
+    if (lib := _host_lib(be, s.dtype)) is not None:
+        return softmax_ops.softmax_rows_compiled(lib, s, beta, masked=True, causal=causal)
+    if beta != 1:
+        s = s * beta
+    if causal:
+        s = _causal_masked(xp, s)
     if xp is np and s.size and -softmax_ops.NO_SHIFT_BOUND <= s.min() and s.max() <= softmax_ops.NO_SHIFT_BOUND:
         p = xp.exp(s)
     else:
@@ -260,6 +283,10 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     q, k, v, out, dout, dprobs = (_up(a) for a in (ctx.q, ctx.k, ctx.v, ctx.out, dout, dprobs))  # half: float32
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
     dp = xp.matmul(dout, xp.swapaxes(v, -1, -2))
+    if dprobs is None and (lib := _host_lib(be, dp.dtype)) is not None:
+        ds = _scaled_ds_compiled(lib, p, dp, dout, out, ctx.scale)
+        return _rounded(ctx, xp.matmul(ds, k)), _rounded(ctx, xp.matmul(xp.swapaxes(ds, -1, -2), q)), \
+            _rounded(ctx, dv)
     if dprobs is None:  # rowsum(dP ∘ P) = rowsum(dO ∘ O): L·Ev work instead of L·S
         dp -= (dout * out).sum(axis=-1, keepdims=True)
     else:
@@ -272,6 +299,22 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     dk = xp.matmul(xp.swapaxes(ds, -1, -2), q)
     dk *= ctx.scale
     return _rounded(ctx, dq), _rounded(ctx, dk), _rounded(ctx, dv)
+
+
+def _scaled_ds_compiled(lib, p, dp, dout, out, scale):
+    """dS·scale = P ∘ (dP - rowsum(dO ∘ O))·scale in dp's memory, one pass per
+    row in the compiled loop (gpunet_attention_ds_f32), rows over the host threads."""
+    n, ev = dp.shape[-1], dout.shape[-1]
+    # as contiguous float32 (B·L, ·) rows: dout may be a strided view, and p lacks
+    # the batch dims that only v has
+    p, dout, out = (np.ascontiguousarray(np.broadcast_to(a, dp.shape[:-1] + a.shape[-1:]), dtype=np.float32)
+                    for a in (p, dout, out))
+    addr = [a.ctypes.data for a in (p, dp, dout, out)]
+    host_threads.run(lambda lo, hi: lib.gpunet_attention_ds_f32(addr[0] + 4 * lo * n, addr[1] + 4 * lo * n,
+                                                                addr[2] + 4 * lo * ev, addr[3] + 4 * lo * ev,
+                                                                hi - lo, n, ev, scale),
+                     host_threads.ranges(dp.size // n, n))
+    return dp
 
 
 # ---------------------------------------------------------------- dropout on the probabilities

@@ -5,6 +5,11 @@ up the same row. Float atomics would make that sum's order (and so its last
 bits) vary run to run; instead the positions are sorted by row (a stable sort,
 so positions of one row stay in input order) and each row sums its own
 contiguous run in that fixed order: bit-identical gradients on every run.
+On the host (float32) the compiled helper (gpunet/hostlib.py) adds each row's
+positions in position order, which is that order with no sort (the kernels'
+loop's; the NumPy path's too for runs up to _LEVELS long, whose longer runs
+add their tail through add.reduceat), the rows of dw shared out over the
+host threads.
 The array path adds the runs level by level (_add_runs); the "kernel" path
 (sim, cuda; half storage too, summed in float32 in the same order and rounded
 once, so equal to cpu bit for bit) passes the sorted order and a CSR row
@@ -16,9 +21,9 @@ would be a device sync).
 """
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
-from . import device_errors
+from . import device_errors, host_threads
 from .cupy_kernels import cupy, launch
 from .half import float32_compute, kernel_view
 
@@ -59,6 +64,15 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     route = "kernel" if dtypes.is_half(dy.dtype) else path(be, "embedding", dy.dtype, fused=True)
     D = dy.shape[-1]
     dy2 = xp.ascontiguousarray(dy.reshape(-1, D))
+    if route == "array" and (lib := _host_lib(be, dy2, flat, num_embeddings)) is not None:
+        dw = np.empty((num_embeddings, D), np.float32)
+        seen = np.zeros(num_embeddings, np.uint8)
+        host_threads.run(lambda lo, hi: lib.gpunet_embedding_backward_f32(
+            flat.ctypes.data, dy2.ctypes.data, dw.ctypes.data, seen.ctypes.data, flat.size, D, lo, hi),
+            host_threads.ranges(num_embeddings, D))
+        if padding_idx is not None:
+            dw[padding_idx] = 0
+        return dw
     order = xp.argsort(flat, kind="stable")
     rows = flat[order]
     if route == "array":
@@ -78,6 +92,17 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
     else:
         _fused_backward(dy2, order, row_ptr, dw, pad)
     return dw
+
+
+def _host_lib(be, a, flat, num_embeddings: int):
+    """The compiled host loops (gpunet/hostlib.py) for a float32 gradient `a`
+    on the host whose indices all lie in [0, num_embeddings), else None (the
+    NumPy path: negative indices wrap there, as in the forward's take). (The
+    forward stays np.take: a compiled gather measured no faster.)"""
+    if be.on_gpu or a.dtype != np.float32 or flat.dtype != np.int64 or not flat.flags.c_contiguous \
+            or (flat.size and not 0 <= flat.min() <= flat.max() < num_embeddings):
+        return None
+    return hostlib.load()
 
 
 def _add_runs(xp, dw, uniq, dy2, order, starts):

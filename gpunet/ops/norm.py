@@ -12,7 +12,8 @@ storage computed in float32 with float32 mean and rstd, each output rounded
 once, as the cpu reference does through gpunet.ops.half) layer norm runs
 csrc/kernels/norm.cu; other dtypes run the array path. Batch norm is array-level on every backend
 (its reductions are over all axes but the channel one: be.xp.sum does them;
-on cuda that is CuPy's reduction kernels).
+on cuda that is CuPy's reduction kernels); on the host, float32 batch norm
+runs the compiled loops of gpunet/hostlib.py, a channel per call.
 """
 from __future__ import annotations
 
@@ -211,6 +212,28 @@ def _per_images(be, n: int, per_image: int, fn) -> list:
     return host_threads.map_chunks(fn, chunks, step * per_image)
 
 
+# the compiled loops take a channel's n runs of `inner` values; shorter runs
+# (BatchNorm1d's (N, C): one value) read a cache line per value there, so
+# those stay on NumPy's strided reductions
+_BN_HOST_MIN_INNER = 32
+
+
+def _bn_host_lib(be, x3, *arrays):
+    """The compiled host loops (gpunet/hostlib.py) for a float32 batch norm on
+    the host with runs of at least _BN_HOST_MIN_INNER values per (image,
+    channel) and float32 parameters, else None (NumPy code)."""
+    if x3.shape[2] < _BN_HOST_MIN_INNER or x3.shape[0] == 0:
+        return None
+    return _host_lib(be, x3, *arrays)
+
+
+def _over_channels(x3, fn) -> None:
+    """fn(lo, hi) over channel ranges shared out over the host threads: each
+    channel is done whole by one call, so the split changes no bit."""
+    n, c, inner = x3.shape
+    host_threads.run(fn, host_threads.ranges(c, n * inner))
+
+
 def _channel_totals(xp, parts, count: int, dtype):
     """Per-channel means of (images, C) partial sums: summed over the images
     in float64 (PyTorch's CPU batch norm accumulates in double), so a float32
@@ -232,6 +255,12 @@ def batch_norm_stats(be, x):
     count = n * inner
     if count == 0:
         return xp.zeros(c, x.dtype), xp.ones(c, x.dtype), 0
+    if (lib := _bn_host_lib(be, x3)) is not None:
+        x3 = np.ascontiguousarray(x3)
+        mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
+        _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_stats_f32(x3.ctypes.data, mean.ctypes.data,
+                                                                           var.ctypes.data, *x3.shape, lo, hi))
+        return mean, var, count
     # per (image, channel) sums first (short runs: BLAS dot products), then
     # across images in float64. (A ReLU after the norm turns an ulp of error
     # into the other branch for values within an ulp of 0: whole gradients.)
@@ -254,6 +283,12 @@ def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     rstd = 1.0 / xp.sqrt(var + eps)
     scale = rstd if weight is None else weight * rstd
     y = xp.empty(x3.shape, x3.dtype)
+    if (lib := _bn_host_lib(be, x3, mean, scale, bias)) is not None:
+        x3 = np.ascontiguousarray(x3)
+        m, s, b = (None if a is None else np.ascontiguousarray(a) for a in (mean, scale, bias))
+        _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_forward_f32(
+            x3.ctypes.data, y.ctypes.data, m.ctypes.data, s.ctypes.data, hostlib.ptr(b), *x3.shape, lo, hi))
+        return y.reshape(x.shape), (x3, mean.copy(), rstd, weight, bias is not None)
 
     def normalise(i):
         xp.subtract(x3[i], mean[None, :, None], out=y[i])
@@ -279,6 +314,17 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     dy3 = _channel_view(dy)
     n, c, inner = dy3.shape
     count = max(n * inner, 1)  # an empty batch: sums are 0, so is every mean
+    w_rstd = rstd if weight is None else weight * rstd
+    if batch_stats and (lib := _bn_host_lib(be, x3, dy3, mean, w_rstd)) is not None:
+        dy3 = np.ascontiguousarray(dy3)
+        dx = np.empty(dy3.shape, np.float32)
+        sums = np.empty((2, c), np.float64)  # per channel: sum(dy), sum(dy·xhat)
+        m, r, wr = (np.ascontiguousarray(a) for a in (mean, rstd, w_rstd))
+        _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_backward_f32(
+            x3.ctypes.data, dy3.ctypes.data, dx.ctypes.data, m.ctypes.data, r.ctypes.data, wr.ctypes.data,
+            sums[0].ctypes.data, sums[1].ctypes.data, n, c, inner, lo, hi))
+        dy_sum, dyx_sum = sums.astype(np.float32)
+        return dx.reshape(dy.shape), (dyx_sum if weight is not None else None), (dy_sum if has_bias else None)
     ones = xp.ones(inner, dy3.dtype)
     dx = xp.empty(dy3.shape, dy3.dtype)
 
@@ -291,7 +337,6 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     # totals, not means (count 1): dy_sum gives db, dyx_sum dw
     dy_sum = _channel_totals(xp, [p[0] for p in parts] or [xp.zeros((0, c), dy3.dtype)], 1, dy3.dtype)
     dyx_sum = _channel_totals(xp, [p[1] for p in parts] or [xp.zeros((0, c), dy3.dtype)], 1, dy3.dtype)
-    w_rstd = rstd if weight is None else weight * rstd
 
     def gradient(i):
         if batch_stats:

@@ -176,7 +176,7 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
         xp.divide(mb, t, out=t)
         t *= step_size
         pb -= t
-    _run_blocks(be, work, update, block)
+    _run_blocks(be, work, update)
 
 
 def rmsprop(be, params, grads, square_avgs, grad_avgs, bufs, *, lr, alpha, eps, weight_decay, momentum):
@@ -292,7 +292,7 @@ def _array_only(be, op: str, params, why: str = "no fused kernel"):
 # elements per block of a host update: its temporaries stay in the core's cache
 _BLOCK = 1 << 16
 # the same for the compiled update (no temporaries): a few calls per tensor and thread
-_HOST_BLOCK = 1 << 20
+_HOST_BLOCK = 1 << 18
 
 
 def _blocks(be, arrays, block=_BLOCK):
@@ -305,15 +305,20 @@ def _blocks(be, arrays, block=_BLOCK):
     return [[f[s:s + block] for f in flats] for s in range(0, flats[0].size, block)]
 
 
-def _run_blocks(be, work, update, block=_BLOCK):
-    """update(views, *scalars) for every (views, scalars) item (blocks of
-    `block` elements at most); on the host the items are shared out over the
-    host threads."""
+def _run_blocks(be, work, update):
+    """update(views, *scalars) for every (views, scalars) item; on the host
+    the items are shared out over the host threads in contiguous runs of
+    about equal element counts (split by item count, a model's large weights
+    listed before its biases all went to the first thread)."""
     if be.on_gpu:
         for views, sc in work:
             update(views, *sc)
         return
-    host_threads.map_chunks(lambda item: update(item[0], *item[1]), work, block)
+    starts = np.cumsum([0] + [views[0].size for views, _ in work])
+    parts = [(int(np.searchsorted(starts, lo)), int(np.searchsorted(starts, hi)))
+             for lo, hi in host_threads.ranges(int(starts[-1]))]
+    parts[-1] = (parts[-1][0], len(work))  # every item, whatever its size
+    host_threads.run(lambda a, b: [update(views, *sc) for views, sc in work[a:b]], parts)
 
 
 def _host_lib(be, *groups):

@@ -9,7 +9,9 @@ slice of the padded input covering every output pixel. Max pooling keeps the
 offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
 routes each gradient to exactly one input. On the host the (image, channel)
-planes are shared out over the host threads.
+planes are shared out over the host threads; float32 average pooling there
+runs the compiled loops of gpunet/hostlib.py (the same sums in the same
+order: the same bits).
 
 Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
 float32, sums in cpu's order, each output rounded once): forward is one
@@ -24,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
 from . import host_threads
 from .half import float32_compute, kernel_view
@@ -247,6 +249,27 @@ def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
     return d.astype(dtype)
 
 
+def _avg_host_lib(be, a):
+    """The compiled host loops (gpunet/hostlib.py) for float32 on the host, else None."""
+    return None if be.on_gpu or a.dtype != np.float32 else hostlib.load()
+
+
+def _avg_host(fn, win: Window, count_include_pad: bool, x_shape, src, dst, scratch_shapes=()) -> None:
+    """The compiled forward (src x, dst y) or backward (src dy, dst dx), both
+    C-contiguous, over the planes shared out over the host threads: each call
+    gets a padded plane and the divisors as scratch, plus `scratch_shapes` more."""
+    n, c, h, w = x_shape
+    hp, wp = _padded_shape(x_shape, win)[2:]
+    src_plane, dst_plane = src.shape[2] * src.shape[3], dst.shape[2] * dst.shape[3]
+
+    def part(lo, hi):
+        scratch = [np.empty(s, np.float32) for s in [(hp, wp), (win.oh, win.ow), *scratch_shapes]]
+        fn(src.ctypes.data + 4 * lo * src_plane, dst.ctypes.data + 4 * lo * dst_plane,
+           *(a.ctypes.data for a in scratch), hi - lo, h, w, win.oh, win.ow, hp, wp,
+           *_kernel_args(win)[:6], int(bool(count_include_pad)))
+    host_threads.run(part, host_threads.ranges(n * c, h * w))
+
+
 @float32_compute("avg_pool2d", forward=True, half_kernels=_half_kernels)
 def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
     xp = be.xp
@@ -256,8 +279,11 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
         be.kernels.avgpool2d_forward(kernel_view(be, xp.ascontiguousarray(x)), kernel_view(be, y),
                                      *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
-    divisor = _divisor(xp, x.shape, win, count_include_pad, x.dtype)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+    if (lib := _avg_host_lib(be, x)) is not None:
+        _avg_host(lib.gpunet_avgpool2d_forward_f32, win, count_include_pad, x.shape, np.ascontiguousarray(x), y)
+        return y, (False, x.shape, win, count_include_pad)
+    divisor = _divisor(xp, x.shape, win, count_include_pad, x.dtype)
 
     def planes(xs, ys):
         xpad = _padded(xp, xs, win, 0)
@@ -280,8 +306,12 @@ def avgpool2d_backward(be, ctx, dy):
         be.kernels.avgpool2d_backward(kernel_view(be, xp.ascontiguousarray(dy)), kernel_view(be, dx),
                                       *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return dx
-    divisor = _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
     dx = xp.empty(x_shape, dtype=dy.dtype)
+    if (lib := _avg_host_lib(be, dy)) is not None:
+        _avg_host(lib.gpunet_avgpool2d_backward_f32, win, count_include_pad, x_shape, np.ascontiguousarray(dy),
+                  dx, [(win.oh, win.ow)])
+        return dx
+    divisor = _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
 
     def planes(dys, dxs):
         share = dys / divisor

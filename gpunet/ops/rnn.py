@@ -17,7 +17,10 @@ formulas as one ElementwiseKernel per step and direction (below); the
 "kernel" path (sim, cuda; float32 and half storage) is one fused kernel per step
 (csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
 gates in place of the input projection, and the LSTM keeps every c_t and h_t.
-The GRU has the kernel and array paths only (no CuPy fusion yet).
+The GRU has the kernel and array paths only (no CuPy fusion yet). On the
+host a float32 LSTM's array-path cell is one compiled pass per step each way
+(gpunet/hostlib.py): the backward the array code's operations (the same
+bits), the forward's sigmoid and tanh a few ulps from the array code's.
 
 Half storage (bfloat16, float16) on cpu: gpunet.ops.half's float32_compute
 (inputs, weights and states read in float32, the whole recurrence in float32,
@@ -28,6 +31,9 @@ linear.matmul (float32 accumulation, rounded once).
 """
 import functools
 
+import numpy as np
+
+from .. import hostlib
 from .cupy_kernels import cupy
 from .half import float32_compute, kernel_view
 from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
@@ -115,10 +121,16 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     cs[0] = c0
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
     w_hh_t = _recurrent_weight(be, w_hh)
+    lib = _host_lib(be, route, gates)
+    if lib is not None:  # the step's arrays' addresses as integers (cheaper than .ctypes per step)
+        hg = np.empty((B, 4 * H), np.float32)
+        at = _step_addresses(gates, hg[None], cs, tanh_c, hs[1:] if raw is None else raw)
     for t in range(T):
-        hg = matmul(be, hs[t], w_hh_t)
+        hg = matmul(be, hs[t], w_hh_t, out=None if lib is None else hg)
         h = hs[t + 1] if raw is None else raw[t]
-        if route == "kernel":
+        if lib is not None:
+            lib.gpunet_lstm_cell_forward_f32(at[0](t), at[1](0), at[2](t), at[2](t + 1), at[3](t), at[4](t), B, H)
+        elif route == "kernel":
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
             _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)
@@ -154,6 +166,10 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     dc_buf = xp.empty((B, H), dtype=gates.dtype) if route == "kernel" else None
     dproj = None if raw is None else xp.empty((T,) + hs.shape[1:], dtype=gates.dtype)
     dh, dc = dh_n, dc_n
+    lib = _host_lib(be, route, gates)
+    if lib is not None:  # dc_prev of each step, alternately (never the caller's dc_n)
+        dc_bufs = np.empty((2, B, H), np.float32)
+        at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
@@ -164,12 +180,31 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
             dc = dc_buf
         elif route == "fused":
             dc = _fused_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
+        elif lib is not None:
+            d = np.ascontiguousarray(_sum_or_zeros(xp, dy, dh, cs[t]), np.float32)
+            dc_in = None if dc is None else np.ascontiguousarray(dc, np.float32)
+            lib.gpunet_lstm_cell_backward_f32(at[0](t), at[1](t), at[2](t), d.ctypes.data, hostlib.ptr(dc_in),
+                                              at[3](t), at[4](t % 2), B, H)
+            dc = dc_bufs[t % 2]
         else:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         dh = matmul(be, dG[t], w_hh)
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     dw_hr = None if raw is None else matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
+
+
+def _host_lib(be, route, gates):
+    """The compiled host loops (gpunet/hostlib.py) for the cell of a float32
+    LSTM on the array path on the host, else None (NumPy code)."""
+    if route != "array" or be.on_gpu or gates.dtype != np.float32:
+        return None
+    return hostlib.load()
+
+
+def _step_addresses(*arrays):
+    """For C-contiguous (steps, ...) arrays: functions t -> the address of a[t]."""
+    return [lambda t, base=a.ctypes.data, step=a.strides[0]: base + t * step for a in arrays]
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):

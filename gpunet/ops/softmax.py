@@ -13,6 +13,11 @@ Backward (y the output, g the incoming gradient, sums along `dim`):
     softmax:      dz = beta * y * (g - sum(g * y))
     log_softmax:  dz = beta * (g - e^y * sum(g))
 
+On the host (cpu) a float32 (log-)softmax along the last axis runs in one
+compiled pass per row (gpunet/_host/host_ops.c through gpunet/hostlib.py),
+the rows split over the host threads; other axes, float64 and hosts without
+a C compiler take the NumPy code below.
+
 Kernel backends (sim, cuda; float32, and float16/bfloat16 storage computed
 in float32 with each output rounded once, as the cpu reference does through
 gpunet.ops.half) run csrc/kernels/softmax.cu along the last axis. Softmax along another axis there is computed by moving that axis
@@ -25,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
 from . import host_threads
 from .half import float32_compute, kernel_view
@@ -96,6 +101,9 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
         yl = xp.empty_like(xl)
         _kernel(be, "softmax_forward", xl, yl, beta=beta, log=log)
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
+    if not be.on_gpu and dim == x.ndim - 1 and (lib := _host_lib(x)) is not None:
+        y = softmax_rows_compiled(lib, x, beta, log)
+        return y, (y, dim, beta, log)
     if not be.on_gpu and not log and dim == x.ndim - 1:
         y = _softmax_rows_host(x, beta)
         return y, (y, dim, beta, log)
@@ -108,6 +116,29 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
     return y, (y, dim, beta, log)
 
 
+def _host_lib(x):
+    """The compiled host loops (gpunet/hostlib.py) for a float32 x, else None."""
+    return hostlib.load() if x.dtype == np.float32 else None
+
+
+def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=False):
+    """(log-)softmax of float32 x along its last axis in the compiled host
+    loop (gpunet_softmax_rows_f32: the NumPy path's shift and exp, the sum in
+    double lanes, the product with 1/sum, all while the row is in cache), the rows split
+    over the host threads. masked: attention's rule for scores (a row of
+    -inf gives zeros); causal: x is (..., L, S) scores and query i keeps keys
+    j <= i (the rest read as -inf, no mask written)."""
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    y = np.empty_like(x2)
+    n = x2.shape[1]
+    xa, ya = x2.ctypes.data, y.ctypes.data
+    host_threads.run(lambda lo, hi: lib.gpunet_softmax_rows_f32(xa + 4 * lo * n, ya + 4 * lo * n, hi - lo, n,
+                                                                 float(beta), int(log), int(masked),
+                                                                 x.shape[-2] if causal else 0, lo),
+                     host_threads.ranges(x2.shape[0], n))
+    return y.reshape(x.shape)
+
+
 # elements per row block of the host path: the block's passes stay in the core's cache
 _HOST_BLOCK = 1 << 16
 # |x| bound of a block whose rows need no shift (beta = 1): e^±60 and every
@@ -116,7 +147,8 @@ NO_SHIFT_BOUND = 60.0
 
 
 def _softmax_rows_host(x, beta):
-    """softmax along the last axis, on the host: the rows split over the host
+    """softmax along the last axis, on the host without the compiled loops
+    (or in float64): the rows split over the host
     threads, each thread working through blocks of rows whose shift, exp, sum
     and division run while the block is in cache. With beta = 1 a block whose
     |x| stays within NO_SHIFT_BOUND (typical logits) skips the shift: exp(x)
