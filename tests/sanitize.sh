@@ -2,7 +2,7 @@
 # The launch-pool stress and thread tests (pytest -m sanitize) under two
 # sanitizer builds of gpunet._C_sim, each configured into its own build folder
 # (only _C_sim is built: the race checker's _C_simcheck excludes both):
-#   asan  AddressSanitizer + UBSan (-DGPUNET_SIM_ASAN=ON)
+#   asan  AddressSanitizer + UBSan on the kernels (-DGPUNET_SIM_ASAN=ON)
 #   tsan  ThreadSanitizer with its runtime (-DGPUNET_SIM_TSAN=ON): races
 #         between host threads and the launch pool's workers
 # Python itself is not instrumented: the sanitizer's runtime is preloaded and

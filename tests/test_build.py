@@ -155,21 +155,24 @@ def _configure(build, *options):
         capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("option, flag", [("GPUNET_SIM_ASAN", "-fsanitize=address,undefined"),
-                                          ("GPUNET_SIM_TSAN", "-fsanitize=thread")])
-def test_sanitizer_sim_builds_configure(tmp_path, option, flag):
+@pytest.mark.parametrize("option, kernel_flags, binding_flags, link_flag", [
+    ("GPUNET_SIM_ASAN", ["-fsanitize=address", "-fsanitize=undefined"], ["-fsanitize=address"],
+     "-fsanitize=address,undefined"),
+    ("GPUNET_SIM_TSAN", ["-fsanitize=thread"], ["-fsanitize=thread"], "-fsanitize=thread")])
+def test_sanitizer_sim_builds_configure(tmp_path, option, kernel_flags, binding_flags, link_flag):
     """-DGPUNET_SIM_ASAN=ON / -DGPUNET_SIM_TSAN=ON (csrc/sim/README.md,
     tests/sanitize.sh) compile and link gpunet._C_sim and its kernels with the
-    sanitizer, and leave out the race checker's module: checked on the
-    generated build files, without compiling."""
+    sanitizer (UBSan on the kernels only), and leave out the race checker's
+    module: checked on the generated build files, without compiling."""
     build = tmp_path / "build"
     proc = _configure(build, f"-D{option}=ON")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     targets = build / "CMakeFiles"
-    for target in ("gpunet_kernels_sim", "_C_sim"):
+    for target, wanted in (("gpunet_kernels_sim", kernel_flags), ("_C_sim", binding_flags)):
         flags = (targets / f"{target}.dir" / "flags.make").read_text()
-        assert flag in flags and "-fno-omit-frame-pointer" in flags, target
-    assert flag in (targets / "_C_sim.dir" / "link.txt").read_text()
+        assert all(flag in flags for flag in wanted) and "-fno-omit-frame-pointer" in flags, target
+    assert "undefined" not in (targets / "_C_sim.dir" / "flags.make").read_text()
+    assert link_flag in (targets / "_C_sim.dir" / "link.txt").read_text()
     assert not (targets / "_C_simcheck.dir").exists()
 
 

@@ -9,13 +9,13 @@
 namespace gpunet {
 namespace {
 
-struct Dims {
+struct AttentionDims {
   int64_t batch, L, S;
   int E, Ev;
 };
 
 // q (B, L, E), k (B, S, E), v (B, S, Ev); E, Ev in 1..128.
-Dims check_qkv(const View& q, const View& k, const View& v) {
+AttentionDims check_qkv(const View& q, const View& k, const View& v) {
   require_ndim(q, "q", 3);
   require_ndim(k, "k", 3);
   require_ndim(v, "v", 3);
@@ -35,7 +35,7 @@ Dims check_qkv(const View& q, const View& k, const View& v) {
 // The optional additive mask: None (then `view` stays empty), or a float32
 // contiguous array indexed through the strides; every index the kernels can
 // form must be inside it.
-AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, const Dims& d, View& view) {
+AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, const AttentionDims& d, View& view) {
   if (inner < 1 || d.batch % inner != 0)
     throw py::value_error("argument 'inner': expected a divisor of the batch size " + std::to_string(d.batch) +
                           ", got " + std::to_string(inner));
@@ -64,18 +64,18 @@ AttnBias check_bias(py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int
 }
 
 // What forward and backward both read: q, k, v and the optional mask.
-struct Inputs {
+struct AttentionInputs {
   View q, k, v;
   View bias_view;  // empty without a mask
-  Dims d;
+  AttentionDims d;
   AttnBias bias;
   Storage storage;  // q's, k's and v's (and their outputs' and gradients')
 };
-Inputs attention_inputs(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so,
+AttentionInputs attention_inputs(py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so,
                         int64_t si, int64_t sr, int64_t inner) {
   const View q = view_of(q_obj, "q"), k = view_of(k_obj, "k"), v = view_of(v_obj, "v");
   const Storage storage = same_storage({{&q, "q"}, {&k, "k"}, {&v, "v"}});
-  Inputs in{q, k, v, View{}, check_qkv(q, k, v), AttnBias{}, storage};
+  AttentionInputs in{q, k, v, View{}, check_qkv(q, k, v), AttnBias{}, storage};
   in.bias = check_bias(bias_obj, so, si, sr, inner, in.d, in.bias_view);
   return in;
 }
@@ -88,8 +88,8 @@ void bind_attention(py::module_& m) {
       [](py::handle q_obj, py::handle k_obj, py::handle v_obj, py::handle bias_obj, int64_t so, int64_t si,
          int64_t sr, int64_t inner, bool causal, float scale, py::handle out_obj, py::handle lse_obj,
          std::uintptr_t stream) {
-        const Inputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
-        const Dims& d = in.d;
+        const AttentionInputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
+        const AttentionDims& d = in.d;
         const View out = view_of(out_obj, "out");
         same_storage({{&in.q, "q"}, {&out, "out"}});
         require_writable(out, "out");
@@ -118,8 +118,8 @@ void bind_attention(py::module_& m) {
          py::handle lse_obj, py::handle bias_obj, int64_t so, int64_t si, int64_t sr, int64_t inner, bool causal,
          float scale, py::handle dq_obj, py::handle dk_obj, py::handle dv_obj, py::handle delta_obj,
          std::uintptr_t stream) {
-        const Inputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
-        const Dims& d = in.d;
+        const AttentionInputs in = attention_inputs(q_obj, k_obj, v_obj, bias_obj, so, si, sr, inner);
+        const AttentionDims& d = in.d;
         const View out = view_of(out_obj, "out"), dout = view_of(dout_obj, "dout");
         const View dq = view_of(dq_obj, "dq"), dk = view_of(dk_obj, "dk"), dv = view_of(dv_obj, "dv");
         same_storage({{&in.q, "q"}, {&out, "out"}, {&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}});

@@ -14,13 +14,13 @@ namespace {
 // float16 or bfloat16 (its bits as int16: `storage`),
 // target int64 (rows,) and the class weights, float32 (C,) or an empty
 // array for "no weights" (then `weight` is nullptr).
-struct Inputs {
+struct LossInputs {
   View x, t, w;
   Storage storage;
   const float* weight;
   int64_t rows, cols;
 };
-Inputs cross_entropy_inputs(py::handle x_obj, py::handle t_obj, py::handle w_obj) {
+LossInputs cross_entropy_inputs(py::handle x_obj, py::handle t_obj, py::handle w_obj) {
   const View x = view_of(x_obj, "logits");
   const Storage storage = same_storage({{&x, "logits"}});
   require_rows(x, "logits");

@@ -9,7 +9,7 @@
 namespace gpunet {
 namespace {
 
-constexpr std::pair<const char*, ProfileProbe> kProbes[] = {
+constexpr std::pair<const char*, ProfileProbe> kProfileProbes[] = {
     {"probe_copy_coalesced", ProfileProbe::kCopyCoalesced},   {"probe_copy_stride32", ProfileProbe::kCopyStride32},
     {"probe_copy_float4", ProfileProbe::kCopyFloat4},         {"probe_smem_conflict32", ProfileProbe::kSmemConflict32},
     {"probe_smem_padded", ProfileProbe::kSmemPadded},
@@ -19,13 +19,13 @@ constexpr std::pair<const char*, ProfileProbe> kProbes[] = {
 
 void bind_profile(py::module_& m) {
   py::list names;
-  for (const auto& [n, p] : kProbes) names.append(n);
+  for (const auto& [n, p] : kProfileProbes) names.append(n);
   m.attr("_profile_probes") = py::tuple(names);
   m.def(
       "_profile_probe",
       [](const std::string& probe, py::handle x_obj, py::handle out_obj, std::uintptr_t stream) {
         const ProfileProbe* p = nullptr;
-        for (const auto& kv : kProbes)
+        for (const auto& kv : kProfileProbes)
           if (probe == kv.first) p = &kv.second;
         if (p == nullptr)
           throw py::value_error(detail::arg("probe") + "expected one of gpunet's _profile_probes, got '" + probe + "'");

@@ -9,7 +9,7 @@
 namespace gpunet {
 namespace {
 
-constexpr std::pair<const char*, RaceProbe> kProbes[] = {
+constexpr std::pair<const char*, RaceProbe> kRaceProbes[] = {
     {"missing_barrier", RaceProbe::kMissingBarrier}, {"reused_scratch", RaceProbe::kReusedScratch},
     {"shared_counter", RaceProbe::kSharedCounter},   {"warp_handoff", RaceProbe::kWarpHandoff},
     {"cross_block", RaceProbe::kCrossBlock},         {"uninit_shared", RaceProbe::kUninitShared},
@@ -18,7 +18,7 @@ constexpr std::pair<const char*, RaceProbe> kProbes[] = {
 
 RaceProbe probe_named(const std::string& name) {
   std::string known;
-  for (const auto& [n, p] : kProbes) {
+  for (const auto& [n, p] : kRaceProbes) {
     if (name == n) return p;
     known += known.empty() ? n : std::string(", ") + n;
   }

@@ -1,5 +1,8 @@
-/* Host (cpu backend) float32 loops NumPy cannot fuse: GELU forward and
- * derivative, layer norm forward and backward, the Adam/AdamW update.
+/* Host (cpu backend) float32 loops NumPy cannot fuse: GELU (erf and tanh
+ * forms) forward and derivative, layer norm forward and backward, the
+ * Adam/AdamW update, softmax rows and attention's dS, batch norm statistics,
+ * forward and backward, average pooling, the embedding backward, the LSTM
+ * cell, and the convolution's row-layout im2col/col2im.
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
