@@ -693,7 +693,8 @@ def test_conv_backward_compiled_is_bit_identical_across_host_thread_counts(lib):
 # padded, dilated and ceil_mode windows
 _MAX_CASES = [((2, 2, 8, 8), 2, 2, 0, 1, False), ((2, 3, 9, 11), 3, 2, 1, 1, False),
               ((1, 1, 5, 5), 3, 1, 1, 1, False), ((1, 2, 7, 8), (2, 3), (1, 2), 1, (2, 1), True),
-              ((3, 2, 6, 7), (3, 2), 3, (1, 0), 1, True), ((2, 1, 4, 1), (3, 1), 1, (1, 0), 1, False)]
+              ((3, 2, 6, 7), (3, 2), 3, (1, 0), 1, True), ((2, 1, 4, 1), (3, 1), 1, (1, 0), 1, False),
+              ((1, 2, 6, 40), (2, 3), (1, 2), 1, (2, 1), True)]  # (rows of 16 or more outputs)
 
 
 def _max_run(x, kernel, stride, padding, dilation, ceil_mode, dy_fn):

@@ -859,9 +859,11 @@ void gpunet_col2im_rows_f32(const float *cols, float *dx, const i64 *geo, i64 lo
  * a NaN keeps its first NaN, and of equal values, i.e. ±0, the last one's
  * bits); arg is the first tap equal to y or, in a window with a NaN, its
  * last NaN. The plane is padded with -inf into pad (HP·WP floats; unused
- * when HP = H and WP = W). Each plane on its own: any split over threads
- * gives the same bits. Taps outer, a row of outputs inner, so the selects
- * vectorise over the row. */
+ * when HP = H and WP = W); off: OH·OW int32 of scratch. Each plane on its
+ * own: any split over threads gives the same bits. Taps outer, a row of
+ * outputs inner, so the selects vectorise over the row; rows shorter than
+ * 16 (small planes) take the whole plane as the row, each tap's values
+ * gathered through off first. */
 static inline void max_tap(float *restrict m, int32_t *restrict a, const float *tap, i64 n, i64 sw, int32_t k)
 {
 #define MAX_TAP(T)                                                  \
@@ -880,16 +882,35 @@ static inline void max_tap(float *restrict m, int32_t *restrict a, const float *
 }
 
 void gpunet_maxpool2d_forward_f32(const float *x, float *restrict y, int32_t *restrict arg, float *restrict pad,
-                                  i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP, i64 kh, i64 kw, i64 sh,
+                                  int32_t *restrict off, i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP, i64 kh, i64 kw, i64 sh,
                                   i64 sw, i64 ph, i64 pw, i64 dh, i64 dw)
 {
     const int padded = HP != H || WP != W;
+    for (i64 o = 0; o < OH; o++)
+        for (i64 o2 = 0; o2 < OW; o2++) off[o * OW + o2] = (int32_t)(o * sh * WP + o2 * sw);
     for (i64 p = 0; p < P; p++) {
         const float *src = x + p * H * W;
         if (padded) {
             for (i64 q = 0; q < HP * WP; q++) pad[q] = -INFINITY;
             for (i64 h = 0; h < H; h++) memcpy(pad + (h + ph) * WP + pw, src + h * W, (size_t)W * sizeof(float));
             src = pad;
+        }
+        if (OW < 16) {  /* short rows: each tap over the whole plane, through the offsets table */
+            float *restrict m = y + p * OH * OW;
+            int32_t *restrict a = arg + p * OH * OW;
+            for (i64 q = 0; q < OH * OW; q++) m[q] = src[off[q]], a[q] = 0;
+            for (i64 i = 0; i < kh; i++)
+                for (i64 j = i == 0; j < kw; j++) {
+                    const float *tap = src + i * dh * WP + j * dw;
+                    for (i64 q0 = 0; q0 < OH * OW; q0 += 64) {
+                        /* the tap's values gathered into a row first: GCC does not vectorise the gather */
+                        float row[64];
+                        const i64 n = OH * OW - q0 < 64 ? OH * OW - q0 : 64;
+                        for (i64 q = 0; q < n; q++) row[q] = tap[off[q0 + q]];
+                        max_tap(m + q0, a + q0, row, n, 1, (int32_t)(i * kw + j));
+                    }
+                }
+            continue;
         }
         for (i64 o = 0; o < OH; o++) {
             float *restrict m = y + (p * OH + o) * OW;
@@ -931,8 +952,8 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
 }
 
 /* ReLU's backward dx = x > 0 ? dy : +0, a select (a NaN dy at x <= 0 gives
- * 0, as the kernels and PyTorch), over [lo, hi) */
-void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 lo, i64 hi)
+ * 0, as the kernels and PyTorch): one pass where NumPy takes three */
+void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 n)
 {
-    for (i64 q = lo; q < hi; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;
+    for (i64 q = 0; q < n; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;
 }

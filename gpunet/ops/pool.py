@@ -168,9 +168,9 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
         hp, wp = _padded_shape(x.shape, win)[2:]
 
         def planes(xs, ys, args):
-            pad = np.empty((hp, wp), np.float32)  # each thread its own
+            pad, off = np.empty((hp, wp), np.float32), np.empty(win.oh * win.ow, np.int32)  # each thread its own
             lib.gpunet_maxpool2d_forward_f32(xs.ctypes.data, ys.ctypes.data, args.ctypes.data, pad.ctypes.data,
-                                             len(xs), *x.shape[2:], win.oh, win.ow, hp, wp, *_kernel_args(win))
+                                             off.ctypes.data, len(xs), *x.shape[2:], win.oh, win.ow, hp, wp, *_kernel_args(win))
         _host_planes(planes, np.ascontiguousarray(x), y, arg)
         return y, (False, arg, x.shape, win)
     arg = xp.empty(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
