@@ -933,7 +933,6 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
                                    i64 OH, i64 OW, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
                                    int tiles)
 {
-    (void)kh;
     memset(dx, 0, (size_t)(P * H * W) * sizeof(float));
     for (i64 p = 0; p < P; p++) {
         const float *g = dy + p * OH * OW;
@@ -941,7 +940,8 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
         float *restrict out = dx + p * H * W;
         for (i64 o = OH - 1; o >= 0; o--)
             for (i64 o2 = OW - 1; o2 >= 0; o2--) {
-                const i64 k = a[o * OW + o2], h = o * sh - ph + k / kw * dh, w = o2 * sw - pw + k % kw * dw;
+                const int32_t k = a[o * OW + o2], kw32 = (int32_t)kw;  /* (a 32-bit division is cheaper) */
+                const i64 h = o * sh - ph + k / kw32 * dh, w = o2 * sw - pw + k % kw32 * dw;
                 if (h < 0 || h >= H || w < 0 || w >= W) continue;
                 if (tiles)
                     out[h * W + w] = g[o * OW + o2];
