@@ -694,7 +694,8 @@ def test_conv_backward_compiled_is_bit_identical_across_host_thread_counts(lib):
 _MAX_CASES = [((2, 2, 8, 8), 2, 2, 0, 1, False), ((2, 3, 9, 11), 3, 2, 1, 1, False),
               ((1, 1, 5, 5), 3, 1, 1, 1, False), ((1, 2, 7, 8), (2, 3), (1, 2), 1, (2, 1), True),
               ((3, 2, 6, 7), (3, 2), 3, (1, 0), 1, True), ((2, 1, 4, 1), (3, 1), 1, (1, 0), 1, False),
-              ((1, 2, 6, 40), (2, 3), (1, 2), 1, (2, 1), True)]  # (rows of 16 or more outputs)
+              ((1, 2, 6, 40), (2, 3), (1, 2), 1, (2, 1), True),  # (rows of 16 or more outputs)
+              ((3, 5, 7, 9), 2, (2, 1), 0, 1, False)]  # (unpadded short rows: 64 outputs across planes)
 
 
 def _max_run(x, kernel, stride, padding, dilation, ceil_mode, dy_fn):
@@ -758,15 +759,16 @@ def test_max_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, pa
         np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), ref.view(f"u{ref.itemsize}"))
 
 
-def test_max_pool_compiled_same_bits_on_1_2_3_threads(lib):
-    x = _max_special((6, 32, 32, 33), 4)
+@pytest.mark.parametrize("shape,window", [((6, 32, 32, 33), (3, 2, 1, 1, True)), ((96, 32, 8, 8), (2, 2, 0, 1, False))])
+def test_max_pool_compiled_same_bits_on_1_2_3_threads(lib, shape, window):
+    x = _max_special(shape, 4)
     before = host_threads.get_num_threads()
     try:
         runs = []
         for threads in (1, 2, 3):
             host_threads.set_num_threads(threads)
-            runs.append(_max_run(x, 3, 2, 1, 1, True, _max_dy))
-            assert len(host_threads.ranges(6 * 32, 32 * 33)) == threads
+            runs.append(_max_run(x, *window, _max_dy))
+            assert len(host_threads.ranges(shape[0] * shape[1], shape[2] * shape[3])) == threads
     finally:
         host_threads.set_num_threads(before)
     for run in runs[1:]:

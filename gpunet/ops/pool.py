@@ -163,9 +163,9 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
                                      *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-    if (lib := _host_lib(be, x)) is not None:
+    hp, wp = _padded_shape(x.shape, win)[2:]
+    if 64 * hp * wp < 2 ** 31 and (lib := _host_lib(be, x)) is not None:  # (the loops' int32 offsets)
         arg = np.empty(y.shape, dtype=np.int32)
-        hp, wp = _padded_shape(x.shape, win)[2:]
 
         def planes(xs, ys, args):
             pad, off = np.empty((hp, wp), np.float32), np.empty(win.oh * win.ow, np.int32)  # each thread its own
