@@ -774,3 +774,29 @@ def test_max_pool_compiled_same_bits_on_1_2_3_threads(lib, shape, window):
     for run in runs[1:]:
         for got, ref in zip(run, runs[0]):
             np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), ref.view(f"u{ref.itemsize}"))
+
+
+# ---------------------------------------------------------------- ReLU
+def test_relu_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
+    """dx = dy where x > 0, else +0 (a NaN or inf dy included), as bits, on 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 70001)).astype(np.float32)
+    x.reshape(-1)[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy.reshape(-1)[::5], dy.reshape(-1)[1::7], dy.reshape(-1)[2::9] = np.nan, -0.0, -np.inf
+    be = get_backend("cpu")
+    _, ctx = act.act_forward(be, "relu", x)
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            host_threads.set_num_threads(threads)
+            runs.append(act.act_backward(be, ctx, dy))
+        assert len(host_threads.ranges(x.size)) == 2
+    finally:
+        host_threads.set_num_threads(before)
+    monkeypatch.setattr(hostlib, "load", lambda: None)
+    ref = act.act_backward(be, ctx, dy)
+    assert ref.dtype == np.float32 and not np.isnan(ref[x <= 0]).any()
+    for got in runs:
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
