@@ -9,9 +9,10 @@ slice of the padded input covering every output pixel. Max pooling keeps the
 offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
 routes each gradient to exactly one input. On the host the (image, channel)
-planes are shared out over the host threads; float32 average pooling there
-runs the compiled loops of gpunet/hostlib.py (the same sums in the same
-order: the same bits).
+planes are shared out over the host threads; float32 pooling there runs the
+compiled loops of gpunet/hostlib.py (the same maxima, arg-max offsets, sums
+and routed gradients in the same order: the same bits; max pooling's
+offsets as int32 there).
 
 Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
 float32, sums in cpu's order, each output rounded once): forward is one
@@ -170,7 +171,8 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
         def planes(xs, ys, args):
             pad, off = np.empty((hp, wp), np.float32), np.empty(win.oh * win.ow, np.int32)  # each thread its own
             lib.gpunet_maxpool2d_forward_f32(xs.ctypes.data, ys.ctypes.data, args.ctypes.data, pad.ctypes.data,
-                                             off.ctypes.data, len(xs), *x.shape[2:], win.oh, win.ow, hp, wp, *_kernel_args(win))
+                                             off.ctypes.data, len(xs), *x.shape[2:], win.oh, win.ow, hp, wp,
+                                             *_kernel_args(win))
         _host_planes(planes, np.ascontiguousarray(x), y, arg)
         return y, (False, arg, x.shape, win)
     arg = xp.empty(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
