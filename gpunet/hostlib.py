@@ -135,3 +135,11 @@ _SIGNATURES.update({
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
 })
+
+
+# ---------------------------------------------------------------- max pooling, ReLU
+_SIGNATURES.update({
+    "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
+    "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
+    "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64],
+})

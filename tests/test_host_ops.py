@@ -686,3 +686,117 @@ def test_conv_backward_compiled_is_bit_identical_across_host_thread_counts(lib):
         for a, c in zip(out[0], other):
             np.testing.assert_array_equal(a, c)
 
+
+
+# ---------------------------------------------------------------- max pooling
+# (shape, kernel, stride, padding, dilation, ceil_mode): tiling, overlapping,
+# padded, dilated and ceil_mode windows
+_MAX_CASES = [((2, 2, 8, 8), 2, 2, 0, 1, False), ((2, 3, 9, 11), 3, 2, 1, 1, False),
+              ((1, 1, 5, 5), 3, 1, 1, 1, False), ((1, 2, 7, 8), (2, 3), (1, 2), 1, (2, 1), True),
+              ((3, 2, 6, 7), (3, 2), 3, (1, 0), 1, True), ((2, 1, 4, 1), (3, 1), 1, (1, 0), 1, False),
+              ((1, 2, 6, 40), (2, 3), (1, 2), 1, (2, 1), True),  # (rows of 16 or more outputs)
+              ((3, 5, 7, 9), 2, (2, 1), 0, 1, False)]  # (unpadded short rows: 64 outputs across planes)
+
+
+def _max_run(x, kernel, stride, padding, dilation, ceil_mode, dy_fn):
+    k, s, p, d = ((a, a) if isinstance(a, int) else a for a in (kernel, stride, padding, dilation))
+    be = get_backend("cpu")
+    y, ctx = pool.maxpool2d_forward(be, x, k, s, p, d, ceil_mode)
+    return y, pool.maxpool2d_indices(be, ctx), pool.maxpool2d_backward(be, ctx, dy_fn(y))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,ceil_mode", _MAX_CASES)
+def test_max_pool_both_paths_against_torch_float64(shape, kernel, stride, padding, dilation, ceil_mode, host_path):
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    args = (kernel, stride, padding, dilation, ceil_mode)
+    y, idx, dx = _max_run(x, *args, lambda y: np.cos(y).astype(np.float32))
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt, it = torch.nn.functional.max_pool2d(xt, *args, return_indices=True)
+    yt.backward(torch.cos(torch.tensor(y, dtype=torch.float64)))
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def _max_special(shape, seed):
+    """Small integers (ties), ±0, ±inf, NaN (some windows with two) and a
+    first plane's top three rows of -inf (windows whose maximum is -inf,
+    padding taps included)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[rng.random(shape) < 0.1] = -0.0
+    x[rng.random(shape) < 0.05] = np.inf
+    x[rng.random(shape) < 0.05] = -np.inf
+    x[rng.random(shape) < 0.05] = np.nan
+    x[0, 0, :3, :] = -np.inf
+    x[-1, -1, -2:, -1] = np.nan
+    return x
+
+
+def _max_dy(y):
+    """A gradient with -0.0, inf and NaN among ordinary values."""
+    dy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    flat = dy.reshape(-1)
+    flat[::7], flat[1::11], flat[2::13] = -0.0, np.inf, np.nan
+    return dy
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,ceil_mode", _MAX_CASES)
+def test_max_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, padding, dilation, ceil_mode,
+                                                       lib, monkeypatch):
+    """Same maxima (±0's and NaN's bits included), same arg-max (first
+    maximum, a NaN window's last NaN), same routed gradients, as bits."""
+    x = _max_special(shape, sum(shape))
+    runs = []
+    for numpy_only in (False, True):
+        if numpy_only:
+            monkeypatch.setattr(hostlib, "load", lambda: None)
+        with np.errstate(invalid="ignore"):
+            runs.append(_max_run(x, kernel, stride, padding, dilation, ceil_mode, _max_dy))
+    assert np.isnan(runs[1][0]).any() and np.isneginf(runs[1][0]).any()
+    for got, ref in zip(*runs):
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), ref.view(f"u{ref.itemsize}"))
+
+
+@pytest.mark.parametrize("shape,window", [((6, 32, 32, 33), (3, 2, 1, 1, True)), ((96, 32, 8, 8), (2, 2, 0, 1, False))])
+def test_max_pool_compiled_same_bits_on_1_2_3_threads(lib, shape, window):
+    x = _max_special(shape, 4)
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            runs.append(_max_run(x, *window, _max_dy))
+            assert len(host_threads.ranges(shape[0] * shape[1], shape[2] * shape[3])) == threads
+    finally:
+        host_threads.set_num_threads(before)
+    for run in runs[1:]:
+        for got, ref in zip(run, runs[0]):
+            np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), ref.view(f"u{ref.itemsize}"))
+
+
+# ---------------------------------------------------------------- ReLU
+def test_relu_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
+    """dx = dy where x > 0, else +0 (a NaN or inf dy included), as bits, on 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 70001)).astype(np.float32)
+    x.reshape(-1)[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy.reshape(-1)[::5], dy.reshape(-1)[1::7], dy.reshape(-1)[2::9] = np.nan, -0.0, -np.inf
+    be = get_backend("cpu")
+    _, ctx = act.act_forward(be, "relu", x)
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            host_threads.set_num_threads(threads)
+            runs.append(act.act_backward(be, ctx, dy))
+        assert len(host_threads.ranges(x.size)) == 2
+    finally:
+        host_threads.set_num_threads(before)
+    monkeypatch.setattr(hostlib, "load", lambda: None)
+    ref = act.act_backward(be, ctx, dy)
+    assert ref.dtype == np.float32 and not np.isnan(ref[x <= 0]).any()
+    for got in runs:
+        np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))

@@ -853,3 +853,129 @@ void gpunet_col2im_rows_f32(const float *cols, float *dx, const i64 *geo, i64 lo
         }
     }
 }
+
+/* ------------------------------------------------------------ max pooling, ReLU */
+/* planes (P, H, W) contiguous -> y (P, OH, OW) and arg (P, OH, OW), the
+ * window offset i*kw + j each output took, as the NumPy path computes them:
+ * y is np.maximum folded over the taps in row-major order, starting from
+ * the first (np.maximum(m, t) = m > t || m is NaN ? m : t, so a window with
+ * a NaN keeps its first NaN, and of equal values, i.e. ±0, the last one's
+ * bits); arg is the first tap equal to y or, in a window with a NaN, its
+ * last NaN. The plane is padded with -inf into pad (HP·WP floats; unused
+ * when HP = H and WP = W); off: OH·OW int32 of scratch. Each plane on its
+ * own: any split over threads gives the same bits. Taps outer, a row of
+ * outputs inner, so the selects vectorise over the row; rows shorter than
+ * 16 (small planes) take 64 outputs at a time instead, across planes where
+ * there is no padding, each tap's values gathered through off first. Offsets
+ * are int32: the caller keeps 64·HP·WP below 2^31. */
+static inline void max_tap(float *restrict m, int32_t *restrict a, const float *tap, i64 n, i64 sw, int32_t k)
+{
+#define MAX_TAP(T)                                                  \
+    for (i64 o = 0; o < n; o++) {                                   \
+        const float t = (T), mo = m[o];                             \
+        a[o] = (t != t || t > mo) ? k : a[o];                       \
+        m[o] = (mo > t || mo != mo) ? mo : t;                       \
+    }
+    if (sw == 1)
+        MAX_TAP(tap[o])
+    else if (sw == 2)
+        MAX_TAP(tap[2 * o])
+    else
+        MAX_TAP(tap[o * sw])
+#undef MAX_TAP
+}
+
+/* n <= 64 outputs whose windows start at src + idx[q]: each tap's values
+ * gathered into a row first (GCC does not vectorise the gather), then max_tap */
+static void max_gathered(float *restrict m, int32_t *restrict a, const float *src, const int32_t *idx, i64 n,
+                         i64 kh, i64 kw, i64 dh, i64 dw, i64 WP)
+{
+    float row[64];
+    for (i64 q = 0; q < n; q++) m[q] = src[idx[q]], a[q] = 0;
+    for (i64 i = 0; i < kh; i++)
+        for (i64 j = i == 0; j < kw; j++) {
+            const float *tap = src + i * dh * WP + j * dw;
+            for (i64 q = 0; q < n; q++) row[q] = tap[idx[q]];
+            max_tap(m, a, row, n, 1, (int32_t)(i * kw + j));
+        }
+}
+
+void gpunet_maxpool2d_forward_f32(const float *x, float *restrict y, int32_t *restrict arg, float *restrict pad,
+                                  int32_t *restrict off, i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP,
+                                  i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw)
+{
+    const int padded = HP != H || WP != W;
+    const i64 Q = OH * OW;
+    for (i64 o = 0; o < OH; o++)
+        for (i64 o2 = 0; o2 < OW; o2++) off[o * OW + o2] = (int32_t)(o * sh * WP + o2 * sw);
+    if (OW < 16 && !padded) {  /* short rows, unpadded: chunks of 64 outputs across planes */
+        int32_t idx[64];
+        for (i64 q0 = 0, p = 0, q = 0; q0 < P * Q; q0 += 64) {
+            const i64 n = P * Q - q0 < 64 ? P * Q - q0 : 64, p0 = p;
+            for (i64 r = 0; r < n; r++) {
+                idx[r] = (int32_t)((p - p0) * H * W) + off[q];
+                if (++q == Q) q = 0, p++;
+            }
+            max_gathered(y + q0, arg + q0, x + p0 * H * W, idx, n, kh, kw, dh, dw, WP);
+        }
+        return;
+    }
+    for (i64 p = 0; p < P; p++) {
+        const float *src = x + p * H * W;
+        if (padded) {
+            for (i64 q = 0; q < HP * WP; q++) pad[q] = -INFINITY;
+            for (i64 h = 0; h < H; h++) memcpy(pad + (h + ph) * WP + pw, src + h * W, (size_t)W * sizeof(float));
+            src = pad;
+        }
+        if (OW < 16) {  /* short rows: the plane's outputs in chunks of 64 */
+            for (i64 q0 = 0; q0 < Q; q0 += 64)
+                max_gathered(y + p * Q + q0, arg + p * Q + q0, src, off + q0, Q - q0 < 64 ? Q - q0 : 64, kh, kw,
+                             dh, dw, WP);
+            continue;
+        }
+        for (i64 o = 0; o < OH; o++) {
+            float *restrict m = y + (p * OH + o) * OW;
+            int32_t *restrict a = arg + (p * OH + o) * OW;
+            const float *row = src + o * sh * WP;
+            for (i64 o2 = 0; o2 < OW; o2++) m[o2] = row[o2 * sw], a[o2] = 0;
+            for (i64 i = 0; i < kh; i++)
+                for (i64 j = i == 0; j < kw; j++)
+                    max_tap(m, a, row + i * dh * WP + j * dw, OW, sw, (int32_t)(i * kw + j));
+        }
+    }
+}
+
+/* dx (P, H, W) from dy (P, OH, OW) and the forward's arg: each gradient goes
+ * to the input its window picked (none where that is padding). As the NumPy
+ * path: where the windows tile the input (`tiles`), dx is dy's bits there
+ * and +0 elsewhere; otherwise dx starts at +0 and each input adds its
+ * gradients in row-major tap order, which is the outputs' reverse order. */
+void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *restrict dx, i64 P, i64 H, i64 W,
+                                   i64 OH, i64 OW, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh, i64 dw,
+                                   int tiles)
+{
+    (void)kh;  /* (the forward's arguments, for symmetry) */
+    memset(dx, 0, (size_t)(P * H * W) * sizeof(float));
+    for (i64 p = 0; p < P; p++) {
+        const float *g = dy + p * OH * OW;
+        const int32_t *a = arg + p * OH * OW;
+        float *restrict out = dx + p * H * W;
+        for (i64 o = OH - 1; o >= 0; o--)
+            for (i64 o2 = OW - 1; o2 >= 0; o2--) {
+                const int32_t k = a[o * OW + o2], kw32 = (int32_t)kw;  /* (a 32-bit division is cheaper) */
+                const i64 h = o * sh - ph + k / kw32 * dh, w = o2 * sw - pw + k % kw32 * dw;
+                if (h < 0 || h >= H || w < 0 || w >= W) continue;
+                if (tiles)
+                    out[h * W + w] = g[o * OW + o2];
+                else
+                    out[h * W + w] += g[o * OW + o2];
+            }
+    }
+}
+
+/* ReLU's backward dx = x > 0 ? dy : +0, a select (a NaN dy at x <= 0 gives
+ * 0, as the kernels and PyTorch): one pass where NumPy takes three */
+void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 n)
+{
+    for (i64 q = 0; q < n; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;
+}

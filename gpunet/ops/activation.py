@@ -219,6 +219,15 @@ def _gelu_tanh_f32(lib, x, derivative=False, dy=None):
     return out
 
 
+def _relu_backward_f32(lib, x, dy):
+    """select(x > 0, dy) of float32 host arrays in one compiled pass, split over the host threads."""
+    x, dy = np.asarray(x, order="C"), np.asarray(dy, order="C")
+    out = np.empty_like(x)
+    xf, dyf, flat = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    _host_elementwise(lambda at, n: lib.gpunet_relu_backward_f32(at(xf), at(dyf), at(flat), n), xf.size)
+    return out
+
+
 def _gelu_output(x, y):
     """y when it is the float32 forward output of x, else that output computed
     (a caller that kept no output: autograd saves the input only)."""
@@ -413,6 +422,9 @@ def act_backward(be, ctx, dy):
     if route == "fused":
         return _fused_backward(kind, params, x, y, dy.astype(x.dtype, copy=False))
     if kind == "relu":  # a select, not a product, as the kernels and PyTorch: a NaN gradient at x <= 0 gives 0
+        if _host_f32(be.xp, x) and _host_f32(be.xp, dy) and dy.shape == x.shape \
+                and (lib := hostlib.load()) is not None:
+            return _relu_backward_f32(lib, x, dy)
         return select(be.xp, x > 0, dy.astype(x.dtype, copy=False))
     if kind == "gelu" and _host_f32(be.xp, x) and _host_f32(be.xp, dy) and dy.shape == x.shape:
         if params.get("approximate", "none") == "none":

@@ -9,9 +9,10 @@ slice of the padded input covering every output pixel. Max pooling keeps the
 offset of the first maximum in row-major window order, so ties go to the
 first index (a NaN window picks its last NaN, as the kernels do) and backward
 routes each gradient to exactly one input. On the host the (image, channel)
-planes are shared out over the host threads; float32 average pooling there
-runs the compiled loops of gpunet/hostlib.py (the same sums in the same
-order: the same bits).
+planes are shared out over the host threads; float32 pooling there runs the
+compiled loops of gpunet/hostlib.py (the same maxima, arg-max offsets, sums
+and routed gradients in the same order: the same bits; max pooling's
+offsets as int32 there).
 
 Kernel path (sim, cuda; float32, and float16/bfloat16 storage computed in
 float32, sums in cpu's order, each output rounded once): forward is one
@@ -137,6 +138,19 @@ def _over_planes(xp, fn, *arrays):
     return planes
 
 
+def _host_lib(be, a):
+    """The compiled host loops (gpunet/hostlib.py) for float32 on the host, else None."""
+    return None if be.on_gpu or a.dtype != np.float32 else hostlib.load()
+
+
+def _host_planes(fn, *arrays):
+    """fn(*parts) over (N*C, H, W) views of the C-contiguous (N, C, H, W)
+    host `arrays`, the planes shared out over the host threads."""
+    planes = [a.reshape((-1,) + a.shape[2:]) for a in arrays]
+    count, size = planes[0].shape[0], arrays[0].shape[2] * arrays[0].shape[3]
+    host_threads.run(lambda lo, hi: fn(*(p[lo:hi] for p in planes)), host_threads.ranges(count, size))
+
+
 # ---------------------------------------------------------------- max pooling
 @float32_compute("max_pool2d", forward=True, half_kernels=_half_kernels)
 def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
@@ -150,6 +164,17 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
                                      *_kernel_args(win), be.stream())
         return y, (True, arg, x.shape, win)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+    hp, wp = _padded_shape(x.shape, win)[2:]
+    if 64 * hp * wp < 2 ** 31 and (lib := _host_lib(be, x)) is not None:  # (the loops' int32 offsets)
+        arg = np.empty(y.shape, dtype=np.int32)
+
+        def planes(xs, ys, args):
+            pad, off = np.empty((hp, wp), np.float32), np.empty(win.oh * win.ow, np.int32)  # each thread its own
+            lib.gpunet_maxpool2d_forward_f32(xs.ctypes.data, ys.ctypes.data, args.ctypes.data, pad.ctypes.data,
+                                             off.ctypes.data, len(xs), *x.shape[2:], win.oh, win.ow, hp, wp,
+                                             *_kernel_args(win))
+        _host_planes(planes, np.ascontiguousarray(x), y, arg)
+        return y, (False, arg, x.shape, win)
     arg = xp.empty(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
     _over_planes(xp, lambda xs, ys, args: _maxpool_planes(xp, xs, win, ys, args), x, y, arg)
     return y, (False, arg, x.shape, win)
@@ -198,6 +223,12 @@ def maxpool2d_backward(be, ctx, dy):
                                       *_kernel_args(win), be.stream())
         return dx
     dx = xp.empty(x_shape, dtype=dy.dtype)
+    if arg.dtype == np.int32 and (lib := _host_lib(be, dy)) is not None:
+        tiles = int(_tiles(win, x_shape))
+        _host_planes(lambda dys, args, dxs: lib.gpunet_maxpool2d_backward_f32(
+            dys.ctypes.data, args.ctypes.data, dxs.ctypes.data, len(dys), *x_shape[2:], win.oh, win.ow,
+            *_kernel_args(win), tiles), np.ascontiguousarray(dy), arg, dx)
+        return dx
     _over_planes(xp, lambda dys, args, dxs: _maxpool_backward_planes(xp, dys, args, win, dxs),
                  xp.ascontiguousarray(dy), arg, dx)
     return dx
@@ -249,11 +280,6 @@ def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
     return d.astype(dtype)
 
 
-def _avg_host_lib(be, a):
-    """The compiled host loops (gpunet/hostlib.py) for float32 on the host, else None."""
-    return None if be.on_gpu or a.dtype != np.float32 else hostlib.load()
-
-
 def _avg_host(fn, win: Window, count_include_pad: bool, x_shape, src, dst, scratch_shapes=()) -> None:
     """The compiled forward (src x, dst y) or backward (src dy, dst dx), both
     C-contiguous, over the planes shared out over the host threads: each call
@@ -280,7 +306,7 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
                                      *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-    if (lib := _avg_host_lib(be, x)) is not None:
+    if (lib := _host_lib(be, x)) is not None:
         _avg_host(lib.gpunet_avgpool2d_forward_f32, win, count_include_pad, x.shape, np.ascontiguousarray(x), y)
         return y, (False, x.shape, win, count_include_pad)
     divisor = _divisor(xp, x.shape, win, count_include_pad, x.dtype)
@@ -307,7 +333,7 @@ def avgpool2d_backward(be, ctx, dy):
                                       *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return dx
     dx = xp.empty(x_shape, dtype=dy.dtype)
-    if (lib := _avg_host_lib(be, dy)) is not None:
+    if (lib := _host_lib(be, dy)) is not None:
         _avg_host(lib.gpunet_avgpool2d_backward_f32, win, count_include_pad, x_shape, np.ascontiguousarray(dy),
                   dx, [(win.oh, win.ow)])
         return dx
