@@ -37,6 +37,7 @@ FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=
 _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
+_RESTYPES = {}  # the functions that return something (the rest return void)
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -112,7 +113,7 @@ def build(environ=os.environ):
         return None
     for name, args in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, None
+        fn.argtypes, fn.restype = args, _RESTYPES.get(name)
     return lib
 
 
@@ -133,3 +134,8 @@ _SIGNATURES.update({
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
 })
+
+# the direct forward of few-tap convolutions (gpunet/ops/conv.py): x, w, bias or NULL, y, geometry, range;
+# returns 1 when its tile could not be allocated
+_SIGNATURES["gpunet_conv_direct_f32"] = [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64]
+_RESTYPES["gpunet_conv_direct_f32"] = ctypes.c_int

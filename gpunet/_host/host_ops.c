@@ -850,3 +850,88 @@ void gpunet_col2im_rows_f32(const float *cols, float *dx, const i64 *geo, i64 lo
         }
     }
 }
+
+/* ------------------------------------------------------------ direct convolution forward (few taps) */
+/* gpunet/ops/conv.py's float32 host forward for few taps per output (Kg =
+ * C/G*kh*kw small: 1- and 3-channel first layers, depthwise). A tile T holds
+ * the Kg taps of up to DIRECT_TILE output pixels of one image in column
+ * layout (tap_run above: padding, stride and dilation as im2col's); every
+ * output channel then sums its Kg products over T's rows, 16 pixels x up to
+ * 8 channels per register block, and NCHW y is written directly with the
+ * bias. Each output is ((w0*x0 + w1*x1) + ...) + b in (c, i, j) order, in
+ * float32 without fused multiply-adds, by whichever thread owns its pixel
+ * block: results do not depend on the split.
+ * geo: the row layout's, with O (output channels) in place of ld. */
+typedef float direct_vec __attribute__((vector_size(64))); /* 16 lanes */
+enum { DIRECT_VECS = 2, DIRECT_PIX = 16 * DIRECT_VECS, DIRECT_TILE = 256 };
+
+/* channels [o, o+ob) (weights w, kg per channel) over pixels [p, p+count) of T
+ * (count <= DIRECT_PIX, tp floats per tap) into y (plane floats per channel) */
+static inline __attribute__((always_inline)) void direct_block(const float *T, i64 tp, i64 kg, const float *w,
+                                                               const float *b, float *y, i64 plane, i64 count,
+                                                               int ob)
+{
+    direct_vec acc[8][DIRECT_VECS];
+    memset(acc, 0, sizeof acc);
+    for (i64 k = 0; k < kg; k++) {
+        direct_vec xv[DIRECT_VECS];
+        memcpy(xv, T + k * tp, sizeof xv);
+        for (int c = 0; c < ob; c++) {
+            const float wk = w[c * kg + k];
+            for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += wk * xv[v];
+        }
+    }
+    for (int c = 0; c < ob; c++) {
+        if (b)
+            for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += b[c];
+        float out[DIRECT_PIX];
+        memcpy(out, acc[c], sizeof out);
+        memcpy(y + c * plane, out, (size_t)count * sizeof(float));
+    }
+}
+
+/* pixel blocks [lo, hi) of the N*ceil(OH/lines) blocks of `lines` output rows
+ * each; returns 1 when the tile could not be allocated (nothing written) */
+int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
+                           i64 hi)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 sh = geo[G_SH], ph = geo[G_PH], dh = geo[G_DH], OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
+    const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
+    const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
+    const i64 blocks = (OH + lines - 1) / lines;
+    const i64 tp = (lines * OW + DIRECT_PIX - 1) / DIRECT_PIX * DIRECT_PIX;
+    float *T = calloc((size_t)(kg * tp), sizeof(float)); /* the tail past a block's pixels: read, never stored */
+    if (!T) return 1;
+    for (i64 u = lo; u < hi; u++) {
+        const i64 n = u / blocks, l0 = u % blocks * lines, nl = OH - l0 < lines ? OH - l0 : lines, pix = nl * OW;
+        for (i64 g = 0; g < G; g++) {
+            for (i64 c = 0; c < cg; c++) {
+                const float *src = x + (n * C + g * cg + c) * H * W;
+                for (i64 i = 0; i < kh; i++)
+                    for (i64 j = 0; j < kw; j++)
+                        for (i64 l = 0; l < nl; l++)
+                            tap_run(src, T + ((c * kh + i) * kw + j) * tp + l * OW, 1, (l0 + l) * sh - ph + i * dh,
+                                    j, geo);
+            }
+            for (i64 o = g * og; o < (g + 1) * og;) {
+                const i64 left = (g + 1) * og - o;
+                const int ob = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const float *wo = w + o * kg, *bo = b ? b + o : NULL;
+                float *yo = y + (n * O + o) * plane + l0 * OW;
+                for (i64 p = 0; p < pix; p += DIRECT_PIX) {
+                    const i64 count = pix - p < DIRECT_PIX ? pix - p : DIRECT_PIX;
+                    switch (ob) { /* constant block sizes: each gets its own unrolled registers */
+                    case 8: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 8); break;
+                    case 4: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 4); break;
+                    case 2: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 2); break;
+                    default: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 1);
+                    }
+                }
+                o += ob;
+            }
+        }
+    }
+    free(T);
+    return 0;
+}

@@ -211,6 +211,9 @@ def _col2im_wide(xp, dcols, x_shape, g: Geometry):
 
 
 def _forward_array(be, x, w, b, g: Geometry):
+    lib = _rows_lib(be, x, w)
+    if lib is not None and w[0].size <= DIRECT_MAX_TAPS:
+        return _forward_direct(be, lib, x, w, b, g), x
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
     og = o // g.groups
@@ -344,6 +347,33 @@ def _backward_rows(be, lib, ctx, dy):
         np.matmul(dv, wg, out=dcols)
         _col2im_rows(lib, dcols, dx[n0:n0 + m], _rows_geometry(x_shape, g, m, kg))
     return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
+
+
+# ---------------------------------------------------------------- host float32 forward, few taps: direct
+# With few taps per output (Kg = C/groups*kh*kw: the 1- and 3-channel first
+# layers, depthwise convolutions) the GEMM is too thin for BLAS and the
+# column matrix costs as much as the products. gpunet_conv_direct_f32 sums
+# the Kg products of every output straight from a small tile of taps and
+# writes NCHW with the bias (see host_ops.c).
+DIRECT_MAX_TAPS = 32
+
+
+def _forward_direct(be, lib, x, w, b, g: Geometry):
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    b = None if b is None else np.ascontiguousarray(b, np.float32)
+    n, o = x.shape[0], w.shape[0]
+    y = np.empty((n, o, g.oh, g.ow), np.float32)
+    if y.size == 0:
+        return y
+    geo = _rows_geometry(x.shape, g, n, o)  # its last entry: O instead of the row length
+    lines = 1 if g.ow >= 256 else min(256 // g.ow, g.oh)  # host_ops.c's pixel blocks (DIRECT_TILE)
+    blocks = -(-g.oh // lines)
+    at = (x.ctypes.data, w.ctypes.data, hostlib.ptr(b), y.ctypes.data, geo.ctypes.data)
+    failed = host_threads.run(lambda lo, hi: lib.gpunet_conv_direct_f32(*at, lo, hi),
+                              host_threads.ranges(n * blocks, o * lines * g.ow * w[0].size))
+    if any(failed):
+        raise MemoryError("conv2d: no memory for the direct convolution's tile")
+    return y
 
 
 # dcols (C*kh*kw, N*OH*OW): row (c, i, j), column (n, oy, ox), as the column
