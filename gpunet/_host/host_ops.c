@@ -858,24 +858,36 @@ void gpunet_col2im_rows_f32(const float *cols, float *dx, const i64 *geo, i64 lo
  * layout (tap_run above: padding, stride and dilation as im2col's); every
  * output channel then sums its Kg products over T's rows, 16 pixels x up to
  * 8 channels per register block, and NCHW y is written directly with the
- * bias. Each output is ((w0*x0 + w1*x1) + ...) + b in (c, i, j) order, in
- * float32 without fused multiply-adds, by whichever thread owns its pixel
- * block: results do not depend on the split.
+ * bias. Each output is ((w0*x0 + w1*x1) + ...) + b in (c, i, j) order in
+ * float32, every product-and-add one fused multiply-add where GCC targets a
+ * CPU with them (DIRECT_FMA: as the BLAS GEMM of the columns path does; 1.45x
+ * faster here than separate roundings), computed alike for every output
+ * whichever thread owns its pixel block: results do not depend on the split.
  * geo: the row layout's, with O (output channels) in place of ld. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DIRECT_FMA __attribute__((optimize("fp-contract=fast")))
+#else
+#define DIRECT_FMA
+#endif
 typedef float direct_vec __attribute__((vector_size(64))); /* 16 lanes */
+/* the same, at any float's address (unaligned loads and stores) */
+typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias));
 enum { DIRECT_VECS = 2, DIRECT_PIX = 16 * DIRECT_VECS, DIRECT_TILE = 256 };
 
 /* channels [o, o+ob) (weights w, kg per channel) over pixels [p, p+count) of T
- * (count <= DIRECT_PIX, tp floats per tap) into y (plane floats per channel) */
-static inline __attribute__((always_inline)) void direct_block(const float *T, i64 tp, i64 kg, const float *w,
+ * (count <= DIRECT_PIX, tp floats per tap) into y (plane floats per channel);
+ * the accumulators stay in registers (no memcpy through them: GCC then kept
+ * them on the stack, at half the speed) */
+static inline __attribute__((always_inline)) DIRECT_FMA void direct_block(const float *T, i64 tp, i64 kg, const float *w,
                                                                const float *b, float *y, i64 plane, i64 count,
                                                                int ob)
 {
     direct_vec acc[8][DIRECT_VECS];
-    memset(acc, 0, sizeof acc);
+    for (int c = 0; c < ob; c++)
+        for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] = (direct_vec){0};
     for (i64 k = 0; k < kg; k++) {
         direct_vec xv[DIRECT_VECS];
-        memcpy(xv, T + k * tp, sizeof xv);
+        for (int v = 0; v < DIRECT_VECS; v++) xv[v] = *(const direct_vec_u *)(T + k * tp + 16 * v);
         for (int c = 0; c < ob; c++) {
             const float wk = w[c * kg + k];
             for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += wk * xv[v];
@@ -884,15 +896,19 @@ static inline __attribute__((always_inline)) void direct_block(const float *T, i
     for (int c = 0; c < ob; c++) {
         if (b)
             for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += b[c];
-        float out[DIRECT_PIX];
-        memcpy(out, acc[c], sizeof out);
-        memcpy(y + c * plane, out, (size_t)count * sizeof(float));
+        if (count == DIRECT_PIX) {
+            for (int v = 0; v < DIRECT_VECS; v++) *(direct_vec_u *)(y + c * plane + 16 * v) = acc[c][v];
+        } else {
+            float out[DIRECT_PIX];
+            for (int v = 0; v < DIRECT_VECS; v++) *(direct_vec_u *)(out + 16 * v) = acc[c][v];
+            memcpy(y + c * plane, out, (size_t)count * sizeof(float));
+        }
     }
 }
 
 /* pixel blocks [lo, hi) of the N*ceil(OH/lines) blocks of `lines` output rows
  * each; returns 1 when the tile could not be allocated (nothing written) */
-int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
+DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
                            i64 hi)
 {
     const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];

@@ -21,7 +21,8 @@ path), col2im is instead one gathering RawKernel (below). On the host a
 stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
-_backward_rows).
+_backward_rows), and its forward, except over the smallest planes, a direct
+convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
@@ -212,7 +213,7 @@ def _col2im_wide(xp, dcols, x_shape, g: Geometry):
 
 def _forward_array(be, x, w, b, g: Geometry):
     lib = _rows_lib(be, x, w)
-    if lib is not None and w[0].size <= DIRECT_MAX_TAPS:
+    if lib is not None and _direct(g, w):
         return _forward_direct(be, lib, x, w, b, g), x
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
@@ -269,10 +270,9 @@ def _backward_array(be, ctx, dy, fused: bool):
 #     dcols         = dy^T (R, Og) @ W_g (Og, Kg)   -> col2im -> dx
 # With 16-64 output channels OpenBLAS runs these (long side R in the rows)
 # faster than the column-major form, and the compiled col2im replaces the
-# kh*kw strided NumPy adds, the backward's largest cost. The forward stays on
-# the NumPy columns above: the row-layout forward (its im2col, GEMM and
-# transpose back to NCHW) measured 0.7x their speed with 3-channel inputs and
-# even elsewhere. The batch goes in chunks of whole images, dW summed over the
+# kh*kw strided NumPy adds, the backward's largest cost. (A row-layout
+# forward, its im2col, GEMM and transpose back to NCHW, measured 0.7x the
+# NumPy columns' speed; the forward is direct instead, above.) The batch goes in chunks of whole images, dW summed over the
 # chunks in float32, to bound the workspace (ROWS_CHUNK_BYTES). Smaller
 # chunks keep the columns nearer the cache, but every chunk hands work
 # between the host threads and BLAS's twice each, which costs milliseconds on
@@ -349,13 +349,22 @@ def _backward_rows(be, lib, ctx, dy):
     return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
 
 
-# ---------------------------------------------------------------- host float32 forward, few taps: direct
-# With few taps per output (Kg = C/groups*kh*kw: the 1- and 3-channel first
-# layers, depthwise convolutions) the GEMM is too thin for BLAS and the
-# column matrix costs as much as the products. gpunet_conv_direct_f32 sums
-# the Kg products of every output straight from a small tile of taps and
-# writes NCHW with the bias (see host_ops.c).
-DIRECT_MAX_TAPS = 32
+# ---------------------------------------------------------------- host float32 forward: direct
+# The float32 host forward sums every output's Kg = C/groups*kh*kw products
+# straight from a small tile of taps (gpunet_conv_direct_f32, host_ops.c) and
+# writes NCHW with the bias: no column matrix, no transpose. Measured against
+# the columns + GEMM above (1 thread, batch 32-64, 3x3): 2.5x faster for
+# (3, 32x32) -> 32, 1.4-1.9x for Kg 27-576 over 8x8 to 16x16 outputs,
+# 1.1-1.2x at 8x8 with Kg 27 and 576; but 0.7-0.9x for 4x4 outputs, whose
+# 16-pixel blocks fill half of the loop's 32-wide registers. Beyond Kg = 576
+# (64 channels 3x3, the largest measured) the tile leaves the L2 cache: the
+# GEMM keeps those.
+DIRECT_MIN_PIXELS = 64
+DIRECT_MAX_TAPS = 576
+
+
+def _direct(g: Geometry, w) -> bool:
+    return g.oh * g.ow >= DIRECT_MIN_PIXELS and w[0].size <= DIRECT_MAX_TAPS
 
 
 def _forward_direct(be, lib, x, w, b, g: Geometry):
