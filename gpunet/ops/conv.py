@@ -353,12 +353,13 @@ def _backward_rows(be, lib, ctx, dy):
 # The float32 host forward sums every output's Kg = C/groups*kh*kw products
 # straight from a small tile of taps (gpunet_conv_direct_f32, host_ops.c) and
 # writes NCHW with the bias: no column matrix, no transpose. Measured against
-# the columns + GEMM above (1 thread, batch 32-64, 3x3): 2.5x faster for
-# (3, 32x32) -> 32, 1.4-1.9x for Kg 27-576 over 8x8 to 16x16 outputs,
-# 1.1-1.2x at 8x8 with Kg 27 and 576; but 0.7-0.9x for 4x4 outputs, whose
-# 16-pixel blocks fill half of the loop's 32-wide registers. Beyond Kg = 576
-# (64 channels 3x3, the largest measured) the tile leaves the L2 cache: the
-# GEMM keeps those.
+# the columns + GEMM above (same process, 1 thread, batch 32-64, 3x3 kernels):
+# 2.5-2.7x faster for the (3, 32x32) first layers, 1.4-2.6x for Kg 144-576
+# over 16x16 and 32x32 outputs, 1.1-2.6x over 8x8 (Kg 576 to 9), but
+# 0.7-0.9x over 4x4 outputs, whose 16-pixel blocks fill half of the loop's
+# 32-wide registers: those keep the GEMM. Beyond Kg = 576 (64 channels 3x3,
+# the largest measured) the tile outgrows the L2 cache: the GEMM keeps those
+# too.
 DIRECT_MIN_PIXELS = 64
 DIRECT_MAX_TAPS = 576
 
