@@ -1,7 +1,8 @@
 """The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
-NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, average
-pooling, the embedding backward, the LSTM cell, the convolution's im2col and
-col2im: the list heads the C file), compiled on first use
+NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
+ReLU's backward, the embedding backward, the LSTM cell, the convolution's
+im2col, col2im and direct forward: the list heads the C file), compiled on
+first use
 with the system C compiler (CC, else cc) into the per-user cache the sim
 backend uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
 
@@ -39,6 +40,7 @@ FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=
 _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
+_RESTYPES = {}  # the functions that return something (the rest return void)
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -114,7 +116,7 @@ def build(environ=os.environ):
         return None
     for name, args in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, None
+        fn.argtypes, fn.restype = args, _RESTYPES.get(name)
     return lib
 
 
@@ -143,3 +145,8 @@ _SIGNATURES.update({
     "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
     "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64],
 })
+
+# the direct forward of few-tap convolutions (gpunet/ops/conv.py): x, w, bias or NULL, y, geometry, range;
+# returns 1 when its tile could not be allocated
+_SIGNATURES["gpunet_conv_direct_f32"] = [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64]
+_RESTYPES["gpunet_conv_direct_f32"] = ctypes.c_int

@@ -687,7 +687,6 @@ def test_conv_backward_compiled_is_bit_identical_across_host_thread_counts(lib):
             np.testing.assert_array_equal(a, c)
 
 
-
 # ---------------------------------------------------------------- max pooling
 # (shape, kernel, stride, padding, dilation, ceil_mode): tiling, overlapping,
 # padded, dilated and ceil_mode windows
@@ -800,3 +799,65 @@ def test_relu_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
     assert ref.dtype == np.float32 and not np.isnan(ref[x <= 0]).any()
     for got in runs:
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+# ---------------------------------------------------------------- convolution forward (direct)
+DIRECT_GEOMETRIES = CONV_GEOMETRIES + [
+    ((1, 3, 17, 23), 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # batch 1, odd sizes, 8 + 2 + 1 channels
+    ((2, 6, 10, 12), 6, (3, 3), (1, 1), (1, 1), (1, 1), 6, False),  # depthwise
+    ((2, 16, 9, 300), 9, (1, 1), (2, 1), (0, 0), (1, 1), 1, True),  # 1x1, a row wider than the tile
+]
+
+
+def _conv_forward(x, w, b, stride, padding, dilation, groups):
+    from gpunet.ops import conv
+    return conv.conv2d_forward(get_backend("cpu"), x, w, b, stride, padding, dilation, groups)[0]
+
+
+@pytest.mark.parametrize("geometry", DIRECT_GEOMETRIES, ids=str)
+def test_conv_forward_both_paths_against_torch_float64(host_path, geometry, monkeypatch):
+    """y of both host paths, every geometry through the direct loop where it is compiled."""
+    from gpunet.ops import conv
+    monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
+    shape, o, k, stride, padding, dilation, groups, bias = geometry
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    ref = torch.nn.functional.conv2d(*(None if a is None else torch.tensor(a, dtype=torch.float64) for a in (x, w, b)),
+                                     stride, padding, dilation, groups).numpy()
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(1) or real(*a))
+    y = _conv_forward(x, w, b, stride, padding, dilation, groups)
+    assert len(calls) == (host_path == "compiled")
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_forward_takes_the_direct_loop_over_planes_of_64_pixels_and_more(lib, monkeypatch):
+    from gpunet.ops import conv
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
+    rng = np.random.default_rng(8)
+    for side, c in [(8, 1), (4, 1), (16, 64), (16, 65)]:  # 64 and 16 output pixels; Kg 576 and 585
+        x = rng.standard_normal((2, c, side, side)).astype(np.float32)
+        _conv_forward(x, rng.standard_normal((4, c, 3, 3)).astype(np.float32), None, (1, 1), (1, 1), (1, 1), 1)
+    assert calls == [(4, 1, 3, 3), (4, 64, 3, 3)]
+
+
+def test_conv_forward_direct_is_bit_identical_across_host_thread_counts(lib):
+    from gpunet.ops import host_threads
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((8, 3, 40, 36)).astype(np.float32)
+    w = rng.standard_normal((20, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    before = host_threads.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            out.append(_conv_forward(x, w, b, (1, 1), (1, 1), (1, 1), 1))
+    finally:
+        host_threads.set_num_threads(before)
+    for other in out[1:]:
+        np.testing.assert_array_equal(out[0], other)

@@ -1,8 +1,10 @@
 /* Host (cpu backend) float32 loops NumPy cannot fuse: GELU (erf and tanh
  * forms) forward and derivative, layer norm forward and backward, the
  * Adam/AdamW update, softmax rows and attention's dS, batch norm statistics,
- * forward and backward, average pooling, the embedding backward, the LSTM
- * cell, and the convolution's row-layout im2col/col2im.
+ * forward and backward, average and max pooling, ReLU's backward, the
+ * embedding backward, the LSTM cell, the convolution's row-layout
+ * im2col/col2im and its direct forward for few taps (the one place that
+ * asks for fused multiply-adds: see there).
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
@@ -978,4 +980,105 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
 void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 n)
 {
     for (i64 q = 0; q < n; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;
+}
+
+/* ------------------------------------------------------------ direct convolution forward (few taps) */
+/* gpunet/ops/conv.py's float32 host forward for few taps per output (Kg =
+ * C/G*kh*kw small: 1- and 3-channel first layers, depthwise). A tile T holds
+ * the Kg taps of up to DIRECT_TILE output pixels of one image in column
+ * layout (tap_run above: padding, stride and dilation as im2col's); every
+ * output channel then sums its Kg products over T's rows, 16 pixels x up to
+ * 8 channels per register block, and NCHW y is written directly with the
+ * bias. Each output is ((w0*x0 + w1*x1) + ...) + b in (c, i, j) order in
+ * float32, every product-and-add one fused multiply-add where GCC targets a
+ * CPU with them (DIRECT_FMA: as the BLAS GEMM of the columns path does; 1.45x
+ * faster here than separate roundings), computed alike for every output
+ * whichever thread owns its pixel block: results do not depend on the split.
+ * geo: the row layout's, with O (output channels) in place of ld. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define DIRECT_FMA __attribute__((optimize("fp-contract=fast")))
+#else
+#define DIRECT_FMA
+#endif
+typedef float direct_vec __attribute__((vector_size(64))); /* 16 lanes */
+/* the same, at any float's address (unaligned loads and stores) */
+typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias));
+enum { DIRECT_VECS = 2, DIRECT_PIX = 16 * DIRECT_VECS, DIRECT_TILE = 256 };
+
+/* channels [o, o+ob) (weights w, kg per channel) over pixels [p, p+count) of T
+ * (count <= DIRECT_PIX, tp floats per tap) into y (plane floats per channel);
+ * the accumulators stay in registers (no memcpy through them: GCC then kept
+ * them on the stack, at half the speed) */
+static inline __attribute__((always_inline)) DIRECT_FMA void direct_block(const float *T, i64 tp, i64 kg, const float *w,
+                                                               const float *b, float *y, i64 plane, i64 count,
+                                                               int ob)
+{
+    direct_vec acc[8][DIRECT_VECS];
+    for (int c = 0; c < ob; c++)
+        for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] = (direct_vec){0};
+    for (i64 k = 0; k < kg; k++) {
+        direct_vec xv[DIRECT_VECS];
+        for (int v = 0; v < DIRECT_VECS; v++) xv[v] = *(const direct_vec_u *)(T + k * tp + 16 * v);
+        for (int c = 0; c < ob; c++) {
+            const float wk = w[c * kg + k];
+            for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += wk * xv[v];
+        }
+    }
+    for (int c = 0; c < ob; c++) {
+        if (b)
+            for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += b[c];
+        if (count == DIRECT_PIX) {
+            for (int v = 0; v < DIRECT_VECS; v++) *(direct_vec_u *)(y + c * plane + 16 * v) = acc[c][v];
+        } else {
+            float out[DIRECT_PIX];
+            for (int v = 0; v < DIRECT_VECS; v++) *(direct_vec_u *)(out + 16 * v) = acc[c][v];
+            memcpy(y + c * plane, out, (size_t)count * sizeof(float));
+        }
+    }
+}
+
+/* pixel blocks [lo, hi) of the N*ceil(OH/lines) blocks of `lines` output rows
+ * each; returns 1 when the tile could not be allocated (nothing written) */
+DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
+                           i64 hi)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 sh = geo[G_SH], ph = geo[G_PH], dh = geo[G_DH], OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
+    const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
+    const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
+    const i64 blocks = (OH + lines - 1) / lines;
+    const i64 tp = (lines * OW + DIRECT_PIX - 1) / DIRECT_PIX * DIRECT_PIX;
+    float *T = calloc((size_t)(kg * tp), sizeof(float)); /* the tail past a block's pixels: read, never stored */
+    if (!T) return 1;
+    for (i64 u = lo; u < hi; u++) {
+        const i64 n = u / blocks, l0 = u % blocks * lines, nl = OH - l0 < lines ? OH - l0 : lines, pix = nl * OW;
+        for (i64 g = 0; g < G; g++) {
+            for (i64 c = 0; c < cg; c++) {
+                const float *src = x + (n * C + g * cg + c) * H * W;
+                for (i64 i = 0; i < kh; i++)
+                    for (i64 j = 0; j < kw; j++)
+                        for (i64 l = 0; l < nl; l++)
+                            tap_run(src, T + ((c * kh + i) * kw + j) * tp + l * OW, 1, (l0 + l) * sh - ph + i * dh,
+                                    j, geo);
+            }
+            for (i64 o = g * og; o < (g + 1) * og;) {
+                const i64 left = (g + 1) * og - o;
+                const int ob = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+                const float *wo = w + o * kg, *bo = b ? b + o : NULL;
+                float *yo = y + (n * O + o) * plane + l0 * OW;
+                for (i64 p = 0; p < pix; p += DIRECT_PIX) {
+                    const i64 count = pix - p < DIRECT_PIX ? pix - p : DIRECT_PIX;
+                    switch (ob) { /* constant block sizes: each gets its own unrolled registers */
+                    case 8: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 8); break;
+                    case 4: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 4); break;
+                    case 2: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 2); break;
+                    default: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 1);
+                    }
+                }
+                o += ob;
+            }
+        }
+    }
+    free(T);
+    return 0;
 }
