@@ -2,9 +2,8 @@
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
 ReLU's backward, the embedding backward, the LSTM cell, the convolution's
 im2col, col2im and direct forward: the list heads the C file), compiled on
-first use
-with the system C compiler (CC, else cc) into the per-user cache the sim
-backend uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
+first use with the system C compiler (CC, else cc) into the per-user cache
+the sim backend uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
 
 `load()` returns the library, or None when GPUNET_HOST_KERNELS=0, when there
 is no compiler or the compile fails: the NumPy array paths then run, as they
@@ -40,7 +39,7 @@ FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=
 _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
-_RESTYPES = {}  # the functions that return something (the rest return void)
+_RESTYPES = {"gpunet_conv_direct_f32": ctypes.c_int}  # the functions that return something (the rest: void)
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -60,6 +59,15 @@ _SIGNATURES = {
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
     "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 2,
     "gpunet_lstm_cell_backward_f32": [_F32P] * 7 + [_I64] * 2,
+    # the convolution's row-layout im2col/col2im: columns, geometry (int64 array), range
+    "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+    "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+    # its direct forward: x, w, bias or NULL, y, geometry, range; returns 1
+    # when its tile could not be allocated (_RESTYPES)
+    "gpunet_conv_direct_f32": [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+    "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
+    "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
+    "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64],
 }
 
 
@@ -126,27 +134,17 @@ def load():
     return build()
 
 
+def for_float32(be, *arrays):
+    """The library for an op of backend `be` on arrays that are all float32
+    host arrays (None entries: absent operands), else None: where an op may
+    take its compiled loop instead of its NumPy code (and an op's own
+    conditions, a shape or an index range, come on top)."""
+    if be.on_gpu or not all(a is None or getattr(a, "dtype", None) == "float32" for a in arrays):
+        return None
+    return load()
+
+
 def ptr(a) -> int | None:
     """The address of a contiguous array's first element (None for None)."""
     return None if a is None else a.ctypes.data
 
-
-# ---------------------------------------------------------------- convolution
-# the row-layout im2col/col2im of gpunet/ops/conv.py: columns, geometry (int64 array), range
-_SIGNATURES.update({
-    "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
-    "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
-})
-
-
-# ---------------------------------------------------------------- max pooling, ReLU
-_SIGNATURES.update({
-    "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
-    "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
-    "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64],
-})
-
-# the direct forward of few-tap convolutions (gpunet/ops/conv.py): x, w, bias or NULL, y, geometry, range;
-# returns 1 when its tile could not be allocated
-_SIGNATURES["gpunet_conv_direct_f32"] = [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64]
-_RESTYPES["gpunet_conv_direct_f32"] = ctypes.c_int

@@ -195,7 +195,7 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
     # without a bias the compiled loop takes a positive scale as its softmax's beta
-    beta = scale if bias is None and scale > 0 and _host_lib(be, q.dtype) is not None else 1.0
+    beta = scale if bias is None and scale > 0 and hostlib.for_float32(be, q) is not None else 1.0
     p = _probs_from_scores(be, _scores(be, q, k, bias, False, scale / beta), causal, beta)
     out = be.xp.matmul(p, v)
     return out, AttentionContext(q, k, v, bias, causal, scale, out, probs=p)
@@ -217,11 +217,6 @@ def _causal_masked(xp, s):
     return xp.where(xp.tril(xp.ones((L, S), dtype=bool)), s, -np.inf)
 
 
-def _host_lib(be, dtype):
-    """The compiled host loops (gpunet/hostlib.py) for float32 on the host, else None."""
-    return hostlib.load() if be.xp is np and dtype == np.float32 else None
-
-
 def _probs_from_scores(be, s, causal=False, beta=1.0):
     """Row softmax of beta·s (beta > 0), causal positions (when asked) masked;
     rows that are -inf everywhere give all zeros. float32 on the host: one
@@ -230,7 +225,7 @@ def _probs_from_scores(be, s, causal=False, beta=1.0):
     code, where scores all within ±60 skip the max shift (exp of the exact
     scores, no row-wise max)."""
     xp = be.xp
-    if (lib := _host_lib(be, s.dtype)) is not None:
+    if (lib := hostlib.for_float32(be, s)) is not None:
         return softmax_ops.softmax_rows_compiled(lib, s, beta, masked=True, causal=causal)
     if beta != 1:
         s = s * beta
@@ -283,7 +278,7 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     q, k, v, out, dout, dprobs = (_up(a) for a in (ctx.q, ctx.k, ctx.v, ctx.out, dout, dprobs))  # half: float32
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
     dp = xp.matmul(dout, xp.swapaxes(v, -1, -2))
-    if dprobs is None and (lib := _host_lib(be, dp.dtype)) is not None:
+    if dprobs is None and (lib := hostlib.for_float32(be, dp)) is not None:
         ds = _scaled_ds_compiled(lib, p, dp, dout, out, ctx.scale)
         return _rounded(ctx, xp.matmul(ds, k)), _rounded(ctx, xp.matmul(xp.swapaxes(ds, -1, -2), q)), \
             _rounded(ctx, dv)

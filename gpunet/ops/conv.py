@@ -272,8 +272,9 @@ def _backward_array(be, ctx, dy, fused: bool):
 # faster than the column-major form, and the compiled col2im replaces the
 # kh*kw strided NumPy adds, the backward's largest cost. (A row-layout
 # forward, its im2col, GEMM and transpose back to NCHW, measured 0.7x the
-# NumPy columns' speed; the forward is direct instead, above.) The batch goes in chunks of whole images, dW summed over the
-# chunks in float32, to bound the workspace (ROWS_CHUNK_BYTES). Smaller
+# NumPy columns' speed; the forward is direct instead, below.) The batch
+# goes in chunks of whole images, dW summed over the chunks in float32, to
+# bound the workspace (ROWS_CHUNK_BYTES). Smaller
 # chunks keep the columns nearer the cache, but every chunk hands work
 # between the host threads and BLAS's twice each, which costs milliseconds on
 # a busy machine: on the 2-core machine at load 6-8, resnet_small's layers
@@ -285,10 +286,9 @@ ROWS_CHUNK_BYTES = 16 << 20
 
 
 def _rows_lib(be, *arrays):
-    """The compiled host library when a call on these arrays takes the row-layout path, else None."""
-    if be.on_gpu or not all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size for a in arrays):
-        return None
-    return hostlib.load()
+    """The compiled host library when a call on these (non-empty) arrays takes
+    the row-layout backward or the direct forward, else None."""
+    return hostlib.for_float32(be, *arrays) if all(a.size for a in arrays) else None
 
 
 def _rows_geometry(x_shape, g: Geometry, images: int, ld: int):

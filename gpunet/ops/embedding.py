@@ -99,10 +99,10 @@ def _host_lib(be, a, flat, num_embeddings: int):
     on the host whose indices all lie in [0, num_embeddings), else None (the
     NumPy path: negative indices wrap there, as in the forward's take). (The
     forward stays np.take: a compiled gather measured no faster.)"""
-    if be.on_gpu or a.dtype != np.float32 or flat.dtype != np.int64 or not flat.flags.c_contiguous \
+    if flat.dtype != np.int64 or not flat.flags.c_contiguous \
             or (flat.size and not 0 <= flat.min() <= flat.max() < num_embeddings):
         return None
-    return hostlib.load()
+    return hostlib.for_float32(be, a)
 
 
 def _add_runs(xp, dw, uniq, dy2, order, starts):

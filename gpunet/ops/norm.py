@@ -52,14 +52,6 @@ def _each_block(be, M: int, C: int, fn) -> list:
 
 
 # ---------------------------------------------------------------- layer norm
-def _host_lib(be, x2, *arrays):
-    """The compiled host loops (gpunet/hostlib.py) for a float32 layer norm on
-    the host whose other arrays are float32 too, else None (NumPy code)."""
-    if be.on_gpu or x2.dtype != np.float32 or any(a is not None and a.dtype != np.float32 for a in arrays):
-        return None
-    return hostlib.load()
-
-
 def _host_param(a, C: int):
     return None if a is None else np.ascontiguousarray(a.reshape(C))
 
@@ -91,7 +83,7 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
         rstd = xp.empty(M, np.float32)
         be.kernels.layernorm_forward(*(kernel_view(be, a) for a in (x2, w, b, y)), mean, rstd, float(eps),
                                      be.stream())
-    elif (lib := _host_lib(be, x2, weight, bias)) is not None:
+    elif (lib := hostlib.for_float32(be, x2, weight, bias)) is not None:
         y, mean, rstd = np.empty_like(x2), np.empty(M, np.float32), np.empty(M, np.float32)
         w, b = _host_param(weight, C), _host_param(bias, C)
 
@@ -145,7 +137,7 @@ def layer_norm_backward(be, ctx, dy):
         kv = functools.partial(kernel_view, be)
         be.kernels.layernorm_backward(kv(x2), kv(w), mean, rstd, kv(dy2), kv(dx), kv(dw), kv(db), partial,
                                       be.stream())
-    elif (lib := _host_lib(be, x2, weight, dy2)) is not None:
+    elif (lib := hostlib.for_float32(be, x2, weight, dy2)) is not None:
         dx = np.empty_like(x2)
         w = np.ones(C, np.float32) if weight is None else _host_param(weight, C)  # (dy·1 = dy exactly)
         blocks = list(enumerate(_row_blocks(be, M, C)))
@@ -224,7 +216,7 @@ def _bn_host_lib(be, x3, *arrays):
     channel) and float32 parameters, else None (NumPy code)."""
     if x3.shape[2] < _BN_HOST_MIN_INNER or x3.shape[0] == 0:
         return None
-    return _host_lib(be, x3, *arrays)
+    return hostlib.for_float32(be, x3, *arrays)
 
 
 def _over_channels(x3, fn) -> None:

@@ -142,7 +142,7 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                     weight_decay=weight_decay, decoupled=decoupled)
         return
     xp = be.xp
-    host = _host_lib(be, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs or [])
+    host = hostlib.for_float32(be, *params, *grads, *exp_avgs, *exp_avg_sqs, *(max_exp_avg_sqs or []))
     # compiled, a block has no temporaries to keep in cache: larger blocks, fewer calls
     block = _HOST_BLOCK if host is not None else _BLOCK
     work = []  # (block views, tensor's scalars) of every tensor: independent, so shared out over host threads
@@ -319,14 +319,6 @@ def _run_blocks(be, work, update):
              for lo, hi in host_threads.ranges(int(starts[-1]))]
     parts[-1] = (parts[-1][0], len(work))  # every item, whatever its size
     host_threads.run(lambda a, b: [update(views, *sc) for views, sc in work[a:b]], parts)
-
-
-def _host_lib(be, *groups):
-    """The compiled host loops (gpunet/hostlib.py) for a host update whose
-    arrays are all float32, else None (NumPy code)."""
-    if be.on_gpu or any(a.dtype != np.float32 for group in groups for a in group):
-        return None
-    return hostlib.load()
 
 
 def _decay(p, g, lr, weight_decay, decoupled=False):

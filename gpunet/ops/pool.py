@@ -138,11 +138,6 @@ def _over_planes(xp, fn, *arrays):
     return planes
 
 
-def _host_lib(be, a):
-    """The compiled host loops (gpunet/hostlib.py) for float32 on the host, else None."""
-    return None if be.on_gpu or a.dtype != np.float32 else hostlib.load()
-
-
 def _host_planes(fn, *arrays):
     """fn(*parts) over (N*C, H, W) views of the C-contiguous (N, C, H, W)
     host `arrays`, the planes shared out over the host threads."""
@@ -165,7 +160,7 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
         return y, (True, arg, x.shape, win)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
     hp, wp = _padded_shape(x.shape, win)[2:]
-    if 64 * hp * wp < 2 ** 31 and (lib := _host_lib(be, x)) is not None:  # (the loops' int32 offsets)
+    if 64 * hp * wp < 2 ** 31 and (lib := hostlib.for_float32(be, x)) is not None:  # (the loops' int32 offsets)
         arg = np.empty(y.shape, dtype=np.int32)
 
         def planes(xs, ys, args):
@@ -223,7 +218,7 @@ def maxpool2d_backward(be, ctx, dy):
                                       *_kernel_args(win), be.stream())
         return dx
     dx = xp.empty(x_shape, dtype=dy.dtype)
-    if arg.dtype == np.int32 and (lib := _host_lib(be, dy)) is not None:
+    if arg.dtype == np.int32 and (lib := hostlib.for_float32(be, dy)) is not None:
         tiles = int(_tiles(win, x_shape))
         _host_planes(lambda dys, args, dxs: lib.gpunet_maxpool2d_backward_f32(
             dys.ctypes.data, args.ctypes.data, dxs.ctypes.data, len(dys), *x_shape[2:], win.oh, win.ow,
@@ -306,7 +301,7 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
                                      *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return y, (True, x.shape, win, count_include_pad)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-    if (lib := _host_lib(be, x)) is not None:
+    if (lib := hostlib.for_float32(be, x)) is not None:
         _avg_host(lib.gpunet_avgpool2d_forward_f32, win, count_include_pad, x.shape, np.ascontiguousarray(x), y)
         return y, (False, x.shape, win, count_include_pad)
     divisor = _divisor(xp, x.shape, win, count_include_pad, x.dtype)
@@ -333,7 +328,7 @@ def avgpool2d_backward(be, ctx, dy):
                                       *_kernel_args(win)[:6], bool(count_include_pad), be.stream())
         return dx
     dx = xp.empty(x_shape, dtype=dy.dtype)
-    if (lib := _host_lib(be, dy)) is not None:
+    if (lib := hostlib.for_float32(be, dy)) is not None:
         _avg_host(lib.gpunet_avgpool2d_backward_f32, win, count_include_pad, x_shape, np.ascontiguousarray(dy),
                   dx, [(win.oh, win.ow)])
         return dx

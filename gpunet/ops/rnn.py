@@ -197,9 +197,7 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
 def _host_lib(be, route, gates):
     """The compiled host loops (gpunet/hostlib.py) for the cell of a float32
     LSTM on the array path on the host, else None (NumPy code)."""
-    if route != "array" or be.on_gpu or gates.dtype != np.float32:
-        return None
-    return hostlib.load()
+    return hostlib.for_float32(be, gates) if route == "array" else None
 
 
 def _step_addresses(*arrays):

@@ -101,7 +101,7 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
         yl = xp.empty_like(xl)
         _kernel(be, "softmax_forward", xl, yl, beta=beta, log=log)
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
-    if not be.on_gpu and dim == x.ndim - 1 and (lib := _host_lib(x)) is not None:
+    if dim == x.ndim - 1 and (lib := hostlib.for_float32(be, x)) is not None:
         y = softmax_rows_compiled(lib, x, beta, log)
         return y, (y, dim, beta, log)
     if not be.on_gpu and not log and dim == x.ndim - 1:
@@ -114,11 +114,6 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
         xp.exp(y, out=y)
         y /= y.sum(axis=dim, keepdims=True)
     return y, (y, dim, beta, log)
-
-
-def _host_lib(x):
-    """The compiled host loops (gpunet/hostlib.py) for a float32 x, else None."""
-    return hostlib.load() if x.dtype == np.float32 else None
 
 
 def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=False):
