@@ -1,9 +1,10 @@
 """The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
 ReLU's backward, the embedding backward, the LSTM cell, the convolution's
-im2col, col2im and direct forward: the list heads the C file), compiled on
-first use with the system C compiler (CC, else cc) into the per-user cache
-the sim backend uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
+im2col, col2im and direct forward, the inputs' NaN/inf scan: the list heads
+the C file), compiled on first use with the system C compiler (CC, else cc)
+into the per-user cache the sim backend uses (gpunet.simbuild.cache_dir())
+and loaded with ctypes.
 
 `load()` returns the library, or None when GPUNET_HOST_KERNELS=0, when there
 is no compiler or the compile fails: the NumPy array paths then run, as they
@@ -39,7 +40,9 @@ FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=
 _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
-_RESTYPES = {"gpunet_conv_direct_f32": ctypes.c_int}  # the functions that return something (the rest: void)
+# the functions that return something (the rest: void)
+_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
+                                             "gpunet_any_nonfinite_f64")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -68,6 +71,9 @@ _SIGNATURES = {
     "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
     "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
     "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64],
+    # gpunet/checks.py's NaN/inf scan: 1 when one is found
+    "gpunet_any_nonfinite_f32": [_F32P, _I64],
+    "gpunet_any_nonfinite_f64": [_F64P, _I64],
 }
 
 

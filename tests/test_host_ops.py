@@ -861,3 +861,32 @@ def test_conv_forward_direct_is_bit_identical_across_host_thread_counts(lib):
         host_threads.set_num_threads(before)
     for other in out[1:]:
         np.testing.assert_array_equal(out[0], other)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_finite_scan_compiled_finds_every_nan_and_inf_wherever_it_sits(lib, dtype, threads, monkeypatch):
+    from gpunet import checks
+    name = f"gpunet_any_nonfinite_f{np.dtype(dtype).itemsize * 8}"
+    calls, scan = [], getattr(lib, name)
+    monkeypatch.setattr(hostlib, "load", lambda: type("Lib", (), {name: lambda *a: calls.append(a) or scan(*a)}))
+    be = get_backend("cpu")
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 65537)).astype(dtype) * np.finfo(dtype).max
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(threads)
+    try:
+        checks.array(be, x, "input")  # the largest finite values pass, through the compiled scan
+        assert len(calls) == threads
+        edges = [i for lo, hi in host_threads.ranges(x.size) for i in (lo, lo + 4095, lo + 4096, hi - 1)]
+        for pos in edges:  # the threads' and their blocks' first and last elements
+            for bad in (np.nan, np.inf, -np.inf):
+                y = x.copy()
+                y.flat[pos] = bad
+                with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf value\(s\) of 327685"):
+                    checks.array(be, y, "input")
+        calls.clear()
+        with pytest.raises(ValueError, match="contains 1 NaN"):  # not contiguous: NumPy's scan
+            checks.array(be, np.asfortranarray(y), "input")
+        assert not calls
+    finally:
+        host_threads.set_num_threads(before)

@@ -4,7 +4,7 @@
  * forward and backward, average and max pooling, ReLU's backward, the
  * embedding backward, the LSTM cell, the convolution's row-layout
  * im2col/col2im and its direct forward for few taps (the one place that
- * asks for fused multiply-adds: see there).
+ * asks for fused multiply-adds: see there), and the inputs' NaN/inf scan.
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
@@ -1080,5 +1080,33 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
         }
     }
     free(T);
+    return 0;
+}
+
+/* ------------------------------------------------------------ finite scan */
+/* 1 when x[0, n) holds a NaN or an infinity, else 0: gpunet/checks.py's
+ * input scan in one read-only pass (NumPy's isfinite(x).all() writes and
+ * rereads a bool array), in blocks so a bad value stops it early. x·0 is
+ * ±0 for every finite x and NaN otherwise. */
+#define SCAN_BLOCK 4096
+int gpunet_any_nonfinite_f32(const float *x, i64 n)
+{
+    for (i64 i = 0; i < n; i += SCAN_BLOCK) {
+        i64 end = n - i < SCAN_BLOCK ? n : i + SCAN_BLOCK;
+        int bad = 0;
+        for (i64 k = i; k < end; k++) bad |= !(x[k] * 0.0f == 0.0f);
+        if (bad) return 1;
+    }
+    return 0;
+}
+
+int gpunet_any_nonfinite_f64(const double *x, i64 n)
+{
+    for (i64 i = 0; i < n; i += SCAN_BLOCK) {
+        i64 end = n - i < SCAN_BLOCK ? n : i + SCAN_BLOCK;
+        int bad = 0;
+        for (i64 k = i; k < end; k++) bad |= !(x[k] * 0.0 == 0.0);
+        if (bad) return 1;
+    }
     return 0;
 }
