@@ -64,6 +64,12 @@ def test_quick_smoke_run_writes_reports(tmp_path):
     torch_ok = any(r["target"] == "torch-cpu" for r in results)
     if torch_ok:
         assert all("ratio_to_torch" in r for r in results if r["target"] == "cpu")
+        gemm = {r["op"]: r["gemm"] for r in results if r["target"] == "cpu" and "gemm" in r}
+        assert {"linear.fwdbwd", "rnn.lstm.fwdbwd", "train.transformer"} <= set(gemm)  # their products recorded
+        assert "activation.gelu.fwdbwd" not in gemm  # no product, no row
+        for g in gemm.values():
+            assert g["count"] > 0 and g["flops"] > 0 and g["numpy_s"] > 0 and g["torch_s"] > 0 and g["floor_ratio"] > 0
+        assert "## GEMM share and BLAS floor" in js.with_suffix(".md").read_text()
     assert {r["sweep"][0] for r in results if r["sweep"]} == {
         "softmax row length", "conv2d batch size", "attention sequence length", "LSTM sequence length"}
     pytest.importorskip("matplotlib")
@@ -292,3 +298,24 @@ def test_report_states_the_numpy_blas_ceiling():
     assert "openblas Haswell" in line and "250.0 GFLOP/s, 50% of the best measured (torch 1x1 conv, 500.0)" in line
     assert "2.00x" in line
     assert report.blas_ceiling({"measured": [{"flops_by": {"numpy": 1e9}}]}, {}) is None
+
+
+def test_gemm_recording_keeps_shapes_layouts_and_counts_and_the_floor_formula():
+    from gpunet.bench import gemm_ceiling
+    import gpunet.nn as gnn
+    lin = gnn.Linear(5, 3)
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    with gemm_ceiling.recording() as products:
+        for _ in range(2):
+            lin.backward(np.ones_like(lin(x)))
+        np.matmul(x.astype(np.float64), x.T.astype(np.float64))  # not float32: not counted
+    assert np.matmul is not products and np.matmul.__class__ is np.ufunc  # put back
+    # y = x W^T (W^T a transposed view), dx = dy W, dW = dy^T x (dy^T a transposed view)
+    assert products == {((4, 5), "N", (5, 3), "T"): 2, ((4, 3), "N", (3, 5), "N"): 2, ((3, 4), "T", (4, 5), "N"): 2}
+    torch = pytest.importorskip("torch")
+    g = gemm_ceiling.measure(products, torch)
+    assert g["count"] == 6 and g["flops"] == 2 * 3 * (2 * 4 * 5 * 3) and g["numpy_s"] > 0 and g["torch_s"] > 0
+    # everything else as fast as torch's: 10 ms step, torch's GEMMs 6 of it, NumPy's 9 -> 13 ms, 1.3x
+    assert gemm_ceiling.floor_ratio({"numpy_s": 9e-3, "torch_s": 6e-3}, 10e-3) == pytest.approx(1.3)
+    # torch runs no such products (a direct convolution): NumPy's GEMMs alone bound it
+    assert gemm_ceiling.floor_ratio({"numpy_s": 4e-3, "torch_s": 12e-3}, 5e-3) == pytest.approx(0.8)

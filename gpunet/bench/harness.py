@@ -26,6 +26,7 @@ For every case `run_case`:
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -36,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from .. import dtypes
+from . import gemm_ceiling
 
 
 # ---------------------------------------------------------------- targets
@@ -341,7 +343,8 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
     finally:
         ref.free_memory()
     n = copies_for(spec, case, platform.policy)
-    timed, timed_results = [], []
+    timed, timed_results, gemms = [], [], []
+    torch_cpu = next((t.torch for t in platform.targets if t.framework == "torch" and t.device == "cpu"), None)
     for target, r in zip(platform.targets, results):
         r["copies"] = n
         r["rtol"] = target.rtol(case.rtol)
@@ -350,7 +353,12 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
             continue
         try:
             runner = _prepare(target, case, spec, n)
-            runner.step(0)
+            record = torch_cpu is not None and target.framework == "gpunet" and target.device == "cpu" \
+                and target.dtype == np.float32
+            with gemm_ceiling.recording() if record else contextlib.nullcontext() as products:
+                runner.step(0)
+            if products:
+                gemms.append((r, products))
             checked = reference if runner.validated is None else {k: reference[k] for k in runner.validated}
             err, problem = compare(host_outputs(target, runner), checked, target.rtol(case.rtol))
             r["err"] = err if math.isfinite(err) else None
@@ -381,6 +389,12 @@ def run_case(case: Case, platform: Platform, seed: int = 0, log=print) -> list[d
         timed = None
         for target in platform.targets:
             target.free_memory()
+    for r, products in gemms:  # after the timing, which they must not disturb
+        if r["status"] == "ok":
+            try:
+                r["gemm"] = gemm_ceiling.measure(products, torch_cpu)
+            except Exception as e:  # noqa: BLE001 - the timing stands without it
+                r["gemm_error"] = _error(e)
     derive(results, platform.ceilings)
     return results
 
@@ -403,3 +417,5 @@ def derive(results: list[dict], ceilings: dict):
             r["bound"] = "compute" if r["flops"] / peak >= r["bytes"] / bw else "memory"
         if torch_time and not r["target"].startswith("torch"):
             r["ratio_to_torch"] = t / torch_time
+            if "gemm" in r:
+                r["gemm"]["floor_ratio"] = gemm_ceiling.floor_ratio(r["gemm"], torch_time)

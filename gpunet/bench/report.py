@@ -118,6 +118,27 @@ def blas_ceiling(ceil: dict, env: dict) -> str | None:
             f"{best / numpy_best:.2f}x the time of a PyTorch case running at that best rate")
 
 
+def gemm_section(results: list[dict]) -> list[str]:
+    """The GEMM share of every cpu case that has one (gpunet.bench.gemm_ceiling)."""
+    rows = [r for r in results if r.get("gemm") and r.get("ratio_to_torch")]
+    if not rows:
+        return []
+    lines = ["", "## GEMM share and BLAS floor (cpu, float32)", "",
+             "Every matrix product of one gpunet step recorded (numpy.matmul), then each replayed alone through "
+             "NumPy's BLAS and through torch.matmul (same shapes, layouts and threads, operands in cache, best of "
+             "a few). `BLAS floor` = max(G_numpy, T_torch - G_torch + G_numpy) / T_torch: the gpunet/PyTorch "
+             "ratio left if everything but these products took PyTorch's time (where PyTorch runs other "
+             "algorithms, as its direct convolutions, G_numpy / T_torch bounds it).", "",
+             "| case | impl | GEMMs per step | GFLOP | NumPy ms | torch.matmul ms | NumPy / torch | BLAS floor "
+             "| vs torch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r["gemm"]
+        lines.append(f"| {r['name']} | {r['target']} | {g['count']} | {g['flops'] / 1e9:.3f} | "
+                     f"{_ms(g['numpy_s'])} | {_ms(g['torch_s'])} | {g['numpy_s'] / g['torch_s']:.2f} | "
+                     f"{_num(g.get('floor_ratio'), '.2f')} | {r['ratio_to_torch']:.2f} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     env, results = report["environment"], report["results"]
     ceil = report.get("ceilings") or {}
@@ -154,12 +175,15 @@ def markdown(report: dict) -> str:
               "`vs torch` = gpunet time / PyTorch time (below 1: gpunet is faster).", ""]
     lines += ["## Results", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row_cells(r)) + " |" for r in results]
-    lines += ["", "## Summary per op (gpunet)", "", "| case | impl | vs torch | roofline |", "|---|---|---|---|"]
+    lines += ["", "## Summary per op (gpunet)", "", "| case | impl | vs torch | BLAS floor | roofline |",
+              "|---|---|---|---|---|"]
     for r in results:
         if r["status"] == "ok" and not r["target"].startswith("torch"):
             frac = r.get("roofline_fraction")
             lines.append(f"| {r['name']} | {r['target']} | {_num(r.get('ratio_to_torch'), '.2f')} | "
+                         f"{_num(r.get('gemm', {}).get('floor_ratio'), '.2f')} | "
                          f"{'' if frac is None else f'{100 * frac:.1f}%'} |")
+    lines += gemm_section(results)
     sw = sweeps(results)
     if sw:
         lines += ["", "## Scaling sweeps", ""]

@@ -1,0 +1,110 @@
+"""The GEMM share of a cpu case, measured: the limit NumPy's BLAS sets.
+
+The cpu backend hands every matrix product to NumPy's BLAS (OpenBLAS in the
+wheels); PyTorch's CPU build has its own (MKL, oneDNN). Where those run the
+same shapes faster, no work outside the GEMMs brings gpunet to PyTorch's
+time. This module measures that limit case by case rather than from one
+large square GEMM:
+
+1. `recording()` wraps numpy.matmul (every gpunet op calls it as np.matmul or
+   be.xp.matmul, looked up at call time) while gpunet runs one step of the
+   case, and keeps each product's operand shapes, dtypes and layouts (a
+   transposed view of the last two axes stays one, as BLAS is told);
+2. `measure()` replays each distinct product in NumPy and in torch.matmul
+   (same shapes, layouts and thread count; operands in cache, best of a few
+   runs: both sides at their fastest) and sums them per step.
+
+`floor_ratio()` turns that into the lowest gpunet/PyTorch ratio the case can
+reach with NumPy's BLAS: its GEMMs at the measured NumPy time, everything else
+taking what PyTorch's step takes outside the same products,
+    floor = max(G_numpy, T_torch - G_torch + G_numpy) / T_torch,
+(where PyTorch does not run these products, as in its direct convolutions,
+T_torch - G_torch can be small: then G_numpy / T_torch bounds it). The bench
+reports it beside every cpu float32 case whose gpunet step runs GEMMs.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+
+import numpy as np
+
+REPLAY_REPS = 5
+
+
+def _layout(a) -> str:
+    """'T' when the last two axes are a transposed contiguous block (BLAS is
+    told to transpose), 'N' otherwise (contiguous, or copied by NumPy)."""
+    if a.ndim >= 2 and a.strides[-2] == a.itemsize and a.shape[-2] > 1 and a.shape[-1] > 1:
+        return "T"
+    return "N"
+
+
+@contextlib.contextmanager
+def recording():
+    """numpy.matmul counting its float32 products: yields a Counter of
+    (a shape, a layout, b shape, b layout) -> calls."""
+    products: Counter = Counter()
+    real = np.matmul
+
+    def matmul(a, b, *args, **kwargs):
+        if getattr(a, "dtype", None) == np.float32 and getattr(b, "dtype", None) == np.float32 \
+                and a.ndim >= 2 and b.ndim >= 2:
+            products[(a.shape, _layout(a), b.shape, _layout(b))] += 1
+        return real(a, b, *args, **kwargs)
+    np.matmul = matmul
+    try:
+        yield products
+    finally:
+        np.matmul = real
+
+
+def _operand(shape, layout, rng):
+    """A float32 array of `shape` in `layout` (T: a transposed view)."""
+    if layout == "T":
+        return np.swapaxes(rng.standard_normal(shape[:-2] + shape[-2:][::-1], dtype=np.float32), -1, -2)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _best_each(fns) -> list[float]:
+    """The best of REPLAY_REPS timed runs of each function, after one run of
+    all: a framework's runs together, so its worker threads are the ones
+    awake (OpenBLAS's and OpenMP's spin a while after each job)."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(REPLAY_REPS):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def measure(products: Counter, torch) -> dict:
+    """Per step: the products' count, FLOPs and time through NumPy and through
+    torch.matmul (seconds), each product timed on its own (into a preallocated
+    output on both sides) and weighted by its calls."""
+    rng = np.random.default_rng(0)
+    calls, flops, numpy_runs, torch_runs = [], 0.0, [], []
+    for (sa, la, sb, lb), n in products.items():
+        a, b = _operand(sa, la, rng), _operand(sb, lb, rng)
+        ta, tb = (torch.from_numpy(np.swapaxes(v, -1, -2)).transpose(-1, -2) if lay == "T" else torch.from_numpy(v)
+                  for v, lay in ((a, la), (b, lb)))
+        batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+        y = np.empty(batch + (sa[-2], sb[-1]), np.float32)
+        ty = torch.from_numpy(np.empty_like(y))
+        calls.append(n)
+        flops += n * 2.0 * int(np.prod(batch, dtype=np.int64)) * sa[-2] * sa[-1] * sb[-1]
+        numpy_runs.append(lambda a=a, b=b, y=y: np.matmul(a, b, out=y))
+        torch_runs.append(lambda a=ta, b=tb, y=ty: torch.matmul(a, b, out=y))
+    numpy_s = sum(n * t for n, t in zip(calls, _best_each(numpy_runs)))
+    torch_s = sum(n * t for n, t in zip(calls, _best_each(torch_runs)))
+    return {"count": sum(calls), "flops": flops, "numpy_s": numpy_s, "torch_s": torch_s}
+
+
+def floor_ratio(gemm: dict, torch_s: float) -> float:
+    """The lowest gpunet/PyTorch time ratio with these GEMMs at NumPy's speed
+    (module docstring)."""
+    return max(gemm["numpy_s"], torch_s - gemm["torch_s"] + gemm["numpy_s"]) / torch_s
