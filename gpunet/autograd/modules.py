@@ -54,6 +54,8 @@ def _is_array(x) -> bool:
 def explicit(module) -> bool:
     """Whether every module in the subtree defines its own backward."""
     from ..nn.module import Module
+    if not module._modules:  # a leaf (most calls): no traversal
+        return type(module).backward is not Module.backward
     return all(type(m).backward is not Module.backward for m in module.modules())
 
 
@@ -72,7 +74,8 @@ def call(module, args, kwargs, weights=None):
     weights = {k: w for k, w in (weights or {}).items() if w is not None}
     for name, w in weights.items():
         setattr(module, name, Parameter(w._data, requires_grad=w.requires_grad))
-    params_need = not weights and any(p.requires_grad for p in module.parameters())
+    params = module._params.values() if not module._modules else module.parameters()  # a leaf: its own
+    params_need = not weights and any(p is not None and p.requires_grad for p in params)
     wanted = is_grad_enabled() and (params_need or any(isinstance(x, Tensor) and x.requires_grad
                                                        for x in inputs + list(weights.values())))
     if not wanted:

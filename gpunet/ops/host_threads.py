@@ -67,6 +67,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def ranges(n: int, unit: int = 1, min_per_thread: int = MIN_PER_THREAD) -> list[tuple[int, int]]:
     """[0, n) as contiguous (lo, hi) ranges, one per thread that gets at least
     `min_per_thread` elements, where each index stands for `unit` elements."""
+    if n * unit < 2 * min_per_thread:  # one range whatever the thread count (most small calls)
+        return [(0, n)]
     k = max(1, min(get_num_threads(), (n * unit) // max(min_per_thread, 1)))
     step = -(-n // k) if n else 1
     return [(lo, min(lo + step, n)) for lo in range(0, n, step)] or [(0, 0)]
