@@ -776,6 +776,24 @@ def test_max_pool_compiled_same_bits_on_1_2_3_threads(lib, shape, window):
 
 
 # ---------------------------------------------------------------- ReLU
+@pytest.mark.parametrize("shape", [(3, 70001), (), (0, 4), (5,)])
+def test_relu_forward_over_host_threads_same_bits_as_numpy(shape):
+    """ReLU's forward split over 1-3 host threads: np.maximum(x, 0)'s bits (NaN kept, -0 as NumPy gives it)."""
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, -1e-45][:x.size]
+    be = get_backend("cpu")
+    before = host_threads.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            y, _ = act.act_forward(be, "relu", x)
+            assert y.shape == x.shape and y.dtype == np.float32
+            np.testing.assert_array_equal(y.view(np.uint32), np.maximum(x, 0).view(np.uint32))
+        assert len(host_threads.ranges(x.size)) == (3 if x.size > 200000 else 1)
+    finally:
+        host_threads.set_num_threads(before)
+
+
 def test_relu_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
     """dx = dy where x > 0, else +0 (a NaN or inf dy included), as bits, on 1 and 2 threads."""
     rng = np.random.default_rng(5)

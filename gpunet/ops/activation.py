@@ -219,6 +219,16 @@ def _gelu_tanh_f32(lib, x, derivative=False, dy=None):
     return out
 
 
+def _relu_f32(x):
+    """FORWARD["relu"] (NumPy's maximum) of a float32 host array, its elements
+    split over the host threads (NumPy's loop runs on one core)."""
+    x = np.asarray(x, order="C")
+    y = np.empty_like(x)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    host_threads.run(lambda lo, hi: np.maximum(xf[lo:hi], 0, out=yf[lo:hi]), host_threads.ranges(xf.size))
+    return y
+
+
 def _relu_backward_f32(lib, x, dy):
     """select(x > 0, dy) of float32 host arrays in one compiled pass, split over the host threads."""
     x, dy = np.asarray(x, order="C"), np.asarray(dy, order="C")
@@ -394,6 +404,8 @@ def act_forward(be, kind: str, x, **params):
         x = be.xp.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
         y = be.xp.empty_like(x)
         be.kernels.act_forward(kind, x, y, *_KERNEL_PARAMS[kind](**params), be.stream())
+    elif kind == "relu" and _host_f32(be.xp, x):
+        y = _relu_f32(x)
     else:
         y = FORWARD[kind](be.xp, x, **params).astype(x.dtype, copy=False)
     return y, (kind, params, x, y)
