@@ -471,7 +471,8 @@ def test_mha_bad_input(rng):
 def test_sdpa_host_blocks(block_bytes, kind, rng, monkeypatch):
     """float32 on cpu runs in blocks of heads or of query rows (attention.py's
     _units): against the float64 reference at the block edges, with every mask
-    kind, and bit-identical on 1, 2 and 3 host threads."""
+    kind, and bit-identical on 1, 2 and 3 host threads and without threadpoolctl
+    (the blocks then run in order on one thread)."""
     from gpunet.ops import attention, host_threads
     monkeypatch.setattr(attention, "BLOCK_BYTES", block_bytes)
     batch, L, S = (2, 3), 13, 11
@@ -483,8 +484,10 @@ def test_sdpa_host_blocks(block_bytes, kind, rng, monkeypatch):
     f32 = lambda a: None if a is None else a.astype(a.dtype if a.dtype == bool else np.float32)
     before, runs = host_threads.get_num_threads(), []
     try:
-        for threads in (1, 2, 3):
+        for threads, blas in ((1, True), (2, True), (3, True), (2, False)):
             host_threads.set_num_threads(threads)
+            if not blas:
+                monkeypatch.setattr(attention, "_blas_controller", lambda: None)
             m = nn.ScaledDotProductAttention()
             runs.append((m(f32(q), f32(k), f32(v), attn_mask=f32(mask), is_causal=causal),)
                         + tuple(m.backward(f32(dout))))

@@ -343,12 +343,14 @@ def _blas_controller():
 
 
 def _run_units(fn, units, elements):
-    """fn(lo, hi) over the units split across the host threads; while more
-    than one runs, BLAS is held to one thread (each host thread runs its own
-    small GEMMs: measured faster than BLAS's threads on one block at a time)."""
+    """fn(lo, hi) over the units split across the host threads, BLAS held to
+    one thread meanwhile (each host thread runs its own small GEMMs: twice as
+    fast as BLAS's threads on one block at a time, and host threads next to
+    BLAS's busy-waiting ones would fight over the cores). Without
+    threadpoolctl to hold BLAS, the units run in order on this thread."""
     parts = host_threads.ranges(len(units), elements // len(units))
     if len(parts) == 1 or (ctl := _blas_controller()) is None:
-        host_threads.run(fn, parts)
+        fn(0, len(units))
         return
     with ctl.limit(limits=1):
         host_threads.run(fn, parts)
