@@ -198,7 +198,7 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
-    if (lib := hostlib.for_float32(be, q, k, v, bias)) is not None and _same_batch(q, k, v):
+    if (lib := hostlib.for_float32(be, q, k, v, bias)) is not None and _blockable(q, k, v):
         out, p = _host_forward(lib, q, k, v, bias, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, probs=p)
     # without a bias the compiled loop takes a positive scale as its softmax's beta
@@ -284,7 +284,7 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     p = _probs(be, ctx)
     q, k, v, out, dout, dprobs = (_up(a) for a in (ctx.q, ctx.k, ctx.v, ctx.out, dout, dprobs))  # half: float32
     if dprobs is None and (lib := hostlib.for_float32(be, p, q, k, v, out, dout)) is not None \
-            and _same_batch(q, k, v):
+            and _blockable(q, k, v):
         return tuple(_rounded(ctx, g) for g in _host_backward(lib, p, q, k, v, out, dout, ctx.scale))
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
     dp = xp.matmul(dout, xp.swapaxes(v, -1, -2))
@@ -309,10 +309,11 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
 BLOCK_BYTES = 1 << 20
 
 
-def _same_batch(q, k, v):
-    """The blocked host path takes q, k and v with one batch shape (broadcast
-    batches take the whole-array code)."""
-    return q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+def _blockable(q, k, v):
+    """The blocked host path takes q, k and v with one batch shape, none of
+    them empty (broadcast batches and an empty batch, which MultiheadAttention
+    passes on, take the whole-array code)."""
+    return q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.size > 0 and k.size > 0 and v.size > 0
 
 
 def _units(outer, inner, L, S):
