@@ -357,6 +357,13 @@ def _run_units(fn, units, elements):
         host_threads.run(fn, parts)
 
 
+def _scratch(units, L, S):
+    """One thread's buffer for the largest block's (rows, S) scores."""
+    heads = max(b1 - b0 for unit in units for b0, b1, _, _ in unit)
+    rows = max(r1 - r0 for unit in units for _, _, r0, r1 in unit)
+    return np.empty(heads * rows * S, np.float32)
+
+
 def _flat(a):
     """`a` (..., n, m) as a contiguous float32 (batch, n, m) array."""
     return np.ascontiguousarray(a, dtype=np.float32).reshape(-1, *a.shape[-2:])
@@ -380,16 +387,16 @@ def _host_forward(lib, q, k, v, bias, causal, scale):
     causal_rows = L if causal else 0
 
     def part(lo, hi):
-        buf = np.empty(max(b1 - b0 for u in units for b0, b1, _, _ in u) * min(L, max(1, BLOCK_BYTES // (4 * S))) * S,
-                       np.float32)
+        buf = _scratch(units, L, S)
         for unit in units[lo:hi]:
             for b0, b1, r0, r1 in unit:
                 s = buf[:(b1 - b0) * (r1 - r0) * S].reshape(b1 - b0, r1 - r0, S)
                 np.matmul(q3[b0:b1, r0:r1], k3[b0:b1].transpose(0, 2, 1), out=s)
                 if beta != scale:
                     s *= scale
-                if bias is not None:
-                    s += bias[np.unravel_index(b0 // inner, bias.shape[:-3])][b0 % inner:b0 % inner + b1 - b0, r0:r1]
+                if bias is not None:  # heads h:h + b1 - b0 of one outer batch index
+                    h = b0 % inner
+                    s += bias[np.unravel_index(b0 // inner, bias.shape[:-3])][h:h + b1 - b0, r0:r1]
                 pb = p[b0:b1, r0:r1]
                 lib.gpunet_softmax_rows_f32(s.ctypes.data, pb.ctypes.data, s.size // S, S, beta, 0, 1, causal_rows, r0)
                 np.matmul(pb, v3[b0:b1], out=out[b0:b1, r0:r1])
@@ -408,8 +415,7 @@ def _host_backward(lib, p, q, k, v, out, dout, scale):
     units = _units(1, q3.shape[0], L, S)
 
     def part(lo, hi):
-        rows = min(L, max(1, BLOCK_BYTES // (4 * S)))
-        buf = np.empty(max(b1 - b0 for u in units for b0, b1, _, _ in u) * rows * S, np.float32)
+        buf = _scratch(units, L, S)
         dk_part, dv_part = np.empty(k3.shape[1:], np.float32), np.empty(v3.shape[1:], np.float32)
         for unit in units[lo:hi]:
             for b0, b1, r0, r1 in unit:
