@@ -501,3 +501,23 @@ def test_sdpa_host_blocks(block_bytes, kind, rng, monkeypatch):
     for other in runs[1:]:
         for got, again in zip(runs[0], other):
             np.testing.assert_array_equal(got, again)
+
+
+def test_sdpa_host_blas_hold_overlapping_calls():
+    """Attention calls overlapping in time (user threads) hold BLAS at one
+    thread until the last one leaves, then give back the count it had."""
+    pytest.importorskip("threadpoolctl")
+    from gpunet.ops import attention
+    ctl = attention._blas_controller()
+    if ctl is None or not ctl.lib_controllers:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    threads = lambda: [c.num_threads for c in ctl.lib_controllers]
+    with ctl.limit(limits=2):
+        before = threads()
+        first, second = attention._one_blas_thread(ctl), attention._one_blas_thread(ctl)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first leaves while the second still runs
+        assert threads() == [1] * len(before)
+        second.__exit__(None, None, None)
+        assert threads() == before

@@ -45,8 +45,10 @@ O(L·d) float32 workspace.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 
 import numpy as np
 
@@ -343,6 +345,28 @@ def _blas_controller():
     return ThreadpoolController().select(user_api="blas")
 
 
+_blas_hold = {"depth": 0, "limiter": None}
+_blas_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_blas_thread(ctl):
+    """BLAS held to one thread while any caller is inside (attention from
+    several user threads at once: the first in limits it, the last out
+    restores what it was, so overlapping calls cannot leave it at one)."""
+    with _blas_lock:
+        if _blas_hold["depth"] == 0:
+            _blas_hold["limiter"] = ctl.limit(limits=1)
+        _blas_hold["depth"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_hold["depth"] -= 1
+            if _blas_hold["depth"] == 0:
+                _blas_hold["limiter"].restore_original_limits()
+
+
 def _run_units(fn, units, elements):
     """fn(lo, hi) over the units split across the host threads, BLAS held to
     one thread meanwhile (each host thread runs its own small GEMMs: twice as
@@ -353,7 +377,7 @@ def _run_units(fn, units, elements):
     if len(parts) == 1 or (ctl := _blas_controller()) is None:
         fn(0, len(units))
         return
-    with ctl.limit(limits=1):
+    with _one_blas_thread(ctl):
         host_threads.run(fn, parts)
 
 
