@@ -463,3 +463,61 @@ def test_mha_bad_input(rng):
     m(x, x, x)
     with pytest.raises(ValueError, match="grad_output.*\\(3, 2, 8\\)"):
         m.backward(np.zeros((2, 3, 8), np.float32))
+
+
+# ---------------------------------------------------------------- cpu: the blocked host path
+@pytest.mark.parametrize("block_bytes", [220, 1200, 1 << 20])  # 5-row blocks (13 = 5 + 5 + 3), 2 heads, all heads
+@pytest.mark.parametrize("kind", [None, "causal", "bool", "key_padding", "float", "masked_row"])
+def test_sdpa_host_blocks(block_bytes, kind, rng, monkeypatch):
+    """float32 on cpu runs in blocks of heads or of query rows (attention.py's
+    _units): against the float64 reference at the block edges, with every mask
+    kind, and bit-identical on 1, 2 and 3 host threads and without threadpoolctl
+    (the blocks then run in order on one thread)."""
+    import functools
+    from gpunet.ops import attention, host_threads
+    monkeypatch.setattr(attention, "BLOCK_BYTES", block_bytes)
+    # every thread gets work however small (the split's edges are what is tested)
+    monkeypatch.setattr(host_threads, "ranges", functools.partial(host_threads.ranges, min_per_thread=1))
+    batch, L, S = (2, 3), 13, 11
+    q, k, v = _qkv(rng, batch, L, S, 8, 5)
+    mask, causal = _mask(kind, rng, batch, L, S), kind == "causal"
+    dout = rng.standard_normal(batch + (L, 5))
+    ref = nn.ScaledDotProductAttention().to(np.float64)
+    want = (ref(q, k, v, attn_mask=mask, is_causal=causal),) + tuple(ref.backward(dout))
+    f32 = lambda a: None if a is None else a.astype(a.dtype if a.dtype == bool else np.float32)
+    before, runs = host_threads.get_num_threads(), []
+    try:
+        for threads, blas in ((1, True), (2, True), (3, True), (2, False)):
+            host_threads.set_num_threads(threads)
+            if not blas:
+                monkeypatch.setattr(attention, "_blas_controller", lambda: None)
+            m = nn.ScaledDotProductAttention()
+            runs.append((m(f32(q), f32(k), f32(v), attn_mask=f32(mask), is_causal=causal),)
+                        + tuple(m.backward(f32(dout))))
+    finally:
+        host_threads.set_num_threads(before)
+    for name, got, w in zip(("output", "dq", "dk", "dv"), runs[0], want):
+        assert_close(got, w, n=256, name=name)
+    for other in runs[1:]:
+        for got, again in zip(runs[0], other):
+            np.testing.assert_array_equal(got, again)
+
+
+def test_sdpa_host_blas_hold_overlapping_calls():
+    """Attention calls overlapping in time (user threads) hold BLAS at one
+    thread until the last one leaves, then give back the count it had."""
+    pytest.importorskip("threadpoolctl")
+    from gpunet.ops import attention
+    ctl = attention._blas_controller()
+    if ctl is None or not ctl.lib_controllers:
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    threads = lambda: [c.num_threads for c in ctl.lib_controllers]
+    with ctl.limit(limits=2):
+        before = threads()
+        first, second = attention._one_blas_thread(ctl), attention._one_blas_thread(ctl)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first leaves while the second still runs
+        assert threads() == [1] * len(before)
+        second.__exit__(None, None, None)
+        assert threads() == before

@@ -70,7 +70,7 @@ static inline float exp_f32(float x)
     /* k in [-150, 129] sits in kbits' low bits as two's complement (the
      * mantissa of 1.5·2^23 + k); split it into k1 + k2, each a normal 2^k */
     int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
-    int32_t k1 = ki / 2, k2 = ki - k1;
+    int32_t k1 = ki >> 1, k2 = ki - k1; /* a shift, not ki / 2: no rounding toward 0 to fix up (~10% of the exp) */
     float s1 = bits_to_float((uint32_t)(k1 + 127) << 23), s2 = bits_to_float((uint32_t)(k2 + 127) << 23);
     return p * s1 * s2;
 }

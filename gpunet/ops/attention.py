@@ -14,9 +14,13 @@ Backward, with P the attention probabilities and dO the output gradient:
 
 Array path (cpu, cupy, float64 anywhere, head dims above 128): the L×S
 probabilities are materialised and saved for backward. On the host in
-float32 their softmax (the causal mask and, without a bias, the scale
-included) and the backward's dS run in compiled row loops
-(gpunet/_host/host_ops.c); the GEMMs are NumPy's.
+float32 (q, k and v of one batch shape) the work runs in blocks of heads, or
+of query rows when one head's scores exceed BLOCK_BYTES, spread over the host
+threads: per block the scores' GEMM, their softmax (the causal mask and,
+without a bias, the scale included) in a compiled row loop
+(gpunet/_host/host_ops.c) and the GEMM with v, and backward's GEMMs and dS
+likewise, each block's scores read back while they are in the core's cache
+(the whole-array sweeps went through memory three times per step).
 Kernel path (sim, cuda; float32, head dims up to 128): flash attention
 (csrc/kernels/attention.cu) -- tiles of queries and keys with an online
 softmax; the forward saves only the per-row log-sum-exp (B·L floats) and the
@@ -41,8 +45,10 @@ O(L·d) float32 workspace.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 
 import numpy as np
 
@@ -194,6 +200,9 @@ def sdpa_forward(be, q, k, v, bias=None, causal: bool = False, scale=None):
         layout = _bias_layout(be, bias, q.shape[:-2], q.shape[-2], k.shape[-2]) if bias is not None else None
         out, lse = _kernel_forward(be, q, k, v, layout, causal, scale)
         return out, AttentionContext(q, k, v, bias, causal, scale, out, lse=lse, bias_layout=layout)
+    if (lib := hostlib.for_float32(be, q, k, v, bias)) is not None and _blockable(q, k, v):
+        out, p = _host_forward(lib, q, k, v, bias, causal, scale)
+        return out, AttentionContext(q, k, v, bias, causal, scale, out, probs=p)
     # without a bias the compiled loop takes a positive scale as its softmax's beta
     beta = scale if bias is None and scale > 0 and hostlib.for_float32(be, q) is not None else 1.0
     p = _probs_from_scores(be, _scores(be, q, k, bias, False, scale / beta), causal, beta)
@@ -276,12 +285,11 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     xp = be.xp
     p = _probs(be, ctx)
     q, k, v, out, dout, dprobs = (_up(a) for a in (ctx.q, ctx.k, ctx.v, ctx.out, dout, dprobs))  # half: float32
+    if dprobs is None and (lib := hostlib.for_float32(be, p, q, k, v, out, dout)) is not None \
+            and _blockable(q, k, v):
+        return tuple(_rounded(ctx, g) for g in _host_backward(lib, p, q, k, v, out, dout, ctx.scale))
     dv = xp.matmul(xp.swapaxes(p, -1, -2), dout)
     dp = xp.matmul(dout, xp.swapaxes(v, -1, -2))
-    if dprobs is None and (lib := hostlib.for_float32(be, dp)) is not None:
-        ds = _scaled_ds_compiled(lib, p, dp, dout, out, ctx.scale)
-        return _rounded(ctx, xp.matmul(ds, k)), _rounded(ctx, xp.matmul(xp.swapaxes(ds, -1, -2), q)), \
-            _rounded(ctx, dv)
     if dprobs is None:  # rowsum(dP ∘ P) = rowsum(dO ∘ O): L·Ev work instead of L·S
         dp -= (dout * out).sum(axis=-1, keepdims=True)
     else:
@@ -296,20 +304,159 @@ def sdpa_backward(be, ctx: AttentionContext, dout, dprobs=None):
     return _rounded(ctx, dq), _rounded(ctx, dk), _rounded(ctx, dv)
 
 
-def _scaled_ds_compiled(lib, p, dp, dout, out, scale):
-    """dS·scale = P ∘ (dP - rowsum(dO ∘ O))·scale in dp's memory, one pass per
-    row in the compiled loop (gpunet_attention_ds_f32), rows over the host threads."""
-    n, ev = dp.shape[-1], dout.shape[-1]
-    # as contiguous float32 (B·L, ·) rows: dout may be a strided view, and p lacks
-    # the batch dims that only v has
-    p, dout, out = (np.ascontiguousarray(np.broadcast_to(a, dp.shape[:-1] + a.shape[-1:]), dtype=np.float32)
-                    for a in (p, dout, out))
-    addr = [a.ctypes.data for a in (p, dp, dout, out)]
-    host_threads.run(lambda lo, hi: lib.gpunet_attention_ds_f32(addr[0] + 4 * lo * n, addr[1] + 4 * lo * n,
-                                                                addr[2] + 4 * lo * ev, addr[3] + 4 * lo * ev,
-                                                                hi - lo, n, ev, scale),
-                     host_threads.ranges(dp.size // n, n))
-    return dp
+# ---------------------------------------------------------------- host path in blocks
+# bytes of one block's scores (float32): a block's scores stay in the core's
+# L2 cache between the GEMM that writes them and the softmax or dS that reads
+# them, instead of a (..., L, S) sweep through memory per step
+BLOCK_BYTES = 1 << 20
+
+
+def _blockable(q, k, v):
+    """The blocked host path takes q, k and v with one batch shape, none of
+    them empty (broadcast batches and an empty batch, which MultiheadAttention
+    passes on, take the whole-array code)."""
+    return q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.size > 0 and k.size > 0 and v.size > 0
+
+
+def _units(outer, inner, L, S):
+    """The blocked host path's work: units of (b0, b1, r0, r1) blocks (batch
+    rows b0:b1 of the flattened batch, query rows r0:r1), each unit one thread's.
+    A head whose L·S scores fit BLOCK_BYTES goes in a group of heads (within
+    one `outer` index, so a bias block is a view; the groups' size only
+    changes how many heads one batched GEMM takes, which gives every head the
+    same result); a larger one is split into query-row blocks, one unit per
+    head so its dK and dV are summed over the blocks in one order whatever
+    the thread count."""
+    per_head = 4 * L * S
+    if per_head > BLOCK_BYTES:
+        r = max(1, BLOCK_BYTES // (4 * S))
+        return [[(b, b + 1, r0, min(r0 + r, L)) for r0 in range(0, L, r)] for b in range(outer * inner)]
+    g = max(1, min(BLOCK_BYTES // per_head, -(-outer * inner // host_threads.get_num_threads())))
+    return [[(o * inner + h, o * inner + min(h + g, inner), 0, L)] for o in range(outer) for h in range(0, inner, g)]
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries, or None without it."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+_blas_hold = {"depth": 0, "limiter": None}
+_blas_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_blas_thread(ctl):
+    """BLAS held to one thread while any caller is inside (attention from
+    several user threads at once: the first in limits it, the last out
+    restores what it was, so overlapping calls cannot leave it at one)."""
+    with _blas_lock:
+        if _blas_hold["depth"] == 0:
+            _blas_hold["limiter"] = ctl.limit(limits=1)
+        _blas_hold["depth"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_hold["depth"] -= 1
+            if _blas_hold["depth"] == 0:
+                _blas_hold["limiter"].restore_original_limits()
+
+
+def _run_units(fn, units, elements):
+    """fn(lo, hi) over the units split across the host threads, BLAS held to
+    one thread meanwhile (each host thread runs its own small GEMMs: twice as
+    fast as BLAS's threads on one block at a time, and host threads next to
+    BLAS's busy-waiting ones would fight over the cores). Without
+    threadpoolctl to hold BLAS, the units run in order on this thread."""
+    parts = host_threads.ranges(len(units), elements // len(units))
+    if len(parts) == 1 or (ctl := _blas_controller()) is None:
+        fn(0, len(units))
+        return
+    with _one_blas_thread(ctl):
+        host_threads.run(fn, parts)
+
+
+def _scratch(units, L, S):
+    """One thread's buffer for the largest block's (rows, S) scores."""
+    heads = max(b1 - b0 for unit in units for b0, b1, _, _ in unit)
+    rows = max(r1 - r0 for unit in units for _, _, r0, r1 in unit)
+    return np.empty(heads * rows * S, np.float32)
+
+
+def _flat(a):
+    """`a` (..., n, m) as a contiguous float32 (batch, n, m) array."""
+    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1, *a.shape[-2:])
+
+
+def _host_forward(lib, q, k, v, bias, causal, scale):
+    """sdpa_forward on float32 host arrays, block by block (_units): per
+    block the scores' GEMM, the compiled softmax (gpunet_softmax_rows_f32,
+    the causal keys skipped there) into the saved probabilities P and P's
+    GEMM with v, while the block's scores are in cache. Returns (out, P)."""
+    batch, (L, S), ev = q.shape[:-2], (q.shape[-2], k.shape[-2]), v.shape[-1]
+    q3, k3, v3 = _flat(q), _flat(k), _flat(v)
+    p = np.empty((q3.shape[0], L, S), np.float32)
+    out = np.empty((q3.shape[0], L, ev), np.float32)
+    # without a bias the compiled loop takes a positive scale as its softmax's beta
+    beta = scale if bias is None and scale > 0 else 1.0
+    inner = batch[-1] if bias is not None and batch else q3.shape[0]
+    if bias is not None:
+        bias = np.broadcast_to(bias, (batch or (1,)) + (L, S))
+    units = _units(q3.shape[0] // inner, inner, L, S)
+    causal_rows = L if causal else 0
+
+    def part(lo, hi):
+        buf = _scratch(units, L, S)
+        for unit in units[lo:hi]:
+            for b0, b1, r0, r1 in unit:
+                s = buf[:(b1 - b0) * (r1 - r0) * S].reshape(b1 - b0, r1 - r0, S)
+                np.matmul(q3[b0:b1, r0:r1], k3[b0:b1].transpose(0, 2, 1), out=s)
+                if beta != scale:
+                    s *= scale
+                if bias is not None:  # heads h:h + b1 - b0 of one outer batch index
+                    h = b0 % inner
+                    s += bias[np.unravel_index(b0 // inner, bias.shape[:-3])][h:h + b1 - b0, r0:r1]
+                pb = p[b0:b1, r0:r1]
+                lib.gpunet_softmax_rows_f32(s.ctypes.data, pb.ctypes.data, s.size // S, S, beta, 0, 1, causal_rows, r0)
+                np.matmul(pb, v3[b0:b1], out=out[b0:b1, r0:r1])
+    _run_units(part, units, p.size)
+    return out.reshape(batch + (L, ev)), p.reshape(batch + (L, S))
+
+
+def _host_backward(lib, p, q, k, v, out, dout, scale):
+    """sdpa_backward on float32 host arrays in _host_forward's blocks: per
+    block dV += Pᵀ dO, dP = dO Vᵀ, dS·scale in dP's memory (the compiled
+    gpunet_attention_ds_f32), dQ = dS K, dK += dSᵀ Q, while the block's dP is
+    in cache. Returns (dq, dk, dv)."""
+    L, S, ev = q.shape[-2], k.shape[-2], v.shape[-1]
+    p3, q3, k3, v3, o3, do3 = (_flat(a) for a in (p, q, k, v, out, dout))
+    dq, dk, dv = np.empty_like(q3), np.empty_like(k3), np.empty_like(v3)
+    units = _units(1, q3.shape[0], L, S)
+
+    def part(lo, hi):
+        buf = _scratch(units, L, S)
+        dk_part, dv_part = np.empty(k3.shape[1:], np.float32), np.empty(v3.shape[1:], np.float32)
+        for unit in units[lo:hi]:
+            for b0, b1, r0, r1 in unit:
+                pb, dob, qb = p3[b0:b1, r0:r1], do3[b0:b1, r0:r1], q3[b0:b1, r0:r1]
+                ds = buf[:(b1 - b0) * (r1 - r0) * S].reshape(b1 - b0, r1 - r0, S)
+                np.matmul(dob, v3[b0:b1].transpose(0, 2, 1), out=ds)
+                lib.gpunet_attention_ds_f32(pb.ctypes.data, ds.ctypes.data, dob.ctypes.data,
+                                            o3[b0:b1, r0:r1].ctypes.data, ds.size // S, S, ev, scale)
+                np.matmul(ds, k3[b0:b1], out=dq[b0:b1, r0:r1])
+                if r0 == 0:
+                    np.matmul(pb.transpose(0, 2, 1), dob, out=dv[b0:b1])
+                    np.matmul(ds.transpose(0, 2, 1), qb, out=dk[b0:b1])
+                else:  # a later query-row block of one head (b1 = b0 + 1)
+                    dv[b0] += np.matmul(pb[0].T, dob[0], out=dv_part)
+                    dk[b0] += np.matmul(ds[0].T, qb[0], out=dk_part)
+    _run_units(part, units, p3.size)
+    return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
 
 # ---------------------------------------------------------------- dropout on the probabilities
