@@ -1089,24 +1089,16 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
  * rereads a bool array), in blocks so a bad value stops it early. x·0 is
  * ±0 for every finite x and NaN otherwise. */
 #define SCAN_BLOCK 4096
-int gpunet_any_nonfinite_f32(const float *x, i64 n)
-{
-    for (i64 i = 0; i < n; i += SCAN_BLOCK) {
-        i64 end = n - i < SCAN_BLOCK ? n : i + SCAN_BLOCK;
-        int bad = 0;
-        for (i64 k = i; k < end; k++) bad |= !(x[k] * 0.0f == 0.0f);
-        if (bad) return 1;
+#define ANY_NONFINITE(name, T)                                              \
+    int name(const T *x, i64 n)                                             \
+    {                                                                       \
+        for (i64 i = 0; i < n; i += SCAN_BLOCK) {                           \
+            i64 end = n - i < SCAN_BLOCK ? n : i + SCAN_BLOCK;              \
+            int bad = 0;                                                    \
+            for (i64 k = i; k < end; k++) bad |= !(x[k] * (T)0 == (T)0);    \
+            if (bad) return 1;                                              \
+        }                                                                   \
+        return 0;                                                           \
     }
-    return 0;
-}
-
-int gpunet_any_nonfinite_f64(const double *x, i64 n)
-{
-    for (i64 i = 0; i < n; i += SCAN_BLOCK) {
-        i64 end = n - i < SCAN_BLOCK ? n : i + SCAN_BLOCK;
-        int bad = 0;
-        for (i64 k = i; k < end; k++) bad |= !(x[k] * 0.0 == 0.0);
-        if (bad) return 1;
-    }
-    return 0;
-}
+ANY_NONFINITE(gpunet_any_nonfinite_f32, float)
+ANY_NONFINITE(gpunet_any_nonfinite_f64, double)
