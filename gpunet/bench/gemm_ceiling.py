@@ -6,10 +6,11 @@ same shapes faster, no work outside the GEMMs brings gpunet to PyTorch's
 time. This module measures that limit case by case rather than from one
 large square GEMM:
 
-1. `recording()` wraps numpy.matmul (every gpunet op calls it as np.matmul or
-   be.xp.matmul, looked up at call time) while gpunet runs one step of the
-   case, and keeps each product's operand shapes, dtypes and layouts (a
-   transposed view of the last two axes stays one, as BLAS is told);
+1. `recording()` wraps numpy.matmul (the ops call it as np.matmul or
+   be.xp.matmul, looked up at call time; the `@` of adaptive pooling's small
+   averaging matrices is not seen) while gpunet runs one step of the case,
+   and keeps each float32 product's operand shapes and layouts (a transposed
+   view of the last two axes stays one, as BLAS is told);
 2. `measure()` replays each distinct product in NumPy and in torch.matmul
    (same shapes, layouts and thread count; operands in cache, best of a few
    runs: both sides at their fastest) and sums them per step.
