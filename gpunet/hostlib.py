@@ -74,6 +74,8 @@ _SIGNATURES = {
     # gpunet/checks.py's NaN/inf scan: 1 when one is found
     "gpunet_any_nonfinite_f32": [_F32P, _I64],
     "gpunet_any_nonfinite_f64": [_F64P, _I64],
+    # the convolution's row-layout im2col from channels-last input, taps in (i, j, c) order
+    "gpunet_im2col_rows_hwc_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
 }
 
 

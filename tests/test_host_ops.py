@@ -890,3 +890,64 @@ def test_finite_scan_compiled_finds_every_nan_and_inf_wherever_it_sits(lib, dtyp
         assert not calls
     finally:
         host_threads.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- convolution backward: stride-1 dx as a direct convolution
+DX_DIRECT_GEOMETRIES = [  # stride 1; (x shape, out channels, kernel, stride, padding, dilation, groups, bias)
+    ((2, 3, 7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    ((1, 6, 9, 11), 9, (3, 2), (1, 1), (2, 0), (2, 3), 3, False),  # dilated, asymmetric, p' = (2, 3)
+    ((3, 4, 6, 5), 8, (1, 1), (1, 1), (0, 0), (1, 1), 2, True),  # 1x1
+    ((2, 5, 8, 13), 11, (5, 3), (1, 1), (0, 1), (1, 1), 1, True),  # unpadded: p' = k - 1; 8 + 2 + 1 channels
+    ((1, 2, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # padding = the kernel's extent: p' = 0
+    ((2, 20, 17, 19), 18, (3, 3), (1, 1), (1, 1), (1, 1), 2, False),  # 17 pixel rows per tile block, odd sizes
+]
+
+
+@pytest.mark.parametrize("geometry", DX_DIRECT_GEOMETRIES, ids=str)
+def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatch):
+    """Every stride-1 geometry with dx through the direct forward of dy and the
+    weight gradient from channels-last columns, in one chunk and per image."""
+    from gpunet.ops import conv
+    monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
+    monkeypatch.setattr(conv, "DX_DIRECT_MIN_CHANNELS", 1)
+    shape, o, k, stride, padding, dilation, groups, bias = geometry
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
+    dy = rng.standard_normal(ty.shape).astype(np.float32)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    refs = [tx.grad, tw.grad] + ([tb.grad] if bias else [])
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
+    for chunk in (conv.ROWS_CHUNK_BYTES, 1):
+        monkeypatch.setattr(conv, "ROWS_CHUNK_BYTES", chunk)
+        calls.clear()
+        dx, dw, db = _conv_grads(x, w, b, dy, stride, padding, dilation, groups)
+        assert calls == [w.shape, (shape[1], o // groups, *k)]  # the forward's, then dx's flipped weights
+        for got, ref in zip([dx, dw, db], refs):
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            # (sums of up to 650 float32 products: an absolute error relative to the largest)
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=2e-6 * ref.abs().max().item())
+
+
+def test_conv_backward_dx_direct_only_for_stride_1_with_enough_channels(lib, monkeypatch):
+    """dx through the direct loop for stride 1, p <= d*(k-1) and 8 or more input
+    channels per group over 64 or more pixels; else the column gradient and col2im."""
+    from gpunet.ops import conv
+    calls, real = [], conv._col2im_rows
+    monkeypatch.setattr(conv, "_col2im_rows", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(12)
+    cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
+             ((2, 7, 8, 8), 1, 1, 1, False), ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False),
+             ((2, 8, 4, 4), 1, 1, 1, False), ((2, 14, 8, 8), 1, 1, 2, False)]  # (x shape, stride, padding, groups, direct)
+    for shape, stride, padding, groups, direct in cases:
+        calls.clear()
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = rng.standard_normal((8, shape[1] // groups, 3, 3)).astype(np.float32)
+        y, ctx = conv.conv2d_forward(get_backend("cpu"), x, w, None, (stride,) * 2, (padding,) * 2, (1, 1), groups)
+        conv.conv2d_backward(get_backend("cpu"), ctx, np.ones_like(y))
+        assert not calls if direct else calls, (shape, stride, padding, groups)

@@ -1110,3 +1110,39 @@ int gpunet_any_nonfinite_f64(const double *x, i64 n)
     }
     return 0;
 }
+
+/* ------------------------------------------------------------ convolution: im2col rows from channels-last input */
+/* gpunet/ops/conv.py's weight gradient where dx does not need the column
+ * gradient (a stride-1 dx through the direct loop). The row layout of
+ * gpunet_im2col_rows_f32 with the taps of a row in (i, j, c) order instead
+ * of (c, i, j): from x in NHWC (xh: N H W C), each kernel offset (i, j) of a
+ * pixel is one contiguous run of the group's C/G channels, copied without
+ * the tile's transpose; the caller reorders the small weight gradient to
+ * (c, i, j). Output lines [lo, hi) (a line being one (n, oh)); same geo. */
+void gpunet_im2col_rows_hwc_f32(const float *xh, float *cols, const i64 *geo, i64 lo, i64 hi)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW];
+    const i64 OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G, kg = cg * kh * kw;
+    const i64 R = geo[G_N] * OH * OW;
+    for (i64 line = lo; line < hi; line++) {
+        const i64 n = line / OH, oh = line % OH;
+        for (i64 g = 0; g < G; g++)
+            for (i64 ow = 0; ow < OW; ow++) {
+                float *d = cols + (g * R + line * OW + ow) * ld;
+                for (i64 i = 0; i < kh; i++) {
+                    const i64 ih = oh * sh - ph + i * dh;
+                    for (i64 j = 0; j < kw; j++, d += cg) {
+                        const i64 iw = ow * sw - pw + j * dw;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                            memset(d, 0, (size_t)cg * sizeof(float));
+                            continue;
+                        }
+                        const float *s = xh + ((n * H + ih) * W + iw) * C + g * cg;
+                        for (i64 c = 0; c < cg; c++) d[c] = s[c];
+                    }
+                }
+                if (ld > kg) *d = 1.0f;
+            }
+    }
+}
