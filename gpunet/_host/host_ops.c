@@ -995,8 +995,10 @@ void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict d
  * faster here than separate roundings), computed alike for every output
  * whichever thread owns its pixel block: results do not depend on the split.
  * geo: the row layout's, with O (output channels) in place of ld. */
+/* (and GCC's loop distribution off: it made the tile's short copy and zero
+ * loops memcpy/memset calls, slower than the loops vectorised in place) */
 #if defined(__GNUC__) && !defined(__clang__)
-#define DIRECT_FMA __attribute__((optimize("fp-contract=fast")))
+#define DIRECT_FMA __attribute__((optimize("fp-contract=fast", "no-tree-loop-distribute-patterns")))
 #else
 #define DIRECT_FMA
 #endif
@@ -1037,13 +1039,41 @@ static inline __attribute__((always_inline)) DIRECT_FMA void direct_block(const 
     }
 }
 
+/* tap (c, i, j)'s row of the tile, t: output lines l0 .. l0+nl-1 of OW
+ * pixels each, as tap_run writes them, with the columns' range (a division)
+ * found once for all the lines and the runs copied by vectorised loops, not
+ * memcpy/memset calls (DIRECT_FMA). The tile costs as much as the products
+ * of ~20 output channels: (32, 64, 16, 16) into 8 channels, 1 thread, took
+ * 2.11 ms with tap_run per line, 1.77 ms with this. */
+static inline DIRECT_FMA void direct_tap(const float *plane, float *restrict t, i64 l0, i64 nl, i64 i, i64 j, const i64 *geo)
+{
+    const i64 H = geo[G_H], W = geo[G_W], sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW];
+    const i64 dh = geo[G_DH], dw = geo[G_DW], OW = geo[G_OW];
+    i64 ow0, ow1;
+    inside(W, sw, pw, j * dw, OW, &ow0, &ow1);
+    for (i64 l = 0; l < nl; l++, t += OW) {
+        const i64 ih = (l0 + l) * sh - ph + i * dh;
+        if (ih < 0 || ih >= H) {
+            for (i64 ow = 0; ow < OW; ow++) t[ow] = 0.0f;
+            continue;
+        }
+        const float *restrict src = plane + ih * W + j * dw - pw;
+        for (i64 ow = 0; ow < ow0; ow++) t[ow] = 0.0f;
+        if (sw == 1)
+            for (i64 ow = ow0; ow < ow1; ow++) t[ow] = src[ow];
+        else
+            for (i64 ow = ow0; ow < ow1; ow++) t[ow] = src[ow * sw];
+        for (i64 ow = ow1; ow < OW; ow++) t[ow] = 0.0f;
+    }
+}
+
 /* pixel blocks [lo, hi) of the N*ceil(OH/lines) blocks of `lines` output rows
  * each; returns 1 when the tile could not be allocated (nothing written) */
 DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
                            i64 hi)
 {
     const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
-    const i64 sh = geo[G_SH], ph = geo[G_PH], dh = geo[G_DH], OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
+    const i64 OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
     const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
     const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
     const i64 blocks = (OH + lines - 1) / lines;
@@ -1056,10 +1086,7 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
             for (i64 c = 0; c < cg; c++) {
                 const float *src = x + (n * C + g * cg + c) * H * W;
                 for (i64 i = 0; i < kh; i++)
-                    for (i64 j = 0; j < kw; j++)
-                        for (i64 l = 0; l < nl; l++)
-                            tap_run(src, T + ((c * kh + i) * kw + j) * tp + l * OW, 1, (l0 + l) * sh - ph + i * dh,
-                                    j, geo);
+                    for (i64 j = 0; j < kw; j++) direct_tap(src, T + ((c * kh + i) * kw + j) * tp, l0, nl, i, j, geo);
             }
             for (i64 o = g * og; o < (g + 1) * og;) {
                 const i64 left = (g + 1) * og - o;
