@@ -42,7 +42,7 @@ _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
 _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
-                                             "gpunet_any_nonfinite_f64")}
+                                             "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -74,8 +74,9 @@ _SIGNATURES = {
     # gpunet/checks.py's NaN/inf scan: 1 when one is found
     "gpunet_any_nonfinite_f32": [_F32P, _I64],
     "gpunet_any_nonfinite_f64": [_F64P, _I64],
-    # the convolution's row-layout im2col from channels-last input, taps in (i, j, c) order
-    "gpunet_im2col_rows_hwc_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+    # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
+    # chunk, chunk range; returns 1 when out of memory (_RESTYPES)
+    "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 4,
 }
 
 

@@ -900,13 +900,15 @@ DX_DIRECT_GEOMETRIES = [  # stride 1; (x shape, out channels, kernel, stride, pa
     ((2, 5, 8, 13), 11, (5, 3), (1, 1), (0, 1), (1, 1), 1, True),  # unpadded: p' = k - 1; 8 + 2 + 1 channels
     ((1, 2, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # padding = the kernel's extent: p' = 0
     ((2, 20, 17, 19), 18, (3, 3), (1, 1), (1, 1), (1, 1), 2, False),  # 17 pixel rows per tile block, odd sizes
+    ((9, 4, 6, 7), 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # 9 images: 5 chunks of 2 and 1; 37 of 48 taps
 ]
 
 
 @pytest.mark.parametrize("geometry", DX_DIRECT_GEOMETRIES, ids=str)
 def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatch):
     """Every stride-1 geometry with dx through the direct forward of dy and the
-    weight gradient from channels-last columns, in one chunk and per image."""
+    direct weight gradient (register blocks of 4, 2 and 1 channels, 4 to 1
+    vectors of taps), in the default chunks and in one."""
     from gpunet.ops import conv
     monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
     monkeypatch.setattr(conv, "DX_DIRECT_MIN_CHANNELS", 1)
@@ -923,8 +925,8 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
     refs = [tx.grad, tw.grad] + ([tb.grad] if bias else [])
     calls, real = [], conv._forward_direct
     monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
-    for chunk in (conv.ROWS_CHUNK_BYTES, 1):
-        monkeypatch.setattr(conv, "ROWS_CHUNK_BYTES", chunk)
+    for chunks in (conv.DW_CHUNKS, 1):
+        monkeypatch.setattr(conv, "DW_CHUNKS", chunks)
         calls.clear()
         dx, dw, db = _conv_grads(x, w, b, dy, stride, padding, dilation, groups)
         assert calls == [w.shape, (shape[1], o // groups, *k)]  # the forward's, then dx's flipped weights

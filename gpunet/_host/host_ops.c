@@ -1209,38 +1209,112 @@ int gpunet_any_nonfinite_f64(const double *x, i64 n)
     return 0;
 }
 
-/* ------------------------------------------------------------ convolution: im2col rows from channels-last input */
-/* gpunet/ops/conv.py's weight gradient where dx does not need the column
- * gradient (a stride-1 dx through the direct loop). The row layout of
- * gpunet_im2col_rows_f32 with the taps of a row in (i, j, c) order instead
- * of (c, i, j): from x in NHWC (xh: N H W C), each kernel offset (i, j) of a
- * pixel is one contiguous run of the group's C/G channels, copied without
- * the tile's transpose; the caller reorders the small weight gradient to
- * (c, i, j). Output lines [lo, hi) (a line being one (n, oh)); same geo. */
-void gpunet_im2col_rows_hwc_f32(const float *xh, float *cols, const i64 *geo, i64 lo, i64 hi)
+/* ------------------------------------------------------------ convolution: weight gradient, direct */
+/* gpunet/ops/conv.py's weight (and bias) gradient where dx does not need the
+ * column gradient (a stride-1 dx through the direct loop): no column matrix
+ * and no BLAS call. For a block of whole output lines of one image (about
+ * DW_LINES_PIXELS pixels: R stays in L2), the rows R (one per pixel) hold the pixel's taps in (i, j, c) order,
+ * copied from x in NHWC (xh: N H W C) as one run of the group's C/G channels
+ * per kernel offset, then a 1 for the bias when ld > Kg, then zeros up to
+ * ldp (ld rounded up to 16). Then dW[o, k] += sum over the block's pixels of
+ * dy[o, p] * R[p, k], vectorised over k, 4 vectors of 16 taps x 4 channels
+ * per register block, every product-and-add one FMA (DIRECT_FMA). Chunk u
+ * of `per` images sums its blocks in order into part[u] (G*og x ldp floats);
+ * the caller adds the chunks in order: results depend on `per` (a function
+ * of N), not on how the chunks are split over threads. The caller reorders
+ * (i, j, c) to (c, i, j). geo: the row layout's, ld in G_LD. Returns 1
+ * when out of memory (nothing written). */
+enum { DW_LINES_PIXELS = 256, DW_KV = 4, DW_OB = 4 };
+
+/* the taps of output pixel (n, oh, ow) of group g into d (Kg floats) */
+static inline void hwc_row(const float *xh, float *restrict d, i64 n, i64 oh, i64 ow, i64 g, const i64 *geo)
 {
     const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
     const i64 sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW];
-    const i64 OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G, kg = cg * kh * kw;
-    const i64 R = geo[G_N] * OH * OW;
-    for (i64 line = lo; line < hi; line++) {
-        const i64 n = line / OH, oh = line % OH;
-        for (i64 g = 0; g < G; g++)
-            for (i64 ow = 0; ow < OW; ow++) {
-                float *d = cols + (g * R + line * OW + ow) * ld;
-                for (i64 i = 0; i < kh; i++) {
-                    const i64 ih = oh * sh - ph + i * dh;
-                    for (i64 j = 0; j < kw; j++, d += cg) {
-                        const i64 iw = ow * sw - pw + j * dw;
-                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-                            memset(d, 0, (size_t)cg * sizeof(float));
-                            continue;
+    const i64 cg = C / G;
+    for (i64 i = 0; i < kh; i++) {
+        const i64 ih = oh * sh - ph + i * dh;
+        for (i64 j = 0; j < kw; j++, d += cg) {
+            const i64 iw = ow * sw - pw + j * dw;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                for (i64 c = 0; c < cg; c++) d[c] = 0.0f;
+                continue;
+            }
+            const float *restrict s = xh + ((n * H + ih) * W + iw) * C + g * cg;
+            for (i64 c = 0; c < cg; c++) d[c] = s[c];
+        }
+    }
+}
+
+/* out[c][16v ..] += sum over p < pix of dy[c*plane + p] * R[p*ldp + 16v ..],
+ * c < ob, v < kv */
+static inline __attribute__((always_inline)) DIRECT_FMA void dw_block(const float *R, i64 ldp, const float *dy,
+                                                                      i64 plane, i64 pix, float *out, int ob, int kv)
+{
+    direct_vec acc[DW_OB][DW_KV];
+    for (int c = 0; c < ob; c++)
+        for (int v = 0; v < kv; v++) acc[c][v] = (direct_vec){0};
+    for (i64 p = 0; p < pix; p++) {
+        direct_vec xv[DW_KV];
+        for (int v = 0; v < kv; v++) xv[v] = *(const direct_vec_u *)(R + p * ldp + 16 * v);
+        for (int c = 0; c < ob; c++) {
+            const float d = dy[c * plane + p];
+            for (int v = 0; v < kv; v++) acc[c][v] += d * xv[v];
+        }
+    }
+    for (int c = 0; c < ob; c++)
+        for (int v = 0; v < kv; v++) *(direct_vec_u *)(out + c * ldp + 16 * v) += acc[c][v];
+}
+
+#define DW_CASE(OB, KV) dw_block(R + 16 * k, ldp, d0 + o * plane, plane, pix, out + o * ldp + 16 * k, OB, KV)
+
+/* chunks [lo, hi) of `per` images each; O output channels */
+DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part, const i64 *geo, i64 O, i64 per, i64 lo,
+                                  i64 hi)
+{
+    const i64 N = geo[G_N], C = geo[G_C], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW], OH = geo[G_OH];
+    const i64 OW = geo[G_OW], ld = geo[G_LD], kg = C / G * kh * kw, ldp = (ld + 15) / 16 * 16, vecs = ldp / 16;
+    const i64 og = O / G, plane = OH * OW;
+    const i64 lines = OW >= DW_LINES_PIXELS ? 1 : (DW_LINES_PIXELS / OW < OH ? DW_LINES_PIXELS / OW : OH);
+    float *R = calloc((size_t)(lines * OW * ldp), sizeof(float)); /* columns [ld, ldp): never written, 0 */
+    if (!R) return 1;
+    for (i64 u = lo; u < hi; u++) {
+        float *pu = part + u * O * ldp;
+        memset(pu, 0, (size_t)(O * ldp) * sizeof(float));
+        for (i64 n = u * per; n < N && n < (u + 1) * per; n++)
+            for (i64 l0 = 0; l0 < OH; l0 += lines) {
+                const i64 pix = (OH - l0 < lines ? OH - l0 : lines) * OW;
+                for (i64 g = 0; g < G; g++) {
+                    for (i64 p = 0; p < pix; p++) {
+                        hwc_row(xh, R + p * ldp, n, l0 + p / OW, p % OW, g, geo);
+                        if (ld > kg) R[p * ldp + kg] = 1.0f;
+                    }
+                    const float *d0 = dy + (n * O + g * og) * plane + l0 * OW;
+                    float *out = pu + g * og * ldp;
+                    for (i64 k = 0; k < vecs; k += DW_KV) {
+                        const int kv = vecs - k < DW_KV ? (int)(vecs - k) : DW_KV;
+                        for (i64 o = 0; o < og;) {
+                            const int ob = og - o >= 4 ? 4 : og - o >= 2 ? 2 : 1;
+                            switch (ob * 8 + kv) { /* constant block sizes: registers unrolled per case */
+                            case 36: DW_CASE(4, 4); break;
+                            case 35: DW_CASE(4, 3); break;
+                            case 34: DW_CASE(4, 2); break;
+                            case 33: DW_CASE(4, 1); break;
+                            case 20: DW_CASE(2, 4); break;
+                            case 19: DW_CASE(2, 3); break;
+                            case 18: DW_CASE(2, 2); break;
+                            case 17: DW_CASE(2, 1); break;
+                            case 12: DW_CASE(1, 4); break;
+                            case 11: DW_CASE(1, 3); break;
+                            case 10: DW_CASE(1, 2); break;
+                            default: DW_CASE(1, 1);
+                            }
+                            o += ob;
                         }
-                        const float *s = xh + ((n * H + ih) * W + iw) * C + g * cg;
-                        for (i64 c = 0; c < cg; c++) d[c] = s[c];
                     }
                 }
-                if (ld > kg) *d = 1.0f;
             }
     }
+    free(R);
+    return 0;
 }

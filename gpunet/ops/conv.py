@@ -21,8 +21,9 @@ path), col2im is instead one gathering RawKernel (below). On the host a
 stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
-_backward_rows), and its forward, except over the smallest planes, a direct
-convolution (see _forward_direct).
+_backward_rows), or for stride 1 a direct dx and weight gradient (see
+_dx_direct, _backward_direct), and its forward, except over the smallest
+planes, a direct convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
@@ -282,12 +283,8 @@ def _backward_array(be, ctx, dy, fused: bool):
 # and with 1 thread 16 MiB was as fast as 4 MiB and faster than 64 MiB.
 # The chunk size does not depend on the thread count, and the C loops give
 # every element to one thread, so results do not either.
-# Where dx is a direct convolution of dy (stride 1, _dx_direct below), no
-# column gradient is needed and the columns come from a channels-last copy of
-# x with their taps in (i, j, c) order (gpunet_im2col_rows_hwc_f32): one
-# contiguous run of C/groups channels per kernel offset, where the (c, i, j)
-# rows need a transpose of each line's taps, which took longer than the dW
-# GEMM; dW is reordered to (c, i, j) afterwards (a copy of O*Kg floats).
+# Where dx is a direct convolution of dy (stride 1, _dx_direct below), none
+# of this runs: see _backward_direct.
 ROWS_CHUNK_BYTES = 16 << 20
 
 
@@ -333,6 +330,9 @@ def _col2im_rows(lib, dcols, dx, geo):
 def _backward_rows(be, lib, ctx, dy):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
+    gt = _dx_direct(x_shape, w, g)
+    if gt is not None:
+        return _backward_direct(be, lib, x, w, has_bias, g, gt, dy)
     o, ll = w.shape[0], g.oh * g.ow
     og = o // g.groups
     kg = w.shape[1] * g.kh * g.kw
@@ -340,34 +340,59 @@ def _backward_rows(be, lib, ctx, dy):
     wg = w.reshape(g.groups, og, kg)
     dwx = np.zeros((g.groups, og, ld), np.float32)
     dx = np.empty(x_shape, np.float32)
-    gt = _dx_direct(x_shape, w, g)
-    if gt is not None:  # dx needs no column gradient: columns from channels-last x, taps in (i, j, c) order
-        xh = _workspace(be, "rows_hwc", x.size, np.float32).reshape(x_shape[0], x_shape[2], x_shape[3], x_shape[1])
-        xh[...] = x.transpose(0, 2, 3, 1)
     chunks, cols = _rows_chunks(be, x_shape, g, ld)
     dyt = _workspace(be, "rows_out", g.groups * chunks[0][1] * ll * og, np.float32)
     for n0, m in chunks:
         cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
-        geo = _rows_geometry(x_shape, g, m, ld)
-        if gt is None:
-            _im2col_rows(lib, x[n0:n0 + m], cv, geo)  # recomputed: cheaper than kept
-        else:
-            _rows_call(lib.gpunet_im2col_rows_hwc_f32, xh[n0:n0 + m], cv, geo, m * g.oh, g.groups * g.ow * ld)
+        _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
         dv = dyt[:g.groups * m * ll * og].reshape(g.groups, m * ll, og)
         dv.reshape(g.groups, m, ll, og)[...] = dy[n0:n0 + m].reshape(m, g.groups, og, ll).transpose(1, 0, 3, 2)
         dwx += np.matmul(dv.transpose(0, 2, 1), cv)
-        if gt is not None:
-            continue
         # the column gradient overwrites the columns, which are no longer needed
         dcols = cols[:g.groups * m * ll * kg].reshape(g.groups, m * ll, kg)
         np.matmul(dv, wg, out=dcols)
         _col2im_rows(lib, dcols, dx[n0:n0 + m], _rows_geometry(x_shape, g, m, kg))
-    if gt is None:
-        dw = dwx[:, :, :kg].reshape(w.shape)
-    else:
-        dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
-        dw = np.ascontiguousarray(dwx[:, :, :kg].reshape(o, g.kh, g.kw, w.shape[1]).transpose(0, 3, 1, 2))
-    return dx, dw, dwx[:, :, kg].reshape(o) if has_bias else None
+    return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
+
+
+# The backward of a convolution whose dx is a direct convolution of dy: no
+# column matrix, no GEMM. dW and db come from gpunet_conv_dw_f32, which
+# builds each block of ~256 output pixels' rows of taps in an L2-sized buffer
+# from a channels-last copy of x (taps in (i, j, c) order: one contiguous run
+# of C/groups channels per kernel offset, no transpose) and sums dy x taps in
+# registers; dW is reordered to (c, i, j) at the end (O*Kg floats). Against
+# the row-layout columns, their transposes and the OpenBLAS GEMM (which ran
+# the skinny (O = 16-64) x Kg products at 80-150 GFLOP/s), with dx direct as
+# well: 0.38-0.63x the backward's time (1 thread, 3x3, batch 32-256,
+# 8-64 channels). The batch goes in DW_CHUNKS chunks of whole images, each
+# summed in order into its own float32 partial, the partials added in order
+# in float64: results depend on N, not on the thread count; 8 chunks keep
+# 2-8 threads busy.
+DW_CHUNKS = 8
+
+
+def _backward_direct(be, lib, x, w, has_bias, g: Geometry, gt: Geometry, dy):
+    """dx, dW, db of a convolution whose dx is a direct convolution of dy
+    (_dx_direct): dW and db through gpunet_conv_dw_f32 from channels-last x."""
+    n, c, h, wd = x.shape
+    o, kg = w.shape[0], w[0].size
+    ld = kg + has_bias
+    ldp = -(-ld // 16) * 16
+    xh = _workspace(be, "rows_hwc", x.size, np.float32).reshape(n, h, wd, c)
+    xh[...] = x.transpose(0, 2, 3, 1)
+    per = -(-n // DW_CHUNKS)
+    chunks = -(-n // per)
+    part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
+    geo = _rows_geometry(x.shape, g, n, ld)
+    at = (xh.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per)
+    failed = host_threads.run(lambda lo, hi: lib.gpunet_conv_dw_f32(*at, lo, hi),
+                              host_threads.ranges(chunks, per * o * g.oh * g.ow * ld))
+    if any(failed):
+        raise MemoryError("conv2d: no memory for the weight gradient's rows")
+    dwx = part.sum(0, dtype=np.float64)
+    dw = dwx[:, :kg].reshape(o, g.kh, g.kw, w.shape[1]).transpose(0, 3, 1, 2).astype(np.float32)
+    db = dwx[:, kg].astype(np.float32) if has_bias else None
+    return _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt), dw, db
 
 
 # dx of a stride-1 convolution is itself a stride-1 convolution: input pixel
