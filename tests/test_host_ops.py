@@ -643,10 +643,15 @@ def _conv_grads(x, w, b, dy, stride, padding, dilation, groups):
     return conv.conv2d_backward(be, ctx, dy)
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["columns", "direct"])
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=str)
-def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, monkeypatch):
-    """dx, dw, db of both host paths; the compiled one also in chunks of one image."""
+def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, direct, monkeypatch):
+    """dx, dw, db of both host paths; the compiled one also in chunks of one
+    image, with the columns or (direct) the direct weight gradient and dx."""
     from gpunet.ops import conv
+    if direct and host_path != "compiled":
+        pytest.skip("the direct loops are compiled")
+    monkeypatch.setattr(conv, "DIRECT_BACKWARD_MIN_CHANNELS", 1 if direct else 1 << 30)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -911,7 +916,7 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
     vectors of taps), in the default chunks and in one."""
     from gpunet.ops import conv
     monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
-    monkeypatch.setattr(conv, "DX_DIRECT_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "DIRECT_BACKWARD_MIN_CHANNELS", 1)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -936,20 +941,24 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
             np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=2e-6 * ref.abs().max().item())
 
 
-def test_conv_backward_dx_direct_only_for_stride_1_with_enough_channels(lib, monkeypatch):
-    """dx through the direct loop for stride 1, p <= d*(k-1) and 8 or more input
-    channels per group over 64 or more pixels; else the column gradient and col2im."""
+def test_conv_backward_direct_loops_for_8_channels_and_more(lib, monkeypatch):
+    """With 8 or more input channels per group the weight gradient is direct,
+    and dx too for stride 1, p <= d*(k-1) over 64 or more pixels; else the
+    column gradient and col2im (and with fewer channels the columns' dW)."""
     from gpunet.ops import conv
-    calls, real = [], conv._col2im_rows
-    monkeypatch.setattr(conv, "_col2im_rows", lambda *a: calls.append(1) or real(*a))
+    calls = []
+    for name in ("_col2im_rows", "_weight_grad_direct"):
+        monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
     rng = np.random.default_rng(12)
     cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
-             ((2, 7, 8, 8), 1, 1, 1, False), ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False),
-             ((2, 8, 4, 4), 1, 1, 1, False), ((2, 14, 8, 8), 1, 1, 2, False)]  # (x shape, stride, padding, groups, direct)
-    for shape, stride, padding, groups, direct in cases:
+             ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, False),
+             ((2, 7, 8, 8), 1, 1, 1, None), ((2, 14, 8, 8), 1, 1, 2, None)]  # (x shape, stride, padding, groups, dx)
+    for shape, stride, padding, groups, dx_direct in cases:
         calls.clear()
         x = rng.standard_normal(shape).astype(np.float32)
         w = rng.standard_normal((8, shape[1] // groups, 3, 3)).astype(np.float32)
         y, ctx = conv.conv2d_forward(get_backend("cpu"), x, w, None, (stride,) * 2, (padding,) * 2, (1, 1), groups)
         conv.conv2d_backward(get_backend("cpu"), ctx, np.ones_like(y))
-        assert not calls if direct else calls, (shape, stride, padding, groups)
+        expected = {True: ["_weight_grad_direct"], False: ["_col2im_rows", "_weight_grad_direct"],
+                    None: ["_col2im_rows"]}[dx_direct]
+        assert calls == expected, (shape, stride, padding, groups)

@@ -22,7 +22,7 @@ stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
 _backward_rows), or for stride 1 a direct dx and weight gradient (see
-_dx_direct, _backward_direct), and its forward, except over the smallest
+_weight_grad_direct, _dx_direct), and its forward, except over the smallest
 planes, a direct convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
@@ -283,8 +283,9 @@ def _backward_array(be, ctx, dy, fused: bool):
 # and with 1 thread 16 MiB was as fast as 4 MiB and faster than 64 MiB.
 # The chunk size does not depend on the thread count, and the C loops give
 # every element to one thread, so results do not either.
-# Where dx is a direct convolution of dy (stride 1, _dx_direct below), none
-# of this runs: see _backward_direct.
+# With DIRECT_BACKWARD_MIN_CHANNELS or more input channels per group, dW
+# comes from a direct loop instead (_weight_grad_direct), and a stride-1 dx
+# too (_dx_direct): only other strides still build the column gradient.
 ROWS_CHUNK_BYTES = 16 << 20
 
 
@@ -330,50 +331,65 @@ def _col2im_rows(lib, dcols, dx, geo):
 def _backward_rows(be, lib, ctx, dy):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
-    gt = _dx_direct(x_shape, w, g)
+    direct = w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW, and a stride-1 dx, without columns
+    gt = _dx_direct(x_shape, w, g) if direct else None
     if gt is not None:
-        return _backward_direct(be, lib, x, w, has_bias, g, gt, dy)
+        dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
+    else:
+        dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct)
+    if direct:
+        return (dx, *_weight_grad_direct(be, lib, x, w, has_bias, g, dy))
+    kg = w[0].size
+    return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(-1) if has_bias else None
+
+
+def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
+    """dx through the column gradient and col2im, in chunks; with `weights`
+    also [dW | db] (groups, O/groups, Kg [+1]) from the row-layout columns."""
+    x_shape = x.shape
     o, ll = w.shape[0], g.oh * g.ow
     og = o // g.groups
     kg = w.shape[1] * g.kh * g.kw
-    ld = kg + has_bias
+    ld = kg + has_bias if weights else kg
     wg = w.reshape(g.groups, og, kg)
-    dwx = np.zeros((g.groups, og, ld), np.float32)
+    dwx = np.zeros((g.groups, og, ld), np.float32) if weights else None
     dx = np.empty(x_shape, np.float32)
     chunks, cols = _rows_chunks(be, x_shape, g, ld)
     dyt = _workspace(be, "rows_out", g.groups * chunks[0][1] * ll * og, np.float32)
     for n0, m in chunks:
-        cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
-        _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
         dv = dyt[:g.groups * m * ll * og].reshape(g.groups, m * ll, og)
         dv.reshape(g.groups, m, ll, og)[...] = dy[n0:n0 + m].reshape(m, g.groups, og, ll).transpose(1, 0, 3, 2)
-        dwx += np.matmul(dv.transpose(0, 2, 1), cv)
+        if weights:
+            cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
+            _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
+            dwx += np.matmul(dv.transpose(0, 2, 1), cv)
         # the column gradient overwrites the columns, which are no longer needed
         dcols = cols[:g.groups * m * ll * kg].reshape(g.groups, m * ll, kg)
         np.matmul(dv, wg, out=dcols)
         _col2im_rows(lib, dcols, dx[n0:n0 + m], _rows_geometry(x_shape, g, m, kg))
-    return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
+    return dx, dwx
 
 
-# The backward of a convolution whose dx is a direct convolution of dy: no
-# column matrix, no GEMM. dW and db come from gpunet_conv_dw_f32, which
+# The direct weight gradient: no column matrix, no GEMM. gpunet_conv_dw_f32
 # builds each block of ~256 output pixels' rows of taps in an L2-sized buffer
 # from a channels-last copy of x (taps in (i, j, c) order: one contiguous run
 # of C/groups channels per kernel offset, no transpose) and sums dy x taps in
-# registers; dW is reordered to (c, i, j) at the end (O*Kg floats). Against
-# the row-layout columns, their transposes and the OpenBLAS GEMM (which ran
-# the skinny (O = 16-64) x Kg products at 80-150 GFLOP/s), with dx direct as
-# well: 0.38-0.63x the backward's time (1 thread, 3x3, batch 32-256,
-# 8-64 channels). The batch goes in DW_CHUNKS chunks of whole images, each
-# summed in order into its own float32 partial, the partials added in order
-# in float64: results depend on N, not on the thread count; 8 chunks keep
-# 2-8 threads busy.
+# registers; dW is reordered to (c, i, j) at the end (O*Kg floats). Measured
+# against the row-layout columns, dy's transpose and the OpenBLAS GEMM (which
+# ran these skinny O = 16-64 by Kg products at 80-150 GFLOP/s), 1 thread,
+# 3x3, batch 32-256: the whole backward 0.38-0.63x the time with 8-64
+# channels at stride 1 (with the direct dx), 0.8x at stride 2 (16 and 32
+# channels), but 1.03-1.15x with 1 or 3 channels (runs of 1-3 floats per
+# kernel offset): below DIRECT_BACKWARD_MIN_CHANNELS the columns stay. The
+# batch goes in DW_CHUNKS chunks of whole images, each summed in order into
+# its own float32 partial, the partials added in order in float64: results
+# depend on N, not on the thread count; 8 chunks keep 2-8 threads busy.
+DIRECT_BACKWARD_MIN_CHANNELS = 8
 DW_CHUNKS = 8
 
 
-def _backward_direct(be, lib, x, w, has_bias, g: Geometry, gt: Geometry, dy):
-    """dx, dW, db of a convolution whose dx is a direct convolution of dy
-    (_dx_direct): dW and db through gpunet_conv_dw_f32 from channels-last x."""
+def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
+    """dW and db (or None) through gpunet_conv_dw_f32 from channels-last x."""
     n, c, h, wd = x.shape
     o, kg = w.shape[0], w[0].size
     ld = kg + has_bias
@@ -392,7 +408,7 @@ def _backward_direct(be, lib, x, w, has_bias, g: Geometry, gt: Geometry, dy):
     dwx = part.sum(0, dtype=np.float64)
     dw = dwx[:, :kg].reshape(o, g.kh, g.kw, w.shape[1]).transpose(0, 3, 1, 2).astype(np.float32)
     db = dwx[:, kg].astype(np.float32) if has_bias else None
-    return _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt), dw, db
+    return dw, db
 
 
 # dx of a stride-1 convolution is itself a stride-1 convolution: input pixel
@@ -401,18 +417,16 @@ def _backward_direct(be, lib, x, w, has_bias, g: Geometry, gt: Geometry, dy):
 # kernel axes and with O and C/groups swapped per group, padding p', same
 # dilation and groups), whose output is H x W, through the direct forward:
 # no column gradient, no col2im. Taken where that forward's own conditions
-# hold (its Kg is O/groups*kh*kw), p <= d*(k-1) (p' >= 0) and dx has at least
-# DX_DIRECT_MIN_CHANNELS channels per group: fewer leave the loop's 8-channel
-# register blocks part empty (measured, 1 thread, batch 64, 3x3: 1.4x slower
-# than the column gradient and col2im with 3 channels; 0.6-0.9x the time
-# with 8 to 64 channels over 8x8 to 32x32 planes, with the columns below).
-DX_DIRECT_MIN_CHANNELS = 8
-
-
+# hold (its Kg is O/groups*kh*kw) and p <= d*(k-1) (p' >= 0), with
+# DIRECT_BACKWARD_MIN_CHANNELS or more channels per group in dx: fewer leave
+# the loop's 8-channel register blocks part empty (measured, 1 thread, batch
+# 64, 3x3, before the weight gradient went direct: 1.4x slower than the
+# column gradient and col2im with 3 channels; 0.6-0.9x the time with 8 to 64
+# channels over 8x8 to 32x32 planes).
 def _dx_direct(x_shape, w, g: Geometry):
     """The geometry of dx as a direct convolution of dy, or None where the backward keeps col2im."""
     pht, pwt = g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw
-    if g.sh != 1 or g.sw != 1 or pht < 0 or pwt < 0 or w.shape[1] < DX_DIRECT_MIN_CHANNELS:
+    if g.sh != 1 or g.sw != 1 or pht < 0 or pwt < 0:
         return None
     gt = Geometry(g.kh, g.kw, 1, 1, pht, pwt, g.dh, g.dw, g.groups, x_shape[2], x_shape[3])
     return gt if _direct(gt, w.shape[0] // g.groups * g.kh * g.kw) else None
