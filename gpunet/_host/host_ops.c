@@ -1097,9 +1097,12 @@ static inline DIRECT_FMA void direct_tap(const float *plane, float *restrict t, 
  * of every q is P[c*plen + i*dh*Wp + j*dw + q]: contiguous over q, across
  * lines. The loop computes the Wp - OW extra pixels of each line too (their
  * reads stay inside P) into Yw, and only the OW real ones are copied to y.
- * The products and their order are the tile's: the same bits. (Measured, 1
- * thread, batch 64, 3x3: the tile took 1/3 to 2/3 of the time for 16 to 64
- * channels.) Returns 1 when out of memory (nothing written). */
+ * The products and their order are the tile's: the same bits. Measured, 1
+ * thread, 3x3: 0.34-0.91x the tile's time with 16 to 64 input channels, but
+ * 1.1-1.5x with 1 or 3 (their tile is small; the extra columns and the copy
+ * to y are not): fewer than DIRECT_WIDE_MIN_CHANNELS per group keep the tile.
+ * Returns 1 when out of memory (nothing written). */
+enum { DIRECT_WIDE_MIN_CHANNELS = 8 };
 static DIRECT_FMA int direct_wide(const float *x, const float *w, const float *b, float *y, const i64 *geo,
                                   i64 lo, i64 hi, i64 lines)
 {
@@ -1155,7 +1158,8 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
     const i64 OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
     const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
     const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
-    if (geo[G_SH] == 1 && geo[G_SW] == 1) return direct_wide(x, w, b, y, geo, lo, hi, lines);
+    if (geo[G_SH] == 1 && geo[G_SW] == 1 && cg >= DIRECT_WIDE_MIN_CHANNELS)
+        return direct_wide(x, w, b, y, geo, lo, hi, lines);
     const i64 blocks = (OH + lines - 1) / lines;
     const i64 tp = (lines * OW + DIRECT_PIX - 1) / DIRECT_PIX * DIRECT_PIX;
     float *T = calloc((size_t)(kg * tp), sizeof(float)); /* the tail past a block's pixels: read, never stored */
