@@ -651,7 +651,8 @@ def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, dir
     from gpunet.ops import conv
     if direct and host_path != "compiled":
         pytest.skip("the direct loops are compiled")
-    monkeypatch.setattr(conv, "DIRECT_BACKWARD_MIN_CHANNELS", 1 if direct else 1 << 30)
+    for gate in ("DIRECT_BACKWARD_MIN_CHANNELS", "DX_DIRECT_MIN_CHANNELS"):
+        monkeypatch.setattr(conv, gate, 1 if direct else 1 << 30)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -916,7 +917,7 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
     vectors of taps), in the default chunks and in one."""
     from gpunet.ops import conv
     monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
-    monkeypatch.setattr(conv, "DIRECT_BACKWARD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "DX_DIRECT_MIN_CHANNELS", 1)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
     rng = np.random.default_rng(11)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -941,10 +942,10 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
             np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=2e-6 * ref.abs().max().item())
 
 
-def test_conv_backward_direct_loops_for_8_channels_and_more(lib, monkeypatch):
-    """With 8 or more input channels per group the weight gradient is direct,
-    and dx too for stride 1, p <= d*(k-1) over 64 or more pixels; else the
-    column gradient and col2im (and with fewer channels the columns' dW)."""
+def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
+    """dx direct for stride 1, p <= d*(k-1), 3 or more input channels per
+    group, over 64 or more pixels, and then dW direct too; else dx through the
+    column gradient and col2im, with dW direct from 8 channels per group on."""
     from gpunet.ops import conv
     calls = []
     for name in ("_col2im_rows", "_weight_grad_direct"):
@@ -952,7 +953,8 @@ def test_conv_backward_direct_loops_for_8_channels_and_more(lib, monkeypatch):
     rng = np.random.default_rng(12)
     cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
              ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, False),
-             ((2, 7, 8, 8), 1, 1, 1, None), ((2, 14, 8, 8), 1, 1, 2, None)]  # (x shape, stride, padding, groups, dx)
+             ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
+             ((2, 7, 8, 8), 2, 1, 1, None), ((2, 16, 8, 8), 1, 1, 8, None)]  # (x shape, stride, padding, groups, dx)
     for shape, stride, padding, groups, dx_direct in cases:
         calls.clear()
         x = rng.standard_normal(shape).astype(np.float32)

@@ -331,9 +331,10 @@ def _col2im_rows(lib, dcols, dx, geo):
 def _backward_rows(be, lib, ctx, dy):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
-    direct = w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW, and a stride-1 dx, without columns
-    gt = _dx_direct(x_shape, w, g) if direct else None
-    if gt is not None:
+    direct = w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
+    gt = _dx_direct(x_shape, w, g) if w.shape[1] >= DX_DIRECT_MIN_CHANNELS else None
+    if gt is not None:  # then no columns at all
+        direct = True
         dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
     else:
         dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct)
@@ -379,8 +380,11 @@ def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
 # ran these skinny O = 16-64 by Kg products at 80-150 GFLOP/s), 1 thread,
 # 3x3, batch 32-256: the whole backward 0.38-0.63x the time with 8-64
 # channels at stride 1 (with the direct dx), 0.8x at stride 2 (16 and 32
-# channels), but 1.03-1.15x with 1 or 3 channels (runs of 1-3 floats per
-# kernel offset): below DIRECT_BACKWARD_MIN_CHANNELS the columns stay. The
+# channels), but 1.03-1.15x with 1 or 3 channels and dx through col2im
+# (runs of 1-3 floats per kernel offset): below DIRECT_BACKWARD_MIN_CHANNELS
+# the columns stay, unless dx is direct (then they would be built for dW
+# alone: with 3 channels, the direct dx and dW took 0.75x the columns' time,
+# 1 thread, batch 16 and 64, 32x32). The
 # batch goes in DW_CHUNKS chunks of whole images, each summed in order into
 # its own float32 partial, the partials added in order in float64: results
 # depend on N, not on the thread count; 8 chunks keep 2-8 threads busy.
@@ -418,11 +422,13 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
 # dilation and groups), whose output is H x W, through the direct forward:
 # no column gradient, no col2im. Taken where that forward's own conditions
 # hold (its Kg is O/groups*kh*kw) and p <= d*(k-1) (p' >= 0), with
-# DIRECT_BACKWARD_MIN_CHANNELS or more channels per group in dx: fewer leave
-# the loop's 8-channel register blocks part empty (measured, 1 thread, batch
-# 64, 3x3, before the weight gradient went direct: 1.4x slower than the
-# column gradient and col2im with 3 channels; 0.6-0.9x the time with 8 to 64
-# channels over 8x8 to 32x32 planes).
+# DX_DIRECT_MIN_CHANNELS or more channels per group in dx: one channel
+# leaves the loop's register blocks of up to 8 channels 1/8 full (measured,
+# 1 thread, 3x3, direct dx and dW against the columns: 1.1-1.7x the time with
+# 1 channel over 8x8, batch 32 and 256; 0.75x with 3 channels over 32x32).
+DX_DIRECT_MIN_CHANNELS = 3
+
+
 def _dx_direct(x_shape, w, g: Geometry):
     """The geometry of dx as a direct convolution of dy, or None where the backward keeps col2im."""
     pht, pwt = g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw
