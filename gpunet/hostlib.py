@@ -75,8 +75,8 @@ _SIGNATURES = {
     "gpunet_any_nonfinite_f32": [_F32P, _I64],
     "gpunet_any_nonfinite_f64": [_F64P, _I64],
     # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
-    # chunk, chunk range; returns 1 when out of memory (_RESTYPES)
-    "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 4,
+    # chunk, whether x is zero-padded, chunk range; returns 1 when out of memory (_RESTYPES)
+    "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 5,
 }
 
 

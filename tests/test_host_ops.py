@@ -907,6 +907,10 @@ DX_DIRECT_GEOMETRIES = [  # stride 1; (x shape, out channels, kernel, stride, pa
     ((1, 2, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # padding = the kernel's extent: p' = 0
     ((2, 20, 17, 19), 18, (3, 3), (1, 1), (1, 1), (1, 1), 2, False),  # 17 pixel rows per tile block, odd sizes
     ((9, 4, 6, 7), 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # 9 images: 5 chunks of 2 and 1; 37 of 48 taps
+    # 16 channels per group and more: dW from the zero-padded channels-last x in place
+    ((2, 16, 9, 7), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    ((3, 32, 6, 5), 6, (3, 2), (1, 1), (2, 1), (2, 1), 2, True),  # p' = (2, 0)
+    ((2, 48, 5, 5), 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, False),
 ]
 
 
@@ -964,3 +968,25 @@ def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
         expected = {True: ["_weight_grad_direct"], False: ["_col2im_rows", "_weight_grad_direct"],
                     None: ["_col2im_rows"]}[dx_direct]
         assert calls == expected, (shape, stride, padding, groups)
+
+
+def test_conv_backward_direct_is_bit_identical_across_host_thread_counts(lib):
+    """The direct dx and dW (both the rows' and the padded channels-last form) over 1-3 threads."""
+    from gpunet.ops import host_threads
+    rng = np.random.default_rng(13)
+    before = host_threads.get_num_threads()
+    try:
+        for c, groups in [(32, 1), (24, 3)]:
+            x = rng.standard_normal((20, c, 10, 12)).astype(np.float32)
+            w = rng.standard_normal((24, c // groups, 3, 3)).astype(np.float32)
+            b = rng.standard_normal(24).astype(np.float32)
+            dy = rng.standard_normal((20, 24, 10, 12)).astype(np.float32)
+            out = []
+            for threads in (1, 2, 3):
+                host_threads.set_num_threads(threads)
+                out.append(_conv_grads(x, w, b, dy, (1, 1), (1, 1), (1, 1), groups))
+            for other in out[1:]:
+                for a, r in zip(out[0], other):
+                    np.testing.assert_array_equal(a, r)
+    finally:
+        host_threads.set_num_threads(before)

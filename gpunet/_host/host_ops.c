@@ -1227,7 +1227,7 @@ int gpunet_any_nonfinite_f64(const double *x, i64 n)
  * the caller adds the chunks in order: results depend on `per` (a function
  * of N), not on how the chunks are split over threads. The caller reorders
  * (i, j, c) to (c, i, j). geo: the row layout's, ld in G_LD. Returns 1
- * when out of memory (nothing written). */
+ * when out of memory (nothing written). (`padded` below: no rows R.) */
 enum { DW_LINES_PIXELS = 256, DW_KV = 4, DW_OB = 4 };
 
 /* the taps of output pixel (n, oh, ow) of group g into d (Kg floats) */
@@ -1250,53 +1250,89 @@ static inline void hwc_row(const float *xh, float *restrict d, i64 n, i64 oh, i6
     }
 }
 
-/* out[c][16v ..] += sum over p < pix of dy[c*plane + p] * R[p*ldp + 16v ..],
- * c < ob, v < kv */
-static inline __attribute__((always_inline)) DIRECT_FMA void dw_block(const float *R, i64 ldp, const float *dy,
-                                                                      i64 plane, i64 pix, float *out, int ob, int kv)
+/* out[c][16v ..] += sum over lines l < nl and pixels ow < OW of
+ * dy[c*plane + l*OW + ow] * B[v][l*lstride + ow*pstride ..], c < ob, v < kv
+ * (B[v]: where tap vector v of the block's first pixel is) */
+static inline __attribute__((always_inline)) DIRECT_FMA void dw_block(const float *const *B, i64 pstride, i64 lstride,
+                                                                      i64 nl, i64 OW, const float *dy, i64 plane,
+                                                                      float *out, i64 ldp, int ob, int kv)
 {
     direct_vec acc[DW_OB][DW_KV];
     for (int c = 0; c < ob; c++)
         for (int v = 0; v < kv; v++) acc[c][v] = (direct_vec){0};
-    for (i64 p = 0; p < pix; p++) {
-        direct_vec xv[DW_KV];
-        for (int v = 0; v < kv; v++) xv[v] = *(const direct_vec_u *)(R + p * ldp + 16 * v);
-        for (int c = 0; c < ob; c++) {
-            const float d = dy[c * plane + p];
-            for (int v = 0; v < kv; v++) acc[c][v] += d * xv[v];
+    for (i64 l = 0; l < nl; l++)
+        for (i64 ow = 0; ow < OW; ow++) {
+            direct_vec xv[DW_KV];
+            for (int v = 0; v < kv; v++) xv[v] = *(const direct_vec_u *)(B[v] + l * lstride + ow * pstride);
+            for (int c = 0; c < ob; c++) {
+                const float d = dy[c * plane + l * OW + ow];
+                for (int v = 0; v < kv; v++) acc[c][v] += d * xv[v];
+            }
         }
-    }
     for (int c = 0; c < ob; c++)
         for (int v = 0; v < kv; v++) *(direct_vec_u *)(out + c * ldp + 16 * v) += acc[c][v];
 }
 
-#define DW_CASE(OB, KV) dw_block(R + 16 * k, ldp, d0 + o * plane, plane, pix, out + o * ldp + 16 * k, OB, KV)
-
-/* chunks [lo, hi) of `per` images each; O output channels */
-DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part, const i64 *geo, i64 O, i64 per, i64 lo,
-                                  i64 hi)
+/* x[0] + ... + x[n-1]: 16 lanes in order, then the lanes in order, then the rest */
+static inline DIRECT_FMA float sum_floats(const float *x, i64 n)
 {
-    const i64 N = geo[G_N], C = geo[G_C], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW], OH = geo[G_OH];
-    const i64 OW = geo[G_OW], ld = geo[G_LD], kg = C / G * kh * kw, ldp = (ld + 15) / 16 * 16, vecs = ldp / 16;
-    const i64 og = O / G, plane = OH * OW;
+    direct_vec acc = {0};
+    i64 p = 0;
+    for (; p + 16 <= n; p += 16) acc += *(const direct_vec_u *)(x + p);
+    float s = 0.0f;
+    for (int v = 0; v < 16; v++) s += acc[v];
+    for (; p < n; p++) s += x[p];
+    return s;
+}
+
+#define DW_CASE(OB, KV) \
+    dw_block(B + k, pstride, lstride, nl, OW, d0 + o * plane, plane, out + o * ldp + 16 * k, ldp, OB, KV)
+
+/* chunks [lo, hi) of `per` images each; O output channels. With `padded`
+ * (stride 1, C/G a multiple of 16), xh is x in NHWC zero-padded to
+ * (N, H + 2ph, W + 2pw, C): then every vector of 16 taps of a pixel is 16
+ * consecutive channels of one padded input pixel, read in place (no rows R;
+ * the bias's 1s are summed apart, sum_floats) */
+DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part, const i64 *geo, i64 O, i64 per,
+                                  i64 padded, i64 lo, i64 hi)
+{
+    const i64 N = geo[G_N], C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 dh = geo[G_DH], dw = geo[G_DW], OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G;
+    const i64 kg = cg * kh * kw, ldp = (ld + 15) / 16 * 16, vecs = ldp / 16, og = O / G, plane = OH * OW;
+    const i64 Hp = H + 2 * geo[G_PH], Wp = W + 2 * geo[G_PW];
     const i64 lines = OW >= DW_LINES_PIXELS ? 1 : (DW_LINES_PIXELS / OW < OH ? DW_LINES_PIXELS / OW : OH);
-    float *R = calloc((size_t)(lines * OW * ldp), sizeof(float)); /* columns [ld, ldp): never written, 0 */
-    if (!R) return 1;
+    /* columns [ld, ldp) of R: never written, 0 */
+    float *R = padded ? NULL : calloc((size_t)(lines * OW * ldp), sizeof(float));
+    const float **B = malloc((size_t)vecs * sizeof(float *));
+    if ((!padded && !R) || !B) {
+        free(R), free(B);
+        return 1;
+    }
+    const i64 pstride = padded ? C : ldp, lstride = padded ? Wp * C : OW * ldp;
+    const i64 tapvecs = padded ? kg / 16 : vecs; /* the vectors dw_block reads */
     for (i64 u = lo; u < hi; u++) {
         float *pu = part + u * O * ldp;
         memset(pu, 0, (size_t)(O * ldp) * sizeof(float));
         for (i64 n = u * per; n < N && n < (u + 1) * per; n++)
             for (i64 l0 = 0; l0 < OH; l0 += lines) {
-                const i64 pix = (OH - l0 < lines ? OH - l0 : lines) * OW;
+                const i64 nl = OH - l0 < lines ? OH - l0 : lines, pix = nl * OW;
                 for (i64 g = 0; g < G; g++) {
-                    for (i64 p = 0; p < pix; p++) {
-                        hwc_row(xh, R + p * ldp, n, l0 + p / OW, p % OW, g, geo);
-                        if (ld > kg) R[p * ldp + kg] = 1.0f;
+                    if (padded) {
+                        for (i64 v = 0; v < tapvecs; v++) {
+                            const i64 tap = v * 16 / cg, c0 = v * 16 % cg, i = tap / kw, j = tap % kw;
+                            B[v] = xh + ((n * Hp + l0 + i * dh) * Wp + j * dw) * C + g * cg + c0;
+                        }
+                    } else {
+                        for (i64 p = 0; p < pix; p++) {
+                            hwc_row(xh, R + p * ldp, n, l0 + p / OW, p % OW, g, geo);
+                            if (ld > kg) R[p * ldp + kg] = 1.0f;
+                        }
+                        for (i64 v = 0; v < vecs; v++) B[v] = R + 16 * v;
                     }
                     const float *d0 = dy + (n * O + g * og) * plane + l0 * OW;
                     float *out = pu + g * og * ldp;
-                    for (i64 k = 0; k < vecs; k += DW_KV) {
-                        const int kv = vecs - k < DW_KV ? (int)(vecs - k) : DW_KV;
+                    for (i64 k = 0; k < tapvecs; k += DW_KV) {
+                        const int kv = tapvecs - k < DW_KV ? (int)(tapvecs - k) : DW_KV;
                         for (i64 o = 0; o < og;) {
                             const int ob = og - o >= 4 ? 4 : og - o >= 2 ? 2 : 1;
                             switch (ob * 8 + kv) { /* constant block sizes: registers unrolled per case */
@@ -1316,9 +1352,10 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
                             o += ob;
                         }
                     }
+                    for (i64 o = 0; padded && ld > kg && o < og; o++) out[o * ldp + kg] += sum_floats(d0 + o * plane, pix);
                 }
             }
     }
-    free(R);
+    free(R), free(B);
     return 0;
 }
