@@ -898,7 +898,7 @@ def test_finite_scan_compiled_finds_every_nan_and_inf_wherever_it_sits(lib, dtyp
         host_threads.set_num_threads(before)
 
 
-# ---------------------------------------------------------------- convolution backward: stride-1 dx as a direct convolution
+# ---------------------------------------------------------------- convolution backward: direct dx and dW
 DX_DIRECT_GEOMETRIES = [  # stride 1; (x shape, out channels, kernel, stride, padding, dilation, groups, bias)
     ((2, 3, 7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     ((1, 6, 9, 11), 9, (3, 2), (1, 1), (2, 0), (2, 3), 3, False),  # dilated, asymmetric, p' = (2, 3)

@@ -3,8 +3,9 @@
  * Adam/AdamW update, softmax rows and attention's dS, batch norm statistics,
  * forward and backward, average and max pooling, ReLU's backward, the
  * embedding backward, the LSTM cell, the convolution's row-layout
- * im2col/col2im and its direct forward for few taps (the one place that
- * asks for fused multiply-adds: see there), and the inputs' NaN/inf scan.
+ * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
+ * gradient (the places that ask for fused multiply-adds: see there), and the
+ * inputs' NaN/inf scan.
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
@@ -1069,7 +1070,8 @@ static DIRECT_FMA void direct_channels(const float *T, const i64 *off, i64 kg, c
  * memcpy/memset calls (DIRECT_FMA). The tile costs as much as the products
  * of ~20 output channels: (32, 64, 16, 16) into 8 channels, 1 thread, took
  * 2.11 ms with tap_run per line, 1.77 ms with this. */
-static inline DIRECT_FMA void direct_tap(const float *plane, float *restrict t, i64 l0, i64 nl, i64 i, i64 j, const i64 *geo)
+static inline DIRECT_FMA void direct_tap(const float *plane, float *restrict t, i64 l0, i64 nl, i64 i, i64 j,
+                                         const i64 *geo)
 {
     const i64 H = geo[G_H], W = geo[G_W], sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW];
     const i64 dh = geo[G_DH], dw = geo[G_DW], OW = geo[G_OW];
@@ -1108,7 +1110,8 @@ static DIRECT_FMA int direct_wide(const float *x, const float *w, const float *b
 {
     const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
     const i64 ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW], OH = geo[G_OH], OW = geo[G_OW];
-    const i64 O = geo[G_LD], cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW, blocks = (OH + lines - 1) / lines;
+    const i64 O = geo[G_LD], cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
+    const i64 blocks = (OH + lines - 1) / lines;
     const i64 Wp = W + 2 * pw, rows = lines + (kh - 1) * dh, plen = rows * Wp + (kw - 1) * dw + DIRECT_PIX;
     float *P = calloc((size_t)(cg * plen), sizeof(float)); /* its tail past the rows: read, always 0 */
     float *Yw = malloc((size_t)(og * lines * Wp) * sizeof(float));
@@ -1352,7 +1355,8 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
                             o += ob;
                         }
                     }
-                    for (i64 o = 0; padded && ld > kg && o < og; o++) out[o * ldp + kg] += sum_floats(d0 + o * plane, pix);
+                    for (i64 o = 0; padded && ld > kg && o < og; o++)
+                        out[o * ldp + kg] += sum_floats(d0 + o * plane, pix);
                 }
             }
     }
