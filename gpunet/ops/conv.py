@@ -21,9 +21,9 @@ path), col2im is instead one gathering RawKernel (below). On the host a
 stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
-_backward_rows), or for stride 1 a direct dx and weight gradient (see
-_weight_grad_direct, _dx_direct), and its forward, except over the smallest
-planes, a direct convolution (see _forward_direct).
+_backward_rows) or, mostly, a direct dx for stride 1 and a direct weight
+gradient (see _dx_direct, _weight_grad_direct), and its forward, except over
+the smallest planes, a direct convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
@@ -283,9 +283,9 @@ def _backward_array(be, ctx, dy, fused: bool):
 # and with 1 thread 16 MiB was as fast as 4 MiB and faster than 64 MiB.
 # The chunk size does not depend on the thread count, and the C loops give
 # every element to one thread, so results do not either.
-# With DIRECT_BACKWARD_MIN_CHANNELS or more input channels per group, dW
-# comes from a direct loop instead (_weight_grad_direct), and a stride-1 dx
-# too (_dx_direct): only other strides still build the column gradient.
+# Most calls take direct loops instead: a stride-1 dx (_dx_direct) and dW
+# (_weight_grad_direct, from DIRECT_BACKWARD_MIN_CHANNELS input channels per
+# group or with a direct dx); the rest of this is what remains.
 ROWS_CHUNK_BYTES = 16 << 20
 
 
@@ -376,22 +376,23 @@ def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
 # from a channels-last copy of x (taps in (i, j, c) order: one contiguous run
 # of C/groups channels per kernel offset, no transpose) and sums dy x taps in
 # registers; dW is reordered to (c, i, j) at the end (O*Kg floats). With
-# stride 1 and C/groups a multiple of 16 there are no rows either: every 16
-# taps of a pixel are 16 channels of one pixel of x, zero-padded and
-# channels-last, read in place (16 and 32 channels, 1 thread, batch 64:
-# 4.55 -> 2.03 and 3.31 -> 1.68 ms against the rows). Measured
-# against the row-layout columns, dy's transpose and the OpenBLAS GEMM (which
-# ran these skinny O = 16-64 by Kg products at 80-150 GFLOP/s), 1 thread,
-# 3x3, batch 32-256: the whole backward 0.38-0.63x the time with 8-64
-# channels at stride 1 (with the direct dx), 0.8x at stride 2 (16 and 32
-# channels), but 1.03-1.15x with 1 or 3 channels and dx through col2im
-# (runs of 1-3 floats per kernel offset): below DIRECT_BACKWARD_MIN_CHANNELS
-# the columns stay, unless dx is direct (then they would be built for dW
-# alone: with 3 channels, the direct dx and dW took 0.75x the columns' time,
-# 1 thread, batch 16 and 64, 32x32). The
-# batch goes in DW_CHUNKS chunks of whole images, each summed in order into
-# its own float32 partial, the partials added in order in float64: results
-# depend on N, not on the thread count; 8 chunks keep 2-8 threads busy.
+# stride 1 and C/groups a multiple of 16 it builds no rows either: every 16
+# taps of a pixel are 16 channels of one pixel of the zero-padded
+# channels-last x, read in place.
+# Measured (1 thread, 3x3, batch 32-256) against the row-layout columns, dy's
+# transpose and the OpenBLAS GEMM (these skinny O = 16-64 by Kg products ran
+# at 80-150 GFLOP/s): the whole backward 0.38-0.63x the time with 8-64
+# channels at stride 1 (with the direct dx, before the in-place reads, which
+# took the 16- and 32-channel dW from 4.55 to 2.03 and 3.31 to 1.68 ms), 0.8x
+# at stride 2 with 16 and 32 channels, but 1.03-1.15x with 1 or 3 channels
+# where dx goes through col2im (runs of 1-3 floats per kernel offset): below
+# DIRECT_BACKWARD_MIN_CHANNELS the columns stay unless dx is direct, when
+# they would be built for dW alone (3 channels: the direct dx and dW took
+# 0.73-0.80x the columns' time over 32x32).
+# The batch goes in DW_CHUNKS chunks of whole images, each summed in order
+# into its own float32 partial, the partials added in order in float64:
+# results depend on N, not on the thread count; 8 chunks keep 2-8 threads
+# busy.
 DIRECT_BACKWARD_MIN_CHANNELS = 8
 DW_CHUNKS = 8
 
