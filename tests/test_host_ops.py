@@ -948,16 +948,17 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
 
 def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
     """dx direct for stride 1, p <= d*(k-1), 3 or more input channels per
-    group, over 64 or more pixels, and then dW direct too; else dx through the
-    column gradient and col2im, with dW direct from 8 channels per group on."""
+    group, over 64 or more pixels (16 where dy has 8 channels per group or
+    more), and then dW direct too; else dx through the column gradient and
+    col2im, with dW direct from 8 channels per group on."""
     from gpunet.ops import conv
     calls = []
     for name in ("_col2im_rows", "_weight_grad_direct"):
         monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
     rng = np.random.default_rng(12)
     cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
-             ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, False),
-             ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
+             ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, True),
+             ((2, 16, 4, 4), 1, 1, 2, False), ((2, 8, 2, 2), 1, 1, 1, False), ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
              ((2, 7, 8, 8), 2, 1, 1, None), ((2, 16, 8, 8), 1, 1, 8, None)]  # (x shape, stride, padding, groups, dx)
     for shape, stride, padding, groups, dx_direct in cases:
         calls.clear()
@@ -990,3 +991,16 @@ def test_conv_backward_direct_is_bit_identical_across_host_thread_counts(lib):
                     np.testing.assert_array_equal(a, r)
     finally:
         host_threads.set_num_threads(before)
+
+
+def test_conv_forward_direct_over_16_pixels_with_8_channels_at_stride_1(lib, monkeypatch):
+    """The padded-row form of the direct loop (stride 1, 8+ channels per group)
+    takes outputs of 16 pixels and more; the tile's keeps its 64."""
+    from gpunet.ops import conv
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
+    rng = np.random.default_rng(14)
+    for side, c, stride in [(4, 8, 1), (4, 7, 1), (3, 8, 1), (8, 8, 2), (16, 8, 2)]:  # 16, 16, 9, 16, 64 pixels
+        x = rng.standard_normal((2, c, side, side)).astype(np.float32)
+        _conv_forward(x, rng.standard_normal((4, c, 3, 3)).astype(np.float32), None, (stride,) * 2, (1, 1), (1, 1), 1)
+    assert calls == [(4, 8, 3, 3), (4, 8, 3, 3)]

@@ -214,7 +214,7 @@ def _col2im_wide(xp, dcols, x_shape, g: Geometry):
 
 def _forward_array(be, x, w, b, g: Geometry):
     lib = _rows_lib(be, x, w)
-    if lib is not None and _direct(g, w[0].size):
+    if lib is not None and _direct(g, w.shape[1], g.kh * g.kw):
         return _forward_direct(be, lib, x, w, b, g), x
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
@@ -446,7 +446,7 @@ def _dx_direct(x_shape, w, g: Geometry):
     if g.sh != 1 or g.sw != 1 or pht < 0 or pwt < 0:
         return None
     gt = Geometry(g.kh, g.kw, 1, 1, pht, pwt, g.dh, g.dw, g.groups, x_shape[2], x_shape[3])
-    return gt if _direct(gt, w.shape[0] // g.groups * g.kh * g.kw) else None
+    return gt if _direct(gt, w.shape[0] // g.groups, g.kh * g.kw) else None
 
 
 def _flipped_transposed(w, g: Geometry):
@@ -466,14 +466,22 @@ def _flipped_transposed(w, g: Geometry):
 # 0.7-0.9x over 4x4 outputs, whose 16-pixel blocks fill half of the loop's
 # 32-wide registers: those keep the GEMM. Beyond Kg = 576 (64 channels 3x3,
 # the largest measured) the tile outgrows the L2 cache: the GEMM keeps those
-# too.
+# too. Stride 1 with DIRECT_WIDE_MIN_CHANNELS or more channels per group
+# reads padded input rows instead of a tile (host_ops.c's direct_wide): that
+# pays over 4x4 outputs too (32-64 channels, batch 32-256: 0.66-0.79x the
+# GEMM's time), not over 2x2 (1.6x).
 DIRECT_MIN_PIXELS = 64
+DIRECT_WIDE_MIN_PIXELS = 16
+DIRECT_WIDE_MIN_CHANNELS = 8  # host_ops.c's
 DIRECT_MAX_TAPS = 576
 
 
-def _direct(g: Geometry, taps: int) -> bool:
-    """Whether the direct loop takes a convolution with `taps` (Kg) products per output."""
-    return g.oh * g.ow >= DIRECT_MIN_PIXELS and taps <= DIRECT_MAX_TAPS
+def _direct(g: Geometry, channels: int, kernel: int) -> bool:
+    """Whether the direct loop takes a convolution with `channels` input
+    channels per group and a kernel of `kernel` taps."""
+    wide = g.sh == g.sw == 1 and channels >= DIRECT_WIDE_MIN_CHANNELS
+    pixels = DIRECT_WIDE_MIN_PIXELS if wide else DIRECT_MIN_PIXELS
+    return g.oh * g.ow >= pixels and channels * kernel <= DIRECT_MAX_TAPS
 
 
 def _forward_direct(be, lib, x, w, b, g: Geometry):
