@@ -1,7 +1,7 @@
 """The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
 ReLU's backward, the embedding backward, the LSTM cell, the convolution's
-im2col, col2im and direct forward, the inputs' NaN/inf scan: the list heads
+im2col, col2im, direct forward and weight gradient, the inputs' NaN/inf scan: the list heads
 the C file), compiled on first use with the system C compiler (CC, else cc)
 into the per-user cache the sim backend uses (gpunet.simbuild.cache_dir())
 and loaded with ctypes.
@@ -42,7 +42,7 @@ _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
 _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
-                                             "gpunet_any_nonfinite_f64")}
+                                             "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -74,6 +74,9 @@ _SIGNATURES = {
     # gpunet/checks.py's NaN/inf scan: 1 when one is found
     "gpunet_any_nonfinite_f32": [_F32P, _I64],
     "gpunet_any_nonfinite_f64": [_F64P, _I64],
+    # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
+    # chunk, whether x is zero-padded, chunk range; returns 1 when out of memory (_RESTYPES)
+    "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 5,
 }
 
 

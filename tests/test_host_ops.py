@@ -643,10 +643,16 @@ def _conv_grads(x, w, b, dy, stride, padding, dilation, groups):
     return conv.conv2d_backward(be, ctx, dy)
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["columns", "direct"])
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=str)
-def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, monkeypatch):
-    """dx, dw, db of both host paths; the compiled one also in chunks of one image."""
+def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, direct, monkeypatch):
+    """dx, dw, db of both host paths; the compiled one also in chunks of one
+    image, with the columns or (direct) the direct weight gradient and dx."""
     from gpunet.ops import conv
+    if direct and host_path != "compiled":
+        pytest.skip("the direct loops are compiled")
+    for gate in ("DIRECT_BACKWARD_MIN_CHANNELS", "DX_DIRECT_MIN_CHANNELS"):
+        monkeypatch.setattr(conv, gate, 1 if direct else 1 << 30)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -908,3 +914,111 @@ def test_finite_scan_compiled_finds_every_nan_and_inf_wherever_it_sits(lib, dtyp
         assert not calls
     finally:
         host_threads.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- convolution backward: direct dx and dW
+DX_DIRECT_GEOMETRIES = [  # stride 1; (x shape, out channels, kernel, stride, padding, dilation, groups, bias)
+    ((2, 3, 7, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    ((1, 6, 9, 11), 9, (3, 2), (1, 1), (2, 0), (2, 3), 3, False),  # dilated, asymmetric, p' = (2, 3)
+    ((3, 4, 6, 5), 8, (1, 1), (1, 1), (0, 0), (1, 1), 2, True),  # 1x1
+    ((2, 5, 8, 13), 11, (5, 3), (1, 1), (0, 1), (1, 1), 1, True),  # unpadded: p' = k - 1; 8 + 2 + 1 channels
+    ((1, 2, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # padding = the kernel's extent: p' = 0
+    ((2, 20, 17, 19), 18, (3, 3), (1, 1), (1, 1), (1, 1), 2, False),  # 17 pixel rows per tile block, odd sizes
+    ((9, 4, 6, 7), 6, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # 9 images: 5 chunks of 2 and 1; 37 of 48 taps
+    # 16 channels per group and more: dW from the zero-padded channels-last x in place
+    ((2, 16, 9, 7), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+    ((3, 32, 6, 5), 6, (3, 2), (1, 1), (2, 1), (2, 1), 2, True),  # p' = (2, 0)
+    ((2, 48, 5, 5), 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, False),
+]
+
+
+@pytest.mark.parametrize("geometry", DX_DIRECT_GEOMETRIES, ids=str)
+def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatch):
+    """Every stride-1 geometry with dx through the direct forward of dy and the
+    direct weight gradient (register blocks of 4, 2 and 1 channels, 4 to 1
+    vectors of taps), in the default chunks and in one."""
+    from gpunet.ops import conv
+    monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
+    monkeypatch.setattr(conv, "DX_DIRECT_MIN_CHANNELS", 1)
+    shape, o, k, stride, padding, dilation, groups, bias = geometry
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
+    dy = rng.standard_normal(ty.shape).astype(np.float32)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    refs = [tx.grad, tw.grad] + ([tb.grad] if bias else [])
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
+    for chunks in (conv.DW_CHUNKS, 1):
+        monkeypatch.setattr(conv, "DW_CHUNKS", chunks)
+        calls.clear()
+        dx, dw, db = _conv_grads(x, w, b, dy, stride, padding, dilation, groups)
+        assert calls == [w.shape, (shape[1], o // groups, *k)]  # the forward's, then dx's flipped weights
+        for got, ref in zip([dx, dw, db], refs):
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            # (sums of up to 650 float32 products: an absolute error relative to the largest)
+            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=2e-6 * ref.abs().max().item())
+
+
+def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
+    """dx direct for stride 1, p <= d*(k-1), 3 or more input channels per
+    group, over 64 or more pixels (16 where dy has 8 channels per group or
+    more), and then dW direct too; else dx through the column gradient and
+    col2im, with dW direct from 8 channels per group on."""
+    from gpunet.ops import conv
+    calls = []
+    for name in ("_col2im_rows", "_weight_grad_direct"):
+        monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
+    rng = np.random.default_rng(12)
+    cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
+             ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, True),
+             ((2, 16, 4, 4), 1, 1, 2, False), ((2, 8, 2, 2), 1, 1, 1, False), ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
+             ((2, 7, 8, 8), 2, 1, 1, None), ((2, 16, 8, 8), 1, 1, 8, None)]  # (x shape, stride, padding, groups, dx)
+    for shape, stride, padding, groups, dx_direct in cases:
+        calls.clear()
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = rng.standard_normal((8, shape[1] // groups, 3, 3)).astype(np.float32)
+        y, ctx = conv.conv2d_forward(get_backend("cpu"), x, w, None, (stride,) * 2, (padding,) * 2, (1, 1), groups)
+        conv.conv2d_backward(get_backend("cpu"), ctx, np.ones_like(y))
+        expected = {True: ["_weight_grad_direct"], False: ["_col2im_rows", "_weight_grad_direct"],
+                    None: ["_col2im_rows"]}[dx_direct]
+        assert calls == expected, (shape, stride, padding, groups)
+
+
+def test_conv_backward_direct_is_bit_identical_across_host_thread_counts(lib):
+    """The direct dx and dW (both the rows' and the padded channels-last form) over 1-3 threads."""
+    from gpunet.ops import host_threads
+    rng = np.random.default_rng(13)
+    before = host_threads.get_num_threads()
+    try:
+        for c, groups in [(32, 1), (24, 3)]:
+            x = rng.standard_normal((20, c, 10, 12)).astype(np.float32)
+            w = rng.standard_normal((24, c // groups, 3, 3)).astype(np.float32)
+            b = rng.standard_normal(24).astype(np.float32)
+            dy = rng.standard_normal((20, 24, 10, 12)).astype(np.float32)
+            out = []
+            for threads in (1, 2, 3):
+                host_threads.set_num_threads(threads)
+                out.append(_conv_grads(x, w, b, dy, (1, 1), (1, 1), (1, 1), groups))
+            for other in out[1:]:
+                for a, r in zip(out[0], other):
+                    np.testing.assert_array_equal(a, r)
+    finally:
+        host_threads.set_num_threads(before)
+
+
+def test_conv_forward_direct_over_16_pixels_with_8_channels_at_stride_1(lib, monkeypatch):
+    """The padded-row form of the direct loop (stride 1, 8+ channels per group)
+    takes outputs of 16 pixels and more; the tile's keeps its 64."""
+    from gpunet.ops import conv
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
+    rng = np.random.default_rng(14)
+    for side, c, stride in [(4, 8, 1), (4, 7, 1), (3, 8, 1), (8, 8, 2), (16, 8, 2)]:  # 16, 16, 9, 16, 64 pixels
+        x = rng.standard_normal((2, c, side, side)).astype(np.float32)
+        _conv_forward(x, rng.standard_normal((4, c, 3, 3)).astype(np.float32), None, (stride,) * 2, (1, 1), (1, 1), 1)
+    assert calls == [(4, 8, 3, 3), (4, 8, 3, 3)]

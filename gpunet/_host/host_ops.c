@@ -3,8 +3,9 @@
  * Adam/AdamW update, softmax rows and attention's dS, batch norm statistics,
  * forward and backward, average and max pooling, ReLU's backward, the
  * embedding backward, the LSTM cell, the convolution's row-layout
- * im2col/col2im and its direct forward for few taps (the one place that
- * asks for fused multiply-adds: see there), and the inputs' NaN/inf scan.
+ * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
+ * gradient (the places that ask for fused multiply-adds: see there), and the
+ * inputs' NaN/inf scan.
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
@@ -984,19 +985,22 @@ void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict d
 
 /* ------------------------------------------------------------ direct convolution forward (few taps) */
 /* gpunet/ops/conv.py's float32 host forward for few taps per output (Kg =
- * C/G*kh*kw small: 1- and 3-channel first layers, depthwise). A tile T holds
+ * C/G*kh*kw up to 576), and for a stride-1 dx. A tile T holds
  * the Kg taps of up to DIRECT_TILE output pixels of one image in column
  * layout (tap_run above: padding, stride and dilation as im2col's); every
  * output channel then sums its Kg products over T's rows, 16 pixels x up to
  * 8 channels per register block, and NCHW y is written directly with the
- * bias. Each output is ((w0*x0 + w1*x1) + ...) + b in (c, i, j) order in
+ * bias. Stride 1 reads the taps from zero-padded input rows instead of a
+ * tile (direct_wide). Each output is ((w0*x0 + w1*x1) + ...) + b in (c, i, j) order in
  * float32, every product-and-add one fused multiply-add where GCC targets a
  * CPU with them (DIRECT_FMA: as the BLAS GEMM of the columns path does; 1.45x
  * faster here than separate roundings), computed alike for every output
  * whichever thread owns its pixel block: results do not depend on the split.
  * geo: the row layout's, with O (output channels) in place of ld. */
+/* (and GCC's loop distribution off: it made the tile's short copy and zero
+ * loops memcpy/memset calls, slower than the loops vectorised in place) */
 #if defined(__GNUC__) && !defined(__clang__)
-#define DIRECT_FMA __attribute__((optimize("fp-contract=fast")))
+#define DIRECT_FMA __attribute__((optimize("fp-contract=fast", "no-tree-loop-distribute-patterns")))
 #else
 #define DIRECT_FMA
 #endif
@@ -1005,20 +1009,20 @@ typedef float direct_vec __attribute__((vector_size(64))); /* 16 lanes */
 typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias));
 enum { DIRECT_VECS = 2, DIRECT_PIX = 16 * DIRECT_VECS, DIRECT_TILE = 256 };
 
-/* channels [o, o+ob) (weights w, kg per channel) over pixels [p, p+count) of T
- * (count <= DIRECT_PIX, tp floats per tap) into y (plane floats per channel);
- * the accumulators stay in registers (no memcpy through them: GCC then kept
- * them on the stack, at half the speed) */
-static inline __attribute__((always_inline)) DIRECT_FMA void direct_block(const float *T, i64 tp, i64 kg, const float *w,
-                                                               const float *b, float *y, i64 plane, i64 count,
-                                                               int ob)
+/* channels [o, o+ob) (weights w, kg per channel) over pixels [p, p+count) of
+ * T (count <= DIRECT_PIX; tap k's pixels at T + off[k]) into y (plane floats
+ * per channel); the accumulators stay in registers (no memcpy through them:
+ * GCC then kept them on the stack, at half the speed) */
+static inline __attribute__((always_inline)) DIRECT_FMA void direct_block(const float *T, const i64 *off, i64 kg,
+                                                                          const float *w, const float *b, float *y,
+                                                                          i64 plane, i64 count, int ob)
 {
     direct_vec acc[8][DIRECT_VECS];
     for (int c = 0; c < ob; c++)
         for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] = (direct_vec){0};
     for (i64 k = 0; k < kg; k++) {
         direct_vec xv[DIRECT_VECS];
-        for (int v = 0; v < DIRECT_VECS; v++) xv[v] = *(const direct_vec_u *)(T + k * tp + 16 * v);
+        for (int v = 0; v < DIRECT_VECS; v++) xv[v] = *(const direct_vec_u *)(T + off[k] + 16 * v);
         for (int c = 0; c < ob; c++) {
             const float wk = w[c * kg + k];
             for (int v = 0; v < DIRECT_VECS; v++) acc[c][v] += wk * xv[v];
@@ -1037,49 +1041,150 @@ static inline __attribute__((always_inline)) DIRECT_FMA void direct_block(const 
     }
 }
 
-/* pixel blocks [lo, hi) of the N*ceil(OH/lines) blocks of `lines` output rows
- * each; returns 1 when the tile could not be allocated (nothing written) */
-DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
-                           i64 hi)
+/* the nch channels of weights w (kg per channel) and bias b (or NULL) over
+ * pixels [0, pix) of T into y (plane floats per channel), in blocks of up to
+ * 8 channels x DIRECT_PIX pixels */
+static DIRECT_FMA void direct_channels(const float *T, const i64 *off, i64 kg, const float *w, const float *b,
+                                       float *y, i64 plane, i64 pix, i64 nch)
+{
+    for (i64 o = 0; o < nch;) {
+        const i64 left = nch - o;
+        const int ob = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const float *wo = w + o * kg, *bo = b ? b + o : NULL;
+        for (i64 p = 0; p < pix; p += DIRECT_PIX) {
+            const i64 count = pix - p < DIRECT_PIX ? pix - p : DIRECT_PIX;
+            switch (ob) { /* constant block sizes: each gets its own unrolled registers */
+            case 8: direct_block(T + p, off, kg, wo, bo, y + o * plane + p, plane, count, 8); break;
+            case 4: direct_block(T + p, off, kg, wo, bo, y + o * plane + p, plane, count, 4); break;
+            case 2: direct_block(T + p, off, kg, wo, bo, y + o * plane + p, plane, count, 2); break;
+            default: direct_block(T + p, off, kg, wo, bo, y + o * plane + p, plane, count, 1);
+            }
+        }
+        o += ob;
+    }
+}
+
+/* tap (c, i, j)'s row of the tile, t: output lines l0 .. l0+nl-1 of OW
+ * pixels each, as tap_run writes them, with the columns' range (a division)
+ * found once for all the lines and the runs copied by vectorised loops, not
+ * memcpy/memset calls (DIRECT_FMA). The tile costs as much as the products
+ * of ~20 output channels: (32, 64, 16, 16) into 8 channels, 1 thread, took
+ * 2.11 ms with tap_run per line, 1.77 ms with this. */
+static inline DIRECT_FMA void direct_tap(const float *plane, float *restrict t, i64 l0, i64 nl, i64 i, i64 j,
+                                         const i64 *geo)
+{
+    const i64 H = geo[G_H], W = geo[G_W], sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW];
+    const i64 dh = geo[G_DH], dw = geo[G_DW], OW = geo[G_OW];
+    i64 ow0, ow1;
+    inside(W, sw, pw, j * dw, OW, &ow0, &ow1);
+    for (i64 l = 0; l < nl; l++, t += OW) {
+        const i64 ih = (l0 + l) * sh - ph + i * dh;
+        if (ih < 0 || ih >= H) {
+            for (i64 ow = 0; ow < OW; ow++) t[ow] = 0.0f;
+            continue;
+        }
+        const float *restrict src = plane + ih * W + j * dw - pw;
+        for (i64 ow = 0; ow < ow0; ow++) t[ow] = 0.0f;
+        if (sw == 1)
+            for (i64 ow = ow0; ow < ow1; ow++) t[ow] = src[ow];
+        else
+            for (i64 ow = ow0; ow < ow1; ow++) t[ow] = src[ow * sw];
+        for (i64 ow = ow1; ow < OW; ow++) t[ow] = 0.0f;
+    }
+}
+
+/* Stride 1 needs no tile: with the block's input rows zero-padded to Wp =
+ * W + 2pw columns in P (one copy per channel and row), output (oh, ow) of the
+ * block's lines is "wide" pixel q = (oh - l0)*Wp + ow, and tap (c, i, j)
+ * of every q is P[c*plen + i*dh*Wp + j*dw + q]: contiguous over q, across
+ * lines. The loop computes the Wp - OW extra pixels of each line too (their
+ * reads stay inside P) into Yw, and only the OW real ones are copied to y.
+ * The products and their order are the tile's: the same bits. Measured, 1
+ * thread, 3x3: 0.34-0.91x the tile's time with 16 to 64 input channels, but
+ * 1.1-1.5x with 1 or 3 (their tile is small; the extra columns and the copy
+ * to y are not): fewer than DIRECT_WIDE_MIN_CHANNELS per group keep the tile.
+ * Returns 1 when out of memory (nothing written). */
+enum { DIRECT_WIDE_MIN_CHANNELS = 8 };
+static DIRECT_FMA int direct_wide(const float *x, const float *w, const float *b, float *y, const i64 *geo,
+                                  i64 lo, i64 hi, i64 lines)
 {
     const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
-    const i64 sh = geo[G_SH], ph = geo[G_PH], dh = geo[G_DH], OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
+    const i64 ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW], OH = geo[G_OH], OW = geo[G_OW];
+    const i64 O = geo[G_LD], cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
+    const i64 blocks = (OH + lines - 1) / lines;
+    const i64 Wp = W + 2 * pw, rows = lines + (kh - 1) * dh, plen = rows * Wp + (kw - 1) * dw + DIRECT_PIX;
+    float *P = calloc((size_t)(cg * plen), sizeof(float)); /* its tail past the rows: read, always 0 */
+    float *Yw = malloc((size_t)(og * lines * Wp) * sizeof(float));
+    i64 *off = malloc((size_t)kg * sizeof(i64));
+    if (!P || !Yw || !off) {
+        free(P), free(Yw), free(off);
+        return 1;
+    }
+    for (i64 c = 0; c < cg; c++)
+        for (i64 i = 0; i < kh; i++)
+            for (i64 j = 0; j < kw; j++) off[(c * kh + i) * kw + j] = c * plen + i * dh * Wp + j * dw;
+    for (i64 u = lo; u < hi; u++) {
+        const i64 n = u / blocks, l0 = u % blocks * lines, nl = OH - l0 < lines ? OH - l0 : lines;
+        for (i64 g = 0; g < G; g++) {
+            for (i64 c = 0; c < cg; c++)
+                for (i64 r = 0; r < nl + (kh - 1) * dh; r++) {
+                    float *restrict row = P + c * plen + r * Wp;
+                    const i64 ih = l0 + r - ph;
+                    if (ih < 0 || ih >= H) {
+                        for (i64 q = 0; q < Wp; q++) row[q] = 0.0f;
+                        continue;
+                    }
+                    const float *restrict src = x + ((n * C + g * cg + c) * H + ih) * W;
+                    for (i64 q = 0; q < pw; q++) row[q] = 0.0f;
+                    for (i64 q = 0; q < W; q++) row[pw + q] = src[q];
+                    for (i64 q = pw + W; q < Wp; q++) row[q] = 0.0f;
+                }
+            direct_channels(P, off, kg, w + g * og * kg, b ? b + g * og : NULL, Yw, nl * Wp, (nl - 1) * Wp + OW, og);
+            for (i64 o = 0; o < og; o++)
+                for (i64 l = 0; l < nl; l++) {
+                    float *restrict dst = y + (n * O + g * og + o) * plane + (l0 + l) * OW;
+                    const float *restrict src = Yw + o * nl * Wp + l * Wp;
+                    for (i64 q = 0; q < OW; q++) dst[q] = src[q];
+                }
+        }
+    }
+    free(P), free(Yw), free(off);
+    return 0;
+}
+
+/* pixel blocks [lo, hi) of the N*ceil(OH/lines) blocks of `lines` output rows
+ * each; returns 1 when out of memory (nothing written) */
+DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
+                                      i64 hi)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
     const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
     const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
+    if (geo[G_SH] == 1 && geo[G_SW] == 1 && cg >= DIRECT_WIDE_MIN_CHANNELS)
+        return direct_wide(x, w, b, y, geo, lo, hi, lines);
     const i64 blocks = (OH + lines - 1) / lines;
     const i64 tp = (lines * OW + DIRECT_PIX - 1) / DIRECT_PIX * DIRECT_PIX;
     float *T = calloc((size_t)(kg * tp), sizeof(float)); /* the tail past a block's pixels: read, never stored */
-    if (!T) return 1;
+    i64 *off = malloc((size_t)kg * sizeof(i64));
+    if (!T || !off) {
+        free(T), free(off);
+        return 1;
+    }
+    for (i64 k = 0; k < kg; k++) off[k] = k * tp;
     for (i64 u = lo; u < hi; u++) {
-        const i64 n = u / blocks, l0 = u % blocks * lines, nl = OH - l0 < lines ? OH - l0 : lines, pix = nl * OW;
+        const i64 n = u / blocks, l0 = u % blocks * lines, nl = OH - l0 < lines ? OH - l0 : lines;
         for (i64 g = 0; g < G; g++) {
             for (i64 c = 0; c < cg; c++) {
                 const float *src = x + (n * C + g * cg + c) * H * W;
                 for (i64 i = 0; i < kh; i++)
-                    for (i64 j = 0; j < kw; j++)
-                        for (i64 l = 0; l < nl; l++)
-                            tap_run(src, T + ((c * kh + i) * kw + j) * tp + l * OW, 1, (l0 + l) * sh - ph + i * dh,
-                                    j, geo);
+                    for (i64 j = 0; j < kw; j++) direct_tap(src, T + ((c * kh + i) * kw + j) * tp, l0, nl, i, j, geo);
             }
-            for (i64 o = g * og; o < (g + 1) * og;) {
-                const i64 left = (g + 1) * og - o;
-                const int ob = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-                const float *wo = w + o * kg, *bo = b ? b + o : NULL;
-                float *yo = y + (n * O + o) * plane + l0 * OW;
-                for (i64 p = 0; p < pix; p += DIRECT_PIX) {
-                    const i64 count = pix - p < DIRECT_PIX ? pix - p : DIRECT_PIX;
-                    switch (ob) { /* constant block sizes: each gets its own unrolled registers */
-                    case 8: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 8); break;
-                    case 4: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 4); break;
-                    case 2: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 2); break;
-                    default: direct_block(T + p, tp, kg, wo, bo, yo + p, plane, count, 1);
-                    }
-                }
-                o += ob;
-            }
+            direct_channels(T, off, kg, w + g * og * kg, b ? b + g * og : NULL, y + (n * O + g * og) * plane + l0 * OW,
+                            plane, nl * OW, og);
         }
     }
-    free(T);
+    free(T), free(off);
     return 0;
 }
 
@@ -1102,3 +1207,151 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
     }
 ANY_NONFINITE(gpunet_any_nonfinite_f32, float)
 ANY_NONFINITE(gpunet_any_nonfinite_f64, double)
+
+/* ------------------------------------------------------------ convolution: weight gradient, direct */
+/* gpunet/ops/conv.py's weight (and bias) gradient where dx does not need the
+ * column gradient (a stride-1 dx through the direct loop): no column matrix
+ * and no BLAS call. For a block of whole output lines of one image (about
+ * DW_LINES_PIXELS pixels: R stays in L2), the rows R (one per pixel) hold the pixel's taps in (i, j, c) order,
+ * copied from x in NHWC (xh: N H W C) as one run of the group's C/G channels
+ * per kernel offset, then a 1 for the bias when ld > Kg, then zeros up to
+ * ldp (ld rounded up to 16). Then dW[o, k] += sum over the block's pixels of
+ * dy[o, p] * R[p, k], vectorised over k, 4 vectors of 16 taps x 4 channels
+ * per register block, every product-and-add one FMA (DIRECT_FMA). Chunk u
+ * of `per` images sums its blocks in order into part[u] (G*og x ldp floats);
+ * the caller adds the chunks in order: results depend on `per` (a function
+ * of N), not on how the chunks are split over threads. The caller reorders
+ * (i, j, c) to (c, i, j). geo: the row layout's, ld in G_LD. Returns 1
+ * when out of memory (nothing written). (`padded` below: no rows R.) */
+enum { DW_LINES_PIXELS = 256, DW_KV = 4, DW_OB = 4 };
+
+/* the taps of output pixel (n, oh, ow) of group g into d (Kg floats) */
+static inline void hwc_row(const float *xh, float *restrict d, i64 n, i64 oh, i64 ow, i64 g, const i64 *geo)
+{
+    const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW];
+    const i64 cg = C / G;
+    for (i64 i = 0; i < kh; i++) {
+        const i64 ih = oh * sh - ph + i * dh;
+        for (i64 j = 0; j < kw; j++, d += cg) {
+            const i64 iw = ow * sw - pw + j * dw;
+            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+                for (i64 c = 0; c < cg; c++) d[c] = 0.0f;
+                continue;
+            }
+            const float *restrict s = xh + ((n * H + ih) * W + iw) * C + g * cg;
+            for (i64 c = 0; c < cg; c++) d[c] = s[c];
+        }
+    }
+}
+
+/* out[c][16v ..] += sum over lines l < nl and pixels ow < OW of
+ * dy[c*plane + l*OW + ow] * B[v][l*lstride + ow*pstride ..], c < ob, v < kv
+ * (B[v]: where tap vector v of the block's first pixel is) */
+static inline __attribute__((always_inline)) DIRECT_FMA void dw_block(const float *const *B, i64 pstride, i64 lstride,
+                                                                      i64 nl, i64 OW, const float *dy, i64 plane,
+                                                                      float *out, i64 ldp, int ob, int kv)
+{
+    direct_vec acc[DW_OB][DW_KV];
+    for (int c = 0; c < ob; c++)
+        for (int v = 0; v < kv; v++) acc[c][v] = (direct_vec){0};
+    for (i64 l = 0; l < nl; l++)
+        for (i64 ow = 0; ow < OW; ow++) {
+            direct_vec xv[DW_KV];
+            for (int v = 0; v < kv; v++) xv[v] = *(const direct_vec_u *)(B[v] + l * lstride + ow * pstride);
+            for (int c = 0; c < ob; c++) {
+                const float d = dy[c * plane + l * OW + ow];
+                for (int v = 0; v < kv; v++) acc[c][v] += d * xv[v];
+            }
+        }
+    for (int c = 0; c < ob; c++)
+        for (int v = 0; v < kv; v++) *(direct_vec_u *)(out + c * ldp + 16 * v) += acc[c][v];
+}
+
+/* x[0] + ... + x[n-1]: 16 lanes in order, then the lanes in order, then the rest */
+static inline DIRECT_FMA float sum_floats(const float *x, i64 n)
+{
+    direct_vec acc = {0};
+    i64 p = 0;
+    for (; p + 16 <= n; p += 16) acc += *(const direct_vec_u *)(x + p);
+    float s = 0.0f;
+    for (int v = 0; v < 16; v++) s += acc[v];
+    for (; p < n; p++) s += x[p];
+    return s;
+}
+
+#define DW_CASE(OB, KV) \
+    dw_block(B + k, pstride, lstride, nl, OW, d0 + o * plane, plane, out + o * ldp + 16 * k, ldp, OB, KV)
+
+/* chunks [lo, hi) of `per` images each; O output channels. With `padded`
+ * (stride 1, C/G a multiple of 16), xh is x in NHWC zero-padded to
+ * (N, H + 2ph, W + 2pw, C): then every vector of 16 taps of a pixel is 16
+ * consecutive channels of one padded input pixel, read in place (no rows R;
+ * the bias's 1s are summed apart, sum_floats) */
+DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part, const i64 *geo, i64 O, i64 per,
+                                  i64 padded, i64 lo, i64 hi)
+{
+    const i64 N = geo[G_N], C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
+    const i64 dh = geo[G_DH], dw = geo[G_DW], OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G;
+    const i64 kg = cg * kh * kw, ldp = (ld + 15) / 16 * 16, vecs = ldp / 16, og = O / G, plane = OH * OW;
+    const i64 Hp = H + 2 * geo[G_PH], Wp = W + 2 * geo[G_PW];
+    const i64 lines = OW >= DW_LINES_PIXELS ? 1 : (DW_LINES_PIXELS / OW < OH ? DW_LINES_PIXELS / OW : OH);
+    /* columns [ld, ldp) of R: never written, 0 */
+    float *R = padded ? NULL : calloc((size_t)(lines * OW * ldp), sizeof(float));
+    const float **B = malloc((size_t)vecs * sizeof(float *));
+    if ((!padded && !R) || !B) {
+        free(R), free(B);
+        return 1;
+    }
+    const i64 pstride = padded ? C : ldp, lstride = padded ? Wp * C : OW * ldp;
+    const i64 tapvecs = padded ? kg / 16 : vecs; /* the vectors dw_block reads */
+    for (i64 u = lo; u < hi; u++) {
+        float *pu = part + u * O * ldp;
+        memset(pu, 0, (size_t)(O * ldp) * sizeof(float));
+        for (i64 n = u * per; n < N && n < (u + 1) * per; n++)
+            for (i64 l0 = 0; l0 < OH; l0 += lines) {
+                const i64 nl = OH - l0 < lines ? OH - l0 : lines, pix = nl * OW;
+                for (i64 g = 0; g < G; g++) {
+                    if (padded) {
+                        for (i64 v = 0; v < tapvecs; v++) {
+                            const i64 tap = v * 16 / cg, c0 = v * 16 % cg, i = tap / kw, j = tap % kw;
+                            B[v] = xh + ((n * Hp + l0 + i * dh) * Wp + j * dw) * C + g * cg + c0;
+                        }
+                    } else {
+                        for (i64 p = 0; p < pix; p++) {
+                            hwc_row(xh, R + p * ldp, n, l0 + p / OW, p % OW, g, geo);
+                            if (ld > kg) R[p * ldp + kg] = 1.0f;
+                        }
+                        for (i64 v = 0; v < vecs; v++) B[v] = R + 16 * v;
+                    }
+                    const float *d0 = dy + (n * O + g * og) * plane + l0 * OW;
+                    float *out = pu + g * og * ldp;
+                    for (i64 k = 0; k < tapvecs; k += DW_KV) {
+                        const int kv = tapvecs - k < DW_KV ? (int)(tapvecs - k) : DW_KV;
+                        for (i64 o = 0; o < og;) {
+                            const int ob = og - o >= 4 ? 4 : og - o >= 2 ? 2 : 1;
+                            switch (ob * 8 + kv) { /* constant block sizes: registers unrolled per case */
+                            case 36: DW_CASE(4, 4); break;
+                            case 35: DW_CASE(4, 3); break;
+                            case 34: DW_CASE(4, 2); break;
+                            case 33: DW_CASE(4, 1); break;
+                            case 20: DW_CASE(2, 4); break;
+                            case 19: DW_CASE(2, 3); break;
+                            case 18: DW_CASE(2, 2); break;
+                            case 17: DW_CASE(2, 1); break;
+                            case 12: DW_CASE(1, 4); break;
+                            case 11: DW_CASE(1, 3); break;
+                            case 10: DW_CASE(1, 2); break;
+                            default: DW_CASE(1, 1);
+                            }
+                            o += ob;
+                        }
+                    }
+                    for (i64 o = 0; padded && ld > kg && o < og; o++)
+                        out[o * ldp + kg] += sum_floats(d0 + o * plane, pix);
+                }
+            }
+    }
+    free(R), free(B);
+    return 0;
+}

@@ -21,8 +21,9 @@ path), col2im is instead one gathering RawKernel (below). On the host a
 stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
-_backward_rows), and its forward, except over the smallest planes, a direct
-convolution (see _forward_direct).
+_backward_rows) or, mostly, a direct dx for stride 1 and a direct weight
+gradient (see _dx_direct, _weight_grad_direct), and its forward, except over
+the smallest planes, a direct convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
@@ -213,7 +214,7 @@ def _col2im_wide(xp, dcols, x_shape, g: Geometry):
 
 def _forward_array(be, x, w, b, g: Geometry):
     lib = _rows_lib(be, x, w)
-    if lib is not None and _direct(g, w):
+    if lib is not None and _direct(g, w.shape[1], g.kh * g.kw):
         return _forward_direct(be, lib, x, w, b, g), x
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
@@ -282,6 +283,9 @@ def _backward_array(be, ctx, dy, fused: bool):
 # and with 1 thread 16 MiB was as fast as 4 MiB and faster than 64 MiB.
 # The chunk size does not depend on the thread count, and the C loops give
 # every element to one thread, so results do not either.
+# Most calls take direct loops instead: a stride-1 dx (_dx_direct) and dW
+# (_weight_grad_direct, from DIRECT_BACKWARD_MIN_CHANNELS input channels per
+# group or with a direct dx); the rest of this is what remains.
 ROWS_CHUNK_BYTES = 16 << 20
 
 
@@ -327,26 +331,129 @@ def _col2im_rows(lib, dcols, dx, geo):
 def _backward_rows(be, lib, ctx, dy):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
+    direct = w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
+    gt = _dx_direct(x_shape, w, g) if w.shape[1] >= DX_DIRECT_MIN_CHANNELS else None
+    if gt is not None:  # then no columns at all
+        direct = True
+        dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
+    else:
+        dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct)
+    if direct:
+        return (dx, *_weight_grad_direct(be, lib, x, w, has_bias, g, dy))
+    kg = w[0].size
+    return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(-1) if has_bias else None
+
+
+def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
+    """dx through the column gradient and col2im, in chunks; with `weights`
+    also [dW | db] (groups, O/groups, Kg [+1]) from the row-layout columns."""
+    x_shape = x.shape
     o, ll = w.shape[0], g.oh * g.ow
     og = o // g.groups
     kg = w.shape[1] * g.kh * g.kw
-    ld = kg + has_bias
+    ld = kg + has_bias if weights else kg
     wg = w.reshape(g.groups, og, kg)
-    dwx = np.zeros((g.groups, og, ld), np.float32)
+    dwx = np.zeros((g.groups, og, ld), np.float32) if weights else None
     dx = np.empty(x_shape, np.float32)
     chunks, cols = _rows_chunks(be, x_shape, g, ld)
     dyt = _workspace(be, "rows_out", g.groups * chunks[0][1] * ll * og, np.float32)
     for n0, m in chunks:
-        cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
-        _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
         dv = dyt[:g.groups * m * ll * og].reshape(g.groups, m * ll, og)
         dv.reshape(g.groups, m, ll, og)[...] = dy[n0:n0 + m].reshape(m, g.groups, og, ll).transpose(1, 0, 3, 2)
-        dwx += np.matmul(dv.transpose(0, 2, 1), cv)
+        if weights:
+            cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
+            _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
+            dwx += np.matmul(dv.transpose(0, 2, 1), cv)
         # the column gradient overwrites the columns, which are no longer needed
         dcols = cols[:g.groups * m * ll * kg].reshape(g.groups, m * ll, kg)
         np.matmul(dv, wg, out=dcols)
         _col2im_rows(lib, dcols, dx[n0:n0 + m], _rows_geometry(x_shape, g, m, kg))
-    return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(o) if has_bias else None
+    return dx, dwx
+
+
+# The direct weight gradient: no column matrix, no GEMM. gpunet_conv_dw_f32
+# builds each block of ~256 output pixels' rows of taps in an L2-sized buffer
+# from a channels-last copy of x (taps in (i, j, c) order: one contiguous run
+# of C/groups channels per kernel offset, no transpose) and sums dy x taps in
+# registers; dW is reordered to (c, i, j) at the end (O*Kg floats). With
+# stride 1 and C/groups a multiple of 16 it builds no rows either: every 16
+# taps of a pixel are 16 channels of one pixel of the zero-padded
+# channels-last x, read in place.
+# Measured (1 thread, 3x3, batch 32-256) against the row-layout columns, dy's
+# transpose and the OpenBLAS GEMM (these skinny O = 16-64 by Kg products ran
+# at 80-150 GFLOP/s): the whole backward 0.38-0.63x the time with 8-64
+# channels at stride 1 (with the direct dx, before the in-place reads, which
+# took the 16- and 32-channel dW from 4.55 to 2.03 and 3.31 to 1.68 ms), 0.8x
+# at stride 2 with 16 and 32 channels, but 1.03-1.15x with 1 or 3 channels
+# where dx goes through col2im (runs of 1-3 floats per kernel offset): below
+# DIRECT_BACKWARD_MIN_CHANNELS the columns stay unless dx is direct, when
+# they would be built for dW alone (3 channels: the direct dx and dW took
+# 0.73-0.80x the columns' time over 32x32).
+# The batch goes in DW_CHUNKS chunks of whole images, each summed in order
+# into its own float32 partial, the partials added in order in float64:
+# results depend on N, not on the thread count; 8 chunks keep 2-8 threads
+# busy.
+DIRECT_BACKWARD_MIN_CHANNELS = 8
+DW_CHUNKS = 8
+
+
+def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
+    """dW and db (or None) through gpunet_conv_dw_f32 from channels-last x."""
+    n, c, h, wd = x.shape
+    o, kg = w.shape[0], w[0].size
+    ld = kg + has_bias
+    ldp = -(-ld // 16) * 16
+    # stride 1 with whole vectors of channels: x zero-padded, read in place
+    padded = g.sh == g.sw == 1 and w.shape[1] % 16 == 0
+    hp, wp = (h + 2 * g.ph, wd + 2 * g.pw) if padded else (h, wd)
+    xh = _workspace(be, "rows_hwc", n * hp * wp * c, np.float32).reshape(n, hp, wp, c)
+    if padded:
+        for border in (np.s_[:, :g.ph], np.s_[:, g.ph + h:], np.s_[:, :, :g.pw], np.s_[:, :, g.pw + wd:]):
+            xh[border] = 0
+    xh[:, g.ph * padded:g.ph * padded + h, g.pw * padded:g.pw * padded + wd] = x.transpose(0, 2, 3, 1)
+    per = -(-n // DW_CHUNKS)
+    chunks = -(-n // per)
+    part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
+    geo = _rows_geometry(x.shape, g, n, ld)
+    at = (xh.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per, padded)
+    failed = host_threads.run(lambda lo, hi: lib.gpunet_conv_dw_f32(*at, lo, hi),
+                              host_threads.ranges(chunks, per * o * g.oh * g.ow * ld))
+    if any(failed):
+        raise MemoryError("conv2d: no memory for the weight gradient's rows")
+    dwx = part.sum(0, dtype=np.float64)
+    dw = dwx[:, :kg].reshape(o, g.kh, g.kw, w.shape[1]).transpose(0, 3, 1, 2).astype(np.float32)
+    db = dwx[:, kg].astype(np.float32) if has_bias else None
+    return dw, db
+
+
+# dx of a stride-1 convolution is itself a stride-1 convolution: input pixel
+# h receives dy[h + p - i*d] * w[i] for every tap i, i.e. with i' = k-1-i it
+# reads dy[h - p' + i'*d], p' = d*(k-1) - p. So dx = conv(dy, w flipped in both
+# kernel axes and with O and C/groups swapped per group, padding p', same
+# dilation and groups), whose output is H x W, through the direct forward:
+# no column gradient, no col2im. Taken where that forward's own conditions
+# hold (its Kg is O/groups*kh*kw) and p <= d*(k-1) (p' >= 0), with
+# DX_DIRECT_MIN_CHANNELS or more channels per group in dx: one channel
+# leaves the loop's register blocks of up to 8 channels 1/8 full (measured,
+# 1 thread, 3x3, direct dx and dW against the columns: 1.1-1.7x the time with
+# 1 channel over 8x8, batch 32 and 256; 0.75x with 3 channels over 32x32).
+DX_DIRECT_MIN_CHANNELS = 3
+
+
+def _dx_direct(x_shape, w, g: Geometry):
+    """The geometry of dx as a direct convolution of dy, or None where the backward keeps col2im."""
+    pht, pwt = g.dh * (g.kh - 1) - g.ph, g.dw * (g.kw - 1) - g.pw
+    if g.sh != 1 or g.sw != 1 or pht < 0 or pwt < 0:
+        return None
+    gt = Geometry(g.kh, g.kw, 1, 1, pht, pwt, g.dh, g.dw, g.groups, x_shape[2], x_shape[3])
+    return gt if _direct(gt, w.shape[0] // g.groups, g.kh * g.kw) else None
+
+
+def _flipped_transposed(w, g: Geometry):
+    """(C, O/groups, kh, kw) weights of dx's convolution: per group O and C/groups swapped, kernel flipped."""
+    o, cg = w.shape[:2]
+    wg = w.reshape(g.groups, o // g.groups, cg, g.kh, g.kw)[..., ::-1, ::-1]
+    return np.ascontiguousarray(wg.transpose(0, 2, 1, 3, 4)).reshape(g.groups * cg, o // g.groups, g.kh, g.kw)
 
 
 # ---------------------------------------------------------------- host float32 forward: direct
@@ -359,13 +466,22 @@ def _backward_rows(be, lib, ctx, dy):
 # 0.7-0.9x over 4x4 outputs, whose 16-pixel blocks fill half of the loop's
 # 32-wide registers: those keep the GEMM. Beyond Kg = 576 (64 channels 3x3,
 # the largest measured) the tile outgrows the L2 cache: the GEMM keeps those
-# too.
+# too. Stride 1 with DIRECT_WIDE_MIN_CHANNELS or more channels per group
+# reads padded input rows instead of a tile (host_ops.c's direct_wide): that
+# pays over 4x4 outputs too (32-64 channels, batch 32-256: 0.66-0.79x the
+# GEMM's time), not over 2x2 (1.6x).
 DIRECT_MIN_PIXELS = 64
+DIRECT_WIDE_MIN_PIXELS = 16
+DIRECT_WIDE_MIN_CHANNELS = 8  # host_ops.c's
 DIRECT_MAX_TAPS = 576
 
 
-def _direct(g: Geometry, w) -> bool:
-    return g.oh * g.ow >= DIRECT_MIN_PIXELS and w[0].size <= DIRECT_MAX_TAPS
+def _direct(g: Geometry, channels: int, kernel: int) -> bool:
+    """Whether the direct loop takes a convolution with `channels` input
+    channels per group and a kernel of `kernel` taps."""
+    wide = g.sh == g.sw == 1 and channels >= DIRECT_WIDE_MIN_CHANNELS
+    pixels = DIRECT_WIDE_MIN_PIXELS if wide else DIRECT_MIN_PIXELS
+    return g.oh * g.ow >= pixels and channels * kernel <= DIRECT_MAX_TAPS
 
 
 def _forward_direct(be, lib, x, w, b, g: Geometry):
