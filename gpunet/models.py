@@ -67,9 +67,16 @@ def resnet_small(in_channels: int = 3, image_size: int = 32, num_classes: int = 
     return nn.Sequential(*layers)
 
 
-def _class_axis_second(xp, logits):
-    """(N, T, V) -> (N, V, T), contiguous."""
-    return xp.ascontiguousarray(logits.transpose(0, 2, 1))
+def _class_axis_second(logits):
+    """(N, T, V) logits -> (N, V, T), a view: CrossEntropyLoss reads it as
+    (N*T, V) rows without a copy."""
+    return logits.transpose(0, 2, 1)
+
+
+def _class_axis_last(xp, dlogits):
+    """(N, V, T) gradients -> (N, T, V), contiguous for the head's backward: no
+    copy when they are the view CrossEntropyLoss returns on the host."""
+    return xp.ascontiguousarray(dlogits.transpose(0, 2, 1))
 
 
 class CharLSTM(Module):
@@ -85,10 +92,10 @@ class CharLSTM(Module):
     def forward(self, tokens, state=None):
         h, state = self.lstm(self.embed(tokens), state)
         self._state = state
-        return _class_axis_second(self.backend.xp, self.head(h))
+        return _class_axis_second(self.head(h))
 
     def backward(self, dlogits):
-        dh = self.head.backward(_class_axis_second(self.backend.xp, dlogits))
+        dh = self.head.backward(_class_axis_last(self.backend.xp, dlogits))
         self.embed.backward(self.lstm.backward(dh))
         return None  # integer tokens have no gradient
 
@@ -180,10 +187,10 @@ class Transformer(Module):
 
     def forward(self, tokens):
         x = self.blocks(self.pos(self.embed(tokens)))
-        return _class_axis_second(self.backend.xp, self.head(self.ln_f(x)))
+        return _class_axis_second(self.head(self.ln_f(x)))
 
     def backward(self, dlogits):
-        dx = self.ln_f.backward(self.head.backward(_class_axis_second(self.backend.xp, dlogits)))
+        dx = self.ln_f.backward(self.head.backward(_class_axis_last(self.backend.xp, dlogits)))
         self.embed.backward(self.pos.backward(self.blocks.backward(dx)))
         return None
 

@@ -155,7 +155,9 @@ def multi_margin_backward(be, ctx, grad):
 
 # ---------------------------------------------------------------- cross-entropy
 def _as_rows(xp, x, t):
-    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C) and (rows,)."""
+    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C) and (rows,).
+    Logits that are a class-axis-second view of (N, d..., C) memory (the
+    sequence models' layout) need no copy."""
     if x.ndim == 1:
         return x[None, :], t.reshape(1)
     if x.ndim == 2:
@@ -163,11 +165,16 @@ def _as_rows(xp, x, t):
     return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, x.shape[1]), t.reshape(-1)
 
 
-def _from_rows(xp, d2, shape):
+def _from_rows(be, d2, shape):
+    """(rows, C) gradients in the logits' shape. On the host a view of the
+    rows (NumPy takes any strides, and a class-axis-second consumer such as
+    the sequence models reads them back without a copy); the kernels get
+    contiguous memory."""
     if len(shape) <= 2:
         return d2.reshape(shape)
     moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
-    return xp.ascontiguousarray(xp.moveaxis(d2.reshape(moved), -1, 1))
+    dx = be.xp.moveaxis(d2.reshape(moved), -1, 1)
+    return dx if be.xp is np and be.kernels is None else be.xp.ascontiguousarray(dx)
 
 
 def _all_half(be, *args, **kwargs):
@@ -244,7 +251,7 @@ def cross_entropy_backward(be, ctx, grad):
         grad = grad.astype(np.float32)
     scale = _scale(be.xp, reduction, grad, denom)
     if route == "fused":
-        return _from_rows(xp, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
+        return _from_rows(be, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
     scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=lse.dtype), (rows,))
     if route == "kernel":
         dx2 = xp.empty_like(x2)
@@ -253,7 +260,7 @@ def cross_entropy_backward(be, ctx, grad):
                                           _weight_arg(xp, weight), weight_sum, lse,
                                           xp.ascontiguousarray(scale, dtype=lse.dtype), kernel_view(be, dx2),
                                           int(ignore_index), float(eps), be.stream())
-        return _from_rows(xp, dx2, shape)
+        return _from_rows(be, dx2, shape)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
     # p = softmax(x), built in dx2's memory; every later step is in place
     dx2 = x2 - lse[:, :1]
@@ -266,7 +273,7 @@ def cross_entropy_backward(be, ctx, grad):
         dx2 -= (eps / c) * w_row * valid[:, None]
     dx2[xp.arange(rows), ts] -= (1 - eps) * wt
     dx2 *= scale[:, None]
-    return _from_rows(xp, dx2, shape)
+    return _from_rows(be, dx2, shape)
 
 
 def _weight_arg(xp, weight):
@@ -422,7 +429,7 @@ def nll_backward(be, ctx, grad):
         scale = scale.reshape(-1)
     dx2 = xp.zeros(rows_shape, dtype=wt.dtype)
     dx2[xp.arange(rows_shape[0]), ts] = -wt * scale
-    return _from_rows(xp, dx2, shape)
+    return _from_rows(be, dx2, shape)
 
 
 # ---------------------------------------------------------------- KL divergence
