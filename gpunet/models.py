@@ -80,22 +80,24 @@ def _class_axis_last(xp, dlogits):
 
 
 class CharLSTM(Module):
-    """Character language model: Embedding -> LSTM (batch_first) -> Linear.
-    forward(tokens (N, T)) -> logits (N, V, T); `sample` generates text."""
+    """Character language model: Embedding -> LSTM -> Linear.
+    forward(tokens (N, T)) -> logits (N, V, T); `sample` generates text.
+    Inside, the sequence runs time-major, (T, N, ...): the LSTM's own layout,
+    so no batch-first copies on the way in or out; the logits are a view."""
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 128, num_layers: int = 1):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers)
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens, state=None):
-        h, state = self.lstm(self.embed(tokens), state)
+        h, state = self.lstm(self.embed(tokens.T), state)
         self._state = state
-        return _class_axis_second(self.head(h))
+        return self.head(h).transpose(1, 2, 0)  # (T, N, V) -> (N, V, T)
 
     def backward(self, dlogits):
-        dh = self.head.backward(_class_axis_last(self.backend.xp, dlogits))
+        dh = self.head.backward(self.backend.xp.ascontiguousarray(dlogits.transpose(2, 0, 1)))
         self.embed.backward(self.lstm.backward(dh))
         return None  # integer tokens have no gradient
 
