@@ -74,6 +74,10 @@ _SIGNATURES = {
     # gpunet/checks.py's NaN/inf scan: 1 when one is found
     "gpunet_any_nonfinite_f32": [_F32P, _I64],
     "gpunet_any_nonfinite_f64": [_F64P, _I64],
+    # gpunet/ops/loss.py's cross-entropy rows: x, lse (m, 2), m, n; then the
+    # gradient: x, lse, targets (int64), per-row a, ct, scale, dx, m, n
+    "gpunet_cross_entropy_lse_f32": [_F32P, _F32P, _I64, _I64],
+    "gpunet_cross_entropy_grad_f32": [_F32P, _F32P, ctypes.c_void_p] + [_F32P] * 4 + [_I64, _I64],
 }
 
 

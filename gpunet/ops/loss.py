@@ -26,9 +26,9 @@ import functools
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
-from . import device_errors
+from . import device_errors, host_threads
 from .activation import sigmoid
 from .cupy_kernels import cupy
 from .half import float32_compute, kernel_view
@@ -219,10 +219,13 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
         per, lse = _fused_forward(x2, ts, wt, valid, weight, label_smoothing)
         per = per.astype(x.dtype, copy=False)
     else:
-        m = x2.max(axis=1, keepdims=True)
-        e = x2 - m
-        xp.exp(e, out=e)
-        lse = xp.concatenate([m, xp.log(e.sum(axis=1, keepdims=True))], axis=1)
+        lse = _host_lse(be, x2)
+        if lse is None:
+            m = x2.max(axis=1, keepdims=True)
+            e = x2 - m
+            xp.exp(e, out=e)
+            lse = xp.concatenate([m, xp.log(e.sum(axis=1, keepdims=True))], axis=1)
+        m = lse[:, :1]
         # lse - x, as (m - x) + l: at the targets only, unless smoothing needs every class
         x_t = xp.take_along_axis(x2, ts[:, None], axis=1)
         per = wt * ((m - x_t) + lse[:, 1:])[:, 0]
@@ -262,6 +265,9 @@ def cross_entropy_backward(be, ctx, grad):
                                           int(ignore_index), float(eps), be.stream())
         return _from_rows(be, dx2, shape)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
+    lib = _host_rows_lib(be, x2)
+    if lib is not None and not eps:  # a = ct = wt without smoothing
+        return _from_rows(be, _host_grad(lib, x2, lse, ts, wt, scale), shape)
     # p = softmax(x), built in dx2's memory; every later step is in place
     dx2 = x2 - lse[:, :1]
     dx2 -= lse[:, 1:]
@@ -274,6 +280,43 @@ def cross_entropy_backward(be, ctx, grad):
     dx2[xp.arange(rows), ts] -= (1 - eps) * wt
     dx2 *= scale[:, None]
     return _from_rows(be, dx2, shape)
+
+
+def _host_rows_lib(be, x2):
+    """The compiled host loops for float32 rows x2 in C order, else None."""
+    lib = hostlib.for_float32(be, x2)
+    return lib if lib is not None and x2.flags.c_contiguous and x2.size else None
+
+
+def _host_lse(be, x2):
+    """The (rows, 2) pairs (max, log sum e^(x - max)) of float32 rows in one
+    compiled read of each row (gpunet_cross_entropy_lse_f32), the rows split
+    over the host threads; None where the NumPy code runs."""
+    lib = _host_rows_lib(be, x2)
+    if lib is None:
+        return None
+    rows, c = x2.shape
+    lse = np.empty((rows, 2), np.float32)
+    xa, la = x2.ctypes.data, lse.ctypes.data
+    host_threads.run(lambda lo, hi: lib.gpunet_cross_entropy_lse_f32(xa + 4 * lo * c, la + 8 * lo, hi - lo, c),
+                     host_threads.ranges(rows, c))
+    return lse
+
+
+def _host_grad(lib, x2, lse, ts, wt, scale):
+    """cross_entropy_backward's dx without label smoothing in one compiled
+    pass over float32 rows (gpunet_cross_entropy_grad_f32: the NumPy code's
+    operations in its order), the rows split over the host threads."""
+    rows, c = x2.shape
+    dx2 = np.empty_like(x2)
+    wt = np.ascontiguousarray(wt, np.float32)
+    scale = np.ascontiguousarray(scale, np.float32)
+    ts = np.ascontiguousarray(ts, np.int64)
+    xa, la, ta, wa, sa, da = (a.ctypes.data for a in (x2, lse, ts, wt, scale, dx2))
+    host_threads.run(lambda lo, hi: lib.gpunet_cross_entropy_grad_f32(
+        xa + 4 * lo * c, la + 8 * lo, ta + 8 * lo, wa + 4 * lo, wa + 4 * lo, sa + 4 * lo, da + 4 * lo * c, hi - lo, c),
+        host_threads.ranges(rows, c))
+    return dx2
 
 
 def _weight_arg(xp, weight):
