@@ -5,6 +5,8 @@ passes; `create(name, **kwargs)` builds one by name.
 Sequence models (char_lstm, transformer) take integer tokens (N, T) and return
 logits (N, V, T): the class axis second, the layout CrossEntropyLoss (and the
 "accuracy" metric of gpunet.train) expects for per-position targets (N, T).
+The logits are a view of the head's output, not a copy (the loss reads that
+memory as rows as it is); np.ascontiguousarray gives a compact array.
 """
 from __future__ import annotations
 
