@@ -77,6 +77,10 @@ _SIGNATURES = {
     # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
     # chunk, whether x is zero-padded, chunk range; returns 1 when out of memory (_RESTYPES)
     "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 5,
+    # gpunet/ops/loss.py's cross-entropy rows: x, lse (m, 2), m, n; then the
+    # gradient: x, lse, targets (int64), per-row a, ct, scale, dx, m, n
+    "gpunet_cross_entropy_lse_f32": [_F32P, _F32P, _I64, _I64],
+    "gpunet_cross_entropy_grad_f32": [_F32P, _F32P, ctypes.c_void_p] + [_F32P] * 4 + [_I64, _I64],
 }
 
 

@@ -5,6 +5,8 @@ passes; `create(name, **kwargs)` builds one by name.
 Sequence models (char_lstm, transformer) take integer tokens (N, T) and return
 logits (N, V, T): the class axis second, the layout CrossEntropyLoss (and the
 "accuracy" metric of gpunet.train) expects for per-position targets (N, T).
+The logits are a view of the head's output, not a copy (the loss reads that
+memory as rows as it is); np.ascontiguousarray gives a compact array.
 """
 from __future__ import annotations
 
@@ -67,28 +69,37 @@ def resnet_small(in_channels: int = 3, image_size: int = 32, num_classes: int = 
     return nn.Sequential(*layers)
 
 
-def _class_axis_second(xp, logits):
-    """(N, T, V) -> (N, V, T), contiguous."""
-    return xp.ascontiguousarray(logits.transpose(0, 2, 1))
+def _class_axis_second(logits):
+    """(N, T, V) logits -> (N, V, T), a view: CrossEntropyLoss reads it as
+    (N*T, V) rows without a copy."""
+    return logits.transpose(0, 2, 1)
+
+
+def _class_axis_last(xp, dlogits):
+    """(N, V, T) gradients -> (N, T, V), contiguous for the head's backward: no
+    copy when they are the view CrossEntropyLoss returns on the host."""
+    return xp.ascontiguousarray(dlogits.transpose(0, 2, 1))
 
 
 class CharLSTM(Module):
-    """Character language model: Embedding -> LSTM (batch_first) -> Linear.
-    forward(tokens (N, T)) -> logits (N, V, T); `sample` generates text."""
+    """Character language model: Embedding -> LSTM -> Linear.
+    forward(tokens (N, T)) -> logits (N, V, T); `sample` generates text.
+    Inside, the sequence runs time-major, (T, N, ...): the LSTM's own layout,
+    so no batch-first copies on the way in or out; the logits are a view."""
 
     def __init__(self, vocab_size: int, embed_dim: int = 32, hidden_size: int = 128, num_layers: int = 1):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers)
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens, state=None):
-        h, state = self.lstm(self.embed(tokens), state)
+        h, state = self.lstm(self.embed(tokens.T), state)
         self._state = state
-        return _class_axis_second(self.backend.xp, self.head(h))
+        return self.head(h).transpose(1, 2, 0)  # (T, N, V) -> (N, V, T)
 
     def backward(self, dlogits):
-        dh = self.head.backward(_class_axis_second(self.backend.xp, dlogits))
+        dh = self.head.backward(self.backend.xp.ascontiguousarray(dlogits.transpose(2, 0, 1)))
         self.embed.backward(self.lstm.backward(dh))
         return None  # integer tokens have no gradient
 
@@ -180,10 +191,10 @@ class Transformer(Module):
 
     def forward(self, tokens):
         x = self.blocks(self.pos(self.embed(tokens)))
-        return _class_axis_second(self.backend.xp, self.head(self.ln_f(x)))
+        return _class_axis_second(self.head(self.ln_f(x)))
 
     def backward(self, dlogits):
-        dx = self.ln_f.backward(self.head.backward(_class_axis_second(self.backend.xp, dlogits)))
+        dx = self.ln_f.backward(self.head.backward(_class_axis_last(self.backend.xp, dlogits)))
         self.embed.backward(self.pos.backward(self.blocks.backward(dx)))
         return None
 

@@ -1022,3 +1022,65 @@ def test_conv_forward_direct_over_16_pixels_with_8_channels_at_stride_1(lib, mon
         x = rng.standard_normal((2, c, side, side)).astype(np.float32)
         _conv_forward(x, rng.standard_normal((4, c, 3, 3)).astype(np.float32), None, (stride,) * 2, (1, 1), (1, 1), 1)
     assert calls == [(4, 8, 3, 3), (4, 8, 3, 3)]
+
+
+# ---------------------------------------------------------------- cross-entropy rows
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reduction,weighted", [("mean", False), ("sum", True), ("none", False)])
+def test_cross_entropy_compiled_against_float64_and_numpy(lib, reduction, weighted, threads, monkeypatch):
+    """The compiled rows (max and log-sum-exp in one read, the gradient in one
+    pass) against the float64 loss and gradient, close to the NumPy path they
+    replace and bit-identical across host thread counts; ignored rows give 0."""
+    from gpunet import nn
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4000, 37)) * 4).astype(np.float32)  # two threads' worth
+    t = rng.integers(0, 37, 4000)
+    t[::7] = -100
+    w = rng.uniform(0.5, 2, 37).astype(np.float32) if weighted else None
+
+    def run(x, w):
+        crit = nn.CrossEntropyLoss(weight=w, reduction=reduction).to(x.dtype)
+        loss = crit(x, t)
+        return np.asarray(loss, np.float64), crit.backward(np.ones_like(loss))
+    calls = []
+
+    class Spy:  # the library, counting the cross-entropy calls
+        def __getattr__(self, name):
+            f = getattr(lib, name)
+            return (lambda *a: calls.append(name) or f(*a)) if name.startswith("gpunet_cross_entropy") else f
+    monkeypatch.setattr(hostlib, "load", Spy)
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(threads)
+    try:
+        loss, dx = run(x, w)
+    finally:
+        host_threads.set_num_threads(before)
+    assert len(calls) == 2 * threads
+    ref_loss, ref_dx = run(x.astype(np.float64), None if w is None else w.astype(np.float64))
+    scale = np.abs(ref_dx).max()
+    np.testing.assert_allclose(loss, ref_loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, ref_dx, rtol=0, atol=2e-6 * scale)
+    assert not dx[::7].any()
+    monkeypatch.setattr(hostlib, "load", lambda: None)  # the NumPy path
+    np_loss, np_dx = run(x, w)
+    np.testing.assert_allclose(loss, np_loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, np_dx, rtol=0, atol=2e-6 * scale)
+    if threads == 2:
+        monkeypatch.undo()
+        host_threads.set_num_threads(1)
+        try:
+            one = run(x, w)
+        finally:
+            host_threads.set_num_threads(before)
+        np.testing.assert_array_equal(one[1], dx)
+
+
+def test_cross_entropy_compiled_lse_of_nan_and_extreme_rows(lib):
+    x = np.array([[0, 1, 2, 3], [np.nan, 0, 0, 0], [-1e30, 1e30, 0, 0], [88, 88, -104, 0]], np.float32)
+    lse = np.empty((4, 2), np.float32)
+    lib.gpunet_cross_entropy_lse_f32(x.ctypes.data, lse.ctypes.data, 4, 4)
+    assert np.isnan(lse[1]).all() or np.isnan(lse[1, 0])
+    x64 = x.astype(np.float64)[[0, 2, 3]]
+    m = x64.max(axis=1)
+    np.testing.assert_allclose(lse[[0, 2, 3], 0], m)
+    np.testing.assert_allclose(lse[[0, 2, 3], 1], np.log(np.exp(x64 - m[:, None]).sum(axis=1)), rtol=1e-6, atol=1e-7)

@@ -483,3 +483,21 @@ def test_fused_cross_entropy(weighted, smoothing, spatial, reduction, dtype, rng
     weight = rng.uniform(0.5, 2.0, c) if weighted else None
     crit = nn.CrossEntropyLoss(weight=weight, reduction=reduction, label_smoothing=smoothing).to(dtype)
     compare_module(crit, (x, t), devices=("cpu", "cupy"), n=256)
+
+
+def test_cross_entropy_class_axis_second_view_needs_no_copy(rng):
+    """The sequence models' logits are a (N, V, T) view of (N, T, V) memory:
+    the host loss reads them as rows and returns its gradient as the same kind
+    of view (no copy either way), with the values of contiguous input."""
+    import torch
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)  # (N, T, V) memory
+    t = rng.integers(0, 7, (3, 5))
+    crit = nn.CrossEntropyLoss()
+    loss = crit(x.transpose(0, 2, 1), t)
+    dx = crit.backward()
+    assert dx.shape == (3, 7, 5) and dx.transpose(0, 2, 1).flags.c_contiguous
+    xt = torch.tensor(np.ascontiguousarray(x.transpose(0, 2, 1)), dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(xt, torch.tensor(t))
+    ref.backward()
+    assert_close(loss, ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert_close(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)

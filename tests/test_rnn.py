@@ -447,3 +447,27 @@ def test_fused_lstm_cell(rng):
     cell = nn.LSTMCell(4, 7)
     x = rng.standard_normal((5, 4)).astype(np.float32)
     compare_module(cell, (x,), devices=("cpu", "cupy"), n=256)
+
+
+def test_char_lstm_runs_time_major_without_layout_copies(rng):
+    """CharLSTM keeps the sequence time-major inside: its logits are a (N, V, T)
+    view of the head's (T, N, V) output, and forward and backward agree with the
+    same weights run batch-first through PyTorch."""
+    import torch
+    from gpunet.models import CharLSTM
+    model = CharLSTM(7, embed_dim=4, hidden_size=5).to(np.float64)
+    tokens = rng.integers(0, 7, (3, 6))
+    logits = model(tokens)
+    assert logits.shape == (3, 7, 6) and logits.transpose(2, 0, 1).flags.c_contiguous
+    dlogits = rng.standard_normal(logits.shape)
+    model.zero_grad()
+    model.backward(dlogits)
+    tm = torch.nn.ModuleDict({"embed": torch.nn.Embedding(7, 4), "lstm": torch.nn.LSTM(4, 5, batch_first=True),
+                              "head": torch.nn.Linear(5, 7)}).double()
+    tm.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in model.state_dict().items()})
+    h, _ = tm["lstm"](tm["embed"](torch.tensor(tokens)))
+    ref = tm["head"](h).transpose(1, 2)
+    ref.backward(torch.tensor(dlogits))
+    assert_close(logits, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in model.named_parameters():
+        assert_close(p.grad, tm.get_parameter(name).grad.numpy(), rtol=1e-10, atol=1e-12)

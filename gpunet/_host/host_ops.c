@@ -1355,3 +1355,40 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
     free(R), free(B);
     return 0;
 }
+
+/* ------------------------------------------------------------ cross-entropy rows */
+/* gpunet/ops/loss.py's host float32 cross-entropy, rows [0, m) of x (m, n):
+ * forward: lse[2r] = the row's max s, lse[2r + 1] = log sum_k e^(x_k - s)
+ * (the sum in double lanes, as the softmax rows'), one read of the row and
+ * no (m, n) temporary. A NaN in the row gives NaN, as NumPy's max. */
+void gpunet_cross_entropy_lse_f32(const float *restrict x, float *restrict lse, i64 m, i64 n)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *xr = x + r * n;
+        float s = row_extreme(xr, n, 1);
+        double acc[LANES] = {0};
+        i64 i = 0;
+        for (; i + LANES <= n; i += LANES)
+            for (int j = 0; j < LANES; j++) acc[j] += exp_f32(xr[i + j] - s);
+        for (int j = 0; i < n; i++, j++) acc[j] += exp_f32(xr[i] - s);
+        lse[2 * r] = s;
+        lse[2 * r + 1] = logf((float)lanes_tree(acc));
+    }
+}
+
+/* backward without label smoothing, in the NumPy path's float32 order:
+ *   dx_k = (e^((x_k - s) - l)·a_r [- ct_r at k = t_r])·scale_r
+ * a (the row's total target weight), ct (its weight at the target), scale
+ * (dloss over the reduction) per row; one pass writing dx. */
+void gpunet_cross_entropy_grad_f32(const float *restrict x, const float *restrict lse, const int64_t *restrict t,
+                                   const float *restrict a, const float *restrict ct, const float *restrict scale,
+                                   float *restrict dx, i64 m, i64 n)
+{
+    for (i64 r = 0; r < m; r++) {
+        const float *xr = x + r * n;
+        float *dr = dx + r * n;
+        const float s = lse[2 * r], l = lse[2 * r + 1], ar = a[r], sc = scale[r];
+        for (i64 k = 0; k < n; k++) dr[k] = (exp_f32((xr[k] - s) - l) * ar) * sc;
+        dr[t[r]] = (exp_f32((xr[t[r]] - s) - l) * ar - ct[r]) * sc;
+    }
+}

@@ -26,9 +26,9 @@ import functools
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
-from . import device_errors
+from . import device_errors, host_threads
 from .activation import sigmoid
 from .cupy_kernels import cupy
 from .half import float32_compute, kernel_view
@@ -155,7 +155,9 @@ def multi_margin_backward(be, ctx, grad):
 
 # ---------------------------------------------------------------- cross-entropy
 def _as_rows(xp, x, t):
-    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C) and (rows,)."""
+    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C) and (rows,).
+    Logits that are a class-axis-second view of (N, d..., C) memory (the
+    sequence models' layout) need no copy."""
     if x.ndim == 1:
         return x[None, :], t.reshape(1)
     if x.ndim == 2:
@@ -163,11 +165,16 @@ def _as_rows(xp, x, t):
     return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, x.shape[1]), t.reshape(-1)
 
 
-def _from_rows(xp, d2, shape):
+def _from_rows(be, d2, shape):
+    """(rows, C) gradients in the logits' shape. On the host a view of the
+    rows (NumPy takes any strides, and a class-axis-second consumer such as
+    the sequence models reads them back without a copy); the kernels get
+    contiguous memory."""
     if len(shape) <= 2:
         return d2.reshape(shape)
     moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
-    return xp.ascontiguousarray(xp.moveaxis(d2.reshape(moved), -1, 1))
+    dx = be.xp.moveaxis(d2.reshape(moved), -1, 1)
+    return dx if be.xp is np and be.kernels is None else be.xp.ascontiguousarray(dx)
 
 
 def _all_half(be, *args, **kwargs):
@@ -212,10 +219,13 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
         per, lse = _fused_forward(x2, ts, wt, valid, weight, label_smoothing)
         per = per.astype(x.dtype, copy=False)
     else:
-        m = x2.max(axis=1, keepdims=True)
-        e = x2 - m
-        xp.exp(e, out=e)
-        lse = xp.concatenate([m, xp.log(e.sum(axis=1, keepdims=True))], axis=1)
+        lse = _host_lse(be, x2)
+        if lse is None:
+            m = x2.max(axis=1, keepdims=True)
+            e = x2 - m
+            xp.exp(e, out=e)
+            lse = xp.concatenate([m, xp.log(e.sum(axis=1, keepdims=True))], axis=1)
+        m = lse[:, :1]
         # lse - x, as (m - x) + l: at the targets only, unless smoothing needs every class
         x_t = xp.take_along_axis(x2, ts[:, None], axis=1)
         per = wt * ((m - x_t) + lse[:, 1:])[:, 0]
@@ -244,7 +254,7 @@ def cross_entropy_backward(be, ctx, grad):
         grad = grad.astype(np.float32)
     scale = _scale(be.xp, reduction, grad, denom)
     if route == "fused":
-        return _from_rows(xp, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
+        return _from_rows(be, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
     scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=lse.dtype), (rows,))
     if route == "kernel":
         dx2 = xp.empty_like(x2)
@@ -253,8 +263,11 @@ def cross_entropy_backward(be, ctx, grad):
                                           _weight_arg(xp, weight), weight_sum, lse,
                                           xp.ascontiguousarray(scale, dtype=lse.dtype), kernel_view(be, dx2),
                                           int(ignore_index), float(eps), be.stream())
-        return _from_rows(xp, dx2, shape)
+        return _from_rows(be, dx2, shape)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
+    lib = _host_rows_lib(be, x2)
+    if lib is not None and not eps:  # a = ct = wt without smoothing
+        return _from_rows(be, _host_grad(lib, x2, lse, ts, wt, scale), shape)
     # p = softmax(x), built in dx2's memory; every later step is in place
     dx2 = x2 - lse[:, :1]
     dx2 -= lse[:, 1:]
@@ -266,7 +279,44 @@ def cross_entropy_backward(be, ctx, grad):
         dx2 -= (eps / c) * w_row * valid[:, None]
     dx2[xp.arange(rows), ts] -= (1 - eps) * wt
     dx2 *= scale[:, None]
-    return _from_rows(xp, dx2, shape)
+    return _from_rows(be, dx2, shape)
+
+
+def _host_rows_lib(be, x2):
+    """The compiled host loops for float32 rows x2 in C order, else None."""
+    lib = hostlib.for_float32(be, x2)
+    return lib if lib is not None and x2.flags.c_contiguous and x2.size else None
+
+
+def _host_lse(be, x2):
+    """The (rows, 2) pairs (max, log sum e^(x - max)) of float32 rows in one
+    compiled read of each row (gpunet_cross_entropy_lse_f32), the rows split
+    over the host threads; None where the NumPy code runs."""
+    lib = _host_rows_lib(be, x2)
+    if lib is None:
+        return None
+    rows, c = x2.shape
+    lse = np.empty((rows, 2), np.float32)
+    xa, la = x2.ctypes.data, lse.ctypes.data
+    host_threads.run(lambda lo, hi: lib.gpunet_cross_entropy_lse_f32(xa + 4 * lo * c, la + 8 * lo, hi - lo, c),
+                     host_threads.ranges(rows, c))
+    return lse
+
+
+def _host_grad(lib, x2, lse, ts, wt, scale):
+    """cross_entropy_backward's dx without label smoothing in one compiled
+    pass over float32 rows (gpunet_cross_entropy_grad_f32: the NumPy code's
+    operations in its order), the rows split over the host threads."""
+    rows, c = x2.shape
+    dx2 = np.empty_like(x2)
+    wt = np.ascontiguousarray(wt, np.float32)
+    scale = np.ascontiguousarray(scale, np.float32)
+    ts = np.ascontiguousarray(ts, np.int64)
+    xa, la, ta, wa, sa, da = (a.ctypes.data for a in (x2, lse, ts, wt, scale, dx2))
+    host_threads.run(lambda lo, hi: lib.gpunet_cross_entropy_grad_f32(
+        xa + 4 * lo * c, la + 8 * lo, ta + 8 * lo, wa + 4 * lo, wa + 4 * lo, sa + 4 * lo, da + 4 * lo * c, hi - lo, c),
+        host_threads.ranges(rows, c))
+    return dx2
 
 
 def _weight_arg(xp, weight):
@@ -422,7 +472,7 @@ def nll_backward(be, ctx, grad):
         scale = scale.reshape(-1)
     dx2 = xp.zeros(rows_shape, dtype=wt.dtype)
     dx2[xp.arange(rows_shape[0]), ts] = -wt * scale
-    return _from_rows(xp, dx2, shape)
+    return _from_rows(be, dx2, shape)
 
 
 # ---------------------------------------------------------------- KL divergence
