@@ -1,10 +1,10 @@
 """The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
 ReLU's backward, the embedding backward, the LSTM cell, the convolution's
-im2col, col2im, direct forward and weight gradient, the inputs' NaN/inf scan: the list heads
-the C file), compiled on first use with the system C compiler (CC, else cc)
-into the per-user cache the sim backend uses (gpunet.simbuild.cache_dir())
-and loaded with ctypes.
+im2col, col2im, direct forward and weight gradient, cross-entropy rows, the
+inputs' NaN/inf scan: the list heads the C file), compiled on first use with
+the system C compiler (CC, else cc) into the per-user cache the sim backend
+uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
 
 `load()` returns the library, or None when GPUNET_HOST_KERNELS=0, when there
 is no compiler or the compile fails: the NumPy array paths then run, as they

@@ -4,8 +4,8 @@
  * forward and backward, average and max pooling, ReLU's backward, the
  * embedding backward, the LSTM cell, the convolution's row-layout
  * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
- * gradient (the places that ask for fused multiply-adds: see there), and the
- * inputs' NaN/inf scan.
+ * gradient (the places that ask for fused multiply-adds: see there),
+ * cross-entropy rows, and the inputs' NaN/inf scan.
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
