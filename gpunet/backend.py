@@ -29,6 +29,8 @@ GPU memory comes from CuPy's memory pool on cuda and cupy alike.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
 import logging
 import os
@@ -245,6 +247,30 @@ def _parse(device) -> tuple[str, int]:
     return name, int(idx or 0)
 
 
+# glibc's M_TOP_PAD (malloc.h) and how much free memory to keep at the top of the heap
+_M_TOP_PAD, HEAP_TOP_PAD = -2, 64 << 20
+
+
+@functools.cache
+def _pad_heap_top() -> bool:
+    """Keep HEAP_TOP_PAD bytes of freed memory at the top of glibc's heap
+    (once, at the first host backend). Without it glibc hands the memory of a
+    step's freed arrays back to the system, and the next step faults it back
+    in page by page: 4,400 minor faults per step of the bench's transformer,
+    whose step took 24 ms with them and 19.8 ms without (2 threads), and
+    0.55 of 4.4 ms per digits CNN step at batch 64. A process that sets
+    MALLOC_TOP_PAD_ itself keeps its own choice; other C libraries are left
+    alone. Returns whether it was set."""
+    if "MALLOC_TOP_PAD_" in os.environ:
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        return bool(ctypes.CDLL(None).mallopt(_M_TOP_PAD, HEAP_TOP_PAD))
+    except (ValueError, OSError, AttributeError):  # no such confstr name, no libc handle, no mallopt
+        return False
+
+
 def get_backend(device="auto") -> Backend:
     """The Backend for a device string ('cpu', 'sim', 'cuda', 'cuda:1', 'cupy', 'auto').
 
@@ -271,6 +297,8 @@ def get_backend(device="auto") -> Backend:
         if not ok:
             raise RuntimeError(f"backend {name!r} is not available: {why}")
         be = Backend(name, index)
+        if not be.on_gpu:
+            _pad_heap_top()
         if be.on_gpu and index >= be.xp.cuda.runtime.getDeviceCount():
             raise ValueError(f"device: {device!r} asks for GPU {index}, but only "
                              f"{be.xp.cuda.runtime.getDeviceCount()} GPU(s) are present")

@@ -294,3 +294,35 @@ def test_finite_checks_switch(monkeypatch):
     with pytest.raises(ValueError, match="NaN/Inf"):
         lin(x)
     assert not checks.finite_checks_enabled(gpu)
+
+
+_FAULTS_PER_STEP = """
+import resource, numpy as np, gpunet
+from gpunet.models import digits_cnn
+rng = np.random.default_rng(0)
+model = digits_cnn(width=32)
+x, t = rng.standard_normal((64, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 64)
+crit, opt = gpunet.nn.CrossEntropyLoss(), gpunet.optim.Adam(model.parameters(), lr=1e-3)
+def step():
+    model.zero_grad(); crit(model(x), t); model.backward(crit.backward()); opt.step()
+step(); step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10): step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="glibc's heap top pad")
+def test_host_backend_keeps_freed_heap_top_no_page_faults_per_training_step():
+    """A cpu training loop does not fault its arrays back in every step (the
+    heap's top pad, gpunet.backend._pad_heap_top); a process's own
+    MALLOC_TOP_PAD_ (here 0) is left as it is, and the faults come back."""
+    def faults(env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], capture_output=True, text=True, timeout=120,
+                             env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return float(out.stdout.split()[-1])
+    own = {k: v for k, v in os.environ.items() if k != "MALLOC_TOP_PAD_"}
+    padded, unpadded = faults(own), faults(dict(own, MALLOC_TOP_PAD_="0"))
+    assert padded < 20 and unpadded > 10 * max(padded, 10), (padded, unpadded)
