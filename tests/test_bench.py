@@ -319,3 +319,12 @@ def test_gemm_recording_keeps_shapes_layouts_and_counts_and_the_floor_formula():
     assert gemm_ceiling.floor_ratio({"numpy_s": 9e-3, "torch_s": 6e-3}, 10e-3) == pytest.approx(1.3)
     # torch runs no such products (a direct convolution): NumPy's GEMMs alone bound it
     assert gemm_ceiling.floor_ratio({"numpy_s": 4e-3, "torch_s": 12e-3}, 5e-3) == pytest.approx(0.8)
+    assert not products.side_by_side and not g["side_by_side"]
+    # products from the host threads' pool ran several at once: no floor
+    import threading
+    with gemm_ceiling.recording() as products:
+        worker = threading.Thread(target=lambda: np.matmul(x, x.T))
+        worker.start()
+        worker.join()
+    assert products == {((4, 5), "N", (5, 4), "T"): 1} and products.side_by_side
+    assert gemm_ceiling.floor_ratio(dict(gemm_ceiling.measure(products, torch)), 1e-3) is None

@@ -21,11 +21,13 @@ taking what PyTorch's step takes outside the same products,
     floor = max(G_numpy, T_torch - G_torch + G_numpy) / T_torch,
 (where PyTorch does not run these products, as in its direct convolutions,
 T_torch - G_torch can be small: then G_numpy / T_torch bounds it). The bench
-reports it beside every cpu float32 case whose gpunet step runs GEMMs.
+reports it beside every cpu float32 case whose gpunet step runs GEMMs, except
+where they ran on several host threads at once (`Products.side_by_side`).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import Counter
 
@@ -42,17 +44,26 @@ def _layout(a) -> str:
     return "N"
 
 
+class Products(Counter):
+    """(a shape, a layout, b shape, b layout) -> calls; `side_by_side`: some
+    were called from the host threads' pool, several at once (attention's
+    blocks, BLAS held to one thread each), which one-at-a-time replays at the
+    step's BLAS threads do not model: no floor then."""
+    side_by_side = False
+
+
 @contextlib.contextmanager
 def recording():
-    """numpy.matmul counting its float32 products: yields a Counter of
-    (a shape, a layout, b shape, b layout) -> calls."""
-    products: Counter = Counter()
+    """numpy.matmul counting its float32 products: yields Products."""
+    products = Products()
     real = np.matmul
 
     def matmul(a, b, *args, **kwargs):
         if getattr(a, "dtype", None) == np.float32 and getattr(b, "dtype", None) == np.float32 \
                 and a.ndim >= 2 and b.ndim >= 2:
             products[(a.shape, _layout(a), b.shape, _layout(b))] += 1
+            if threading.current_thread() is not threading.main_thread():
+                products.side_by_side = True
         return real(a, b, *args, **kwargs)
     np.matmul = matmul
     try:
@@ -83,7 +94,7 @@ def _best_each(fns) -> list[float]:
     return best
 
 
-def measure(products: Counter, torch) -> dict:
+def measure(products: Products, torch) -> dict:
     """Per step: the products' count, FLOPs and time through NumPy and through
     torch.matmul (seconds), each product timed on its own (into a preallocated
     output on both sides) and weighted by its calls."""
@@ -102,10 +113,13 @@ def measure(products: Counter, torch) -> dict:
         torch_runs.append(lambda a=ta, b=tb, y=ty: torch.matmul(a, b, out=y))
     numpy_s = sum(n * t for n, t in zip(calls, _best_each(numpy_runs)))
     torch_s = sum(n * t for n, t in zip(calls, _best_each(torch_runs)))
-    return {"count": sum(calls), "flops": flops, "numpy_s": numpy_s, "torch_s": torch_s}
+    return {"count": sum(calls), "flops": flops, "numpy_s": numpy_s, "torch_s": torch_s,
+            "side_by_side": products.side_by_side}
 
 
-def floor_ratio(gemm: dict, torch_s: float) -> float:
+def floor_ratio(gemm: dict, torch_s: float) -> float | None:
     """The lowest gpunet/PyTorch time ratio with these GEMMs at NumPy's speed
-    (module docstring)."""
+    (module docstring); None where they ran side by side (Products)."""
+    if gemm.get("side_by_side"):
+        return None
     return max(gemm["numpy_s"], torch_s - gemm["torch_s"] + gemm["numpy_s"]) / torch_s
