@@ -21,19 +21,19 @@ taking what PyTorch's step takes outside the same products,
     floor = max(G_numpy, T_torch - G_torch + G_numpy) / T_torch,
 (where PyTorch does not run these products, as in its direct convolutions,
 T_torch - G_torch can be small: then G_numpy / T_torch bounds it). The bench
-reports it beside every cpu float32 case whose gpunet step runs GEMMs, except
-where they ran on several host threads at once (`Products.side_by_side`).
+reports it beside every cpu float32 case whose gpunet step runs GEMMs (those
+it ran on several host threads at once apart: `Products`).
 """
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import Counter
 
 import numpy as np
 
 REPLAY_REPS = 5
+IDLE_S = 0.3  # for the other framework's spinning worker threads to go to sleep
 
 
 def _layout(a) -> str:
@@ -45,25 +45,29 @@ def _layout(a) -> str:
 
 
 class Products(Counter):
-    """(a shape, a layout, b shape, b layout) -> calls; `side_by_side`: some
-    were called from the host threads' pool, several at once (attention's
-    blocks, BLAS held to one thread each), which one-at-a-time replays at the
-    step's BLAS threads do not model: no floor then."""
-    side_by_side = False
+    """(a shape, a layout, b shape, b layout) -> calls, for the products run
+    one at a time; `side_by_side` counts those gpunet ran on several host
+    threads at once with BLAS held to one thread each (attention's blocks,
+    gpunet.ops.attention.blas_held()): one-at-a-time replays do not model
+    them, so they are left out of the share and the floor (they count as the
+    rest of the step)."""
+    side_by_side = 0
 
 
 @contextlib.contextmanager
 def recording():
     """numpy.matmul counting its float32 products: yields Products."""
+    from ..ops import attention
     products = Products()
     real = np.matmul
 
     def matmul(a, b, *args, **kwargs):
         if getattr(a, "dtype", None) == np.float32 and getattr(b, "dtype", None) == np.float32 \
                 and a.ndim >= 2 and b.ndim >= 2:
-            products[(a.shape, _layout(a), b.shape, _layout(b))] += 1
-            if threading.current_thread() is not threading.main_thread():
-                products.side_by_side = True
+            if attention.blas_held():
+                products.side_by_side += 1
+            else:
+                products[(a.shape, _layout(a), b.shape, _layout(b))] += 1
         return real(a, b, *args, **kwargs)
     np.matmul = matmul
     try:
@@ -80,9 +84,11 @@ def _operand(shape, layout, rng):
 
 
 def _best_each(fns) -> list[float]:
-    """The best of REPLAY_REPS timed runs of each function, after one run of
-    all: a framework's runs together, so its worker threads are the ones
-    awake (OpenBLAS's and OpenMP's spin a while after each job)."""
+    """The best of REPLAY_REPS timed runs of each function, after a pause and
+    one run of all: a framework's runs together, so its worker threads are the
+    ones awake (OpenBLAS's and OpenMP's spin for up to a tenth of a second
+    after each job, and would take the cores from the other's)."""
+    time.sleep(IDLE_S)
     for fn in fns:
         fn()
     best = [float("inf")] * len(fns)
@@ -119,7 +125,7 @@ def measure(products: Products, torch) -> dict:
 
 def floor_ratio(gemm: dict, torch_s: float) -> float | None:
     """The lowest gpunet/PyTorch time ratio with these GEMMs at NumPy's speed
-    (module docstring); None where they ran side by side (Products)."""
-    if gemm.get("side_by_side"):
+    (module docstring); None without any run one at a time (Products)."""
+    if not gemm["count"]:
         return None
     return max(gemm["numpy_s"], torch_s - gemm["torch_s"] + gemm["numpy_s"]) / torch_s

@@ -367,6 +367,12 @@ def _one_blas_thread(ctl):
                 _blas_hold["limiter"].restore_original_limits()
 
 
+def blas_held() -> bool:
+    """Whether blocks now run side by side on the host threads with BLAS held
+    to one thread (gpunet.bench.gemm_ceiling tells their products apart)."""
+    return _blas_hold["depth"] > 0
+
+
 def _run_units(fn, units, elements):
     """fn(lo, hi) over the units split across the host threads, BLAS held to
     one thread meanwhile (each host thread runs its own small GEMMs: twice as
