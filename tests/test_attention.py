@@ -490,7 +490,7 @@ def test_sdpa_host_blocks(block_bytes, kind, rng, monkeypatch):
         for threads, blas in ((1, True), (2, True), (3, True), (2, False)):
             host_threads.set_num_threads(threads)
             if not blas:
-                monkeypatch.setattr(attention, "_blas_controller", lambda: None)
+                monkeypatch.setattr(host_threads, "_blas_controller", lambda: None)
             m = nn.ScaledDotProductAttention()
             runs.append((m(f32(q), f32(k), f32(v), attn_mask=f32(mask), is_causal=causal),)
                         + tuple(m.backward(f32(dout))))
@@ -507,14 +507,14 @@ def test_sdpa_host_blas_hold_overlapping_calls():
     """Attention calls overlapping in time (user threads) hold BLAS at one
     thread until the last one leaves, then give back the count it had."""
     pytest.importorskip("threadpoolctl")
-    from gpunet.ops import attention
-    ctl = attention._blas_controller()
+    from gpunet.ops import host_threads
+    ctl = host_threads._blas_controller()
     if ctl is None or not ctl.lib_controllers:
         pytest.skip("no BLAS library that threadpoolctl controls")
     threads = lambda: [c.num_threads for c in ctl.lib_controllers]
     with ctl.limit(limits=2):
         before = threads()
-        first, second = attention._one_blas_thread(ctl), attention._one_blas_thread(ctl)
+        first, second = host_threads._one_blas_thread(ctl), host_threads._one_blas_thread(ctl)
         first.__enter__()
         second.__enter__()
         first.__exit__(None, None, None)  # the first leaves while the second still runs

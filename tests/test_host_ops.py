@@ -643,6 +643,21 @@ def _conv_grads(x, w, b, dy, stride, padding, dilation, groups):
     return conv.conv2d_backward(be, ctx, dy)
 
 
+def _conv_case_and_torch_grads(geometry, seed):
+    """Seeded float32 x, w, b (or None), dy of a conv geometry and PyTorch's float64 dx, dw[, db]."""
+    shape, o, k, stride, padding, dilation, groups, bias = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
+    dy = rng.standard_normal(ty.shape).astype(np.float32)
+    ty.backward(torch.tensor(dy, dtype=torch.float64))
+    return x, w, b, dy, [tx.grad, tw.grad] + ([tb.grad] if bias else [])
+
+
 @pytest.mark.parametrize("direct", [False, True], ids=["columns", "direct"])
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=str)
 def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, direct, monkeypatch):
@@ -654,16 +669,7 @@ def test_conv_backward_both_paths_against_torch_float64(host_path, geometry, dir
     for gate in ("DIRECT_BACKWARD_MIN_CHANNELS", "DX_DIRECT_MIN_CHANNELS"):
         monkeypatch.setattr(conv, gate, 1 if direct else 1 << 30)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(shape).astype(np.float32)
-    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
-    b = rng.standard_normal(o).astype(np.float32) if bias else None
-    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
-    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
-    dy = rng.standard_normal(ty.shape).astype(np.float32)
-    ty.backward(torch.tensor(dy, dtype=torch.float64))
-    refs = [tx.grad, tw.grad] + ([tb.grad] if bias else [])
+    x, w, b, dy, refs = _conv_case_and_torch_grads(geometry, seed=5)
     for chunk in (conv.ROWS_CHUNK_BYTES, 1):
         monkeypatch.setattr(conv, "ROWS_CHUNK_BYTES", chunk)
         dx, dw, db = _conv_grads(x, w, b, dy, stride, padding, dilation, groups)
@@ -941,16 +947,7 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
     monkeypatch.setattr(conv, "DIRECT_MIN_PIXELS", 0)
     monkeypatch.setattr(conv, "DX_DIRECT_MIN_CHANNELS", 1)
     shape, o, k, stride, padding, dilation, groups, bias = geometry
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal(shape).astype(np.float32)
-    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
-    b = rng.standard_normal(o).astype(np.float32) if bias else None
-    tx, tw = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
-    tb = torch.tensor(b, dtype=torch.float64, requires_grad=True) if bias else None
-    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
-    dy = rng.standard_normal(ty.shape).astype(np.float32)
-    ty.backward(torch.tensor(dy, dtype=torch.float64))
-    refs = [tx.grad, tw.grad] + ([tb.grad] if bias else [])
+    x, w, b, dy, refs = _conv_case_and_torch_grads(geometry, seed=11)
     calls, real = [], conv._forward_direct
     monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
     for chunks in (conv.DW_CHUNKS, 1):

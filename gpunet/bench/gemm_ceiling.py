@@ -48,7 +48,7 @@ class Products(Counter):
     """(a shape, a layout, b shape, b layout) -> calls, for the products run
     one at a time; `side_by_side` counts those gpunet ran on several host
     threads at once with BLAS held to one thread each (attention's blocks,
-    gpunet.ops.attention.blas_held()): one-at-a-time replays do not model
+    gpunet.ops.host_threads.blas_held()): one-at-a-time replays do not model
     them, so they are left out of the share and the floor (they count as the
     rest of the step)."""
     side_by_side = 0
@@ -57,14 +57,14 @@ class Products(Counter):
 @contextlib.contextmanager
 def recording():
     """numpy.matmul counting its float32 products: yields Products."""
-    from ..ops import attention
+    from ..ops import host_threads
     products = Products()
     real = np.matmul
 
     def matmul(a, b, *args, **kwargs):
         if getattr(a, "dtype", None) == np.float32 and getattr(b, "dtype", None) == np.float32 \
                 and a.ndim >= 2 and b.ndim >= 2:
-            if attention.blas_held():
+            if host_threads.blas_held():
                 products.side_by_side += 1
             else:
                 products[(a.shape, _layout(a), b.shape, _layout(b))] += 1

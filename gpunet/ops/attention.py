@@ -45,10 +45,8 @@ O(L·d) float32 workspace.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import threading
 
 import numpy as np
 
@@ -335,56 +333,12 @@ def _units(outer, inner, L, S):
     return [[(o * inner + h, o * inner + min(h + g, inner), 0, L)] for o in range(outer) for h in range(0, inner, g)]
 
 
-@functools.cache
-def _blas_controller():
-    """threadpoolctl's handle on the BLAS libraries, or None without it."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController().select(user_api="blas")
-
-
-_blas_hold = {"depth": 0, "limiter": None}
-_blas_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _one_blas_thread(ctl):
-    """BLAS held to one thread while any caller is inside (attention from
-    several user threads at once: the first in limits it, the last out
-    restores what it was, so overlapping calls cannot leave it at one)."""
-    with _blas_lock:
-        if _blas_hold["depth"] == 0:
-            _blas_hold["limiter"] = ctl.limit(limits=1)
-        _blas_hold["depth"] += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_hold["depth"] -= 1
-            if _blas_hold["depth"] == 0:
-                _blas_hold["limiter"].restore_original_limits()
-
-
-def blas_held() -> bool:
-    """Whether blocks now run side by side on the host threads with BLAS held
-    to one thread (gpunet.bench.gemm_ceiling tells their products apart)."""
-    return _blas_hold["depth"] > 0
-
-
 def _run_units(fn, units, elements):
-    """fn(lo, hi) over the units split across the host threads, BLAS held to
-    one thread meanwhile (each host thread runs its own small GEMMs: twice as
-    fast as BLAS's threads on one block at a time, and host threads next to
-    BLAS's busy-waiting ones would fight over the cores). Without
-    threadpoolctl to hold BLAS, the units run in order on this thread."""
-    parts = host_threads.ranges(len(units), elements // len(units))
-    if len(parts) == 1 or (ctl := _blas_controller()) is None:
-        fn(0, len(units))
-        return
-    with _one_blas_thread(ctl):
-        host_threads.run(fn, parts)
+    """fn(lo, hi) over the units split across the host threads, each running
+    its own small GEMMs with BLAS held to one thread (twice as fast as BLAS's
+    threads on one block at a time, and host threads next to BLAS's
+    busy-waiting ones would fight over the cores; host_threads.run_one_blas_each)."""
+    host_threads.run_one_blas_each(fn, host_threads.ranges(len(units), elements // len(units)))
 
 
 def _scratch(units, L, S):

@@ -12,6 +12,8 @@ so results do not depend on the thread count. Reductions across the ranges
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +87,57 @@ def run(fn, parts: list[tuple[int, int]]) -> list:
     finally:
         rest = [f.result() for f in futures]  # wait for every part even if the first raised
     return [first] + rest
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries, or None without it."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+_blas_hold = {"depth": 0, "limiter": None}
+_blas_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_blas_thread(ctl):
+    """BLAS held to one thread while any caller is inside (calls from several
+    user threads at once: the first in limits it, the last out restores what
+    it was, so overlapping calls cannot leave it at one)."""
+    with _blas_lock:
+        if _blas_hold["depth"] == 0:
+            _blas_hold["limiter"] = ctl.limit(limits=1)
+        _blas_hold["depth"] += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_hold["depth"] -= 1
+            if _blas_hold["depth"] == 0:
+                _blas_hold["limiter"].restore_original_limits()
+
+
+def blas_held() -> bool:
+    """Whether parts now run side by side with BLAS held to one thread
+    (run_one_blas_each; gpunet.bench.gemm_ceiling tells their GEMMs apart)."""
+    return _blas_hold["depth"] > 0
+
+
+def run_one_blas_each(fn, parts: list[tuple[int, int]]) -> None:
+    """run(fn, parts) for parts that call BLAS themselves, with BLAS held to
+    one thread meanwhile (its own threads, busy-waiting between calls, would
+    fight the host threads for the cores). A single part, or no threadpoolctl
+    to hold BLAS: fn over the whole range on this thread, BLAS keeping its
+    threads."""
+    if len(parts) == 1 or (ctl := _blas_controller()) is None:
+        fn(parts[0][0], parts[-1][1])
+        return
+    with _one_blas_thread(ctl):
+        run(fn, parts)
 
 
 def map_chunks(fn, chunks: list, unit: int) -> list:
