@@ -299,6 +299,8 @@ def get_backend(device="auto") -> Backend:
         be = Backend(name, index)
         if not be.on_gpu:
             _pad_heap_top()
+            from .ops import host_threads  # not at the top: gpunet.ops imports this module
+            host_threads.adopt_blas_jobs()
         if be.on_gpu and index >= be.xp.cuda.runtime.getDeviceCount():
             raise ValueError(f"device: {device!r} asks for GPU {index}, but only "
                              f"{be.xp.cuda.runtime.getDeviceCount()} GPU(s) are present")

@@ -2,7 +2,8 @@
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
 ReLU's backward, the embedding backward, the LSTM cell, the convolution's
 im2col, col2im, direct forward and weight gradient, cross-entropy rows, the
-inputs' NaN/inf scan: the list heads the C file), compiled on first use with
+inputs' NaN/inf scan: the list heads the C file) and the pool that runs
+OpenBLAS's threaded jobs (gpunet/ops/host_threads.py), compiled on first use with
 the system C compiler (CC, else cc) into the per-user cache the sim backend
 uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
 
@@ -33,7 +34,7 @@ from . import simbuild
 SOURCE = Path(__file__).resolve().parent / "_host" / "host_ops.c"
 # no -ffast-math (it drops NaN/inf semantics); no contraction into FMAs, so
 # every float32 operation rounds as NumPy's does
-FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
+FLAGS = ["-std=c11", "-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-math-errno"]
 
 # pointers as plain addresses (c_void_p; None is NULL): a.ctypes.data once
 # per array, offsets added as integers, is the cheapest way across
@@ -42,7 +43,8 @@ _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
 _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
-                                             "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32")}
+                                             "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32",
+                                             "gpunet_blas_pool_init")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
@@ -81,6 +83,10 @@ _SIGNATURES = {
     # gradient: x, lse, targets (int64), per-row a, ct, scale, dx, m, n
     "gpunet_cross_entropy_lse_f32": [_F32P, _F32P, _I64, _I64],
     "gpunet_cross_entropy_grad_f32": [_F32P, _F32P, ctypes.c_void_p] + [_F32P] * 4 + [_I64, _I64],
+    # the pool that runs OpenBLAS's parallel jobs (gpunet/ops/host_threads.py): its fork handler, then
+    # (calls run, workers started) into an int64 pair; gpunet_blas_run_jobs is OpenBLAS's callback
+    "gpunet_blas_pool_init": [],
+    "gpunet_blas_pool_stats": [ctypes.c_void_p],
 }
 
 

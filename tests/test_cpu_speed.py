@@ -272,3 +272,58 @@ def test_host_softmax_with_and_without_the_shift(beta):
     ref /= ref.sum(axis=1, keepdims=True)
     assert np.isnan(got[10]).all() and not np.isnan(np.delete(got, 10, axis=0)).any()
     np.testing.assert_allclose(np.delete(got, 10, axis=0), np.delete(ref, 10, axis=0), rtol=1e-6, atol=1e-9)
+
+
+def _blas_pool():
+    """gpunet.ops.host_threads after the first host backend adopted OpenBLAS's jobs (skips where it cannot)."""
+    import gpunet
+    from gpunet.ops import host_threads
+    gpunet.backend.get_backend("cpu")
+    if not host_threads.adopt_blas_jobs():
+        pytest.skip("NumPy's BLAS is not an OpenBLAS with its own threads and the jobs callback (0.3.27+), "
+                    "or the host loops are not compiled")
+    return host_threads
+
+
+def test_blas_jobs_run_on_the_pool_which_does_not_spin_after_a_call():
+    """OpenBLAS's own threads busy-wait about 0.1 s of a core after each call;
+    the pool's workers sleep after 0.1 ms. (Raising OpenBLAS's thread count
+    starts threads of its own, which spin once before they sleep for good:
+    the first sleep lets them.)"""
+    import time
+    from threadpoolctl import threadpool_limits
+    ht = _blas_pool()
+    a = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    with threadpool_limits(2, user_api="blas"):
+        time.sleep(0.2)
+        calls = ht.blas_pool_stats()[0]
+        got = a @ a
+        assert ht.blas_pool_stats()[0] > calls  # the threaded GEMM ran its jobs on the pool
+        assert ht.blas_pool_stats()[1] >= 1
+        busy = time.process_time()
+        time.sleep(0.3)
+        busy = time.process_time() - busy
+    a64 = a.astype(np.float64)
+    np.testing.assert_allclose(got, a64 @ a64, rtol=0, atol=1e-4 * np.abs(a64 @ a64).max())
+    assert busy < 0.03, f"{busy * 1e3:.1f} ms of CPU while the process slept after a GEMM"
+
+
+def _gemm_sum(seed):
+    a = np.random.default_rng(seed).standard_normal((384, 384)).astype(np.float32)
+    return float((a @ a).astype(np.float64).sum())
+
+
+def test_blas_pool_with_several_callers_and_in_a_forked_child():
+    """GEMMs from several threads at once (one pool call at a time) and in a
+    forked child (no workers of the parent there) give the one-thread results."""
+    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor
+    from threadpoolctl import threadpool_limits
+    _blas_pool()
+    with threadpool_limits(1, user_api="blas"):
+        expected = [_gemm_sum(s) for s in range(8)]
+    with threadpool_limits(2, user_api="blas"):
+        with ThreadPoolExecutor(4) as ex:
+            assert list(ex.map(_gemm_sum, range(8))) == pytest.approx(expected, rel=1e-6)
+        with mp.get_context("fork").Pool(1) as p:
+            assert p.map(_gemm_sum, range(3), chunksize=1) == pytest.approx(expected[:3], rel=1e-6)

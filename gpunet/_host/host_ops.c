@@ -5,7 +5,8 @@
  * embedding backward, the LSTM cell, the convolution's row-layout
  * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
  * gradient (the places that ask for fused multiply-adds: see there),
- * cross-entropy rows, and the inputs' NaN/inf scan.
+ * cross-entropy rows, and the inputs' NaN/inf scan; and a thread pool that
+ * runs OpenBLAS's parallel jobs (at the end).
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
@@ -16,6 +17,7 @@
  * so Adam matches the NumPy path bit for bit), and
  * reductions are written with explicit lanes so GCC vectorises them without
  * reassociating anything (results do not depend on the vector width). */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime: the BLAS pool's spin */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -1391,4 +1393,179 @@ void gpunet_cross_entropy_grad_f32(const float *restrict x, const float *restric
         for (i64 k = 0; k < n; k++) dr[k] = (exp_f32((xr[k] - s) - l) * ar) * sc;
         dr[t[r]] = (exp_f32((xr[t[r]] - s) - l) * ar - ct[r]) * sc;
     }
+}
+
+/* ------------------------------------------------------------ OpenBLAS's parallel jobs
+ * After every threaded call OpenBLAS's own worker threads busy-wait (a nop
+ * loop on x86-64, no yield) for 2^28 TSC cycles, about 0.1 s, before they
+ * sleep. The host loops that follow a GEMM, split over gpunet's threads,
+ * then share their cores with that spin: on 2 cores a direct convolution
+ * right after a GEMM took 2x its time. OpenBLAS 0.3.27+ hands its jobs to
+ * the application instead where one is registered
+ * (openblas_set_threads_callback_function; gpunet/ops/host_threads.py
+ * registers gpunet_blas_run_jobs): this pool runs them, its workers spinning
+ * for BLAS_POOL_SPIN_NS at most (back-to-back GEMMs, an LSTM's steps, find
+ * them awake) before they sleep on a condition variable.
+ *
+ * One call at a time (OpenBLAS serialises its level-3 calls too). A call
+ * publishes its jobs, then a ticket word: (generation, jobs, next job
+ * index). The caller and the woken workers claim indices by compare-and-swap
+ * on the ticket, so a worker that wakes late, after its generation ended,
+ * claims nothing; the caller returns when every claimed job has finished,
+ * so the jobs' fields stay valid for whoever claimed one. Job i runs as
+ * OpenBLAS's thread i (its per-thread buffers), whatever thread runs it. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+typedef void (*blas_job_fn)(int thread, void *job, int arg);
+
+#define BLAS_POOL_MAX 64
+#define BLAS_POOL_SPIN_NS 100000
+#define TICKET_INDEX_BITS 20
+#define TICKET_JOBS_BITS 20
+#define TICKET_MASK ((1ull << TICKET_INDEX_BITS) - 1)
+
+static struct {
+    pthread_mutex_t call, lock;
+    pthread_cond_t wake, done;
+    blas_job_fn job;
+    char *data;
+    size_t size;
+    int arg;
+    _Atomic uint64_t ticket; /* generation << 40 | jobs << 20 | next index */
+    atomic_int left;         /* claimed or unclaimed jobs not yet finished */
+    atomic_int sleeping;     /* workers waiting on `wake` */
+    int started;
+    atomic_llong calls;
+} blas_pool = {.call = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER,
+               .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+
+static inline uint64_t ticket_generation(uint64_t t) { return t >> (TICKET_INDEX_BITS + TICKET_JOBS_BITS); }
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* claim and run the jobs of generation `gen` until none is left */
+static void blas_pool_work(uint64_t gen)
+{
+    uint64_t t = atomic_load(&blas_pool.ticket);
+    for (;;) {
+        if (ticket_generation(t) != gen || (t & TICKET_MASK) >= ((t >> TICKET_INDEX_BITS) & TICKET_MASK))
+            return;
+        if (!atomic_compare_exchange_weak(&blas_pool.ticket, &t, t + 1))
+            continue; /* t now holds the current ticket */
+        int i = (int)(t & TICKET_MASK);
+        blas_pool.job(i, blas_pool.data + (size_t)i * blas_pool.size, blas_pool.arg);
+        if (atomic_fetch_sub(&blas_pool.left, 1) == 1) {
+            pthread_mutex_lock(&blas_pool.lock);
+            pthread_cond_broadcast(&blas_pool.done);
+            pthread_mutex_unlock(&blas_pool.lock);
+        }
+        t = atomic_load(&blas_pool.ticket);
+    }
+}
+
+static void *blas_pool_worker(void *start)
+{
+    uint64_t seen = (uint64_t)(uintptr_t)start; /* the generation before the call that started it */
+    for (;;) {
+        long long until = now_ns() + BLAS_POOL_SPIN_NS;
+        uint64_t gen;
+        for (int spins = 0; (gen = ticket_generation(atomic_load(&blas_pool.ticket))) == seen; spins++) {
+            if ((spins & 63) == 63 && now_ns() > until) {
+                pthread_mutex_lock(&blas_pool.lock);
+                atomic_fetch_add(&blas_pool.sleeping, 1);
+                while ((gen = ticket_generation(atomic_load(&blas_pool.ticket))) == seen)
+                    pthread_cond_wait(&blas_pool.wake, &blas_pool.lock);
+                atomic_fetch_sub(&blas_pool.sleeping, 1);
+                pthread_mutex_unlock(&blas_pool.lock);
+                break;
+            }
+            cpu_relax();
+        }
+        seen = gen;
+        blas_pool_work(gen);
+    }
+    return NULL;
+}
+
+/* OpenBLAS's threads callback: run job(i, data + i*size, arg) for i < jobs, return when all are done */
+void gpunet_blas_run_jobs(int sync, blas_job_fn job, int jobs, size_t size, void *data, int arg)
+{
+    (void)sync; /* OpenBLAS waits for every call's jobs */
+    if (jobs <= 0)
+        return;
+    pthread_mutex_lock(&blas_pool.call);
+    uint64_t gen = (ticket_generation(atomic_load(&blas_pool.ticket)) + 1) & ((1ull << 24) - 1);
+    while (blas_pool.started < jobs - 1 && blas_pool.started < BLAS_POOL_MAX) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&th, &attr, blas_pool_worker, (void *)(uintptr_t)ticket_generation(atomic_load(&blas_pool.ticket)));
+        pthread_attr_destroy(&attr);
+        if (failed)
+            break; /* fewer workers: the caller claims the rest */
+        blas_pool.started++;
+    }
+    blas_pool.job = job;
+    blas_pool.data = data;
+    blas_pool.size = size;
+    blas_pool.arg = arg;
+    atomic_store(&blas_pool.left, jobs);
+    atomic_store(&blas_pool.ticket, gen << (TICKET_INDEX_BITS + TICKET_JOBS_BITS) |
+                                        (uint64_t)jobs << TICKET_INDEX_BITS);
+    if (atomic_load(&blas_pool.sleeping)) {
+        pthread_mutex_lock(&blas_pool.lock);
+        pthread_cond_broadcast(&blas_pool.wake);
+        pthread_mutex_unlock(&blas_pool.lock);
+    }
+    blas_pool_work(gen);
+    for (long long until = now_ns() + BLAS_POOL_SPIN_NS; atomic_load(&blas_pool.left);) {
+        if (now_ns() > until) {
+            pthread_mutex_lock(&blas_pool.lock);
+            while (atomic_load(&blas_pool.left))
+                pthread_cond_wait(&blas_pool.done, &blas_pool.lock);
+            pthread_mutex_unlock(&blas_pool.lock);
+            break;
+        }
+        cpu_relax();
+    }
+    atomic_fetch_add(&blas_pool.calls, 1);
+    pthread_mutex_unlock(&blas_pool.call);
+}
+
+/* a forked child has none of the workers, and the locks as some thread of the parent held them */
+static void blas_pool_after_fork(void)
+{
+    pthread_mutex_init(&blas_pool.call, NULL);
+    pthread_mutex_init(&blas_pool.lock, NULL);
+    pthread_cond_init(&blas_pool.wake, NULL);
+    pthread_cond_init(&blas_pool.done, NULL);
+    blas_pool.started = 0;
+    atomic_store(&blas_pool.sleeping, 0);
+}
+
+/* once, before registering gpunet_blas_run_jobs; 0 on success */
+int gpunet_blas_pool_init(void) { return pthread_atfork(NULL, NULL, blas_pool_after_fork); }
+
+/* calls run and workers started, for the tests */
+void gpunet_blas_pool_stats(int64_t *out)
+{
+    out[0] = atomic_load(&blas_pool.calls);
+    out[1] = blas_pool.started;
 }

@@ -162,7 +162,10 @@ def environment(threads: int, gpu: bool, mode: dict, with_torch: bool = True) ->
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "gpunet": __version__, **git_commit(), "python": platform.python_version(),
            "numpy": np.__version__, "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "threads": threads,
-           "host_array_threads": host_threads.get_num_threads(), "last_level_cache_bytes": last_level_cache(), "math_mode": mode, "load_average_at_start": load_average()}
+           "host_array_threads": host_threads.get_num_threads(),
+           # whether OpenBLAS's threaded jobs ran on gpunet's pool (host_threads.adopt_blas_jobs)
+           "blas_jobs_on_gpunet_pool": host_threads.adopt_blas_jobs(),
+           "last_level_cache_bytes": last_level_cache(), "math_mode": mode, "load_average_at_start": load_average()}
     try:
         from threadpoolctl import threadpool_info
         env["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}

@@ -13,6 +13,7 @@ so results do not depend on the thread count. Reductions across the ranges
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import threading
@@ -97,6 +98,47 @@ def _blas_controller():
     except ImportError:
         return None
     return ThreadpoolController().select(user_api="blas")
+
+
+# OpenBLAS's callback for its parallel jobs; its symbol carries the build's affixes (NumPy's wheels:
+# scipy_openblas_set_threads_callback_function64_)
+_CALLBACK_SETTER = "openblas_set_threads_callback_function"
+_AFFIXES = [(p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")]
+
+
+@functools.cache
+def adopt_blas_jobs() -> bool:
+    """Have OpenBLAS run its parallel jobs on gpunet's BLAS pool (host_ops.c's
+    gpunet_blas_run_jobs) instead of its own threads, which busy-wait about
+    0.1 s after every call, on the cores the host threads need next (the
+    digits CNN's step took 0.68x its time, the small ResNet's 0.70x, with 2
+    threads on 2 cores). Once per process, at the first host backend; needs
+    an OpenBLAS with its own threads (not OpenMP) and the callback (0.3.27+),
+    and the compiled host loops. Returns whether the pool took the jobs."""
+    from .. import hostlib
+    ctl, lib = _blas_controller(), hostlib.load()
+    if ctl is None or lib is None:
+        return False
+    adopted = False
+    for blas in ctl.lib_controllers:
+        if blas.internal_api != "openblas" or getattr(blas, "threading_layer", None) != "pthreads":
+            continue
+        setter = next((getattr(blas.dynlib, f"{p}{_CALLBACK_SETTER}{s}") for p, s in _AFFIXES
+                       if hasattr(blas.dynlib, f"{p}{_CALLBACK_SETTER}{s}")), None)
+        if setter is None or (not adopted and lib.gpunet_blas_pool_init() != 0):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_void_p], None
+        setter(ctypes.cast(lib.gpunet_blas_run_jobs, ctypes.c_void_p))
+        adopted = True
+    return adopted
+
+
+def blas_pool_stats() -> tuple[int, int]:
+    """(OpenBLAS calls the BLAS pool ran, its worker threads), for the tests."""
+    from .. import hostlib
+    out = (ctypes.c_int64 * 2)()
+    hostlib.load().gpunet_blas_pool_stats(out)
+    return out[0], out[1]
 
 
 _blas_hold = {"depth": 0, "limiter": None}
