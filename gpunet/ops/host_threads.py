@@ -110,9 +110,10 @@ _AFFIXES = [(p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")]
 def adopt_blas_jobs() -> bool:
     """Have OpenBLAS run its parallel jobs on gpunet's BLAS pool (host_ops.c's
     gpunet_blas_run_jobs) instead of its own threads, which busy-wait about
-    0.1 s after every call, on the cores the host threads need next (the
-    digits CNN's step took 0.68x its time, the small ResNet's 0.70x, with 2
-    threads on 2 cores). Once per process, at the first host backend; needs
+    0.1 s after every call, on the cores the host threads need next (2
+    threads on 2 cores, three runs each: the digits CNN's step 10.1-13.7 ms
+    against 14.7-19.3, the small ResNet's 90-120 against 123-129; the char
+    LSTM's and transformer's within the noise). Once per process, at the first host backend; needs
     an OpenBLAS with its own threads (not OpenMP) and the callback (0.3.27+),
     and the compiled host loops. Returns whether the pool took the jobs."""
     from .. import hostlib
