@@ -2,8 +2,8 @@
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
 ReLU's backward, the embedding backward, the LSTM cell, the convolution's
 im2col, col2im, direct forward and weight gradient, cross-entropy rows, the
-inputs' NaN/inf scan: the list heads the C file) and the pool that runs
-OpenBLAS's threaded jobs (gpunet/ops/host_threads.py), compiled on first use with
+inputs' NaN/inf scan: the list heads the C file) and the thread pool that
+runs their ranges and OpenBLAS's threaded jobs (gpunet/ops/host_threads.py), compiled on first use with
 the system C compiler (CC, else cc) into the per-user cache the sim backend
 uses (gpunet.simbuild.cache_dir()) and loaded with ctypes.
 
@@ -44,18 +44,19 @@ _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
 _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
                                              "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32",
-                                             "gpunet_blas_pool_init")}
+                                             "gpunet_pool_init", "gpunet_run_ranges")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
-    "gpunet_gelu_f32": [_F32P, _F32P, _I64, _F32P],
-    "gpunet_gelu_derivative_f32": [_F32P, _F32P, _F32P, _F32P, _I64],
+    "gpunet_gelu_f32": [_F32P, _F32P, _F32P, _I64, _I64],
+    "gpunet_gelu_derivative_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64],
     "gpunet_layer_norm_forward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _I64, _I64, ctypes.c_double],
     "gpunet_layer_norm_backward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _F64P, _F64P, _I64, _I64, _F32P],
     "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
     "gpunet_softmax_rows_f32": [_F32P, _F32P, _I64, _I64, _F32, ctypes.c_int, ctypes.c_int, _I64, _I64],
+    "gpunet_softmax_range_f32": [_F32P, _F32P] + [_I64] * 6,
     "gpunet_attention_ds_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64, _I64, _F32],
-    "gpunet_gelu_tanh_f32": [_F32P, _F32P, _I64],
-    "gpunet_gelu_tanh_derivative_f32": [_F32P, _F32P, _F32P, _I64],
+    "gpunet_gelu_tanh_f32": [_F32P, _F32P, _I64, _I64],
+    "gpunet_gelu_tanh_derivative_f32": [_F32P, _F32P, _F32P, _I64, _I64],
     "gpunet_batch_norm_stats_f32": [_F32P, _F32P, _F32P] + [_I64] * 5,
     "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
@@ -72,21 +73,24 @@ _SIGNATURES = {
     "gpunet_conv_direct_f32": [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
     "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
-    "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64],
-    # gpunet/checks.py's NaN/inf scan: 1 when one is found
-    "gpunet_any_nonfinite_f32": [_F32P, _I64],
-    "gpunet_any_nonfinite_f64": [_F64P, _I64],
+    "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64, _I64],
+    # gpunet/checks.py's NaN/inf scan of [lo, hi): 1 when one is found
+    "gpunet_any_nonfinite_f32": [_F32P, _I64, _I64],
+    "gpunet_any_nonfinite_f64": [_F64P, _I64, _I64],
     # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
     # chunk, whether x is zero-padded, chunk range; returns 1 when out of memory (_RESTYPES)
     "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 5,
-    # gpunet/ops/loss.py's cross-entropy rows: x, lse (m, 2), m, n; then the
-    # gradient: x, lse, targets (int64), per-row a, ct, scale, dx, m, n
-    "gpunet_cross_entropy_lse_f32": [_F32P, _F32P, _I64, _I64],
-    "gpunet_cross_entropy_grad_f32": [_F32P, _F32P, ctypes.c_void_p] + [_F32P] * 4 + [_I64, _I64],
-    # the pool that runs OpenBLAS's parallel jobs (gpunet/ops/host_threads.py): its fork handler, then
-    # (calls run, workers started) into an int64 pair; gpunet_blas_run_jobs is OpenBLAS's callback
-    "gpunet_blas_pool_init": [],
-    "gpunet_blas_pool_stats": [ctypes.c_void_p],
+    # gpunet/ops/loss.py's cross-entropy rows [lo, hi): x, lse (m, 2), n, lo, hi; then the
+    # gradient: x, lse, targets (int64), per-row a, ct, scale, dx, n, lo, hi
+    "gpunet_cross_entropy_lse_f32": [_F32P, _F32P, _I64, _I64, _I64],
+    "gpunet_cross_entropy_grad_f32": [_F32P, _F32P, ctypes.c_void_p] + [_F32P] * 4 + [_I64, _I64, _I64],
+    # the thread pool (gpunet/ops/host_threads.py): its fork handler; a loop's ranges: fn, its int64
+    # arguments, their count, the parts' bounds, their count, one int result per part; (OpenBLAS calls
+    # run, workers started) into an int64 pair. gpunet_blas_run_jobs is OpenBLAS's callback.
+    "gpunet_pool_init": [],
+    "gpunet_run_ranges": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                          ctypes.c_void_p],
+    "gpunet_pool_stats": [ctypes.c_void_p],
 }
 
 

@@ -316,7 +316,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
                     reason="glibc's heap top pad")
 def test_host_backend_keeps_freed_heap_top_no_page_faults_per_training_step():
     """A cpu training loop does not fault its arrays back in every step (the
-    heap's top pad, gpunet.backend._pad_heap_top); a process's own
+    heap's top pad, gpunet.backend._keep_freed_memory); a process's own
     MALLOC_TOP_PAD_ (here 0) is left as it is, and the faults come back."""
     def faults(env):
         out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], capture_output=True, text=True, timeout=120,
@@ -326,3 +326,35 @@ def test_host_backend_keeps_freed_heap_top_no_page_faults_per_training_step():
     own = {k: v for k, v in os.environ.items() if k != "MALLOC_TOP_PAD_"}
     padded, unpadded = faults(own), faults(dict(own, MALLOC_TOP_PAD_="0"))
     assert padded < 20 and unpadded > 10 * max(padded, 10), (padded, unpadded)
+
+
+_MAPPED_CHUNKS = """
+import ctypes, numpy as np, gpunet
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+gpunet.get_backend("cpu")
+before = libc.mallinfo2().hblks
+a = np.ones(2 << 20, np.float32)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="glibc's mmap threshold")
+def test_host_backend_takes_arrays_up_to_32_mib_from_the_heap():
+    """An 8 MiB array comes from the heap, not a mapping of its own (zeroed
+    by the kernel on first write, unmapped when freed: glibc's threshold
+    stays at 128 KiB once the top pad is set); a process's own
+    MALLOC_MMAP_THRESHOLD_ is left as it is."""
+    def mapped(env):
+        out = subprocess.run([sys.executable, "-c", _MAPPED_CHUNKS], capture_output=True, text=True, timeout=120,
+                             env=env)
+        if "mallinfo2" in out.stderr:
+            pytest.skip("glibc before 2.33: no mallinfo2")
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+    own = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_")}
+    assert mapped(own) == 0
+    assert mapped(dict(own, MALLOC_MMAP_THRESHOLD_="131072")) == 1

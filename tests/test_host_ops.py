@@ -14,6 +14,17 @@ from gpunet.ops import activation as act, attention, embedding, host_threads, no
 F32 = np.finfo(np.float32)
 
 
+def _spy_compiled(monkeypatch) -> list:
+    """The names of the compiled loops host_threads.run_compiled runs from now on, once per part."""
+    calls, run_compiled = [], host_threads.run_compiled
+
+    def spy(fn, args, parts):
+        calls.extend([fn.__name__] * len(parts))
+        return run_compiled(fn, args, parts)
+    monkeypatch.setattr(host_threads, "run_compiled", spy)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def lib():
     lib = hostlib.load()
@@ -898,15 +909,14 @@ def test_conv_forward_direct_is_bit_identical_across_host_thread_counts(lib):
 def test_finite_scan_compiled_finds_every_nan_and_inf_wherever_it_sits(lib, dtype, threads, monkeypatch):
     from gpunet import checks
     name = f"gpunet_any_nonfinite_f{np.dtype(dtype).itemsize * 8}"
-    calls, scan = [], getattr(lib, name)
-    monkeypatch.setattr(hostlib, "load", lambda: type("Lib", (), {name: lambda *a: calls.append(a) or scan(*a)}))
+    calls = _spy_compiled(monkeypatch)
     be = get_backend("cpu")
     x = np.random.default_rng(0).uniform(-1, 1, (5, 65537)).astype(dtype) * np.finfo(dtype).max
     before = host_threads.get_num_threads()
     host_threads.set_num_threads(threads)
     try:
         checks.array(be, x, "input")  # the largest finite values pass, through the compiled scan
-        assert len(calls) == threads
+        assert calls == [name] * threads
         edges = [i for lo, hi in host_threads.ranges(x.size) for i in (lo, lo + 4095, lo + 4096, hi - 1)]
         for pos in edges:  # the threads' and their blocks' first and last elements
             for bad in (np.nan, np.inf, -np.inf):
@@ -1039,19 +1049,15 @@ def test_cross_entropy_compiled_against_float64_and_numpy(lib, reduction, weight
         crit = nn.CrossEntropyLoss(weight=w, reduction=reduction).to(x.dtype)
         loss = crit(x, t)
         return np.asarray(loss, np.float64), crit.backward(np.ones_like(loss))
-    calls = []
-
-    class Spy:  # the library, counting the cross-entropy calls
-        def __getattr__(self, name):
-            f = getattr(lib, name)
-            return (lambda *a: calls.append(name) or f(*a)) if name.startswith("gpunet_cross_entropy") else f
-    monkeypatch.setattr(hostlib, "load", Spy)
+    calls = _spy_compiled(monkeypatch)
     before = host_threads.get_num_threads()
     host_threads.set_num_threads(threads)
     try:
         loss, dx = run(x, w)
     finally:
         host_threads.set_num_threads(before)
+    calls = [c for c in calls if c.startswith("gpunet_cross_entropy")]  # (not the input scans)
+    assert sorted(set(calls)) == ["gpunet_cross_entropy_grad_f32", "gpunet_cross_entropy_lse_f32"]
     assert len(calls) == 2 * threads
     ref_loss, ref_dx = run(x.astype(np.float64), None if w is None else w.astype(np.float64))
     scale = np.abs(ref_dx).max()
@@ -1075,7 +1081,7 @@ def test_cross_entropy_compiled_against_float64_and_numpy(lib, reduction, weight
 def test_cross_entropy_compiled_lse_of_nan_and_extreme_rows(lib):
     x = np.array([[0, 1, 2, 3], [np.nan, 0, 0, 0], [-1e30, 1e30, 0, 0], [88, 88, -104, 0]], np.float32)
     lse = np.empty((4, 2), np.float32)
-    lib.gpunet_cross_entropy_lse_f32(x.ctypes.data, lse.ctypes.data, 4, 4)
+    lib.gpunet_cross_entropy_lse_f32(x.ctypes.data, lse.ctypes.data, 4, 0, 4)
     assert np.isnan(lse[1]).all() or np.isnan(lse[1, 0])
     x64 = x.astype(np.float64)[[0, 2, 3]]
     m = x64.max(axis=1)

@@ -5,12 +5,13 @@
  * embedding backward, the LSTM cell, the convolution's row-layout
  * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
  * gradient (the places that ask for fused multiply-adds: see there),
- * cross-entropy rows, and the inputs' NaN/inf scan; and a thread pool that
- * runs OpenBLAS's parallel jobs (at the end).
+ * cross-entropy rows, and the inputs' NaN/inf scan; and the thread pool
+ * that runs their ranges and OpenBLAS's parallel jobs (at the end).
  *
  * Plain C11, C ABI, contiguous float32 arrays, int64 counts. Each function
  * does one range of the work; gpunet/ops/host_threads.py splits the ranges
- * over its threads (ctypes releases the GIL during a call). Compiled on first
+ * over its threads (ctypes releases the GIL during a call) or hands them to
+ * the pool at the end of this file in one call. Compiled on first
  * use by gpunet/hostlib.py with -O3 -march=native -ffp-contract=off
  * -fno-math-errno and never -ffast-math: NaN/inf keep IEEE semantics, no
  * a*b+c is fused behind our back (only the polynomials ask for fmaf, below;
@@ -148,20 +149,20 @@ static inline float phi_f32(float x, const float *R)
     return x < 0.0f ? p : 1.0f - p;
 }
 
-void gpunet_gelu_f32(const float *x, float *y, i64 n, const float *R)
+void gpunet_gelu_f32(const float *x, float *y, const float *R, i64 lo, i64 hi)
 {
     float r[PHI_DEGREE + 1];
     memcpy(r, R, sizeof r);
-    for (i64 i = 0; i < n; i++) y[i] = x[i] * phi_f32(x[i], r);
+    for (i64 i = lo; i < hi; i++) y[i] = x[i] * phi_f32(x[i], r);
 }
 
 /* Phi(x) + x·phi(x) with Phi taken as y/x from the forward's y = x·Phi(x);
  * 0.5 where |x| is below the smallest normal float (as the NumPy path).
  * With dy (else NULL): dy times that, the backward's product in the same pass. */
-void gpunet_gelu_derivative_f32(const float *x, const float *y, const float *dy, float *out, i64 n)
+void gpunet_gelu_derivative_f32(const float *x, const float *y, const float *dy, float *out, i64 lo, i64 hi)
 {
     const float INV_SQRT_2PI = 0.398942280401432678f, TINY = 1.17549435e-38f;
-    for (i64 i = 0; i < n; i++) {
+    for (i64 i = lo; i < hi; i++) {
         float xi = x[i];
         float pdf = exp_half_square(clamp_abs(xi), 0.0f);
         pdf = pdf * INV_SQRT_2PI;
@@ -401,6 +402,17 @@ void gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, 
     }
 }
 
+/* rows [lo, hi) of (rows, n) x, the pool's call shape (gpunet_run_ranges):
+ * beta's float32 bits in an int64, flags = log | masked << 1 */
+void gpunet_softmax_range_f32(const float *x, float *y, i64 n, i64 beta_bits, i64 flags, i64 causal, i64 lo, i64 hi)
+{
+    uint32_t bits = (uint32_t)beta_bits;
+    float beta;
+    memcpy(&beta, &bits, sizeof beta);
+    gpunet_softmax_rows_f32(x + lo * n, y + lo * n, hi - lo, n, beta, (int)(flags & 1), (int)(flags >> 1 & 1), causal,
+                            lo);
+}
+
 /* ------------------------------------------------------------ attention backward */
 /* rows [0, m) of attention's score gradient, in dp's memory (m, n):
  *   ds = (p·(dp - delta))·scale,  delta = sum_j dout·out over the row's ev
@@ -445,18 +457,19 @@ static inline void gelu_tanh_sigmoid(float x, float *s, float *sm)
     *sm = u >= 0.0f ? eq : q;
 }
 
-void gpunet_gelu_tanh_f32(const float *restrict x, float *restrict y, i64 n)
+void gpunet_gelu_tanh_f32(const float *restrict x, float *restrict y, i64 lo, i64 hi)
 {
-    for (i64 i = 0; i < n; i++) {
+    for (i64 i = lo; i < hi; i++) {
         float s, sm;
         gelu_tanh_sigmoid(x[i], &s, &sm);
         y[i] = x[i] * s;
     }
 }
 
-void gpunet_gelu_tanh_derivative_f32(const float *restrict x, const float *restrict dy, float *restrict out, i64 n)
+void gpunet_gelu_tanh_derivative_f32(const float *restrict x, const float *restrict dy, float *restrict out, i64 lo,
+                                     i64 hi)
 {
-    for (i64 i = 0; i < n; i++) {
+    for (i64 i = lo; i < hi; i++) {
         float xi = x[i], s, sm;
         gelu_tanh_sigmoid(xi, &s, &sm);
         float du = ((3.0f * GELU_C) * xi) * xi;
@@ -980,9 +993,9 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
 
 /* ReLU's backward dx = x > 0 ? dy : +0, a select (a NaN dy at x <= 0 gives
  * 0, as the kernels and PyTorch): one pass where NumPy takes three */
-void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 n)
+void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 lo, i64 hi)
 {
-    for (i64 q = 0; q < n; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;
+    for (i64 q = lo; q < hi; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;
 }
 
 /* ------------------------------------------------------------ direct convolution forward (few taps) */
@@ -1191,16 +1204,16 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
 }
 
 /* ------------------------------------------------------------ finite scan */
-/* 1 when x[0, n) holds a NaN or an infinity, else 0: gpunet/checks.py's
+/* 1 when x[lo, hi) holds a NaN or an infinity, else 0: gpunet/checks.py's
  * input scan in one read-only pass (NumPy's isfinite(x).all() writes and
  * rereads a bool array), in blocks so a bad value stops it early. x·0 is
  * ±0 for every finite x and NaN otherwise. */
 #define SCAN_BLOCK 4096
 #define ANY_NONFINITE(name, T)                                              \
-    int name(const T *x, i64 n)                                             \
+    int name(const T *x, i64 lo, i64 hi)                                    \
     {                                                                       \
-        for (i64 i = 0; i < n; i += SCAN_BLOCK) {                           \
-            i64 end = n - i < SCAN_BLOCK ? n : i + SCAN_BLOCK;              \
+        for (i64 i = lo; i < hi; i += SCAN_BLOCK) {                         \
+            i64 end = hi - i < SCAN_BLOCK ? hi : i + SCAN_BLOCK;            \
             int bad = 0;                                                    \
             for (i64 k = i; k < end; k++) bad |= !(x[k] * (T)0 == (T)0);    \
             if (bad) return 1;                                              \
@@ -1363,9 +1376,9 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
  * forward: lse[2r] = the row's max s, lse[2r + 1] = log sum_k e^(x_k - s)
  * (the sum in double lanes, as the softmax rows'), one read of the row and
  * no (m, n) temporary. A NaN in the row gives NaN, as NumPy's max. */
-void gpunet_cross_entropy_lse_f32(const float *restrict x, float *restrict lse, i64 m, i64 n)
+void gpunet_cross_entropy_lse_f32(const float *restrict x, float *restrict lse, i64 n, i64 lo, i64 hi)
 {
-    for (i64 r = 0; r < m; r++) {
+    for (i64 r = lo; r < hi; r++) {
         const float *xr = x + r * n;
         float s = row_extreme(xr, n, 1);
         double acc[LANES] = {0};
@@ -1384,9 +1397,9 @@ void gpunet_cross_entropy_lse_f32(const float *restrict x, float *restrict lse, 
  * (dloss over the reduction) per row; one pass writing dx. */
 void gpunet_cross_entropy_grad_f32(const float *restrict x, const float *restrict lse, const int64_t *restrict t,
                                    const float *restrict a, const float *restrict ct, const float *restrict scale,
-                                   float *restrict dx, i64 m, i64 n)
+                                   float *restrict dx, i64 n, i64 lo, i64 hi)
 {
-    for (i64 r = 0; r < m; r++) {
+    for (i64 r = lo; r < hi; r++) {
         const float *xr = x + r * n;
         float *dr = dx + r * n;
         const float s = lse[2 * r], l = lse[2 * r + 1], ar = a[r], sc = scale[r];
@@ -1395,51 +1408,55 @@ void gpunet_cross_entropy_grad_f32(const float *restrict x, const float *restric
     }
 }
 
-/* ------------------------------------------------------------ OpenBLAS's parallel jobs
- * After every threaded call OpenBLAS's own worker threads busy-wait (a nop
- * loop on x86-64, no yield) for 2^28 TSC cycles, about 0.1 s, before they
- * sleep. The host loops that follow a GEMM, split over gpunet's threads,
- * then share their cores with that spin: on 2 cores a direct convolution
- * right after a GEMM took 2x its time. OpenBLAS 0.3.27+ hands its jobs to
- * the application instead where one is registered
- * (openblas_set_threads_callback_function; gpunet/ops/host_threads.py
- * registers gpunet_blas_run_jobs): this pool runs them, its workers spinning
- * for BLAS_POOL_SPIN_NS at most (back-to-back GEMMs, an LSTM's steps, find
- * them awake) before they sleep on a condition variable.
+/* ------------------------------------------------------------ the thread pool
+ * One pool of worker threads runs two kinds of parallel calls:
  *
- * One call at a time (OpenBLAS serialises its level-3 calls too). A call
- * publishes its jobs, then a ticket word: (generation, jobs, next job
- * index). The caller and the woken workers claim indices by compare-and-swap
- * on the ticket, so a worker that wakes late, after its generation ended,
- * claims nothing; the caller returns when every claimed job has finished,
- * so the jobs' fields stay valid for whoever claimed one. Job i runs as
- * OpenBLAS's thread i (its per-thread buffers), whatever thread runs it. */
+ * - OpenBLAS's jobs. After every threaded call OpenBLAS's own worker threads
+ *   busy-wait (a nop loop on x86-64, no yield) for 2^28 TSC cycles, about
+ *   0.1 s, before they sleep, on the cores the host loops that follow a GEMM
+ *   need: on 2 cores a direct convolution right after a GEMM took 2x its
+ *   time. OpenBLAS 0.3.27+ hands its jobs to the application instead where
+ *   one is registered (openblas_set_threads_callback_function;
+ *   gpunet/ops/host_threads.py registers gpunet_blas_run_jobs).
+ * - The host loops' ranges (gpunet_run_ranges): one foreign call runs every
+ *   thread's range, where handing each to a Python thread cost about 50 us
+ *   per call on a 2-core VM, more than many loops' work.
+ *
+ * Workers spin for POOL_SPIN_NS at most after a call (back-to-back calls,
+ * an LSTM's GEMMs or a step's layers, find them awake), then sleep on a
+ * condition variable. One call at a time; the jobs must not call the pool
+ * themselves. A call publishes its jobs, then a ticket word (generation,
+ * jobs, next job index); the caller and the woken workers claim indices by
+ * compare-and-swap on it, so a worker that wakes late, after its generation
+ * ended, claims nothing, and the caller returns when every job has
+ * finished, so the jobs' fields stay valid for whoever claimed one. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
 
-typedef void (*blas_job_fn)(int thread, void *job, int arg);
+typedef void (*pool_job_fn)(int index, void *job, int arg);
 
-#define BLAS_POOL_MAX 64
-#define BLAS_POOL_SPIN_NS 100000
+#define POOL_MAX 64
+#define POOL_SPIN_NS 100000
 #define TICKET_INDEX_BITS 20
 #define TICKET_JOBS_BITS 20
 #define TICKET_MASK ((1ull << TICKET_INDEX_BITS) - 1)
+#define GENERATION_MASK ((1ull << (64 - TICKET_INDEX_BITS - TICKET_JOBS_BITS)) - 1)
 
 static struct {
     pthread_mutex_t call, lock;
     pthread_cond_t wake, done;
-    blas_job_fn job;
+    pool_job_fn job;
     char *data;
     size_t size;
     int arg;
     _Atomic uint64_t ticket; /* generation << 40 | jobs << 20 | next index */
-    atomic_int left;         /* claimed or unclaimed jobs not yet finished */
+    atomic_int left;         /* jobs not yet finished */
     atomic_int sleeping;     /* workers waiting on `wake` */
     int started;
-    atomic_llong calls;
-} blas_pool = {.call = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER,
-               .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
+    atomic_llong blas_calls;
+} pool = {.call = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+          .done = PTHREAD_COND_INITIALIZER};
 
 static inline uint64_t ticket_generation(uint64_t t) { return t >> (TICKET_INDEX_BITS + TICKET_JOBS_BITS); }
 
@@ -1460,112 +1477,186 @@ static inline long long now_ns(void)
 }
 
 /* claim and run the jobs of generation `gen` until none is left */
-static void blas_pool_work(uint64_t gen)
+static void pool_work(uint64_t gen)
 {
-    uint64_t t = atomic_load(&blas_pool.ticket);
+    uint64_t t = atomic_load(&pool.ticket);
     for (;;) {
         if (ticket_generation(t) != gen || (t & TICKET_MASK) >= ((t >> TICKET_INDEX_BITS) & TICKET_MASK))
             return;
-        if (!atomic_compare_exchange_weak(&blas_pool.ticket, &t, t + 1))
+        if (!atomic_compare_exchange_weak(&pool.ticket, &t, t + 1))
             continue; /* t now holds the current ticket */
         int i = (int)(t & TICKET_MASK);
-        blas_pool.job(i, blas_pool.data + (size_t)i * blas_pool.size, blas_pool.arg);
-        if (atomic_fetch_sub(&blas_pool.left, 1) == 1) {
-            pthread_mutex_lock(&blas_pool.lock);
-            pthread_cond_broadcast(&blas_pool.done);
-            pthread_mutex_unlock(&blas_pool.lock);
+        pool.job(i, pool.data + (size_t)i * pool.size, pool.arg);
+        if (atomic_fetch_sub(&pool.left, 1) == 1) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_broadcast(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
         }
-        t = atomic_load(&blas_pool.ticket);
+        t = atomic_load(&pool.ticket);
     }
 }
 
-static void *blas_pool_worker(void *start)
+static void *pool_worker(void *start)
 {
     uint64_t seen = (uint64_t)(uintptr_t)start; /* the generation before the call that started it */
     for (;;) {
-        long long until = now_ns() + BLAS_POOL_SPIN_NS;
+        long long until = now_ns() + POOL_SPIN_NS;
         uint64_t gen;
-        for (int spins = 0; (gen = ticket_generation(atomic_load(&blas_pool.ticket))) == seen; spins++) {
+        for (int spins = 0; (gen = ticket_generation(atomic_load(&pool.ticket))) == seen; spins++) {
             if ((spins & 63) == 63 && now_ns() > until) {
-                pthread_mutex_lock(&blas_pool.lock);
-                atomic_fetch_add(&blas_pool.sleeping, 1);
-                while ((gen = ticket_generation(atomic_load(&blas_pool.ticket))) == seen)
-                    pthread_cond_wait(&blas_pool.wake, &blas_pool.lock);
-                atomic_fetch_sub(&blas_pool.sleeping, 1);
-                pthread_mutex_unlock(&blas_pool.lock);
+                pthread_mutex_lock(&pool.lock);
+                atomic_fetch_add(&pool.sleeping, 1);
+                while ((gen = ticket_generation(atomic_load(&pool.ticket))) == seen)
+                    pthread_cond_wait(&pool.wake, &pool.lock);
+                atomic_fetch_sub(&pool.sleeping, 1);
+                pthread_mutex_unlock(&pool.lock);
                 break;
             }
             cpu_relax();
         }
         seen = gen;
-        blas_pool_work(gen);
+        pool_work(gen);
     }
     return NULL;
 }
 
-/* OpenBLAS's threads callback: run job(i, data + i*size, arg) for i < jobs, return when all are done */
-void gpunet_blas_run_jobs(int sync, blas_job_fn job, int jobs, size_t size, void *data, int arg)
+/* job(i, data + i*size, arg) for i < jobs on the pool and the calling thread; returns when all are done */
+static void pool_run(pool_job_fn job, int jobs, size_t size, void *data, int arg)
 {
-    (void)sync; /* OpenBLAS waits for every call's jobs */
     if (jobs <= 0)
         return;
-    pthread_mutex_lock(&blas_pool.call);
-    uint64_t gen = (ticket_generation(atomic_load(&blas_pool.ticket)) + 1) & ((1ull << 24) - 1);
-    while (blas_pool.started < jobs - 1 && blas_pool.started < BLAS_POOL_MAX) {
+    pthread_mutex_lock(&pool.call);
+    uint64_t before = ticket_generation(atomic_load(&pool.ticket)), gen = (before + 1) & GENERATION_MASK;
+    while (pool.started < jobs - 1 && pool.started < POOL_MAX) {
         pthread_t th;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&th, &attr, blas_pool_worker, (void *)(uintptr_t)ticket_generation(atomic_load(&blas_pool.ticket)));
+        int failed = pthread_create(&th, &attr, pool_worker, (void *)(uintptr_t)before);
         pthread_attr_destroy(&attr);
         if (failed)
             break; /* fewer workers: the caller claims the rest */
-        blas_pool.started++;
+        pool.started++;
     }
-    blas_pool.job = job;
-    blas_pool.data = data;
-    blas_pool.size = size;
-    blas_pool.arg = arg;
-    atomic_store(&blas_pool.left, jobs);
-    atomic_store(&blas_pool.ticket, gen << (TICKET_INDEX_BITS + TICKET_JOBS_BITS) |
-                                        (uint64_t)jobs << TICKET_INDEX_BITS);
-    if (atomic_load(&blas_pool.sleeping)) {
-        pthread_mutex_lock(&blas_pool.lock);
-        pthread_cond_broadcast(&blas_pool.wake);
-        pthread_mutex_unlock(&blas_pool.lock);
+    pool.job = job;
+    pool.data = data;
+    pool.size = size;
+    pool.arg = arg;
+    atomic_store(&pool.left, jobs);
+    atomic_store(&pool.ticket, gen << (TICKET_INDEX_BITS + TICKET_JOBS_BITS) | (uint64_t)jobs << TICKET_INDEX_BITS);
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
     }
-    blas_pool_work(gen);
-    for (long long until = now_ns() + BLAS_POOL_SPIN_NS; atomic_load(&blas_pool.left);) {
+    pool_work(gen);
+    for (long long until = now_ns() + POOL_SPIN_NS; atomic_load(&pool.left);) {
         if (now_ns() > until) {
-            pthread_mutex_lock(&blas_pool.lock);
-            while (atomic_load(&blas_pool.left))
-                pthread_cond_wait(&blas_pool.done, &blas_pool.lock);
-            pthread_mutex_unlock(&blas_pool.lock);
+            pthread_mutex_lock(&pool.lock);
+            while (atomic_load(&pool.left))
+                pthread_cond_wait(&pool.done, &pool.lock);
+            pthread_mutex_unlock(&pool.lock);
             break;
         }
         cpu_relax();
     }
-    atomic_fetch_add(&blas_pool.calls, 1);
-    pthread_mutex_unlock(&blas_pool.call);
+    pthread_mutex_unlock(&pool.call);
+}
+
+/* OpenBLAS's threads callback (OpenBLAS waits for every call's jobs: `sync` changes nothing) */
+void gpunet_blas_run_jobs(int sync, pool_job_fn job, int jobs, size_t size, void *data, int arg)
+{
+    (void)sync;
+    pool_run(job, jobs, size, data, arg);
+    atomic_fetch_add(&pool.blas_calls, 1);
+}
+
+/* fn(args[0..nargs), bounds[i], bounds[i+1]) for i < parts: a host loop's
+ * ranges. Every parameter of such a loop is a pointer or an int64, one
+ * integer register or stack slot each on the ABIs gpunet is built for
+ * (x86-64 System V and Windows, AArch64), so one call shape per parameter
+ * count reaches them all; a loop returning void leaves its result
+ * meaningless, and the caller ignores it. */
+#define RANGES_MAX_ARGS 11
+struct ranges_call {
+    void *fn;
+    const i64 *a;
+    int nargs;
+    const i64 *bounds;
+    int *results;
+};
+
+static void ranges_job(int i, void *data, int arg)
+{
+    (void)arg;
+    const struct ranges_call *c = data;
+    const i64 *a = c->a, lo = c->bounds[i], hi = c->bounds[i + 1];
+    typedef i64 W;
+    int r = 0;
+    switch (c->nargs) {
+    case 1: r = ((int (*)(W, W, W))c->fn)(a[0], lo, hi); break;
+    case 2: r = ((int (*)(W, W, W, W))c->fn)(a[0], a[1], lo, hi); break;
+    case 3: r = ((int (*)(W, W, W, W, W))c->fn)(a[0], a[1], a[2], lo, hi); break;
+    case 4: r = ((int (*)(W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], lo, hi); break;
+    case 5: r = ((int (*)(W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], lo, hi); break;
+    case 6: r = ((int (*)(W, W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], a[5], lo, hi); break;
+    case 7:
+        r = ((int (*)(W, W, W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], lo, hi);
+        break;
+    case 8:
+        r = ((int (*)(W, W, W, W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], lo, hi);
+        break;
+    case 9:
+        r = ((int (*)(W, W, W, W, W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8],
+                                                               lo, hi);
+        break;
+    case 10:
+        r = ((int (*)(W, W, W, W, W, W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+                                                                  a[8], a[9], lo, hi);
+        break;
+    case 11:
+        r = ((int (*)(W, W, W, W, W, W, W, W, W, W, W, W, W))c->fn)(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7],
+                                                                     a[8], a[9], a[10], lo, hi);
+        break;
+    }
+    c->results[i] = r;
+}
+
+/* 0 when it ran, -1 for a parameter count it has no call shape for */
+int gpunet_run_ranges(void *fn, const i64 *args, int nargs, const i64 *bounds, int parts, int *results)
+{
+    if (nargs < 1 || nargs > RANGES_MAX_ARGS)
+        return -1;
+    struct ranges_call c = {fn, args, nargs, bounds, results};
+    pool_run(ranges_job, parts, 0, &c, 0); /* size 0: every job reads the one call */
+    return 0;
 }
 
 /* a forked child has none of the workers, and the locks as some thread of the parent held them */
-static void blas_pool_after_fork(void)
+static void pool_after_fork(void)
 {
-    pthread_mutex_init(&blas_pool.call, NULL);
-    pthread_mutex_init(&blas_pool.lock, NULL);
-    pthread_cond_init(&blas_pool.wake, NULL);
-    pthread_cond_init(&blas_pool.done, NULL);
-    blas_pool.started = 0;
-    atomic_store(&blas_pool.sleeping, 0);
+    pthread_mutex_init(&pool.call, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.started = 0;
+    atomic_store(&pool.sleeping, 0);
 }
 
-/* once, before registering gpunet_blas_run_jobs; 0 on success */
-int gpunet_blas_pool_init(void) { return pthread_atfork(NULL, NULL, blas_pool_after_fork); }
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static int pool_fork_handler;
+static void pool_init_once(void) { pool_fork_handler = pthread_atfork(NULL, NULL, pool_after_fork); }
 
-/* calls run and workers started, for the tests */
-void gpunet_blas_pool_stats(int64_t *out)
+/* once per process, before the first use; 0 on success */
+int gpunet_pool_init(void)
 {
-    out[0] = atomic_load(&blas_pool.calls);
-    out[1] = blas_pool.started;
+    pthread_once(&pool_once, pool_init_once);
+    return pool_fork_handler;
+}
+
+/* OpenBLAS calls the pool ran and workers started, for the tests */
+void gpunet_pool_stats(int64_t *out)
+{
+    out[0] = atomic_load(&pool.blas_calls);
+    out[1] = pool.started;
 }

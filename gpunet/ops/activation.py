@@ -177,12 +177,10 @@ def _phi_blocks(x):
 _PHI_R_F32 = np.array(_PHI_R, np.float32)
 
 
-def _host_elementwise(call, n: int):
-    """call(at, count) for each host thread's range of n float32 elements,
-    where at(a) is the address of the range's first element of flat array a."""
-    def part(lo, hi):
-        call(lambda a: a.ctypes.data + 4 * lo, hi - lo)
-    host_threads.run(part, host_threads.ranges(n))
+def _host_elementwise(fn, *arrays):
+    """fn(*addresses, lo, hi), a compiled elementwise loop over the flat
+    arrays (None: an absent operand), its elements split over the host threads."""
+    host_threads.run_compiled(fn, [hostlib.ptr(a) for a in arrays], host_threads.ranges(arrays[0].size))
 
 
 def _gelu_f32(x):
@@ -192,7 +190,7 @@ def _gelu_f32(x):
     flat, xf = out.reshape(-1), x.reshape(-1)
     lib = hostlib.load()
     if lib is not None:  # the same operations compiled into one pass (gpunet/_host/host_ops.c)
-        _host_elementwise(lambda at, n: lib.gpunet_gelu_f32(at(xf), at(flat), n, _PHI_R_F32.ctypes.data), xf.size)
+        _host_elementwise(lib.gpunet_gelu_f32, xf, flat, _PHI_R_F32)
         return out
 
     def part(lo, hi):
@@ -211,11 +209,10 @@ def _gelu_tanh_f32(lib, x, derivative=False, dy=None):
     out = np.empty_like(x)
     flat, xf = out.reshape(-1), x.reshape(-1)
     if not derivative:
-        _host_elementwise(lambda at, n: lib.gpunet_gelu_tanh_f32(at(xf), at(flat), n), xf.size)
+        _host_elementwise(lib.gpunet_gelu_tanh_f32, xf, flat)
         return out
     dyf = None if dy is None else np.asarray(dy, order="C").reshape(-1)
-    _host_elementwise(lambda at, n: lib.gpunet_gelu_tanh_derivative_f32(
-        at(xf), None if dyf is None else at(dyf), at(flat), n), xf.size)
+    _host_elementwise(lib.gpunet_gelu_tanh_derivative_f32, xf, dyf, flat)
     return out
 
 
@@ -234,7 +231,7 @@ def _relu_backward_f32(lib, x, dy):
     x, dy = np.asarray(x, order="C"), np.asarray(dy, order="C")
     out = np.empty_like(x)
     xf, dyf, flat = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
-    _host_elementwise(lambda at, n: lib.gpunet_relu_backward_f32(at(xf), at(dyf), at(flat), n), xf.size)
+    _host_elementwise(lib.gpunet_relu_backward_f32, xf, dyf, flat)
     return out
 
 
@@ -259,8 +256,7 @@ def _gelu_derivative_f32(x, y, dy=None):
     lib = hostlib.load()
     if lib is not None:
         dyf = None if dy is None else np.asarray(dy, order="C").reshape(-1)
-        _host_elementwise(lambda at, n: lib.gpunet_gelu_derivative_f32(
-            at(xf), at(yf), None if dyf is None else at(dyf), at(flat), n), xf.size)
+        _host_elementwise(lib.gpunet_gelu_derivative_f32, xf, yf, dyf, flat)
         return out
     if dy is not None:
         return dy * _gelu_derivative_f32(x, y)

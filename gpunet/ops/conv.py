@@ -312,8 +312,7 @@ def _rows_chunks(be, x_shape, g: Geometry, ld: int):
 
 def _rows_call(fn, src, dst, geo, count: int, unit: int):
     """fn(src, dst, geo, lo, hi) over [0, count) split across the host threads."""
-    at = (src.ctypes.data, dst.ctypes.data, geo.ctypes.data)
-    host_threads.run(lambda lo, hi: fn(*at, lo, hi), host_threads.ranges(count, unit))
+    host_threads.run_compiled(fn, (src.ctypes.data, dst.ctypes.data, geo.ctypes.data), host_threads.ranges(count, unit))
 
 
 def _im2col_rows(lib, x, cols, geo):
@@ -415,9 +414,8 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
     chunks = -(-n // per)
     part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
     geo = _rows_geometry(x.shape, g, n, ld)
-    at = (xh.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per, padded)
-    failed = host_threads.run(lambda lo, hi: lib.gpunet_conv_dw_f32(*at, lo, hi),
-                              host_threads.ranges(chunks, per * o * g.oh * g.ow * ld))
+    at = (xh.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per, int(padded))
+    failed = host_threads.run_compiled(lib.gpunet_conv_dw_f32, at, host_threads.ranges(chunks, per * o * g.oh * g.ow * ld))
     if any(failed):
         raise MemoryError("conv2d: no memory for the weight gradient's rows")
     dwx = part.sum(0, dtype=np.float64)
@@ -495,8 +493,8 @@ def _forward_direct(be, lib, x, w, b, g: Geometry):
     lines = 1 if g.ow >= 256 else min(256 // g.ow, g.oh)  # host_ops.c's pixel blocks (DIRECT_TILE)
     blocks = -(-g.oh // lines)
     at = (x.ctypes.data, w.ctypes.data, hostlib.ptr(b), y.ctypes.data, geo.ctypes.data)
-    failed = host_threads.run(lambda lo, hi: lib.gpunet_conv_direct_f32(*at, lo, hi),
-                              host_threads.ranges(n * blocks, o * lines * g.ow * w[0].size))
+    failed = host_threads.run_compiled(lib.gpunet_conv_direct_f32, at,
+                                       host_threads.ranges(n * blocks, o * lines * g.ow * w[0].size))
     if any(failed):
         raise MemoryError("conv2d: no memory for the direct convolution's tile")
     return y

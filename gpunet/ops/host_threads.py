@@ -100,6 +100,38 @@ def _blas_controller():
     return ThreadpoolController().select(user_api="blas")
 
 
+@functools.cache
+def _compiled_pool():
+    """The compiled host library with its thread pool ready (host_ops.c, at
+    its end), or None: no compiler, or no fork handler could be registered."""
+    from .. import hostlib
+    lib = hostlib.load()
+    return lib if lib is not None and lib.gpunet_pool_init() == 0 else None
+
+
+_addresses: dict = {}
+
+
+def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
+    """fn(*args, lo, hi) for every part, fn a compiled host loop (hostlib)
+    whose parameters are all pointers or int64 (addresses as ints, None for
+    NULL): the parts in one foreign call on the compiled pool, the first on
+    the calling thread. Returns each part's int result (meaningless where fn
+    returns void). Without the pool: run() on the Python threads."""
+    if len(parts) == 1:
+        return [fn(*args, *parts[0])]
+    lib = _compiled_pool()
+    if lib is None:
+        return run(lambda lo, hi: fn(*args, lo, hi), parts)
+    address = _addresses.get(fn.__name__) or _addresses.setdefault(fn.__name__, ctypes.cast(fn, ctypes.c_void_p).value)
+    values = (ctypes.c_int64 * len(args))(*(0 if a is None else a for a in args))
+    bounds = (ctypes.c_int64 * (len(parts) + 1))(*(lo for lo, _ in parts), parts[-1][1])
+    results = (ctypes.c_int * len(parts))()
+    if lib.gpunet_run_ranges(address, values, len(args), bounds, len(parts), results) != 0:
+        raise ValueError(f"{fn.__name__}: {len(args)} arguments before its range, more than the pool's calls take")
+    return list(results)
+
+
 # OpenBLAS's callback for its parallel jobs; its symbol carries the build's affixes (NumPy's wheels:
 # scipy_openblas_set_threads_callback_function64_)
 _CALLBACK_SETTER = "openblas_set_threads_callback_function"
@@ -108,16 +140,16 @@ _AFFIXES = [(p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")]
 
 @functools.cache
 def adopt_blas_jobs() -> bool:
-    """Have OpenBLAS run its parallel jobs on gpunet's BLAS pool (host_ops.c's
-    gpunet_blas_run_jobs) instead of its own threads, which busy-wait about
-    0.1 s after every call, on the cores the host threads need next (2
-    threads on 2 cores, three runs each: the digits CNN's step 10.1-13.7 ms
-    against 14.7-19.3, the small ResNet's 90-120 against 123-129; the char
-    LSTM's and transformer's within the noise). Once per process, at the first host backend; needs
-    an OpenBLAS with its own threads (not OpenMP) and the callback (0.3.27+),
-    and the compiled host loops. Returns whether the pool took the jobs."""
-    from .. import hostlib
-    ctl, lib = _blas_controller(), hostlib.load()
+    """Have OpenBLAS run its parallel jobs on gpunet's compiled pool
+    (host_ops.c's gpunet_blas_run_jobs) instead of its own threads, which
+    busy-wait about 0.1 s after every call, on the cores the host threads
+    need next (2 threads on 2 cores, three runs each: the digits CNN's step
+    10.1-13.7 ms against 14.7-19.3, the small ResNet's 90-120 against
+    123-129; the char LSTM's and transformer's within the noise). Once per
+    process, at the first host backend; needs an OpenBLAS with its own
+    threads (not OpenMP) and the callback (0.3.27+), and the compiled host
+    loops. Returns whether the pool took the jobs."""
+    ctl, lib = _blas_controller(), _compiled_pool()
     if ctl is None or lib is None:
         return False
     adopted = False
@@ -126,7 +158,7 @@ def adopt_blas_jobs() -> bool:
             continue
         setter = next((getattr(blas.dynlib, f"{p}{_CALLBACK_SETTER}{s}") for p, s in _AFFIXES
                        if hasattr(blas.dynlib, f"{p}{_CALLBACK_SETTER}{s}")), None)
-        if setter is None or (not adopted and lib.gpunet_blas_pool_init() != 0):
+        if setter is None:
             continue
         setter.argtypes, setter.restype = [ctypes.c_void_p], None
         setter(ctypes.cast(lib.gpunet_blas_run_jobs, ctypes.c_void_p))
@@ -134,11 +166,10 @@ def adopt_blas_jobs() -> bool:
     return adopted
 
 
-def blas_pool_stats() -> tuple[int, int]:
-    """(OpenBLAS calls the BLAS pool ran, its worker threads), for the tests."""
-    from .. import hostlib
+def pool_stats() -> tuple[int, int]:
+    """(OpenBLAS calls the compiled pool ran, its worker threads), for the tests."""
     out = (ctypes.c_int64 * 2)()
-    hostlib.load().gpunet_blas_pool_stats(out)
+    _compiled_pool().gpunet_pool_stats(out)
     return out[0], out[1]
 
 

@@ -297,9 +297,8 @@ def _host_lse(be, x2):
         return None
     rows, c = x2.shape
     lse = np.empty((rows, 2), np.float32)
-    xa, la = x2.ctypes.data, lse.ctypes.data
-    host_threads.run(lambda lo, hi: lib.gpunet_cross_entropy_lse_f32(xa + 4 * lo * c, la + 8 * lo, hi - lo, c),
-                     host_threads.ranges(rows, c))
+    host_threads.run_compiled(lib.gpunet_cross_entropy_lse_f32, (x2.ctypes.data, lse.ctypes.data, c),
+                              host_threads.ranges(rows, c))
     return lse
 
 
@@ -313,9 +312,8 @@ def _host_grad(lib, x2, lse, ts, wt, scale):
     scale = np.ascontiguousarray(scale, np.float32)
     ts = np.ascontiguousarray(ts, np.int64)
     xa, la, ta, wa, sa, da = (a.ctypes.data for a in (x2, lse, ts, wt, scale, dx2))
-    host_threads.run(lambda lo, hi: lib.gpunet_cross_entropy_grad_f32(
-        xa + 4 * lo * c, la + 8 * lo, ta + 8 * lo, wa + 4 * lo, wa + 4 * lo, sa + 4 * lo, da + 4 * lo * c, hi - lo, c),
-        host_threads.ranges(rows, c))
+    host_threads.run_compiled(lib.gpunet_cross_entropy_grad_f32, (xa, la, ta, wa, wa, sa, da, c),
+                              host_threads.ranges(rows, c))
     return dx2
 
 

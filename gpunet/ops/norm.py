@@ -219,11 +219,12 @@ def _bn_host_lib(be, x3, *arrays):
     return hostlib.for_float32(be, x3, *arrays)
 
 
-def _over_channels(x3, fn) -> None:
-    """fn(lo, hi) over channel ranges shared out over the host threads: each
-    channel is done whole by one call, so the split changes no bit."""
+def _over_channels(x3, fn, *args) -> None:
+    """fn(*args, lo, hi), a compiled loop, over channel ranges shared out
+    over the host threads: each channel is done whole by one call, so the
+    split changes no bit."""
     n, c, inner = x3.shape
-    host_threads.run(fn, host_threads.ranges(c, n * inner))
+    host_threads.run_compiled(fn, args, host_threads.ranges(c, n * inner))
 
 
 def _channel_totals(xp, parts, count: int, dtype):
@@ -250,8 +251,8 @@ def batch_norm_stats(be, x):
     if (lib := _bn_host_lib(be, x3)) is not None:
         x3 = np.ascontiguousarray(x3)
         mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
-        _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_stats_f32(x3.ctypes.data, mean.ctypes.data,
-                                                                           var.ctypes.data, *x3.shape, lo, hi))
+        _over_channels(x3, lib.gpunet_batch_norm_stats_f32, x3.ctypes.data, mean.ctypes.data, var.ctypes.data,
+                       *x3.shape)
         return mean, var, count
     # per (image, channel) sums first (short runs: BLAS dot products), then
     # across images in float64. (A ReLU after the norm turns an ulp of error
@@ -278,8 +279,8 @@ def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     if (lib := _bn_host_lib(be, x3, mean, scale, bias)) is not None:
         x3 = np.ascontiguousarray(x3)
         m, s, b = (None if a is None else np.ascontiguousarray(a) for a in (mean, scale, bias))
-        _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_forward_f32(
-            x3.ctypes.data, y.ctypes.data, m.ctypes.data, s.ctypes.data, hostlib.ptr(b), *x3.shape, lo, hi))
+        _over_channels(x3, lib.gpunet_batch_norm_forward_f32, x3.ctypes.data, y.ctypes.data, m.ctypes.data,
+                       s.ctypes.data, hostlib.ptr(b), *x3.shape)
         return y.reshape(x.shape), (x3, mean.copy(), rstd, weight, bias is not None)
 
     def normalise(i):
@@ -312,9 +313,9 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
         dx = np.empty(dy3.shape, np.float32)
         sums = np.empty((2, c), np.float64)  # per channel: sum(dy), sum(dy·xhat)
         m, r, wr = (np.ascontiguousarray(a) for a in (mean, rstd, w_rstd))
-        _over_channels(x3, lambda lo, hi: lib.gpunet_batch_norm_backward_f32(
-            x3.ctypes.data, dy3.ctypes.data, dx.ctypes.data, m.ctypes.data, r.ctypes.data, wr.ctypes.data,
-            sums[0].ctypes.data, sums[1].ctypes.data, n, c, inner, lo, hi))
+        _over_channels(x3, lib.gpunet_batch_norm_backward_f32, x3.ctypes.data, dy3.ctypes.data, dx.ctypes.data,
+                       m.ctypes.data, r.ctypes.data, wr.ctypes.data, sums[0].ctypes.data, sums[1].ctypes.data,
+                       n, c, inner)
         dy_sum, dyx_sum = sums.astype(np.float32)
         return dx.reshape(dy.shape), (dyx_sum if weight is not None else None), (dy_sum if has_bias else None)
     ones = xp.ones(inner, dy3.dtype)

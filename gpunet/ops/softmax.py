@@ -126,11 +126,10 @@ def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=Fals
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = np.empty_like(x2)
     n = x2.shape[1]
-    xa, ya = x2.ctypes.data, y.ctypes.data
-    host_threads.run(lambda lo, hi: lib.gpunet_softmax_rows_f32(xa + 4 * lo * n, ya + 4 * lo * n, hi - lo, n,
-                                                                 float(beta), int(log), int(masked),
-                                                                 x.shape[-2] if causal else 0, lo),
-                     host_threads.ranges(x2.shape[0], n))
+    beta_bits = int(np.array(beta, np.float32).view(np.uint32))
+    host_threads.run_compiled(lib.gpunet_softmax_range_f32,
+                              (x2.ctypes.data, y.ctypes.data, n, beta_bits, int(log) | int(masked) << 1,
+                               x.shape[-2] if causal else 0), host_threads.ranges(x2.shape[0], n))
     return y.reshape(x.shape)
 
 
