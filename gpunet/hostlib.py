@@ -1,6 +1,6 @@
 """The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
-ReLU's backward, the embedding backward, the LSTM cell, the convolution's
+ReLU forward and backward, the embedding backward, the LSTM cell, the convolution's
 im2col, col2im, direct forward and weight gradient, cross-entropy rows, the
 inputs' NaN/inf scan: the list heads the C file) and the thread pool that
 runs their ranges and OpenBLAS's threaded jobs (gpunet/ops/host_threads.py), compiled on first use with
@@ -75,6 +75,7 @@ _SIGNATURES = {
     "gpunet_conv_direct_f32": [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
     "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
+    "gpunet_relu_f32": [_F32P, _F32P, _I64, _I64],
     "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64, _I64],
     # gpunet/checks.py's NaN/inf scan of [lo, hi): 1 when one is found
     "gpunet_any_nonfinite_f32": [_F32P, _I64, _I64],

@@ -800,10 +800,11 @@ def test_max_pool_compiled_same_bits_on_1_2_3_threads(lib, shape, window):
 
 # ---------------------------------------------------------------- ReLU
 @pytest.mark.parametrize("shape", [(3, 70001), (), (0, 4), (5,)])
-def test_relu_forward_over_host_threads_same_bits_as_numpy(shape):
-    """ReLU's forward split over 1-3 host threads: np.maximum(x, 0)'s bits (NaN kept, -0 as NumPy gives it)."""
+def test_relu_forward_over_host_threads_same_bits_as_numpy(shape, host_path):
+    """ReLU's forward split over 1-3 host threads, compiled and NumPy: np.maximum(x, 0)'s
+    bits (a NaN kept with its sign, -0 as NumPy gives it)."""
     x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
-    x.reshape(-1)[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, -1e-45][:x.size]
+    x.reshape(-1)[:7] = [0.0, -0.0, np.nan, np.inf, -np.inf, -1e-45, -np.nan][:x.size]
     be = get_backend("cpu")
     before = host_threads.get_num_threads()
     try:

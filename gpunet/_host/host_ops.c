@@ -1,7 +1,7 @@
 /* Host (cpu backend) float32 loops NumPy cannot fuse: GELU (erf and tanh
  * forms) forward and derivative, layer norm forward and backward, the
  * Adam/AdamW update, softmax rows and attention's dS, batch norm statistics,
- * forward and backward, average and max pooling, ReLU's backward, the
+ * forward and backward, average and max pooling, ReLU forward and backward, the
  * embedding backward, the LSTM cell, the convolution's row-layout
  * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
  * gradient (the places that ask for fused multiply-adds: see there),
@@ -1017,6 +1017,12 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
 
 /* ReLU's backward dx = x > 0 ? dy : +0, a select (a NaN dy at x <= 0 gives
  * 0, as the kernels and PyTorch): one pass where NumPy takes three */
+/* max(x, 0) as NumPy's maximum gives it: -0 gives +0, a NaN itself */
+void gpunet_relu_f32(const float *x, float *restrict y, i64 lo, i64 hi)
+{
+    for (i64 q = lo; q < hi; q++) y[q] = x[q] > 0.0f || x[q] != x[q] ? x[q] : 0.0f;
+}
+
 void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 lo, i64 hi)
 {
     for (i64 q = lo; q < hi; q++) dx[q] = x[q] > 0.0f ? dy[q] : 0.0f;

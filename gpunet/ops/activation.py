@@ -177,10 +177,12 @@ def _phi_blocks(x):
 _PHI_R_F32 = np.array(_PHI_R, np.float32)
 
 
-def _host_elementwise(fn, *arrays):
+def _host_elementwise(fn, *arrays, exp=True):
     """fn(*addresses, lo, hi), a compiled elementwise loop over the flat
-    arrays (None: an absent operand), its elements split over the host threads."""
-    host_threads.run_compiled(fn, [hostlib.ptr(a) for a in arrays], host_threads.ranges(arrays[0].size))
+    arrays (None: an absent operand), its elements split over the host
+    threads; exp: the loop spends an exp or more per element."""
+    least = host_threads.MIN_PER_EXP_THREAD if exp else host_threads.MIN_PER_THREAD
+    host_threads.run_compiled(fn, [hostlib.ptr(a) for a in arrays], host_threads.ranges(arrays[0].size, 1, least))
 
 
 def _gelu_f32(x):
@@ -218,11 +220,15 @@ def _gelu_tanh_f32(lib, x, derivative=False, dy=None):
 
 def _relu_f32(x):
     """FORWARD["relu"] (NumPy's maximum) of a float32 host array, its elements
-    split over the host threads (NumPy's loop runs on one core)."""
+    split over the host threads (NumPy's loop runs on one core): the compiled
+    loop where there is one."""
     x = np.asarray(x, order="C")
     y = np.empty_like(x)
     xf, yf = x.reshape(-1), y.reshape(-1)
-    host_threads.run(lambda lo, hi: np.maximum(xf[lo:hi], 0, out=yf[lo:hi]), host_threads.ranges(xf.size))
+    if (lib := hostlib.load()) is not None:
+        _host_elementwise(lib.gpunet_relu_f32, xf, yf, exp=False)
+    else:
+        host_threads.run(lambda lo, hi: np.maximum(xf[lo:hi], 0, out=yf[lo:hi]), host_threads.ranges(xf.size))
     return y
 
 
@@ -231,7 +237,7 @@ def _relu_backward_f32(lib, x, dy):
     x, dy = np.asarray(x, order="C"), np.asarray(dy, order="C")
     out = np.empty_like(x)
     xf, dyf, flat = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
-    _host_elementwise(lib.gpunet_relu_backward_f32, xf, dyf, flat)
+    _host_elementwise(lib.gpunet_relu_backward_f32, xf, dyf, flat, exp=False)
     return out
 
 

@@ -21,6 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 # below this many elements per thread the hand-off costs more than it saves
 MIN_PER_THREAD = 1 << 16
+# the same for a compiled loop on the compiled pool (run_compiled: ~8 us a hand-off, not ~50) that spends an
+# exp or more per element (about 1 ns): softmax and cross-entropy rows, GELU
+MIN_PER_EXP_THREAD = 1 << 14
 
 _lock = threading.Lock()
 _state = {"threads": None, "pool": None}

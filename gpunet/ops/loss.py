@@ -298,7 +298,7 @@ def _host_lse(be, x2):
     rows, c = x2.shape
     lse = np.empty((rows, 2), np.float32)
     host_threads.run_compiled(lib.gpunet_cross_entropy_lse_f32, (x2.ctypes.data, lse.ctypes.data, c),
-                              host_threads.ranges(rows, c))
+                              host_threads.ranges(rows, c, host_threads.MIN_PER_EXP_THREAD))
     return lse
 
 
@@ -313,7 +313,7 @@ def _host_grad(lib, x2, lse, ts, wt, scale):
     ts = np.ascontiguousarray(ts, np.int64)
     xa, la, ta, wa, sa, da = (a.ctypes.data for a in (x2, lse, ts, wt, scale, dx2))
     host_threads.run_compiled(lib.gpunet_cross_entropy_grad_f32, (xa, la, ta, wa, wa, sa, da, c),
-                              host_threads.ranges(rows, c))
+                              host_threads.ranges(rows, c, host_threads.MIN_PER_EXP_THREAD))
     return dx2
 
 

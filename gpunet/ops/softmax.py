@@ -129,7 +129,8 @@ def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=Fals
     beta_bits = int(np.array(beta, np.float32).view(np.uint32))
     host_threads.run_compiled(lib.gpunet_softmax_range_f32,
                               (x2.ctypes.data, y.ctypes.data, n, beta_bits, int(log) | int(masked) << 1,
-                               x.shape[-2] if causal else 0), host_threads.ranges(x2.shape[0], n))
+                               x.shape[-2] if causal else 0),
+                              host_threads.ranges(x2.shape[0], n, host_threads.MIN_PER_EXP_THREAD))
     return y.reshape(x.shape)
 
 
