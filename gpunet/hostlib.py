@@ -44,7 +44,9 @@ _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
 _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
                                              "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32",
-                                             "gpunet_pool_init", "gpunet_run_ranges")}
+                                             "gpunet_pool_init", "gpunet_run_ranges",
+                                             "gpunet_maxpool2d_forward_range_f32",
+                                             "gpunet_maxpool2d_backward_range_f32", "gpunet_avgpool2d_range_f32")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _F32P, _I64, _I64],
@@ -60,8 +62,6 @@ _SIGNATURES = {
     "gpunet_batch_norm_stats_f32": [_F32P, _F32P, _F32P] + [_I64] * 5,
     "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
-    "gpunet_avgpool2d_forward_f32": [_F32P] * 4 + [_I64] * 13 + [ctypes.c_int],
-    "gpunet_avgpool2d_backward_f32": [_F32P] * 5 + [_I64] * 13 + [ctypes.c_int],
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
     "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 2,
     "gpunet_lstm_cell_backward_f32": [_F32P] * 7 + [_I64] * 2,
@@ -73,8 +73,11 @@ _SIGNATURES = {
     # its direct forward: x, w, bias or NULL, y, geometry, range; returns 1
     # when its tile could not be allocated (_RESTYPES)
     "gpunet_conv_direct_f32": [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64],
-    "gpunet_maxpool2d_forward_f32": [_F32P, _F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p] + [_I64] * 15,
-    "gpunet_maxpool2d_backward_f32": [_F32P, ctypes.c_void_p, _F32P] + [_I64] * 13 + [ctypes.c_int],
+    # pooling over planes [lo, hi): the arrays, the geometry's scalars (int64 array, host_ops.c's Q_ order);
+    # 1 when a plane's scratch could not be allocated
+    "gpunet_maxpool2d_forward_range_f32": [_F32P, _F32P, ctypes.c_void_p, ctypes.c_void_p, _I64, _I64],
+    "gpunet_maxpool2d_backward_range_f32": [_F32P, ctypes.c_void_p, _F32P, ctypes.c_void_p, _I64, _I64],
+    "gpunet_avgpool2d_range_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_relu_f32": [_F32P, _F32P, _I64, _I64],
     "gpunet_relu_backward_f32": [_F32P, _F32P, _F32P, _I64, _I64],
     # gpunet/checks.py's NaN/inf scan of [lo, hi): 1 when one is found

@@ -444,7 +444,10 @@ def test_batch_norm2d_compiled_close_to_the_numpy_path_and_nan_stays_in_its_chan
 # ---------------------------------------------------------------- average pooling
 _AVG_CASES = [((2, 3, 9, 11), 3, 2, 1, False, True), ((1, 1, 5, 5), (2, 3), (2, 1), 1, True, False),
               ((2, 2, 8, 8), 2, 2, 0, False, True), ((1, 2, 6, 7), (3, 2), 3, 1, True, True),
-              ((3, 1, 7, 4), 3, 1, 1, False, False)]
+              ((3, 1, 7, 4), 3, 1, 1, False, False),
+              # one window a row: global pooling, overlapping rows, padding left out of the divisor
+              ((2, 3, 8, 8), 8, 8, 0, False, True), ((1, 2, 9, 3), 3, (2, 1), 0, False, True),
+              ((1, 1, 5, 4), (3, 4), 1, (1, 0), False, False)]
 
 
 def _avg_run(x, kernel, stride, padding, ceil_mode, include_pad, dy_fn):

@@ -632,6 +632,13 @@ void gpunet_avgpool2d_forward_f32(const float *x, float *restrict y, float *rest
         for (i64 o = 0; o < OH; o++) {
             float *restrict out = y + (p * OH + o) * OW;
             const float *row = src + o * sh * WP;
+            if (OW == 1) { /* one window a row (global pooling): the same sum, not OW-long loops of 1 */
+                float acc = row[0];
+                for (i64 i = 0; i < kh; i++)
+                    for (i64 j = i == 0; j < kw; j++) acc += row[i * WP + j];
+                out[0] = acc / div[o];
+                continue;
+            }
             for (i64 o2 = 0; o2 < OW; o2++) out[o2] = row[o2 * sw];
             for (i64 i = 0; i < kh; i++)
                 for (i64 j = i == 0; j < kw; j++) add_strided_from(out, row + i * WP + j, OW, sw);
@@ -655,7 +662,11 @@ void gpunet_avgpool2d_backward_f32(const float *dy, float *restrict dx, float *r
         memset(pad, 0, (size_t)(HP * WP) * sizeof(float));
         for (i64 i = 0; i < kh; i++)
             for (i64 j = 0; j < kw; j++)
-                for (i64 o = 0; o < OH; o++) add_strided_to(pad + (o * sh + i) * WP + j, share + o * OW, OW, sw);
+                for (i64 o = 0; o < OH; o++)
+                    if (OW == 1) /* (global pooling: no loop of 1) */
+                        pad[(o * sh + i) * WP + j] += share[o];
+                    else
+                        add_strided_to(pad + (o * sh + i) * WP + j, share + o * OW, OW, sw);
         float *out = dx + p * H * W;
         for (i64 h = 0; h < H; h++) memcpy(out + h * W, pad + (h + ph) * WP + pw, (size_t)W * sizeof(float));
     }
@@ -1436,6 +1447,60 @@ void gpunet_cross_entropy_grad_f32(const float *restrict x, const float *restric
         for (i64 k = 0; k < n; k++) dr[k] = (exp_f32((xr[k] - s) - l) * ar) * sc;
         dr[t[r]] = (exp_f32((xr[t[r]] - s) - l) * ar - ct[r]) * sc;
     }
+}
+
+/* ------------------------------------------------------------ pooling on the pool
+ * Planes [lo, hi) of the pooling loops above in gpunet_run_ranges's call
+ * shape: the scalars in q (the Q_ order below; then dh, dw for max pooling, and
+ * tiles for its backward, or include_pad and backward for average pooling), the scratch
+ * allocated here for the call. Each returns 1 when it cannot allocate. */
+enum { Q_H, Q_W, Q_OH, Q_OW, Q_HP, Q_WP, Q_KH, Q_KW, Q_SH, Q_SW, Q_PH, Q_PW, Q_EXTRA };
+
+int gpunet_maxpool2d_forward_range_f32(const float *x, float *y, int32_t *arg, const i64 *q, i64 lo, i64 hi)
+{
+    const i64 in = q[Q_H] * q[Q_W], out = q[Q_OH] * q[Q_OW];
+    float *pad = malloc((size_t)(q[Q_HP] * q[Q_WP]) * sizeof(float));
+    int32_t *off = malloc((size_t)out * sizeof(int32_t));
+    if (pad && off)
+        gpunet_maxpool2d_forward_f32(x + lo * in, y + lo * out, arg + lo * out, pad, off, hi - lo, q[Q_H], q[Q_W],
+                                     q[Q_OH], q[Q_OW], q[Q_HP], q[Q_WP], q[Q_KH], q[Q_KW], q[Q_SH], q[Q_SW],
+                                     q[Q_PH], q[Q_PW], q[Q_EXTRA], q[Q_EXTRA + 1]);
+    int failed = !pad || !off;
+    free(pad);
+    free(off);
+    return failed;
+}
+
+int gpunet_maxpool2d_backward_range_f32(const float *dy, const int32_t *arg, float *dx, const i64 *q, i64 lo, i64 hi)
+{
+    const i64 in = q[Q_H] * q[Q_W], out = q[Q_OH] * q[Q_OW];
+    gpunet_maxpool2d_backward_f32(dy + lo * out, arg + lo * out, dx + lo * in, hi - lo, q[Q_H], q[Q_W], q[Q_OH],
+                                  q[Q_OW], q[Q_KH], q[Q_KW], q[Q_SH], q[Q_SW], q[Q_PH], q[Q_PW], q[Q_EXTRA],
+                                  q[Q_EXTRA + 1], (int)q[Q_EXTRA + 2]);
+    return 0;
+}
+
+/* forward (src x, dst y) or, with q[Q_EXTRA + 1] set, backward (src dy, dst dx) of average pooling */
+int gpunet_avgpool2d_range_f32(const float *src, float *dst, const i64 *q, i64 lo, i64 hi)
+{
+    const i64 backward = q[Q_EXTRA + 1];
+    const i64 in = q[Q_H] * q[Q_W], out = q[Q_OH] * q[Q_OW];
+    float *pad = malloc((size_t)(q[Q_HP] * q[Q_WP]) * sizeof(float));
+    float *div = malloc((size_t)(2 * out) * sizeof(float)); /* the divisors, then the backward's shares */
+    if (pad && div) {
+        if (backward)
+            gpunet_avgpool2d_backward_f32(src + lo * out, dst + lo * in, pad, div, div + out, hi - lo, q[Q_H], q[Q_W],
+                                          q[Q_OH], q[Q_OW], q[Q_HP], q[Q_WP], q[Q_KH], q[Q_KW], q[Q_SH], q[Q_SW],
+                                          q[Q_PH], q[Q_PW], (int)q[Q_EXTRA]);
+        else
+            gpunet_avgpool2d_forward_f32(src + lo * in, dst + lo * out, pad, div, hi - lo, q[Q_H], q[Q_W], q[Q_OH],
+                                         q[Q_OW], q[Q_HP], q[Q_WP], q[Q_KH], q[Q_KW], q[Q_SH], q[Q_SW], q[Q_PH],
+                                         q[Q_PW], (int)q[Q_EXTRA]);
+    }
+    int failed = !pad || !div;
+    free(pad);
+    free(div);
+    return failed;
 }
 
 /* ------------------------------------------------------------ the thread pool

@@ -138,12 +138,16 @@ def _over_planes(xp, fn, *arrays):
     return planes
 
 
-def _host_planes(fn, *arrays):
-    """fn(*parts) over (N*C, H, W) views of the C-contiguous (N, C, H, W)
-    host `arrays`, the planes shared out over the host threads."""
-    planes = [a.reshape((-1,) + a.shape[2:]) for a in arrays]
-    count, size = planes[0].shape[0], arrays[0].shape[2] * arrays[0].shape[3]
-    host_threads.run(lambda lo, hi: fn(*(p[lo:hi] for p in planes)), host_threads.ranges(count, size))
+def _host_planes(fn, x_shape, win: Window, arrays, extra) -> None:
+    """fn(*addresses, q, lo, hi), a compiled pooling loop (host_ops.c's *_range
+    forms), over the planes of the C-contiguous host `arrays` shared out over
+    the host threads; q: the geometry's scalars, then `extra`."""
+    n, c, h, w = x_shape
+    q = np.array([h, w, win.oh, win.ow, *_padded_shape(x_shape, win)[2:], *_kernel_args(win)[:6], *extra], np.int64)
+    failed = host_threads.run_compiled(fn, [a.ctypes.data for a in arrays] + [q.ctypes.data],
+                                       host_threads.ranges(n * c, h * w))
+    if any(failed):
+        raise MemoryError("pooling: no memory for a plane's scratch")
 
 
 # ---------------------------------------------------------------- max pooling
@@ -162,13 +166,8 @@ def maxpool2d_forward(be, x, kernel, stride, padding, dilation=(1, 1), ceil_mode
     hp, wp = _padded_shape(x.shape, win)[2:]
     if 64 * hp * wp < 2 ** 31 and (lib := hostlib.for_float32(be, x)) is not None:  # (the loops' int32 offsets)
         arg = np.empty(y.shape, dtype=np.int32)
-
-        def planes(xs, ys, args):
-            pad, off = np.empty((hp, wp), np.float32), np.empty(win.oh * win.ow, np.int32)  # each thread its own
-            lib.gpunet_maxpool2d_forward_f32(xs.ctypes.data, ys.ctypes.data, args.ctypes.data, pad.ctypes.data,
-                                             off.ctypes.data, len(xs), *x.shape[2:], win.oh, win.ow, hp, wp,
-                                             *_kernel_args(win))
-        _host_planes(planes, np.ascontiguousarray(x), y, arg)
+        _host_planes(lib.gpunet_maxpool2d_forward_range_f32, x.shape, win, (np.ascontiguousarray(x), y, arg),
+                     (win.dh, win.dw))
         return y, (False, arg, x.shape, win)
     arg = xp.empty(y.shape, dtype=np.int16 if win.kh * win.kw < 2 ** 15 else np.int32)
     _over_planes(xp, lambda xs, ys, args: _maxpool_planes(xp, xs, win, ys, args), x, y, arg)
@@ -219,10 +218,8 @@ def maxpool2d_backward(be, ctx, dy):
         return dx
     dx = xp.empty(x_shape, dtype=dy.dtype)
     if arg.dtype == np.int32 and (lib := hostlib.for_float32(be, dy)) is not None:
-        tiles = int(_tiles(win, x_shape))
-        _host_planes(lambda dys, args, dxs: lib.gpunet_maxpool2d_backward_f32(
-            dys.ctypes.data, args.ctypes.data, dxs.ctypes.data, len(dys), *x_shape[2:], win.oh, win.ow,
-            *_kernel_args(win), tiles), np.ascontiguousarray(dy), arg, dx)
+        _host_planes(lib.gpunet_maxpool2d_backward_range_f32, x_shape, win, (np.ascontiguousarray(dy), arg, dx),
+                     (win.dh, win.dw, int(_tiles(win, x_shape))))
         return dx
     _over_planes(xp, lambda dys, args, dxs: _maxpool_backward_planes(xp, dys, args, win, dxs),
                  xp.ascontiguousarray(dy), arg, dx)
@@ -275,22 +272,6 @@ def _divisor(xp, x_shape, win: Window, count_include_pad: bool, dtype):
     return d.astype(dtype)
 
 
-def _avg_host(fn, win: Window, count_include_pad: bool, x_shape, src, dst, scratch_shapes=()) -> None:
-    """The compiled forward (src x, dst y) or backward (src dy, dst dx), both
-    C-contiguous, over the planes shared out over the host threads: each call
-    gets a padded plane and the divisors as scratch, plus `scratch_shapes` more."""
-    n, c, h, w = x_shape
-    hp, wp = _padded_shape(x_shape, win)[2:]
-    src_plane, dst_plane = src.shape[2] * src.shape[3], dst.shape[2] * dst.shape[3]
-
-    def part(lo, hi):
-        scratch = [np.empty(s, np.float32) for s in [(hp, wp), (win.oh, win.ow), *scratch_shapes]]
-        fn(src.ctypes.data + 4 * lo * src_plane, dst.ctypes.data + 4 * lo * dst_plane,
-           *(a.ctypes.data for a in scratch), hi - lo, h, w, win.oh, win.ow, hp, wp,
-           *_kernel_args(win)[:6], int(bool(count_include_pad)))
-    host_threads.run(part, host_threads.ranges(n * c, h * w))
-
-
 @float32_compute("avg_pool2d", forward=True, half_kernels=_half_kernels)
 def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_include_pad=True):
     xp = be.xp
@@ -302,7 +283,8 @@ def avgpool2d_forward(be, x, kernel, stride, padding, ceil_mode=False, count_inc
         return y, (True, x.shape, win, count_include_pad)
     y = xp.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
     if (lib := hostlib.for_float32(be, x)) is not None:
-        _avg_host(lib.gpunet_avgpool2d_forward_f32, win, count_include_pad, x.shape, np.ascontiguousarray(x), y)
+        _host_planes(lib.gpunet_avgpool2d_range_f32, x.shape, win, (np.ascontiguousarray(x), y),
+                     (int(bool(count_include_pad)), 0))
         return y, (False, x.shape, win, count_include_pad)
     divisor = _divisor(xp, x.shape, win, count_include_pad, x.dtype)
 
@@ -329,8 +311,8 @@ def avgpool2d_backward(be, ctx, dy):
         return dx
     dx = xp.empty(x_shape, dtype=dy.dtype)
     if (lib := hostlib.for_float32(be, dy)) is not None:
-        _avg_host(lib.gpunet_avgpool2d_backward_f32, win, count_include_pad, x_shape, np.ascontiguousarray(dy),
-                  dx, [(win.oh, win.ow)])
+        _host_planes(lib.gpunet_avgpool2d_range_f32, x_shape, win, (np.ascontiguousarray(dy), dx),
+                     (int(bool(count_include_pad)), 1))
         return dx
     divisor = _divisor(xp, x_shape, win, count_include_pad, dy.dtype)
 
