@@ -46,13 +46,18 @@ _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_a
                                              "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32",
                                              "gpunet_pool_init", "gpunet_run_ranges",
                                              "gpunet_maxpool2d_forward_range_f32",
-                                             "gpunet_maxpool2d_backward_range_f32", "gpunet_avgpool2d_range_f32")}
+                                             "gpunet_maxpool2d_backward_range_f32", "gpunet_avgpool2d_range_f32",
+                                             "gpunet_layer_norm_backward_range_f32")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _F32P, _I64, _I64],
     "gpunet_gelu_derivative_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64],
     "gpunet_layer_norm_forward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _I64, _I64, ctypes.c_double],
     "gpunet_layer_norm_backward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _F64P, _F64P, _I64, _I64, _F32P],
+    # the two in the pool's call shape: rows [lo, hi) (eps's bits as int64); row blocks [lo, hi) of `rows`
+    # rows, per-block partial sums (blocks, 2, c) in float64, returning 1 when out of memory
+    "gpunet_layer_norm_forward_range_f32": [_F32P] * 6 + [_I64] * 4,
+    "gpunet_layer_norm_backward_range_f32": [_F32P] * 6 + [_F64P] + [_I64] * 5,
     "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
     "gpunet_softmax_rows_f32": [_F32P, _F32P, _I64, _I64, _F32, ctypes.c_int, ctypes.c_int, _I64, _I64],
     "gpunet_softmax_range_f32": [_F32P, _F32P] + [_I64] * 6,

@@ -283,6 +283,34 @@ void gpunet_layer_norm_backward_f32(const float *restrict x, const float *restri
     }
 }
 
+/* the two above in gpunet_run_ranges's call shape. Forward: rows [lo, hi),
+ * eps's double bits in an int64. Backward: row blocks [lo, hi) of `rows`
+ * rows each (the last one shorter), block i's dw and db partial sums in
+ * parts[i] (2 x c doubles), the scratch allocated here: 1 when it cannot be. */
+void gpunet_layer_norm_forward_range_f32(const float *x, const float *w, const float *b, float *y, float *mean,
+                                         float *rstd, i64 c, i64 eps_bits, i64 lo, i64 hi)
+{
+    double eps;
+    memcpy(&eps, &eps_bits, sizeof eps);
+    gpunet_layer_norm_forward_f32(x + lo * c, w, b, y + lo * c, mean + lo, rstd + lo, hi - lo, c, eps);
+}
+
+int gpunet_layer_norm_backward_range_f32(const float *x, const float *w, const float *mean, const float *rstd,
+                                         const float *dy, float *dx, double *parts, i64 m, i64 c, i64 rows, i64 lo,
+                                         i64 hi)
+{
+    float *g = malloc((size_t)c * sizeof(float));
+    if (!g)
+        return 1;
+    for (i64 i = lo; i < hi; i++) {
+        const i64 r = i * rows, n = m - r < rows ? m - r : rows;
+        gpunet_layer_norm_backward_f32(x + r * c, w, mean + r, rstd + r, dy + r * c, dx + r * c, parts + 2 * i * c,
+                                       parts + (2 * i + 1) * c, n, c, g);
+    }
+    free(g);
+    return 0;
+}
+
 /* ------------------------------------------------------------ Adam / AdamW */
 /* One range of one tensor, the NumPy path's operations in its order (every
  * scalar already rounded to float32 as NumPy does with a Python float):

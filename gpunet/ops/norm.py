@@ -56,11 +56,6 @@ def _host_param(a, C: int):
     return None if a is None else np.ascontiguousarray(a.reshape(C))
 
 
-def _row_address(rows: slice, C: int):
-    """at(a, width): the address of row rows.start of the contiguous float32 array a, width elements a row."""
-    return lambda a, width=C: a.ctypes.data + 4 * width * rows.start
-
-
 def _half_kernels(be, *args, **kwargs):
     """Every half layer norm call runs on the kernels (float32 inside)."""
     return True
@@ -86,12 +81,10 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
     elif (lib := hostlib.for_float32(be, x2, weight, bias)) is not None:
         y, mean, rstd = np.empty_like(x2), np.empty(M, np.float32), np.empty(M, np.float32)
         w, b = _host_param(weight, C), _host_param(bias, C)
-
-        def block(rows):
-            at = _row_address(rows, C)
-            lib.gpunet_layer_norm_forward_f32(at(x2), hostlib.ptr(w), hostlib.ptr(b), at(y), at(mean, 1),
-                                              at(rstd, 1), rows.stop - rows.start, C, float(eps))
-        _each_block(be, M, C, block)
+        eps_bits = int(np.array(eps, np.float64).view(np.int64))
+        host_threads.run_compiled(lib.gpunet_layer_norm_forward_range_f32,
+                                  (x2.ctypes.data, hostlib.ptr(w), hostlib.ptr(b), y.ctypes.data, mean.ctypes.data,
+                                   rstd.ctypes.data, C, eps_bits), host_threads.ranges(M, C))
     else:
         # row sums as a matrix-vector product (BLAS) and sums of squares with
         # einsum: no squared temporary; y's own memory holds x - mean
@@ -140,18 +133,16 @@ def layer_norm_backward(be, ctx, dy):
     elif (lib := hostlib.for_float32(be, x2, weight, dy2)) is not None:
         dx = np.empty_like(x2)
         w = np.ones(C, np.float32) if weight is None else _host_param(weight, C)  # (dy·1 = dy exactly)
-        blocks = list(enumerate(_row_blocks(be, M, C)))
+        blocks = _row_blocks(be, M, C)
+        rows = blocks[0].stop
         # per block: dw's and db's partial sums (float64), added below in block order
         parts = np.zeros((len(blocks), 2, C), np.float64)
-
-        def block(item):
-            i, rows = item
-            at = _row_address(rows, C)
-            g = np.empty(C, np.float32)  # scratch for dy·w (kept referenced through the call)
-            lib.gpunet_layer_norm_backward_f32(at(x2), hostlib.ptr(w), at(mean, 1), at(rstd, 1), at(dy2), at(dx),
-                                               hostlib.ptr(parts[i, 0]), hostlib.ptr(parts[i, 1]),
-                                               rows.stop - rows.start, C, g.ctypes.data)
-        host_threads.map_chunks(block, blocks, (blocks[0][1].stop - blocks[0][1].start) * C)
+        failed = host_threads.run_compiled(lib.gpunet_layer_norm_backward_range_f32,
+                                           (x2.ctypes.data, w.ctypes.data, mean.ctypes.data, rstd.ctypes.data,
+                                            dy2.ctypes.data, dx.ctypes.data, parts.ctypes.data, M, C, rows),
+                                           host_threads.ranges(len(blocks), rows * C))
+        if any(failed):
+            raise MemoryError("layer_norm: no memory for a block's scratch")
         dw, db = parts.sum(axis=0).astype(np.float32)
     else:
         ones = xp.ones(C, x2.dtype)
