@@ -73,8 +73,6 @@ _SIGNATURES = {
     # the convolution's row-layout im2col/col2im: columns, geometry (int64 array), range
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
-    # channels-last columns from the zero-padded channels-last x: x, columns, geometry, row range
-    "gpunet_im2col_hwc_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     # its direct forward: x, w, bias or NULL, y, geometry, range; returns 1
     # when its tile could not be allocated (_RESTYPES)
     "gpunet_conv_direct_f32": [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64],

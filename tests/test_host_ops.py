@@ -978,10 +978,8 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
 def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
     """dx direct for stride 1, p <= d*(k-1), 3 or more input channels per
     group, over 64 or more pixels (16 where dy has 8 channels per group or
-    more; any number up to 16 through the channels-last columns where it has
-    8 channels or more and one group), and then dW direct too; else dx
-    through the column gradient and col2im, with dW direct from 8 channels
-    per group on."""
+    more), and then dW direct too; else dx through the column gradient and
+    col2im, with dW direct from 8 channels per group on."""
     from gpunet.ops import conv
     calls = []
     for name in ("_col2im_rows", "_weight_grad_direct"):
@@ -989,8 +987,7 @@ def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
     rng = np.random.default_rng(12)
     cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
              ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, True),
-             ((2, 16, 4, 4), 1, 1, 2, False), ((2, 8, 2, 2), 1, 1, 1, True),
-             ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
+             ((2, 16, 4, 4), 1, 1, 2, False), ((2, 8, 2, 2), 1, 1, 1, False), ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
              ((2, 7, 8, 8), 2, 1, 1, None), ((2, 16, 8, 8), 1, 1, 8, None)]  # (x shape, stride, padding, groups, dx)
     for shape, stride, padding, groups, dx_direct in cases:
         calls.clear()
@@ -1025,58 +1022,17 @@ def test_conv_backward_direct_is_bit_identical_across_host_thread_counts(lib):
         host_threads.set_num_threads(before)
 
 
-def test_conv_forward_routes_by_output_pixels_and_channels(lib, monkeypatch):
-    """Outputs of up to 16 pixels with 8+ channels and one group: the
-    channels-last columns; the padded-row form of the direct loop (stride 1,
-    8+ channels per group) from 16 pixels on otherwise; the tile's from 64;
-    the rest the NumPy columns."""
+def test_conv_forward_direct_over_16_pixels_with_8_channels_at_stride_1(lib, monkeypatch):
+    """The padded-row form of the direct loop (stride 1, 8+ channels per group)
+    takes outputs of 16 pixels and more; the tile's keeps its 64."""
     from gpunet.ops import conv
-    calls = []
-    for name in ("_forward_direct", "_forward_hwc"):
-        monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
+    calls, real = [], conv._forward_direct
+    monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(a[3].shape) or real(*a))
     rng = np.random.default_rng(14)
-    cases = [(4, 8, 1, 1, "_forward_hwc"), (4, 7, 1, 1, None), (3, 8, 1, 1, "_forward_hwc"),
-             (8, 8, 2, 1, "_forward_hwc"), (16, 8, 2, 1, "_forward_direct"), (5, 8, 1, 1, "_forward_direct"),
-             (4, 16, 1, 2, "_forward_direct"), (4, 8, 1, 2, None)]  # (side, channels, stride, groups, route)
-    for side, c, stride, groups, route in cases:
-        calls.clear()
+    for side, c, stride in [(4, 8, 1), (4, 7, 1), (3, 8, 1), (8, 8, 2), (16, 8, 2)]:  # 16, 16, 9, 16, 64 pixels
         x = rng.standard_normal((2, c, side, side)).astype(np.float32)
-        w = rng.standard_normal((4, c // groups, 3, 3)).astype(np.float32)
-        _conv_forward(x, w, None, (stride,) * 2, (1, 1), (1, 1), groups)
-        assert calls == ([route] if route else []), (side, c, stride, groups)
-
-
-HWC_GEOMETRIES = [  # outputs of 16 pixels or fewer, 8+ channels, one group
-    ((3, 8, 4, 4), 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
-    ((2, 12, 7, 6), 9, (3, 3), (2, 2), (1, 1), (1, 1), 1, False),  # stride 2: 4x3 outputs
-    ((2, 9, 5, 5), 8, (3, 2), (1, 1), (2, 0), (2, 3), 1, True),  # dilated, asymmetric: 5x2
-    ((2, 8, 3, 4), 12, (3, 3), (1, 1), (1, 1), (1, 1), 1, False),  # dx too: dy has 12 channels
-    ((4, 10, 2, 3), 7, (1, 1), (1, 1), (0, 0), (1, 1), 1, True),  # 1x1
-    ((1, 16, 1, 1), 3, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # one pixel, all but one tap padding
-]
-
-
-@pytest.mark.parametrize("geometry", HWC_GEOMETRIES, ids=str)
-def test_conv_channels_last_columns_against_torch_float64(lib, geometry, monkeypatch):
-    """y, and dx at stride 1 (a forward of dy with flipped weights), through the channels-last columns."""
-    from gpunet.ops import conv
-    shape, o, k, stride, padding, dilation, groups, bias = geometry
-    x, w, b, dy, refs = _conv_case_and_torch_grads(geometry, seed=15)
-    calls = _spy_compiled(monkeypatch)
-    y = _conv_forward(x, w, b, stride, padding, dilation, groups)
-    ref = torch.nn.functional.conv2d(*(None if a is None else torch.tensor(a, dtype=torch.float64) for a in (x, w, b)),
-                                     stride, padding, dilation, groups).numpy()
-    assert y.dtype == np.float32 and y.shape == ref.shape and "gpunet_im2col_hwc_f32" in calls
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-    be = get_backend("cpu")
-    ctx = conv.conv2d_forward(be, x, w, b, stride, padding, dilation, groups)[1]
-    calls.clear()
-    dx, dw, db = conv.conv2d_backward(be, ctx, dy)
-    # dx through them: stride 1, dy's channels 8+, x's planes of 16 pixels or fewer
-    assert ("gpunet_im2col_hwc_f32" in calls) == (stride == (1, 1) and o >= 8 and shape[2] * shape[3] <= 16)
-    for got, r in zip([dx, dw, db], refs):
-        assert got.dtype == np.float32 and got.shape == r.shape
-        np.testing.assert_allclose(got, r.numpy(), rtol=1e-5, atol=2e-6 * r.abs().max().item())
+        _conv_forward(x, rng.standard_normal((4, c, 3, 3)).astype(np.float32), None, (stride,) * 2, (1, 1), (1, 1), 1)
+    assert calls == [(4, 8, 3, 3), (4, 8, 3, 3)]
 
 
 # ---------------------------------------------------------------- cross-entropy rows

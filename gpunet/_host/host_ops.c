@@ -880,30 +880,6 @@ void gpunet_im2col_rows_f32(const float *x, float *cols, const i64 *geo, i64 lo,
     free(T);
 }
 
-/* rows [lo, hi) of the channels-last columns: row p = (n, oh, ow) holds
- * output pixel p's kh*kw taps in (i, j, c) order, each tap the C channels of
- * one pixel of the zero-padded channels-last x (N, H + 2ph, W + 2pw, C), so
- * a row is kh (dilation 1) or kh*kw contiguous copies and no bound is
- * tested. Groups 1; rows ld floats apart. */
-void gpunet_im2col_hwc_f32(const float *xh, float *cols, const i64 *geo, i64 lo, i64 hi)
-{
-    const i64 C = geo[G_C], kh = geo[G_KH], kw = geo[G_KW], sh = geo[G_SH], sw = geo[G_SW], dh = geo[G_DH];
-    const i64 dw = geo[G_DW], OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD];
-    const i64 Hp = geo[G_H] + 2 * geo[G_PH], Wp = geo[G_W] + 2 * geo[G_PW];
-    for (i64 p = lo; p < hi; p++) {
-        const i64 n = p / (OH * OW), oh = p / OW % OH, ow = p % OW;
-        float *dst = cols + p * ld;
-        for (i64 i = 0; i < kh; i++) {
-            const float *src = xh + ((n * Hp + oh * sh + i * dh) * Wp + ow * sw) * C;
-            if (dw == 1) {
-                memcpy(dst, src, (size_t)(kw * C) * sizeof(float));
-                dst += kw * C;
-            } else
-                for (i64 j = 0; j < kw; j++, dst += C) memcpy(dst, src + j * dw * C, (size_t)C * sizeof(float));
-        }
-    }
-}
-
 /* dx of input planes [lo, hi) (a plane being one (n, c)): every pixel the sum
  * of the column entries copied from it, added tap by tap in (i, j) row-major
  * order onto 0 (the NumPy path's order); no two planes share a write, so any

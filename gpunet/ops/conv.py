@@ -214,8 +214,8 @@ def _col2im_wide(xp, dcols, x_shape, g: Geometry):
 
 def _forward_array(be, x, w, b, g: Geometry):
     lib = _rows_lib(be, x, w)
-    if lib is not None and (_hwc(g, w.shape[1]) or _direct(g, w.shape[1], g.kh * g.kw)):
-        return _forward_host(be, lib, x, w, b, g), x
+    if lib is not None and _direct(g, w.shape[1], g.kh * g.kw):
+        return _forward_direct(be, lib, x, w, b, g), x
     xp = be.xp
     n, o = x.shape[0], w.shape[0]
     og = o // g.groups
@@ -332,9 +332,9 @@ def _backward_rows(be, lib, ctx, dy):
     x = np.ascontiguousarray(x)
     direct = w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
     gt = _dx_direct(x_shape, w, g) if w.shape[1] >= DX_DIRECT_MIN_CHANNELS else None
-    if gt is not None:  # then no column gradient
+    if gt is not None:  # then no columns at all
         direct = True
-        dx = _forward_host(be, lib, dy, _flipped_transposed(w, g), None, gt)
+        dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
     else:
         dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct)
     if direct:
@@ -404,7 +404,12 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
     ldp = -(-ld // 16) * 16
     # stride 1 with whole vectors of channels: x zero-padded, read in place
     padded = g.sh == g.sw == 1 and w.shape[1] % 16 == 0
-    xh = _channels_last(be, x, g if padded else g._replace(ph=0, pw=0))
+    hp, wp = (h + 2 * g.ph, wd + 2 * g.pw) if padded else (h, wd)
+    xh = _workspace(be, "rows_hwc", n * hp * wp * c, np.float32).reshape(n, hp, wp, c)
+    if padded:
+        for border in (np.s_[:, :g.ph], np.s_[:, g.ph + h:], np.s_[:, :, :g.pw], np.s_[:, :, g.pw + wd:]):
+            xh[border] = 0
+    xh[:, g.ph * padded:g.ph * padded + h, g.pw * padded:g.pw * padded + wd] = x.transpose(0, 2, 3, 1)
     per = -(-n // DW_CHUNKS)
     chunks = -(-n // per)
     part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
@@ -417,61 +422,6 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
     dw = dwx[:, :kg].reshape(o, g.kh, g.kw, w.shape[1]).transpose(0, 3, 1, 2).astype(np.float32)
     db = dwx[:, kg].astype(np.float32) if has_bias else None
     return dw, db
-
-
-def _channels_last(be, x, g: Geometry):
-    """x (N, C, H, W) as (N, H + 2ph, W + 2pw, C), zero-padded, in the "rows_hwc" workspace."""
-    n, c, h, w = x.shape
-    xh = _workspace(be, "rows_hwc", n * (h + 2 * g.ph) * (w + 2 * g.pw) * c, np.float32)
-    xh = xh.reshape(n, h + 2 * g.ph, w + 2 * g.pw, c)
-    for border in (np.s_[:, :g.ph], np.s_[:, g.ph + h:], np.s_[:, :, :g.pw], np.s_[:, :, g.pw + w:]):
-        xh[border] = 0
-    xh[:, g.ph:g.ph + h, g.pw:g.pw + w] = x.transpose(0, 2, 3, 1)
-    return xh
-
-
-# ---------------------------------------------------------------- host float32, small planes: channels-last columns
-# Over outputs of at most HWC_MAX_PIXELS pixels (the digits CNN's 4x4 second
-# layer) the direct loops' pixel blocks run mostly empty. There one GEMM over
-# channels-last columns does the work instead: row p = output pixel (n, oh,
-# ow), its taps in (i, j, c) order, each tap C contiguous channels of the
-# zero-padded channels-last x (host_ops.c's gpunet_im2col_hwc_f32: kh copies
-# of kw*C floats per row, no bound tested). Then y (N*OH*OW, O) = cols @ W^T,
-# W in (O, i, j, c) order: the forward, and a stride-1 dx. Measured, 2
-# threads, (256, 32, 4, 4) -> 64, 3x3, three runs: forward 1.61 -> 1.19 ms
-# (the GEMM 0.85 of it), dx 1.63 -> 1.35-1.42; the weight gradient as one
-# GEMM with these columns took 0.97x the direct loop's time, which stays.
-# Over 8x8 outputs the direct loops stay too (forward 2.4 ms against 2.8
-# here, (64, 64, 8, 8) -> 64).
-HWC_MAX_PIXELS = 16
-HWC_MIN_CHANNELS = 8  # fewer: copies of a few floats per tap
-
-
-def _hwc(g: Geometry, channels: int) -> bool:
-    """Whether a float32 host call with `channels` input channels takes the channels-last columns."""
-    return g.groups == 1 and g.oh * g.ow <= HWC_MAX_PIXELS and channels >= HWC_MIN_CHANNELS
-
-
-def _forward_hwc(be, lib, x, w, b, g: Geometry):
-    x = np.ascontiguousarray(x)
-    n, o = x.shape[0], w.shape[0]
-    kg, rows = w[0].size, n * g.oh * g.ow
-    xh, geo = _channels_last(be, x, g), _rows_geometry(x.shape, g, n, kg)
-    cols = _workspace(be, "rows", rows * kg, np.float32).reshape(rows, kg)
-    host_threads.run_compiled(lib.gpunet_im2col_hwc_f32, (xh.ctypes.data, cols.ctypes.data, geo.ctypes.data),
-                              host_threads.ranges(rows, kg))
-    yr = _workspace(be, "rows_out", rows * o, np.float32).reshape(rows, o)
-    np.matmul(cols, np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(o, kg).T, out=yr)
-    if b is not None:
-        yr += b
-    y = np.empty((n, o, g.oh, g.ow), np.float32)
-    y.reshape(n, o, -1)[...] = yr.reshape(n, -1, o).transpose(0, 2, 1)
-    return y
-
-
-def _forward_host(be, lib, x, w, b, g: Geometry):
-    """A float32 host forward (or stride-1 dx) that _hwc or _direct takes."""
-    return (_forward_hwc if _hwc(g, w.shape[1]) else _forward_direct)(be, lib, x, w, b, g)
 
 
 # dx of a stride-1 convolution is itself a stride-1 convolution: input pixel
@@ -494,8 +444,7 @@ def _dx_direct(x_shape, w, g: Geometry):
     if g.sh != 1 or g.sw != 1 or pht < 0 or pwt < 0:
         return None
     gt = Geometry(g.kh, g.kw, 1, 1, pht, pwt, g.dh, g.dw, g.groups, x_shape[2], x_shape[3])
-    channels = w.shape[0] // g.groups
-    return gt if _hwc(gt, channels) or _direct(gt, channels, g.kh * g.kw) else None
+    return gt if _direct(gt, w.shape[0] // g.groups, g.kh * g.kw) else None
 
 
 def _flipped_transposed(w, g: Geometry):
