@@ -89,6 +89,8 @@ _SIGNATURES = {
     # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
     # chunk, whether x is zero-padded, chunk range; returns 1 when out of memory (_RESTYPES)
     "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 5,
+    # its channels-last, zero-padded x: x, xh, C, H, W, ph, pw, image range
+    "gpunet_nchw_to_nhwc_f32": [_F32P, _F32P] + [_I64] * 7,
     # gpunet/ops/loss.py's cross-entropy rows [lo, hi): x, lse (m, 2), n, lo, hi; then the
     # gradient: x, lse, targets (int64), per-row a, ct, scale, dx, n, lo, hi
     "gpunet_cross_entropy_lse_f32": [_F32P, _F32P, _I64, _I64, _I64],

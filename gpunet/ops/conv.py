@@ -405,11 +405,10 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
     # stride 1 with whole vectors of channels: x zero-padded, read in place
     padded = g.sh == g.sw == 1 and w.shape[1] % 16 == 0
     hp, wp = (h + 2 * g.ph, wd + 2 * g.pw) if padded else (h, wd)
-    xh = _workspace(be, "rows_hwc", n * hp * wp * c, np.float32).reshape(n, hp, wp, c)
-    if padded:
-        for border in (np.s_[:, :g.ph], np.s_[:, g.ph + h:], np.s_[:, :, :g.pw], np.s_[:, :, g.pw + wd:]):
-            xh[border] = 0
-    xh[:, g.ph * padded:g.ph * padded + h, g.pw * padded:g.pw * padded + wd] = x.transpose(0, 2, 3, 1)
+    xh = _workspace(be, "rows_hwc", n * hp * wp * c, np.float32)
+    host_threads.run_compiled(lib.gpunet_nchw_to_nhwc_f32,
+                              (x.ctypes.data, xh.ctypes.data, c, h, wd, g.ph * padded, g.pw * padded),
+                              host_threads.ranges(n, c * h * wd))
     per = -(-n // DW_CHUNKS)
     chunks = -(-n // per)
     part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
