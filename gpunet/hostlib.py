@@ -52,10 +52,8 @@ _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _F32P, _I64, _I64],
     "gpunet_gelu_derivative_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64],
-    "gpunet_layer_norm_forward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _I64, _I64, ctypes.c_double],
-    "gpunet_layer_norm_backward_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _F32P, _F64P, _F64P, _I64, _I64, _F32P],
-    # the two in the pool's call shape: rows [lo, hi) (eps's bits as int64); row blocks [lo, hi) of `rows`
-    # rows, per-block partial sums (blocks, 2, c) in float64, returning 1 when out of memory
+    # layer norm in the pool's call shape: rows [lo, hi) (eps's bits as int64); row blocks [lo, hi) of
+    # `rows` rows, per-block partial sums (blocks, 2, c) in float64, returning 1 when out of memory
     "gpunet_layer_norm_forward_range_f32": [_F32P] * 6 + [_I64] * 4,
     "gpunet_layer_norm_backward_range_f32": [_F32P] * 6 + [_F64P] + [_I64] * 5,
     "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,

@@ -327,3 +327,22 @@ def test_blas_pool_with_several_callers_and_in_a_forked_child():
             assert list(ex.map(_gemm_sum, range(8))) == pytest.approx(expected, rel=1e-6)
         with mp.get_context("fork").Pool(1) as p:
             assert p.map(_gemm_sum, range(3), chunksize=1) == pytest.approx(expected[:3], rel=1e-6)
+
+
+def test_compiled_loops_without_the_pool_give_the_same_bits(host_threads, monkeypatch):
+    """Softmax rows split in 3 on the compiled pool, on run_compiled's
+    fallback (no pool: the parts on the Python threads), and in float64."""
+    from gpunet import hostlib
+    from gpunet.ops import softmax
+    ht, lib = host_threads, hostlib.load()
+    if lib is None:
+        pytest.skip("no C compiler here: the compiled host loops are not built")
+    ht.set_num_threads(3)
+    x = np.random.default_rng(3).standard_normal((600, 1000)).astype(np.float32)
+    assert len(ht.ranges(600, 1000, ht.MIN_PER_EXP_THREAD)) == 3
+    on_pool = softmax.softmax_rows_compiled(lib, x)
+    monkeypatch.setattr(ht, "_compiled_pool", lambda: None)
+    np.testing.assert_array_equal(softmax.softmax_rows_compiled(lib, x).view(np.uint32), on_pool.view(np.uint32))
+    x64 = x.astype(np.float64)
+    ref = np.exp(x64 - x64.max(1, keepdims=True))
+    np.testing.assert_allclose(on_pool, ref / ref.sum(1, keepdims=True), rtol=2e-6, atol=1e-12)

@@ -112,9 +112,6 @@ def _compiled_pool():
     return lib if lib is not None and lib.gpunet_pool_init() == 0 else None
 
 
-_addresses: dict = {}
-
-
 def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
     """fn(*args, lo, hi) for every part, fn a compiled host loop (hostlib)
     whose parameters are all pointers or int64 (addresses as ints, None for
@@ -126,7 +123,7 @@ def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
     lib = _compiled_pool()
     if lib is None:
         return run(lambda lo, hi: fn(*args, lo, hi), parts)
-    address = _addresses.get(fn.__name__) or _addresses.setdefault(fn.__name__, ctypes.cast(fn, ctypes.c_void_p).value)
+    address = ctypes.cast(fn, ctypes.c_void_p).value
     values = (ctypes.c_int64 * len(args))(*(0 if a is None else a for a in args))
     bounds = (ctypes.c_int64 * (len(parts) + 1))(*(lo for lo, _ in parts), parts[-1][1])
     results = (ctypes.c_int * len(parts))()
