@@ -59,11 +59,24 @@ def array(be, x, name: str, *, ndim=None, dtype=None, finite: bool = True, integ
         hint = f" or the module with .to({x.dtype.name})" if x.dtype in (np.float32, np.float64) else ""
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {x.dtype} "
                         f"(convert it with .astype({np.dtype(dtype).name}){hint})")
-    if finite and dtypes.is_floating(x.dtype) and finite_checks_enabled(be):  # (bfloat16's kind is "V")
-        if _any_nonfinite(be, x):
-            bad = int((~be.xp.isfinite(x)).sum())
-            raise ValueError(f"{name}: contains {bad} NaN/Inf value(s) of {x.size}")
+    if finite:
+        finite_values(be, x, name)
     return x
+
+
+def finite_values(be, x, name: str):
+    """The NaN/Inf scan of array(finite=True), where `be` runs its checks. An
+    op whose compiled loop reads every input element anyway may instead scan
+    as it reads (finite=False here) and call nonfinite_error when it found
+    one, before it returns or writes anything but its fresh output."""
+    if dtypes.is_floating(x.dtype) and finite_checks_enabled(be) and _any_nonfinite(be, x):  # (bfloat16's kind is "V")
+        nonfinite_error(be, x, name)
+
+
+def nonfinite_error(be, x, name: str):
+    """Raise the error for a NaN or an infinity in `x`, counting them."""
+    bad = int((~be.xp.isfinite(x)).sum())
+    raise ValueError(f"{name}: contains {bad} NaN/Inf value(s) of {x.size}")
 
 
 # below this many elements NumPy's scan is the quicker (no foreign call, no split)

@@ -261,7 +261,7 @@ def test_softmax_compiled_same_bits_for_any_thread_count(lib):
         runs = []
         for threads in (1, 2, 3):
             host_threads.set_num_threads(threads)
-            runs.append([softmax.softmax_rows_compiled(lib, x, b, log) for b in (1.0, 3.0) for log in (False, True)])
+            runs.append([softmax.softmax_rows_compiled(lib, x, b, log)[0] for b in (1.0, 3.0) for log in (False, True)])
     finally:
         host_threads.set_num_threads(before)
     for other in runs[1:]:
@@ -934,6 +934,54 @@ def test_finite_scan_compiled_finds_every_nan_and_inf_wherever_it_sits(lib, dtyp
         assert not calls
     finally:
         host_threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("module", ["Softmax", "LogSoftmax"])
+def test_softmax_module_scans_its_input_in_the_compiled_rows(lib, module, monkeypatch):
+    """nn.Softmax's NaN/Inf check rides the rows' first read (no scan pass of
+    its own) and still names the input before returning; along another axis
+    (NumPy path) the scan runs first, as it does with the checks off for no
+    error at all."""
+    import gpunet.nn as gnn
+    from gpunet import checks
+    calls = _spy_compiled(monkeypatch)
+    x = np.random.default_rng(0).standard_normal((300, 257)).astype(np.float32)
+    m = getattr(gnn, module)(dim=-1)
+    ref = m(x)
+    assert calls == ["gpunet_softmax_range_f32"] * len(calls) and calls
+    for row in (0, 150, 299):  # the first, a middle and the last row (the threads' edges)
+        for col in (0, 128, 256):
+            for bad in (np.nan, np.inf, -np.inf):
+                y = x.copy()
+                y[row, col] = bad
+                calls.clear()
+                with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf value\(s\) of 77100"):
+                    m(y)
+                assert set(calls) == {"gpunet_softmax_range_f32"}
+    y = x.copy()
+    y[5, 7] = np.nan
+    with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf"):
+        getattr(gnn, module)(dim=0)(y)
+    checks.set_finite_checks(host=False)
+    try:
+        assert np.isnan(m(y)[5]).all() and np.array_equal(m(x), ref)
+    finally:
+        checks.set_finite_checks(host=True)
+
+
+def test_softmax_rows_report_nonfinite_rows(lib):
+    """gpunet_softmax_rows_f32's return: 1 when a (kept) key is NaN or
+    infinite; a causal row's skipped keys are not read."""
+    x = np.zeros((4, 6), np.float32)
+    y = np.empty_like(x)
+
+    def rows(causal=0):
+        return lib.gpunet_softmax_rows_f32(x.ctypes.data, y.ctypes.data, 4, 6, 1.0, 0, 1, causal, 0)
+    assert rows() == 0
+    x[3, 5] = -np.inf
+    assert rows() == 1 and rows(causal=4) == 0  # row 3 keeps keys 0..3
+    x[3, 5] = np.finfo(np.float32).max
+    assert rows() == 0
 
 
 # ---------------------------------------------------------------- convolution backward: direct dx and dW

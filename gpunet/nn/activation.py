@@ -193,9 +193,9 @@ class Softmax(Module):
 
     def forward(self, input):
         be = self.backend
-        checks.array(be, input, "input", dtype=self.dtype)
+        checks.array(be, input, "input", dtype=self.dtype, finite=False)  # the op scans as it reads
         dim = softmax_ops.resolve_dim(self.dim, input.ndim)
-        y, ctx = softmax_ops.softmax_forward(be, input, dim, self.beta, log=self.log)
+        y, ctx = softmax_ops.softmax_forward(be, input, dim, self.beta, log=self.log, check="input")
         self.save(ctx, input.shape)
         return y
 

@@ -233,7 +233,7 @@ def _probs_from_scores(be, s, causal=False, beta=1.0):
     scores, no row-wise max)."""
     xp = be.xp
     if (lib := hostlib.for_float32(be, s)) is not None:
-        return softmax_ops.softmax_rows_compiled(lib, s, beta, masked=True, causal=causal)
+        return softmax_ops.softmax_rows_compiled(lib, s, beta, masked=True, causal=causal)[0]
     if beta != 1:
         s = s * beta
     if causal:

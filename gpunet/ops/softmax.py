@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from .. import dtypes, hostlib
+from .. import checks, dtypes, hostlib
 from ..dispatch import path
 from . import host_threads
 from .half import float32_compute, kernel_view
@@ -86,23 +86,32 @@ def _kernel(be, name, *arrays, beta, log):
 
 
 @float32_compute("softmax", forward=True, half_kernels=_half_kernels)
-def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False):
-    """(log-)softmax of x along `dim`. Returns (y, ctx)."""
+def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False, check: str | None = None):
+    """(log-)softmax of x along `dim`. Returns (y, ctx). check: x's argument
+    name when its NaN/Inf scan (gpunet.checks) is left to this op: the
+    compiled rows do it in their first read of each row (the row's max), the
+    other paths before they start."""
     xp = be.xp
     if x.ndim == 0:  # a row of one
-        y, ctx = softmax_forward(be, x.reshape(1), 0, beta, log)
+        y, ctx = softmax_forward(be, x.reshape(1), 0, beta, log, check)
         return y.reshape(()), ctx
     dim = dim % x.ndim
     if x.size == 0:  # nothing to normalise (a zero-length row has no max to shift by)
         y = xp.empty_like(x)
         return y, (y, dim, beta, log)
-    if dtypes.is_half(x.dtype) or path(be, "softmax", x.dtype) == "kernel":  # half: only kernel backends get here
+    on_kernels = dtypes.is_half(x.dtype) or path(be, "softmax", x.dtype) == "kernel"  # half: only kernel backends
+    lib = hostlib.for_float32(be, x) if not on_kernels and dim == x.ndim - 1 else None
+    if check is not None and lib is None:
+        checks.finite_values(be, x, check)
+    if on_kernels:
         xl = _to_last(xp, x, dim)
         yl = xp.empty_like(xl)
         _kernel(be, "softmax_forward", xl, yl, beta=beta, log=log)
         return _from_last(xp, yl, dim), (yl, dim, beta, log)
-    if dim == x.ndim - 1 and (lib := hostlib.for_float32(be, x)) is not None:
-        y = softmax_rows_compiled(lib, x, beta, log)
+    if lib is not None:
+        y, nonfinite = softmax_rows_compiled(lib, x, beta, log)
+        if check is not None and nonfinite and checks.finite_checks_enabled(be):
+            checks.nonfinite_error(be, x, check)
         return y, (y, dim, beta, log)
     if not be.on_gpu and not log and dim == x.ndim - 1:
         y = _softmax_rows_host(x, beta)
@@ -122,16 +131,17 @@ def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=Fals
     double lanes, the product with 1/sum, all while the row is in cache), the rows split
     over the host threads. masked: attention's rule for scores (a row of
     -inf gives zeros); causal: x is (..., L, S) scores and query i keeps keys
-    j <= i (the rest read as -inf, no mask written)."""
+    j <= i (the rest read as -inf, no mask written). Returns (y, whether a
+    row held a NaN or an infinity among the keys it kept)."""
     x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = np.empty_like(x2)
     n = x2.shape[1]
     beta_bits = int(np.array(beta, np.float32).view(np.uint32))
-    host_threads.run_compiled(lib.gpunet_softmax_range_f32,
-                              (x2.ctypes.data, y.ctypes.data, n, beta_bits, int(log) | int(masked) << 1,
-                               x.shape[-2] if causal else 0),
-                              host_threads.ranges(x2.shape[0], n, host_threads.MIN_PER_EXP_THREAD))
-    return y.reshape(x.shape)
+    nonfinite = host_threads.run_compiled(lib.gpunet_softmax_range_f32,
+                                          (x2.ctypes.data, y.ctypes.data, n, beta_bits, int(log) | int(masked) << 1,
+                                           x.shape[-2] if causal else 0),
+                                          host_threads.ranges(x2.shape[0], n, host_threads.MIN_PER_EXP_THREAD))
+    return y.reshape(x.shape), any(nonfinite)
 
 
 # elements per row block of the host path: the block's passes stay in the core's cache
