@@ -852,8 +852,8 @@ DIRECT_GEOMETRIES = CONV_GEOMETRIES + [
     ((1, 3, 17, 23), 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # batch 1, odd sizes, 8 + 2 + 1 channels
     ((2, 6, 10, 12), 6, (3, 3), (1, 1), (1, 1), (1, 1), 6, False),  # depthwise
     ((2, 16, 9, 300), 9, (1, 1), (2, 1), (0, 0), (1, 1), 1, True),  # 1x1, a row wider than the tile
-    # output channels in the vector lanes (64+ per group, or 16k at a stride): 7x5 = 35 pixels (a short block
-    # of 6), 4 + 1 vectors, two groups of 16 at stride 2, dilation with stride (2, 1), 1 input channel
+    # output channels in the vector lanes (16k per group): 7x5 = 35 pixels (a short block of 6), 4 + 1
+    # vectors, two groups of 16 at stride 2, dilation with stride (2, 1), 1 input channel
     ((2, 5, 7, 5), 80, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
     ((3, 4, 9, 11), 32, (3, 3), (2, 2), (1, 1), (1, 1), 2, False),
     ((2, 3, 13, 10), 48, (3, 2), (2, 1), (2, 0), (2, 3), 1, True),
@@ -1079,9 +1079,9 @@ def test_conv_backward_direct_is_bit_identical_across_host_thread_counts(lib):
 
 @pytest.mark.parametrize("stride,bias", [(1, True), (2, False), (2, True)])
 def test_conv_forward_output_channel_vectors_same_bits_as_pixel_vectors(lib, stride, bias):
-    """The loop with output channels in its vector lanes (64 channels, or 16k
-    at a stride) sums each output in the pixel-vector loops' order: computed
-    in slices of 8 or 16 output channels (which those take), the same bits."""
+    """The loop with output channels in its vector lanes (16k channels per
+    group) sums each output in the pixel-vector loops' order: computed in
+    slices of 8 output channels (which those take), the same bits."""
     rng = np.random.default_rng(15)
     o = 64 if stride == 1 else 32
     x = rng.standard_normal((3, 24, 9, 10)).astype(np.float32)
@@ -1089,9 +1089,7 @@ def test_conv_forward_output_channel_vectors_same_bits_as_pixel_vectors(lib, str
     b = rng.standard_normal(o).astype(np.float32) if bias else None
     conv = functools.partial(_conv_forward, stride=(stride,) * 2, padding=(1, 1), dilation=(1, 1), groups=1)
     whole = conv(x, w, b)
-    step = 16 if stride == 1 else 8
-    sliced = np.concatenate([conv(x, w[i:i + step], None if b is None else b[i:i + step]) for i in range(0, o, step)],
-                            axis=1)
+    sliced = np.concatenate([conv(x, w[i:i + 8], None if b is None else b[i:i + 8]) for i in range(0, o, 8)], axis=1)
     np.testing.assert_array_equal(whole.view(np.uint32), sliced.view(np.uint32))
 
 

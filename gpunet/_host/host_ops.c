@@ -1250,22 +1250,22 @@ static DIRECT_FMA int direct_wide(const float *x, const float *w, const float *b
     return 0;
 }
 
-/* Output channels in the vector lanes, for O/groups a multiple of 16 with 64
- * or more of them or a stride: each register block is OC_PIX output pixels
- * x up to 64 output channels (4 vectors), one fused multiply-add per tap
- * (c, i, j) of a broadcast input value and a vector of the tap's weights
- * (transposed to (Kg, O/groups) here). The pixels are any OC_PIX of the
- * block's lines, each read through its own pointer into zero-padded input
- * rows: no block is part-filled by a short row or a plane's edge, as the
- * pixel-vector blocks above are over small planes (8x8 with padding 1: 64
- * real of 96 lanes), and no tile is built, at any stride and dilation.
- * Every output's sum is the same chain of fused multiply-adds in (c, i, j)
- * order, then + b: the same bits as the loops above. Measured (2 threads,
- * 3x3, against those loops; interleaved, same process): 64 channels over
- * 8x8, batch 64, 2.2 -> 1.6 ms; 32 -> 64 over 4x4, batch 256, 1.6-1.9 ->
- * 1.0; stride 2, 16 -> 32 and 32 -> 64 channels, 1.3 -> 0.93 and 1.08 ->
- * 0.86. With 16 or 32 channels at stride 1 (1 or 2 vectors: 6 or 12
- * accumulators) it was no faster: those keep the loops above. */
+/* Output channels in the vector lanes, for O/groups a multiple of 16: each
+ * register block is OC_PIX output pixels x up to 64 output channels (4
+ * vectors), one fused multiply-add per tap (c, i, j) of a broadcast input
+ * value and a vector of the tap's weights (transposed to (Kg, O/groups)
+ * here). The pixels are any OC_PIX of the block's lines, each read through
+ * its own pointer into zero-padded input rows: no block is part-filled by
+ * a short row or a plane's edge, as the pixel-vector blocks above are over
+ * small planes (8x8 with padding 1: 64 real of 96 lanes), and no tile is
+ * built, at any stride and dilation. Every output's sum is the same chain
+ * of fused multiply-adds in (c, i, j) order, then + b: the same bits as
+ * the loops above. Measured (2 threads, 3x3, against those loops; in turn,
+ * same process): 64 -> 64 channels over 8x8, batch 64, 2.2 -> 1.6 ms; 32
+ * -> 64 over 4x4, batch 256, 1.6-1.9 -> 1.0; 64 -> 32 over 4x4, 1.9 ->
+ * 1.3; 32 -> 32 over 8x8, 0.6-1.1 -> 0.5-0.6; stride 2, 16 -> 32 and 32 ->
+ * 64, 1.3 -> 0.93 and 1.08 -> 0.86; 16 channels over 16x16 and 32x32 and
+ * 32 over 16x16 within the noise (1.8-3.2 ms either way). */
 enum { OC_PIX = 6, OC_VECS = 4 };
 
 static inline __attribute__((always_inline)) DIRECT_FMA void oc_block(const float *const *px, const i64 *koff, i64 kg,
@@ -1292,11 +1292,6 @@ static inline __attribute__((always_inline)) DIRECT_FMA void oc_block(const floa
         }
 }
 
-static int direct_oc_takes(const i64 *geo)
-{
-    const i64 og = geo[G_LD] / geo[G_G];
-    return og % 16 == 0 && (og >= 16 * OC_VECS || geo[G_SH] > 1 || geo[G_SW] > 1);
-}
 
 static DIRECT_FMA int direct_oc(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
                                 i64 hi, i64 lines)
@@ -1372,7 +1367,7 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
     const i64 OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
     const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
     const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
-    if (direct_oc_takes(geo))
+    if (og % 16 == 0)
         return direct_oc(x, w, b, y, geo, lo, hi, lines);
     if (geo[G_SH] == 1 && geo[G_SW] == 1 && cg >= DIRECT_WIDE_MIN_CHANNELS)
         return direct_wide(x, w, b, y, geo, lo, hi, lines);
