@@ -46,7 +46,7 @@ _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
-_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_any_nonfinite_f32",
+_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_conv_dw_pixels_f32", "gpunet_any_nonfinite_f32",
                                              "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32",
                                              "gpunet_pool_init", "gpunet_run_ranges",
                                              "gpunet_maxpool2d_forward_range_f32",
@@ -92,6 +92,7 @@ _SIGNATURES = {
     # the convolution's direct weight gradient: x in NHWC, dy, per-chunk partial sums, geometry, O, images per
     # chunk, whether x is zero-padded, chunk range; returns 1 when out of memory (_RESTYPES)
     "gpunet_conv_dw_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 5,
+    "gpunet_conv_dw_pixels_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p] + [_I64] * 4,
     # its channels-last, zero-padded x: x, xh, C, H, W, ph, pw, image range
     "gpunet_nchw_to_nhwc_f32": [_F32P, _F32P] + [_I64] * 7,
     # gpunet/ops/loss.py's cross-entropy rows [lo, hi): x, lse (m, 2), n, lo, hi; then the

@@ -1034,26 +1034,70 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
 def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
     """dx direct for stride 1, p <= d*(k-1), 3 or more input channels per
     group, over 64 or more pixels (16 where dy has 8 channels per group or
-    more), and then dW direct too; else dx through the column gradient and
-    col2im, with dW direct from 8 channels per group on."""
+    more); else dx through the column gradient and col2im. dW direct from 8
+    channels per group on, over pixel vectors below that at stride 1, else
+    (strided, few channels) from the columns col2im's dx is built from."""
     from gpunet.ops import conv
     calls = []
-    for name in ("_col2im_rows", "_weight_grad_direct"):
+    for name in ("_col2im_rows", "_weight_grad_direct", "_weight_grad_pixels"):
         monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
     rng = np.random.default_rng(12)
-    cases = [((2, 8, 8, 8), 1, 1, 1, True), ((2, 16, 8, 8), 1, 1, 2, True), ((2, 8, 8, 8), 1, 2, 1, True),
-             ((2, 16, 8, 8), 1, 3, 1, False), ((2, 16, 8, 8), 2, 1, 1, False), ((2, 8, 4, 4), 1, 1, 1, True),
-             ((2, 16, 4, 4), 1, 1, 2, False), ((2, 8, 2, 2), 1, 1, 1, False), ((2, 3, 8, 8), 1, 1, 1, True), ((2, 6, 8, 8), 1, 1, 2, True), ((2, 2, 8, 8), 1, 1, 1, None),
-             ((2, 7, 8, 8), 2, 1, 1, None), ((2, 16, 8, 8), 1, 1, 8, None)]  # (x shape, stride, padding, groups, dx)
-    for shape, stride, padding, groups, dx_direct in cases:
+    col, direct, pixels = "_col2im_rows", "_weight_grad_direct", "_weight_grad_pixels"
+    cases = [((2, 8, 8, 8), 1, 1, 1, [direct]), ((2, 16, 8, 8), 1, 1, 2, [direct]), ((2, 8, 8, 8), 1, 2, 1, [direct]),
+             ((2, 16, 8, 8), 1, 3, 1, [col, direct]), ((2, 16, 8, 8), 2, 1, 1, [col, direct]),
+             ((2, 8, 4, 4), 1, 1, 1, [direct]), ((2, 16, 4, 4), 1, 1, 2, [col, direct]), ((2, 8, 2, 2), 1, 1, 1, [col, direct]),
+             ((2, 3, 8, 8), 1, 1, 1, [pixels]), ((2, 6, 8, 8), 1, 1, 2, [pixels]), ((2, 2, 8, 8), 1, 1, 1, [col, pixels]),
+             ((2, 7, 8, 8), 2, 1, 1, [col]), ((2, 16, 8, 8), 1, 1, 8, [col, pixels])]  # (x shape, stride, padding, groups)
+    for shape, stride, padding, groups, expected in cases:
         calls.clear()
         x = rng.standard_normal(shape).astype(np.float32)
         w = rng.standard_normal((8, shape[1] // groups, 3, 3)).astype(np.float32)
         y, ctx = conv.conv2d_forward(get_backend("cpu"), x, w, None, (stride,) * 2, (padding,) * 2, (1, 1), groups)
         conv.conv2d_backward(get_backend("cpu"), ctx, np.ones_like(y))
-        expected = {True: ["_weight_grad_direct"], False: ["_col2im_rows", "_weight_grad_direct"],
-                    None: ["_col2im_rows"]}[dx_direct]
         assert calls == expected, (shape, stride, padding, groups)
+
+
+PIXEL_DW_GEOMETRIES = [  # stride 1, fewer than 8 input channels per group; (x shape, out, kernel, padding, dilation, groups)
+    ((64, 3, 32, 32), 16, (3, 3), (1, 1), (1, 1), 1),  # the small ResNet's stem: 8 x 3 blocks, 27 taps
+    ((9, 1, 8, 8), 5, (3, 2), (1, 0), (1, 1), 1),  # 4 + 1 channels, 6 taps, a last chunk of 1 image
+    ((3, 4, 9, 7), 6, (2, 2), (2, 1), (2, 3), 2),  # groups of 2 channels: 8 taps (3 + 3 + 2), dilated
+    ((2, 7, 5, 6), 11, (1, 3), (0, 2), (1, 1), 1),  # 7 channels, 21 taps, outputs wider than the input
+]
+
+
+@pytest.mark.parametrize("geometry", PIXEL_DW_GEOMETRIES, ids=str)
+def test_conv_weight_grad_over_pixel_vectors_against_torch_float64(lib, geometry, monkeypatch):
+    """dW and db over vectors of output pixels (few input channels, stride
+    1) against float64, the route taken, the same bits over 1-3 threads."""
+    from gpunet.ops import conv
+    shape, o, k, padding, dilation, groups = geometry
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((o, shape[1] // groups, *k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    be = get_backend("cpu")
+    y, ctx = conv.conv2d_forward(be, x, w, b, (1, 1), padding, dilation, groups)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    calls = []
+    real = conv._weight_grad_pixels
+    monkeypatch.setattr(conv, "_weight_grad_pixels", lambda *a: calls.append(1) or real(*a))
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            runs.append(conv.conv2d_backward(be, ctx, dy))
+    finally:
+        host_threads.set_num_threads(before)
+    assert calls == [1, 1, 1]
+    for other in runs[1:]:
+        for a, c in zip(runs[0][1:], other[1:]):
+            np.testing.assert_array_equal(a, c)
+    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
+    torch.nn.functional.conv2d(xt, wt, bt, 1, padding, dilation, groups).backward(torch.tensor(dy, dtype=torch.float64))
+    _, dw, db = runs[0]
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-4 * np.abs(wt.grad.numpy()).max())
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-5, atol=1e-4 * np.abs(bt.grad.numpy()).max())
 
 
 def test_conv_backward_direct_is_bit_identical_across_host_thread_counts(lib):

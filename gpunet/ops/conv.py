@@ -22,7 +22,7 @@ stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
 _backward_rows) or, mostly, a direct dx for stride 1 and a direct weight
-gradient (see _dx_direct, _weight_grad_direct), and its forward, except over
+gradient (see _dx_direct, _weight_grad_direct, _weight_grad_pixels), and its forward, except over
 the smallest planes, a direct convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
@@ -285,7 +285,8 @@ def _backward_array(be, ctx, dy, fused: bool):
 # every element to one thread, so results do not either.
 # Most calls take direct loops instead: a stride-1 dx (_dx_direct) and dW
 # (_weight_grad_direct, from DIRECT_BACKWARD_MIN_CHANNELS input channels per
-# group or with a direct dx); the rest of this is what remains.
+# group or with a direct dx; _weight_grad_pixels below that at stride 1); the
+# rest of this is what remains.
 ROWS_CHUNK_BYTES = 16 << 20
 
 
@@ -330,7 +331,8 @@ def _col2im_rows(lib, dcols, dx, geo):
 def _backward_rows(be, lib, ctx, dy):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
-    direct = w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
+    pixels = g.sh == g.sw == 1 and w.shape[1] < DIRECT_BACKWARD_MIN_CHANNELS  # dW over pixel vectors
+    direct = pixels or w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
     gt = _dx_direct(x_shape, w, g) if w.shape[1] >= DX_DIRECT_MIN_CHANNELS else None
     if gt is not None:  # then no columns at all
         direct = True
@@ -338,7 +340,8 @@ def _backward_rows(be, lib, ctx, dy):
     else:
         dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct)
     if direct:
-        return (dx, *_weight_grad_direct(be, lib, x, w, has_bias, g, dy))
+        dw_fn = _weight_grad_pixels if pixels else _weight_grad_direct
+        return (dx, *dw_fn(be, lib, x, w, has_bias, g, dy))
     kg = w[0].size
     return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(-1) if has_bias else None
 
@@ -385,9 +388,9 @@ def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
 # took the 16- and 32-channel dW from 4.55 to 2.03 and 3.31 to 1.68 ms), 0.8x
 # at stride 2 with 16 and 32 channels, but 1.03-1.15x with 1 or 3 channels
 # where dx goes through col2im (runs of 1-3 floats per kernel offset): below
-# DIRECT_BACKWARD_MIN_CHANNELS the columns stay unless dx is direct, when
-# they would be built for dW alone (3 channels: the direct dx and dW took
-# 0.73-0.80x the columns' time over 32x32).
+# DIRECT_BACKWARD_MIN_CHANNELS dW goes over vectors of output pixels instead
+# at stride 1 (_weight_grad_pixels: 0.25-0.4x the time of this loop or of
+# the columns' GEMM with 1-3 channels), and from the columns otherwise.
 # The batch goes in DW_CHUNKS chunks of whole images, each summed in order
 # into its own float32 partial, the partials added in order in float64:
 # results depend on N, not on the thread count; 8 chunks keep 2-8 threads
@@ -417,10 +420,34 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
     failed = host_threads.run_compiled(lib.gpunet_conv_dw_f32, at, host_threads.ranges(chunks, per * o * g.oh * g.ow * ld))
     if any(failed):
         raise MemoryError("conv2d: no memory for the weight gradient's rows")
+    return _dw_from_parts(part, w, kg, has_bias)
+
+
+def _dw_from_parts(part, w, kg: int, has_bias: bool):
+    """dW (taps reordered from (i, j, c) to (c, i, j)) and db from the chunks' partial sums, added in order in float64."""
+    o, c, kh, kw = w.shape
     dwx = part.sum(0, dtype=np.float64)
-    dw = dwx[:, :kg].reshape(o, g.kh, g.kw, w.shape[1]).transpose(0, 3, 1, 2).astype(np.float32)
+    dw = dwx[:, :kg].reshape(o, kh, kw, c).transpose(0, 3, 1, 2).astype(np.float32)
     db = dwx[:, kg].astype(np.float32) if has_bias else None
     return dw, db
+
+
+def _weight_grad_pixels(be, lib, x, w, has_bias, g: Geometry, dy):
+    """dW and db (or None) through gpunet_conv_dw_pixels_f32 (stride 1, few
+    input channels: vectors of output pixels), in DW_CHUNKS chunks as above."""
+    n = x.shape[0]
+    o, kg = w.shape[0], w[0].size
+    ldp = -(-(kg + has_bias) // 16) * 16
+    per = -(-n // DW_CHUNKS)
+    chunks = -(-n // per)
+    part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
+    geo = _rows_geometry(x.shape, g, n, kg + has_bias)
+    at = (x.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per)
+    failed = host_threads.run_compiled(lib.gpunet_conv_dw_pixels_f32, at,
+                                       host_threads.ranges(chunks, per * o * g.oh * g.ow * kg))
+    if any(failed):
+        raise MemoryError("conv2d: no memory for the weight gradient's padded images")
+    return _dw_from_parts(part, w, kg, has_bias)
 
 
 # dx of a stride-1 convolution is itself a stride-1 convolution: input pixel
