@@ -128,8 +128,9 @@ def softmax_forward(be, x, dim: int, beta: float = 1.0, log: bool = False, check
 def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=False):
     """(log-)softmax of float32 x along its last axis in the compiled host
     loop (gpunet_softmax_rows_f32: the NumPy path's shift and exp, the sum in
-    double lanes, the product with 1/sum, all while the row is in cache), the rows split
-    over the host threads. masked: attention's rule for scores (a row of
+    float lanes over blocks of terms and the blocks in double, the product
+    with 1/sum, all while the row is in cache), the rows split over the host
+    threads. masked: attention's rule for scores (a row of
     -inf gives zeros); causal: x is (..., L, S) scores and query i keeps keys
     j <= i (the rest read as -inf, no mask written). Returns (y, whether a
     row held a NaN or an infinity among the keys it kept)."""
