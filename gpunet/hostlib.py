@@ -71,7 +71,7 @@ _SIGNATURES = {
     "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
-    "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 2,
+    "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 3,
     "gpunet_lstm_cell_backward_f32": [_F32P] * 7 + [_I64] * 2,
     # the convolution's row-layout im2col/col2im: columns, geometry (int64 array), range
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],

@@ -558,7 +558,7 @@ def _lstm_cell(lib, g):
     H = g.shape[1] // 4
     hg, c_prev = np.zeros_like(g), np.zeros((1, H), np.float32)  # (referenced through the call)
     c, tanh_c, h = (np.empty((1, H), np.float32) for _ in range(3))
-    lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (g, hg, c_prev, c, tanh_c, h)), 1, H)
+    lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (g, hg, c_prev, c, tanh_c, h)), H, 0, 1)
     return c, tanh_c, h
 
 

@@ -789,14 +789,16 @@ static inline float tanh_f32(float x)
  * below come out 0), 1 from 17 up; NaN stays NaN */
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 
-/* One step of the LSTM forward, rows of B: g (B, 4H) holds the input
- * projection with both biases (gate blocks i, f, g, o) and gets the
- * activated gates; with the recurrent product hg (B, 4H) added first:
+/* One step of the LSTM forward, rows [lo, hi) of the batch (the pool's
+ * call shape: five exps a cell, worth a second thread from a few dozen rows
+ * of 256): g (B, 4H) holds the input projection with both biases (gate
+ * blocks i, f, g, o) and gets the activated gates; with the recurrent
+ * product hg (B, 4H) added first:
  *   c = f·c_prev + i·g,  tanh_c = tanh(c),  h = o·tanh_c  (each (B, H)) */
 void gpunet_lstm_cell_forward_f32(float *restrict g, const float *restrict hg, const float *restrict c_prev,
-                                  float *restrict c, float *restrict tanh_c, float *restrict h, i64 B, i64 H)
+                                  float *restrict c, float *restrict tanh_c, float *restrict h, i64 H, i64 lo, i64 hi)
 {
-    for (i64 b = 0; b < B; b++) {
+    for (i64 b = lo; b < hi; b++) {
         float *gb = g + b * 4 * H;
         const float *hb = hg + b * 4 * H;
         for (i64 j = 0; j < 2 * H; j++) gb[j] = sigmoid_f32(gb[j] + hb[j]);

@@ -34,6 +34,7 @@ import functools
 import numpy as np
 
 from .. import hostlib
+from . import host_threads
 from .cupy_kernels import cupy
 from .half import float32_compute, kernel_view
 from .linear import bias_add, bias_grad, half_kernels, matmul, route_of
@@ -125,11 +126,13 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     if lib is not None:  # the step's arrays' addresses as integers (cheaper than .ctypes per step)
         hg = np.empty((B, 4 * H), np.float32)
         at = _step_addresses(gates, hg[None], cs, tanh_c, hs[1:] if raw is None else raw)
+        rows = host_threads.ranges(B, 5 * H, host_threads.MIN_PER_EXP_THREAD)  # five exps a cell
     for t in range(T):
         hg = matmul(be, hs[t], w_hh_t, out=None if lib is None else hg)
         h = hs[t + 1] if raw is None else raw[t]
         if lib is not None:
-            lib.gpunet_lstm_cell_forward_f32(at[0](t), at[1](0), at[2](t), at[2](t + 1), at[3](t), at[4](t), B, H)
+            host_threads.run_compiled(lib.gpunet_lstm_cell_forward_f32,
+                                      (at[0](t), at[1](0), at[2](t), at[2](t + 1), at[3](t), at[4](t), H), rows)
         elif route == "kernel":
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
