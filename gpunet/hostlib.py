@@ -52,7 +52,7 @@ _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_c
                                              "gpunet_maxpool2d_forward_range_f32",
                                              "gpunet_maxpool2d_backward_range_f32", "gpunet_avgpool2d_range_f32",
                                              "gpunet_layer_norm_backward_range_f32", "gpunet_softmax_rows_f32",
-                                             "gpunet_softmax_range_f32")}
+                                             "gpunet_softmax_range_f32", "gpunet_layer_norm_forward_range_f32")}
 _SIGNATURES = {
     "gpunet_exp_f32": [_F32P, _F32P, _I64],
     "gpunet_gelu_f32": [_F32P, _F32P, _F32P, _I64, _I64],

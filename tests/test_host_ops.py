@@ -977,6 +977,34 @@ def test_softmax_module_scans_its_input_in_the_compiled_rows(lib, module, monkey
         checks.set_finite_checks(host=True)
 
 
+def test_layer_norm_module_scans_its_input_in_the_compiled_rows(lib, monkeypatch):
+    """nn.LayerNorm's NaN/Inf check is the compiled rows' own sums (a row
+    holds one exactly when its sum in double is not finite; no scan pass),
+    the error naming the input before it returns; the largest finite values
+    pass; float64 (NumPy path) scans first."""
+    import gpunet.nn as gnn
+    calls = _spy_compiled(monkeypatch)
+    x = np.random.default_rng(1).standard_normal((300, 257)).astype(np.float32)
+    m = gnn.LayerNorm(257)
+    m(x)
+    assert calls == ["gpunet_layer_norm_forward_range_f32"] * len(calls) and calls
+    big = np.full((4, 257), np.finfo(np.float32).max, np.float32)
+    big[1] *= -1
+    m(big)
+    for row in (0, 150, 299):
+        for col in (0, 128, 256):
+            for bad in (np.nan, np.inf, -np.inf):
+                y = x.copy()
+                y[row, col] = bad
+                calls.clear()
+                with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf value\(s\) of 77100"):
+                    m(y)
+                assert set(calls) == {"gpunet_layer_norm_forward_range_f32"}
+    m64 = gnn.LayerNorm(257).to(dtype=np.float64)
+    with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf"):
+        m64(y.astype(np.float64))
+
+
 def test_softmax_rows_report_nonfinite_rows(lib):
     """gpunet_softmax_rows_f32's return: 1 when a (kept) key is NaN or
     infinite; a causal row's skipped keys are not read."""

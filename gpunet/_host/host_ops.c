@@ -230,14 +230,19 @@ static void row_sum_dot(const float *a, const float *b, i64 n, double *sum, doub
 /* rows [0, m) of x (m, c): mean and rstd per row (the variance from the
  * deviations of the rounded mean, both sums in double, each statistic
  * rounded once), y = ((x - mean)·rstd)·w + b in float32; w, b may be NULL
- * (no product, no sum: y keeps a -0.0) */
-void gpunet_layer_norm_forward_f32(const float *x, const float *w, const float *b, float *y, float *mean,
-                                   float *rstd, i64 m, i64 c, double eps)
+ * (no product, no sum: y keeps a -0.0). Returns 1 when a row held a NaN or
+ * an infinity: exactly when its sum in double is not finite (float32 values
+ * cannot overflow it), so the callers' input scan costs no pass of its own. */
+static int layer_norm_rows(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd, i64 m,
+                           i64 c, double eps)
 {
+    int nonfinite = 0;
     for (i64 r = 0; r < m; r++) {
         const float *xr = x + r * c;
         float *yr = y + r * c;
-        float mu = (float)(row_sum(xr, c) / (double)c);
+        const double sum = row_sum(xr, c);
+        nonfinite |= !isfinite(sum);
+        float mu = (float)(sum / (double)c);
         float rs = (float)(1.0 / sqrt(row_sq_dev(xr, mu, c) / (double)c + eps));
         mean[r] = mu;
         rstd[r] = rs;
@@ -251,6 +256,7 @@ void gpunet_layer_norm_forward_f32(const float *x, const float *w, const float *
         if (b)
             for (i64 j = 0; j < c; j++) yr[j] = yr[j] + b[j];
     }
+    return nonfinite;
 }
 
 /* rows [0, m): with xhat = (x - mean)·rstd and g = dy·w,
@@ -286,15 +292,16 @@ void gpunet_layer_norm_backward_f32(const float *restrict x, const float *restri
 }
 
 /* the two above in gpunet_run_ranges's call shape. Forward: rows [lo, hi),
- * eps's double bits in an int64. Backward: row blocks [lo, hi) of `rows`
+ * eps's double bits in an int64, 1 when a row held a NaN or an infinity.
+ * Backward: row blocks [lo, hi) of `rows`
  * rows each (the last one shorter), block i's dw and db partial sums in
  * parts[i] (2 x c doubles), the scratch allocated here: 1 when it cannot be. */
-void gpunet_layer_norm_forward_range_f32(const float *x, const float *w, const float *b, float *y, float *mean,
-                                         float *rstd, i64 c, i64 eps_bits, i64 lo, i64 hi)
+int gpunet_layer_norm_forward_range_f32(const float *x, const float *w, const float *b, float *y, float *mean,
+                                        float *rstd, i64 c, i64 eps_bits, i64 lo, i64 hi)
 {
     double eps;
     memcpy(&eps, &eps_bits, sizeof eps);
-    gpunet_layer_norm_forward_f32(x + lo * c, w, b, y + lo * c, mean + lo, rstd + lo, hi - lo, c, eps);
+    return layer_norm_rows(x + lo * c, w, b, y + lo * c, mean + lo, rstd + lo, hi - lo, c, eps);
 }
 
 int gpunet_layer_norm_backward_range_f32(const float *x, const float *w, const float *mean, const float *rstd,

@@ -43,14 +43,14 @@ class LayerNorm(Module):
 
     def forward(self, input):
         be = self.backend
-        checks.array(be, input, "input", dtype=self.dtype)
+        checks.array(be, input, "input", dtype=self.dtype, finite=False)  # the op scans as it reads
         nd = len(self.normalized_shape)
         if input.ndim < nd or tuple(input.shape[input.ndim - nd:]) != self.normalized_shape:
             raise ValueError(f"input: expected trailing dimensions normalized_shape={self.normalized_shape}, "
                              f"got shape {tuple(input.shape)}")
         y, ctx = ops.layer_norm_forward(be, input, None if self.weight is None else self.weight.data,
                                         None if self.bias is None else self.bias.data,
-                                        int(np.prod(self.normalized_shape)), self.eps)
+                                        int(np.prod(self.normalized_shape)), self.eps, check="input")
         self.save(ctx, input.shape)
         return y
 

@@ -21,7 +21,7 @@ import functools
 
 import numpy as np
 
-from .. import dtypes, hostlib
+from .. import checks, dtypes, hostlib
 from ..dispatch import path
 from . import host_threads
 from .half import float32_compute, kernel_view
@@ -62,15 +62,21 @@ def _half_kernels(be, *args, **kwargs):
 
 
 @float32_compute("layer_norm", forward=True, half_kernels=_half_kernels)
-def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
+def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float, check: str | None = None):
     """x (..., *normalized_shape) with prod(normalized_shape) = normalized_size.
     weight/bias: arrays of normalized_size elements, or None. Returns y and the
-    ctx for layer_norm_backward."""
+    ctx for layer_norm_backward. check: x's argument name when its NaN/Inf
+    scan (gpunet.checks) is left to this op: the compiled rows see it in
+    their sums, the other paths scan before they start."""
     xp = be.xp
     C = normalized_size
     x2 = xp.ascontiguousarray(x).reshape(-1, C)
     M = x2.shape[0]
-    if dtypes.is_half(x.dtype) or path(be, "layer_norm", x.dtype) == "kernel":  # half: a kernel backend's
+    on_kernels = dtypes.is_half(x.dtype) or path(be, "layer_norm", x.dtype) == "kernel"
+    lib = None if on_kernels else hostlib.for_float32(be, x2, weight, bias)
+    if check is not None and lib is None:
+        checks.finite_values(be, x, check)
+    if on_kernels:  # half: a kernel backend's
         w = xp.ones(C, x.dtype) if weight is None else weight.reshape(C)
         b = xp.zeros(C, x.dtype) if bias is None else bias.reshape(C)
         y = xp.empty_like(x2)
@@ -78,13 +84,16 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float):
         rstd = xp.empty(M, np.float32)
         be.kernels.layernorm_forward(*(kernel_view(be, a) for a in (x2, w, b, y)), mean, rstd, float(eps),
                                      be.stream())
-    elif (lib := hostlib.for_float32(be, x2, weight, bias)) is not None:
+    elif lib is not None:
         y, mean, rstd = np.empty_like(x2), np.empty(M, np.float32), np.empty(M, np.float32)
         w, b = _host_param(weight, C), _host_param(bias, C)
         eps_bits = int(np.array(eps, np.float64).view(np.int64))
-        host_threads.run_compiled(lib.gpunet_layer_norm_forward_range_f32,
-                                  (x2.ctypes.data, hostlib.ptr(w), hostlib.ptr(b), y.ctypes.data, mean.ctypes.data,
-                                   rstd.ctypes.data, C, eps_bits), host_threads.ranges(M, C))
+        nonfinite = host_threads.run_compiled(lib.gpunet_layer_norm_forward_range_f32,
+                                              (x2.ctypes.data, hostlib.ptr(w), hostlib.ptr(b), y.ctypes.data,
+                                               mean.ctypes.data, rstd.ctypes.data, C, eps_bits),
+                                              host_threads.ranges(M, C))
+        if check is not None and any(nonfinite) and checks.finite_checks_enabled(be):
+            checks.nonfinite_error(be, x, check)
     else:
         # row sums as a matrix-vector product (BLAS) and sums of squares with
         # einsum: no squared temporary; y's own memory holds x - mean
