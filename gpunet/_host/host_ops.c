@@ -1601,10 +1601,11 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
     return 0;
 }
 
-/* The weight gradient for few input channels per group at stride 1 (the
- * first layers: 1-3 channels, Kg = 9-27 taps), vectorised over output
- * pixels instead of taps (the loop above fills 27 of 32 lanes there, and
- * builds every pixel's row of taps from runs of 1-3 floats). A chunk's
+/* The weight gradient for fewer than 8 input channels per group at stride
+ * 1 (the first layers: 1-3 channels, Kg = 9-27 taps with 3x3), vectorised
+ * over output pixels instead of taps (the loop above fills 27 of 32 lanes
+ * with 3 channels, and builds every pixel's row of taps from runs of 1-3
+ * floats). A chunk's
  * images are laid out on the "wide" grid of direct_wide: x zero-padded to
  * (H + 2ph) x Wp, Wp = W + 2pw, and dy on the same grid (zero past OW on each
  * line), so every tap (c, i, j) of wide pixel q reads x at q + i*dh*Wp +
