@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +27,7 @@ MIN_PER_THREAD = 1 << 16
 MIN_PER_EXP_THREAD = 1 << 14
 
 _lock = threading.Lock()
-_state = {"threads": None, "pool": None}
+_state = {"threads": None, "pool": None, "default": None}
 
 
 def _default_threads() -> int:
@@ -37,9 +38,15 @@ def _default_threads() -> int:
 
 
 def get_num_threads() -> int:
-    """Threads the host array paths use (default: the CPUs this process may run on)."""
+    """Threads the host array paths use (default: the CPUs this process may
+    run on, read at the first call, as PyTorch reads its count once: the
+    system call cost about 1 us of every host loop's call)."""
     n = _state["threads"]
-    return _default_threads() if n is None else n
+    if n is None:
+        n = _state["default"]
+        if n is None:
+            n = _state["default"] = _default_threads()
+    return n
 
 
 def set_num_threads(n: int) -> None:
@@ -54,8 +61,8 @@ def set_num_threads(n: int) -> None:
 
 
 def _forget_pool():
-    """In a forked child: the parent's pool threads do not exist there."""
-    _state["pool"] = None
+    """In a forked child: the parent's pool threads do not exist there, and its CPUs may not be the child's."""
+    _state["pool"] = _state["default"] = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -112,6 +119,14 @@ def _compiled_pool():
     return lib if lib is not None and lib.gpunet_pool_init() == 0 else None
 
 
+# Each calling thread's scratch for run_compiled: the loop's arguments, the
+# parts' bounds and their int results, packed in one go (three fresh ctypes
+# arrays and a cast of the function pointer took about 5 us of every call)
+_SCRATCH_WORDS = 256
+_scratch = threading.local()
+_addresses: dict = {}
+
+
 def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
     """fn(*args, lo, hi) for every part, fn a compiled host loop (hostlib)
     whose parameters are all pointers or int64 (addresses as ints, None for
@@ -123,13 +138,21 @@ def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
     lib = _compiled_pool()
     if lib is None:
         return run(lambda lo, hi: fn(*args, lo, hi), parts)
-    address = ctypes.cast(fn, ctypes.c_void_p).value
-    values = (ctypes.c_int64 * len(args))(*(0 if a is None else a for a in args))
-    bounds = (ctypes.c_int64 * (len(parts) + 1))(*(lo for lo, _ in parts), parts[-1][1])
-    results = (ctypes.c_int * len(parts))()
-    if lib.gpunet_run_ranges(address, values, len(args), bounds, len(parts), results) != 0:
-        raise ValueError(f"{fn.__name__}: {len(args)} arguments before its range, more than the pool's calls take")
-    return list(results)
+    known = _addresses.get(id(fn))  # (fn, its address): ctypes functions are not hashable
+    if known is None or known[0] is not fn:
+        known = _addresses[id(fn)] = (fn, ctypes.cast(fn, ctypes.c_void_p).value)
+    address = known[1]
+    nargs, nparts = len(args), len(parts)
+    words = nargs + nparts + 1  # the arguments, then the bounds, then the results (an int in each word)
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < words + nparts:
+        buf = _scratch.buf = (ctypes.c_int64 * max(words + nparts, _SCRATCH_WORDS))()
+    struct.pack_into(f"{words}q", buf, 0, *(0 if a is None else a for a in args), *(lo for lo, _ in parts),
+                     parts[-1][1])
+    base = ctypes.addressof(buf)
+    if lib.gpunet_run_ranges(address, base, nargs, base + 8 * nargs, nparts, base + 8 * words) != 0:
+        raise ValueError(f"{fn.__name__}: {nargs} arguments before its range, more than the pool's calls take")
+    return list(struct.unpack_from(f"{nparts}i", buf, 8 * words))
 
 
 # OpenBLAS's callback for its parallel jobs; its symbol carries the build's affixes (NumPy's wheels:
