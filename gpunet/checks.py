@@ -94,7 +94,7 @@ def _any_nonfinite(be, x) -> bool:
         scan = lib and (lib.gpunet_any_nonfinite_f32 if x.dtype == np.float32 else lib.gpunet_any_nonfinite_f64)
     if not scan:
         return not bool(be.xp.isfinite(x).all())
-    return any(host_threads.run_compiled(scan, (x.ctypes.data,), host_threads.ranges(x.size)))
+    return any(host_threads.run_compiled(scan, (hostlib.ptr(x),), host_threads.ranges(x.size)))
 
 
 def same_shape(a, b, name_a: str, name_b: str):

@@ -242,12 +242,12 @@ def _fallback(module, dtype, err):
 
 def forward(module, fn, run, args, kwargs):
     """A module's forward `fn` run through gpunet.nn.calls' `run` with autocast's cast."""
+    if _tls.dtype is None:  # outside autocast: straight through
+        return run(module, fn, args, kwargs)
     from ..nn import calls
-    target = None
-    if _tls.dtype is not None:
-        forwards = calls._tls.forwards
-        if not (forwards and forwards[-1].module is module):  # not a super().forward() inside the same call
-            target = _plan(module, args, kwargs)
+    forwards = calls._tls.forwards
+    # not cast: a super().forward() inside the same call, or a module autocast leaves alone
+    target = None if forwards and forwards[-1].module is module else _plan(module, args, kwargs)
     if target is None:
         return run(module, fn, args, kwargs)
     in_dtypes = _dtypes_of((args, kwargs))

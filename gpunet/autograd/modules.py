@@ -12,7 +12,14 @@ from .tensor import Tensor, record
 
 
 def has_tensor(args, kwargs) -> bool:
-    return any(_leaves(a, lambda x: isinstance(x, Tensor)) for a in (*args, *kwargs.values()))
+    for a in args:  # a loop, not any() over a generator: every module call asks (1 us of a 10 us call)
+        if isinstance(a, Tensor) or isinstance(a, (tuple, list)) and _leaves(a, _is_tensor):
+            return True
+    return bool(kwargs) and any(_leaves(a, _is_tensor) for a in kwargs.values())
+
+
+def _is_tensor(x) -> bool:
+    return isinstance(x, Tensor)
 
 
 def _leaves(tree, pred):

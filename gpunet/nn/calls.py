@@ -100,6 +100,10 @@ def _producer(table: dict, x):
 
 def _inputs(args, kwargs):
     """The producing call of every array argument, nested like the arguments."""
+    if len(args) == 1 and not kwargs and type(args[0]) is np.ndarray:  # most calls: one host array
+        entry = _outputs.get(id(args[0]))
+        return (None if entry is None else entry[0],)
+
     def node(a):
         if _is_array(a):
             return _producer(_outputs, a)
@@ -130,6 +134,8 @@ def run_forward(module, fn, args, kwargs):
     else:
         module._calls.add(call)
         module.__dict__["_latest"] = call
+    if type(out) is np.ndarray:  # most calls: one host array
+        return _register(_outputs, out, call)
     return _map(out, lambda y: _register(_outputs, y, call))
 
 

@@ -382,7 +382,7 @@ def _host_forward(lib, q, k, v, bias, causal, scale):
                     h = b0 % inner
                     s += bias[np.unravel_index(b0 // inner, bias.shape[:-3])][h:h + b1 - b0, r0:r1]
                 pb = p[b0:b1, r0:r1]
-                lib.gpunet_softmax_rows_f32(s.ctypes.data, pb.ctypes.data, s.size // S, S, beta, 0, 1, causal_rows, r0)
+                lib.gpunet_softmax_rows_f32(hostlib.ptr(s), hostlib.ptr(pb), s.size // S, S, beta, 0, 1, causal_rows, r0)
                 np.matmul(pb, v3[b0:b1], out=out[b0:b1, r0:r1])
     _run_units(part, units, p.size)
     return out.reshape(batch + (L, ev)), p.reshape(batch + (L, S))
@@ -406,7 +406,7 @@ def _host_backward(lib, p, q, k, v, out, dout, scale):
                 pb, dob, qb = p3[b0:b1, r0:r1], do3[b0:b1, r0:r1], q3[b0:b1, r0:r1]
                 ds = buf[:(b1 - b0) * (r1 - r0) * S].reshape(b1 - b0, r1 - r0, S)
                 np.matmul(dob, v3[b0:b1].transpose(0, 2, 1), out=ds)
-                lib.gpunet_attention_ds_f32(pb.ctypes.data, ds.ctypes.data, dob.ctypes.data,
+                lib.gpunet_attention_ds_f32(hostlib.ptr(pb), hostlib.ptr(ds), hostlib.ptr(dob),
                                             o3[b0:b1, r0:r1].ctypes.data, ds.size // S, S, ev, scale)
                 np.matmul(ds, k3[b0:b1], out=dq[b0:b1, r0:r1])
                 if r0 == 0:

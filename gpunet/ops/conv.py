@@ -313,7 +313,7 @@ def _rows_chunks(be, x_shape, g: Geometry, ld: int):
 
 def _rows_call(fn, src, dst, geo, count: int, unit: int):
     """fn(src, dst, geo, lo, hi) over [0, count) split across the host threads."""
-    host_threads.run_compiled(fn, (src.ctypes.data, dst.ctypes.data, geo.ctypes.data), host_threads.ranges(count, unit))
+    host_threads.run_compiled(fn, (hostlib.ptr(src), hostlib.ptr(dst), hostlib.ptr(geo)), host_threads.ranges(count, unit))
 
 
 def _im2col_rows(lib, x, cols, geo):
@@ -410,13 +410,13 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
     hp, wp = (h + 2 * g.ph, wd + 2 * g.pw) if padded else (h, wd)
     xh = _workspace(be, "rows_hwc", n * hp * wp * c, np.float32)
     host_threads.run_compiled(lib.gpunet_nchw_to_nhwc_f32,
-                              (x.ctypes.data, xh.ctypes.data, c, h, wd, g.ph * padded, g.pw * padded),
+                              (hostlib.ptr(x), hostlib.ptr(xh), c, h, wd, g.ph * padded, g.pw * padded),
                               host_threads.ranges(n, c * h * wd))
     per = -(-n // DW_CHUNKS)
     chunks = -(-n // per)
     part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
     geo = _rows_geometry(x.shape, g, n, ld)
-    at = (xh.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per, int(padded))
+    at = (hostlib.ptr(xh), hostlib.ptr(dy), hostlib.ptr(part), hostlib.ptr(geo), o, per, int(padded))
     failed = host_threads.run_compiled(lib.gpunet_conv_dw_f32, at, host_threads.ranges(chunks, per * o * g.oh * g.ow * ld))
     if any(failed):
         raise MemoryError("conv2d: no memory for the weight gradient's rows")
@@ -442,7 +442,7 @@ def _weight_grad_pixels(be, lib, x, w, has_bias, g: Geometry, dy):
     chunks = -(-n // per)
     part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
     geo = _rows_geometry(x.shape, g, n, kg + has_bias)
-    at = (x.ctypes.data, dy.ctypes.data, part.ctypes.data, geo.ctypes.data, o, per)
+    at = (hostlib.ptr(x), hostlib.ptr(dy), hostlib.ptr(part), hostlib.ptr(geo), o, per)
     failed = host_threads.run_compiled(lib.gpunet_conv_dw_pixels_f32, at,
                                        host_threads.ranges(chunks, per * o * g.oh * g.ow * kg))
     if any(failed):
@@ -520,7 +520,7 @@ def _forward_direct(be, lib, x, w, b, g: Geometry):
     geo = _rows_geometry(x.shape, g, n, o)  # its last entry: O instead of the row length
     lines = 1 if g.ow >= 256 else min(256 // g.ow, g.oh)  # host_ops.c's pixel blocks (DIRECT_TILE)
     blocks = -(-g.oh // lines)
-    at = (x.ctypes.data, w.ctypes.data, hostlib.ptr(b), y.ctypes.data, geo.ctypes.data)
+    at = (hostlib.ptr(x), hostlib.ptr(w), hostlib.ptr(b), hostlib.ptr(y), hostlib.ptr(geo))
     failed = host_threads.run_compiled(lib.gpunet_conv_direct_f32, at,
                                        host_threads.ranges(n * blocks, o * lines * g.ow * w[0].size))
     if any(failed):

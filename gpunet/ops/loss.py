@@ -297,7 +297,7 @@ def _host_lse(be, x2):
         return None
     rows, c = x2.shape
     lse = np.empty((rows, 2), np.float32)
-    host_threads.run_compiled(lib.gpunet_cross_entropy_lse_f32, (x2.ctypes.data, lse.ctypes.data, c),
+    host_threads.run_compiled(lib.gpunet_cross_entropy_lse_f32, (hostlib.ptr(x2), hostlib.ptr(lse), c),
                               host_threads.ranges(rows, c, host_threads.MIN_PER_EXP_THREAD))
     return lse
 
@@ -311,7 +311,7 @@ def _host_grad(lib, x2, lse, ts, wt, scale):
     wt = np.ascontiguousarray(wt, np.float32)
     scale = np.ascontiguousarray(scale, np.float32)
     ts = np.ascontiguousarray(ts, np.int64)
-    xa, la, ta, wa, sa, da = (a.ctypes.data for a in (x2, lse, ts, wt, scale, dx2))
+    xa, la, ta, wa, sa, da = (hostlib.ptr(a) for a in (x2, lse, ts, wt, scale, dx2))
     host_threads.run_compiled(lib.gpunet_cross_entropy_grad_f32, (xa, la, ta, wa, wa, sa, da, c),
                               host_threads.ranges(rows, c, host_threads.MIN_PER_EXP_THREAD))
     return dx2

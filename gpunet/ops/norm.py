@@ -89,8 +89,8 @@ def layer_norm_forward(be, x, weight, bias, normalized_size: int, eps: float, ch
         w, b = _host_param(weight, C), _host_param(bias, C)
         eps_bits = int(np.array(eps, np.float64).view(np.int64))
         nonfinite = host_threads.run_compiled(lib.gpunet_layer_norm_forward_range_f32,
-                                              (x2.ctypes.data, hostlib.ptr(w), hostlib.ptr(b), y.ctypes.data,
-                                               mean.ctypes.data, rstd.ctypes.data, C, eps_bits),
+                                              (hostlib.ptr(x2), hostlib.ptr(w), hostlib.ptr(b), hostlib.ptr(y),
+                                               hostlib.ptr(mean), hostlib.ptr(rstd), C, eps_bits),
                                               host_threads.ranges(M, C))
         if check is not None and any(nonfinite) and checks.finite_checks_enabled(be):
             checks.nonfinite_error(be, x, check)
@@ -147,8 +147,8 @@ def layer_norm_backward(be, ctx, dy):
         # per block: dw's and db's partial sums (float64), added below in block order
         parts = np.zeros((len(blocks), 2, C), np.float64)
         failed = host_threads.run_compiled(lib.gpunet_layer_norm_backward_range_f32,
-                                           (x2.ctypes.data, w.ctypes.data, mean.ctypes.data, rstd.ctypes.data,
-                                            dy2.ctypes.data, dx.ctypes.data, parts.ctypes.data, M, C, rows),
+                                           (hostlib.ptr(x2), hostlib.ptr(w), hostlib.ptr(mean), hostlib.ptr(rstd),
+                                            hostlib.ptr(dy2), hostlib.ptr(dx), hostlib.ptr(parts), M, C, rows),
                                            host_threads.ranges(len(blocks), rows * C))
         if any(failed):
             raise MemoryError("layer_norm: no memory for a block's scratch")
@@ -251,7 +251,7 @@ def batch_norm_stats(be, x):
     if (lib := _bn_host_lib(be, x3)) is not None:
         x3 = np.ascontiguousarray(x3)
         mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
-        _over_channels(x3, lib.gpunet_batch_norm_stats_f32, x3.ctypes.data, mean.ctypes.data, var.ctypes.data,
+        _over_channels(x3, lib.gpunet_batch_norm_stats_f32, hostlib.ptr(x3), hostlib.ptr(mean), hostlib.ptr(var),
                        *x3.shape)
         return mean, var, count
     # per (image, channel) sums first (short runs: BLAS dot products), then
@@ -279,8 +279,8 @@ def batch_norm_forward(be, x, weight, bias, mean, var, eps: float):
     if (lib := _bn_host_lib(be, x3, mean, scale, bias)) is not None:
         x3 = np.ascontiguousarray(x3)
         m, s, b = (None if a is None else np.ascontiguousarray(a) for a in (mean, scale, bias))
-        _over_channels(x3, lib.gpunet_batch_norm_forward_f32, x3.ctypes.data, y.ctypes.data, m.ctypes.data,
-                       s.ctypes.data, hostlib.ptr(b), *x3.shape)
+        _over_channels(x3, lib.gpunet_batch_norm_forward_f32, hostlib.ptr(x3), hostlib.ptr(y), hostlib.ptr(m),
+                       hostlib.ptr(s), hostlib.ptr(b), *x3.shape)
         return y.reshape(x.shape), (x3, mean.copy(), rstd, weight, bias is not None)
 
     def normalise(i):
@@ -313,8 +313,8 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
         dx = np.empty(dy3.shape, np.float32)
         sums = np.empty((2, c), np.float64)  # per channel: sum(dy), sum(dy·xhat)
         m, r, wr = (np.ascontiguousarray(a) for a in (mean, rstd, w_rstd))
-        _over_channels(x3, lib.gpunet_batch_norm_backward_f32, x3.ctypes.data, dy3.ctypes.data, dx.ctypes.data,
-                       m.ctypes.data, r.ctypes.data, wr.ctypes.data, sums[0].ctypes.data, sums[1].ctypes.data,
+        _over_channels(x3, lib.gpunet_batch_norm_backward_f32, hostlib.ptr(x3), hostlib.ptr(dy3), hostlib.ptr(dx),
+                       hostlib.ptr(m), hostlib.ptr(r), hostlib.ptr(wr), hostlib.ptr(sums[0]), hostlib.ptr(sums[1]),
                        n, c, inner)
         dy_sum, dyx_sum = sums.astype(np.float32)
         return dx.reshape(dy.shape), (dyx_sum if weight is not None else None), (dy_sum if has_bias else None)

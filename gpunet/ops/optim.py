@@ -155,7 +155,7 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
         pb, gb, mb, vb, *vmax = views
         if host is not None and all(a.flags.c_contiguous for a in views):
             # the same operations in one compiled pass (gpunet/_host/host_ops.c)
-            host.gpunet_adam_f32(*(a.ctypes.data for a in views[:4]), vmax[0].ctypes.data if vmax else None,
+            host.gpunet_adam_f32(*(hostlib.ptr(a) for a in views[:4]), hostlib.ptr(vmax[0]) if vmax else None,
                                  pb.size, mode, 1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
                                  bc2_sqrt, eps, step_size)
             return

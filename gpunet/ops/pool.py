@@ -144,7 +144,7 @@ def _host_planes(fn, x_shape, win: Window, arrays, extra) -> None:
     the host threads; q: the geometry's scalars, then `extra`."""
     n, c, h, w = x_shape
     q = np.array([h, w, win.oh, win.ow, *_padded_shape(x_shape, win)[2:], *_kernel_args(win)[:6], *extra], np.int64)
-    failed = host_threads.run_compiled(fn, [a.ctypes.data for a in arrays] + [q.ctypes.data],
+    failed = host_threads.run_compiled(fn, [hostlib.ptr(a) for a in arrays] + [hostlib.ptr(q)],
                                        host_threads.ranges(n * c, h * w))
     if any(failed):
         raise MemoryError("pooling: no memory for a plane's scratch")

@@ -186,7 +186,7 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
         elif lib is not None:
             d = np.ascontiguousarray(_sum_or_zeros(xp, dy, dh, cs[t]), np.float32)
             dc_in = None if dc is None else np.ascontiguousarray(dc, np.float32)
-            lib.gpunet_lstm_cell_backward_f32(at[0](t), at[1](t), at[2](t), d.ctypes.data, hostlib.ptr(dc_in),
+            lib.gpunet_lstm_cell_backward_f32(at[0](t), at[1](t), at[2](t), hostlib.ptr(d), hostlib.ptr(dc_in),
                                               at[3](t), at[4](t % 2), B, H)
             dc = dc_bufs[t % 2]
         else:

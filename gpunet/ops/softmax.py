@@ -140,7 +140,7 @@ def softmax_rows_compiled(lib, x, beta=1.0, log=False, masked=False, causal=Fals
     # beta's float32 bits (1.0's written out: through NumPy they cost 1 us a call)
     beta_bits = 0x3F800000 if beta == 1.0 else int(np.array(beta, np.float32).view(np.uint32))
     nonfinite = host_threads.run_compiled(lib.gpunet_softmax_range_f32,
-                                          (x2.ctypes.data, y.ctypes.data, n, beta_bits, int(log) | int(masked) << 1,
+                                          (hostlib.ptr(x2), hostlib.ptr(y), n, beta_bits, int(log) | int(masked) << 1,
                                            x.shape[-2] if causal else 0),
                                           host_threads.ranges(x2.shape[0], n, host_threads.MIN_PER_EXP_THREAD))
     return y.reshape(x.shape), any(nonfinite)
