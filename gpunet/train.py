@@ -219,7 +219,7 @@ class Trainer:
                 scale(loss).backward()
                 out, loss = out._data, loss._data
             else:
-                self.model.backward(scale(self.loss_fn.backward()))
+                self.model.backward(scale(self.loss_fn.backward()), input_grad=False)  # data needs no gradient
             if self.clip_grad_norm is not None:
                 if scaler is not None:
                     scaler.unscale_(self.optimizer)

@@ -321,3 +321,59 @@ def test_no_grad_in_one_thread_does_not_stop_another_from_saving():
     finally:
         release.set()
         worker.join()
+
+
+def _linear_flags(monkeypatch):
+    """The input_grad each Linear backward is given from now on, in order."""
+    from gpunet.ops import linear as linear_ops
+    flags, real = [], linear_ops.linear_backward
+    monkeypatch.setattr(linear_ops, "linear_backward",
+                        lambda *a, **k: (flags.append(a[5] if len(a) > 5 else k.get("input_grad", True)), real(*a, **k))[1])
+    return flags
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_without_input_grad_reaches_the_first_layer_only(device, monkeypatch):
+    """model.backward(dy, input_grad=False) (a training step: the data needs no
+    gradient) returns None, tells the first layer alone, through a Residual
+    first in its stage too, and leaves every parameter gradient as it was."""
+    gpunet.manual_seed(0)
+    model = nn.Sequential(nn.Residual(nn.Sequential(nn.Linear(4, 4), nn.ReLU())), nn.Linear(4, 5), nn.ReLU(),
+                          nn.Residual(nn.Linear(5, 5)), nn.Linear(5, 3)).to(device)
+    be = model.backend
+    rng = np.random.default_rng(0)
+    x, dy = be.asarray(rng.standard_normal((6, 4)).astype(np.float32)), be.asarray(np.ones((6, 3), np.float32))
+    model(x)
+    assert model.backward(dy) is not None
+    full = [gpunet.to_numpy(p.grad).copy() for p in model.parameters()]
+    model.zero_grad()
+    model(x)
+    flags = _linear_flags(monkeypatch)
+    assert model.backward(dy, input_grad=False) is None
+    assert flags == [True, True, True, False]  # Linear(5, 3), the residual's, Linear(4, 5), the first residual's
+    for p, g in zip(model.parameters(), full):
+        np.testing.assert_array_equal(gpunet.to_numpy(p.grad), g)
+
+
+def test_backward_input_grad_must_be_a_bool():
+    m = nn.Linear(2, 2)
+    m(np.ones((1, 2), np.float32))
+    with pytest.raises(TypeError, match="input_grad: expected a bool, got int"):
+        m.backward(np.ones((1, 2), np.float32), input_grad=0)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_autograd_skips_the_input_gradient_of_data(requires_grad, monkeypatch):
+    """On Tensors, a module whose inputs need no gradient is told so, as
+    PyTorch computes none for them; one that needs it gets it."""
+    gpunet.manual_seed(0)
+    m = nn.Linear(3, 2)
+    x = gpunet.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=requires_grad)
+    flags = _linear_flags(monkeypatch)
+    m(x).sum().backward()
+    assert flags == [requires_grad]
+    np.testing.assert_allclose(m.weight.grad, np.ones((2, 1)) * np.array([[3, 5, 7]]), rtol=1e-6)
+    if requires_grad:
+        np.testing.assert_allclose(x.grad, np.ones((2, 1)) * m.weight.data.sum(0), rtol=1e-6)
+    else:
+        assert x.grad is None

@@ -470,3 +470,47 @@ def test_col2im_sums_in_the_array_path_order(geometry, rng):
     ref = conv_ops._col2im_array(np, dcols, x_shape, g)
     got = conv_ops._col2im_fused(gpunet.asarray(dcols, device="cupy"), x_shape, g)
     np.testing.assert_array_equal(gpunet.to_numpy(got), ref)
+
+
+# Shapes that take each route of the backward: on cpu a direct dx and dW
+# (16 channels), dW over pixel vectors with dx through col2im (1 channel) and
+# dW from the columns (stride 2, 3 channels); on sim the kernels, whatever
+# the shape. float64 takes the NumPy path (cpu only: sim's kernels are float32).
+INPUT_GRAD_CASES = [((2, 16, 6, 6), 16, 1), ((2, 1, 6, 6), 8, 1), ((2, 3, 7, 7), 8, 2)]
+# the functions that compute dx on one route or another (the direct forward computes a stride-1 dx)
+DX_PRODUCERS = ("_forward_direct", "col2im_kernel", "_col2im_array", "_col2im_wide", "_col2im_fused")
+
+
+def _check_backward_without_input_grad(device, shape, out, stride, dtype, monkeypatch, rng):
+    m = Conv2d(shape[1], out, 3, stride=stride, padding=1).to(device, dtype)
+    be = m.backend
+    x = be.asarray(rng.standard_normal(shape).astype(dtype))
+    dy = be.asarray(rng.standard_normal(m(x).shape).astype(dtype))
+    m.backward(dy)
+    full = [gpunet.to_numpy(p.grad).copy() for p in m.parameters()]
+    m.zero_grad()
+    m(x)
+    calls = []
+    for name in DX_PRODUCERS:
+        real = getattr(conv_ops, name)
+        monkeypatch.setattr(conv_ops, name,
+                            lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+    rows = conv_ops._col2im_backward
+    monkeypatch.setattr(conv_ops, "_col2im_backward",
+                        lambda *a, **k: (calls.append(("col2im_backward", k.get("dx_wanted", True))), rows(*a, **k))[1])
+    assert m.backward(dy, input_grad=False) is None
+    assert not [c for c in calls if c != ("col2im_backward", False)]
+    for p, g in zip(m.parameters(), full):
+        np.testing.assert_array_equal(gpunet.to_numpy(p.grad), g)
+
+
+@pytest.mark.parametrize("shape, out, stride", INPUT_GRAD_CASES)
+def test_backward_without_input_grad_skips_dx_and_keeps_the_weight_gradients(device, shape, out, stride,
+                                                                             monkeypatch, rng):
+    """backward(dy, input_grad=False), a training step's first layer: None
+    for dx, which no route computes, and the same dW and db bit for bit."""
+    _check_backward_without_input_grad(device, shape, out, stride, np.float32, monkeypatch, rng)
+
+
+def test_backward_without_input_grad_on_the_numpy_path(monkeypatch, rng):
+    _check_backward_without_input_grad("cpu", (2, 3, 6, 6), 4, 1, np.float64, monkeypatch, rng)

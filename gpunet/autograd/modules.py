@@ -93,7 +93,9 @@ def call(module, args, kwargs, weights=None):
     outs = tuple(o for o in _flat(out, []) if _is_array(o))
 
     def backward(*grads):
-        grad_in = module.backward(*_fill(out, iter(grads)) if isinstance(out, tuple) else grads, output=outs[0])
+        # no input that needs a gradient (data going into the first layer): the module may skip them, as PyTorch does
+        grad_in = module.backward(*_fill(out, iter(grads)) if isinstance(out, tuple) else grads, output=outs[0],
+                                  input_grad=any(isinstance(x, Tensor) and x.requires_grad for x in inputs))
         flat = _flat(grad_in, []) if isinstance(grad_in, (tuple, list)) else [grad_in]
         flat = (flat + [None] * len(inputs))[:len(inputs)]
         for name in weights:

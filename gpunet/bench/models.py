@@ -137,7 +137,7 @@ def step_case(name, shape, flops, batch_bytes, make_gpunet, make_torch, make_bat
             model.zero_grad()
             with gpunet.amp.autocast(dtype=target.dtype if mixed else None, enabled=mixed):
                 last["loss"] = crit(model(c["x"]), c["t"])
-            model.backward(crit.backward())
+            model.backward(crit.backward(), input_grad=False)  # as PyTorch: no gradient for the data
             opt.step()
 
         def outputs():

@@ -123,12 +123,13 @@ class DistributedDataParallel(Module):
                 self.group.transport(buf).broadcast(buf, 0).wait()
 
     def _backward(self, *grads):
+        input_grad = self.needs_input_grad()
         if not self.require_sync:
-            return self.module.backward(*grads)
+            return self.module.backward(*grads, input_grad=input_grad)
         buckets, owner = self._buckets()
         expected = self._start(buckets)
         with grad_hook(lambda p: self._on_grad(p, owner, expected)):
-            dx = self.module.backward(*grads)
+            dx = self.module.backward(*grads, input_grad=input_grad)
         self._end(buckets)
         return dx
 

@@ -51,7 +51,7 @@ _grads: dict[int, tuple] = {}
 class Call:
     """One forward call of one module and what its backward needs."""
 
-    __slots__ = ("module", "ctx", "children", "inputs", "state", "epoch", "__weakref__")
+    __slots__ = ("module", "ctx", "children", "inputs", "state", "epoch", "input_grad", "__weakref__")
 
     def __init__(self, module, inputs):
         self.module = module
@@ -60,6 +60,7 @@ class Call:
         self.inputs = inputs  # the producing Call (or None) per array input, nested like the arguments
         self.state = PENDING
         self.epoch = module._epoch
+        self.input_grad = True  # whether the caller of its backward wants the input gradients
 
     def release(self):
         self.state = DONE
@@ -163,7 +164,11 @@ def run_backward(module, fn, args, kwargs):
     if backwards and backwards[-1].module is module:
         return fn(module, *args, **kwargs)  # super().backward() inside the same call
     output = kwargs.pop("output", None)
+    input_grad = kwargs.pop("input_grad", True)
+    if not isinstance(input_grad, bool):
+        raise TypeError(f"{_name(module)}.backward: input_grad: expected a bool, got {type(input_grad).__name__}")
     call = _find(module, args[0] if args else None, output)
+    call.input_grad = input_grad
     backwards.append(call)
     try:
         grads = fn(module, *args, **kwargs)
@@ -171,6 +176,8 @@ def run_backward(module, fn, args, kwargs):
         backwards.pop()
     inputs = call.inputs
     call.release()
+    if not input_grad:  # whatever the module computed: PyTorch's None for an input that needs no gradient
+        return None
     return _tag(grads, inputs[0] if _is_array(grads) else inputs)
 
 

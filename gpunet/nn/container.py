@@ -56,9 +56,10 @@ class Sequential(Module):
         return input
 
     def backward(self, dy):
-        for m in reversed(self._modules.values()):
+        modules = list(self._modules.values())
+        for m in reversed(modules[1:]):
             dy = m.backward(dy)
-        return dy
+        return modules[0].backward(dy, input_grad=self.needs_input_grad()) if modules else dy
 
 
 def _index(i, n: int) -> int:
@@ -286,4 +287,6 @@ class Residual(Module):
         return input + y
 
     def backward(self, dy):
+        if not self.needs_input_grad():
+            return self.fn.backward(dy, input_grad=False)
         return dy + self.fn.backward(dy)

@@ -109,10 +109,12 @@ class _Conv(Module):
     def _conv_backward(self, ctx, dyb):
         """dx (N, C, H, W) from the output gradient (N, O, OH, OW); accumulates dw, db."""
         be = self.backend
-        dx, dw, db = ops.conv2d_backward(be, ctx, be.xp.ascontiguousarray(dyb))
+        dx, dw, db = ops.conv2d_backward(be, ctx, be.xp.ascontiguousarray(dyb), self.needs_input_grad())
         self.weight.accumulate(dw.reshape(self.weight.shape))
         if self.bias is not None:
             self.bias.accumulate(db)
+        if dx is None:
+            return None
         if self._explicit:
             dx = pad_ops.pad2d_backward(be, dx, self._pads, self.padding_mode)
         return dx

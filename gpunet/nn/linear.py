@@ -31,7 +31,8 @@ class Linear(Module):
         checks.array(self.backend, dy, "grad_output", dtype=self.dtype, finite=False)
         if tuple(dy.shape) != out_shape:
             raise ValueError(f"grad_output: expected the output's shape {out_shape}, got {tuple(dy.shape)}")
-        dx, dw, db = ops.linear_backward(self.backend, x2, self.weight.data, self.bias is not None, dy)
+        dx, dw, db = ops.linear_backward(self.backend, x2, self.weight.data, self.bias is not None, dy,
+                                         self.needs_input_grad())
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)

@@ -301,6 +301,16 @@ class Module:
         if calls.is_grad_enabled():
             calls.current_forward(self).ctx = ctx
 
+    def needs_input_grad(self) -> bool:
+        """Inside this module's backward: whether its caller wants the
+        gradients of the inputs. `m.backward(dy, input_grad=False)` says it
+        does not (a training step's first module, whose input is data, as
+        PyTorch computes no gradient for an input that does not require one):
+        m.backward then returns None and its parameters' gradients alone, and
+        a module may skip computing the input's (Conv2d, Linear, Sequential
+        and Residual do)."""
+        return calls.current_backward(self).input_grad
+
     def saved(self):
         """What the forward being differentiated saved."""
         ctx = calls.current_backward(self).ctx

@@ -233,10 +233,10 @@ def _forward_array(be, x, w, b, g: Geometry):
     return out, x
 
 
-def _backward_array(be, ctx, dy, fused: bool):
+def _backward_array(be, ctx, dy, input_grad: bool, fused: bool):
     lib = _rows_lib(be, dy, ctx[0], ctx[1])
     if lib is not None:
-        return _backward_rows(be, lib, ctx, np.ascontiguousarray(dy))
+        return _backward_rows(be, lib, ctx, np.ascontiguousarray(dy), input_grad)
     xp = be.xp
     x, w, has_bias, x_shape, g = ctx
     n, o = dy.shape[:2]
@@ -253,6 +253,8 @@ def _backward_array(be, ctx, dy, fused: bool):
     dwx = xp.matmul(dyg, cols.transpose(0, 2, 1))  # (groups, Og, Kg [+1: the bias gradient])
     dw = dwx[:, :, :kg].reshape(w.shape)
     db = dwx[:, :, kg].reshape(o) if has_bias else None
+    if not input_grad:
+        return None, dw, db
     # the column gradient overwrites the columns, which are no longer needed
     dcols = _workspace(be, "cols", g.groups * kg * n * g.oh * row, dy.dtype).reshape(g.groups, kg, n * g.oh * row)
     xp.matmul(w.reshape(g.groups, og, kg).transpose(0, 2, 1), dyg, out=dcols)
@@ -328,17 +330,19 @@ def _col2im_rows(lib, dcols, dx, geo):
     _rows_call(lib.gpunet_col2im_rows_f32, dcols, dx, geo, n * c, h * w * kh * kw)
 
 
-def _backward_rows(be, lib, ctx, dy):
+def _backward_rows(be, lib, ctx, dy, input_grad: bool):
     x, w, has_bias, x_shape, g = ctx
     x = np.ascontiguousarray(x)
     pixels = g.sh == g.sw == 1 and w.shape[1] < DIRECT_BACKWARD_MIN_CHANNELS  # dW over pixel vectors
     direct = pixels or w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
     gt = _dx_direct(x_shape, w, g) if w.shape[1] >= DX_DIRECT_MIN_CHANNELS else None
+    dx = None
     if gt is not None:  # then no columns at all
         direct = True
-        dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
-    else:
-        dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct)
+        if input_grad:
+            dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
+    elif input_grad or not direct:
+        dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct, dx_wanted=input_grad)
     if direct:
         dw_fn = _weight_grad_pixels if pixels else _weight_grad_direct
         return (dx, *dw_fn(be, lib, x, w, has_bias, g, dy))
@@ -346,9 +350,10 @@ def _backward_rows(be, lib, ctx, dy):
     return dx, dwx[:, :, :kg].reshape(w.shape), dwx[:, :, kg].reshape(-1) if has_bias else None
 
 
-def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
+def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool, dx_wanted: bool = True):
     """dx through the column gradient and col2im, in chunks; with `weights`
-    also [dW | db] (groups, O/groups, Kg [+1]) from the row-layout columns."""
+    also [dW | db] (groups, O/groups, Kg [+1]) from the row-layout columns
+    (without dx_wanted only those: dx is None)."""
     x_shape = x.shape
     o, ll = w.shape[0], g.oh * g.ow
     og = o // g.groups
@@ -356,7 +361,7 @@ def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
     ld = kg + has_bias if weights else kg
     wg = w.reshape(g.groups, og, kg)
     dwx = np.zeros((g.groups, og, ld), np.float32) if weights else None
-    dx = np.empty(x_shape, np.float32)
+    dx = np.empty(x_shape, np.float32) if dx_wanted else None
     chunks, cols = _rows_chunks(be, x_shape, g, ld)
     dyt = _workspace(be, "rows_out", g.groups * chunks[0][1] * ll * og, np.float32)
     for n0, m in chunks:
@@ -369,6 +374,8 @@ def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool):
             cv = cols[:g.groups * m * ll * ld].reshape(g.groups, m * ll, ld)
             _im2col_rows(lib, x[n0:n0 + m], cv, _rows_geometry(x_shape, g, m, ld))  # recomputed: cheaper than kept
             dwx += np.matmul(dv.transpose(0, 2, 1), cv)
+        if not dx_wanted:
+            continue
         # the column gradient overwrites the columns, which are no longer needed
         dcols = cols[:g.groups * m * ll * kg].reshape(g.groups, m * ll, kg)
         np.matmul(dv, wg, out=dcols)
@@ -627,7 +634,7 @@ def _forward_kernels(be, x, w, b, g: Geometry):
     return y, x
 
 
-def _backward_kernels(be, ctx, dy):
+def _backward_kernels(be, ctx, dy, input_grad: bool):
     xp = be.xp
     x, w, has_bias, _, g = ctx
     n, o = dy.shape[:2]
@@ -635,7 +642,7 @@ def _backward_kernels(be, ctx, dy):
     kg = k // g.groups
     wt = w.reshape(g.groups, og, kg).transpose(0, 2, 1)
     dy = xp.ascontiguousarray(dy)
-    dx = xp.empty(x.shape, dtype=x.dtype)
+    dx = xp.empty(x.shape, dtype=x.dtype) if input_grad else None
     dw = accumulator(xp, (g.groups, og, kg), x.dtype)
     step = _chunk(n, k, spatial, x.dtype.itemsize)
     for n0 in range(0, n, step):
@@ -645,8 +652,9 @@ def _backward_kernels(be, ctx, dy):
         dyg = xp.ascontiguousarray(dy[n0:n0 + nb].reshape(nb, g.groups, og, spatial).transpose(1, 2, 0, 3))
         dyg = dyg.reshape(g.groups, og, nb * spatial)
         dw += matmul(be, dyg, cols.transpose(0, 2, 1), out_dtype=dw.dtype)
-        matmul(be, wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
-        col2im_kernel(be, cols.reshape(k, nb * spatial), dx[n0:n0 + nb], g)
+        if input_grad:
+            matmul(be, wt, dyg, out=cols)  # dcols overwrites the columns (no longer needed)
+            col2im_kernel(be, cols.reshape(k, nb * spatial), dx[n0:n0 + nb], g)
     db = bias_grad(be, dy, o, "kernel", spatial) if has_bias else None
     return dx, dw.reshape(w.shape).astype(x.dtype, copy=False), db
 
@@ -672,11 +680,12 @@ def conv2d_forward(be, x, w, b, stride, padding, dilation, groups):
 
 
 @float32_compute("conv2d", forward=False, half_kernels=half_kernels)
-def conv2d_backward(be, ctx, dy):
-    """Returns dx (like x), dw (like w) and db ((O,), None without bias)."""
+def conv2d_backward(be, ctx, dy, input_grad: bool = True):
+    """Returns dx (like x; None without input_grad, which skips its
+    computation), dw (like w) and db ((O,), None without bias)."""
     route, *rest = ctx
     if route == "tensor_core":
-        return conv_tc.backward(be, rest[0], dy)
+        return conv_tc.backward(be, rest[0], dy, input_grad)
     if route == "kernel":
-        return _backward_kernels(be, rest, dy)
-    return _backward_array(be, rest, dy, fused=route == "fused")
+        return _backward_kernels(be, rest, dy, input_grad)
+    return _backward_array(be, rest, dy, input_grad, fused=route == "fused")

@@ -40,14 +40,15 @@ def forward(be, x, w, b, g):
     return y, (x, w, b is not None, g)
 
 
-def backward(be, saved, dy):
-    """dx, dw and db (None without bias) for the output gradient dy."""
+def backward(be, saved, dy, input_grad: bool = True):
+    """dx (None without input_grad), dw and db (None without bias) for the output gradient dy."""
     x, w, has_bias, g = saved
     xp = be.xp
     dy = xp.ascontiguousarray(xp.asarray(dy, dtype=x.dtype))
-    dx, dw = xp.empty_like(x), xp.empty_like(w)
+    dx, dw = (xp.empty_like(x) if input_grad else None), xp.empty_like(w)
     kv = lambda a: kernel_view(be, a)  # noqa: E731
-    be.kernels.conv_tc_dgrad(kv(dy), kv(w), kv(dx), *_window(g), be.stream())
+    if input_grad:
+        be.kernels.conv_tc_dgrad(kv(dy), kv(w), kv(dx), *_window(g), be.stream())
     be.kernels.conv_tc_wgrad(kv(x), kv(dy), kv(dw), *_window(g), be.stream())
     db = None
     if has_bias:

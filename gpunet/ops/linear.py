@@ -84,10 +84,11 @@ def linear_forward(be, x, w, b):
 
 
 @float32_compute("linear", forward=False, half_kernels=half_kernels)
-def linear_backward(be, x2, w, has_bias: bool, dy):
-    """Returns dx (shaped like dy with in features), dw, db (None without bias)."""
+def linear_backward(be, x2, w, has_bias: bool, dy, input_grad: bool = True):
+    """Returns dx (shaped like dy with in features; None without
+    input_grad), dw, db (None without bias)."""
     dy2 = be.xp.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))
-    dx = matmul(be, dy2, w).reshape(dy.shape[:-1] + (w.shape[1],))
+    dx = matmul(be, dy2, w).reshape(dy.shape[:-1] + (w.shape[1],)) if input_grad else None
     dw = matmul(be, dy2.T, x2)
     db = bias_grad(be, dy2, w.shape[0], route_of(be, "linear", dy.dtype)) if has_bias else None
     return dx, dw, db
