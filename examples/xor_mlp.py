@@ -30,7 +30,7 @@ def train_once(seed: int, device, epochs: int, lr: float, amp=None):
     for _ in range(epochs):
         with gpunet.amp.autocast(dtype=amp, enabled=amp is not None):
             loss = loss_fn(model(x), t)
-        model.backward(scaler.scale(loss_fn.backward()))
+        model.backward(scaler.scale(loss_fn.backward()), input_grad=False)  # no gradient for the data
         scaler.step(opt)
         scaler.update()
         model.zero_grad()
