@@ -457,24 +457,41 @@ static double row_exp_sum(const float *restrict xr, float *restrict yr, i64 n, f
  * are queries of (causal, n) score matrices, row0 the first one's index, and
  * query i keeps keys j <= i only, the others read as -inf (y = 0) without
  * the caller writing a mask. */
+/* one row's normalisation from its sum */
+static void row_normalise(float *yr, i64 keep, double sum, int log, int masked)
+{
+    if (log) {
+        float l = logf((float)sum);
+        for (i64 k = 0; k < keep; k++) yr[k] = yr[k] - l;
+    } else {  /* as accurate as yr[k] / (float)sum: 1/sum is rounded once as (float)sum is */
+        float inv = masked && !(sum > 0) ? 1.0f : (float)(1.0 / sum);
+        for (i64 k = 0; k < keep; k++) yr[k] = yr[k] * inv;
+    }
+}
+
 int gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, i64 n, float beta, int log,
                             int masked, i64 causal, i64 row0)
 {
     int nonfinite = 0;
-    for (i64 r = 0; r < m; r++) {
+    i64 r = 0;
+    if (causal <= 0) /* rows in pairs: one row's max and sum trees and division overlap the other's loops */
+        for (; r + 2 <= m; r += 2) {
+            const float *x0 = x + r * n, *x1 = x0 + n;
+            float *y0 = y + r * n, *y1 = y0 + n;
+            float s0 = row_extreme(x0, n, beta >= 0.0f, &nonfinite), s1 = row_extreme(x1, n, beta >= 0.0f, &nonfinite);
+            if (masked && !isfinite(s0)) s0 = 0.0f;
+            if (masked && !isfinite(s1)) s1 = 0.0f;
+            double sum0 = row_exp_sum(x0, y0, n, s0, beta, log), sum1 = row_exp_sum(x1, y1, n, s1, beta, log);
+            row_normalise(y0, n, sum0, log, masked);
+            row_normalise(y1, n, sum1, log, masked);
+        }
+    for (; r < m; r++) {
         const float *xr = x + r * n;
         float *yr = y + r * n;
         i64 keep = causal > 0 && (row0 + r) % causal + 1 < n ? (row0 + r) % causal + 1 : n;
         float s = row_extreme(xr, keep, beta >= 0.0f, &nonfinite);
         if (masked && !isfinite(s)) s = 0.0f;
-        double sum = row_exp_sum(xr, yr, keep, s, beta, log);
-        if (log) {
-            float l = logf((float)sum);
-            for (i64 k = 0; k < keep; k++) yr[k] = yr[k] - l;
-        } else {  /* as accurate as yr[k] / (float)sum: 1/sum is rounded once as (float)sum is */
-            float inv = masked && !(sum > 0) ? 1.0f : (float)(1.0 / sum);
-            for (i64 k = 0; k < keep; k++) yr[k] = yr[k] * inv;
-        }
+        row_normalise(yr, keep, row_exp_sum(xr, yr, keep, s, beta, log), log, masked);
         if (keep < n) /* causal rows only: a call per row costs 3% of rows of 128 */
             memset(yr + keep, 0, (size_t)(n - keep) * sizeof(float));
     }

@@ -270,6 +270,8 @@ class Module:
     # ------------------------------------------------------------ forward/backward
     def __call__(self, *args, **kwargs):
         pre, post = self.__dict__.get("_forward_pre_hooks"), self.__dict__.get("_forward_hooks")
+        if not (pre or post or kwargs) and len(args) == 1 and type(args[0]) is np.ndarray:
+            return self.forward(args[0])  # most calls: one host array, no hooks
         for hook, with_kwargs in (pre or {}).values():
             if with_kwargs:
                 result = hook(self, args, kwargs)
@@ -526,11 +528,16 @@ class Module:
 
 def _as_call(fn, run):
     # through gpunet.amp's module boundary, which casts the call under autocast
-    cast = amp_autocast.forward if run is calls.run_forward else amp_autocast.backward
-
-    @functools.wraps(fn)
-    def method(self, *args, **kwargs):
-        return cast(self, fn, run, args, kwargs)
+    if run is calls.run_forward:
+        @functools.wraps(fn)
+        def method(self, *args, **kwargs):
+            if not amp_autocast.is_autocast_enabled():  # nothing to cast: one call fewer on every forward
+                return run(self, fn, args, kwargs)
+            return amp_autocast.forward(self, fn, run, args, kwargs)
+    else:
+        @functools.wraps(fn)
+        def method(self, *args, **kwargs):
+            return amp_autocast.backward(self, fn, run, args, kwargs)
     method.__gpunet_call__ = True
     return method
 

@@ -22,6 +22,7 @@ backend at gpunet.dispatch.path.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import numpy as np
 
@@ -38,9 +39,9 @@ class HalfCtx(tuple):
         return self
 
 
-def _storage(values):
-    """The half dtype of the first half array (or HalfCtx) among `values`, or None."""
-    for v in values:
+def _storage(*groups):
+    """The half dtype of the first half array (or HalfCtx) among the values of `groups`, or None."""
+    for v in itertools.chain(*groups):
         if isinstance(v, HalfCtx):
             return v.storage
         dt = getattr(v, "dtype", None)
@@ -79,7 +80,7 @@ def float32_compute(op: str, forward: bool, half_kernels=None, array_code: bool 
     def wrap(fn):
         @functools.wraps(fn)
         def run(be, *args, **kwargs):
-            storage = _storage(list(args) + list(kwargs.values()))
+            storage = _storage(args, kwargs.values())
             if storage is None:
                 return fn(be, *args, **kwargs)
             route = half_kernels(be, *args, **kwargs) if half_kernels is not None and be.kernels is not None \
