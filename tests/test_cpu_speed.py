@@ -346,3 +346,25 @@ def test_compiled_loops_without_the_pool_give_the_same_bits(host_threads, monkey
     x64 = x.astype(np.float64)
     ref = np.exp(x64 - x64.max(1, keepdims=True))
     np.testing.assert_allclose(on_pool, ref / ref.sum(1, keepdims=True), rtol=2e-6, atol=1e-12)
+
+
+def test_compiled_pool_calls_report_each_part(host_threads):
+    """run_compiled's packed arguments, bounds and results: each part's own
+    result, in order, for more parts than its per-thread buffer holds too,
+    and the same from a thread of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+    from gpunet import hostlib
+    ht, lib = host_threads, hostlib.load()
+    if lib is None:
+        pytest.skip("no C compiler here: the compiled host loops are not built")
+    for rows in (5, 300):
+        x = np.ones((rows, 4), np.float32)
+        bad = [1, rows - 2, rows - 1]
+        x[bad, 2] = np.nan
+        y = np.empty_like(x)
+        args = (hostlib.ptr(x), hostlib.ptr(y), 4, 0x3F800000, 0, 0)
+        parts = [(i, i + 1) for i in range(rows)]
+        expected = [int(i in bad) for i in range(rows)]
+        assert ht.run_compiled(lib.gpunet_softmax_range_f32, args, parts) == expected
+        with ThreadPoolExecutor(1) as ex:
+            assert ex.submit(ht.run_compiled, lib.gpunet_softmax_range_f32, args, parts).result() == expected

@@ -144,15 +144,19 @@ def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
     address = known[1]
     nargs, nparts = len(args), len(parts)
     words = nargs + nparts + 1  # the arguments, then the bounds, then the results (an int in each word)
-    buf = getattr(_scratch, "buf", None)
+    # taken out while in use: a call made meanwhile on this thread (a finalizer's) gets a buffer of its own
+    buf = _scratch.__dict__.pop("buf", None)
     if buf is None or len(buf) < words + nparts:
-        buf = _scratch.buf = (ctypes.c_int64 * max(words + nparts, _SCRATCH_WORDS))()
+        buf = (ctypes.c_int64 * max(words + nparts, _SCRATCH_WORDS))()
     struct.pack_into(f"{words}q", buf, 0, *(0 if a is None else a for a in args), *(lo for lo, _ in parts),
                      parts[-1][1])
     base = ctypes.addressof(buf)
-    if lib.gpunet_run_ranges(address, base, nargs, base + 8 * nargs, nparts, base + 8 * words) != 0:
+    failed = lib.gpunet_run_ranges(address, base, nargs, base + 8 * nargs, nparts, base + 8 * words)
+    results = list(struct.unpack_from(f"{nparts}i", buf, 8 * words))
+    _scratch.buf = buf
+    if failed:
         raise ValueError(f"{fn.__name__}: {nargs} arguments before its range, more than the pool's calls take")
-    return list(struct.unpack_from(f"{nparts}i", buf, 8 * words))
+    return results
 
 
 # OpenBLAS's callback for its parallel jobs; its symbol carries the build's affixes (NumPy's wheels:
