@@ -1007,6 +1007,35 @@ def test_layer_norm_module_scans_its_input_in_the_compiled_rows(lib, monkeypatch
         m64(y.astype(np.float64))
 
 
+def test_batch_norm_module_scans_its_input_through_its_statistics(lib, monkeypatch):
+    """nn.BatchNorm2d in training scans its input only where a channel's
+    mean or variance is not finite (a NaN or an infinity makes one so): no
+    scan pass for finite input, the error naming the input before the
+    running statistics move, and finite values whose variance overflows
+    float32 pass; in eval (running statistics) the scan runs first."""
+    import gpunet.nn as gnn
+    calls = _spy_compiled(monkeypatch)
+    x = np.random.default_rng(2).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    m = gnn.BatchNorm2d(3)
+    m(x)
+    assert "gpunet_any_nonfinite_f32" not in calls and "gpunet_batch_norm_stats_f32" in calls
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in ((0, 0, 0, 0), (3, 1, 40, 7), (7, 2, 63, 63)):
+            y = x.copy()
+            y[where] = bad
+            before = m.running_mean.copy()
+            with pytest.raises(ValueError, match=rf"input: contains 1 NaN/Inf value\(s\) of {x.size}"):
+                m(y)
+            np.testing.assert_array_equal(m.running_mean, before)
+    calls.clear()
+    gnn.BatchNorm2d(3)(x * np.float32(1e20))  # variances past float32's range: the scan runs and finds nothing
+    assert "gpunet_any_nonfinite_f32" in calls
+    calls.clear()
+    m.eval()
+    m(x)
+    assert calls[0] == "gpunet_any_nonfinite_f32"
+
+
 def test_softmax_rows_report_nonfinite_rows(lib):
     """gpunet_softmax_rows_f32's return: 1 when a (kept) key is NaN or
     infinite; a causal row's skipped keys are not read."""

@@ -108,13 +108,21 @@ class _BatchNorm(Module):
 
     def forward(self, input):
         be = self.backend
-        checks.array(be, input, "input", ndim=self._ndims, dtype=self.dtype)
+        checks.array(be, input, "input", ndim=self._ndims, dtype=self.dtype, finite=False)  # scanned below
         if input.shape[1] != self.num_features:
             raise ValueError(f"input: expected {self.num_features} channels (num_features) on axis 1, "
                              f"got shape {tuple(input.shape)}")
         use_batch = self.training or not self.track_running_stats
+        if not use_batch:
+            checks.finite_values(be, input, "input")
         if use_batch:
-            mean, var, n = ops.batch_norm_stats(be, input)
+            with np.errstate(invalid="ignore", over="ignore"):  # NumPy's path on bad input: the error follows
+                mean, var, n = ops.batch_norm_stats(be, input)
+            # A NaN or an infinity in the input makes its channel's mean or variance one too, so the
+            # input's scan rides the statistics: it runs only where one is not finite (which finite
+            # values whose variance overflows float32 also cause), before any state changes.
+            if checks.finite_checks_enabled(be) and not (be.xp.isfinite(mean).all() and be.xp.isfinite(var).all()):
+                checks.finite_values(be, input, "input")
             if n == 1 and self.training:
                 raise ValueError(f"input: expected more than 1 value per channel when training, "
                                  f"got shape {tuple(input.shape)}")
