@@ -46,9 +46,9 @@ _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
-_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_conv_dw_pixels_f32", "gpunet_any_nonfinite_f32",
-                                             "gpunet_any_nonfinite_f64", "gpunet_conv_dw_f32",
-                                             "gpunet_pool_init", "gpunet_run_ranges",
+_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_conv_dw_pixels_f32",
+                                             "gpunet_any_nonfinite_f32", "gpunet_any_nonfinite_f64",
+                                             "gpunet_conv_dw_f32", "gpunet_pool_init", "gpunet_run_ranges",
                                              "gpunet_maxpool2d_forward_range_f32",
                                              "gpunet_maxpool2d_backward_range_f32", "gpunet_avgpool2d_range_f32",
                                              "gpunet_layer_norm_backward_range_f32", "gpunet_softmax_rows_f32",

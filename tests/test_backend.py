@@ -365,6 +365,7 @@ def test_host_backend_takes_arrays_up_to_32_mib_from_the_heap():
     low = dict(own, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TOP_PAD_="0")
     if in_heap(low, backend=False):
         pytest.skip("this process's malloc does not follow MALLOC_MMAP_THRESHOLD_ "
-                    f"(GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')!r}, LD_PRELOAD={os.environ.get('LD_PRELOAD')!r})")
+                    f"(GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')!r}, "
+                    f"LD_PRELOAD={os.environ.get('LD_PRELOAD')!r})")
     assert in_heap(own, backend=True)
     assert not in_heap(low, backend=True)

@@ -327,8 +327,10 @@ def _linear_flags(monkeypatch):
     """The input_grad each Linear backward is given from now on, in order."""
     from gpunet.ops import linear as linear_ops
     flags, real = [], linear_ops.linear_backward
-    monkeypatch.setattr(linear_ops, "linear_backward",
-                        lambda *a, **k: (flags.append(a[5] if len(a) > 5 else k.get("input_grad", True)), real(*a, **k))[1])
+    def spy(*a, **k):
+        flags.append(a[5] if len(a) > 5 else k.get("input_grad", True))
+        return real(*a, **k)
+    monkeypatch.setattr(linear_ops, "linear_backward", spy)
     return flags
 
 
@@ -353,6 +355,15 @@ def test_backward_without_input_grad_reaches_the_first_layer_only(device, monkey
     assert flags == [True, True, True, False]  # Linear(5, 3), the residual's, Linear(4, 5), the first residual's
     for p, g in zip(model.parameters(), full):
         np.testing.assert_array_equal(gpunet.to_numpy(p.grad), g)
+    # and PyTorch's gradients of the same network, the data not requiring one
+    ps = [torch.tensor(gpunet.to_numpy(p.data), dtype=torch.float64, requires_grad=True) for p in model.parameters()]
+    lin = lambda h, i: torch.nn.functional.linear(h, ps[2 * i], ps[2 * i + 1])  # noqa: E731
+    h = torch.tensor(gpunet.to_numpy(x), dtype=torch.float64)
+    h = h + torch.relu(lin(h, 0))
+    h = torch.relu(lin(h, 1))
+    lin(h + lin(h, 2), 3).sum().backward()
+    for p, t in zip(model.parameters(), ps):
+        np.testing.assert_allclose(gpunet.to_numpy(p.grad), t.grad.numpy(), rtol=RTOL, atol=ATOL)
 
 
 def test_backward_input_grad_must_be_a_bool():

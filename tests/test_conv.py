@@ -502,6 +502,12 @@ def _check_backward_without_input_grad(device, shape, out, stride, dtype, monkey
     assert not [c for c in calls if c != ("col2im_backward", False)]
     for p, g in zip(m.parameters(), full):
         np.testing.assert_array_equal(gpunet.to_numpy(p.grad), g)
+    torch = pytest.importorskip("torch")  # and PyTorch's weight and bias gradients, in float64
+    f64 = lambda a: torch.tensor(gpunet.to_numpy(a), dtype=torch.float64)  # noqa: E731
+    tw, tb = f64(m.weight.data).requires_grad_(), f64(m.bias.data).requires_grad_()
+    torch.nn.functional.conv2d(f64(x), tw, tb, stride=stride, padding=1).backward(f64(dy))
+    assert_close(m.weight.grad, tw.grad.numpy(), n=shape[0] * dy.shape[2] * dy.shape[3], name="weight.grad")
+    assert_close(m.bias.grad, tb.grad.numpy(), n=shape[0] * dy.shape[2] * dy.shape[3], name="bias.grad")
 
 
 @pytest.mark.parametrize("shape, out, stride", INPUT_GRAD_CASES)

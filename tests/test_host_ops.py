@@ -1102,11 +1102,12 @@ def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
         monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
     rng = np.random.default_rng(12)
     col, direct, pixels = "_col2im_rows", "_weight_grad_direct", "_weight_grad_pixels"
-    cases = [((2, 8, 8, 8), 1, 1, 1, [direct]), ((2, 16, 8, 8), 1, 1, 2, [direct]), ((2, 8, 8, 8), 1, 2, 1, [direct]),
-             ((2, 16, 8, 8), 1, 3, 1, [col, direct]), ((2, 16, 8, 8), 2, 1, 1, [col, direct]),
-             ((2, 8, 4, 4), 1, 1, 1, [direct]), ((2, 16, 4, 4), 1, 1, 2, [col, direct]), ((2, 8, 2, 2), 1, 1, 1, [col, direct]),
-             ((2, 3, 8, 8), 1, 1, 1, [pixels]), ((2, 6, 8, 8), 1, 1, 2, [pixels]), ((2, 2, 8, 8), 1, 1, 1, [col, pixels]),
-             ((2, 7, 8, 8), 2, 1, 1, [col]), ((2, 16, 8, 8), 1, 1, 8, [col, pixels])]  # (x shape, stride, padding, groups)
+    cases = [  # (x shape, stride, padding, groups, the loops expected)
+        ((2, 8, 8, 8), 1, 1, 1, [direct]), ((2, 16, 8, 8), 1, 1, 2, [direct]), ((2, 8, 8, 8), 1, 2, 1, [direct]),
+        ((2, 16, 8, 8), 1, 3, 1, [col, direct]), ((2, 16, 8, 8), 2, 1, 1, [col, direct]),
+        ((2, 8, 4, 4), 1, 1, 1, [direct]), ((2, 16, 4, 4), 1, 1, 2, [col, direct]),
+        ((2, 8, 2, 2), 1, 1, 1, [col, direct]), ((2, 3, 8, 8), 1, 1, 1, [pixels]), ((2, 6, 8, 8), 1, 1, 2, [pixels]),
+        ((2, 2, 8, 8), 1, 1, 1, [col, pixels]), ((2, 7, 8, 8), 2, 1, 1, [col]), ((2, 16, 8, 8), 1, 1, 8, [col, pixels])]
     for shape, stride, padding, groups, expected in cases:
         calls.clear()
         x = rng.standard_normal(shape).astype(np.float32)
@@ -1116,7 +1117,8 @@ def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
         assert calls == expected, (shape, stride, padding, groups)
 
 
-PIXEL_DW_GEOMETRIES = [  # stride 1, fewer than 8 input channels per group; (x shape, out, kernel, padding, dilation, groups)
+# stride 1, fewer than 8 input channels per group: (x shape, out, kernel, padding, dilation, groups)
+PIXEL_DW_GEOMETRIES = [
     ((64, 3, 32, 32), 16, (3, 3), (1, 1), (1, 1), 1),  # the small ResNet's stem: 8 x 3 blocks, 27 taps
     ((9, 1, 8, 8), 5, (3, 2), (1, 0), (1, 1), 1),  # 4 + 1 channels, 6 taps, a last chunk of 1 image
     ((3, 4, 9, 7), 6, (2, 2), (2, 1), (2, 3), 2),  # groups of 2 channels: 8 taps (3 + 3 + 2), dilated

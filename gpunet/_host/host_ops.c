@@ -450,13 +450,6 @@ static double row_exp_sum(const float *restrict xr, float *restrict yr, i64 n, f
     return exp_sum(xr, yr, n, s, beta, log, 1);
 }
 
-/* log: y = beta (x - s) - log(sum), NumPy's log-softmax path. masked
- * (attention's scores, gpunet/ops/attention.py): a non-finite shift is taken
- * as 0 and a row whose sum is not positive is left unnormalised, so a row of
- * -inf (every key masked) gives zeros. causal > 0 (with masked): the rows
- * are queries of (causal, n) score matrices, row0 the first one's index, and
- * query i keeps keys j <= i only, the others read as -inf (y = 0) without
- * the caller writing a mask. */
 /* one row's normalisation from its sum */
 static void row_normalise(float *yr, i64 keep, double sum, int log, int masked)
 {
@@ -469,6 +462,13 @@ static void row_normalise(float *yr, i64 keep, double sum, int log, int masked)
     }
 }
 
+/* log: y = beta (x - s) - log(sum), NumPy's log-softmax path. masked
+ * (attention's scores, gpunet/ops/attention.py): a non-finite shift is taken
+ * as 0 and a row whose sum is not positive is left unnormalised, so a row of
+ * -inf (every key masked) gives zeros. causal > 0 (with masked): the rows
+ * are queries of (causal, n) score matrices, row0 the first one's index, and
+ * query i keeps keys j <= i only, the others read as -inf (y = 0) without
+ * the caller writing a mask. */
 int gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, i64 n, float beta, int log,
                             int masked, i64 causal, i64 row0)
 {
@@ -478,7 +478,8 @@ int gpunet_softmax_rows_f32(const float *restrict x, float *restrict y, i64 m, i
         for (; r + 2 <= m; r += 2) {
             const float *x0 = x + r * n, *x1 = x0 + n;
             float *y0 = y + r * n, *y1 = y0 + n;
-            float s0 = row_extreme(x0, n, beta >= 0.0f, &nonfinite), s1 = row_extreme(x1, n, beta >= 0.0f, &nonfinite);
+            float s0 = row_extreme(x0, n, beta >= 0.0f, &nonfinite);
+            float s1 = row_extreme(x1, n, beta >= 0.0f, &nonfinite);
             if (masked && !isfinite(s0)) s0 = 0.0f;
             if (masked && !isfinite(s1)) s1 = 0.0f;
             double sum0 = row_exp_sum(x0, y0, n, s0, beta, log), sum1 = row_exp_sum(x1, y1, n, s1, beta, log);

@@ -113,8 +113,6 @@ class _BatchNorm(Module):
             raise ValueError(f"input: expected {self.num_features} channels (num_features) on axis 1, "
                              f"got shape {tuple(input.shape)}")
         use_batch = self.training or not self.track_running_stats
-        if not use_batch:
-            checks.finite_values(be, input, "input")
         if use_batch:
             with np.errstate(invalid="ignore", over="ignore"):  # NumPy's path on bad input: the error follows
                 mean, var, n = ops.batch_norm_stats(be, input)
@@ -129,6 +127,7 @@ class _BatchNorm(Module):
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, n)
         else:
+            checks.finite_values(be, input, "input")
             mean, var = self.running_mean, self.running_var
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data

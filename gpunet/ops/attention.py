@@ -382,7 +382,8 @@ def _host_forward(lib, q, k, v, bias, causal, scale):
                     h = b0 % inner
                     s += bias[np.unravel_index(b0 // inner, bias.shape[:-3])][h:h + b1 - b0, r0:r1]
                 pb = p[b0:b1, r0:r1]
-                lib.gpunet_softmax_rows_f32(hostlib.ptr(s), hostlib.ptr(pb), s.size // S, S, beta, 0, 1, causal_rows, r0)
+                lib.gpunet_softmax_rows_f32(hostlib.ptr(s), hostlib.ptr(pb), s.size // S, S, beta, 0, 1, causal_rows,
+                                            r0)
                 np.matmul(pb, v3[b0:b1], out=out[b0:b1, r0:r1])
     _run_units(part, units, p.size)
     return out.reshape(batch + (L, ev)), p.reshape(batch + (L, S))

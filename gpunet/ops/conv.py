@@ -315,7 +315,8 @@ def _rows_chunks(be, x_shape, g: Geometry, ld: int):
 
 def _rows_call(fn, src, dst, geo, count: int, unit: int):
     """fn(src, dst, geo, lo, hi) over [0, count) split across the host threads."""
-    host_threads.run_compiled(fn, (hostlib.ptr(src), hostlib.ptr(dst), hostlib.ptr(geo)), host_threads.ranges(count, unit))
+    host_threads.run_compiled(fn, (hostlib.ptr(src), hostlib.ptr(dst), hostlib.ptr(geo)),
+                              host_threads.ranges(count, unit))
 
 
 def _im2col_rows(lib, x, cols, geo):
@@ -439,7 +440,8 @@ def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
 
 
 def _dw_from_parts(part, w, kg: int, has_bias: bool):
-    """dW (taps reordered from (i, j, c) to (c, i, j)) and db from the chunks' partial sums, added in order in float64."""
+    """dW (taps reordered from (i, j, c) to (c, i, j)) and db from the
+    chunks' partial sums, added in order in float64."""
     o, c, kh, kw = w.shape
     dwx = part.sum(0, dtype=np.float64)
     dw = dwx[:, :kg].reshape(o, kh, kw, c).transpose(0, 3, 1, 2).astype(np.float32)

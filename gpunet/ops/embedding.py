@@ -68,7 +68,8 @@ def embedding_backward(be, flat, dy, num_embeddings, padding_idx=None):
         dw = np.empty((num_embeddings, D), np.float32)
         seen = np.zeros(num_embeddings, np.uint8)
         host_threads.run_compiled(lib.gpunet_embedding_backward_f32,
-                                  (hostlib.ptr(flat), hostlib.ptr(dy2), hostlib.ptr(dw), hostlib.ptr(seen), flat.size, D),
+                                  (hostlib.ptr(flat), hostlib.ptr(dy2), hostlib.ptr(dw), hostlib.ptr(seen),
+                                   flat.size, D),
                                   host_threads.ranges(num_embeddings, D))
         if padding_idx is not None:
             dw[padding_idx] = 0
