@@ -1,6 +1,6 @@
 """The cpu backend's compiled helper: gpunet/_host/host_ops.c, float32 loops
 NumPy cannot fuse (GELU, layer norm, Adam, softmax rows, batch norm, pooling,
-ReLU forward and backward, the embedding backward, the LSTM cell, the convolution's
+ReLU forward and backward, the embedding backward, the LSTM's steps, the convolution's
 im2col, col2im, direct forward and weight gradient, cross-entropy rows, the
 inputs' NaN/inf scan: the list heads the C file) and the thread pool that
 runs their ranges and OpenBLAS's threaded jobs (gpunet/ops/host_threads.py), compiled on first use with
@@ -71,8 +71,13 @@ _SIGNATURES = {
     "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
-    "gpunet_lstm_cell_forward_f32": [_F32P] * 6 + [_I64] * 3,
-    "gpunet_lstm_cell_backward_f32": [_F32P] * 7 + [_I64] * 2,
+    # the LSTM's steps: w_hh packed (forward: w, panels, H, K, block range; backward: w, panels, H, range),
+    # then a step forward (g, h_prev, panels, c_prev, c, tanh_c, h, B, H, K) and backward (dg_next, panels, g,
+    # c_prev, tanh_c, dy, dc, dg, dc_prev, B, H), each over a range of unit blocks
+    "gpunet_lstm_pack_forward_f32": [_F32P, _F32P] + [_I64] * 4,
+    "gpunet_lstm_pack_backward_f32": [_F32P, _F32P] + [_I64] * 3,
+    "gpunet_lstm_step_forward_f32": [_F32P] * 7 + [_I64] * 5,
+    "gpunet_lstm_step_backward_f32": [_F32P] * 9 + [_I64] * 4,
     # the convolution's row-layout im2col/col2im: columns, geometry (int64 array), range
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],

@@ -552,13 +552,16 @@ def test_embedding_backward_same_bits_on_1_2_3_threads(lib):
         np.testing.assert_array_equal(g, grads[0])
 
 
-# ---------------------------------------------------------------- LSTM cell
+# ---------------------------------------------------------------- LSTM steps
 def _lstm_cell(lib, g):
-    """One compiled cell step on gates g (1, 4H) in place, with hg = 0 and c_prev = 0: c, tanh_c, h."""
+    """One compiled forward step on gates g (1, 4H) in place, with h_prev = 0
+    (one input, so the recurrent product is 0) and c_prev = 0: c, tanh_c, h."""
     H = g.shape[1] // 4
-    hg, c_prev = np.zeros_like(g), np.zeros((1, H), np.float32)  # (referenced through the call)
+    blocks = -(-H // 16)
+    h_prev, panels, c_prev = np.zeros((1, 1), np.float32), np.ones(blocks * 64, np.float32), np.zeros((1, H), np.float32)
     c, tanh_c, h = (np.empty((1, H), np.float32) for _ in range(3))
-    lib.gpunet_lstm_cell_forward_f32(*(a.ctypes.data for a in (g, hg, c_prev, c, tanh_c, h)), H, 0, 1)
+    lib.gpunet_lstm_step_forward_f32(*(a.ctypes.data for a in (g, h_prev, panels, c_prev, c, tanh_c, h)), 1, H, 1, 0,
+                                     blocks)
     return c, tanh_c, h
 
 
@@ -599,7 +602,10 @@ def _lstm_case(rng, T, B, I, H):
     return x, w_ih, w_hh, b_ih, b_hh, h0, c0, rng.standard_normal((T, B, H)).astype(np.float32), dh_n, dc_n
 
 
-@pytest.mark.parametrize("T,B,I,H,grads", [(7, 5, 6, 37, "all"), (3, 1, 2, 1, "out"), (4, 3, 5, 8, "states")])
+# (5, 9, 7, 70): a 3-row tile after the 6-row one, 16-unit blocks of the forward ending on 6 units and 64-unit
+# blocks of the backward on 6
+@pytest.mark.parametrize("T,B,I,H,grads", [(7, 5, 6, 37, "all"), (3, 1, 2, 1, "out"), (4, 3, 5, 8, "states"),
+                                           (5, 9, 7, 70, "all")])
 def test_lstm_both_paths_against_torch_float64(T, B, I, H, grads, host_path):
     x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(T * B), T, B, I, H)
     dout = None if grads == "states" else dout
@@ -621,21 +627,47 @@ def test_lstm_both_paths_against_torch_float64(T, B, I, H, grads, host_path):
         np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-5, atol=2e-6)
 
 
-def test_lstm_cell_backward_compiled_same_bits_as_the_numpy_path(lib, monkeypatch):
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(4), 6, 9, 7, 70)
-    dout[2, 3, 4] = np.nan
-    be = get_backend("cpu")
-    ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)[-1]
-    runs = []
-    for numpy_only in (False, True):
-        if numpy_only:
-            monkeypatch.setattr(hostlib, "load", lambda: None)
+def test_lstm_backward_step_cell_same_bits_as_the_numpy_cell(lib):
+    """Without its product (dg_next NULL) the compiled backward step is the
+    NumPy cell's float32 operations in its order: the same bits, NaN
+    included, with and without an incoming dc."""
+    rng = np.random.default_rng(4)
+    B, H = 9, 70
+    g = np.concatenate([rng.uniform(0, 1, (B, 2 * H)), rng.uniform(-1, 1, (B, H)), rng.uniform(0, 1, (B, H))], 1)
+    g = g.astype(np.float32)
+    c_prev, dy, dc = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(3))
+    tanh_c = np.tanh(rng.standard_normal((B, H))).astype(np.float32)
+    dy[2, 3] = np.nan
+    for dc_in in (dc, None):
+        dg_ref = np.empty_like(g)
         with np.errstate(invalid="ignore"):
-            runs.append([rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh, dc)[:6]
-                         for dh, dc in [(dh_n, dc_n), (None, None)]])
-    for got_run, ref_run in zip(*runs):
-        for got, ref in zip(got_run, ref_run):
+            dc_ref = rnn._lstm_cell_backward_xp(np, g, c_prev, tanh_c, dy, None, dc_in, dg_ref)
+        dg, dc_prev = np.full_like(g, 7.0), np.full_like(dc, 7.0)
+        lib.gpunet_lstm_step_backward_f32(None, None, *(hostlib.ptr(a) for a in (g, c_prev, tanh_c, dy, dc_in, dg,
+                                                                                  dc_prev)), B, H, 0, -(-H // 64))
+        for got, ref in ((dg, dg_ref), (dc_prev, dc_ref)):
             np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+def test_lstm_same_bits_on_1_2_3_threads(lib):
+    """Every hidden unit's gates, state and gradients are computed alike
+    whichever thread owns its block: results do not depend on the split."""
+    from gpunet.ops import host_threads
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(6), 3, 8, 5, 300)
+    be = get_backend("cpu")
+    before = host_threads.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            host_threads.set_num_threads(threads)
+            *fwd, ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+            runs.append([a.copy() for a in fwd] + list(rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n)[:6]))
+        assert len(host_threads.ranges(-(-300 // 16), 8 * (4 * 300 + 80), host_threads.MIN_PER_EXP_THREAD)) == 3
+    finally:
+        host_threads.set_num_threads(before)
+    for run in runs[1:]:
+        for got, ref in zip(run, runs[0]):
+            np.testing.assert_array_equal(got, ref)
 
 
 # ---------------------------------------------------------------- convolution backward (row-layout columns)

@@ -18,9 +18,12 @@ formulas as one ElementwiseKernel per step and direction (below); the
 (csrc/kernels/rnn.cu), which adds b_hh itself. The cell saves the activated
 gates in place of the input projection, and the LSTM keeps every c_t and h_t.
 The GRU has the kernel and array paths only (no CuPy fusion yet). On the
-host a float32 LSTM's array-path cell is one compiled pass per step each way
-(gpunet/hostlib.py): the backward the array code's operations (the same
-bits), the forward's sigmoid and tanh a few ulps from the array code's.
+host a float32 LSTM's array path is one compiled pass per step each way
+(gpunet/hostlib.py), the recurrent product and the cell together per block
+of hidden units (the weights packed once per sequence): the products in
+their own summation order, the backward cell the array code's operations
+(the same bits), the forward's sigmoid and tanh a few ulps from the array
+code's.
 
 Half storage (bfloat16, float16) on cpu: gpunet.ops.half's float32_compute
 (inputs, weights and states read in float32, the whole recurrence in float32,
@@ -121,25 +124,26 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     hs[0] = h0
     cs[0] = c0
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
-    w_hh_t = _recurrent_weight(be, w_hh)
     lib = _host_lib(be, route, gates)
-    if lib is not None:  # the step's arrays' addresses as integers (cheaper than .ctypes per step)
-        hg = np.empty((B, 4 * H), np.float32)
-        at = _step_addresses(gates, hg[None], cs, tanh_c, hs[1:] if raw is None else raw)
-        rows = host_threads.ranges(B, 5 * H, host_threads.MIN_PER_EXP_THREAD)  # five exps a cell
+    if lib is not None:  # the compiled steps (host_ops.c): the step's arrays' addresses as integers
+        wp = _packed(lib.gpunet_lstm_pack_forward_f32, w_hh, (H, R), -(-H // 16), 64 * R)
+        at = _step_addresses(gates, hs, cs, tanh_c, hs[1:] if raw is None else raw)
+        blocks = host_threads.ranges(-(-H // 16), B * (4 * R + 80), host_threads.MIN_PER_EXP_THREAD)
+    else:
+        w_hh_t = _recurrent_weight(be, w_hh)
     for t in range(T):
-        hg = matmul(be, hs[t], w_hh_t, out=None if lib is None else hg)
         h = hs[t + 1] if raw is None else raw[t]
         if lib is not None:
-            host_threads.run_compiled(lib.gpunet_lstm_cell_forward_f32,
-                                      (at[0](t), at[1](0), at[2](t), at[2](t + 1), at[3](t), at[4](t), H), rows)
+            host_threads.run_compiled(lib.gpunet_lstm_step_forward_f32, (at[0](t), at[1](t), hostlib.ptr(wp),
+                                      at[2](t), at[2](t + 1), at[3](t), at[4](t), B, H, R), blocks)
         elif route == "kernel":
+            hg = matmul(be, hs[t], w_hh_t)
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
-            _fused_cell_forward(gates[t], hg, cs[t], cs[t + 1], tanh_c[t], h)
+            _fused_cell_forward(gates[t], matmul(be, hs[t], w_hh_t), cs[t], cs[t + 1], tanh_c[t], h)
         else:
             g = gates[t]
-            g += hg
+            g += matmul(be, hs[t], w_hh_t)
             _sigmoid_(xp, g[:, :2 * H])
             xp.tanh(g[:, 2 * H:3 * H], out=g[:, 2 * H:3 * H])
             _sigmoid_(xp, g[:, 3 * H:])
@@ -160,8 +164,11 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     dc_n (B, H); any of them may be None (zero). Returns dx, dh0, dc0, dw_ih,
     dw_hh, db, dw_hr where db is the gradient of b_ih and of b_hh alike (None
     without biases) and dw_hr None without a projection."""
-    xp = be.xp
     route, x2, hs, cs, gates, tanh_c, raw, has_bias = ctx
+    lib = _host_lib(be, route, gates)
+    if lib is not None:
+        return _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr)
+    xp = be.xp
     T, B, H4 = gates.shape
     H = H4 // 4
     dG = xp.empty_like(gates)
@@ -169,10 +176,6 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     dc_buf = xp.empty((B, H), dtype=gates.dtype) if route == "kernel" else None
     dproj = None if raw is None else xp.empty((T,) + hs.shape[1:], dtype=gates.dtype)
     dh, dc = dh_n, dc_n
-    lib = _host_lib(be, route, gates)
-    if lib is not None:  # dc_prev of each step, alternately (never the caller's dc_n)
-        dc_bufs = np.empty((2, B, H), np.float32)
-        at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)
     for t in range(T - 1, -1, -1):
         dy = None if dout is None else dout[t]
         if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
@@ -183,12 +186,6 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
             dc = dc_buf
         elif route == "fused":
             dc = _fused_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
-        elif lib is not None:
-            d = np.ascontiguousarray(_sum_or_zeros(xp, dy, dh, cs[t]), np.float32)
-            dc_in = None if dc is None else np.ascontiguousarray(dc, np.float32)
-            lib.gpunet_lstm_cell_backward_f32(at[0](t), at[1](t), at[2](t), hostlib.ptr(d), hostlib.ptr(dc_in),
-                                              at[3](t), at[4](t % 2), B, H)
-            dc = dc_bufs[t % 2]
         else:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         dh = matmul(be, dG[t], w_hh)
@@ -198,14 +195,63 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
 
 
 def _host_lib(be, route, gates):
-    """The compiled host loops (gpunet/hostlib.py) for the cell of a float32
-    LSTM on the array path on the host, else None (NumPy code)."""
+    """The compiled host steps (gpunet/hostlib.py) of a float32 LSTM on the
+    array path on the host, else None (NumPy code)."""
     return hostlib.for_float32(be, gates) if route == "array" else None
 
 
 def _step_addresses(*arrays):
     """For C-contiguous (steps, ...) arrays: functions t -> the address of a[t]."""
     return [lambda t, base=a.ctypes.data, step=a.strides[0]: base + t * step for a in arrays]
+
+
+def _packed(pack, w, dims, blocks, per_block):
+    """w_hh packed into the compiled steps' panels by pack(w, out, *dims, lo,
+    hi): `blocks` panels of per_block floats, on a 64-byte boundary (whole
+    cache lines per vector load)."""
+    buf = np.empty(blocks * per_block + 16, np.float32)
+    out = buf[(-buf.ctypes.data % 64) // 4:][:blocks * per_block]
+    pack(np.ascontiguousarray(w, np.float32).ctypes.data, out.ctypes.data, *dims, 0, blocks)
+    return out
+
+
+def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr):
+    """lstm_backward on the compiled steps: per step one pass each block of
+    32 hidden units takes, d = dy + dG_{t+1} w_hh and the cell (without a
+    projection; with one, the product and projection are matmuls and the
+    pass is the cell alone)."""
+    _, x2, hs, cs, gates, tanh_c, raw, has_bias = ctx
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    dG = np.empty_like(gates)
+    dc_bufs = np.empty((2, B, H), np.float32)  # dc_prev of each step, alternately (never the caller's dc_n)
+    dout = None if dout is None else np.ascontiguousarray(dout, np.float32)
+    dc = None if dc_n is None else np.ascontiguousarray(dc_n, np.float32)
+    dproj = None if raw is None else np.empty((T,) + hs.shape[1:], np.float32)
+    wb = _packed(lib.gpunet_lstm_pack_backward_f32, w_hh, (H,), -(-H // 64), 64 * 4 * H) if raw is None else None
+    at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)
+    blocks = host_threads.ranges(-(-H // 64), B * (16 * H + 128), host_threads.MIN_PER_EXP_THREAD)
+    dh = dh_n
+    for t in range(T - 1, -1, -1):
+        dy = None if dout is None else dout[t]
+        nxt = None
+        if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
+            dproj[t] = _sum_or_zeros(np, dy, dh, hs[t + 1])
+            dy = matmul(be, dproj[t], w_hr)
+        elif t == T - 1:
+            dy = None if dy is None and dh is None else np.ascontiguousarray(_sum_or_zeros(np, dy, dh, None))
+        else:
+            nxt = at[3](t + 1)
+        host_threads.run_compiled(lib.gpunet_lstm_step_backward_f32,
+                                  (nxt, hostlib.ptr(wb), at[0](t), at[1](t), at[2](t), hostlib.ptr(dy),
+                                   hostlib.ptr(dc), at[3](t), at[4](t % 2), B, H), blocks)
+        dc = dc_bufs[t % 2]
+        if raw is not None:
+            dh = matmul(be, dG[t], w_hh)
+    dh = matmul(be, dG[0], w_hh) if raw is None else dh
+    dx, dw_ih, dw_hh, db = _weight_grads(be, "array", dG, x2, hs, w_ih, has_bias)
+    dw_hr = None if raw is None else matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
+    return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
