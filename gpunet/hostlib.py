@@ -71,12 +71,13 @@ _SIGNATURES = {
     "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
-    # the LSTM's steps: w_hh packed (forward: w, panels, H, K, block range; backward: w, panels, H, range),
-    # then a step forward (g, h_prev, panels, c_prev, c, tanh_c, h, B, H, K) and backward (dg_next, panels, g,
-    # c_prev, tanh_c, dy, dc, dg, dc_prev, B, H), each over a range of unit blocks
-    "gpunet_lstm_pack_forward_f32": [_F32P, _F32P] + [_I64] * 4,
+    # the LSTM's steps: the weights packed (forward: w_ih, w_hh, panels, H, I, R; backward: w_hh, panels, H;
+    # then the block range), a step forward (g, x_t, h_prev, panels, b_ih + b_hh or NULL, c_prev, c, tanh_c,
+    # h, dims: B H I R as int64) and backward (dg_next, panels, g, c_prev, tanh_c, dy, dc, dg, dc_prev, B, H),
+    # each over a range of unit blocks
+    "gpunet_lstm_pack_forward_f32": [_F32P] * 3 + [_I64] * 5,
     "gpunet_lstm_pack_backward_f32": [_F32P, _F32P] + [_I64] * 3,
-    "gpunet_lstm_step_forward_f32": [_F32P] * 7 + [_I64] * 5,
+    "gpunet_lstm_step_forward_f32": [_F32P] * 9 + [ctypes.c_void_p, _I64, _I64],
     "gpunet_lstm_step_backward_f32": [_F32P] * 9 + [_I64] * 4,
     # the convolution's row-layout im2col/col2im: columns, geometry (int64 array), range
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],

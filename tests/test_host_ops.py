@@ -554,20 +554,21 @@ def test_embedding_backward_same_bits_on_1_2_3_threads(lib):
 
 # ---------------------------------------------------------------- LSTM steps
 def _lstm_cell(lib, g):
-    """One compiled forward step on gates g (1, 4H) in place, with h_prev = 0
-    (one input, so the recurrent product is 0) and c_prev = 0: c, tanh_c, h."""
+    """One compiled forward step with no inputs (I = R = 0), so its
+    pre-activations are the bias alone: g (1, 4H), which gets the activated
+    gates; c_prev = 0. Returns c, tanh_c, h."""
     H = g.shape[1] // 4
-    blocks = -(-H // 16)
-    h_prev, panels, c_prev = np.zeros((1, 1), np.float32), np.ones(blocks * 64, np.float32), np.zeros((1, H), np.float32)
+    b, dims, unused = g[0].copy(), np.array([1, H, 0, 0], np.int64), np.zeros(1, np.float32)
+    c_prev = np.zeros((1, H), np.float32)
     c, tanh_c, h = (np.empty((1, H), np.float32) for _ in range(3))
-    lib.gpunet_lstm_step_forward_f32(*(a.ctypes.data for a in (g, h_prev, panels, c_prev, c, tanh_c, h)), 1, H, 1, 0,
-                                     blocks)
+    lib.gpunet_lstm_step_forward_f32(*(a.ctypes.data for a in (g, unused, unused, unused, b, c_prev, c, tanh_c, h,
+                                                               dims)), 0, -(-H // 16))
     return c, tanh_c, h
 
 
 def test_lstm_cell_sigmoid_and_tanh_within_4_ulps_over_a_dense_sweep(lib):
-    """With hg = 0 and c_prev = 0 the cell's gates are sigmoid(x) (blocks i,
-    f, o) and tanh(x) (block g) of its input, and tanh_c = tanh(i·g)."""
+    """With no inputs and c_prev = 0 the cell's gates are sigmoid(x) (blocks
+    i, f, o) and tanh(x) (block g) of its bias, and tanh_c = tanh(i·g)."""
     edges = [0.0, -0.0, 1e-30, -1e-45, 0.5499, 0.55, 0.5501, 8.0, 9.1, 17.0, 88.0, 89.0, 104.0, 1e30, np.inf,
              -np.inf, -8.0, -17.0, -88.0, -104.0, -105.0, -1e30]
     x = np.concatenate([np.linspace(-30, 30, 400_003, dtype=np.float32), np.array(edges, np.float32)])
@@ -585,7 +586,7 @@ def test_lstm_cell_sigmoid_and_tanh_within_4_ulps_over_a_dense_sweep(lib):
         assert ulps(g[0, block * H:(block + 1) * H], sig_ref).max() <= 4
     got_tanh = g[0, 2 * H:3 * H]
     assert ulps(got_tanh, tanh_ref).max() <= 4
-    np.testing.assert_array_equal(np.signbit(got_tanh), np.signbit(x + np.float32(0)))  # odd (x + hg: -0.0 is +0.0)
+    np.testing.assert_array_equal(np.signbit(got_tanh), np.signbit(x + np.float32(0)))  # odd (0 + b: -0.0 is +0.0)
     assert np.all(np.abs(got_tanh) <= 1) and np.all(g[0, :H] >= 0) and np.all(g[0, :H] <= 1)
     np.testing.assert_array_equal(c, g[:, :H] * got_tanh[None])  # c = f·0 + i·g
     assert ulps(tanh_c[0], np.tanh(c[0].astype(np.float64))).max() <= 4

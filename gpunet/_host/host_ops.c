@@ -849,17 +849,33 @@ typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias
  * g, which gets the activated gates. */
 enum { LSTM_LANES = 64, LSTM_VECS = LSTM_LANES / 16, LSTM_ROWS = 6, LSTM_FWD_UNITS = LSTM_LANES / 4 };
 
-/* Forward panels: for each block of 16 units, K rows of 64 lanes (gate q of
- * unit l at lane 16q + l), zero past H. w_hh (4H, K); blocks [lo, hi). */
-void gpunet_lstm_pack_forward_f32(const float *w, float *restrict wp, i64 H, i64 K, i64 lo, i64 hi)
+/* Rows [k0, k0 + kn) of block u's forward panel (K rows) from w's columns
+ * [0, kn) (w (4H, kn)), 16 panel rows at a time: a 4 KB tile in L1, each
+ * source row read in one cache line */
+static void pack_forward_rows(const float *w, float *restrict wp, i64 H, i64 K, i64 k0, i64 kn, i64 u)
 {
-    for (i64 u = lo; u < hi; u++)
-        for (i64 k = 0; k < K; k++)
-            for (int q = 0; q < 4; q++)
-                for (int l = 0; l < LSTM_FWD_UNITS; l++) {
-                    i64 j = u * LSTM_FWD_UNITS + l;
-                    wp[(u * K + k) * LSTM_LANES + q * LSTM_FWD_UNITS + l] = j < H ? w[(q * H + j) * K + k] : 0.0f;
-                }
+    for (i64 c0 = 0; c0 < kn; c0 += 16) {
+        const i64 cn = kn - c0 < 16 ? kn - c0 : 16;
+        for (int q = 0; q < 4; q++)
+            for (int l = 0; l < LSTM_FWD_UNITS; l++) {
+                const i64 j = u * LSTM_FWD_UNITS + l;
+                float *out = wp + (u * K + k0 + c0) * LSTM_LANES + q * LSTM_FWD_UNITS + l;
+                const float *src = w + (q * H + j) * kn + c0;
+                for (i64 c = 0; c < cn; c++) out[c * LSTM_LANES] = j < H ? src[c] : 0.0f;
+            }
+    }
+}
+
+/* Forward panels: for each block of 16 units, I + R rows of 64 lanes (gate
+ * q of unit l at lane 16q + l), w_ih's (4H, I) columns then w_hh's (4H, R),
+ * zero past H; blocks [lo, hi). */
+void gpunet_lstm_pack_forward_f32(const float *w_ih, const float *w_hh, float *restrict wp, i64 H, i64 I, i64 R,
+                                  i64 lo, i64 hi)
+{
+    for (i64 u = lo; u < hi; u++) {
+        pack_forward_rows(w_ih, wp, H, I + R, 0, I, u);
+        pack_forward_rows(w_hh, wp, H, I + R, I, R, u);
+    }
 }
 
 /* Backward panels: for each block of 64 units, the 4H rows of w_hh's
@@ -874,16 +890,13 @@ void gpunet_lstm_pack_backward_f32(const float *w, float *restrict wb, i64 H, i6
             }
 }
 
-/* out[r][0..64) = sum_k a[r*lda + k] * panel[k][0..64) for rows r < rows
- * (a constant at each call: the accumulators stay in registers; 6 rows x 4
+/* acc[r][..] += sum_k a[r*lda + k] * panel[k][0..64) for rows r < rows (a
+ * constant at each call: the accumulators stay in registers; 6 rows x 4
  * vectors, 4 FMAs per broadcast, ran a (32, 256) @ (256, 1024) product at
  * 116 GFLOP/s on one core here, OpenBLAS at 62) */
-static inline __attribute__((always_inline)) DIRECT_FMA void lstm_block(const float *a, i64 lda, const float *panel,
-                                                                        i64 K, float *out, int rows)
+static inline __attribute__((always_inline)) DIRECT_FMA void lstm_sum(direct_vec acc[][LSTM_VECS], const float *a,
+                                                                      i64 lda, const float *panel, i64 K, int rows)
 {
-    direct_vec acc[LSTM_ROWS][LSTM_VECS];
-    for (int r = 0; r < rows; r++)
-        for (int v = 0; v < LSTM_VECS; v++) acc[r][v] = (direct_vec){0};
     for (i64 k = 0; k < K; k++) {
         direct_vec b[LSTM_VECS];
         for (int v = 0; v < LSTM_VECS; v++) b[v] = *(const direct_vec_u *)(panel + k * LSTM_LANES + 16 * v);
@@ -892,49 +905,68 @@ static inline __attribute__((always_inline)) DIRECT_FMA void lstm_block(const fl
             for (int v = 0; v < LSTM_VECS; v++) acc[r][v] += ak * b[v];
         }
     }
+}
+
+/* out[r][0..64) = a1[r] . panel[0..K1) + a2[r] . panel[K1..K1+K2) */
+static inline __attribute__((always_inline)) DIRECT_FMA void lstm_block(const float *a1, i64 lda1, i64 K1,
+                                                                        const float *a2, i64 lda2, i64 K2,
+                                                                        const float *panel, float *out, int rows)
+{
+    direct_vec acc[LSTM_ROWS][LSTM_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < LSTM_VECS; v++) acc[r][v] = (direct_vec){0};
+    lstm_sum(acc, a1, lda1, panel, K1, rows);
+    lstm_sum(acc, a2, lda2, panel + K1 * LSTM_LANES, K2, rows);
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < LSTM_VECS; v++) *(direct_vec_u *)(out + r * LSTM_LANES + 16 * v) = acc[r][v];
 }
 
 /* lstm_block for rows <= LSTM_ROWS rows (not inlined: the cells that call
  * it round every operation as NumPy does, no contraction) */
-static __attribute__((noinline)) DIRECT_FMA void lstm_rows(const float *a, i64 lda, const float *panel, i64 K, float *out, i64 rows)
+static __attribute__((noinline)) DIRECT_FMA void lstm_rows(const float *a1, i64 lda1, i64 K1, const float *a2,
+                                                           i64 lda2, i64 K2, const float *panel, float *out, i64 rows)
 {
     switch (rows) { /* constant block heights: each gets its own unrolled registers */
-    case 6: lstm_block(a, lda, panel, K, out, 6); break;
-    case 5: lstm_block(a, lda, panel, K, out, 5); break;
-    case 4: lstm_block(a, lda, panel, K, out, 4); break;
-    case 3: lstm_block(a, lda, panel, K, out, 3); break;
-    case 2: lstm_block(a, lda, panel, K, out, 2); break;
-    default: lstm_block(a, lda, panel, K, out, 1);
+    case 6: lstm_block(a1, lda1, K1, a2, lda2, K2, panel, out, 6); break;
+    case 5: lstm_block(a1, lda1, K1, a2, lda2, K2, panel, out, 5); break;
+    case 4: lstm_block(a1, lda1, K1, a2, lda2, K2, panel, out, 4); break;
+    case 3: lstm_block(a1, lda1, K1, a2, lda2, K2, panel, out, 3); break;
+    case 2: lstm_block(a1, lda1, K1, a2, lda2, K2, panel, out, 2); break;
+    default: lstm_block(a1, lda1, K1, a2, lda2, K2, panel, out, 1);
     }
 }
 
-/* One forward step over unit blocks [lo, hi) (of 16, wp's panels):
- *   g += h_prev @ w_hh^T (the projection x_t w_ih^T + biases plus the
- *   recurrent product, added in that order), activated in place;
+/* One forward step over unit blocks [lo, hi) (of 16, wp's panels): the
+ * pre-activations x_t w_ih^T + h_prev w_hh^T (one sum over the I + R terms)
+ * plus b (b_ih + b_hh; NULL: none), activated into g (B, 4H), then
  *   c = f·c_prev + i·g,  tanh_c = tanh(c),  h = o·tanh_c  (each (B, H)).
- * h_prev (B, K): K = H, or PyTorch's proj_size with a projection. */
-void gpunet_lstm_step_forward_f32(float *restrict g, const float *h_prev, const float *wp,
-                                  const float *restrict c_prev, float *restrict c, float *restrict tanh_c,
-                                  float *restrict h, i64 B, i64 H, i64 K, i64 lo, i64 hi)
+ * dims: B, H, I, R (x_t (B, I); h_prev (B, R): R = H, or PyTorch's
+ * proj_size with a projection). */
+void gpunet_lstm_step_forward_f32(float *restrict g, const float *x, const float *h_prev, const float *wp,
+                                  const float *b, const float *restrict c_prev, float *restrict c,
+                                  float *restrict tanh_c, float *restrict h, const i64 *dims, i64 lo, i64 hi)
 {
-    float hg[LSTM_ROWS * LSTM_LANES];
+    const i64 B = dims[0], H = dims[1], I = dims[2], R = dims[3];
+    float pre[LSTM_ROWS * LSTM_LANES];
     for (i64 u = lo; u < hi; u++) {
         const i64 j0 = u * LSTM_FWD_UNITS, n = H - j0 < LSTM_FWD_UNITS ? H - j0 : LSTM_FWD_UNITS;
+        float bias[LSTM_LANES] = {0};
+        for (int q = 0; b && q < 4; q++)
+            for (i64 l = 0; l < n; l++) bias[q * LSTM_FWD_UNITS + l] = b[q * H + j0 + l];
         for (i64 r0 = 0; r0 < B; r0 += LSTM_ROWS) {
             const i64 rows = B - r0 < LSTM_ROWS ? B - r0 : LSTM_ROWS;
-            lstm_rows(h_prev + r0 * K, K, wp + u * K * LSTM_LANES, K, hg, rows);
+            lstm_rows(x + r0 * I, I, I, h_prev + r0 * R, R, R, wp + u * (I + R) * LSTM_LANES, pre, rows);
             for (i64 r = 0; r < rows; r++) {
-                float *gb = g + (r0 + r) * 4 * H + j0;
-                const float *hr = hg + r * LSTM_LANES;
+                /* the gates, one function per loop of whole vectors (one loop doing all five
+                 * ran out of registers: 1.4x the time) */
+                float *pr = pre + r * LSTM_LANES, *gb = g + (r0 + r) * 4 * H + j0;
                 const i64 k = (r0 + r) * H + j0;
                 for (i64 l = 0; l < n; l++) {
-                    float gi = sigmoid_f32(gb[l] + hr[l]), gf = sigmoid_f32(gb[H + l] + hr[16 + l]);
-                    float gg = tanh_f32(gb[2 * H + l] + hr[32 + l]), go = sigmoid_f32(gb[3 * H + l] + hr[48 + l]);
+                    float gi = sigmoid_f32(pr[l] + bias[l]), gf = sigmoid_f32(pr[16 + l] + bias[16 + l]);
+                    float gg = tanh_f32(pr[32 + l] + bias[32 + l]), go = sigmoid_f32(pr[48 + l] + bias[48 + l]);
                     float cc = gf * c_prev[k + l];
                     cc = cc + gi * gg;
-                    float t = tanh_f32(cc);
+                    const float t = tanh_f32(cc);
                     gb[l] = gi, gb[H + l] = gf, gb[2 * H + l] = gg, gb[3 * H + l] = go;
                     c[k + l] = cc, tanh_c[k + l] = t, h[k + l] = go * t;
                 }
@@ -979,7 +1011,7 @@ void gpunet_lstm_step_backward_f32(const float *dg_next, const float *wb, const 
         for (i64 r0 = 0; r0 < B; r0 += LSTM_ROWS) {
             const i64 rows = B - r0 < LSTM_ROWS ? B - r0 : LSTM_ROWS;
             if (dg_next)
-                lstm_rows(dg_next + r0 * 4 * H, 4 * H, wb + u * 4 * H * LSTM_LANES, 4 * H, dh, rows);
+                lstm_rows(dg_next + r0 * 4 * H, 4 * H, 4 * H, NULL, 0, 0, wb + u * 4 * H * LSTM_LANES, dh, rows);
             for (i64 r = 0; r < rows; r++) {
                 const i64 k = (r0 + r) * H + j0, kg = (r0 + r) * 4 * H + j0;
                 for (i64 l = 0; l < n; l++) {

@@ -117,25 +117,32 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     T, B, _ = x.shape
     H, R = w_ih.shape[0] // 4, w_hh.shape[1]
     x2 = x.reshape(T * B, x.shape[2])  # not -1: B may be 0
-    gates = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
+    lib = _host_lib(be, route, x)
+    if lib is None:
+        gates = _input_projection(be, route, x2, w_ih, b_ih, b_hh).reshape(T, B, 4 * H)
+    else:  # the compiled steps project x_t themselves
+        gates, x2 = np.empty((T, B, 4 * H), np.float32), np.ascontiguousarray(x2)
     hs = xp.empty((T + 1, B, R), dtype=x.dtype)
     cs = xp.empty((T + 1, B, H), dtype=x.dtype)
     raw = None if w_hr is None else xp.empty((T, B, H), dtype=x.dtype)  # o * tanh(c), before the projection
     hs[0] = h0
     cs[0] = c0
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
-    lib = _host_lib(be, route, gates)
     if lib is not None:  # the compiled steps (host_ops.c): the step's arrays' addresses as integers
-        wp = _packed(lib.gpunet_lstm_pack_forward_f32, w_hh, (H, R), -(-H // 16), 64 * R)
-        at = _step_addresses(gates, hs, cs, tanh_c, hs[1:] if raw is None else raw)
-        blocks = host_threads.ranges(-(-H // 16), B * (4 * R + 80), host_threads.MIN_PER_EXP_THREAD)
+        I = x.shape[2]
+        wp = _packed(lib.gpunet_lstm_pack_forward_f32, (w_ih, w_hh), (H, I, R), -(-H // 16), 64 * (I + R))
+        b = None if b_ih is None else np.ascontiguousarray(b_ih + b_hh, np.float32)
+        dims = np.array([B, H, I, R], np.int64)
+        at = _step_addresses(gates, x2.reshape(T, B, I), hs, cs, tanh_c, hs[1:] if raw is None else raw)
+        blocks = host_threads.ranges(-(-H // 16), B * (4 * (I + R) + 80), host_threads.MIN_PER_EXP_THREAD)
     else:
         w_hh_t = _recurrent_weight(be, w_hh)
     for t in range(T):
         h = hs[t + 1] if raw is None else raw[t]
         if lib is not None:
-            host_threads.run_compiled(lib.gpunet_lstm_step_forward_f32, (at[0](t), at[1](t), hostlib.ptr(wp),
-                                      at[2](t), at[2](t + 1), at[3](t), at[4](t), B, H, R), blocks)
+            host_threads.run_compiled(lib.gpunet_lstm_step_forward_f32,
+                                      (at[0](t), at[1](t), at[2](t), hostlib.ptr(wp), hostlib.ptr(b), at[3](t),
+                                       at[3](t + 1), at[4](t), at[5](t), hostlib.ptr(dims)), blocks)
         elif route == "kernel":
             hg = matmul(be, hs[t], w_hh_t)
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
@@ -194,10 +201,10 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
-def _host_lib(be, route, gates):
+def _host_lib(be, route, a):
     """The compiled host steps (gpunet/hostlib.py) of a float32 LSTM on the
-    array path on the host, else None (NumPy code)."""
-    return hostlib.for_float32(be, gates) if route == "array" else None
+    array path on the host (a: its input or gates), else None (NumPy code)."""
+    return hostlib.for_float32(be, a) if route == "array" else None
 
 
 def _step_addresses(*arrays):
@@ -205,13 +212,15 @@ def _step_addresses(*arrays):
     return [lambda t, base=a.ctypes.data, step=a.strides[0]: base + t * step for a in arrays]
 
 
-def _packed(pack, w, dims, blocks, per_block):
-    """w_hh packed into the compiled steps' panels by pack(w, out, *dims, lo,
-    hi): `blocks` panels of per_block floats, on a 64-byte boundary (whole
-    cache lines per vector load)."""
+def _packed(pack, weights, dims, blocks, per_block):
+    """Weights packed into the compiled steps' panels by pack(*weights, out,
+    *dims, lo, hi): `blocks` panels of per_block floats, on a 64-byte boundary
+    (whole cache lines per vector load)."""
     buf = np.empty(blocks * per_block + 16, np.float32)
     out = buf[(-buf.ctypes.data % 64) // 4:][:blocks * per_block]
-    pack(np.ascontiguousarray(w, np.float32).ctypes.data, out.ctypes.data, *dims, 0, blocks)
+    weights = [np.ascontiguousarray(w, np.float32) for w in weights]
+    host_threads.run_compiled(pack, (*(w.ctypes.data for w in weights), out.ctypes.data, *dims),
+                              host_threads.ranges(blocks, per_block))
     return out
 
 
@@ -228,7 +237,7 @@ def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr):
     dout = None if dout is None else np.ascontiguousarray(dout, np.float32)
     dc = None if dc_n is None else np.ascontiguousarray(dc_n, np.float32)
     dproj = None if raw is None else np.empty((T,) + hs.shape[1:], np.float32)
-    wb = _packed(lib.gpunet_lstm_pack_backward_f32, w_hh, (H,), -(-H // 64), 64 * 4 * H) if raw is None else None
+    wb = _packed(lib.gpunet_lstm_pack_backward_f32, (w_hh,), (H,), -(-H // 64), 64 * 4 * H) if raw is None else None
     at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)
     blocks = host_threads.ranges(-(-H // 64), B * (16 * H + 128), host_threads.MIN_PER_EXP_THREAD)
     dh = dh_n
