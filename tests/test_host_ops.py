@@ -681,6 +681,10 @@ CONV_GEOMETRIES = [  # (x shape, out channels, kernel, stride, padding, dilation
     ((1, 1, 3, 3), 2, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),  # more padding than image
     ((2, 3, 5, 19), 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),  # 16+ wide: im2col through its tile
     ((1, 4, 4, 37), 6, (2, 3), (1, 2), (0, 1), (1, 2), 2, False),
+    # 16 channels per group: dW from the zero-padded channels-last x read in place, at any stride (64
+    # pixels a line: blocks of 4 of the 6 lines)
+    ((1, 16, 11, 128), 6, (3, 3), (2, 2), (1, 1), (1, 1), 1, True),
+    ((2, 32, 11, 9), 8, (3, 2), (2, 3), (1, 2), (2, 1), 2, False),
 ]
 
 

@@ -1691,7 +1691,7 @@ static inline DIRECT_FMA float sum_floats(const float *x, i64 n)
     dw_block(B + k, pstride, lstride, nl, OW, d0 + o * plane, plane, out + o * ldp + 16 * k, ldp, OB, KV)
 
 /* chunks [lo, hi) of `per` images each; O output channels. With `padded`
- * (stride 1, C/G a multiple of 16), xh is x in NHWC zero-padded to
+ * (C/G a multiple of 16), xh is x in NHWC zero-padded to
  * (N, H + 2ph, W + 2pw, C): then every vector of 16 taps of a pixel is 16
  * consecutive channels of one padded input pixel, read in place (no rows R;
  * the bias's 1s are summed apart, sum_floats) */
@@ -1700,6 +1700,7 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
 {
     const i64 N = geo[G_N], C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
     const i64 dh = geo[G_DH], dw = geo[G_DW], OH = geo[G_OH], OW = geo[G_OW], ld = geo[G_LD], cg = C / G;
+    const i64 sh = geo[G_SH], sw = geo[G_SW];
     const i64 kg = cg * kh * kw, ldp = (ld + 15) / 16 * 16, vecs = ldp / 16, og = O / G, plane = OH * OW;
     const i64 Hp = H + 2 * geo[G_PH], Wp = W + 2 * geo[G_PW];
     const i64 lines = OW >= DW_LINES_PIXELS ? 1 : (DW_LINES_PIXELS / OW < OH ? DW_LINES_PIXELS / OW : OH);
@@ -1710,7 +1711,7 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
         free(R), free(B);
         return 1;
     }
-    const i64 pstride = padded ? C : ldp, lstride = padded ? Wp * C : OW * ldp;
+    const i64 pstride = padded ? sw * C : ldp, lstride = padded ? sh * Wp * C : OW * ldp;
     const i64 tapvecs = padded ? kg / 16 : vecs; /* the vectors dw_block reads */
     for (i64 u = lo; u < hi; u++) {
         float *pu = part + u * O * ldp;
@@ -1722,7 +1723,7 @@ DIRECT_FMA int gpunet_conv_dw_f32(const float *xh, const float *dy, float *part,
                     if (padded) {
                         for (i64 v = 0; v < tapvecs; v++) {
                             const i64 tap = v * 16 / cg, c0 = v * 16 % cg, i = tap / kw, j = tap % kw;
-                            B[v] = xh + ((n * Hp + l0 + i * dh) * Wp + j * dw) * C + g * cg + c0;
+                            B[v] = xh + ((n * Hp + l0 * sh + i * dh) * Wp + j * dw) * C + g * cg + c0;
                         }
                     } else {
                         for (i64 p = 0; p < pix; p++) {
