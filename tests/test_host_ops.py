@@ -918,10 +918,17 @@ def test_conv_forward_both_paths_against_torch_float64(host_path, geometry, monk
                                      stride, padding, dilation, groups).numpy()
     calls, real = [], conv._forward_direct
     monkeypatch.setattr(conv, "_forward_direct", lambda *a: calls.append(1) or real(*a))
-    y = _conv_forward(x, w, b, stride, padding, dilation, groups)
-    assert len(calls) == (host_path == "compiled")
-    assert y.dtype == np.float32 and y.shape == ref.shape
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    before = host_threads.get_num_threads()
+    try:  # one thread too: every unit of pixel lines through one call's rows (buffers reused)
+        for threads in (1, before):
+            host_threads.set_num_threads(threads)
+            calls.clear()
+            y = _conv_forward(x, w, b, stride, padding, dilation, groups)
+            assert len(calls) == (host_path == "compiled")
+            assert y.dtype == np.float32 and y.shape == ref.shape
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    finally:
+        host_threads.set_num_threads(before)
 
 
 def test_conv_forward_takes_the_direct_loop_over_planes_of_64_pixels_and_more(lib, monkeypatch):
