@@ -957,8 +957,6 @@ void gpunet_lstm_step_forward_f32(float *restrict g, const float *x, const float
             const i64 rows = B - r0 < LSTM_ROWS ? B - r0 : LSTM_ROWS;
             lstm_rows(x + r0 * I, I, I, h_prev + r0 * R, R, R, wp + u * (I + R) * LSTM_LANES, pre, rows);
             for (i64 r = 0; r < rows; r++) {
-                /* the gates, one function per loop of whole vectors (one loop doing all five
-                 * ran out of registers: 1.4x the time) */
                 float *pr = pre + r * LSTM_LANES, *gb = g + (r0 + r) * 4 * H + j0;
                 const i64 k = (r0 + r) * H + j0;
                 for (i64 l = 0; l < n; l++) {
