@@ -79,6 +79,9 @@ _SIGNATURES = {
     "gpunet_lstm_pack_backward_f32": [_F32P, _F32P] + [_I64] * 3,
     "gpunet_lstm_step_forward_f32": [_F32P] * 9 + [ctypes.c_void_p, _I64, _I64],
     "gpunet_lstm_step_backward_f32": [_F32P] * 9 + [_I64] * 4,
+    # a whole layer without projection: the steps' arrays, dims (B H I H T), the parts' bounds, their count
+    "gpunet_lstm_forward_f32": [_F32P] * 7 + [ctypes.c_void_p] * 2 + [_I64],
+    "gpunet_lstm_backward_f32": [_F32P] * 9 + [ctypes.c_void_p] * 2 + [_I64],
     # the convolution's row-layout im2col/col2im: columns, geometry (int64 array), range
     "gpunet_im2col_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],
     "gpunet_col2im_rows_f32": [_F32P, _F32P, ctypes.c_void_p, _I64, _I64],

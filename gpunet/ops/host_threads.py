@@ -127,6 +127,12 @@ _scratch = threading.local()
 _addresses: dict = {}
 
 
+def pool_ready() -> bool:
+    """Whether the compiled pool can take parts (a compiled loop that hands
+    its own parts to it, as the LSTM's sequences do)."""
+    return _compiled_pool() is not None
+
+
 def run_compiled(fn, args, parts: list[tuple[int, int]]) -> list[int]:
     """fn(*args, lo, hi) for every part, fn a compiled host loop (hostlib)
     whose parameters are all pointers or int64 (addresses as ints, None for

@@ -128,22 +128,13 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     hs[0] = h0
     cs[0] = c0
     tanh_c = None if route == "kernel" else xp.empty((T, B, H), dtype=x.dtype)
-    if lib is not None:  # the compiled steps (host_ops.c): the step's arrays' addresses as integers
-        I = x.shape[2]
-        wp = _packed(lib.gpunet_lstm_pack_forward_f32, (w_ih, w_hh), (H, I, R), -(-H // 16), 64 * (I + R))
-        b = None if b_ih is None else np.ascontiguousarray(b_ih + b_hh, np.float32)
-        dims = np.array([B, H, I, R], np.int64)
-        at = _step_addresses(gates, x2.reshape(T, B, I), hs, cs, tanh_c, hs[1:] if raw is None else raw)
-        blocks = host_threads.ranges(-(-H // 16), B * (4 * (I + R) + 80), host_threads.MIN_PER_EXP_THREAD)
+    if lib is not None:
+        _lstm_forward_compiled(be, lib, x2, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, tanh_c, raw)
     else:
         w_hh_t = _recurrent_weight(be, w_hh)
-    for t in range(T):
+    for t in range(T if lib is None else 0):
         h = hs[t + 1] if raw is None else raw[t]
-        if lib is not None:
-            host_threads.run_compiled(lib.gpunet_lstm_step_forward_f32,
-                                      (at[0](t), at[1](t), at[2](t), hostlib.ptr(wp), hostlib.ptr(b), at[3](t),
-                                       at[3](t + 1), at[4](t), at[5](t), hostlib.ptr(dims)), blocks)
-        elif route == "kernel":
+        if route == "kernel":
             hg = matmul(be, hs[t], w_hh_t)
             _cell(be, "lstm_cell_forward", gates[t], hg, b_hh, cs[t], gates[t], h, cs[t + 1])
         elif route == "fused":
@@ -224,11 +215,43 @@ def _packed(pack, weights, dims, blocks, per_block):
     return out
 
 
+def _sequence_parts(parts):
+    """(bounds as int64, count) of the parts a compiled sequence call splits
+    each step into: one part where the compiled pool is not there."""
+    if len(parts) > 1 and not host_threads.pool_ready():
+        parts = [(parts[0][0], parts[-1][1])]
+    return np.array([lo for lo, _ in parts] + [parts[-1][1]], np.int64), len(parts)
+
+
+def _lstm_forward_compiled(be, lib, x2, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, tanh_c, raw):
+    """lstm_forward's recurrence on the compiled steps, per step one pass for
+    each block of 16 hidden units: all T steps in one call without a
+    projection; with one, a step at a time, the projection a matmul between."""
+    T, B, H4 = gates.shape
+    H, I, R = H4 // 4, x2.shape[1], hs.shape[2]
+    wp = _packed(lib.gpunet_lstm_pack_forward_f32, (w_ih, w_hh), (H, I, R), -(-H // 16), 64 * (I + R))
+    b = None if b_ih is None else np.ascontiguousarray(b_ih + b_hh, np.float32)
+    blocks = host_threads.ranges(-(-H // 16), B * (4 * (I + R) + 80), host_threads.MIN_PER_EXP_THREAD)
+    if raw is None:
+        bounds, parts = _sequence_parts(blocks)
+        dims = np.array([B, H, I, R, T], np.int64)
+        lib.gpunet_lstm_forward_f32(*(hostlib.ptr(a) for a in (gates, x2, hs, wp, b, cs, tanh_c, dims, bounds)),
+                                    parts)
+        return
+    dims = np.array([B, H, I, R], np.int64)
+    at = _step_addresses(gates, x2.reshape(T, B, I), hs, cs, tanh_c, raw)  # the arrays' addresses as integers
+    for t in range(T):
+        host_threads.run_compiled(lib.gpunet_lstm_step_forward_f32,
+                                  (at[0](t), at[1](t), at[2](t), hostlib.ptr(wp), hostlib.ptr(b), at[3](t),
+                                   at[3](t + 1), at[4](t), at[5](t), hostlib.ptr(dims)), blocks)
+        matmul(be, raw[t], w_hr.T, out=hs[t + 1])
+
+
 def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr):
-    """lstm_backward on the compiled steps: per step one pass each block of
-    32 hidden units takes, d = dy + dG_{t+1} w_hh and the cell (without a
-    projection; with one, the product and projection are matmuls and the
-    pass is the cell alone)."""
+    """lstm_backward on the compiled steps, per step one pass for each block
+    of 64 hidden units: d = dy + dG_{t+1} w_hh and the cell, all T steps in
+    one call without a projection; with one, a step at a time, the product
+    and the projection matmuls and the pass the cell alone."""
     _, x2, hs, cs, gates, tanh_c, raw, has_bias = ctx
     T, B, H4 = gates.shape
     H = H4 // 4
@@ -236,31 +259,40 @@ def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr):
     dc_bufs = np.empty((2, B, H), np.float32)  # dc_prev of each step, alternately (never the caller's dc_n)
     dout = None if dout is None else np.ascontiguousarray(dout, np.float32)
     dc = None if dc_n is None else np.ascontiguousarray(dc_n, np.float32)
-    dproj = None if raw is None else np.empty((T,) + hs.shape[1:], np.float32)
-    wb = _packed(lib.gpunet_lstm_pack_backward_f32, (w_hh,), (H,), -(-H // 64), 64 * 4 * H) if raw is None else None
-    at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)
     blocks = host_threads.ranges(-(-H // 64), B * (16 * H + 128), host_threads.MIN_PER_EXP_THREAD)
-    dh = dh_n
-    for t in range(T - 1, -1, -1):
-        dy = None if dout is None else dout[t]
-        nxt = None
-        if raw is not None:  # through the projection: the cell sees d(o * tanh(c)) alone
-            dproj[t] = _sum_or_zeros(np, dy, dh, hs[t + 1])
-            dy = matmul(be, dproj[t], w_hr)
-        elif t == T - 1:
-            dy = None if dy is None and dh is None else np.ascontiguousarray(_sum_or_zeros(np, dy, dh, None))
-        else:
-            nxt = at[3](t + 1)
-        host_threads.run_compiled(lib.gpunet_lstm_step_backward_f32,
-                                  (nxt, hostlib.ptr(wb), at[0](t), at[1](t), at[2](t), hostlib.ptr(dy),
-                                   hostlib.ptr(dc), at[3](t), at[4](t % 2), B, H), blocks)
-        dc = dc_bufs[t % 2]
-        if raw is not None:
-            dh = matmul(be, dG[t], w_hh)
-    dh = matmul(be, dG[0], w_hh) if raw is None else dh
+    if raw is None:
+        wb = _packed(lib.gpunet_lstm_pack_backward_f32, (w_hh,), (H,), -(-H // 64), 64 * 4 * H)
+        bounds, parts = _sequence_parts(blocks)
+        dims = np.array([B, H, x2.shape[1], H, T], np.int64)
+        dh = None if dh_n is None else np.ascontiguousarray(dh_n, np.float32)
+        lib.gpunet_lstm_backward_f32(*(hostlib.ptr(a) for a in (dG, wb, gates, cs, tanh_c, dout, dh, dc, dc_bufs,
+                                                                dims, bounds)), parts)
+        dh, dc = matmul(be, dG[0], w_hh), dc_bufs[0]
+        dw_hr = None
+    else:
+        dproj = np.empty((T,) + hs.shape[1:], np.float32)
+        dh, dc = _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh_n, dc, w_hh, w_hr, blocks)
+        dw_hr = matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
     dx, dw_ih, dw_hh, db = _weight_grads(be, "array", dG, x2, hs, w_ih, has_bias)
-    dw_hr = None if raw is None else matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
+
+
+def _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh, dc, w_hh, w_hr, blocks):
+    """The steps of _lstm_backward_compiled with a projection, one call each;
+    fills dG and dproj (the gradients reaching h_t before the projection),
+    returns dh0 and dc0."""
+    _, _, hs, cs, gates, tanh_c, _, _ = ctx
+    T, B, H4 = gates.shape
+    at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)  # the arrays' addresses as integers
+    for t in range(T - 1, -1, -1):  # the cell sees d(o * tanh(c)) alone
+        dproj[t] = _sum_or_zeros(np, None if dout is None else dout[t], dh, hs[t + 1])
+        dy = matmul(be, dproj[t], w_hr)
+        host_threads.run_compiled(lib.gpunet_lstm_step_backward_f32,
+                                  (None, None, at[0](t), at[1](t), at[2](t), hostlib.ptr(dy), hostlib.ptr(dc),
+                                   at[3](t), at[4](t % 2), B, H4 // 4), blocks)
+        dc = dc_bufs[t % 2]
+        dh = matmul(be, dG[t], w_hh)
+    return dh, dc
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
