@@ -61,7 +61,9 @@ _SIGNATURES = {
     # `rows` rows, per-block partial sums (blocks, 2, c) in float64, returning 1 when out of memory
     "gpunet_layer_norm_forward_range_f32": [_F32P] * 6 + [_I64] * 4,
     "gpunet_layer_norm_backward_range_f32": [_F32P] * 6 + [_F64P] + [_I64] * 5,
-    "gpunet_adam_f32": [_F32P, _F32P, _F32P, _F32P, _F32P, _I64, ctypes.c_int] + [_F32] * 8,
+    # Adam over tensors laid end to end: their table (int64), the shared and per-tensor coefficients,
+    # the count, the mode, an element range
+    "gpunet_adam_f32": [ctypes.c_void_p, _F32P, _F32P] + [_I64] * 4,
     "gpunet_softmax_rows_f32": [_F32P, _F32P, _I64, _I64, _F32, ctypes.c_int, ctypes.c_int, _I64, _I64],
     "gpunet_softmax_range_f32": [_F32P, _F32P] + [_I64] * 6,
     "gpunet_attention_ds_f32": [_F32P, _F32P, _F32P, _F32P, _I64, _I64, _I64, _F32],

@@ -146,29 +146,36 @@ def test_layer_norm_compiled_close_to_the_numpy_path_and_nan_stays_in_its_row(li
                                                             (False, 0.1, True), (True, 0.01, True)])
 def test_adam_compiled_same_bits_as_the_numpy_path(lib, monkeypatch, amsgrad, weight_decay, decoupled):
     """The compiled update does the NumPy path's float32 operations in its
-    order (no FMA contraction): the same bits, NaN, inf, -0.0 and huge values too."""
+    order (no FMA contraction): the same bits, NaN, inf, -0.0 and huge values
+    too; three tensors (their own step counts) in one call whose two threads'
+    element ranges split the third."""
     be = get_backend("cpu")
-    rng = np.random.default_rng(2)
-    n = optim._BLOCK + 1001
+    sizes = [optim._BLOCK + 1001, 7, 70000]
     special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, F32.max, -F32.max, 1e30], np.float32)
 
-    def state():
+    def state(n):
         p, g, m = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
         v = rng.random(n).astype(np.float32)
-        g[:special.size] = special
-        p[special.size:2 * special.size] = special
-        vmax = [v + rng.random(n).astype(np.float32) * (rng.random(n) < 0.5)] if amsgrad else None
-        return [p], [g], [m], [v], vmax
+        g[:special.size] = special[:n]
+        p[special.size:2 * special.size] = special[:max(0, n - special.size)]
+        vmax = v + rng.random(n).astype(np.float32) * (rng.random(n) < 0.5)
+        return p, g, m, v, vmax
     runs = []
-    for numpy_only in (False, True):
-        if numpy_only:
-            monkeypatch.setattr(hostlib, "load", lambda: None)
-        rng = np.random.default_rng(2)
-        p, g, m, v, vmax = state()
-        with np.errstate(all="ignore"):
-            optim.adam(be, p, g, m, v, [4], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay,
-                       decoupled=decoupled, max_exp_avg_sqs=vmax)
-        runs.append(p + m + v + (vmax or []))
+    before = host_threads.get_num_threads()
+    try:
+        host_threads.set_num_threads(2)
+        for numpy_only in (False, True):
+            if numpy_only:
+                monkeypatch.setattr(hostlib, "load", lambda: None)
+            rng = np.random.default_rng(2)
+            p, g, m, v, vmax = (list(a) for a in zip(*(state(n) for n in sizes)))
+            with np.errstate(all="ignore"):
+                optim.adam(be, p, g, m, v, [4, 1, 9], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                           weight_decay=weight_decay, decoupled=decoupled, max_exp_avg_sqs=vmax if amsgrad else None)
+            runs.append(p + m + v + (vmax if amsgrad else []))
+        assert len(host_threads.ranges(sum(sizes))) == 2
+    finally:
+        host_threads.set_num_threads(before)
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
 
@@ -332,7 +339,7 @@ def test_adam_host_blocks_shared_by_element_count():
     be = get_backend("cpu")
     shapes = [(512, 512)] * 6 + [(512,)] * 6
     work = [(views, ()) for arrays in zip(*([np.zeros(s, np.float32) for s in shapes] for _ in range(4)))
-            for views in optim._blocks(be, arrays, optim._HOST_BLOCK)]
+            for views in optim._blocks(be, arrays)]
     done = collections.Counter()
     lock = threading.Lock()
 
@@ -347,7 +354,7 @@ def test_adam_host_blocks_shared_by_element_count():
         host_threads.set_num_threads(before)
     total = sum(int(np.prod(s)) for s in shapes)
     assert sum(done.values()) == total and len(done) == 2
-    assert max(done.values()) - total / 2 <= optim._HOST_BLOCK
+    assert max(done.values()) - total / 2 <= optim._BLOCK
 
 
 def test_gelu_tanh_both_paths_against_float64(host_path):

@@ -327,8 +327,8 @@ int gpunet_layer_norm_backward_range_f32(const float *x, const float *w, const f
  *   m += (g - m)·(1 - b1);  v = v·b2 + (g·(1 - b2))·g;  amsgrad: vmax = max(vmax, v), v := vmax
  *   p -= (m / (sqrt(v)/bc2_sqrt + eps))·step_size
  * vmax may be NULL. np.maximum's NaN propagation is kept. */
-void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, i64 n, int mode, float shrink,
-                     float wd, float omb1, float b2, float omb2, float bc2_sqrt, float eps, float step_size)
+static void adam_loop(float *p, const float *g, float *m, float *v, float *vmax, i64 n, i64 mode, float shrink,
+                      float wd, float omb1, float b2, float omb2, float bc2_sqrt, float eps, float step_size)
 {
     for (i64 i = 0; i < n; i++) {
         float pi = p[i], gi = g[i];
@@ -346,6 +346,25 @@ void gpunet_adam_f32(float *p, const float *g, float *m, float *v, float *vmax, 
         }
         float d = sqrtf(vi) / bc2_sqrt + eps;
         p[i] = pi - (mi / d) * step_size;
+    }
+}
+
+/* Adam over `count` tensors laid end to end, elements [lo, hi) of them (the
+ * pool's call shape: one call a step for every tensor, split by elements).
+ * Tensor t: table[6t .. 6t+4] the addresses of p, g, m, v and vmax (0:
+ * none), table[6t+5] its size, per[2t] and per[2t+1] its sqrt(bias
+ * correction 2) and step size; coef: 1 - lr wd, wd, 1 - b1, b2, 1 - b2, eps */
+void gpunet_adam_f32(const i64 *table, const float *coef, const float *per, i64 count, i64 mode, i64 lo, i64 hi)
+{
+    i64 start = 0;
+    for (i64 t = 0; t < count && start < hi; start += table[6 * t + 5], t++) {
+        const i64 *e = table + 6 * t, n = e[5], a = lo > start ? lo - start : 0, b = hi - start < n ? hi - start : n;
+        if (a >= b)
+            continue;
+        float *vmax = e[4] ? (float *)(intptr_t)e[4] + a : NULL;
+        adam_loop((float *)(intptr_t)e[0] + a, (const float *)(intptr_t)e[1] + a, (float *)(intptr_t)e[2] + a,
+                  (float *)(intptr_t)e[3] + a, vmax, b - a, mode, coef[0], coef[1], coef[2], coef[3], coef[4],
+                  per[2 * t], coef[5], per[2 * t + 1]);
     }
 }
 

@@ -142,24 +142,29 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                     weight_decay=weight_decay, decoupled=decoupled)
         return
     xp = be.xp
+    mode = 0 if not weight_decay else 1 if decoupled else 2
     host = hostlib.for_float32(be, *params, *grads, *exp_avgs, *exp_avg_sqs, *(max_exp_avg_sqs or []))
-    # compiled, a block has no temporaries to keep in cache: larger blocks, fewer calls
-    block = _HOST_BLOCK if host is not None else _BLOCK
+    vmaxes = max_exp_avg_sqs or [None] * len(params)
+    if host is not None and all(a is None or a.flags.c_contiguous
+                                for a in (*params, *grads, *exp_avgs, *exp_avg_sqs, *vmaxes)):
+        # the same operations in one compiled call for every tensor (gpunet/_host/host_ops.c), its
+        # elements split over the compiled pool
+        table = np.array([[hostlib.ptr(a) or 0 for a in arrays] + [arrays[0].size]
+                          for arrays in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxes)], np.int64)
+        per = np.array([(bc2_sqrt, step_size) for step_size, bc2_sqrt in scalars], np.float32)
+        coef = np.array([1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2, eps], np.float32)
+        host_threads.run_compiled(host.gpunet_adam_f32, (hostlib.ptr(table), hostlib.ptr(coef), hostlib.ptr(per),
+                                                         len(params), mode),
+                                  host_threads.ranges(int(table[:, 5].sum())))
+        return
     work = []  # (block views, tensor's scalars) of every tensor: independent, so shared out over host threads
     for i, (p, g, m, v, sc) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, scalars)):
         arrays = (p, g, m, v) if max_exp_avg_sqs is None else (p, g, m, v, max_exp_avg_sqs[i])
-        work += [(views, sc) for views in _blocks(be, arrays, block)]
-    mode = 0 if not weight_decay else 1 if decoupled else 2
+        work += [(views, sc) for views in _blocks(be, arrays)]
 
     def update(views, step_size, bc2_sqrt):
+        # the formulas above, operation by operation, through two temporaries
         pb, gb, mb, vb, *vmax = views
-        if host is not None and all(a.flags.c_contiguous for a in views):
-            # the same operations in one compiled pass (gpunet/_host/host_ops.c)
-            host.gpunet_adam_f32(*(hostlib.ptr(a) for a in views[:4]), hostlib.ptr(vmax[0]) if vmax else None,
-                                 pb.size, mode, 1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2,
-                                 bc2_sqrt, eps, step_size)
-            return
-        # the formulas above, operation by operation as before, through two temporaries
         gb = _decay(pb, gb, lr, weight_decay, decoupled)
         t = xp.subtract(gb, mb)
         t *= 1 - beta1
@@ -291,8 +296,6 @@ def _array_only(be, op: str, params, why: str = "no fused kernel"):
 
 # elements per block of a host update: its temporaries stay in the core's cache
 _BLOCK = 1 << 16
-# the same for the compiled update (no temporaries): a few calls per tensor and thread
-_HOST_BLOCK = 1 << 18
 
 
 def _blocks(be, arrays, block=_BLOCK):
