@@ -46,7 +46,8 @@ _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
-_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_conv_dw_pixels_f32",
+_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_conv_direct_into_f32",
+                                             "gpunet_conv_dw_pixels_f32",
                                              "gpunet_any_nonfinite_f32", "gpunet_any_nonfinite_f64",
                                              "gpunet_conv_dw_f32", "gpunet_pool_init", "gpunet_run_ranges",
                                              "gpunet_maxpool2d_forward_range_f32",
@@ -90,6 +91,8 @@ _SIGNATURES = {
     # its direct forward: x, w, bias or NULL, y, geometry, range; returns 1
     # when its tile could not be allocated (_RESTYPES)
     "gpunet_conv_direct_f32": [_F32P, _F32P, _F32P, _F32P, ctypes.c_void_p, _I64, _I64],
+    # the same into a strided output layout (int64: channel plane, row step, column step, offset), no bias
+    "gpunet_conv_direct_into_f32": [_F32P, _F32P, _F32P, ctypes.c_void_p, ctypes.c_void_p, _I64, _I64],
     # pooling over planes [lo, hi): the arrays, the geometry's scalars (int64 array, host_ops.c's Q_ order);
     # 1 when a plane's scratch could not be allocated
     "gpunet_maxpool2d_forward_range_f32": [_F32P, _F32P, ctypes.c_void_p, ctypes.c_void_p, _I64, _I64],

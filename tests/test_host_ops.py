@@ -1144,18 +1144,21 @@ def test_conv_backward_dx_direct_against_torch_float64(lib, geometry, monkeypatc
 def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
     """dx direct for stride 1, p <= d*(k-1), 3 or more input channels per
     group, over 64 or more pixels (16 where dy has 8 channels per group or
-    more); else dx through the column gradient and col2im. dW direct from 8
-    channels per group on, over pixel vectors below that at stride 1, else
-    (strided, few channels) from the columns col2im's dx is built from."""
+    more), and class by class for strides over 1 with 16k channels per group
+    where no class reads above dy's first row; else dx through the column
+    gradient and col2im. dW direct from 8 channels per group on, over pixel
+    vectors below that at stride 1, else (strided, few channels) from the
+    columns col2im's dx is built from."""
     from gpunet.ops import conv
     calls = []
-    for name in ("_col2im_rows", "_weight_grad_direct", "_weight_grad_pixels"):
+    for name in ("_col2im_rows", "_dx_strided", "_weight_grad_direct", "_weight_grad_pixels"):
         monkeypatch.setattr(conv, name, lambda *a, real=getattr(conv, name), name=name: calls.append(name) or real(*a))
     rng = np.random.default_rng(12)
-    col, direct, pixels = "_col2im_rows", "_weight_grad_direct", "_weight_grad_pixels"
+    col, strided, direct, pixels = "_col2im_rows", "_dx_strided", "_weight_grad_direct", "_weight_grad_pixels"
     cases = [  # (x shape, stride, padding, groups, the loops expected)
         ((2, 8, 8, 8), 1, 1, 1, [direct]), ((2, 16, 8, 8), 1, 1, 2, [direct]), ((2, 8, 8, 8), 1, 2, 1, [direct]),
-        ((2, 16, 8, 8), 1, 3, 1, [col, direct]), ((2, 16, 8, 8), 2, 1, 1, [col, direct]),
+        ((2, 16, 8, 8), 1, 3, 1, [col, direct]), ((2, 16, 8, 8), 2, 1, 1, [strided, direct]),
+        ((2, 16, 8, 8), 2, 2, 1, [col, direct]), ((2, 8, 8, 8), 2, 1, 1, [col, direct]),
         ((2, 8, 4, 4), 1, 1, 1, [direct]), ((2, 16, 4, 4), 1, 1, 2, [col, direct]),
         ((2, 8, 2, 2), 1, 1, 1, [col, direct]), ((2, 3, 8, 8), 1, 1, 1, [pixels]), ((2, 6, 8, 8), 1, 1, 2, [pixels]),
         ((2, 2, 8, 8), 1, 1, 1, [col, pixels]), ((2, 7, 8, 8), 2, 1, 1, [col]), ((2, 16, 8, 8), 1, 1, 8, [col, pixels])]
@@ -1166,6 +1169,33 @@ def test_conv_backward_direct_loops_where_they_pay(lib, monkeypatch):
         y, ctx = conv.conv2d_forward(get_backend("cpu"), x, w, None, (stride,) * 2, (padding,) * 2, (1, 1), groups)
         conv.conv2d_backward(get_backend("cpu"), ctx, np.ones_like(y))
         assert calls == expected, (shape, stride, padding, groups)
+
+
+# strided dx class by class (16k channels per group): (x shape, out channels, kernel, stride, padding, dilation,
+# groups, bias)
+DX_STRIDED_GEOMETRIES = [
+    ((3, 16, 9, 8), 8, (3, 3), (2, 2), (1, 1), (1, 1), 1, False),  # the small ResNet's: odd and even sizes
+    ((2, 32, 7, 11), 6, (3, 2), (2, 3), (1, 0), (1, 1), 2, True),  # 16 channels per group, strides (2, 3)
+    ((2, 16, 9, 9), 5, (1, 1), (2, 2), (0, 0), (1, 1), 1, False),  # 1x1: 3 of the 4 classes get no tap (0)
+    ((2, 16, 11, 10), 4, (3, 3), (2, 2), (2, 2), (2, 2), 1, True),  # dilation 2 = stride: a class takes 4 taps
+    ((1, 16, 13, 12), 5, (3, 3), (2, 2), (3, 3), (3, 3), 1, True),  # dilation 3: a class's taps 3 rows apart
+    ((1, 16, 12, 5), 3, (4, 2), (3, 1), (0, 1), (1, 1), 1, False),  # stride 3 along h only
+    ((1, 16, 20, 600), 16, (3, 3), (2, 2), (1, 1), (1, 1), 1, False),  # class rows of 300: a line per unit
+]
+
+
+@pytest.mark.parametrize("geometry", DX_STRIDED_GEOMETRIES, ids=str)
+def test_conv_backward_dx_strided_against_torch_float64(lib, geometry, monkeypatch):
+    from gpunet.ops import conv
+    calls, real = [], conv._dx_strided
+    monkeypatch.setattr(conv, "_dx_strided", lambda *a: calls.append(1) or real(*a))
+    shape, o, k, stride, padding, dilation, groups, bias = geometry
+    x, w, b, dy, refs = _conv_case_and_torch_grads(geometry, seed=13)
+    dx, dw, db = _conv_grads(x, w, b, dy, stride, padding, dilation, groups)
+    assert calls == [1]
+    for got, ref in zip([dx, dw, db], refs):
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=2e-6 * ref.abs().max().item())
 
 
 # stride 1, fewer than 8 input channels per group: (x shape, out, kernel, padding, dilation, groups)

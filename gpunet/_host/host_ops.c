@@ -1486,13 +1486,16 @@ static inline __attribute__((always_inline)) DIRECT_FMA void oc_block(const floa
 }
 
 
+/* ylay: where output (n, o, line, col) goes, y + (n O + o) ylay[0] + ylay[3] + line ylay[1] + col ylay[2]
+ * (NULL: NCHW, y (N, O, OH, OW)) */
 static DIRECT_FMA int direct_oc(const float *x, const float *w, const float *b, float *y, const i64 *geo, i64 lo,
-                                i64 hi, i64 lines)
+                                i64 hi, i64 lines, const i64 *ylay)
 {
     const i64 C = geo[G_C], H = geo[G_H], W = geo[G_W], G = geo[G_G], kh = geo[G_KH], kw = geo[G_KW];
     const i64 sh = geo[G_SH], sw = geo[G_SW], ph = geo[G_PH], pw = geo[G_PW], dh = geo[G_DH], dw = geo[G_DW];
     const i64 OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
-    const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW, blocks = (OH + lines - 1) / lines;
+    const i64 cg = C / G, og = O / G, kg = cg * kh * kw, blocks = (OH + lines - 1) / lines;
+    const i64 plane = ylay ? ylay[0] : OH * OW, yrow = ylay ? ylay[1] : OW, ycol = ylay ? ylay[2] : 1;
     /* the padded rows of `lines` output lines: input columns -pw .. (OW-1)sw - pw + (kw-1)dw */
     const i64 Wp = (OW - 1) * sw + (kw - 1) * dw + 1, plen = ((lines - 1) * sh + (kh - 1) * dh + 1) * Wp;
     /* the rows' zero columns are the same in every unit: written once (calloc), and only the input's
@@ -1529,13 +1532,15 @@ static DIRECT_FMA int direct_oc(const float *x, const float *w, const float *b, 
                     const float *restrict src = x + ((n * C + g * cg + c) * H + ih) * W;
                     for (i64 q = 0; q < inner; q++) row[pw + q] = src[q];
                 }
-            float *yg = y + (n * O + g * og) * plane + l0 * OW;
+            float *yg = y + (n * O + g * og) * plane + (ylay ? ylay[3] : 0) + l0 * yrow;
             for (i64 p0 = 0; p0 < pix; p0 += OC_PIX) {
                 const int count = pix - p0 < OC_PIX ? (int)(pix - p0) : OC_PIX;
                 const float *px[OC_PIX];
+                i64 at[OC_PIX]; /* where each pixel goes in yg's planes */
                 for (int p = 0; p < OC_PIX; p++) { /* a short block repeats its last pixel */
                     const i64 q = p0 + (p < count ? p : count - 1);
                     px[p] = P + q / OW * sh * Wp + q % OW * sw;
+                    at[p] = q / OW * yrow + q % OW * ycol;
                 }
                 for (i64 o0 = 0; o0 < og; o0 += 16 * OC_VECS) {
                     const float *wo = wt + g * kg * og + o0, *bo = b ? b + g * og + o0 : NULL;
@@ -1547,7 +1552,7 @@ static DIRECT_FMA int direct_oc(const float *x, const float *w, const float *b, 
                     default: oc_block(px, koff, kg, wo, og, bo, out, 1);
                     }
                     for (int oc = 0; oc < 16 * nv; oc++)
-                        for (int p = 0; p < count; p++) yg[(o0 + oc) * plane + p0 + p] = out[p * 16 * OC_VECS + oc];
+                        for (int p = 0; p < count; p++) yg[(o0 + oc) * plane + at[p]] = out[p * 16 * OC_VECS + oc];
                 }
             }
         }
@@ -1566,7 +1571,7 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
     const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
     const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
     if (og % 16 == 0)
-        return direct_oc(x, w, b, y, geo, lo, hi, lines);
+        return direct_oc(x, w, b, y, geo, lo, hi, lines, NULL);
     if (geo[G_SH] == 1 && geo[G_SW] == 1 && cg >= DIRECT_WIDE_MIN_CHANNELS)
         return direct_wide(x, w, b, y, geo, lo, hi, lines);
     const i64 blocks = (OH + lines - 1) / lines;
@@ -1592,6 +1597,17 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
     }
     free(T), free(off);
     return 0;
+}
+
+/* direct_oc (16k output channels per group, no bias) with its outputs laid
+ * out by ylay: a strided convolution's dx, class by class of input pixels
+ * (gpunet/ops/conv.py's _dx_strided) */
+DIRECT_FMA int gpunet_conv_direct_into_f32(const float *x, const float *w, float *y, const i64 *geo, const i64 *ylay,
+                                           i64 lo, i64 hi)
+{
+    const i64 OH = geo[G_OH], OW = geo[G_OW];
+    const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
+    return direct_oc(x, w, NULL, y, geo, lo, hi, lines, ylay);
 }
 
 /* ------------------------------------------------------------ finite scan */

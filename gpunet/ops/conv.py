@@ -337,11 +337,16 @@ def _backward_rows(be, lib, ctx, dy, input_grad: bool):
     pixels = g.sh == g.sw == 1 and w.shape[1] < DIRECT_BACKWARD_MIN_CHANNELS  # dW over pixel vectors
     direct = pixels or w.shape[1] >= DIRECT_BACKWARD_MIN_CHANNELS  # dW without columns
     gt = _dx_direct(x_shape, w, g) if w.shape[1] >= DX_DIRECT_MIN_CHANNELS else None
+    classes = _dx_classes(x_shape, w, g) if gt is None else None
     dx = None
     if gt is not None:  # then no columns at all
         direct = True
         if input_grad:
             dx = _forward_direct(be, lib, dy, _flipped_transposed(w, g), None, gt)
+    elif classes is not None:
+        direct = True
+        if input_grad:
+            dx = _dx_strided(lib, np.ascontiguousarray(dy), w, g, x_shape, classes)
     elif input_grad or not direct:
         dx, dwx = _col2im_backward(be, lib, x, w, has_bias, g, dy, weights=not direct, dx_wanted=input_grad)
     if direct:
@@ -489,6 +494,66 @@ def _dx_direct(x_shape, w, g: Geometry):
         return None
     gt = Geometry(g.kh, g.kw, 1, 1, pht, pwt, g.dh, g.dw, g.groups, x_shape[2], x_shape[3])
     return gt if _direct(gt, w.shape[0] // g.groups, g.kh * g.kw) else None
+
+
+# dx of a strided convolution, class by class of input pixels: pixel
+# h = rh + sh*a (rh = h % sh) receives dy[a + (rh + ph - i*dh)/sh] * w[i]
+# from the taps i where rh + ph - i*dh is a multiple of sh (likewise along
+# w). So each of the sh*sw classes is a stride-1 convolution of dy with its
+# taps (in reverse order; their offsets dh/gcd(sh, dh) apart), which the
+# direct loop writes straight into the class's pixels of dx (its output
+# layout): no column gradient, no col2im. Taken where dx has 16k channels per
+# group (the loop that puts output channels in its vector lanes) and no
+# class reads dy above its first row. Measured against the column gradient
+# and col2im (2 threads, 3x3 stride 2, batch 64, in turn in one process): the
+# small ResNet's 16 -> 32 channels over 32x32 2.24 -> 1.40 ms, 32 -> 64 over
+# 16x16 1.31 -> 1.18 ms.
+def _dx_classes(x_shape, w, g: Geometry):
+    """[(rh, rw, taps along h, taps along w)] of a strided convolution's dx
+    classes, taps in increasing offset order, or None where _dx_strided is
+    not taken."""
+    cg = w.shape[1]
+    if (g.sh == 1 and g.sw == 1) or cg % 16:
+        return None
+    classes = []
+    for rh in range(min(g.sh, x_shape[2])):
+        for rw in range(min(g.sw, x_shape[3])):
+            ti = [i for i in reversed(range(g.kh)) if (rh + g.ph - i * g.dh) % g.sh == 0]
+            tj = [j for j in reversed(range(g.kw)) if (rw + g.pw - j * g.dw) % g.sw == 0]
+            if ti and tj and ((rh + g.ph - ti[0] * g.dh) > 0 or (rw + g.pw - tj[0] * g.dw) > 0):
+                return None  # the class would read dy below a negative padding
+            if (w.shape[0] // g.groups) * len(ti) * len(tj) > DIRECT_MAX_TAPS:
+                return None
+            classes.append((rh, rw, ti, tj))
+    return classes
+
+
+def _dx_strided(lib, dy, w, g: Geometry, x_shape, classes):
+    """dx of a strided convolution through the direct loop, class by class (above)."""
+    n, c, h, wd = x_shape
+    empty = any(not ti or not tj for _, _, ti, tj in classes)  # pixels no tap reaches: 0
+    dx = np.zeros(x_shape, np.float32) if empty else np.empty(x_shape, np.float32)
+    og, cg = w.shape[0] // g.groups, c // g.groups
+    for rh, rw, ti, tj in classes:
+        ha, wb = -(-(h - rh) // g.sh), -(-(wd - rw) // g.sw)
+        if not ti or not tj:
+            continue
+        ws = w[:, :, ti][:, :, :, tj].reshape(g.groups, og, cg, len(ti), len(tj))
+        ws = np.ascontiguousarray(ws.transpose(0, 2, 1, 3, 4))  # per group (C/groups, O/groups) swapped
+        step_h = (ti[0] - ti[1]) * g.dh // g.sh if len(ti) > 1 else 1
+        step_w = (tj[0] - tj[1]) * g.dw // g.sw if len(tj) > 1 else 1
+        gt = Geometry(len(ti), len(tj), 1, 1, -((rh + g.ph - ti[0] * g.dh) // g.sh),
+                      -((rw + g.pw - tj[0] * g.dw) // g.sw), step_h, step_w, g.groups, ha, wb)
+        geo = _rows_geometry(dy.shape, gt, n, c)  # its last entry: dx's channels, the loop's outputs
+        ylay = np.array([h * wd, g.sh * wd, g.sw, rh * wd + rw], np.int64)
+        lines = 1 if wb >= 256 else min(256 // wb, ha)  # host_ops.c's pixel blocks (DIRECT_TILE)
+        failed = host_threads.run_compiled(lib.gpunet_conv_direct_into_f32,
+                                           (hostlib.ptr(dy), hostlib.ptr(ws), hostlib.ptr(dx), hostlib.ptr(geo),
+                                            hostlib.ptr(ylay)),
+                                           host_threads.ranges(n * -(-ha // lines), c * lines * wb * ws[0].size))
+        if any(failed):
+            raise MemoryError("conv2d: no memory for the direct convolution's rows")
+    return dx
 
 
 def _flipped_transposed(w, g: Geometry):
