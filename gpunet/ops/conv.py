@@ -395,9 +395,11 @@ def _col2im_backward(be, lib, x, w, has_bias, g: Geometry, dy, weights: bool, dx
 # of C/groups channels per kernel offset, no transpose) and sums dy x taps in
 # registers; dW is reordered to (c, i, j) at the end (O*Kg floats). With
 # C/groups a multiple of 16 it builds no rows either: every 16 taps of a
-# pixel are 16 channels of one pixel of the zero-padded channels-last x, read
-# in place (at stride 2 too: the small ResNet's 16 -> 32 and 32 -> 64 dW,
-# 2 threads, in turn in one process, 2.22 -> 2.04 and 1.82 -> 1.78 ms).
+# pixel are 16 channels of one pixel of the image, copied zero-padded and
+# channels-last into the loop's own buffer one image at a time, read in
+# place (at stride 2 too: the small ResNet's 16 -> 32 and 32 -> 64 dW,
+# 2 threads, in turn in one process, 2.22 -> 2.04 and 1.82 -> 1.78 ms; the
+# copy per image instead of the whole batch's through memory: host_ops.c).
 # Measured (1 thread, 3x3, batch 32-256) against the row-layout columns, dy's
 # transpose and the OpenBLAS GEMM (these skinny O = 16-64 by Kg products ran
 # at 80-150 GFLOP/s): the whole backward 0.38-0.63x the time with 8-64
@@ -424,16 +426,18 @@ def _channels_last(lib, x, out, ph: int, pw: int):
 
 
 def _weight_grad_direct(be, lib, x, w, has_bias, g: Geometry, dy):
-    """dW and db (or None) through gpunet_conv_dw_f32 from channels-last x."""
+    """dW and db (or None) through gpunet_conv_dw_f32 (x channels-last: copied here, or image by image there)."""
     n, c, h, wd = x.shape
     o, kg = w.shape[0], w[0].size
     ld = kg + has_bias
     ldp = -(-ld // 16) * 16
-    # whole vectors of channels: x zero-padded, read in place
+    # whole vectors of channels: each image zero-padded channels-last in the loop's own buffer, read in place
     padded = w.shape[1] % 16 == 0
-    hp, wp = (h + 2 * g.ph, wd + 2 * g.pw) if padded else (h, wd)
-    xh = _workspace(be, "rows_hwc", n * hp * wp * c, np.float32)
-    _channels_last(lib, x, xh, g.ph * padded, g.pw * padded)
+    if padded:
+        xh = x
+    else:
+        xh = _workspace(be, "rows_hwc", n * h * wd * c, np.float32)
+        _channels_last(lib, x, xh, 0, 0)
     per = -(-n // DW_CHUNKS)
     chunks = -(-n // per)
     part = _workspace(be, "dw_part", chunks * o * ldp, np.float32).reshape(chunks, o, ldp)
