@@ -21,9 +21,10 @@ path), col2im is instead one gathering RawKernel (below). On the host a
 stride-1 convolution uses columns over whole padded rows instead (see
 _im2col_wide): one contiguous run per offset, channel and image.
 The float32 host backward uses compiled row-layout columns instead (see
-_backward_rows) or, mostly, a direct dx for stride 1 and a direct weight
-gradient (see _dx_direct, _weight_grad_direct, _weight_grad_pixels), and its forward, except over
-the smallest planes, a direct convolution (see _forward_direct).
+_backward_rows) or, mostly, a direct dx (stride 1, or class by class of
+input pixels when strided) and a direct weight gradient (see _dx_direct,
+_dx_strided, _weight_grad_direct, _weight_grad_pixels), and its forward,
+except over the smallest planes, a direct convolution (see _forward_direct).
 
 Kernel path (sim, cuda): im2col/col2im kernels over chunks of images into one
 reused workspace, sized so a chunk's columns stay under WORKSPACE_BYTES; the
