@@ -501,3 +501,39 @@ def test_cross_entropy_class_axis_second_view_needs_no_copy(rng):
     ref.backward()
     assert_close(loss, ref.detach().numpy(), rtol=1e-5, atol=1e-6)
     assert_close(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction,weighted,smoothing", [("mean", False, 0.0), ("none", True, 0.0),
+                                                          ("sum", True, 0.1), ("none", False, 0.2)])
+@pytest.mark.parametrize("memory,axes", [((5, 3, 7), (1, 2, 0)),  # (T, N, V) memory seen as (N, V, T): CharLSTM's
+                                         ((4, 2, 3, 6), (1, 3, 0, 2))])  # (H, N, W, C) memory seen as (N, C, H, W)
+def test_losses_take_rows_in_memory_order(memory, axes, reduction, weighted, smoothing, rng):
+    """Logits whose class axis is second in a view of memory with the
+    classes last in another order of the other axes: the rows are read in
+    memory order with the targets following (no copy), and the losses (per
+    element in the targets' shape with reduction='none') and the gradients
+    (a view of the rows' memory) are PyTorch's."""
+    import torch
+    mem = rng.standard_normal(memory).astype(np.float32)
+    x = mem.transpose(axes)
+    c = x.shape[1]
+    t = rng.integers(0, c, (x.shape[0],) + x.shape[2:])
+    t.flat[::5] = -100  # ignored
+    w = rng.random(c).astype(np.float32) + 0.5 if weighted else None
+    grad = rng.standard_normal(t.shape).astype(np.float32) if reduction == "none" else np.float32(1.5)
+    xt = torch.tensor(np.ascontiguousarray(x), dtype=torch.float64, requires_grad=True)
+    wt = None if w is None else torch.tensor(w, dtype=torch.float64)
+    for crit, ref in [(nn.CrossEntropyLoss(weight=w, reduction=reduction, label_smoothing=smoothing),
+                       lambda: torch.nn.functional.cross_entropy(xt, torch.tensor(t), weight=wt, reduction=reduction,
+                                                                 label_smoothing=smoothing)),
+                      (nn.NLLLoss(weight=w, reduction=reduction),
+                       lambda: torch.nn.functional.nll_loss(xt, torch.tensor(t), weight=wt, reduction=reduction))]:
+        xt.grad = None
+        loss = crit(x, t)
+        dx = crit.backward(grad)
+        r = ref()
+        r.backward(torch.tensor(grad, dtype=torch.float64))
+        assert loss.shape == tuple(r.shape) and dx.shape == x.shape
+        assert dx.transpose(np.argsort(axes)).flags.c_contiguous  # laid out as the logits' memory: rows in its order
+        assert_close(loss, r.detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert_close(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)

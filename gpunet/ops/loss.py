@@ -23,6 +23,7 @@ transposing copy each way, none for (N, C)).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -154,26 +155,69 @@ def multi_margin_backward(be, ctx, grad):
 
 
 # ---------------------------------------------------------------- cross-entropy
+class _Rows(NamedTuple):
+    """How logits map to their (rows, C): the logits' shape and, for host
+    (N, C, d...) logits taken in memory order, the order of the axes
+    (N, d...) the rows run in (None: that order)."""
+    shape: tuple
+    order: tuple | None = None
+
+
 def _as_rows(xp, x, t):
-    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C) and (rows,).
-    Logits that are a class-axis-second view of (N, d..., C) memory (the
-    sequence models' layout) need no copy."""
+    """(C,), (N, C) or (N, C, d...) logits and targets as (rows, C), (rows,)
+    and the _Rows between them. Host logits that are a class-axis-second view
+    of memory with the classes last (the sequence models' (T, N, C) seen as
+    (N, C, T)) are taken as rows in memory order, no copy, and the targets
+    follow (a copy of the (N, C, T) view's rows and of the gradient back
+    took 3x the loss's time for the char-LSTM's logits)."""
     if x.ndim == 1:
-        return x[None, :], t.reshape(1)
+        return x[None, :], t.reshape(1), _Rows(x.shape)
     if x.ndim == 2:
-        return x, t
-    return xp.ascontiguousarray(xp.moveaxis(x, 1, -1)).reshape(-1, x.shape[1]), t.reshape(-1)
+        return x, t, _Rows(x.shape)
+    moved = xp.moveaxis(x, 1, -1)
+    order = _memory_order(moved) if xp is np else None
+    if order is not None:
+        x2 = moved.transpose(*order, moved.ndim - 1).reshape(-1, x.shape[1])  # a view
+        return x2, t.transpose(order).reshape(-1), _Rows(x.shape, order)
+    return xp.ascontiguousarray(moved).reshape(-1, x.shape[1]), t.reshape(-1), _Rows(x.shape)
 
 
-def _from_rows(be, d2, shape):
+def _memory_order(moved):
+    """The order of moved's leading axes in which moved is C-contiguous, where
+    that is not their own order; else None."""
+    lead = moved.ndim - 1
+    if moved.flags.c_contiguous or moved.strides[-1] != moved.itemsize:
+        return None
+    order = tuple(sorted(range(lead), key=lambda a: -moved.strides[a]))
+    return order if moved.transpose(*order, lead).flags.c_contiguous else None
+
+
+def _targets_shaped(per, t_shape, rows: _Rows):
+    """Per-row values (rows,) in the targets' shape."""
+    if rows.order is None:
+        return per.reshape(t_shape)
+    return per.reshape([t_shape[a] for a in rows.order]).transpose(np.argsort(rows.order))
+
+
+def _rows_ordered(a, rows: _Rows):
+    """Values in the targets' shape as (rows,), in the rows' order."""
+    return a.reshape(-1) if rows.order is None else a.transpose(rows.order).reshape(-1)
+
+
+def _from_rows(be, d2, rows: _Rows):
     """(rows, C) gradients in the logits' shape. On the host a view of the
     rows (NumPy takes any strides, and a class-axis-second consumer such as
     the sequence models reads them back without a copy); the kernels get
     contiguous memory."""
+    shape = rows.shape
     if len(shape) <= 2:
         return d2.reshape(shape)
     moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
-    dx = be.xp.moveaxis(d2.reshape(moved), -1, 1)
+    if rows.order is None:
+        d = d2.reshape(moved)
+    else:
+        d = d2.reshape([moved[a] for a in rows.order] + [moved[-1]]).transpose(*np.argsort(rows.order), len(moved) - 1)
+    dx = be.xp.moveaxis(d, -1, 1)
     return dx if be.xp is np and be.kernels is None else be.xp.ascontiguousarray(dx)
 
 
@@ -194,7 +238,7 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     backend's: cpu gets them in float32) keep float32 per-row losses, weights,
     lse and reduction; only the reduced loss is rounded to their dtype."""
     xp = be.xp
-    x2, t1 = _as_rows(xp, x, t)
+    x2, t1, layout = _as_rows(xp, x, t)
     rows, c = x2.shape
     half = dtypes.is_half(x.dtype)
     fdt = np.dtype(np.float32) if half else x.dtype  # the dtype of everything but logits and dlogits
@@ -238,24 +282,25 @@ def cross_entropy_forward(be, x, t, reduction: str, weight=None, ignore_index: i
     denom = wt.sum()
     loss = _reduce(xp, per, reduction, denom)
     if reduction == "none":
-        loss = loss.reshape(t.shape)
+        loss = _targets_shaped(loss, t.shape, layout)
     if half:
         loss = loss.astype(x.dtype)
-    return loss, (route, x2, ts, valid, wt, lse, denom, t1, x.shape, reduction, weight, ignore_index,
+    return loss, (route, x2, ts, valid, wt, lse, denom, t1, layout, reduction, weight, ignore_index,
                   label_smoothing)
 
 
 @float32_compute("cross_entropy", forward=False, half_kernels=_all_half)
 def cross_entropy_backward(be, ctx, grad):
-    route, x2, ts, valid, wt, lse, denom, t1, shape, reduction, weight, ignore_index, eps = ctx
+    route, x2, ts, valid, wt, lse, denom, t1, layout, reduction, weight, ignore_index, eps = ctx
     xp = be.xp
     rows, c = x2.shape
     if dtypes.is_half(getattr(grad, "dtype", np.float32)):  # the kernels take dloss in float32
         grad = grad.astype(np.float32)
     scale = _scale(be.xp, reduction, grad, denom)
     if route == "fused":
-        return _from_rows(be, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), shape)
-    scale = scale.reshape(-1) if reduction == "none" else xp.broadcast_to(xp.asarray(scale, dtype=lse.dtype), (rows,))
+        return _from_rows(be, _fused_backward(x2, lse, ts, wt, valid, weight, eps, scale), layout)
+    scale = (_rows_ordered(scale, layout) if reduction == "none"
+             else xp.broadcast_to(xp.asarray(scale, dtype=lse.dtype), (rows,)))
     if route == "kernel":
         dx2 = xp.empty_like(x2)
         weight_sum = _weight_arg(xp, None if weight is None else weight.sum(keepdims=True))
@@ -263,11 +308,11 @@ def cross_entropy_backward(be, ctx, grad):
                                           _weight_arg(xp, weight), weight_sum, lse,
                                           xp.ascontiguousarray(scale, dtype=lse.dtype), kernel_view(be, dx2),
                                           int(ignore_index), float(eps), be.stream())
-        return _from_rows(be, dx2, shape)
+        return _from_rows(be, dx2, layout)
     # d/dx_c sum_k a_k (lse - x_k) = (sum_k a_k) p_c - a_c
     lib = _host_rows_lib(be, x2)
     if lib is not None and not eps:  # a = ct = wt without smoothing
-        return _from_rows(be, _host_grad(lib, x2, lse, ts, wt, scale), shape)
+        return _from_rows(be, _host_grad(lib, x2, lse, ts, wt, scale), layout)
     # p = softmax(x), built in dx2's memory; every later step is in place
     dx2 = x2 - lse[:, :1]
     dx2 -= lse[:, 1:]
@@ -279,7 +324,7 @@ def cross_entropy_backward(be, ctx, grad):
         dx2 -= (eps / c) * w_row * valid[:, None]
     dx2[xp.arange(rows), ts] -= (1 - eps) * wt
     dx2 *= scale[:, None]
-    return _from_rows(be, dx2, shape)
+    return _from_rows(be, dx2, layout)
 
 
 def _host_rows_lib(be, x2):
@@ -449,7 +494,7 @@ def nll_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100)
     class indices t; ignored rows give 0 and do not count, and 'mean' divides
     by the summed weights of the counted rows, as PyTorch (0/0 = NaN)."""
     xp = be.xp
-    x2, t1 = _as_rows(xp, x, t)
+    x2, t1, layout = _as_rows(xp, x, t)
     valid = t1 != ignore_index
     ts = xp.where(valid, t1, 0).astype(np.int64, copy=False)
     wt = (valid if weight is None else weight[ts] * valid).astype(x.dtype, copy=False)
@@ -457,20 +502,20 @@ def nll_forward(be, x, t, reduction: str, weight=None, ignore_index: int = -100)
     denom = wt.sum()
     loss = _reduce(xp, per.astype(x.dtype, copy=False), reduction, denom)
     if reduction == "none":
-        loss = loss.reshape(t.shape)
-    return loss, (x2.shape, ts, wt, denom, x.shape, reduction)
+        loss = _targets_shaped(loss, t.shape, layout)
+    return loss, (x2.shape, ts, wt, denom, layout, reduction)
 
 
 @float32_compute("nll_loss", forward=False, array_code=True)
 def nll_backward(be, ctx, grad):
-    rows_shape, ts, wt, denom, shape, reduction = ctx
+    rows_shape, ts, wt, denom, layout, reduction = ctx
     xp = be.xp
     scale = _scale(be.xp, reduction, grad, denom)
     if reduction == "none":
-        scale = scale.reshape(-1)
+        scale = _rows_ordered(scale, layout)
     dx2 = xp.zeros(rows_shape, dtype=wt.dtype)
     dx2[xp.arange(rows_shape[0]), ts] = -wt * scale
-    return _from_rows(be, dx2, shape)
+    return _from_rows(be, dx2, layout)
 
 
 # ---------------------------------------------------------------- KL divergence
