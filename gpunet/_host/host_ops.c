@@ -860,7 +860,7 @@ typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias
  * in one pass per block of hidden units: a thread owns units [j0, j0+n) and
  * computes every row's four gates of them, so a step needs no barrier
  * inside and the gates never leave the core before the cell reads them.
- * OpenBLAS ran the step's (32, 256) @ (256, 1024) product at a quarter of
+ * OpenBLAS ran the step's (32, 256) @ (256, 1024) product at about half of
  * this CPU's FMA peak (173 us on 2 threads); the weights, constant over the
  * sequence, are packed once per sequence into panels read contiguously.
  * Each product sums over k in order with one FMA per term. Gate blocks in

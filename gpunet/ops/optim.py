@@ -142,7 +142,6 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                     weight_decay=weight_decay, decoupled=decoupled)
         return
     xp = be.xp
-    mode = 0 if not weight_decay else 1 if decoupled else 2
     host = hostlib.for_float32(be, *params, *grads, *exp_avgs, *exp_avg_sqs, *(max_exp_avg_sqs or []))
     vmaxes = max_exp_avg_sqs or [None] * len(params)
     if host is not None and all(a is None or a.flags.c_contiguous
@@ -153,6 +152,7 @@ def adam(be, params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, e
                           for arrays in zip(params, grads, exp_avgs, exp_avg_sqs, vmaxes)], np.int64)
         per = np.array([(bc2_sqrt, step_size) for step_size, bc2_sqrt in scalars], np.float32)
         coef = np.array([1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2, eps], np.float32)
+        mode = 0 if not weight_decay else 1 if decoupled else 2
         host_threads.run_compiled(host.gpunet_adam_f32, (hostlib.ptr(table), hostlib.ptr(coef), hostlib.ptr(per),
                                                          len(params), mode),
                                   host_threads.ranges(int(table[:, 5].sum())))

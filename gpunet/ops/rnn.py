@@ -131,8 +131,18 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
     if lib is not None:
         _lstm_forward_compiled(be, lib, x2, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs, cs, tanh_c, raw)
     else:
-        w_hh_t = _recurrent_weight(be, w_hh)
-    for t in range(T if lib is None else 0):
+        _lstm_forward_steps(be, route, w_hh, b_hh, w_hr, gates, hs, cs, tanh_c, raw)
+    ctx = (route, x2, hs, cs, gates, tanh_c, raw, b_ih is not None)
+    return hs[1:], hs[T], cs[T], ctx
+
+
+def _lstm_forward_steps(be, route, w_hh, b_hh, w_hr, gates, hs, cs, tanh_c, raw):
+    """lstm_forward's recurrence a step at a time: the product through
+    matmul, the cell by route (a kernel, a CuPy fusion or array code)."""
+    xp = be.xp
+    H = cs.shape[2]
+    w_hh_t = _recurrent_weight(be, w_hh)
+    for t in range(gates.shape[0]):
         h = hs[t + 1] if raw is None else raw[t]
         if route == "kernel":
             hg = matmul(be, hs[t], w_hh_t)
@@ -152,8 +162,6 @@ def lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=None):
             xp.multiply(o, tanh_c[t], out=h)
         if raw is not None:
             matmul(be, raw[t], w_hr.T, out=hs[t + 1])
-    ctx = (route, x2, hs, cs, gates, tanh_c, raw, b_ih is not None)
-    return hs[1:], hs[T], cs[T], ctx
 
 
 @float32_compute("lstm", forward=False, half_kernels=half_kernels)
