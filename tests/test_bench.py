@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet.bench import cli, harness, ops
+from gpunet.bench import cli, harness, models, ops
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"linear", "conv", "pool", "softmax", "loss", "rnn", "attention", "norm", "activation", "embedding",
@@ -185,6 +185,20 @@ def test_case_names_start_with_their_family(size):
             continue
         assert (ROOT / "gpunet" / "ops" / f"{family}.py").is_file(), case.op
         assert (ROOT / "tests" / f"test_{family}.py").is_file(), case.op
+
+
+@pytest.mark.parametrize("case", models.model_cases("quick"), ids=lambda c: c.op)
+def test_training_step_mirrors_are_the_same_networks(case):
+    """Each training step's PyTorch mirror computes gpunet's network: in
+    float64 both agree to rounding (a mirror with another GELU form was 1e-4
+    off, and the bench timed two different networks against each other)."""
+    pytest.importorskip("torch")
+    plat = cpu_platform()
+    plat.targets, plat.reference = [harness.Target("gpunet", "cpu", np.float64)], harness.Target("torch", "cpu",
+                                                                                                   np.float64)
+    (result,) = harness.run_case(case, plat)
+    assert result["status"] == "ok", result
+    assert result["err"] < 1e-10, result["err"]
 
 
 def test_each_target_gets_its_own_copy_of_the_weights():

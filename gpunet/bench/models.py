@@ -7,7 +7,8 @@ against a PyTorch mirror with the same parameter names and the same weights.
                  blocks with BatchNorm (batch statistics), average pool, Linear
   char_lstm      Embedding -> LSTM (batch_first) -> Linear, per-position loss
   transformer    Embedding + learned positions -> one pre-LayerNorm block
-                 (multi-head self-attention, 4x GELU MLP) -> LayerNorm -> Linear
+                 (multi-head self-attention, 4x MLP with the tanh form of GELU, as
+                 gpunet.models) -> LayerNorm -> Linear
 
 Validation compares the loss and every parameter gradient of the first step
 (gradients survive the optimizer step). FLOPs count the convolutions, GEMMs
@@ -90,7 +91,7 @@ def torch_transformer(torch, vocab, max_len, dim, heads):
             self.ln1 = nn.LayerNorm(dim)
             self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
             self.ln2 = nn.LayerNorm(dim)
-            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
         def forward(self, x):
             h = self.ln1(x)
