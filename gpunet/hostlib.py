@@ -46,7 +46,7 @@ _F32P = _F64P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
-_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_conv_direct_into_f32",
+_RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_gemm_f32", "gpunet_conv_direct_into_f32",
                                              "gpunet_conv_dw_pixels_f32",
                                              "gpunet_any_nonfinite_f32", "gpunet_any_nonfinite_f64",
                                              "gpunet_conv_dw_f32", "gpunet_pool_init", "gpunet_run_ranges",
@@ -74,6 +74,9 @@ _SIGNATURES = {
     "gpunet_batch_norm_forward_f32": [_F32P] * 5 + [_I64] * 5,
     "gpunet_batch_norm_backward_f32": [_F32P] * 6 + [_F64P] * 2 + [_I64] * 5,
     "gpunet_embedding_backward_f32": [ctypes.c_void_p] * 4 + [_I64] * 4,
+    # gpunet/ops/linear.py's GEMM: A, B, bias or NULL, C, dims (M N K, A's, B's and C's strides, rows per
+    # tile; int64 array), tile range; returns 1 when out of memory (_RESTYPES)
+    "gpunet_gemm_f32": [_F32P] * 4 + [ctypes.c_void_p, _I64, _I64],
     # the LSTM's steps: the weights packed (forward: w_ih, w_hh, panels, H, I, R; backward: w_hh, panels, H;
     # then the block range), a step forward (g, x_t, h_prev, panels, b_ih + b_hh or NULL, c_prev, c, tanh_c,
     # h, dims: B H I R as int64) and backward (dg_next, panels, g, c_prev, tanh_c, dy, dc, dg, dc_prev, B, H),

@@ -54,14 +54,14 @@ def test_default_init_bounds_follow_pytorch():
     assert np.abs(m.bias.data).max() <= bound
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_against_torch(bias, rng):
+def check_against_torch(rng, lead, n_in, n_out, bias):
+    """Linear(n_in, n_out) on x (*lead, n_in): output and gradients as PyTorch's."""
     torch = pytest.importorskip("torch")
-    ref = torch.nn.Linear(6, 3, bias=bias)
-    m = nn.Linear(6, 3, bias=bias)
+    ref = torch.nn.Linear(n_in, n_out, bias=bias)
+    m = nn.Linear(n_in, n_out, bias=bias)
     m.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
-    x = rng.standard_normal((4, 6)).astype(np.float32)
-    dy = rng.standard_normal((4, 3)).astype(np.float32)
+    x = rng.standard_normal(lead + (n_in,)).astype(np.float32)
+    dy = rng.standard_normal(lead + (n_out,)).astype(np.float32)
     xt = torch.tensor(x, requires_grad=True)
     yt = ref(xt)
     yt.backward(torch.tensor(dy))
@@ -70,6 +70,11 @@ def test_against_torch(bias, rng):
     testing.assert_close(m.weight.grad, ref.weight.grad.numpy(), name="weight.grad")
     if bias:
         testing.assert_close(m.bias.grad, ref.bias.grad.numpy(), name="bias.grad")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_against_torch(bias, rng):
+    check_against_torch(rng, (4,), 6, 3, bias)
 
 
 def test_bad_input(rng):
@@ -141,3 +146,104 @@ def test_bias_grad_is_bitwise_deterministic(kb, inner):
             kb.kernels.bias_grad(dy, db, inner, kb.stream())
         results.append(gpunet.to_numpy(db).tobytes())
     assert len(set(results)) == 1
+
+
+# ------------------------------------------------------------ the host GEMM (gpunet/ops/linear.py, host_ops.c)
+@pytest.fixture
+def host_gemm(monkeypatch):
+    """Every 2-D float32 host product through the host GEMM, split over
+    threads whatever its size; yields the list of (m, k, n) it ran."""
+    from gpunet.ops import linear
+    monkeypatch.setattr(linear, "HOST_GEMM_MIN_MACS", 0)
+    monkeypatch.setattr(linear, "HOST_GEMM_MACS_PER_THREAD", 1)
+    ran, run = [], linear._host_gemm
+
+    def counted(lib, a, b, out, bias):
+        ran.append((a.shape[0], a.shape[1], b.shape[1]))
+        return run(lib, a, b, out, bias)
+    monkeypatch.setattr(linear, "_host_gemm", counted)
+    if gpunet.hostlib.load() is None:
+        pytest.skip("no C compiler for the host loops")
+    yield ran
+
+
+def _operands(rng, m, k, n, a_transposed, b_transposed):
+    """a (m, k) and b (k, n) in float32, each a transposed view where asked."""
+    a = rng.standard_normal((k, m) if a_transposed else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if b_transposed else (k, n)).astype(np.float32)
+    return a.T if a_transposed else a, b.T if b_transposed else b
+
+
+# row counts around the 6-row blocks, column counts around the 64-column panels and their 16-lane vectors,
+# sums of 0, 1 and around the 256-term chunks
+GEMM_SHAPES = [(1, 7, 1), (5, 1, 17), (6, 256, 64), (7, 257, 63), (13, 600, 65), (64, 255, 130), (100, 0, 16),
+               (37, 513, 200)]
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+@pytest.mark.parametrize("a_t,b_t", [(False, False), (False, True), (True, False), (True, True)])
+def test_host_gemm_against_float64(host_gemm, rng, m, k, n, a_t, b_t):
+    """Each element within its sum's rounding of the float64 product: about
+    256 + K/256 roundings in sequence (chunks of 256 terms added in order),
+    bounded by eps * sum |a b| each."""
+    from gpunet.ops import linear
+    a, b = _operands(rng, m, k, n, a_t, b_t)
+    bias = rng.standard_normal(n).astype(np.float32) if (m + n) % 2 else None
+    y = linear.matmul(gpunet.get_backend("cpu"), a, b, bias=bias)
+    assert host_gemm == [(m, k, n)] and y.dtype == np.float32 and y.shape == (m, n)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    extra = 0 if bias is None else bias.astype(np.float64)
+    bound = (min(k, 256) + k // 256 + 2) * np.finfo(np.float32).eps * (np.abs(a64) @ np.abs(b64) + np.abs(extra))
+    assert (np.abs(y - (a64 @ b64 + extra)) <= bound).all()
+
+
+def test_host_gemm_does_not_depend_on_the_thread_count(host_gemm, rng):
+    """Every element is one tile's sum in a fixed order: the same bits on 1,
+    2 and 3 threads (panels split, rows split)."""
+    from gpunet.ops import host_threads, linear
+    be = gpunet.get_backend("cpu")
+    for m, k, n in [(50, 300, 256), (50, 300, 200), (7, 40, 9)]:
+        a, b = _operands(rng, m, k, n, False, True)
+        runs, before = [], host_threads.get_num_threads()
+        try:
+            for threads in (1, 2, 3):
+                host_threads.set_num_threads(threads)
+                runs.append(linear.matmul(be, a, b))
+        finally:
+            host_threads.set_num_threads(before)
+        assert all(np.array_equal(runs[0], r) for r in runs[1:]), (m, k, n)
+
+
+def test_host_gemm_writes_only_its_output(host_gemm, rng):
+    """out= a column slice of a wider array: the product lands there and its
+    neighbours keep their values."""
+    from gpunet.ops import linear
+    a, b = _operands(rng, 20, 300, 70, False, False)
+    wide = np.full((20, 100), 7.0, np.float32)
+    y = linear.matmul(gpunet.get_backend("cpu"), a, b, out=wide[:, 10:80])
+    assert host_gemm == [(20, 300, 70)] and y.base is wide
+    np.testing.assert_allclose(wide[:, 10:80], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+    assert (wide[:, :10] == 7).all() and (wide[:, 80:] == 7).all()
+
+
+def test_host_gemm_leaves_other_products_to_numpy(host_gemm, rng):
+    """float64, batched (3-D) operands, an output that overlaps an operand:
+    NumPy's matmul, with its answers."""
+    from gpunet.ops import linear
+    be = gpunet.get_backend("cpu")
+    a, b = rng.standard_normal((8, 9)), rng.standard_normal((9, 4))
+    np.testing.assert_array_equal(linear.matmul(be, a, b), a @ b)
+    a3, b3 = (rng.standard_normal(s).astype(np.float32) for s in ((2, 8, 9), (2, 9, 4)))
+    np.testing.assert_array_equal(linear.matmul(be, a3, b3), a3 @ b3)
+    buf = rng.standard_normal((9, 9)).astype(np.float32)
+    expected = buf[:, :4] @ buf[:4, :4]
+    np.testing.assert_array_equal(linear.matmul(be, buf[:, :4], buf[:4, :4], out=buf[:, 5:9]), expected)
+    assert host_gemm == []
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_against_torch_through_the_host_gemm(host_gemm, bias, rng):
+    """Linear's forward (the bias added as each sum starts) and backward
+    (dx, dW) on the host GEMM, against PyTorch."""
+    check_against_torch(rng, (3, 11), 70, 130, bias)
+    assert host_gemm == [(33, 70, 130), (33, 130, 70), (130, 33, 70)]  # forward, dx, dW

@@ -2,7 +2,7 @@
  * forms) forward and derivative, layer norm forward and backward, the
  * Adam/AdamW update, softmax rows and attention's dS, batch norm statistics,
  * forward and backward, average and max pooling, ReLU forward and backward, the
- * embedding backward, the LSTM's steps, the convolution's row-layout
+ * embedding backward, a GEMM, the LSTM's steps, the convolution's row-layout
  * im2col/col2im, its direct forward (also a stride-1 dx) and direct weight
  * gradient (the places that ask for fused multiply-adds: see there),
  * cross-entropy rows, and the inputs' NaN/inf scan; and the thread pool
@@ -840,7 +840,7 @@ static inline float tanh_f32(float x)
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 
 /* ------------------------------------------------------------ register-block products */
-/* The LSTM's recurrent products and the direct convolution's sums run as
+/* The GEMM's and the LSTM's products and the direct convolution's sums run as
  * blocks of vector accumulators held in registers (16 lanes each), every
  * product-and-add one fused multiply-add where GCC targets a CPU with them
  * (DIRECT_FMA, as OpenBLAS's GEMMs do), each sum in a fixed order whatever
@@ -855,6 +855,147 @@ typedef float direct_vec __attribute__((vector_size(64))); /* 16 lanes */
 /* the same, at any float's address (unaligned loads and stores) */
 typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias));
 
+/* The product block of the LSTM's steps and the GEMM: acc[r][v] += sum over
+ * k < K of a[r*rsa + k*csa] * panel[k][16v .. 16v+16), for rows <= 6 rows and
+ * vecs <= 4 vectors (constants where it is inlined: the 24 accumulators stay
+ * in registers, 4 FMAs per broadcast of a); the panel is k-major, 64 lanes
+ * per k. Each sum runs over k in order. 6 rows x 4 vectors ran the LSTM's
+ * (32, 256) @ (256, 1024) step product at 116 GFLOP/s on one core here,
+ * OpenBLAS at 62. */
+enum { PANEL_LANES = 64, PANEL_VECS = PANEL_LANES / 16, PANEL_ROWS = 6 };
+
+static inline __attribute__((always_inline)) DIRECT_FMA void panel_sum(direct_vec acc[][PANEL_VECS], const float *a,
+                                                                       i64 rsa, i64 csa, const float *panel, i64 K,
+                                                                       int rows, int vecs)
+{
+    for (i64 k = 0; k < K; k++) {
+        direct_vec b[PANEL_VECS];
+        for (int v = 0; v < vecs; v++) b[v] = *(const direct_vec_u *)(panel + k * PANEL_LANES + 16 * v);
+        for (int r = 0; r < rows; r++) {
+            const float ak = a[r * rsa + k * csa];
+            for (int v = 0; v < vecs; v++) acc[r][v] += ak * b[v];
+        }
+    }
+}
+
+/* ------------------------------------------------------------ GEMM */
+/* C (M, N; row stride ldc) = A (M, K) @ B (K, N) [+ bias (N) on every row],
+ * A and B at any element strides (a transposed operand is a view), for
+ * gpunet/ops/linear.py's matmul. OpenBLAS ran the transformer's and char
+ * LSTM's 2-D GEMMs (M 512-1600, K 256-1600) at 183-206 GFLOP/s on 2 cores
+ * here, PyTorch's MKL at 190-200; these blocks at 205-221.
+ *
+ * The work is tiles of 64 columns by `mc` rows (the caller's split, mc a
+ * multiple of 6), numbered row chunk by row chunk. A tile packs its columns
+ * of B into a k-major panel (zero past N; kept while the next tile has the
+ * same columns), then runs 6-row blocks over it, the sum over k in chunks of
+ * GEMM_KC terms: each chunk summed in order with one FMA per term, the
+ * chunks added into C in order, so a sum of K terms rounds about GEMM_KC +
+ * K / GEMM_KC times in sequence, not K (OpenBLAS's blocking does the same),
+ * and a transposed A's lines stay in L1 from one row block to the next.
+ * Every element is one tile's, summed in the same order whatever the split:
+ * the result does not depend on the thread count. */
+enum { GEMM_KC = 256 };
+
+/* c[r][0..n) = init + a[r] . panel over K terms (first chunk; init: the bias
+ * row or NULL) or c[r][0..n) += a[r] . panel (later chunks), n <= 16*vecs */
+static inline __attribute__((always_inline)) DIRECT_FMA void gemm_block(const float *a, i64 rsa, i64 csa,
+                                                                        const float *panel, i64 K, const float *init,
+                                                                        int add, float *c, i64 ldc, i64 n, int rows,
+                                                                        int vecs)
+{
+    direct_vec acc[PANEL_ROWS][PANEL_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vecs; v++) acc[r][v] = init ? (direct_vec)*(const direct_vec_u *)(init + 16 * v)
+                                                        : (direct_vec){0};
+    panel_sum(acc, a, rsa, csa, panel, K, rows, vecs);
+    if (n == 16 * vecs) {
+        for (int r = 0; r < rows; r++)
+            for (int v = 0; v < vecs; v++) {
+                direct_vec_u *out = (direct_vec_u *)(c + r * ldc + 16 * v);
+                *out = add ? (direct_vec)*out + acc[r][v] : acc[r][v];
+            }
+        return;
+    }
+    float part[PANEL_ROWS * PANEL_LANES] = {0}; /* (GCC cannot see that l < n <= 16*vecs reads only stored lanes) */
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < vecs; v++) *(direct_vec_u *)(part + r * PANEL_LANES + 16 * v) = acc[r][v];
+    for (int r = 0; r < rows; r++)
+        for (i64 l = 0; l < n; l++) c[r * ldc + l] = add ? c[r * ldc + l] + part[r * PANEL_LANES + l]
+                                                         : part[r * PANEL_LANES + l];
+}
+
+#define GEMM_VECS(R)                                                                                       \
+    switch (vecs) {                                                                                        \
+    case 4: gemm_block(a, rsa, csa, panel, K, init, add, c, ldc, n, R, 4); break;                          \
+    case 3: gemm_block(a, rsa, csa, panel, K, init, add, c, ldc, n, R, 3); break;                          \
+    case 2: gemm_block(a, rsa, csa, panel, K, init, add, c, ldc, n, R, 2); break;                          \
+    default: gemm_block(a, rsa, csa, panel, K, init, add, c, ldc, n, R, 1);                                \
+    }
+
+/* gemm_block with constant block sizes: each gets its own unrolled registers */
+static __attribute__((noinline)) DIRECT_FMA void gemm_rows(const float *a, i64 rsa, i64 csa, const float *panel, i64 K,
+                                                const float *init, int add, float *c, i64 ldc, i64 n, i64 rows)
+{
+    const int vecs = (int)((n + 15) / 16);
+    switch (rows) {
+    case 6: GEMM_VECS(6) break;
+    case 5: GEMM_VECS(5) break;
+    case 4: GEMM_VECS(4) break;
+    case 3: GEMM_VECS(3) break;
+    case 2: GEMM_VECS(2) break;
+    default: GEMM_VECS(1)
+    }
+}
+#undef GEMM_VECS
+
+/* panel[k][l] = B[k][j0 + l] for l < n, 0 for n <= l < 64; B's rows 16 at a
+ * time when its columns are strided (a transposed weight): each source
+ * line read once */
+static void gemm_pack(const float *B, i64 rsb, i64 csb, i64 K, i64 j0, i64 n, float *restrict panel)
+{
+    if (csb == 1) {
+        for (i64 k = 0; k < K; k++)
+            for (i64 l = 0; l < PANEL_LANES; l++) panel[k * PANEL_LANES + l] = l < n ? B[k * rsb + j0 + l] : 0.0f;
+        return;
+    }
+    for (i64 k0 = 0; k0 < K; k0 += 16) {
+        const i64 kn = K - k0 < 16 ? K - k0 : 16;
+        for (i64 l = 0; l < PANEL_LANES; l++)
+            for (i64 k = k0; k < k0 + kn; k++) panel[k * PANEL_LANES + l] = l < n ? B[k * rsb + (j0 + l) * csb] : 0.0f;
+    }
+}
+
+/* Tiles [lo, hi) of the product. dims: M, N, K, A's row and column strides,
+ * B's, C's row stride, mc (rows per tile). Returns 1 when the panel could
+ * not be allocated (nothing written). */
+int gpunet_gemm_f32(const float *A, const float *B, const float *bias, float *C, const i64 *dims, i64 lo, i64 hi)
+{
+    const i64 M = dims[0], N = dims[1], K = dims[2], rsa = dims[3], csa = dims[4], rsb = dims[5], csb = dims[6];
+    const i64 ldc = dims[7], mc = dims[8], panels = (N + PANEL_LANES - 1) / PANEL_LANES;
+    float *panel = malloc((size_t)(K > 0 ? K : 1) * PANEL_LANES * sizeof(float));
+    if (!panel)
+        return 1;
+    float init[PANEL_LANES];
+    for (i64 t = lo, packed = -1; t < hi; t++) {
+        const i64 p = t % panels, j0 = p * PANEL_LANES, n = N - j0 < PANEL_LANES ? N - j0 : PANEL_LANES;
+        const i64 m0 = t / panels * mc, m1 = m0 + mc < M ? m0 + mc : M;
+        if (p != packed) {
+            gemm_pack(B, rsb, csb, K, j0, n, panel);
+            for (i64 l = 0; l < PANEL_LANES; l++) init[l] = bias && l < n ? bias[j0 + l] : 0.0f;
+            packed = p;
+        }
+        for (i64 k0 = 0; k0 < K || k0 == 0; k0 += GEMM_KC) { /* K = 0: C = bias, or zero */
+            const i64 kn = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
+            for (i64 r0 = m0; r0 < m1; r0 += PANEL_ROWS)
+                gemm_rows(A + r0 * rsa + k0 * csa, rsa, csa, panel + k0 * PANEL_LANES, kn, k0 ? NULL : init, k0 > 0,
+                          C + r0 * ldc + j0, ldc, n, m1 - r0 < PANEL_ROWS ? m1 - r0 : PANEL_ROWS);
+        }
+    }
+    free(panel);
+    return 0;
+}
+
 /* ------------------------------------------------------------ LSTM steps */
 /* One timestep of a float32 LSTM each way, its recurrent GEMM and its cell
  * in one pass per block of hidden units: a thread owns units [j0, j0+n) and
@@ -866,7 +1007,7 @@ typedef float direct_vec_u __attribute__((vector_size(64), aligned(4), may_alias
  * Each product sums over k in order with one FMA per term. Gate blocks in
  * PyTorch's order i, f, g, o; x_t's projection (with both biases) comes in
  * g, which gets the activated gates. */
-enum { LSTM_LANES = 64, LSTM_VECS = LSTM_LANES / 16, LSTM_ROWS = 6, LSTM_FWD_UNITS = LSTM_LANES / 4 };
+enum { LSTM_LANES = PANEL_LANES, LSTM_ROWS = PANEL_ROWS, LSTM_FWD_UNITS = LSTM_LANES / 4 };
 
 /* Rows [k0, k0 + kn) of block u's forward panel (K rows) from w's columns
  * [0, kn) (w (4H, kn)), 16 panel rows at a time: a 4 KB tile in L1, each
@@ -909,35 +1050,18 @@ void gpunet_lstm_pack_backward_f32(const float *w, float *restrict wb, i64 H, i6
             }
 }
 
-/* acc[r][..] += sum_k a[r*lda + k] * panel[k][0..64) for rows r < rows (a
- * constant at each call: the accumulators stay in registers; 6 rows x 4
- * vectors, 4 FMAs per broadcast, ran a (32, 256) @ (256, 1024) product at
- * 116 GFLOP/s on one core here, OpenBLAS at 62) */
-static inline __attribute__((always_inline)) DIRECT_FMA void lstm_sum(direct_vec acc[][LSTM_VECS], const float *a,
-                                                                      i64 lda, const float *panel, i64 K, int rows)
-{
-    for (i64 k = 0; k < K; k++) {
-        direct_vec b[LSTM_VECS];
-        for (int v = 0; v < LSTM_VECS; v++) b[v] = *(const direct_vec_u *)(panel + k * LSTM_LANES + 16 * v);
-        for (int r = 0; r < rows; r++) {
-            const float ak = a[r * lda + k];
-            for (int v = 0; v < LSTM_VECS; v++) acc[r][v] += ak * b[v];
-        }
-    }
-}
-
 /* out[r][0..64) = a1[r] . panel[0..K1) + a2[r] . panel[K1..K1+K2) */
 static inline __attribute__((always_inline)) DIRECT_FMA void lstm_block(const float *a1, i64 lda1, i64 K1,
                                                                         const float *a2, i64 lda2, i64 K2,
                                                                         const float *panel, float *out, int rows)
 {
-    direct_vec acc[LSTM_ROWS][LSTM_VECS];
+    direct_vec acc[LSTM_ROWS][PANEL_VECS];
     for (int r = 0; r < rows; r++)
-        for (int v = 0; v < LSTM_VECS; v++) acc[r][v] = (direct_vec){0};
-    lstm_sum(acc, a1, lda1, panel, K1, rows);
-    lstm_sum(acc, a2, lda2, panel + K1 * LSTM_LANES, K2, rows);
+        for (int v = 0; v < PANEL_VECS; v++) acc[r][v] = (direct_vec){0};
+    panel_sum(acc, a1, lda1, 1, panel, K1, rows, PANEL_VECS);
+    panel_sum(acc, a2, lda2, 1, panel + K1 * LSTM_LANES, K2, rows, PANEL_VECS);
     for (int r = 0; r < rows; r++)
-        for (int v = 0; v < LSTM_VECS; v++) *(direct_vec_u *)(out + r * LSTM_LANES + 16 * v) = acc[r][v];
+        for (int v = 0; v < PANEL_VECS; v++) *(direct_vec_u *)(out + r * LSTM_LANES + 16 * v) = acc[r][v];
 }
 
 /* lstm_block for rows <= LSTM_ROWS rows (not inlined: the cells that call

@@ -1,7 +1,9 @@
 """Fully connected layer y = x W^T + b (PyTorch layout: W is (out, in)).
-The GEMMs go to BLAS (NumPy) or cuBLAS (CuPy); the bias add and the bias
-gradient reduction are kernels on the "kernel" dispatch path (sim, cuda;
-float32), array code otherwise.
+The GEMMs go to cuBLAS (CuPy) on the GPU; on the host a 2-D float32 product
+goes to host_ops.c's GEMM (below), others to BLAS (NumPy). The bias add and
+the bias gradient reduction are kernels on the "kernel" dispatch path (sim,
+cuda; float32), array code otherwise (where the host GEMM adds the bias as
+it starts each sum).
 
 Half storage (bfloat16, float16) on kernel backends: `matmul` below takes
 the half arrays, accumulates in float32 and rounds the product once (cuBLAS
@@ -12,9 +14,17 @@ kernel do on the GPU: each output is within one rounding of cpu's (which
 rounds the biased float32 sum once); outputs without bias agree bit for bit."""
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, hostlib
 from ..dispatch import path
+from . import host_threads
 from .half import float32_compute, kernel_view
+
+# Products of fewer multiply-adds go to NumPy's BLAS: the compiled call's
+# hand-off (about 10 us) would cost more than its faster blocks save
+HOST_GEMM_MIN_MACS = 1 << 20
+# and below this many per thread the product stays on one
+HOST_GEMM_MACS_PER_THREAD = 1 << 19
+_PANEL, _ROWS = 64, 6  # host_ops.c's panel width and block height (PANEL_LANES, PANEL_ROWS)
 
 
 def half_kernels(be, *args, **kwargs):
@@ -32,13 +42,19 @@ def route_of(be, op: str, dtype, **kwargs) -> str:
     return path(be, op, dtype, **kwargs)
 
 
-def matmul(be, a, b, out=None, out_dtype=None):
-    """a @ b (be.xp.matmul broadcasting). Half arrays: float32 accumulation,
-    the product rounded once to their dtype, or left in float32 with
-    out_dtype=float32 (a sum over chunks rounds once at the end)."""
+def matmul(be, a, b, out=None, out_dtype=None, bias=None):
+    """a @ b (be.xp.matmul broadcasting), plus `bias` on every row (2-D
+    float32 only). Half arrays: float32 accumulation, the product rounded
+    once to their dtype, or left in float32 with out_dtype=float32 (a sum
+    over chunks rounds once at the end)."""
     xp = be.xp
     if not dtypes.is_half(a.dtype):
-        return xp.matmul(a, b, out=out)
+        if xp is np and (lib := _host_gemm_lib(be, a, b, out, bias)) is not None:
+            return _host_gemm(lib, a, b, out, bias)
+        y = xp.matmul(a, b, out=out)
+        if bias is not None:
+            y += bias
+        return y
     if xp is np:  # sim: the float32 product of the half values
         y = xp.matmul(a.astype(np.float32), b.astype(np.float32))
     else:  # cuda: cuBLAS on the half arrays, fp32 compute
@@ -47,6 +63,51 @@ def matmul(be, a, b, out=None, out_dtype=None):
     if out is None:
         return y
     out[...] = y
+    return out
+
+
+def _host_gemm_lib(be, a, b, out, bias):
+    """The compiled library where the host GEMM takes a @ b: 2-D float32
+    operands at element strides, an output (if any) with unit column stride
+    that overlaps neither, and enough work. OpenBLAS ran the transformer's
+    and char LSTM's products (M 512-1600, K 256-1600) at 183-206 GFLOP/s on
+    2 cores here, the host GEMM at 202-219."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
+        return None
+    (m, k), n = a.shape, b.shape[1]
+    if m * n * k < HOST_GEMM_MIN_MACS or any(s % 4 for s in a.strides + b.strides):
+        return None
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.shape != (n,) or not bias.flags.c_contiguous):
+        return None
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.strides[1] != 4
+                            or out.strides[0] % 4 or out.strides[0] < 4 * n or np.may_share_memory(out, a)
+                            or np.may_share_memory(out, b)):
+        return None
+    return hostlib.for_float32(be, a, b, out, bias)
+
+
+def _host_gemm(lib, a, b, out, bias):
+    """a @ b (+ bias) on host_ops.c's GEMM, its 64-column panels shared out
+    over the threads where they divide evenly, else its rows (each thread
+    then packs every panel: cheap next to its rows' sums)."""
+    (m, k), n = a.shape, b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.float32)
+    panels = -(-n // _PANEL)
+    threads = min(host_threads.get_num_threads(), max(1, m * n * k // HOST_GEMM_MACS_PER_THREAD))
+    if threads == 1:
+        mc, parts = m, [(0, panels)]
+    elif panels % threads == 0 and (n % _PANEL == 0 or panels >= 4 * threads):  # a narrow last panel: rows
+        mc, step = m, panels // threads
+        parts = [(lo, lo + step) for lo in range(0, panels, step)]
+    else:
+        mc = -(-m // threads // _ROWS) * _ROWS if m > threads * _ROWS else _ROWS
+        parts = [(q * panels, (q + 1) * panels) for q in range(-(-m // mc))]
+    dims = np.array([m, n, k, a.strides[0] // 4, a.strides[1] // 4, b.strides[0] // 4, b.strides[1] // 4,
+                     out.strides[0] // 4, mc], np.int64)
+    if any(host_threads.run_compiled(lib.gpunet_gemm_f32, (a.ctypes.data, b.ctypes.data, hostlib.ptr(bias),
+                                                           hostlib.ptr(out), hostlib.ptr(dims)), parts)):
+        raise MemoryError("matmul: no memory for the host GEMM's panel")
     return out
 
 
@@ -77,9 +138,10 @@ def bias_grad(be, dy, channels: int, route: str, inner: int = 1):
 def linear_forward(be, x, w, b):
     """x (..., in) -> y (..., out). Leading axes are flattened into one GEMM."""
     x2 = x.reshape(-1, x.shape[-1])
-    y = matmul(be, x2, w.T)
-    if b is not None:
-        bias_add(be, y, b, route_of(be, "linear", x.dtype))
+    route = route_of(be, "linear", x.dtype)
+    y = matmul(be, x2, w.T, bias=b if route == "array" else None)
+    if b is not None and route != "array":
+        bias_add(be, y, b, route)
     return y.reshape(x.shape[:-1] + (w.shape[0],)), x2
 
 
