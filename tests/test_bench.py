@@ -68,8 +68,8 @@ def test_quick_smoke_run_writes_reports(tmp_path):
         assert {"linear.fwdbwd", "rnn.lstm.fwdbwd", "train.transformer"} <= set(gemm)  # their products recorded
         assert "activation.gelu.fwdbwd" not in gemm  # no product, no row
         for g in gemm.values():
-            assert g["count"] > 0 and g["flops"] > 0 and g["numpy_s"] > 0 and g["torch_s"] > 0 and g["floor_ratio"] > 0
-        assert "## GEMM share and BLAS floor" in js.with_suffix(".md").read_text()
+            assert g["count"] > 0 and g["flops"] > 0 and g["gpunet_s"] > 0 and g["torch_s"] > 0 and g["floor_ratio"] > 0
+        assert "## GEMM share and GEMM floor" in js.with_suffix(".md").read_text()
     assert {r["sweep"][0] for r in results if r["sweep"]} == {
         "softmax row length", "conv2d batch size", "attention sequence length", "LSTM sequence length"}
     pytest.importorskip("matplotlib")
@@ -304,14 +304,16 @@ def test_compare_flags_slowdowns_above_the_noise_band(tmp_path, capsys):
     assert cli.main(["--compare", *paths]) == 1 and "new.json (?)" in capsys.readouterr().out
 
 
-def test_report_states_the_numpy_blas_ceiling():
+def test_report_states_the_gemm_ceiling():
     from gpunet.bench import report
-    ceil = {"measured": [{"flops_by": {"numpy": 250e9, "torch 1x1 conv": 400e9}},
-                         {"flops_by": {"numpy": 200e9, "torch 1x1 conv": 500e9}}]}
-    line = report.blas_ceiling(ceil, {"blas": [{"internal_api": "openblas", "architecture": "Haswell"}]})
-    assert "openblas Haswell" in line and "250.0 GFLOP/s, 50% of the best measured (torch 1x1 conv, 500.0)" in line
-    assert "2.00x" in line
-    assert report.blas_ceiling({"measured": [{"flops_by": {"numpy": 1e9}}]}, {}) is None
+    ceil = {"measured": [{"flops_by": {"numpy": 250e9, "gpunet": 300e9, "torch 1x1 conv": 400e9}},
+                         {"flops_by": {"numpy": 200e9, "gpunet": 250e9, "torch 1x1 conv": 500e9}}]}
+    line = report.gemm_ceiling_line(ceil, {"blas": [{"internal_api": "openblas", "architecture": "Haswell"}]})
+    assert "host GEMM (2-D products): 300.0 GFLOP/s" in line and "openblas Haswell): 250.0 GFLOP/s" in line
+    assert "the best measured: torch 1x1 conv, 500.0" in line and "1.67x" in line
+    del ceil["measured"][0]["flops_by"]["gpunet"], ceil["measured"][1]["flops_by"]["gpunet"]  # no compiler
+    assert "host GEMM" not in report.gemm_ceiling_line(ceil, {}) and "2.00x" in report.gemm_ceiling_line(ceil, {})
+    assert report.gemm_ceiling_line({"measured": [{"flops_by": {"numpy": 1e9, "gpunet": 2e9}}]}, {}) is None
 
 
 def test_gemm_recording_keeps_shapes_layouts_and_counts_and_the_floor_formula():
@@ -325,14 +327,16 @@ def test_gemm_recording_keeps_shapes_layouts_and_counts_and_the_floor_formula():
         np.matmul(x.astype(np.float64), x.T.astype(np.float64))  # not float32: not counted
     assert np.matmul is not products and np.matmul.__class__ is np.ufunc  # put back
     # y = x W^T (W^T a transposed view), dx = dy W, dW = dy^T x (dy^T a transposed view)
-    assert products == {((4, 5), "N", (5, 3), "T"): 2, ((4, 3), "N", (3, 5), "N"): 2, ((3, 4), "T", (4, 5), "N"): 2}
+    assert products == {("blas", (4, 5), "N", (5, 3), "T"): 2, ("blas", (4, 3), "N", (3, 5), "N"): 2,
+                        ("blas", (3, 4), "T", (4, 5), "N"): 2}
     torch = pytest.importorskip("torch")
     g = gemm_ceiling.measure(products, torch)
-    assert g["count"] == 6 and g["flops"] == 2 * 3 * (2 * 4 * 5 * 3) and g["numpy_s"] > 0 and g["torch_s"] > 0
-    # everything else as fast as torch's: 10 ms step, torch's GEMMs 6 of it, NumPy's 9 -> 13 ms, 1.3x
-    assert gemm_ceiling.floor_ratio({"count": 3, "numpy_s": 9e-3, "torch_s": 6e-3}, 10e-3) == pytest.approx(1.3)
-    # torch runs no such products (a direct convolution): NumPy's GEMMs alone bound it
-    assert gemm_ceiling.floor_ratio({"count": 3, "numpy_s": 4e-3, "torch_s": 12e-3}, 5e-3) == pytest.approx(0.8)
+    assert g["count"] == 6 and g["host_count"] == 0 and g["flops"] == 2 * 3 * (2 * 4 * 5 * 3)
+    assert g["gpunet_s"] > 0 and g["torch_s"] > 0
+    # everything else as fast as torch's: 10 ms step, torch's GEMMs 6 of it, gpunet's 9 -> 13 ms, 1.3x
+    assert gemm_ceiling.floor_ratio({"count": 3, "gpunet_s": 9e-3, "torch_s": 6e-3}, 10e-3) == pytest.approx(1.3)
+    # torch runs no such products (a direct convolution): gpunet's GEMMs alone bound it
+    assert gemm_ceiling.floor_ratio({"count": 3, "gpunet_s": 4e-3, "torch_s": 12e-3}, 5e-3) == pytest.approx(0.8)
     assert products.side_by_side == 0 and g["side_by_side"] == 0
     # attention's blocks on two host threads, BLAS held to one each: counted apart, not replayed
     import gpunet
@@ -347,4 +351,25 @@ def test_gemm_recording_keeps_shapes_layouts_and_counts_and_the_floor_formula():
     finally:
         host_threads.set_num_threads(before)
     assert products.side_by_side >= 2 and not products
-    assert gemm_ceiling.floor_ratio({"count": 0, "numpy_s": 0.0, "torch_s": 0.0, "side_by_side": 8}, 1e-3) is None
+    assert gemm_ceiling.floor_ratio({"count": 0, "gpunet_s": 0.0, "torch_s": 0.0, "side_by_side": 8}, 1e-3) is None
+
+
+def test_gemm_recording_sees_the_host_gemm(monkeypatch):
+    """Products on gpunet's host GEMM are recorded on their path and replayed there."""
+    import gpunet
+    import gpunet.nn as gnn
+    from gpunet.bench import gemm_ceiling
+    from gpunet.ops import linear
+    if gpunet.hostlib.load() is None:
+        pytest.skip("no C compiler for the host loops")
+    monkeypatch.setattr(linear, "HOST_GEMM_MIN_MACS", 0)
+    lin = gnn.Linear(5, 3)
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    with gemm_ceiling.recording() as products:
+        lin.backward(np.ones_like(lin(x)))
+    assert linear._host_gemm.__name__ == "_host_gemm"  # put back
+    assert products == {("host", (4, 5), "N", (5, 3), "T"): 1, ("host", (4, 3), "N", (3, 5), "N"): 1,
+                        ("host", (3, 4), "T", (4, 5), "N"): 1}
+    torch = pytest.importorskip("torch")
+    g = gemm_ceiling.measure(products, torch)
+    assert g["count"] == g["host_count"] == 3 and g["gpunet_s"] > 0

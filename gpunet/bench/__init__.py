@@ -8,7 +8,7 @@ reported against a measured roofline and as a ratio to PyTorch.
 
 Modules: harness (validate-then-time), roofline (FLOP/byte models and
 measured ceilings), gemm_ceiling (a cpu case's matrix products through
-NumPy's BLAS and PyTorch's: the floor they set), ops and models (the cases),
+gpunet's paths and PyTorch's: the floor they set), ops and models (the cases),
 environment (versions, threads, math mode), report (table, JSON, Markdown,
 plots), cli.
 """

@@ -1,26 +1,28 @@
-"""The GEMM share of a cpu case, measured: the limit NumPy's BLAS sets.
+"""The GEMM share of a cpu case, measured: the limit gpunet's GEMMs set.
 
-The cpu backend hands every matrix product to NumPy's BLAS (OpenBLAS in the
-wheels); PyTorch's CPU build has its own (MKL, oneDNN). Where those run the
-same shapes faster, no work outside the GEMMs brings gpunet to PyTorch's
-time. This module measures that limit case by case rather than from one
-large square GEMM:
+The cpu backend runs its 2-D float32 products on its own host GEMM
+(gpunet/ops/linear.py, host_ops.c) and the rest (batched, float64, small)
+on NumPy's BLAS (OpenBLAS in the wheels); PyTorch's CPU build has its own
+(MKL, oneDNN). Where those run the same shapes faster, no work outside the
+GEMMs brings gpunet to PyTorch's time. This module measures that limit case
+by case rather than from one large square GEMM:
 
 1. `recording()` wraps numpy.matmul (the ops call it as np.matmul or
    be.xp.matmul, looked up at call time; the `@` of adaptive pooling's small
-   averaging matrices is not seen) while gpunet runs one step of the case,
-   and keeps each float32 product's operand shapes and layouts (a transposed
-   view of the last two axes stays one, as BLAS is told);
-2. `measure()` replays each distinct product in NumPy and in torch.matmul
-   (same shapes, layouts and thread count; operands in cache, best of a few
-   runs: both sides at their fastest) and sums them per step.
+   averaging matrices is not seen) and the host GEMM while gpunet runs one
+   step of the case, and keeps each float32 product's path, operand shapes
+   and layouts (a transposed view of the last two axes stays one, as BLAS
+   is told);
+2. `measure()` replays each distinct product on the path gpunet took and in
+   torch.matmul (same shapes, layouts and thread count; operands in cache,
+   best of a few runs: both sides at their fastest) and sums them per step.
 
 `floor_ratio()` turns that into the lowest gpunet/PyTorch ratio the case can
-reach with NumPy's BLAS: its GEMMs at the measured NumPy time, everything else
-taking what PyTorch's step takes outside the same products,
-    floor = max(G_numpy, T_torch - G_torch + G_numpy) / T_torch,
+reach with these GEMMs: gpunet's products at their measured time, everything
+else taking what PyTorch's step takes outside the same products,
+    floor = max(G_gpunet, T_torch - G_torch + G_gpunet) / T_torch,
 (where PyTorch does not run these products, as in its direct convolutions,
-T_torch - G_torch can be small: then G_numpy / T_torch bounds it). The bench
+T_torch - G_torch can be small: then G_gpunet / T_torch bounds it). The bench
 reports it beside every cpu float32 case whose gpunet step runs GEMMs (those
 it ran on several host threads at once apart: `Products`).
 """
@@ -45,9 +47,10 @@ def _layout(a) -> str:
 
 
 class Products(Counter):
-    """(a shape, a layout, b shape, b layout) -> calls, for the products run
-    one at a time; `side_by_side` counts those gpunet ran on several host
-    threads at once with BLAS held to one thread each (attention's blocks,
+    """(path, a shape, a layout, b shape, b layout) -> calls, path "host"
+    (gpunet's host GEMM) or "blas" (NumPy's), for the products run one at a
+    time; `side_by_side` counts those gpunet ran on several host threads at
+    once with BLAS held to one thread each (attention's blocks,
     gpunet.ops.host_threads.blas_held()): one-at-a-time replays do not model
     them, so they are left out of the share and the floor (they count as the
     rest of the step)."""
@@ -56,10 +59,10 @@ class Products(Counter):
 
 @contextlib.contextmanager
 def recording():
-    """numpy.matmul counting its float32 products: yields Products."""
-    from ..ops import host_threads
+    """numpy.matmul and the host GEMM counting their float32 products: yields Products."""
+    from ..ops import host_threads, linear
     products = Products()
-    real = np.matmul
+    real, host = np.matmul, linear._host_gemm
 
     def matmul(a, b, *args, **kwargs):
         if getattr(a, "dtype", None) == np.float32 and getattr(b, "dtype", None) == np.float32 \
@@ -67,13 +70,17 @@ def recording():
             if host_threads.blas_held():
                 products.side_by_side += 1
             else:
-                products[(a.shape, _layout(a), b.shape, _layout(b))] += 1
+                products[("blas", a.shape, _layout(a), b.shape, _layout(b))] += 1
         return real(a, b, *args, **kwargs)
-    np.matmul = matmul
+
+    def host_gemm(lib, a, b, out, bias):
+        products[("host", a.shape, _layout(a), b.shape, _layout(b))] += 1
+        return host(lib, a, b, out, bias)
+    np.matmul, linear._host_gemm = matmul, host_gemm
     try:
         yield products
     finally:
-        np.matmul = real
+        np.matmul, linear._host_gemm = real, host
 
 
 def _operand(shape, layout, rng):
@@ -101,12 +108,15 @@ def _best_each(fns) -> list[float]:
 
 
 def measure(products: Products, torch) -> dict:
-    """Per step: the products' count, FLOPs and time through NumPy and through
-    torch.matmul (seconds), each product timed on its own (into a preallocated
-    output on both sides) and weighted by its calls."""
+    """Per step: the products' count (and how many ran on the host GEMM),
+    FLOPs and time on gpunet's paths and through torch.matmul (seconds), each
+    product timed on its own (into a preallocated output on both sides) and
+    weighted by its calls."""
+    from .. import hostlib
+    from ..ops import linear
     rng = np.random.default_rng(0)
-    calls, flops, numpy_runs, torch_runs = [], 0.0, [], []
-    for (sa, la, sb, lb), n in products.items():
+    calls, flops, gpunet_runs, torch_runs = [], 0.0, [], []
+    for (path, sa, la, sb, lb), n in products.items():
         a, b = _operand(sa, la, rng), _operand(sb, lb, rng)
         ta, tb = (torch.from_numpy(np.swapaxes(v, -1, -2)).transpose(-1, -2) if lay == "T" else torch.from_numpy(v)
                   for v, lay in ((a, la), (b, lb)))
@@ -115,17 +125,21 @@ def measure(products: Products, torch) -> dict:
         ty = torch.from_numpy(np.empty_like(y))
         calls.append(n)
         flops += n * 2.0 * int(np.prod(batch, dtype=np.int64)) * sa[-2] * sa[-1] * sb[-1]
-        numpy_runs.append(lambda a=a, b=b, y=y: np.matmul(a, b, out=y))
+        if path == "host":
+            gpunet_runs.append(lambda a=a, b=b, y=y, lib=hostlib.load(): linear._host_gemm(lib, a, b, y, None))
+        else:
+            gpunet_runs.append(lambda a=a, b=b, y=y: np.matmul(a, b, out=y))
         torch_runs.append(lambda a=ta, b=tb, y=ty: torch.matmul(a, b, out=y))
-    numpy_s = sum(n * t for n, t in zip(calls, _best_each(numpy_runs)))
+    gpunet_s = sum(n * t for n, t in zip(calls, _best_each(gpunet_runs)))
     torch_s = sum(n * t for n, t in zip(calls, _best_each(torch_runs)))
-    return {"count": sum(calls), "flops": flops, "numpy_s": numpy_s, "torch_s": torch_s,
+    host = sum(n for key, n in products.items() if key[0] == "host")
+    return {"count": sum(calls), "host_count": host, "flops": flops, "gpunet_s": gpunet_s, "torch_s": torch_s,
             "side_by_side": products.side_by_side}
 
 
 def floor_ratio(gemm: dict, torch_s: float) -> float | None:
-    """The lowest gpunet/PyTorch time ratio with these GEMMs at NumPy's speed
+    """The lowest gpunet/PyTorch time ratio with these GEMMs at gpunet's speed
     (module docstring); None without any run one at a time (Products)."""
     if not gemm["count"]:
         return None
-    return max(gemm["numpy_s"], torch_s - gemm["torch_s"] + gemm["numpy_s"]) / torch_s
+    return max(gemm["gpunet_s"], torch_s - gemm["torch_s"] + gemm["gpunet_s"]) / torch_s

@@ -101,21 +101,25 @@ def _plain(v):
     return v
 
 
-def blas_ceiling(ceil: dict, env: dict) -> str | None:
-    """The line saying how far NumPy's BLAS (the cpu backend's GEMMs) stays
-    below the best GEMM measured (PyTorch/oneDNN's): the limit of every
-    GEMM-bound cpu case against PyTorch. None without both measurements."""
+def gemm_ceiling_line(ceil: dict, env: dict) -> str | None:
+    """The line saying how far the cpu backend's GEMMs (its host GEMM for 2-D
+    float32 products; NumPy's BLAS for the rest) stay below the best GEMM
+    measured (PyTorch/oneDNN's): the limit of every GEMM-bound cpu case
+    against PyTorch. None without NumPy's and another measurement."""
     by = [m.get("flops_by", {}) for m in ceil.get("measured", [])]
     numpy_best = max((b["numpy"] for b in by if "numpy" in b), default=0.0)
-    other = {k: v for b in by for k, v in b.items() if k != "numpy"}
+    gpunet_best = max((b["gpunet"] for b in by if "gpunet" in b), default=0.0)
+    other = {k: v for b in by for k, v in b.items() if k not in ("numpy", "gpunet")}
     if not numpy_best or not other:
         return None
     name, best = max(other.items(), key=lambda kv: kv[1])
     blas = next((b for b in env.get("blas") or []), {})
     lib = " ".join(str(blas[k]) for k in ("internal_api", "version", "architecture") if blas.get(k)) or "NumPy's BLAS"
-    return (f"- NumPy's float32 GEMM ({lib}): {numpy_best / 1e9:.1f} GFLOP/s, {numpy_best / best:.0%} of the best "
-            f"measured ({name}, {best / 1e9:.1f}): a compute-bound cpu case that is all GEMM cannot get below "
-            f"{best / numpy_best:.2f}x the time of a PyTorch case running at that best rate")
+    own = max(gpunet_best, numpy_best)
+    host = f"gpunet's host GEMM (2-D products): {gpunet_best / 1e9:.1f} GFLOP/s, " if gpunet_best else ""
+    return (f"- {host}NumPy's float32 GEMM ({lib}): {numpy_best / 1e9:.1f} GFLOP/s; the best measured: {name}, "
+            f"{best / 1e9:.1f}: a compute-bound cpu case that is all GEMM cannot get below {best / own:.2f}x the "
+            "time of a PyTorch case running at that best rate")
 
 
 def gemm_section(results: list[dict]) -> list[str]:
@@ -123,22 +127,24 @@ def gemm_section(results: list[dict]) -> list[str]:
     rows = [r for r in results if r.get("gemm") and r.get("ratio_to_torch")]
     if not rows:
         return []
-    lines = ["", "## GEMM share and BLAS floor (cpu, float32)", "",
-             "Every matrix product of one gpunet step recorded (numpy.matmul), then each replayed alone through "
-             "NumPy's BLAS and through torch.matmul (same shapes, layouts and threads, operands in cache, best of "
-             "a few). `BLAS floor` = max(G_numpy, T_torch - G_torch + G_numpy) / T_torch: the gpunet/PyTorch "
-             "ratio left if everything but these products took PyTorch's time (where PyTorch runs other "
-             "algorithms, as its direct convolutions, G_numpy / T_torch bounds it). `side by side`: products gpunet "
-             "ran on several host threads at once, one BLAS thread each (attention's blocks); one-at-a-time "
-             "replays do not model them, so they count as the rest of the step.", "",
-             "| case | impl | GEMMs per step | GFLOP | NumPy ms | torch.matmul ms | NumPy / torch | BLAS floor "
-             "| vs torch |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", "## GEMM share and GEMM floor (cpu, float32)", "",
+             "Every matrix product of one gpunet step recorded (its host GEMM and numpy.matmul), then each "
+             "replayed alone on the path gpunet took and through torch.matmul (same shapes, layouts and threads, "
+             "operands in cache, best of a few). `host` counts those on the host GEMM. `GEMM floor` = "
+             "max(G_gpunet, T_torch - G_torch + G_gpunet) / T_torch: the gpunet/PyTorch ratio left if everything "
+             "but these products took PyTorch's time (where PyTorch runs other algorithms, as its direct "
+             "convolutions, G_gpunet / T_torch bounds it). `side by side`: products gpunet ran on several host "
+             "threads at once, one BLAS thread each (attention's blocks); one-at-a-time replays do not model "
+             "them, so they count as the rest of the step.", "",
+             "| case | impl | GEMMs per step | host | GFLOP | gpunet ms | torch.matmul ms | gpunet / torch | "
+             "GEMM floor | vs torch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r["gemm"]
         side = f" (+{g['side_by_side']} side by side)" if g.get("side_by_side") else ""
-        share = f"{g['numpy_s'] / g['torch_s']:.2f}" if g["count"] else ""
-        lines.append(f"| {r['name']} | {r['target']} | {g['count']}{side} | {g['flops'] / 1e9:.3f} | "
-                     f"{_ms(g['numpy_s'])} | {_ms(g['torch_s'])} | {share} | {_num(g.get('floor_ratio'), '.2f')} | "
+        share = f"{g['gpunet_s'] / g['torch_s']:.2f}" if g["count"] else ""
+        lines.append(f"| {r['name']} | {r['target']} | {g['count']}{side} | {g.get('host_count', 0)} | "
+                     f"{g['flops'] / 1e9:.3f} | {_ms(g['gpunet_s'])} | {_ms(g['torch_s'])} | {share} | "
+                     f"{_num(g.get('floor_ratio'), '.2f')} | "
                      f"{r['ratio_to_torch']:.2f} |")
     return lines
 
@@ -159,7 +165,7 @@ def markdown(report: dict) -> str:
             bw = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in m.get("bandwidth_by", {}).items())
             lines.append(f"- measurement {i + 1}: {m['flops'] / 1e9:.1f} GFLOP/s" + (f" ({by})" if by else "")
                          + f", {m['bandwidth'] / 1e9:.1f} GB/s" + (f" ({bw})" if bw else ""))
-        line = blas_ceiling(ceil, env)
+        line = gemm_ceiling_line(ceil, env)
         if line:
             lines.append(line)
     else:
@@ -179,7 +185,7 @@ def markdown(report: dict) -> str:
               "`vs torch` = gpunet time / PyTorch time (below 1: gpunet is faster).", ""]
     lines += ["## Results", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row_cells(r)) + " |" for r in results]
-    lines += ["", "## Summary per op (gpunet)", "", "| case | impl | vs torch | BLAS floor | roofline |",
+    lines += ["", "## Summary per op (gpunet)", "", "| case | impl | vs torch | GEMM floor | roofline |",
               "|---|---|---|---|---|"]
     for r in results:
         if r["status"] == "ok" and not r["target"].startswith("torch"):

@@ -80,9 +80,10 @@ def _best(fn, reps: int) -> float:
 
 def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
     """Float32 GEMM rate and copy bandwidth with `threads` threads, best of a
-    few: NumPy's (BLAS; a threaded copy) and, when given, PyTorch's (its
-    BLAS, and oneDNN through a 1x1 convolution: either may use wider vector
-    units than NumPy's BLAS), the largest of each."""
+    few: NumPy's (BLAS; a threaded copy), gpunet's host GEMM (with the
+    compiled host loops) and, when given, PyTorch's (its BLAS, and oneDNN
+    through a 1x1 convolution: either may use wider vector units than NumPy's
+    BLAS), the largest of each."""
     n = 512 if quick else 2048
     reps = 2 if quick else 8
     size = (16 if quick else 512) * 2 ** 20
@@ -100,6 +101,11 @@ def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
                   "numpy in-place scale": _best(lambda: list(pool.map(
                       lambda p: np.multiply(src[p[0]:p[1]], 1.0, out=src[p[0]:p[1]]), parts)), reps)}
     flops = {"numpy": 2.0 * n ** 3 / _best(lambda: a @ a, reps)}
+    from .. import hostlib
+    from ..ops import linear
+    if (lib := hostlib.load()) is not None:  # the cpu backend's own GEMM for its 2-D products
+        y = np.empty_like(a)
+        flops["gpunet"] = 2.0 * n ** 3 / _best(lambda: linear._host_gemm(lib, a, a, y, None), reps)
     if torch is not None:
         ta, tsrc, tdst = torch.from_numpy(a), torch.from_numpy(src), torch.from_numpy(dst)
         flops["torch"] = 2.0 * n ** 3 / _best(lambda: ta @ ta, reps)
@@ -115,7 +121,7 @@ def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
     bandwidth = {k: 2.0 * size / t for k, t in copy_s.items()}
     return {"flops": max(flops.values()), "bandwidth": max(bandwidth.values()), "flops_by": flops,
             "bandwidth_by": bandwidth,
-            "how": f"float32 {n}x{n}x{n} GEMM (NumPy, PyTorch) and 1x1 convolution of (8, {n // 2}, 16, 16) "
+            "how": f"float32 {n}x{n}x{n} GEMM (NumPy, gpunet's host GEMM, PyTorch) and 1x1 convolution of (8, {n // 2}, 16, 16) "
                    f"(PyTorch/oneDNN); copy and in-place scale of {size >> 20} MiB (bandwidth = 2 x size / time); "
                    f"{threads} thread(s), best of {reps}; the largest of each"}
 
