@@ -24,6 +24,10 @@ from .half import float32_compute, kernel_view
 HOST_GEMM_MIN_MACS = 1 << 20
 # and below this many per thread the product stays on one
 HOST_GEMM_MACS_PER_THREAD = 1 << 19
+# A operands of more elements go to BLAS too: the host GEMM streams A once per
+# 64-column panel, where OpenBLAS keeps blocks of it in cache; at (6400, 2048)
+# @ (2048, 512) it ran at 160-180 GFLOP/s here, OpenBLAS at 205
+HOST_GEMM_MAX_A = 1 << 21
 _PANEL, _ROWS = 64, 6  # host_ops.c's panel width and block height (PANEL_LANES, PANEL_ROWS)
 
 
@@ -75,7 +79,7 @@ def _host_gemm_lib(be, a, b, out, bias):
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
         return None
     (m, k), n = a.shape, b.shape[1]
-    if m * n * k < HOST_GEMM_MIN_MACS or any(s % 4 for s in a.strides + b.strides):
+    if m * n * k < HOST_GEMM_MIN_MACS or m * k > HOST_GEMM_MAX_A or any(s % 4 for s in a.strides + b.strides):
         return None
     if bias is not None and (not isinstance(bias, np.ndarray) or bias.shape != (n,) or not bias.flags.c_contiguous):
         return None
@@ -88,8 +92,10 @@ def _host_gemm_lib(be, a, b, out, bias):
 
 def _host_gemm(lib, a, b, out, bias):
     """a @ b (+ bias) on host_ops.c's GEMM, its 64-column panels shared out
-    over the threads where they divide evenly, else its rows (each thread
-    then packs every panel: cheap next to its rows' sums)."""
+    over the threads where each gets 4 or more (or there are too few rows to
+    share), else its rows (each thread then packs every panel, and reads
+    only its rows of A: at N = 256 on 2 threads 200-205 GFLOP/s against
+    185-190 with 2 panels each)."""
     (m, k), n = a.shape, b.shape[1]
     if out is None:
         out = np.empty((m, n), np.float32)
@@ -97,7 +103,7 @@ def _host_gemm(lib, a, b, out, bias):
     threads = min(host_threads.get_num_threads(), max(1, m * n * k // HOST_GEMM_MACS_PER_THREAD))
     if threads == 1:
         mc, parts = m, [(0, panels)]
-    elif panels % threads == 0 and (n % _PANEL == 0 or panels >= 4 * threads):  # a narrow last panel: rows
+    elif panels % threads == 0 and (panels >= 4 * threads or m < 16 * _ROWS * threads):
         mc, step = m, panels // threads
         parts = [(lo, lo + step) for lo in range(0, panels, step)]
     else:
