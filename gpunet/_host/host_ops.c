@@ -1582,7 +1582,14 @@ static DIRECT_FMA int direct_wide(const float *x, const float *w, const float *b
  * -> 64 over 4x4, batch 256, 1.6-1.9 -> 1.0; 64 -> 32 over 4x4, 1.9 ->
  * 1.3; 32 -> 32 over 8x8, 0.6-1.1 -> 0.5-0.6; stride 2, 16 -> 32 and 32 ->
  * 64, 1.3 -> 0.93 and 1.08 -> 0.86; 16 channels over 16x16 and 32x32 and
- * 32 over 16x16 within the noise (1.8-3.2 ms either way). */
+ * 32 over 16x16 within the noise (1.8-3.2 ms either way). Not with few taps
+ * per output over large planes (Kg <= 36 at 32x32 or more, Kg <= 9 at 8x8
+ * or more: the first layers, 1x1 convolutions of few channels), where
+ * scattering each block's pixels into the output planes costs as much as
+ * its sums and the pixel-vector loops above win: 3 -> 32 channels over
+ * 32x32, batch 64, 1.22 -> 0.83 ms; 1 -> 32 over 8x8, batch 256, 0.166 ->
+ * 0.127; 1x1 8 -> 32 over 32x32 0.89 -> 0.44 (8 -> 64 at 3x3, Kg 72:
+ * 4.1 against 4.2, so not there). */
 enum { OC_PIX = 6, OC_VECS = 4 };
 
 static inline __attribute__((always_inline)) DIRECT_FMA void oc_block(const float *const *px, const i64 *koff, i64 kg,
@@ -1694,7 +1701,7 @@ DIRECT_FMA int gpunet_conv_direct_f32(const float *x, const float *w, const floa
     const i64 OH = geo[G_OH], OW = geo[G_OW], O = geo[G_LD];
     const i64 cg = C / G, og = O / G, kg = cg * kh * kw, plane = OH * OW;
     const i64 lines = OW >= DIRECT_TILE ? 1 : (DIRECT_TILE / OW < OH ? DIRECT_TILE / OW : OH);
-    if (og % 16 == 0)
+    if (og % 16 == 0 && (kg > 36 || plane < (kg > 9 ? 1024 : 64))) /* few taps over large planes: below */
         return direct_oc(x, w, b, y, geo, lo, hi, lines, NULL);
     if (geo[G_SH] == 1 && geo[G_SW] == 1 && cg >= DIRECT_WIDE_MIN_CHANNELS)
         return direct_wide(x, w, b, y, geo, lo, hi, lines);

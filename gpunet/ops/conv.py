@@ -583,7 +583,8 @@ def _flipped_transposed(w, g: Geometry):
 # pays over 4x4 outputs too (32-64 channels, batch 32-256: 0.66-0.79x the
 # GEMM's time), not over 2x2 (1.6x). With a multiple of 16 output channels
 # per group the loop puts output channels in its vector lanes instead of
-# pixels (host_ops.c's direct_oc: same bits, no lanes lost to small planes).
+# pixels (host_ops.c's direct_oc: same bits, no lanes lost to small planes),
+# unless each output has few taps over a large plane (the first layers).
 DIRECT_MIN_PIXELS = 64
 DIRECT_WIDE_MIN_PIXELS = 16
 DIRECT_WIDE_MIN_CHANNELS = 8  # host_ops.c's
