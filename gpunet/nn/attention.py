@@ -254,9 +254,13 @@ class MultiheadAttention(Module):
             (q, xq), (k, xk), (v, xv) = (linear_ops.linear_forward(be, x, w, b)
                                          for x, w, b in ((q_in, wq, bq), (k_in, wk, bk), (v_in, wv, bv)))
             saved_x = (xq, xk, xv)
-        k, v, bias = self._extend_kv(k, v, bias)
-        out_h, ctx = ops.sdpa_forward(be, self._split_heads(q), k, v, bias, bool(is_causal),
-                                      1.0 / math.sqrt(self.head_dim))
+        if fused and not self._extra_kv():  # all three into heads in one copy
+            N, L, H = qkv.shape[0], qkv.shape[1], self.num_heads
+            q, k, v = be.xp.ascontiguousarray(qkv.reshape(N, L, 3, H, self.head_dim).transpose(2, 0, 3, 1, 4))
+        else:
+            k, v, bias = self._extend_kv(k, v, bias)
+            q = self._split_heads(q)
+        out_h, ctx = ops.sdpa_forward(be, q, k, v, bias, bool(is_causal), 1.0 / math.sqrt(self.head_dim))
         drop = None
         if self.training and self.dropout > 0.0:
             seed, offset = next_philox_offset(N * self.num_heads * L * k.shape[2])
@@ -299,12 +303,23 @@ class MultiheadAttention(Module):
         d_heads = self._split_heads(d_out)
         dq, dk, dv = ops.sdpa_backward(be, ctx, d_heads, dprobs) if drop is None else \
             ops.dropout_backward(be, ctx, drop, d_heads, dprobs)
-        dq, (dk, dv) = self._merge_heads(dq), self._shrink_kv_grads(dk, dv)
         wq, wk, wv = self._proj_weights()
-        dx = [linear_ops.matmul(be, g, w) for g, w in ((dq, wq), (dk, wk), (dv, wv))]
-        grads = (dq, dk, dv)
+        if fused and not self._extra_kv():
+            # the heads' gradients merged straight into the stacked projection's (N*L, 3E) gradient, one
+            # copy each; the three input gradients from its column blocks
+            g3 = xp.empty((N, L, 3, H, self.head_dim), dtype=dq.dtype)
+            for i, g in enumerate((dq, dk, dv)):
+                g3[:, :, i] = g.transpose(0, 2, 1, 3)
+            g3 = g3.reshape(N * L, 3 * E)
+            dx = [linear_ops.matmul(be, g3[:, i * E:(i + 1) * E], w).reshape(N, L, E)
+                  for i, w in enumerate((wq, wk, wv))]
+        else:
+            dq, (dk, dv) = self._merge_heads(dq), self._shrink_kv_grads(dk, dv)
+            dx = [linear_ops.matmul(be, g, w) for g, w in ((dq, wq), (dk, wk), (dv, wv))]
+            grads = (dq, dk, dv)
+            if fused:
+                g3 = xp.concatenate([g.reshape(-1, E) for g in grads], axis=1)
         if fused:
-            g3 = xp.concatenate([g.reshape(-1, E) for g in grads], axis=1)
             self.in_proj_weight.accumulate(linear_ops.matmul(be, g3.T, saved_x[0]))
             if self.in_proj_bias is not None:
                 self.in_proj_bias.accumulate(linear_ops.bias_grad(be, g3, 3 * E, linear_ops.route_of(be, "linear", g3.dtype)))
@@ -340,6 +355,10 @@ class MultiheadAttention(Module):
         if bias is not None and extra:
             bias = xp.concatenate([bias, xp.zeros(bias.shape[:3] + (extra,), dtype=bias.dtype)], axis=3)
         return k, v, bias
+
+    def _extra_kv(self) -> bool:
+        """Whether add_bias_kv or add_zero_attn extend the keys and values."""
+        return self.bias_k is not None or self.add_zero_attn
 
     def _shrink_kv_grads(self, dk, dv):
         """_extend_kv's adjoint: (N, S, E) key/value gradients of the projections,
