@@ -883,7 +883,8 @@ static inline __attribute__((always_inline)) DIRECT_FMA void panel_sum(direct_ve
  * A and B at any element strides (a transposed operand is a view), for
  * gpunet/ops/linear.py's matmul. OpenBLAS ran the transformer's and char
  * LSTM's 2-D GEMMs (M 512-1600, K 256-1600) at 183-206 GFLOP/s on 2 cores
- * here, PyTorch's MKL at 190-200; these blocks at 205-221.
+ * here, PyTorch's MKL at 190-200; these blocks at 202-220 (linear.py leaves
+ * products with a tall A to OpenBLAS, which keeps blocks of A in cache).
  *
  * The work is tiles of 64 columns by `mc` rows (the caller's split, mc a
  * multiple of 6), numbered row chunk by row chunk. A tile packs its columns

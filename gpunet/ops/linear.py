@@ -77,7 +77,7 @@ def _host_gemm_lib(be, a, b, out, bias):
     operands at element strides, an output (if any) with unit column stride
     that overlaps neither, and enough work. OpenBLAS ran the transformer's
     and char LSTM's products (M 512-1600, K 256-1600) at 183-206 GFLOP/s on
-    2 cores here, the host GEMM at 202-219."""
+    2 cores here, the host GEMM at 202-220."""
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
         return None
     (m, k), n = a.shape, b.shape[1]
