@@ -121,8 +121,8 @@ def host_ceilings(threads: int, quick: bool, torch=None) -> dict:
     bandwidth = {k: 2.0 * size / t for k, t in copy_s.items()}
     return {"flops": max(flops.values()), "bandwidth": max(bandwidth.values()), "flops_by": flops,
             "bandwidth_by": bandwidth,
-            "how": f"float32 {n}x{n}x{n} GEMM (NumPy, gpunet's host GEMM, PyTorch) and 1x1 convolution of (8, {n // 2}, 16, 16) "
-                   f"(PyTorch/oneDNN); copy and in-place scale of {size >> 20} MiB (bandwidth = 2 x size / time); "
+            "how": f"float32 {n}x{n}x{n} GEMM (NumPy, gpunet's host GEMM, PyTorch) and 1x1 convolution of "
+                   f"(8, {n // 2}, 16, 16) (PyTorch/oneDNN); copy and in-place scale of {size >> 20} MiB (bandwidth = 2 x size / time); "
                    f"{threads} thread(s), best of {reps}; the largest of each"}
 
 
