@@ -306,7 +306,10 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
     xp = be.xp
     dy3 = _channel_view(dy)
     n, c, inner = dy3.shape
-    count = max(n * inner, 1)  # an empty batch: sums are 0, so is every mean
+    if n * inner == 0:  # an empty batch: zero parameter gradients, without reducing over nothing
+        return (xp.empty(dy.shape, dy.dtype), None if weight is None else xp.zeros(c, dy.dtype),
+                xp.zeros(c, dy.dtype) if has_bias else None)
+    count = n * inner
     w_rstd = rstd if weight is None else weight * rstd
     if batch_stats and (lib := _bn_host_lib(be, x3, dy3, mean, w_rstd)) is not None:
         dy3 = np.ascontiguousarray(dy3)
@@ -328,8 +331,8 @@ def batch_norm_backward(be, ctx, dy, batch_stats: bool):
         return dy3[i] @ ones, xp.einsum("nci,nci->nc", dy3[i], dx[i])
     parts = _per_images(be, n, c * inner, sums)
     # totals, not means (count 1): dy_sum gives db, dyx_sum dw
-    dy_sum = _channel_totals(xp, [p[0] for p in parts] or [xp.zeros((0, c), dy3.dtype)], 1, dy3.dtype)
-    dyx_sum = _channel_totals(xp, [p[1] for p in parts] or [xp.zeros((0, c), dy3.dtype)], 1, dy3.dtype)
+    dy_sum = _channel_totals(xp, [p[0] for p in parts], 1, dy3.dtype)
+    dyx_sum = _channel_totals(xp, [p[1] for p in parts], 1, dy3.dtype)
 
     def gradient(i):
         if batch_stats:
