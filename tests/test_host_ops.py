@@ -635,6 +635,32 @@ def test_lstm_both_paths_against_torch_float64(T, B, I, H, grads, host_path):
         np.testing.assert_allclose(got, ref.detach().numpy(), rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("layer", ["lstm", "gru", "rnn"])
+def test_recurrent_backward_without_state_grad(layer, host_path):
+    """state_grad=False (no initial state was given): the initial state's
+    gradients are None, every other gradient has the bits of a full backward
+    (only the last step's recurrent product, which feeds dh0 alone, is left out)."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(3), 6, 5, 4, 70)
+    be = get_backend("cpu")
+    if layer == "lstm":
+        *_, ctx = rnn.lstm_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+        full, part = (rnn.lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, state_grad=s) for s in (True, False))
+        states = [1, 2]
+    else:
+        G = 3 if layer == "gru" else 1
+        w_ih, w_hh, b_ih, b_hh = w_ih[:G * 70], w_hh[:G * 70], b_ih[:G * 70], b_hh[:G * 70]
+        forward, backward = (rnn.gru_forward, rnn.gru_backward) if layer == "gru" else (rnn.rnn_forward,
+                                                                                        rnn.rnn_backward)
+        *_, ctx = forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, *(("tanh",) if layer == "rnn" else ()))
+        full, part = (backward(be, ctx, w_ih, w_hh, dout, dh_n, state_grad=s) for s in (True, False))
+        states = [1]
+    for i, (a, b) in enumerate(zip(full, part)):
+        if i in states:
+            assert a is not None and b is None
+        elif a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
 def test_lstm_backward_step_cell_same_bits_as_the_numpy_cell(lib):
     """Without its product (dg_next NULL) the compiled backward step is the
     NumPy cell's float32 operations in its order: the same bits, NaN

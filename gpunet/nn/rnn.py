@@ -137,8 +137,8 @@ class _ElmanSteps:
         out, h, ctx = ops.rnn_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, self.nonlinearity)
         return out, (h,), ctx
 
-    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
-        dx, dh0, dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, state_grad=True):
+        dx, dh0, dw_ih, dw_hh, db = ops.rnn_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n, state_grad)
         return dx, (dh0,), dw_ih, dw_hh, db, None, {}
 
 
@@ -151,8 +151,9 @@ class _GRUSteps:
         out, h, ctx = ops.gru_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0)
         return out, (h,), ctx
 
-    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n):
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n)
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, state_grad=True):
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n,
+                                                               state_grad)
         return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, {}
 
 
@@ -173,7 +174,8 @@ class _HiddenCell(_Cell):
         dh = _check_grad(self, grad_output, "grad_output", shape)
         dout = None if dh is None else dh.reshape(1, -1, self.hidden_size)
         dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, _ = self._layer_backward(ctx, self.weight_ih.data,
-                                                                         self.weight_hh.data, dout, None)
+                                                                         self.weight_hh.data, dout, None,
+                                                                         state_grad=has_state)
         self._accumulate(dw_ih, dw_hh, db_ih, db_hh)
         dx = dx.reshape(shape[:-1] + (self.input_size,))
         return (dx, dh0.reshape(shape)) if has_state else dx
@@ -224,7 +226,8 @@ class LSTMCell(_Cell):
         dc = _check_grad(self, grad_c, "grad_c", shape)
         flat = (lambda a: None if a is None else a.reshape(-1, self.hidden_size))
         dx, dh0, dc0, dw_ih, dw_hh, db, _ = ops.lstm_backward(self.backend, ctx, self.weight_ih.data,
-                                                           self.weight_hh.data, None, flat(dh), flat(dc))
+                                                           self.weight_hh.data, None, flat(dh), flat(dc),
+                                                           state_grad=has_state)
         self._accumulate(dw_ih, dw_hh, db)
         dx = dx.reshape(shape[:-1] + (self.input_size,))
         return (dx, (dh0.reshape(shape), dc0.reshape(shape))) if has_state else dx
@@ -242,9 +245,9 @@ class _LSTMSteps:
         out, h, c, ctx = ops.lstm_forward(self.backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
         return out, (h, c), ctx
 
-    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
+    def _layer_backward(self, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None, state_grad=True):
         dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = ops.lstm_backward(self.backend, ctx, w_ih, w_hh, dout, dh_n, dc_n,
-                                                                  w_hr)
+                                                                  w_hr, state_grad)
         return dx, (dh0, dc0), dw_ih, dw_hh, db, None, ({} if dw_hr is None else {"weight_hr": dw_hr})
 
     def _state_sizes(self):
@@ -367,8 +370,9 @@ class _Recurrent(Module):
                     g = g[::-1]
                 g = None if g is None else xp.ascontiguousarray(g)
                 w_ih, w_hh, _, _ = self._layer(k, sfx)
+                # without a given initial state its gradient is never read: not computed
                 dxd, ds0[at], *grads = self._layer_backward(ctxs[at], w_ih, w_hh, g, *(s[at] for s in ds_n),
-                                                            **self._extra(k, sfx))
+                                                            **self._extra(k, sfx), state_grad=has_state)
                 self._accumulate(k, sfx, *grads)
                 dxd = dxd if d == 0 else dxd[::-1]
                 dx = dxd if dx is None else dx + dxd

@@ -165,15 +165,17 @@ def _lstm_forward_steps(be, route, w_hh, b_hh, w_hr, gates, hs, cs, tanh_c, raw)
 
 
 @float32_compute("lstm", forward=False, half_kernels=half_kernels)
-def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
+def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None, state_grad=True):
     """Backward through time of one LSTM layer. dout (T, B, R), dh_n (B, R),
     dc_n (B, H); any of them may be None (zero). Returns dx, dh0, dc0, dw_ih,
     dw_hh, db, dw_hr where db is the gradient of b_ih and of b_hh alike (None
-    without biases) and dw_hr None without a projection."""
+    without biases) and dw_hr None without a projection. state_grad=False:
+    the initial state needs no gradient (it was not given), dh0 and dc0 are
+    None and the last step's recurrent product is not computed."""
     route, x2, hs, cs, gates, tanh_c, raw, has_bias = ctx
     lib = _host_lib(be, route, gates)
     if lib is not None:
-        return _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr)
+        return _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr, state_grad)
     xp = be.xp
     T, B, H4 = gates.shape
     H = H4 // 4
@@ -194,10 +196,10 @@ def lstm_backward(be, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr=None):
             dc = _fused_cell_backward(gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
         else:
             dc = _lstm_cell_backward_xp(xp, gates[t], cs[t], tanh_c[t], dy, dh, dc, dG[t])
-        dh = matmul(be, dG[t], w_hh)
+        dh = matmul(be, dG[t], w_hh) if t or state_grad else None
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     dw_hr = None if raw is None else matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
-    return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
+    return dx, dh, dc if state_grad else None, dw_ih, dw_hh, db, dw_hr
 
 
 def _host_lib(be, route, a):
@@ -255,7 +257,7 @@ def _lstm_forward_compiled(be, lib, x2, w_ih, w_hh, b_ih, b_hh, w_hr, gates, hs,
         matmul(be, raw[t], w_hr.T, out=hs[t + 1])
 
 
-def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr):
+def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr, state_grad):
     """lstm_backward on the compiled steps, per step one pass for each block
     of 64 hidden units: d = dy + dG_{t+1} w_hh and the cell, all T steps in
     one call without a projection; with one, a step at a time, the product
@@ -275,20 +277,21 @@ def _lstm_backward_compiled(be, lib, ctx, w_ih, w_hh, dout, dh_n, dc_n, w_hr):
         dh = None if dh_n is None else np.ascontiguousarray(dh_n, np.float32)
         lib.gpunet_lstm_backward_f32(*(hostlib.ptr(a) for a in (dG, wb, gates, cs, tanh_c, dout, dh, dc, dc_bufs,
                                                                 dims, bounds)), parts)
-        dh, dc = matmul(be, dG[0], w_hh), dc_bufs[0]
+        dh, dc = (matmul(be, dG[0], w_hh), dc_bufs[0]) if state_grad else (None, None)
         dw_hr = None
     else:
         dproj = np.empty((T,) + hs.shape[1:], np.float32)
-        dh, dc = _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh_n, dc, w_hh, w_hr, blocks)
+        dh, dc = _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh_n, dc, w_hh, w_hr, blocks,
+                                          state_grad)
         dw_hr = matmul(be, dproj.reshape(-1, dproj.shape[-1]).T, raw.reshape(-1, H))
     dx, dw_ih, dw_hh, db = _weight_grads(be, "array", dG, x2, hs, w_ih, has_bias)
     return dx, dh, dc, dw_ih, dw_hh, db, dw_hr
 
 
-def _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh, dc, w_hh, w_hr, blocks):
+def _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh, dc, w_hh, w_hr, blocks, state_grad):
     """The steps of _lstm_backward_compiled with a projection, one call each;
     fills dG and dproj (the gradients reaching h_t before the projection),
-    returns dh0 and dc0."""
+    returns dh0 and dc0 (None, None without state_grad)."""
     _, _, hs, cs, gates, tanh_c, _, _ = ctx
     T, B, H4 = gates.shape
     at = _step_addresses(gates, cs, tanh_c, dG, dc_bufs)  # the arrays' addresses as integers
@@ -299,8 +302,8 @@ def _lstm_backward_projected(be, lib, ctx, dG, dc_bufs, dproj, dout, dh, dc, w_h
                                   (None, None, at[0](t), at[1](t), at[2](t), hostlib.ptr(dy), hostlib.ptr(dc),
                                    at[3](t), at[4](t % 2), B, H4 // 4), blocks)
         dc = dc_bufs[t % 2]
-        dh = matmul(be, dG[t], w_hh)
-    return dh, dc
+        dh = matmul(be, dG[t], w_hh) if t or state_grad else None
+    return (dh, dc) if state_grad else (None, None)
 
 
 def _lstm_cell_backward_xp(xp, g, c_prev, tanh_c, dy, dh, dc, dg):
@@ -415,9 +418,10 @@ def rnn_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity):
 
 
 @float32_compute("rnn", forward=False, half_kernels=half_kernels)
-def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
+def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n, state_grad=True):
     """Backward through time of one RNN layer; dout (T, B, H) and dh_n (B, H) may be
-    None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None)."""
+    None. Returns dx, dh0, dw_ih, dw_hh, db (db for b_ih and b_hh alike, or None);
+    dh0 None without state_grad (as lstm_backward)."""
     xp = be.xp
     route, x2, hs, relu, has_bias = ctx
     T = hs.shape[0] - 1
@@ -431,7 +435,7 @@ def rnn_backward(be, ctx, w_ih, w_hh, dout, dh_n):
         else:
             d = _sum_or_zeros(xp, dy, dh, h)
             xp.multiply(d, (h > 0) if relu else 1 - h * h, out=dG[t])
-        dh = matmul(be, dG[t], w_hh)
+        dh = matmul(be, dG[t], w_hh) if t or state_grad else None
     dx, dw_ih, dw_hh, db = _weight_grads(be, route, dG, x2, hs, w_ih, has_bias)
     return dx, dh, dw_ih, dw_hh, db
 
@@ -478,10 +482,11 @@ def gru_forward(be, x, w_ih, w_hh, b_ih, b_hh, h0):
 
 
 @float32_compute("gru", forward=False, half_kernels=half_kernels)
-def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n):
+def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n, state_grad=True):
     """Backward through time of one GRU layer; dout (T, B, H) and dh_n (B, H)
     may be None. Returns dx, dh0, dw_ih, dw_hh, db_ih, db_hh (biases None
-    without them): b_ih and b_hh differ in the n block, where r scales b_hn."""
+    without them): b_ih and b_hh differ in the n block, where r scales b_hn.
+    dh0 None without state_grad (as lstm_backward)."""
     xp = be.xp
     route, x2, hs, hns, gates, has_bias = ctx
     T, B, H3 = gates.shape
@@ -495,15 +500,16 @@ def gru_backward(be, ctx, w_ih, w_hh, dout, dh_n):
             part = direct
         else:
             part = _gru_cell_backward_xp(xp, gates[t], hns[t], hs[t], dy, dh, dxg[t], dhg[t])
-        dh = matmul(be, dhg[t], w_hh)
-        dh += part
+        if t or state_grad:
+            dh = matmul(be, dhg[t], w_hh)
+            dh += part
     dxg2, dhg2 = dxg.reshape(T * B, H3), dhg.reshape(T * B, H3)
     dx = matmul(be, dxg2, w_ih).reshape(T, B, w_ih.shape[1])
     dw_ih = matmul(be, dxg2.T, x2)
     dw_hh = matmul(be, dhg2.T, hs[:T].reshape(T * B, hs.shape[-1]))
     db_ih = bias_grad(be, dxg2, H3, route) if has_bias else None
     db_hh = bias_grad(be, dhg2, H3, route) if has_bias else None
-    return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+    return dx, dh if state_grad else None, dw_ih, dw_hh, db_ih, db_hh
 
 
 def _gru_cell_backward_xp(xp, g, hn, h_prev, dy, dh, dxg, dhg):
