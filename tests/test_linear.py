@@ -175,9 +175,10 @@ def _operands(rng, m, k, n, a_transposed, b_transposed):
 
 
 # row counts around the 6-row blocks, column counts around the 64-column panels and their 16-lane vectors,
-# sums of 0, 1 and around the 256-term chunks
+# sums of 0, 1 and around the 256-term chunks; a transposed A is packed 96 rows at a time for groups of up to 4
+# panels: (203, 300, 330) has two whole packs and an 11-row one, a group of 4 panels and one of 2
 GEMM_SHAPES = [(1, 7, 1), (5, 1, 17), (6, 256, 64), (7, 257, 63), (13, 600, 65), (64, 255, 130), (100, 0, 16),
-               (37, 513, 200)]
+               (37, 513, 200), (203, 300, 330)]
 
 
 @pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
@@ -202,8 +203,8 @@ def test_host_gemm_does_not_depend_on_the_thread_count(host_gemm, rng):
     2 and 3 threads (panels split, rows split)."""
     from gpunet.ops import host_threads, linear
     be = gpunet.get_backend("cpu")
-    for m, k, n in [(50, 300, 256), (50, 300, 200), (7, 40, 9)]:
-        a, b = _operands(rng, m, k, n, False, True)
+    for m, k, n, a_t in [(50, 300, 256, False), (50, 300, 200, False), (7, 40, 9, False), (203, 300, 330, True)]:
+        a, b = _operands(rng, m, k, n, a_t, True)
         runs, before = [], host_threads.get_num_threads()
         try:
             for threads in (1, 2, 3):
@@ -212,6 +213,17 @@ def test_host_gemm_does_not_depend_on_the_thread_count(host_gemm, rng):
         finally:
             host_threads.set_num_threads(before)
         assert all(np.array_equal(runs[0], r) for r in runs[1:]), (m, k, n)
+
+
+def test_host_gemm_strided_a(host_gemm, rng):
+    """An A strided both ways (every other row, every third column) is packed
+    like a transposed one: the same bits as its contiguous copy's product."""
+    from gpunet.ops import linear
+    be = gpunet.get_backend("cpu")
+    a = rng.standard_normal((2 * 101, 3 * 270)).astype(np.float32)[::2, ::3]
+    b = rng.standard_normal((270, 70)).astype(np.float32)
+    np.testing.assert_array_equal(linear.matmul(be, a, b), linear.matmul(be, np.ascontiguousarray(a), b))
+    assert host_gemm == [(101, 270, 70)] * 2
 
 
 def test_host_gemm_writes_only_its_output(host_gemm, rng):

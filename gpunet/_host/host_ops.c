@@ -967,30 +967,74 @@ static void gemm_pack(const float *B, i64 rsb, i64 csb, i64 K, i64 j0, i64 n, fl
     }
 }
 
+/* rows of A packed at a time (gemm_pack_a): 96 x GEMM_KC floats, 96 KiB;
+ * tiles (panels) that use one packed block */
+enum { GEMM_PACK_ROWS = 16 * PANEL_ROWS, GEMM_GROUP = 4, GEMM_PREFETCH = 8 };
+
+/* A's rows [0, rows) over terms [0, kn) into ap k-major, GEMM_PACK_ROWS
+ * floats per term (ap[k * GEMM_PACK_ROWS + r] = A[r][k]): for an A with
+ * strided terms (a transposed operand), whose row blocks read in place take
+ * a line a page apart for every term, more than the caches keep (a 4 KiB
+ * stride maps them all to one L1 set); packed, a term's rows are one
+ * contiguous run and the runs follow one another. */
+static void gemm_pack_a(const float *A, i64 rsa, i64 csa, i64 rows, i64 kn, float *restrict ap)
+{
+    for (i64 k = 0; k < kn; k++) {
+        const float *a = A + k * csa;
+        float *out = ap + k * GEMM_PACK_ROWS;
+        if (rsa == 1) { /* a transposed A: each term's rows are contiguous, a vector copy */
+            if (k + GEMM_PREFETCH < kn) /* runs a page apart: the prefetchers do not see the next one coming */
+                for (i64 r = 0; r < rows; r += 16) __builtin_prefetch(a + GEMM_PREFETCH * csa + r);
+            for (i64 r = 0; r < rows; r++) out[r] = a[r];
+        } else
+            for (i64 r = 0; r < rows; r++) out[r] = a[r * rsa];
+    }
+}
+
 /* Tiles [lo, hi) of the product. dims: M, N, K, A's row and column strides,
- * B's, C's row stride, mc (rows per tile). Returns 1 when the panel could
- * not be allocated (nothing written). */
+ * B's, C's row stride, mc (rows per tile). An A with strided terms (csa !=
+ * 1) is packed, GEMM_PACK_ROWS rows by GEMM_KC terms at a time, and used for
+ * up to GEMM_GROUP tiles of its rows (their panels packed together: their
+ * chunks of GEMM_KC terms, 256 KiB, stay in L2 while the row blocks pass).
+ * The order of every sum is the same either way. Returns 1 when the panels
+ * could not be allocated (nothing written). */
 int gpunet_gemm_f32(const float *A, const float *B, const float *bias, float *C, const i64 *dims, i64 lo, i64 hi)
 {
     const i64 M = dims[0], N = dims[1], K = dims[2], rsa = dims[3], csa = dims[4], rsb = dims[5], csb = dims[6];
-    const i64 ldc = dims[7], mc = dims[8], panels = (N + PANEL_LANES - 1) / PANEL_LANES;
-    float *panel = malloc((size_t)(K > 0 ? K : 1) * PANEL_LANES * sizeof(float));
+    const i64 ldc = dims[7], mc = dims[8], panels = (N + PANEL_LANES - 1) / PANEL_LANES, kp = K > 0 ? K : 1;
+    const int pack_a = csa != 1 && K > 1;
+    const i64 group = pack_a ? GEMM_GROUP : 1;
+    float *panel = malloc(((size_t)(group * kp * PANEL_LANES) + (pack_a ? GEMM_PACK_ROWS * GEMM_KC : 0))
+                          * sizeof(float));
     if (!panel)
         return 1;
-    float init[PANEL_LANES];
-    for (i64 t = lo, packed = -1; t < hi; t++) {
-        const i64 p = t % panels, j0 = p * PANEL_LANES, n = N - j0 < PANEL_LANES ? N - j0 : PANEL_LANES;
-        const i64 m0 = t / panels * mc, m1 = m0 + mc < M ? m0 + mc : M;
-        if (p != packed) {
-            gemm_pack(B, rsb, csb, K, j0, n, panel);
-            for (i64 l = 0; l < PANEL_LANES; l++) init[l] = bias && l < n ? bias[j0 + l] : 0.0f;
-            packed = p;
+    float *ap = panel + group * kp * PANEL_LANES, init[GEMM_GROUP][PANEL_LANES];
+    for (i64 t = lo, t1, packed = -1; t < hi; t = t1) {
+        /* tiles [t, t1): one row chunk's, up to `group` of them */
+        const i64 m0 = t / panels * mc, m1 = m0 + mc < M ? m0 + mc : M, chunk_end = (t / panels + 1) * panels;
+        t1 = t + group < hi ? t + group : hi;
+        t1 = t1 < chunk_end ? t1 : chunk_end;
+        for (i64 u = t; u < t1 && !(t1 - t == 1 && u % panels == packed); u++) {
+            const i64 j0 = u % panels * PANEL_LANES, n = N - j0 < PANEL_LANES ? N - j0 : PANEL_LANES;
+            gemm_pack(B, rsb, csb, K, j0, n, panel + (u - t) * kp * PANEL_LANES);
+            for (i64 l = 0; l < PANEL_LANES; l++) init[u - t][l] = bias && l < n ? bias[j0 + l] : 0.0f;
+            packed = u % panels;
         }
         for (i64 k0 = 0; k0 < K || k0 == 0; k0 += GEMM_KC) { /* K = 0: C = bias, or zero */
             const i64 kn = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
-            for (i64 r0 = m0; r0 < m1; r0 += PANEL_ROWS)
-                gemm_rows(A + r0 * rsa + k0 * csa, rsa, csa, panel + k0 * PANEL_LANES, kn, k0 ? NULL : init, k0 > 0,
-                          C + r0 * ldc + j0, ldc, n, m1 - r0 < PANEL_ROWS ? m1 - r0 : PANEL_ROWS);
+            for (i64 b0 = m0, b1; b0 < m1; b0 = b1) {
+                b1 = pack_a && b0 + GEMM_PACK_ROWS < m1 ? b0 + GEMM_PACK_ROWS : m1;
+                if (pack_a)
+                    gemm_pack_a(A + b0 * rsa + k0 * csa, rsa, csa, b1 - b0, kn, ap);
+                for (i64 u = t; u < t1; u++) {
+                    const i64 j0 = u % panels * PANEL_LANES, n = N - j0 < PANEL_LANES ? N - j0 : PANEL_LANES;
+                    const float *pk = panel + ((u - t) * kp + k0) * PANEL_LANES;
+                    for (i64 r0 = b0; r0 < b1; r0 += PANEL_ROWS)
+                        gemm_rows(pack_a ? ap + (r0 - b0) : A + r0 * rsa + k0 * csa, pack_a ? 1 : rsa,
+                                  pack_a ? GEMM_PACK_ROWS : csa, pk, kn, k0 ? NULL : init[u - t], k0 > 0,
+                                  C + r0 * ldc + j0, ldc, n, b1 - r0 < PANEL_ROWS ? b1 - r0 : PANEL_ROWS);
+                }
+            }
         }
     }
     free(panel);

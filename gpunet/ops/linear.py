@@ -25,10 +25,9 @@ HOST_GEMM_MIN_MACS = 1 << 20
 # and below this many per thread the product stays on one
 HOST_GEMM_MACS_PER_THREAD = 1 << 19
 # A operands of more elements go to BLAS too: the host GEMM streams A once per
-# 64-column panel, where OpenBLAS keeps blocks of it in cache; at (6400, 2048)
-# @ (2048, 512) it ran at 160-180 GFLOP/s here, OpenBLAS at 205. A transposed
-# A (a weight gradient's dY^T) of more than half that: at (1024, 2048) @ (2048,
-# 1024) 125-145 GFLOP/s (a page per term of each row block), OpenBLAS 200
+# 64-column panel (a transposed A, a weight gradient's dY^T, once per 4), where
+# OpenBLAS keeps blocks of it in cache; at (6400, 2048) @ (2048, 512) it ran at
+# 160-180 GFLOP/s here, OpenBLAS at 205
 HOST_GEMM_MAX_A = 1 << 21
 _PANEL, _ROWS = 64, 6  # host_ops.c's panel width and block height (PANEL_LANES, PANEL_ROWS)
 
@@ -81,8 +80,7 @@ def _host_gemm_lib(be, a, b, out, bias):
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
         return None
     (m, k), n = a.shape, b.shape[1]
-    if m * n * k < HOST_GEMM_MIN_MACS or m * k > (HOST_GEMM_MAX_A // 2 if a.strides[0] == 4 else HOST_GEMM_MAX_A) \
-            or any(s % 4 for s in a.strides + b.strides):
+    if m * n * k < HOST_GEMM_MIN_MACS or m * k > HOST_GEMM_MAX_A or any(s % 4 for s in a.strides + b.strides):
         return None
     if bias is not None and (not isinstance(bias, np.ndarray) or bias.shape != (n,) or not bias.flags.c_contiguous):
         return None
