@@ -815,6 +815,26 @@ void gpunet_embedding_backward_f32(const int64_t *idx, const float *dy, float *r
 }
 
 /* ------------------------------------------------------------ the LSTM cell's activations */
+/* e^x for the activations below, cheaper than exp_f32 where they allow it:
+ * x clamped to [-87.3, 89] keeps 2^k one normal factor or, at k = 128
+ * (x >= 88.38), +inf; so e^x is exp_f32's below e^88.38 (its exponent in
+ * one step), +inf above (where 1/(1 + e^x) and 2/(e^x + 1) round to 0 or
+ * to the subnormals exp_f32 also flushes there), and e^-87.3 below -87.3
+ * (where 1 + e^x rounds to 1 either way). The reduction's products are
+ * fused: k·LN2_HI is exact, so r is x - k·ln2 rounded once. */
+static inline float exp_act_f32(float x)
+{
+    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
+    const float ROUND = 12582912.0f;
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 89.0f ? 89.0f : x;
+    float kr = MADD(x, LOG2E, ROUND);
+    float k = kr - ROUND;
+    float r = MADD(-k, LN2_HI, x);
+    r = MADD(-k, LN2_LO, r);
+    return exp_poly(r) * bits_to_float((float_to_bits(kr) - float_to_bits(ROUND) + 127) << 23);
+}
+
 /* tanh in float32, branch free (vectorises): for |x| < 0.55 its Taylor
  * series in x^2 to degree 17 (truncation below 6e-9 relative there), above
  * 1 - 2/(e^(2|x|) + 1) (no cancellation: the result is above 0.5), the
@@ -831,13 +851,13 @@ static inline float tanh_f32(float x)
     p = MADD(p, y, 0.13333333333333333f);
     p = MADD(p, y, -0.3333333333333333f);
     float small = MADD(a, y * p, a);
-    float large = 1.0f - 2.0f / (exp_f32(2.0f * a) + 1.0f);
+    float large = 1.0f - 2.0f / (exp_act_f32(2.0f * a) + 1.0f);
     return copysignf(a < 0.55f ? small : large, x);
 }
 
 /* 1/(1 + e^-x): a few ulps relative down to e^-88.7 (the subnormal results
  * below come out 0), 1 from 17 up; NaN stays NaN */
-static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_act_f32(-x)); }
 
 /* ------------------------------------------------------------ register-block products */
 /* The GEMM's and the LSTM's products and the direct convolution's sums run as
