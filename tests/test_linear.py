@@ -226,6 +226,19 @@ def test_host_gemm_strided_a(host_gemm, rng):
     assert host_gemm == [(101, 270, 70)] * 2
 
 
+def test_host_gemm_transposed_a_with_a_long_sum(host_gemm, rng):
+    """K = 100000: the packed panels of a transposed A's group of 4 would
+    pass 16 MiB, so fewer share a packed block; within the float64 bound."""
+    from gpunet.ops import linear
+    m, k, n = 7, 100_000, 200
+    a, b = _operands(rng, m, k, n, True, False)
+    y = linear.matmul(gpunet.get_backend("cpu"), a, b)
+    assert host_gemm == [(m, k, n)]
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    bound = (256 + k // 256 + 2) * np.finfo(np.float32).eps * (np.abs(a64) @ np.abs(b64))
+    assert (np.abs(y - a64 @ b64) <= bound).all()
+
+
 def test_host_gemm_writes_only_its_output(host_gemm, rng):
     """out= a column slice of a wider array: the product lands there and its
     neighbours keep their values."""

@@ -988,8 +988,9 @@ static void gemm_pack(const float *B, i64 rsb, i64 csb, i64 K, i64 j0, i64 n, fl
 }
 
 /* rows of A packed at a time (gemm_pack_a): 96 x GEMM_KC floats, 96 KiB;
- * tiles (panels) that use one packed block */
-enum { GEMM_PACK_ROWS = 16 * PANEL_ROWS, GEMM_GROUP = 4, GEMM_PREFETCH = 8 };
+ * tiles (panels) that use one packed block, fewer where their packed panels
+ * would pass GEMM_GROUP_FLOATS (16 MiB: K above 65536) */
+enum { GEMM_PACK_ROWS = 16 * PANEL_ROWS, GEMM_GROUP = 4, GEMM_PREFETCH = 8, GEMM_GROUP_FLOATS = 1 << 22 };
 
 /* A's rows [0, rows) over terms [0, kn) into ap k-major, GEMM_PACK_ROWS
  * floats per term (ap[k * GEMM_PACK_ROWS + r] = A[r][k]): for an A with
@@ -1023,7 +1024,8 @@ int gpunet_gemm_f32(const float *A, const float *B, const float *bias, float *C,
     const i64 M = dims[0], N = dims[1], K = dims[2], rsa = dims[3], csa = dims[4], rsb = dims[5], csb = dims[6];
     const i64 ldc = dims[7], mc = dims[8], panels = (N + PANEL_LANES - 1) / PANEL_LANES, kp = K > 0 ? K : 1;
     const int pack_a = csa != 1 && K > 1;
-    const i64 group = pack_a ? GEMM_GROUP : 1;
+    const i64 fit = GEMM_GROUP_FLOATS / (kp * PANEL_LANES);
+    const i64 group = !pack_a || fit < 1 ? 1 : fit < GEMM_GROUP ? fit : GEMM_GROUP;
     float *panel = malloc(((size_t)(group * kp * PANEL_LANES) + (pack_a ? GEMM_PACK_ROWS * GEMM_KC : 0))
                           * sizeof(float));
     if (!panel)
