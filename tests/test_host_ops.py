@@ -641,7 +641,9 @@ def test_lstm_both_paths_against_torch_float64(T, B, I, H, grads, host_path):
 def test_recurrent_backward_without_state_grad(layer, host_path):
     """state_grad=False (no initial state was given): the initial state's
     gradients are None, every other gradient has the bits of a full backward
-    (only the last step's recurrent product, which feeds dh0 alone, is left out)."""
+    (only the last step's recurrent product, which feeds dh0 alone, is left
+    out); the full backward is held to PyTorch's in float64 above and in
+    tests/test_rnn.py and tests/test_gru.py."""
     x, w_ih, w_hh, b_ih, b_hh, h0, c0, dout, dh_n, dc_n = _lstm_case(np.random.default_rng(3), 6, 5, 4, 70)
     be = get_backend("cpu")
     if layer == "lstm":

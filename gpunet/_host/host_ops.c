@@ -40,6 +40,14 @@ typedef int64_t i64;
 static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
+/* the exps' reduction: log2(e), ln 2 in two parts (LN2_HI has few enough
+ * bits that k·LN2_HI is exact for |k| < 2^9), and 1.5·2^23 (adding it
+ * rounds to an integer kept in the low mantissa bits) */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693145751953125f
+#define EXP_LN2_LO 1.42860682030941723e-6f
+#define EXP_ROUND 12582912.0f
+
 /* e^r for |r| <= 0.35: Taylor to degree 7, Horner */
 static inline float exp_poly(float r)
 {
@@ -63,19 +71,17 @@ static inline float exp_poly(float r)
  * are rounded once. */
 static inline float exp_f32(float x)
 {
-    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
-    const float ROUND = 12582912.0f; /* 1.5·2^23: adding it rounds to an integer kept in the low mantissa bits */
     x = x < -104.0f ? -104.0f : x;
     x = x > 89.0f ? 89.0f : x;
-    float kr = x * LOG2E + ROUND;
+    float kr = x * EXP_LOG2E + EXP_ROUND;
     uint32_t kbits = float_to_bits(kr);
-    float k = kr - ROUND;
-    float r = x - k * LN2_HI;
-    r = r - k * LN2_LO;
+    float k = kr - EXP_ROUND;
+    float r = x - k * EXP_LN2_HI;
+    r = r - k * EXP_LN2_LO;
     float p = exp_poly(r);
     /* k in [-150, 129] sits in kbits' low bits as two's complement (the
      * mantissa of 1.5·2^23 + k); split it into k1 + k2, each a normal 2^k */
-    int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
+    int32_t ki = (int32_t)(kbits - float_to_bits(EXP_ROUND));
     int32_t k1 = ki >> 1, k2 = ki - k1; /* a shift, not ki / 2: no rounding toward 0 to fix up (~10% of the exp) */
     float s1 = bits_to_float((uint32_t)(k1 + 127) << 23), s2 = bits_to_float((uint32_t)(k2 + 127) << 23);
     return p * s1 * s2;
@@ -109,18 +115,16 @@ static inline float clamp_abs(float x)
  * below e^-104 are 0 (a NaN stays NaN). One exp where hi·exp(lo) took two. */
 static inline float exp_sum_f32(float a, float b)
 {
-    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
-    const float ROUND = 12582912.0f;
     float x = a + b;
     float xc = x < -104.0f ? -104.0f : x;
-    float kr = xc * LOG2E + ROUND;
+    float kr = xc * EXP_LOG2E + EXP_ROUND;
     uint32_t kbits = float_to_bits(kr);
-    float k = kr - ROUND;
-    float r = a - k * LN2_HI;
+    float k = kr - EXP_ROUND;
+    float r = a - k * EXP_LN2_HI;
     r = r + b;
-    r = r - k * LN2_LO;
+    r = r - k * EXP_LN2_LO;
     float p = exp_poly(r);
-    int32_t ki = (int32_t)(kbits - float_to_bits(ROUND));
+    int32_t ki = (int32_t)(kbits - float_to_bits(EXP_ROUND));
     int32_t k1 = ki / 2, k2 = ki - k1;
     float e = p * bits_to_float((uint32_t)(k1 + 127) << 23) * bits_to_float((uint32_t)(k2 + 127) << 23);
     return x < -104.0f ? 0.0f : e;
@@ -824,15 +828,13 @@ void gpunet_embedding_backward_f32(const int64_t *idx, const float *dy, float *r
  * fused: k·LN2_HI is exact, so r is x - k·ln2 rounded once. */
 static inline float exp_act_f32(float x)
 {
-    const float LOG2E = 1.44269504088896341f, LN2_HI = 0.693145751953125f, LN2_LO = 1.42860682030941723e-6f;
-    const float ROUND = 12582912.0f;
     x = x < -87.3f ? -87.3f : x;
     x = x > 89.0f ? 89.0f : x;
-    float kr = MADD(x, LOG2E, ROUND);
-    float k = kr - ROUND;
-    float r = MADD(-k, LN2_HI, x);
-    r = MADD(-k, LN2_LO, r);
-    return exp_poly(r) * bits_to_float((float_to_bits(kr) - float_to_bits(ROUND) + 127) << 23);
+    float kr = MADD(x, EXP_LOG2E, EXP_ROUND);
+    float k = kr - EXP_ROUND;
+    float r = MADD(-k, EXP_LN2_HI, x);
+    r = MADD(-k, EXP_LN2_LO, r);
+    return exp_poly(r) * bits_to_float((float_to_bits(kr) - float_to_bits(EXP_ROUND) + 127) << 23);
 }
 
 /* tanh in float32, branch free (vectorises): for |x| < 0.55 its Taylor
@@ -912,8 +914,8 @@ static inline __attribute__((always_inline)) DIRECT_FMA void panel_sum(direct_ve
  * same columns), then runs 6-row blocks over it, the sum over k in chunks of
  * GEMM_KC terms: each chunk summed in order with one FMA per term, the
  * chunks added into C in order, so a sum of K terms rounds about GEMM_KC +
- * K / GEMM_KC times in sequence, not K (OpenBLAS's blocking does the same),
- * and a transposed A's lines stay in L1 from one row block to the next.
+ * K / GEMM_KC times in sequence, not K (OpenBLAS's blocking does the same);
+ * an A with strided terms is packed first (below).
  * Every element is one tile's, summed in the same order whatever the split:
  * the result does not depend on the thread count. */
 enum { GEMM_KC = 256 };

@@ -48,11 +48,13 @@ def route_of(be, op: str, dtype, **kwargs) -> str:
 
 
 def matmul(be, a, b, out=None, out_dtype=None, bias=None):
-    """a @ b (be.xp.matmul broadcasting), plus `bias` on every row (2-D
-    float32 only). Half arrays: float32 accumulation, the product rounded
+    """a @ b (be.xp.matmul broadcasting), plus `bias` on every row (not for
+    half arrays). Half arrays: float32 accumulation, the product rounded
     once to their dtype, or left in float32 with out_dtype=float32 (a sum
     over chunks rounds once at the end)."""
     xp = be.xp
+    if bias is not None and dtypes.is_half(a.dtype):
+        raise ValueError("matmul: bias is added to float32 and float64 products only (half: add it after)")
     if not dtypes.is_half(a.dtype):
         if xp is np and (lib := _host_gemm_lib(be, a, b, out, bias)) is not None:
             return _host_gemm(lib, a, b, out, bias)
