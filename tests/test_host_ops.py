@@ -455,7 +455,13 @@ _AVG_CASES = [((2, 3, 9, 11), 3, 2, 1, False, True), ((1, 1, 5, 5), (2, 3), (2, 
               ((3, 1, 7, 4), 3, 1, 1, False, False),
               # one window a row: global pooling, overlapping rows, padding left out of the divisor
               ((2, 3, 8, 8), 8, 8, 0, False, True), ((1, 2, 9, 3), 3, (2, 1), 0, False, True),
-              ((1, 1, 5, 4), (3, 4), 1, (1, 0), False, False)]
+              ((1, 1, 5, 4), (3, 4), 1, (1, 0), False, False),
+              # disjoint windows (backward writes each share once): a gap between them, a ceil_mode window
+              # cut off by the input's edge
+              ((2, 1, 9, 10), (2, 3), (4, 3), 0, False, False), ((1, 2, 7, 7), 2, 3, 0, True, True),
+              # global pooling over 8 planes at a time and a remainder: over the whole plane, and over all
+              # but its last row
+              ((3, 5, 8, 8), 8, 8, 0, False, True), ((2, 5, 9, 6), (8, 6), 8, 0, False, True)]
 
 
 def _avg_run(x, kernel, stride, padding, ceil_mode, include_pad, dy_fn):
@@ -478,6 +484,13 @@ def test_avg_pool_both_paths_against_torch_float64(shape, kernel, stride, paddin
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
+def _avg_dy(y):
+    """sin(y), 1 where y is NaN, and a -0 first (its share lands on zeros: +0)."""
+    dy = np.where(np.isnan(y), np.float32(1), np.sin(y)).astype(np.float32)
+    dy.reshape(-1)[0] = -0.0
+    return dy
+
+
 @pytest.mark.parametrize("shape,kernel,stride,padding,ceil_mode,include_pad", _AVG_CASES)
 def test_avg_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, padding, ceil_mode, include_pad,
                                                        lib, monkeypatch):
@@ -489,8 +502,7 @@ def test_avg_pool_compiled_same_bits_as_the_numpy_path(shape, kernel, stride, pa
         if numpy_only:
             monkeypatch.setattr(hostlib, "load", lambda: None)
         with np.errstate(invalid="ignore"):
-            runs.append(_avg_run(x, kernel, stride, padding, ceil_mode, include_pad,
-                                 lambda y: np.where(np.isnan(y), np.float32(1), np.sin(y)).astype(np.float32)))
+            runs.append(_avg_run(x, kernel, stride, padding, ceil_mode, include_pad, _avg_dy))
     for got, ref in zip(*runs):
         np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
 

@@ -738,13 +738,26 @@ static inline void add_strided_to(float *restrict row, const float *s, i64 n, i6
         for (i64 o = 0; o < n; o++) row[o * sw] += s[o];
 }
 
+enum { AVG_PLANES = 8 };
+
 void gpunet_avgpool2d_forward_f32(const float *x, float *restrict y, float *restrict pad, float *restrict div,
                                   i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP, i64 kh, i64 kw, i64 sh,
                                   i64 sw, i64 ph, i64 pw, int include_pad)
 {
     avg_divisors(div, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad);
     int padded = HP != H || WP != W;
-    for (i64 p = 0; p < P; p++) {
+    i64 p = 0;
+    if (OH == 1 && OW == 1 && !padded) /* global pooling: AVG_PLANES planes' sums side by side, each in */
+        for (; p + AVG_PLANES <= P; p += AVG_PLANES) { /* its own order (a chain of adds is latency-bound) */
+            float acc[AVG_PLANES];
+            const float *src = x + p * H * W;
+            for (int g = 0; g < AVG_PLANES; g++) acc[g] = src[g * H * W];
+            for (i64 i = 0; i < kh; i++)
+                for (i64 j = i == 0; j < kw; j++)
+                    for (int g = 0; g < AVG_PLANES; g++) acc[g] += src[g * H * W + i * W + j];
+            for (int g = 0; g < AVG_PLANES; g++) y[p + g] = acc[g] / div[0];
+        }
+    for (; p < P; p++) {
         const float *src = x + p * H * W;
         if (padded) {
             pad_plane(src, pad, H, W, HP, WP, ph, pw);
@@ -771,15 +784,53 @@ void gpunet_avgpool2d_forward_f32(const float *x, float *restrict y, float *rest
 /* dx (P, H, W) from dy (P, OH, OW): each input pixel gets dy/divisor of every
  * window holding it, added tap by tap in row-major tap order onto zeros (the
  * NumPy path's order: fixed, no atomics), in pad (HP·WP floats); share:
- * OH·OW floats of scratch. */
+ * OH·OW floats of scratch. Windows that neither overlap nor reach into the
+ * padding (stride >= kernel, no padding: global pooling, 2x2 stride 2) give
+ * each pixel one share or none, written straight into dx as 0 + share (the
+ * same bits, -0 included): the taps' scattered adds and the padded plane cost
+ * 4x the time of the writes over 8x8 planes. */
+static void avgpool_backward_disjoint(const float *share, float *restrict out, i64 H, i64 W, i64 OH, i64 OW,
+                                      i64 kh, i64 kw, i64 sh, i64 sw)
+{
+    if (OH == 1 && OW == 1 && kh >= H && kw >= W) { /* global pooling: one share for the plane */
+        const float v = 0.0f + share[0];
+        for (i64 q = 0; q < H * W; q++) out[q] = v;
+        return;
+    }
+    i64 h = 0;
+    for (i64 o = 0; o < OH && h < H; o++) {
+        float *restrict first = out + h * W; /* the window row's first line; its other lines copy it */
+        const float *s = share + o * OW;
+        i64 w = 0; /* a ceil_mode window may end past the row */
+        for (i64 o2 = 0; o2 < OW; o2++) {
+            const float v = 0.0f + s[o2];
+            const i64 end = w + kw < W ? w + kw : W, next = w + sw < W ? w + sw : W;
+            for (; w < end; w++) first[w] = v;
+            for (; w < next; w++) first[w] = 0.0f;
+        }
+        for (; w < W; w++) first[w] = 0.0f;
+        const i64 lines = h + kh < H ? kh : H - h, gap = h + sh < H ? sh : H - h;
+        for (i64 i = 1; i < lines; i++)
+            for (i64 q = 0; q < W; q++) first[i * W + q] = first[q];
+        for (i64 q = lines * W; q < gap * W; q++) first[q] = 0.0f;
+        h += gap;
+    }
+    for (i64 q = h * W; q < H * W; q++) out[q] = 0.0f;
+}
+
 void gpunet_avgpool2d_backward_f32(const float *dy, float *restrict dx, float *restrict pad, float *restrict div,
                                    float *restrict share, i64 P, i64 H, i64 W, i64 OH, i64 OW, i64 HP, i64 WP,
                                    i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, int include_pad)
 {
     avg_divisors(div, H, W, OH, OW, kh, kw, sh, sw, ph, pw, include_pad);
+    const int disjoint = sh >= kh && sw >= kw && ph == 0 && pw == 0;
     for (i64 p = 0; p < P; p++) {
         const float *g = dy + p * OH * OW;
         for (i64 k = 0; k < OH * OW; k++) share[k] = g[k] / div[k];
+        if (disjoint) {
+            avgpool_backward_disjoint(share, dx + p * H * W, H, W, OH, OW, kh, kw, sh, sw);
+            continue;
+        }
         memset(pad, 0, (size_t)(HP * WP) * sizeof(float));
         for (i64 i = 0; i < kh; i++)
             for (i64 j = 0; j < kw; j++)
