@@ -48,7 +48,7 @@ _F32 = ctypes.c_float
 # the functions that return something (the rest: void)
 _RESTYPES = {name: ctypes.c_int for name in ("gpunet_conv_direct_f32", "gpunet_gemm_f32", "gpunet_conv_direct_into_f32",
                                              "gpunet_conv_dw_pixels_f32",
-                                             "gpunet_any_nonfinite_f32", "gpunet_any_nonfinite_f64",
+                                             "gpunet_any_nonfinite_f32", "gpunet_any_nonfinite_f64", "gpunet_relu_f32",
                                              "gpunet_conv_dw_f32", "gpunet_pool_init", "gpunet_run_ranges",
                                              "gpunet_maxpool2d_forward_range_f32",
                                              "gpunet_maxpool2d_backward_range_f32", "gpunet_avgpool2d_range_f32",

@@ -1083,6 +1083,42 @@ def test_softmax_module_scans_its_input_in_the_compiled_rows(lib, module, monkey
         checks.set_finite_checks(host=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relu_module_scans_its_input_in_the_compiled_loop(lib, threads, monkeypatch):
+    """nn.ReLU's NaN/Inf check rides its compiled loop's read of x (no scan
+    pass): a NaN or an infinity at either end of each thread's range or in
+    between raises naming the input; the largest finite values pass; other
+    activations, and ReLU with the checks off, keep their behaviour."""
+    import gpunet.nn as gnn
+    from gpunet import checks
+    calls = _spy_compiled(monkeypatch)
+    x = np.random.default_rng(3).standard_normal((5, 65537)).astype(np.float32)
+    x[0, 0], x[4, 65536] = np.finfo(np.float32).max, -np.finfo(np.float32).max
+    before = host_threads.get_num_threads()
+    host_threads.set_num_threads(threads)
+    try:
+        m = gnn.ReLU()
+        np.testing.assert_array_equal(m(x), np.maximum(x, 0))
+        assert calls == ["gpunet_relu_f32"] * threads
+        for pos in [i for lo, hi in host_threads.ranges(x.size) for i in (lo, (lo + hi) // 2, hi - 1)]:
+            for bad in (np.nan, np.inf, -np.inf):
+                y = x.copy()
+                y.flat[pos] = bad
+                calls.clear()
+                with pytest.raises(ValueError, match=rf"input: contains 1 NaN/Inf value\(s\) of {x.size}"):
+                    m(y)
+                assert set(calls) == {"gpunet_relu_f32"}
+        with pytest.raises(ValueError, match=r"input: contains 1 NaN/Inf"):
+            gnn.Tanh()(y)
+        checks.set_finite_checks(host=False)
+        try:
+            assert np.isneginf(y.flat[pos]) and m(y).flat[pos] == 0
+        finally:
+            checks.set_finite_checks(host=True)
+    finally:
+        host_threads.set_num_threads(before)
+
+
 def test_layer_norm_module_scans_its_input_in_the_compiled_rows(lib, monkeypatch):
     """nn.LayerNorm's NaN/Inf check is the compiled rows' own sums (a row
     holds one exactly when its sum in double is not finite; no scan pass),

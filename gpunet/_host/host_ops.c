@@ -1518,9 +1518,16 @@ void gpunet_maxpool2d_backward_f32(const float *dy, const int32_t *arg, float *r
 /* ReLU's backward dx = x > 0 ? dy : +0, a select (a NaN dy at x <= 0 gives
  * 0, as the kernels and PyTorch): one pass where NumPy takes three */
 /* max(x, 0) as NumPy's maximum gives it: -0 gives +0, a NaN itself */
-void gpunet_relu_f32(const float *x, float *restrict y, i64 lo, i64 hi)
+/* returns 1 when x[lo, hi) holds a NaN or an infinity (the input scan of
+ * gpunet/checks.py in the same read: x·0 is ±0 for every finite x), else 0 */
+int gpunet_relu_f32(const float *x, float *restrict y, i64 lo, i64 hi)
 {
-    for (i64 q = lo; q < hi; q++) y[q] = x[q] > 0.0f || x[q] != x[q] ? x[q] : 0.0f;
+    int bad = 0;
+    for (i64 q = lo; q < hi; q++) {
+        y[q] = x[q] > 0.0f || x[q] != x[q] ? x[q] : 0.0f;
+        bad |= !(x[q] * 0.0f == 0.0f);
+    }
+    return bad;
 }
 
 void gpunet_relu_backward_f32(const float *x, const float *dy, float *restrict dx, i64 lo, i64 hi)

@@ -17,8 +17,8 @@ class _Elementwise(Module):
         return {}
 
     def forward(self, input):
-        checks.array(self.backend, input, "input", dtype=self.dtype)
-        y, ctx = ops.act_forward(self.backend, self.kind, input, **self.params())
+        checks.array(self.backend, input, "input", dtype=self.dtype, finite=False)
+        y, ctx = ops.act_forward(self.backend, self.kind, input, check="input", **self.params())
         self.save(ctx)
         return y
 

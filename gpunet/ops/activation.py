@@ -25,7 +25,7 @@ import numpy as np
 
 from ..dispatch import path
 from .cupy_kernels import cupy, lit
-from .. import dtypes, hostlib
+from .. import checks, dtypes, hostlib
 from . import host_threads
 from .half import float32_compute, kernel_view
 
@@ -218,17 +218,24 @@ def _gelu_tanh_f32(lib, x, derivative=False, dy=None):
     return out
 
 
-def _relu_f32(x):
+def _relu_f32(be, x, check):
     """FORWARD["relu"] (NumPy's maximum) of a float32 host array, its elements
     split over the host threads (NumPy's loop runs on one core): the compiled
-    loop where there is one."""
+    loop where there is one, which also does the NaN/Inf scan of x named
+    `check` (gpunet.checks) in the same read."""
     x = np.asarray(x, order="C")
     y = np.empty_like(x)
     xf, yf = x.reshape(-1), y.reshape(-1)
     if (lib := hostlib.load()) is not None:
-        _host_elementwise(lib.gpunet_relu_f32, xf, yf, exp=False)
-    else:
-        host_threads.run(lambda lo, hi: np.maximum(xf[lo:hi], 0, out=yf[lo:hi]), host_threads.ranges(xf.size))
+        least = host_threads.MIN_PER_THREAD
+        nonfinite = host_threads.run_compiled(lib.gpunet_relu_f32, [hostlib.ptr(xf), hostlib.ptr(yf)],
+                                              host_threads.ranges(xf.size, 1, least))
+        if check is not None and any(nonfinite) and checks.finite_checks_enabled(be):
+            checks.nonfinite_error(be, x, check)
+        return y
+    if check is not None:
+        checks.finite_values(be, x, check)
+    host_threads.run(lambda lo, hi: np.maximum(xf[lo:hi], 0, out=yf[lo:hi]), host_threads.ranges(xf.size))
     return y
 
 
@@ -394,20 +401,26 @@ def _half_route(kind, params):
 
 @float32_compute("activation", forward=True,
                  half_kernels=lambda be, kind, x, **params: _half_route(kind, params))
-def act_forward(be, kind: str, x, **params):
-    """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs."""
-    if dtypes.is_half(x.dtype):  # the kernels' half path (float32_compute sends only such calls here)
+def act_forward(be, kind: str, x, check: str | None = None, **params):
+    """y = kind(x) elementwise. Returns (y, ctx) with ctx what act_backward needs.
+    check: x's argument name when its NaN/Inf scan (gpunet.checks) is left to
+    this op: the compiled ReLU does it in its read of x, the rest first."""
+    route = None if dtypes.is_half(x.dtype) else path(be, kind, x.dtype, unsupported=_no_kernel(kind, params))
+    host_relu = route != "kernel" and kind == "relu" and _host_f32(be.xp, x)
+    if check is not None and not host_relu:
+        checks.finite_values(be, x, check)
+    if route is None:  # the kernels' half path (float32_compute sends only such calls here)
         x = be.xp.asarray(x, order="C")
         y = be.xp.empty_like(x)
         be.kernels.act_forward(kind, kernel_view(be, x), kernel_view(be, y), *_KERNEL_PARAMS[kind](**params),
                                be.stream())
         return y, (kind, params, x, y)
-    if path(be, kind, x.dtype, unsupported=_no_kernel(kind, params)) == "kernel":
+    if route == "kernel":
         x = be.xp.asarray(x, order="C")  # not ascontiguousarray: that makes a 0-d input 1-d
         y = be.xp.empty_like(x)
         be.kernels.act_forward(kind, x, y, *_KERNEL_PARAMS[kind](**params), be.stream())
-    elif kind == "relu" and _host_f32(be.xp, x):
-        y = _relu_f32(x)
+    elif host_relu:
+        y = _relu_f32(be, x, check)
     else:
         y = FORWARD[kind](be.xp, x, **params).astype(x.dtype, copy=False)
     return y, (kind, params, x, y)
