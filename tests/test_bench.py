@@ -1,5 +1,6 @@
 """The benchmark suite: the --quick smoke run writes its reports, and the
 harness refuses to time an implementation that fails validation."""
+import itertools
 import json
 import math
 import subprocess
@@ -256,6 +257,21 @@ def test_gpu_timing_path_records_an_event_pair_per_repetition():
     assert len(timed.times) == 6 and all(t >= 0 for t in timed.times)
     assert steps == list(range(1, 6 + 2 * 2 + 1))
     assert target.synced == 2
+
+
+def test_cpu_timing_alternates_the_policys_rounds():
+    """Each round times every implementation in turn, the repetitions spread
+    over the rounds; only the first warm-up takes warmup_s (here: its cap of
+    1000 steps), the later ones rewarm_s (here: the minimum, 1 step)."""
+    policy = harness.Policy(min_reps=3, max_reps=3, budget_s=0.0, warmup_s=60.0, min_warmup=1,
+                            cache_bytes=1 << 16, memory_budget=1 << 24, rounds=3, rewarm_s=0.0)
+    log = []
+    timed = [harness.Timed(harness.Target("gpunet", "cpu"), lambda i, n=n: log.append(n)) for n in "ab"]
+    harness.time_interleaved(timed, policy)
+    runs = [(k, len(list(g))) for k, g in itertools.groupby(log)]
+    assert [k for k, _ in runs] == list("ababab")
+    assert [n for _, n in runs] == [1001, 1001, 2, 2, 2, 2]  # warm-up + 1 timed a round
+    assert [len(t.times) for t in timed] == [3, 3]
 
 
 def test_sim_device_runs_the_kernel_path(tmp_path):

@@ -88,9 +88,12 @@ def policy(size: str, gpu: bool) -> Policy:
     if gpu:
         return Policy(min_reps=10, max_reps=200, budget_s=0.5, warmup_s=0.1, min_warmup=3, cache_bytes=cache,
                       memory_budget=budget)
-    # CPU: steps of a second or more get 5 repetitions (the 10-minute budget on 2 cores), fast ones many
+    # CPU: steps of a second or more get 8 repetitions (one a round; the 10-minute budget on 2 cores), fast ones
+    # many. The rounds: a shared 2-core machine's speed drifts by up to 1.5x over seconds, so 8 of a quarter
+    # second each give both frameworks the same spells more nearly than 2 of a second (a training step's ratio
+    # moved by 0.1 between runs of the same commit with 2)
     return Policy(min_reps=5, max_reps=50, budget_s=2.0, warmup_s=0.2, min_warmup=1, cache_bytes=cache,
-                  memory_budget=budget)
+                  memory_budget=budget, rounds=8, rewarm_s=0.05)
 
 
 def slug(text: str) -> str:

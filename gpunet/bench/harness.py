@@ -13,9 +13,10 @@ For every case `run_case`:
      result, input and parameter gradients, loss, updated weights) with the
      reference, normwise: max|a - r| / max|r| <= case.rtol. A target that
      fails is reported "invalid" and never timed;
-  3. times every valid target in two alternating rounds, each after a
-     warm-up (at least `min_reps` repetitions each, until the time budget or
-     `max_reps`), cycling through several copies of the inputs whose total
+  3. times every valid target in alternating rounds (the policy's: 2 on a
+     GPU, 8 on the CPU, where a shared machine's speed drifts over seconds),
+     each after a warm-up (at least `min_reps` repetitions each, until the
+     time budget or `max_reps`), cycling through several copies of the inputs whose total
      exceeds the last-level cache, so no repetition reads inputs left in
      cache by the previous one (weights and optimizer state are not rotated:
      a real training step reads them from memory too);
@@ -170,6 +171,8 @@ class Policy:
     min_warmup: int
     cache_bytes: int         # last-level cache: rotated inputs must exceed it
     memory_budget: int       # at most this many bytes of input copies
+    rounds: int = 2          # alternating rounds the budget and repetitions are split into
+    rewarm_s: float | None = None  # the warm-up of every round after the first (None: warmup_s)
 
 
 @dataclass
@@ -237,10 +240,11 @@ class Timed:
     def __init__(self, target: Target, step: Callable[[int], None]):
         self.target, self.step, self.i, self.times = target, step, 1, []  # step(0) was the validation run
 
-    def warm_up(self, policy: Policy):
+    def warm_up(self, policy: Policy, first: bool = True):
         t0 = time.perf_counter()
         n = 0
-        while n < policy.min_warmup or (time.perf_counter() - t0 < policy.warmup_s and n < 1000):
+        seconds = policy.warmup_s if first or policy.rewarm_s is None else policy.rewarm_s
+        while n < policy.min_warmup or (time.perf_counter() - t0 < seconds and n < 1000):
             self.step(self.i)
             self.i += 1
             n += 1
@@ -281,15 +285,17 @@ class Timed:
                 batch = min(2 * batch, 32)
 
 
-def time_interleaved(timed: list[Timed], policy: Policy, rounds: int = 2):
-    """Time every implementation in `rounds` alternating rounds, so a slow
-    spell on a shared machine is less likely to fall on one of them alone.
-    Each round starts with a warm-up, which also lets the previous
+def time_interleaved(timed: list[Timed], policy: Policy):
+    """Time every implementation in the policy's alternating rounds, so a
+    slow spell on a shared machine is less likely to fall on one of them
+    alone. Each round starts with a warm-up, which also lets the previous
     framework's idle worker threads (OpenBLAS, OpenMP spin for a while after
-    their last job) stop competing for the cores."""
+    their last job) stop competing for the cores; after the first, caches
+    and allocations are warm, so that one may be shorter (rewarm_s)."""
+    rounds = policy.rounds
     for k in range(1, rounds + 1):
         for t in timed:
-            t.warm_up(policy)
+            t.warm_up(policy, first=k == 1)
             t.run_for(policy.budget_s / rounds, math.ceil(policy.min_reps * k / rounds),
                       math.ceil(policy.max_reps * k / rounds))
 

@@ -171,12 +171,14 @@ def markdown(report: dict) -> str:
     else:
         lines.append("- not measured for this platform (no roofline fractions)")
     p = report["policy"]
+    rewarm = p["warmup_s"] if p.get("rewarm_s") is None else p["rewarm_s"]  # (older reports: no rounds)
     lines += ["", "## Method", "",
               f"Shapes: `{report['size']}` set. Every implementation is first validated against "
               f"{report['reference']} (normwise error max|a-r|/max|r| of every output, forward and gradients, "
               "within each case's rtol); an invalid one is not timed. Then "
               f"at least {p['min_warmup']} warm-up steps ({p['warmup_s']} s), at least {p['min_reps']} and at most "
-              f"{p['max_reps']} timed repetitions (time budget {p['budget_s']} s per implementation), cycling "
+              f"{p['max_reps']} timed repetitions (time budget {p['budget_s']} s per implementation) in "
+              f"{p.get('rounds', 2)} alternating rounds (warm-up of the later ones: {rewarm} s), cycling "
               f"input copies whose total exceeds {p['cache_bytes'] >> 20} MiB of cache. "
               f"{report['timer']}. Roofline: floor = max(FLOPs / peak, bytes / bandwidth); the table shows "
               "floor / median time and which term bounds it (com: compute, mem: memory). A fraction above 100% "
