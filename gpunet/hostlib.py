@@ -123,6 +123,7 @@ _SIGNATURES = {
     "gpunet_run_ranges": [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                           ctypes.c_void_p],
     "gpunet_pool_stats": [ctypes.c_void_p],
+    "gpunet_pool_park": [],
 }
 
 

@@ -287,7 +287,7 @@ def _blas_pool():
 
 def test_blas_jobs_run_on_the_pool_which_does_not_spin_after_a_call():
     """OpenBLAS's own threads busy-wait about 0.1 s of a core after each call;
-    the pool's workers sleep after 0.1 ms. (Raising OpenBLAS's thread count
+    the pool's workers sleep after 2 ms. (Raising OpenBLAS's thread count
     starts threads of its own, which spin once before they sleep for good:
     the first sleep lets them.)"""
     import time
@@ -306,6 +306,29 @@ def test_blas_jobs_run_on_the_pool_which_does_not_spin_after_a_call():
     a64 = a.astype(np.float64)
     np.testing.assert_allclose(got, a64 @ a64, rtol=0, atol=1e-4 * np.abs(a64 @ a64).max())
     assert busy < 0.03, f"{busy * 1e3:.1f} ms of CPU while the process slept after a GEMM"
+
+
+def test_python_thread_parts_park_the_pools_spinning_workers():
+    """host_threads.run hands parts to Python threads only after telling the
+    compiled pool's workers, which spin 2 ms after a call, to sleep: they
+    are asleep well within 1 ms (without the parking, 2 ms after their job)."""
+    import time
+    from gpunet import hostlib
+    from gpunet.ops import host_threads
+    if host_threads.get_num_threads() < 2 or not host_threads.pool_ready():
+        pytest.skip("needs the compiled pool and 2 host threads")
+    x = np.ones(1 << 18, np.float32)
+    y = np.empty_like(x)
+    lib = hostlib.load()
+    host_threads.run(lambda lo, hi: None, [(0, 1), (1, 2)])  # the Python threads' pool started
+    for _ in range(5):  # the compiled pool's workers started, and just back from a call: spinning
+        host_threads.run_compiled(lib.gpunet_relu_f32, [hostlib.ptr(x), hostlib.ptr(y)], host_threads.ranges(x.size))
+    t0 = time.perf_counter()
+    host_threads.run(lambda lo, hi: None, [(0, 1), (1, 2)])
+    while host_threads.pool_stats()[2] < host_threads.pool_stats()[1] and time.perf_counter() - t0 < 1e-3:
+        pass
+    _, workers, asleep = host_threads.pool_stats()
+    assert asleep == workers >= 1
 
 
 def _gemm_sum(seed):

@@ -2283,7 +2283,17 @@ int gpunet_avgpool2d_range_f32(const float *src, float *dst, const i64 *q, i64 l
  *
  * Workers spin for POOL_SPIN_NS at most after a call (back-to-back calls,
  * an LSTM's GEMMs or a step's layers, find them awake), then sleep on a
- * condition variable. One call at a time; the jobs must not call the pool
+ * condition variable. A sleeping worker wakes later than the caller starts
+ * claiming jobs (tens of microseconds on a VM), so a call of two ranges
+ * that finds it asleep may run both on the caller; a step's layers often
+ * spend longer than 100 us in Python between calls. Measured, 2 threads,
+ * training steps alternating in one process, against 100 us: 0.95-0.98x
+ * the digits CNN's time, 0.955-0.98x the small ResNet's, 0.98x the char
+ * LSTM's and the transformer's with 2 ms (0.5 and 5 ms: the same). Work
+ * handed to Python threads instead (gpunet/ops/host_threads.py's run)
+ * first parks the workers (gpunet_pool_park), so none spins on the cores
+ * those threads need (the transformer's attention: without, its step took
+ * 1.056x the time). One call at a time; the jobs must not call the pool
  * themselves. A call publishes its jobs, then a ticket word (generation,
  * jobs, next job index); the caller and the woken workers claim indices by
  * compare-and-swap on it, so a worker that wakes late, after its generation
@@ -2296,7 +2306,7 @@ int gpunet_avgpool2d_range_f32(const float *src, float *dst, const i64 *q, i64 l
 typedef void (*pool_job_fn)(int index, void *job, int arg);
 
 #define POOL_MAX 64
-#define POOL_SPIN_NS 100000
+#define POOL_SPIN_NS 2000000
 #define TICKET_INDEX_BITS 20
 #define TICKET_JOBS_BITS 20
 #define TICKET_MASK ((1ull << TICKET_INDEX_BITS) - 1)
@@ -2312,6 +2322,7 @@ static struct {
     _Atomic uint64_t ticket; /* generation << 40 | jobs << 20 | next index */
     atomic_int left;         /* jobs not yet finished */
     atomic_int sleeping;     /* workers waiting on `wake` */
+    atomic_int parked;       /* set: spinning workers sleep now (cleared by the next call) */
     int started;
     atomic_llong blas_calls;
 } pool = {.call = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
@@ -2362,7 +2373,7 @@ static void *pool_worker(void *start)
         long long until = now_ns() + POOL_SPIN_NS;
         uint64_t gen;
         for (int spins = 0; (gen = ticket_generation(atomic_load(&pool.ticket))) == seen; spins++) {
-            if ((spins & 63) == 63 && now_ns() > until) {
+            if ((spins & 63) == 63 && (now_ns() > until || atomic_load(&pool.parked))) {
                 pthread_mutex_lock(&pool.lock);
                 atomic_fetch_add(&pool.sleeping, 1);
                 while ((gen = ticket_generation(atomic_load(&pool.ticket))) == seen)
@@ -2402,6 +2413,7 @@ static void pool_run(pool_job_fn job, int jobs, size_t size, void *data, int arg
     pool.size = size;
     pool.arg = arg;
     atomic_store(&pool.left, jobs);
+    atomic_store(&pool.parked, 0);
     atomic_store(&pool.ticket, gen << (TICKET_INDEX_BITS + TICKET_JOBS_BITS) | (uint64_t)jobs << TICKET_INDEX_BITS);
     if (atomic_load(&pool.sleeping)) {
         pthread_mutex_lock(&pool.lock);
@@ -2513,11 +2525,15 @@ int gpunet_pool_init(void)
     return pool_fork_handler;
 }
 
-/* OpenBLAS calls the pool ran and workers started, for the tests */
+/* the workers spinning after the last call go to sleep (about 64 pauses later) */
+void gpunet_pool_park(void) { atomic_store(&pool.parked, 1); }
+
+/* OpenBLAS calls the pool ran, workers started and workers asleep, for the tests */
 void gpunet_pool_stats(int64_t *out)
 {
     out[0] = atomic_load(&pool.blas_calls);
     out[1] = pool.started;
+    out[2] = atomic_load(&pool.sleeping);
 }
 
 /* ------------------------------------------------------------ the LSTM's sequences on the pool */

@@ -92,6 +92,8 @@ def run(fn, parts: list[tuple[int, int]]) -> list:
     in the pool; their results in order. An exception in any part is raised."""
     if len(parts) == 1:
         return [fn(*parts[0])]
+    if (lib := _compiled_pool()) is not None:  # its workers, spinning after a call, would hold cores these need
+        lib.gpunet_pool_park()
     futures = [_pool(get_num_threads() - 1).submit(fn, lo, hi) for lo, hi in parts[1:]]
     try:
         first = fn(*parts[0])
@@ -199,11 +201,11 @@ def adopt_blas_jobs() -> bool:
     return adopted
 
 
-def pool_stats() -> tuple[int, int]:
-    """(OpenBLAS calls the compiled pool ran, its worker threads), for the tests."""
-    out = (ctypes.c_int64 * 2)()
+def pool_stats() -> tuple[int, int, int]:
+    """(OpenBLAS calls the compiled pool ran, its worker threads, those asleep), for the tests."""
+    out = (ctypes.c_int64 * 3)()
     _compiled_pool().gpunet_pool_stats(out)
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 _blas_hold = {"depth": 0, "limiter": None}
