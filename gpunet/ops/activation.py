@@ -227,9 +227,8 @@ def _relu_f32(be, x, check):
     y = np.empty_like(x)
     xf, yf = x.reshape(-1), y.reshape(-1)
     if (lib := hostlib.load()) is not None:
-        least = host_threads.MIN_PER_THREAD
         nonfinite = host_threads.run_compiled(lib.gpunet_relu_f32, [hostlib.ptr(xf), hostlib.ptr(yf)],
-                                              host_threads.ranges(xf.size, 1, least))
+                                              host_threads.ranges(xf.size))
         if check is not None and any(nonfinite) and checks.finite_checks_enabled(be):
             checks.nonfinite_error(be, x, check)
         return y
