@@ -311,7 +311,9 @@ def test_blas_jobs_run_on_the_pool_which_does_not_spin_after_a_call():
 def test_python_thread_parts_park_the_pools_spinning_workers():
     """host_threads.run hands parts to Python threads only after telling the
     compiled pool's workers, which spin 2 ms after a call, to sleep: they
-    are asleep well within 1 ms (without the parking, 2 ms after their job)."""
+    are asleep well within 1 ms (without the parking, 2 ms after their job).
+    Three tries, so one stall of a busy machine does not fail it; without
+    the parking every try fails."""
     import time
     from gpunet import hostlib
     from gpunet.ops import host_threads
@@ -321,14 +323,20 @@ def test_python_thread_parts_park_the_pools_spinning_workers():
     y = np.empty_like(x)
     lib = hostlib.load()
     host_threads.run(lambda lo, hi: None, [(0, 1), (1, 2)])  # the Python threads' pool started
-    for _ in range(5):  # the compiled pool's workers started, and just back from a call: spinning
-        host_threads.run_compiled(lib.gpunet_relu_f32, [hostlib.ptr(x), hostlib.ptr(y)], host_threads.ranges(x.size))
-    t0 = time.perf_counter()
-    host_threads.run(lambda lo, hi: None, [(0, 1), (1, 2)])
-    while host_threads.pool_stats()[2] < host_threads.pool_stats()[1] and time.perf_counter() - t0 < 1e-3:
-        pass
-    _, workers, asleep = host_threads.pool_stats()
-    assert asleep == workers >= 1
+    tries = []
+    for _ in range(3):
+        for _ in range(5):  # the compiled pool's workers started, and just back from a call: spinning
+            host_threads.run_compiled(lib.gpunet_relu_f32, [hostlib.ptr(x), hostlib.ptr(y)],
+                                      host_threads.ranges(x.size))
+        t0 = time.perf_counter()
+        host_threads.run(lambda lo, hi: None, [(0, 1), (1, 2)])
+        while host_threads.pool_stats()[2] < host_threads.pool_stats()[1] and time.perf_counter() - t0 < 1e-3:
+            pass
+        _, workers, asleep = host_threads.pool_stats()
+        tries.append((workers, asleep))
+        if asleep == workers >= 1:
+            return
+    pytest.fail(f"(workers, asleep) 1 ms after each try's parking: {tries}")
 
 
 def _gemm_sum(seed):
